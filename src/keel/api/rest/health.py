@@ -1,0 +1,44 @@
+"""Unversioned operational endpoints: liveness, readiness and metrics. Never authenticated,
+never versioned, so probes and scrapers keep working whatever happens to the API."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from keel.api.rest.dependencies import get_keel
+
+router = APIRouter(include_in_schema=False)
+_READINESS_TIMEOUT = 2.0
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """The process is alive and its event loop answers. Touches no dependency."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready to serve: the database answers and carries the schema this code needs."""
+    keel = get_keel(request)
+    checks: dict[str, str] = {}
+    try:
+        revision = await asyncio.wait_for(keel.store.schema_revision(), _READINESS_TIMEOUT)
+        checks["database"] = "ok"
+        checks["migrations"] = "current" if revision == keel.schema_revision else f"at {revision or 'none'}"
+    except Exception:  # noqa: BLE001 - any failure means "not ready"; the kind is in the check
+        checks["database"] = "unreachable"
+        checks["migrations"] = "unknown"
+    ready = checks == {"database": "ok", "migrations": "current"}
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(get_keel(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

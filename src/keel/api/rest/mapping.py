@@ -1,0 +1,56 @@
+"""Domain profiles → REST wire documents. The one place that knows both shapes."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from keel.domain.profile import Profile
+
+
+def profile_document(profile: Profile) -> dict[str, Any]:
+    f = profile.fields
+    return {
+        "id": profile.id,
+        "handle": f.handle,
+        "emails": [{"address": e.address, "verified": e.verified, "primary": e.primary} for e in f.emails],
+        "display_name": f.display_name,
+        "bio": f.bio,
+        "avatar_url": f.avatar_url,
+        "locale": f.locale,
+        "timezone": f.timezone,
+        "links": [{"kind": link.kind, "url": link.url} for link in f.links],
+        "attributes": f.attributes,
+        "version": profile.version,
+        "created_at": profile.created_at.isoformat(),
+        "updated_at": profile.updated_at.isoformat(),
+    }
+
+
+def _id_tag(profile_id: str) -> str:
+    return hashlib.sha256(profile_id.encode()).hexdigest()[:12]
+
+
+def etag(profile: Profile) -> str:
+    """Strong ETag from id and version: `"<version>.<hash of id>"`, so If-Match yields a version."""
+    return f'"{profile.version}.{_id_tag(profile.id)}"'
+
+
+def version_from_etag(profile_id: str, value: str) -> int | None:
+    """The version an If-Match names for this profile, or None if it names something else."""
+    value = value.strip()
+    if not (value.startswith('"') and value.endswith('"')):
+        return None
+    version, _, tag = value[1:-1].partition(".")
+    if tag != _id_tag(profile_id) or not version.isdigit():
+        return None
+    return int(version)
+
+
+def etag_matches(header: str, current: str) -> bool:
+    """If-None-Match: weak comparison over a list of entity tags, or `*`."""
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == current:
+            return True
+    return False

@@ -1,0 +1,150 @@
+"""The request envelope, as one pure ASGI middleware (no per-request BaseHTTPMiddleware task):
+request id, trace span, body size limit, metrics and the access log.
+
+Everything a request does inside runs with `request_id` and `trace_id` in the log context.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keel.api.rest.problems import problem_response
+from keel.observability.context import request_id_var
+from keel.observability.metrics import Metrics
+
+_propagator = TraceContextTextMapPropagator()
+_log = structlog.get_logger("keel.access")
+_UNMATCHED = "unmatched"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _valid_request_id(value: str) -> bool:
+    # Echoed into logs and headers: keep it short and printable so it cannot forge log lines.
+    return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
+
+
+class RequestEnvelope:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, access_log: bool) -> None:
+        self.app = app
+        self._metrics = metrics
+        self._max_body = max_body_bytes
+        self._access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        carrier: dict[str, str] = {}
+        request_id = ""
+        content_length = -1
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif name == b"traceparent" or name == b"tracestate":
+                carrier[name.decode()] = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else -1
+        if not _valid_request_id(request_id):
+            request_id = uuid.uuid4().hex
+
+        keel = scope["app"].state.keel
+        parent = _propagator.extract(carrier) if carrier else None
+        method = scope["method"]
+        span = keel.tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        span_context = span.get_span_context()
+        trace_id = format(span_context.trace_id, "032x")
+        otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        request_token = request_id_var.set(request_id)
+        log_tokens = structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
+        response_headers = [
+            (b"x-request-id", request_id.encode()),
+            (b"traceparent", f"00-{trace_id}-{format(span_context.span_id, '016x')}-"
+                             f"{'01' if span_context.trace_flags.sampled else '00'}".encode()),
+        ]
+        status = 500
+        started_response = False
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._max_body:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started_response = True
+                message["headers"] = [*message.get("headers", ()), *response_headers]
+            await send(message)
+
+        self._metrics.http_in_flight.inc()
+        try:
+            if content_length > self._max_body:
+                await self._too_large(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, counted_receive, send_with_headers)
+        except _BodyTooLarge:
+            if not started_response:
+                await self._too_large(scope, receive, send_with_headers)
+        except Exception as error:
+            span.record_exception(error)
+            _log.error("unhandled_error", exc_info=error)
+            if not started_response:
+                await problem_response(
+                    500, "internal", "Internal error", "The request failed; it has been logged."
+                )(scope, receive, send_with_headers)
+            else:
+                raise
+        finally:
+            self._metrics.http_in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            status_label = str(status)
+            self._metrics.http_requests.labels(method, route, status_label).inc()
+            self._metrics.http_request_duration.labels(method, route, status_label).observe(elapsed)
+            if span.is_recording():
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            if self._access_log:
+                # The route template, never the raw path or query: queries may carry email addresses.
+                _log.info("request", method=method, route=route, status=status,
+                          duration_ms=round(elapsed * 1000, 3))
+            structlog.contextvars.reset_contextvars(**log_tokens)
+            request_id_var.reset(request_token)
+            otel_context.detach(otel_token)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await problem_response(
+            413, "payload-too-large", "Payload too large",
+            f"Request bodies are limited to {self._max_body} bytes.",
+        )(scope, receive, send)
+
+
+def _route_template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    # Only templates, never raw paths, become labels: raw paths would explode cardinality.
+    return path if isinstance(path, str) else _UNMATCHED

@@ -1,0 +1,137 @@
+"""RFC 9457 problem details: every error the REST API returns goes through here.
+
+Each error kind has a stable `type` URI. Nothing here ever includes a stack trace, SQL or the
+text of an unexpected exception.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from keel.domain.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    KeelError,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+    ValidationFailed,
+    VersionMismatch,
+)
+from keel.observability.context import request_id_var
+
+PROBLEM_JSON = "application/problem+json"
+_log = structlog.get_logger("keel.rest")
+
+# Status and title per domain error kind.
+_KINDS: dict[type[KeelError], tuple[int, str]] = {
+    ValidationFailed: (422, "Validation failed"),
+    NotFound: (404, "Not found"),
+    Conflict: (409, "Conflict"),
+    VersionMismatch: (412, "Precondition failed"),
+    IdempotencyKeyReused: (422, "Idempotency key reused"),
+    IdempotencyInProgress: (409, "Request in progress"),
+    Unauthenticated: (401, "Unauthenticated"),
+    Forbidden: (403, "Forbidden"),
+    Unavailable: (503, "Service unavailable"),
+}
+# Starlette-level errors (routing, methods) that are not domain errors.
+_HTTP_CODES = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    428: "precondition-required",
+}
+
+
+def problem_type(code: str) -> str:
+    return f"urn:keel:problem:{code}"
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "request_id": request_id_var.get(),
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    return Response(json.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def domain_problem(error: KeelError, instance: str | None = None) -> Response:
+    status, title = _KINDS.get(type(error), (400, "Bad request"))
+    headers = {"Retry-After": "1"} if isinstance(error, Unavailable) else None
+    if isinstance(error, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="keel"'}
+    errors = error.errors if isinstance(error, ValidationFailed) else None
+    if isinstance(error, Conflict):
+        errors = [FieldError(error.field, error.detail)]
+    return problem_response(status, error.code, title, error.detail, errors=errors, headers=headers, instance=instance)
+
+
+def _pointer(location: tuple[int | str, ...]) -> str:
+    # ("body", "emails", 0, "address") -> "/emails/0/address"; header and query keep their kind.
+    parts = list(location)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return "".join(f"/{part}" for part in parts)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_domain_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, KeelError)
+        return domain_problem(error, request.url.path)
+
+    async def on_validation_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        field_errors = [
+            FieldError(_pointer(tuple(item.get("loc", ()))), str(item.get("msg", "invalid")))
+            for item in error.errors()
+        ]
+        return domain_problem(ValidationFailed(field_errors), request.url.path)
+
+    async def on_http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, StarletteHTTPException)
+        code = _HTTP_CODES.get(error.status_code, "http-error")
+        detail = error.detail if isinstance(error.detail, str) else "The request could not be served."
+        return problem_response(
+            error.status_code, code, code.replace("-", " ").capitalize(), detail,
+            headers=dict(error.headers) if error.headers else None, instance=request.url.path,
+        )
+
+    async def on_unexpected_error(request: Request, error: Exception) -> Response:
+        # Logged with its traceback for operators; the client only learns that it happened.
+        _log.error("unhandled_error", path=request.url.path, exc_info=error)
+        return problem_response(500, "internal", "Internal error", "The request failed; it has been logged.")
+
+    app.add_exception_handler(KeelError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

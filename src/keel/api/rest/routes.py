@@ -1,0 +1,162 @@
+"""The profile endpoints. Each handler: read the wire input, call one use case, map the result."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+from urllib.parse import urlencode
+
+from cadwyn import VersionedAPIRouter
+from fastapi import Header, Query, Request
+from fastapi.exceptions import HTTPException
+from starlette.responses import Response
+
+from keel.api.rest.dependencies import Caller, KeelDep
+from keel.api.rest.mapping import etag, etag_matches, profile_document, version_from_etag
+from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
+from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
+from keel.service.profiles import ListFilters
+
+MERGE_PATCH = "application/merge-patch+json"
+_PROBLEMS = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (401, 403, 404, 409, 412, 413, 422, 503)
+}
+# Revalidate every time (cheap with If-None-Match), never share between callers.
+_CACHE_CONTROL = "private, no-cache"
+
+router = VersionedAPIRouter(prefix="/v1", tags=["profiles"])
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is not None and not (1 <= len(value) <= 255 and value.isascii() and value.isprintable()):
+        raise ValidationFailed([FieldError("/headers/Idempotency-Key", "1-255 printable ASCII characters")])
+    return value
+
+
+def _expected_version(profile_id: str, if_match: str | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    for candidate in if_match.split(","):
+        version = version_from_etag(profile_id, candidate)
+        if version is not None:
+            return version
+    raise VersionMismatch("If-Match names no version of this profile.", current_version=None)
+
+
+@router.post(
+    "/profiles",
+    status_code=201,
+    response_model=ProfileOut,
+    responses=_PROBLEMS,
+    summary="Create a profile",
+)
+async def create_profile(
+    body: ProfileCreate,
+    response: Response,
+    caller: Caller,
+    keel: KeelDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> dict[str, object]:
+    """Create a profile. With `Idempotency-Key`, retries of the same request return the first
+    response (marked `Idempotent-Replayed: true`) instead of creating a duplicate."""
+    created = await keel.profiles.create_profile(
+        caller,
+        body.model_dump(mode="json", exclude_unset=True),
+        idempotency_key=_idempotency_key(idempotency_key),
+    )
+    profile = created.profile
+    response.headers["Location"] = f"/v1/profiles/{profile.id}"
+    response.headers["ETag"] = etag(profile)
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return profile_document(profile)
+
+
+@router.get("/profiles/{profile_id}", response_model=ProfileOut, responses=_PROBLEMS, summary="Read a profile")
+async def get_profile(
+    profile_id: str,
+    response: Response,
+    caller: Caller,
+    keel: KeelDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> object:
+    profile = await keel.profiles.get_profile(caller, profile_id)
+    tag = etag(profile)
+    if if_none_match is not None and etag_matches(if_none_match, tag):
+        return Response(status_code=304, headers={"ETag": tag, "Cache-Control": _CACHE_CONTROL})
+    response.headers["ETag"] = tag
+    response.headers["Cache-Control"] = _CACHE_CONTROL
+    return profile_document(profile)
+
+
+@router.patch(
+    "/profiles/{profile_id}",
+    response_model=ProfileOut,
+    responses=_PROBLEMS,
+    summary="Update a profile with a JSON merge patch (RFC 7396)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {MERGE_PATCH: {"schema": {"type": "object", "additionalProperties": True}}},
+        }
+    },
+)
+async def update_profile(
+    profile_id: str,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    keel: KeelDep,
+    if_match: Annotated[str | None, Header()] = None,
+) -> dict[str, object]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != MERGE_PATCH:
+        raise HTTPException(415, f"PATCH bodies must be {MERGE_PATCH} (RFC 7396).")
+    try:
+        patch = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(400, "The body is not valid JSON.") from None
+    profile = await keel.profiles.update_profile(
+        caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
+    )
+    response.headers["ETag"] = etag(profile)
+    return profile_document(profile)
+
+
+@router.delete("/profiles/{profile_id}", status_code=204, responses=_PROBLEMS, summary="Delete a profile")
+async def delete_profile(
+    profile_id: str,
+    caller: Caller,
+    keel: KeelDep,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Soft delete: the profile is gone for every reader, its handle and emails are free again."""
+    await keel.profiles.delete_profile(
+        caller, profile_id, expected_version=_expected_version(profile_id, if_match)
+    )
+    return Response(status_code=204)
+
+
+@router.get("/profiles", response_model=ProfileList, responses=_PROBLEMS, summary="List and search profiles")
+async def list_profiles(
+    request: Request,
+    response: Response,
+    caller: Caller,
+    keel: KeelDep,
+    handle: Annotated[str | None, Query(max_length=64)] = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    ids: Annotated[str | None, Query(description="Comma-separated profile ids, at most 100")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> dict[str, object]:
+    id_list = tuple(part.strip() for part in ids.split(",") if part.strip()) if ids is not None else None
+    page = await keel.profiles.list_profiles(
+        caller, ListFilters(handle=handle, email=email, ids=id_list), limit=limit, cursor=cursor
+    )
+    if page.next_cursor is not None:
+        query = {k: v for k, v in request.query_params.items() if k != "cursor"}
+        query["cursor"] = page.next_cursor
+        response.headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+    response.headers["Cache-Control"] = _CACHE_CONTROL
+    return {"items": [profile_document(p) for p in page.profiles], "next_cursor": page.next_cursor}

@@ -1,0 +1,127 @@
+"""The composition root: the one place that names concrete adapters and wires them together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+
+from keel.config import Settings
+from keel.observability.database import DatabaseObserver
+from keel.observability.logging import configure_logging
+from keel.observability.metrics import Metrics
+from keel.observability.tracing import build_tracer_provider, tracer_from
+from keel.service.attributes import AttributePolicy
+from keel.service.auth import Authenticator
+from keel.service.clock import SystemClock
+from keel.service.ports import Clock, Store
+from keel.service.profiles import ProfileService
+from keel.storage.migrations.runner import head_revision
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database has not been migrated to the revision this code needs."""
+
+
+@dataclass
+class Keel:
+    """Everything a protocol adapter needs, built once per process."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    profiles: ProfileService
+    authenticator: Authenticator
+    metrics: Metrics
+    tracer_provider: TracerProvider
+    tracer: Tracer
+    schema_revision: str
+
+    async def close(self) -> None:
+        await self.store.close()
+        self.tracer_provider.shutdown()
+
+
+async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
+    if settings.uses_postgres:
+        from keel.storage.postgres.store import PostgresStore
+
+        return await PostgresStore.open(
+            settings.database_url,
+            observer,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            command_timeout=settings.db_command_timeout_seconds,
+        )
+    from keel.storage.sqlite.store import SqliteStore
+
+    return await SqliteStore.open(settings.sqlite_path, observer)
+
+
+async def check_schema(store: Store, settings: Settings) -> None:
+    applied = await store.schema_revision()
+    expected = head_revision()
+    if applied != expected:
+        raise SchemaNotCurrent(
+            f"The database {settings.redacted_database_url()} is at schema revision {applied or 'none'},"
+            f" this Keel needs {expected}. Run `keel migrate` first."
+        )
+
+
+async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> Keel:
+    """Build the process's object graph; refuses an unmigrated database."""
+    policy = (
+        AttributePolicy.from_file(settings.attribute_schema)
+        if settings.attribute_schema is not None
+        else AttributePolicy()
+    )
+    metrics = metrics or Metrics()
+    tracer_provider = build_tracer_provider(
+        exporter=settings.trace_exporter,
+        sampling_ratio=settings.trace_sampling_ratio,
+        otlp_endpoint=settings.otlp_endpoint,
+        service_name=settings.service_name,
+    )
+    tracer = tracer_from(tracer_provider)
+    observer = DatabaseObserver(metrics, tracer, "postgresql" if settings.uses_postgres else "sqlite")
+    store = await open_store(settings, observer)
+    try:
+        await check_schema(store, settings)
+    except BaseException:
+        await store.close()
+        raise
+    clock = SystemClock()
+    return Keel(
+        settings=settings,
+        store=store,
+        clock=clock,
+        profiles=ProfileService(store, clock, policy, settings.region),
+        authenticator=Authenticator(store, ttl=settings.api_key_cache_seconds),
+        metrics=metrics,
+        tracer_provider=tracer_provider,
+        tracer=tracer,
+        schema_revision=head_revision(),
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI application `keel serve` runs: builds Keel on start-up, closes it on shutdown."""
+    from keel.api.rest.app import build_rest_app
+
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keel = await build_keel(settings, metrics=metrics)
+        app.state.keel = keel
+        try:
+            yield
+        finally:
+            await keel.close()
+
+    return build_rest_app(settings, metrics, lifespan=lifespan)

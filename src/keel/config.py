@@ -1,0 +1,69 @@
+"""Typed settings from `KEEL_*` environment variables. Loaded once, by the caller, never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keel.domain.ids import REGION_PATTERN
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production", "test"] = "development"
+    database_url: str = Field(
+        default="sqlite:///./keel.sqlite3",
+        description="postgresql://user:password@host:port/db, or sqlite:///path/to/file.sqlite3",
+    )
+    region: str = Field(default="eu1", description="Region of profiles created here; part of each id.")
+    attribute_schema: Path | None = Field(
+        default=None, description="JSON Schema (2020-12) file for profile attributes."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_command_timeout_seconds: float = 5.0
+    max_body_bytes: int = 64 * 1024
+    api_key_cache_seconds: float = 60.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+    trace_exporter: Literal["none", "otlp", "console"] = "none"
+    trace_sampling_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    otlp_endpoint: str | None = None
+    service_name: str = "keel"
+
+    @field_validator("region")
+    @classmethod
+    def _region_is_valid(cls, value: str) -> str:
+        if not REGION_PATTERN.match(value):
+            raise ValueError("2-10 characters of a-z and 0-9, starting with a letter")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_supported(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            raise ValueError("must start with postgresql:// or sqlite:///")
+        return value
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+    def redacted_database_url(self) -> str:
+        """The database URL without its password, for log lines and error messages."""
+        scheme, _, rest = self.database_url.partition("://")
+        credentials, at, host = rest.rpartition("@")
+        if not at:
+            return self.database_url
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,1 @@
+"""The profile domain: aggregate, value objects and errors. Standard library only."""

@@ -1,0 +1,43 @@
+"""API keys and the scopes they grant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    PROFILES_READ = "profiles:read"
+    PROFILES_WRITE = "profiles:write"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored key. Only a hash of the secret is kept; the secret itself is shown once."""
+
+    id: str
+    secret_hash: str
+    scopes: frozenset[Scope]
+    api_version: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    key_id: str
+    scopes: frozenset[Scope]
+    api_version: str
+
+    def can(self, scope: Scope) -> bool:
+        # admin implies every other scope: an operator key must be able to do what any key can.
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        return Scope.ADMIN in self.scopes

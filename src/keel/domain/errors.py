@@ -1,0 +1,85 @@
+"""The one exception tree of Keel.
+
+Every protocol maps these once (problem+json for REST, error codes for GraphQL, status codes
+for gRPC); nothing below carries SQL, stack traces or secrets, so a message is safe to show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One invalid input field: a JSON-pointer-like location and a human message."""
+
+    field: str
+    message: str
+
+
+class KeelError(Exception):
+    """Base of every error a caller may see. `code` is stable and part of the API."""
+
+    code = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ValidationFailed(KeelError):
+    code = "validation"
+
+    def __init__(self, errors: list[FieldError], detail: str = "The request is not valid.") -> None:
+        super().__init__(detail)
+        self.errors = errors
+
+
+class NotFound(KeelError):
+    code = "not-found"
+
+
+class Conflict(KeelError):
+    """A uniqueness rule would be broken (handle or email already used by a live profile)."""
+
+    code = "conflict"
+
+    def __init__(self, detail: str, field: str) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+class VersionMismatch(KeelError):
+    """The caller's expected version (If-Match) is not the current one."""
+
+    code = "version-mismatch"
+
+    def __init__(self, detail: str, current_version: int | None) -> None:
+        super().__init__(detail)
+        self.current_version = current_version
+
+
+class IdempotencyKeyReused(KeelError):
+    """The same idempotency key came back with a different request."""
+
+    code = "idempotency-key-reused"
+
+
+class IdempotencyInProgress(KeelError):
+    """A request with the same idempotency key is still being processed."""
+
+    code = "idempotency-in-progress"
+
+
+class Unauthenticated(KeelError):
+    code = "unauthenticated"
+
+
+class Forbidden(KeelError):
+    code = "forbidden"
+
+
+class Unavailable(KeelError):
+    """A dependency (the database) cannot serve the request now; the caller may retry."""
+
+    code = "unavailable"

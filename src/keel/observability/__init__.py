@@ -1,0 +1,1 @@
+"""Logs, metrics and traces: wired once by the composition root, before any feature."""

@@ -1,0 +1,51 @@
+"""Database call instrumentation shared by the storage adapters: a span and a histogram sample
+per call, without allocating a generator per call on the hot path."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from opentelemetry.trace import Span, SpanKind, Tracer
+
+from keel.observability.metrics import Metrics
+
+
+class DatabaseObserver:
+    def __init__(self, metrics: Metrics, tracer: Tracer, system: str) -> None:
+        self.metrics = metrics
+        self._tracer = tracer
+        self._system = system
+
+    def call(self, operation: str) -> _ObservedCall:
+        return _ObservedCall(self, operation)
+
+
+class _ObservedCall:
+    __slots__ = ("_observer", "_operation", "_span", "_started")
+
+    def __init__(self, observer: DatabaseObserver, operation: str) -> None:
+        self._observer = observer
+        self._operation = operation
+
+    def __enter__(self) -> Span:
+        self._span = self._observer._tracer.start_span(
+            f"db {self._operation}",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system": self._observer._system, "db.operation.name": self._operation},
+        )
+        self._started = time.perf_counter()
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed = time.perf_counter() - self._started
+        outcome = "ok" if exc_type is None else "error"
+        self._observer.metrics.db_query_duration.labels(self._operation, outcome).observe(elapsed)
+        if exc is not None:
+            self._span.record_exception(exc)
+        self._span.end()

@@ -1,0 +1,127 @@
+"""API key issuing and authentication.
+
+Keys look like `keel_<key id>_<secret>`. Only SHA-256 of the whole token is stored: the secret
+has 256 random bits, so a slow password hash would add latency without adding safety (slow
+hashes protect guessable passwords, and nothing here is guessable).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from keel.domain.api_keys import ApiKey, Principal, Scope
+from keel.domain.errors import Forbidden, Unauthenticated
+from keel.service.ports import Clock, Store
+
+TOKEN_PREFIX = "keel_"
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _parse_key_id(token: str) -> str | None:
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != "keel" or len(parts[1]) != 16 or len(parts[2]) < 32:
+        return None
+    return parts[1]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: ApiKey
+    token: str
+
+
+async def issue_api_key(
+    store: Store, clock: Clock, *, scopes: Iterable[Scope], api_version: str, name: str
+) -> IssuedKey:
+    """Create and store a key; the returned token is the only time the secret exists in clear."""
+    key_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()
+    token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        id=key_id,
+        secret_hash=_digest(token),
+        scopes=frozenset(scopes),
+        api_version=api_version,
+        name=name,
+        created_at=clock.now(),
+    )
+    async with store.unit_of_work() as uow:
+        await uow.api_keys.add(key)
+        await uow.commit()
+    return IssuedKey(key=key, token=token)
+
+
+class Authenticator:
+    """Resolves bearer tokens to principals, caching both answers in process.
+
+    A cached key is trusted for `ttl` seconds, so a revocation takes at most that long to be
+    seen by every process. Unknown tokens are remembered briefly too, so that a client sending
+    garbage cannot turn each request into a database read.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_entries = max_entries
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal for `token` if it is cached and still fresh; never touches the store."""
+        entry = self._cache.get(_digest(token))
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise Unauthenticated("An API key is required: send `Authorization: Bearer keel_...`.")
+        digest = _digest(token)
+        entry = self._cache.get(digest)
+        now = time.monotonic()
+        if entry is not None and entry[1] > now:
+            principal = entry[0]
+        else:
+            principal = await self._load(token, digest)
+            self._remember(digest, principal, now)
+        if principal is None:
+            raise Unauthenticated("The API key is not valid.")
+        return principal
+
+    async def _load(self, token: str, digest: str) -> Principal | None:
+        key_id = _parse_key_id(token)
+        if key_id is None:
+            return None
+        async with self._store.unit_of_work(read_only=True) as uow:
+            key = await uow.api_keys.get(key_id)
+        # Constant-time comparison: the hash must not leak through response timing.
+        if key is None or key.revoked_at is not None or not hmac.compare_digest(key.secret_hash, digest):
+            return None
+        return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version)
+
+    def _remember(self, digest: str, principal: Principal | None, now: float) -> None:
+        if len(self._cache) >= self._max_entries:
+            # Dicts keep insertion order: dropping the first entry drops the oldest.
+            self._cache.pop(next(iter(self._cache)))
+        ttl = self._ttl if principal is not None else self._negative_ttl
+        self._cache[digest] = (principal, now + ttl)
+
+
+def require(principal: Principal, scope: Scope) -> None:
+    if not principal.can(scope):
+        raise Forbidden(f"This API key lacks the `{scope}` scope.")

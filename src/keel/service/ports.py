@@ -1,0 +1,133 @@
+"""The ports the use cases depend on. Adapters in `keel.storage` implement them.
+
+Repositories work on whole aggregates: a later denormalized (document) layout must be able to
+implement the same protocols without any use case changing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from types import TracebackType
+from typing import Protocol, Self
+
+from keel.domain.api_keys import ApiKey
+from keel.domain.profile import Profile
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileQuery:
+    """Filters for listing live profiles, newest id last; `after_id` is the keyset cursor."""
+
+    limit: int
+    handle: str | None = None
+    email: str | None = None
+    ids: tuple[str, ...] | None = None
+    after_id: str | None = None
+
+
+class ProfileRepository(Protocol):
+    async def get(self, profile_id: str) -> Profile | None:
+        """The live profile with this id, or None (also None when soft-deleted)."""
+        ...
+
+    async def find(self, query: ProfileQuery) -> list[Profile]:
+        """Live profiles matching `query`, ordered by id, at most `query.limit`."""
+        ...
+
+    async def add(self, profile: Profile) -> None:
+        """Store a new profile. Raises `Conflict` when its handle or an email is taken."""
+        ...
+
+    async def update(self, profile: Profile, expected_version: int) -> None:
+        """Replace the stored aggregate, if its stored version is still `expected_version`.
+
+        Raises `VersionMismatch` when another write got there first and `Conflict` on a taken
+        handle or email. A profile with `deleted_at` set releases its handle and emails.
+        """
+        ...
+
+
+class IdempotencyState(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    scope: str
+    key: str
+    fingerprint: str
+    state: IdempotencyState
+    outcome: str | None
+    locked_until: datetime
+    expires_at: datetime
+
+
+class IdempotencyRecords(Protocol):
+    async def reserve(
+        self, record: IdempotencyRecord, now: datetime
+    ) -> IdempotencyRecord | None:
+        """Insert `record` (state IN_PROGRESS) unless a live one holds the key.
+
+        Returns None when the caller now owns the key, including when it took over an expired
+        record or an abandoned reservation (lease past `locked_until`), else the record in place.
+        """
+        ...
+
+    async def complete(self, scope: str, key: str, outcome: str) -> None:
+        """Store the outcome; meant to run in the same transaction as the write it records."""
+        ...
+
+    async def release(self, scope: str, key: str) -> None:
+        """Forget a reservation whose request failed without a result worth replaying."""
+        ...
+
+    async def purge_expired(self, now: datetime) -> int:
+        ...
+
+
+class ApiKeyRepository(Protocol):
+    async def add(self, key: ApiKey) -> None: ...
+
+    async def get(self, key_id: str) -> ApiKey | None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction (or, read-only, one connection without a transaction).
+
+    Leaving the block without `commit()` rolls everything back.
+    """
+
+    profiles: ProfileRepository
+    idempotency: IdempotencyRecords
+    api_keys: ApiKeyRepository
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+class Store(Protocol):
+    """A database: the factory of units of work, plus what health checks need."""
+
+    def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork: ...
+
+    async def schema_revision(self) -> str | None:
+        """The applied migration revision, None on an unmigrated database."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+

@@ -1,0 +1,239 @@
+"""Turning a caller's JSON document into validated `ProfileFields`, and back.
+
+The same document shape serves create (the whole document) and update (the current document
+with a merge patch applied), whatever protocol it came in on. Every problem found is reported
+with its location, not just the first.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from typing import Any
+from urllib.parse import urlsplit
+
+import langcodes
+from email_validator import EmailNotValidError, validate_email
+
+from keel.domain.errors import FieldError, ValidationFailed
+from keel.domain.profile import Email, JSONObject, JSONValue, Link, ProfileFields
+from keel.service.attributes import AttributePolicy
+
+MAX_EMAILS = 10
+MAX_LINKS = 20
+MAX_DISPLAY_NAME = 100
+MAX_BIO = 1000
+MAX_URL = 2048
+
+_FIELDS = frozenset(
+    {"handle", "emails", "display_name", "bio", "avatar_url", "locale", "timezone", "links", "attributes"}
+)
+_EMAIL_FIELDS = frozenset({"address", "verified", "primary"})
+_LINK_FIELDS = frozenset({"kind", "url"})
+# Read once: the set of IANA names does not change while the process runs.
+_TIMEZONES = frozenset(zoneinfo.available_timezones())
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def add(self, location: str, message: str) -> None:
+        self.errors.append(FieldError(location, message))
+
+
+def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> ProfileFields:
+    """Validate and normalize a profile document. Raises `ValidationFailed` listing every error."""
+    found = _Collector()
+    if not isinstance(document, dict):
+        raise ValidationFailed([FieldError("", "must be a JSON object")])
+    for name in document.keys() - _FIELDS:
+        found.add(f"/{name}", "unknown field")
+
+    handle = _handle(document.get("handle"), found)
+    emails = _emails(document.get("emails"), found)
+    display_name = _text(document.get("display_name"), "/display_name", MAX_DISPLAY_NAME, found)
+    bio = _text(document.get("bio"), "/bio", MAX_BIO, found)
+    avatar_url = _url(document.get("avatar_url"), "/avatar_url", ("https",), found)
+    locale = _locale(document.get("locale"), found)
+    timezone = _timezone(document.get("timezone"), found)
+    links = _links(document.get("links"), found)
+    attributes = _attributes(document.get("attributes"), policy, found)
+
+    if found.errors:
+        raise ValidationFailed(found.errors)
+    return ProfileFields(
+        handle=handle,
+        emails=emails,
+        display_name=display_name,
+        bio=bio,
+        avatar_url=avatar_url,
+        locale=locale,
+        timezone=timezone,
+        links=links,
+        attributes=attributes,
+    )
+
+
+def fields_document(fields: ProfileFields) -> JSONObject:
+    """The editable document of a profile: what a merge patch applies to."""
+    document: JSONObject = {
+        "handle": fields.handle,
+        "emails": [
+            {"address": e.address, "verified": e.verified, "primary": e.primary}
+            for e in fields.emails
+        ],
+        "links": [{"kind": link.kind, "url": link.url} for link in fields.links],
+        "attributes": dict(fields.attributes),
+    }
+    optional: dict[str, str | None] = {
+        "display_name": fields.display_name,
+        "bio": fields.bio,
+        "avatar_url": fields.avatar_url,
+        "locale": fields.locale,
+        "timezone": fields.timezone,
+    }
+    document.update({name: value for name, value in optional.items() if value is not None})
+    return document
+
+
+def _handle(value: Any, found: _Collector) -> str:
+    if not isinstance(value, str):
+        found.add("/handle", "required, a string")
+        return ""
+    handle = value.strip().lower()
+    if not (3 <= len(handle) <= 30) or not all(c.isascii() and (c.isalnum() or c == "_") for c in handle):
+        found.add("/handle", "must be 3-30 characters of a-z, 0-9 and _")
+    return handle
+
+
+def _emails(value: Any, found: _Collector) -> tuple[Email, ...]:
+    if not isinstance(value, list) or not value:
+        found.add("/emails", "required, a non-empty list")
+        return ()
+    if len(value) > MAX_EMAILS:
+        found.add("/emails", f"at most {MAX_EMAILS} emails")
+        return ()
+    emails: list[Email] = []
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        location = f"/emails/{index}"
+        if not isinstance(item, dict):
+            found.add(location, "must be an object")
+            continue
+        for name in item.keys() - _EMAIL_FIELDS:
+            found.add(f"{location}/{name}", "unknown field")
+        address = _email_address(item.get("address"), f"{location}/address", found)
+        verified = _flag(item.get("verified", False), f"{location}/verified", found)
+        primary = _flag(item.get("primary", False), f"{location}/primary", found)
+        if address is not None:
+            if address.lower() in seen:
+                found.add(f"{location}/address", "listed twice")
+            seen.add(address.lower())
+            emails.append(Email(address=address, verified=verified, primary=primary))
+    if len(emails) == len(value) and sum(e.primary for e in emails) != 1:
+        found.add("/emails", "exactly one email must be primary")
+    return tuple(emails)
+
+
+def _email_address(value: Any, location: str, found: _Collector) -> str | None:
+    if not isinstance(value, str):
+        found.add(location, "required, a string")
+        return None
+    try:
+        # No DNS: deliverability checks would make validation slow and network-dependent.
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        found.add(location, str(error))
+        return None
+
+
+def _flag(value: Any, location: str, found: _Collector) -> bool:
+    if not isinstance(value, bool):
+        found.add(location, "must be true or false")
+        return False
+    return value
+
+
+def _text(value: Any, location: str, limit: int, found: _Collector) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        found.add(location, "must be a string")
+        return None
+    text = value.strip()
+    if len(text) > limit:
+        found.add(location, f"at most {limit} characters")
+    return text or None
+
+
+def _url(value: Any, location: str, schemes: tuple[str, ...], found: _Collector) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        found.add(location, f"must be a URL of at most {MAX_URL} characters")
+        return None
+    try:
+        parts = urlsplit(value)
+        host_ok = bool(parts.hostname)
+    except ValueError:
+        host_ok = False
+        parts = None
+    if parts is None or not host_ok or parts.scheme not in schemes or any(c.isspace() for c in value):
+        found.add(location, f"must be an absolute {' or '.join(schemes)} URL")
+        return None
+    return value
+
+
+def _locale(value: Any, found: _Collector) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not langcodes.tag_is_valid(value):
+        found.add("/locale", "must be a BCP 47 language tag, such as en-GB")
+        return None
+    return langcodes.standardize_tag(value)
+
+
+def _timezone(value: Any, found: _Collector) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in _TIMEZONES:
+        found.add("/timezone", "must be an IANA time zone name, such as Europe/Paris")
+        return None
+    return value
+
+
+def _links(value: Any, found: _Collector) -> tuple[Link, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_LINKS:
+        found.add("/links", f"must be a list of at most {MAX_LINKS} links")
+        return ()
+    links: list[Link] = []
+    for index, item in enumerate(value):
+        location = f"/links/{index}"
+        if not isinstance(item, dict):
+            found.add(location, "must be an object")
+            continue
+        for name in item.keys() - _LINK_FIELDS:
+            found.add(f"{location}/{name}", "unknown field")
+        kind = item.get("kind")
+        if not isinstance(kind, str) or not (1 <= len(kind) <= 30):
+            found.add(f"{location}/kind", "required, 1-30 characters")
+            continue
+        url = _url(item.get("url"), f"{location}/url", ("https", "http"), found)
+        if url is not None:
+            links.append(Link(kind=kind.strip().lower(), url=url))
+    return tuple(links)
+
+
+def _attributes(value: Any, policy: AttributePolicy, found: _Collector) -> JSONObject:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        found.add("/attributes", "must be a JSON object")
+        return {}
+    for error in policy.errors(value):
+        found.add(error.field, error.message)
+    return value
+
+

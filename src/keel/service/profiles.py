@@ -1,0 +1,280 @@
+"""The profile use cases. Every protocol (REST today, GraphQL and gRPC later) calls these and
+nothing else, so the rules below hold whatever the wire format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from keel.domain.api_keys import Principal, Scope
+from keel.domain.errors import (
+    FieldError,
+    Forbidden,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    NotFound,
+    ValidationFailed,
+    VersionMismatch,
+)
+from keel.domain.ids import is_profile_id, new_profile_id
+from keel.domain.merge_patch import apply_merge_patch
+from keel.domain.profile import JSONValue, Profile, ProfileFields
+from keel.service.attributes import AttributePolicy
+from keel.service.auth import require
+from keel.service.pagination import decode_cursor, encode_cursor
+from keel.service.ports import (
+    Clock,
+    IdempotencyRecord,
+    IdempotencyState,
+    ProfileQuery,
+    Store,
+    UnitOfWork,
+)
+from keel.service.profile_input import fields_document, parse_profile_fields
+from keel.service.snapshots import profile_from_snapshot, profile_snapshot
+
+MAX_PAGE_SIZE = 100
+MAX_IDS_PER_QUERY = 100
+IDEMPOTENCY_TTL = timedelta(hours=24)
+# Longer than any request may run: a reservation older than this belongs to a request that died
+# before committing, so (since its outcome commits with the write) nothing was written.
+IDEMPOTENCY_LEASE = timedelta(seconds=60)
+_UPDATE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    profile: Profile
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePage:
+    profiles: list[Profile]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilters:
+    handle: str | None = None
+    email: str | None = None
+    ids: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "handle": self.handle,
+            "email": self.email,
+            "ids": ",".join(self.ids) if self.ids is not None else None,
+        }
+
+
+class ProfileService:
+    """Use cases over profiles. Returned profiles are already cut to what the caller may see."""
+
+    def __init__(self, store: Store, clock: Clock, policy: AttributePolicy, region: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._region = region
+
+    async def get_profile(self, principal: Principal, profile_id: str) -> Profile:
+        require(principal, Scope.PROFILES_READ)
+        if not is_profile_id(profile_id):
+            raise NotFound("No such profile.")
+        async with self._store.unit_of_work(read_only=True) as uow:
+            profile = await uow.profiles.get(profile_id)
+        if profile is None:
+            raise NotFound("No such profile.")
+        return self._visible(profile, principal)
+
+    async def list_profiles(
+        self, principal: Principal, filters: ListFilters, *, limit: int, cursor: str | None
+    ) -> ProfilePage:
+        require(principal, Scope.PROFILES_READ)
+        errors: list[FieldError] = []
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            errors.append(FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}"))
+        if filters.ids is not None and not 1 <= len(filters.ids) <= MAX_IDS_PER_QUERY:
+            errors.append(FieldError("/ids", f"between 1 and {MAX_IDS_PER_QUERY} ids"))
+        if errors:
+            raise ValidationFailed(errors)
+        normalized = ListFilters(
+            handle=filters.handle.strip().lower() if filters.handle else None,
+            email=filters.email.strip().lower() if filters.email else None,
+            ids=tuple(i for i in filters.ids if is_profile_id(i)) if filters.ids is not None else None,
+        )
+        after_id = decode_cursor(cursor, normalized.as_dict()) if cursor else None
+        if normalized.ids == ():
+            return ProfilePage(profiles=[], next_cursor=None)
+        query = ProfileQuery(
+            limit=limit + 1,
+            handle=normalized.handle,
+            email=normalized.email,
+            ids=normalized.ids,
+            after_id=after_id,
+        )
+        async with self._store.unit_of_work(read_only=True) as uow:
+            found = await uow.profiles.find(query)
+        page = found[:limit]
+        next_cursor = encode_cursor(page[-1].id, normalized.as_dict()) if len(found) > limit else None
+        return ProfilePage([self._visible(p, principal) for p in page], next_cursor)
+
+    async def create_profile(
+        self, principal: Principal, document: JSONValue, *, idempotency_key: str | None = None
+    ) -> Created:
+        """Create a profile. With an idempotency key, a repeat of the same request returns the
+        first outcome (`replayed=True`) instead of creating a second profile."""
+        require(principal, Scope.PROFILES_WRITE)
+        fields = parse_profile_fields(document, self._policy)
+        self._check_private_writes(principal, fields.attributes.keys())
+        if idempotency_key is None:
+            return Created(await self._insert(fields, None), replayed=False)
+
+        scope = f"{principal.key_id}:create_profile"
+        replay = await self._reserve(scope, idempotency_key, _fingerprint("create_profile", document))
+        if replay is not None:
+            return Created(self._visible(profile_from_snapshot(json.loads(replay)), principal), replayed=True)
+        try:
+            profile = await self._insert(fields, (scope, idempotency_key))
+        except BaseException:
+            await self._release(scope, idempotency_key)
+            raise
+        return Created(self._visible(profile, principal), replayed=False)
+
+    async def update_profile(
+        self,
+        principal: Principal,
+        profile_id: str,
+        patch: JSONValue,
+        *,
+        expected_version: int | None = None,
+    ) -> Profile:
+        """Apply an RFC 7396 merge patch. With `expected_version`, a profile that has moved on
+        is not touched (`VersionMismatch`); without it, concurrent writers are retried."""
+        require(principal, Scope.PROFILES_WRITE)
+        if not isinstance(patch, dict):
+            raise ValidationFailed([FieldError("", "a merge patch must be a JSON object")])
+        patched_attributes = patch.get("attributes")
+        if isinstance(patched_attributes, dict):
+            self._check_private_writes(principal, patched_attributes.keys())
+        for _ in range(_UPDATE_ATTEMPTS):
+            async with self._store.unit_of_work() as uow:
+                current = await _live_profile(uow, profile_id)
+                _check_version(current, expected_version)
+                fields = self._patched_fields(current.fields, patch, principal)
+                if fields == current.fields:
+                    return self._visible(current, principal)
+                revised = current.revise(fields, self._clock.now())
+                try:
+                    await uow.profiles.update(revised, expected_version=current.version)
+                except VersionMismatch:
+                    if expected_version is not None:
+                        raise
+                    continue
+                await uow.commit()
+                return self._visible(revised, principal)
+        raise VersionMismatch("The profile kept changing; retry the request.", current_version=None)
+
+    async def delete_profile(
+        self, principal: Principal, profile_id: str, *, expected_version: int | None = None
+    ) -> None:
+        require(principal, Scope.PROFILES_WRITE)
+        async with self._store.unit_of_work() as uow:
+            current = await _live_profile(uow, profile_id)
+            _check_version(current, expected_version)
+            await uow.profiles.update(current.delete(self._clock.now()), expected_version=current.version)
+            await uow.commit()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _insert(self, fields: ProfileFields, idempotency: tuple[str, str] | None) -> Profile:
+        profile = Profile.create(new_profile_id(self._region), fields, self._clock.now())
+        async with self._store.unit_of_work() as uow:
+            await uow.profiles.add(profile)
+            if idempotency is not None:
+                # Same transaction as the write: an outcome is stored if and only if the write is.
+                await uow.idempotency.complete(*idempotency, json.dumps(profile_snapshot(profile)))
+            await uow.commit()
+        return profile
+
+    async def _reserve(self, scope: str, key: str, fingerprint: str) -> str | None:
+        """Own the key (None) or return the stored outcome to replay."""
+        now = self._clock.now()
+        record = IdempotencyRecord(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            state=IdempotencyState.IN_PROGRESS,
+            outcome=None,
+            locked_until=now + IDEMPOTENCY_LEASE,
+            expires_at=now + IDEMPOTENCY_TTL,
+        )
+        async with self._store.unit_of_work() as uow:
+            existing = await uow.idempotency.reserve(record, now)
+            await uow.commit()
+        if existing is None:
+            return None
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.")
+        if existing.state is IdempotencyState.IN_PROGRESS or existing.outcome is None:
+            raise IdempotencyInProgress("A request with this Idempotency-Key is still in progress.")
+        return existing.outcome
+
+    async def _release(self, scope: str, key: str) -> None:
+        # Best effort: if this fails too, the lease runs out and the key is usable again.
+        try:
+            async with self._store.unit_of_work() as uow:
+                await uow.idempotency.release(scope, key)
+                await uow.commit()
+        except Exception:  # noqa: BLE001 - the original error is the one worth raising
+            pass
+
+    def _patched_fields(self, fields: ProfileFields, patch: dict[str, JSONValue], principal: Principal) -> ProfileFields:
+        document = fields_document(fields)
+        hidden: dict[str, JSONValue] = {}
+        if not principal.is_admin and self._policy.private_names:
+            attributes = document["attributes"]
+            assert isinstance(attributes, dict)
+            hidden = {k: v for k, v in attributes.items() if k in self._policy.private_names}
+            document["attributes"] = self._policy.visible(attributes, admin=False)
+        patched = apply_merge_patch(document, patch)
+        if hidden and isinstance(patched, dict) and isinstance(patched.get("attributes"), dict):
+            patched["attributes"] = {**patched["attributes"], **hidden}
+        return parse_profile_fields(patched, self._policy)
+
+    def _check_private_writes(self, principal: Principal, names: Iterable[str]) -> None:
+        if principal.is_admin or not self._policy.private_names:
+            return
+        touched = self._policy.private_names.intersection(names)
+        if touched:
+            raise Forbidden(f"Only admin keys may set private attributes: {', '.join(sorted(touched))}.")
+
+    def _visible(self, profile: Profile, principal: Principal) -> Profile:
+        attributes = profile.fields.attributes
+        visible = self._policy.visible(attributes, admin=principal.is_admin)
+        if visible is attributes:
+            return profile
+        return replace(profile, fields=replace(profile.fields, attributes=visible))
+
+
+async def _live_profile(uow: UnitOfWork, profile_id: str) -> Profile:
+    profile = await uow.profiles.get(profile_id) if is_profile_id(profile_id) else None
+    if profile is None:
+        raise NotFound("No such profile.")
+    return profile
+
+
+def _check_version(profile: Profile, expected_version: int | None) -> None:
+    if expected_version is not None and profile.version != expected_version:
+        raise VersionMismatch(
+            f"The profile is at version {profile.version}, not {expected_version}.",
+            current_version=profile.version,
+        )
+
+
+def _fingerprint(operation: str, document: JSONValue) -> str:
+    canonical = json.dumps([operation, document], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

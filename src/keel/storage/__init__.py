@@ -1,0 +1,1 @@
+"""Adapters for the storage ports: SQLite (embedded default) and PostgreSQL (production)."""

@@ -1,0 +1,40 @@
+"""`keel migrate` and the start-up check that refuses an unmigrated database."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+_SCRIPT_LOCATION = str(Path(__file__).parent)
+
+
+def _sqlalchemy_url(database_url: str) -> str:
+    if database_url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + database_url.split("://", 1)[1]
+    if database_url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + database_url.removeprefix("sqlite:///")
+    raise ValueError("KEEL_DATABASE_URL must start with postgresql:// or sqlite:///")
+
+
+def _config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", _SCRIPT_LOCATION)
+    config.attributes["sqlalchemy_url"] = _sqlalchemy_url(database_url)
+    return config
+
+
+def migrate(database_url: str, revision: str = "head") -> None:
+    """Bring the database to `revision`. Blocking; call it outside a running event loop."""
+    command.upgrade(_config(database_url), revision)
+
+
+@cache
+def head_revision() -> str:
+    head = ScriptDirectory(_SCRIPT_LOCATION).get_current_head()
+    if head is None:
+        raise RuntimeError("no migrations found")
+    return head

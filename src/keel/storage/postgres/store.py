@@ -1,0 +1,314 @@
+"""PostgreSQL adapter (asyncpg). The request path talks to the driver directly: no ORM, prepared
+statements cached per connection by asyncpg, one round trip per profile read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+from asyncpg.transaction import Transaction
+
+from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.errors import Conflict, Unavailable, VersionMismatch
+from keel.domain.profile import Profile
+from keel.observability.database import DatabaseObserver
+from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
+from keel.storage.rows import PROFILE_COLUMNS, conflict_field, profile_from_row
+
+_SELECT_PROFILE = f"""
+SELECT {PROFILE_COLUMNS},
+  (SELECT coalesce(json_agg(json_build_array(e.address, e.verified, e.is_primary) ORDER BY e.position),
+                   '[]'::json)::text
+     FROM profile_emails e WHERE e.profile_id = p.id),
+  (SELECT coalesce(json_agg(json_build_array(l.kind, l.url) ORDER BY l.position), '[]'::json)::text
+     FROM profile_links l WHERE l.profile_id = p.id)
+FROM profiles p
+"""
+
+# Errors that mean "the database is not reachable now", as opposed to a bad statement.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+def _time(value: Any) -> datetime:
+    assert isinstance(value, datetime)
+    return value
+
+
+class PostgresStore:
+    def __init__(self, pool: asyncpg.Pool, observer: DatabaseObserver) -> None:
+        self._pool = pool
+        self.observer = observer
+        observer.metrics.db_pool_size.set_function(pool.get_size)
+        observer.metrics.db_pool_in_use.set_function(lambda: pool.get_size() - pool.get_idle_size())
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        observer: DatabaseObserver,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        command_timeout: float = 5.0,
+    ) -> PostgresStore:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, command_timeout=command_timeout
+        )
+        return cls(pool, observer)
+
+    def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(self._pool, self.observer, read_only)
+
+    async def schema_revision(self) -> str | None:
+        try:
+            value = await self._pool.fetchval("SELECT version_num FROM alembic_version")
+        except asyncpg.UndefinedTableError:
+            return None
+        return str(value) if value is not None else None
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class PostgresUnitOfWork:
+    def __init__(self, pool: asyncpg.Pool, observer: DatabaseObserver, read_only: bool) -> None:
+        self._pool = pool
+        self._observer = observer
+        self._read_only = read_only
+        self._transaction: Transaction | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            connection = await self._pool.acquire()
+        except _CONNECTION_ERRORS as error:
+            raise Unavailable("The database is not reachable; retry shortly.") from error
+        self._connection = connection
+        self.profiles = PostgresProfiles(connection, self._observer)
+        self.idempotency = PostgresIdempotency(connection, self._observer)
+        self.api_keys = PostgresApiKeys(connection, self._observer)
+        if not self._read_only:
+            self._transaction = connection.transaction()
+            try:
+                await self._transaction.start()
+            except BaseException:
+                await self._pool.release(connection)
+                raise
+        return self
+
+    async def commit(self) -> None:
+        if self._transaction is not None:
+            await self._transaction.commit()
+            self._transaction = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._transaction is not None:
+                self._transaction = None
+                await self._connection.execute("ROLLBACK")
+        except _CONNECTION_ERRORS:
+            pass  # the server has rolled back a transaction whose connection is gone
+        finally:
+            await self._pool.release(self._connection)
+        if isinstance(exc, _CONNECTION_ERRORS):
+            raise Unavailable("The database is not reachable; retry shortly.") from exc
+
+
+class PostgresProfiles:
+    def __init__(self, connection: asyncpg.Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def get(self, profile_id: str) -> Profile | None:
+        with self._observer.call("get_profile"):
+            row = await self._db.fetchrow(
+                _SELECT_PROFILE + " WHERE p.id = $1 AND p.deleted_at IS NULL", profile_id
+            )
+        return profile_from_row(tuple(row), _time) if row is not None else None
+
+    async def find(self, query: ProfileQuery) -> list[Profile]:
+        conditions = ["p.deleted_at IS NULL"]
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        if query.handle is not None:
+            conditions.append(f"p.handle = {param(query.handle)}")
+        if query.email is not None:
+            conditions.append(
+                "p.id IN (SELECT profile_id FROM profile_emails"
+                f" WHERE address_normalized = {param(query.email)} AND live)"
+            )
+        if query.ids is not None:
+            conditions.append(f"p.id = ANY({param(list(query.ids))}::text[])")
+        if query.after_id is not None:
+            conditions.append(f"p.id > {param(query.after_id)}")
+        sql = f"{_SELECT_PROFILE} WHERE {' AND '.join(conditions)} ORDER BY p.id LIMIT {param(query.limit)}"
+        with self._observer.call("find_profiles"):
+            rows = await self._db.fetch(sql, *params)
+        return [profile_from_row(tuple(row), _time) for row in rows]
+
+    async def add(self, profile: Profile) -> None:
+        with self._observer.call("add_profile"):
+            try:
+                await self._db.execute(
+                    "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
+                    " attributes, version, created_at, updated_at, deleted_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)",
+                    *_profile_values(profile),
+                )
+                await self._write_children(profile)
+            except asyncpg.UniqueViolationError as error:
+                raise _conflict(error) from None
+
+    async def update(self, profile: Profile, expected_version: int) -> None:
+        f = profile.fields
+        with self._observer.call("update_profile"):
+            try:
+                status = await self._db.execute(
+                    "UPDATE profiles SET handle = $2, display_name = $3, bio = $4, avatar_url = $5,"
+                    " locale = $6, timezone = $7, attributes = $8::jsonb, version = $9, updated_at = $10,"
+                    " deleted_at = $11 WHERE id = $1 AND version = $12 AND deleted_at IS NULL",
+                    profile.id, f.handle, f.display_name, f.bio, f.avatar_url, f.locale, f.timezone,
+                    json.dumps(f.attributes), profile.version, profile.updated_at, profile.deleted_at,
+                    expected_version,
+                )
+                if status != "UPDATE 1":
+                    raise VersionMismatch("The profile changed meanwhile.", current_version=None)
+                await self._db.execute("DELETE FROM profile_emails WHERE profile_id = $1", profile.id)
+                await self._db.execute("DELETE FROM profile_links WHERE profile_id = $1", profile.id)
+                await self._write_children(profile)
+            except asyncpg.UniqueViolationError as error:
+                raise _conflict(error) from None
+
+    async def _write_children(self, profile: Profile) -> None:
+        live = profile.deleted_at is None
+        emails = profile.fields.emails
+        links = profile.fields.links
+        if emails:
+            await self._db.executemany(
+                "INSERT INTO profile_emails (profile_id, position, address, address_normalized,"
+                " verified, is_primary, live) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [(profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
+                 for i, e in enumerate(emails)],
+            )
+        if links:
+            await self._db.executemany(
+                "INSERT INTO profile_links (profile_id, position, kind, url) VALUES ($1, $2, $3, $4)",
+                [(profile.id, i, link.kind, link.url) for i, link in enumerate(links)],
+            )
+
+
+def _profile_values(profile: Profile) -> tuple[Any, ...]:
+    f = profile.fields
+    return (
+        profile.id, f.handle, f.display_name, f.bio, f.avatar_url, f.locale, f.timezone,
+        json.dumps(f.attributes), profile.version, profile.created_at, profile.updated_at,
+        profile.deleted_at,
+    )
+
+
+def _conflict(error: asyncpg.UniqueViolationError) -> Conflict:
+    field = conflict_field(error.constraint_name or "")
+    what = "handle" if field == "/handle" else "email address"
+    return Conflict(f"This {what} is already used by another profile.", field=field)
+
+
+class PostgresIdempotency:
+    def __init__(self, connection: asyncpg.Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+        with self._observer.call("reserve_idempotency_key"):
+            await self._db.execute(
+                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND"
+                " (expires_at <= $3 OR (state = 'in_progress' AND locked_until <= $3))",
+                record.scope, record.key, now,
+            )
+            inserted = await self._db.fetchval(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until,"
+                " expires_at) VALUES ($1, $2, $3, $4, NULL, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
+                record.scope, record.key, record.fingerprint, record.state.value,
+                record.locked_until, record.expires_at,
+            )
+            if inserted is not None:
+                return None
+            row = await self._db.fetchrow(
+                "SELECT scope, key, fingerprint, state, outcome, locked_until, expires_at"
+                " FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                record.scope, record.key,
+            )
+        assert row is not None
+        return _idempotency_record(tuple(row))
+
+    async def complete(self, scope: str, key: str, outcome: str) -> None:
+        with self._observer.call("complete_idempotency_key"):
+            await self._db.execute(
+                "UPDATE idempotency_keys SET state = 'completed', outcome = $3 WHERE scope = $1 AND key = $2",
+                scope, key, outcome,
+            )
+
+    async def release(self, scope: str, key: str) -> None:
+        with self._observer.call("release_idempotency_key"):
+            await self._db.execute(
+                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND state = 'in_progress'",
+                scope, key,
+            )
+
+    async def purge_expired(self, now: datetime) -> int:
+        with self._observer.call("purge_idempotency_keys"):
+            status = await self._db.execute("DELETE FROM idempotency_keys WHERE expires_at <= $1", now)
+        return int(status.split()[-1])
+
+
+def _idempotency_record(row: Sequence[Any]) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        scope=row[0], key=row[1], fingerprint=row[2], state=IdempotencyState(row[3]),
+        outcome=row[4], locked_until=row[5], expires_at=row[6],
+    )
+
+
+class PostgresApiKeys:
+    def __init__(self, connection: asyncpg.Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def add(self, key: ApiKey) -> None:
+        with self._observer.call("add_api_key"):
+            await self._db.execute(
+                "INSERT INTO api_keys (id, secret_hash, scopes, api_version, name, created_at, revoked_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                key.id, key.secret_hash, " ".join(sorted(key.scopes)), key.api_version, key.name,
+                key.created_at, key.revoked_at,
+            )
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        with self._observer.call("get_api_key"):
+            row = await self._db.fetchrow(
+                "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at"
+                " FROM api_keys WHERE id = $1",
+                key_id,
+            )
+        if row is None:
+            return None
+        return ApiKey(
+            id=row[0], secret_hash=row[1], scopes=frozenset(Scope(s) for s in row[2].split()),
+            api_version=row[3], name=row[4], created_at=row[5], revoked_at=row[6],
+        )

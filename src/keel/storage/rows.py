@@ -1,0 +1,50 @@
+"""Row ↔ aggregate mapping shared by the SQL adapters.
+
+Both adapters read a profile with ONE statement that returns the profile row plus its emails and
+links aggregated as JSON arrays, so a read is one round trip and sees one consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from keel.domain.profile import Email, Link, Profile, ProfileFields
+
+# The column order of every profile SELECT in both adapters.
+PROFILE_COLUMNS = (
+    "id, handle, display_name, bio, avatar_url, locale, timezone, attributes, "
+    "version, created_at, updated_at, deleted_at"
+)
+
+
+def profile_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> Profile:
+    (
+        profile_id, handle, display_name, bio, avatar_url, locale, timezone, attributes,
+        version, created_at, updated_at, deleted_at, emails, links,
+    ) = row
+    return Profile(
+        id=profile_id,
+        fields=ProfileFields(
+            handle=handle,
+            emails=tuple(Email(a, bool(v), bool(p)) for a, v, p in json.loads(emails)),
+            display_name=display_name,
+            bio=bio,
+            avatar_url=avatar_url,
+            locale=locale,
+            timezone=timezone,
+            links=tuple(Link(k, u) for k, u in json.loads(links)),
+            attributes=json.loads(attributes) if isinstance(attributes, str) else attributes,
+        ),
+        version=version,
+        created_at=parse_time(created_at),
+        updated_at=parse_time(updated_at),
+        deleted_at=parse_time(deleted_at) if deleted_at is not None else None,
+    )
+
+
+def conflict_field(message: str) -> str:
+    """Which uniqueness rule a constraint error names (`handle` or `emails`)."""
+    return "/handle" if "handle" in message else "/emails"

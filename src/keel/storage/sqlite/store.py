@@ -1,0 +1,325 @@
+"""SQLite adapter: the embedded default. WAL mode, one serialized writer, one reader.
+
+aiosqlite runs each connection on its own thread. Writes are serialized in process by a lock
+(SQLite allows one writer anyway) and across processes by `BEGIN IMMEDIATE` + busy_timeout;
+reads go to a second connection, which in WAL mode never waits for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+
+from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.errors import Conflict, Unavailable, VersionMismatch
+from keel.domain.profile import Profile
+from keel.observability.database import DatabaseObserver
+from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
+from keel.storage.rows import PROFILE_COLUMNS, conflict_field, profile_from_row
+
+_SELECT_PROFILE = f"""
+SELECT {PROFILE_COLUMNS},
+  (SELECT coalesce(json_group_array(json_array(address, verified, is_primary)), '[]')
+     FROM (SELECT * FROM profile_emails e WHERE e.profile_id = p.id ORDER BY position)),
+  (SELECT coalesce(json_group_array(json_array(kind, url)), '[]')
+     FROM (SELECT * FROM profile_links l WHERE l.profile_id = p.id ORDER BY position))
+FROM profiles p
+"""
+
+
+def _time(value: Any) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _iso(value: datetime) -> str:
+    # One fixed format (UTC, microseconds always present) so that text comparison is time order.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return _iso(value) if value is not None else None
+
+
+class SqliteStore:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self.observer = observer
+
+    @classmethod
+    async def open(cls, path: Path, observer: DatabaseObserver) -> SqliteStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await writer.execute_fetchall("PRAGMA journal_mode=WAL")
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        observer.metrics.db_pool_size.set(2)
+        return cls(writer, reader, observer)
+
+    def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
+        return SqliteUnitOfWork(self, read_only)
+
+    async def schema_revision(self) -> str | None:
+        try:
+            async with self._reader.execute("SELECT version_num FROM alembic_version") as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return str(row[0]) if row else None
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit transactions; units of work issue BEGIN/COMMIT themselves.
+    connection = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        for pragma in ("busy_timeout=5000", "foreign_keys=ON", "synchronous=NORMAL"):
+            await connection.execute_fetchall(f"PRAGMA {pragma}")
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+class SqliteUnitOfWork:
+    def __init__(self, store: SqliteStore, read_only: bool) -> None:
+        self._store = store
+        self._read_only = read_only
+        self._connection = store._reader if read_only else store._writer
+        self._open = False
+        self.profiles = SqliteProfiles(self._connection, store.observer)
+        self.idempotency = SqliteIdempotency(self._connection, store.observer)
+        self.api_keys = SqliteApiKeys(self._connection, store.observer)
+
+    async def __aenter__(self) -> Self:
+        if not self._read_only:
+            await self._store._write_lock.acquire()
+            try:
+                await self._connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                self._store._write_lock.release()
+                raise Unavailable("The database is busy; retry shortly.") from error
+            self._open = True
+        return self
+
+    async def commit(self) -> None:
+        if self._open:
+            await self._connection.execute("COMMIT")
+            self._open = False
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._read_only:
+            return
+        try:
+            if self._open:
+                await self._connection.execute("ROLLBACK")
+                self._open = False
+        finally:
+            self._store._write_lock.release()
+
+
+class SqliteProfiles:
+    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def get(self, profile_id: str) -> Profile | None:
+        with self._observer.call("get_profile"):
+            async with self._db.execute(
+                _SELECT_PROFILE + " WHERE p.id = ? AND p.deleted_at IS NULL", (profile_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+        return profile_from_row(tuple(row), _time) if row else None
+
+    async def find(self, query: ProfileQuery) -> list[Profile]:
+        conditions = ["p.deleted_at IS NULL"]
+        params: list[Any] = []
+        if query.handle is not None:
+            conditions.append("p.handle = ?")
+            params.append(query.handle)
+        if query.email is not None:
+            conditions.append(
+                "p.id IN (SELECT profile_id FROM profile_emails WHERE address_normalized = ? AND live)"
+            )
+            params.append(query.email)
+        if query.ids is not None:
+            conditions.append(f"p.id IN ({','.join('?' * len(query.ids))})")
+            params.extend(query.ids)
+        if query.after_id is not None:
+            conditions.append("p.id > ?")
+            params.append(query.after_id)
+        sql = f"{_SELECT_PROFILE} WHERE {' AND '.join(conditions)} ORDER BY p.id LIMIT ?"
+        params.append(query.limit)
+        with self._observer.call("find_profiles"):
+            async with self._db.execute(sql, params) as cursor:
+                rows = await cursor.fetchall()
+        return [profile_from_row(tuple(row), _time) for row in rows]
+
+    async def add(self, profile: Profile) -> None:
+        with self._observer.call("add_profile"):
+            try:
+                await self._db.execute(
+                    "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
+                    " attributes, version, created_at, updated_at, deleted_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _profile_values(profile),
+                )
+                await self._write_children(profile)
+            except sqlite3.IntegrityError as error:
+                raise _conflict(error) from None
+
+    async def update(self, profile: Profile, expected_version: int) -> None:
+        with self._observer.call("update_profile"):
+            try:
+                cursor = await self._db.execute(
+                    "UPDATE profiles SET handle = ?, display_name = ?, bio = ?, avatar_url = ?, locale = ?,"
+                    " timezone = ?, attributes = ?, version = ?, updated_at = ?, deleted_at = ?"
+                    " WHERE id = ? AND version = ? AND deleted_at IS NULL",
+                    (*_profile_values(profile)[1:9], _iso(profile.updated_at), _iso_or_none(profile.deleted_at),
+                     profile.id, expected_version),
+                )
+                if cursor.rowcount != 1:
+                    raise VersionMismatch("The profile changed meanwhile.", current_version=None)
+                await self._db.execute("DELETE FROM profile_emails WHERE profile_id = ?", (profile.id,))
+                await self._db.execute("DELETE FROM profile_links WHERE profile_id = ?", (profile.id,))
+                await self._write_children(profile)
+            except sqlite3.IntegrityError as error:
+                raise _conflict(error) from None
+
+    async def _write_children(self, profile: Profile) -> None:
+        live = profile.deleted_at is None
+        await self._db.executemany(
+            "INSERT INTO profile_emails (profile_id, position, address, address_normalized, verified,"
+            " is_primary, live) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
+             for i, e in enumerate(profile.fields.emails)],
+        )
+        await self._db.executemany(
+            "INSERT INTO profile_links (profile_id, position, kind, url) VALUES (?, ?, ?, ?)",
+            [(profile.id, i, link.kind, link.url) for i, link in enumerate(profile.fields.links)],
+        )
+
+
+def _profile_values(profile: Profile) -> tuple[Any, ...]:
+    f = profile.fields
+    return (
+        profile.id, f.handle, f.display_name, f.bio, f.avatar_url, f.locale, f.timezone,
+        json.dumps(f.attributes), profile.version, _iso(profile.created_at), _iso(profile.updated_at),
+        _iso_or_none(profile.deleted_at),
+    )
+
+
+def _conflict(error: sqlite3.IntegrityError) -> Conflict:
+    field = conflict_field(str(error))
+    what = "handle" if field == "/handle" else "email address"
+    return Conflict(f"This {what} is already used by another profile.", field=field)
+
+
+class SqliteIdempotency:
+    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+        with self._observer.call("reserve_idempotency_key"):
+            # Take over only what is expired or abandoned; anything else stays and is returned.
+            await self._db.execute(
+                "DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND"
+                " (expires_at <= ? OR (state = 'in_progress' AND locked_until <= ?))",
+                (record.scope, record.key, _iso(now), _iso(now)),
+            )
+            cursor = await self._db.execute(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until, expires_at)"
+                " VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING",
+                (record.scope, record.key, record.fingerprint, record.state.value,
+                 _iso(record.locked_until), _iso(record.expires_at)),
+            )
+            if cursor.rowcount == 1:
+                return None
+            async with self._db.execute(
+                "SELECT scope, key, fingerprint, state, outcome, locked_until, expires_at"
+                " FROM idempotency_keys WHERE scope = ? AND key = ?",
+                (record.scope, record.key),
+            ) as select:
+                row = await select.fetchone()
+        assert row is not None
+        return _idempotency_record(row)
+
+    async def complete(self, scope: str, key: str, outcome: str) -> None:
+        with self._observer.call("complete_idempotency_key"):
+            await self._db.execute(
+                "UPDATE idempotency_keys SET state = 'completed', outcome = ? WHERE scope = ? AND key = ?",
+                (outcome, scope, key),
+            )
+
+    async def release(self, scope: str, key: str) -> None:
+        with self._observer.call("release_idempotency_key"):
+            await self._db.execute(
+                "DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND state = 'in_progress'",
+                (scope, key),
+            )
+
+    async def purge_expired(self, now: datetime) -> int:
+        with self._observer.call("purge_idempotency_keys"):
+            cursor = await self._db.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= ?", (_iso(now),)
+            )
+        return cursor.rowcount
+
+
+def _idempotency_record(row: Sequence[Any]) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        scope=row[0], key=row[1], fingerprint=row[2], state=IdempotencyState(row[3]),
+        outcome=row[4], locked_until=_time(row[5]), expires_at=_time(row[6]),
+    )
+
+
+class SqliteApiKeys:
+    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def add(self, key: ApiKey) -> None:
+        with self._observer.call("add_api_key"):
+            await self._db.execute(
+                "INSERT INTO api_keys (id, secret_hash, scopes, api_version, name, created_at, revoked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.id, key.secret_hash, " ".join(sorted(key.scopes)), key.api_version, key.name,
+                 _iso(key.created_at), _iso_or_none(key.revoked_at)),
+            )
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        with self._observer.call("get_api_key"):
+            async with self._db.execute(
+                "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at"
+                " FROM api_keys WHERE id = ?",
+                (key_id,),
+            ) as cursor:
+                row = await cursor.fetchone()
+        if row is None:
+            return None
+        return ApiKey(
+            id=row[0], secret_hash=row[1], scopes=frozenset(Scope(s) for s in row[2].split()),
+            api_version=row[3], name=row[4], created_at=_time(row[5]),
+            revoked_at=_time(row[6]) if row[6] else None,
+        )
