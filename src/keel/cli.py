@@ -10,6 +10,7 @@ import typer
 
 from keel.config import Settings
 from keel.domain.api_keys import Scope
+from keel.domain.profile import JSONObject
 
 app = typer.Typer(help="Keel: user profiles as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -74,8 +75,10 @@ def keys_create(
     if quiet:
         typer.echo(issued)
     else:
-        typer.echo(f"key id:      {issued.split('_')[1]}\nscopes:      {', '.join(parsed)}\n"
-                   f"api version: {version}\nsecret:      {issued}\n(shown once: store it now)")
+        typer.echo(
+            f"key id:      {issued.split('_')[1]}\nscopes:      {', '.join(parsed)}\n"
+            f"api version: {version}\nsecret:      {issued}\n(shown once: store it now)"
+        )
 
 
 async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name: str) -> str:
@@ -84,9 +87,7 @@ async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name
 
     keel = await build_keel(settings)
     try:
-        issued = await issue_api_key(
-            keel.store, keel.clock, scopes=scopes, api_version=version, name=name
-        )
+        issued = await issue_api_key(keel.store, keel.clock, scopes=scopes, api_version=version, name=name)
     finally:
         await keel.close()
     return issued.token
@@ -108,7 +109,7 @@ async def _seed(settings: Settings, count: int, seed_value: int) -> None:
     from keel.domain.api_keys import Principal
     from keel.domain.errors import Conflict
 
-    rng = random.Random(seed_value)
+    rng = random.Random(seed_value)  # noqa: S311 - demo data, repeatable on purpose
     keel = await build_keel(settings)
     seeder = Principal(key_id="seed", scopes=frozenset({Scope.ADMIN}), api_version="")
     created = skipped = 0
@@ -117,9 +118,11 @@ async def _seed(settings: Settings, count: int, seed_value: int) -> None:
             task = progress.add_task("seeding profiles", total=count)
             for n in range(count):
                 tag = f"{rng.getrandbits(40):010x}"
-                document = {
+                document: JSONObject = {
                     "handle": f"demo_{tag}",
-                    "emails": [{"address": f"demo.{tag}@example.com", "primary": True, "verified": n % 2 == 0}],
+                    "emails": [
+                        {"address": f"demo.{tag}@example.com", "primary": True, "verified": n % 2 == 0}
+                    ],
                     "display_name": f"Demo {n}",
                     "locale": rng.choice(["en-GB", "fr-FR", "de-DE", "ja-JP"]),
                     "timezone": rng.choice(["Europe/London", "Europe/Paris", "Asia/Tokyo"]),

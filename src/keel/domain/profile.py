@@ -15,7 +15,7 @@ from typing import TypeAlias
 
 from keel.domain.errors import FieldError, ValidationFailed
 
-JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
+JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
 JSONObject: TypeAlias = dict[str, JSONValue]
 
 HANDLE_PATTERN = re.compile(r"^[a-z0-9_]{3,30}$")

@@ -19,7 +19,7 @@ from keel.domain.api_keys import ApiKey, Principal, Scope
 from keel.domain.errors import Forbidden, Unauthenticated
 from keel.service.ports import Clock, Store
 
-TOKEN_PREFIX = "keel_"
+TOKEN_PREFIX = "keel_"  # noqa: S105 - a public prefix, not a secret
 
 
 def _digest(token: str) -> str:

@@ -66,9 +66,7 @@ class IdempotencyRecord:
 
 
 class IdempotencyRecords(Protocol):
-    async def reserve(
-        self, record: IdempotencyRecord, now: datetime
-    ) -> IdempotencyRecord | None:
+    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
         """Insert `record` (state IN_PROGRESS) unless a live one holds the key.
 
         Returns None when the caller now owns the key, including when it took over an expired
@@ -84,8 +82,7 @@ class IdempotencyRecords(Protocol):
         """Forget a reservation whose request failed without a result worth replaying."""
         ...
 
-    async def purge_expired(self, now: datetime) -> int:
-        ...
+    async def purge_expired(self, now: datetime) -> int: ...
 
 
 class ApiKeyRepository(Protocol):
@@ -100,9 +97,14 @@ class UnitOfWork(Protocol):
     Leaving the block without `commit()` rolls everything back.
     """
 
-    profiles: ProfileRepository
-    idempotency: IdempotencyRecords
-    api_keys: ApiKeyRepository
+    @property
+    def profiles(self) -> ProfileRepository: ...
+
+    @property
+    def idempotency(self) -> IdempotencyRecords: ...
+
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -130,4 +132,3 @@ class Store(Protocol):
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
-

@@ -79,8 +79,7 @@ def fields_document(fields: ProfileFields) -> JSONObject:
     document: JSONObject = {
         "handle": fields.handle,
         "emails": [
-            {"address": e.address, "verified": e.verified, "primary": e.primary}
-            for e in fields.emails
+            {"address": e.address, "verified": e.verified, "primary": e.primary} for e in fields.emails
         ],
         "links": [{"kind": link.kind, "url": link.url} for link in fields.links],
         "attributes": dict(fields.attributes),
@@ -235,5 +234,3 @@ def _attributes(value: Any, policy: AttributePolicy, found: _Collector) -> JSONO
     for error in policy.errors(value):
         found.add(error.field, error.message)
     return value
-
-

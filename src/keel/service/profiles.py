@@ -134,7 +134,9 @@ class ProfileService:
             return Created(await self._insert(fields, None), replayed=False)
 
         scope = f"{principal.key_id}:create_profile"
-        replay = await self._reserve(scope, idempotency_key, _fingerprint("create_profile", document))
+        # Fingerprint the normalized fields, not the raw body: equivalent requests match.
+        fingerprint = _fingerprint("create_profile", fields_document(fields))
+        replay = await self._reserve(scope, idempotency_key, fingerprint)
         if replay is not None:
             return Created(self._visible(profile_from_snapshot(json.loads(replay)), principal), replayed=True)
         try:
@@ -229,10 +231,12 @@ class ProfileService:
             async with self._store.unit_of_work() as uow:
                 await uow.idempotency.release(scope, key)
                 await uow.commit()
-        except Exception:  # noqa: BLE001 - the original error is the one worth raising
+        except Exception:  # noqa: BLE001, S110 - the original error is the one worth raising
             pass
 
-    def _patched_fields(self, fields: ProfileFields, patch: dict[str, JSONValue], principal: Principal) -> ProfileFields:
+    def _patched_fields(
+        self, fields: ProfileFields, patch: dict[str, JSONValue], principal: Principal
+    ) -> ProfileFields:
         document = fields_document(fields)
         hidden: dict[str, JSONValue] = {}
         if not principal.is_admin and self._policy.private_names:
@@ -241,8 +245,10 @@ class ProfileService:
             hidden = {k: v for k, v in attributes.items() if k in self._policy.private_names}
             document["attributes"] = self._policy.visible(attributes, admin=False)
         patched = apply_merge_patch(document, patch)
-        if hidden and isinstance(patched, dict) and isinstance(patched.get("attributes"), dict):
-            patched["attributes"] = {**patched["attributes"], **hidden}
+        if hidden and isinstance(patched, dict):
+            patched_attributes = patched.get("attributes")
+            if isinstance(patched_attributes, dict):
+                patched["attributes"] = {**patched_attributes, **hidden}
         return parse_profile_fields(patched, self._policy)
 
     def _check_private_writes(self, principal: Principal, names: Iterable[str]) -> None:

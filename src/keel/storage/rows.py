@@ -22,8 +22,20 @@ PROFILE_COLUMNS = (
 
 def profile_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> Profile:
     (
-        profile_id, handle, display_name, bio, avatar_url, locale, timezone, attributes,
-        version, created_at, updated_at, deleted_at, emails, links,
+        profile_id,
+        handle,
+        display_name,
+        bio,
+        avatar_url,
+        locale,
+        timezone,
+        attributes,
+        version,
+        created_at,
+        updated_at,
+        deleted_at,
+        emails,
+        links,
     ) = row
     return Profile(
         id=profile_id,

@@ -43,5 +43,3 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         access_log=settings.access_log,
     )
     return app
-
-

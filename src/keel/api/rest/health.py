@@ -35,8 +35,9 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "unreachable"
         checks["migrations"] = "unknown"
     ready = checks == {"database": "ok", "migrations": "current"}
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )
 
 
 @router.get("/metrics")

@@ -71,8 +71,11 @@ class RequestEnvelope:
         log_tokens = structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
         response_headers = [
             (b"x-request-id", request_id.encode()),
-            (b"traceparent", f"00-{trace_id}-{format(span_context.span_id, '016x')}-"
-                             f"{'01' if span_context.trace_flags.sampled else '00'}".encode()),
+            (
+                b"traceparent",
+                f"00-{trace_id}-{format(span_context.span_id, '016x')}-"
+                f"{'01' if span_context.trace_flags.sampled else '00'}".encode(),
+            ),
         ]
         status = 500
         started_response = False
@@ -130,15 +133,18 @@ class RequestEnvelope:
             span.end()
             if self._access_log:
                 # The route template, never the raw path or query: queries may carry email addresses.
-                _log.info("request", method=method, route=route, status=status,
-                          duration_ms=round(elapsed * 1000, 3))
+                _log.info(
+                    "request", method=method, route=route, status=status, duration_ms=round(elapsed * 1000, 3)
+                )
             structlog.contextvars.reset_contextvars(**log_tokens)
             request_id_var.reset(request_token)
             otel_context.detach(otel_token)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await problem_response(
-            413, "payload-too-large", "Payload too large",
+            413,
+            "payload-too-large",
+            "Payload too large",
             f"Request bodies are limited to {self._max_body} bytes.",
         )(scope, receive, send)
 

@@ -93,7 +93,9 @@ def domain_problem(error: KeelError, instance: str | None = None) -> Response:
     errors = error.errors if isinstance(error, ValidationFailed) else None
     if isinstance(error, Conflict):
         errors = [FieldError(error.field, error.detail)]
-    return problem_response(status, error.code, title, error.detail, errors=errors, headers=headers, instance=instance)
+    return problem_response(
+        status, error.code, title, error.detail, errors=errors, headers=headers, instance=instance
+    )
 
 
 def _pointer(location: tuple[int | str, ...]) -> str:
@@ -122,8 +124,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(error.status_code, "http-error")
         detail = error.detail if isinstance(error.detail, str) else "The request could not be served."
         return problem_response(
-            error.status_code, code, code.replace("-", " ").capitalize(), detail,
-            headers=dict(error.headers) if error.headers else None, instance=request.url.path,
+            error.status_code,
+            code,
+            code.replace("-", " ").capitalize(),
+            detail,
+            headers=dict(error.headers) if error.headers else None,
+            instance=request.url.path,
         )
 
     async def on_unexpected_error(request: Request, error: Exception) -> Response:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from cadwyn import VersionedAPIRouter
@@ -18,7 +18,7 @@ from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profiles import ListFilters
 
 MERGE_PATCH = "application/merge-patch+json"
-_PROBLEMS = {
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
     for status in (401, 403, 404, 409, 412, 413, 422, 503)
 }
@@ -73,7 +73,9 @@ async def create_profile(
     return profile_document(profile)
 
 
-@router.get("/profiles/{profile_id}", response_model=ProfileOut, responses=_PROBLEMS, summary="Read a profile")
+@router.get(
+    "/profiles/{profile_id}", response_model=ProfileOut, responses=_PROBLEMS, summary="Read a profile"
+)
 async def get_profile(
     profile_id: str,
     response: Response,

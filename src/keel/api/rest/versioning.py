@@ -35,7 +35,9 @@ class KeelVersionPicker(VersionPickingMiddleware):
                 authorization = value.decode("latin-1")
         if requested is not None and requested not in SUPPORTED_VERSIONS:
             await problem_response(
-                400, "unknown-api-version", "Unknown API version",
+                400,
+                "unknown-api-version",
+                "Unknown API version",
                 f"{VERSION_HEADER} must be one of: {', '.join(sorted(SUPPORTED_VERSIONS))}.",
             )(scope, receive, send)
             return

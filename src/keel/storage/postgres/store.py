@@ -7,9 +7,10 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from keel.domain.api_keys import ApiKey, Scope
@@ -19,6 +20,7 @@ from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
 from keel.storage.rows import PROFILE_COLUMNS, conflict_field, profile_from_row
 
+# Built from constants only; every value goes through a $n placeholder.
 _SELECT_PROFILE = f"""
 SELECT {PROFILE_COLUMNS},
   (SELECT coalesce(json_agg(json_build_array(e.address, e.verified, e.is_primary) ORDER BY e.position),
@@ -27,7 +29,7 @@ SELECT {PROFILE_COLUMNS},
   (SELECT coalesce(json_agg(json_build_array(l.kind, l.url) ORDER BY l.position), '[]'::json)::text
      FROM profile_links l WHERE l.profile_id = p.id)
 FROM profiles p
-"""
+"""  # noqa: S608
 
 # Errors that mean "the database is not reachable now", as opposed to a bad statement.
 _CONNECTION_ERRORS = (
@@ -39,13 +41,18 @@ _CONNECTION_ERRORS = (
 )
 
 
+# Generic only in the type stubs, so the aliases must not be evaluated at run time.
+_Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+_Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+
 def _time(value: Any) -> datetime:
     assert isinstance(value, datetime)
     return value
 
 
 class PostgresStore:
-    def __init__(self, pool: asyncpg.Pool, observer: DatabaseObserver) -> None:
+    def __init__(self, pool: _Pool, observer: DatabaseObserver) -> None:
         self._pool = pool
         self.observer = observer
         observer.metrics.db_pool_size.set_function(pool.get_size)
@@ -81,11 +88,16 @@ class PostgresStore:
 
 
 class PostgresUnitOfWork:
-    def __init__(self, pool: asyncpg.Pool, observer: DatabaseObserver, read_only: bool) -> None:
+    def __init__(self, pool: _Pool, observer: DatabaseObserver, read_only: bool) -> None:
         self._pool = pool
         self._observer = observer
         self._read_only = read_only
         self._transaction: Transaction | None = None
+
+    profiles: PostgresProfiles
+    idempotency: PostgresIdempotency
+    api_keys: PostgresApiKeys
+    _connection: _Connection
 
     async def __aenter__(self) -> Self:
         try:
@@ -129,7 +141,7 @@ class PostgresUnitOfWork:
 
 
 class PostgresProfiles:
-    def __init__(self, connection: asyncpg.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: _Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
@@ -152,7 +164,7 @@ class PostgresProfiles:
             conditions.append(f"p.handle = {param(query.handle)}")
         if query.email is not None:
             conditions.append(
-                "p.id IN (SELECT profile_id FROM profile_emails"
+                "p.id IN (SELECT profile_id FROM profile_emails"  # noqa: S608 - placeholders only
                 f" WHERE address_normalized = {param(query.email)} AND live)"
             )
         if query.ids is not None:
@@ -185,8 +197,17 @@ class PostgresProfiles:
                     "UPDATE profiles SET handle = $2, display_name = $3, bio = $4, avatar_url = $5,"
                     " locale = $6, timezone = $7, attributes = $8::jsonb, version = $9, updated_at = $10,"
                     " deleted_at = $11 WHERE id = $1 AND version = $12 AND deleted_at IS NULL",
-                    profile.id, f.handle, f.display_name, f.bio, f.avatar_url, f.locale, f.timezone,
-                    json.dumps(f.attributes), profile.version, profile.updated_at, profile.deleted_at,
+                    profile.id,
+                    f.handle,
+                    f.display_name,
+                    f.bio,
+                    f.avatar_url,
+                    f.locale,
+                    f.timezone,
+                    json.dumps(f.attributes),
+                    profile.version,
+                    profile.updated_at,
+                    profile.deleted_at,
                     expected_version,
                 )
                 if status != "UPDATE 1":
@@ -205,8 +226,10 @@ class PostgresProfiles:
             await self._db.executemany(
                 "INSERT INTO profile_emails (profile_id, position, address, address_normalized,"
                 " verified, is_primary, live) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                [(profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
-                 for i, e in enumerate(emails)],
+                [
+                    (profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
+                    for i, e in enumerate(emails)
+                ],
             )
         if links:
             await self._db.executemany(
@@ -218,8 +241,17 @@ class PostgresProfiles:
 def _profile_values(profile: Profile) -> tuple[Any, ...]:
     f = profile.fields
     return (
-        profile.id, f.handle, f.display_name, f.bio, f.avatar_url, f.locale, f.timezone,
-        json.dumps(f.attributes), profile.version, profile.created_at, profile.updated_at,
+        profile.id,
+        f.handle,
+        f.display_name,
+        f.bio,
+        f.avatar_url,
+        f.locale,
+        f.timezone,
+        json.dumps(f.attributes),
+        profile.version,
+        profile.created_at,
+        profile.updated_at,
         profile.deleted_at,
     )
 
@@ -231,7 +263,7 @@ def _conflict(error: asyncpg.UniqueViolationError) -> Conflict:
 
 
 class PostgresIdempotency:
-    def __init__(self, connection: asyncpg.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: _Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
@@ -240,20 +272,27 @@ class PostgresIdempotency:
             await self._db.execute(
                 "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND"
                 " (expires_at <= $3 OR (state = 'in_progress' AND locked_until <= $3))",
-                record.scope, record.key, now,
+                record.scope,
+                record.key,
+                now,
             )
             inserted = await self._db.fetchval(
                 "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until,"
                 " expires_at) VALUES ($1, $2, $3, $4, NULL, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
-                record.scope, record.key, record.fingerprint, record.state.value,
-                record.locked_until, record.expires_at,
+                record.scope,
+                record.key,
+                record.fingerprint,
+                record.state.value,
+                record.locked_until,
+                record.expires_at,
             )
             if inserted is not None:
                 return None
             row = await self._db.fetchrow(
                 "SELECT scope, key, fingerprint, state, outcome, locked_until, expires_at"
                 " FROM idempotency_keys WHERE scope = $1 AND key = $2",
-                record.scope, record.key,
+                record.scope,
+                record.key,
             )
         assert row is not None
         return _idempotency_record(tuple(row))
@@ -262,14 +301,17 @@ class PostgresIdempotency:
         with self._observer.call("complete_idempotency_key"):
             await self._db.execute(
                 "UPDATE idempotency_keys SET state = 'completed', outcome = $3 WHERE scope = $1 AND key = $2",
-                scope, key, outcome,
+                scope,
+                key,
+                outcome,
             )
 
     async def release(self, scope: str, key: str) -> None:
         with self._observer.call("release_idempotency_key"):
             await self._db.execute(
                 "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND state = 'in_progress'",
-                scope, key,
+                scope,
+                key,
             )
 
     async def purge_expired(self, now: datetime) -> int:
@@ -280,13 +322,18 @@ class PostgresIdempotency:
 
 def _idempotency_record(row: Sequence[Any]) -> IdempotencyRecord:
     return IdempotencyRecord(
-        scope=row[0], key=row[1], fingerprint=row[2], state=IdempotencyState(row[3]),
-        outcome=row[4], locked_until=row[5], expires_at=row[6],
+        scope=row[0],
+        key=row[1],
+        fingerprint=row[2],
+        state=IdempotencyState(row[3]),
+        outcome=row[4],
+        locked_until=row[5],
+        expires_at=row[6],
     )
 
 
 class PostgresApiKeys:
-    def __init__(self, connection: asyncpg.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: _Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
@@ -295,8 +342,13 @@ class PostgresApiKeys:
             await self._db.execute(
                 "INSERT INTO api_keys (id, secret_hash, scopes, api_version, name, created_at, revoked_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                key.id, key.secret_hash, " ".join(sorted(key.scopes)), key.api_version, key.name,
-                key.created_at, key.revoked_at,
+                key.id,
+                key.secret_hash,
+                " ".join(sorted(key.scopes)),
+                key.api_version,
+                key.name,
+                key.created_at,
+                key.revoked_at,
             )
 
     async def get(self, key_id: str) -> ApiKey | None:
@@ -309,6 +361,11 @@ class PostgresApiKeys:
         if row is None:
             return None
         return ApiKey(
-            id=row[0], secret_hash=row[1], scopes=frozenset(Scope(s) for s in row[2].split()),
-            api_version=row[3], name=row[4], created_at=row[5], revoked_at=row[6],
+            id=row[0],
+            secret_hash=row[1],
+            scopes=frozenset(Scope(s) for s in row[2].split()),
+            api_version=row[3],
+            name=row[4],
+            created_at=row[5],
+            revoked_at=row[6],
         )

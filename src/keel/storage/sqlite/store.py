@@ -25,6 +25,7 @@ from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
 from keel.storage.rows import PROFILE_COLUMNS, conflict_field, profile_from_row
 
+# Built from constants only; every value goes through a ? placeholder.
 _SELECT_PROFILE = f"""
 SELECT {PROFILE_COLUMNS},
   (SELECT coalesce(json_group_array(json_array(address, verified, is_primary)), '[]')
@@ -32,7 +33,7 @@ SELECT {PROFILE_COLUMNS},
   (SELECT coalesce(json_group_array(json_array(kind, url)), '[]')
      FROM (SELECT * FROM profile_links l WHERE l.profile_id = p.id ORDER BY position))
 FROM profiles p
-"""
+"""  # noqa: S608
 
 
 def _time(value: Any) -> datetime:
@@ -49,7 +50,9 @@ def _iso_or_none(value: datetime | None) -> str | None:
 
 
 class SqliteStore:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+    def __init__(
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, observer: DatabaseObserver
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
@@ -195,8 +198,13 @@ class SqliteProfiles:
                     "UPDATE profiles SET handle = ?, display_name = ?, bio = ?, avatar_url = ?, locale = ?,"
                     " timezone = ?, attributes = ?, version = ?, updated_at = ?, deleted_at = ?"
                     " WHERE id = ? AND version = ? AND deleted_at IS NULL",
-                    (*_profile_values(profile)[1:9], _iso(profile.updated_at), _iso_or_none(profile.deleted_at),
-                     profile.id, expected_version),
+                    (
+                        *_profile_values(profile)[1:9],
+                        _iso(profile.updated_at),
+                        _iso_or_none(profile.deleted_at),
+                        profile.id,
+                        expected_version,
+                    ),
                 )
                 if cursor.rowcount != 1:
                     raise VersionMismatch("The profile changed meanwhile.", current_version=None)
@@ -211,8 +219,10 @@ class SqliteProfiles:
         await self._db.executemany(
             "INSERT INTO profile_emails (profile_id, position, address, address_normalized, verified,"
             " is_primary, live) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
-             for i, e in enumerate(profile.fields.emails)],
+            [
+                (profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
+                for i, e in enumerate(profile.fields.emails)
+            ],
         )
         await self._db.executemany(
             "INSERT INTO profile_links (profile_id, position, kind, url) VALUES (?, ?, ?, ?)",
@@ -223,8 +233,17 @@ class SqliteProfiles:
 def _profile_values(profile: Profile) -> tuple[Any, ...]:
     f = profile.fields
     return (
-        profile.id, f.handle, f.display_name, f.bio, f.avatar_url, f.locale, f.timezone,
-        json.dumps(f.attributes), profile.version, _iso(profile.created_at), _iso(profile.updated_at),
+        profile.id,
+        f.handle,
+        f.display_name,
+        f.bio,
+        f.avatar_url,
+        f.locale,
+        f.timezone,
+        json.dumps(f.attributes),
+        profile.version,
+        _iso(profile.created_at),
+        _iso(profile.updated_at),
         _iso_or_none(profile.deleted_at),
     )
 
@@ -249,10 +268,16 @@ class SqliteIdempotency:
                 (record.scope, record.key, _iso(now), _iso(now)),
             )
             cursor = await self._db.execute(
-                "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until, expires_at)"
-                " VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING",
-                (record.scope, record.key, record.fingerprint, record.state.value,
-                 _iso(record.locked_until), _iso(record.expires_at)),
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until,"
+                " expires_at) VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    record.scope,
+                    record.key,
+                    record.fingerprint,
+                    record.state.value,
+                    _iso(record.locked_until),
+                    _iso(record.expires_at),
+                ),
             )
             if cursor.rowcount == 1:
                 return None
@@ -289,8 +314,13 @@ class SqliteIdempotency:
 
 def _idempotency_record(row: Sequence[Any]) -> IdempotencyRecord:
     return IdempotencyRecord(
-        scope=row[0], key=row[1], fingerprint=row[2], state=IdempotencyState(row[3]),
-        outcome=row[4], locked_until=_time(row[5]), expires_at=_time(row[6]),
+        scope=row[0],
+        key=row[1],
+        fingerprint=row[2],
+        state=IdempotencyState(row[3]),
+        outcome=row[4],
+        locked_until=_time(row[5]),
+        expires_at=_time(row[6]),
     )
 
 
@@ -304,8 +334,15 @@ class SqliteApiKeys:
             await self._db.execute(
                 "INSERT INTO api_keys (id, secret_hash, scopes, api_version, name, created_at, revoked_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.id, key.secret_hash, " ".join(sorted(key.scopes)), key.api_version, key.name,
-                 _iso(key.created_at), _iso_or_none(key.revoked_at)),
+                (
+                    key.id,
+                    key.secret_hash,
+                    " ".join(sorted(key.scopes)),
+                    key.api_version,
+                    key.name,
+                    _iso(key.created_at),
+                    _iso_or_none(key.revoked_at),
+                ),
             )
 
     async def get(self, key_id: str) -> ApiKey | None:
@@ -319,7 +356,11 @@ class SqliteApiKeys:
         if row is None:
             return None
         return ApiKey(
-            id=row[0], secret_hash=row[1], scopes=frozenset(Scope(s) for s in row[2].split()),
-            api_version=row[3], name=row[4], created_at=_time(row[5]),
+            id=row[0],
+            secret_hash=row[1],
+            scopes=frozenset(Scope(s) for s in row[2].split()),
+            api_version=row[3],
+            name=row[4],
+            created_at=_time(row[5]),
             revoked_at=_time(row[6]) if row[6] else None,
         )

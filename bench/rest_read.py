@@ -1,0 +1,436 @@
+"""REST read benchmark: Keel's `GET /v1/profiles/{id}` against a minimal FastAPI + asyncpg baseline
+(bench/baseline_app.py) on the same PostgreSQL data, driven by wrk on loopback.
+
+    python bench/rest_read.py [--duration 20] [--connections 32] [--profiles 100000] [--rounds 2]
+                              [--keel-log file|devnull] [--py-spy]
+
+Starts a throwaway PostgreSQL (or uses KEEL_BENCH_POSTGRES_URL), migrates and seeds it, creates a
+profiles:read API key, then runs baseline and Keel one at a time, alternating, `--rounds` times
+each, and reports the median. Exits 1 if any run saw non-2xx responses or socket errors.
+Results: stdout and bench/results/rest_read.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for `devtools` (and `bench`) when run as a script
+
+import asyncpg  # noqa: E402
+from devtools.throwaway_postgres import postgres_server  # noqa: E402
+
+from keel.domain.ids import new_ulid  # noqa: E402
+
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+LUA = BENCH / "rest_read.lua"
+BIN = Path(sys.executable).parent
+TARGET_RATIO = 0.6
+SAMPLED_IDS = 10_000
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+PATH_LABEL = "GET /v1/profiles/{id}"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a child started in its own session: signal its process group, then SIGKILL it."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(STOP_TIMEOUT)
+
+
+@contextlib.contextmanager
+def _server(name: str, cmd: list[str], env: dict[str, str], log: Path | None, port: int,
+            sig: int = signal.SIGTERM) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server (own session, so a terminal Ctrl-C reaches only us), wait for /healthz."""
+    with (log if log is not None else Path(os.devnull)).open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
+    try:
+        _wait_healthy(name, proc, f"http://127.0.0.1:{port}/healthz", log)
+        yield proc
+    finally:
+        _stop(proc, sig)
+
+
+def _wait_healthy(name: str, proc: subprocess.Popen[bytes], url: str, log: Path | None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else "(log: /dev/null)"
+            raise RuntimeError(f"{name} exited with {proc.returncode} before /healthz; log tail:\n{tail}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            if response.status == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not answer {url} within {START_TIMEOUT:.0f}s")
+
+
+def _keel_cmd(*args: str) -> list[str]:
+    script = BIN / "keel"
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from keel.cli import main; main()", *args]
+
+
+# --------------------------------------------------------------------------- database
+
+
+_SEED_SQL = [
+    # $1: ids, $2: offset for the handle/email number (so a re-run on a kept database adds, not clashes)
+    """INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone, attributes,
+                             version, created_at, updated_at, deleted_at)
+       SELECT t.id, 'bench_' || (t.n + $2), 'Bench ' || (t.n + $2), NULL, NULL, 'en-GB', 'Europe/London',
+              '{"plan":"free"}'::jsonb, 1, now(), now(), NULL
+         FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)""",
+    """INSERT INTO profile_emails (profile_id, position, address, address_normalized, verified,
+                                   is_primary, live)
+       SELECT t.id, 0, 'bench.' || (t.n + $2) || '@example.com', 'bench.' || (t.n + $2) || '@example.com',
+              true, true, true
+         FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)""",
+    """INSERT INTO profile_links (profile_id, position, kind, url)
+       SELECT t.id, 0, 'website', 'https://example.com/bench/' || (t.n + $2)
+         FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)""",
+]
+_BENCH_ROWS = "FROM profiles WHERE handle LIKE 'bench\\_%' AND deleted_at IS NULL"
+
+
+async def _seed(url: str, count: int, region: str) -> tuple[int, list[str]]:
+    """Make sure `count` bench profiles exist; return (how many were inserted, sampled ids)."""
+    conn = await asyncpg.connect(url, timeout=30, command_timeout=600)
+    try:
+        existing = await conn.fetchval(f"SELECT count(*) {_BENCH_ROWS}")
+        missing = max(0, count - existing)
+        if missing:
+            ids = [f"{region}_{new_ulid()}" for _ in range(missing)]
+            async with conn.transaction():
+                for sql in _SEED_SQL:
+                    await conn.execute(sql, ids, existing)
+            await conn.execute("ANALYZE profiles, profile_emails, profile_links")
+        sample = await conn.fetch(
+            f"SELECT id {_BENCH_ROWS} ORDER BY random() LIMIT $1", SAMPLED_IDS
+        )
+        return missing, [r["id"] for r in sample]
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkRun:
+    server: str
+    requests_per_second: float
+    p50_ms: float
+    p75_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx_3xx: int
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.non_2xx_3xx > 0 or any(self.socket_errors.values())
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _parse_wrk(server: str, text: str) -> WrkRun:
+    def need(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, text, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"cannot find {pattern!r} in wrk output:\n{text}")
+        return match
+
+    latency = {
+        int(m.group(1)): float(m.group(2)) * _UNITS_MS[m.group(3)]
+        for m in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.MULTILINE)
+    }
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return WrkRun(
+        server=server,
+        requests_per_second=float(need(r"^Requests/sec:\s+([\d.]+)").group(1)),
+        p50_ms=latency.get(50, float("nan")),
+        p75_ms=latency.get(75, float("nan")),
+        p90_ms=latency.get(90, float("nan")),
+        p99_ms=latency.get(99, float("nan")),
+        requests=int(need(r"^\s+(\d+) requests in").group(1)),
+        non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=dict(zip(("connect", "read", "write", "timeout"),
+                               map(int, errors.groups()), strict=True)) if errors else {},
+    )
+
+
+def _ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found: apt-get install -y wrk", flush=True)
+    install = ["apt-get", "install", "-y", "wrk"]
+    if subprocess.run(install, capture_output=True, timeout=600, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True, timeout=600, check=False)
+        subprocess.run(install, capture_output=True, timeout=600, check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise RuntimeError("wrk is still not on PATH after apt-get install")
+    return found
+
+
+def _wrk(wrk: str, server: str, port: int, env: dict[str, str], args: argparse.Namespace,
+         duration: float) -> WrkRun:
+    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--timeout", "5s",
+           "--latency", "-s", str(LUA), f"http://127.0.0.1:{port}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return _parse_wrk(server, done.stdout)
+
+
+def _check_one(server: str, port: int, profile_id: str, token: str) -> set[str]:
+    """One request by hand: it must be a 200 carrying the profile asked for (not a fast 401/404)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/profiles/{profile_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read()[:500]
+        raise RuntimeError(f"{server}: GET /v1/profiles/{profile_id} -> {error.code}: {detail!r}") from None
+    if body.get("id") != profile_id:
+        raise RuntimeError(f"{server}: asked for {profile_id}, got {body!r}")
+    return set(body)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _median(runs: list[WrkRun]) -> dict[str, float]:
+    keys = ("requests_per_second", "p50_ms", "p99_ms")
+    return {k: statistics.median(getattr(r, k) for r in runs) for k in keys}
+
+
+def _line(name: str, m: dict[str, float]) -> str:
+    return (f"{name:<8} {PATH_LABEL}: {m['requests_per_second']:>7,.0f} req/s  "
+            f"p50 {m['p50_ms']:6.1f} ms  p99 {m['p99_ms']:6.1f} ms")
+
+
+def _report_run(run: WrkRun, label: str) -> None:
+    flag = "  <-- FAILED RESPONSES/ERRORS" if run.failed else ""
+    print(f"  {label:<22} {run.requests_per_second:>8,.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
+          f"p99 {run.p99_ms:6.1f} ms  non-2xx {run.non_2xx_3xx}  socket errors "
+          f"{sum(run.socket_errors.values())}{flag}", flush=True)
+
+
+def _benchmark(url: str, args: argparse.Namespace) -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    wrk = _ensure_wrk()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env = {**base_env, "KEEL_DATABASE_URL": url}
+
+    print("migrating ...", flush=True)
+    migrated = subprocess.run(_keel_cmd("migrate"), env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+    if migrated.returncode != 0:
+        raise RuntimeError(f"keel migrate failed:\n{migrated.stdout}\n{migrated.stderr}")
+
+    started = time.monotonic()
+    inserted, ids = asyncio.run(asyncio.wait_for(_seed(url, args.profiles, "eu1"), 900))
+    print(f"seeded {inserted:,} profiles ({args.profiles - inserted:,} already there) in "
+          f"{time.monotonic() - started:.1f}s; sampled {len(ids):,} ids", flush=True)
+    ids_file = RESULTS / "rest_read_ids.txt"
+    ids_file.write_text("\n".join(ids) + "\n")
+
+    created = subprocess.run(_keel_cmd("keys", "create", "--scopes", "profiles:read", "--name", "bench",
+                                       "--quiet"), env=env, capture_output=True, text=True, timeout=60,
+                             check=False)
+    tokens = [line.strip() for line in created.stdout.splitlines() if line.strip().startswith("keel_")]
+    if created.returncode != 0 or not tokens:
+        raise RuntimeError(f"keel keys create failed:\n{created.stdout}\n{created.stderr}")
+    token = tokens[-1]
+    wrk_env = {**base_env, "KEEL_BENCH_IDS": str(ids_file), "KEEL_BENCH_TOKEN": token}
+
+    keel_log = RESULTS / "keel-serve.log" if args.keel_log == "file" else None
+    baseline_log = RESULTS / "baseline-serve.log"
+    for log in (keel_log, baseline_log):
+        if log is not None:
+            log.write_text("")
+    keel_log_label = str(keel_log.relative_to(REPO)) if keel_log else "/dev/null"
+
+    def keel_cmd(port: int) -> list[str]:
+        return _keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))
+
+    def baseline_cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1",
+                "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+
+    servers = {"keel": (keel_cmd, keel_log), "baseline": (baseline_cmd, baseline_log)}
+    runs: dict[str, list[WrkRun]] = {"keel": [], "baseline": []}
+    warmups: list[WrkRun] = []
+    fields: dict[str, set[str]] = {}
+    print(f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, "
+          f"{args.warmup:g}s warm-up per run, {args.rounds} round(s); keel stdout -> {keel_log_label}",
+          flush=True)
+    for round_number in range(args.rounds):
+        order = ["baseline", "keel"] if round_number % 2 == 0 else ["keel", "baseline"]
+        for name in order:
+            build, log = servers[name]
+            port = _free_port()
+            with _server(name, build(port), env, log, port):
+                fields[name] = _check_one(name, port, ids[0], token)
+                if args.warmup > 0:
+                    warmups.append(_wrk(wrk, name, port, wrk_env, args, args.warmup))
+                    if warmups[-1].failed:
+                        _report_run(warmups[-1], f"{name} warm-up")
+                run = _wrk(wrk, name, port, wrk_env, args, args.duration)
+            runs[name].append(run)
+            _report_run(run, f"round {round_number + 1} {name}")
+
+    if fields.get("keel") != fields.get("baseline"):
+        print(f"note: response fields differ: keel {sorted(fields.get('keel', ()))} vs baseline "
+              f"{sorted(fields.get('baseline', ()))}", flush=True)
+
+    profile_summary = _py_spy(args, env, wrk, wrk_env, keel_log) if args.py_spy else None
+
+    medians = {name: _median(r) for name, r in runs.items()}
+    ratio = medians["keel"]["requests_per_second"] / medians["baseline"]["requests_per_second"]
+    failed = [r for r in [*warmups, *runs["keel"], *runs["baseline"]] if r.failed]
+    lines = [
+        _line("keel", medians["keel"]),
+        _line("baseline", medians["baseline"]),
+        f"ratio keel/baseline (throughput): {ratio:.2f}   (target >= {TARGET_RATIO})",
+    ]
+    print(f"\n== median of {args.rounds} round(s), {args.duration:g}s each, {args.connections} connections, "
+          f"{args.profiles:,} profiles; keel stdout -> {keel_log_label} ==")
+    print("\n".join(lines), flush=True)
+    result: dict[str, Any] = {
+        "summary": lines,
+        "valid": not failed,
+        "ratio_keel_over_baseline_rps": ratio,
+        "target_ratio": TARGET_RATIO,
+        "median": medians,
+        "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
+        "config": {
+            "duration_s": args.duration, "connections": args.connections, "threads": args.threads,
+            "rounds": args.rounds, "warmup_s": args.warmup, "profiles": args.profiles,
+            "keel_stdout": keel_log_label, "cpus": os.cpu_count(),
+            "postgres": "KEEL_BENCH_POSTGRES_URL" if os.environ.get("KEEL_BENCH_POSTGRES_URL")
+            else "throwaway (devtools.throwaway_postgres)",
+        },
+        "py_spy": profile_summary,
+    }
+    out = RESULTS / "rest_read.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {out.relative_to(REPO)}")
+    if failed:
+        print("\n" + "!" * 78, file=sys.stderr)
+        for r in failed:
+            print(f"!!! INVALID: {r.server}: {r.non_2xx_3xx} non-2xx/3xx responses, socket errors "
+                  f"{r.socket_errors}: the figures above are NOT trustworthy", file=sys.stderr)
+        print("!" * 78, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _py_spy(args: argparse.Namespace, env: dict[str, str], wrk: str, wrk_env: dict[str, str],
+            keel_log: Path | None) -> str:
+    """One extra Keel run (not counted above) under `py-spy record`; returns the summary text."""
+    from bench.pyspy_summary import summarise
+
+    py_spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise RuntimeError("--py-spy: py-spy not found (pip install py-spy into the venv)")
+    raw = RESULTS / "keel-pyspy.txt"
+    raw.unlink(missing_ok=True)
+    port = _free_port()
+    cmd = [py_spy, "record", "--rate", str(args.py_spy_rate), "--format", "raw", "-o", str(raw)]
+    cmd += ["--native"] if args.py_spy_native else []
+    cmd += ["--", *_keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))]
+    print(f"\nprofiling keel: {' '.join(cmd)}", flush=True)
+    # SIGINT to the group: py-spy writes its file, keel shuts down.
+    with _server("keel under py-spy", cmd, env, keel_log, port, sig=signal.SIGINT):
+        if args.warmup > 0:
+            _wrk(wrk, "keel", port, wrk_env, args, args.warmup)
+        run = _wrk(wrk, "keel (py-spy)", port, wrk_env, args, args.duration)
+    _report_run(run, "keel under py-spy")
+    deadline = time.monotonic() + 30
+    while not raw.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    summary = summarise(raw, 15)
+    print(summary, flush=True)
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--profiles", type=int, default=100_000, help="profiles to seed")
+    parser.add_argument("--rounds", type=int, default=2, help="measured runs per server (median)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load first")
+    parser.add_argument("--keel-log", choices=["file", "devnull"], default="file",
+                        help="keel stdout (JSON logs): bench/results/keel-serve.log or /dev/null")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="afterwards, profile one more Keel run with py-spy (not counted)")
+    parser.add_argument("--py-spy-rate", type=int, default=200)
+    parser.add_argument("--py-spy-native", action="store_true", help="py-spy --native (C frames too)")
+    args = parser.parse_args()
+
+    def on_signal(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt  # unwind through every cleanup below
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with postgres_server(env_var="KEEL_BENCH_POSTGRES_URL") as url:
+            return _benchmark(url, args)
+    except KeyboardInterrupt:
+        print("interrupted; cleaned up", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

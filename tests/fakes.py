@@ -1,0 +1,170 @@
+"""In-memory implementations of the storage ports, with the same semantics as the SQL adapters
+(uniqueness of live handles and emails, optimistic versions, all-or-nothing units of work)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+from keel.domain.api_keys import ApiKey
+from keel.domain.errors import Conflict, VersionMismatch
+from keel.domain.profile import Profile
+from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
+
+
+@dataclass
+class _Tables:
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    api_keys: dict[str, ApiKey] = field(default_factory=dict)
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.current = start or datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        self.current += timedelta(microseconds=1)
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
+
+
+class InMemoryStore:
+    def __init__(self) -> None:
+        self.tables = _Tables()
+        self.reads = 0
+        self.commits = 0
+
+    def unit_of_work(self, *, read_only: bool = False) -> InMemoryUnitOfWork:
+        return InMemoryUnitOfWork(self)
+
+    async def schema_revision(self) -> str | None:
+        return "in-memory"
+
+    async def close(self) -> None:
+        return None
+
+
+class InMemoryUnitOfWork:
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+        self._tables = copy.deepcopy(store.tables)
+        self.profiles = _Profiles(self._tables, store)
+        self.idempotency = _Idempotency(self._tables)
+        self.api_keys = _ApiKeys(self._tables, store)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    async def commit(self) -> None:
+        self._store.tables = copy.deepcopy(self._tables)
+        self._store.commits += 1
+
+
+class _Profiles:
+    def __init__(self, tables: _Tables, store: InMemoryStore) -> None:
+        self._tables = tables
+        self._store = store
+
+    async def get(self, profile_id: str) -> Profile | None:
+        self._store.reads += 1
+        profile = self._tables.profiles.get(profile_id)
+        return profile if profile is not None and not profile.is_deleted else None
+
+    async def find(self, query: ProfileQuery) -> list[Profile]:
+        self._store.reads += 1
+        found = []
+        for profile in sorted(self._tables.profiles.values(), key=lambda p: p.id):
+            if profile.is_deleted:
+                continue
+            if query.handle is not None and profile.handle != query.handle:
+                continue
+            if query.email is not None and query.email not in {e.normalized for e in profile.fields.emails}:
+                continue
+            if query.ids is not None and profile.id not in query.ids:
+                continue
+            if query.after_id is not None and profile.id <= query.after_id:
+                continue
+            found.append(profile)
+        return found[: query.limit]
+
+    def _check_unique(self, profile: Profile) -> None:
+        if profile.is_deleted:
+            return
+        emails = {e.normalized for e in profile.fields.emails}
+        for other in self._tables.profiles.values():
+            if other.id == profile.id or other.is_deleted:
+                continue
+            if other.handle == profile.handle:
+                raise Conflict("This handle is already used by another profile.", field="/handle")
+            if emails & {e.normalized for e in other.fields.emails}:
+                raise Conflict("This email address is already used by another profile.", field="/emails")
+
+    async def add(self, profile: Profile) -> None:
+        self._check_unique(profile)
+        self._tables.profiles[profile.id] = profile
+
+    async def update(self, profile: Profile, expected_version: int) -> None:
+        stored = self._tables.profiles.get(profile.id)
+        if stored is None or stored.is_deleted or stored.version != expected_version:
+            raise VersionMismatch("The profile changed meanwhile.", current_version=None)
+        self._check_unique(profile)
+        self._tables.profiles[profile.id] = profile
+
+
+class _Idempotency:
+    def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+
+    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+        key = (record.scope, record.key)
+        existing = self._tables.idempotency.get(key)
+        if existing is not None and (
+            existing.expires_at <= now
+            or (existing.state is IdempotencyState.IN_PROGRESS and existing.locked_until <= now)
+        ):
+            existing = None
+        if existing is not None:
+            return existing
+        self._tables.idempotency[key] = record
+        return None
+
+    async def complete(self, scope: str, key: str, outcome: str) -> None:
+        record = self._tables.idempotency[(scope, key)]
+        self._tables.idempotency[(scope, key)] = replace(
+            record, state=IdempotencyState.COMPLETED, outcome=outcome
+        )
+
+    async def release(self, scope: str, key: str) -> None:
+        record = self._tables.idempotency.get((scope, key))
+        if record is not None and record.state is IdempotencyState.IN_PROGRESS:
+            del self._tables.idempotency[(scope, key)]
+
+    async def purge_expired(self, now: datetime) -> int:
+        expired = [k for k, r in self._tables.idempotency.items() if r.expires_at <= now]
+        for k in expired:
+            del self._tables.idempotency[k]
+        return len(expired)
+
+
+class _ApiKeys:
+    def __init__(self, tables: _Tables, store: InMemoryStore) -> None:
+        self._tables = tables
+        self._store = store
+
+    async def add(self, key: ApiKey) -> None:
+        self._tables.api_keys[key.id] = key
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        self._store.reads += 1
+        return self._tables.api_keys.get(key_id)

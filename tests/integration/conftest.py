@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from keel.config import Settings
+from keel.observability.database import DatabaseObserver
+from keel.observability.metrics import Metrics
+from keel.observability.tracing import build_tracer_provider, tracer_from
+from keel.service.ports import Store
+from keel.storage.migrations.runner import migrate
+
+TABLES = "profiles, profile_emails, profile_links, api_keys, idempotency_keys"
+
+
+def observer(system: str) -> DatabaseObserver:
+    provider = build_tracer_provider(exporter="none", sampling_ratio=1.0, otlp_endpoint=None, service_name="t")
+    return DatabaseObserver(Metrics(), tracer_from(provider), system)
+
+
+async def truncate(url: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(f"TRUNCATE {TABLES} CASCADE")
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database of each kind."""
+    name = "sqlite_url" if request.param == "sqlite" else "migrated_postgres_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    from keel.bootstrap import open_store
+
+    if database_url.startswith("postgresql"):
+        await truncate(database_url)
+    settings = Settings(database_url=database_url)
+    opened = await open_store(settings, observer("test"))
+    yield opened
+    await opened.close()

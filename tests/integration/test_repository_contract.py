@@ -1,0 +1,183 @@
+"""One contract, every storage adapter: SQLite and PostgreSQL must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.errors import Conflict, VersionMismatch
+from keel.domain.ids import new_profile_id
+from keel.domain.profile import Email, Link, Profile, ProfileFields
+from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery, Store
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def make_profile(handle: str = "ada_l", email: str = "ada@example.com", **fields: object) -> Profile:
+    values = ProfileFields(
+        handle=handle,
+        emails=(Email(email, verified=True, primary=True), Email(f"alt.{email}")),
+        display_name="Ada",
+        locale="en-GB",
+        timezone="Europe/London",
+        links=(Link("site", "https://ada.dev"), Link("code", "https://git.example/ada")),
+        attributes={"plan": "pro", "score": 3, "beta": True},
+    )
+    return Profile.create(new_profile_id("eu1"), replace(values, **fields), NOW)  # type: ignore[arg-type]
+
+
+async def add(store: Store, profile: Profile) -> None:
+    async with store.unit_of_work() as uow:
+        await uow.profiles.add(profile)
+        await uow.commit()
+
+
+async def get(store: Store, profile_id: str) -> Profile | None:
+    async with store.unit_of_work(read_only=True) as uow:
+        return await uow.profiles.get(profile_id)
+
+
+async def test_a_profile_round_trips_whole(store: Store) -> None:
+    profile = make_profile()
+    await add(store, profile)
+    assert await get(store, profile.id) == profile
+
+
+async def test_leaving_without_commit_rolls_back(store: Store) -> None:
+    profile = make_profile()
+    async with store.unit_of_work() as uow:
+        await uow.profiles.add(profile)
+    assert await get(store, profile.id) is None
+
+
+async def test_an_error_rolls_back_everything_in_the_unit(store: Store) -> None:
+    first, second = make_profile(), make_profile(handle="other", email="x@example.com")
+    await add(store, make_profile(handle="taken", email="taken@example.com"))
+    with pytest.raises(Conflict):
+        async with store.unit_of_work() as uow:
+            await uow.profiles.add(first)
+            await uow.profiles.add(second)
+            await uow.profiles.add(make_profile(handle="taken", email="new@example.com"))
+            await uow.commit()
+    assert await get(store, first.id) is None
+    assert await get(store, second.id) is None
+
+
+async def test_handles_and_emails_are_unique_among_live_profiles(store: Store) -> None:
+    await add(store, make_profile())
+    with pytest.raises(Conflict) as caught:
+        await add(store, make_profile(email="other@example.com"))
+    assert caught.value.field == "/handle"
+    with pytest.raises(Conflict) as caught:
+        await add(store, make_profile(handle="someone", email="ADA@example.com"))
+    assert caught.value.field == "/emails"
+
+
+async def test_concurrent_creates_of_one_handle_admit_exactly_one(store: Store) -> None:
+    async def attempt(n: int) -> bool:
+        try:
+            await add(store, make_profile(email=f"n{n}@example.com"))
+        except Conflict:
+            return False
+        return True
+
+    outcomes = await asyncio.gather(*(attempt(n) for n in range(8)))
+    assert outcomes.count(True) == 1
+
+
+async def test_update_checks_the_expected_version(store: Store) -> None:
+    profile = make_profile()
+    await add(store, profile)
+    revised = profile.revise(replace(profile.fields, bio="hello", links=()), NOW + timedelta(seconds=1))
+    async with store.unit_of_work() as uow:
+        await uow.profiles.update(revised, expected_version=1)
+        await uow.commit()
+    assert await get(store, profile.id) == revised
+    with pytest.raises(VersionMismatch):
+        async with store.unit_of_work() as uow:
+            await uow.profiles.update(revised.revise(revised.fields, NOW), expected_version=1)
+
+
+async def test_soft_delete_hides_and_frees_handle_and_emails(store: Store) -> None:
+    profile = make_profile()
+    await add(store, profile)
+    async with store.unit_of_work() as uow:
+        await uow.profiles.update(profile.delete(NOW + timedelta(seconds=1)), expected_version=1)
+        await uow.commit()
+    assert await get(store, profile.id) is None
+    async with store.unit_of_work(read_only=True) as uow:
+        assert await uow.profiles.find(ProfileQuery(limit=10)) == []
+    await add(store, make_profile())  # same handle and emails: free again
+
+
+async def test_find_filters_and_keyset_order(store: Store) -> None:
+    profiles = [make_profile(handle=f"user_{n}", email=f"u{n}@example.com") for n in range(5)]
+    for profile in profiles:
+        await add(store, profile)
+    ordered = sorted(profiles, key=lambda p: p.id)
+    async with store.unit_of_work(read_only=True) as uow:
+        assert await uow.profiles.find(ProfileQuery(limit=2)) == ordered[:2]
+        assert await uow.profiles.find(ProfileQuery(limit=10, after_id=ordered[1].id)) == ordered[2:]
+        assert await uow.profiles.find(ProfileQuery(limit=10, handle="user_3")) == [profiles[3]]
+        assert await uow.profiles.find(ProfileQuery(limit=10, email="alt.u2@example.com")) == [profiles[2]]
+        by_ids = await uow.profiles.find(ProfileQuery(limit=10, ids=(profiles[4].id, profiles[0].id)))
+        assert by_ids == sorted([profiles[0], profiles[4]], key=lambda p: p.id)
+
+
+def _record(key: str, fingerprint: str = "f1", lease: timedelta = timedelta(seconds=60)) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        scope="k1:create_profile", key=key, fingerprint=fingerprint, state=IdempotencyState.IN_PROGRESS,
+        outcome=None, locked_until=NOW + lease, expires_at=NOW + timedelta(hours=24),
+    )
+
+
+async def test_idempotency_records(store: Store) -> None:
+    async with store.unit_of_work() as uow:
+        assert await uow.idempotency.reserve(_record("a"), NOW) is None
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        held = await uow.idempotency.reserve(_record("a", "f2"), NOW + timedelta(seconds=1))
+        assert held is not None
+        assert (held.fingerprint, held.state) == ("f1", IdempotencyState.IN_PROGRESS)
+        await uow.idempotency.complete("k1:create_profile", "a", '{"done": true}')
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        done = await uow.idempotency.reserve(_record("a"), NOW + timedelta(minutes=5))
+        assert done is not None
+        assert (done.state, done.outcome) == (IdempotencyState.COMPLETED, '{"done": true}')
+        # After 24 h the key is forgotten and can be reused.
+        assert await uow.idempotency.reserve(_record("a"), NOW + timedelta(hours=25)) is None
+        await uow.commit()
+
+
+async def test_abandoned_reservations_can_be_taken_over_and_released(store: Store) -> None:
+    async with store.unit_of_work() as uow:
+        assert await uow.idempotency.reserve(_record("b"), NOW) is None
+        assert await uow.idempotency.reserve(_record("b"), NOW + timedelta(seconds=61)) is None
+        await uow.idempotency.release("k1:create_profile", "b")
+        assert await uow.idempotency.reserve(_record("b"), NOW + timedelta(seconds=62)) is None
+        assert await uow.idempotency.purge_expired(NOW + timedelta(days=2)) == 1
+        await uow.commit()
+
+
+async def test_api_keys_round_trip(store: Store) -> None:
+    key = ApiKey(
+        id="abcdefghijklmnop", secret_hash="0" * 64, scopes=frozenset({Scope.PROFILES_READ, Scope.ADMIN}),
+        api_version="2026-11-28", name="ops", created_at=NOW,
+    )
+    async with store.unit_of_work() as uow:
+        await uow.api_keys.add(key)
+        await uow.commit()
+    async with store.unit_of_work(read_only=True) as uow:
+        assert await uow.api_keys.get(key.id) == key
+        assert await uow.api_keys.get("missing") is None
+
+
+async def test_schema_revision_is_the_head(store: Store) -> None:
+    from keel.storage.migrations.runner import head_revision
+
+    assert await store.schema_revision() == head_revision()

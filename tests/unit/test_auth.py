@@ -1,0 +1,61 @@
+import pytest
+
+from keel.domain.api_keys import Scope
+from keel.domain.errors import Unauthenticated
+from keel.service.auth import Authenticator, issue_api_key
+from tests.fakes import FakeClock, InMemoryStore
+
+
+async def test_issued_key_authenticates_and_only_its_hash_is_stored() -> None:
+    store = InMemoryStore()
+    issued = await issue_api_key(
+        store, FakeClock(), scopes=[Scope.PROFILES_READ], api_version="2026-11-28", name="test"
+    )
+    assert issued.token.startswith("keel_")
+    stored = store.tables.api_keys[issued.key.id]
+    assert issued.token not in repr(stored)
+    principal = await Authenticator(store).authenticate(issued.token)
+    assert principal.key_id == issued.key.id
+    assert principal.scopes == {Scope.PROFILES_READ}
+    assert principal.api_version == "2026-11-28"
+
+
+@pytest.mark.parametrize("token", [None, "", "keel_x", "Bearer nothing", "keel_aaaaaaaaaaaaaaaa_" + "b" * 43])
+async def test_bad_tokens_are_rejected(token: str | None) -> None:
+    with pytest.raises(Unauthenticated):
+        await Authenticator(InMemoryStore()).authenticate(token)
+
+
+async def test_a_tampered_secret_is_rejected() -> None:
+    store = InMemoryStore()
+    issued = await issue_api_key(store, FakeClock(), scopes=[Scope.ADMIN], api_version="v", name="t")
+    tampered = issued.token[:-1] + ("A" if issued.token[-1] != "A" else "B")
+    with pytest.raises(Unauthenticated):
+        await Authenticator(store).authenticate(tampered)
+
+
+async def test_lookups_are_cached_both_ways() -> None:
+    store = InMemoryStore()
+    issued = await issue_api_key(store, FakeClock(), scopes=[Scope.ADMIN], api_version="v", name="t")
+    authenticator = Authenticator(store)
+    assert authenticator.cached(issued.token) is None
+    await authenticator.authenticate(issued.token)
+    reads = store.reads
+    for _ in range(5):
+        await authenticator.authenticate(issued.token)
+    assert store.reads == reads
+    assert authenticator.cached(issued.token) is not None
+    unknown = "keel_aaaaaaaaaaaaaaaa_" + "b" * 43
+    for _ in range(5):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(unknown)
+    assert store.reads == reads + 1
+
+
+async def test_the_cache_is_bounded() -> None:
+    store = InMemoryStore()
+    authenticator = Authenticator(store, max_entries=3)
+    for n in range(10):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(f"keel_{n:016d}_" + "b" * 43)
+    assert len(authenticator._cache) <= 3
