@@ -5,10 +5,12 @@ A test that needs it fails, never skips, when it cannot start."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-
 from devtools.throwaway_postgres import postgres_server
+
+from keel.storage.migrations.runner import migrate
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +21,20 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def migrated_postgres_url(postgres_url: str) -> str:
-    from keel.storage.migrations.runner import migrate
-
     migrate(postgres_url)
     return postgres_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database of each kind."""
+    name = "sqlite_url" if request.param == "sqlite" else "migrated_postgres_url"
+    url: str = request.getfixturevalue(name)
+    return url

@@ -108,6 +108,12 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
     )
 
 
+async def preflight(settings: Settings) -> None:
+    """Everything `build_keel` checks (configuration, database, schema), then let go."""
+    keel = await build_keel(settings)
+    await keel.close()
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI application `keel serve` runs: builds Keel on start-up, closes it on shutdown."""
     from keel.api.rest.app import build_rest_app

@@ -35,9 +35,15 @@ def serve(
     """Serve the REST API with uvicorn (uvloop, httptools), one process."""
     import uvicorn
 
-    from keel.bootstrap import create_app
+    from keel.bootstrap import SchemaNotCurrent, create_app, preflight
 
     settings = Settings()
+    try:
+        asyncio.run(preflight(settings))
+    except (SchemaNotCurrent, ValueError, OSError) as error:
+        # A clear sentence instead of a traceback from inside the server's start-up.
+        typer.echo(f"keel: cannot start: {error}", err=True)
+        raise typer.Exit(1) from None
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -11,13 +10,14 @@ from keel.observability.database import DatabaseObserver
 from keel.observability.metrics import Metrics
 from keel.observability.tracing import build_tracer_provider, tracer_from
 from keel.service.ports import Store
-from keel.storage.migrations.runner import migrate
 
 TABLES = "profiles, profile_emails, profile_links, api_keys, idempotency_keys"
 
 
 def observer(system: str) -> DatabaseObserver:
-    provider = build_tracer_provider(exporter="none", sampling_ratio=1.0, otlp_endpoint=None, service_name="t")
+    provider = build_tracer_provider(
+        exporter="none", sampling_ratio=1.0, otlp_endpoint=None, service_name="t"
+    )
     return DatabaseObserver(Metrics(), tracer_from(provider), system)
 
 
@@ -27,21 +27,6 @@ async def truncate(url: str) -> None:
         await connection.execute(f"TRUNCATE {TABLES} CASCADE")
     finally:
         await connection.close()
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
-    migrate(url)
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """A migrated, empty database of each kind."""
-    name = "sqlite_url" if request.param == "sqlite" else "migrated_postgres_url"
-    url: str = request.getfixturevalue(name)
-    return url
 
 
 @pytest.fixture

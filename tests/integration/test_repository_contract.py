@@ -130,8 +130,13 @@ async def test_find_filters_and_keyset_order(store: Store) -> None:
 
 def _record(key: str, fingerprint: str = "f1", lease: timedelta = timedelta(seconds=60)) -> IdempotencyRecord:
     return IdempotencyRecord(
-        scope="k1:create_profile", key=key, fingerprint=fingerprint, state=IdempotencyState.IN_PROGRESS,
-        outcome=None, locked_until=NOW + lease, expires_at=NOW + timedelta(hours=24),
+        scope="k1:create_profile",
+        key=key,
+        fingerprint=fingerprint,
+        state=IdempotencyState.IN_PROGRESS,
+        outcome=None,
+        locked_until=NOW + lease,
+        expires_at=NOW + timedelta(hours=24),
     )
 
 
@@ -166,8 +171,12 @@ async def test_abandoned_reservations_can_be_taken_over_and_released(store: Stor
 
 async def test_api_keys_round_trip(store: Store) -> None:
     key = ApiKey(
-        id="abcdefghijklmnop", secret_hash="0" * 64, scopes=frozenset({Scope.PROFILES_READ, Scope.ADMIN}),
-        api_version="2026-11-28", name="ops", created_at=NOW,
+        id="abcdefghijklmnop",
+        secret_hash="0" * 64,
+        scopes=frozenset({Scope.PROFILES_READ, Scope.ADMIN}),
+        api_version="2026-11-28",
+        name="ops",
+        created_at=NOW,
     )
     async with store.unit_of_work() as uow:
         await uow.api_keys.add(key)

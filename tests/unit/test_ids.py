@@ -21,7 +21,9 @@ def test_ids_are_unique() -> None:
     assert len({new_profile_id("us2") for _ in range(10_000)}) == 10_000
 
 
-@pytest.mark.parametrize("value", ["", "eu1", "eu1_short", "EU1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J", "eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2I"])
+@pytest.mark.parametrize(
+    "value", ["", "eu1", "eu1_short", "EU1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J", "eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2I"]
+)
 def test_malformed_ids_are_rejected(value: str) -> None:
     assert not is_profile_id(value)
     with pytest.raises(ValueError, match="not a profile id"):

@@ -25,7 +25,10 @@ WRITER = Principal("writer", frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRIT
 READER = Principal("reader", frozenset({Scope.PROFILES_READ}), "2026-11-28")
 ADMIN = Principal("admin", frozenset({Scope.ADMIN}), "2026-11-28")
 POLICY = AttributePolicy(
-    {"type": "object", "properties": {"plan": {"type": "string"}, "risk": {"type": "number", "private": True}}}
+    {
+        "type": "object",
+        "properties": {"plan": {"type": "string"}, "risk": {"type": "number", "private": True}},
+    }
 )
 
 
@@ -157,7 +160,9 @@ async def test_a_failed_request_frees_its_key(service: ProfileService) -> None:
     await service.create_profile(WRITER, doc())
     with pytest.raises(Conflict):
         await service.create_profile(WRITER, doc(email="b@example.com"), idempotency_key="k2")
-    await service.delete_profile(WRITER, (await service.list_profiles(READER, ListFilters(), limit=1, cursor=None)).profiles[0].id)
+    await service.delete_profile(
+        WRITER, (await service.list_profiles(READER, ListFilters(), limit=1, cursor=None)).profiles[0].id
+    )
     created = await service.create_profile(WRITER, doc(email="b@example.com"), idempotency_key="k2")
     assert not created.replayed
 
@@ -166,15 +171,22 @@ async def test_in_progress_key_is_a_conflict_until_its_lease_ends(
     service: ProfileService, store: InMemoryStore, clock: FakeClock
 ) -> None:
     from keel.service.ports import IdempotencyRecord, IdempotencyState
-    from keel.service.profiles import _fingerprint
     from keel.service.profile_input import fields_document, parse_profile_fields
+    from keel.service.profiles import _fingerprint
 
     now = clock.now()
     fingerprint = _fingerprint("create_profile", fields_document(parse_profile_fields(doc(), POLICY)))
     async with store.unit_of_work() as uow:
         await uow.idempotency.reserve(
-            IdempotencyRecord("writer:create_profile", "k3", fingerprint, IdempotencyState.IN_PROGRESS,
-                              None, now + IDEMPOTENCY_LEASE, now + IDEMPOTENCY_TTL),
+            IdempotencyRecord(
+                "writer:create_profile",
+                "k3",
+                fingerprint,
+                IdempotencyState.IN_PROGRESS,
+                None,
+                now + IDEMPOTENCY_LEASE,
+                now + IDEMPOTENCY_TTL,
+            ),
             now,
         )
         await uow.commit()
@@ -188,13 +200,17 @@ async def test_in_progress_key_is_a_conflict_until_its_lease_ends(
 
 async def test_equivalent_bodies_share_an_idempotency_key(service: ProfileService) -> None:
     await service.create_profile(WRITER, doc(), idempotency_key="k4")
-    spelled_out = doc(handle="ADA_L", emails=[{"address": "ada@example.com", "primary": True, "verified": False}])
+    spelled_out = doc(
+        handle="ADA_L", emails=[{"address": "ada@example.com", "primary": True, "verified": False}]
+    )
     assert (await service.create_profile(WRITER, spelled_out, idempotency_key="k4")).replayed
 
 
 async def test_keyset_pagination_visits_every_profile_once(service: ProfileService) -> None:
     ids = [
-        (await service.create_profile(WRITER, doc(handle=f"user_{i:02}", email=f"u{i}@example.com"))).profile.id
+        (
+            await service.create_profile(WRITER, doc(handle=f"user_{i:02}", email=f"u{i}@example.com"))
+        ).profile.id
         for i in range(25)
     ]
     seen: list[str] = []
@@ -223,7 +239,9 @@ async def test_list_limits_and_foreign_cursors(service: ProfileService) -> None:
     with pytest.raises(ValidationFailed):
         await service.list_profiles(READER, ListFilters(), limit=101, cursor=None)
     with pytest.raises(ValidationFailed):
-        await service.list_profiles(READER, ListFilters(ids=tuple(f"x{i}" for i in range(101))), limit=10, cursor=None)
+        await service.list_profiles(
+            READER, ListFilters(ids=tuple(f"x{i}" for i in range(101))), limit=10, cursor=None
+        )
     for i in range(3):
         await service.create_profile(WRITER, doc(handle=f"user_{i}", email=f"u{i}@example.com"))
     page = await service.list_profiles(READER, ListFilters(), limit=1, cursor=None)

@@ -15,6 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.rest.problems import problem_response
@@ -24,10 +25,6 @@ from keel.observability.metrics import Metrics
 _propagator = TraceContextTextMapPropagator()
 _log = structlog.get_logger("keel.access")
 _UNMATCHED = "unmatched"
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def _valid_request_id(value: str) -> bool:
@@ -41,6 +38,7 @@ class RequestEnvelope:
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._access_log = access_log
+        self._too_large_detail = f"Request bodies are limited to {max_body_bytes} bytes."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +85,9 @@ class RequestEnvelope:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self._max_body:
-                    raise _BodyTooLarge
+                    # An HTTPException passes through FastAPI's body parsing (anything else would
+                    # become a 400) and reaches the problem handlers as a 413.
+                    raise HTTPException(413, self._too_large_detail)
             return message
 
         async def send_with_headers(message: Message) -> None:
@@ -104,9 +104,6 @@ class RequestEnvelope:
                 await self._too_large(scope, receive, send_with_headers)
             else:
                 await self.app(scope, counted_receive, send_with_headers)
-        except _BodyTooLarge:
-            if not started_response:
-                await self._too_large(scope, receive, send_with_headers)
         except Exception as error:
             span.record_exception(error)
             _log.error("unhandled_error", exc_info=error)

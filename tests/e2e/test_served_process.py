@@ -1,0 +1,161 @@
+"""`keel migrate`, `keel keys create` and `keel serve` as an operator runs them: a real process,
+real HTTP, and what it writes to its logs and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Served:
+    base_url: str
+    token: str
+    log_path: Path
+    env: dict[str, str]
+
+    def log_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+
+
+def _keel(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "keel", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    directory = tmp_path_factory.mktemp("served")
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
+        "KEEL_PORT": str(_free_port()),
+        "KEEL_TRACE_SAMPLING_RATIO": "1.0",
+    }
+    _keel(env, "migrate")
+    token = _keel(env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--quiet").strip()
+    log_path = directory / "keel.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{env['KEEL_PORT']}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "keel serve did not become healthy"
+            time.sleep(0.1)
+        yield Served(base_url, token, log_path, env)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_the_printed_key_works_and_logs_carry_ids_but_no_secrets(served: Served) -> None:
+    headers = {"Authorization": f"Bearer {served.token}", "X-Request-ID": "req-e2e-1"}
+    created = httpx.post(
+        f"{served.base_url}/v1/profiles",
+        json={"handle": "grace_h", "emails": [{"address": "grace@example.com", "primary": True}]},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    listed = httpx.get(
+        f"{served.base_url}/v1/profiles", params={"email": "grace@example.com"}, headers=headers
+    )
+    assert listed.json()["items"][0]["handle"] == "grace_h"
+    time.sleep(0.2)
+    text = served.log_path.read_text()
+    assert served.token not in text
+    assert served.token.split("_")[2] not in text
+    assert "grace@example.com" not in text
+    access = [line for line in served.log_lines() if line.get("request_id") == "req-e2e-1"]
+    assert len(access) == 2
+    for line in access:
+        assert line["event"] == "request"
+        assert len(str(line["trace_id"])) == 32
+        assert line["route"] in ("/v1/profiles",)
+
+
+def test_health_and_readiness(served: Served) -> None:
+    assert httpx.get(f"{served.base_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{served.base_url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "migrations": "current"}
+
+
+def test_metrics_pass_promtool_and_label_by_route_template(served: Served) -> None:
+    headers = {"Authorization": f"Bearer {served.token}"}
+    httpx.get(f"{served.base_url}/v1/profiles/eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J", headers=headers)
+    exposition = httpx.get(f"{served.base_url}/metrics").text
+    assert 'route="/v1/profiles/{profile_id}"' in exposition
+    assert "eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J" not in exposition
+    for name in (
+        "keel_http_requests_total",
+        "keel_http_request_duration_seconds_bucket",
+        "keel_http_requests_in_flight",
+        "keel_db_query_duration_seconds_bucket",
+        "keel_db_pool_connections",
+        "keel_build_info",
+    ):
+        assert name in exposition
+    promtool = shutil.which("promtool") or str(REPO / ".tools" / "bin" / "promtool")
+    assert Path(promtool).exists(), "promtool is missing: run scripts/ensure-promtool.sh"
+    check = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_refuses_an_unmigrated_database(tmp_path: Path, served: Served) -> None:
+    env = {
+        **served.env,
+        "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        "KEEL_PORT": str(_free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "keel", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Run `keel migrate` first" in result.stdout + result.stderr
