@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import structlog
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
@@ -114,6 +116,19 @@ async def preflight(settings: Settings) -> None:
     await keel.close()
 
 
+async def _purge_idempotency_records(keel: Keel, every_seconds: float = 600.0) -> None:
+    """Idempotency records live 24 h; expired ones are removed in the background."""
+    log = structlog.get_logger("keel.housekeeping")
+    while True:
+        try:
+            removed = await keel.profiles.purge_expired_idempotency_records()
+            if removed:
+                log.info("idempotency_records_purged", count=removed)
+        except Exception as error:  # noqa: BLE001 - housekeeping must outlive a database hiccup
+            log.warning("idempotency_purge_failed", error=type(error).__name__)
+        await asyncio.sleep(every_seconds)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI application `keel serve` runs: builds Keel on start-up, closes it on shutdown."""
     from keel.api.rest.app import build_rest_app
@@ -125,9 +140,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keel = await build_keel(settings, metrics=metrics)
         app.state.keel = keel
+        housekeeping = asyncio.create_task(_purge_idempotency_records(keel))
         try:
             yield
         finally:
+            housekeeping.cancel()
             await keel.close()
 
     return build_rest_app(settings, metrics, lifespan=lifespan)

@@ -190,6 +190,13 @@ class ProfileService:
             await uow.profiles.update(current.delete(self._clock.now()), expected_version=current.version)
             await uow.commit()
 
+    async def purge_expired_idempotency_records(self) -> int:
+        """Forget idempotency records older than their 24 h; returns how many were removed."""
+        async with self._store.unit_of_work() as uow:
+            removed = await uow.idempotency.purge_expired(self._clock.now())
+            await uow.commit()
+        return removed
+
     # -- helpers ---------------------------------------------------------------------------
 
     async def _insert(self, fields: ProfileFields, idempotency: tuple[str, str] | None) -> Profile:

@@ -25,6 +25,8 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 # Revalidate every time (cheap with If-None-Match), never share between callers.
 _CACHE_CONTROL = "private, no-cache"
 
+MAX_NESTING = 32
+
 router = VersionedAPIRouter(prefix="/v1", tags=["profiles"])
 
 
@@ -32,6 +34,20 @@ def _idempotency_key(value: str | None) -> str | None:
     if value is not None and not (1 <= len(value) <= 255 and value.isascii() and value.isprintable()):
         raise ValidationFailed([FieldError("/headers/Idempotency-Key", "1-255 printable ASCII characters")])
     return value
+
+
+def _too_deep(value: object) -> bool:
+    """Iterative, so that a hostile body cannot exhaust the stack while being measured."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_NESTING:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _expected_version(profile_id: str, if_match: str | None) -> int | None:
@@ -117,8 +133,10 @@ async def update_profile(
         raise HTTPException(415, f"PATCH bodies must be {MERGE_PATCH} (RFC 7396).")
     try:
         patch = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "The body is not valid JSON.") from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise HTTPException(400, "The body is not valid JSON, or is nested too deeply.") from None
+    if _too_deep(patch):
+        raise HTTPException(400, f"The body is nested deeper than {MAX_NESTING} levels.")
     profile = await keel.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )

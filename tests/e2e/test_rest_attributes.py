@@ -1,0 +1,75 @@
+"""Operator-supplied attribute schemas through the REST API, private attributes included."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from keel.config import Settings
+from tests.e2e.conftest import Api, make_api
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "plan": {"enum": ["free", "pro"]},
+        "fraud_score": {"type": "number", "minimum": 0, "maximum": 1, "private": True},
+    },
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+async def schema_api(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    schema_file = tmp_path / "attributes.schema.json"
+    schema_file.write_text(json.dumps(SCHEMA))
+    api, keel = await make_api(Settings(database_url=sqlite_url, attribute_schema=schema_file))
+    async with api.client:
+        yield api
+    await keel.close()
+
+
+def _body(**attributes: object) -> dict[str, object]:
+    return {
+        "handle": "ada_l",
+        "emails": [{"address": "ada@example.com", "primary": True}],
+        "attributes": attributes,
+    }
+
+
+async def test_attributes_follow_the_schema(schema_api: Api) -> None:
+    bad = await schema_api.client.post("/v1/profiles", json=_body(plan="gold"), headers=schema_api.writer)
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "/attributes/plan"
+    extra = await schema_api.client.post("/v1/profiles", json=_body(colour="red"), headers=schema_api.writer)
+    assert extra.status_code == 422
+
+
+async def test_private_attributes_are_for_admins_only(schema_api: Api) -> None:
+    denied = await schema_api.client.post(
+        "/v1/profiles", json=_body(plan="pro", fraud_score=0.2), headers=schema_api.writer
+    )
+    assert denied.status_code == 403
+    created = await schema_api.client.post(
+        "/v1/profiles", json=_body(plan="pro", fraud_score=0.2), headers=schema_api.admin
+    )
+    assert created.status_code == 201
+    location = created.headers["location"]
+    as_reader = await schema_api.client.get(location, headers=schema_api.reader)
+    assert as_reader.json()["attributes"] == {"plan": "pro"}
+    as_admin = await schema_api.client.get(location, headers=schema_api.admin)
+    assert as_admin.json()["attributes"] == {"plan": "pro", "fraud_score": 0.2}
+    listed = await schema_api.client.get("/v1/profiles", headers=schema_api.reader)
+    assert listed.json()["items"][0]["attributes"] == {"plan": "pro"}
+
+
+async def test_readiness_reports_an_unmigrated_database(schema_api: Api, tmp_path: Path) -> None:
+    from keel.bootstrap import SchemaNotCurrent, build_keel
+
+    with pytest.raises(SchemaNotCurrent, match="keel migrate"):
+        await build_keel(Settings(database_url=f"sqlite:///{tmp_path / 'empty.sqlite3'}"))
+    ready = await schema_api.client.get("/readyz")
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "current"}}
