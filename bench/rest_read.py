@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -76,12 +77,14 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 @contextlib.contextmanager
-def _server(name: str, cmd: list[str], env: dict[str, str], log: Path | None, port: int,
-            sig: int = signal.SIGTERM) -> Iterator[subprocess.Popen[bytes]]:
+def _server(
+    name: str, cmd: list[str], env: dict[str, str], log: Path | None, port: int, sig: int = signal.SIGTERM
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server (own session, so a terminal Ctrl-C reaches only us), wait for /healthz."""
     with (log if log is not None else Path(os.devnull)).open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+        )
     try:
         _wait_healthy(name, proc, f"http://127.0.0.1:{port}/healthz", log)
         yield proc
@@ -107,6 +110,27 @@ def _keel_cmd(*args: str) -> list[str]:
     if script.exists():
         return [str(script), *args]
     return [sys.executable, "-c", "from keel.cli import main; main()", *args]
+
+
+def _serve_cmd(name: str, port: int) -> list[str]:
+    """One uvicorn worker on loopback, uvloop + httptools, for either server."""
+    if name == "keel":
+        return _keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.baseline_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+    ]
 
 
 # --------------------------------------------------------------------------- database
@@ -143,9 +167,7 @@ async def _seed(url: str, count: int, region: str) -> tuple[int, list[str]]:
                 for sql in _SEED_SQL:
                     await conn.execute(sql, ids, existing)
             await conn.execute("ANALYZE profiles, profile_emails, profile_links")
-        sample = await conn.fetch(
-            f"SELECT id {_BENCH_ROWS} ORDER BY random() LIMIT $1", SAMPLED_IDS
-        )
+        sample = await conn.fetch(f"SELECT id {_BENCH_ROWS} ORDER BY random() LIMIT $1", SAMPLED_IDS)
         return missing, [r["id"] for r in sample]
     finally:
         await conn.close()
@@ -165,6 +187,7 @@ class WrkRun:
     requests: int
     non_2xx_3xx: int
     socket_errors: dict[str, int] = field(default_factory=dict)
+    load_average_1m: float = field(default_factory=lambda: os.getloadavg()[0])  # at the end of the run
 
     @property
     def failed(self) -> bool:
@@ -196,8 +219,11 @@ def _parse_wrk(server: str, text: str) -> WrkRun:
         p99_ms=latency.get(99, float("nan")),
         requests=int(need(r"^\s+(\d+) requests in").group(1)),
         non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
-        socket_errors=dict(zip(("connect", "read", "write", "timeout"),
-                               map(int, errors.groups()), strict=True)) if errors else {},
+        socket_errors=dict(
+            zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True)
+        )
+        if errors
+        else {},
     )
 
 
@@ -216,10 +242,21 @@ def _ensure_wrk() -> str:
     return found
 
 
-def _wrk(wrk: str, server: str, port: int, env: dict[str, str], args: argparse.Namespace,
-         duration: float) -> WrkRun:
-    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--timeout", "5s",
-           "--latency", "-s", str(LUA), f"http://127.0.0.1:{port}"]
+def _wrk(
+    wrk: str, server: str, port: int, env: dict[str, str], args: argparse.Namespace, duration: float
+) -> WrkRun:
+    cmd = [
+        wrk,
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(LUA),
+        f"http://127.0.0.1:{port}",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -245,45 +282,77 @@ def _check_one(server: str, port: int, profile_id: str, token: str) -> set[str]:
 # --------------------------------------------------------------------------- main
 
 
+def _src_state() -> str:
+    """Which code was measured: HEAD plus a hash of uncommitted changes under src/."""
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, timeout=30, check=False)
+        return done.stdout.decode(errors="replace").strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    diff = git("diff", "HEAD", "--", "src")
+    changed = git("status", "--porcelain", "--", "src").splitlines()
+    if not diff and not changed:
+        return f"{head} (src clean)"
+    digest = hashlib.sha256(diff.encode()).hexdigest()[:10]
+    return f"{head} + uncommitted src changes ({len(changed)} files, diff sha256 {digest})"
+
+
 def _median(runs: list[WrkRun]) -> dict[str, float]:
     keys = ("requests_per_second", "p50_ms", "p99_ms")
     return {k: statistics.median(getattr(r, k) for r in runs) for k in keys}
 
 
 def _line(name: str, m: dict[str, float]) -> str:
-    return (f"{name:<8} {PATH_LABEL}: {m['requests_per_second']:>7,.0f} req/s  "
-            f"p50 {m['p50_ms']:6.1f} ms  p99 {m['p99_ms']:6.1f} ms")
+    return (
+        f"{name:<8} {PATH_LABEL}: {m['requests_per_second']:>7,.0f} req/s  "
+        f"p50 {m['p50_ms']:6.1f} ms  p99 {m['p99_ms']:6.1f} ms"
+    )
 
 
 def _report_run(run: WrkRun, label: str) -> None:
     flag = "  <-- FAILED RESPONSES/ERRORS" if run.failed else ""
-    print(f"  {label:<22} {run.requests_per_second:>8,.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
-          f"p99 {run.p99_ms:6.1f} ms  non-2xx {run.non_2xx_3xx}  socket errors "
-          f"{sum(run.socket_errors.values())}{flag}", flush=True)
+    print(
+        f"  {label:<22} {run.requests_per_second:>8,.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
+        f"p99 {run.p99_ms:6.1f} ms  non-2xx {run.non_2xx_3xx}  socket errors "
+        f"{sum(run.socket_errors.values())}  (load avg {run.load_average_1m:.1f}){flag}",
+        flush=True,
+    )
 
 
 def _benchmark(url: str, args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    src_state = _src_state()
+    print(f"code: {src_state}", flush=True)
     wrk = _ensure_wrk()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     env = {**base_env, "KEEL_DATABASE_URL": url}
 
     print("migrating ...", flush=True)
-    migrated = subprocess.run(_keel_cmd("migrate"), env=env, capture_output=True, text=True,
-                              timeout=120, check=False)
+    migrated = subprocess.run(
+        _keel_cmd("migrate"), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     if migrated.returncode != 0:
         raise RuntimeError(f"keel migrate failed:\n{migrated.stdout}\n{migrated.stderr}")
 
     started = time.monotonic()
     inserted, ids = asyncio.run(asyncio.wait_for(_seed(url, args.profiles, "eu1"), 900))
-    print(f"seeded {inserted:,} profiles ({args.profiles - inserted:,} already there) in "
-          f"{time.monotonic() - started:.1f}s; sampled {len(ids):,} ids", flush=True)
+    print(
+        f"seeded {inserted:,} profiles ({args.profiles - inserted:,} already there) in "
+        f"{time.monotonic() - started:.1f}s; sampled {len(ids):,} ids",
+        flush=True,
+    )
     ids_file = RESULTS / "rest_read_ids.txt"
     ids_file.write_text("\n".join(ids) + "\n")
 
-    created = subprocess.run(_keel_cmd("keys", "create", "--scopes", "profiles:read", "--name", "bench",
-                                       "--quiet"), env=env, capture_output=True, text=True, timeout=60,
-                             check=False)
+    created = subprocess.run(
+        _keel_cmd("keys", "create", "--scopes", "profiles:read", "--name", "bench", "--quiet"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     tokens = [line.strip() for line in created.stdout.splitlines() if line.strip().startswith("keel_")]
     if created.returncode != 0 or not tokens:
         raise RuntimeError(f"keel keys create failed:\n{created.stdout}\n{created.stderr}")
@@ -297,26 +366,20 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
             log.write_text("")
     keel_log_label = str(keel_log.relative_to(REPO)) if keel_log else "/dev/null"
 
-    def keel_cmd(port: int) -> list[str]:
-        return _keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))
-
-    def baseline_cmd(port: int) -> list[str]:
-        return [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1",
-                "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
-
-    servers = {"keel": (keel_cmd, keel_log), "baseline": (baseline_cmd, baseline_log)}
+    logs = {"keel": keel_log, "baseline": baseline_log}
     runs: dict[str, list[WrkRun]] = {"keel": [], "baseline": []}
     warmups: list[WrkRun] = []
     fields: dict[str, set[str]] = {}
-    print(f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, "
-          f"{args.warmup:g}s warm-up per run, {args.rounds} round(s); keel stdout -> {keel_log_label}",
-          flush=True)
+    print(
+        f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, "
+        f"{args.warmup:g}s warm-up per run, {args.rounds} round(s); keel stdout -> {keel_log_label}",
+        flush=True,
+    )
     for round_number in range(args.rounds):
         order = ["baseline", "keel"] if round_number % 2 == 0 else ["keel", "baseline"]
         for name in order:
-            build, log = servers[name]
             port = _free_port()
-            with _server(name, build(port), env, log, port):
+            with _server(name, _serve_cmd(name, port), env, logs[name], port):
                 fields[name] = _check_one(name, port, ids[0], token)
                 if args.warmup > 0:
                     warmups.append(_wrk(wrk, name, port, wrk_env, args, args.warmup))
@@ -327,11 +390,17 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
             _report_run(run, f"round {round_number + 1} {name}")
 
     if fields.get("keel") != fields.get("baseline"):
-        print(f"note: response fields differ: keel {sorted(fields.get('keel', ()))} vs baseline "
-              f"{sorted(fields.get('baseline', ()))}", flush=True)
+        print(
+            f"note: response fields differ: keel {sorted(fields.get('keel', ()))} vs baseline "
+            f"{sorted(fields.get('baseline', ()))}",
+            flush=True,
+        )
 
-    profile_summary = _py_spy(args, env, wrk, wrk_env, keel_log) if args.py_spy else None
+    profile_summary = _py_spy(args, env, wrk, wrk_env, logs[args.py_spy_server]) if args.py_spy else None
 
+    if args.rounds == 0:
+        print("--rounds 0: no measured runs, nothing compared")
+        return 0
     medians = {name: _median(r) for name, r in runs.items()}
     ratio = medians["keel"]["requests_per_second"] / medians["baseline"]["requests_per_second"]
     failed = [r for r in [*warmups, *runs["keel"], *runs["baseline"]] if r.failed]
@@ -340,8 +409,12 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         _line("baseline", medians["baseline"]),
         f"ratio keel/baseline (throughput): {ratio:.2f}   (target >= {TARGET_RATIO})",
     ]
-    print(f"\n== median of {args.rounds} round(s), {args.duration:g}s each, {args.connections} connections, "
-          f"{args.profiles:,} profiles; keel stdout -> {keel_log_label} ==")
+    if failed:
+        lines.insert(0, "!!! INVALID: some runs had non-2xx responses or socket errors (see below) !!!")
+    print(
+        f"\n== median of {args.rounds} round(s), {args.duration:g}s each, {args.connections} connections, "
+        f"{args.profiles:,} profiles; keel stdout -> {keel_log_label}; code {src_state} =="
+    )
     print("\n".join(lines), flush=True)
     result: dict[str, Any] = {
         "summary": lines,
@@ -351,51 +424,89 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         "median": medians,
         "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
         "config": {
-            "duration_s": args.duration, "connections": args.connections, "threads": args.threads,
-            "rounds": args.rounds, "warmup_s": args.warmup, "profiles": args.profiles,
-            "keel_stdout": keel_log_label, "cpus": os.cpu_count(),
-            "postgres": "KEEL_BENCH_POSTGRES_URL" if os.environ.get("KEEL_BENCH_POSTGRES_URL")
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "warmup_s": args.warmup,
+            "profiles": args.profiles,
+            "keel_stdout": keel_log_label,
+            "cpus": os.cpu_count(),
+            "code": src_state,
+            "postgres": "KEEL_BENCH_POSTGRES_URL"
+            if os.environ.get("KEEL_BENCH_POSTGRES_URL")
             else "throwaway (devtools.throwaway_postgres)",
         },
         "py_spy": profile_summary,
     }
-    out = RESULTS / "rest_read.json"
+    out = args.output
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out.relative_to(REPO)}")
+    print(f"written {out}")
     if failed:
         print("\n" + "!" * 78, file=sys.stderr)
         for r in failed:
-            print(f"!!! INVALID: {r.server}: {r.non_2xx_3xx} non-2xx/3xx responses, socket errors "
-                  f"{r.socket_errors}: the figures above are NOT trustworthy", file=sys.stderr)
+            print(
+                f"!!! INVALID: {r.server}: {r.non_2xx_3xx} non-2xx/3xx responses, socket errors "
+                f"{r.socket_errors}: the figures above are NOT trustworthy",
+                file=sys.stderr,
+            )
         print("!" * 78, file=sys.stderr)
         return 1
     return 0
 
 
-def _py_spy(args: argparse.Namespace, env: dict[str, str], wrk: str, wrk_env: dict[str, str],
-            keel_log: Path | None) -> str:
-    """One extra Keel run (not counted above) under `py-spy record`; returns the summary text."""
+def _py_spy(
+    args: argparse.Namespace, env: dict[str, str], wrk: str, wrk_env: dict[str, str], log: Path | None
+) -> str:
+    """One extra run of --py-spy-server (keel by default; not counted above), sampled by
+    `py-spy record --pid` after the warm-up (so start-up and imports stay out of the profile);
+    returns the summary text."""
     from bench.pyspy_summary import summarise
 
     py_spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
     if py_spy is None:
         raise RuntimeError("--py-spy: py-spy not found (pip install py-spy into the venv)")
-    raw = RESULTS / "keel-pyspy.txt"
+    name = args.py_spy_server
+    raw = RESULTS / f"{name}-pyspy.txt"
     raw.unlink(missing_ok=True)
     port = _free_port()
-    cmd = [py_spy, "record", "--rate", str(args.py_spy_rate), "--format", "raw", "-o", str(raw)]
-    cmd += ["--native"] if args.py_spy_native else []
-    cmd += ["--", *_keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))]
-    print(f"\nprofiling keel: {' '.join(cmd)}", flush=True)
-    # SIGINT to the group: py-spy writes its file, keel shuts down.
-    with _server("keel under py-spy", cmd, env, keel_log, port, sig=signal.SIGINT):
+    duration = args.py_spy_duration
+    with _server(name, _serve_cmd(name, port), env, log, port) as server:
         if args.warmup > 0:
-            _wrk(wrk, "keel", port, wrk_env, args, args.warmup)
-        run = _wrk(wrk, "keel (py-spy)", port, wrk_env, args, args.duration)
-    _report_run(run, "keel under py-spy")
-    deadline = time.monotonic() + 30
-    while not raw.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+            _wrk(wrk, name, port, wrk_env, args, args.warmup)
+        # --gil: only the thread holding the GIL, i.e. where the process spends CPU in Python (the
+        # anyio worker threads would otherwise add their waiting). Blocking mode (the default) gives
+        # whole stacks; --nonblocking truncates ~1/3 of them but allows high rates.
+        cmd = [
+            py_spy,
+            "record",
+            "--pid",
+            str(server.pid),
+            "--duration",
+            f"{duration:.0f}",
+            "--rate",
+            str(args.py_spy_rate),
+            "--gil",
+            "--full-filenames",
+            "--format",
+            "raw",
+            "-o",
+            str(raw),
+        ]
+        cmd += ["--nonblocking"] if args.py_spy_nonblocking else []
+        cmd += ["--native"] if args.py_spy_native else []
+        print(f"\nprofiling {name} for {duration:.0f}s under load: {' '.join(cmd)}", flush=True)
+        with subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        ) as recorder:
+            try:
+                run = _wrk(wrk, f"{name} (py-spy)", port, wrk_env, args, duration)
+                _, err = recorder.communicate(timeout=60)
+            finally:
+                _stop(recorder, signal.SIGINT)
+        if recorder.returncode != 0 or not raw.exists():
+            raise RuntimeError(f"py-spy failed ({recorder.returncode}): {err.decode(errors='replace')}")
+    _report_run(run, f"{name} under py-spy (not counted)")
     summary = summarise(raw, 15)
     print(summary, flush=True)
     return summary
@@ -407,13 +518,38 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--profiles", type=int, default=100_000, help="profiles to seed")
-    parser.add_argument("--rounds", type=int, default=2, help="measured runs per server (median)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="measured runs per server (median); 0 with --py-spy: only profile",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "rest_read.json", help="JSON results file")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load first")
-    parser.add_argument("--keel-log", choices=["file", "devnull"], default="file",
-                        help="keel stdout (JSON logs): bench/results/keel-serve.log or /dev/null")
-    parser.add_argument("--py-spy", action="store_true",
-                        help="afterwards, profile one more Keel run with py-spy (not counted)")
-    parser.add_argument("--py-spy-rate", type=int, default=200)
+    parser.add_argument(
+        "--keel-log",
+        choices=["file", "devnull"],
+        default="file",
+        help="keel stdout (JSON logs): bench/results/keel-serve.log or /dev/null",
+    )
+    parser.add_argument(
+        "--py-spy", action="store_true", help="afterwards, profile one more run with py-spy (not counted)"
+    )
+    parser.add_argument(
+        "--py-spy-server", choices=["keel", "baseline"], default="keel", help="which server --py-spy profiles"
+    )
+    parser.add_argument("--py-spy-duration", type=float, default=30.0, help="seconds of profiled load")
+    parser.add_argument(
+        "--py-spy-rate",
+        type=int,
+        default=100,
+        help="samples/s; blocking sampling slows Keel down a lot above ~100",
+    )
+    parser.add_argument(
+        "--py-spy-nonblocking",
+        action="store_true",
+        help="do not pause Keel per sample (faster, but ~1/3 of stacks come out truncated)",
+    )
     parser.add_argument("--py-spy-native", action="store_true", help="py-spy --native (C frames too)")
     args = parser.parse_args()
 

@@ -264,6 +264,11 @@ async def test_openapi_per_version_and_docs(api: Api) -> None:
     spec = await api.client.get("/openapi.json", params={"version": "2026-11-28"})
     assert spec.status_code == 200
     assert "/v1/profiles/{profile_id}" in spec.json()["paths"]
+    assert spec.json()["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+    get_parameters = {
+        p["name"] for p in spec.json()["paths"]["/v1/profiles/{profile_id}"]["get"]["parameters"]
+    }
+    assert {"profile_id", "If-None-Match", "Keel-Version"} <= get_parameters
     docs = await api.client.get("/docs", params={"version": "2026-11-28"})
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from keel.observability.metrics import Metrics
@@ -29,11 +30,16 @@ class _ObservedCall:
         self._operation = operation
 
     def __enter__(self) -> Span:
-        self._span = self._observer._tracer.start_span(
-            f"db {self._operation}",
-            kind=SpanKind.CLIENT,
-            attributes={"db.system": self._observer._system, "db.operation.name": self._operation},
-        )
+        # A child span only where the request is traced: most are not (sampling), and an
+        # unsampled span costs an id, a sampler call and an object for nothing.
+        if trace.get_current_span().is_recording():
+            self._span = self._observer._tracer.start_span(
+                f"db {self._operation}",
+                kind=SpanKind.CLIENT,
+                attributes={"db.system": self._observer._system, "db.operation.name": self._operation},
+            )
+        else:
+            self._span = trace.INVALID_SPAN
         self._started = time.perf_counter()
         return self._span
 
@@ -46,6 +52,7 @@ class _ObservedCall:
         elapsed = time.perf_counter() - self._started
         outcome = "ok" if exc_type is None else "error"
         self._observer.metrics.db_query_duration.labels(self._operation, outcome).observe(elapsed)
-        if exc is not None:
-            self._span.record_exception(exc)
-        self._span.end()
+        if self._span.is_recording():
+            if exc is not None:
+                self._span.record_exception(exc)
+            self._span.end()

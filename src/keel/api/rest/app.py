@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from cadwyn import Cadwyn
 from fastapi import FastAPI
@@ -12,7 +13,11 @@ from keel import __version__
 from keel.api.rest import health, routes
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
-from keel.api.rest.versioning import KeelVersionPicker
+from keel.api.rest.versioning import (
+    KeelVersionPicker,
+    document_version_header,
+    use_async_version_dependency,
+)
 from keel.api.rest.versions import NEWEST_VERSION, VERSION_HEADER, versions
 from keel.config import Settings
 from keel.observability.metrics import Metrics
@@ -22,6 +27,7 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan | None = None) -> Cadwyn:
     """The REST app. `app.state.keel` must hold a built `Keel` before the first request."""
+    use_async_version_dependency()
     app = Cadwyn(
         versions=versions,
         title="Keel",
@@ -31,6 +37,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         api_version_parameter_name=VERSION_HEADER,
         api_version_default_value=NEWEST_VERSION,
         versioning_middleware_class=KeelVersionPicker,
+        openapi_customizer=_customize_openapi,
         lifespan=lifespan,
     )
     install_problem_handlers(app)
@@ -43,3 +50,18 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         access_log=settings.access_log,
     )
     return app
+
+
+def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """Authentication is checked in code (once per request, cached), not by a FastAPI security
+    dependency, so the scheme is declared here for clients and Swagger UI's Authorize button;
+    the version header likewise (see `use_async_version_dependency`)."""
+    document_version_header(schema)
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["ApiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `keel keys create`: `Authorization: Bearer keel_...`.",
+    }
+    schema["security"] = [{"ApiKey": []}]
+    return schema

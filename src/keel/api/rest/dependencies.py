@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from keel.bootstrap import Keel
 
 
-def get_keel(request: Request) -> Keel:
+async def get_keel(request: Request) -> Keel:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, per request.
     keel: Keel = request.app.state.keel
     return keel
 
@@ -24,8 +25,16 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
+PRINCIPAL_SCOPE_KEY = "keel.principal"
+
+
 async def authenticated_caller(request: Request) -> Principal:
-    keel = get_keel(request)
+    """The caller, as the version picker already resolved it, or authenticated now.
+    Raises `Unauthenticated` (401) for a missing or unknown key."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is not None:
+        return principal
+    keel: Keel = request.app.state.keel
     return await keel.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
 
 

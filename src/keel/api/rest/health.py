@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from keel.api.rest.dependencies import get_keel
+from keel.api.rest.dependencies import KeelDep
 
 router = APIRouter(include_in_schema=False)
 _READINESS_TIMEOUT = 2.0
@@ -23,9 +23,8 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> Response:
+async def readyz(keel: KeelDep) -> Response:
     """Ready to serve: the database answers and carries the schema this code needs."""
-    keel = get_keel(request)
     checks: dict[str, str] = {}
     try:
         revision = await asyncio.wait_for(keel.store.schema_revision(), _READINESS_TIMEOUT)
@@ -41,5 +40,5 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(get_keel(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(keel: KeelDep) -> Response:
+    return Response(generate_latest(keel.metrics.registry), media_type=CONTENT_TYPE_LATEST)

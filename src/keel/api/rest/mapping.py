@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from keel.domain.profile import Profile
@@ -22,9 +23,15 @@ def profile_document(profile: Profile) -> dict[str, Any]:
         "links": [{"kind": link.kind, "url": link.url} for link in f.links],
         "attributes": f.attributes,
         "version": profile.version,
-        "created_at": profile.created_at.isoformat(),
-        "updated_at": profile.updated_at.isoformat(),
+        "created_at": timestamp(profile.created_at),
+        "updated_at": timestamp(profile.updated_at),
     }
+
+
+def timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. `2026-11-28T12:00:00.000000Z`: one fixed width."""
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _id_tag(profile_id: str) -> str:

@@ -15,6 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +39,7 @@ class RequestEnvelope:
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._access_log = access_log
+        self._series_cache: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._too_large_detail = f"Request bodies are limited to {max_body_bytes} bytes."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -117,9 +119,9 @@ class RequestEnvelope:
             self._metrics.http_in_flight.dec()
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
-            status_label = str(status)
-            self._metrics.http_requests.labels(method, route, status_label).inc()
-            self._metrics.http_request_duration.labels(method, route, status_label).observe(elapsed)
+            counter, histogram = self._series(method, route, status)
+            counter.inc()
+            histogram.observe(elapsed)
             if span.is_recording():
                 span.update_name(f"{method} {route}")
                 span.set_attribute("http.request.method", method)
@@ -136,6 +138,20 @@ class RequestEnvelope:
             structlog.contextvars.reset_contextvars(**log_tokens)
             request_id_var.reset(request_token)
             otel_context.detach(otel_token)
+
+    def _series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        # Label lookups cost a lock and a tuple hash each; the combinations are few (route
+        # templates × methods × statuses), so their children are kept.
+        key = (method, route, status)
+        series = self._series_cache.get(key)
+        if series is None:
+            labels = (method, route, str(status))
+            series = (
+                self._metrics.http_requests.labels(*labels),
+                self._metrics.http_request_duration.labels(*labels),
+            )
+            self._series_cache[key] = series
+        return series
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await problem_response(

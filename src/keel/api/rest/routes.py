@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
 
 from cadwyn import VersionedAPIRouter
 from fastapi import Header, Query, Request
 from fastapi.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from keel.api.rest.dependencies import Caller, KeelDep
+from keel.api.rest.dependencies import Caller, KeelDep, authenticated_caller
 from keel.api.rest.mapping import etag, etag_matches, profile_document, version_from_etag
 from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profiles import ListFilters
+
+if TYPE_CHECKING:
+    from keel.bootstrap import Keel
 
 MERGE_PATCH = "application/merge-patch+json"
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -26,6 +29,13 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 _CACHE_CONTROL = "private, no-cache"
 
 MAX_NESTING = 32
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "An ETag from an earlier answer: 304 Not Modified if the profile is unchanged.",
+}
 
 router = VersionedAPIRouter(prefix="/v1", tags=["profiles"])
 
@@ -69,11 +79,10 @@ def _expected_version(profile_id: str, if_match: str | None) -> int | None:
 )
 async def create_profile(
     body: ProfileCreate,
-    response: Response,
     caller: Caller,
     keel: KeelDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> dict[str, object]:
+) -> Response:
     """Create a profile. With `Idempotency-Key`, retries of the same request return the first
     response (marked `Idempotent-Replayed: true`) instead of creating a duplicate."""
     created = await keel.profiles.create_profile(
@@ -82,30 +91,29 @@ async def create_profile(
         idempotency_key=_idempotency_key(idempotency_key),
     )
     profile = created.profile
-    response.headers["Location"] = f"/v1/profiles/{profile.id}"
-    response.headers["ETag"] = etag(profile)
+    headers = {"Location": f"/v1/profiles/{profile.id}", "ETag": etag(profile)}
     if created.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return profile_document(profile)
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(profile_document(profile), status_code=201, headers=headers)
 
 
 @router.get(
-    "/profiles/{profile_id}", response_model=ProfileOut, responses=_PROBLEMS, summary="Read a profile"
+    "/profiles/{profile_id}",
+    response_model=ProfileOut,
+    responses=_PROBLEMS,
+    summary="Read a profile",
+    openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
-async def get_profile(
-    profile_id: str,
-    response: Response,
-    caller: Caller,
-    keel: KeelDep,
-    if_none_match: Annotated[str | None, Header()] = None,
-) -> object:
-    profile = await keel.profiles.get_profile(caller, profile_id)
+async def get_profile(profile_id: str, request: Request) -> Response:
+    # The hot path: a deliberately short signature (every parameter is work for FastAPI, and
+    # Cadwyn resolves the signature twice), with headers read straight from the request.
+    keel: Keel = request.app.state.keel
+    profile = await keel.profiles.get_profile(await authenticated_caller(request), profile_id)
     tag = etag(profile)
+    if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, tag):
         return Response(status_code=304, headers={"ETag": tag, "Cache-Control": _CACHE_CONTROL})
-    response.headers["ETag"] = tag
-    response.headers["Cache-Control"] = _CACHE_CONTROL
-    return profile_document(profile)
+    return JSONResponse(profile_document(profile), headers={"ETag": tag, "Cache-Control": _CACHE_CONTROL})
 
 
 @router.patch(
@@ -123,11 +131,10 @@ async def get_profile(
 async def update_profile(
     profile_id: str,
     request: Request,
-    response: Response,
     caller: Caller,
     keel: KeelDep,
     if_match: Annotated[str | None, Header()] = None,
-) -> dict[str, object]:
+) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != MERGE_PATCH:
         raise HTTPException(415, f"PATCH bodies must be {MERGE_PATCH} (RFC 7396).")
@@ -140,8 +147,7 @@ async def update_profile(
     profile = await keel.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )
-    response.headers["ETag"] = etag(profile)
-    return profile_document(profile)
+    return JSONResponse(profile_document(profile), headers={"ETag": etag(profile)})
 
 
 @router.delete("/profiles/{profile_id}", status_code=204, responses=_PROBLEMS, summary="Delete a profile")
@@ -161,7 +167,6 @@ async def delete_profile(
 @router.get("/profiles", response_model=ProfileList, responses=_PROBLEMS, summary="List and search profiles")
 async def list_profiles(
     request: Request,
-    response: Response,
     caller: Caller,
     keel: KeelDep,
     handle: Annotated[str | None, Query(max_length=64)] = None,
@@ -169,14 +174,17 @@ async def list_profiles(
     ids: Annotated[str | None, Query(description="Comma-separated profile ids, at most 100")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> dict[str, object]:
+) -> Response:
     id_list = tuple(part.strip() for part in ids.split(",") if part.strip()) if ids is not None else None
     page = await keel.profiles.list_profiles(
         caller, ListFilters(handle=handle, email=email, ids=id_list), limit=limit, cursor=cursor
     )
+    headers = {"Cache-Control": _CACHE_CONTROL}
     if page.next_cursor is not None:
         query = {k: v for k, v in request.query_params.items() if k != "cursor"}
         query["cursor"] = page.next_cursor
-        response.headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
-    response.headers["Cache-Control"] = _CACHE_CONTROL
-    return {"items": [profile_document(p) for p in page.profiles], "next_cursor": page.next_cursor}
+        headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+    return JSONResponse(
+        {"items": [profile_document(p) for p in page.profiles], "next_cursor": page.next_cursor},
+        headers=headers,
+    )

@@ -8,12 +8,16 @@ answer 404 or 422.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from cadwyn.middleware import VersionPickingMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
-from keel.api.rest.dependencies import bearer_token
+from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY, bearer_token
 from keel.api.rest.problems import problem_response
 from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
+from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError
 
 _HEADER = VERSION_HEADER.lower().encode()
@@ -41,7 +45,16 @@ class KeelVersionPicker(VersionPickingMiddleware):
                 f"{VERSION_HEADER} must be one of: {', '.join(sorted(SUPPORTED_VERSIONS))}.",
             )(scope, receive, send)
             return
-        version = requested or await _pinned_version(scope, authorization)
+        principal = await _principal(scope, authorization)
+        if principal is not None:
+            # Handed to the route, so that the key is looked up once per request.
+            scope[PRINCIPAL_SCOPE_KEY] = principal
+        if requested is not None:
+            version = requested
+        elif principal is not None and principal.api_version in SUPPORTED_VERSIONS:
+            version = principal.api_version
+        else:
+            version = NEWEST_VERSION
         encoded = version.encode()
 
         async def send_with_version(message: Message) -> None:
@@ -56,17 +69,65 @@ class KeelVersionPicker(VersionPickingMiddleware):
             self.api_version_var.reset(token)
 
 
-async def _pinned_version(scope: Scope, authorization: str | None) -> str:
+async def _principal(scope: Scope, authorization: str | None) -> Principal | None:
     token = bearer_token(authorization)
     if not token:
-        return NEWEST_VERSION
+        return None
     authenticator = scope["app"].state.keel.authenticator
-    principal = authenticator.cached(token)
+    principal: Principal | None = authenticator.cached(token)
     if principal is None:
         try:
             principal = await authenticator.authenticate(token)
         except KeelError:
             # The route's own authentication answers 401/503 with the right problem document.
-            return NEWEST_VERSION
-    pinned: str = principal.api_version
-    return pinned if pinned in SUPPORTED_VERSIONS else NEWEST_VERSION
+            return None
+    return principal
+
+
+_CADWYN_FACTORY = "_generate_api_version_dependency"
+
+
+def use_async_version_dependency() -> None:
+    """Replace Cadwyn's per-route `Keel-Version` header dependency by an empty coroutine.
+
+    Cadwyn adds to every versioned route a dependency that only documents the header and
+    validates it as a date. It is a plain `def`, which FastAPI runs in a worker thread (one
+    thread hop per request, the largest single cost of a profile read when measured), and
+    Cadwyn solves it twice per request. `KeelVersionPicker` already validates the header, and
+    `document_version_header` puts it back into OpenAPI, so the dependency can do nothing.
+    Cadwyn is pinned; `tests/unit/test_rest_versioning.py` fails if this stops applying.
+    """
+    import cadwyn.applications as cadwyn_applications
+
+    original = getattr(cadwyn_applications, _CADWYN_FACTORY)
+    if getattr(original, "_keel_async", False):
+        return
+
+    def generate(**kwargs: Any) -> Callable[[], Awaitable[None]]:
+        async def api_version_dependency() -> None:
+            return None
+
+        return api_version_dependency
+
+    generate._keel_async = True  # type: ignore[attr-defined]
+    setattr(cadwyn_applications, _CADWYN_FACTORY, generate)
+
+
+VERSION_HEADER_PARAMETER = {
+    "name": VERSION_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "enum": sorted(SUPPORTED_VERSIONS)},
+    "description": "API version. Without it, the version pinned on your API key applies.",
+}
+
+
+def document_version_header(schema: dict[str, Any]) -> None:
+    """Declare `Keel-Version` on every versioned operation of an OpenAPI document."""
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(_VERSIONED_PREFIX):
+            continue
+        for operation in operations.values():
+            parameters = operation.setdefault("parameters", [])
+            if all(p.get("name") != VERSION_HEADER for p in parameters):
+                parameters.append(VERSION_HEADER_PARAMETER)

@@ -51,6 +51,13 @@ def _time(value: Any) -> datetime:
     return value
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to do. asyncpg rolls back any open transaction before calling
+    it; its default reset (UNLISTEN, RESET ALL, advisory unlocks, CLOSE ALL) is one more round
+    trip per request, for session state Keel never creates (no LISTEN, SET, advisory locks or
+    cursors). Anyone adding such state must restore the default reset."""
+
+
 class PostgresStore:
     def __init__(self, pool: _Pool, observer: DatabaseObserver) -> None:
         self._pool = pool
@@ -69,7 +76,11 @@ class PostgresStore:
         command_timeout: float = 5.0,
     ) -> PostgresStore:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, command_timeout=command_timeout
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            reset=_keep_session,
         )
         return cls(pool, observer)
 

@@ -1,0 +1,30 @@
+"""Guards for how Keel plugs into Cadwyn: if an upgrade changes these internals, fail loudly."""
+
+from __future__ import annotations
+
+from fastapi.dependencies.utils import _is_coroutine_callable
+from fastapi.routing import APIRoute
+
+from keel.api.rest.app import build_rest_app
+from keel.config import Settings
+from keel.observability.metrics import Metrics
+
+
+def test_no_versioned_route_runs_a_dependency_in_a_worker_thread() -> None:
+    app = build_rest_app(Settings(), Metrics())
+    app._cadwyn_initialize()  # what Cadwyn does on its first request
+    routes = [
+        r
+        for router in app.router.versioned_routers.values()
+        for r in router.routes
+        if isinstance(r, APIRoute)
+    ]
+    assert routes
+    for route in routes:
+        pending = list(route.dependant.dependencies)
+        while pending:
+            dependency = pending.pop()
+            pending.extend(dependency.dependencies)
+            if dependency.call is not None:
+                # FastAPI's own test for "await it" versus "run it in a thread".
+                assert _is_coroutine_callable(dependency.call), (route.path, dependency.call)
