@@ -17,7 +17,7 @@ from keel.config import Settings
 from keel.observability.database import DatabaseObserver
 from keel.observability.logging import configure_logging
 from keel.observability.metrics import Metrics
-from keel.observability.tracing import build_tracer_provider, tracer_from
+from keel.observability.tracing import PropagatingTracer, build_tracer_provider, tracer_from
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
@@ -89,7 +89,7 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         otlp_endpoint=settings.otlp_endpoint,
         service_name=settings.service_name,
     )
-    tracer = tracer_from(tracer_provider)
+    tracer = tracer_from(tracer_provider) if settings.trace_exporter != "none" else PropagatingTracer()
     observer = DatabaseObserver(metrics, tracer, "postgresql" if settings.uses_postgres else "sqlite")
     store = await open_store(settings, observer)
     try:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    _Links,
+    get_current_span,
+    use_span,
+)
+from opentelemetry.util._decorator import _agnosticcontextmanager
+from opentelemetry.util.types import Attributes
 
 from keel import __version__
 
@@ -43,3 +59,57 @@ def _exporter(kind: str, otlp_endpoint: str | None) -> SpanExporter | None:
 
 def tracer_from(provider: TracerProvider) -> Tracer:
     return provider.get_tracer("keel", __version__)
+
+
+class PropagatingTracer(Tracer):
+    """The tracer for `KEEL_TRACE_EXPORTER=none`: trace context without recording.
+
+    With no exporter, a recorded span goes nowhere, yet the SDK still pays for sampling, span
+    objects and attributes on every request. This tracer keeps what stays useful without a
+    backend: a caller's trace id is continued (and returned in `traceparent`), a request
+    without one gets a fresh id, and both reach the logs, so lines still correlate across
+    services. Spans it returns are non-recording, so instrumentation skips its detail work.
+    """
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: _Links = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = get_current_span(context).get_span_context()
+        span_id = random.getrandbits(64) or 1
+        if parent.is_valid:
+            return NonRecordingSpan(
+                SpanContext(
+                    parent.trace_id,
+                    span_id,
+                    is_remote=False,
+                    trace_flags=parent.trace_flags,
+                    trace_state=parent.trace_state,
+                )
+            )
+        trace_id = random.getrandbits(128) or 1
+        return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(0)))
+
+    @_agnosticcontextmanager  # the decorator the API's own Tracer uses for this method
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: _Links = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        span = self.start_span(name, context)
+        with use_span(span, end_on_exit=end_on_exit) as current:
+            yield current
