@@ -28,3 +28,16 @@ def test_no_versioned_route_runs_a_dependency_in_a_worker_thread() -> None:
             if dependency.call is not None:
                 # FastAPI's own test for "await it" versus "run it in a thread".
                 assert _is_coroutine_callable(dependency.call), (route.path, dependency.call)
+
+
+def test_the_newest_version_is_served_by_the_source_routes() -> None:
+    from keel.api.rest import routes as source
+    from keel.api.rest.versions import NEWEST_VERSION
+
+    app = build_rest_app(Settings(), Metrics())
+    app._cadwyn_initialize()
+    handlers = {r.app for r in source.router.routes if isinstance(r, APIRoute)}
+    newest = [r for r in app.router.versioned_routers[NEWEST_VERSION].routes if isinstance(r, APIRoute)]
+    served = [r for r in newest if r.path.startswith("/v1/")]
+    assert len(served) == len(handlers) == 5
+    assert {r.app for r in served} == handlers

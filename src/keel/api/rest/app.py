@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from keel import __version__
 from keel.api.rest import health, routes
+from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
 from keel.api.rest.versioning import (
@@ -28,7 +29,7 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan | None = None) -> Cadwyn:
     """The REST app. `app.state.keel` must hold a built `Keel` before the first request."""
     use_async_version_dependency()
-    app = Cadwyn(
+    app = _KeelCadwyn(
         versions=versions,
         title="Keel",
         version=__version__,
@@ -50,6 +51,14 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         access_log=settings.access_log,
     )
     return app
+
+
+class _KeelCadwyn(Cadwyn):
+    def _cadwyn_initialize(self) -> None:
+        # Cadwyn generates its versioned routes lazily, on the first request; right after that,
+        # the newest version's routes are pointed at their handlers (see head_routes.py).
+        super()._cadwyn_initialize()
+        serve_newest_version_directly(self, routes.router, NEWEST_VERSION)
 
 
 def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str, Any]:
