@@ -159,3 +159,13 @@ def test_refuses_an_unmigrated_database(tmp_path: Path, served: Served) -> None:
     )
     assert result.returncode != 0
     assert "Run `keel migrate` first" in result.stdout + result.stderr
+
+
+def test_seed_creates_demo_profiles_through_the_service(served: Served) -> None:
+    output = _keel(served.env, "seed", "--count", "25")
+    assert "created 25 profiles" in output
+    headers = {"Authorization": f"Bearer {served.token}"}
+    page = httpx.get(f"{served.base_url}/v1/profiles", params={"limit": 100}, headers=headers).json()
+    demo = [p for p in page["items"] if p["handle"].startswith("demo_")]
+    assert len(demo) == 25
+    assert all(p["emails"][0]["primary"] for p in demo)
