@@ -42,7 +42,7 @@ class Keel:
     metrics: Metrics
     tracer_provider: TracerProvider
     tracer: Tracer
-    schema_revision: str
+    expected_schema_revision: str
 
     async def close(self) -> None:
         await self.store.close()
@@ -107,7 +107,7 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         metrics=metrics,
         tracer_provider=tracer_provider,
         tracer=tracer,
-        schema_revision=head_revision(),
+        expected_schema_revision=head_revision(),
     )
 
 

@@ -14,7 +14,6 @@ from keel.domain.ids import REGION_PATTERN
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
 
-    environment: Literal["development", "production", "test"] = "development"
     database_url: str = Field(
         default="sqlite:///./keel.sqlite3",
         description="postgresql://user:password@host:port/db, or sqlite:///path/to/file.sqlite3",

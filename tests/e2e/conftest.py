@@ -50,7 +50,7 @@ async def api(database_url: str) -> AsyncIterator[Api]:
     """Keel's REST app in process, over a migrated empty database of each kind."""
     if database_url.startswith("postgresql"):
         await truncate(database_url)
-    built, keel = await make_api(Settings(database_url=database_url, environment="test"))
+    built, keel = await make_api(Settings(database_url=database_url))
     async with built.client:
         yield built
     await keel.close()

@@ -29,7 +29,9 @@ async def readyz(keel: KeelDep) -> Response:
     try:
         revision = await asyncio.wait_for(keel.store.schema_revision(), _READINESS_TIMEOUT)
         checks["database"] = "ok"
-        checks["migrations"] = "current" if revision == keel.schema_revision else f"at {revision or 'none'}"
+        checks["migrations"] = (
+            "current" if revision == keel.expected_schema_revision else f"at {revision or 'none'}"
+        )
     except Exception:  # noqa: BLE001 - any failure means "not ready"; the kind is in the check
         checks["database"] = "unreachable"
         checks["migrations"] = "unknown"

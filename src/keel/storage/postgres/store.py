@@ -141,8 +141,10 @@ class PostgresUnitOfWork:
     ) -> None:
         try:
             if self._transaction is not None:
-                self._transaction = None
-                await self._connection.execute("ROLLBACK")
+                transaction, self._transaction = self._transaction, None
+                # Through the Transaction object: a bare ROLLBACK would leave asyncpg believing a
+                # transaction is open, and the pool would roll back (and warn) a second time.
+                await transaction.rollback()
         except _CONNECTION_ERRORS:
             pass  # the server has rolled back a transaction whose connection is gone
         finally:

@@ -131,14 +131,16 @@ class SqliteUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._read_only:
-            return
         try:
             if self._open:
-                await self._connection.execute("ROLLBACK")
                 self._open = False
+                await self._connection.execute("ROLLBACK")
         finally:
-            self._store._write_lock.release()
+            if not self._read_only:
+                self._store._write_lock.release()
+        if isinstance(exc, sqlite3.OperationalError):
+            # Locked or unwritable database: a condition to retry, not a bug to report as 500.
+            raise Unavailable("The database is busy or unavailable; retry shortly.") from exc
 
 
 class SqliteProfiles:
