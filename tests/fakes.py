@@ -168,3 +168,13 @@ class _ApiKeys:
     async def get(self, key_id: str) -> ApiKey | None:
         self._store.reads += 1
         return self._tables.api_keys.get(key_id)
+
+    async def list_all(self) -> list[ApiKey]:
+        return sorted(self._tables.api_keys.values(), key=lambda k: (k.created_at, k.id))
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        key = self._tables.api_keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            return False
+        self._tables.api_keys[key_id] = replace(key, revoked_at=at)
+        return True

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Annotated
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from keel.config import Settings
-from keel.domain.api_keys import Scope
+from keel.domain.api_keys import ApiKey, Scope
 from keel.domain.profile import JSONObject
+
+if TYPE_CHECKING:
+    from keel.bootstrap import Keel
 
 app = typer.Typer(help="Keel: user profiles as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -88,15 +93,51 @@ def keys_create(
 
 
 async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name: str) -> str:
-    from keel.bootstrap import build_keel
     from keel.service.auth import issue_api_key
+
+    async with _keel(settings) as keel:
+        issued = await issue_api_key(keel.store, keel.clock, scopes=scopes, api_version=version, name=name)
+    return issued.token
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (ids, names, scopes, pinned versions; never secrets)."""
+    from keel.service.auth import list_api_keys
+
+    async def run() -> list[ApiKey]:
+        async with _keel(Settings()) as keel:
+            return await list_api_keys(keel.store)
+
+    for key in asyncio.run(run()):
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        typer.echo(f"{key.id}  {key.name:<16} {','.join(sorted(key.scopes)):<32} {key.api_version}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after `keel_`).")]) -> None:
+    """Revoke an API key; running servers stop accepting it within KEEL_API_KEY_CACHE_SECONDS."""
+    from keel.service.auth import revoke_api_key
+
+    async def run() -> bool:
+        async with _keel(Settings()) as keel:
+            return await revoke_api_key(keel.store, keel.clock, key_id)
+
+    if not asyncio.run(run()):
+        typer.echo(f"no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@asynccontextmanager
+async def _keel(settings: Settings) -> AsyncIterator[Keel]:
+    from keel.bootstrap import build_keel
 
     keel = await build_keel(settings)
     try:
-        issued = await issue_api_key(keel.store, keel.clock, scopes=scopes, api_version=version, name=name)
+        yield keel
     finally:
         await keel.close()
-    return issued.token
 
 
 @app.command()
@@ -111,15 +152,13 @@ def seed(
 async def _seed(settings: Settings, count: int, seed_value: int) -> None:
     from rich.progress import Progress
 
-    from keel.bootstrap import build_keel
     from keel.domain.api_keys import Principal
     from keel.domain.errors import Conflict
 
     rng = random.Random(seed_value)  # noqa: S311 - demo data, repeatable on purpose
-    keel = await build_keel(settings)
     seeder = Principal(key_id="seed", scopes=frozenset({Scope.ADMIN}), api_version="")
     created = skipped = 0
-    try:
+    async with _keel(settings) as keel:
         with Progress() as progress:
             task = progress.add_task("seeding profiles", total=count)
             for n in range(count):
@@ -141,8 +180,6 @@ async def _seed(settings: Settings, count: int, seed_value: int) -> None:
                 except Conflict:
                     skipped += 1
                 progress.advance(task)
-    finally:
-        await keel.close()
     typer.echo(f"created {created} profiles ({skipped} skipped as already present)")
 
 

@@ -59,6 +59,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
         "KEEL_PORT": str(_free_port()),
         "KEEL_TRACE_SAMPLING_RATIO": "1.0",
+        "KEEL_API_KEY_CACHE_SECONDS": "0.5",
     }
     _keel(env, "migrate")
     token = _keel(env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--quiet").strip()
@@ -169,3 +170,20 @@ def test_seed_creates_demo_profiles_through_the_service(served: Served) -> None:
     demo = [p for p in page["items"] if p["handle"].startswith("demo_")]
     assert len(demo) == 25
     assert all(p["emails"][0]["primary"] for p in demo)
+
+
+def test_a_revoked_key_stops_working(served: Served) -> None:
+    token = _keel(
+        served.env, "keys", "create", "--scopes", "profiles:read", "--name", "short-lived", "--quiet"
+    )
+    token = token.strip()
+    key_id = token.split("_")[1]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{served.base_url}/v1/profiles", headers=headers).status_code == 200
+    listing = _keel(served.env, "keys", "list")
+    assert key_id in listing
+    assert token.split("_", 2)[2] not in listing
+    assert "revoked" in _keel(served.env, "keys", "revoke", key_id)
+    time.sleep(0.6)  # the server's key cache lives KEEL_API_KEY_CACHE_SECONDS
+    assert httpx.get(f"{served.base_url}/v1/profiles", headers=headers).status_code == 401
+    assert "revoked" in _keel(served.env, "keys", "list")

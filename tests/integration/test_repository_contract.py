@@ -184,6 +184,16 @@ async def test_api_keys_round_trip(store: Store) -> None:
     async with store.unit_of_work(read_only=True) as uow:
         assert await uow.api_keys.get(key.id) == key
         assert await uow.api_keys.get("missing") is None
+        assert await uow.api_keys.list_all() == [key]
+    async with store.unit_of_work() as uow:
+        assert await uow.api_keys.revoke(key.id, NOW + timedelta(hours=1))
+        assert not await uow.api_keys.revoke(key.id, NOW + timedelta(hours=2))
+        assert not await uow.api_keys.revoke("missing", NOW)
+        await uow.commit()
+    async with store.unit_of_work(read_only=True) as uow:
+        revoked = await uow.api_keys.get(key.id)
+    assert revoked is not None
+    assert revoked.revoked_at == NOW + timedelta(hours=1)
 
 
 async def test_schema_revision_is_the_head(store: Store) -> None:

@@ -59,6 +59,19 @@ async def issue_api_key(
     return IssuedKey(key=key, token=token)
 
 
+async def revoke_api_key(store: Store, clock: Clock, key_id: str) -> bool:
+    """Revoke a key. Processes that cached it stop accepting it within their cache TTL."""
+    async with store.unit_of_work() as uow:
+        revoked = await uow.api_keys.revoke(key_id, clock.now())
+        await uow.commit()
+    return revoked
+
+
+async def list_api_keys(store: Store) -> list[ApiKey]:
+    async with store.unit_of_work(read_only=True) as uow:
+        return await uow.api_keys.list_all()
+
+
 class Authenticator:
     """Resolves bearer tokens to principals, caching both answers in process.
 

@@ -90,6 +90,14 @@ class ApiKeyRepository(Protocol):
 
     async def get(self, key_id: str) -> ApiKey | None: ...
 
+    async def list_all(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        """Mark a live key revoked; False when there is no such live key."""
+        ...
+
 
 class UnitOfWork(Protocol):
     """One transaction (or, read-only, one connection without a transaction).

@@ -366,19 +366,32 @@ class PostgresApiKeys:
 
     async def get(self, key_id: str) -> ApiKey | None:
         with self._observer.call("get_api_key"):
-            row = await self._db.fetchrow(
-                "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at"
-                " FROM api_keys WHERE id = $1",
-                key_id,
+            row = await self._db.fetchrow(_SELECT_API_KEY + " WHERE id = $1", key_id)
+        return _api_key(tuple(row)) if row is not None else None
+
+    async def list_all(self) -> list[ApiKey]:
+        with self._observer.call("list_api_keys"):
+            rows = await self._db.fetch(_SELECT_API_KEY + " ORDER BY created_at, id")
+        return [_api_key(tuple(row)) for row in rows]
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        with self._observer.call("revoke_api_key"):
+            status = await self._db.execute(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", key_id, at
             )
-        if row is None:
-            return None
-        return ApiKey(
-            id=row[0],
-            secret_hash=row[1],
-            scopes=frozenset(Scope(s) for s in row[2].split()),
-            api_version=row[3],
-            name=row[4],
-            created_at=row[5],
-            revoked_at=row[6],
-        )
+        return bool(status == "UPDATE 1")
+
+
+_SELECT_API_KEY = "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at FROM api_keys"
+
+
+def _api_key(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        secret_hash=row[1],
+        scopes=frozenset(Scope(s) for s in row[2].split()),
+        api_version=row[3],
+        name=row[4],
+        created_at=row[5],
+        revoked_at=row[6],
+    )

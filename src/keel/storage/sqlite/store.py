@@ -349,20 +349,34 @@ class SqliteApiKeys:
 
     async def get(self, key_id: str) -> ApiKey | None:
         with self._observer.call("get_api_key"):
-            async with self._db.execute(
-                "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at"
-                " FROM api_keys WHERE id = ?",
-                (key_id,),
-            ) as cursor:
+            async with self._db.execute(_SELECT_API_KEY + " WHERE id = ?", (key_id,)) as cursor:
                 row = await cursor.fetchone()
-        if row is None:
-            return None
-        return ApiKey(
-            id=row[0],
-            secret_hash=row[1],
-            scopes=frozenset(Scope(s) for s in row[2].split()),
-            api_version=row[3],
-            name=row[4],
-            created_at=_time(row[5]),
-            revoked_at=_time(row[6]) if row[6] else None,
-        )
+        return _api_key(row) if row is not None else None
+
+    async def list_all(self) -> list[ApiKey]:
+        with self._observer.call("list_api_keys"):
+            async with self._db.execute(_SELECT_API_KEY + " ORDER BY created_at, id") as cursor:
+                rows = await cursor.fetchall()
+        return [_api_key(row) for row in rows]
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        with self._observer.call("revoke_api_key"):
+            cursor = await self._db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (_iso(at), key_id)
+            )
+        return cursor.rowcount == 1
+
+
+_SELECT_API_KEY = "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at FROM api_keys"
+
+
+def _api_key(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        secret_hash=row[1],
+        scopes=frozenset(Scope(s) for s in row[2].split()),
+        api_version=row[3],
+        name=row[4],
+        created_at=_time(row[5]),
+        revoked_at=_time(row[6]) if row[6] else None,
+    )
