@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from keel.domain.api_keys import ApiKey, Scope
 from keel.domain.profile import Email, Link, Profile, ProfileFields
+from keel.service.ports import IdempotencyRecord, IdempotencyState
 
 # The column order of every profile SELECT in both adapters.
 PROFILE_COLUMNS = (
@@ -60,3 +62,35 @@ def profile_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) 
 def conflict_field(message: str) -> str:
     """Which uniqueness rule a constraint error names (`handle` or `emails`)."""
     return "/handle" if "handle" in message else "/emails"
+
+
+API_KEY_COLUMNS = "id, secret_hash, scopes, api_version, name, created_at, revoked_at"
+
+
+def api_key_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        secret_hash=row[1],
+        scopes=frozenset(Scope(s) for s in row[2].split()),
+        api_version=row[3],
+        name=row[4],
+        created_at=parse_time(row[5]),
+        revoked_at=parse_time(row[6]) if row[6] is not None else None,
+    )
+
+
+IDEMPOTENCY_COLUMNS = "scope, key, fingerprint, state, outcome, locked_until, expires_at"
+
+
+def idempotency_record_from_row(
+    row: Sequence[Any], parse_time: Callable[[Any], datetime]
+) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        scope=row[0],
+        key=row[1],
+        fingerprint=row[2],
+        state=IdempotencyState(row[3]),
+        outcome=row[4],
+        locked_until=parse_time(row[5]),
+        expires_at=parse_time(row[6]),
+    )

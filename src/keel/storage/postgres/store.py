@@ -4,7 +4,6 @@ statements cached per connection by asyncpg, one round trip per profile read."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -13,12 +12,20 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
-from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.api_keys import ApiKey
 from keel.domain.errors import Conflict, Unavailable, VersionMismatch
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
-from keel.storage.rows import PROFILE_COLUMNS, conflict_field, profile_from_row
+from keel.service.ports import IdempotencyRecord, ProfileQuery
+from keel.storage.rows import (
+    API_KEY_COLUMNS,
+    IDEMPOTENCY_COLUMNS,
+    PROFILE_COLUMNS,
+    api_key_from_row,
+    conflict_field,
+    idempotency_record_from_row,
+    profile_from_row,
+)
 
 # Built from constants only; every value goes through a $n placeholder.
 _SELECT_PROFILE = f"""
@@ -302,13 +309,12 @@ class PostgresIdempotency:
             if inserted is not None:
                 return None
             row = await self._db.fetchrow(
-                "SELECT scope, key, fingerprint, state, outcome, locked_until, expires_at"
-                " FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                _SELECT_IDEMPOTENCY_RECORD,
                 record.scope,
                 record.key,
             )
         assert row is not None
-        return _idempotency_record(tuple(row))
+        return idempotency_record_from_row(tuple(row), _time)
 
     async def complete(self, scope: str, key: str, outcome: str) -> None:
         with self._observer.call("complete_idempotency_key"):
@@ -333,18 +339,6 @@ class PostgresIdempotency:
         return int(status.split()[-1])
 
 
-def _idempotency_record(row: Sequence[Any]) -> IdempotencyRecord:
-    return IdempotencyRecord(
-        scope=row[0],
-        key=row[1],
-        fingerprint=row[2],
-        state=IdempotencyState(row[3]),
-        outcome=row[4],
-        locked_until=row[5],
-        expires_at=row[6],
-    )
-
-
 class PostgresApiKeys:
     def __init__(self, connection: _Connection, observer: DatabaseObserver) -> None:
         self._db = connection
@@ -367,12 +361,12 @@ class PostgresApiKeys:
     async def get(self, key_id: str) -> ApiKey | None:
         with self._observer.call("get_api_key"):
             row = await self._db.fetchrow(_SELECT_API_KEY + " WHERE id = $1", key_id)
-        return _api_key(tuple(row)) if row is not None else None
+        return api_key_from_row(tuple(row), _time) if row is not None else None
 
     async def list_all(self) -> list[ApiKey]:
         with self._observer.call("list_api_keys"):
             rows = await self._db.fetch(_SELECT_API_KEY + " ORDER BY created_at, id")
-        return [_api_key(tuple(row)) for row in rows]
+        return [api_key_from_row(tuple(row), _time) for row in rows]
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
         with self._observer.call("revoke_api_key"):
@@ -382,16 +376,7 @@ class PostgresApiKeys:
         return bool(status == "UPDATE 1")
 
 
-_SELECT_API_KEY = "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at FROM api_keys"
-
-
-def _api_key(row: Sequence[Any]) -> ApiKey:
-    return ApiKey(
-        id=row[0],
-        secret_hash=row[1],
-        scopes=frozenset(Scope(s) for s in row[2].split()),
-        api_version=row[3],
-        name=row[4],
-        created_at=row[5],
-        revoked_at=row[6],
-    )
+_SELECT_API_KEY = f"SELECT {API_KEY_COLUMNS} FROM api_keys"  # noqa: S608 - constants only
+_SELECT_IDEMPOTENCY_RECORD = (
+    f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE scope = $1 AND key = $2"  # noqa: S608
+)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -18,12 +17,20 @@ from typing import Any, Self
 
 import aiosqlite
 
-from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.api_keys import ApiKey
 from keel.domain.errors import Conflict, Unavailable, VersionMismatch
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
-from keel.storage.rows import PROFILE_COLUMNS, conflict_field, profile_from_row
+from keel.service.ports import IdempotencyRecord, ProfileQuery
+from keel.storage.rows import (
+    API_KEY_COLUMNS,
+    IDEMPOTENCY_COLUMNS,
+    PROFILE_COLUMNS,
+    api_key_from_row,
+    conflict_field,
+    idempotency_record_from_row,
+    profile_from_row,
+)
 
 # Built from constants only; every value goes through a ? placeholder.
 _SELECT_PROFILE = f"""
@@ -284,13 +291,12 @@ class SqliteIdempotency:
             if cursor.rowcount == 1:
                 return None
             async with self._db.execute(
-                "SELECT scope, key, fingerprint, state, outcome, locked_until, expires_at"
-                " FROM idempotency_keys WHERE scope = ? AND key = ?",
+                _SELECT_IDEMPOTENCY_RECORD,
                 (record.scope, record.key),
             ) as select:
                 row = await select.fetchone()
         assert row is not None
-        return _idempotency_record(row)
+        return idempotency_record_from_row(row, _time)
 
     async def complete(self, scope: str, key: str, outcome: str) -> None:
         with self._observer.call("complete_idempotency_key"):
@@ -312,18 +318,6 @@ class SqliteIdempotency:
                 "DELETE FROM idempotency_keys WHERE expires_at <= ?", (_iso(now),)
             )
         return cursor.rowcount
-
-
-def _idempotency_record(row: Sequence[Any]) -> IdempotencyRecord:
-    return IdempotencyRecord(
-        scope=row[0],
-        key=row[1],
-        fingerprint=row[2],
-        state=IdempotencyState(row[3]),
-        outcome=row[4],
-        locked_until=_time(row[5]),
-        expires_at=_time(row[6]),
-    )
 
 
 class SqliteApiKeys:
@@ -351,13 +345,13 @@ class SqliteApiKeys:
         with self._observer.call("get_api_key"):
             async with self._db.execute(_SELECT_API_KEY + " WHERE id = ?", (key_id,)) as cursor:
                 row = await cursor.fetchone()
-        return _api_key(row) if row is not None else None
+        return api_key_from_row(row, _time) if row is not None else None
 
     async def list_all(self) -> list[ApiKey]:
         with self._observer.call("list_api_keys"):
             async with self._db.execute(_SELECT_API_KEY + " ORDER BY created_at, id") as cursor:
                 rows = await cursor.fetchall()
-        return [_api_key(row) for row in rows]
+        return [api_key_from_row(row, _time) for row in rows]
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
         with self._observer.call("revoke_api_key"):
@@ -367,16 +361,5 @@ class SqliteApiKeys:
         return cursor.rowcount == 1
 
 
-_SELECT_API_KEY = "SELECT id, secret_hash, scopes, api_version, name, created_at, revoked_at FROM api_keys"
-
-
-def _api_key(row: Sequence[Any]) -> ApiKey:
-    return ApiKey(
-        id=row[0],
-        secret_hash=row[1],
-        scopes=frozenset(Scope(s) for s in row[2].split()),
-        api_version=row[3],
-        name=row[4],
-        created_at=_time(row[5]),
-        revoked_at=_time(row[6]) if row[6] else None,
-    )
+_SELECT_API_KEY = f"SELECT {API_KEY_COLUMNS} FROM api_keys"  # noqa: S608 - constants only
+_SELECT_IDEMPOTENCY_RECORD = f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE scope = ? AND key = ?"  # noqa: S608
