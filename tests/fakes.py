@@ -139,11 +139,18 @@ class _Idempotency:
         self._tables.idempotency[key] = record
         return None
 
-    async def complete(self, scope: str, key: str, outcome: str) -> None:
-        record = self._tables.idempotency[(scope, key)]
+    async def complete(self, scope: str, key: str, fingerprint: str, outcome: str) -> bool:
+        record = self._tables.idempotency.get((scope, key))
+        if (
+            record is None
+            or record.fingerprint != fingerprint
+            or record.state is not IdempotencyState.IN_PROGRESS
+        ):
+            return False
         self._tables.idempotency[(scope, key)] = replace(
             record, state=IdempotencyState.COMPLETED, outcome=outcome
         )
+        return True
 
     async def release(self, scope: str, key: str) -> None:
         record = self._tables.idempotency.get((scope, key))

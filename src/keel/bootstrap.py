@@ -59,10 +59,13 @@ async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             command_timeout=settings.db_command_timeout_seconds,
+            acquire_timeout=settings.db_acquire_timeout_seconds,
         )
     from keel.storage.sqlite.store import SqliteStore
 
-    return await SqliteStore.open(settings.sqlite_path, observer)
+    return await SqliteStore.open(
+        settings.sqlite_path, observer, acquire_timeout=settings.db_acquire_timeout_seconds
+    )
 
 
 async def check_schema(store: Store, settings: Settings) -> None:

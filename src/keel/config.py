@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_command_timeout_seconds: float = 5.0
+    db_acquire_timeout_seconds: float = 5.0
     max_body_bytes: int = 64 * 1024
     api_key_cache_seconds: float = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -109,3 +109,31 @@ async def test_hostile_requests_never_cause_a_server_error(api: Api) -> None:
     for response in responses:
         assert 400 <= response.status_code < 500, (response.request.url, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_unstorable_values_are_422_on_every_write(api: Api) -> None:
+    created = await api.client.post(
+        "/v1/profiles",
+        json={"handle": "valid_one", "emails": [{"address": "v@example.com", "primary": True}]},
+        headers=api.writer,
+    )
+    location = created.headers["location"]
+    merge = {**api.writer, "Content-Type": "application/merge-patch+json"}
+    json_type = {**api.writer, "Content-Type": "application/json"}
+    base = '{"handle": "ada_l", "emails": [{"address": "ada@example.com", "primary": true}]'
+    hostile = {
+        "NUL": '"display_name": "a\\u0000b"',
+        "lone surrogate": '"bio": "\\ud800"',
+        "NaN": '"attributes": {"x": NaN}',
+        "Infinity": '"attributes": {"x": Infinity}',
+        "NUL in a key": '"attributes": {"a\\u0000": 1}',
+    }
+    for name, field in hostile.items():
+        post = await api.client.post("/v1/profiles", content=base + ", " + field + "}", headers=json_type)
+        patch = await api.client.patch(location, content="{" + field + "}", headers=merge)
+        for response in (post, patch):
+            assert response.status_code in (400, 422), (name, response.status_code, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+    after = await api.client.get(location, headers=api.reader)
+    assert after.status_code == 200
+    assert after.json()["version"] == 1

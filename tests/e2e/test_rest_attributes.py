@@ -62,6 +62,12 @@ async def test_private_attributes_are_for_admins_only(schema_api: Api) -> None:
     assert as_reader.json()["attributes"] == {"plan": "pro"}
     as_admin = await schema_api.client.get(location, headers=schema_api.admin)
     assert as_admin.json()["attributes"] == {"plan": "pro", "fraud_score": 0.2}
+    # Two representations, two entity tags: a cache must not answer one with the other.
+    assert as_admin.headers["etag"] != as_reader.headers["etag"]
+    revalidated = await schema_api.client.get(
+        location, headers={**schema_api.reader, "If-None-Match": as_admin.headers["etag"]}
+    )
+    assert revalidated.status_code == 200
     listed = await schema_api.client.get("/v1/profiles", headers=schema_api.reader)
     assert listed.json()["items"][0]["attributes"] == {"plan": "pro"}
 
@@ -73,3 +79,13 @@ async def test_readiness_reports_an_unmigrated_database(schema_api: Api, tmp_pat
         await build_keel(Settings(database_url=f"sqlite:///{tmp_path / 'empty.sqlite3'}"))
     ready = await schema_api.client.get("/readyz")
     assert ready.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "current"}}
+
+
+async def test_readiness_fails_when_the_schema_falls_behind(schema_api: Api, sqlite_url: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as connection:
+        connection.execute("DELETE FROM alembic_version")
+    not_ready = await schema_api.client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["checks"] == {"database": "ok", "migrations": "at none"}

@@ -188,6 +188,7 @@ async def test_concurrent_duplicates_create_one_profile(api: Api) -> None:
     for response in responses:
         if response.status_code == 409:
             assert_problem(response, 409, "idempotency-in-progress")
+            assert response.headers["retry-after"] == "1"
         else:
             assert response.json()["id"] == fresh[0].json()["id"]
     listed = await api.client.get("/v1/profiles", headers=api.reader)

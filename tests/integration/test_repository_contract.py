@@ -148,7 +148,10 @@ async def test_idempotency_records(store: Store) -> None:
         held = await uow.idempotency.reserve(_record("a", "f2"), NOW + timedelta(seconds=1))
         assert held is not None
         assert (held.fingerprint, held.state) == ("f1", IdempotencyState.IN_PROGRESS)
-        await uow.idempotency.complete("k1:create_profile", "a", '{"done": true}')
+        # Only the reservation's own request (its fingerprint, still in progress) completes it.
+        assert not await uow.idempotency.complete("k1:create_profile", "a", "f2", '{"other": true}')
+        assert await uow.idempotency.complete("k1:create_profile", "a", "f1", '{"done": true}')
+        assert not await uow.idempotency.complete("k1:create_profile", "a", "f1", '{"again": true}')
         await uow.commit()
     async with store.unit_of_work() as uow:
         done = await uow.idempotency.reserve(_record("a"), NOW + timedelta(minutes=5))

@@ -58,4 +58,26 @@ async def test_the_cache_is_bounded() -> None:
     for n in range(10):
         with pytest.raises(Unauthenticated):
             await authenticator.authenticate(f"keel_{n:016d}_" + "b" * 43)
-    assert len(authenticator._cache) <= 3
+    assert len(authenticator._unknown) <= 3
+
+
+async def test_unknown_tokens_cannot_push_out_known_keys() -> None:
+    store = InMemoryStore()
+    issued = await issue_api_key(store, FakeClock(), scopes=[Scope.ADMIN], api_version="v", name="t")
+    authenticator = Authenticator(store, max_entries=3)
+    await authenticator.authenticate(issued.token)
+    for n in range(10):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(f"keel_{n:016d}_" + "b" * 43)
+    reads = store.reads
+    await authenticator.authenticate(issued.token)
+    assert store.reads == reads
+
+
+async def test_malformed_tokens_cost_no_lookup() -> None:
+    store = InMemoryStore()
+    authenticator = Authenticator(store)
+    for token in ("keel_short", "Basic abc", "x" * 500):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(token)
+    assert store.reads == 0

@@ -250,3 +250,37 @@ async def test_list_limits_and_foreign_cursors(service: ProfileService) -> None:
         await service.list_profiles(READER, ListFilters(handle="user_1"), limit=1, cursor=page.next_cursor)
     with pytest.raises(ValidationFailed):
         await service.list_profiles(READER, ListFilters(), limit=1, cursor="not-a-cursor")
+
+
+async def test_a_null_attributes_patch_keeps_private_attributes(service: ProfileService) -> None:
+    created = (await service.create_profile(ADMIN, doc(attributes={"plan": "free", "risk": 0.5}))).profile
+    await service.update_profile(WRITER, created.id, {"attributes": None})
+    assert (await service.get_profile(ADMIN, created.id)).fields.attributes == {"risk": 0.5}
+
+
+async def test_a_request_that_outlived_its_lease_does_not_write(
+    service: ProfileService, store: InMemoryStore, clock: FakeClock
+) -> None:
+    from keel.service.ports import IdempotencyRecord, IdempotencyState
+
+    now = clock.now()
+    async with store.unit_of_work() as uow:  # another request now owns the key
+        await uow.idempotency.reserve(
+            IdempotencyRecord(
+                "writer:create_profile",
+                "k5",
+                "someone-else",
+                IdempotencyState.IN_PROGRESS,
+                None,
+                now + IDEMPOTENCY_LEASE,
+                now + IDEMPOTENCY_TTL,
+            ),
+            now,
+        )
+        await uow.commit()
+    from keel.service.profile_input import parse_profile_fields
+
+    stale_owner = ("writer:create_profile", "k5", "my-fingerprint")
+    with pytest.raises(IdempotencyInProgress):
+        await service._insert(parse_profile_fields(doc(), POLICY), stale_owner)
+    assert store.tables.profiles == {}

@@ -59,6 +59,12 @@ class VersionMismatch(KeelError):
         self.current_version = current_version
 
 
+class ConcurrentModification(KeelError):
+    """Other writers kept changing the profile; retrying the request is safe."""
+
+    code = "concurrent-modification"
+
+
 class IdempotencyKeyReused(KeelError):
     """The same idempotency key came back with a different request."""
 

@@ -9,6 +9,7 @@ any profile, whatever the caller.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeAlias
@@ -19,6 +20,7 @@ JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, J
 JSONObject: TypeAlias = dict[str, JSONValue]
 
 HANDLE_PATTERN = re.compile(r"^[a-z0-9_]{3,30}$")
+HANDLE_RULE = "must be 3-30 characters of a-z, 0-9 and _"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,19 +56,26 @@ class ProfileFields:
     attributes: JSONObject = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        errors: list[FieldError] = []
-        if not HANDLE_PATTERN.match(self.handle):
-            errors.append(FieldError("/handle", "must be 3-30 characters of a-z, 0-9 and _"))
-        primaries = sum(1 for email in self.emails if email.primary)
-        if primaries != 1:
+        errors = identity_errors(self.handle, self.emails)
+        if errors:
+            raise ValidationFailed(errors)
+
+
+def identity_errors(handle: str | None, emails: Sequence[Email] | None) -> list[FieldError]:
+    """The rules on how a profile is found: its handle's form, and exactly one primary among
+    distinct emails. Either part may be None when it could not be read at all."""
+    errors: list[FieldError] = []
+    if handle is not None and not HANDLE_PATTERN.match(handle):
+        errors.append(FieldError("/handle", HANDLE_RULE))
+    if emails is not None:
+        if sum(1 for email in emails if email.primary) != 1:
             errors.append(FieldError("/emails", "exactly one email must be primary"))
         seen: set[str] = set()
-        for index, email in enumerate(self.emails):
+        for index, email in enumerate(emails):
             if email.normalized in seen:
                 errors.append(FieldError(f"/emails/{index}/address", "listed twice"))
             seen.add(email.normalized)
-        if errors:
-            raise ValidationFailed(errors)
+    return errors
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,13 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from keel.domain.api_keys import ApiKey, Principal, Scope
 from keel.domain.errors import Forbidden, Unauthenticated
 from keel.service.ports import Clock, Store
 
+_V = TypeVar("_V")
 TOKEN_PREFIX = "keel_"  # noqa: S105 - a public prefix, not a secret
 
 
@@ -92,11 +94,13 @@ class Authenticator:
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._max_entries = max_entries
-        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        # Kept apart, so that a flood of unknown tokens can only evict other unknown tokens.
+        self._known: dict[str, tuple[Principal, float]] = {}
+        self._unknown: dict[str, float] = {}
 
     def cached(self, token: str) -> Principal | None:
         """The principal for `token` if it is cached and still fresh; never touches the store."""
-        entry = self._cache.get(_digest(token))
+        entry = self._known.get(_digest(token))
         if entry is not None and entry[1] > time.monotonic():
             return entry[0]
         return None
@@ -104,22 +108,25 @@ class Authenticator:
     async def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthenticated("An API key is required: send `Authorization: Bearer keel_...`.")
-        digest = _digest(token)
-        entry = self._cache.get(digest)
-        now = time.monotonic()
-        if entry is not None and entry[1] > now:
-            principal = entry[0]
-        else:
-            principal = await self._load(token, digest)
-            self._remember(digest, principal, now)
-        if principal is None:
-            raise Unauthenticated("The API key is not valid.")
-        return principal
-
-    async def _load(self, token: str, digest: str) -> Principal | None:
         key_id = _parse_key_id(token)
         if key_id is None:
-            return None
+            raise Unauthenticated("The API key is not valid.")  # malformed: no lookup, no caching
+        digest = _digest(token)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
+        unknown_until = self._unknown.get(digest)
+        if unknown_until is not None and unknown_until > now:
+            raise Unauthenticated("The API key is not valid.")
+        principal = await self._load(key_id, digest)
+        if principal is None:
+            _remember(self._unknown, digest, now + self._negative_ttl, self._max_entries)
+            raise Unauthenticated("The API key is not valid.")
+        _remember(self._known, digest, (principal, now + self._ttl), self._max_entries)
+        return principal
+
+    async def _load(self, key_id: str, digest: str) -> Principal | None:
         async with self._store.unit_of_work(read_only=True) as uow:
             key = await uow.api_keys.get(key_id)
         # Constant-time comparison: the hash must not leak through response timing.
@@ -127,12 +134,12 @@ class Authenticator:
             return None
         return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version)
 
-    def _remember(self, digest: str, principal: Principal | None, now: float) -> None:
-        if len(self._cache) >= self._max_entries:
-            # Dicts keep insertion order: dropping the first entry drops the oldest.
-            self._cache.pop(next(iter(self._cache)))
-        ttl = self._ttl if principal is not None else self._negative_ttl
-        self._cache[digest] = (principal, now + ttl)
+
+def _remember(cache: dict[str, _V], digest: str, value: _V, max_entries: int) -> None:
+    if digest not in cache and len(cache) >= max_entries:
+        # Dicts keep insertion order: dropping the first entry drops the oldest.
+        cache.pop(next(iter(cache)))
+    cache[digest] = value
 
 
 def require(principal: Principal, scope: Scope) -> None:

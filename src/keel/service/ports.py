@@ -74,8 +74,9 @@ class IdempotencyRecords(Protocol):
         """
         ...
 
-    async def complete(self, scope: str, key: str, outcome: str) -> None:
-        """Store the outcome; meant to run in the same transaction as the write it records."""
+    async def complete(self, scope: str, key: str, fingerprint: str, outcome: str) -> bool:
+        """Store the outcome of the reservation made for `fingerprint`, if it is still in
+        progress; False when it was taken over meanwhile. Run it in the write's transaction."""
         ...
 
     async def release(self, scope: str, key: str) -> None:

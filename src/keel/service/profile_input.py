@@ -7,6 +7,7 @@ with its location, not just the first.
 
 from __future__ import annotations
 
+import math
 import zoneinfo
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ import langcodes
 from email_validator import EmailNotValidError, validate_email
 
 from keel.domain.errors import FieldError, ValidationFailed
-from keel.domain.profile import Email, JSONObject, JSONValue, Link, ProfileFields
+from keel.domain.profile import Email, JSONObject, JSONValue, Link, ProfileFields, identity_errors
 from keel.service.attributes import AttributePolicy
 
 MAX_EMAILS = 10
@@ -46,11 +47,17 @@ def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> Profil
     found = _Collector()
     if not isinstance(document, dict):
         raise ValidationFailed([FieldError("", "must be a JSON object")])
+    unstorable = _unstorable_values(document)
+    if unstorable:
+        # Checked first: NUL characters, lone surrogates and NaN/Infinity break the validators
+        # below, the database or the JSON encoder, whichever meets them first.
+        raise ValidationFailed(unstorable)
     for name in document.keys() - _FIELDS:
         found.add(f"/{name}", "unknown field")
 
     handle = _handle(document.get("handle"), found)
     emails = _emails(document.get("emails"), found)
+    found.errors.extend(identity_errors(handle, emails))
     display_name = _text(document.get("display_name"), "/display_name", MAX_DISPLAY_NAME, found)
     bio = _text(document.get("bio"), "/bio", MAX_BIO, found)
     avatar_url = _url(document.get("avatar_url"), "/avatar_url", ("https",), found)
@@ -59,7 +66,7 @@ def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> Profil
     links = _links(document.get("links"), found)
     attributes = _attributes(document.get("attributes"), policy, found)
 
-    if found.errors:
+    if found.errors or handle is None or emails is None:
         raise ValidationFailed(found.errors)
     return ProfileFields(
         handle=handle,
@@ -95,25 +102,51 @@ def fields_document(fields: ProfileFields) -> JSONObject:
     return document
 
 
-def _handle(value: Any, found: _Collector) -> str:
+def _unstorable_values(document: JSONValue) -> list[FieldError]:
+    """Values no protocol may store: iterative, so a deep document cannot exhaust the stack."""
+    errors: list[FieldError] = []
+    pending: list[tuple[str, object]] = [("", document)]
+    while pending:
+        location, value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend((f"{location}/{name}", item) for name, item in value.items())
+            pending.extend((f"{location}/{name}", name) for name in value)
+        elif isinstance(value, list):
+            pending.extend((f"{location}/{index}", item) for index, item in enumerate(value))
+        elif isinstance(value, str):
+            if "\x00" in value:
+                errors.append(FieldError(location, "must not contain NUL characters"))
+            elif not _is_utf8(value):
+                errors.append(FieldError(location, "must be valid Unicode text"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            errors.append(FieldError(location, "must be a finite number"))
+    return errors
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _handle(value: Any, found: _Collector) -> str | None:
     if not isinstance(value, str):
         found.add("/handle", "required, a string")
-        return ""
-    handle = value.strip().lower()
-    if not (3 <= len(handle) <= 30) or not all(c.isascii() and (c.isalnum() or c == "_") for c in handle):
-        found.add("/handle", "must be 3-30 characters of a-z, 0-9 and _")
-    return handle
+        return None
+    return value.strip().lower()
 
 
-def _emails(value: Any, found: _Collector) -> tuple[Email, ...]:
+def _emails(value: Any, found: _Collector) -> tuple[Email, ...] | None:
+    """The emails, or None when some could not be read (their errors are already reported)."""
     if not isinstance(value, list) or not value:
         found.add("/emails", "required, a non-empty list")
-        return ()
+        return None
     if len(value) > MAX_EMAILS:
         found.add("/emails", f"at most {MAX_EMAILS} emails")
-        return ()
+        return None
     emails: list[Email] = []
-    seen: set[str] = set()
     for index, item in enumerate(value):
         location = f"/emails/{index}"
         if not isinstance(item, dict):
@@ -125,13 +158,8 @@ def _emails(value: Any, found: _Collector) -> tuple[Email, ...]:
         verified = _flag(item.get("verified", False), f"{location}/verified", found)
         primary = _flag(item.get("primary", False), f"{location}/primary", found)
         if address is not None:
-            if address.lower() in seen:
-                found.add(f"{location}/address", "listed twice")
-            seen.add(address.lower())
             emails.append(Email(address=address, verified=verified, primary=primary))
-    if len(emails) == len(value) and sum(e.primary for e in emails) != 1:
-        found.add("/emails", "exactly one email must be primary")
-    return tuple(emails)
+    return tuple(emails) if len(emails) == len(value) else None
 
 
 def _email_address(value: Any, location: str, found: _Collector) -> str | None:

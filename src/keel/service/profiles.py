@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import (
+    ConcurrentModification,
     FieldError,
     Forbidden,
     IdempotencyInProgress,
@@ -42,7 +43,7 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 # Longer than any request may run: a reservation older than this belongs to a request that died
 # before committing, so (since its outcome commits with the write) nothing was written.
 IDEMPOTENCY_LEASE = timedelta(seconds=60)
-_UPDATE_ATTEMPTS = 3
+_WRITE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ class ProfileService:
         if replay is not None:
             return Created(self._visible(profile_from_snapshot(json.loads(replay)), principal), replayed=True)
         try:
-            profile = await self._insert(fields, (scope, idempotency_key))
+            profile = await self._insert(fields, (scope, idempotency_key, fingerprint))
         except BaseException:
             await self._release(scope, idempotency_key)
             raise
@@ -162,33 +163,20 @@ class ProfileService:
         patched_attributes = patch.get("attributes")
         if isinstance(patched_attributes, dict):
             self._check_private_writes(principal, patched_attributes.keys())
-        for _ in range(_UPDATE_ATTEMPTS):
-            async with self._store.unit_of_work() as uow:
-                current = await _live_profile(uow, profile_id)
-                _check_version(current, expected_version)
-                fields = self._patched_fields(current.fields, patch, principal)
-                if fields == current.fields:
-                    return self._visible(current, principal)
-                revised = current.revise(fields, self._clock.now())
-                try:
-                    await uow.profiles.update(revised, expected_version=current.version)
-                except VersionMismatch:
-                    if expected_version is not None:
-                        raise
-                    continue
-                await uow.commit()
-                return self._visible(revised, principal)
-        raise VersionMismatch("The profile kept changing; retry the request.", current_version=None)
+        now = self._clock.now()
+
+        def revise(current: Profile) -> Profile | None:
+            fields = self._patched_fields(current.fields, patch, principal)
+            return None if fields == current.fields else current.revise(fields, now)
+
+        return self._visible(await self._write(profile_id, expected_version, revise), principal)
 
     async def delete_profile(
         self, principal: Principal, profile_id: str, *, expected_version: int | None = None
     ) -> None:
         require(principal, Scope.PROFILES_WRITE)
-        async with self._store.unit_of_work() as uow:
-            current = await _live_profile(uow, profile_id)
-            _check_version(current, expected_version)
-            await uow.profiles.update(current.delete(self._clock.now()), expected_version=current.version)
-            await uow.commit()
+        now = self._clock.now()
+        await self._write(profile_id, expected_version, lambda current: current.delete(now))
 
     async def purge_expired_idempotency_records(self) -> int:
         """Forget idempotency records older than their 24 h; returns how many were removed."""
@@ -199,13 +187,45 @@ class ProfileService:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    async def _insert(self, fields: ProfileFields, idempotency: tuple[str, str] | None) -> Profile:
+    async def _write(
+        self,
+        profile_id: str,
+        expected_version: int | None,
+        change: Callable[[Profile], Profile | None],
+    ) -> Profile:
+        """Read, change, write back if nobody wrote in between; `change` returns None for "no
+        change". With `expected_version` (If-Match) a lost race is the caller's 412; without
+        one, the change is re-applied to the newer profile, a few times at most."""
+        for _ in range(_WRITE_ATTEMPTS):
+            async with self._store.unit_of_work() as uow:
+                current = await _live_profile(uow, profile_id)
+                _check_version(current, expected_version)
+                revised = change(current)
+                if revised is None:
+                    return current
+                try:
+                    await uow.profiles.update(revised, expected_version=current.version)
+                except VersionMismatch:
+                    if expected_version is not None:
+                        raise
+                    continue
+                await uow.commit()
+                return revised
+        raise ConcurrentModification("The profile kept changing while this request ran; retry it.")
+
+    async def _insert(self, fields: ProfileFields, idempotency: tuple[str, str, str] | None) -> Profile:
         profile = Profile.create(new_profile_id(self._region), fields, self._clock.now())
         async with self._store.unit_of_work() as uow:
             await uow.profiles.add(profile)
             if idempotency is not None:
                 # Same transaction as the write: an outcome is stored if and only if the write is.
-                await uow.idempotency.complete(*idempotency, json.dumps(profile_snapshot(profile)))
+                # A request that outlived its lease finds its reservation taken over, and its
+                # write is rolled back rather than stored beside the new owner's.
+                scope, key, fingerprint = idempotency
+                if not await uow.idempotency.complete(
+                    scope, key, fingerprint, json.dumps(profile_snapshot(profile))
+                ):
+                    raise IdempotencyInProgress("Another request took over this Idempotency-Key.")
             await uow.commit()
         return profile
 
@@ -253,8 +273,12 @@ class ProfileService:
             document["attributes"] = self._policy.visible(attributes, admin=False)
         patched = apply_merge_patch(document, patch)
         if hidden and isinstance(patched, dict):
+            # Whatever the patch did to `attributes` (even `null`), what the caller cannot see
+            # stays; a non-object left there still fails validation.
             patched_attributes = patched.get("attributes")
-            if isinstance(patched_attributes, dict):
+            if patched_attributes is None:
+                patched["attributes"] = dict(hidden)
+            elif isinstance(patched_attributes, dict):
                 patched["attributes"] = {**patched_attributes, **hidden}
         return parse_profile_fields(patched, self._policy)
 

@@ -1,5 +1,5 @@
-"""A profile as plain JSON-compatible data, and back: for stored idempotent outcomes and for
-storage adapters that keep child rows as JSON."""
+"""A profile as plain JSON-compatible data, and back: the outcome stored with an idempotency
+key, replayed to a retried request whatever protocol it came in on."""
 
 from __future__ import annotations
 

@@ -38,9 +38,13 @@ def _id_tag(profile_id: str) -> str:
     return hashlib.sha256(profile_id.encode()).hexdigest()[:12]
 
 
-def etag(profile: Profile) -> str:
-    """Strong ETag from id and version: `"<version>.<hash of id>"`, so If-Match yields a version."""
-    return f'"{profile.version}.{_id_tag(profile.id)}"'
+_FULL_VIEW = ".full"
+
+
+def etag(profile: Profile, *, full_view: bool) -> str:
+    """Strong ETag from id and version, `"<version>.<hash of id>"`, so If-Match yields a
+    version. Admin callers see private attributes, a different representation: `.full`."""
+    return f'"{profile.version}.{_id_tag(profile.id)}{_FULL_VIEW if full_view else ""}"'
 
 
 def version_from_etag(profile_id: str, value: str) -> int | None:
@@ -48,7 +52,7 @@ def version_from_etag(profile_id: str, value: str) -> int | None:
     value = value.strip()
     if not (value.startswith('"') and value.endswith('"')):
         return None
-    version, _, tag = value[1:-1].partition(".")
+    version, _, tag = value[1:-1].removesuffix(_FULL_VIEW).partition(".")
     if tag != _id_tag(profile_id) or not version.isdigit():
         return None
     return int(version)

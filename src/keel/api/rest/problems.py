@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from keel.domain.errors import (
+    ConcurrentModification,
     Conflict,
     FieldError,
     Forbidden,
@@ -31,7 +31,6 @@ from keel.domain.errors import (
 from keel.observability.context import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
-_log = structlog.get_logger("keel.rest")
 
 # Status and title per domain error kind.
 _KINDS: dict[type[KeelError], tuple[int, str]] = {
@@ -41,6 +40,7 @@ _KINDS: dict[type[KeelError], tuple[int, str]] = {
     VersionMismatch: (412, "Precondition failed"),
     IdempotencyKeyReused: (422, "Idempotency key reused"),
     IdempotencyInProgress: (409, "Request in progress"),
+    ConcurrentModification: (409, "Concurrent modification"),
     Unauthenticated: (401, "Unauthenticated"),
     Forbidden: (403, "Forbidden"),
     Unavailable: (503, "Service unavailable"),
@@ -53,7 +53,6 @@ _HTTP_CODES = {
     406: "not-acceptable",
     413: "payload-too-large",
     415: "unsupported-media-type",
-    428: "precondition-required",
 }
 
 
@@ -87,7 +86,9 @@ def problem_response(
 
 def domain_problem(error: KeelError, instance: str | None = None) -> Response:
     status, title = _KINDS.get(type(error), (400, "Bad request"))
-    headers = {"Retry-After": "1"} if isinstance(error, Unavailable) else None
+    # Conditions that pass by themselves: say when to try again.
+    retry_later = isinstance(error, Unavailable | IdempotencyInProgress | ConcurrentModification)
+    headers = {"Retry-After": "1"} if retry_later else None
     if isinstance(error, Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer realm="keel"'}
     errors = error.errors if isinstance(error, ValidationFailed) else None
@@ -107,6 +108,9 @@ def _pointer(location: tuple[int | str, ...]) -> str:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """Handlers for expected errors. Unexpected ones are logged and answered 500 by
+    `RequestEnvelope`, the outermost layer, so that nothing escapes as a bare 500."""
+
     async def on_domain_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, KeelError)
         return domain_problem(error, request.url.path)
@@ -132,12 +136,6 @@ def install_problem_handlers(app: FastAPI) -> None:
             instance=request.url.path,
         )
 
-    async def on_unexpected_error(request: Request, error: Exception) -> Response:
-        # Logged with its traceback for operators; the client only learns that it happened.
-        _log.error("unhandled_error", path=request.url.path, exc_info=error)
-        return problem_response(500, "internal", "Internal error", "The request failed; it has been logged.")
-
     app.add_exception_handler(KeelError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected_error)

@@ -87,11 +87,13 @@ async def create_profile(
     response (marked `Idempotent-Replayed: true`) instead of creating a duplicate."""
     created = await keel.profiles.create_profile(
         caller,
-        body.model_dump(mode="json", exclude_unset=True),
+        # Python mode, not JSON mode: JSON mode would quietly turn NaN into null, and the
+        # service must see what the client sent to refuse it.
+        body.model_dump(exclude_unset=True),
         idempotency_key=_idempotency_key(idempotency_key),
     )
     profile = created.profile
-    headers = {"Location": f"/v1/profiles/{profile.id}", "ETag": etag(profile)}
+    headers = {"Location": f"/v1/profiles/{profile.id}", "ETag": etag(profile, full_view=caller.is_admin)}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(profile_document(profile), status_code=201, headers=headers)
@@ -108,8 +110,9 @@ async def get_profile(profile_id: str, request: Request) -> Response:
     # The hot path: a deliberately short signature (every parameter is work for FastAPI, and
     # Cadwyn resolves the signature twice), with headers read straight from the request.
     keel: Keel = request.app.state.keel
-    profile = await keel.profiles.get_profile(await authenticated_caller(request), profile_id)
-    tag = etag(profile)
+    caller = await authenticated_caller(request)
+    profile = await keel.profiles.get_profile(caller, profile_id)
+    tag = etag(profile, full_view=caller.is_admin)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, tag):
         return Response(status_code=304, headers={"ETag": tag, "Cache-Control": _CACHE_CONTROL})
@@ -147,7 +150,7 @@ async def update_profile(
     profile = await keel.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )
-    return JSONResponse(profile_document(profile), headers={"ETag": etag(profile)})
+    return JSONResponse(profile_document(profile), headers={"ETag": etag(profile, full_view=caller.is_admin)})
 
 
 @router.delete("/profiles/{profile_id}", status_code=204, responses=_PROBLEMS, summary="Delete a profile")

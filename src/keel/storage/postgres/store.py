@@ -13,7 +13,7 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from keel.domain.api_keys import ApiKey
-from keel.domain.errors import Conflict, Unavailable, VersionMismatch
+from keel.domain.errors import ConcurrentModification, Conflict, Unavailable, VersionMismatch
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, ProfileQuery
@@ -45,12 +45,17 @@ _CONNECTION_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,  # e.g. shutdown or failover: "terminating connection"
+    asyncpg.InsufficientResourcesError,  # e.g. too many connections
 )
 
 
 # Generic only in the type stubs, so the aliases must not be evaluated at run time.
 _Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 _Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+
+_RESERVE_ATTEMPTS = 3
 
 
 def _time(value: Any) -> datetime:
@@ -66,8 +71,11 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 class PostgresStore:
-    def __init__(self, pool: _Pool, observer: DatabaseObserver) -> None:
+    def __init__(self, pool: _Pool, observer: DatabaseObserver, acquire_timeout: float = 5.0) -> None:
         self._pool = pool
+        # Bounded wait for a connection: shorter than an idempotency lease, so no request can
+        # still be waiting when its reservation is taken over.
+        self._acquire_timeout = acquire_timeout
         self.observer = observer
         observer.metrics.db_pool_size.set_function(pool.get_size)
         observer.metrics.db_pool_in_use.set_function(lambda: pool.get_size() - pool.get_idle_size())
@@ -81,6 +89,7 @@ class PostgresStore:
         min_size: int = 2,
         max_size: int = 10,
         command_timeout: float = 5.0,
+        acquire_timeout: float = 5.0,
     ) -> PostgresStore:
         pool = await asyncpg.create_pool(
             url,
@@ -89,10 +98,10 @@ class PostgresStore:
             command_timeout=command_timeout,
             reset=_keep_session,
         )
-        return cls(pool, observer)
+        return cls(pool, observer, acquire_timeout)
 
     def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
-        return PostgresUnitOfWork(self._pool, self.observer, read_only)
+        return PostgresUnitOfWork(self._pool, self.observer, read_only, self._acquire_timeout)
 
     async def schema_revision(self) -> str | None:
         try:
@@ -106,8 +115,11 @@ class PostgresStore:
 
 
 class PostgresUnitOfWork:
-    def __init__(self, pool: _Pool, observer: DatabaseObserver, read_only: bool) -> None:
+    def __init__(
+        self, pool: _Pool, observer: DatabaseObserver, read_only: bool, acquire_timeout: float
+    ) -> None:
         self._pool = pool
+        self._acquire_timeout = acquire_timeout
         self._observer = observer
         self._read_only = read_only
         self._transaction: Transaction | None = None
@@ -119,7 +131,7 @@ class PostgresUnitOfWork:
 
     async def __aenter__(self) -> Self:
         try:
-            connection = await self._pool.acquire()
+            connection = await self._pool.acquire(timeout=self._acquire_timeout)
         except _CONNECTION_ERRORS as error:
             raise Unavailable("The database is not reachable; retry shortly.") from error
         self._connection = connection
@@ -158,6 +170,10 @@ class PostgresUnitOfWork:
             await self._pool.release(self._connection)
         if isinstance(exc, _CONNECTION_ERRORS):
             raise Unavailable("The database is not reachable; retry shortly.") from exc
+        if isinstance(exc, asyncpg.TransactionRollbackError):
+            # Deadlock or serialization failure: PostgreSQL rolled the transaction back whole,
+            # so a retry is safe.
+            raise ConcurrentModification("A concurrent write got in the way; retry the request.") from exc
 
 
 class PostgresProfiles:
@@ -243,13 +259,19 @@ class PostgresProfiles:
         emails = profile.fields.emails
         links = profile.fields.links
         if emails:
+            # Inserted in address order, whatever their positions: two writers taking the same
+            # addresses then lock them in the same order and cannot deadlock.
+            rows = sorted(
+                (
+                    (profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
+                    for i, e in enumerate(emails)
+                ),
+                key=lambda row: row[3],
+            )
             await self._db.executemany(
                 "INSERT INTO profile_emails (profile_id, position, address, address_normalized,"
                 " verified, is_primary, live) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                [
-                    (profile.id, i, e.address, e.normalized, e.verified, e.primary, live)
-                    for i, e in enumerate(emails)
-                ],
+                rows,
             )
         if links:
             await self._db.executemany(
@@ -289,41 +311,44 @@ class PostgresIdempotency:
 
     async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
         with self._observer.call("reserve_idempotency_key"):
-            await self._db.execute(
-                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND"
-                " (expires_at <= $3 OR (state = 'in_progress' AND locked_until <= $3))",
-                record.scope,
-                record.key,
-                now,
-            )
-            inserted = await self._db.fetchval(
-                "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until,"
-                " expires_at) VALUES ($1, $2, $3, $4, NULL, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
-                record.scope,
-                record.key,
-                record.fingerprint,
-                record.state.value,
-                record.locked_until,
-                record.expires_at,
-            )
-            if inserted is not None:
-                return None
-            row = await self._db.fetchrow(
-                _SELECT_IDEMPOTENCY_RECORD,
-                record.scope,
-                record.key,
-            )
-        assert row is not None
-        return idempotency_record_from_row(tuple(row), _time)
+            for _ in range(_RESERVE_ATTEMPTS):
+                await self._db.execute(
+                    "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND"
+                    " (expires_at <= $3 OR (state = 'in_progress' AND locked_until <= $3))",
+                    record.scope,
+                    record.key,
+                    now,
+                )
+                inserted = await self._db.fetchval(
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until,"
+                    " expires_at) VALUES ($1, $2, $3, $4, NULL, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
+                    record.scope,
+                    record.key,
+                    record.fingerprint,
+                    record.state.value,
+                    record.locked_until,
+                    record.expires_at,
+                )
+                if inserted is not None:
+                    return None
+                # The holder may release its reservation between our INSERT and this SELECT
+                # (READ COMMITTED): then the key is free, and we try again.
+                row = await self._db.fetchrow(_SELECT_IDEMPOTENCY_RECORD, record.scope, record.key)
+                if row is not None:
+                    return idempotency_record_from_row(tuple(row), _time)
+        raise Unavailable("The idempotency key is changing hands; retry shortly.")
 
-    async def complete(self, scope: str, key: str, outcome: str) -> None:
+    async def complete(self, scope: str, key: str, fingerprint: str, outcome: str) -> bool:
         with self._observer.call("complete_idempotency_key"):
-            await self._db.execute(
-                "UPDATE idempotency_keys SET state = 'completed', outcome = $3 WHERE scope = $1 AND key = $2",
+            status = await self._db.execute(
+                "UPDATE idempotency_keys SET state = 'completed', outcome = $4"
+                " WHERE scope = $1 AND key = $2 AND fingerprint = $3 AND state = 'in_progress'",
                 scope,
                 key,
+                fingerprint,
                 outcome,
             )
+        return bool(status == "UPDATE 1")
 
     async def release(self, scope: str, key: str) -> None:
         with self._observer.call("release_idempotency_key"):

@@ -8,6 +8,7 @@ reads go to a second connection, which in WAL mode never waits for the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -43,6 +44,9 @@ FROM profiles p
 """  # noqa: S608
 
 
+_RESERVE_ATTEMPTS = 3
+
+
 def _time(value: Any) -> datetime:
     return datetime.fromisoformat(value)
 
@@ -58,15 +62,24 @@ def _iso_or_none(value: datetime | None) -> str | None:
 
 class SqliteStore:
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, observer: DatabaseObserver
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        observer: DatabaseObserver,
+        acquire_timeout: float,
     ) -> None:
+        # Bounded wait for the writer: shorter than an idempotency lease, so no request can
+        # still be waiting when its reservation is taken over.
+        self.acquire_timeout = acquire_timeout
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self.observer = observer
 
     @classmethod
-    async def open(cls, path: Path, observer: DatabaseObserver) -> SqliteStore:
+    async def open(
+        cls, path: Path, observer: DatabaseObserver, *, acquire_timeout: float = 5.0
+    ) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
@@ -76,7 +89,7 @@ class SqliteStore:
             await writer.close()
             raise
         observer.metrics.db_pool_size.set(2)
-        return cls(writer, reader, observer)
+        return cls(writer, reader, observer, acquire_timeout)
 
     def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
         return SqliteUnitOfWork(self, read_only)
@@ -98,7 +111,7 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     # isolation_level=None: no implicit transactions; units of work issue BEGIN/COMMIT themselves.
     connection = await aiosqlite.connect(path, isolation_level=None)
     try:
-        for pragma in ("busy_timeout=5000", "foreign_keys=ON", "synchronous=NORMAL"):
+        for pragma in ("busy_timeout=5000", "foreign_keys=ON", "synchronous=FULL"):
             await connection.execute_fetchall(f"PRAGMA {pragma}")
     except BaseException:
         await connection.close()
@@ -117,14 +130,23 @@ class SqliteUnitOfWork:
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
 
     async def __aenter__(self) -> Self:
-        if not self._read_only:
-            await self._store._write_lock.acquire()
-            try:
-                await self._connection.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as error:
-                self._store._write_lock.release()
+        if self._read_only:
+            return self
+        try:
+            await asyncio.wait_for(self._store._write_lock.acquire(), self._store.acquire_timeout)
+        except TimeoutError as error:
+            raise Unavailable("The database is busy; retry shortly.") from error
+        try:
+            await self._connection.execute("BEGIN IMMEDIATE")
+        except BaseException as error:
+            # Cancelled or failed, the lock must go back, and a BEGIN that did run (on
+            # aiosqlite's thread, after a cancellation) must not leave a transaction open.
+            await _quietly_roll_back(self._connection)
+            self._store._write_lock.release()
+            if isinstance(error, sqlite3.OperationalError):
                 raise Unavailable("The database is busy; retry shortly.") from error
-            self._open = True
+            raise
+        self._open = True
         return self
 
     async def commit(self) -> None:
@@ -141,13 +163,20 @@ class SqliteUnitOfWork:
         try:
             if self._open:
                 self._open = False
-                await self._connection.execute("ROLLBACK")
+                await _quietly_roll_back(self._connection)
         finally:
             if not self._read_only:
                 self._store._write_lock.release()
         if isinstance(exc, sqlite3.OperationalError):
             # Locked or unwritable database: a condition to retry, not a bug to report as 500.
             raise Unavailable("The database is busy or unavailable; retry shortly.") from exc
+
+
+async def _quietly_roll_back(connection: aiosqlite.Connection) -> None:
+    # SQLite may already have rolled back (a full disk does that); the error that got us here
+    # is the one to report, not this one.
+    with contextlib.suppress(sqlite3.Error):
+        await connection.execute("ROLLBACK")
 
 
 class SqliteProfiles:
@@ -270,40 +299,41 @@ class SqliteIdempotency:
 
     async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
         with self._observer.call("reserve_idempotency_key"):
-            # Take over only what is expired or abandoned; anything else stays and is returned.
-            await self._db.execute(
-                "DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND"
-                " (expires_at <= ? OR (state = 'in_progress' AND locked_until <= ?))",
-                (record.scope, record.key, _iso(now), _iso(now)),
-            )
-            cursor = await self._db.execute(
-                "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until,"
-                " expires_at) VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    record.scope,
-                    record.key,
-                    record.fingerprint,
-                    record.state.value,
-                    _iso(record.locked_until),
-                    _iso(record.expires_at),
-                ),
-            )
-            if cursor.rowcount == 1:
-                return None
-            async with self._db.execute(
-                _SELECT_IDEMPOTENCY_RECORD,
-                (record.scope, record.key),
-            ) as select:
-                row = await select.fetchone()
-        assert row is not None
-        return idempotency_record_from_row(row, _time)
+            for _ in range(_RESERVE_ATTEMPTS):
+                # Take over only what is expired or abandoned; anything else stays and is returned.
+                await self._db.execute(
+                    "DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND"
+                    " (expires_at <= ? OR (state = 'in_progress' AND locked_until <= ?))",
+                    (record.scope, record.key, _iso(now), _iso(now)),
+                )
+                cursor = await self._db.execute(
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until,"
+                    " expires_at) VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING",
+                    (
+                        record.scope,
+                        record.key,
+                        record.fingerprint,
+                        record.state.value,
+                        _iso(record.locked_until),
+                        _iso(record.expires_at),
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    return None
+                async with self._db.execute(_SELECT_IDEMPOTENCY_RECORD, (record.scope, record.key)) as select:
+                    row = await select.fetchone()
+                if row is not None:
+                    return idempotency_record_from_row(row, _time)
+        raise Unavailable("The idempotency key is changing hands; retry shortly.")
 
-    async def complete(self, scope: str, key: str, outcome: str) -> None:
+    async def complete(self, scope: str, key: str, fingerprint: str, outcome: str) -> bool:
         with self._observer.call("complete_idempotency_key"):
-            await self._db.execute(
-                "UPDATE idempotency_keys SET state = 'completed', outcome = ? WHERE scope = ? AND key = ?",
-                (outcome, scope, key),
+            cursor = await self._db.execute(
+                "UPDATE idempotency_keys SET state = 'completed', outcome = ?"
+                " WHERE scope = ? AND key = ? AND fingerprint = ? AND state = 'in_progress'",
+                (outcome, scope, key, fingerprint),
             )
+        return cursor.rowcount == 1
 
     async def release(self, scope: str, key: str) -> None:
         with self._observer.call("release_idempotency_key"):
