@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.errors import Conflict
 from keel.domain.profile import Email, Link, Profile, ProfileFields
 from keel.service.ports import IdempotencyRecord, IdempotencyState
 
@@ -59,9 +60,12 @@ def profile_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) 
     )
 
 
-def conflict_field(message: str) -> str:
-    """Which uniqueness rule a constraint error names (`handle` or `emails`)."""
-    return "/handle" if "handle" in message else "/emails"
+def uniqueness_conflict(constraint_text: str) -> Conflict:
+    """The domain error for a unique-index violation, from the text naming the index: the
+    handle's index mentions `handle`, the emails' index does not."""
+    if "handle" in constraint_text:
+        return Conflict("This handle is already used by another profile.", field="/handle")
+    return Conflict("This email address is already used by another profile.", field="/emails")
 
 
 API_KEY_COLUMNS = "id, secret_hash, scopes, api_version, name, created_at, revoked_at"

@@ -13,7 +13,7 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from keel.domain.api_keys import ApiKey
-from keel.domain.errors import ConcurrentModification, Conflict, Unavailable, VersionMismatch
+from keel.domain.errors import ConcurrentModification, Unavailable, VersionMismatch
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, ProfileQuery
@@ -22,9 +22,9 @@ from keel.storage.rows import (
     IDEMPOTENCY_COLUMNS,
     PROFILE_COLUMNS,
     api_key_from_row,
-    conflict_field,
     idempotency_record_from_row,
     profile_from_row,
+    uniqueness_conflict,
 )
 
 # Built from constants only; every value goes through a $n placeholder.
@@ -223,7 +223,7 @@ class PostgresProfiles:
                 )
                 await self._write_children(profile)
             except asyncpg.UniqueViolationError as error:
-                raise _conflict(error) from None
+                raise uniqueness_conflict(error.constraint_name or "") from None
 
     async def update(self, profile: Profile, expected_version: int) -> None:
         f = profile.fields
@@ -252,7 +252,7 @@ class PostgresProfiles:
                 await self._db.execute("DELETE FROM profile_links WHERE profile_id = $1", profile.id)
                 await self._write_children(profile)
             except asyncpg.UniqueViolationError as error:
-                raise _conflict(error) from None
+                raise uniqueness_conflict(error.constraint_name or "") from None
 
     async def _write_children(self, profile: Profile) -> None:
         live = profile.deleted_at is None
@@ -296,12 +296,6 @@ def _profile_values(profile: Profile) -> tuple[Any, ...]:
         profile.updated_at,
         profile.deleted_at,
     )
-
-
-def _conflict(error: asyncpg.UniqueViolationError) -> Conflict:
-    field = conflict_field(error.constraint_name or "")
-    what = "handle" if field == "/handle" else "email address"
-    return Conflict(f"This {what} is already used by another profile.", field=field)
 
 
 class PostgresIdempotency:

@@ -19,7 +19,7 @@ from typing import Any, Self
 import aiosqlite
 
 from keel.domain.api_keys import ApiKey
-from keel.domain.errors import Conflict, Unavailable, VersionMismatch
+from keel.domain.errors import Unavailable, VersionMismatch
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, ProfileQuery
@@ -28,9 +28,9 @@ from keel.storage.rows import (
     IDEMPOTENCY_COLUMNS,
     PROFILE_COLUMNS,
     api_key_from_row,
-    conflict_field,
     idempotency_record_from_row,
     profile_from_row,
+    uniqueness_conflict,
 )
 
 # Built from constants only; every value goes through a ? placeholder.
@@ -227,7 +227,7 @@ class SqliteProfiles:
                 )
                 await self._write_children(profile)
             except sqlite3.IntegrityError as error:
-                raise _conflict(error) from None
+                raise uniqueness_conflict(str(error)) from None
 
     async def update(self, profile: Profile, expected_version: int) -> None:
         with self._observer.call("update_profile"):
@@ -250,7 +250,7 @@ class SqliteProfiles:
                 await self._db.execute("DELETE FROM profile_links WHERE profile_id = ?", (profile.id,))
                 await self._write_children(profile)
             except sqlite3.IntegrityError as error:
-                raise _conflict(error) from None
+                raise uniqueness_conflict(str(error)) from None
 
     async def _write_children(self, profile: Profile) -> None:
         live = profile.deleted_at is None
@@ -284,12 +284,6 @@ def _profile_values(profile: Profile) -> tuple[Any, ...]:
         _iso(profile.updated_at),
         _iso_or_none(profile.deleted_at),
     )
-
-
-def _conflict(error: sqlite3.IntegrityError) -> Conflict:
-    field = conflict_field(str(error))
-    what = "handle" if field == "/handle" else "email address"
-    return Conflict(f"This {what} is already used by another profile.", field=field)
 
 
 class SqliteIdempotency:
