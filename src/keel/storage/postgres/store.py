@@ -3,6 +3,7 @@ statements cached per connection by asyncpg, one round trip per profile read."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from types import TracebackType
@@ -131,7 +132,10 @@ class PostgresUnitOfWork:
 
     async def __aenter__(self) -> Self:
         try:
-            connection = await self._pool.acquire(timeout=self._acquire_timeout)
+            # asyncio.timeout, not acquire(timeout=...): the latter runs the wait in a new task
+            # (asyncio.wait_for), a measurable cost on every request.
+            async with asyncio.timeout(self._acquire_timeout):
+                connection = await self._pool.acquire()
         except _CONNECTION_ERRORS as error:
             raise Unavailable("The database is not reachable; retry shortly.") from error
         self._connection = connection

@@ -133,7 +133,8 @@ class SqliteUnitOfWork:
         if self._read_only:
             return self
         try:
-            await asyncio.wait_for(self._store._write_lock.acquire(), self._store.acquire_timeout)
+            async with asyncio.timeout(self._store.acquire_timeout):
+                await self._store._write_lock.acquire()
         except TimeoutError as error:
             raise Unavailable("The database is busy; retry shortly.") from error
         try:
