@@ -1,5 +1,6 @@
-"""structlog JSON logs. Request-scoped fields (request_id, trace_id) come from contextvars, so
-every line written while a request is served carries them without being passed around."""
+"""structlog JSON logs. Request-scoped fields (request_id, trace_id) come from the request
+context variable, so every line written while a request is served carries them without being
+passed around."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import sys
 
 import structlog
+
+from keel.observability.context import request_context_var
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Keys whose values must never reach a log line, whoever passes them.
@@ -21,11 +24,21 @@ def _drop_secrets(
     return event_dict
 
 
+def _add_request_context(
+    logger: object, method_name: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    context = request_context_var.get()
+    if context is not None:
+        event_dict.setdefault("request_id", context.request_id)
+        event_dict.setdefault("trace_id", context.trace_id)
+    return event_dict
+
+
 def configure_logging(level: str) -> None:
     """Configure structlog and route the standard library's logging (uvicorn, alembic) to it."""
     numeric = _LEVELS[level]
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        _add_request_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_secrets,

@@ -7,7 +7,6 @@ Everything a request does inside runs with `request_id` and `trace_id` in the lo
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -20,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.rest.problems import problem_response
-from keel.observability.context import request_id_var
+from keel.observability.context import RequestContext, request_context_var
 from keel.observability.metrics import Metrics
 
 _propagator = TraceContextTextMapPropagator()
@@ -57,8 +56,6 @@ class RequestEnvelope:
                 carrier[name.decode()] = value.decode("latin-1")
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else -1
-        if not _valid_request_id(request_id):
-            request_id = uuid.uuid4().hex
 
         keel = scope["app"].state.keel
         parent = _propagator.extract(carrier) if carrier else None
@@ -66,9 +63,10 @@ class RequestEnvelope:
         span = keel.tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
         span_context = span.get_span_context()
         trace_id = format(span_context.trace_id, "032x")
+        if not _valid_request_id(request_id):
+            request_id = trace_id  # one id to quote for the request when the caller sent none
         otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        request_token = request_id_var.set(request_id)
-        log_tokens = structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
+        context_token = request_context_var.set(RequestContext(request_id, trace_id))
         response_headers = [
             (b"x-request-id", request_id.encode()),
             (
@@ -135,8 +133,7 @@ class RequestEnvelope:
                 _log.info(
                     "request", method=method, route=route, status=status, duration_ms=round(elapsed * 1000, 3)
                 )
-            structlog.contextvars.reset_contextvars(**log_tokens)
-            request_id_var.reset(request_token)
+            request_context_var.reset(context_token)
             otel_context.detach(otel_token)
 
     def _series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:

@@ -28,7 +28,7 @@ from keel.domain.errors import (
     ValidationFailed,
     VersionMismatch,
 )
-from keel.observability.context import request_id_var
+from keel.observability.context import current_request_id
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -75,7 +75,7 @@ def problem_response(
         "title": title,
         "status": status,
         "detail": detail,
-        "request_id": request_id_var.get(),
+        "request_id": current_request_id(),
     }
     if instance is not None:
         body["instance"] = instance

@@ -132,10 +132,14 @@ class PostgresUnitOfWork:
 
     async def __aenter__(self) -> Self:
         try:
-            # asyncio.timeout, not acquire(timeout=...): the latter runs the wait in a new task
-            # (asyncio.wait_for), a measurable cost on every request.
-            async with asyncio.timeout(self._acquire_timeout):
+            if self._pool.get_idle_size() > 0:
+                # An idle connection is handed over without waiting: no timer needed, and a
+                # timer (a timeout scope, or acquire(timeout=...)'s extra task) costs measurably
+                # on every request.
                 connection = await self._pool.acquire()
+            else:
+                async with asyncio.timeout(self._acquire_timeout):
+                    connection = await self._pool.acquire()
         except _CONNECTION_ERRORS as error:
             raise Unavailable("The database is not reachable; retry shortly.") from error
         self._connection = connection

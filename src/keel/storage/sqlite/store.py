@@ -132,9 +132,13 @@ class SqliteUnitOfWork:
     async def __aenter__(self) -> Self:
         if self._read_only:
             return self
+        lock = self._store._write_lock
         try:
-            async with asyncio.timeout(self._store.acquire_timeout):
-                await self._store._write_lock.acquire()
+            if lock.locked():
+                async with asyncio.timeout(self._store.acquire_timeout):
+                    await lock.acquire()
+            else:
+                await lock.acquire()  # free: taken at once, no timer needed
         except TimeoutError as error:
             raise Unavailable("The database is busy; retry shortly.") from error
         try:
