@@ -79,6 +79,12 @@ async def test_merge_patch_with_if_match(api: Api) -> None:
         location, json={"bio": "x"}, headers={**api.writer, **MERGE_PATCH, "If-Match": tag}
     )
     assert_problem(stale, 412, "version-mismatch")
+    either = f"{tag}, {patched.headers['etag']}"  # any listed entity tag may be the current one
+    listed = await api.client.patch(
+        location, json={"bio": "y"}, headers={**api.writer, **MERGE_PATCH, "If-Match": either}
+    )
+    assert listed.status_code == 200
+    assert listed.json()["version"] == 3
 
 
 async def test_patch_needs_merge_patch_json(api: Api) -> None:

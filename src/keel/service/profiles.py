@@ -37,6 +37,10 @@ from keel.service.ports import (
 from keel.service.profile_input import fields_document, parse_profile_fields
 from keel.service.snapshots import profile_from_snapshot, profile_snapshot
 
+# A version the caller expects the profile to be at, or several (an If-Match with a list of
+# entity tags succeeds if any of them is current); None: no precondition.
+ExpectedVersion = int | frozenset[int] | None
+
 MAX_PAGE_SIZE = 100
 MAX_IDS_PER_QUERY = 100
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -153,7 +157,7 @@ class ProfileService:
         profile_id: str,
         patch: JSONValue,
         *,
-        expected_version: int | None = None,
+        expected_version: ExpectedVersion = None,
     ) -> Profile:
         """Apply an RFC 7396 merge patch. With `expected_version`, a profile that has moved on
         is not touched (`VersionMismatch`); without it, concurrent writers are retried."""
@@ -172,7 +176,7 @@ class ProfileService:
         return self._visible(await self._write(profile_id, expected_version, revise), principal)
 
     async def delete_profile(
-        self, principal: Principal, profile_id: str, *, expected_version: int | None = None
+        self, principal: Principal, profile_id: str, *, expected_version: ExpectedVersion = None
     ) -> None:
         require(principal, Scope.PROFILES_WRITE)
         now = self._clock.now()
@@ -190,7 +194,7 @@ class ProfileService:
     async def _write(
         self,
         profile_id: str,
-        expected_version: int | None,
+        expected_version: ExpectedVersion,
         change: Callable[[Profile], Profile | None],
     ) -> Profile:
         """Read, change, write back if nobody wrote in between; `change` returns None for "no
@@ -304,10 +308,13 @@ async def _live_profile(uow: UnitOfWork, profile_id: str) -> Profile:
     return profile
 
 
-def _check_version(profile: Profile, expected_version: int | None) -> None:
-    if expected_version is not None and profile.version != expected_version:
+def _check_version(profile: Profile, expected_version: ExpectedVersion) -> None:
+    if expected_version is None:
+        return
+    allowed = (expected_version,) if isinstance(expected_version, int) else expected_version
+    if profile.version not in allowed:
         raise VersionMismatch(
-            f"The profile is at version {profile.version}, not {expected_version}.",
+            f"The profile is at version {profile.version}, not {' or '.join(map(str, sorted(allowed)))}.",
             current_version=profile.version,
         )
 

@@ -60,14 +60,18 @@ def _too_deep(value: object) -> bool:
     return False
 
 
-def _expected_version(profile_id: str, if_match: str | None) -> int | None:
+def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] | None:
+    """The versions an If-Match accepts (any of its entity tags may match), None for `*`."""
     if if_match is None or if_match.strip() == "*":
         return None
-    for candidate in if_match.split(","):
-        version = version_from_etag(profile_id, candidate)
-        if version is not None:
-            return version
-    raise VersionMismatch("If-Match names no version of this profile.", current_version=None)
+    versions = frozenset(
+        version
+        for candidate in if_match.split(",")
+        if (version := version_from_etag(profile_id, candidate)) is not None
+    )
+    if not versions:
+        raise VersionMismatch("If-Match names no version of this profile.", current_version=None)
+    return versions
 
 
 @router.post(

@@ -88,8 +88,12 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
+        store = cls(writer, reader, observer, acquire_timeout)
         observer.metrics.db_pool_size.set(2)
-        return cls(writer, reader, observer, acquire_timeout)
+        # The reader is shared by every read, never lent out; the writer is "in use" while a
+        # write unit of work holds it.
+        observer.metrics.db_pool_in_use.set_function(lambda: float(store._write_lock.locked()))
+        return store
 
     def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
         return SqliteUnitOfWork(self, read_only)
