@@ -23,6 +23,25 @@ PROFILE_COLUMNS = (
 )
 
 
+def profile_values(profile: Profile, encode_time: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    """The profile row's values in `PROFILE_COLUMNS` order, times encoded for the driver."""
+    f = profile.fields
+    return (
+        profile.id,
+        f.handle,
+        f.display_name,
+        f.bio,
+        f.avatar_url,
+        f.locale,
+        f.timezone,
+        json.dumps(f.attributes),
+        profile.version,
+        encode_time(profile.created_at),
+        encode_time(profile.updated_at),
+        encode_time(profile.deleted_at) if profile.deleted_at is not None else None,
+    )
+
+
 def profile_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> Profile:
     (
         profile_id,

@@ -4,7 +4,6 @@ statements cached per connection by asyncpg, one round trip per profile read."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -25,6 +24,7 @@ from keel.storage.rows import (
     api_key_from_row,
     idempotency_record_from_row,
     profile_from_row,
+    profile_values,
     uniqueness_conflict,
 )
 
@@ -62,6 +62,10 @@ _RESERVE_ATTEMPTS = 3
 def _time(value: Any) -> datetime:
     assert isinstance(value, datetime)
     return value
+
+
+def _as_is(value: datetime) -> datetime:
+    return value  # asyncpg encodes datetimes itself
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -227,31 +231,23 @@ class PostgresProfiles:
                     "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
                     " attributes, version, created_at, updated_at, deleted_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)",
-                    *_profile_values(profile),
+                    *profile_values(profile, _as_is),
                 )
                 await self._write_children(profile)
             except asyncpg.UniqueViolationError as error:
                 raise uniqueness_conflict(error.constraint_name or "") from None
 
     async def update(self, profile: Profile, expected_version: int) -> None:
-        f = profile.fields
         with self._observer.call("update_profile"):
             try:
+                # The whole row is written back (created_at included, unchanged): one value list
+                # for insert and update.
                 status = await self._db.execute(
                     "UPDATE profiles SET handle = $2, display_name = $3, bio = $4, avatar_url = $5,"
-                    " locale = $6, timezone = $7, attributes = $8::jsonb, version = $9, updated_at = $10,"
-                    " deleted_at = $11 WHERE id = $1 AND version = $12 AND deleted_at IS NULL",
-                    profile.id,
-                    f.handle,
-                    f.display_name,
-                    f.bio,
-                    f.avatar_url,
-                    f.locale,
-                    f.timezone,
-                    json.dumps(f.attributes),
-                    profile.version,
-                    profile.updated_at,
-                    profile.deleted_at,
+                    " locale = $6, timezone = $7, attributes = $8::jsonb, version = $9, created_at = $10,"
+                    " updated_at = $11, deleted_at = $12"
+                    " WHERE id = $1 AND version = $13 AND deleted_at IS NULL",
+                    *profile_values(profile, _as_is),
                     expected_version,
                 )
                 if status != "UPDATE 1":
@@ -286,24 +282,6 @@ class PostgresProfiles:
                 "INSERT INTO profile_links (profile_id, position, kind, url) VALUES ($1, $2, $3, $4)",
                 [(profile.id, i, link.kind, link.url) for i, link in enumerate(links)],
             )
-
-
-def _profile_values(profile: Profile) -> tuple[Any, ...]:
-    f = profile.fields
-    return (
-        profile.id,
-        f.handle,
-        f.display_name,
-        f.bio,
-        f.avatar_url,
-        f.locale,
-        f.timezone,
-        json.dumps(f.attributes),
-        profile.version,
-        profile.created_at,
-        profile.updated_at,
-        profile.deleted_at,
-    )
 
 
 class PostgresIdempotency:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from keel.storage.rows import (
     api_key_from_row,
     idempotency_record_from_row,
     profile_from_row,
+    profile_values,
     uniqueness_conflict,
 )
 
@@ -232,7 +232,7 @@ class SqliteProfiles:
                     "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
                     " attributes, version, created_at, updated_at, deleted_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _profile_values(profile),
+                    profile_values(profile, _iso),
                 )
                 await self._write_children(profile)
             except sqlite3.IntegrityError as error:
@@ -242,16 +242,13 @@ class SqliteProfiles:
         with self._observer.call("update_profile"):
             try:
                 cursor = await self._db.execute(
-                    "UPDATE profiles SET handle = ?, display_name = ?, bio = ?, avatar_url = ?, locale = ?,"
-                    " timezone = ?, attributes = ?, version = ?, updated_at = ?, deleted_at = ?"
-                    " WHERE id = ? AND version = ? AND deleted_at IS NULL",
-                    (
-                        *_profile_values(profile)[1:9],
-                        _iso(profile.updated_at),
-                        _iso_or_none(profile.deleted_at),
-                        profile.id,
-                        expected_version,
-                    ),
+                    # Numbered parameters: the same value list as the INSERT, plus the expected
+                    # version (created_at is written back unchanged).
+                    "UPDATE profiles SET handle = ?2, display_name = ?3, bio = ?4, avatar_url = ?5,"
+                    " locale = ?6, timezone = ?7, attributes = ?8, version = ?9, created_at = ?10,"
+                    " updated_at = ?11, deleted_at = ?12"
+                    " WHERE id = ?1 AND version = ?13 AND deleted_at IS NULL",
+                    (*profile_values(profile, _iso), expected_version),
                 )
                 if cursor.rowcount != 1:
                     raise VersionMismatch("The profile changed meanwhile.", current_version=None)
@@ -275,24 +272,6 @@ class SqliteProfiles:
             "INSERT INTO profile_links (profile_id, position, kind, url) VALUES (?, ?, ?, ?)",
             [(profile.id, i, link.kind, link.url) for i, link in enumerate(profile.fields.links)],
         )
-
-
-def _profile_values(profile: Profile) -> tuple[Any, ...]:
-    f = profile.fields
-    return (
-        profile.id,
-        f.handle,
-        f.display_name,
-        f.bio,
-        f.avatar_url,
-        f.locale,
-        f.timezone,
-        json.dumps(f.attributes),
-        profile.version,
-        _iso(profile.created_at),
-        _iso(profile.updated_at),
-        _iso_or_none(profile.deleted_at),
-    )
 
 
 class SqliteIdempotency:
