@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from keel.domain.errors import (
     VersionMismatch,
 )
 from keel.service.attributes import AttributePolicy
+from keel.service.ports import IdempotencyRecord, IdempotencyState
 from keel.service.profiles import IDEMPOTENCY_LEASE, IDEMPOTENCY_TTL, ListFilters, ProfileService
 from tests.fakes import FakeClock, InMemoryStore
 
@@ -45,6 +46,22 @@ def clock() -> FakeClock:
 @pytest.fixture
 def service(store: InMemoryStore, clock: FakeClock) -> ProfileService:
     return ProfileService(store, clock, POLICY, "eu1")
+
+
+async def hold_reservation(store: InMemoryStore, key: str, fingerprint: str, now: datetime) -> None:
+    """Another request of WRITER's holds `key` (in progress, lease running)."""
+    record = IdempotencyRecord(
+        "writer:create_profile",
+        key,
+        fingerprint,
+        IdempotencyState.IN_PROGRESS,
+        None,
+        now + IDEMPOTENCY_LEASE,
+        now + IDEMPOTENCY_TTL,
+    )
+    async with store.unit_of_work() as uow:
+        await uow.idempotency.reserve(record, now)
+        await uow.commit()
 
 
 def doc(handle: str = "ada_l", email: str = "ada@example.com", **extra: Any) -> dict[str, Any]:
@@ -170,26 +187,12 @@ async def test_a_failed_request_frees_its_key(service: ProfileService) -> None:
 async def test_in_progress_key_is_a_conflict_until_its_lease_ends(
     service: ProfileService, store: InMemoryStore, clock: FakeClock
 ) -> None:
-    from keel.service.ports import IdempotencyRecord, IdempotencyState
     from keel.service.profile_input import fields_document, parse_profile_fields
     from keel.service.profiles import _fingerprint
 
     now = clock.now()
     fingerprint = _fingerprint("create_profile", fields_document(parse_profile_fields(doc(), POLICY)))
-    async with store.unit_of_work() as uow:
-        await uow.idempotency.reserve(
-            IdempotencyRecord(
-                "writer:create_profile",
-                "k3",
-                fingerprint,
-                IdempotencyState.IN_PROGRESS,
-                None,
-                now + IDEMPOTENCY_LEASE,
-                now + IDEMPOTENCY_TTL,
-            ),
-            now,
-        )
-        await uow.commit()
+    await hold_reservation(store, "k3", fingerprint, now)
     with pytest.raises(IdempotencyInProgress):
         await service.create_profile(WRITER, doc(), idempotency_key="k3")
     # The holder died before committing (its outcome commits with its write): take over.
@@ -261,23 +264,10 @@ async def test_a_null_attributes_patch_keeps_private_attributes(service: Profile
 async def test_a_request_that_outlived_its_lease_does_not_write(
     service: ProfileService, store: InMemoryStore, clock: FakeClock
 ) -> None:
-    from keel.service.ports import IdempotencyRecord, IdempotencyState
 
     now = clock.now()
-    async with store.unit_of_work() as uow:  # another request now owns the key
-        await uow.idempotency.reserve(
-            IdempotencyRecord(
-                "writer:create_profile",
-                "k5",
-                "someone-else",
-                IdempotencyState.IN_PROGRESS,
-                None,
-                now + IDEMPOTENCY_LEASE,
-                now + IDEMPOTENCY_TTL,
-            ),
-            now,
-        )
-        await uow.commit()
+    # another request now owns the key
+    await hold_reservation(store, "k5", "someone-else", now)
     from keel.service.profile_input import parse_profile_fields
 
     stale_owner = ("writer:create_profile", "k5", "my-fingerprint")
