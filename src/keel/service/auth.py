@@ -98,13 +98,6 @@ class Authenticator:
         self._known: dict[str, tuple[Principal, float]] = {}
         self._unknown: dict[str, float] = {}
 
-    def cached(self, token: str) -> Principal | None:
-        """The principal for `token` if it is cached and still fresh; never touches the store."""
-        entry = self._known.get(_digest(token))
-        if entry is not None and entry[1] > time.monotonic():
-            return entry[0]
-        return None
-
     async def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthenticated("An API key is required: send `Authorization: Bearer keel_...`.")

@@ -73,14 +73,11 @@ async def _principal(scope: Scope, authorization: str | None) -> Principal | Non
     token = bearer_token(authorization)
     if not token:
         return None
-    authenticator = scope["app"].state.keel.authenticator
-    principal: Principal | None = authenticator.cached(token)
-    if principal is None:
-        try:
-            principal = await authenticator.authenticate(token)
-        except KeelError:
-            # The route's own authentication answers 401/503 with the right problem document.
-            return None
+    try:
+        principal: Principal = await scope["app"].state.keel.authenticator.authenticate(token)
+    except KeelError:
+        # The route's own authentication answers 401/503 with the right problem document.
+        return None
     return principal
 
 
