@@ -18,6 +18,13 @@ from keel.observability.database import DatabaseObserver
 from keel.observability.logging import configure_logging
 from keel.observability.metrics import Metrics
 from keel.observability.tracing import PropagatingTracer, build_tracer_provider, tracer_from
+from keel.ratelimit.catalog import RateLimitCatalog
+from keel.ratelimit.guard import RateLimitGuard
+from keel.ratelimit.memory import InMemoryRateLimiter
+from keel.ratelimit.ports import RateLimiter
+from keel.resilience.adaptive_limit import GradientLimit
+from keel.resilience.breaker import BreakerState, CircuitBreaker
+from keel.resilience.load_shedder import LoadShedder, Priority
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
@@ -43,10 +50,82 @@ class Keel:
     tracer_provider: TracerProvider
     tracer: Tracer
     expected_schema_revision: str
+    rate_limit_catalog: RateLimitCatalog
+    rate_limits: RateLimitGuard | None  # None: the kill switch is on
+    shedder: LoadShedder | None
+    breakers: dict[str, CircuitBreaker]
 
     async def close(self) -> None:
+        if self.rate_limits is not None:
+            await self.rate_limits.close()
         await self.store.close()
         self.tracer_provider.shutdown()
+
+
+_BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def build_breaker(name: str, metrics: Metrics, **options: float) -> CircuitBreaker:
+    log = structlog.get_logger("keel.resilience")
+    metrics.breaker_state.labels(name).set(0)
+
+    def on_transition(breaker: str, previous: BreakerState, state: BreakerState) -> None:
+        metrics.breaker_state.labels(breaker).set(_BREAKER_STATE_VALUES[state])
+        metrics.breaker_transitions.labels(breaker, state.value).inc()
+        log.warning("circuit_breaker_transition", breaker=breaker, previous=previous.value, state=state.value)
+
+    return CircuitBreaker(name, on_transition=on_transition, **options)  # type: ignore[arg-type]
+
+
+def build_rate_limiter(
+    settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker]
+) -> RateLimiter:
+    """In process when embedded; on Redis, failing open to a local share of the quota."""
+    if settings.redis_url is None:
+        return InMemoryRateLimiter()
+    from keel.ratelimit.fallback import FailOpenRateLimiter
+    from keel.ratelimit.redis import RedisRateLimiter, connect
+
+    timeout = settings.ratelimit_redis_timeout_seconds
+    breaker = breakers["redis"] = build_breaker(
+        "redis", metrics, open_seconds=settings.ratelimit_breaker_open_seconds
+    )
+    fallbacks = metrics.ratelimit_fallbacks
+    return FailOpenRateLimiter(
+        RedisRateLimiter(connect(settings.redis_url, timeout_seconds=timeout), timeout_seconds=timeout),
+        local=InMemoryRateLimiter(),
+        breaker=breaker,
+        nodes=settings.ratelimit_nodes,
+        on_fallback=lambda reason: fallbacks.labels(reason).inc(),
+    )
+
+
+def build_rate_limit_catalog(settings: Settings) -> RateLimitCatalog:
+    plans = (
+        {name: plan.to_plan(name) for name, plan in settings.ratelimit_plans.items()}
+        if settings.ratelimit_plans is not None
+        else None
+    )
+    return RateLimitCatalog.build(
+        plans=plans,
+        default_plan=settings.ratelimit_default_plan,
+        anonymous_plan=settings.ratelimit_anonymous_plan,
+        costs=settings.ratelimit_costs,
+    )
+
+
+def build_load_shedder(settings: Settings, metrics: Metrics) -> LoadShedder | None:
+    if not settings.load_shedding_enabled:
+        return None
+    metrics.concurrency_limit.set(settings.concurrency_limit_initial)
+    limit = GradientLimit(
+        initial=settings.concurrency_limit_initial,
+        minimum=settings.concurrency_limit_min,
+        maximum=settings.concurrency_limit_max,
+        on_change=metrics.concurrency_limit.set,
+    )
+    shed = {p: metrics.load_shed.labels(p.name.lower()) for p in Priority}
+    return LoadShedder(limit, on_shed=lambda priority: shed[priority].inc())
 
 
 async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
@@ -85,6 +164,7 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         if settings.attribute_schema is not None
         else AttributePolicy()
     )
+    catalog = build_rate_limit_catalog(settings)
     metrics = metrics or Metrics()
     tracer_provider = build_tracer_provider(
         exporter=settings.trace_exporter,
@@ -101,6 +181,12 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         await store.close()
         raise
     clock = SystemClock()
+    breakers: dict[str, CircuitBreaker] = {}
+    guard = (
+        RateLimitGuard(build_rate_limiter(settings, metrics, breakers), metrics)
+        if settings.ratelimit_enabled
+        else None
+    )
     return Keel(
         settings=settings,
         store=store,
@@ -111,6 +197,10 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         tracer_provider=tracer_provider,
         tracer=tracer,
         expected_schema_revision=head_revision(),
+        rate_limit_catalog=catalog,
+        rate_limits=guard,
+        shedder=build_load_shedder(settings, metrics),
+        breakers=breakers,
     )
 
 

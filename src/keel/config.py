@@ -5,10 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.domain.ids import REGION_PATTERN
+from keel.ratelimit.policy import Plan, Policy
+
+
+class PolicySettings(BaseModel):
+    name: str
+    quota: int = Field(gt=0)
+    window_seconds: float = Field(gt=0)
+    burst: int | None = Field(default=None, gt=0, description="Defaults to the quota.")
+    shadow: bool = False
+
+
+class PlanSettings(BaseModel):
+    policies: list[PolicySettings]
+    concurrency: int = Field(default=20, gt=0)
+
+    def to_plan(self, name: str) -> Plan:
+        return Plan(
+            name,
+            tuple(
+                Policy(p.name, p.quota, p.window_seconds, p.burst or p.quota, p.shadow) for p in self.policies
+            ),
+            self.concurrency,
+        )
 
 
 class Settings(BaseSettings):
@@ -36,6 +59,29 @@ class Settings(BaseSettings):
     trace_sampling_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     otlp_endpoint: str | None = None
     service_name: str = "keel"
+
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db; rate limits are shared through it when set."
+    )
+    ratelimit_enabled: bool = Field(default=True, description="The global kill switch for rate limits.")
+    ratelimit_plans: dict[str, PlanSettings] | None = Field(
+        default=None, description="JSON: plan name -> {policies: [...], concurrency}; None = built-in plans."
+    )
+    ratelimit_default_plan: str = "standard"
+    ratelimit_anonymous_plan: str = "anonymous"
+    ratelimit_costs: dict[str, int] = Field(default_factory=dict, description="JSON: operation -> units.")
+    ratelimit_nodes: int = Field(
+        default=1, ge=1, description="Keel processes sharing the quotas; divides them when Redis is down."
+    )
+    ratelimit_redis_timeout_seconds: float = Field(default=0.05, gt=0)
+    ratelimit_breaker_open_seconds: float = Field(default=2.0, gt=0)
+    trusted_proxy_hops: int = Field(
+        default=0, ge=0, description="Proxies in front of Keel whose X-Forwarded-For entries are trusted."
+    )
+    load_shedding_enabled: bool = True
+    concurrency_limit_initial: int = Field(default=32, ge=1)
+    concurrency_limit_min: int = Field(default=8, ge=1)
+    concurrency_limit_max: int = Field(default=512, ge=1)
 
     @field_validator("region")
     @classmethod

@@ -180,6 +180,7 @@ async def test_api_keys_round_trip(store: Store) -> None:
         api_version="2026-11-28",
         name="ops",
         created_at=NOW,
+        plan="partner",
     )
     async with store.unit_of_work() as uow:
         await uow.api_keys.add(key)

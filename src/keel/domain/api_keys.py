@@ -24,6 +24,7 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked_at: datetime | None = None
+    plan: str = "standard"  # the rate-limit plan applied to this key's requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class Principal:
     key_id: str
     scopes: frozenset[Scope]
     api_version: str
+    plan: str = "standard"
 
     def can(self, scope: Scope) -> bool:
         # admin implies every other scope: an operator key must be able to do what any key can.

@@ -46,6 +46,45 @@ class Metrics:
         self.db_pool_in_use = Gauge(
             "keel_db_pool_connections_in_use", "Database connections lent out now.", registry=r
         )
+        self.ratelimit_decisions = Counter(
+            "keel_ratelimit_decisions",
+            "Rate-limit decisions by policy and outcome (allowed, rejected, shadow_rejected).",
+            ["policy", "outcome"],
+            registry=r,
+        )
+        self.ratelimit_fallbacks = Counter(
+            "keel_ratelimit_fallbacks",
+            "Decisions made by the local limiter because the shared one was unavailable, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.ratelimit_decision_duration = Histogram(
+            "keel_ratelimit_decision_duration_seconds",
+            "Time to take a rate-limit decision, by backend (shared or local).",
+            ["backend"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "keel_circuit_breaker_state",
+            "Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open.",
+            ["breaker"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "keel_circuit_breaker_transitions",
+            "Circuit breaker state changes, by dependency and new state.",
+            ["breaker", "state"],
+            registry=r,
+        )
+        self.concurrency_limit = Gauge(
+            "keel_adaptive_concurrency_limit",
+            "The current adaptive concurrency limit of this process.",
+            registry=r,
+        )
+        self.load_shed = Counter(
+            "keel_load_shed", "Requests refused by load shedding, by priority.", ["priority"], registry=r
+        )
         Info("keel_build", "Keel build information.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )

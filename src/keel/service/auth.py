@@ -42,7 +42,13 @@ class IssuedKey:
 
 
 async def issue_api_key(
-    store: Store, clock: Clock, *, scopes: Iterable[Scope], api_version: str, name: str
+    store: Store,
+    clock: Clock,
+    *,
+    scopes: Iterable[Scope],
+    api_version: str,
+    name: str,
+    plan: str = "standard",
 ) -> IssuedKey:
     """Create and store a key; the returned token is the only time the secret exists in clear."""
     key_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()
@@ -54,6 +60,7 @@ async def issue_api_key(
         api_version=api_version,
         name=name,
         created_at=clock.now(),
+        plan=plan,
     )
     async with store.unit_of_work() as uow:
         await uow.api_keys.add(key)
@@ -125,7 +132,7 @@ class Authenticator:
         # Constant-time comparison: the hash must not leak through response timing.
         if key is None or key.revoked_at is not None or not hmac.compare_digest(key.secret_hash, digest):
             return None
-        return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version)
+        return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)
 
 
 def _remember(cache: dict[str, _V], digest: str, value: _V, max_entries: int) -> None:

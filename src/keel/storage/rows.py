@@ -87,7 +87,7 @@ def uniqueness_conflict(constraint_text: str) -> Conflict:
     return Conflict("This email address is already used by another profile.", field="/emails")
 
 
-API_KEY_COLUMNS = "id, secret_hash, scopes, api_version, name, created_at, revoked_at"
+API_KEY_COLUMNS = "id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan"
 
 
 def api_key_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> ApiKey:
@@ -99,6 +99,7 @@ def api_key_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) 
         name=row[4],
         created_at=parse_time(row[5]),
         revoked_at=parse_time(row[6]) if row[6] is not None else None,
+        plan=row[7],
     )
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from keel import __version__
 from keel.api.rest import health, routes
+from keel.api.rest.admission import Admission
 from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
@@ -44,6 +45,8 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     install_problem_handlers(app)
     app.include_router(health.router)
     app.generate_and_include_versioned_routers(routes.router)
+    # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.
+    app.add_middleware(Admission, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.add_middleware(
         RequestEnvelope,
         metrics=metrics,

@@ -69,6 +69,7 @@ def problem_response(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
     instance: str | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": problem_type(code),
@@ -81,6 +82,8 @@ def problem_response(
         body["instance"] = instance
     if errors is not None:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    if extensions:
+        body.update(extensions)
     return Response(json.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

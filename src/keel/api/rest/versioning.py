@@ -45,7 +45,8 @@ class KeelVersionPicker(VersionPickingMiddleware):
                 f"{VERSION_HEADER} must be one of: {', '.join(sorted(SUPPORTED_VERSIONS))}.",
             )(scope, receive, send)
             return
-        principal = await _principal(scope, authorization)
+        # Admission has usually authenticated the caller already; look up only if it has not.
+        principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY) or await _principal(scope, authorization)
         if principal is not None:
             # Handed to the route, so that the key is looked up once per request.
             scope[PRINCIPAL_SCOPE_KEY] = principal

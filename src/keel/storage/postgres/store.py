@@ -352,8 +352,9 @@ class PostgresApiKeys:
     async def add(self, key: ApiKey) -> None:
         with self._observer.call("add_api_key"):
             await self._db.execute(
-                "INSERT INTO api_keys (id, secret_hash, scopes, api_version, name, created_at, revoked_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO api_keys"
+                " (id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 key.id,
                 key.secret_hash,
                 " ".join(sorted(key.scopes)),
@@ -361,6 +362,7 @@ class PostgresApiKeys:
                 key.name,
                 key.created_at,
                 key.revoked_at,
+                key.plan,
             )
 
     async def get(self, key_id: str) -> ApiKey | None:

@@ -340,8 +340,9 @@ class SqliteApiKeys:
     async def add(self, key: ApiKey) -> None:
         with self._observer.call("add_api_key"):
             await self._db.execute(
-                "INSERT INTO api_keys (id, secret_hash, scopes, api_version, name, created_at, revoked_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO api_keys"
+                " (id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.secret_hash,
@@ -350,6 +351,7 @@ class SqliteApiKeys:
                     key.name,
                     _iso(key.created_at),
                     _iso_or_none(key.revoked_at),
+                    key.plan,
                 ),
             )
 

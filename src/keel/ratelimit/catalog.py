@@ -1,0 +1,66 @@
+"""Which plan applies to a caller and what an operation costs: the configuration of rate limits,
+checked once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from keel.ratelimit.policy import DEFAULT_PLANS, Plan
+
+# Units charged per operation. Protocol adapters name their operations with these keys.
+DEFAULT_COSTS: dict[str, int] = {
+    "profiles.get": 1,
+    "profiles.list": 10,
+    "profiles.create": 5,
+    "profiles.update": 5,
+    "profiles.delete": 5,
+    "other": 1,
+}
+
+
+@dataclass(frozen=True)
+class RateLimitCatalog:
+    plans: Mapping[str, Plan]
+    default_plan: str
+    anonymous_plan: str
+    costs: Mapping[str, int]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        plans: Mapping[str, Plan] | None = None,
+        default_plan: str = "standard",
+        anonymous_plan: str = "anonymous",
+        costs: Mapping[str, int] | None = None,
+    ) -> RateLimitCatalog:
+        """Refuses a configuration under which some request could never be admitted."""
+        catalog = cls(
+            plans=dict(plans or DEFAULT_PLANS),
+            default_plan=default_plan,
+            anonymous_plan=anonymous_plan,
+            costs={**DEFAULT_COSTS, **(costs or {})},
+        )
+        for name in (default_plan, anonymous_plan):
+            if name not in catalog.plans:
+                raise ValueError(f"rate-limit plan {name!r} is not configured ({', '.join(catalog.plans)})")
+        if any(cost < 1 for cost in catalog.costs.values()):
+            raise ValueError("rate-limit costs must be positive")
+        dearest = max(catalog.costs.values())
+        for plan in catalog.plans.values():
+            if plan.smallest_burst and plan.smallest_burst < dearest:
+                raise ValueError(
+                    f"plan {plan.name!r}: a burst of {plan.smallest_burst} can never admit an operation"
+                    f" costing {dearest}; raise the burst or lower the cost"
+                )
+        return catalog
+
+    def plan_named(self, name: str | None) -> Plan:
+        """The key's plan; a key whose plan was removed from the configuration gets the default."""
+        if name is None:
+            return self.plans[self.anonymous_plan]
+        return self.plans.get(name) or self.plans[self.default_plan]
+
+    def cost_of(self, operation: str) -> int:
+        return self.costs.get(operation) or self.costs["other"]

@@ -1,0 +1,79 @@
+"""Failing open, but bounded: when the shared limiter (Redis) fails or is slow, decisions move
+to an in-process limiter whose quotas are the plan's divided by the number of Keel nodes, so the
+fleet as a whole still admits about one quota. A circuit breaker keeps Redis out of the request
+path for a few seconds after errors, and probes it to come back by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from keel.ratelimit.gcra import Decision
+from keel.ratelimit.memory import InMemoryRateLimiter
+from keel.ratelimit.policy import Plan
+from keel.ratelimit.ports import LimiterUnavailable, RateLimiter
+from keel.resilience.breaker import CircuitBreaker
+
+FallbackObserver = Callable[[str], None]  # called with the reason of each local decision
+
+
+class FailOpenRateLimiter:
+    def __init__(
+        self,
+        shared: RateLimiter,
+        *,
+        local: InMemoryRateLimiter,
+        breaker: CircuitBreaker,
+        nodes: int,
+        on_fallback: FallbackObserver,
+    ) -> None:
+        self._shared = shared
+        self._local = local
+        self._breaker = breaker
+        self._nodes = nodes
+        self._on_fallback = on_fallback
+        self._local_plans: dict[int, Plan] = {}
+
+    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+        if self._breaker.allow():
+            try:
+                decision = await self._shared.acquire(client, plan, cost)
+            except LimiterUnavailable as error:
+                self._breaker.record_failure()
+                self._on_fallback(str(error))
+            except BaseException:
+                # Cancelled mid-call: the probe slot must not stay taken.
+                self._breaker.record_failure()
+                raise
+            else:
+                self._breaker.record_success()
+                return decision
+        else:
+            self._on_fallback("breaker_open")
+        local = self._local.acquire_now(client, self._local_plan(plan), cost)
+        return dataclasses.replace(local, degraded=True)
+
+    async def refund(self, client: str, plan: Plan, cost: int) -> None:
+        if self._breaker.allow():
+            try:
+                await self._shared.refund(client, plan, cost)
+            except LimiterUnavailable:
+                self._breaker.record_failure()
+            except BaseException:
+                self._breaker.record_failure()
+                raise
+            else:
+                self._breaker.record_success()
+                return
+        await self._local.refund(client, self._local_plan(plan), cost)
+
+    async def close(self) -> None:
+        await self._shared.close()
+        await self._local.close()
+
+    def _local_plan(self, plan: Plan) -> Plan:
+        local = self._local_plans.get(id(plan))
+        if local is None:
+            local = self._local_plans[id(plan)] = plan.divided(self._nodes)
+        return local

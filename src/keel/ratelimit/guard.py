@@ -1,0 +1,99 @@
+"""Admission by rate limits, the same for every protocol: the per-client concurrency cap, then
+one atomic decision over all of the plan's policies; metrics and sampled log lines for both.
+Protocol adapters turn the outcome into their own headers and errors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from keel.observability.metrics import Metrics
+from keel.observability.sampled_log import SampledLog
+from keel.ratelimit.gcra import Decision
+from keel.ratelimit.headers import format_ratelimit_header
+from keel.ratelimit.policy import Plan
+from keel.ratelimit.ports import RateLimiter
+
+CONCURRENCY_POLICY = "concurrency"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitOutcome:
+    allowed: bool
+    plan: Plan
+    decision: Decision | None  # None when refused by the concurrency cap before any decision
+    ratelimit_header: str | None
+
+    @property
+    def violated_policies(self) -> list[str]:
+        if self.decision is None:
+            return [CONCURRENCY_POLICY]
+        return [s.policy.name for s in self.decision.violated]
+
+    @property
+    def retry_after_seconds(self) -> int:
+        if self.decision is None:
+            return 1  # a slot frees when one of the client's own requests ends
+        return max(1, self.decision.retry_after_seconds)
+
+
+class RateLimitGuard:
+    def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
+        self._limiter = limiter
+        self._metrics = metrics
+        self._in_flight: dict[str, int] = {}
+        self._decision_series: dict[tuple[str, str], Counter] = {}
+        self._rejections = SampledLog("keel.ratelimit")
+
+    async def admit(self, client: str, plan: Plan, cost: int) -> RateLimitOutcome:
+        """On `allowed`, the caller must call `release(client)` when the request ends."""
+        in_flight = self._in_flight.get(client, 0)
+        if in_flight >= plan.concurrency:
+            self._count(CONCURRENCY_POLICY, "rejected")
+            self._rejections.warning(
+                "rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY]
+            )
+            return RateLimitOutcome(False, plan, None, f'"{CONCURRENCY_POLICY}";r=0')
+        started = time.perf_counter()
+        decision = await self._limiter.acquire(client, plan, cost)
+        self._metrics.ratelimit_decision_duration.labels("local" if decision.degraded else "shared").observe(
+            time.perf_counter() - started
+        )
+        for state in decision.states:
+            if state.conforms:
+                self._count(state.policy.name, "allowed" if decision.allowed else "not_charged")
+            else:
+                self._count(state.policy.name, "shadow_rejected" if state.policy.shadow else "rejected")
+        if decision.allowed:
+            self._in_flight[client] = in_flight + 1
+        else:
+            self._rejections.warning(
+                "rate_limited",
+                client=client,
+                plan=plan.name,
+                policies=[s.policy.name for s in decision.violated],
+            )
+        return RateLimitOutcome(decision.allowed, plan, decision, format_ratelimit_header(decision))
+
+    def release(self, client: str) -> None:
+        left = self._in_flight[client] - 1
+        if left:
+            self._in_flight[client] = left
+        else:
+            del self._in_flight[client]
+
+    async def refund(self, client: str, plan: Plan, cost: int) -> None:
+        await self._limiter.refund(client, plan, cost)
+
+    async def close(self) -> None:
+        await self._limiter.close()
+
+    def _count(self, policy: str, outcome: str) -> None:
+        series = self._decision_series.get((policy, outcome))
+        if series is None:
+            series = self._decision_series[(policy, outcome)] = self._metrics.ratelimit_decisions.labels(
+                policy, outcome
+            )
+        series.inc()

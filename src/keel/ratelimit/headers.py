@@ -1,0 +1,39 @@
+"""The RateLimit-Policy and RateLimit fields of the IETF httpapi draft
+(draft-ietf-httpapi-ratelimit-headers), serialized as HTTP structured fields (lists of items
+with parameters). Protocol-neutral strings: REST sends them as headers, gRPC as metadata.
+
+Quota units are the request costs (a read costs 1, a list 10...), not request counts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keel.ratelimit.gcra import Decision
+    from keel.ratelimit.policy import Plan, Policy
+
+
+def _number(value: float) -> str:
+    # Structured-field integers where possible; decimals have at most three fractional digits.
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
+
+
+def _policy_item(policy: Policy) -> str:
+    return f'"{policy.name}";q={policy.quota};w={_number(policy.window_seconds)}'
+
+
+def format_policy_header(plan: Plan) -> str:
+    """`"burst";q=20;w=1, "hourly";q=5000;w=3600, "concurrency";q=20;qu="concurrent-requests"`."""
+    items = [_policy_item(p) for p in plan.policies]
+    items.append(f'"concurrency";q={plan.concurrency};qu="concurrent-requests"')
+    return ", ".join(items)
+
+
+def format_ratelimit_header(decision: Decision) -> str | None:
+    """The policy closest to its limit: `"burst";r=12;t=1` (t rounded up to whole seconds)."""
+    state = decision.closest
+    if state is None:
+        return None
+    return f'"{state.policy.name}";r={state.remaining};t={math.ceil(state.reset_seconds)}'

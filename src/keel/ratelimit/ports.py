@@ -1,0 +1,24 @@
+"""What the request path needs from a rate limiter, whatever stores its state."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from keel.ratelimit.gcra import Decision
+from keel.ratelimit.policy import Plan
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+        """Check every policy of the plan and charge them all, or none: one atomic step."""
+        ...
+
+    async def refund(self, client: str, plan: Plan, cost: int) -> None:
+        """Give back units of a request that turned out free (a 304)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LimiterUnavailable(Exception):
+    """The shared limiter store did not answer in time, or failed."""

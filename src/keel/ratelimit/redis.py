@@ -1,0 +1,152 @@
+"""The shared limiter on Redis: one Lua script per decision, so that checking and charging every
+policy of a request is one atomic step, on the Redis server's clock (`TIME`), whichever Keel
+process asks.
+
+Keys are `keel:rl:{<client>}:<policy>`: the hash tag keeps a client's policies on one Redis
+Cluster slot, as a multi-key script needs. Every key written gets a TTL equal to the time its
+TAT stays in the future, so an idle client leaves nothing behind. The kill switch is a key the
+script reads (`keel ratelimit off` sets it), so it takes effect fleet-wide without a restart and
+without another round trip.
+
+Timeouts are short and there are no client-side retries: the caller (`FailOpenRateLimiter`)
+decides what happens when Redis does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from keel.ratelimit.gcra import Decision, describe
+from keel.ratelimit.policy import Plan
+from keel.ratelimit.ports import LimiterUnavailable
+
+KILL_SWITCH_KEY = "keel:rl:switch"
+
+# ARGV: mode ("acquire" | "refund"), cost, then per policy: emission interval (µs),
+# tolerance (µs), shadow (0 | 1). KEYS: one per policy, then the kill switch.
+# Returns {now_us, switched_off, verdict_1, tat_1, verdict_2, tat_2, ...}; tat -1 = none stored.
+GCRA_SCRIPT = """
+local n = #KEYS - 1
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local mode = ARGV[1]
+local cost = tonumber(ARGV[2])
+local result = {now, 0}
+if mode == 'acquire' and redis.call('GET', KEYS[n + 1]) == 'off' then
+  result[2] = 1
+  return result
+end
+local tats = {}
+local verdicts = {}
+local admit = true
+for i = 1, n do
+  local interval = tonumber(ARGV[3 * i])
+  local tolerance = tonumber(ARGV[3 * i + 1])
+  local shadow = ARGV[3 * i + 2] == '1'
+  local stored = redis.call('GET', KEYS[i])
+  local tat = stored and tonumber(stored) or nil
+  tats[i] = tat
+  if mode == 'refund' then
+    if tat then
+      local back = tat - cost * interval
+      if back > now then
+        redis.call('SET', KEYS[i], string.format('%.0f', back), 'PX', math.ceil((back - now) / 1000) + 1)
+      else
+        redis.call('DEL', KEYS[i])
+      end
+    end
+  else
+    local start = (tat and tat > now) and tat or now
+    verdicts[i] = start + cost * interval - tolerance <= now
+    if not verdicts[i] and not shadow then admit = false end
+  end
+end
+if mode == 'refund' then return result end
+for i = 1, n do
+  local tat = tats[i]
+  if admit and verdicts[i] then
+    local interval = tonumber(ARGV[3 * i])
+    local start = (tat and tat > now) and tat or now
+    tat = start + cost * interval
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  result[#result + 1] = verdicts[i] and 1 or 0
+  result[#result + 1] = tat and string.format('%.0f', tat) or '-1'
+end
+return result
+"""
+
+
+def policy_key(client: str, policy_name: str) -> str:
+    return f"keel:rl:{{{client}}}:{policy_name}"
+
+
+def connect(url: str, *, timeout_seconds: float, max_connections: int = 64) -> Redis:
+    """A client with short timeouts and no retries, for the decision path."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_seconds,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return Redis(connection_pool=pool)
+
+
+class RedisRateLimiter:
+    def __init__(self, client: Redis, *, timeout_seconds: float) -> None:
+        self._client = client
+        self._timeout = timeout_seconds
+        self._script = client.register_script(GCRA_SCRIPT)
+        self._args: dict[tuple[str, int], list[str | int | float]] = {}
+
+    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+        reply = await self._run("acquire", client, plan, cost)
+        now = float(reply[0])
+        if int(reply[1]):
+            return describe(
+                [True] * len(plan.policies), [None] * len(plan.policies), now, plan.policies, cost
+            )
+        verdicts = [bool(int(v)) for v in reply[2::2]]
+        stored: list[float | None] = [None if int(t) < 0 else float(t) for t in reply[3::2]]
+        return describe(verdicts, stored, now, plan.policies, cost)
+
+    async def refund(self, client: str, plan: Plan, cost: int) -> None:
+        await self._run("refund", client, plan, cost)
+
+    async def _run(self, mode: str, client: str, plan: Plan, cost: int) -> list[bytes | int]:
+        keys = [policy_key(client, p.name) for p in plan.policies]
+        keys.append(KILL_SWITCH_KEY)
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply: list[bytes | int] = await self._script(
+                    keys=keys, args=self._arguments(mode, plan, cost)
+                )
+        except (RedisError, OSError, TimeoutError) as error:
+            raise LimiterUnavailable(type(error).__name__) from error
+        return reply
+
+    def _arguments(self, mode: str, plan: Plan, cost: int) -> list[str | int | float]:
+        policy_args = self._args.get((plan.name, id(plan)))
+        if policy_args is None:
+            policy_args = []
+            for p in plan.policies:
+                policy_args += [repr(p.emission_interval_us), repr(p.tolerance_us), int(p.shadow)]
+            self._args[(plan.name, id(plan))] = policy_args
+        return [mode, cost, *policy_args]
+
+    async def set_switch(self, enabled: bool) -> None:
+        """The fleet-wide kill switch: off admits everything (headers still describe the plans)."""
+        if enabled:
+            await self._client.delete(KILL_SWITCH_KEY)
+        else:
+            await self._client.set(KILL_SWITCH_KEY, "off")
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,69 @@
+"""Load shedding by priority under the adaptive concurrency limit.
+
+Critical work (writes, reads of one profile) may use the whole limit, normal work 90 % of it,
+sheddable work (lists, searches, bulk) 80 %: as load grows, sheddable requests are refused first.
+Each priority sheds with hysteresis: once it has refused a request it keeps refusing until the
+in-flight count has fallen below `restore_ratio` of its share, so admission does not flap at the
+boundary. Rejections happen before any other work and cost almost nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import IntEnum
+
+from keel.resilience.adaptive_limit import GradientLimit
+
+
+class Priority(IntEnum):
+    CRITICAL = 0
+    NORMAL = 1
+    SHEDDABLE = 2
+
+
+SHARES = {Priority.CRITICAL: 1.0, Priority.NORMAL: 0.9, Priority.SHEDDABLE: 0.8}
+
+
+class LoadShedder:
+    def __init__(
+        self,
+        limit: GradientLimit,
+        *,
+        restore_ratio: float = 0.85,
+        clock: Callable[[], float] = time.perf_counter,
+        on_shed: Callable[[Priority], None] | None = None,
+    ) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._restore_ratio = restore_ratio
+        self._clock = clock
+        self._on_shed = on_shed
+        self._shedding = dict.fromkeys(Priority, False)
+
+    def try_admit(self, priority: Priority) -> float | None:
+        """The admission time of an admitted request (pass it to `release`), None when shed."""
+        allowed = self.limit.limit * SHARES[priority]
+        if self._shedding[priority]:
+            if self.in_flight >= allowed * self._restore_ratio:
+                self._shed(priority)
+                return None
+            self._shedding[priority] = False
+        elif self.in_flight >= allowed:
+            self._shedding[priority] = True
+            self._shed(priority)
+            return None
+        self.in_flight += 1
+        return self._clock()
+
+    def release(self, admitted_at: float) -> None:
+        in_flight_at_end = self.in_flight
+        self.in_flight -= 1
+        self.limit.observe(self._clock() - admitted_at, in_flight_at_end)
+
+    def shedding(self, priority: Priority) -> bool:
+        return self._shedding[priority]
+
+    def _shed(self, priority: Priority) -> None:
+        if self._on_shed is not None:
+            self._on_shed(priority)
