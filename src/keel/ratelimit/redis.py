@@ -96,7 +96,7 @@ def connect(url: str, *, timeout_seconds: float, max_connections: int = 64) -> R
         socket_connect_timeout=timeout_seconds,
         retry=Retry(NoBackoff(), 0),
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
 class RedisRateLimiter:

@@ -1,0 +1,236 @@
+"""Rate limits and load shedding as a REST client sees them: RateLimit headers on every API
+response, 429 problems with a truthful Retry-After, free 304s, the per-client concurrency cap,
+anonymous callers limited by address, plans per key, the kill switch, and fast 503s when the
+service sheds load. On the in-process limiter and on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import http_sf
+import httpx
+import pytest
+
+from keel.api.rest.app import build_rest_app
+from keel.bootstrap import Keel, build_keel
+from keel.config import Settings
+from keel.domain.api_keys import Scope
+from keel.service.auth import issue_api_key
+from tests.e2e.conftest import bearer
+from tests.e2e.test_rest_profiles import assert_problem, body
+
+TIGHT_PLANS = {
+    "standard": {
+        "policies": [{"name": "burst", "quota": 1, "window_seconds": 60, "burst": 12}],
+        "concurrency": 1,
+    },
+    "partner": {"policies": [{"name": "burst", "quota": 1000, "window_seconds": 1, "burst": 1000}]},
+    "anonymous": {"policies": [{"name": "burst", "quota": 1, "window_seconds": 60, "burst": 10}]},
+}
+
+
+class Harness:
+    def __init__(self, keel: Keel, client: httpx.AsyncClient) -> None:
+        self.keel = keel
+        self.client = client
+
+    async def key(self, plan: str = "standard") -> dict[str, str]:
+        issued = await issue_api_key(
+            self.keel.store,
+            self.keel.clock,
+            scopes=[Scope.PROFILES_READ, Scope.PROFILES_WRITE],
+            api_version="2026-11-28",
+            name=plan,
+            plan=plan,
+        )
+        return bearer(issued.token)
+
+
+async def _harness(settings: Settings, client_address: str = "198.51.100.1") -> tuple[Harness, Keel]:
+    keel = await build_keel(settings)
+    app = build_rest_app(settings, keel.metrics)
+    app.state.keel = keel
+    transport = httpx.ASGITransport(app=app, client=(client_address, 4000))
+    return Harness(keel, httpx.AsyncClient(transport=transport, base_url="http://keel.test")), keel
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limiter_settings(request: pytest.FixtureRequest, sqlite_url: str) -> dict[str, Any]:
+    options: dict[str, Any] = {"database_url": sqlite_url, "ratelimit_plans": TIGHT_PLANS}
+    if request.param == "redis":
+        options["redis_url"] = request.getfixturevalue("redis_url")
+    return options
+
+
+@pytest.fixture
+async def harness(limiter_settings: dict[str, Any]) -> AsyncIterator[Harness]:
+    built, keel = await _harness(Settings(**limiter_settings))
+    async with built.client:
+        yield built
+    await keel.close()
+
+
+def _parse(value: str) -> list[tuple[str, dict[str, Any]]]:
+    parsed: list[tuple[str, dict[str, Any]]] = http_sf.parse(value.encode(), tltype="list")  # type: ignore[assignment]
+    return parsed
+
+
+async def test_every_api_response_describes_the_limits(harness: Harness) -> None:
+    key = await harness.key()
+    response = await harness.client.post("/v1/profiles", json=body(), headers=key)
+    assert response.status_code == 201
+    assert _parse(response.headers["ratelimit-policy"]) == [
+        ("burst", {"q": 1, "w": 60}),
+        ("concurrency", {"q": 1, "qu": "concurrent-requests"}),
+    ]
+    # A write costs 5 of the burst of 12.
+    assert _parse(response.headers["ratelimit"]) == [("burst", {"r": 7, "t": 300})]
+    missing = await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
+    assert missing.status_code == 404
+    assert _parse(missing.headers["ratelimit"])[0][1]["r"] == 6
+
+
+async def test_over_the_quota_is_a_429_problem_with_a_truthful_retry_after(harness: Harness) -> None:
+    key = await harness.key()
+    statuses = [(await harness.client.get("/v1/profiles", headers=key)).status_code for _ in range(2)]
+    assert statuses == [200, 429]  # a list costs 10 of the burst of 12
+    rejected = await harness.client.get("/v1/profiles", headers=key)
+    problem = assert_problem(rejected, 429, "quota-exceeded")
+    assert problem["violated_policies"] == ["burst"]
+    # 8 units short at one unit a minute: never earlier than the real refill time.
+    assert int(rejected.headers["retry-after"]) >= 8 * 60
+    assert _parse(rejected.headers["ratelimit"]) == [("burst", {"r": 2, "t": 600})]
+    # Cheaper requests that still fit are admitted.
+    assert (
+        await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
+    ).status_code == 404
+
+
+async def test_not_modified_responses_are_free(harness: Harness) -> None:
+    key = await harness.key()
+    created = await harness.client.post("/v1/profiles", json=body(), headers=key)
+    location, tag = created.headers["location"], created.headers["etag"]
+    conditional = {**key, "If-None-Match": tag}
+    statuses = [(await harness.client.get(location, headers=conditional)).status_code for _ in range(30)]
+    assert statuses == [304] * 30
+    assert _parse((await harness.client.get(location, headers=key)).headers["ratelimit"])[0][1]["r"] == 6
+
+
+async def test_each_client_has_its_own_quota(harness: Harness) -> None:
+    greedy, modest = await harness.key(), await harness.key()
+    for _ in range(3):
+        await harness.client.get("/v1/profiles", headers=greedy)
+    assert (await harness.client.get("/v1/profiles", headers=greedy)).status_code == 429
+    assert (await harness.client.get("/v1/profiles", headers=modest)).status_code == 200
+
+
+async def test_plans_are_assigned_per_key(harness: Harness) -> None:
+    partner = await harness.key("partner")
+    statuses = [(await harness.client.get("/v1/profiles", headers=partner)).status_code for _ in range(20)]
+    assert statuses == [200] * 20
+    response = await harness.client.get("/v1/profiles", headers=partner)
+    assert _parse(response.headers["ratelimit-policy"])[0] == ("burst", {"q": 1000, "w": 1})
+
+
+async def test_anonymous_and_unknown_keys_are_limited_by_address(harness: Harness) -> None:
+    unknown = bearer("keel_nosuchkey_secret")
+    statuses = [(await harness.client.get("/v1/profiles", headers=unknown)).status_code for _ in range(2)]
+    assert statuses == [401, 429]  # key guessing is limited too
+    assert (await harness.client.get("/v1/profiles")).status_code == 429  # same address
+
+
+async def test_the_concurrency_cap_refuses_a_second_request_in_flight(harness: Harness) -> None:
+    key = await harness.key()
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        await release.wait()
+        yield json.dumps(body()).encode()
+
+    first = asyncio.create_task(
+        harness.client.post(
+            "/v1/profiles", content=slow_body(), headers={**key, "Content-Type": "application/json"}
+        )
+    )
+    await asyncio.sleep(0.05)
+    second = await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
+    problem = assert_problem(second, 429, "quota-exceeded")
+    assert problem["violated_policies"] == ["concurrency"]
+    release.set()
+    assert (await first).status_code == 201
+    after = await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
+    assert after.status_code == 404
+
+
+async def test_health_and_metrics_are_never_limited(harness: Harness) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        statuses = {(await harness.client.get(path)).status_code for _ in range(25)}
+        assert statuses == {200}
+    metrics = (await harness.client.get("/metrics")).text
+    assert "keel_ratelimit_decisions_total" in metrics
+    assert "keel_adaptive_concurrency_limit" in metrics
+
+
+async def test_trusted_proxy_hops_separate_clients_behind_a_proxy(sqlite_url: str) -> None:
+    settings = Settings(database_url=sqlite_url, ratelimit_plans=TIGHT_PLANS, trusted_proxy_hops=1)
+    built, keel = await _harness(settings, client_address="10.0.0.1")
+    async with built.client:
+        first = {"X-Forwarded-For": "spoofed, 203.0.113.1"}
+        second = {"X-Forwarded-For": "spoofed, 203.0.113.2"}
+        assert (await built.client.get("/v1/profiles", headers=first)).status_code == 401
+        assert (await built.client.get("/v1/profiles", headers=first)).status_code == 429
+        assert (await built.client.get("/v1/profiles", headers=second)).status_code == 401
+    await keel.close()
+
+
+async def test_the_kill_switch_turns_limits_off(sqlite_url: str) -> None:
+    settings = Settings(database_url=sqlite_url, ratelimit_plans=TIGHT_PLANS, ratelimit_enabled=False)
+    built, keel = await _harness(settings)
+    async with built.client:
+        key = await built.key()
+        responses = [await built.client.get("/v1/profiles", headers=key) for _ in range(5)]
+        assert [r.status_code for r in responses] == [200] * 5
+        assert "ratelimit" not in responses[0].headers
+    await keel.close()
+
+
+async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite_url: str) -> None:
+    settings = Settings(
+        database_url=sqlite_url,
+        concurrency_limit_initial=5,
+        concurrency_limit_min=5,
+        concurrency_limit_max=5,
+    )
+    built, keel = await _harness(settings)
+    async with built.client:
+        key = await built.key()
+        release = asyncio.Event()
+
+        async def slow_body(handle: str) -> AsyncIterator[bytes]:
+            await release.wait()
+            yield json.dumps(body(handle=handle, email=f"{handle}@example.com")).encode()
+
+        headers = {**key, "Content-Type": "application/json"}
+        writes = [
+            asyncio.create_task(
+                built.client.post("/v1/profiles", content=slow_body(f"user{i}"), headers=headers)
+            )
+            for i in range(4)
+        ]
+        await asyncio.sleep(0.05)
+        # Four of five slots in use: a list (sheddable, 80 % of the limit) is refused, a read
+        # of one profile (critical, the whole limit) is not.
+        shed = await built.client.get("/v1/profiles", headers=key)
+        assert_problem(shed, 503, "temporary-reduced-capacity")
+        assert 1 <= int(shed.headers["retry-after"]) <= 3
+        read = await built.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
+        assert read.status_code == 404
+        assert (await built.client.get("/healthz")).status_code == 200
+        release.set()
+        assert [(await write).status_code for write in writes] == [201] * 4
+        assert (await built.client.get("/v1/profiles", headers=key)).status_code == 200
+        assert 'keel_load_shed_total{priority="sheddable"} 1.0' in (await built.client.get("/metrics")).text
+    await keel.close()

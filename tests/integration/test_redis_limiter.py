@@ -1,0 +1,180 @@
+"""The Redis limiter against a real Redis: the Lua script decides as the reference arithmetic
+does, atomically across concurrent callers, leaves a TTL on every key, and the fail-open
+limiter falls back to a local share when Redis is stopped and comes back when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from devtools.throwaway_redis import redis_server
+from redis.asyncio import Redis
+
+from keel.ratelimit.fallback import FailOpenRateLimiter
+from keel.ratelimit.memory import InMemoryRateLimiter
+from keel.ratelimit.policy import Plan, Policy
+from keel.ratelimit.ports import LimiterUnavailable
+from keel.ratelimit.redis import KILL_SWITCH_KEY, RedisRateLimiter, connect, policy_key
+from keel.resilience.breaker import BreakerState, CircuitBreaker
+
+PER_MINUTE = Plan("minute", (Policy("minute", quota=100, window_seconds=60, burst=10),), concurrency=50)
+
+
+@pytest.fixture
+async def limiter(redis_url: str) -> AsyncIterator[RedisRateLimiter]:
+    limiter = RedisRateLimiter(connect(redis_url, timeout_seconds=0.5), timeout_seconds=0.5)
+    yield limiter
+    await limiter.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def _client() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+async def test_burst_then_reject_with_retry_after(limiter: RedisRateLimiter) -> None:
+    client = _client()
+    decisions = [await limiter.acquire(client, PER_MINUTE, 1) for _ in range(11)]
+    assert [d.allowed for d in decisions] == [True] * 10 + [False]
+    rejected = decisions[-1]
+    assert rejected.violated[0].policy.name == "minute"
+    # One unit comes back every 0.6 s; the header value is whole seconds, rounded up.
+    assert 0 < rejected.violated[0].retry_after_seconds <= 0.6
+    assert rejected.retry_after_seconds == 1
+    assert decisions[0].states[0].remaining == 9
+
+
+async def test_concurrent_requests_never_exceed_quota_plus_burst(
+    limiter: RedisRateLimiter, redis: Redis
+) -> None:
+    client = _client()
+    started = time.monotonic()
+    decisions = await asyncio.gather(*(limiter.acquire(client, PER_MINUTE, 1) for _ in range(250)))
+    elapsed = time.monotonic() - started
+    admitted = sum(d.allowed for d in decisions)
+    # Burst 10, plus one unit per 0.6 s of the time the 250 decisions took.
+    assert 10 <= admitted <= 10 + int(elapsed / 0.6) + 1
+    ttl = await redis.pttl(policy_key(client, "minute"))
+    assert 0 < ttl <= 60_000
+
+
+async def test_every_key_written_has_a_ttl(limiter: RedisRateLimiter, redis: Redis) -> None:
+    client = _client()
+    plan = Plan(
+        "two",
+        (Policy("s", quota=10, window_seconds=1, burst=10), Policy("h", 3600, 3600, 100)),
+        concurrency=5,
+    )
+    await limiter.acquire(client, plan, 3)
+    keys = [key async for key in redis.scan_iter(match=f"keel:rl:{{{client}}}:*")]
+    assert len(keys) == 2
+    for key in keys:
+        assert await redis.pttl(key) > 0
+
+
+async def test_a_rejection_by_one_policy_charges_none(limiter: RedisRateLimiter, redis: Redis) -> None:
+    client = _client()
+    plan = Plan(
+        "two",
+        (Policy("roomy", quota=100, window_seconds=1, burst=100), Policy("tight", 5, 1, 5)),
+        concurrency=5,
+    )
+    assert (await limiter.acquire(client, plan, 5)).allowed
+    roomy_before = await redis.get(policy_key(client, "roomy"))
+    decision = await limiter.acquire(client, plan, 5)
+    assert not decision.allowed
+    assert [s.policy.name for s in decision.violated] == ["tight"]
+    assert await redis.get(policy_key(client, "roomy")) == roomy_before
+
+
+async def test_shadow_policy_reports_without_rejecting(limiter: RedisRateLimiter) -> None:
+    client = _client()
+    plan = Plan(
+        "shadowed",
+        (Policy("enforced", quota=100, window_seconds=1, burst=100), Policy("trial", 2, 1, 2, shadow=True)),
+        concurrency=5,
+    )
+    decisions = [await limiter.acquire(client, plan, 1) for _ in range(4)]
+    assert all(d.allowed for d in decisions)
+    assert [bool(d.shadow_violated) for d in decisions] == [False, False, True, True]
+
+
+async def test_refund_gives_units_back(limiter: RedisRateLimiter) -> None:
+    client = _client()
+    for _ in range(10):
+        assert (await limiter.acquire(client, PER_MINUTE, 1)).allowed
+    assert not (await limiter.acquire(client, PER_MINUTE, 1)).allowed
+    await limiter.refund(client, PER_MINUTE, 1)
+    assert (await limiter.acquire(client, PER_MINUTE, 1)).allowed
+
+
+async def test_the_kill_switch_admits_everything_fleet_wide(limiter: RedisRateLimiter, redis: Redis) -> None:
+    client = _client()
+    try:
+        await limiter.set_switch(enabled=False)
+        assert await redis.get(KILL_SWITCH_KEY) == b"off"
+        assert all([(await limiter.acquire(client, PER_MINUTE, 1)).allowed for _ in range(30)])
+    finally:
+        await limiter.set_switch(enabled=True)
+    assert [(await limiter.acquire(client, PER_MINUTE, 1)).allowed for _ in range(11)].count(False) == 1
+
+
+async def test_matches_the_in_memory_limiter_on_the_same_sequence(limiter: RedisRateLimiter) -> None:
+    # Same plan, same requests in quick succession: both admit exactly the burst.
+    client = _client()
+    plan = Plan("cost", (Policy("s", quota=1, window_seconds=60, burst=20),), concurrency=5)
+    local = InMemoryRateLimiter()
+    costs = [3, 5, 1, 7, 2, 4, 1, 1, 6]
+    shared = [(await limiter.acquire(client, plan, c)).allowed for c in costs]
+    in_memory = [(await local.acquire(client, plan, c)).allowed for c in costs]
+    assert shared == in_memory == [True, True, True, True, True, False, True, True, False]
+
+
+async def test_unreachable_redis_is_reported_as_unavailable() -> None:
+    with redis_server() as server:
+        url = server.url
+    limiter = RedisRateLimiter(connect(url, timeout_seconds=0.05), timeout_seconds=0.05)
+    with pytest.raises(LimiterUnavailable):
+        await limiter.acquire(_client(), PER_MINUTE, 1)
+    await limiter.close()
+
+
+async def test_fails_open_to_a_local_share_and_returns_to_redis() -> None:
+    reasons: list[str] = []
+    plan = Plan("p", (Policy("minute", quota=100, window_seconds=60, burst=20),), concurrency=50)
+    with redis_server() as server:
+        breaker = CircuitBreaker("redis", consecutive_failures=3, open_seconds=0.5)
+        limiter = FailOpenRateLimiter(
+            RedisRateLimiter(connect(server.url, timeout_seconds=0.05), timeout_seconds=0.05),
+            local=InMemoryRateLimiter(),
+            breaker=breaker,
+            nodes=2,
+            on_fallback=reasons.append,
+        )
+        client = _client()
+        assert not (await limiter.acquire(client, plan, 1)).degraded
+
+        server.stop()
+        decisions = [await limiter.acquire(client, plan, 1) for _ in range(40)]
+        assert all(d.degraded for d in decisions)
+        # Fail open, but bounded: the local share is half the burst (two nodes).
+        assert sum(d.allowed for d in decisions) == 10
+        assert breaker.state is BreakerState.OPEN
+        assert "breaker_open" in reasons
+        assert len([r for r in reasons if r != "breaker_open"]) == 3  # Redis was asked 3 times only
+
+        server.start()  # same port
+        await asyncio.sleep(0.6)
+        recovered = await limiter.acquire(client, plan, 1)
+        assert not recovered.degraded
+        assert breaker.state is BreakerState.CLOSED
+        await limiter.close()
