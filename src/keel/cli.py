@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Keel: user profiles as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+ratelimit_app = typer.Typer(help="The fleet-wide rate-limit kill switch (on Redis).", no_args_is_help=True)
+app.add_typer(ratelimit_app, name="ratelimit")
 
 
 @app.command()
@@ -70,10 +72,20 @@ def keys_create(
     api_version: Annotated[
         str | None, typer.Option(help="API version to pin; defaults to the newest.")
     ] = None,
+    plan: Annotated[
+        str | None, typer.Option(help="Rate-limit plan; defaults to KEEL_RATELIMIT_DEFAULT_PLAN.")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="Print only the secret.")] = False,
 ) -> None:
     """Create an API key. The secret is printed once and never stored in clear."""
     from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS
+    from keel.bootstrap import build_rate_limit_catalog
+
+    settings = Settings()
+    plans = build_rate_limit_catalog(settings).plans
+    plan = plan or settings.ratelimit_default_plan
+    if plan not in plans:
+        raise typer.BadParameter(f"unknown plan; configured plans: {', '.join(plans)}")
 
     try:
         parsed = [Scope(s.strip()) for s in scopes.split(",") if s.strip()]
@@ -82,21 +94,23 @@ def keys_create(
     version = api_version or NEWEST_VERSION
     if version not in SUPPORTED_VERSIONS:
         raise typer.BadParameter(f"unknown API version; use one of {', '.join(sorted(SUPPORTED_VERSIONS))}")
-    issued = asyncio.run(_issue_key(Settings(), parsed, version, name))
+    issued = asyncio.run(_issue_key(settings, parsed, version, name, plan))
     if quiet:
         typer.echo(issued)
     else:
         typer.echo(
             f"key id:      {issued.split('_')[1]}\nscopes:      {', '.join(parsed)}\n"
-            f"api version: {version}\nsecret:      {issued}\n(shown once: store it now)"
+            f"api version: {version}\nplan:        {plan}\nsecret:      {issued}\n(shown once: store it now)"
         )
 
 
-async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name: str) -> str:
+async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name: str, plan: str) -> str:
     from keel.service.auth import issue_api_key
 
     async with _keel(settings) as keel:
-        issued = await issue_api_key(keel.store, keel.clock, scopes=scopes, api_version=version, name=name)
+        issued = await issue_api_key(
+            keel.store, keel.clock, scopes=scopes, api_version=version, name=name, plan=plan
+        )
     return issued.token
 
 
@@ -111,7 +125,8 @@ def keys_list() -> None:
 
     for key in asyncio.run(run()):
         state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
-        typer.echo(f"{key.id}  {key.name:<16} {','.join(sorted(key.scopes)):<32} {key.api_version}  {state}")
+        scopes = ",".join(sorted(key.scopes))
+        typer.echo(f"{key.id}  {key.name:<16} {scopes:<32} {key.api_version}  {key.plan:<10} {state}")
 
 
 @keys_app.command("revoke")
@@ -127,6 +142,36 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part
         typer.echo(f"no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+@ratelimit_app.command("off")
+def ratelimit_off() -> None:
+    """Admit every request on every Keel sharing KEEL_REDIS_URL, at once, until `on`."""
+    asyncio.run(_set_switch(Settings(), enabled=False))
+    typer.echo("rate limits off (fleet-wide); `keel ratelimit on` restores them")
+
+
+@ratelimit_app.command("on")
+def ratelimit_on() -> None:
+    """Enforce rate limits again on every Keel sharing KEEL_REDIS_URL."""
+    asyncio.run(_set_switch(Settings(), enabled=True))
+    typer.echo("rate limits on")
+
+
+async def _set_switch(settings: Settings, *, enabled: bool) -> None:
+    from keel.ratelimit.redis import RedisRateLimiter, connect
+
+    if settings.redis_url is None:
+        typer.echo(
+            "keel: KEEL_REDIS_URL is not set; without Redis, use KEEL_RATELIMIT_ENABLED=false and restart",
+            err=True,
+        )
+        raise typer.Exit(1)
+    limiter = RedisRateLimiter(connect(settings.redis_url, timeout_seconds=2.0), timeout_seconds=2.0)
+    try:
+        await limiter.set_switch(enabled)
+    finally:
+        await limiter.close()
 
 
 @asynccontextmanager

@@ -78,7 +78,11 @@ async def test_readiness_reports_an_unmigrated_database(schema_api: Api, tmp_pat
     with pytest.raises(SchemaNotCurrent, match="keel migrate"):
         await build_keel(Settings(database_url=f"sqlite:///{tmp_path / 'empty.sqlite3'}"))
     ready = await schema_api.client.get("/readyz")
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "current"}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "migrations": "current"},
+        "breakers": {},
+    }
 
 
 async def test_readiness_fails_when_the_schema_falls_behind(schema_api: Api, sqlite_url: str) -> None:

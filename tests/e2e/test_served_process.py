@@ -129,6 +129,9 @@ def test_metrics_pass_promtool_and_label_by_route_template(served: Served) -> No
         "keel_db_query_duration_seconds_bucket",
         "keel_db_pool_connections",
         "keel_build_info",
+        "keel_ratelimit_decisions_total",
+        "keel_ratelimit_decision_duration_seconds_bucket",
+        "keel_adaptive_concurrency_limit",
     ):
         assert name in exposition
     promtool = shutil.which("promtool") or str(REPO / ".tools" / "bin" / "promtool")
@@ -187,3 +190,48 @@ def test_a_revoked_key_stops_working(served: Served) -> None:
     time.sleep(0.6)  # the server's key cache lives KEEL_API_KEY_CACHE_SECONDS
     assert httpx.get(f"{served.base_url}/v1/profiles", headers=headers).status_code == 401
     assert "revoked" in _keel(served.env, "keys", "list")
+
+
+def test_keys_carry_a_rate_limit_plan(served: Served) -> None:
+    token = _keel(
+        served.env, "keys", "create", "--plan", "partner", "--name", "big-partner", "--quiet"
+    ).strip()
+    response = httpx.get(f"{served.base_url}/v1/profiles", headers={"Authorization": f"Bearer {token}"})
+    assert response.headers["ratelimit-policy"].startswith('"burst";q=500;w=1')
+    assert "partner" in next(
+        line for line in _keel(served.env, "keys", "list").splitlines() if "big-partner" in line
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "keel", "keys", "create", "--plan", "platinum"],
+        env=served.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "unknown plan" in refused.stderr
+
+
+def test_the_fleet_wide_kill_switch_lives_in_redis(served: Served, redis_url: str) -> None:
+    import redis
+
+    env = {**served.env, "KEEL_REDIS_URL": redis_url}
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert "rate limits off" in _keel(env, "ratelimit", "off")
+        assert client.get("keel:rl:switch") == b"off"
+        assert "rate limits on" in _keel(env, "ratelimit", "on")
+        assert client.get("keel:rl:switch") is None
+    finally:
+        client.close()
+    without_redis = subprocess.run(
+        [sys.executable, "-m", "keel", "ratelimit", "off"],
+        env=served.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert without_redis.returncode == 1
+    assert "KEEL_REDIS_URL is not set" in without_redis.stderr

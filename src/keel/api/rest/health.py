@@ -36,8 +36,12 @@ async def readyz(keel: KeelDep) -> Response:
         checks["database"] = "unreachable"
         checks["migrations"] = "unknown"
     ready = checks == {"database": "ok", "migrations": "current"}
+    # Breakers are reported, not judged: an open Redis breaker means rate limits are decided
+    # locally (fail open), which is degraded but ready.
+    breakers = {name: breaker.state.value for name, breaker in keel.breakers.items()}
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+        {"status": "ready" if ready else "not ready", "checks": checks, "breakers": breakers},
+        status_code=200 if ready else 503,
     )
 
 
