@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,209 +33,28 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # for `devtools` (and `bench`) when run as a script
 
-import asyncpg  # noqa: E402
+from bench.harness import (  # noqa: E402
+    WrkRun,
+    ensure_wrk,
+    free_port,
+    keel_cmd,
+    parse_wrk,
+    seed_profiles,
+    serve_cmd,
+    server,
+    stop,
+)
 from devtools.throwaway_postgres import postgres_server  # noqa: E402
-
-from keel.domain.ids import new_ulid  # noqa: E402
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 LUA = BENCH / "rest_read.lua"
 BIN = Path(sys.executable).parent
 TARGET_RATIO = 0.6
-SAMPLED_IDS = 10_000
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 PATH_LABEL = "GET /v1/profiles/{id}"
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Stop a child started in its own session: signal its process group, then SIGKILL it."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(STOP_TIMEOUT)
-
-
-@contextlib.contextmanager
-def _server(
-    name: str, cmd: list[str], env: dict[str, str], log: Path | None, port: int, sig: int = signal.SIGTERM
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server (own session, so a terminal Ctrl-C reaches only us), wait for /healthz."""
-    with (log if log is not None else Path(os.devnull)).open("ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-        )
-    try:
-        _wait_healthy(name, proc, f"http://127.0.0.1:{port}/healthz", log)
-        yield proc
-    finally:
-        _stop(proc, sig)
-
-
-def _wait_healthy(name: str, proc: subprocess.Popen[bytes], url: str, log: Path | None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log is not None else "(log: /dev/null)"
-            raise RuntimeError(f"{name} exited with {proc.returncode} before /healthz; log tail:\n{tail}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-            if response.status == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer {url} within {START_TIMEOUT:.0f}s")
-
-
-def _keel_cmd(*args: str) -> list[str]:
-    script = BIN / "keel"
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-c", "from keel.cli import main; main()", *args]
-
-
-def _serve_cmd(name: str, port: int) -> list[str]:
-    """One uvicorn worker on loopback, uvloop + httptools, for either server."""
-    if name == "keel":
-        return _keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.baseline_app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-access-log",
-    ]
-
-
-# --------------------------------------------------------------------------- database
-
-
-_SEED_SQL = [
-    # $1: ids, $2: offset for the handle/email number (so a re-run on a kept database adds, not clashes)
-    """INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone, attributes,
-                             version, created_at, updated_at, deleted_at)
-       SELECT t.id, 'bench_' || (t.n + $2), 'Bench ' || (t.n + $2), NULL, NULL, 'en-GB', 'Europe/London',
-              '{"plan":"free"}'::jsonb, 1, now(), now(), NULL
-         FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)""",
-    """INSERT INTO profile_emails (profile_id, position, address, address_normalized, verified,
-                                   is_primary, live)
-       SELECT t.id, 0, 'bench.' || (t.n + $2) || '@example.com', 'bench.' || (t.n + $2) || '@example.com',
-              true, true, true
-         FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)""",
-    """INSERT INTO profile_links (profile_id, position, kind, url)
-       SELECT t.id, 0, 'website', 'https://example.com/bench/' || (t.n + $2)
-         FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)""",
-]
-_BENCH_ROWS = "FROM profiles WHERE handle LIKE 'bench\\_%' AND deleted_at IS NULL"
-
-
-async def _seed(url: str, count: int, region: str) -> tuple[int, list[str]]:
-    """Make sure `count` bench profiles exist; return (how many were inserted, sampled ids)."""
-    conn = await asyncpg.connect(url, timeout=30, command_timeout=600)
-    try:
-        existing = await conn.fetchval(f"SELECT count(*) {_BENCH_ROWS}")
-        missing = max(0, count - existing)
-        if missing:
-            ids = [f"{region}_{new_ulid()}" for _ in range(missing)]
-            async with conn.transaction():
-                for sql in _SEED_SQL:
-                    await conn.execute(sql, ids, existing)
-            await conn.execute("ANALYZE profiles, profile_emails, profile_links")
-        sample = await conn.fetch(f"SELECT id {_BENCH_ROWS} ORDER BY random() LIMIT $1", SAMPLED_IDS)
-        return missing, [r["id"] for r in sample]
-    finally:
-        await conn.close()
-
-
 # --------------------------------------------------------------------------- wrk
-
-
-@dataclass
-class WrkRun:
-    server: str
-    requests_per_second: float
-    p50_ms: float
-    p75_ms: float
-    p90_ms: float
-    p99_ms: float
-    requests: int
-    non_2xx_3xx: int
-    socket_errors: dict[str, int] = field(default_factory=dict)
-    load_average_1m: float = field(default_factory=lambda: os.getloadavg()[0])  # at the end of the run
-
-    @property
-    def failed(self) -> bool:
-        return self.non_2xx_3xx > 0 or any(self.socket_errors.values())
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def _parse_wrk(server: str, text: str) -> WrkRun:
-    def need(pattern: str) -> re.Match[str]:
-        match = re.search(pattern, text, re.MULTILINE)
-        if match is None:
-            raise RuntimeError(f"cannot find {pattern!r} in wrk output:\n{text}")
-        return match
-
-    latency = {
-        int(m.group(1)): float(m.group(2)) * _UNITS_MS[m.group(3)]
-        for m in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.MULTILINE)
-    }
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return WrkRun(
-        server=server,
-        requests_per_second=float(need(r"^Requests/sec:\s+([\d.]+)").group(1)),
-        p50_ms=latency.get(50, float("nan")),
-        p75_ms=latency.get(75, float("nan")),
-        p90_ms=latency.get(90, float("nan")),
-        p99_ms=latency.get(99, float("nan")),
-        requests=int(need(r"^\s+(\d+) requests in").group(1)),
-        non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
-        socket_errors=dict(
-            zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True)
-        )
-        if errors
-        else {},
-    )
-
-
-def _ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("wrk not found: apt-get install -y wrk", flush=True)
-    install = ["apt-get", "install", "-y", "wrk"]
-    if subprocess.run(install, capture_output=True, timeout=600, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True, timeout=600, check=False)
-        subprocess.run(install, capture_output=True, timeout=600, check=True)
-    found = shutil.which("wrk")
-    if not found:
-        raise RuntimeError("wrk is still not on PATH after apt-get install")
-    return found
 
 
 def _wrk(
@@ -260,7 +75,7 @@ def _wrk(
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return _parse_wrk(server, done.stdout)
+    return parse_wrk(server, done.stdout)
 
 
 def _check_one(server: str, port: int, profile_id: str, token: str) -> set[str]:
@@ -324,19 +139,19 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     src_state = _src_state()
     print(f"code: {src_state}", flush=True)
-    wrk = _ensure_wrk()
+    wrk = ensure_wrk()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     env = {**base_env, "KEEL_DATABASE_URL": url}
 
     print("migrating ...", flush=True)
     migrated = subprocess.run(
-        _keel_cmd("migrate"), env=env, capture_output=True, text=True, timeout=120, check=False
+        keel_cmd("migrate"), env=env, capture_output=True, text=True, timeout=120, check=False
     )
     if migrated.returncode != 0:
         raise RuntimeError(f"keel migrate failed:\n{migrated.stdout}\n{migrated.stderr}")
 
     started = time.monotonic()
-    inserted, ids = asyncio.run(asyncio.wait_for(_seed(url, args.profiles, "eu1"), 900))
+    inserted, ids = asyncio.run(asyncio.wait_for(seed_profiles(url, args.profiles, "eu1"), 900))
     print(
         f"seeded {inserted:,} profiles ({args.profiles - inserted:,} already there) in "
         f"{time.monotonic() - started:.1f}s; sampled {len(ids):,} ids",
@@ -346,7 +161,7 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     ids_file.write_text("\n".join(ids) + "\n")
 
     created = subprocess.run(
-        _keel_cmd("keys", "create", "--scopes", "profiles:read", "--name", "bench", "--quiet"),
+        keel_cmd("keys", "create", "--scopes", "profiles:read", "--name", "bench", "--quiet"),
         env=env,
         capture_output=True,
         text=True,
@@ -378,8 +193,8 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     for round_number in range(args.rounds):
         order = ["baseline", "keel"] if round_number % 2 == 0 else ["keel", "baseline"]
         for name in order:
-            port = _free_port()
-            with _server(name, _serve_cmd(name, port), env, logs[name], port):
+            port = free_port()
+            with server(name, serve_cmd(name, port), env, logs[name], port):
                 fields[name] = _check_one(name, port, ids[0], token)
                 if args.warmup > 0:
                     warmups.append(_wrk(wrk, name, port, wrk_env, args, args.warmup))
@@ -469,9 +284,9 @@ def _py_spy(
     name = args.py_spy_server
     raw = RESULTS / f"{name}-pyspy.txt"
     raw.unlink(missing_ok=True)
-    port = _free_port()
+    port = free_port()
     duration = args.py_spy_duration
-    with _server(name, _serve_cmd(name, port), env, log, port) as server:
+    with server(name, serve_cmd(name, port), env, log, port) as served:
         if args.warmup > 0:
             _wrk(wrk, name, port, wrk_env, args, args.warmup)
         # --gil: only the thread holding the GIL, i.e. where the process spends CPU in Python (the
@@ -481,7 +296,7 @@ def _py_spy(
             py_spy,
             "record",
             "--pid",
-            str(server.pid),
+            str(served.pid),
             "--duration",
             f"{duration:.0f}",
             "--rate",
@@ -503,7 +318,7 @@ def _py_spy(
                 run = _wrk(wrk, f"{name} (py-spy)", port, wrk_env, args, duration)
                 _, err = recorder.communicate(timeout=60)
             finally:
-                _stop(recorder, signal.SIGINT)
+                stop(recorder, signal.SIGINT)
         if recorder.returncode != 0 or not raw.exists():
             raise RuntimeError(f"py-spy failed ({recorder.returncode}): {err.decode(errors='replace')}")
     _report_run(run, f"{name} under py-spy (not counted)")

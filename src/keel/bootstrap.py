@@ -24,7 +24,7 @@ from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.ports import RateLimiter
 from keel.resilience.adaptive_limit import GradientLimit
 from keel.resilience.breaker import BreakerState, CircuitBreaker
-from keel.resilience.load_shedder import LoadShedder, Priority
+from keel.resilience.load_shedder import LoadShedder, Priority, watch_loop_lag
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
@@ -239,11 +239,14 @@ def create_app(settings: Settings) -> FastAPI:
         # milliseconds at the tail.
         gc.collect()
         gc.freeze()
-        housekeeping = asyncio.create_task(_purge_idempotency_records(keel))
+        background = [asyncio.create_task(_purge_idempotency_records(keel))]
+        if keel.shedder is not None:
+            background.append(asyncio.create_task(watch_loop_lag(keel.shedder.limit)))
         try:
             yield
         finally:
-            housekeeping.cancel()
+            for task in background:
+                task.cancel()
             await keel.close()
 
     return build_rest_app(settings, metrics, lifespan=lifespan)

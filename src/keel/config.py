@@ -79,9 +79,9 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Proxies in front of Keel whose X-Forwarded-For entries are trusted."
     )
     load_shedding_enabled: bool = True
-    concurrency_limit_initial: int = Field(default=32, ge=1)
-    concurrency_limit_min: int = Field(default=8, ge=1)
-    concurrency_limit_max: int = Field(default=512, ge=1)
+    concurrency_limit_initial: int = Field(default=16, ge=1)
+    concurrency_limit_min: int = Field(default=2, ge=1)
+    concurrency_limit_max: int = Field(default=256, ge=1)
 
     @field_validator("region")
     @classmethod

@@ -180,7 +180,8 @@ async def test_trusted_proxy_hops_separate_clients_behind_a_proxy(sqlite_url: st
     async with built.client:
         first = {"X-Forwarded-For": "spoofed, 203.0.113.1"}
         second = {"X-Forwarded-For": "spoofed, 203.0.113.2"}
-        assert (await built.client.get("/v1/profiles", headers=first)).status_code == 401
+        answer = await built.client.get("/v1/profiles", headers=first)
+        assert answer.status_code == 401, answer.text
         assert (await built.client.get("/v1/profiles", headers=first)).status_code == 429
         assert (await built.client.get("/v1/profiles", headers=second)).status_code == 401
     await keel.close()

@@ -4,6 +4,7 @@ bucket holds the request's cost, for any sequence of arrivals and costs."""
 
 from __future__ import annotations
 
+import random
 from fractions import Fraction
 
 from hypothesis import given, settings
@@ -128,3 +129,32 @@ def test_idle_clients_leave_nothing_behind() -> None:
         limiter.acquire_now(f"client-{i}", plan, 1)
         now[0] += 1_000  # each entry matters for 100 ms
     assert len(limiter) < 10_200
+
+
+def test_remembered_denials_refuse_only_what_the_limiter_would_refuse() -> None:
+    from keel.ratelimit.denials import Denials
+
+    now = [0.0]
+    limiter = InMemoryRateLimiter(now_us=lambda: now[0])
+    denials = Denials(clock=lambda: now[0] / 1_000_000)
+    plan = Plan(
+        "p",
+        (Policy("second", quota=10, window_seconds=1, burst=10), Policy("minute", 100, 60, 30)),
+        concurrency=5,
+    )
+    rng = random.Random(3)
+    remembered = 0
+    for _ in range(5000):
+        now[0] += rng.choice([1_000, 10_000, 50_000, 200_000])
+        cost = rng.choice([1, 1, 1, 5, 10])
+        local = denials.refusal("c", cost)
+        decision = limiter.acquire_now("c", plan, cost)
+        if local is not None:
+            remembered += 1
+            assert not decision.allowed  # never refuses what the limiter would admit
+            assert local.retry_after_seconds >= decision.retry_after_seconds
+        elif not decision.allowed:
+            denials.remember("c", decision)
+        else:
+            denials.forget("c")  # as the guard does: an admission moves the TATs on
+    assert remembered > 100

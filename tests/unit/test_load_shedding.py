@@ -12,24 +12,46 @@ class Clock:
         return self.now
 
 
-def _feed(limit: GradientLimit, clock: Clock, latency: float, in_flight: int, windows: int) -> None:
+def _feed(
+    limit: GradientLimit, clock: Clock, latency: float, in_flight: int, windows: int, operation: str = "read"
+) -> None:
     for _ in range(windows):
         for _ in range(10):
-            limit.observe(latency, in_flight)
+            limit.observe(operation, latency, in_flight)
         clock.now += 0.1
 
 
-def test_limit_shrinks_when_latency_climbs_and_grows_back_when_it_falls() -> None:
+def test_limit_grows_at_no_load_latency_and_shrinks_when_requests_queue() -> None:
     clock = Clock()
-    limit = GradientLimit(initial=50, minimum=4, maximum=200, clock=clock)
-    _feed(limit, clock, 0.010, in_flight=50, windows=30)
-    steady = limit.limit
-    assert steady >= 50  # latency stable while the limit is used: it may grow
-    _feed(limit, clock, 0.060, in_flight=int(steady), windows=30)
+    limit = GradientLimit(initial=20, minimum=2, maximum=200, clock=clock)
+    _feed(limit, clock, 0.004, in_flight=20, windows=20)
+    grown = limit.limit
+    assert grown > 30  # used and not slower than unloaded: probe upwards
+    _feed(limit, clock, 0.016, in_flight=int(grown), windows=50)  # 4x the no-load latency
     squeezed = limit.limit
-    assert squeezed < steady * 0.5
-    _feed(limit, clock, 0.010, in_flight=int(squeezed), windows=60)
-    assert limit.limit > squeezed * 1.5
+    assert squeezed < grown * 0.25
+    _feed(limit, clock, 0.004, in_flight=100, windows=40)  # demand is there again
+    assert limit.limit > squeezed * 2
+
+
+def test_slow_operations_are_judged_against_their_own_no_load_latency() -> None:
+    clock = Clock()
+    limit = GradientLimit(initial=20, minimum=2, maximum=200, clock=clock)
+    for _ in range(30):
+        for _ in range(5):
+            limit.observe("read", 0.001, 20)
+            limit.observe("list", 0.012, 20)  # 12x a read, but its normal speed
+        clock.now += 0.1
+    assert limit.limit > 20
+
+
+def test_a_short_queue_is_tolerated() -> None:
+    # Bursts of fast reads: 3x their no-load latency, but only ~2 ms of queueing on average.
+    clock = Clock()
+    limit = GradientLimit(initial=10, minimum=2, maximum=200, clock=clock)
+    _feed(limit, clock, 0.001, in_flight=10, windows=1)
+    _feed(limit, clock, 0.003, in_flight=10, windows=30)
+    assert limit.limit >= 10
 
 
 def test_limit_does_not_grow_when_it_is_not_used() -> None:
@@ -66,9 +88,9 @@ def test_shedding_has_hysteresis() -> None:
     shedder = LoadShedder(GradientLimit(initial=20, minimum=20, maximum=20, clock=clock), restore_ratio=0.75)
     admitted = [shedder.try_admit(Priority.SHEDDABLE) for _ in range(16)]
     assert shedder.try_admit(Priority.SHEDDABLE) is None  # 16 = 80 % of 20: shedding starts
-    shedder.release(admitted.pop())  # 15 in flight: under the share, but above the restore point
+    shedder.release("list", admitted.pop())  # 15 in flight: under the share, but above the restore point
     assert shedder.try_admit(Priority.SHEDDABLE) is None
     for _ in range(4):
-        shedder.release(admitted.pop())  # 11 in flight: below 75 % of 16
+        shedder.release("list", admitted.pop())  # 11 in flight: below 75 % of 16
     assert shedder.try_admit(Priority.SHEDDABLE) is not None
     assert not shedder.shedding(Priority.SHEDDABLE)

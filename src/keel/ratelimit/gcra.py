@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from keel.ratelimit.policy import MICROSECONDS, Policy
 
+_SLACK_US = 0.001
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyState:
@@ -21,11 +23,6 @@ class PolicyState:
     remaining: int  # units that could be spent right now, after this decision
     reset_seconds: float  # until the policy is back to its full burst
     retry_after_seconds: float  # 0 when conforming; else the wait until the request would conform
-
-    @property
-    def fill(self) -> float:
-        """How much of the burst is left, 0..1; the smallest is the policy closest to its limit."""
-        return self.remaining / self.policy.burst
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +42,9 @@ class Decision:
 
     @property
     def closest(self) -> PolicyState | None:
-        return min(self.states, key=lambda s: s.fill, default=None)
+        """The policy that would refuse first: fewest units left (every policy is charged the
+        same cost), the later refill breaking ties."""
+        return min(self.states, key=lambda s: (s.remaining, -s.reset_seconds), default=None)
 
     @property
     def retry_after_seconds(self) -> int:
@@ -55,8 +54,11 @@ class Decision:
 
 
 def conforms(tat: float | None, now: float, policy: Policy, cost: int) -> bool:
-    start = now if tat is None or tat < now else tat
-    return start + cost * policy.emission_interval_us - policy.tolerance_us <= now
+    # In terms of the debt (how far the TAT is ahead of now), which keeps the sums small: with
+    # absolute timestamps (~1e15 µs) a request costing exactly the burst could be refused by
+    # rounding. The nanosecond of slack absorbs what rounding is left.
+    debt = 0.0 if tat is None or tat < now else tat - now
+    return debt + cost * policy.emission_interval_us <= policy.tolerance_us + _SLACK_US
 
 
 def charged(tat: float | None, now: float, policy: Policy, cost: int) -> float:
@@ -103,15 +105,15 @@ def describe(
     states = []
     for ok, tat, policy in zip(verdicts, stored, policies, strict=True):
         interval = policy.emission_interval_us
-        level = now if tat is None or tat < now else tat
-        remaining = math.floor((now + policy.tolerance_us - level) / interval + 1e-9)
-        retry = 0.0 if ok else (level + cost * interval - policy.tolerance_us - now) / MICROSECONDS
+        debt = 0.0 if tat is None or tat < now else tat - now
+        remaining = math.floor((policy.tolerance_us - debt + _SLACK_US) / interval)
+        retry = 0.0 if ok else (debt + cost * interval - policy.tolerance_us) / MICROSECONDS
         states.append(
             PolicyState(
                 policy=policy,
                 conforms=ok,
                 remaining=min(max(0, remaining), policy.burst),
-                reset_seconds=(level - now) / MICROSECONDS,
+                reset_seconds=debt / MICROSECONDS,
                 retry_after_seconds=max(0.0, retry),
             )
         )

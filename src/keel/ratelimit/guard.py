@@ -11,6 +11,7 @@ from prometheus_client import Counter
 
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
+from keel.ratelimit.denials import Denials
 from keel.ratelimit.gcra import Decision
 from keel.ratelimit.headers import format_ratelimit_header
 from keel.ratelimit.policy import Plan
@@ -46,6 +47,7 @@ class RateLimitGuard:
         self._in_flight: dict[str, int] = {}
         self._decision_series: dict[tuple[str, str], Counter] = {}
         self._rejections = SampledLog("keel.ratelimit")
+        self._denials = Denials()
 
     async def admit(self, client: str, plan: Plan, cost: int) -> RateLimitOutcome:
         """On `allowed`, the caller must call `release(client)` when the request ends."""
@@ -56,6 +58,10 @@ class RateLimitGuard:
                 "rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY]
             )
             return RateLimitOutcome(False, plan, None, f'"{CONCURRENCY_POLICY}";r=0')
+        remembered = self._denials.refusal(client, cost)
+        if remembered is not None:
+            self._refused(client, plan, remembered)
+            return RateLimitOutcome(False, plan, remembered, format_ratelimit_header(remembered))
         # The slot is taken before the decision, which may wait on Redis: concurrent requests
         # of one client must not all pass the cap while the first one is being decided.
         self._in_flight[client] = in_flight + 1
@@ -68,20 +74,27 @@ class RateLimitGuard:
         self._metrics.ratelimit_decision_duration.labels("local" if decision.degraded else "shared").observe(
             time.perf_counter() - started
         )
-        for state in decision.states:
-            if state.conforms:
-                self._count(state.policy.name, "allowed" if decision.allowed else "not_charged")
-            else:
-                self._count(state.policy.name, "shadow_rejected" if state.policy.shadow else "rejected")
         if not decision.allowed:
             self.release(client)
-            self._rejections.warning(
-                "rate_limited",
-                client=client,
-                plan=plan.name,
-                policies=[s.policy.name for s in decision.violated],
-            )
+            if not decision.degraded:
+                self._denials.remember(client, decision)
+            self._refused(client, plan, decision)
+            return RateLimitOutcome(False, plan, decision, format_ratelimit_header(decision))
+        self._denials.forget(client)  # its debts have moved on; only Redis knows them now
+        for state in decision.states:
+            if state.conforms:
+                self._count(state.policy.name, "allowed")
+            else:
+                self._count(state.policy.name, "shadow_rejected")
         return RateLimitOutcome(decision.allowed, plan, decision, format_ratelimit_header(decision))
+
+    def _refused(self, client: str, plan: Plan, decision: Decision) -> None:
+        for state in decision.states:
+            if not state.conforms:
+                self._count(state.policy.name, "shadow_rejected" if state.policy.shadow else "rejected")
+        self._rejections.warning(
+            "rate_limited", client=client, plan=plan.name, policies=[s.policy.name for s in decision.violated]
+        )
 
     def release(self, client: str) -> None:
         left = self._in_flight[client] - 1
@@ -91,6 +104,7 @@ class RateLimitGuard:
             del self._in_flight[client]
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
+        self._denials.forget(client)
         await self._limiter.refund(client, plan, cost)
 
     async def close(self) -> None:

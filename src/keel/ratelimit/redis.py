@@ -61,8 +61,8 @@ for i = 1, n do
       end
     end
   else
-    local start = (tat and tat > now) and tat or now
-    verdicts[i] = start + cost * interval - tolerance <= now
+    local debt = (tat and tat > now) and (tat - now) or 0
+    verdicts[i] = debt + cost * interval <= tolerance + 0.001
     if not verdicts[i] and not shadow then admit = false end
   end
 end

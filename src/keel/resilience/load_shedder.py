@@ -9,6 +9,7 @@ boundary. Rejections happen before any other work and cost almost nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from enum import IntEnum
@@ -56,10 +57,10 @@ class LoadShedder:
         self.in_flight += 1
         return self._clock()
 
-    def release(self, admitted_at: float) -> None:
+    def release(self, operation: str, admitted_at: float) -> None:
         in_flight_at_end = self.in_flight
         self.in_flight -= 1
-        self.limit.observe(self._clock() - admitted_at, in_flight_at_end)
+        self.limit.observe(operation, self._clock() - admitted_at, in_flight_at_end)
 
     def shedding(self, priority: Priority) -> bool:
         return self._shedding[priority]
@@ -67,3 +68,12 @@ class LoadShedder:
     def _shed(self, priority: Priority) -> None:
         if self._on_shed is not None:
             self._on_shed(priority)
+
+
+async def watch_loop_lag(limit: GradientLimit, every_seconds: float = 0.01) -> None:
+    """Feed the event loop's timer lag to the limit, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(every_seconds)
+        limit.observe_loop_lag(max(0.0, loop.time() - started - every_seconds))

@@ -1,6 +1,6 @@
 """Admission of API requests, as one pure ASGI middleware between the request envelope and the
-versioned routes: load shedding first (before any other work, so a refusal costs almost
-nothing), then the caller's identity, then the per-client rate limits.
+versioned routes: the caller's identity, the per-client rate limits, then load shedding by
+priority under the process's adaptive concurrency limit.
 
 `/healthz`, `/readyz`, `/metrics` and the documentation are outside `/v1/` and never limited
 or shed.
@@ -8,6 +8,7 @@ or shed.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY, bearer_token
 from keel.api.rest.problems import problem_response
 from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError
+from keel.observability.context import current_request_id
 from keel.observability.sampled_log import SampledLog
 from keel.resilience.load_shedder import Priority
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from keel.ratelimit.guard import RateLimitOutcome
 
 _VERSIONED_PREFIX = "/v1/"
+# Set on requests refused by a rate limit or by load shedding: they get sampled log lines and
+# metrics, not an access-log line each (an abuser must not be able to flood the logs).
+REJECTED_SCOPE_KEY = "keel.rejected"
 _PROFILES = "/v1/profiles"
 _shed_log = SampledLog("keel.load_shedding")
 
@@ -56,50 +61,60 @@ class Admission:
             return
         keel: Keel = scope["app"].state.keel
         operation, priority = classify(scope["method"], scope["path"])
-        shedder = keel.shedder
-        admitted_at = None
-        if shedder is not None:
-            admitted_at = shedder.try_admit(priority)
-            if admitted_at is None:
-                await _shed(scope, receive, send, priority)
-                return
+        principal = await _authenticate(scope, keel)
+        guard = keel.rate_limits
+        if guard is None:
+            await self._shed_or_serve(scope, receive, send, keel, operation, priority)
+            return
+        catalog = keel.rate_limit_catalog
+        client = f"key:{principal.key_id}" if principal else f"ip:{client_address(scope, self._trusted_hops)}"
+        plan = catalog.plan_named(principal.plan if principal else None)
+        cost = catalog.cost_of(operation)
+        outcome = await guard.admit(client, plan, cost)
+        if not outcome.allowed:
+            await _rate_limited(scope, receive, send, outcome)
+            return
+        status = 0
+        extra = [(b"ratelimit-policy", plan.policy_header.encode())]
+        if outcome.ratelimit_header is not None:
+            extra.append((b"ratelimit", outcome.ratelimit_header.encode()))
+
+        async def send_with_limits(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
         try:
-            principal = await _authenticate(scope, keel)
-            guard = keel.rate_limits
-            if guard is None:
-                await self.app(scope, receive, send)
-                return
-            client = (
-                f"key:{principal.key_id}" if principal else f"ip:{client_address(scope, self._trusted_hops)}"
-            )
-            plan = keel.rate_limit_catalog.plan_named(principal.plan if principal else None)
-            cost = keel.rate_limit_catalog.cost_of(operation)
-            outcome = await guard.admit(client, plan, cost)
-            if not outcome.allowed:
-                await _rate_limited(scope, receive, send, outcome)
-                return
-            status = 0
-            extra = [(b"ratelimit-policy", plan.policy_header.encode())]
-            if outcome.ratelimit_header is not None:
-                extra.append((b"ratelimit", outcome.ratelimit_header.encode()))
-
-            async def send_with_limits(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_with_limits)
-            finally:
-                guard.release(client)
-            if status == 304:
-                # A client that revalidates its cache instead of refetching is rewarded.
-                await guard.refund(client, plan, cost)
+            served = await self._shed_or_serve(scope, receive, send_with_limits, keel, operation, priority)
         finally:
-            if shedder is not None and admitted_at is not None:
-                shedder.release(admitted_at)
+            guard.release(client)
+        if not served or status == 304:
+            # Shed requests got no service, and a client that revalidates its cache instead of
+            # refetching is rewarded: neither is charged.
+            await guard.refund(client, plan, cost)
+
+    async def _shed_or_serve(
+        self, scope: Scope, receive: Receive, send: Send, keel: Keel, operation: str, priority: Priority
+    ) -> bool:
+        """Serve the request unless the process is shedding its priority; False when shed.
+
+        Runs after the per-client limits, so that requests refused there (an abuser's) never
+        take a slot here nor count in the latencies that steer the limit."""
+        shedder = keel.shedder
+        if shedder is None:
+            await self.app(scope, receive, send)
+            return True
+        admitted_at = shedder.try_admit(priority)
+        if admitted_at is None:
+            await _shed(scope, receive, send, priority)
+            return False
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            shedder.release(operation, admitted_at)
+        return True
 
 
 async def _authenticate(scope: Scope, keel: Keel) -> Principal | None:
@@ -122,6 +137,7 @@ async def _authenticate(scope: Scope, keel: Keel) -> Principal | None:
 
 
 async def _rate_limited(scope: Scope, receive: Receive, send: Send, outcome: RateLimitOutcome) -> None:
+    scope[REJECTED_SCOPE_KEY] = True
     violated = outcome.violated_policies
     headers = {
         "Retry-After": str(outcome.retry_after_seconds),
@@ -139,14 +155,21 @@ async def _rate_limited(scope: Scope, receive: Receive, send: Send, outcome: Rat
     )(scope, receive, send)
 
 
+_SHED_HEAD = (
+    '{"type":"urn:keel:problem:temporary-reduced-capacity","title":"Temporarily reduced capacity",'
+    '"status":503,"detail":"The service is shedding load; retry after the indicated time.","request_id":'
+)
+_SHED_HEADERS = [(b"content-type", b"application/problem+json")]
+_RETRY_AFTER = [str(seconds).encode() for seconds in (1, 2, 3)]
+
+
 async def _shed(scope: Scope, receive: Receive, send: Send, priority: Priority) -> None:
-    # Jittered, so that refused clients do not all come back in the same second.
-    retry_after = 1 + random.randint(0, 2)  # noqa: S311 - jitter, not security
+    """The cheapest answer this process can give: shedding happens when it is short of CPU."""
+    scope[REJECTED_SCOPE_KEY] = True
     _shed_log.warning("load_shed", priority=priority.name.lower())
-    await problem_response(
-        503,
-        "temporary-reduced-capacity",
-        "Temporarily reduced capacity",
-        "The service is shedding load; retry after the indicated time.",
-        headers={"Retry-After": str(retry_after)},
-    )(scope, receive, send)
+    body = f"{_SHED_HEAD}{json.dumps(current_request_id())}}}".encode()
+    # Jittered, so that refused clients do not all come back in the same second.
+    retry_after = _RETRY_AFTER[random.randrange(3)]  # noqa: S311 - jitter, not security
+    headers = [*_SHED_HEADERS, (b"retry-after", retry_after), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keel.api.rest.admission import REJECTED_SCOPE_KEY
 from keel.api.rest.problems import problem_response
 from keel.observability.context import RequestContext, request_context_var
 from keel.observability.metrics import Metrics
@@ -128,7 +129,7 @@ class RequestEnvelope:
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
             span.end()
-            if self._access_log:
+            if self._access_log and not scope.get(REJECTED_SCOPE_KEY):
                 # The route template, never the raw path or query: queries may carry email addresses.
                 _log.info(
                     "request", method=method, route=route, status=status, duration_ms=round(elapsed * 1000, 3)

@@ -1,0 +1,856 @@
+"""Rate-limit and load-shedding scenarios against real Keel processes, PostgreSQL and Redis on
+loopback, each bounded in time. Prints the figures and whether each check passed.
+
+    python bench/ratelimit_scenarios.py [noisy atomic outage spike friendly cost ...]
+                                        [--duration 60] [--output bench/results/ratelimit.json]
+
+Scenarios (all by default):
+  noisy     one client at 50x its quota + 20 well-behaved clients at half of theirs, 2 Keel
+            processes sharing Redis; run twice (without, then with the abuser)
+  atomic    4 Keel processes x 250 concurrent requests against 100/min, burst 10; TTL on every key
+  outage    the noisy load while Redis is stopped, then started again
+  spike     offered load ramps to 3x the measured saturation point of one process
+  friendly  a client that honours RateLimit and Retry-After
+  cost      what a decision costs: in-memory and Redis limiter vs no limiter (wrk, same run),
+            and per decision in process
+
+Starts a throwaway PostgreSQL and Redis (devtools/), migrates, seeds 10,000 profiles, creates
+the keys it needs; stops everything on exit. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for `devtools` and `bench` when run as a script
+
+import uvloop  # noqa: E402
+from bench.harness import ensure_wrk, free_port, keel_cmd, parse_wrk, seed_profiles, server  # noqa: E402
+from bench.loadgen import OWN_LAG, Connection, Result, Stream, auth_headers, percentile, run  # noqa: E402
+from devtools.throwaway_postgres import postgres_server  # noqa: E402
+from devtools.throwaway_redis import RedisServer  # noqa: E402
+from redis import Redis  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+PROFILES = 10_000
+# On a machine with 2+ CPUs, Keel gets CPU 0 and everything else (this load generator,
+# PostgreSQL, Redis) the others, so that the figures measure Keel and not a fight for the CPU
+# with the load generator. Set by `_pin_cpus`.
+KEEL_CPUS: list[str] = []
+
+
+def _pin_cpus() -> str:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return f"not pinned ({len(cpus)} CPU(s))"
+    os.sched_setaffinity(0, cpus[1:])  # inherited by PostgreSQL and Redis, started after this
+    KEEL_CPUS[:] = ["taskset", "-c", str(cpus[0])]
+    return f"Keel on CPU {cpus[0]}; load generator, PostgreSQL and Redis on CPU(s) {cpus[1:]}"
+
+
+BENCH_QUOTA = 10  # per second, burst 10: the plan of the noisy-neighbour clients
+PLANS: dict[str, Any] = {
+    "standard": {"policies": [{"name": "burst", "quota": 100, "window_seconds": 1, "burst": 200}]},
+    "anonymous": {"policies": [{"name": "burst", "quota": 10, "window_seconds": 1, "burst": 20}]},
+    "bench": {
+        "policies": [{"name": "burst", "quota": BENCH_QUOTA, "window_seconds": 1, "burst": 10}],
+        "concurrency": 20,
+    },
+    "atomic": {
+        "policies": [{"name": "minute", "quota": 100, "window_seconds": 60, "burst": 10}],
+        "concurrency": 1000,  # the cap must not be what stops the 250 concurrent requests
+    },
+    "friendly": {
+        "policies": [
+            {"name": "burst", "quota": 10, "window_seconds": 1, "burst": 20},
+            {"name": "minute", "quota": 300, "window_seconds": 60, "burst": 60},
+        ],
+        "concurrency": 5,
+    },
+    "unlimited": {
+        "policies": [{"name": "burst", "quota": 10_000_000, "window_seconds": 1, "burst": 10_000_000}],
+        "concurrency": 100_000,
+    },
+}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    figure: str
+
+
+@dataclass
+class Report:
+    scenario: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    def check(self, name: str, passed: bool, figure: str) -> None:
+        self.checks.append(Check(name, passed, figure))
+        print(f"  [{'PASS' if passed else 'FAIL'}] {name}: {figure}", flush=True)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@dataclass
+class Environment:
+    database_url: str
+    redis: RedisServer
+    ids: list[str]
+    base_env: dict[str, str]
+    logs: Path
+
+    def keel_env(self, **overrides: str) -> dict[str, str]:
+        """The environment of a Keel process; an override of "" removes the variable."""
+        env = {
+            **self.base_env,
+            "KEEL_DATABASE_URL": self.database_url,
+            "KEEL_REDIS_URL": self.redis.url,
+            "KEEL_RATELIMIT_PLANS": json.dumps(PLANS),
+            "KEEL_RATELIMIT_NODES": "2",
+            **overrides,
+        }
+        return {name: value for name, value in env.items() if value != ""}
+
+    def keys(self, plan: str, count: int) -> list[str]:
+        """`count` API keys on `plan`, created through Keel's service layer."""
+        return asyncio.run(_issue_keys(self.keel_env(), plan, count))
+
+    def random_read(self, token: str) -> Callable[[], tuple[str, str, bytes, bytes]]:
+        headers = auth_headers(token)
+        ids = self.ids
+        return lambda: ("GET", f"/v1/profiles/{random.choice(ids)}", headers, b"")
+
+
+async def _issue_keys(env: dict[str, str], plan: str, count: int) -> list[str]:
+    from keel.bootstrap import build_keel
+    from keel.config import Settings
+    from keel.domain.api_keys import Scope
+    from keel.service.auth import issue_api_key
+
+    settings = Settings(
+        database_url=env["KEEL_DATABASE_URL"], ratelimit_plans=PLANS, redis_url=env["KEEL_REDIS_URL"]
+    )
+    keel = await build_keel(settings)
+    try:
+        tokens = []
+        for n in range(count):
+            issued = await issue_api_key(
+                keel.store,
+                keel.clock,
+                scopes=[Scope.PROFILES_READ],
+                api_version="2026-11-28",
+                name=f"{plan}-{n}",
+                plan=plan,
+            )
+            tokens.append(issued.token)
+        return tokens
+    finally:
+        await keel.close()
+
+
+@contextlib.contextmanager
+def keel_nodes(environment: Environment, count: int, name: str, **overrides: str) -> Iterator[list[int]]:
+    """`count` Keel processes (one uvicorn worker each) on free loopback ports."""
+    ports = [free_port() for _ in range(count)]
+    with contextlib.ExitStack() as stack:
+        for n, port in enumerate(ports):
+            log = environment.logs / f"{name}-{n}.log"
+            command = [*KEEL_CPUS, *keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))]
+            stack.enter_context(
+                server(f"keel {name} {n}", command, environment.keel_env(**overrides), log, port)
+            )
+        yield ports
+
+
+def _flush_limits(environment: Environment) -> None:
+    client = Redis.from_url(environment.redis.url)
+    try:
+        for key in client.scan_iter(match="keel:rl:*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def _ok(results: Sequence[Result]) -> list[Result]:
+    return [r for r in results if 200 <= r.status < 300]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+# --------------------------------------------------------------------------- 1. noisy neighbour
+
+
+def _noisy_streams(
+    environment: Environment, ports: list[int], good: list[str], abuser: str | None
+) -> list[Stream]:
+    streams = [
+        Stream(f"good-{n}", "read", ports, lambda t: BENCH_QUOTA / 2, environment.random_read(token))
+        for n, token in enumerate(good)
+    ]
+    if abuser is not None:
+        streams.append(
+            Stream("abuser", "read", ports, lambda t: BENCH_QUOTA * 50, environment.random_read(abuser))
+        )
+    return streams
+
+
+def noisy(environment: Environment, duration: float) -> Report:
+    report = Report("noisy")
+    good = environment.keys("bench", 20)
+    abuser = environment.keys("bench", 1)[0]
+    with keel_nodes(environment, 2, "noisy") as ports:
+        _warm(environment, ports, good)
+        _flush_limits(environment)
+        print(f"  without the abuser, {duration:g}s ...", flush=True)
+        quiet = asyncio.run(run(_noisy_streams(environment, ports, good, None), duration))
+        _flush_limits(environment)
+        print(f"  with the abuser at 50x its quota, {duration:g}s ...", flush=True)
+        loud = asyncio.run(run(_noisy_streams(environment, ports, good, abuser), duration))
+    quiet_good = [r for r in quiet if r.client.startswith("good")]
+    loud_good = [r for r in loud if r.client.startswith("good")]
+    abusive = [r for r in loud if r.client == "abuser"]
+    success = len(_ok(loud_good)) / len(loud_good)
+    p99_quiet = percentile([r.latency for r in quiet_good], 99)
+    p99_loud = percentile([r.latency for r in loud_good], 99)
+    admitted = len(_ok(abusive))
+    expected = BENCH_QUOTA * duration + 10
+    report.figures = {
+        "well_behaved_requests": len(loud_good),
+        "well_behaved_success": success,
+        "well_behaved_p99_ms_without_abuser": _ms(p99_quiet),
+        "well_behaved_p99_ms_with_abuser": _ms(p99_loud),
+        "well_behaved_p50_ms_with_abuser": _ms(percentile([r.latency for r in loud_good], 50)),
+        "abuser_offered": len(abusive),
+        "abuser_admitted": admitted,
+        "abuser_expected_quota_plus_burst": expected,
+        "abuser_rejected_429": sum(r.status == 429 for r in abusive),
+        "abuser_other_statuses": sorted({r.status for r in abusive} - {200, 429}),
+        "transport_errors": sorted({r.headers.get("error", "") for r in loud if r.status == 0}),
+    }
+    report.check("well-behaved success >= 99.9%", success >= 0.999, f"{success:.4%} of {len(loud_good)}")
+    report.check(
+        "well-behaved p99 within +10% of the run without the abuser",
+        p99_loud <= p99_quiet * 1.10,
+        f"{_ms(p99_loud)} ms vs {_ms(p99_quiet)} ms ({p99_loud / p99_quiet - 1:+.1%})",
+    )
+    report.check(
+        "abuser admitted within 5% of quota + burst",
+        abs(admitted - expected) <= 0.05 * expected,
+        f"{admitted} admitted of {len(abusive)} offered; quota x {duration:g}s + burst = {expected:g}",
+    )
+    return report
+
+
+def _warm(environment: Environment, ports: list[int], tokens: list[str]) -> None:
+    """One request per key and node: key caches, connection pools and code paths warmed."""
+
+    async def warm() -> None:
+        for port in ports:
+            connection = await Connection.open(port)
+            for token in tokens:
+                await connection.request("GET", f"/v1/profiles/{environment.ids[0]}", auth_headers(token))
+            connection.close()
+
+    asyncio.run(warm())
+
+
+# --------------------------------------------------------------------------- 2. atomicity
+
+
+def atomic(environment: Environment) -> Report:
+    report = Report("atomic")
+    token = environment.keys("atomic", 1)[0]
+    per_process = 250
+    with keel_nodes(environment, 4, "atomic", KEEL_LOAD_SHEDDING_ENABLED="false") as ports:
+        _flush_limits(environment)
+        headers = auth_headers(token)
+
+        async def burst() -> tuple[list[int], float]:
+            connections = [(await Connection.open(port)) for port in ports for _ in range(per_process)]
+            start = asyncio.Event()
+
+            async def one(connection: Connection) -> int:
+                await start.wait()
+                response = await connection.request(
+                    "GET", f"/v1/profiles/{random.choice(environment.ids)}", headers
+                )
+                connection.close()
+                return response.status
+
+            tasks = [asyncio.create_task(one(c)) for c in connections]
+            await asyncio.sleep(0.2)
+            began = time.perf_counter()
+            start.set()
+            statuses = await asyncio.gather(*tasks)
+            return statuses, time.perf_counter() - began
+
+        statuses, elapsed = asyncio.run(burst())
+    client = Redis.from_url(environment.redis.url)
+    try:
+        keys = list(client.scan_iter(match="keel:rl:*"))
+        ttls = [client.pttl(key) for key in keys]
+    finally:
+        client.close()
+    admitted = statuses.count(200)
+    limit = 10 + int(elapsed * 100 / 60) + 1
+    report.figures = {
+        "processes": 4,
+        "requests": len(statuses),
+        "admitted": admitted,
+        "rejected_429": statuses.count(429),
+        "other_statuses": sorted(set(statuses) - {200, 429}),
+        "elapsed_s": round(elapsed, 3),
+        "allowed_at_most": limit,
+        "limiter_keys": len(keys),
+        "keys_without_ttl": sum(ttl < 0 for ttl in ttls),
+    }
+    report.check(
+        "admitted <= limit + burst",
+        admitted <= limit,
+        f"{admitted} of {len(statuses)} admitted in {elapsed:.2f}s (burst 10 + refill = {limit})",
+    )
+    report.check(
+        "every limiter key has a TTL",
+        bool(keys) and all(ttl > 0 for ttl in ttls),
+        f"{len(keys)} keys, TTLs {sorted(ttls)}",
+    )
+    report.check("no errors", set(statuses) <= {200, 429}, f"statuses {sorted(set(statuses))}")
+    return report
+
+
+# --------------------------------------------------------------------------- 3. Redis outage
+
+
+def outage(environment: Environment, duration: float) -> Report:
+    report = Report("outage")
+    good = environment.keys("bench", 20)
+    abuser = environment.keys("bench", 1)[0]
+    stop_at, start_at = duration / 3, 2 * duration / 3
+    recovered: dict[int, float] = {}
+    with keel_nodes(environment, 2, "outage") as ports:
+        _warm(environment, ports, [*good, abuser])
+        _flush_limits(environment)
+
+        async def watch_recovery() -> None:
+            # From Redis's return: when does each node decide on Redis again (breaker closed)?
+            await asyncio.sleep(start_at)
+            began = time.perf_counter()
+            while len(recovered) < len(ports) and time.perf_counter() - began < duration - start_at:
+                for port in ports:
+                    if port in recovered:
+                        continue
+                    with contextlib.suppress(OSError, ValueError, asyncio.IncompleteReadError):
+                        connection = await Connection.open(port)
+                        response = await connection.request("GET", "/readyz", b"")
+                        connection.close()
+                        if json.loads(response.body).get("breakers", {}).get("redis") == "closed":
+                            recovered[port] = time.perf_counter() - began
+                await asyncio.sleep(0.1)
+
+        async def scenario() -> list[Result]:
+            watcher = asyncio.create_task(watch_recovery())
+            results = await run(
+                _noisy_streams(environment, ports, good, abuser),
+                duration,
+                events=[(stop_at, environment.redis.stop), (start_at, environment.redis.start)],
+            )
+            await watcher
+            return results
+
+        print(
+            f"  {duration:g}s of load; Redis stopped at {stop_at:g}s, started at {start_at:g}s ...",
+            flush=True,
+        )
+        results = asyncio.run(scenario())
+    warmup = 2.0
+    phases = {
+        "before": (warmup, stop_at),
+        "outage": (stop_at, start_at),
+        "after": (start_at + 5, duration),
+    }
+    figures: dict[str, Any] = {}
+    for phase, (begin, end) in phases.items():
+        window = [r for r in results if begin <= r.scheduled < end]
+        good_window = [r for r in window if r.client.startswith("good")]
+        abusive = [r for r in window if r.client == "abuser"]
+        figures[phase] = {
+            "seconds": end - begin,
+            "requests": len(window),
+            "server_errors_5xx": sum(r.status >= 500 for r in window),
+            "transport_errors": sum(r.status == 0 for r in window),
+            "well_behaved_success": len(_ok(good_window)) / max(1, len(good_window)),
+            "well_behaved_p99_ms": _ms(percentile([r.latency for r in good_window], 99)),
+            "abuser_admitted_per_s": round(len(_ok(abusive)) / (end - begin), 2),
+        }
+    figures["recovery_s_after_redis_returned"] = {str(p): round(s, 2) for p, s in recovered.items()}
+    report.figures = figures
+    before, during = figures["before"], figures["outage"]
+    report.check(
+        "5xx rate unchanged",
+        during["server_errors_5xx"] == before["server_errors_5xx"] == 0 and during["transport_errors"] == 0,
+        f"5xx before {before['server_errors_5xx']}, during {during['server_errors_5xx']};"
+        f" transport errors during {during['transport_errors']}",
+    )
+    added = during["well_behaved_p99_ms"] - before["well_behaved_p99_ms"]
+    report.check(
+        "added p99 <= 5 ms",
+        added <= 5.0,
+        f"well-behaved p99 {before['well_behaved_p99_ms']} ms before, {during['well_behaved_p99_ms']} ms"
+        f" during ({added:+.2f} ms)",
+    )
+    report.check(
+        "the abuser stays capped",
+        during["abuser_admitted_per_s"] <= BENCH_QUOTA * 1.10 + 10 / (start_at - stop_at),
+        f"{during['abuser_admitted_per_s']}/s admitted during the outage (quota {BENCH_QUOTA}/s,"
+        f" each of 2 nodes allowing half)",
+    )
+    report.check(
+        "back on Redis within 10 s of its return",
+        len(recovered) == 2 and max(recovered.values()) <= 10,
+        f"breakers closed after {sorted(round(s, 2) for s in recovered.values())} s",
+    )
+    return report
+
+
+# --------------------------------------------------------------------------- 4. spike
+
+
+LIST_LIMIT = 50
+CRITICAL_RATE = 40.0
+
+
+def _list_request(token: str) -> Callable[[], tuple[str, str, bytes, bytes]]:
+    headers = auth_headers(token)
+    return lambda: ("GET", f"/v1/profiles?limit={LIST_LIMIT}", headers, b"")
+
+
+async def _closed_loop(port: int, token: str, workers: int, seconds: float) -> tuple[int, int]:
+    """Lists, each worker sending its next as soon as the previous returns: (ok, total)."""
+    ok = total = 0
+    deadline = time.perf_counter() + seconds
+    request = _list_request(token)
+
+    async def worker() -> None:
+        nonlocal ok, total
+        connection = await Connection.open(port)
+        while time.perf_counter() < deadline:
+            method, path, headers, body = request()
+            response = await connection.request(method, path, headers, body)
+            total += 1
+            ok += 200 <= response.status < 300
+        connection.close()
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return ok, total
+
+
+def spike(environment: Environment, duration: float) -> Report:
+    report = Report("spike")
+    token = environment.keys("unlimited", 1)[0]
+    with keel_nodes(environment, 1, "spike", KEEL_RATELIMIT_ENABLED="false") as ports:
+        port = ports[0]
+        _warm(environment, ports, [token])
+
+        async def measure_saturation() -> tuple[float, list[Result]]:
+            critical = Stream(
+                "critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)
+            )
+            closed, (ok, _) = await asyncio.gather(run([critical], 10.0), _closed_loop(port, token, 16, 10.0))
+            return ok / 10.0 + len(_ok(closed)) / 10.0, closed
+
+        print("  saturation: 16 closed-loop list workers + critical reads, 10 s ...", flush=True)
+        asyncio.run(_closed_loop(port, token, 16, 3.0))  # warm-up
+        peak, _ = asyncio.run(measure_saturation())
+        list_peak = peak - CRITICAL_RATE
+        print(f"  peak goodput {peak:.0f}/s ({list_peak:.0f} lists/s); unloaded run at 30% ...", flush=True)
+        unloaded_streams = [
+            Stream("lists", "list", ports, lambda t: 0.3 * list_peak, _list_request(token)),
+            Stream("critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)),
+        ]
+        unloaded = asyncio.run(run(unloaded_streams, 10.0))
+        ramp = duration / 2
+
+        def offered(t: float) -> float:
+            return list_peak * (0.5 + 2.5 * min(1.0, t / ramp))
+
+        spike_streams = [
+            Stream("lists", "list", ports, offered, _list_request(token)),
+            Stream("critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)),
+        ]
+        print(f"  ramp to 3x the list saturation over {ramp:g}s, hold {duration - ramp:g}s ...", flush=True)
+        spiked = asyncio.run(run(spike_streams, duration))
+        generator_lag_p99 = percentile(OWN_LAG, 99)
+        within, shed_total = asyncio.run(_server_side_shed_time(port))
+    hold = [r for r in spiked if r.scheduled >= ramp + 2]
+    hold_seconds = duration - ramp - 2
+    goodput = len(_ok(hold)) / hold_seconds
+    unloaded_p99 = percentile([r.latency for r in _ok(unloaded) if r.kind == "list"], 99)
+    admitted_p99 = percentile([r.latency for r in _ok(hold) if r.kind == "list"], 99)
+    critical = [r for r in spiked if r.kind == "read"]
+    critical_success = len(_ok(critical)) / len(critical)
+    rejected = [r for r in hold if r.status == 503]
+    rejection_p99 = percentile([r.latency for r in rejected], 99)
+    report.figures = {
+        "peak_goodput_per_s": round(peak, 1),
+        "list_saturation_per_s": round(list_peak, 1),
+        "offered_at_hold_per_s": round(3 * list_peak + CRITICAL_RATE, 1),
+        "goodput_at_hold_per_s": round(goodput, 1),
+        "unloaded_list_p99_ms": _ms(unloaded_p99),
+        "admitted_list_p99_ms_at_hold": _ms(admitted_p99),
+        "critical_requests": len(critical),
+        "critical_success": critical_success,
+        "shed_503_at_hold": len(rejected),
+        "rejection_p99_ms": _ms(rejection_p99),
+        "statuses_at_hold": {
+            str(s): sum(r.status == s for r in hold) for s in sorted({r.status for r in hold})
+        },
+    }
+    report.check("goodput >= 90% of peak", goodput >= 0.9 * peak, f"{goodput:.0f}/s vs peak {peak:.0f}/s")
+    report.check(
+        "admitted p99 <= 2x unloaded p99",
+        admitted_p99 <= 2 * unloaded_p99,
+        f"{_ms(admitted_p99)} ms vs unloaded {_ms(unloaded_p99)} ms",
+    )
+    report.check(
+        "critical traffic >= 99% success",
+        critical_success >= 0.99,
+        f"{critical_success:.2%} of {len(critical)}",
+    )
+    report.check(
+        "rejections answered in <= 5 ms (p99, as the client sees it)",
+        bool(rejected) and rejection_p99 <= 0.005,
+        f"p99 {_ms(rejection_p99)} ms over {len(rejected)} rejections (the load generator's own timer"
+        f" lag p99: {_ms(generator_lag_p99)} ms)",
+    )
+    report.check(
+        "rejections answered in <= 5 ms (99%, inside Keel: from the request to the response)",
+        shed_total > 0 and within / shed_total >= 0.99,
+        f"{within / max(shed_total, 1):.2%} of {shed_total:.0f} within 5 ms"
+        " (Keel's keel_http_request_duration_seconds)",
+    )
+    return report
+
+
+async def _server_side_shed_time(port: int) -> tuple[float, float]:
+    """From Keel's own histogram: shed responses answered within 5 ms, and all of them."""
+    connection = await Connection.open(port)
+    response = await connection.request("GET", "/metrics", b"")
+    connection.close()
+    within = total = 0.0
+    for line in response.body.decode().splitlines():
+        if not line.startswith("keel_http_request_duration_seconds_bucket") or 'status="503"' not in line:
+            continue
+        if 'le="0.005"' in line:
+            within += float(line.rsplit(" ", 1)[1])
+        elif 'le="+Inf"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return within, total
+
+
+# --------------------------------------------------------------------------- 5. friendly client
+
+
+def _parse_list(value: str) -> list[tuple[str, dict[str, float]]]:
+    import http_sf
+
+    parsed: list[tuple[str, dict[str, float]]] = http_sf.parse(value.encode(), tltype="list")  # type: ignore[assignment]
+    return parsed
+
+
+def friendly(environment: Environment, duration: float) -> Report:
+    """Reads (cost 1) and lists (cost 10) alternating 9:1, as fast as the headers allow."""
+    report = Report("friendly")
+    token = environment.keys("friendly", 1)[0]
+    costs = {"read": 1, "list": 10}
+    with keel_nodes(environment, 2, "friendly") as ports:
+        _flush_limits(environment)
+
+        async def client() -> dict[str, Any]:
+            connections = [await Connection.open(port) for port in ports]
+            headers = auth_headers(token)
+            statuses: list[int] = []
+            units = 0
+            wait_total = 0.0
+            n = 0
+            deadline = time.perf_counter() + duration
+            while time.perf_counter() < deadline:
+                kind = "list" if n % 10 == 9 else "read"
+                path = (
+                    f"/v1/profiles?limit={LIST_LIMIT}"
+                    if kind == "list"
+                    else f"/v1/profiles/{random.choice(environment.ids)}"
+                )
+                response = await connections[n % len(connections)].request("GET", path, headers)
+                n += 1
+                statuses.append(response.status)
+                wait = 0.0
+                if response.status == 429:
+                    wait = float(response.headers.get("retry-after", "1"))
+                else:
+                    units += costs[kind]
+                    policies = {
+                        name: params for name, params in _parse_list(response.headers["ratelimit-policy"])
+                    }
+                    [(name, state)] = _parse_list(response.headers["ratelimit"])
+                    next_cost = costs["list" if n % 10 == 9 else "read"]
+                    if state["r"] < next_cost:
+                        # Units come back at q/w per second; wait for the missing ones.
+                        interval = policies[name]["w"] / policies[name]["q"]
+                        wait = (next_cost - state["r"]) * interval
+                if wait:
+                    wait_total += wait
+                    await asyncio.sleep(wait)
+            for connection in connections:
+                connection.close()
+            return {"requests": len(statuses), "statuses": statuses, "units": units, "waited_s": wait_total}
+
+        outcome = asyncio.run(client())
+    statuses = outcome["statuses"]
+    sustained = 300 / 60
+    units_per_s = outcome["units"] / duration
+    # Over the run, GCRA admits at most quota x duration + burst (the minute policy binds).
+    ceiling = (sustained * duration + 60) / duration
+    report.figures = {
+        "requests": outcome["requests"],
+        "rejected_429": statuses.count(429),
+        "other_statuses": sorted(set(statuses) - {200, 429}),
+        "units_per_s": round(units_per_s, 2),
+        "ceiling_units_per_s": round(ceiling, 2),
+        "seconds_spent_waiting": round(outcome["waited_s"], 1),
+    }
+    report.check("zero 429s", statuses.count(429) == 0, f"{statuses.count(429)} of {len(statuses)}")
+    report.check(
+        "and still uses its quota (>= 90% of what the policies allow)",
+        units_per_s >= 0.9 * ceiling,
+        f"{units_per_s:.2f} units/s of {ceiling:.2f}",
+    )
+    return report
+
+
+# --------------------------------------------------------------------------- limiter cost
+
+
+def cost(environment: Environment, duration: float) -> Report:
+    report = Report("cost")
+    token = environment.keys("unlimited", 1)[0]
+    wrk = ensure_wrk()
+    ids_file = RESULTS / "ratelimit_ids.txt"
+    ids_file.write_text("\n".join(environment.ids) + "\n")
+    wrk_env = {**environment.base_env, "KEEL_BENCH_IDS": str(ids_file), "KEEL_BENCH_TOKEN": token}
+    variants = {
+        "no limiter": {"KEEL_RATELIMIT_ENABLED": "false"},
+        "in-memory": {"KEEL_REDIS_URL": ""},
+        "redis": {},
+    }
+    runs: dict[str, list[Any]] = {name: [] for name in variants}
+    for round_number in range(2):
+        order = list(variants) if round_number % 2 == 0 else list(reversed(variants))
+        for name in order:
+            overrides = {"KEEL_LOAD_SHEDDING_ENABLED": "false", **variants[name]}
+            with keel_nodes(environment, 1, f"cost-{name.replace(' ', '-')}", **overrides) as ports:
+                command = [
+                    wrk,
+                    "-t1",
+                    "-c32",
+                    f"-d{duration:g}s",
+                    "--latency",
+                    "-s",
+                    str(REPO / "bench" / "rest_read.lua"),
+                ]
+                subprocess.run(
+                    [*command[:3], "-d3s", *command[4:], f"http://127.0.0.1:{ports[0]}"],
+                    env=wrk_env,
+                    capture_output=True,
+                    timeout=60,
+                    check=True,
+                )
+                done = subprocess.run(
+                    [*command, f"http://127.0.0.1:{ports[0]}"],
+                    env=wrk_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=duration + 60,
+                    check=True,
+                )
+            result = parse_wrk(name, done.stdout)
+            runs[name].append(result)
+            print(
+                f"  round {round_number + 1} {name:<10} {result.requests_per_second:8,.0f} req/s"
+                f"  p50 {result.p50_ms:5.2f} ms  p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx_3xx}",
+                flush=True,
+            )
+    medians = {
+        name: {
+            "requests_per_second": statistics.median(r.requests_per_second for r in rs),
+            "p50_ms": statistics.median(r.p50_ms for r in rs),
+            "p99_ms": statistics.median(r.p99_ms for r in rs),
+            "non_2xx": sum(r.non_2xx_3xx for r in rs),
+        }
+        for name, rs in runs.items()
+    }
+    micro = asyncio.run(_decision_cost(environment))
+    base = medians["no limiter"]["requests_per_second"]
+    report.figures = {
+        "wrk_medians": medians,
+        "throughput_ratio_in_memory": round(medians["in-memory"]["requests_per_second"] / base, 3),
+        "throughput_ratio_redis": round(medians["redis"]["requests_per_second"] / base, 3),
+        "per_request_cpu_us_no_limiter": round(1e6 / base, 1),
+        **micro,
+    }
+    for name in ("in-memory", "redis"):
+        m = medians[name]
+        report.check(
+            f"{name} limiter: every response a 200",
+            m["non_2xx"] == 0,
+            f"{m['requests_per_second']:,.0f} req/s = {m['requests_per_second'] / base:.1%} of no limiter;"
+            f" p50 {m['p50_ms'] - medians['no limiter']['p50_ms']:+.2f} ms",
+        )
+    return report
+
+
+async def _decision_cost(environment: Environment) -> dict[str, float]:
+    """Sequential decisions in this process: the limiter alone, without HTTP around it."""
+    from keel.observability.metrics import Metrics
+    from keel.ratelimit.guard import RateLimitGuard
+    from keel.ratelimit.memory import InMemoryRateLimiter
+    from keel.ratelimit.policy import Plan, Policy
+    from keel.ratelimit.redis import RedisRateLimiter, connect
+
+    plan = Plan("p", (Policy("burst", 1_000_000, 1, 1_000_000), Policy("hourly", 10**9, 3600, 10**9)), 10**6)
+    figures: dict[str, float] = {}
+    limiters = {
+        "in_memory": InMemoryRateLimiter(),
+        "redis": RedisRateLimiter(connect(environment.redis.url, timeout_seconds=0.5), timeout_seconds=0.5),
+    }
+    for name, limiter in limiters.items():
+        guard = RateLimitGuard(limiter, Metrics())
+        count = 20_000 if name == "in_memory" else 5_000
+        for n in range(200):
+            await guard.admit(f"warm-{n}", plan, 1)
+            guard.release(f"warm-{n}")
+        began = time.perf_counter()
+        for n in range(count):
+            client = f"c{n % 1000}"
+            await guard.admit(client, plan, 1)
+            guard.release(client)
+        figures[f"decision_us_{name}"] = round((time.perf_counter() - began) / count * 1e6, 1)
+        await guard.close()
+    print(
+        f"  per decision, in process: in-memory {figures['decision_us_in_memory']} µs,"
+        f" Redis {figures['decision_us_redis']} µs (a loopback round trip + the script)",
+        flush=True,
+    )
+    return figures
+
+
+# --------------------------------------------------------------------------- main
+
+SCENARIOS = ("noisy", "atomic", "outage", "spike", "friendly", "cost")
+
+
+def _prepare(database_url: str, redis: RedisServer, logs: Path) -> Environment:
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env = {**base_env, "KEEL_DATABASE_URL": database_url}
+    migrated = subprocess.run(
+        keel_cmd("migrate"), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if migrated.returncode != 0:
+        raise RuntimeError(f"keel migrate failed:\n{migrated.stdout}\n{migrated.stderr}")
+    _, ids = asyncio.run(seed_profiles(database_url, PROFILES, "eu1"))
+    return Environment(database_url, redis, ids, base_env, logs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)}; default: all")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per load run (noisy: 60)")
+    parser.add_argument("--output", type=Path, default=RESULTS / "ratelimit.json")
+    args = parser.parse_args()
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    args.scenarios = args.scenarios or list(SCENARIOS)
+    uvloop.install()
+    print(_pin_cpus(), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    logs = RESULTS / "ratelimit-logs"
+    logs.mkdir(exist_ok=True)
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    reports: list[Report] = []
+    with (
+        postgres_server(env_var="KEEL_BENCH_POSTGRES_URL") as database_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        redis = RedisServer(Path(tmp))
+        redis.start()
+        try:
+            environment = _prepare(database_url, redis, logs)
+            for name in args.scenarios:
+                print(f"\n== {name}", flush=True)
+                if name == "noisy":
+                    reports.append(noisy(environment, args.duration))
+                elif name == "atomic":
+                    reports.append(atomic(environment))
+                elif name == "outage":
+                    reports.append(outage(environment, max(30.0, min(args.duration, 45.0))))
+                elif name == "spike":
+                    reports.append(spike(environment, max(20.0, min(args.duration, 40.0))))
+                elif name == "friendly":
+                    reports.append(friendly(environment, max(20.0, min(args.duration, 40.0))))
+                elif name == "cost":
+                    reports.append(cost(environment, max(10.0, min(args.duration, 15.0))))
+        finally:
+            redis.stop()
+    failed = [f"{r.scenario}: {c.name}" for r in reports for c in r.checks if not c.passed]
+    print("\n== summary")
+    for report in reports:
+        for check in report.checks:
+            print(
+                f"  {report.scenario:<9} [{'PASS' if check.passed else 'FAIL'}] {check.name}: {check.figure}"
+            )
+    args.output.write_text(
+        json.dumps(
+            [
+                {"scenario": r.scenario, "figures": r.figures, "checks": [c.__dict__ for c in r.checks]}
+                for r in reports
+            ],
+            indent=2,
+            default=str,
+        )
+    )
+    print(f"\nresults: {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Remembered refusals: after the shared limiter refuses a client, this process knows until when
+every request of that client must be refused too, and answers them without asking Redis again.
+
+This never refuses what Redis would admit: a client's TATs only move forward (other processes
+can only add to them; the exceptions, refunds of 304s and shed requests, give back little and
+only make this conservative by that much). An abuser at 50x its quota therefore costs one Redis
+round trip per refill interval, not one per request. What other processes charged meanwhile is
+not known here, so a remembered Retry-After can be shorter than Redis's by what they admitted;
+the kill switch reaches a remembered refusal only when it lapses (one emission interval).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keel.ratelimit.gcra import Decision, PolicyState
+from keel.ratelimit.policy import MICROSECONDS, Policy
+
+_PRUNE_AT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Debt:
+    policy: Policy
+    clear_at: float  # local monotonic time at which the policy's TAT reaches now
+
+
+class Denials:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._debts: dict[str, tuple[_Debt, ...]] = {}
+
+    def remember(self, client: str, decision: Decision) -> None:
+        now = self._clock()
+        # Every policy's debt, not only the violated ones': the answer to a later request (its
+        # Retry-After above all) must account for all of them.
+        debts = tuple(_Debt(s.policy, now + s.reset_seconds) for s in decision.states if not s.policy.shadow)
+        if decision.violated:
+            if len(self._debts) >= _PRUNE_AT:
+                self._prune(now)
+            self._debts[client] = debts
+
+    def refusal(self, client: str, cost: int) -> Decision | None:
+        """The refusal Redis would give now, or None when only Redis can tell."""
+        debts = self._debts.get(client)
+        if debts is None:
+            return None
+        now = self._clock()
+        states = []
+        for debt in debts:
+            policy = debt.policy
+            interval = policy.emission_interval_us / MICROSECONDS
+            owed = max(0.0, debt.clear_at - now)
+            wait = owed + cost * interval - policy.tolerance_us / MICROSECONDS
+            remaining = min(
+                policy.burst, max(0, math.floor((policy.tolerance_us / MICROSECONDS - owed) / interval))
+            )
+            conforms = wait <= 1e-9  # rounding slack, as in gcra.conforms
+            states.append(
+                PolicyState(policy, conforms, remaining, owed, max(0.0, wait) if not conforms else 0.0)
+            )
+        if all(state.conforms for state in states):
+            # The request may conform: only the shared limiter can say (and charge it).
+            if all(debt.clear_at <= now for debt in debts):
+                del self._debts[client]
+            return None
+        return Decision(allowed=False, cost=cost, states=tuple(states))
+
+    def forget(self, client: str) -> None:
+        self._debts.pop(client, None)
+
+    def _prune(self, now: float) -> None:
+        self._debts = {c: d for c, d in self._debts.items() if any(x.clear_at > now for x in d)}
