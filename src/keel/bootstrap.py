@@ -24,7 +24,8 @@ from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.ports import RateLimiter
 from keel.resilience.adaptive_limit import GradientLimit
 from keel.resilience.breaker import BreakerState, CircuitBreaker
-from keel.resilience.load_shedder import LoadShedder, Priority, watch_loop_lag
+from keel.resilience.load_shedder import LoadShedder, Priority
+from keel.resilience.loop_lag import LoopLag
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
@@ -54,6 +55,7 @@ class Keel:
     rate_limits: RateLimitGuard | None  # None: the kill switch is on
     shedder: LoadShedder | None
     breakers: dict[str, CircuitBreaker]
+    loop_lag: LoopLag
 
     async def close(self) -> None:
         if self.rate_limits is not None:
@@ -78,7 +80,7 @@ def build_breaker(name: str, metrics: Metrics, **options: float) -> CircuitBreak
 
 
 def build_rate_limiter(
-    settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker]
+    settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker], loop_lag: LoopLag
 ) -> RateLimiter:
     """In process when embedded; on Redis, failing open to a local share of the quota."""
     if settings.redis_url is None:
@@ -92,7 +94,9 @@ def build_rate_limiter(
     )
     fallbacks = metrics.ratelimit_fallbacks
     return FailOpenRateLimiter(
-        RedisRateLimiter(connect(settings.redis_url, timeout_seconds=timeout), timeout_seconds=timeout),
+        RedisRateLimiter(
+            connect(settings.redis_url, timeout_seconds=timeout), timeout_seconds=timeout, loop_lag=loop_lag
+        ),
         local=InMemoryRateLimiter(),
         breaker=breaker,
         nodes=settings.ratelimit_nodes,
@@ -114,7 +118,7 @@ def build_rate_limit_catalog(settings: Settings) -> RateLimitCatalog:
     )
 
 
-def build_load_shedder(settings: Settings, metrics: Metrics) -> LoadShedder | None:
+def build_load_shedder(settings: Settings, metrics: Metrics, loop_lag: LoopLag) -> LoadShedder | None:
     if not settings.load_shedding_enabled:
         return None
     metrics.concurrency_limit.set(settings.concurrency_limit_initial)
@@ -124,6 +128,7 @@ def build_load_shedder(settings: Settings, metrics: Metrics) -> LoadShedder | No
         maximum=settings.concurrency_limit_max,
         on_change=metrics.concurrency_limit.set,
     )
+    loop_lag.subscribe(limit.observe_loop_lag)
     shed = {p: metrics.load_shed.labels(p.name.lower()) for p in Priority}
     return LoadShedder(limit, on_shed=lambda priority: shed[priority].inc())
 
@@ -182,8 +187,9 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         raise
     clock = SystemClock()
     breakers: dict[str, CircuitBreaker] = {}
+    loop_lag = LoopLag()
     guard = (
-        RateLimitGuard(build_rate_limiter(settings, metrics, breakers), metrics)
+        RateLimitGuard(build_rate_limiter(settings, metrics, breakers, loop_lag), metrics)
         if settings.ratelimit_enabled
         else None
     )
@@ -199,8 +205,9 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         expected_schema_revision=head_revision(),
         rate_limit_catalog=catalog,
         rate_limits=guard,
-        shedder=build_load_shedder(settings, metrics),
+        shedder=build_load_shedder(settings, metrics, loop_lag),
         breakers=breakers,
+        loop_lag=loop_lag,
     )
 
 
@@ -239,9 +246,10 @@ def create_app(settings: Settings) -> FastAPI:
         # milliseconds at the tail.
         gc.collect()
         gc.freeze()
-        background = [asyncio.create_task(_purge_idempotency_records(keel))]
-        if keel.shedder is not None:
-            background.append(asyncio.create_task(watch_loop_lag(keel.shedder.limit)))
+        background = [
+            asyncio.create_task(_purge_idempotency_records(keel)),
+            asyncio.create_task(keel.loop_lag.watch()),
+        ]
         try:
             yield
         finally:

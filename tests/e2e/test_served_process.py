@@ -235,3 +235,16 @@ def test_the_fleet_wide_kill_switch_lives_in_redis(served: Served, redis_url: st
     )
     assert without_redis.returncode == 1
     assert "KEEL_REDIS_URL is not set" in without_redis.stderr
+
+
+def test_refusals_are_logged_sampled_not_one_line_each(served: Served) -> None:
+    # No key: the anonymous plan (burst 20 units); a list costs 10.
+    statuses = [httpx.get(f"{served.base_url}/v1/profiles").status_code for _ in range(8)]
+    assert statuses[:2] == [401, 401]
+    assert statuses[2:].count(429) >= 5
+    time.sleep(0.2)
+    lines = served.log_lines()
+    assert not [line for line in lines if line.get("event") == "request" and line.get("status") == 429]
+    sampled = [line for line in lines if line.get("event") == "rate_limited"]
+    assert 1 <= len(sampled) <= 2
+    assert sampled[0]["policies"] == ["burst"]

@@ -24,8 +24,11 @@ from redis.exceptions import RedisError
 from keel.ratelimit.gcra import Decision, describe
 from keel.ratelimit.policy import Plan
 from keel.ratelimit.ports import LimiterUnavailable
+from keel.resilience.loop_lag import LoopLag
 
 KILL_SWITCH_KEY = "keel:rl:switch"
+# However far behind this process is, a decision never waits longer than this for Redis.
+_LONGEST_WAIT_SECONDS = 1.0
 
 # ARGV: mode ("acquire" | "refund"), cost, then per policy: emission interval (µs),
 # tolerance (µs), shadow (0 | 1). KEYS: one per policy, then the kill switch.
@@ -86,13 +89,15 @@ def policy_key(client: str, policy_name: str) -> str:
     return f"keel:rl:{{{client}}}:{policy_name}"
 
 
-def connect(url: str, *, timeout_seconds: float, max_connections: int = 64) -> Redis:
-    """A client with short timeouts and no retries, for the decision path."""
+def connect(url: str, *, timeout_seconds: float, max_connections: int = 128) -> Redis:
+    """A client with no retries for the decision path. Connecting has the short timeout; waiting
+    for a pooled connection or a reply is bounded by `RedisRateLimiter`, which knows whether it
+    is Redis or this process that is late."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=timeout_seconds,
-        socket_timeout=timeout_seconds,
+        timeout=_LONGEST_WAIT_SECONDS,
+        socket_timeout=_LONGEST_WAIT_SECONDS,
         socket_connect_timeout=timeout_seconds,
         retry=Retry(NoBackoff(), 0),
     )
@@ -100,9 +105,10 @@ def connect(url: str, *, timeout_seconds: float, max_connections: int = 64) -> R
 
 
 class RedisRateLimiter:
-    def __init__(self, client: Redis, *, timeout_seconds: float) -> None:
+    def __init__(self, client: Redis, *, timeout_seconds: float, loop_lag: LoopLag | None = None) -> None:
         self._client = client
         self._timeout = timeout_seconds
+        self._loop_lag = loop_lag
         self._script = client.register_script(GCRA_SCRIPT)
         self._args: dict[tuple[str, int], list[str | int | float]] = {}
 
@@ -123,11 +129,29 @@ class RedisRateLimiter:
     async def _run(self, mode: str, client: str, plan: Plan, cost: int) -> list[bytes | int]:
         keys = [policy_key(client, p.name) for p in plan.policies]
         keys.append(KILL_SWITCH_KEY)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            async with asyncio.timeout(self._timeout):
-                reply: list[bytes | int] = await self._script(
-                    keys=keys, args=self._arguments(mode, plan, cost)
-                )
+            async with asyncio.timeout(None) as deadline:
+
+                def on_late() -> None:
+                    # If this process's own event loop is behind (a burst of requests), the reply
+                    # may well be waiting in the socket: that is not Redis failing, and falling
+                    # back now would admit requests Redis would refuse. Wait on, up to a limit.
+                    late_by = loop.time() - started
+                    behind = self._loop_lag is not None and self._loop_lag.behind(self._timeout / 2)
+                    if behind and late_by < _LONGEST_WAIT_SECONDS:
+                        timer[0] = loop.call_later(self._timeout, on_late)
+                        return
+                    deadline.reschedule(loop.time())
+
+                timer = [loop.call_later(self._timeout, on_late)]
+                try:
+                    reply: list[bytes | int] = await self._script(
+                        keys=keys, args=self._arguments(mode, plan, cost)
+                    )
+                finally:
+                    timer[0].cancel()
         except (RedisError, OSError, TimeoutError) as error:
             raise LimiterUnavailable(type(error).__name__) from error
         return reply

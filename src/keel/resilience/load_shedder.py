@@ -9,7 +9,6 @@ boundary. Rejections happen before any other work and cost almost nothing.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from enum import IntEnum
@@ -68,12 +67,3 @@ class LoadShedder:
     def _shed(self, priority: Priority) -> None:
         if self._on_shed is not None:
             self._on_shed(priority)
-
-
-async def watch_loop_lag(limit: GradientLimit, every_seconds: float = 0.01) -> None:
-    """Feed the event loop's timer lag to the limit, until cancelled."""
-    loop = asyncio.get_running_loop()
-    while True:
-        started = loop.time()
-        await asyncio.sleep(every_seconds)
-        limit.observe_loop_lag(max(0.0, loop.time() - started - every_seconds))

@@ -1,0 +1,62 @@
+"""The Redis limiter's deadline: a reply that is late because Redis is slow is a failure (the
+caller falls back); a reply that is late because this process's event loop is behind is waited
+for, up to a second, because falling back would admit what Redis refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from keel.ratelimit.policy import Plan, Policy
+from keel.ratelimit.ports import LimiterUnavailable
+from keel.ratelimit.redis import RedisRateLimiter
+
+PLAN = Plan("p", (Policy("s", quota=10, window_seconds=1, burst=10),), concurrency=5)
+
+
+class SlowRedis:
+    """Answers the GCRA script like Redis would for a fresh client, after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def register_script(self, script: str) -> Any:
+        async def run(keys: list[str], args: list[Any]) -> list[Any]:
+            await asyncio.sleep(self.delay)
+            return [1_000_000, 0, 1, b"1100000"]
+
+        return run
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Lag:
+    def __init__(self, behind: bool) -> None:
+        self._behind = behind
+
+    def behind(self, threshold_seconds: float) -> bool:
+        return self._behind
+
+
+async def test_a_slow_redis_is_a_failure() -> None:
+    limiter = RedisRateLimiter(SlowRedis(0.2), timeout_seconds=0.02, loop_lag=Lag(behind=False))  # type: ignore[arg-type]
+    with pytest.raises(LimiterUnavailable):
+        await limiter.acquire("c", PLAN, 1)
+
+
+async def test_a_late_reply_while_this_process_is_behind_is_waited_for() -> None:
+    limiter = RedisRateLimiter(SlowRedis(0.2), timeout_seconds=0.02, loop_lag=Lag(behind=True))  # type: ignore[arg-type]
+    decision = await limiter.acquire("c", PLAN, 1)
+    assert decision.allowed
+    assert decision.states[0].remaining == 9
+
+
+async def test_but_not_for_ever() -> None:
+    limiter = RedisRateLimiter(SlowRedis(5.0), timeout_seconds=0.05, loop_lag=Lag(behind=True))  # type: ignore[arg-type]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(LimiterUnavailable):
+        await limiter.acquire("c", PLAN, 1)
+    assert asyncio.get_running_loop().time() - started < 1.3
