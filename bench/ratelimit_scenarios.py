@@ -51,22 +51,27 @@ from redis import Redis  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PROFILES = 10_000
-# On a machine with 2+ CPUs, a single Keel process gets CPU 0 and everything else (this load
-# generator, PostgreSQL, Redis) the others, so that the figures measure Keel and not a fight
-# for the CPU with the load generator; several Keel processes share all CPUs. Set by `_pin_cpus`.
+# With 2+ CPUs the machine is split like a client and a server: the service side (Keel,
+# PostgreSQL, Redis) on CPU 0, the load generator (and wrk) on the others, so that the figures
+# are not those of a fight for the CPU between Keel and what loads it. Set by `_split_cpus`.
+SERVICE_CPUS: set[int] = set()
 KEEL_CPUS: list[str] = []
 
 
-def _pin_cpus() -> str:
+def _split_cpus() -> tuple[set[int], set[int]] | None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or shutil.which("taskset") is None:
-        return f"not pinned ({len(cpus)} CPU(s))"
-    os.sched_setaffinity(0, cpus[1:])  # inherited by PostgreSQL and Redis, started after this
+        return None
+    SERVICE_CPUS.clear()
+    SERVICE_CPUS.add(cpus[0])
     KEEL_CPUS[:] = ["taskset", "-c", str(cpus[0])]
-    return (
-        f"a single Keel process on CPU {cpus[0]} (several: on all); load generator, PostgreSQL and"
-        f" Redis on CPU(s) {cpus[1:]}"
-    )
+    return {cpus[0]}, set(cpus[1:])
+
+
+def _start_redis(redis: RedisServer) -> None:
+    redis.start()
+    if SERVICE_CPUS and redis.process is not None:
+        os.sched_setaffinity(redis.process.pid, SERVICE_CPUS)
 
 
 BENCH_QUOTA = 10  # per second, burst 10: the plan of the noisy-neighbour clients
@@ -180,9 +185,7 @@ def keel_nodes(environment: Environment, count: int, name: str, **overrides: str
     with contextlib.ExitStack() as stack:
         for n, port in enumerate(ports):
             log = environment.logs / f"{name}-{n}.log"
-            # One process gets a CPU of its own; several share all of them.
-            pinning = KEEL_CPUS if count == 1 else []
-            command = [*pinning, *keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))]
+            command = [*KEEL_CPUS, *keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))]
             stack.enter_context(
                 server(f"keel {name} {n}", command, environment.keel_env(**overrides), log, port)
             )
@@ -386,7 +389,10 @@ def outage(environment: Environment, duration: float) -> Report:
             results = await run(
                 _noisy_streams(environment, ports, good, abuser),
                 duration,
-                events=[(stop_at, environment.redis.stop), (start_at, environment.redis.start)],
+                events=[
+                    (stop_at, environment.redis.stop),
+                    (start_at, lambda: _start_redis(environment.redis)),
+                ],
             )
             await watcher
             return results
@@ -762,7 +768,7 @@ async def _decision_cost(environment: Environment) -> dict[str, float]:
     figures: dict[str, float] = {}
     limiters = {
         "in_memory": InMemoryRateLimiter(),
-        "redis": RedisRateLimiter(connect(environment.redis.url, timeout_seconds=0.5), timeout_seconds=0.5),
+        "redis": RedisRateLimiter(connect(environment.redis.url), timeout_seconds=0.5),
     }
     for name, limiter in limiters.items():
         guard = RateLimitGuard(limiter, Metrics())
@@ -815,7 +821,9 @@ def main() -> int:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     args.scenarios = args.scenarios or list(SCENARIOS)
     uvloop.install()
-    print(_pin_cpus(), flush=True)
+    split = _split_cpus()
+    if split is not None:
+        os.sched_setaffinity(0, split[0])  # PostgreSQL and Redis, started next, inherit this
     RESULTS.mkdir(parents=True, exist_ok=True)
     logs = RESULTS / "ratelimit-logs"
     logs.mkdir(exist_ok=True)
@@ -830,7 +838,16 @@ def main() -> int:
         tempfile.TemporaryDirectory() as tmp,
     ):
         redis = RedisServer(Path(tmp))
-        redis.start()
+        _start_redis(redis)
+        if split is not None:
+            os.sched_setaffinity(0, split[1])
+            print(
+                f"service side (Keel, PostgreSQL, Redis) on CPU(s) {sorted(split[0])}; load generator on"
+                f" {sorted(split[1])}",
+                flush=True,
+            )
+        else:
+            print("not pinned: fewer than 2 CPUs or no taskset", flush=True)
         try:
             environment = _prepare(database_url, redis, logs)
             for name in args.scenarios:

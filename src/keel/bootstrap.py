@@ -94,9 +94,7 @@ def build_rate_limiter(
     )
     fallbacks = metrics.ratelimit_fallbacks
     return FailOpenRateLimiter(
-        RedisRateLimiter(
-            connect(settings.redis_url, timeout_seconds=timeout), timeout_seconds=timeout, loop_lag=loop_lag
-        ),
+        RedisRateLimiter(connect(settings.redis_url), timeout_seconds=timeout, loop_lag=loop_lag),
         local=InMemoryRateLimiter(),
         breaker=breaker,
         nodes=settings.ratelimit_nodes,

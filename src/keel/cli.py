@@ -167,7 +167,7 @@ async def _set_switch(settings: Settings, *, enabled: bool) -> None:
             err=True,
         )
         raise typer.Exit(1)
-    limiter = RedisRateLimiter(connect(settings.redis_url, timeout_seconds=2.0), timeout_seconds=2.0)
+    limiter = RedisRateLimiter(connect(settings.redis_url), timeout_seconds=2.0)
     try:
         await limiter.set_switch(enabled)
     finally:

@@ -25,7 +25,7 @@ PER_MINUTE = Plan("minute", (Policy("minute", quota=100, window_seconds=60, burs
 
 @pytest.fixture
 async def limiter(redis_url: str) -> AsyncIterator[RedisRateLimiter]:
-    limiter = RedisRateLimiter(connect(redis_url, timeout_seconds=0.5), timeout_seconds=0.5)
+    limiter = RedisRateLimiter(connect(redis_url), timeout_seconds=0.5)
     yield limiter
     await limiter.close()
 
@@ -142,7 +142,7 @@ async def test_matches_the_in_memory_limiter_on_the_same_sequence(limiter: Redis
 async def test_unreachable_redis_is_reported_as_unavailable() -> None:
     with redis_server() as server:
         url = server.url
-    limiter = RedisRateLimiter(connect(url, timeout_seconds=0.05), timeout_seconds=0.05)
+    limiter = RedisRateLimiter(connect(url), timeout_seconds=0.05)
     with pytest.raises(LimiterUnavailable):
         await limiter.acquire(_client(), PER_MINUTE, 1)
     await limiter.close()
@@ -154,7 +154,7 @@ async def test_fails_open_to_a_local_share_and_returns_to_redis() -> None:
     with redis_server() as server:
         breaker = CircuitBreaker("redis", consecutive_failures=3, open_seconds=0.5)
         limiter = FailOpenRateLimiter(
-            RedisRateLimiter(connect(server.url, timeout_seconds=0.05), timeout_seconds=0.05),
+            RedisRateLimiter(connect(server.url), timeout_seconds=0.05),
             local=InMemoryRateLimiter(),
             breaker=breaker,
             nodes=2,

@@ -89,16 +89,16 @@ def policy_key(client: str, policy_name: str) -> str:
     return f"keel:rl:{{{client}}}:{policy_name}"
 
 
-def connect(url: str, *, timeout_seconds: float, max_connections: int = 128) -> Redis:
-    """A client with no retries for the decision path. Connecting has the short timeout; waiting
-    for a pooled connection or a reply is bounded by `RedisRateLimiter`, which knows whether it
-    is Redis or this process that is late."""
+def connect(url: str, *, max_connections: int = 128) -> Redis:
+    """A client with no retries for the decision path. Its own timeouts are long stops only: the
+    short deadline is `RedisRateLimiter`'s, which knows whether it is Redis or this process that
+    is late (a burst of requests also makes connecting look slow)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=_LONGEST_WAIT_SECONDS,
         socket_timeout=_LONGEST_WAIT_SECONDS,
-        socket_connect_timeout=timeout_seconds,
+        socket_connect_timeout=_LONGEST_WAIT_SECONDS,
         retry=Retry(NoBackoff(), 0),
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
