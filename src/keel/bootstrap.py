@@ -17,6 +17,7 @@ from keel.config import Settings
 from keel.observability.database import DatabaseObserver
 from keel.observability.logging import configure_logging
 from keel.observability.metrics import Metrics
+from keel.observability.sampled_log import SampledLog
 from keel.observability.tracing import PropagatingTracer, build_tracer_provider, tracer_from
 from keel.ratelimit.catalog import RateLimitCatalog
 from keel.ratelimit.guard import RateLimitGuard
@@ -80,7 +81,11 @@ def build_breaker(name: str, metrics: Metrics, **options: float) -> CircuitBreak
 
 
 def build_rate_limiter(
-    settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker], loop_lag: LoopLag
+    settings: Settings,
+    metrics: Metrics,
+    breakers: dict[str, CircuitBreaker],
+    loop_lag: LoopLag,
+    catalog: RateLimitCatalog,
 ) -> RateLimiter:
     """In process when embedded; on Redis, failing open to a local share of the quota."""
     if settings.redis_url is None:
@@ -93,12 +98,19 @@ def build_rate_limiter(
         "redis", metrics, open_seconds=settings.ratelimit_breaker_open_seconds
     )
     fallbacks = metrics.ratelimit_fallbacks
+    fallback_log = SampledLog("keel.ratelimit")
+
+    def on_fallback(reason: str) -> None:
+        fallbacks.labels(reason).inc()
+        fallback_log.warning("ratelimit_fallback", reason=reason)
+
     return FailOpenRateLimiter(
         RedisRateLimiter(connect(settings.redis_url), timeout_seconds=timeout, loop_lag=loop_lag),
         local=InMemoryRateLimiter(),
         breaker=breaker,
         nodes=settings.ratelimit_nodes,
-        on_fallback=lambda reason: fallbacks.labels(reason).inc(),
+        minimum_burst=max(catalog.costs.values()),
+        on_fallback=on_fallback,
     )
 
 
@@ -187,7 +199,7 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
     breakers: dict[str, CircuitBreaker] = {}
     loop_lag = LoopLag()
     guard = (
-        RateLimitGuard(build_rate_limiter(settings, metrics, breakers, loop_lag), metrics)
+        RateLimitGuard(build_rate_limiter(settings, metrics, breakers, loop_lag, catalog), metrics)
         if settings.ratelimit_enabled
         else None
     )

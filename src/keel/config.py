@@ -13,10 +13,10 @@ from keel.ratelimit.policy import Plan, Policy
 
 
 class PolicySettings(BaseModel):
-    name: str
-    quota: int = Field(gt=0)
-    window_seconds: float = Field(gt=0)
-    burst: int | None = Field(default=None, gt=0, description="Defaults to the quota.")
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    quota: int = Field(gt=0, le=10**12)
+    window_seconds: float = Field(ge=0.001, le=366 * 86400, allow_inf_nan=False)
+    burst: int | None = Field(default=None, gt=0, le=10**12, description="Defaults to the quota.")
     shadow: bool = False
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import http_sf
 import httpx
 import pytest
+import redis
 
 from keel.api.rest.app import build_rest_app
 from keel.bootstrap import Keel, build_keel
@@ -62,7 +63,17 @@ def limiter_settings(request: pytest.FixtureRequest, sqlite_url: str) -> dict[st
     options: dict[str, Any] = {"database_url": sqlite_url, "ratelimit_plans": TIGHT_PLANS}
     if request.param == "redis":
         options["redis_url"] = request.getfixturevalue("redis_url")
+        _forget_limits(options["redis_url"])  # tests share the session's Redis: start clean
     return options
+
+
+def _forget_limits(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(match="keel:rl:*"):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -144,6 +155,8 @@ async def test_anonymous_and_unknown_keys_are_limited_by_address(harness: Harnes
 
 async def test_the_concurrency_cap_refuses_a_second_request_in_flight(harness: Harness) -> None:
     key = await harness.key()
+    # Warm: the first decision on Redis also opens a connection and reads the kill switch.
+    await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
     release = asyncio.Event()
 
     async def slow_body() -> AsyncIterator[bytes]:
@@ -163,6 +176,7 @@ async def test_the_concurrency_cap_refuses_a_second_request_in_flight(harness: H
     assert (await first).status_code == 201
     after = await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
     assert after.status_code == 404
+    assert _parse(after.headers["ratelimit"])[0][1]["r"] == 12 - 1 - 5 - 1  # read, write, read
 
 
 async def test_health_and_metrics_are_never_limited(harness: Harness) -> None:
@@ -235,3 +249,29 @@ async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite
         assert (await built.client.get("/v1/profiles", headers=key)).status_code == 200
         assert 'keel_load_shed_total{priority="sheddable"} 1.0' in (await built.client.get("/metrics")).text
     await keel.close()
+
+
+async def test_the_kill_switch_reaches_running_processes_within_a_second(
+    redis_url: str, sqlite_url: str
+) -> None:
+    _forget_limits(redis_url)
+    settings = Settings(database_url=sqlite_url, ratelimit_plans=TIGHT_PLANS, redis_url=redis_url)
+    built, keel = await _harness(settings)
+    switch = redis.Redis.from_url(redis_url)
+    try:
+        async with built.client:
+            key = await built.key()
+            for _ in range(2):
+                await built.client.get("/v1/profiles", headers=key)
+            assert (await built.client.get("/v1/profiles", headers=key)).status_code == 429
+            switch.set("keel:rl:switch", "off")
+            await asyncio.sleep(1.1)
+            statuses = [(await built.client.get("/v1/profiles", headers=key)).status_code for _ in range(5)]
+            assert statuses == [200] * 5  # no quota, no remembered refusal
+            switch.delete("keel:rl:switch")
+            await asyncio.sleep(1.1)
+            assert (await built.client.get("/v1/profiles", headers=key)).status_code == 429
+    finally:
+        switch.delete("keel:rl:switch")
+        switch.close()
+        await keel.close()

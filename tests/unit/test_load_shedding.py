@@ -94,3 +94,16 @@ def test_shedding_has_hysteresis() -> None:
         shedder.release("list", admitted.pop())  # 11 in flight: below 75 % of 16
     assert shedder.try_admit(Priority.SHEDDABLE) is not None
     assert not shedder.shedding(Priority.SHEDDABLE)
+
+
+def test_a_lagging_event_loop_shrinks_a_full_limit() -> None:
+    # Requests look no slower than unloaded once admitted, but each waited 30 ms on the loop
+    # before anything in the process saw it: only the lag shows the queue.
+    clock = Clock()
+    limit = GradientLimit(initial=20, minimum=2, maximum=200, clock=clock)
+    _feed(limit, clock, 0.004, in_flight=20, windows=1)
+    for _ in range(30):
+        for _ in range(3):
+            limit.observe_loop_lag(0.03)
+        _feed(limit, clock, 0.004, in_flight=int(limit.limit), windows=1)
+    assert limit.limit < 10

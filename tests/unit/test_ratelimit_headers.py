@@ -38,3 +38,22 @@ def test_ratelimit_header_names_the_policy_closest_to_its_limit() -> None:
     [(name, params)] = http_sf.parse(header.encode(), tltype="list")
     assert name == "burst"
     assert params == {"r": 6, "t": 1}
+
+
+def test_shadow_policies_are_not_shown_to_clients() -> None:
+    trial = Policy("trial", quota=1, window_seconds=1, burst=1, shadow=True)
+    enforced = Policy("burst", quota=10, window_seconds=1, burst=10)
+    plan = Plan("p", (enforced, trial), concurrency=3)
+    assert [name for name, _ in http_sf.parse(plan.policy_header.encode(), tltype="list")] == [
+        "burst",
+        "concurrency",
+    ]
+    verdicts, tats = decide([None, None], 0.0, [enforced, trial], cost=5)
+    header = format_ratelimit_header(describe(verdicts, tats, 0.0, [enforced, trial], 5))
+    assert header is not None
+    assert header.startswith('"burst";')
+
+
+def test_a_divided_plan_still_admits_the_dearest_operation() -> None:
+    plan = DEFAULT_PLANS["anonymous"].divided(3, minimum_burst=10)
+    assert min(p.burst for p in plan.policies) >= 10

@@ -25,9 +25,12 @@ class SlowRedis:
     def register_script(self, script: str) -> Any:
         async def run(keys: list[str], args: list[Any]) -> list[Any]:
             await asyncio.sleep(self.delay)
-            return [1_000_000, 0, 1, b"1100000"]
+            return [1_000_000, 1, b"1100000"]
 
         return run
+
+    async def get(self, key: str) -> None:
+        return None  # the kill switch is not set
 
     async def aclose(self) -> None:
         return None

@@ -32,6 +32,7 @@ class Denials:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._debts: dict[str, tuple[_Debt, ...]] = {}
+        self._prune_at = _PRUNE_AT
 
     def remember(self, client: str, decision: Decision) -> None:
         now = self._clock()
@@ -39,7 +40,7 @@ class Denials:
         # Retry-After above all) must account for all of them.
         debts = tuple(_Debt(s.policy, now + s.reset_seconds) for s in decision.states if not s.policy.shadow)
         if decision.violated:
-            if len(self._debts) >= _PRUNE_AT:
+            if len(self._debts) >= self._prune_at:
                 self._prune(now)
             self._debts[client] = debts
 
@@ -73,4 +74,10 @@ class Denials:
         self._debts.pop(client, None)
 
     def _prune(self, now: float) -> None:
+        """Drop what has lapsed; if that is not enough, the oldest quarter. The next prune comes
+        after as many new refusals again, so the cost per refusal stays constant."""
         self._debts = {c: d for c, d in self._debts.items() if any(x.clear_at > now for x in d)}
+        if len(self._debts) >= _PRUNE_AT:
+            for client in list(self._debts)[: len(self._debts) // 4]:
+                del self._debts[client]
+        self._prune_at = len(self._debts) + _PRUNE_AT // 2

@@ -13,7 +13,7 @@ from keel.ratelimit.gcra import Decision
 from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.policy import Plan
 from keel.ratelimit.ports import LimiterUnavailable, RateLimiter
-from keel.resilience.breaker import CircuitBreaker
+from keel.resilience.breaker import BreakerState, CircuitBreaker
 
 FallbackObserver = Callable[[str], None]  # called with the reason of each local decision
 
@@ -27,13 +27,20 @@ class FailOpenRateLimiter:
         breaker: CircuitBreaker,
         nodes: int,
         on_fallback: FallbackObserver,
+        minimum_burst: int = 1,
     ) -> None:
         self._shared = shared
         self._local = local
         self._breaker = breaker
         self._nodes = nodes
         self._on_fallback = on_fallback
+        self._minimum_burst = minimum_burst
         self._local_plans: dict[int, Plan] = {}
+
+    async def switched_off(self) -> bool:
+        if self._breaker.state is BreakerState.OPEN:
+            return False  # Redis is out of the path: the local limiter decides, switch or not
+        return await self._shared.switched_off()
 
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         if self._breaker.allow():
@@ -43,8 +50,8 @@ class FailOpenRateLimiter:
                 self._breaker.record_failure()
                 self._on_fallback(str(error))
             except BaseException:
-                # Cancelled mid-call: the probe slot must not stay taken.
-                self._breaker.record_failure()
+                # Cancelled mid-call: no verdict on Redis, but the probe slot must not stay taken.
+                self._breaker.release_probe()
                 raise
             else:
                 self._breaker.record_success()
@@ -61,7 +68,7 @@ class FailOpenRateLimiter:
             except LimiterUnavailable:
                 self._breaker.record_failure()
             except BaseException:
-                self._breaker.record_failure()
+                self._breaker.release_probe()
                 raise
             else:
                 self._breaker.record_success()
@@ -75,5 +82,5 @@ class FailOpenRateLimiter:
     def _local_plan(self, plan: Plan) -> Plan:
         local = self._local_plans.get(id(plan))
         if local is None:
-            local = self._local_plans[id(plan)] = plan.divided(self._nodes)
+            local = self._local_plans[id(plan)] = plan.divided(self._nodes, self._minimum_burst)
         return local

@@ -44,7 +44,8 @@ class Decision:
     def closest(self) -> PolicyState | None:
         """The policy that would refuse first: fewest units left (every policy is charged the
         same cost), the later refill breaking ties."""
-        return min(self.states, key=lambda s: (s.remaining, -s.reset_seconds), default=None)
+        enforced = (s for s in self.states if not s.policy.shadow)  # shadow: never told to clients
+        return min(enforced, key=lambda s: (s.remaining, -s.reset_seconds), default=None)
 
     @property
     def retry_after_seconds(self) -> int:

@@ -14,10 +14,10 @@ from keel.observability.sampled_log import SampledLog
 from keel.ratelimit.denials import Denials
 from keel.ratelimit.gcra import Decision
 from keel.ratelimit.headers import format_ratelimit_header
-from keel.ratelimit.policy import Plan
+from keel.ratelimit.policy import RESERVED_POLICY_NAME, Plan
 from keel.ratelimit.ports import RateLimiter
 
-CONCURRENCY_POLICY = "concurrency"
+CONCURRENCY_POLICY = RESERVED_POLICY_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,20 @@ class RateLimitGuard:
 
     async def admit(self, client: str, plan: Plan, cost: int) -> RateLimitOutcome:
         """On `allowed`, the caller must call `release(client)` when the request ends."""
+        switched_off = await self._limiter.switched_off()
+        # Read after the await: other requests of this client may have come and gone meanwhile.
         in_flight = self._in_flight.get(client, 0)
+        if switched_off:
+            # The kill switch: no cap, no remembered refusal; the limiter admits without charging.
+            self._in_flight[client] = in_flight + 1
+            try:
+                decision = await self._limiter.acquire(client, plan, cost)
+            except BaseException:
+                self.release(client)
+                raise
+            if not decision.allowed:  # switched back on, or Redis unreachable: a real decision
+                self.release(client)
+            return RateLimitOutcome(decision.allowed, plan, decision, format_ratelimit_header(decision))
         if in_flight >= plan.concurrency:
             self._count(CONCURRENCY_POLICY, "rejected")
             self._rejections.warning(

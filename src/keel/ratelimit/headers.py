@@ -26,7 +26,7 @@ def _policy_item(policy: Policy) -> str:
 
 def format_policy_header(plan: Plan) -> str:
     """`"burst";q=20;w=1, "hourly";q=5000;w=3600, "concurrency";q=20;qu="concurrent-requests"`."""
-    items = [_policy_item(p) for p in plan.policies]
+    items = [_policy_item(p) for p in plan.policies if not p.shadow]  # shadow ones are not enforced
     items.append(f'"concurrency";q={plan.concurrency};qu="concurrent-requests"')
     return ", ".join(items)
 

@@ -26,6 +26,9 @@ class InMemoryRateLimiter:
         self._tats: dict[tuple[str, str], float] = {}
         self._until_sweep = _SWEEP_EVERY
 
+    async def switched_off(self) -> bool:
+        return False  # only the shared limiter has a fleet-wide switch
+
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         return self.acquire_now(client, plan, cost)
 

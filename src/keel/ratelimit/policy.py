@@ -8,9 +8,12 @@ most `quota + burst` units.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 MICROSECONDS = 1_000_000
+RESERVED_POLICY_NAME = "concurrency"  # the concurrency cap's name in headers and problems
+_POLICY_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +25,12 @@ class Policy:
     shadow: bool = False  # decide and report, never reject
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"policy name {self.name!r}: letters, digits, '-' and '_' only")
-        if self.quota < 1 or self.window_seconds <= 0 or self.burst < 1:
-            raise ValueError(f"policy {self.name!r}: quota, window and burst must be positive")
+        if not _POLICY_NAME.fullmatch(self.name) or self.name == RESERVED_POLICY_NAME:
+            raise ValueError(
+                f"policy name {self.name!r}: 1-32 of a-z, 0-9, '-', '_' (and not {RESERVED_POLICY_NAME!r})"
+            )
+        if self.quota < 1 or self.burst < 1 or not 0.001 <= self.window_seconds <= 366 * 86400:
+            raise ValueError(f"policy {self.name!r}: quota and burst >= 1, window 1 ms to 1 year")
 
     @property
     def emission_interval_us(self) -> float:
@@ -36,15 +41,16 @@ class Policy:
     def tolerance_us(self) -> float:
         return self.emission_interval_us * self.burst
 
-    def divided(self, parts: int) -> Policy:
-        """This policy's share on one of `parts` nodes that decide without a shared store."""
+    def divided(self, parts: int, minimum_burst: int = 1) -> Policy:
+        """This policy's share on one of `parts` nodes that decide without a shared store; the
+        burst never falls below `minimum_burst` (the dearest operation must still fit)."""
         if parts <= 1:
             return self
         return Policy(
             self.name,
             quota=max(1, self.quota // parts),
             window_seconds=self.window_seconds,
-            burst=max(1, self.burst // parts),
+            burst=max(minimum_burst, self.burst // parts, 1),
             shadow=self.shadow,
         )
 
@@ -73,10 +79,12 @@ class Plan:
         enforced = [p.burst for p in self.policies if not p.shadow]
         return min(enforced, default=0)
 
-    def divided(self, parts: int) -> Plan:
+    def divided(self, parts: int, minimum_burst: int = 1) -> Plan:
         if parts <= 1:
             return self
-        return Plan(self.name, tuple(p.divided(parts) for p in self.policies), self.concurrency)
+        return Plan(
+            self.name, tuple(p.divided(parts, minimum_burst) for p in self.policies), self.concurrency
+        )
 
 
 DEFAULT_PLANS: dict[str, Plan] = {

@@ -9,6 +9,10 @@ from keel.ratelimit.policy import Plan
 
 
 class RateLimiter(Protocol):
+    async def switched_off(self) -> bool:
+        """The fleet-wide kill switch is on: admit everything, refuse nothing."""
+        ...
+
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         """Check every policy of the plan and charge them all, or none: one atomic step."""
         ...

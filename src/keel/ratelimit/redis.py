@@ -4,9 +4,9 @@ process asks.
 
 Keys are `keel:rl:{<client>}:<policy>`: the hash tag keeps a client's policies on one Redis
 Cluster slot, as a multi-key script needs. Every key written gets a TTL equal to the time its
-TAT stays in the future, so an idle client leaves nothing behind. The kill switch is a key the
-script reads (`keel ratelimit off` sets it), so it takes effect fleet-wide without a restart and
-without another round trip.
+TAT stays in the future, so an idle client leaves nothing behind. The kill switch is a key
+(`keel ratelimit off` sets it) that each process re-reads every second, so it takes effect
+fleet-wide within a second and without a restart.
 
 Timeouts are short and there are no client-side retries: the caller (`FailOpenRateLimiter`)
 decides what happens when Redis does not answer.
@@ -30,20 +30,20 @@ KILL_SWITCH_KEY = "keel:rl:switch"
 # However far behind this process is, a decision never waits longer than this for Redis.
 _LONGEST_WAIT_SECONDS = 1.0
 
+# How often each process re-reads the kill switch.
+_SWITCH_REFRESH_SECONDS = 1.0
+
 # ARGV: mode ("acquire" | "refund"), cost, then per policy: emission interval (µs),
-# tolerance (µs), shadow (0 | 1). KEYS: one per policy, then the kill switch.
-# Returns {now_us, switched_off, verdict_1, tat_1, verdict_2, tat_2, ...}; tat -1 = none stored.
+# tolerance (µs), shadow (0 | 1). KEYS: one per policy, all of one client (one hash tag, one
+# Cluster slot). Returns {now_us, verdict_1, tat_1, verdict_2, tat_2, ...}; tat -1 = none stored.
+# A refund leaves shadow policies alone.
 GCRA_SCRIPT = """
-local n = #KEYS - 1
+local n = #KEYS
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local mode = ARGV[1]
 local cost = tonumber(ARGV[2])
-local result = {now, 0}
-if mode == 'acquire' and redis.call('GET', KEYS[n + 1]) == 'off' then
-  result[2] = 1
-  return result
-end
+local result = {now}
 local tats = {}
 local verdicts = {}
 local admit = true
@@ -55,7 +55,7 @@ for i = 1, n do
   local tat = stored and tonumber(stored) or nil
   tats[i] = tat
   if mode == 'refund' then
-    if tat then
+    if tat and not shadow then
       local back = tat - cost * interval
       if back > now then
         redis.call('SET', KEYS[i], string.format('%.0f', back), 'PX', math.ceil((back - now) / 1000) + 1)
@@ -110,25 +110,43 @@ class RedisRateLimiter:
         self._timeout = timeout_seconds
         self._loop_lag = loop_lag
         self._script = client.register_script(GCRA_SCRIPT)
+        self._switched_off = False
+        self._switch_read_until = 0.0
         self._args: dict[tuple[str, int], list[str | int | float]] = {}
 
+    async def switched_off(self) -> bool:
+        """The fleet-wide kill switch, re-read at most once a second."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._switch_read_until:
+            await self._read_switch(loop.time())
+        return self._switched_off
+
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+        if await self.switched_off():
+            count = len(plan.policies)
+            return describe([True] * count, [None] * count, 0.0, plan.policies, cost)
         reply = await self._run("acquire", client, plan, cost)
         now = float(reply[0])
-        if int(reply[1]):
-            return describe(
-                [True] * len(plan.policies), [None] * len(plan.policies), now, plan.policies, cost
-            )
-        verdicts = [bool(int(v)) for v in reply[2::2]]
-        stored: list[float | None] = [None if int(t) < 0 else float(t) for t in reply[3::2]]
+        verdicts = [bool(int(v)) for v in reply[1::2]]
+        stored: list[float | None] = [None if int(t) < 0 else float(t) for t in reply[2::2]]
         return describe(verdicts, stored, now, plan.policies, cost)
+
+    async def _read_switch(self, now: float) -> None:
+        # A separate key, read once a second: inside the script it would be a second Cluster
+        # slot. If Redis does not answer, the last known state stays (and the decision that
+        # follows finds out about Redis itself).
+        self._switch_read_until = now + _SWITCH_REFRESH_SECONDS
+        try:
+            async with asyncio.timeout(self._timeout):
+                self._switched_off = await self._client.get(KILL_SWITCH_KEY) == b"off"
+        except (RedisError, OSError, TimeoutError):
+            return
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
         await self._run("refund", client, plan, cost)
 
     async def _run(self, mode: str, client: str, plan: Plan, cost: int) -> list[bytes | int]:
         keys = [policy_key(client, p.name) for p in plan.policies]
-        keys.append(KILL_SWITCH_KEY)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -171,6 +189,7 @@ class RedisRateLimiter:
             await self._client.delete(KILL_SWITCH_KEY)
         else:
             await self._client.set(KILL_SWITCH_KEY, "off")
+        self._switched_off = not enabled
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -92,8 +92,11 @@ class GradientLimit:
         now = self._clock()
         if self._window_count >= self._window_samples and now - self._window_start >= self._window_seconds:
             count = self._window_count
+            lag = self._lag_sum / self._lag_count if self._lag_count else 0.0
+            self._lag_sum = 0.0
+            self._lag_count = 0
             self._update(
-                self._window_inflation / count, self._window_delay / count, self._window_max_in_flight
+                self._window_inflation / count, self._window_delay / count + lag, self._window_max_in_flight
             )
             for name in self._no_load:
                 self._no_load[name] *= _BASELINE_CREEP

@@ -72,6 +72,12 @@ class CircuitBreaker:
         self._probes += 1
         return True
 
+    def release_probe(self) -> None:
+        """A call let through ended with no verdict on the dependency (it was cancelled): give
+        back its half-open probe slot without counting a failure."""
+        if self.state is BreakerState.HALF_OPEN and self._probes > 0:
+            self._probes -= 1
+
     def record_success(self) -> None:
         self._consecutive = 0
         if self.state is BreakerState.HALF_OPEN:

@@ -56,10 +56,14 @@ class LoadShedder:
         self.in_flight += 1
         return self._clock()
 
-    def release(self, operation: str, admitted_at: float) -> None:
+    def release(self, operation: str, admitted_at: float, *, succeeded: bool = True) -> None:
+        """A request admitted at `admitted_at` ended. Only successes steer the limit: a fast
+        401 or 404 says nothing about how long the operation takes, and would pull its no-load
+        latency down."""
         in_flight_at_end = self.in_flight
         self.in_flight -= 1
-        self.limit.observe(operation, self._clock() - admitted_at, in_flight_at_end)
+        if succeeded:
+            self.limit.observe(operation, self._clock() - admitted_at, in_flight_at_end)
 
     def shedding(self, priority: Priority) -> bool:
         return self._shedding[priority]

@@ -18,11 +18,13 @@ class LoopLag:
         self.last = 0.0  # the last measured lag, seconds
         self._sampled_at = clock()
         self._listeners: list[Callable[[float], None]] = []
+        self._watched = False  # until `watch` runs (or samples are recorded), nothing is known
 
     def subscribe(self, listener: Callable[[float], None]) -> None:
         self._listeners.append(listener)
 
     def record(self, lag_seconds: float) -> None:
+        self._watched = True
         self.last = lag_seconds
         self._sampled_at = self._clock()
         for listener in self._listeners:
@@ -31,12 +33,16 @@ class LoopLag:
     def behind(self, threshold_seconds: float) -> bool:
         """Is the loop more than `threshold_seconds` late, by the last sample or because the
         probe itself has not run for that long past its due time?"""
+        if not self._watched:
+            return False
         overdue = self._clock() - self._sampled_at - PROBE_SECONDS
         return self.last > threshold_seconds or overdue > threshold_seconds
 
     async def watch(self) -> None:
         """Sample until cancelled."""
         loop = asyncio.get_running_loop()
+        self._watched = True
+        self._sampled_at = self._clock()
         while True:
             started = loop.time()
             await asyncio.sleep(PROBE_SECONDS)

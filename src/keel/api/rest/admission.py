@@ -40,13 +40,16 @@ def classify(method: str, path: str) -> tuple[str, Priority]:
     if path == _PROFILES or path == _PROFILES + "/":
         if method == "POST":
             return "profiles.create", Priority.CRITICAL
-        return "profiles.list", Priority.SHEDDABLE
+        if method in ("GET", "HEAD"):
+            return "profiles.list", Priority.SHEDDABLE
+        return "other", Priority.NORMAL
     if path.startswith(_PROFILES + "/") and "/" not in path[len(_PROFILES) + 1 :]:
         if method == "PATCH":
             return "profiles.update", Priority.CRITICAL
         if method == "DELETE":
             return "profiles.delete", Priority.CRITICAL
-        return "profiles.get", Priority.CRITICAL
+        if method in ("GET", "HEAD"):
+            return "profiles.get", Priority.CRITICAL
     return "other", Priority.NORMAL
 
 
@@ -110,10 +113,18 @@ class Admission:
         if admitted_at is None:
             await _shed(scope, receive, send, priority)
             return False
+        status = 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_noting_status)
         finally:
-            shedder.release(operation, admitted_at)
+            shedder.release(operation, admitted_at, succeeded=status < 400)
         return True
 
 
