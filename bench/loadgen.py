@@ -91,12 +91,22 @@ class Stream:
 
 async def _fire(stream: Stream, port: int, scheduled: float, origin: float, results: list[Result]) -> None:
     free = stream.pool.setdefault(port, [])
-    connection = free.pop() if free else None
     method, path, headers, body = stream.request()
+    connection: Connection | None = None
     try:
-        if connection is None:
-            connection = await Connection.open(port)
-        response = await connection.request(method, path, headers, body)
+        for attempt in range(2):
+            reused = bool(free)
+            connection = free.pop() if reused else await Connection.open(port)
+            try:
+                response = await connection.request(method, path, headers, body)
+                break
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                # A kept-alive connection the server closed while it sat idle in the pool: what
+                # any HTTP client does, retry once on a new connection (GETs are idempotent).
+                connection.close()
+                connection = None
+                if not reused or attempt:
+                    raise
     except (OSError, asyncio.IncompleteReadError, ValueError) as error:
         if connection is not None:
             connection.close()
@@ -105,16 +115,8 @@ async def _fire(stream: Stream, port: int, scheduled: float, origin: float, resu
             Result(stream.client, stream.kind, scheduled, latency, 0, {"error": type(error).__name__})
         )
         return
-    results.append(
-        Result(
-            stream.client,
-            stream.kind,
-            scheduled,
-            time.perf_counter() - origin - scheduled,
-            response.status,
-            response.headers,
-        )
-    )
+    latency = time.perf_counter() - origin - scheduled
+    results.append(Result(stream.client, stream.kind, scheduled, latency, response.status, response.headers))
     free.append(connection)
 
 

@@ -5,6 +5,7 @@ limiter falls back to a local share when Redis is stopped and comes back when it
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -178,3 +179,33 @@ async def test_fails_open_to_a_local_share_and_returns_to_redis() -> None:
         assert not recovered.degraded
         assert breaker.state is BreakerState.CLOSED
         await limiter.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_the_script_decides_as_the_reference_does(limiter: RedisRateLimiter, seed: int) -> None:
+    """Random costs, refunds, fractional emission intervals and a shadow policy, in quick
+    succession (so that refill is a negligible fraction of a unit): Redis and the in-memory
+    limiter, which shares the Python arithmetic, agree on every verdict and every remainder."""
+    rng = random.Random(seed)
+    plan = Plan(
+        "mixed",
+        (
+            Policy("a", quota=7, window_seconds=60, burst=rng.randint(10, 25)),
+            Policy("b", quota=13, window_seconds=600, burst=rng.randint(10, 40)),
+            Policy("trial", quota=3, window_seconds=60, burst=10, shadow=True),
+        ),
+        concurrency=5,
+    )
+    client = _client()
+    local = InMemoryRateLimiter()
+    for _ in range(40):
+        cost = rng.choice([1, 2, 3, 5, 8])
+        if rng.random() < 0.15:
+            await limiter.refund(client, plan, cost)
+            await local.refund(client, plan, cost)
+            continue
+        shared, reference = await limiter.acquire(client, plan, cost), await local.acquire(client, plan, cost)
+        assert shared.allowed == reference.allowed
+        assert [(s.conforms, s.remaining) for s in shared.states] == [
+            (s.conforms, s.remaining) for s in reference.states
+        ]

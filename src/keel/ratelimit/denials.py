@@ -59,7 +59,7 @@ class Denials:
             remaining = min(
                 policy.burst, max(0, math.floor((policy.tolerance_us / MICROSECONDS - owed) / interval))
             )
-            conforms = wait <= 1e-9  # rounding slack, as in gcra.conforms
+            conforms = wait <= 5e-7  # rounding slack, as in gcra.conforms
             states.append(
                 PolicyState(policy, conforms, remaining, owed, max(0.0, wait) if not conforms else 0.0)
             )

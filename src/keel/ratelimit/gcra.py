@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from keel.ratelimit.policy import MICROSECONDS, Policy
 
-_SLACK_US = 0.001
+_SLACK_US = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +56,9 @@ class Decision:
 
 def conforms(tat: float | None, now: float, policy: Policy, cost: int) -> bool:
     # In terms of the debt (how far the TAT is ahead of now), which keeps the sums small: with
-    # absolute timestamps (~1e15 µs) a request costing exactly the burst could be refused by
-    # rounding. The nanosecond of slack absorbs what rounding is left.
+    # absolute timestamps a request costing exactly the burst could be refused by rounding.
+    # Half a microsecond of slack absorbs what rounding is left (Redis works on epoch
+    # microseconds, ~1.8e15, where a double resolves only a quarter of a microsecond).
     debt = 0.0 if tat is None or tat < now else tat - now
     return debt + cost * policy.emission_interval_us <= policy.tolerance_us + _SLACK_US
 

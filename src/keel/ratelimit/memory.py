@@ -48,6 +48,8 @@ class InMemoryRateLimiter:
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
         now = self._now_us()
         for policy in plan.policies:
+            if policy.shadow:
+                continue  # as in the Redis script: a shadow charge may never have happened
             key = (client, policy.name)
             back = refunded(self._tats.get(key), now, policy, cost)
             if back is None:

@@ -58,14 +58,14 @@ for i = 1, n do
     if tat and not shadow then
       local back = tat - cost * interval
       if back > now then
-        redis.call('SET', KEYS[i], string.format('%.0f', back), 'PX', math.ceil((back - now) / 1000) + 1)
+        redis.call('SET', KEYS[i], string.format('%.3f', back), 'PX', math.ceil((back - now) / 1000) + 1)
       else
         redis.call('DEL', KEYS[i])
       end
     end
   else
     local debt = (tat and tat > now) and (tat - now) or 0
-    verdicts[i] = debt + cost * interval <= tolerance + 0.001
+    verdicts[i] = debt + cost * interval <= tolerance + 0.5
     if not verdicts[i] and not shadow then admit = false end
   end
 end
@@ -76,10 +76,10 @@ for i = 1, n do
     local interval = tonumber(ARGV[3 * i])
     local start = (tat and tat > now) and tat or now
     tat = start + cost * interval
-    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   result[#result + 1] = verdicts[i] and 1 or 0
-  result[#result + 1] = tat and string.format('%.0f', tat) or '-1'
+  result[#result + 1] = tat and string.format('%.3f', tat) or '-1'
 end
 return result
 """
@@ -128,7 +128,7 @@ class RedisRateLimiter:
         reply = await self._run("acquire", client, plan, cost)
         now = float(reply[0])
         verdicts = [bool(int(v)) for v in reply[1::2]]
-        stored: list[float | None] = [None if int(t) < 0 else float(t) for t in reply[2::2]]
+        stored: list[float | None] = [None if float(t) < 0 else float(t) for t in reply[2::2]]
         return describe(verdicts, stored, now, plan.policies, cost)
 
     async def _read_switch(self, now: float) -> None:
