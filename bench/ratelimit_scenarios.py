@@ -56,6 +56,18 @@ PROFILES = 10_000
 # are not those of a fight for the CPU between Keel and what loads it; on CPU 0, Keel runs at
 # nice 10 under PostgreSQL and Redis. Set by `_split_cpus`.
 SERVICE_CPUS: set[int] = set()
+NODE_PIDS: dict[int, int] = {}  # port -> pid of the Keel process (or of taskset/nice, which exec it)
+
+
+def _cpu_seconds(ports: Sequence[int]) -> float:
+    """User + system CPU time of the Keel processes on these ports, from /proc."""
+    total = 0.0
+    for port in ports:
+        fields = Path(f"/proc/{NODE_PIDS[port]}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 KEEL_CPUS: list[str] = []
 
 
@@ -189,9 +201,10 @@ def keel_nodes(environment: Environment, count: int, name: str, **overrides: str
         for n, port in enumerate(ports):
             log = environment.logs / f"{name}-{n}.log"
             command = [*KEEL_CPUS, *keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))]
-            stack.enter_context(
+            process = stack.enter_context(
                 server(f"keel {name} {n}", command, environment.keel_env(**overrides), log, port)
             )
+            NODE_PIDS[port] = process.pid
         yield ports
 
 
@@ -237,10 +250,14 @@ def noisy(environment: Environment, duration: float) -> Report:
         _warm(environment, ports, good)
         _flush_limits(environment)
         print(f"  without the abuser, {duration:g}s ...", flush=True)
+        cpu_before = _cpu_seconds(ports)
         quiet = asyncio.run(run(_noisy_streams(environment, ports, good, None), duration))
+        cpu_quiet = _cpu_seconds(ports) - cpu_before
         _flush_limits(environment)
         print(f"  with the abuser at 50x its quota, {duration:g}s ...", flush=True)
+        cpu_before = _cpu_seconds(ports)
         loud = asyncio.run(run(_noisy_streams(environment, ports, good, abuser), duration))
+        cpu_loud = _cpu_seconds(ports) - cpu_before
     quiet_good = [r for r in quiet if r.client.startswith("good")]
     loud_good = [r for r in loud if r.client.startswith("good")]
     abusive = [r for r in loud if r.client == "abuser"]
@@ -259,6 +276,11 @@ def noisy(environment: Environment, duration: float) -> Report:
         "abuser_admitted": admitted,
         "abuser_expected_quota_plus_burst": expected,
         "abuser_rejected_429": sum(r.status == 429 for r in abusive),
+        "keel_cpu_seconds_without_abuser": round(cpu_quiet, 2),
+        "keel_cpu_seconds_with_abuser": round(cpu_loud, 2),
+        "keel_cpu_us_per_refused_request": round(
+            (cpu_loud - cpu_quiet) * 1e6 / max(1, sum(r.status == 429 for r in abusive)), 1
+        ),
         "abuser_other_statuses": sorted({r.status for r in abusive} - {200, 429}),
         "transport_errors": sorted({r.headers.get("error", "") for r in loud if r.status == 0}),
     }

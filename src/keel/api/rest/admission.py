@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.rest.client_address import client_address
 from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY, bearer_token
-from keel.api.rest.problems import problem_response
 from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError
 from keel.observability.context import current_request_id
@@ -148,22 +147,27 @@ async def _authenticate(scope: Scope, keel: Keel) -> Principal | None:
 
 
 async def _rate_limited(scope: Scope, receive: Receive, send: Send, outcome: RateLimitOutcome) -> None:
+    """A 429 problem, written straight to ASGI: an abuser's requests are answered by the
+    thousand, so this path builds no Response object and only one small JSON document."""
     scope[REJECTED_SCOPE_KEY] = True
-    violated = outcome.violated_policies
-    headers = {
-        "Retry-After": str(outcome.retry_after_seconds),
-        "RateLimit-Policy": outcome.plan.policy_header,
-    }
+    violated = outcome.violated_policies  # policy names: [a-z0-9_-], safe inside JSON strings
+    retry_after = outcome.retry_after_seconds
+    names = ",".join(f'"{name}"' for name in violated)
+    body = (
+        f'{{"type":"urn:keel:problem:quota-exceeded","title":"Quota exceeded","status":429,'
+        f'"detail":"Request quota exceeded ({", ".join(violated)}); retry after {retry_after} s.",'
+        f'"request_id":{json.dumps(current_request_id())},"violated_policies":[{names}]}}'
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after).encode()),
+        (b"ratelimit-policy", outcome.plan.policy_header.encode()),
+    ]
     if outcome.ratelimit_header is not None:
-        headers["RateLimit"] = outcome.ratelimit_header
-    await problem_response(
-        429,
-        "quota-exceeded",
-        "Quota exceeded",
-        f"Request quota exceeded ({', '.join(violated)}); retry after {outcome.retry_after_seconds} s.",
-        headers=headers,
-        extensions={"violated_policies": violated},
-    )(scope, receive, send)
+        headers.append((b"ratelimit", outcome.ratelimit_header.encode()))
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 _SHED_HEAD = (
