@@ -95,7 +95,7 @@ async def _fire(stream: Stream, port: int, scheduled: float, origin: float, resu
     connection: Connection | None = None
     try:
         for attempt in range(2):
-            reused = bool(free)
+            reused = attempt == 0 and bool(free)  # a retry always gets a new connection
             connection = free.pop() if reused else await Connection.open(port)
             try:
                 response = await connection.request(method, path, headers, body)
