@@ -275,3 +275,37 @@ async def test_the_kill_switch_reaches_running_processes_within_a_second(
         switch.delete("keel:rl:switch")
         switch.close()
         await keel.close()
+
+
+async def test_a_shed_request_is_not_charged(sqlite_url: str) -> None:
+    settings = Settings(
+        database_url=sqlite_url,
+        ratelimit_plans=TIGHT_PLANS,
+        concurrency_limit_initial=5,
+        concurrency_limit_min=5,
+        concurrency_limit_max=5,
+    )
+    built, keel = await _harness(settings)
+    async with built.client:
+        holder, lister = await built.key("partner"), await built.key("standard")
+        release = asyncio.Event()
+
+        async def slow_body(handle: str) -> AsyncIterator[bytes]:
+            await release.wait()
+            yield json.dumps(body(handle=handle, email=f"{handle}@example.com")).encode()
+
+        headers = {**holder, "Content-Type": "application/json"}
+        writes = [
+            asyncio.create_task(
+                built.client.post("/v1/profiles", content=slow_body(f"hold{i}"), headers=headers)
+            )
+            for i in range(4)
+        ]
+        await asyncio.sleep(0.05)
+        shed = await built.client.get("/v1/profiles", headers=lister)  # costs 10 of a burst of 12
+        assert shed.status_code == 503
+        release.set()
+        assert [(await write).status_code for write in writes] == [201] * 4
+        # Charged, the shed list would have left 2 units and this one would be a 429.
+        assert (await built.client.get("/v1/profiles", headers=lister)).status_code == 200
+    await keel.close()
