@@ -50,6 +50,29 @@ class Harness:
         return bearer(issued.token)
 
 
+class HeldWrites:
+    """Creates held open on the server: each POST's body arrives only on `release()`, so the
+    request occupies a concurrency slot (per key and per process) until then."""
+
+    def __init__(self, client: httpx.AsyncClient, key: dict[str, str], count: int, prefix: str) -> None:
+        self._release = asyncio.Event()
+        headers = {**key, "Content-Type": "application/json"}
+        self._writes = [
+            asyncio.create_task(
+                client.post("/v1/profiles", content=self._body(f"{prefix}{i}"), headers=headers)
+            )
+            for i in range(count)
+        ]
+
+    async def _body(self, handle: str) -> AsyncIterator[bytes]:
+        await self._release.wait()
+        yield json.dumps(body(handle=handle, email=f"{handle}@example.com")).encode()
+
+    async def release(self) -> list[int]:
+        self._release.set()
+        return [(await write).status_code for write in self._writes]
+
+
 async def _harness(settings: Settings, client_address: str = "198.51.100.1") -> tuple[Harness, Keel]:
     keel = await build_keel(settings)
     app = build_rest_app(settings, keel.metrics)
@@ -157,23 +180,12 @@ async def test_the_concurrency_cap_refuses_a_second_request_in_flight(harness: H
     key = await harness.key()
     # Warm: the first decision on Redis also opens a connection and reads the kill switch.
     await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
-    release = asyncio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        await release.wait()
-        yield json.dumps(body()).encode()
-
-    first = asyncio.create_task(
-        harness.client.post(
-            "/v1/profiles", content=slow_body(), headers={**key, "Content-Type": "application/json"}
-        )
-    )
+    held = HeldWrites(harness.client, key, 1, "first")
     await asyncio.sleep(0.05)
     second = await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
     problem = assert_problem(second, 429, "quota-exceeded")
     assert problem["violated_policies"] == ["concurrency"]
-    release.set()
-    assert (await first).status_code == 201
+    assert await held.release() == [201]
     after = await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
     assert after.status_code == 404
     assert _parse(after.headers["ratelimit"])[0][1]["r"] == 12 - 1 - 5 - 1  # read, write, read
@@ -222,19 +234,7 @@ async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite
     built, keel = await _harness(settings)
     async with built.client:
         key = await built.key()
-        release = asyncio.Event()
-
-        async def slow_body(handle: str) -> AsyncIterator[bytes]:
-            await release.wait()
-            yield json.dumps(body(handle=handle, email=f"{handle}@example.com")).encode()
-
-        headers = {**key, "Content-Type": "application/json"}
-        writes = [
-            asyncio.create_task(
-                built.client.post("/v1/profiles", content=slow_body(f"user{i}"), headers=headers)
-            )
-            for i in range(4)
-        ]
+        held = HeldWrites(built.client, key, 4, "user")
         await asyncio.sleep(0.05)
         # Four of five slots in use: a list (sheddable, 80 % of the limit) is refused, a read
         # of one profile (critical, the whole limit) is not.
@@ -244,8 +244,7 @@ async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite
         read = await built.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
         assert read.status_code == 404
         assert (await built.client.get("/healthz")).status_code == 200
-        release.set()
-        assert [(await write).status_code for write in writes] == [201] * 4
+        assert await held.release() == [201] * 4
         assert (await built.client.get("/v1/profiles", headers=key)).status_code == 200
         assert 'keel_load_shed_total{priority="sheddable"} 1.0' in (await built.client.get("/metrics")).text
     await keel.close()
@@ -288,24 +287,11 @@ async def test_a_shed_request_is_not_charged(sqlite_url: str) -> None:
     built, keel = await _harness(settings)
     async with built.client:
         holder, lister = await built.key("partner"), await built.key("standard")
-        release = asyncio.Event()
-
-        async def slow_body(handle: str) -> AsyncIterator[bytes]:
-            await release.wait()
-            yield json.dumps(body(handle=handle, email=f"{handle}@example.com")).encode()
-
-        headers = {**holder, "Content-Type": "application/json"}
-        writes = [
-            asyncio.create_task(
-                built.client.post("/v1/profiles", content=slow_body(f"hold{i}"), headers=headers)
-            )
-            for i in range(4)
-        ]
+        held = HeldWrites(built.client, holder, 4, "hold")
         await asyncio.sleep(0.05)
         shed = await built.client.get("/v1/profiles", headers=lister)  # costs 10 of a burst of 12
         assert shed.status_code == 503
-        release.set()
-        assert [(await write).status_code for write in writes] == [201] * 4
+        assert await held.release() == [201] * 4
         # Charged, the shed list would have left 2 units and this one would be a 429.
         assert (await built.client.get("/v1/profiles", headers=lister)).status_code == 200
     await keel.close()
