@@ -14,11 +14,10 @@ from typing import Any
 from cadwyn.middleware import VersionPickingMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
-from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY, bearer_token
+from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY
 from keel.api.rest.problems import problem_response
 from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
 from keel.domain.api_keys import Principal
-from keel.domain.errors import KeelError
 
 _HEADER = VERSION_HEADER.lower().encode()
 _VERSIONED_PREFIX = "/v1/"
@@ -31,12 +30,9 @@ class KeelVersionPicker(VersionPickingMiddleware):
             await self.app(scope, receive, send)
             return
         requested: str | None = None
-        authorization: str | None = None
         for name, value in scope["headers"]:
             if name == _HEADER:
                 requested = value.decode("latin-1").strip()
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
         if requested is not None and requested not in SUPPORTED_VERSIONS:
             await problem_response(
                 400,
@@ -45,11 +41,9 @@ class KeelVersionPicker(VersionPickingMiddleware):
                 f"{VERSION_HEADER} must be one of: {', '.join(sorted(SUPPORTED_VERSIONS))}.",
             )(scope, receive, send)
             return
-        # Admission has usually authenticated the caller already; look up only if it has not.
-        principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY) or await _principal(scope, authorization)
-        if principal is not None:
-            # Handed to the route, so that the key is looked up once per request.
-            scope[PRINCIPAL_SCOPE_KEY] = principal
+        # The caller as `Admission` resolved it (it runs first, on the same paths): one key
+        # lookup per request, shared with the route.
+        principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
         if requested is not None:
             version = requested
         elif principal is not None and principal.api_version in SUPPORTED_VERSIONS:
@@ -68,18 +62,6 @@ class KeelVersionPicker(VersionPickingMiddleware):
             await self.app(scope, receive, send_with_version)
         finally:
             self.api_version_var.reset(token)
-
-
-async def _principal(scope: Scope, authorization: str | None) -> Principal | None:
-    token = bearer_token(authorization)
-    if not token:
-        return None
-    try:
-        principal: Principal = await scope["app"].state.keel.authenticator.authenticate(token)
-    except KeelError:
-        # The route's own authentication answers 401/503 with the right problem document.
-        return None
-    return principal
 
 
 _CADWYN_FACTORY = "_generate_api_version_dependency"
