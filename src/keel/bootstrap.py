@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from fastapi import FastAPI
@@ -27,10 +28,12 @@ from keel.resilience.adaptive_limit import GradientLimit
 from keel.resilience.breaker import BreakerState, CircuitBreaker
 from keel.resilience.load_shedder import LoadShedder, Priority
 from keel.resilience.loop_lag import LoopLag
+from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
-from keel.service.ports import Clock, Store
+from keel.service.ports import Clock, InvalidationBus, Store
+from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import head_revision
 
@@ -57,10 +60,19 @@ class Keel:
     shedder: LoadShedder | None
     breakers: dict[str, CircuitBreaker]
     loop_lag: LoopLag
+    reads: ProfileReads
+    invalidation_bus: InvalidationBus | None
+    # Dependencies /readyz reports besides the database: name -> a call that fails when it is down.
+    probes: dict[str, Callable[[], Awaitable[object]]]
+    closers: list[Callable[[], Awaitable[object]]]
 
     async def close(self) -> None:
+        for close in self.closers:
+            await close()
         if self.rate_limits is not None:
             await self.rate_limits.close()
+        if self.invalidation_bus is not None:
+            await self.invalidation_bus.close()
         await self.store.close()
         self.tracer_provider.shutdown()
 
@@ -162,6 +174,52 @@ async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
     )
 
 
+def guard_store(
+    store: Store, settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker]
+) -> Store:
+    """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
+    from keel.storage.guarded import GuardedStore
+
+    breaker = breakers["database"] = build_breaker(
+        "database", metrics, open_seconds=settings.db_breaker_open_seconds
+    )
+    return GuardedStore(store, breaker, timeout_seconds=settings.db_timeout_seconds)
+
+
+def build_profile_reads(
+    settings: Settings, store: Store, metrics: Metrics
+) -> tuple[ProfileReads, InvalidationBus | None]:
+    """Reads through the in-process cache, invalidated across processes over Redis when set."""
+    retries = metrics.dependency_retries
+    retry = RetryPolicy(
+        RetryBudget(ratio=settings.retry_budget_ratio),
+        Backoff(),
+        on_retry=lambda outcome: retries.labels("database", outcome).inc(),
+    )
+    if not settings.cache_enabled:
+        return ProfileReads(store, retry), None
+    from keel.cache.memory import BoundedProfileCache
+
+    bus: InvalidationBus | None = None
+    if settings.redis_url is not None:
+        from keel.cache.redis_bus import RedisInvalidationBus
+
+        bus = RedisInvalidationBus.from_url(
+            settings.redis_url, on_publish_failure=metrics.cache_invalidations_unpublished.inc
+        )
+    lookups = metrics.profile_cache_lookups
+    outcomes = {name: lookups.labels(name) for name in ("hit", "miss", "coalesced", "stale", "error")}
+    reads = ProfileReads(
+        store,
+        retry,
+        cache=BoundedProfileCache(settings.cache_max_entries),
+        bus=bus,
+        policy=CachePolicy(settings.cache_fresh_seconds, settings.cache_stale_if_error_seconds),
+        on_outcome=lambda outcome: outcomes[outcome].inc(),
+    )
+    return reads, bus
+
+
 async def check_schema(store: Store, settings: Settings) -> None:
     applied = await store.schema_revision()
     expected = head_revision()
@@ -197,17 +255,35 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         raise
     clock = SystemClock()
     breakers: dict[str, CircuitBreaker] = {}
+    store = guard_store(store, settings, metrics, breakers)
+    reads, bus = build_profile_reads(settings, store, metrics)
     loop_lag = LoopLag()
     guard = (
         RateLimitGuard(build_rate_limiter(settings, metrics, breakers, loop_lag, catalog), metrics)
         if settings.ratelimit_enabled
         else None
     )
+    probes: dict[str, Callable[[], Awaitable[object]]] = {}
+    closers: list[Callable[[], Awaitable[object]]] = []
+    if settings.redis_url is not None:
+        from redis.asyncio import Redis
+
+        # A client of its own, so a probe never waits behind the limiter's pool.
+        redis_probe = Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        probes["redis"] = redis_probe.ping
+        closers.append(redis_probe.aclose)
     return Keel(
         settings=settings,
         store=store,
         clock=clock,
-        profiles=ProfileService(store, clock, policy, settings.region),
+        profiles=ProfileService(
+            store,
+            clock,
+            policy,
+            settings.region,
+            reads=reads,
+            idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
+        ),
         authenticator=Authenticator(store, ttl=settings.api_key_cache_seconds),
         metrics=metrics,
         tracer_provider=tracer_provider,
@@ -218,6 +294,10 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         shedder=build_load_shedder(settings, metrics, loop_lag),
         breakers=breakers,
         loop_lag=loop_lag,
+        reads=reads,
+        invalidation_bus=bus,
+        probes=probes,
+        closers=closers,
     )
 
 
@@ -259,6 +339,7 @@ def create_app(settings: Settings) -> FastAPI:
         background = [
             asyncio.create_task(_purge_idempotency_records(keel)),
             asyncio.create_task(keel.loop_lag.watch()),
+            asyncio.create_task(keel.reads.listen()),
         ]
         try:
             yield

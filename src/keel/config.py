@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.domain.ids import REGION_PATTERN
@@ -51,6 +51,23 @@ class Settings(BaseSettings):
     db_pool_max: int = 10
     db_command_timeout_seconds: float = 5.0
     db_acquire_timeout_seconds: float = 5.0
+    request_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="Deadline of a request; a client may ask for less."
+    )
+    db_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Longest a unit of work may take, cut to the request's deadline."
+    )
+    db_breaker_open_seconds: float = Field(default=2.0, gt=0)
+    idempotency_lease_seconds: float = Field(
+        default=15.0, gt=0, description="After this, a reservation left by a dead request is taken over."
+    )
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1, description="Retries per first attempt.")
+    cache_enabled: bool = True
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    cache_fresh_seconds: float = Field(default=5.0, ge=0)
+    cache_stale_if_error_seconds: float = Field(
+        default=600.0, ge=0, description="How old a copy may be served when the database is unavailable."
+    )
     max_body_bytes: int = 64 * 1024
     api_key_cache_seconds: float = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -82,6 +99,14 @@ class Settings(BaseSettings):
     concurrency_limit_initial: int = Field(default=16, ge=1)
     concurrency_limit_min: int = Field(default=2, ge=1)
     concurrency_limit_max: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _lease_outlives_requests(self) -> Settings:
+        # A reservation must outlive the request holding it, or a retry could take it over while
+        # the first request still runs (safe, but answered 409 for nothing).
+        if self.idempotency_lease_seconds <= self.request_timeout_seconds:
+            raise ValueError("idempotency_lease_seconds must exceed request_timeout_seconds")
+        return self
 
     @field_validator("region")
     @classmethod

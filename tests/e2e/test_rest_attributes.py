@@ -81,7 +81,7 @@ async def test_readiness_reports_an_unmigrated_database(schema_api: Api, tmp_pat
     assert ready.json() == {
         "status": "ready",
         "checks": {"database": "ok", "migrations": "current"},
-        "breakers": {},
+        "breakers": {"database": "closed"},
     }
 
 

@@ -86,6 +86,22 @@ class Forbidden(KeelError):
 
 
 class Unavailable(KeelError):
-    """A dependency (the database) cannot serve the request now; the caller may retry."""
+    """A dependency (the database) cannot serve the request now; the caller may retry, after
+    `retry_after` seconds. Nothing was changed (a write is never half-applied)."""
 
     code = "unavailable"
+
+    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class CircuitOpen(Unavailable):
+    """The dependency failed so often that calls to it are refused for a while, without trying:
+    fail fast rather than queue behind something that is down."""
+
+
+class DeadlineExceeded(Unavailable):
+    """The request's deadline passed before a dependency answered."""
+
+    code = "deadline-exceeded"

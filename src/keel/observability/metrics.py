@@ -85,6 +85,25 @@ class Metrics:
         self.load_shed = Counter(
             "keel_load_shed", "Requests refused by load shedding, by priority.", ["priority"], registry=r
         )
+        self.profile_cache_lookups = Counter(
+            "keel_profile_cache_lookups",
+            "Profile reads by cache outcome: hit, miss, coalesced (joined a read in flight), stale"
+            " (served stale because the database is unavailable), error (nothing to serve).",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_invalidations_unpublished = Counter(
+            "keel_cache_invalidations_unpublished",
+            "Cache invalidations other processes did not get because Redis was unavailable.",
+            registry=r,
+        )
+        self.dependency_retries = Counter(
+            "keel_dependency_retries",
+            "Retry decisions for failed dependency calls, by dependency and outcome (retried,"
+            " budget_exhausted, deadline).",
+            ["dependency", "outcome"],
+            registry=r,
+        )
         Info("keel_build", "Keel build information.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )

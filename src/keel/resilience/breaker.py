@@ -72,6 +72,12 @@ class CircuitBreaker:
         self._probes += 1
         return True
 
+    def seconds_until_probe(self) -> float:
+        """While open: how long until a probe may go through; else 0."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._open_seconds - (self._clock() - self._opened_at))
+
     def release_probe(self) -> None:
         """A call let through ended with no verdict on the dependency (it was cancelled): give
         back its half-open probe slot without counting a failure."""

@@ -6,6 +6,7 @@ implement the same protocols without any use case changing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -134,6 +135,45 @@ class Store(Protocol):
 
     async def schema_revision(self) -> str | None:
         """The applied migration revision, None on an unmigrated database."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachedProfile:
+    profile: Profile  # whole, private attributes included: cut per caller when served
+    stored_at: float  # monotonic seconds, when the read that produced it started
+
+
+class ProfileCache(Protocol):
+    """A bounded in-process map of profile id to the profile as last read from the database."""
+
+    def get(self, profile_id: str) -> CachedProfile | None: ...
+
+    def put(self, entry: CachedProfile) -> None:
+        """Keep the entry, unless a version at least as new was invalidated or stored since (a
+        slow read must not put back what a write has just replaced)."""
+        ...
+
+    def invalidate(self, profile_id: str, version: int) -> None:
+        """Forget the profile; from now on, versions below `version` are not stored."""
+        ...
+
+    def clear(self) -> None: ...
+
+
+class InvalidationBus(Protocol):
+    """Tells the other Keel processes that a profile changed, so they drop their copy."""
+
+    async def publish(self, profile_id: str, version: int) -> None:
+        """Best effort and bounded in time: never raises. A lost message leaves other processes
+        with a copy at most one freshness period old."""
+        ...
+
+    async def listen(self, on_change: Callable[[str, int], None], on_gap: Callable[[], None]) -> None:
+        """Deliver changes from other processes until cancelled; `on_gap` when messages may have
+        been missed (a reconnection), so the caller can drop everything."""
         ...
 
     async def close(self) -> None: ...

@@ -3,6 +3,7 @@ nothing else, so the rules below hold whatever the wire format."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -16,13 +17,17 @@ from keel.domain.errors import (
     Forbidden,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    KeelError,
     NotFound,
+    Unavailable,
     ValidationFailed,
     VersionMismatch,
 )
 from keel.domain.ids import is_profile_id, new_profile_id
 from keel.domain.merge_patch import apply_merge_patch
 from keel.domain.profile import JSONValue, Profile, ProfileFields
+from keel.resilience.deadline import detached_deadline
+from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import require
 from keel.service.pagination import decode_cursor, encode_cursor
@@ -35,6 +40,7 @@ from keel.service.ports import (
     UnitOfWork,
 )
 from keel.service.profile_input import fields_document, parse_profile_fields
+from keel.service.profile_reads import ProfileRead, ProfileReads
 from keel.service.snapshots import profile_from_snapshot, profile_snapshot
 
 # A version the caller expects the profile to be at, or several (an If-Match with a list of
@@ -44,9 +50,12 @@ ExpectedVersion = int | frozenset[int] | None
 MAX_PAGE_SIZE = 100
 MAX_IDS_PER_QUERY = 100
 IDEMPOTENCY_TTL = timedelta(hours=24)
-# Longer than any request may run: a reservation older than this belongs to a request that died
-# before committing, so (since its outcome commits with the write) nothing was written.
+# Longer than any request may run (every database call is bounded by the request's deadline): a
+# reservation older than this belongs to a request that died before committing, so (since its
+# outcome commits with the write) nothing was written.
 IDEMPOTENCY_LEASE = timedelta(seconds=60)
+# Time given to forget a reservation after its request failed, off the request's path.
+_RELEASE_TIMEOUT_SECONDS = 5.0
 _WRITE_ATTEMPTS = 3
 
 
@@ -79,21 +88,38 @@ class ListFilters:
 class ProfileService:
     """Use cases over profiles. Returned profiles are already cut to what the caller may see."""
 
-    def __init__(self, store: Store, clock: Clock, policy: AttributePolicy, region: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        policy: AttributePolicy,
+        region: str,
+        *,
+        reads: ProfileReads | None = None,
+        idempotency_lease: timedelta = IDEMPOTENCY_LEASE,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
         self._region = region
+        self._reads = reads or ProfileReads(store, RetryPolicy(RetryBudget(), Backoff()))
+        self._lease = idempotency_lease
+        self._background: set[asyncio.Task[None]] = set()
 
     async def get_profile(self, principal: Principal, profile_id: str) -> Profile:
+        return (await self.read_profile(principal, profile_id)).profile
+
+    async def read_profile(self, principal: Principal, profile_id: str) -> ProfileRead:
+        """The profile with how old the copy is: `stale` when the database is unavailable and a
+        cached copy is served instead of an error."""
         require(principal, Scope.PROFILES_READ)
         if not is_profile_id(profile_id):
             raise NotFound("No such profile.")
-        async with self._store.unit_of_work(read_only=True) as uow:
-            profile = await uow.profiles.get(profile_id)
-        if profile is None:
+        read = await self._reads.read(profile_id)
+        if read is None:
             raise NotFound("No such profile.")
-        return self._visible(profile, principal)
+        visible = self._visible(read.profile, principal)
+        return read if visible is read.profile else replace(read, profile=visible)
 
     async def list_profiles(
         self, principal: Principal, filters: ListFilters, *, limit: int, cursor: str | None
@@ -146,8 +172,15 @@ class ProfileService:
             return Created(self._visible(profile_from_snapshot(json.loads(replay)), principal), replayed=True)
         try:
             profile = await self._insert(fields, (scope, idempotency_key, fingerprint))
+        except KeelError as error:
+            if isinstance(error, Unavailable):
+                self._release_later(scope, idempotency_key)
+            else:
+                # A definite refusal (conflict, validation): the key is free again at once.
+                await self._release(scope, idempotency_key)
+            raise
         except BaseException:
-            await self._release(scope, idempotency_key)
+            self._release_later(scope, idempotency_key)
             raise
         return Created(self._visible(profile, principal), replayed=False)
 
@@ -201,20 +234,27 @@ class ProfileService:
         change". With `expected_version` (If-Match) a lost race is the caller's 412; without
         one, the change is re-applied to the newer profile, a few times at most."""
         for _ in range(_WRITE_ATTEMPTS):
-            async with self._store.unit_of_work() as uow:
-                current = await _live_profile(uow, profile_id)
-                _check_version(current, expected_version)
-                revised = change(current)
-                if revised is None:
-                    return current
-                try:
-                    await uow.profiles.update(revised, expected_version=current.version)
-                except VersionMismatch:
-                    if expected_version is not None:
-                        raise
-                    continue
-                await uow.commit()
-                return revised
+            revised: Profile | None = None
+            try:
+                async with self._store.unit_of_work() as uow:
+                    current = await _live_profile(uow, profile_id)
+                    _check_version(current, expected_version)
+                    revised = change(current)
+                    if revised is None:
+                        return current
+                    try:
+                        await uow.profiles.update(revised, expected_version=current.version)
+                    except VersionMismatch:
+                        if expected_version is not None:
+                            raise
+                        continue
+                    await uow.commit()
+                    return revised
+            finally:
+                if revised is not None:
+                    # Also when the commit's outcome is unknown (a timeout): a cached copy of the
+                    # version before must not be served as current if the write went through.
+                    await self._reads.changed(profile_id, revised.version)
         raise ConcurrentModification("The profile kept changing while this request ran; retry it.")
 
     async def _insert(self, fields: ProfileFields, idempotency: tuple[str, str, str] | None) -> Profile:
@@ -242,7 +282,7 @@ class ProfileService:
             fingerprint=fingerprint,
             state=IdempotencyState.IN_PROGRESS,
             outcome=None,
-            locked_until=now + IDEMPOTENCY_LEASE,
+            locked_until=now + self._lease,
             expires_at=now + IDEMPOTENCY_TTL,
         )
         async with self._store.unit_of_work() as uow:
@@ -256,14 +296,22 @@ class ProfileService:
             raise IdempotencyInProgress("A request with this Idempotency-Key is still in progress.")
         return existing.outcome
 
+    def _release_later(self, scope: str, key: str) -> None:
+        """Forget a failed request's reservation, off the request's path: the request may have
+        failed because its deadline passed, and the caller should not wait for the clean-up."""
+        task = asyncio.create_task(self._release(scope, key))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _release(self, scope: str, key: str) -> None:
         # Best effort: if this fails too, the lease runs out and the key is usable again.
-        try:
-            async with self._store.unit_of_work() as uow:
-                await uow.idempotency.release(scope, key)
-                await uow.commit()
-        except Exception:  # noqa: BLE001, S110 - the original error is the one worth raising
-            pass
+        with detached_deadline(_RELEASE_TIMEOUT_SECONDS):
+            try:
+                async with self._store.unit_of_work() as uow:
+                    await uow.idempotency.release(scope, key)
+                    await uow.commit()
+            except Exception:  # noqa: BLE001, S110 - the original error is the one worth raising
+                pass
 
     def _patched_fields(
         self, fields: ProfileFields, patch: dict[str, JSONValue], principal: Principal

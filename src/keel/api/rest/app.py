@@ -52,6 +52,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         access_log=settings.access_log,
+        request_timeout_seconds=settings.request_timeout_seconds,
     )
     return app
 

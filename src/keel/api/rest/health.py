@@ -13,7 +13,7 @@ from starlette.responses import Response
 from keel.api.rest.dependencies import KeelDep
 
 router = APIRouter(include_in_schema=False)
-_READINESS_TIMEOUT = 2.0
+_READINESS_TIMEOUT = 1.0
 
 
 @router.get("/healthz")
@@ -24,7 +24,9 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(keel: KeelDep) -> Response:
-    """Ready to serve: the database answers and carries the schema this code needs."""
+    """Ready to serve: the database answers and carries the schema this code needs. Every other
+    dependency is reported, not judged: without Redis, rate limits are decided locally (fail
+    open) and caches are not invalidated across processes, which is degraded but serving."""
     checks: dict[str, str] = {}
     try:
         revision = await asyncio.wait_for(keel.store.schema_revision(), _READINESS_TIMEOUT)
@@ -36,8 +38,12 @@ async def readyz(keel: KeelDep) -> Response:
         checks["database"] = "unreachable"
         checks["migrations"] = "unknown"
     ready = checks == {"database": "ok", "migrations": "current"}
-    # Breakers are reported, not judged: an open Redis breaker means rate limits are decided
-    # locally (fail open), which is degraded but ready.
+    for name, probe in keel.probes.items():
+        try:
+            await asyncio.wait_for(probe(), _READINESS_TIMEOUT)
+            checks[name] = "ok"
+        except Exception:  # noqa: BLE001 - reported as it is; the kind does not matter here
+            checks[name] = "unreachable"
     breakers = {name: breaker.state.value for name, breaker in keel.breakers.items()}
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks, "breakers": breakers},

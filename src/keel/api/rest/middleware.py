@@ -22,6 +22,7 @@ from keel.api.rest.admission import REJECTED_SCOPE_KEY
 from keel.api.rest.problems import problem_response
 from keel.observability.context import RequestContext, request_context_var
 from keel.observability.metrics import Metrics
+from keel.resilience.deadline import deadline_in
 
 _propagator = TraceContextTextMapPropagator()
 _log = structlog.get_logger("keel.access")
@@ -33,9 +34,27 @@ def _valid_request_id(value: str) -> bool:
     return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
 
 
+def _timeout_seconds(value: bytes) -> float | None:
+    """A client's `X-Request-Timeout` (seconds, decimal), or None when it is not one."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
 class RequestEnvelope:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, access_log: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        access_log: bool,
+        request_timeout_seconds: float,
+    ) -> None:
         self.app = app
+        self._timeout = request_timeout_seconds
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._access_log = access_log
@@ -50,6 +69,7 @@ class RequestEnvelope:
         carrier: dict[str, str] = {}
         request_id = ""
         content_length = -1
+        requested_timeout: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")
@@ -57,6 +77,8 @@ class RequestEnvelope:
                 carrier[name.decode()] = value.decode("latin-1")
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else -1
+            elif name == b"x-request-timeout":
+                requested_timeout = value
 
         keel = scope["app"].state.keel
         parent = _propagator.extract(carrier) if carrier else None
@@ -99,12 +121,27 @@ class RequestEnvelope:
                 message["headers"] = [*message.get("headers", ()), *response_headers]
             await send(message)
 
+        # The client may ask for less time than the server's deadline, never for more.
+        timeout = self._timeout
+        bad_timeout = False
+        if requested_timeout is not None:
+            asked = _timeout_seconds(requested_timeout)
+            bad_timeout = asked is None
+            timeout = min(timeout, asked or timeout)
         self._metrics.http_in_flight.inc()
         try:
             if content_length > self._max_body:
                 await self._too_large(scope, receive, send_with_headers)
+            elif bad_timeout:
+                await problem_response(
+                    400,
+                    "bad-request",
+                    "Bad request",
+                    "X-Request-Timeout must be a number of seconds greater than 0.",
+                )(scope, receive, send_with_headers)
             else:
-                await self.app(scope, counted_receive, send_with_headers)
+                with deadline_in(timeout):
+                    await self.app(scope, counted_receive, send_with_headers)
         except Exception as error:
             span.record_exception(error)
             _log.error("unhandled_error", exc_info=error)

@@ -7,6 +7,7 @@ text of an unexpected exception.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -87,11 +88,22 @@ def problem_response(
     return Response(json.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _kind(error: KeelError) -> tuple[int, str]:
+    for cls in type(error).__mro__:
+        kind = _KINDS.get(cls)
+        if kind is not None:
+            return kind
+    return 400, "Bad request"
+
+
 def domain_problem(error: KeelError, instance: str | None = None) -> Response:
-    status, title = _KINDS.get(type(error), (400, "Bad request"))
+    status, title = _kind(error)
     # Conditions that pass by themselves: say when to try again.
-    retry_later = isinstance(error, Unavailable | IdempotencyInProgress | ConcurrentModification)
-    headers = {"Retry-After": "1"} if retry_later else None
+    headers: dict[str, str] | None = None
+    if isinstance(error, Unavailable):
+        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
+    elif isinstance(error, IdempotencyInProgress | ConcurrentModification):
+        headers = {"Retry-After": "1"}
     if isinstance(error, Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer realm="keel"'}
     errors = error.errors if isinstance(error, ValidationFailed) else None

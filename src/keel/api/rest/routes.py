@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
 
@@ -15,6 +16,7 @@ from keel.api.rest.dependencies import Caller, KeelDep, authenticated_caller
 from keel.api.rest.mapping import etag, etag_matches, profile_document, version_from_etag
 from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
+from keel.service.profile_reads import ProfileRead
 from keel.service.profiles import ListFilters
 
 if TYPE_CHECKING:
@@ -115,12 +117,26 @@ async def get_profile(profile_id: str, request: Request) -> Response:
     # Cadwyn resolves the signature twice), with headers read straight from the request.
     keel: Keel = request.app.state.keel
     caller = await authenticated_caller(request)
-    profile = await keel.profiles.get_profile(caller, profile_id)
+    read = await keel.profiles.read_profile(caller, profile_id)
+    profile = read.profile
     tag = etag(profile, full_view=caller.is_admin)
+    headers = {"ETag": tag, "Cache-Control": _CACHE_CONTROL}
+    if read.stale:
+        headers.update(stale_headers(read))
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, tag):
-        return Response(status_code=304, headers={"ETag": tag, "Cache-Control": _CACHE_CONTROL})
-    return JSONResponse(profile_document(profile), headers={"ETag": tag, "Cache-Control": _CACHE_CONTROL})
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(profile_document(profile), headers=headers)
+
+
+def stale_headers(read: ProfileRead) -> dict[str, str]:
+    """A copy served because the database is unavailable says so: its `Age` (RFC 9111) and a
+    `Cache-Status` (RFC 9211) whose negative `ttl` is how long it has been past fresh."""
+    past_fresh = max(1, math.ceil(read.seconds_past_fresh))
+    return {
+        "Age": str(math.ceil(read.age_seconds)),
+        "Cache-Status": f'keel; hit; ttl=-{past_fresh}; detail="stale-if-error"',
+    }
 
 
 @router.patch(

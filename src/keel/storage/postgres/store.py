@@ -51,6 +51,9 @@ _CONNECTION_ERRORS = (
 )
 
 
+# A unit of work cut short by these is abandoned mid-statement (see `_give_back`).
+_INTERRUPTIONS = (asyncio.CancelledError, TimeoutError)
+
 # Generic only in the type stubs, so the aliases must not be evaluated at run time.
 _Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 _Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -154,10 +157,19 @@ class PostgresUnitOfWork:
             self._transaction = connection.transaction()
             try:
                 await self._transaction.start()
-            except BaseException:
-                await self._pool.release(connection)
+            except BaseException as error:
+                await self._give_back(connection, broken=isinstance(error, _INTERRUPTIONS))
                 raise
         return self
+
+    async def _give_back(self, connection: _Connection, *, broken: bool) -> None:
+        if broken:
+            # Interrupted mid-statement (deadline, cancellation): the connection's state is
+            # unknown and its server may not be answering at all. Releasing it normally would
+            # wait, unbounded, for a rollback or a cancel request; close it at once instead
+            # (the server rolls back) and let the pool open a fresh one.
+            connection.terminate()
+        await self._pool.release(connection)
 
     async def commit(self) -> None:
         if self._transaction is not None:
@@ -170,6 +182,11 @@ class PostgresUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if isinstance(exc, _INTERRUPTIONS):
+            self._transaction = None
+            await self._give_back(self._connection, broken=True)
+            return
+        broken = False
         try:
             if self._transaction is not None:
                 transaction, self._transaction = self._transaction, None
@@ -177,9 +194,11 @@ class PostgresUnitOfWork:
                 # transaction is open, and the pool would roll back (and warn) a second time.
                 await transaction.rollback()
         except _CONNECTION_ERRORS:
-            pass  # the server has rolled back a transaction whose connection is gone
-        finally:
-            await self._pool.release(self._connection)
+            broken = True  # the server rolls back a transaction whose connection is gone
+        except BaseException:
+            await self._give_back(self._connection, broken=True)
+            raise
+        await self._give_back(self._connection, broken=broken)
         if isinstance(exc, _CONNECTION_ERRORS):
             raise Unavailable("The database is not reachable; retry shortly.") from exc
         if isinstance(exc, asyncpg.TransactionRollbackError):

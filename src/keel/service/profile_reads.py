@@ -1,0 +1,165 @@
+"""Reading one profile: through the cache, one database read per profile at a time, and stale
+rather than nothing when the database is unavailable.
+
+- Fresh hit: served from the cache (in-process), no database call.
+- Miss or expired: one load per profile id at a time (single flight): 500 concurrent readers
+  of a hot profile whose entry just expired cause one database read, not 500.
+- The load fails because the database is unavailable (down, blackholed, breaker open, past
+  the deadline): a cached copy up to `stale_if_error_seconds` old is served, marked stale with
+  its age (RFC 5861's stale-if-error); without one, the error goes to the caller (503).
+- Transient failures of the load are retried within the retry budget.
+- Writes invalidate the entry here and, through the bus, in every other process.
+
+The cache holds whole profiles; the service cuts each to what its caller may see, so a cached
+read never shows more than an uncached one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keel.domain.errors import CircuitOpen, DeadlineExceeded, Unavailable
+from keel.domain.profile import Profile
+from keel.resilience.deadline import current_deadline
+from keel.resilience.retry import RetryPolicy
+from keel.service.ports import CachedProfile, InvalidationBus, ProfileCache, Store
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRead:
+    profile: Profile
+    age_seconds: float = 0.0  # how old the copy is; 0 when read from the database just now
+    stale: bool = False  # served past its freshness because the database is unavailable
+    fresh_seconds: float = 0.0
+
+    @property
+    def seconds_past_fresh(self) -> float:
+        return self.age_seconds - self.fresh_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    fresh_seconds: float = 5.0
+    stale_if_error_seconds: float = 600.0
+
+
+# What a cache lookup ended as, for metrics: hit, miss, coalesced (joined a load in flight),
+# stale (served stale on error), error (no copy to fall back on).
+Outcome = Callable[[str], None]
+
+
+def _transient(error: BaseException) -> bool:
+    # Not worth retrying: an open breaker (it refuses on purpose) or a spent deadline.
+    return isinstance(error, Unavailable) and not isinstance(error, CircuitOpen | DeadlineExceeded)
+
+
+class ProfileReads:
+    def __init__(
+        self,
+        store: Store,
+        retry: RetryPolicy,
+        *,
+        cache: ProfileCache | None = None,
+        bus: InvalidationBus | None = None,
+        policy: CachePolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_outcome: Outcome | None = None,
+    ) -> None:
+        self._store = store
+        self._retry = retry
+        self._cache = cache
+        self._bus = bus
+        self._policy = policy or CachePolicy()
+        self._clock = clock
+        self._on_outcome = on_outcome
+        self._flights: dict[str, asyncio.Task[Profile | None]] = {}
+
+    async def read(self, profile_id: str) -> ProfileRead | None:
+        """The live profile (None when there is none), possibly from the cache."""
+        if self._cache is None:
+            profile = await self._retry.run(lambda: self._load(profile_id), retryable=_transient)
+            return ProfileRead(profile) if profile is not None else None
+        cached = self._cache.get(profile_id)
+        fresh = self._policy.fresh_seconds
+        if cached is not None:
+            age = self._clock() - cached.stored_at
+            if age < fresh:
+                self._count("hit")
+                return ProfileRead(cached.profile, age, fresh_seconds=fresh)
+        try:
+            profile = await self._shared_load(profile_id)
+        except Unavailable:
+            if cached is not None:
+                age = self._clock() - cached.stored_at
+                if age <= fresh + self._policy.stale_if_error_seconds:
+                    self._count("stale")
+                    return ProfileRead(cached.profile, age, stale=True, fresh_seconds=fresh)
+            self._count("error")
+            raise
+        return ProfileRead(profile, fresh_seconds=fresh) if profile is not None else None
+
+    def forget(self, profile_id: str, version: int) -> None:
+        """In this process: drop the cached copy and detach any load in flight (it may have read
+        the version before `version`), so the next read goes to the database."""
+        self._flights.pop(profile_id, None)
+        if self._cache is not None:
+            self._cache.invalidate(profile_id, version)
+
+    async def changed(self, profile_id: str, version: int) -> None:
+        """A write produced `version` (or may have): forget it here and in every process."""
+        self.forget(profile_id, version)
+        if self._bus is not None:
+            await self._bus.publish(profile_id, version)
+
+    async def listen(self) -> None:
+        """Apply other processes' invalidations until cancelled (a background task)."""
+        if self._bus is None or self._cache is None:
+            return
+        await self._bus.listen(self.forget, self._cache.clear)
+
+    async def _shared_load(self, profile_id: str) -> Profile | None:
+        flight = self._flights.get(profile_id)
+        if flight is None:
+            self._count("miss")
+            # A task of its own: the readers waiting on it may give up (deadline, disconnect)
+            # without cancelling it for the others. It runs under the first reader's deadline.
+            flight = asyncio.create_task(self._load_and_keep(profile_id))
+            self._flights[profile_id] = flight
+            flight.add_done_callback(lambda done: self._landed(profile_id, done))
+        else:
+            self._count("coalesced")
+        deadline = current_deadline()
+        if deadline is None:
+            return await asyncio.shield(flight)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(flight)
+        except TimeoutError as error:
+            raise DeadlineExceeded("The database did not answer within the request's deadline.") from error
+
+    def _landed(self, profile_id: str, flight: asyncio.Task[Profile | None]) -> None:
+        if self._flights.get(profile_id) is flight:
+            del self._flights[profile_id]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here: every waiter may have given up on it
+
+    async def _load_and_keep(self, profile_id: str) -> Profile | None:
+        started = self._clock()
+        profile = await self._retry.run(lambda: self._load(profile_id), retryable=_transient)
+        if self._cache is not None and self._flights.get(profile_id) is asyncio.current_task():
+            if profile is not None:
+                self._cache.put(CachedProfile(profile, started))
+            else:
+                self._cache.invalidate(profile_id, 0)  # deleted: never serve the old copy stale
+        return profile
+
+    def _count(self, outcome: str) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+    async def _load(self, profile_id: str) -> Profile | None:
+        async with self._store.unit_of_work(read_only=True) as uow:
+            return await uow.profiles.get(profile_id)
