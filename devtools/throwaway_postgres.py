@@ -44,6 +44,7 @@ STOP_TIMEOUT = 10.0
 SERVER_OPTS = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
 SERVER_OPTS += ["-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
 SERVER_OPTS += ["-c", "max_connections=200", "-c", "shared_buffers=256MB"]
+DURABLE_SERVER_OPTS = ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
 
 
 @dataclasses.dataclass
@@ -140,24 +141,78 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _start(c: _Cluster) -> int:
-    """Start postgres on a free port (retry on a new one if we lost the race); return the port."""
+def _start(c: _Cluster, port: int | None = None, options: list[str] | None = None) -> int:
+    """Start postgres on `port`, or on a free one (retrying on a new one if we lost the race);
+    return the port."""
     data = str(c.tmp / "data")
     for _attempt in range(3):
-        port = str(_free_port())
-        c.server = proc = c.spawn("postgres", "-D", data, "-p", port, "-k", data, *SERVER_OPTS)
+        chosen = str(port or _free_port())
+        c.server = proc = c.spawn("postgres", "-D", data, "-p", chosen, "-k", data, *(options or SERVER_OPTS))
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
-            isready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", port]
+            isready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", chosen]
             if c.run(*isready, "-U", PG_USER) == 0:
-                return int(port)
+                return int(chosen)
             time.sleep(0.05)
         exited = proc.poll() is not None
         _stop(proc)
-        if not exited or "already in use" not in c.log_tail(5):
-            break  # not a port race: retrying won't help
+        if port is not None or not exited or "already in use" not in c.log_tail(5):
+            break  # not a port race we can dodge: retrying won't help
     what = f"exited ({proc.returncode})" if exited else f"not ready in {START_TIMEOUT}s"
     raise RuntimeError(f"PostgreSQL {what}; end of server log:\n{c.log_tail()}")
+
+
+class PostgresProcess:
+    """A throwaway server that can be stopped and started again on the same port and data, for
+    failure experiments (see `postgres_process`)."""
+
+    def __init__(self, cluster: _Cluster, port: int, options: list[str]) -> None:
+        self._cluster = cluster
+        self.port = port
+        self._options = options
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{PG_USER}"
+
+    @property
+    def pid(self) -> int:
+        assert self._cluster.server is not None
+        return self._cluster.server.pid
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are aborted, committed data is kept."""
+        if self._cluster.server is not None:
+            _stop(self._cluster.server)
+
+    def start(self) -> None:
+        _start(self._cluster, self.port, self._options)
+
+
+@contextlib.contextmanager
+def postgres_process(*, durable: bool = False) -> Iterator[PostgresProcess]:
+    """A throwaway server on a free loopback port, removed on exit. `durable` keeps fsync and
+    synchronous commits on: what failure experiments that claim "nothing acknowledged is lost"
+    need (the default trades crash safety for speed)."""
+    # Drop PG* vars (PGHOST, PGDATABASE, ...) so they can't redirect our tools.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    c = _Cluster(Path(tempfile.mkdtemp(prefix="keel-pg-")), env)
+    options = DURABLE_SERVER_OPTS if durable else SERVER_OPTS
+    try:
+        if os.geteuid() == 0:
+            _drop_root(c)
+        initdb = ["initdb", "-D", str(c.tmp / "data"), "--auth=trust", "-U", PG_USER]
+        if c.run(*initdb, "--encoding=UTF8", "--no-sync", "--locale=C") != 0:
+            raise RuntimeError(f"initdb failed; end of log:\n{c.log_tail()}")
+        port = _start(c, options=options)
+        createdb = ["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER]
+        if c.run(*createdb, PG_USER) != 0:
+            raise RuntimeError(f"createdb failed; end of log:\n{c.log_tail()}")
+        yield PostgresProcess(c, port, options)
+    finally:
+        if c.server is not None:
+            _stop(c.server)
+        shutil.rmtree(c.tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -172,24 +227,8 @@ def postgres_server(*, env_var: str = "KEEL_TEST_POSTGRES_URL") -> Iterator[str]
     if os.environ.get(env_var):
         yield os.environ[env_var]
         return
-    # Drop PG* vars (PGHOST, PGDATABASE, ...) so they can't redirect our tools.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    c = _Cluster(Path(tempfile.mkdtemp(prefix="keel-pg-")), env)
-    try:
-        if os.geteuid() == 0:
-            _drop_root(c)
-        initdb = ["initdb", "-D", str(c.tmp / "data"), "--auth=trust", "-U", PG_USER]
-        if c.run(*initdb, "--encoding=UTF8", "--no-sync", "--locale=C") != 0:
-            raise RuntimeError(f"initdb failed; end of log:\n{c.log_tail()}")
-        port = _start(c)
-        createdb = ["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER]
-        if c.run(*createdb, PG_USER) != 0:
-            raise RuntimeError(f"createdb failed; end of log:\n{c.log_tail()}")
-        yield f"postgresql://{PG_USER}@127.0.0.1:{port}/{PG_USER}"
-    finally:
-        if c.server is not None:
-            _stop(c.server)
-        shutil.rmtree(c.tmp, ignore_errors=True)
+    with postgres_process() as server:
+        yield server.url
 
 
 def main() -> None:

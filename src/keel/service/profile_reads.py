@@ -8,7 +8,8 @@ rather than nothing when the database is unavailable.
   the deadline): a cached copy up to `stale_if_error_seconds` old is served, marked stale with
   its age (RFC 5861's stale-if-error); without one, the error goes to the caller (503).
 - Transient failures of the load are retried within the retry budget.
-- Writes invalidate the entry here and, through the bus, in every other process.
+- Writes replace the entry here with what they committed, and invalidate it, through the bus,
+  in every other process.
 
 The cache holds whole profiles; the service cuts each to what its caller may see, so a cached
 read never shows more than an uncached one.
@@ -108,9 +109,13 @@ class ProfileReads:
         if self._cache is not None:
             self._cache.invalidate(profile_id, version)
 
-    async def changed(self, profile_id: str, version: int) -> None:
-        """A write produced `version` (or may have): forget it here and in every process."""
+    async def changed(self, profile_id: str, version: int, committed: Profile | None = None) -> None:
+        """A write produced `version` (or may have): forget older copies here and in every
+        process. With the `committed` profile, this process keeps that instead (write-through):
+        a profile just written stays servable, stale if need be, when the database goes away."""
         self.forget(profile_id, version)
+        if committed is not None and self._cache is not None:
+            self._cache.put(CachedProfile(committed, self._clock()))
         if self._bus is not None:
             await self._bus.publish(profile_id, version)
 

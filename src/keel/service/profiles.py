@@ -235,6 +235,7 @@ class ProfileService:
         one, the change is re-applied to the newer profile, a few times at most."""
         for _ in range(_WRITE_ATTEMPTS):
             revised: Profile | None = None
+            committed = False
             try:
                 async with self._store.unit_of_work() as uow:
                     current = await _live_profile(uow, profile_id)
@@ -249,12 +250,14 @@ class ProfileService:
                             raise
                         continue
                     await uow.commit()
+                    committed = True
                     return revised
             finally:
                 if revised is not None:
                     # Also when the commit's outcome is unknown (a timeout): a cached copy of the
                     # version before must not be served as current if the write went through.
-                    await self._reads.changed(profile_id, revised.version)
+                    kept = revised if committed and not revised.is_deleted else None
+                    await self._reads.changed(profile_id, revised.version, kept)
         raise ConcurrentModification("The profile kept changing while this request ran; retry it.")
 
     async def _insert(self, fields: ProfileFields, idempotency: tuple[str, str, str] | None) -> Profile:

@@ -1,0 +1,1 @@
+"""Chaos experiments against a running Keel: `python -m devtools.chaos` (see README)."""

@@ -1,0 +1,58 @@
+"""`python -m devtools.chaos [experiment names...]`: run the experiments in chaos/experiments
+(all of them by default), print each one's figures and checks, exit 1 if any check failed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from devtools.chaos.runner import run_experiment
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
+
+
+async def _main(names: list[str], seed: int, output: Path | None) -> int:
+    paths = sorted(EXPERIMENTS.glob("*.json"))
+    if names:
+        paths = [p for p in paths if p.stem in names or any(p.stem.startswith(n) for n in names)]
+    failed = 0
+    report = []
+    for path in paths:
+        spec = json.loads(path.read_text())
+        print(f"== {path.stem}: {spec['title']}", flush=True)
+        passed, results, details = await run_experiment(spec, seed=seed)
+        for result in results:
+            print(result.line(), flush=True)
+        for text in details.values():
+            print("  " + text.replace("\n", "\n  "), flush=True)
+        failed += not passed
+        report.append(
+            {
+                "experiment": path.stem,
+                "passed": passed,
+                "results": [
+                    {"name": r.name, "value": r.value, "tolerance": r.tolerance, "passed": r.passed}
+                    for r in results
+                ],
+            }
+        )
+    if output is not None:
+        output.write_text(json.dumps(report, indent=2) + "\n")  # noqa: ASYNC240 - once, at the end
+    print(f"{len(paths) - failed} of {len(paths)} experiments passed", flush=True)
+    return 1 if failed else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", help="experiment file names (or prefixes); all by default")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    arguments = parser.parse_args()
+    sys.exit(asyncio.run(_main(arguments.names, arguments.seed, arguments.output)))
+
+
+if __name__ == "__main__":
+    main()

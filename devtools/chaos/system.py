@@ -1,0 +1,193 @@
+"""The system under test: PostgreSQL (durable: fsync and synchronous commits on) and, when asked,
+Redis, each behind a fault proxy, and one Keel process talking to them through the proxies.
+
+Everything that waits on a process runs in a thread: the proxies and the traffic share this
+event loop, and a blocked loop would be a fault of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench.harness import REPO, free_port, keel_cmd, stop
+
+from devtools import process_faults
+from devtools.faultproxy import FaultProxy, Faults
+from devtools.throwaway_postgres import PostgresProcess, postgres_process
+from devtools.throwaway_redis import RedisServer
+from keel.storage.migrations.runner import migrate
+
+START_TIMEOUT = 60.0
+
+
+class System:
+    def __init__(self, keel_env: dict[str, str], *, redis: bool, seed: int) -> None:
+        self._keel_env = keel_env
+        self._with_redis = redis
+        self._seed = seed
+        self._stack = contextlib.ExitStack()
+        self._workdir = Path(tempfile.mkdtemp(prefix="keel-chaos-"))
+        self.keel_log = self._workdir / "keel.log"
+        self.proxies: dict[str, FaultProxy] = {}
+        self.keel: subprocess.Popen[bytes] | None = None
+        self.keel_port = free_port()
+        self.redis: RedisServer | None = None
+        self.token = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.keel_port}"
+
+    @property
+    def database_url(self) -> str:
+        """Straight to PostgreSQL, past the proxy: for set-up and for reading the final state."""
+        return self.postgres.url
+
+    async def __aenter__(self) -> System:
+        self.postgres: PostgresProcess = await asyncio.to_thread(
+            self._stack.enter_context, postgres_process(durable=True)
+        )
+        await asyncio.to_thread(migrate, self.postgres.url)
+        self.proxies["postgres"] = await self._proxy(self.postgres.port)
+        if self._with_redis:
+            (self._workdir / "redis").mkdir()
+            self.redis = RedisServer(self._workdir / "redis")
+            await asyncio.to_thread(self.redis.start)
+            self.proxies["redis"] = await self._proxy(self.redis.port)
+        self.token = await asyncio.to_thread(self._issue_key)
+        await self.start_keel()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.keel is not None:
+            await asyncio.to_thread(stop, self.keel)
+        for proxy in self.proxies.values():
+            await proxy.stop()
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.stop)
+        await asyncio.to_thread(self._stack.close)
+        if os.environ.get("KEEL_CHAOS_KEEP") is None:
+            await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+        else:
+            print(f"  kept {self._workdir} (Keel's log is keel.log)", flush=True)
+
+    # -- Keel ------------------------------------------------------------------------------
+
+    async def start_keel(self) -> None:
+        env = {**os.environ, **self._keel_env, **self._wiring()}
+        with self.keel_log.open("ab") as log:
+            self.keel = subprocess.Popen(  # noqa: ASYNC220 - returns at once; readiness is awaited below
+                keel_cmd("serve", "--host", "127.0.0.1", "--port", str(self.keel_port)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )
+        await self._wait_healthy()
+
+    async def kill_keel(self) -> None:
+        assert self.keel is not None
+        await asyncio.to_thread(process_faults.kill, self.keel.pid)
+        self.keel.wait()
+
+    async def _wait_healthy(self) -> None:
+        assert self.keel is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=1.0) as client:
+            while loop.time() < deadline:
+                if self.keel.poll() is not None:
+                    tail = self.keel_log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"Keel exited with {self.keel.returncode}; log tail:\n{tail}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.05)
+        raise RuntimeError("Keel did not become healthy")
+
+    def _wiring(self) -> dict[str, str]:
+        wiring = {
+            "KEEL_DATABASE_URL": f"postgresql://keel@127.0.0.1:{self.proxies['postgres'].port}/keel",
+            "KEEL_LOG_LEVEL": "warning",
+            "KEEL_ACCESS_LOG": "false",
+        }
+        if "redis" in self.proxies:
+            wiring["KEEL_REDIS_URL"] = f"redis://127.0.0.1:{self.proxies['redis'].port}/0"
+        return wiring
+
+    def _issue_key(self) -> str:
+        env = {**os.environ, **self._keel_env, "KEEL_DATABASE_URL": self.postgres.url}
+        env.pop("KEEL_REDIS_URL", None)
+        created = subprocess.run(
+            keel_cmd(
+                "keys", "create", "--scopes", "profiles:read,profiles:write", "--name", "chaos", "--quiet"
+            ),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"keel keys create failed:\n{created.stdout}\n{created.stderr}")
+        return created.stdout.strip().splitlines()[-1]
+
+    # -- faults ----------------------------------------------------------------------------
+
+    async def act(self, action: str, target: str, args: dict[str, Any]) -> None:
+        """One step of an experiment's method (or rollback) on `target`."""
+        if action == "faults":
+            self.proxies[target].set_faults(Faults(**args))
+        elif action == "clear":
+            self.proxies[target].clear()
+        elif target == "keel":
+            await self._act_on_keel(action)
+        elif target == "postgres":
+            await self._act_on_postgres(action)
+        elif target == "redis" and self.redis is not None:
+            await self._act_on_redis(action)
+        else:
+            raise ValueError(f"unknown action {action!r} on {target!r}")
+
+    async def _act_on_keel(self, action: str) -> None:
+        if action == "kill":
+            await self.kill_keel()
+        elif action == "start":
+            await self.start_keel()
+        else:
+            raise ValueError(f"unknown action {action!r} on keel")
+
+    async def _act_on_postgres(self, action: str) -> None:
+        if action == "stop":
+            await asyncio.to_thread(self.postgres.stop)
+        elif action == "start":
+            await asyncio.to_thread(self.postgres.start)
+        elif action == "pause":
+            await asyncio.to_thread(process_faults.pause, self.postgres.pid)
+        elif action == "resume":
+            await asyncio.to_thread(process_faults.resume, self.postgres.pid)
+        else:
+            raise ValueError(f"unknown action {action!r} on postgres")
+
+    async def _act_on_redis(self, action: str) -> None:
+        assert self.redis is not None
+        if action == "stop":
+            await asyncio.to_thread(self.redis.stop)
+        elif action == "start":
+            await asyncio.to_thread(self.redis.start)
+        else:
+            raise ValueError(f"unknown action {action!r} on redis")
+
+    async def _proxy(self, port: int) -> FaultProxy:
+        proxy = FaultProxy("127.0.0.1", port, seed=self._seed)
+        await proxy.start()
+        return proxy
