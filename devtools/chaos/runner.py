@@ -149,7 +149,7 @@ async def run_experiment(spec: dict[str, Any], *, seed: int = 1) -> tuple[bool, 
         else:
             details = {}
     failures = _failures(run)
-    if failures:
+    if failures:  # by phase, operation and status
         details["failures"] = failures
     results = [_evaluate(probe, run) for probe in spec["steady-state-hypothesis"]["probes"]]
     results += [_evaluate(probe, run) for probe in spec.get("checks", [])]
@@ -255,6 +255,8 @@ def _failures(run: Run) -> str:
         if not s.ok:
             key = (run.phase_at(s.started), s.op, s.status)
             counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return ""
     return "failures: " + ", ".join(
         f"{phase}/{op}/{status}: {n}" for (phase, op, status), n in sorted(counts.items())
     )

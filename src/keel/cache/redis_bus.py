@@ -45,7 +45,8 @@ class RedisInvalidationBus:
         try:
             async with asyncio.timeout(self._publish_timeout):
                 await self._client.publish(CHANNEL, f"{profile_id} {version}")
-        except (RedisError, OSError, TimeoutError) as error:
+        except Exception as error:  # noqa: BLE001 - best effort by contract; also the driver's
+            # RuntimeErrors on a transport the server closed under it (a killed Redis).
             if self._on_publish_failure is not None:
                 self._on_publish_failure()
             _log.warning("cache_invalidation_not_published", error=type(error).__name__)

@@ -4,6 +4,7 @@ statements cached per connection by asyncpg, one round trip per profile read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -48,6 +49,9 @@ _CONNECTION_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.OperatorInterventionError,  # e.g. shutdown or failover: "terminating connection"
     asyncpg.InsufficientResourcesError,  # e.g. too many connections
+    # The driver's own state errors when the server drops a connection mid-operation (e.g.
+    # "cannot switch to state 12; another operation is in progress" during a shutdown).
+    asyncpg.InternalClientError,
 )
 
 
@@ -157,6 +161,9 @@ class PostgresUnitOfWork:
             self._transaction = connection.transaction()
             try:
                 await self._transaction.start()
+            except _CONNECTION_ERRORS as error:
+                await self._give_back(connection, broken=True)
+                raise Unavailable("The database is not reachable; retry shortly.") from error
             except BaseException as error:
                 await self._give_back(connection, broken=isinstance(error, _INTERRUPTIONS))
                 raise
@@ -168,7 +175,8 @@ class PostgresUnitOfWork:
             # unknown and its server may not be answering at all. Releasing it normally would
             # wait, unbounded, for a rollback or a cancel request; close it at once instead
             # (the server rolls back) and let the pool open a fresh one.
-            connection.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):  # already closed and handed back
+                connection.terminate()
         await self._pool.release(connection)
 
     async def commit(self) -> None:
