@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import httpx
 import pytest
 from devtools.history import History, check
 from devtools.workload import classify_error, classify_response, final_state, run_workload
+
+from tests.e2e.test_served_process import _free_port, _keel
 
 START_TIMEOUT_S = 30.0
 
@@ -57,26 +58,6 @@ class Server:
             return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
-
-
-def _keel(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "keel", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
