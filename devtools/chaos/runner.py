@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 from bench.harness import seed_profiles
+from bench.loadgen import percentile
 
 from devtools.chaos.system import System
 from devtools.chaos.traffic import Sample, Traffic, warm
@@ -301,7 +302,7 @@ def _latency_ms(run: Run, where: dict[str, Any]) -> float:
     (`outcome`) or all of them."""
     outcome = where.get("outcome", "any")
     samples = [s.seconds for s in _selected(run, where) if outcome == "any" or (outcome == "ok") == s.ok]
-    return _percentile(samples, where.get("quantile", 0.99)) * 1000
+    return percentile(samples, where.get("quantile", 0.99) * 100) * 1000
 
 
 def _count(run: Run, where: dict[str, Any]) -> float:
@@ -328,7 +329,7 @@ def _recovery_seconds(run: Run, where: dict[str, Any]) -> float:
 def _healthz_p99_ms(run: Run, where: dict[str, Any]) -> float:
     phase = where.get("phase")
     samples = [seconds for started, seconds in run.healthz if phase is None or run.phase_at(started) == phase]
-    return _percentile(samples, 0.99) * 1000
+    return percentile(samples, 99) * 1000
 
 
 def _breaker_opened_after_seconds(run: Run, where: dict[str, Any]) -> float:
@@ -346,13 +347,6 @@ def _metric_at_end(run: Run, where: dict[str, Any]) -> float:
 
 def _value(run: Run, where: dict[str, Any]) -> float:
     return run.values.get(where["key"], math.nan)
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
 _MEASURES = {
