@@ -251,15 +251,16 @@ async def _poll_metrics(system: System, run: Run, stop: asyncio.Event) -> None:
 
 def _failures(run: Run) -> str:
     """Failed requests counted by phase, operation and status (0: no HTTP answer)."""
-    counts: dict[tuple[str, str, int], int] = {}
+    counts: dict[tuple[str, str, int, str], int] = {}
     for s in run.samples:
         if not s.ok:
-            key = (run.phase_at(s.started), s.op, s.status)
+            key = (run.phase_at(s.started), s.op, s.status, s.problem)
             counts[key] = counts.get(key, 0) + 1
     if not counts:
         return ""
-    return "failures: " + ", ".join(
-        f"{phase}/{op}/{status}: {n}" for (phase, op, status), n in sorted(counts.items())
+    return "failures (phase/operation/status/problem): " + ", ".join(
+        f"{phase}/{op}/{status}/{problem or '-'}: {n}"
+        for (phase, op, status, problem), n in sorted(counts.items())
     )
 
 

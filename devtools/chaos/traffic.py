@@ -28,6 +28,7 @@ class Sample:
     seconds: float
     status: int  # 0: no HTTP answer (timeout, connection refused or reset)
     stale: bool = False
+    problem: str = ""  # the problem type's last part, for failures: "unavailable", "shed", ...
 
     @property
     def ok(self) -> bool:
@@ -90,8 +91,20 @@ class Traffic:
         except httpx.HTTPError:
             self.samples.append(Sample(op, started, time.monotonic() - started, 0))
             return
+        problem = ""
+        if response.status_code >= 400 and response.headers.get("content-type", "").startswith(
+            "application/problem+json"
+        ):
+            problem = str(response.json().get("type", "")).rpartition(":")[2]
         self.samples.append(
-            Sample(op, started, time.monotonic() - started, response.status_code, is_stale(response.headers))
+            Sample(
+                op,
+                started,
+                time.monotonic() - started,
+                response.status_code,
+                is_stale(response.headers),
+                problem,
+            )
         )
 
 

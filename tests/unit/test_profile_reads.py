@@ -29,6 +29,7 @@ class Database:
         self.inner = InMemoryStore()
         self.down = False
         self.read_delay = 0.0
+        self.lose_commits = False  # a commit whose answer never comes: its outcome is unknown
 
     def unit_of_work(self, *, read_only: bool = False) -> _UnitOfWork:
         return _UnitOfWork(self, read_only)
@@ -70,6 +71,8 @@ class _UnitOfWork:
 
     async def commit(self) -> None:
         await self._inner.commit()
+        if self._db.lose_commits:
+            raise Unavailable("The connection was lost during the commit.")
 
 
 class Clock:
@@ -172,6 +175,28 @@ async def test_a_write_invalidates_the_cached_copy(db: Database, clock: Clock) -
     db.down = True
     with pytest.raises(Unavailable):  # a deleted profile is never served stale
         await service.read_profile(READER, created.id)
+
+
+async def test_after_a_write_with_an_unknown_outcome_the_old_copy_is_only_a_stale_fallback(
+    db: Database, clock: Clock
+) -> None:
+    service, _ = build(db, clock, [])
+    created = (await service.create_profile(WRITER, doc())).profile
+    await service.get_profile(READER, created.id)
+    db.lose_commits = True
+    with pytest.raises(Unavailable):
+        await service.update_profile(WRITER, created.id, {"display_name": "Maybe"})
+    db.lose_commits = False
+    # Not served as current: the write may have gone through (here it did).
+    assert (await service.read_profile(READER, created.id)).profile.fields.display_name == "Maybe"
+    await service.update_profile(WRITER, created.id, {"display_name": "Sure"})
+    db.lose_commits = True
+    with pytest.raises(Unavailable):
+        await service.update_profile(WRITER, created.id, {"display_name": "Unknown"})
+    db.down = True
+    fallback = await service.read_profile(READER, created.id)
+    assert fallback.stale
+    assert fallback.profile.fields.display_name == "Sure"
 
 
 async def test_a_read_in_flight_during_a_write_does_not_answer_later_readers(

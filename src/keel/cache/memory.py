@@ -8,46 +8,59 @@ would put the replaced version back, to be served until it expires.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 from keel.service.ports import CachedProfile
+
+
+@dataclass(slots=True)
+class _Slot:
+    floor: int  # versions below this are not stored again
+    entry: CachedProfile | None  # None: nothing to serve, only the floor is left
 
 
 class BoundedProfileCache:
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
-        # A cached profile, or an int: the floor left by an invalidation.
-        self._entries: OrderedDict[str, CachedProfile | int] = OrderedDict()
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
 
     def get(self, profile_id: str) -> CachedProfile | None:
-        entry = self._entries.get(profile_id)
-        if not isinstance(entry, CachedProfile):
+        slot = self._slots.get(profile_id)
+        if slot is None or slot.entry is None:
             return None
-        self._entries.move_to_end(profile_id)
-        return entry
+        self._slots.move_to_end(profile_id)
+        return slot.entry
 
     def put(self, entry: CachedProfile) -> None:
         profile_id = entry.profile.id
-        current = self._entries.get(profile_id)
-        if isinstance(current, int) and entry.profile.version < current:
+        slot = self._slots.get(profile_id)
+        if slot is None:
+            self._keep(profile_id, _Slot(0, entry))
             return
-        if isinstance(current, CachedProfile) and entry.profile.version < current.profile.version:
+        if entry.profile.version < slot.floor:
             return
-        self._store(profile_id, entry)
+        if slot.entry is not None and entry.profile.version < slot.entry.profile.version:
+            return
+        slot.entry = entry
+        self._keep(profile_id, slot)
 
-    def invalidate(self, profile_id: str, version: int) -> None:
-        current = self._entries.get(profile_id)
-        if isinstance(current, int) and current >= version:
-            return
-        self._store(profile_id, version)
+    def invalidate(self, profile_id: str, version: int, *, keep_as_stale: bool = False) -> None:
+        slot = self._slots.get(profile_id) or _Slot(0, None)
+        slot.floor = max(slot.floor, version)
+        if keep_as_stale and slot.entry is not None:
+            slot.entry = replace(slot.entry, stale_only=True)
+        else:
+            slot.entry = None
+        self._keep(profile_id, slot)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._slots.clear()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._slots)
 
-    def _store(self, profile_id: str, value: CachedProfile | int) -> None:
-        self._entries[profile_id] = value
-        self._entries.move_to_end(profile_id)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+    def _keep(self, profile_id: str, slot: _Slot) -> None:
+        self._slots[profile_id] = slot
+        self._slots.move_to_end(profile_id)
+        while len(self._slots) > self._max:
+            self._slots.popitem(last=False)

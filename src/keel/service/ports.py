@@ -144,6 +144,9 @@ class Store(Protocol):
 class CachedProfile:
     profile: Profile  # whole, private attributes included: cut per caller when served
     stored_at: float  # monotonic seconds, when the read that produced it started
+    # Replaced by a write whose outcome is unknown: never served as current, but still better
+    # than nothing (marked stale) while the database is unavailable.
+    stale_only: bool = False
 
 
 class ProfileCache(Protocol):
@@ -156,8 +159,9 @@ class ProfileCache(Protocol):
         slow read must not put back what a write has just replaced)."""
         ...
 
-    def invalidate(self, profile_id: str, version: int) -> None:
-        """Forget the profile; from now on, versions below `version` are not stored."""
+    def invalidate(self, profile_id: str, version: int, *, keep_as_stale: bool = False) -> None:
+        """Forget the profile (or, `keep_as_stale`, keep it only as a stale fallback); from now
+        on, versions below `version` are not stored."""
         ...
 
     def clear(self) -> None: ...

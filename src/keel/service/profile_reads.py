@@ -87,7 +87,7 @@ class ProfileReads:
         fresh = self._policy.fresh_seconds
         if cached is not None:
             age = self._clock() - cached.stored_at
-            if age < fresh:
+            if age < fresh and not cached.stale_only:
                 self._count("hit")
                 return ProfileRead(cached.profile, age, fresh_seconds=fresh)
         try:
@@ -102,19 +102,24 @@ class ProfileReads:
             raise
         return ProfileRead(profile, fresh_seconds=fresh) if profile is not None else None
 
-    def forget(self, profile_id: str, version: int) -> None:
-        """In this process: drop the cached copy and detach any load in flight (it may have read
-        the version before `version`), so the next read goes to the database."""
+    def forget(self, profile_id: str, version: int, *, keep_as_stale: bool = False) -> None:
+        """In this process: drop the cached copy (or keep it as a stale fallback only) and
+        detach any load in flight (it may have read the version before `version`), so the next
+        read goes to the database."""
         self._flights.pop(profile_id, None)
         if self._cache is not None:
-            self._cache.invalidate(profile_id, version)
+            self._cache.invalidate(profile_id, version, keep_as_stale=keep_as_stale)
 
-    async def changed(self, profile_id: str, version: int, committed: Profile | None = None) -> None:
-        """A write produced `version` (or may have): forget older copies here and in every
-        process. With the `committed` profile, this process keeps that instead (write-through):
-        a profile just written stays servable, stale if need be, when the database goes away."""
-        self.forget(profile_id, version)
-        if committed is not None and self._cache is not None:
+    async def changed(
+        self, profile_id: str, version: int, committed: Profile | None = None, *, deleted: bool = False
+    ) -> None:
+        """A write produced `version`, or may have: forget older copies here and in every
+        process. Here, a `committed` profile replaces the copy (write-through); after a write
+        whose outcome is unknown, the old copy stays as a stale fallback only, so the profile
+        stays servable, marked stale, if the database has just gone away. A deleted profile
+        keeps nothing."""
+        self.forget(profile_id, version, keep_as_stale=committed is None and not deleted)
+        if committed is not None and not deleted and self._cache is not None:
             self._cache.put(CachedProfile(committed, self._clock()))
         if self._bus is not None:
             await self._bus.publish(profile_id, version)

@@ -256,8 +256,12 @@ class ProfileService:
                 if revised is not None:
                     # Also when the commit's outcome is unknown (a timeout): a cached copy of the
                     # version before must not be served as current if the write went through.
-                    kept = revised if committed and not revised.is_deleted else None
-                    await self._reads.changed(profile_id, revised.version, kept)
+                    await self._reads.changed(
+                        profile_id,
+                        revised.version,
+                        revised if committed else None,
+                        deleted=revised.is_deleted,
+                    )
         raise ConcurrentModification("The profile kept changing while this request ran; retry it.")
 
     async def _insert(self, fields: ProfileFields, idempotency: tuple[str, str, str] | None) -> Profile:
