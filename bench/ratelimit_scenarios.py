@@ -180,8 +180,8 @@ async def _issue_keys(env: dict[str, str], plan: str, count: int) -> list[str]:
         tokens = []
         for n in range(count):
             issued = await issue_api_key(
-                keel.store,
-                keel.clock,
+                keel.local.store,
+                keel.local.clock,
                 scopes=[Scope.PROFILES_READ],
                 api_version="2026-11-28",
                 name=f"{plan}-{n}",

@@ -35,6 +35,7 @@ from keel.service.clock import SystemClock
 from keel.service.ports import Clock, InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
+from keel.service.use_cases import CallerAuthenticator, ProfileUseCases
 from keel.storage.migrations.runner import head_revision
 
 
@@ -43,37 +44,75 @@ class SchemaNotCurrent(RuntimeError):
 
 
 @dataclass
+class Core:
+    """The service in this process and what it stands on; an edge deployment has none."""
+
+    store: Store
+    clock: Clock
+    service: ProfileService
+    reads: ProfileReads
+    invalidation_bus: InvalidationBus | None
+    expected_schema_revision: str
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready when the database answers and carries the schema this code needs."""
+        checks: dict[str, str] = {}
+        try:
+            revision = await asyncio.wait_for(self.store.schema_revision(), READINESS_TIMEOUT_SECONDS)
+            checks["database"] = "ok"
+            checks["migrations"] = (
+                "current" if revision == self.expected_schema_revision else f"at {revision or 'none'}"
+            )
+        except Exception:  # noqa: BLE001 - any failure means "not ready"; the kind is in the check
+            checks["database"] = "unreachable"
+            checks["migrations"] = "unknown"
+        return checks == {"database": "ok", "migrations": "current"}, checks
+
+    async def close(self) -> None:
+        if self.invalidation_bus is not None:
+            await self.invalidation_bus.close()
+        await self.store.close()
+
+
+READINESS_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
 class Keel:
     """Everything a protocol adapter needs, built once per process."""
 
     settings: Settings
-    store: Store
-    clock: Clock
-    profiles: ProfileService
-    authenticator: Authenticator
+    profiles: ProfileUseCases
+    authenticator: CallerAuthenticator
+    core: Core | None  # None on an edge, whose use cases run on a remote core
+    # The checks that decide readiness: the database (or the remote core, on an edge).
+    readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
     metrics: Metrics
     tracer_provider: TracerProvider
     tracer: Tracer
-    expected_schema_revision: str
     rate_limit_catalog: RateLimitCatalog
     rate_limits: RateLimitGuard | None  # None: the kill switch is on
     shedder: LoadShedder | None
     breakers: dict[str, CircuitBreaker]
     loop_lag: LoopLag
-    reads: ProfileReads
-    invalidation_bus: InvalidationBus | None
-    # Dependencies /readyz reports besides the database: name -> a call that fails when it is down.
+    # Dependencies /readyz reports without judging: name -> a call that fails when it is down.
     probes: dict[str, Callable[[], Awaitable[object]]]
     closers: list[Callable[[], Awaitable[object]]]
+
+    @property
+    def local(self) -> Core:
+        """The in-process core, for operations that only a core can do (keys, housekeeping)."""
+        if self.core is None:
+            raise RuntimeError("This Keel is an edge: it has no database of its own.")
+        return self.core
 
     async def close(self) -> None:
         for close in self.closers:
             await close()
         if self.rate_limits is not None:
             await self.rate_limits.close()
-        if self.invalidation_bus is not None:
-            await self.invalidation_bus.close()
-        await self.store.close()
+        if self.core is not None:
+            await self.core.close()
         self.tracer_provider.shutdown()
 
 
@@ -272,30 +311,36 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         redis_probe = Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
         probes["redis"] = redis_probe.ping
         closers.append(redis_probe.aclose)
-    return Keel(
-        settings=settings,
+    service = ProfileService(
+        store,
+        clock,
+        policy,
+        settings.region,
+        reads=reads,
+        idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
+    )
+    core = Core(
         store=store,
         clock=clock,
-        profiles=ProfileService(
-            store,
-            clock,
-            policy,
-            settings.region,
-            reads=reads,
-            idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
-        ),
+        service=service,
+        reads=reads,
+        invalidation_bus=bus,
+        expected_schema_revision=head_revision(),
+    )
+    return Keel(
+        settings=settings,
+        profiles=service,
         authenticator=Authenticator(store, ttl=settings.api_key_cache_seconds),
+        core=core,
+        readiness=core.readiness,
         metrics=metrics,
         tracer_provider=tracer_provider,
         tracer=tracer,
-        expected_schema_revision=head_revision(),
         rate_limit_catalog=catalog,
         rate_limits=guard,
         shedder=build_load_shedder(settings, metrics, loop_lag),
         breakers=breakers,
         loop_lag=loop_lag,
-        reads=reads,
-        invalidation_bus=bus,
         probes=probes,
         closers=closers,
     )
@@ -307,12 +352,12 @@ async def preflight(settings: Settings) -> None:
     await keel.close()
 
 
-async def _purge_idempotency_records(keel: Keel, every_seconds: float = 600.0) -> None:
+async def _purge_idempotency_records(core: Core, every_seconds: float = 600.0) -> None:
     """Idempotency records live 24 h; expired ones are removed in the background."""
     log = structlog.get_logger("keel.housekeeping")
     while True:
         try:
-            removed = await keel.profiles.purge_expired_idempotency_records()
+            removed = await core.service.purge_expired_idempotency_records()
             if removed:
                 log.info("idempotency_records_purged", count=removed)
         except Exception as error:  # noqa: BLE001 - housekeeping must outlive a database hiccup
@@ -336,11 +381,10 @@ def create_app(settings: Settings) -> FastAPI:
         # milliseconds at the tail.
         gc.collect()
         gc.freeze()
-        background = [
-            asyncio.create_task(_purge_idempotency_records(keel)),
-            asyncio.create_task(keel.loop_lag.watch()),
-            asyncio.create_task(keel.reads.listen()),
-        ]
+        background = [asyncio.create_task(keel.loop_lag.watch())]
+        if keel.core is not None:
+            background.append(asyncio.create_task(_purge_idempotency_records(keel.core)))
+            background.append(asyncio.create_task(keel.core.reads.listen()))
         try:
             yield
         finally:

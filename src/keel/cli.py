@@ -109,7 +109,7 @@ async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name
 
     async with _keel(settings) as keel:
         issued = await issue_api_key(
-            keel.store, keel.clock, scopes=scopes, api_version=version, name=name, plan=plan
+            keel.local.store, keel.local.clock, scopes=scopes, api_version=version, name=name, plan=plan
         )
     return issued.token
 
@@ -121,7 +121,7 @@ def keys_list() -> None:
 
     async def run() -> list[ApiKey]:
         async with _keel(Settings()) as keel:
-            return await list_api_keys(keel.store)
+            return await list_api_keys(keel.local.store)
 
     for key in asyncio.run(run()):
         state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
@@ -136,7 +136,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part
 
     async def run() -> bool:
         async with _keel(Settings()) as keel:
-            return await revoke_api_key(keel.store, keel.clock, key_id)
+            return await revoke_api_key(keel.local.store, keel.local.clock, key_id)
 
     if not asyncio.run(run()):
         typer.echo(f"no active key {key_id}", err=True)

@@ -38,7 +38,7 @@ async def make_api(settings: Settings) -> tuple[Api, Keel]:
         "admin": [Scope.ADMIN],
     }.items():
         issued = await issue_api_key(
-            keel.store, keel.clock, scopes=scopes, api_version="2026-11-28", name=name
+            keel.local.store, keel.local.clock, scopes=scopes, api_version="2026-11-28", name=name
         )
         tokens[name] = bearer(issued.token)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel.test")

@@ -40,8 +40,8 @@ class Harness:
 
     async def key(self, plan: str = "standard") -> dict[str, str]:
         issued = await issue_api_key(
-            self.keel.store,
-            self.keel.clock,
+            self.keel.local.store,
+            self.keel.local.clock,
             scopes=[Scope.PROFILES_READ, Scope.PROFILES_WRITE],
             api_version="2026-11-28",
             name=plan,

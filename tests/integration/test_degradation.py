@@ -117,7 +117,7 @@ async def test_a_write_in_one_process_invalidates_the_others_copy(
         ratelimit_enabled=False,
     )
     first, second = await build_keel(settings), await build_keel(settings)
-    listeners = [asyncio.create_task(k.reads.listen()) for k in (first, second)]
+    listeners = [asyncio.create_task(k.local.reads.listen()) for k in (first, second)]
     try:
         await asyncio.sleep(0.2)  # subscribed
         created = (await first.profiles.create_profile(WRITER, DOC)).profile

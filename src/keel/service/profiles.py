@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 from keel.domain.api_keys import Principal, Scope
@@ -42,13 +42,16 @@ from keel.service.ports import (
 from keel.service.profile_input import fields_document, parse_profile_fields
 from keel.service.profile_reads import ProfileRead, ProfileReads
 from keel.service.snapshots import profile_from_snapshot, profile_snapshot
+from keel.service.use_cases import (
+    MAX_IDS_PER_BATCH,
+    MAX_IDS_PER_QUERY,
+    MAX_PAGE_SIZE,
+    Created,
+    ExpectedVersion,
+    ListFilters,
+    ProfilePage,
+)
 
-# A version the caller expects the profile to be at, or several (an If-Match with a list of
-# entity tags succeeds if any of them is current); None: no precondition.
-ExpectedVersion = int | frozenset[int] | None
-
-MAX_PAGE_SIZE = 100
-MAX_IDS_PER_QUERY = 100
 IDEMPOTENCY_TTL = timedelta(hours=24)
 # Longer than any request may run (every database call is bounded by the request's deadline): a
 # reservation older than this belongs to a request that died before committing, so (since its
@@ -57,32 +60,6 @@ IDEMPOTENCY_LEASE = timedelta(seconds=60)
 # Time given to forget a reservation after its request failed, off the request's path.
 _RELEASE_TIMEOUT_SECONDS = 5.0
 _WRITE_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    profile: Profile
-    replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ProfilePage:
-    profiles: list[Profile]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ListFilters:
-    handle: str | None = None
-    email: str | None = None
-    ids: tuple[str, ...] | None = None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {
-            "handle": self.handle,
-            "email": self.email,
-            "ids": ",".join(self.ids) if self.ids is not None else None,
-        }
 
 
 class ProfileService:
@@ -120,6 +97,17 @@ class ProfileService:
             raise NotFound("No such profile.")
         visible = self._visible(read.profile, principal)
         return read if visible is read.profile else replace(read, profile=visible)
+
+    async def get_profiles(self, principal: Principal, profile_ids: Sequence[str]) -> dict[str, Profile]:
+        require(principal, Scope.PROFILES_READ)
+        if not 1 <= len(profile_ids) <= MAX_IDS_PER_BATCH:
+            raise ValidationFailed([FieldError("/ids", f"between 1 and {MAX_IDS_PER_BATCH} ids")])
+        wanted = tuple(dict.fromkeys(i for i in profile_ids if is_profile_id(i)))
+        if not wanted:
+            return {}
+        async with self._store.unit_of_work(read_only=True) as uow:
+            found = await uow.profiles.find(ProfileQuery(limit=len(wanted), ids=wanted))
+        return {p.id: self._visible(p, principal) for p in found}
 
     async def list_profiles(
         self, principal: Principal, filters: ListFilters, *, limit: int, cursor: str | None

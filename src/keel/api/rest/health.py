@@ -24,20 +24,11 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(keel: KeelDep) -> Response:
-    """Ready to serve: the database answers and carries the schema this code needs. Every other
+    """Ready to serve: the database answers and carries the schema this code needs (on an edge:
+    the remote core answers its health check as serving). Every other
     dependency is reported, not judged: without Redis, rate limits are decided locally (fail
     open) and caches are not invalidated across processes, which is degraded but serving."""
-    checks: dict[str, str] = {}
-    try:
-        revision = await asyncio.wait_for(keel.store.schema_revision(), _READINESS_TIMEOUT)
-        checks["database"] = "ok"
-        checks["migrations"] = (
-            "current" if revision == keel.expected_schema_revision else f"at {revision or 'none'}"
-        )
-    except Exception:  # noqa: BLE001 - any failure means "not ready"; the kind is in the check
-        checks["database"] = "unreachable"
-        checks["migrations"] = "unknown"
-    ready = checks == {"database": "ok", "migrations": "current"}
+    ready, checks = await keel.readiness()
     for name, probe in keel.probes.items():
         try:
             await asyncio.wait_for(probe(), _READINESS_TIMEOUT)

@@ -17,7 +17,7 @@ from keel.api.rest.mapping import etag, etag_matches, profile_document, version_
 from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profile_reads import ProfileRead
-from keel.service.profiles import ListFilters
+from keel.service.use_cases import ListFilters
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel

@@ -1,0 +1,92 @@
+"""The port every protocol adapter calls: the profile use cases and the caller's identity.
+
+`ProfileService` implements it in process. A remote adapter (the gRPC client of an edge
+deployment) implements the same protocols, so REST and GraphQL are written once and run either
+over the local service or over a core reached through the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from keel.domain.api_keys import Principal
+from keel.domain.profile import JSONValue, Profile
+from keel.service.profile_reads import ProfileRead
+
+# A version the caller expects the profile to be at, or several (an If-Match with a list of
+# entity tags succeeds if any of them is current); None: no precondition.
+ExpectedVersion = int | frozenset[int] | None
+
+MAX_PAGE_SIZE = 100
+MAX_IDS_PER_QUERY = 100
+MAX_IDS_PER_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    profile: Profile
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePage:
+    profiles: list[Profile]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilters:
+    handle: str | None = None
+    email: str | None = None
+    ids: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "handle": self.handle,
+            "email": self.email,
+            "ids": ",".join(self.ids) if self.ids is not None else None,
+        }
+
+
+class ProfileUseCases(Protocol):
+    """What a caller can do with profiles. Every profile returned is already cut to what the
+    caller may see; every refusal is a `KeelError`."""
+
+    async def read_profile(self, principal: Principal, profile_id: str) -> ProfileRead:
+        """The live profile, with the age of the copy served (`stale` when the database was
+        unavailable and a cached copy stood in). `NotFound` when absent or deleted."""
+        ...
+
+    async def get_profiles(self, principal: Principal, profile_ids: Sequence[str]) -> dict[str, Profile]:
+        """Up to `MAX_IDS_PER_BATCH` profiles by id, in one read. Ids with no live profile are
+        absent from the answer, which is not an error."""
+        ...
+
+    async def list_profiles(
+        self, principal: Principal, filters: ListFilters, *, limit: int, cursor: str | None
+    ) -> ProfilePage: ...
+
+    async def create_profile(
+        self, principal: Principal, document: JSONValue, *, idempotency_key: str | None = None
+    ) -> Created: ...
+
+    async def update_profile(
+        self,
+        principal: Principal,
+        profile_id: str,
+        patch: JSONValue,
+        *,
+        expected_version: ExpectedVersion = None,
+    ) -> Profile: ...
+
+    async def delete_profile(
+        self, principal: Principal, profile_id: str, *, expected_version: ExpectedVersion = None
+    ) -> None: ...
+
+
+class CallerAuthenticator(Protocol):
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal an API key stands for; `Unauthenticated` for a missing or unknown key."""
+        ...
