@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 from fastapi import FastAPI
@@ -38,6 +39,9 @@ from keel.service.profiles import ProfileService
 from keel.service.use_cases import CallerAuthenticator, ProfileUseCases
 from keel.storage.migrations.runner import head_revision
 
+if TYPE_CHECKING:
+    from keel.api.grpc.server import GrpcServer
+
 
 class SchemaNotCurrent(RuntimeError):
     """The database has not been migrated to the revision this code needs."""
@@ -50,6 +54,7 @@ class Core:
     store: Store
     clock: Clock
     service: ProfileService
+    authenticator: Authenticator
     reads: ProfileReads
     invalidation_bus: InvalidationBus | None
     expected_schema_revision: str
@@ -269,15 +274,23 @@ async def check_schema(store: Store, settings: Settings) -> None:
         )
 
 
-async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> Keel:
-    """Build the process's object graph; refuses an unmigrated database."""
-    policy = (
-        AttributePolicy.from_file(settings.attribute_schema)
-        if settings.attribute_schema is not None
-        else AttributePolicy()
-    )
+@dataclass
+class _Protection:
+    """What guards a process's callers, core or edge alike: limits, shedding, probes."""
+
+    tracer_provider: TracerProvider
+    tracer: Tracer
+    catalog: RateLimitCatalog
+    guard: RateLimitGuard | None
+    shedder: LoadShedder | None
+    breakers: dict[str, CircuitBreaker]
+    loop_lag: LoopLag
+    probes: dict[str, Callable[[], Awaitable[object]]]
+    closers: list[Callable[[], Awaitable[object]]]
+
+
+def _protection(settings: Settings, metrics: Metrics) -> _Protection:
     catalog = build_rate_limit_catalog(settings)
-    metrics = metrics or Metrics()
     tracer_provider = build_tracer_provider(
         exporter=settings.trace_exporter,
         sampling_ratio=settings.trace_sampling_ratio,
@@ -285,17 +298,7 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         service_name=settings.service_name,
     )
     tracer = tracer_from(tracer_provider) if settings.trace_exporter != "none" else PropagatingTracer()
-    observer = DatabaseObserver(metrics, tracer, "postgresql" if settings.uses_postgres else "sqlite")
-    store = await open_store(settings, observer)
-    try:
-        await check_schema(store, settings)
-    except BaseException:
-        await store.close()
-        raise
-    clock = SystemClock()
     breakers: dict[str, CircuitBreaker] = {}
-    store = guard_store(store, settings, metrics, breakers)
-    reads, bus = build_profile_reads(settings, store, metrics)
     loop_lag = LoopLag()
     guard = (
         RateLimitGuard(build_rate_limiter(settings, metrics, breakers, loop_lag, catalog), metrics)
@@ -311,6 +314,41 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         redis_probe = Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
         probes["redis"] = redis_probe.ping
         closers.append(redis_probe.aclose)
+    return _Protection(
+        tracer_provider=tracer_provider,
+        tracer=tracer,
+        catalog=catalog,
+        guard=guard,
+        shedder=build_load_shedder(settings, metrics, loop_lag),
+        breakers=breakers,
+        loop_lag=loop_lag,
+        probes=probes,
+        closers=closers,
+    )
+
+
+async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> Keel:
+    """Build the process's object graph: a core over its database (refusing an unmigrated
+    one), or an edge over a remote core when `core_url` is set."""
+    metrics = metrics or Metrics()
+    if settings.core_url is not None:
+        return build_edge(settings, metrics)
+    policy = (
+        AttributePolicy.from_file(settings.attribute_schema)
+        if settings.attribute_schema is not None
+        else AttributePolicy()
+    )
+    guards = _protection(settings, metrics)
+    observer = DatabaseObserver(metrics, guards.tracer, "postgresql" if settings.uses_postgres else "sqlite")
+    store = await open_store(settings, observer)
+    try:
+        await check_schema(store, settings)
+    except BaseException:
+        await store.close()
+        raise
+    clock = SystemClock()
+    store = guard_store(store, settings, metrics, guards.breakers)
+    reads, bus = build_profile_reads(settings, store, metrics)
     service = ProfileService(
         store,
         clock,
@@ -319,30 +357,77 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         reads=reads,
         idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
     )
+    authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
     core = Core(
         store=store,
         clock=clock,
         service=service,
+        authenticator=authenticator,
         reads=reads,
         invalidation_bus=bus,
         expected_schema_revision=head_revision(),
     )
+    return _keel(settings, metrics, guards, service, authenticator, core, core.readiness)
+
+
+def build_edge(settings: Settings, metrics: Metrics) -> Keel:
+    """An edge: REST and GraphQL here, every use case run by the core at `core_url` over gRPC."""
+    from keel.remote.core_client import CoreClient
+    from keel.remote.profiles import RemoteAuthenticator, RemoteProfiles
+
+    assert settings.core_url is not None
+    assert settings.core_api_key is not None  # the settings refuse a core URL without it
+    guards = _protection(settings, metrics)
+    retries = metrics.dependency_retries
+    client = CoreClient(
+        settings.core_url.removeprefix("grpc://"),
+        settings.core_api_key.get_secret_value(),
+        RetryPolicy(
+            RetryBudget(ratio=settings.retry_budget_ratio),
+            Backoff(),
+            on_retry=lambda outcome: retries.labels("core", outcome).inc(),
+        ),
+        guards.tracer,
+        timeout_seconds=settings.core_timeout_seconds,
+    )
+    guards.closers.append(client.close)
+
+    async def readiness() -> tuple[bool, dict[str, str]]:
+        try:
+            status = await client.check_health()
+        except Exception:  # noqa: BLE001 - any failure means "not ready"; the kind is in the check
+            status = "UNREACHABLE"
+        return status == "SERVING", {"core": status.lower().replace("_", " ")}
+
+    authenticator = RemoteAuthenticator(client, ttl=settings.api_key_cache_seconds)
+    return _keel(settings, metrics, guards, RemoteProfiles(client), authenticator, None, readiness)
+
+
+def _keel(
+    settings: Settings,
+    metrics: Metrics,
+    guards: _Protection,
+    profiles: ProfileUseCases,
+    authenticator: CallerAuthenticator,
+    core: Core | None,
+    readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]],
+) -> Keel:
     return Keel(
         settings=settings,
-        profiles=service,
-        authenticator=Authenticator(store, ttl=settings.api_key_cache_seconds),
+        profiles=profiles,
+        authenticator=authenticator,
         core=core,
-        readiness=core.readiness,
+        readiness=readiness,
         metrics=metrics,
-        tracer_provider=tracer_provider,
-        tracer=tracer,
-        rate_limit_catalog=catalog,
-        rate_limits=guard,
-        shedder=build_load_shedder(settings, metrics, loop_lag),
-        breakers=breakers,
-        loop_lag=loop_lag,
-        probes=probes,
-        closers=closers,
+        tracer_provider=guards.tracer_provider,
+        tracer=guards.tracer,
+        rate_limit_catalog=guards.catalog,
+        rate_limits=guards.guard,
+        shedder=guards.shedder,
+        breakers=guards.breakers,
+        loop_lag=guards.loop_lag,
+        probes=guards.probes,
+        closers=guards.closers,
     )
 
 
@@ -365,6 +450,19 @@ async def _purge_idempotency_records(core: Core, every_seconds: float = 600.0) -
         await asyncio.sleep(every_seconds)
 
 
+async def start_grpc(keel: Keel) -> GrpcServer:
+    """The gRPC server of a core, on `grpc_host:grpc_port` (port 0: any free port)."""
+    from keel.api.grpc.server import GrpcServer
+
+    settings = keel.settings
+    if keel.core is None:
+        raise ValueError("An edge (KEEL_CORE_URL) does not serve gRPC; its core does.")
+    server = GrpcServer(keel, f"{settings.grpc_host}:{settings.grpc_port or 0}")
+    await server.start()
+    structlog.get_logger("keel.grpc").info("grpc_serving", host=settings.grpc_host, port=server.port)
+    return server
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI application `keel serve` runs: builds Keel on start-up, closes it on shutdown."""
     from keel.api.rest.app import build_rest_app
@@ -385,9 +483,12 @@ def create_app(settings: Settings) -> FastAPI:
         if keel.core is not None:
             background.append(asyncio.create_task(_purge_idempotency_records(keel.core)))
             background.append(asyncio.create_task(keel.core.reads.listen()))
+        grpc_server = await start_grpc(keel) if settings.grpc_port is not None else None
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             for task in background:
                 task.cancel()
             await keel.close()

@@ -38,19 +38,40 @@ def migrate() -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Defaults to KEEL_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Defaults to KEEL_PORT.")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Also serve gRPC on this port (KEEL_GRPC_PORT); 0: any free port.")
+    ] = None,
+    grpc_only: Annotated[bool, typer.Option(help="Serve gRPC alone, without HTTP.")] = False,
+    core: Annotated[
+        str | None,
+        typer.Option(help="grpc://host:port of a core (KEEL_CORE_URL): serve REST/GraphQL as its edge."),
+    ] = None,
 ) -> None:
-    """Serve the REST API with uvicorn (uvloop, httptools), one process."""
-    import uvicorn
-
+    """Serve the REST API with uvicorn (uvloop, httptools), one process; gRPC beside it or
+    alone; or, with --core, an edge whose every operation runs on a remote core."""
+    overrides: dict[str, object] = {}
+    if grpc_port is not None:
+        overrides["grpc_port"] = grpc_port
+    if core is not None:
+        overrides["core_url"] = core
     from keel.bootstrap import SchemaNotCurrent, create_app, preflight
 
-    settings = Settings()
     try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        if grpc_only and settings.grpc_port is None:
+            raise ValueError("--grpc-only needs a gRPC port (--grpc-port or KEEL_GRPC_PORT)")
+        if settings.grpc_port is not None and settings.core_url is not None:
+            raise ValueError("an edge (--core) does not serve gRPC; its core does")
         asyncio.run(preflight(settings))
     except (SchemaNotCurrent, ValueError, OSError) as error:
         # A clear sentence instead of a traceback from inside the server's start-up.
         typer.echo(f"keel: cannot start: {error}", err=True)
         raise typer.Exit(1) from None
+    if grpc_only:
+        _serve_grpc_only(settings)
+        return
+    import uvicorn
+
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
@@ -63,10 +84,43 @@ def serve(
     )
 
 
+def _serve_grpc_only(settings: Settings) -> None:
+    import signal
+
+    import uvloop
+
+    from keel.bootstrap import build_keel, start_grpc
+    from keel.observability.logging import configure_logging
+
+    configure_logging(settings.log_level)
+
+    async def main() -> None:
+        keel = await build_keel(settings)
+        server = await start_grpc(keel)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        watch = asyncio.create_task(keel.loop_lag.watch())
+        listen = asyncio.create_task(keel.local.reads.listen())
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+            watch.cancel()
+            listen.cancel()
+            await keel.close()
+
+    uvloop.run(main())
+
+
 @keys_app.command("create")
 def keys_create(
     scopes: Annotated[
-        str, typer.Option(help="Comma-separated: profiles:read, profiles:write, admin.")
+        str,
+        typer.Option(
+            help="Comma-separated: profiles:read, profiles:write, admin, edge (an edge deployment's key)."
+        ),
     ] = "profiles:read,profiles:write",
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
     api_version: Annotated[

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.domain.ids import REGION_PATTERN
@@ -99,6 +99,54 @@ class Settings(BaseSettings):
     concurrency_limit_initial: int = Field(default=16, ge=1)
     concurrency_limit_min: int = Field(default=2, ge=1)
     concurrency_limit_max: int = Field(default=256, ge=1)
+
+    # gRPC
+    grpc_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve gRPC on this port beside HTTP; unset: no gRPC."
+    )
+    grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server listens on.")
+    core_url: str | None = Field(
+        default=None,
+        pattern=r"^grpc://[^/\s]+:[0-9]+$",
+        description="grpc://host:port of a core: this process becomes an edge that serves REST and "
+        "GraphQL with every operation run by that core.",
+    )
+    core_api_key: SecretStr | None = Field(
+        default=None, description="An API key with the `edge` scope on the core; required with KEEL_CORE_URL."
+    )
+    core_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest wait for one call to the core (cut to the request's deadline).",
+    )
+
+    # GraphQL
+    graphql_introspection: bool = Field(
+        default=True, description="Schema introspection on /graphql; switch off in production."
+    )
+    graphql_graphiql: bool = Field(default=True, description="GraphiQL at GET /graphql from a browser.")
+    graphql_max_document_bytes: int = Field(default=16 * 1024, ge=256, description="Longest query text.")
+    graphql_max_tokens: int = Field(default=2_000, ge=50, description="Most lexical tokens in a query.")
+    graphql_max_depth: int = Field(default=10, ge=2, description="Deepest nesting of fields.")
+    graphql_max_aliases: int = Field(default=15, ge=0, description="Most aliased fields in a document.")
+    graphql_max_cost: int = Field(
+        default=500, ge=1, description="Most rate-limit units one operation may ask for (GitHub-style cost)."
+    )
+    graphql_persisted_queries: int = Field(
+        default=1_000, ge=0, description="Automatic persisted queries kept per process (LRU); 0: off."
+    )
+    graphql_get_max_age_seconds: int = Field(
+        default=5, ge=0, description="Cache-Control max-age of GET responses to queries."
+    )
+    graphql_metric_operation_names: int = Field(
+        default=50, ge=1, description="Distinct operation names in metrics; later ones share `other`."
+    )
+
+    @model_validator(mode="after")
+    def _edge_has_a_key(self) -> Settings:
+        if self.core_url is not None and self.core_api_key is None:
+            raise ValueError("KEEL_CORE_URL needs KEEL_CORE_API_KEY: a key with the `edge` scope on the core")
+        return self
 
     @model_validator(mode="after")
     def _lease_outlives_requests(self) -> Settings:

@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from keel.api.grpc.server import GrpcServer
 from keel.api.rest.app import build_rest_app
 from keel.bootstrap import Keel, build_keel
 from keel.config import Settings
@@ -21,16 +23,53 @@ class Api:
     writer: dict[str, str]
     reader: dict[str, str]
     admin: dict[str, str]
+    mode: str = "monolith"
 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def make_api(settings: Settings) -> tuple[Api, Keel]:
-    keel = await build_keel(settings)
-    app = build_rest_app(settings, keel.metrics)
-    app.state.keel = keel
+@dataclass
+class Deployment:
+    """Keel as a test runs it: one process (monolith), or an edge whose every operation goes to
+    a core over a real gRPC connection on loopback. `core` owns the database either way."""
+
+    serving: Keel
+    core: Keel
+    grpc: GrpcServer | None = None
+
+    async def close(self) -> None:
+        if self.serving is not self.core:
+            await self.serving.close()
+        if self.grpc is not None:
+            await self.grpc.stop(grace_seconds=0)
+        await self.core.close()
+
+
+MODES = ["monolith", "edge"]
+
+
+async def deploy(settings: Settings, mode: str = "monolith") -> Deployment:
+    core = await build_keel(settings)
+    if mode == "monolith":
+        return Deployment(core, core)
+    server = GrpcServer(core, "127.0.0.1:0")
+    await server.start()
+    edge_key = await issue_api_key(
+        core.local.store, core.local.clock, scopes=[Scope.EDGE], api_version="2026-11-28", name="edge"
+    )
+    edge_settings = settings.model_copy(
+        update={"core_url": f"grpc://127.0.0.1:{server.port}", "core_api_key": SecretStr(edge_key.token)}
+    )
+    return Deployment(await build_keel(edge_settings), core, server)
+
+
+async def make_api(settings: Settings, mode: str = "monolith") -> tuple[Api, Deployment]:
+    deployment = await deploy(settings, mode)
+    app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
+    app.state.keel = deployment.serving
+    keel = deployment.core
     tokens = {}
     for name, scopes in {
         "writer": [Scope.PROFILES_READ, Scope.PROFILES_WRITE],
@@ -42,15 +81,16 @@ async def make_api(settings: Settings) -> tuple[Api, Keel]:
         )
         tokens[name] = bearer(issued.token)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel.test")
-    return Api(client, keel, tokens["writer"], tokens["reader"], tokens["admin"]), keel
+    return Api(client, keel, tokens["writer"], tokens["reader"], tokens["admin"], mode), deployment
 
 
-@pytest.fixture
-async def api(database_url: str) -> AsyncIterator[Api]:
-    """Keel's REST app in process, over a migrated empty database of each kind."""
+@pytest.fixture(params=MODES)
+async def api(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """Keel's REST app in process, over a migrated empty database of each kind, as a monolith
+    and as an edge in front of a core reached over gRPC."""
     if database_url.startswith("postgresql"):
         await truncate(database_url)
-    built, keel = await make_api(Settings(database_url=database_url))
+    built, deployment = await make_api(Settings(database_url=database_url), request.param)
     async with built.client:
         yield built
-    await keel.close()
+    await deployment.close()

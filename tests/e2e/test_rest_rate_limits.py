@@ -16,11 +16,11 @@ import pytest
 import redis
 
 from keel.api.rest.app import build_rest_app
-from keel.bootstrap import Keel, build_keel
+from keel.bootstrap import Keel
 from keel.config import Settings
 from keel.domain.api_keys import Scope
 from keel.service.auth import issue_api_key
-from tests.e2e.conftest import bearer
+from tests.e2e.conftest import MODES, Deployment, bearer, deploy
 from tests.e2e.test_rest_profiles import assert_problem, body
 
 TIGHT_PLANS = {
@@ -34,9 +34,21 @@ TIGHT_PLANS = {
 
 
 class Harness:
-    def __init__(self, keel: Keel, client: httpx.AsyncClient) -> None:
+    def __init__(self, keel: Keel, client: httpx.AsyncClient, serving: Keel | None = None) -> None:
         self.keel = keel
         self.client = client
+        self.serving = serving or keel
+
+    async def in_flight(self, count: int) -> None:
+        """Wait until `count` requests hold a slot under the serving process's concurrency limit
+        (an edge resolves a new key through its core first, which takes a moment)."""
+        shedder = self.serving.shedder
+        assert shedder is not None
+        for _ in range(200):
+            if shedder.in_flight >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{shedder.in_flight} requests in flight, not {count}")
 
     async def key(self, plan: str = "standard") -> dict[str, str]:
         issued = await issue_api_key(
@@ -73,12 +85,24 @@ class HeldWrites:
         return [(await write).status_code for write in self._writes]
 
 
-async def _harness(settings: Settings, client_address: str = "198.51.100.1") -> tuple[Harness, Keel]:
-    keel = await build_keel(settings)
-    app = build_rest_app(settings, keel.metrics)
-    app.state.keel = keel
+async def _harness(
+    settings: Settings, client_address: str = "198.51.100.1", mode: str = "monolith"
+) -> tuple[Harness, Deployment]:
+    """A client of Keel's REST API: a monolith, or an edge whose limits are its own and whose
+    operations run on a core over gRPC (keys are issued on the core)."""
+    deployment = await deploy(settings, mode)
+    serving = deployment.serving
+    app = build_rest_app(serving.settings, serving.metrics)
+    app.state.keel = serving
     transport = httpx.ASGITransport(app=app, client=(client_address, 4000))
-    return Harness(keel, httpx.AsyncClient(transport=transport, base_url="http://keel.test")), keel
+    client = httpx.AsyncClient(transport=transport, base_url="http://keel.test")
+    return Harness(deployment.core, client, serving), deployment
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -100,8 +124,8 @@ def _forget_limits(url: str) -> None:
 
 
 @pytest.fixture
-async def harness(limiter_settings: dict[str, Any]) -> AsyncIterator[Harness]:
-    built, keel = await _harness(Settings(**limiter_settings))
+async def harness(limiter_settings: dict[str, Any], mode: str) -> AsyncIterator[Harness]:
+    built, keel = await _harness(Settings(**limiter_settings), mode=mode)
     async with built.client:
         yield built
     await keel.close()
@@ -181,7 +205,7 @@ async def test_the_concurrency_cap_refuses_a_second_request_in_flight(harness: H
     # Warm: the first decision on Redis also opens a connection and reads the kill switch.
     await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
     held = HeldWrites(harness.client, key, 1, "first")
-    await asyncio.sleep(0.05)
+    await harness.in_flight(1)
     second = await harness.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
     problem = assert_problem(second, 429, "quota-exceeded")
     assert problem["violated_policies"] == ["concurrency"]
@@ -200,9 +224,9 @@ async def test_health_and_metrics_are_never_limited(harness: Harness) -> None:
     assert "keel_adaptive_concurrency_limit" in metrics
 
 
-async def test_trusted_proxy_hops_separate_clients_behind_a_proxy(sqlite_url: str) -> None:
+async def test_trusted_proxy_hops_separate_clients_behind_a_proxy(sqlite_url: str, mode: str) -> None:
     settings = Settings(database_url=sqlite_url, ratelimit_plans=TIGHT_PLANS, trusted_proxy_hops=1)
-    built, keel = await _harness(settings, client_address="10.0.0.1")
+    built, keel = await _harness(settings, client_address="10.0.0.1", mode=mode)
     async with built.client:
         first = {"X-Forwarded-For": "spoofed, 203.0.113.1"}
         second = {"X-Forwarded-For": "spoofed, 203.0.113.2"}
@@ -213,9 +237,9 @@ async def test_trusted_proxy_hops_separate_clients_behind_a_proxy(sqlite_url: st
     await keel.close()
 
 
-async def test_the_kill_switch_turns_limits_off(sqlite_url: str) -> None:
+async def test_the_kill_switch_turns_limits_off(sqlite_url: str, mode: str) -> None:
     settings = Settings(database_url=sqlite_url, ratelimit_plans=TIGHT_PLANS, ratelimit_enabled=False)
-    built, keel = await _harness(settings)
+    built, keel = await _harness(settings, mode=mode)
     async with built.client:
         key = await built.key()
         responses = [await built.client.get("/v1/profiles", headers=key) for _ in range(5)]
@@ -224,18 +248,18 @@ async def test_the_kill_switch_turns_limits_off(sqlite_url: str) -> None:
     await keel.close()
 
 
-async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite_url: str) -> None:
+async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite_url: str, mode: str) -> None:
     settings = Settings(
         database_url=sqlite_url,
         concurrency_limit_initial=5,
         concurrency_limit_min=5,
         concurrency_limit_max=5,
     )
-    built, keel = await _harness(settings)
+    built, keel = await _harness(settings, mode=mode)
     async with built.client:
         key = await built.key()
         held = HeldWrites(built.client, key, 4, "user")
-        await asyncio.sleep(0.05)
+        await built.in_flight(4)
         # Four of five slots in use: a list (sheddable, 80 % of the limit) is refused, a read
         # of one profile (critical, the whole limit) is not.
         shed = await built.client.get("/v1/profiles", headers=key)
@@ -251,11 +275,11 @@ async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite
 
 
 async def test_the_kill_switch_reaches_running_processes_within_a_second(
-    redis_url: str, sqlite_url: str
+    redis_url: str, sqlite_url: str, mode: str
 ) -> None:
     _forget_limits(redis_url)
     settings = Settings(database_url=sqlite_url, ratelimit_plans=TIGHT_PLANS, redis_url=redis_url)
-    built, keel = await _harness(settings)
+    built, keel = await _harness(settings, mode=mode)
     switch = redis.Redis.from_url(redis_url)
     try:
         async with built.client:
@@ -276,7 +300,7 @@ async def test_the_kill_switch_reaches_running_processes_within_a_second(
         await keel.close()
 
 
-async def test_a_shed_request_is_not_charged(sqlite_url: str) -> None:
+async def test_a_shed_request_is_not_charged(sqlite_url: str, mode: str) -> None:
     settings = Settings(
         database_url=sqlite_url,
         ratelimit_plans=TIGHT_PLANS,
@@ -284,11 +308,11 @@ async def test_a_shed_request_is_not_charged(sqlite_url: str) -> None:
         concurrency_limit_min=5,
         concurrency_limit_max=5,
     )
-    built, keel = await _harness(settings)
+    built, keel = await _harness(settings, mode=mode)
     async with built.client:
         holder, lister = await built.key("partner"), await built.key("standard")
         held = HeldWrites(built.client, holder, 4, "hold")
-        await asyncio.sleep(0.05)
+        await built.in_flight(4)
         shed = await built.client.get("/v1/profiles", headers=lister)  # costs 10 of a burst of 12
         assert shed.status_code == 503
         assert await held.release() == [201] * 4

@@ -12,18 +12,18 @@ from tests.e2e.conftest import make_api
 
 
 async def test_request_and_database_spans(sqlite_url: str) -> None:
-    api, keel = await make_api(
+    api, deployment = await make_api(
         Settings(database_url=sqlite_url, trace_exporter="console", trace_sampling_ratio=1.0)
     )
     exported = InMemorySpanExporter()
-    keel.tracer_provider.add_span_processor(SimpleSpanProcessor(exported))
+    deployment.serving.tracer_provider.add_span_processor(SimpleSpanProcessor(exported))
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     async with api.client:
         response = await api.client.get(
             "/v1/profiles/eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J",
             headers={**api.reader, "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
         )
-    await keel.close()
+    await deployment.close()
     assert response.status_code == 404
     spans = exported.get_finished_spans()
     server = [s for s in spans if s.kind is SpanKind.SERVER]

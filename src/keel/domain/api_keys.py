@@ -11,6 +11,9 @@ class Scope(StrEnum):
     PROFILES_READ = "profiles:read"
     PROFILES_WRITE = "profiles:write"
     ADMIN = "admin"
+    # An edge deployment's key: may act on behalf of the callers it has authenticated. Never
+    # implied by admin, since it lets a caller choose whose identity a call runs under.
+    EDGE = "edge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +40,9 @@ class Principal:
     plan: str = "standard"
 
     def can(self, scope: Scope) -> bool:
-        # admin implies every other scope: an operator key must be able to do what any key can.
-        return scope in self.scopes or Scope.ADMIN in self.scopes
+        # admin implies every other scope but edge: an operator key must be able to do what any
+        # key can, but not to act as another key.
+        return scope in self.scopes or (Scope.ADMIN in self.scopes and scope is not Scope.EDGE)
 
     @property
     def is_admin(self) -> bool:

@@ -105,3 +105,20 @@ class DeadlineExceeded(Unavailable):
     """The request's deadline passed before a dependency answered."""
 
     code = "deadline-exceeded"
+
+
+class CapacityReduced(Unavailable):
+    """The service sheds load to stay within its capacity; the caller may retry later."""
+
+    code = "temporary-reduced-capacity"
+
+
+class QuotaExceeded(KeelError):
+    """The caller's rate-limit quota is spent until `retry_after` seconds from now."""
+
+    code = "quota-exceeded"
+
+    def __init__(self, detail: str, retry_after: float, violated_policies: tuple[str, ...]) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.violated_policies = violated_policies

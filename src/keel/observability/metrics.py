@@ -32,6 +32,20 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # gRPC calls: the counterpart of the two above, by full method name and status code name.
+        self.grpc_requests = Counter(
+            "keel_grpc_requests",
+            "gRPC calls served, by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_request_duration = Histogram(
+            "keel_grpc_request_duration_seconds",
+            "Time from call start to its answer, by method and status code.",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.http_in_flight = Gauge(
             "keel_http_requests_in_flight", "HTTP requests being served now.", registry=r
         )
@@ -106,4 +120,32 @@ class Metrics:
         )
         Info("keel_build", "Keel build information.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
+        )
+        # GraphQL: labelled by operation name, which clients choose; the GraphQL layer bounds
+        # the names it passes (unknown or too many collapse into one label).
+        self.graphql_operations = Counter(
+            "keel_graphql_operations",
+            "GraphQL operations by operation name, type (query, mutation) and outcome (ok, error, rejected).",
+            ["operation", "type", "outcome"],
+            registry=r,
+        )
+        self.graphql_operation_duration = Histogram(
+            "keel_graphql_operation_duration_seconds",
+            "Time to execute a GraphQL operation, by operation name.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.graphql_operation_cost = Histogram(
+            "keel_graphql_operation_cost",
+            "Rate-limit units a GraphQL operation asked for before execution, by operation name.",
+            ["operation"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.graphql_persisted_queries = Counter(
+            "keel_graphql_persisted_queries",
+            "Automatic persisted query lookups by outcome (hit, miss, registered).",
+            ["outcome"],
+            registry=r,
         )

@@ -24,11 +24,15 @@ _V = TypeVar("_V")
 TOKEN_PREFIX = "keel_"  # noqa: S105 - a public prefix, not a secret
 
 
-def _digest(token: str) -> str:
+MISSING_KEY = "An API key is required: send `Authorization: Bearer keel_...`."
+INVALID_KEY = "The API key is not valid."
+
+
+def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _parse_key_id(token: str) -> str | None:
+def parse_key_id(token: str) -> str | None:
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != "keel" or len(parts[1]) != 16 or len(parts[2]) < 32:
         return None
@@ -55,7 +59,7 @@ async def issue_api_key(
     token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
         id=key_id,
-        secret_hash=_digest(token),
+        secret_hash=token_digest(token),
         scopes=frozenset(scopes),
         api_version=api_version,
         name=name,
@@ -104,27 +108,46 @@ class Authenticator:
         # Kept apart, so that a flood of unknown tokens can only evict other unknown tokens.
         self._known: dict[str, tuple[Principal, float]] = {}
         self._unknown: dict[str, float] = {}
+        self._by_key_id: dict[str, tuple[Principal | None, float]] = {}
 
     async def authenticate(self, token: str | None) -> Principal:
         if not token:
-            raise Unauthenticated("An API key is required: send `Authorization: Bearer keel_...`.")
-        key_id = _parse_key_id(token)
+            raise Unauthenticated(MISSING_KEY)
+        key_id = parse_key_id(token)
         if key_id is None:
-            raise Unauthenticated("The API key is not valid.")  # malformed: no lookup, no caching
-        digest = _digest(token)
+            raise Unauthenticated(INVALID_KEY)  # malformed: no lookup, no caching
+        digest = token_digest(token)
         now = time.monotonic()
         known = self._known.get(digest)
         if known is not None and known[1] > now:
             return known[0]
         unknown_until = self._unknown.get(digest)
         if unknown_until is not None and unknown_until > now:
-            raise Unauthenticated("The API key is not valid.")
+            raise Unauthenticated(INVALID_KEY)
         principal = await self._load(key_id, digest)
         if principal is None:
-            _remember(self._unknown, digest, now + self._negative_ttl, self._max_entries)
-            raise Unauthenticated("The API key is not valid.")
-        _remember(self._known, digest, (principal, now + self._ttl), self._max_entries)
+            remember(self._unknown, digest, now + self._negative_ttl, self._max_entries)
+            raise Unauthenticated(INVALID_KEY)
+        remember(self._known, digest, (principal, now + self._ttl), self._max_entries)
+        # An edge resolves a token once, then acts for its key by id: one lookup serves both.
+        remember(self._by_key_id, principal.key_id, (principal, now + self._ttl), self._max_entries)
         return principal
+
+    async def principal_of(self, key_id: str) -> Principal:
+        """The principal of a key an edge has already authenticated (the edge vouches for the
+        secret). Cached like tokens; `Unauthenticated` when the key is unknown or revoked."""
+        now = time.monotonic()
+        cached = self._by_key_id.get(key_id)
+        if cached is None or cached[1] <= now:
+            async with self._store.unit_of_work(read_only=True) as uow:
+                key = await uow.api_keys.get(key_id)
+            principal = _principal(key) if key is not None and key.revoked_at is None else None
+            ttl = self._ttl if principal is not None else self._negative_ttl
+            cached = (principal, now + ttl)
+            remember(self._by_key_id, key_id, cached, self._max_entries)
+        if cached[0] is None:
+            raise Unauthenticated("The API key the edge acts for is not valid.")
+        return cached[0]
 
     async def _load(self, key_id: str, digest: str) -> Principal | None:
         async with self._store.unit_of_work(read_only=True) as uow:
@@ -132,10 +155,14 @@ class Authenticator:
         # Constant-time comparison: the hash must not leak through response timing.
         if key is None or key.revoked_at is not None or not hmac.compare_digest(key.secret_hash, digest):
             return None
-        return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)
+        return _principal(key)
 
 
-def _remember(cache: dict[str, _V], digest: str, value: _V, max_entries: int) -> None:
+def _principal(key: ApiKey) -> Principal:
+    return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)
+
+
+def remember(cache: dict[str, _V], digest: str, value: _V, max_entries: int) -> None:
     if digest not in cache and len(cache) >= max_entries:
         # Dicts keep insertion order: dropping the first entry drops the oldest.
         cache.pop(next(iter(cache)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zoneinfo
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +48,7 @@ def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> Profil
     found = _Collector()
     if not isinstance(document, dict):
         raise ValidationFailed([FieldError("", "must be a JSON object")])
-    unstorable = _unstorable_values(document)
+    unstorable = unstorable_values(document)
     if unstorable:
         # Checked first: NUL characters, lone surrogates and NaN/Infinity break the validators
         # below, the database or the JSON encoder, whichever meets them first.
@@ -81,6 +82,35 @@ def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> Profil
     )
 
 
+def shape_errors(document: JSONObject) -> list[FieldError]:
+    """The errors `parse_profile_fields` finds in the fields present in `document` on their own:
+    unstorable values, unknown names, and each field's type and form. Not the rules that need
+    the whole profile (identity) or the operator's schema (attributes). For adapters that must
+    turn a partial document into a typed message and refuse what cannot be carried."""
+    unstorable = unstorable_values(document)
+    if unstorable:
+        return unstorable
+    found = _Collector()
+    for name in document.keys() - _FIELDS:
+        found.add(f"/{name}", "unknown field")
+    checks: dict[str, Callable[[Any], object]] = {
+        "handle": lambda v: _handle(v, found),
+        "emails": lambda v: _emails(v, found),
+        "display_name": lambda v: _text(v, "/display_name", MAX_DISPLAY_NAME, found),
+        "bio": lambda v: _text(v, "/bio", MAX_BIO, found),
+        "avatar_url": lambda v: _url(v, "/avatar_url", ("https",), found),
+        "locale": lambda v: _locale(v, found),
+        "timezone": lambda v: _timezone(v, found),
+        "links": lambda v: _links(v, found),
+    }
+    for name, check in checks.items():
+        if name in document:
+            check(document[name])
+    if "attributes" in document and not isinstance(document["attributes"], dict | None):
+        found.add("/attributes", "must be a JSON object")
+    return found.errors
+
+
 def fields_document(fields: ProfileFields) -> JSONObject:
     """The editable document of a profile: what a merge patch applies to."""
     document: JSONObject = {
@@ -102,7 +132,7 @@ def fields_document(fields: ProfileFields) -> JSONObject:
     return document
 
 
-def _unstorable_values(document: JSONValue) -> list[FieldError]:
+def unstorable_values(document: JSONValue) -> list[FieldError]:
     """Values no protocol may store: iterative, so a deep document cannot exhaust the stack."""
     errors: list[FieldError] = []
     pending: list[tuple[str, object]] = [("", document)]

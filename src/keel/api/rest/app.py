@@ -10,6 +10,7 @@ from cadwyn import Cadwyn
 from fastapi import FastAPI
 
 from keel import __version__
+from keel.api.graphql import install_graphql
 from keel.api.rest import health, routes
 from keel.api.rest.admission import Admission
 from keel.api.rest.head_routes import serve_newest_version_directly
@@ -44,6 +45,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     )
     install_problem_handlers(app)
     app.include_router(health.router)
+    install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
     app.generate_and_include_versioned_routers(routes.router)
     # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.
     app.add_middleware(Admission, trusted_proxy_hops=settings.trusted_proxy_hops)

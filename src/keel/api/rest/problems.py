@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from keel.domain.errors import (
+    CapacityReduced,
     ConcurrentModification,
     Conflict,
     FieldError,
@@ -24,6 +25,7 @@ from keel.domain.errors import (
     IdempotencyKeyReused,
     KeelError,
     NotFound,
+    QuotaExceeded,
     Unauthenticated,
     Unavailable,
     ValidationFailed,
@@ -45,6 +47,8 @@ _KINDS: dict[type[KeelError], tuple[int, str]] = {
     Unauthenticated: (401, "Unauthenticated"),
     Forbidden: (403, "Forbidden"),
     Unavailable: (503, "Service unavailable"),
+    CapacityReduced: (503, "Temporarily reduced capacity"),
+    QuotaExceeded: (429, "Quota exceeded"),
 }
 # Starlette-level errors (routing, methods) that are not domain errors.
 _HTTP_CODES = {
@@ -100,7 +104,7 @@ def domain_problem(error: KeelError, instance: str | None = None) -> Response:
     status, title = _kind(error)
     # Conditions that pass by themselves: say when to try again.
     headers: dict[str, str] | None = None
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable | QuotaExceeded):
         headers = {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
     elif isinstance(error, IdempotencyInProgress | ConcurrentModification):
         headers = {"Retry-After": "1"}
@@ -109,8 +113,18 @@ def domain_problem(error: KeelError, instance: str | None = None) -> Response:
     errors = error.errors if isinstance(error, ValidationFailed) else None
     if isinstance(error, Conflict):
         errors = [FieldError(error.field, error.detail)]
+    extensions = (
+        {"violated_policies": list(error.violated_policies)} if isinstance(error, QuotaExceeded) else None
+    )
     return problem_response(
-        status, error.code, title, error.detail, errors=errors, headers=headers, instance=instance
+        status,
+        error.code,
+        title,
+        error.detail,
+        errors=errors,
+        headers=headers,
+        instance=instance,
+        extensions=extensions,
     )
 
 

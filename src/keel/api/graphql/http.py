@@ -1,0 +1,517 @@
+"""GraphQL over HTTP at `/graphql`: GET and POST, persisted queries, limits and cost before
+execution, admission through the same per-client rate limits and load shedder as REST, then one
+execution on graphql-core.
+
+The request path, top to bottom: read the parameters (`_read_params`), resolve a persisted query
+(`_query_text`), parse and validate once per distinct query text (`_prepare`), pick the
+operation and check its shape, price it (`operation_cost`), authenticate, admit (`_admit`),
+execute (`_execute`), answer with `extensions.cost` (and an ETag when sent with GET).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from inspect import isawaitable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from fastapi import APIRouter
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    NoSchemaIntrospectionCustomRule,
+    OperationDefinitionNode,
+    OperationType,
+    execute,
+    get_operation_ast,
+    parse,
+    specified_rules,
+    validate,
+)
+from opentelemetry.trace import Span
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from strawberry.execution import optimized_is_awaitable
+from strawberry.http.ides import get_graphql_ide_html
+
+from keel.api.rest.admission import REJECTED_SCOPE_KEY
+from keel.api.rest.client_address import client_address
+from keel.api.rest.dependencies import bearer_token
+from keel.api.rest.mapping import etag_matches
+from keel.config import Settings
+from keel.domain.api_keys import Principal
+from keel.domain.errors import KeelError, Unauthenticated
+from keel.observability.metrics import Metrics
+from keel.resilience.load_shedder import Priority
+
+from .context import CostMeter, GraphQLContext
+from .errors import PARSE_FAILED, VALIDATION_FAILED, format_error, request_error
+from .execution import executor_for
+from .limits import LimitExceeded, Limits, check_shape, operation_cost
+from .observability import OperationLabels, ResolverSpans
+from .persisted import (
+    NOT_FOUND_CODE,
+    NOT_FOUND_MESSAGE,
+    NOT_SUPPORTED_CODE,
+    NOT_SUPPORTED_MESSAGE,
+    PersistedQueries,
+    query_hash,
+)
+from .request import JSON_MEDIA_TYPE, Params, Refused, idempotency_key, read_params, wants_ide
+from .schema import build_schema, graphql_core_schema
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from keel.bootstrap import Keel
+    from keel.ratelimit.catalog import RateLimitCatalog
+    from keel.ratelimit.guard import RateLimitGuard, RateLimitOutcome
+    from keel.ratelimit.policy import Plan
+
+PATH = "/graphql"
+_DOCUMENT_CACHE_SIZE = 256
+# graphql-core's words when a document has more than max_tokens lexical tokens.
+_TOKEN_LIMIT_MESSAGE = "tokens. Parsing aborted"  # noqa: S105 - a parser message, not a secret
+_log = structlog.get_logger("keel.graphql")
+# Strawberry's faster check (annotated as returning bool, graphql-core wants a TypeGuard).
+_IS_AWAITABLE: Any = optimized_is_awaitable
+
+
+@dataclass
+class _Prepared:
+    """A parsed, validated document; the operations in it whose shape passed the limits."""
+
+    document: DocumentNode
+    within_limits: dict[str | None, OperationDefinitionNode] = field(default_factory=dict)
+
+
+@dataclass
+class _Admitted:
+    client: str
+    plan: Plan
+    outcome: RateLimitOutcome
+
+
+def install_graphql(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Serve GraphQL at `/graphql` (GET and POST) on `app`."""
+    endpoint = GraphQLEndpoint(settings, metrics)
+    router = APIRouter()
+    # An API route (not a bare Starlette one) so that the request envelope sees its template.
+    router.add_api_route(PATH, endpoint.handle, methods=["GET", "POST"], include_in_schema=False)
+    app.include_router(router)
+
+
+class GraphQLEndpoint:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.schema = build_schema()
+        self._core = graphql_core_schema(self.schema)
+        self._executor = executor_for(self._core)
+        self._rules = [*specified_rules]
+        if not settings.graphql_introspection:
+            self._rules.append(NoSchemaIntrospectionCustomRule)
+        self._limits = Limits(
+            max_depth=settings.graphql_max_depth,
+            max_aliases=settings.graphql_max_aliases,
+            max_cost=settings.graphql_max_cost,
+        )
+        self._max_document_bytes = settings.graphql_max_document_bytes
+        self._max_tokens = settings.graphql_max_tokens
+        self._documents: OrderedDict[str, _Prepared] = OrderedDict()
+        self.persisted = PersistedQueries(settings.graphql_persisted_queries)
+        self._labels = OperationLabels(settings.graphql_metric_operation_names)
+        self._metrics = metrics
+        self._trusted_hops = settings.trusted_proxy_hops
+        self._get_cache_control = f"private, max-age={settings.graphql_get_max_age_seconds}"
+        self._graphiql = get_graphql_ide_html("graphiql") if settings.graphql_graphiql else None
+        persisted = metrics.graphql_persisted_queries
+        self._persisted_outcomes = {name: persisted.labels(name) for name in ("hit", "miss", "registered")}
+
+    # ------------------------------------------------------------------------------- request
+
+    async def handle(self, request: Request) -> Response:
+        keel: Keel = request.app.state.keel
+        is_get = request.method == "GET"
+        if is_get and self._graphiql is not None and wants_ide(request):
+            return HTMLResponse(self._graphiql)
+        # Who is asking comes first, as in REST's admission: every request is charged to its
+        # client, refused ones included.
+        principal, auth_error = await _authenticate(request, keel)
+        requested: int | None = None
+        try:
+            params = await read_params(request)
+            query = self._query_text(params)
+            prepared = self._prepare(query)
+            operation = self._operation(prepared, params.operation_name)
+            if is_get and operation.operation is not OperationType.QUERY:
+                raise Refused(
+                    405,
+                    [request_error("METHOD_NOT_ALLOWED", "Mutations must be sent with POST.")],
+                    {"Allow": "POST"},
+                )
+            if params.persisted_hash is not None and params.query is not None:
+                # Only documents that are valid and within the limits take a place in the store.
+                self.persisted.put(params.persisted_hash, query)
+                self._persisted_outcomes["registered"].inc()
+            requested = operation_cost(
+                self._core,
+                prepared.document,
+                operation,
+                params.variables,
+                keel.rate_limit_catalog.costs,
+                self._limits,
+            )
+            replay_key = idempotency_key(request)
+        except Refused as refused:
+            return await self._refuse(request, keel, principal, refused, requested)
+        except LimitExceeded as exceeded:
+            error = request_error(exceeded.code, exceeded.message, **exceeded.extensions)
+            return await self._refuse(request, keel, principal, Refused(200, [error]), requested)
+        name = params.operation_name or (operation.name.value if operation.name else None)
+        label = self._labels.label(name)
+        self._metrics.graphql_operation_cost.labels(label).observe(requested)
+        return await self._admit_and_execute(
+            request,
+            keel,
+            (principal, auth_error),
+            prepared.document,
+            operation,
+            params,
+            label,
+            requested,
+            replay_key,
+        )
+
+    async def _refuse(
+        self,
+        request: Request,
+        keel: Keel,
+        principal: Principal | None,
+        refused: Refused,
+        requested: int | None,
+    ) -> Response:
+        """Answer a request refused before execution. It is charged like REST's cheapest request
+        (one `other` unit), so that malformed or oversized documents are rate limited too."""
+        self._count(None, None, "rejected")
+        headers = refused.headers
+        guard = keel.rate_limits
+        if guard is not None:
+            catalog = keel.rate_limit_catalog
+            limited, admitted = await self._admit(
+                request, guard, catalog, principal, catalog.cost_of("other")
+            )
+            if limited is not None:
+                return limited
+            assert admitted is not None
+            guard.release(admitted.client)
+            headers = {**headers, **_limit_headers(admitted.outcome)}
+        return _json_response(refused.status, None, refused.errors, requested, None, headers)
+
+    def _query_text(self, params: Params) -> str:
+        """The query, sent as text or known by its hash (automatic persisted queries)."""
+        if params.persisted_hash is None:
+            if params.query is None:
+                raise Refused(400, [request_error("BAD_REQUEST", "The request has no `query`.")])
+            query = params.query
+        elif self.persisted.capacity <= 0:
+            raise Refused(200, [request_error(NOT_SUPPORTED_CODE, NOT_SUPPORTED_MESSAGE)])
+        elif params.query is None:
+            known = self.persisted.get(params.persisted_hash)
+            if known is None:
+                self._persisted_outcomes["miss"].inc()
+                raise Refused(200, [request_error(NOT_FOUND_CODE, NOT_FOUND_MESSAGE)])
+            self._persisted_outcomes["hit"].inc()
+            query = known
+        else:
+            if query_hash(params.query) != params.persisted_hash:
+                raise Refused(400, [request_error("BAD_REQUEST", "provided sha does not match query")])
+            query = params.query
+        if len(query) > self._max_document_bytes or len(query.encode()) > self._max_document_bytes:
+            raise LimitExceeded(
+                "DOCUMENT_TOO_LARGE",
+                f"The query is longer than {self._max_document_bytes} bytes.",
+                maxBytes=self._max_document_bytes,
+            )
+        return query
+
+    def _prepare(self, query: str) -> _Prepared:
+        """Parse and validate, once per distinct query text (a bounded cache of successes)."""
+        prepared = self._documents.get(query)
+        if prepared is not None:
+            self._documents.move_to_end(query)
+            return prepared
+        try:
+            document = parse(query, max_tokens=self._max_tokens)
+        except GraphQLError as error:
+            code = "TOKEN_LIMIT_EXCEEDED" if _TOKEN_LIMIT_MESSAGE in error.message else PARSE_FAILED
+            formatted = format_error(error, during_execution=False)
+            formatted["extensions"] = {"code": code}
+            raise Refused(200, [formatted]) from None
+        errors = validate(self._core, document, self._rules, max_errors=20)
+        if errors:
+            raise Refused(200, [format_error(e, during_execution=False) for e in errors])
+        prepared = self._documents[query] = _Prepared(document)
+        if len(self._documents) > _DOCUMENT_CACHE_SIZE:
+            self._documents.popitem(last=False)
+        return prepared
+
+    def _operation(self, prepared: _Prepared, name: str | None) -> OperationDefinitionNode:
+        operation = prepared.within_limits.get(name)
+        if operation is not None:
+            return operation
+        operation = get_operation_ast(prepared.document, name)
+        if operation is None:
+            message = f"Unknown operation named '{name}'." if name else "Name the operation to run."
+            raise Refused(200, [request_error(VALIDATION_FAILED, message)])
+        check_shape(self._core, prepared.document, operation, self._limits)
+        prepared.within_limits[name] = operation
+        return operation
+
+    # ------------------------------------------------------------------------------- admission
+
+    async def _admit_and_execute(
+        self,
+        request: Request,
+        keel: Keel,
+        caller: tuple[Principal | None, KeelError | None],
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        params: Params,
+        label: str,
+        requested: int,
+        idempotency_key: str | None,
+    ) -> Response:
+        principal, auth_error = caller
+        op_type = operation.operation.value
+        guard = keel.rate_limits
+        admitted: _Admitted | None = None
+        if guard is not None:
+            catalog = keel.rate_limit_catalog
+            refused, admitted = await self._admit(request, guard, catalog, principal, requested)
+            if refused is not None:
+                self._count(label, op_type, "rejected")
+                return refused
+        meter = CostMeter(keel.rate_limit_catalog.costs)
+        served = False
+        status = 200
+        try:
+            shedder = keel.shedder
+            admitted_at: float | None = None
+            if shedder is not None:
+                priority, latency_class = _shedding_class(operation)
+                admitted_at = shedder.try_admit(priority)
+                if admitted_at is None:
+                    request.scope[REJECTED_SCOPE_KEY] = True
+                    self._count(label, op_type, "rejected")
+                    error = request_error("UNAVAILABLE", "The service is shedding load; retry shortly.")
+                    return _json_response(503, None, [error], requested, None, {"Retry-After": "1"})
+            served = True
+            context = GraphQLContext(keel.profiles, principal, auth_error, meter, idempotency_key)
+            succeeded = False
+            try:
+                data, errors = await self._execute(keel, document, params, context, label, op_type)
+                succeeded = not errors
+            finally:
+                if shedder is not None and admitted_at is not None:
+                    shedder.release(latency_class, admitted_at, succeeded=succeeded)
+            self._count(label, op_type, "ok" if not errors else "error")
+            response = self._respond(request, data, errors, requested, meter.spent, admitted)
+            status = response.status_code
+            return response
+        finally:
+            if guard is not None and admitted is not None:
+                guard.release(admitted.client)
+                # Shed: no service, no charge. 304: revalidation is rewarded, as in REST.
+                # Otherwise the units asked for but not spent: lookups batched into one call,
+                # repeated ones answered by the loaders, fields never reached after an error.
+                unused = requested if not served or status == 304 else max(0, requested - meter.spent)
+                if unused:
+                    await guard.refund(admitted.client, admitted.plan, unused)
+
+    async def _admit(
+        self,
+        request: Request,
+        guard: RateLimitGuard,
+        catalog: RateLimitCatalog,
+        principal: Principal | None,
+        requested: int,
+    ) -> tuple[Response | None, _Admitted | None]:
+        """The same client identity, plan and limiter as REST's admission, charged `requested`."""
+        scope = request.scope
+        client = f"key:{principal.key_id}" if principal else f"ip:{client_address(scope, self._trusted_hops)}"
+        plan = catalog.plan_named(principal.plan if principal else None)
+        burst = plan.smallest_burst
+        if burst and requested > burst:
+            error = request_error(
+                "COST_LIMIT_EXCEEDED",
+                f"The operation may cost {requested} units; the plan {plan.name!r} allows at most {burst}"
+                " at once. Ask for fewer profiles or split the operation.",
+                cost={"requested": requested, "maximum": burst},
+            )
+            return _json_response(200, None, [error], requested, None, {}), None
+        outcome = await guard.admit(client, plan, requested)
+        if not outcome.allowed:
+            scope[REJECTED_SCOPE_KEY] = True
+            retry_after = outcome.retry_after_seconds
+            violated = outcome.violated_policies
+            error = request_error(
+                "RATE_LIMITED",
+                f"Request quota exceeded ({', '.join(violated)}); retry after {retry_after} s.",
+                retryAfter=retry_after,
+                violatedPolicies=violated,
+            )
+            headers = {"Retry-After": str(retry_after), **_limit_headers(outcome)}
+            return _json_response(429, None, [error], requested, None, headers, remaining=0), None
+        return None, _Admitted(client, plan, outcome)
+
+    # ------------------------------------------------------------------------------- execution
+
+    async def _execute(
+        self,
+        keel: Keel,
+        document: DocumentNode,
+        params: Params,
+        context: GraphQLContext,
+        label: str,
+        op_type: str,
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        started = time.perf_counter()
+        with keel.tracer.start_as_current_span(f"graphql {op_type} {label}") as span:
+            middleware = [ResolverSpans(keel.tracer)] if span.is_recording() else None
+            result: Any = execute(
+                self._core,
+                document,
+                context_value=context,
+                variable_values=params.variables,
+                operation_name=params.operation_name,
+                middleware=middleware,
+                executor_class=self._executor,
+                is_awaitable=_IS_AWAITABLE,
+            )
+            if isawaitable(result):
+                result = await result
+            errors = [format_error(e, during_execution=True) for e in result.errors or ()]
+            if span.is_recording():
+                _describe(span, label, op_type, context, errors)
+        self._metrics.graphql_operation_duration.labels(label).observe(time.perf_counter() - started)
+        return result.data, errors
+
+    def _respond(
+        self,
+        request: Request,
+        data: dict[str, Any] | None,
+        errors: list[dict[str, Any]],
+        requested: int,
+        spent: int,
+        admitted: _Admitted | None,
+    ) -> Response:
+        headers = _limit_headers(admitted.outcome) if admitted is not None else {}
+        remaining = _remaining(admitted, requested - spent) if admitted is not None else None
+        if request.method != "GET" or errors:
+            headers["Cache-Control"] = "no-store"
+            return _json_response(
+                200, data, errors, requested, spent, headers, remaining=remaining, executed=True
+            )
+        # A query sent with GET, answered without errors: cacheable by the caller, revalidated
+        # by ETag. The tag covers data only, not the cost (which changes with every request).
+        result = _dumps({"data": data})
+        tag = '"' + hashlib.sha256(result.encode()).hexdigest()[:32] + '"'
+        headers.update({"ETag": tag, "Cache-Control": self._get_cache_control, "Vary": "Authorization"})
+        if_none_match = request.headers.get("if-none-match")
+        if if_none_match is not None and etag_matches(if_none_match, tag):
+            return Response(status_code=304, headers=headers)
+        extensions = _dumps({"cost": _cost(requested, spent, remaining)})
+        body = f'{result[:-1]},"extensions":{extensions}}}'
+        return Response(body, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+    def _count(self, label: str | None, op_type: str | None, outcome: str) -> None:
+        self._metrics.graphql_operations.labels(label or "unparsed", op_type or "unknown", outcome).inc()
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+async def _authenticate(request: Request, keel: Keel) -> tuple[Principal | None, KeelError | None]:
+    """Once per request, as REST's admission does; the reason for no principal is kept for the
+    resolvers that need one (an introspection query needs none)."""
+    token = bearer_token(request.headers.get("authorization"))
+    if not token:
+        return None, Unauthenticated("An API key is required: Authorization: Bearer <key>.")
+    try:
+        return await keel.authenticator.authenticate(token), None
+    except KeelError as error:
+        return None, error
+
+
+def _shedding_class(operation: OperationDefinitionNode) -> tuple[Priority, str]:
+    """The priority, as REST's (writes critical, lists sheddable, single reads critical), and
+    the latency class the adaptive limit compares like with like in: the root fields asked for
+    (a handful of names, so a bounded set of classes)."""
+    roots = sorted(
+        {s.name.value if isinstance(s, FieldNode) else "fragment" for s in operation.selection_set.selections}
+    )
+    if operation.operation is OperationType.MUTATION:
+        priority = Priority.CRITICAL
+    else:
+        priority = Priority.SHEDDABLE if "profiles" in roots else Priority.CRITICAL
+    return priority, f"graphql {operation.operation.value} {','.join(roots)}"
+
+
+def _limit_headers(outcome: RateLimitOutcome) -> dict[str, str]:
+    headers = {"RateLimit-Policy": outcome.plan.policy_header}
+    if outcome.ratelimit_header is not None:
+        headers["RateLimit"] = outcome.ratelimit_header
+    return headers
+
+
+def _remaining(admitted: _Admitted, refunded: int) -> int | None:
+    decision = admitted.outcome.decision
+    closest = decision.closest if decision is not None else None
+    if closest is None:
+        return None
+    return min(closest.policy.burst, closest.remaining + max(0, refunded))
+
+
+def _cost(requested: int | None, actual: int | None, remaining: int | None) -> dict[str, int | None]:
+    return {"requested": requested, "actual": actual, "remaining": remaining}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_response(
+    status: int,
+    data: dict[str, Any] | None,
+    errors: list[dict[str, Any]],
+    requested: int | None,
+    actual: int | None,
+    headers: dict[str, str],
+    *,
+    remaining: int | None = None,
+    executed: bool = False,
+) -> Response:
+    """`data` is present once execution started (null if it failed at the root), absent when
+    the request was refused before."""
+    body: dict[str, Any] = {}
+    if errors:
+        body["errors"] = errors
+    if executed:
+        body["data"] = data
+    body["extensions"] = {"cost": _cost(requested, actual if actual is not None else 0, remaining)}
+    headers.setdefault("Cache-Control", "no-store")
+    return Response(_dumps(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+
+def _describe(
+    span: Span, label: str, op_type: str, context: GraphQLContext, errors: list[dict[str, Any]]
+) -> None:
+    span.set_attribute("graphql.operation.name", label)
+    span.set_attribute("graphql.operation.type", op_type)
+    span.set_attribute("keel.graphql.cost.actual", context.meter.spent)
+    if errors:
+        span.set_attribute("keel.graphql.errors", len(errors))

@@ -1,0 +1,146 @@
+"""The schema: queries and mutations, each a thin call of one use case through the request's
+context (see `context.py`); wire shapes are built in `mapping.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+from graphql import GraphQLSchema
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import Info
+
+from keel.service.use_cases import ListFilters
+
+from .context import GraphQLContext
+from .limits import DEFAULT_PAGE_SIZE
+from .mapping import connection_node, create_document, merge_patch, profile_node, viewer_node
+from .types import (
+    SCALARS,
+    CreateProfileInput,
+    CreateProfilePayload,
+    DeleteProfilePayload,
+    ProfileConnectionNode,
+    ProfileFilter,
+    ProfileNode,
+    ProfilePatch,
+    ViewerNode,
+)
+
+KeelInfo = Info[GraphQLContext, None]
+
+
+async def resolve_profile(info: KeelInfo, id: strawberry.ID) -> ProfileNode | None:
+    found = await info.context.loaders.by_id.load(str(id))
+    return profile_node(found) if found is not None else None
+
+
+async def resolve_profile_by_handle(info: KeelInfo, handle: str) -> ProfileNode | None:
+    found = await info.context.loaders.by_handle.load(handle)
+    if found is None:
+        return None
+    info.context.loaders.remember(found)
+    return profile_node(found)
+
+
+async def resolve_profiles(
+    info: KeelInfo,
+    first: Annotated[int, strawberry.argument(description="Page size, 1 to 100.")] = DEFAULT_PAGE_SIZE,
+    after: Annotated[str | None, strawberry.argument(description="pageInfo.endCursor of a page.")] = None,
+    filter: ProfileFilter | None = None,
+) -> ProfileConnectionNode:
+    context = info.context
+    wanted = filter or ProfileFilter()
+    filters = ListFilters(
+        handle=wanted.handle,
+        email=wanted.email,
+        ids=tuple(str(i) for i in wanted.ids) if wanted.ids is not None else None,
+    )
+    context.meter.charge("profiles.list")
+    page = await context.profiles.list_profiles(context.caller(), filters, limit=first, cursor=after)
+    return connection_node(page, after=after)
+
+
+def resolve_viewer(info: KeelInfo) -> ViewerNode:
+    return viewer_node(info.context.caller())
+
+
+async def create_profile(info: KeelInfo, input: CreateProfileInput) -> CreateProfilePayload:
+    context = info.context
+    context.meter.charge("profiles.create")
+    created = await context.profiles.create_profile(
+        context.caller(), create_document(input), idempotency_key=context.idempotency_key
+    )
+    context.loaders.remember(created.profile)
+    return CreateProfilePayload(profile=profile_node(created.profile), replayed=created.replayed)
+
+
+async def update_profile(
+    info: KeelInfo, id: strawberry.ID, patch: ProfilePatch, expected_version: int | None = None
+) -> ProfileNode:
+    context = info.context
+    context.meter.charge("profiles.update")
+    profile = await context.profiles.update_profile(
+        context.caller(), str(id), merge_patch(patch), expected_version=expected_version
+    )
+    context.loaders.remember(profile)
+    return profile_node(profile)
+
+
+async def delete_profile(
+    info: KeelInfo, id: strawberry.ID, expected_version: int | None = None
+) -> DeleteProfilePayload:
+    context = info.context
+    context.meter.charge("profiles.delete")
+    await context.profiles.delete_profile(context.caller(), str(id), expected_version=expected_version)
+    context.loaders.forget(str(id))
+    return DeleteProfilePayload(id=id)
+
+
+@strawberry.type
+class Query:
+    profile: ProfileNode | None = strawberry.field(
+        resolver=resolve_profile, description="A profile by id; null when there is none."
+    )
+    profile_by_handle: ProfileNode | None = strawberry.field(
+        resolver=resolve_profile_by_handle,
+        description="A profile by handle (case-insensitive); null when there is none.",
+    )
+    profiles: ProfileConnectionNode = strawberry.field(
+        resolver=resolve_profiles, description="Profiles in id order, a page at a time (keyset pagination)."
+    )
+    viewer: ViewerNode = strawberry.field(
+        resolver=resolve_viewer, description="The API key making this request."
+    )
+
+
+@strawberry.type
+class Mutation:
+    create_profile: CreateProfilePayload = strawberry.mutation(
+        resolver=create_profile,
+        description="Create a profile. With an `Idempotency-Key` HTTP header, a retry of the same"
+        " request returns the first result (replayed: true) instead of creating a duplicate.",
+    )
+    update_profile: ProfileNode = strawberry.mutation(
+        resolver=update_profile,
+        description="Change a profile with a merge patch; refused with VERSION_MISMATCH when"
+        " expectedVersion is given and the profile is at another version.",
+    )
+    delete_profile: DeleteProfilePayload = strawberry.mutation(
+        resolver=delete_profile, description="Soft delete: the profile is gone for every reader."
+    )
+
+
+def build_schema() -> strawberry.Schema:
+    return strawberry.Schema(query=Query, mutation=Mutation, config=StrawberryConfig(scalar_map=SCALARS))
+
+
+def graphql_core_schema(schema: strawberry.Schema) -> GraphQLSchema:
+    """The graphql-core schema Strawberry built: Keel parses, validates and executes on it
+    directly, so that limits, cost and persisted queries work on one parsed document."""
+    return schema._schema
+
+
+def schema_sdl() -> str:
+    """The schema in SDL, as exported to `schema/keel.graphql`."""
+    return build_schema().as_str() + "\n"

@@ -1,0 +1,1 @@
+"""The internal gRPC API (`keel.profiles.v1`), served by `grpc.aio` beside or instead of HTTP."""

@@ -1,0 +1,134 @@
+"""Who is calling, and whether the call may run: the gRPC counterpart of the REST admission.
+
+The caller is the API key in the `authorization` metadata. A key with the `edge` scope may
+name, in `keel-on-behalf-of`, the key of a caller it has authenticated; the call then runs as
+that caller, and is not charged to its quota again (the edge charged it). Everything else is
+charged to the same per-client limits as REST, and shed under the same adaptive limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from keel.domain.api_keys import Principal, Scope
+from keel.domain.errors import CapacityReduced, QuotaExceeded, Unauthenticated
+from keel.resilience.load_shedder import Priority
+
+if TYPE_CHECKING:
+    from keel.bootstrap import Keel
+
+ON_BEHALF_OF = "keel-on-behalf-of"
+_SERVICE = "/keel.profiles.v1.ProfileService/"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str  # as in the rate-limit cost table
+    priority: Priority
+
+
+# Method -> the operation it performs, named and prioritized as its REST twin.
+OPERATIONS = {
+    _SERVICE + "GetProfile": Operation("profiles.get", Priority.CRITICAL),
+    _SERVICE + "BatchGetProfiles": Operation("profiles.list", Priority.SHEDDABLE),
+    _SERVICE + "CreateProfile": Operation("profiles.create", Priority.CRITICAL),
+    _SERVICE + "UpdateProfile": Operation("profiles.update", Priority.CRITICAL),
+    _SERVICE + "DeleteProfile": Operation("profiles.delete", Priority.CRITICAL),
+    _SERVICE + "ListProfiles": Operation("profiles.list", Priority.SHEDDABLE),
+}
+_CALLER = Operation("other", Priority.NORMAL)
+
+_principal: ContextVar[Principal | None] = ContextVar("keel_grpc_principal", default=None)
+
+
+def caller() -> Principal:
+    """The principal of the call being served (set by `Admission` before the method runs)."""
+    principal = _principal.get()
+    if principal is None:
+        raise Unauthenticated("An API key is required: send `authorization: Bearer keel_...`.")
+    return principal
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+class Admission:
+    def __init__(self, keel: Keel) -> None:
+        self._keel = keel
+        # Only a core serves gRPC: an edge has no keys of its own to vouch from.
+        self._authenticator = keel.local.authenticator
+
+    async def run(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        keel = self._keel
+        operation = OPERATIONS.get(method, _CALLER)
+        principal, vouched = await self._authenticate(context)
+        token = _principal.set(principal)
+        try:
+            guard = keel.rate_limits
+            if guard is None or vouched:
+                return await self._shed_or_run(operation, call)
+            catalog = keel.rate_limit_catalog
+            client = f"key:{principal.key_id}"
+            plan = catalog.plan_named(principal.plan)
+            cost = catalog.cost_of(operation.name)
+            outcome = await guard.admit(client, plan, cost)
+            if not outcome.allowed:
+                violated = outcome.violated_policies
+                wait = outcome.retry_after_seconds
+                raise QuotaExceeded(
+                    f"Request quota exceeded ({', '.join(violated)}); retry after {wait} s.",
+                    retry_after=wait,
+                    violated_policies=tuple(violated),
+                )
+            served = False
+            try:
+                result = await self._shed_or_run(operation, call)
+                served = True
+                return result
+            finally:
+                guard.release(client)
+                if not served:
+                    await guard.refund(client, plan, cost)
+        finally:
+            _principal.reset(token)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Principal, bool]:
+        """The principal the call runs as, and whether an edge vouched for it."""
+        authorization = _metadata(context, "authorization") or ""
+        scheme, _, token = authorization.partition(" ")
+        principal = await self._authenticator.authenticate(
+            token.strip() if scheme.lower() == "bearer" else None
+        )
+        on_behalf_of = _metadata(context, ON_BEHALF_OF)
+        if on_behalf_of is None:
+            # An edge's own calls (resolving its callers' keys) were charged at the edge.
+            return principal, principal.can(Scope.EDGE)
+        if not principal.can(Scope.EDGE):
+            raise Unauthenticated(f"Only an edge key may send `{ON_BEHALF_OF}`.")
+        return await self._authenticator.principal_of(on_behalf_of), True
+
+    async def _shed_or_run(self, operation: Operation, call: Callable[[], Awaitable[Any]]) -> Any:
+        shedder = self._keel.shedder
+        if shedder is None:
+            return await call()
+        admitted_at = shedder.try_admit(operation.priority)
+        if admitted_at is None:
+            raise CapacityReduced("The service is shedding load; retry after the indicated time.", 1.0)
+        succeeded = False
+        try:
+            result = await call()
+            succeeded = True
+            return result
+        finally:
+            shedder.release(operation.name, admitted_at, succeeded=succeeded)

@@ -1,0 +1,126 @@
+"""The RPCs: read the message, call one use case, build the answer. Admission, deadlines and
+errors are handled around them (see `server.py`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from keel.api.grpc.admission import caller
+from keel.domain.api_keys import Scope
+from keel.domain.errors import FieldError, Forbidden, ValidationFailed
+from keel.profiles.v1 import profiles_pb2 as pb
+from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
+from keel.rpc.messages import document_from_message, patch_from_message, profile_message
+from keel.service.use_cases import ExpectedVersion, ListFilters
+
+if TYPE_CHECKING:
+    from keel.bootstrap import Keel
+
+Context = grpc.aio.ServicerContext[Any, Any]
+DEFAULT_PAGE_SIZE = 20
+
+
+def request_id(value: str) -> str | None:
+    """The idempotency key a create carries, checked like REST's `Idempotency-Key`."""
+    if not value:
+        return None
+    if not (len(value) <= 255 and value.isascii() and value.isprintable()):
+        raise ValidationFailed([FieldError("/request_id", "1-255 printable ASCII characters")])
+    return value
+
+
+def _expected(versions: Any) -> ExpectedVersion:
+    return frozenset(int(v) for v in versions) or None
+
+
+class ProfileServicer(pb_grpc.ProfileServiceServicer):
+    def __init__(self, keel: Keel) -> None:
+        self._profiles = keel.profiles
+
+    async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.GetProfileResponse:
+        read = await self._profiles.read_profile(caller(), request.id)
+        return pb.GetProfileResponse(
+            profile=profile_message(read.profile),
+            age_seconds=read.age_seconds,
+            stale=read.stale,
+            fresh_seconds=read.fresh_seconds,
+        )
+
+    async def BatchGetProfiles(
+        self, request: pb.BatchGetProfilesRequest, context: Context
+    ) -> pb.BatchGetProfilesResponse:
+        found = await self._profiles.get_profiles(caller(), list(request.ids))
+        ordered = list(dict.fromkeys(request.ids))
+        return pb.BatchGetProfilesResponse(
+            profiles=[profile_message(found[i]) for i in ordered if i in found],
+            missing_ids=[i for i in ordered if i not in found],
+        )
+
+    async def CreateProfile(
+        self, request: pb.CreateProfileRequest, context: Context
+    ) -> pb.CreateProfileResponse:
+        created = await self._profiles.create_profile(
+            caller(), document_from_message(request.profile), idempotency_key=request_id(request.request_id)
+        )
+        return pb.CreateProfileResponse(profile=profile_message(created.profile), replayed=created.replayed)
+
+    async def UpdateProfile(
+        self, request: pb.UpdateProfileRequest, context: Context
+    ) -> pb.UpdateProfileResponse:
+        principal = caller()
+        if not principal.can(Scope.PROFILES_WRITE):
+            # Before the mask is read: a reader learns nothing about what a write would check.
+            raise Forbidden(f"This API key lacks the `{Scope.PROFILES_WRITE}` scope.")
+        profile = await self._profiles.update_profile(
+            principal,
+            request.profile.id,
+            patch_from_message(request.profile, request.update_mask),
+            expected_version=_expected(request.expected_versions),
+        )
+        return pb.UpdateProfileResponse(profile=profile_message(profile))
+
+    async def DeleteProfile(
+        self, request: pb.DeleteProfileRequest, context: Context
+    ) -> pb.DeleteProfileResponse:
+        await self._profiles.delete_profile(
+            caller(), request.id, expected_version=_expected(request.expected_versions)
+        )
+        return pb.DeleteProfileResponse()
+
+    async def ListProfiles(
+        self, request: pb.ListProfilesRequest, context: Context
+    ) -> pb.ListProfilesResponse:
+        filters = ListFilters(
+            handle=request.handle if request.HasField("handle") else None,
+            email=request.email if request.HasField("email") else None,
+            ids=tuple(request.ids.ids) if request.HasField("ids") else None,
+        )
+        page = await self._profiles.list_profiles(
+            caller(),
+            filters,
+            limit=request.page_size or DEFAULT_PAGE_SIZE,
+            cursor=request.page_token or None,
+        )
+        return pb.ListProfilesResponse(
+            profiles=[profile_message(p) for p in page.profiles], next_page_token=page.next_cursor or ""
+        )
+
+
+class CallerServicer(pb_grpc.CallerServiceServicer):
+    def __init__(self, keel: Keel) -> None:
+        self._authenticator = keel.local.authenticator
+
+    async def GetCaller(self, request: pb.GetCallerRequest, context: Context) -> pb.GetCallerResponse:
+        principal = caller()
+        if request.token:
+            if not principal.can(Scope.EDGE):
+                raise Forbidden(f"Only a key with the `{Scope.EDGE}` scope may resolve other keys.")
+            principal = await self._authenticator.authenticate(request.token)
+        return pb.GetCallerResponse(
+            key_id=principal.key_id,
+            scopes=sorted(principal.scopes),
+            api_version=principal.api_version,
+            plan=principal.plan,
+        )

@@ -1,0 +1,1 @@
+"""Adapters that implement the service port over the network: an edge's way to its core."""

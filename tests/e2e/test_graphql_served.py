@@ -1,0 +1,181 @@
+"""A real third-party GraphQL client (gql, over httpx) against `keel serve` in its own process:
+schema introspection and local validation, queries, mutations with an Idempotency-Key, typed
+errors, and automatic persisted queries as Apollo's link does them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gql import Client, GraphQLRequest, gql
+from gql.client import AsyncClientSession
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.httpx import HTTPXAsyncTransport
+from graphql import ExecutionResult
+
+from tests.e2e.test_served_process import _free_port, _keel
+
+
+@dataclass
+class Served:
+    url: str
+    base_url: str
+    token: str
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    directory = tmp_path_factory.mktemp("graphql-served")
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
+        "KEEL_PORT": str(_free_port()),
+    }
+    _keel(env, "migrate")
+    token = _keel(env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--quiet").strip()
+    log_path = directory / "keel.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{env['KEEL_PORT']}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, Path(log_path).read_text()
+            assert time.monotonic() < deadline, "keel serve did not become healthy"
+            time.sleep(0.1)
+        yield Served(f"{base_url}/graphql", base_url, token)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def client(served: Served) -> Client:
+    transport = HTTPXAsyncTransport(url=served.url, headers={"Authorization": f"Bearer {served.token}"})
+    # The client fetches the schema by introspection and validates every document against it
+    # before sending it.
+    return Client(transport=transport, fetch_schema_from_transport=True)
+
+
+class PersistedQueryRequest(GraphQLRequest):
+    """Apollo's persisted-query link, for gql: the hash of the printed query, with or without
+    the query itself."""
+
+    def __init__(self, request: GraphQLRequest, *, with_query: bool) -> None:
+        super().__init__(request)
+        self.with_query = with_query
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = super().payload
+        sha256 = hashlib.sha256(payload["query"].encode()).hexdigest()
+        payload["extensions"] = {"persistedQuery": {"version": 1, "sha256Hash": sha256}}
+        if not self.with_query:
+            del payload["query"]
+        return payload
+
+
+async def execute_persisted(
+    session: AsyncClientSession, request: GraphQLRequest
+) -> tuple[ExecutionResult, bool]:
+    """The result, and whether the server had to be sent the query."""
+    hashed = PersistedQueryRequest(request, with_query=False)
+    try:
+        return await session.execute(hashed, get_execution_result=True), False
+    except TransportQueryError as error:
+        unknown = error.errors or []
+    if [e["extensions"]["code"] for e in unknown] != ["PERSISTED_QUERY_NOT_FOUND"]:
+        raise AssertionError(f"expected PersistedQueryNotFound, got {unknown}")
+    assert unknown[0]["message"] == "PersistedQueryNotFound"
+    full = PersistedQueryRequest(request, with_query=True)
+    return await session.execute(full, get_execution_result=True), True
+
+
+CREATE = gql(
+    """mutation Create($input: CreateProfileInput!) {
+      createProfile(input: $input) { replayed profile { id handle version emails { address } } }
+    }"""
+)
+READ = gql(
+    """query Read($id: ID!, $handle: String!) {
+      profile(id: $id) { handle links { kind url } }
+      profileByHandle(handle: $handle) { id }
+      profiles(first: 10) { edges { node { id } } pageInfo { hasNextPage } totalCount }
+      viewer { scopes }
+    }"""
+)
+UPDATE = gql(
+    """mutation Update($id: ID!, $version: Int) {
+      updateProfile(id: $id, patch: {displayName: "Grace H."}, expectedVersion: $version) { version }
+    }"""
+)
+
+
+async def test_gql_client_runs_queries_and_mutations(served: Served) -> None:
+    async with client(served) as session:
+        CREATE.variable_values = {
+            "input": {
+                "handle": "grace_h",
+                "emails": [{"address": "grace@example.com", "primary": True}],
+                "links": [{"kind": "site", "url": "https://grace.dev"}],
+            }
+        }
+        retry = {"headers": {"Idempotency-Key": "create-grace"}}
+        first = await session.execute(CREATE, extra_args=retry)
+        again = await session.execute(CREATE, extra_args=retry)
+        created = first["createProfile"]["profile"]
+        assert first["createProfile"]["replayed"] is False
+        assert again["createProfile"] == {"replayed": True, "profile": created}
+
+        READ.variable_values = {"id": created["id"], "handle": "grace_h"}
+        result = await session.execute(READ, get_execution_result=True)
+        assert result.data == {
+            "profile": {"handle": "grace_h", "links": [{"kind": "site", "url": "https://grace.dev"}]},
+            "profileByHandle": {"id": created["id"]},
+            "profiles": {
+                "edges": [{"node": {"id": created["id"]}}],
+                "pageInfo": {"hasNextPage": False},
+                "totalCount": 1,
+            },
+            "viewer": {"scopes": ["profiles:read", "profiles:write"]},
+        }
+        assert result.extensions is not None
+        assert result.extensions["cost"]["requested"] == 1 + 10 + 10  # get + search by handle + list
+
+        UPDATE.variable_values = {"id": created["id"], "version": 1}
+        assert await session.execute(UPDATE) == {"updateProfile": {"version": 2}}
+        with pytest.raises(TransportQueryError) as refused:
+            await session.execute(UPDATE)
+        assert refused.value.errors is not None
+        assert refused.value.errors[0]["extensions"]["code"] == "VERSION_MISMATCH"
+        assert "Traceback" not in str(refused.value.errors)
+
+
+async def test_gql_client_with_automatic_persisted_queries(served: Served) -> None:
+    query = gql("query Viewer { viewer { keyId scopes } }")
+    async with client(served) as session:
+        first, sent_query = await execute_persisted(session, query)
+        assert sent_query is True  # unknown hash: PersistedQueryNotFound, then the full query
+        second, sent_query = await execute_persisted(session, query)
+        assert sent_query is False  # known now: the hash alone
+        assert first.data == second.data
+        assert first.data is not None
+        assert first.data["viewer"]["scopes"] == ["profiles:read", "profiles:write"]
+    async with httpx.AsyncClient() as http:
+        exposition = (await http.get(f"{served.base_url}/metrics")).text
+    assert 'keel_graphql_persisted_queries_total{outcome="hit"} 1.0' in exposition
+    assert 'keel_graphql_operations_total{operation="Viewer",outcome="ok",type="query"}' in exposition
+    assert 'keel_graphql_operation_duration_seconds_count{operation="Create"}' in exposition

@@ -1,0 +1,256 @@
+"""The gRPC API's deadlines and the edge's failure modes, on real sockets: a core over a real
+PostgreSQL behind the fault proxy, its gRPC server on loopback, and an edge in front of it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+import pytest
+from devtools.faultproxy import FaultProxy, Faults
+from google.rpc import error_details_pb2, status_pb2
+
+from keel.api.grpc.server import GrpcServer
+from keel.api.rest.app import build_rest_app
+from keel.bootstrap import Keel, build_keel
+from keel.config import Settings
+from keel.domain.api_keys import Scope
+from keel.profiles.v1 import profiles_pb2 as pb
+from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
+from keel.service.auth import issue_api_key
+from tests.e2e.conftest import deploy
+from tests.integration.test_degradation import proxy, through
+
+__all__ = ["proxy"]  # the fixture, imported for use here
+DOC = pb.Profile(handle="ada_l", emails=[pb.Email(address="ada@example.com", primary=True)])
+
+
+@pytest.fixture
+async def core(migrated_postgres_url: str, proxy: FaultProxy) -> AsyncIterator[tuple[Keel, GrpcServer]]:
+    keel = await build_keel(
+        Settings(
+            database_url=through(migrated_postgres_url, proxy),
+            db_timeout_seconds=5.0,  # longer than the callers' deadlines: theirs must win
+            cache_enabled=False,
+            ratelimit_enabled=False,
+        )
+    )
+    server = GrpcServer(keel, "127.0.0.1:0")
+    await server.start()
+    yield keel, server
+    await server.stop(0)
+    await keel.close()
+
+
+async def _token(keel: Keel, *scopes: Scope) -> str:
+    issued = await issue_api_key(
+        keel.local.store, keel.local.clock, scopes=scopes, api_version="2026-11-28", name="t"
+    )
+    return issued.token
+
+
+async def test_the_callers_deadline_reaches_the_database(
+    core: tuple[Keel, GrpcServer], proxy: FaultProxy
+) -> None:
+    keel, server = core
+    token = await _token(keel, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ProfileServiceStub(channel)
+        created = await stub.CreateProfile(pb.CreateProfileRequest(profile=DOC), metadata=metadata, timeout=5)
+        proxy.set_faults(Faults(latency_ms=1500))
+        started = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.GetProfile(pb.GetProfileRequest(id=created.profile.id), metadata=metadata, timeout=0.3)
+        elapsed = time.perf_counter() - started
+    assert failure.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 1.0
+    # The core stopped too: its database work was cut at the caller's deadline, not at the
+    # database timeout (5 s), and gave its connection back.
+    deadline = time.monotonic() + 1.0
+    in_use = keel.metrics.db_pool_in_use
+    while in_use._value.get() != 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        await _sleep(0.02)
+    assert in_use._value.get() == 0  # type: ignore[attr-defined]
+    codes = {
+        sample.labels["code"]
+        for metric in keel.metrics.registry.collect()
+        if metric.name == "keel_grpc_requests"
+        for sample in metric.samples
+        if sample.labels.get("method", "").endswith("/GetProfile") and sample.value > 0
+    }
+    assert codes
+    assert codes <= {"DEADLINE_EXCEEDED", "CANCELLED"}
+
+
+async def test_errors_carry_canonical_codes_and_rich_details(core: tuple[Keel, GrpcServer]) -> None:
+    keel, server = core
+    reader = await _token(keel, Scope.PROFILES_READ)
+    writer = await _token(keel, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ProfileServiceStub(channel)
+
+        async def code_of(call: object, token: str) -> tuple[grpc.StatusCode, status_pb2.Status]:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await call  # type: ignore[misc]
+            details = dict(failure.value.trailing_metadata() or ()).get("grpc-status-details-bin")
+            status = status_pb2.Status()
+            if isinstance(details, bytes):
+                status.ParseFromString(details)
+            return failure.value.code(), status
+
+        def auth(token: str) -> tuple[tuple[str, str]]:
+            return (("authorization", f"Bearer {token}"),)
+
+        created = await stub.CreateProfile(
+            pb.CreateProfileRequest(profile=DOC), metadata=auth(writer), timeout=5
+        )
+        cases = {
+            "forbidden": stub.CreateProfile(
+                pb.CreateProfileRequest(profile=DOC), metadata=auth(reader), timeout=5
+            ),
+            "exists": stub.CreateProfile(
+                pb.CreateProfileRequest(profile=DOC), metadata=auth(writer), timeout=5
+            ),
+            "invalid": stub.ListProfiles(
+                pb.ListProfilesRequest(page_size=1000), metadata=auth(reader), timeout=5
+            ),
+            "stale": stub.DeleteProfile(
+                pb.DeleteProfileRequest(id=created.profile.id, expected_versions=[7]),
+                metadata=auth(writer),
+                timeout=5,
+            ),
+            "too_many": stub.BatchGetProfiles(
+                pb.BatchGetProfilesRequest(ids=[f"id{i}" for i in range(501)]),
+                metadata=auth(reader),
+                timeout=5,
+            ),
+            "bad_key": stub.GetProfile(
+                pb.GetProfileRequest(id="x"), metadata=auth("keel_garbage"), timeout=5
+            ),
+            "bad_request_id": stub.CreateProfile(
+                pb.CreateProfileRequest(profile=DOC, request_id="\u00e9"), metadata=auth(writer), timeout=5
+            ),
+        }
+        seen = {name: await code_of(call, writer) for name, call in cases.items()}
+
+    def reason(status: status_pb2.Status) -> str:
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info)
+        return f"{info.domain}:{info.reason}"
+
+    assert seen["forbidden"][0] is grpc.StatusCode.PERMISSION_DENIED
+    assert seen["exists"][0] is grpc.StatusCode.ALREADY_EXISTS
+    assert reason(seen["exists"][1]) == "keel:CONFLICT"
+    assert seen["invalid"][0] is grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    assert seen["invalid"][1].details[1].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == ["/limit"]
+    assert seen["stale"][0] is grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(seen["stale"][1]) == "keel:VERSION_MISMATCH"
+    assert seen["too_many"][0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert seen["bad_key"][0] is grpc.StatusCode.UNAUTHENTICATED
+    assert seen["bad_request_id"][0] is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_only_an_edge_key_may_act_for_another(core: tuple[Keel, GrpcServer]) -> None:
+    keel, server = core
+    admin = await _token(keel, Scope.ADMIN)
+    edge = await _token(keel, Scope.EDGE)
+    reader = await _token(keel, Scope.PROFILES_READ)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        callers = pb_grpc.CallerServiceStub(channel)
+        # An admin key is not an edge: it may not resolve other keys nor act as them.
+        for call in (
+            callers.GetCaller(
+                pb.GetCallerRequest(token=reader), metadata=(("authorization", f"Bearer {admin}"),)
+            ),
+            callers.GetCaller(
+                pb.GetCallerRequest(),
+                metadata=(("authorization", f"Bearer {admin}"), ("keel-on-behalf-of", reader.split("_")[1])),
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await call
+            assert failure.value.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
+        resolved = await callers.GetCaller(
+            pb.GetCallerRequest(token=reader), metadata=(("authorization", f"Bearer {edge}"),), timeout=5
+        )
+        assert list(resolved.scopes) == ["profiles:read"]
+
+
+async def test_an_edge_passes_its_remaining_deadline_to_the_core(
+    migrated_postgres_url: str, proxy: FaultProxy
+) -> None:
+    settings = Settings(
+        database_url=through(migrated_postgres_url, proxy), db_timeout_seconds=5.0, cache_enabled=False
+    )
+    deployment = await deploy(settings, "edge")
+    try:
+        token = await _token(deployment.core, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
+        app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
+        app.state.keel = deployment.serving
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge"
+        ) as client:
+            created = await client.post(
+                "/v1/profiles",
+                json={"handle": "ada_l", "emails": [{"address": "a@b.co", "primary": True}]},
+                headers=headers,
+            )
+            assert created.status_code == 201
+            proxy.set_faults(Faults(latency_ms=1500))
+            started = time.perf_counter()
+            slow = await client.get(
+                f"/v1/profiles/{created.json()['id']}", headers={**headers, "X-Request-Timeout": "0.3"}
+            )
+            elapsed = time.perf_counter() - started
+        assert slow.status_code == 503
+        assert slow.json()["type"] == "urn:keel:problem:deadline-exceeded"
+        assert elapsed < 1.0
+    finally:
+        proxy.clear()
+        await deployment.close()
+
+
+async def test_an_edge_whose_core_is_gone_answers_503_never_500(sqlite_url: str) -> None:
+    deployment = await deploy(Settings(database_url=sqlite_url), "edge")
+    token = await _token(deployment.core, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
+    app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
+    app.state.keel = deployment.serving
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge"
+        ) as client:
+            assert (await client.get("/v1/profiles", headers=headers)).status_code == 200
+            assert deployment.grpc is not None
+            await _sleep(1.1)  # the retry budget accrues a retry a second besides its ratio
+            await deployment.grpc.stop(0)
+            read = await client.get("/v1/profiles", headers=headers)
+            write = await client.post(
+                "/v1/profiles",
+                json={"handle": "ada_l", "emails": [{"address": "a@b.co", "primary": True}]},
+                headers=headers,
+            )
+            ready = await client.get("/readyz")
+        assert (read.status_code, write.status_code, ready.status_code) == (503, 503, 503)
+        assert read.headers["content-type"] == "application/problem+json"
+        assert "retry-after" in read.headers
+        retried = deployment.serving.metrics.dependency_retries.labels("core", "retried")
+        assert retried._value.get() >= 1  # type: ignore[attr-defined] - the read was retried, the write not
+    finally:
+        deployment.grpc = None
+        await deployment.close()
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)

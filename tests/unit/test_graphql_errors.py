@@ -1,0 +1,83 @@
+"""Domain errors become GraphQL errors with stable codes; anything else is masked."""
+
+from __future__ import annotations
+
+from graphql import GraphQLError
+
+from keel.api.graphql.errors import error_code, format_error
+from keel.domain.errors import (
+    ConcurrentModification,
+    Conflict,
+    FieldError,
+    Forbidden,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    KeelError,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+    ValidationFailed,
+    VersionMismatch,
+)
+
+
+class _Quota(KeelError):
+    code = "quota-exceeded"  # the code of the service's quota error (a remote core may raise it)
+
+
+def test_codes_are_the_domain_codes_in_graphql_spelling() -> None:
+    assert [
+        error_code(e)
+        for e in (
+            NotFound("x"),
+            Conflict("x", "/handle"),
+            VersionMismatch("x", 3),
+            ValidationFailed([]),
+            Forbidden("x"),
+            Unauthenticated("x"),
+            Unavailable("x"),
+            IdempotencyKeyReused("x"),
+            IdempotencyInProgress("x"),
+            ConcurrentModification("x"),
+            _Quota("x"),
+        )
+    ] == [
+        "NOT_FOUND",
+        "CONFLICT",
+        "VERSION_MISMATCH",
+        "VALIDATION",
+        "FORBIDDEN",
+        "UNAUTHENTICATED",
+        "UNAVAILABLE",
+        "IDEMPOTENCY_KEY_REUSED",
+        "IDEMPOTENCY_IN_PROGRESS",
+        "CONCURRENT_MODIFICATION",
+        "RATE_LIMITED",
+    ]
+
+
+def located(original: Exception) -> GraphQLError:
+    return GraphQLError("raw", path=["profile"], original_error=original)
+
+
+def test_details_a_client_can_act_on() -> None:
+    invalid = format_error(
+        located(ValidationFailed([FieldError("/handle", "too short")])), during_execution=True
+    )
+    assert invalid["extensions"] == {
+        "code": "VALIDATION",
+        "fieldErrors": [{"field": "/handle", "message": "too short"}],
+    }
+    assert invalid["path"] == ["profile"]
+    stale = format_error(located(VersionMismatch("changed", 4)), during_execution=True)
+    assert stale["extensions"] == {"code": "VERSION_MISMATCH", "currentVersion": 4}
+    assert stale["message"] == "changed"
+    busy = format_error(located(Unavailable("down", retry_after=2.5)), during_execution=True)
+    assert busy["extensions"] == {"code": "UNAVAILABLE", "retryAfter": 3}
+
+
+def test_unexpected_exceptions_are_masked() -> None:
+    formatted = format_error(located(RuntimeError("SELECT secret FROM keys")), during_execution=True)
+    assert formatted["message"] == "Internal error; it has been logged."
+    assert formatted["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+    assert "SELECT" not in str(formatted)
