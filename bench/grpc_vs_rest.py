@@ -272,7 +272,6 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         "KEEL_DATABASE_URL": url,
         "KEEL_RATELIMIT_PLANS": json.dumps(BENCH_PLANS),
         "KEEL_LOAD_SHEDDING_ENABLED": "false",  # closed loops resend at once; measure reads, not refusals
-        "KEEL_CACHE_ENABLED": "false",  # every read goes to PostgreSQL through either protocol
     }
     keel(env, "migrate")
     inserted, ids = asyncio.run(asyncio.wait_for(seed_profiles(url, args.profiles, "eu1"), 900))

@@ -26,35 +26,41 @@ _OPTIONAL_TEXT: tuple[_OptionalText, ...] = ("display_name", "bio", "avatar_url"
 _TOP_LEVEL = frozenset(("handle", "emails", "links", "attributes", *_OPTIONAL_TEXT))
 _PLAIN_SEGMENT = re.compile(r"^[A-Za-z0-9_]+$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# One encoder for every call: json.dumps with options builds a new encoder each time.
+_compact_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _SECOND = timedelta(seconds=1)
 
 
 def profile_message(profile: Profile) -> pb.Profile:
+    message = pb.Profile()
+    fill_profile_message(message, profile)
+    return message
+
+
+def fill_profile_message(message: pb.Profile, profile: Profile) -> None:
+    """Write `profile` into an empty message, in place: filling a message that is already part
+    of its parent (`response.profiles.add()`) spares the copy that adding a built one costs."""
     f = profile.fields
-    # One constructor call with only the fields that are set: the cheapest way to build a
-    # message in Python (this runs a hundred times for a batch read).
-    optional = {
-        name: value
-        for name, value in (
-            ("display_name", f.display_name),
-            ("bio", f.bio),
-            ("avatar_url", f.avatar_url),
-            ("locale", f.locale),
-            ("timezone", f.timezone),
-        )
-        if value is not None
-    }
-    return pb.Profile(
-        id=profile.id,
-        handle=f.handle,
-        emails=[pb.Email(address=e.address, verified=e.verified, primary=e.primary) for e in f.emails],
-        links=[pb.Link(kind=link.kind, url=link.url) for link in f.links],
-        attributes_json=json.dumps(f.attributes, separators=(",", ":")) if f.attributes else "{}",
-        version=profile.version,
-        create_time=_timestamp(profile.created_at),
-        update_time=_timestamp(profile.updated_at),
-        **optional,
-    )
+    message.id = profile.id
+    message.handle = f.handle
+    for e in f.emails:
+        message.emails.add(address=e.address, verified=e.verified, primary=e.primary)
+    for link in f.links:
+        message.links.add(kind=link.kind, url=link.url)
+    message.attributes_json = _compact_json(f.attributes) if f.attributes else "{}"
+    message.version = profile.version
+    _set_timestamp(message.create_time, profile.created_at)
+    _set_timestamp(message.update_time, profile.updated_at)
+    if f.display_name is not None:
+        message.display_name = f.display_name
+    if f.bio is not None:
+        message.bio = f.bio
+    if f.avatar_url is not None:
+        message.avatar_url = f.avatar_url
+    if f.locale is not None:
+        message.locale = f.locale
+    if f.timezone is not None:
+        message.timezone = f.timezone
 
 
 def profile_from_message(message: pb.Profile) -> Profile:
@@ -126,7 +132,7 @@ def patch_message(profile_id: str, patch: JSONObject) -> tuple[pb.Profile, Field
         if value is not None:
             _set_field(message, name, value)
     if attributes:
-        message.attributes_json = json.dumps(attributes, separators=(",", ":"))
+        message.attributes_json = _compact_json(attributes)
     return message, FieldMask(paths=paths)
 
 
@@ -288,7 +294,7 @@ def _set_field(message: pb.Profile, name: str, value: JSONValue) -> None:
         message.links.extend(pb.Link(**item) for item in value if isinstance(item, dict))  # type: ignore[arg-type]
     elif name == "attributes":
         if value is not None:
-            message.attributes_json = json.dumps(value, separators=(",", ":"), allow_nan=False)
+            message.attributes_json = _compact_json(value)
     else:
         setattr(message, name, value)
 
@@ -301,7 +307,8 @@ def _json(text: str, location: str) -> JSONValue:
     return value
 
 
-def _timestamp(value: datetime) -> Timestamp:
+def _set_timestamp(stamp: Timestamp, value: datetime) -> None:
     # Timestamp.FromDatetime goes through calendar.timegm, several times slower than this
     # integer arithmetic (exact, unlike a float from .timestamp()).
-    return Timestamp(seconds=(value - _EPOCH) // _SECOND, nanos=value.microsecond * 1000)
+    stamp.seconds = (value - _EPOCH) // _SECOND
+    stamp.nanos = value.microsecond * 1000

@@ -8,6 +8,8 @@ rather than nothing when the database is unavailable.
   the deadline): a cached copy up to `stale_if_error_seconds` old is served, marked stale with
   its age (RFC 5861's stale-if-error); without one, the error goes to the caller (503).
 - Transient failures of the load are retried within the retry budget.
+- Batches (`read_many`): fresh copies from the cache, the rest in one database read (no
+  single flight per id), stale copies for the rest when the database is unavailable.
 - Writes replace the entry here with what they committed, and invalidate it, through the bus,
   in every other process.
 
@@ -18,15 +20,16 @@ read never shows more than an uncached one.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from keel.domain.errors import CircuitOpen, DeadlineExceeded, Unavailable
 from keel.domain.profile import Profile
 from keel.resilience.deadline import current_deadline
 from keel.resilience.retry import RetryPolicy
-from keel.service.ports import CachedProfile, InvalidationBus, ProfileCache, Store
+from keel.service.ports import CachedProfile, InvalidationBus, ProfileCache, ProfileQuery, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,54 @@ class ProfileReads:
             raise
         return ProfileRead(profile, fresh_seconds=fresh) if profile is not None else None
 
+    async def read_many(self, profile_ids: Sequence[str]) -> dict[str, ProfileRead]:
+        """The live profiles among `profile_ids` (absent ones are left out): fresh copies from
+        the cache, the rest in one database read. When the database is unavailable, stale
+        copies stand in for the rest; if some id has none, the batch fails as a whole (leaving
+        it out would say it does not exist)."""
+        fresh = self._policy.fresh_seconds
+        found: dict[str, ProfileRead] = {}
+        cached: dict[str, CachedProfile] = {}
+        missing: list[str] = []
+        for profile_id in profile_ids:
+            entry = self._cache.get(profile_id) if self._cache is not None else None
+            if entry is not None:
+                age = self._clock() - entry.stored_at
+                if age < fresh and not entry.stale_only:
+                    found[profile_id] = ProfileRead(entry.profile, age, fresh_seconds=fresh)
+                    continue
+                cached[profile_id] = entry
+            missing.append(profile_id)
+        if self._cache is not None:
+            self._count_many("hit", len(found))
+            self._count_many("miss", len(missing))
+        if not missing:
+            return found
+        started = self._clock()
+        try:
+            loaded = await self._retry.run(lambda: self._load_many(missing), retryable=_transient)
+        except Unavailable:
+            stale_window = fresh + self._policy.stale_if_error_seconds
+            for profile_id in missing:
+                entry = cached.get(profile_id)
+                age = self._clock() - entry.stored_at if entry is not None else math.inf
+                if entry is None or age > stale_window:
+                    self._count("error")
+                    raise
+                found[profile_id] = ProfileRead(entry.profile, age, stale=True, fresh_seconds=fresh)
+            self._count_many("stale", len(missing))
+            return found
+        for profile_id in missing:
+            profile = loaded.get(profile_id)
+            if profile is not None:
+                found[profile_id] = ProfileRead(profile, fresh_seconds=fresh)
+            if self._cache is not None:
+                if profile is not None:
+                    self._cache.put(CachedProfile(profile, started))
+                else:
+                    self._cache.invalidate(profile_id, 0)  # deleted: never serve the old copy stale
+        return found
+
     def forget(self, profile_id: str, version: int, *, keep_as_stale: bool = False) -> None:
         """In this process: drop the cached copy (or keep it as a stale fallback only) and
         detach any load in flight (it may have read the version before `version`), so the next
@@ -166,9 +217,18 @@ class ProfileReads:
                 self._cache.invalidate(profile_id, 0)  # deleted: never serve the old copy stale
         return profile
 
+    def _count_many(self, outcome: str, count: int) -> None:
+        for _ in range(count):
+            self._count(outcome)
+
     def _count(self, outcome: str) -> None:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
+
+    async def _load_many(self, profile_ids: list[str]) -> dict[str, Profile]:
+        async with self._store.unit_of_work(read_only=True) as uow:
+            profiles = await uow.profiles.find(ProfileQuery(limit=len(profile_ids), ids=tuple(profile_ids)))
+        return {profile.id: profile for profile in profiles}
 
     async def _load(self, profile_id: str) -> Profile | None:
         async with self._store.unit_of_work(read_only=True) as uow:

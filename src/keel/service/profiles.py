@@ -102,12 +102,11 @@ class ProfileService:
         require(principal, Scope.PROFILES_READ)
         if not 1 <= len(profile_ids) <= MAX_IDS_PER_BATCH:
             raise ValidationFailed([FieldError("/ids", f"between 1 and {MAX_IDS_PER_BATCH} ids")])
-        wanted = tuple(dict.fromkeys(i for i in profile_ids if is_profile_id(i)))
+        wanted = list(dict.fromkeys(i for i in profile_ids if is_profile_id(i)))
         if not wanted:
             return {}
-        async with self._store.unit_of_work(read_only=True) as uow:
-            found = await uow.profiles.find(ProfileQuery(limit=len(wanted), ids=wanted))
-        return {p.id: self._visible(p, principal) for p in found}
+        found = await self._reads.read_many(wanted)
+        return {profile_id: self._visible(read.profile, principal) for profile_id, read in found.items()}
 
     async def list_profiles(
         self, principal: Principal, filters: ListFilters, *, limit: int, cursor: str | None
@@ -128,15 +127,23 @@ class ProfileService:
         after_id = decode_cursor(cursor, normalized.as_dict()) if cursor else None
         if normalized.ids == ():
             return ProfilePage(profiles=[], next_cursor=None)
-        query = ProfileQuery(
-            limit=limit + 1,
-            handle=normalized.handle,
-            email=normalized.email,
-            ids=normalized.ids,
-            after_id=after_id,
-        )
-        async with self._store.unit_of_work(read_only=True) as uow:
-            found = await uow.profiles.find(query)
+        if normalized.ids is not None and normalized.handle is None and normalized.email is None:
+            # Only ids: a batch read, through the cache like single reads.
+            batch = await self._reads.read_many(list(dict.fromkeys(normalized.ids)))
+            found = sorted(
+                (read.profile for read in batch.values() if after_id is None or read.profile.id > after_id),
+                key=lambda profile: profile.id,
+            )[: limit + 1]
+        else:
+            query = ProfileQuery(
+                limit=limit + 1,
+                handle=normalized.handle,
+                email=normalized.email,
+                ids=normalized.ids,
+                after_id=after_id,
+            )
+            async with self._store.unit_of_work(read_only=True) as uow:
+                found = await uow.profiles.find(query)
         page = found[:limit]
         next_cursor = encode_cursor(page[-1].id, normalized.as_dict()) if len(found) > limit else None
         return ProfilePage([self._visible(p, principal) for p in page], next_cursor)

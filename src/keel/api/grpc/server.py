@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from keel.api.grpc.admission import Admission
+from keel.api.grpc.encoded import passing_encoded
 from keel.api.grpc.servicers import CallerServicer, ProfileServicer
 from keel.domain.errors import KeelError
 from keel.observability.context import RequestContext, request_context_var
@@ -46,14 +47,18 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         self._keel = keel
         self._admission = Admission(keel)
         self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or not method.startswith("/keel."):
             return handler  # health and reflection: never limited, never shed
         behaviour = handler.unary_unary
@@ -61,11 +66,13 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             return await self._serve(method, request, context, behaviour)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             observed,
             request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            response_serializer=passing_encoded(handler.response_serializer),
         )
+        self._handlers[method] = wrapped  # one per method, built on its first call
+        return wrapped
 
     async def _serve(
         self,

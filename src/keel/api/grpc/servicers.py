@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from keel.api.grpc.admission import caller
+from keel.api.grpc.encoded import Encoded, EncodedProfiles, length_delimited
 from keel.domain.api_keys import Scope
 from keel.domain.errors import FieldError, Forbidden, ValidationFailed
 from keel.profiles.v1 import profiles_pb2 as pb
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE_SIZE = 20
+# Field numbers of the repeated answers assembled from encoded profiles (see encoded.py).
+_PROFILES_FIELD = pb.BatchGetProfilesResponse.PROFILES_FIELD_NUMBER
+_MISSING_IDS_FIELD = pb.BatchGetProfilesResponse.MISSING_IDS_FIELD_NUMBER
+_NEXT_PAGE_TOKEN_FIELD = pb.ListProfilesResponse.NEXT_PAGE_TOKEN_FIELD_NUMBER
+assert pb.ListProfilesResponse.PROFILES_FIELD_NUMBER == _PROFILES_FIELD
 
 
 def request_id(value: str) -> str | None:
@@ -38,6 +44,7 @@ def _expected(versions: Any) -> ExpectedVersion:
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
     def __init__(self, keel: Keel) -> None:
         self._profiles = keel.profiles
+        self._encoded = EncodedProfiles(keel.settings.cache_max_entries)
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.GetProfileResponse:
         read = await self._profiles.read_profile(caller(), request.id)
@@ -51,12 +58,18 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def BatchGetProfiles(
         self, request: pb.BatchGetProfilesRequest, context: Context
     ) -> pb.BatchGetProfilesResponse:
-        found = await self._profiles.get_profiles(caller(), list(request.ids))
-        ordered = list(dict.fromkeys(request.ids))
-        return pb.BatchGetProfilesResponse(
-            profiles=[profile_message(found[i]) for i in ordered if i in found],
-            missing_ids=[i for i in ordered if i not in found],
-        )
+        principal = caller()
+        found = await self._profiles.get_profiles(principal, list(request.ids))
+        parts: list[bytes] = []
+        missing: list[str] = []
+        for profile_id in dict.fromkeys(request.ids):
+            profile = found.get(profile_id)
+            if profile is None:
+                missing.append(profile_id)
+            else:
+                parts.append(self._encoded.entry(_PROFILES_FIELD, profile, principal.is_admin))
+        parts.extend(length_delimited(_MISSING_IDS_FIELD, i.encode()) for i in missing)
+        return Encoded(b"".join(parts))  # type: ignore[return-value]  # wire form, see encoded.py
 
     async def CreateProfile(
         self, request: pb.CreateProfileRequest, context: Context
@@ -97,15 +110,17 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
             email=request.email if request.HasField("email") else None,
             ids=tuple(request.ids.ids) if request.HasField("ids") else None,
         )
+        principal = caller()
         page = await self._profiles.list_profiles(
-            caller(),
+            principal,
             filters,
             limit=request.page_size or DEFAULT_PAGE_SIZE,
             cursor=request.page_token or None,
         )
-        return pb.ListProfilesResponse(
-            profiles=[profile_message(p) for p in page.profiles], next_page_token=page.next_cursor or ""
-        )
+        parts = [self._encoded.entry(_PROFILES_FIELD, p, principal.is_admin) for p in page.profiles]
+        if page.next_cursor:
+            parts.append(length_delimited(_NEXT_PAGE_TOKEN_FIELD, page.next_cursor.encode()))
+        return Encoded(b"".join(parts))  # type: ignore[return-value]  # wire form, see encoded.py
 
 
 class CallerServicer(pb_grpc.CallerServiceServicer):
