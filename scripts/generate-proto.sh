@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-src}"
-export PATH="$PWD/.venv/bin:$PATH"  # the mypy-protobuf plugins
-.venv/bin/python -m grpc_tools.protoc -I proto \
+export PATH="$PWD/.venv/bin:$PATH"  # the venv's python and the mypy-protobuf plugins
+python -m grpc_tools.protoc -I proto \
   --python_out="$out" --mypy_out="$out" --grpc_python_out="$out" --mypy_grpc_out="$out" \
   proto/keel/profiles/v1/profiles.proto
 for package in "$out/keel/profiles" "$out/keel/profiles/v1"; do

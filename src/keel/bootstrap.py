@@ -392,15 +392,8 @@ def build_edge(settings: Settings, metrics: Metrics) -> Keel:
     )
     guards.closers.append(client.close)
 
-    async def readiness() -> tuple[bool, dict[str, str]]:
-        try:
-            status = await client.check_health()
-        except Exception:  # noqa: BLE001 - any failure means "not ready"; the kind is in the check
-            status = "UNREACHABLE"
-        return status == "SERVING", {"core": status.lower().replace("_", " ")}
-
     authenticator = RemoteAuthenticator(client, ttl=settings.api_key_cache_seconds)
-    return _keel(settings, metrics, guards, RemoteProfiles(client), authenticator, None, readiness)
+    return _keel(settings, metrics, guards, RemoteProfiles(client), authenticator, None, client.readiness)
 
 
 def _keel(
@@ -472,25 +465,36 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keel = await build_keel(settings, metrics=metrics)
-        app.state.keel = keel
+        async with running(settings, metrics) as keel:
+            app.state.keel = keel
+            yield
+
+    return build_rest_app(settings, metrics, lifespan=lifespan)
+
+
+@asynccontextmanager
+async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Keel]:
+    """A built Keel with its background work (loop-lag watch; on a core, housekeeping, cache
+    invalidations and gRPC when configured), all stopped and closed on the way out."""
+    keel = await build_keel(settings, metrics=metrics)
+    background: list[asyncio.Task[None]] = []
+    grpc_server: GrpcServer | None = None
+    try:
         # Everything built so far (modules, schemas, routes) lives as long as the process: keep
         # it out of the cyclic collector, whose full passes over it stalled requests for tens of
         # milliseconds at the tail.
         gc.collect()
         gc.freeze()
-        background = [asyncio.create_task(keel.loop_lag.watch())]
+        background.append(asyncio.create_task(keel.loop_lag.watch()))
         if keel.core is not None:
             background.append(asyncio.create_task(_purge_idempotency_records(keel.core)))
             background.append(asyncio.create_task(keel.core.reads.listen()))
-        grpc_server = await start_grpc(keel) if settings.grpc_port is not None else None
-        try:
-            yield
-        finally:
-            if grpc_server is not None:
-                await grpc_server.stop()
-            for task in background:
-                task.cancel()
-            await keel.close()
-
-    return build_rest_app(settings, metrics, lifespan=lifespan)
+        if settings.grpc_port is not None:
+            grpc_server = await start_grpc(keel)
+        yield keel
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop()
+        for task in background:
+            task.cancel()
+        await keel.close()

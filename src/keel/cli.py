@@ -88,28 +88,24 @@ def _serve_grpc_only(settings: Settings) -> None:
     import signal
 
     import uvloop
+    from prometheus_client import start_http_server
 
-    from keel.bootstrap import build_keel, start_grpc
+    from keel.bootstrap import running
     from keel.observability.logging import configure_logging
+    from keel.observability.metrics import Metrics
 
     configure_logging(settings.log_level)
+    metrics = Metrics()
 
     async def main() -> None:
-        keel = await build_keel(settings)
-        server = await start_grpc(keel)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        watch = asyncio.create_task(keel.loop_lag.watch())
-        listen = asyncio.create_task(keel.local.reads.listen())
-        try:
+        async with running(settings, metrics):
+            # No HTTP API, but the metrics still need a scraper's endpoint: on KEEL_PORT.
+            start_http_server(settings.port, addr=settings.host, registry=metrics.registry)
             await stop.wait()
-        finally:
-            await server.stop()
-            watch.cancel()
-            listen.cancel()
-            await keel.close()
 
     uvloop.run(main())
 
@@ -230,9 +226,11 @@ async def _set_switch(settings: Settings, *, enabled: bool) -> None:
 
 @asynccontextmanager
 async def _keel(settings: Settings) -> AsyncIterator[Keel]:
+    """A core over the configured database: operator commands act on the database itself, even
+    where KEEL_CORE_URL makes `keel serve` an edge."""
     from keel.bootstrap import build_keel
 
-    keel = await build_keel(settings)
+    keel = await build_keel(settings.model_copy(update={"core_url": None, "core_api_key": None}))
     try:
         yield keel
     finally:

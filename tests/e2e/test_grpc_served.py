@@ -23,7 +23,9 @@ class Split:
     core_url: str
     edge_url: str
     token: str
+    edge_token: str
     edge_log: Path
+    core_log: Path
 
 
 def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -78,7 +80,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
         processes.append(edge)
         edge_url = f"http://127.0.0.1:{edge_env['KEEL_PORT']}"
         _wait_healthy(edge_url, edge, edge_log)
-        yield Split(f"127.0.0.1:{grpc_port}", core_url, edge_url, token, edge_log)
+        yield Split(f"127.0.0.1:{grpc_port}", core_url, edge_url, token, edge_token, edge_log, core_log)
     finally:
         for process in processes:
             process.terminate()
@@ -154,10 +156,72 @@ def test_an_edge_serves_rest_through_the_core(split: Split) -> None:
     assert on_core.json()["handle"] == "edge_made"
     ready = httpx.get(f"{split.edge_url}/readyz", timeout=10)
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"core": "serving"}
+    assert ready.json()["checks"] == {"core": "serving", "edge_key": "accepted"}
     missing = httpx.get(
         f"{split.edge_url}/v1/profiles/eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J", headers=headers, timeout=10
     )
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
-    assert split.edge_log.read_text().count(split.token.rsplit("_", 1)[1]) == 0  # no secret logged
+    # No secret is logged, on either side: neither the caller's nor the edge's own.
+    for log in (split.edge_log, split.core_log):
+        text = log.read_text()
+        for secret in (split.token.rsplit("_", 1)[1], split.edge_token.rsplit("_", 1)[1]):
+            assert secret not in text
+
+
+def test_grpc_alone_serves_its_metrics_on_the_http_port(tmp_path: Path) -> None:
+    grpc_port, metrics_port = _free_port(), _free_port()
+    env = {
+        **dict(__import__("os").environ),
+        "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",
+        "KEEL_PORT": str(metrics_port),
+    }
+    _keel(env, "migrate")
+    token = _keel(env, "keys", "create", "--scopes", "profiles:read", "--quiet").strip()
+    log_path = tmp_path / "grpc-only.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keel", "serve", "--grpc-only", "--grpc-port", str(grpc_port)],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "no metrics endpoint"
+                time.sleep(0.1)
+        client = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, grpc; from grpc_health.v1 import health_pb2, health_pb2_grpc;"
+                "from keel.profiles.v1 import profiles_pb2 as pb, profiles_pb2_grpc as s;"
+                "c = grpc.insecure_channel(sys.argv[1]);"
+                "h = health_pb2_grpc.HealthStub(c);"
+                "print(h.Check(health_pb2.HealthCheckRequest(), timeout=5).status);"
+                "print(','.join(s.CallerServiceStub(c).GetCaller(pb.GetCallerRequest(),"
+                " metadata=(('authorization', 'Bearer ' + sys.argv[2]),), timeout=5).scopes))",
+                f"127.0.0.1:{grpc_port}",
+                token,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.split() == ["1", "profiles:read"]  # SERVING; the key's scopes
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert (
+            'keel_grpc_requests_total{code="OK",method="/keel.profiles.v1.CallerService/GetCaller"} 1.0'
+            in metrics.text
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

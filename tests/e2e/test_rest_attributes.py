@@ -83,7 +83,11 @@ async def test_readiness_reports_an_unmigrated_database(schema_api: Api, tmp_pat
     ready = await schema_api.client.get("/readyz")
     if schema_api.mode == "edge":
         # An edge has no database: it is ready when its core's health service says so.
-        assert ready.json() == {"status": "ready", "checks": {"core": "serving"}, "breakers": {}}
+        assert ready.json() == {
+            "status": "ready",
+            "checks": {"core": "serving", "edge_key": "accepted"},
+            "breakers": {},
+        }
         return
     assert ready.json() == {
         "status": "ready",
@@ -106,7 +110,7 @@ async def test_readiness_fails_when_the_schema_falls_behind(schema_api: Api, sql
             await asyncio.sleep(0.1)
             not_ready = await schema_api.client.get("/readyz")
         assert not_ready.status_code == 503
-        assert not_ready.json()["checks"] == {"core": "not serving"}
+        assert not_ready.json()["checks"] == {"core": "not serving", "edge_key": "unknown"}
         return
     assert not_ready.status_code == 503
     assert not_ready.json()["checks"] == {"database": "ok", "migrations": "at none"}

@@ -270,3 +270,31 @@ async def test_openapi_per_version_and_docs(api: Api) -> None:
     docs = await api.client.get("/docs", params={"version": "2026-11-28"})
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+async def test_explicit_nulls_and_extreme_preconditions_answer_as_usual(api: Api) -> None:
+    # Optional fields sent as null are fields left unset, on every path to the service.
+    created = await create(api, display_name=None, bio=None, locale=None, timezone=None, avatar_url=None)
+    profile_id, tag = created.json()["id"], created.headers["ETag"]
+    assert created.json()["display_name"] is None
+    # An If-Match naming a version no profile can reach (beyond 64 bits) fails as any mismatch.
+    impossible = '"' + "9" * 30 + tag[2:]
+    patched = await api.client.patch(
+        f"/v1/profiles/{profile_id}",
+        content=b'{"bio": "x"}',
+        headers={**api.writer, "Content-Type": "application/merge-patch+json", "If-Match": impossible},
+    )
+    assert_problem(patched, 412, "version-mismatch")
+    deleted = await api.client.delete(
+        f"/v1/profiles/{profile_id}", headers={**api.writer, "If-Match": impossible}
+    )
+    assert_problem(deleted, 412, "version-mismatch")
+
+
+async def test_many_field_errors_come_back_whole(api: Api) -> None:
+    # Every error is reported (here 60: each attribute must be a scalar); an edge passes them on.
+    response = await api.client.post(
+        "/v1/profiles", json=body(attributes={f"k{i}": {"nested": i} for i in range(60)}), headers=api.writer
+    )
+    problem = assert_problem(response, 422, "validation")
+    assert len(problem["errors"]) >= 50

@@ -10,6 +10,7 @@ import grpc
 import httpx
 import pytest
 from devtools.faultproxy import FaultProxy, Faults
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
 from keel.api.grpc.server import GrpcServer
@@ -19,7 +20,8 @@ from keel.config import Settings
 from keel.domain.api_keys import Scope
 from keel.profiles.v1 import profiles_pb2 as pb
 from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.service.auth import issue_api_key
+from keel.rpc.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
+from keel.service.auth import credentials, issue_api_key, revoke_api_key
 from tests.e2e.conftest import deploy
 from tests.integration.test_degradation import proxy, through
 
@@ -147,7 +149,7 @@ async def test_errors_carry_canonical_codes_and_rich_details(core: tuple[Keel, G
     assert seen["invalid"][0] is grpc.StatusCode.INVALID_ARGUMENT
     bad = error_details_pb2.BadRequest()
     assert seen["invalid"][1].details[1].Unpack(bad)
-    assert [v.field for v in bad.field_violations] == ["/limit"]
+    assert [v.field for v in bad.field_violations] == ["/page_size"]
     assert seen["stale"][0] is grpc.StatusCode.FAILED_PRECONDITION
     assert reason(seen["stale"][1]) == "keel:VERSION_MISMATCH"
     assert seen["too_many"][0] is grpc.StatusCode.INVALID_ARGUMENT
@@ -155,33 +157,90 @@ async def test_errors_carry_canonical_codes_and_rich_details(core: tuple[Keel, G
     assert seen["bad_request_id"][0] is grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_only_an_edge_key_may_act_for_another(core: tuple[Keel, GrpcServer]) -> None:
+async def test_only_an_edge_key_may_act_for_another_and_only_with_proof(
+    core: tuple[Keel, GrpcServer],
+) -> None:
     keel, server = core
     admin = await _token(keel, Scope.ADMIN)
     edge = await _token(keel, Scope.EDGE)
     reader = await _token(keel, Scope.PROFILES_READ)
+    reader_id, reader_proof = credentials(reader)
+
+    def auth(token: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"), *extra)
+
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         callers = pb_grpc.CallerServiceStub(channel)
-        # An admin key is not an edge: it may not resolve other keys nor act as them.
+        profiles = pb_grpc.ProfileServiceStub(channel)
+        resolve = pb.GetCallerRequest(key_id=reader_id, token_sha256=reader_proof)
+        acting = (ON_BEHALF_OF, reader_id), (ON_BEHALF_OF_SHA256, reader_proof)
+        # An admin or a reader key is not an edge: it may neither resolve other keys nor act as them.
         for call in (
-            callers.GetCaller(
-                pb.GetCallerRequest(token=reader), metadata=(("authorization", f"Bearer {admin}"),)
-            ),
-            callers.GetCaller(
-                pb.GetCallerRequest(),
-                metadata=(("authorization", f"Bearer {admin}"), ("keel-on-behalf-of", reader.split("_")[1])),
-            ),
+            callers.GetCaller(resolve, metadata=auth(admin), timeout=5),
+            callers.GetCaller(pb.GetCallerRequest(), metadata=auth(admin, *acting), timeout=5),
+            profiles.ListProfiles(pb.ListProfilesRequest(), metadata=auth(reader, *acting), timeout=5),
         ):
-            with pytest.raises(grpc.aio.AioRpcError) as failure:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call
-            assert failure.value.code() in (
-                grpc.StatusCode.PERMISSION_DENIED,
-                grpc.StatusCode.UNAUTHENTICATED,
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        # An edge key acts for a caller only with the proof that it holds the caller's token.
+        wrong_proof = (ON_BEHALF_OF, reader_id), (ON_BEHALF_OF_SHA256, "0" * 64)
+        with pytest.raises(grpc.aio.AioRpcError) as unproven:
+            await profiles.ListProfiles(
+                pb.ListProfilesRequest(), metadata=auth(edge, *wrong_proof), timeout=5
             )
-        resolved = await callers.GetCaller(
-            pb.GetCallerRequest(token=reader), metadata=(("authorization", f"Bearer {edge}"),), timeout=5
+        assert unproven.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        listed = await profiles.ListProfiles(
+            pb.ListProfilesRequest(), metadata=auth(edge, *acting), timeout=5
         )
+        assert list(listed.profiles) == []
+        resolved = await callers.GetCaller(resolve, metadata=auth(edge), timeout=5)
         assert list(resolved.scopes) == ["profiles:read"]
+
+
+async def test_hostile_requests_get_invalid_argument_never_internal(core: tuple[Keel, GrpcServer]) -> None:
+    keel, server = core
+    writer = await _token(keel, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
+    metadata = (("authorization", f"Bearer {writer}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ProfileServiceStub(channel)
+        created = await stub.CreateProfile(pb.CreateProfileRequest(profile=DOC), metadata=metadata, timeout=5)
+        profile_id = created.profile.id
+
+        def update(paths: list[str], **fields: object) -> object:
+            return stub.UpdateProfile(
+                pb.UpdateProfileRequest(
+                    profile=pb.Profile(id=profile_id, **fields),  # type: ignore[arg-type]
+                    update_mask=FieldMask(paths=paths),
+                ),
+                metadata=metadata,
+                timeout=5,
+            )
+
+        deep = "[" * 100_000 + "]" * 100_000
+        calls = {
+            "deep attributes": stub.CreateProfile(
+                pb.CreateProfileRequest(profile=pb.Profile(handle="x_y_z", attributes_json=deep)),
+                metadata=metadata,
+                timeout=5,
+            ),
+            "overlapping mask": update(["attributes.a", "attributes.a.b"], attributes_json='{"a": {"b": 1}}'),
+            "whole and part": update(["attributes", "attributes.a"], attributes_json='{"a": 1}'),
+            "deep mask path": update([".".join(["attributes", *["a"] * 5000])]),
+            "part of a plain field": update(["handle.zzz"], handle="new_handle"),
+            "negative page size": stub.ListProfiles(
+                pb.ListProfilesRequest(page_size=-1), metadata=metadata, timeout=5
+            ),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, name
+        # Bytes that are not a message of the method: refused like any bad input, not UNKNOWN.
+        raw = channel.unary_unary("/keel.profiles.v1.ProfileService/GetProfile")
+        with pytest.raises(grpc.aio.AioRpcError) as garbled:
+            await raw(b"\n\x02\xff\xfe", metadata=metadata, timeout=5)
+        assert garbled.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_an_edge_passes_its_remaining_deadline_to_the_core(
@@ -240,9 +299,12 @@ async def test_an_edge_whose_core_is_gone_answers_503_never_500(sqlite_url: str)
                 headers=headers,
             )
             ready = await client.get("/readyz")
-        assert (read.status_code, write.status_code, ready.status_code) == (503, 503, 503)
+        # A read failed: 503, retry later. A write got no answer: it may have been made (504,
+        # outcome-unknown), so the caller must not be told that nothing changed.
+        assert (read.status_code, write.status_code, ready.status_code) == (503, 504, 503)
         assert read.headers["content-type"] == "application/problem+json"
         assert "retry-after" in read.headers
+        assert write.json()["type"] == "urn:keel:problem:outcome-unknown"
         retried = deployment.serving.metrics.dependency_retries.labels("core", "retried")
         assert retried._value.get() >= 1  # type: ignore[attr-defined] - the read was retried, the write not
     finally:
@@ -254,3 +316,31 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def test_an_edge_whose_own_key_is_refused_is_unavailable_not_its_callers_fault(sqlite_url: str) -> None:
+    deployment = await deploy(Settings(database_url=sqlite_url, api_key_cache_seconds=0.2), "edge")
+    core = deployment.core
+    token = await _token(core, Scope.PROFILES_READ)
+    app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
+    app.state.keel = deployment.serving
+    edge_key = deployment.serving.settings.core_api_key
+    assert edge_key is not None
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge"
+        ) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            await revoke_api_key(
+                core.local.store, core.local.clock, edge_key.get_secret_value().split("_")[1]
+            )
+            await _sleep(0.3)  # both ends' key caches lapse
+            refused = await client.get("/v1/profiles", headers={"Authorization": f"Bearer {token}"})
+            ready = await client.get("/readyz")
+        # The caller's key is fine: not a 401 for them, but the service being unavailable.
+        assert refused.status_code == 503
+        assert refused.json()["type"] == "urn:keel:problem:edge-rejected"
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"core": "serving", "edge_key": "rejected"}
+    finally:
+        await deployment.close()

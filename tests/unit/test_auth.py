@@ -58,7 +58,7 @@ async def test_the_cache_is_bounded() -> None:
     for n in range(10):
         with pytest.raises(Unauthenticated):
             await authenticator.authenticate(f"keel_{n:016d}_" + "b" * 43)
-    assert len(authenticator._unknown) <= 3
+    assert len(authenticator._answers._unknown) <= 3
 
 
 async def test_unknown_tokens_cannot_push_out_known_keys() -> None:

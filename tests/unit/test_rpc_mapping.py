@@ -21,6 +21,7 @@ from keel.domain.errors import (
     IdempotencyKeyReused,
     KeelError,
     NotFound,
+    OutcomeUnknown,
     QuotaExceeded,
     Unauthenticated,
     Unavailable,
@@ -36,7 +37,7 @@ from keel.rpc.messages import (
     profile_from_message,
     profile_message,
 )
-from keel.rpc.status import STATUS_DETAILS_KEY, CoreUnreachable, from_status, to_status
+from keel.rpc.status import STATUS_DETAILS_KEY, CoreUnreachable, EdgeRejected, from_status, to_status
 
 ERRORS: list[tuple[KeelError, grpc.StatusCode]] = [
     (
@@ -59,6 +60,8 @@ ERRORS: list[tuple[KeelError, grpc.StatusCode]] = [
         QuotaExceeded("Spent.", retry_after=30.0, violated_policies=("burst",)),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     ),
+    (OutcomeUnknown("No answer.", retry_after=1.0), grpc.StatusCode.UNAVAILABLE),
+    (EdgeRejected("Edge key revoked.", retry_after=1.0), grpc.StatusCode.UNAUTHENTICATED),
 ]
 
 
@@ -72,6 +75,20 @@ def test_every_domain_error_crosses_the_wire_whole(error: KeelError, code: grpc.
     assert type(back) is type(error)
     assert vars(back) == vars(error)
     assert back.detail == error.detail
+
+
+def test_errors_stay_within_the_trailer_limits() -> None:
+    many = ValidationFailed(
+        [FieldError(f"/attributes/k{i}", "must be a scalar") for i in range(5000)], "x" * 10_000
+    )
+    _, status = to_status(many)
+    assert len(status.SerializeToString()) < 256 * 1024
+    back = from_status(
+        grpc.StatusCode.INVALID_ARGUMENT, status.message, ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    )
+    assert isinstance(back, ValidationFailed)
+    assert len(back.errors) == 1001  # the first thousand, then how many more
+    assert back.errors[-1].message == "and 4000 more errors"
 
 
 def test_a_status_without_keel_details_is_the_transport_failing() -> None:
@@ -109,6 +126,18 @@ def test_create_documents_cross_the_wire() -> None:
         "attributes": {"plan": "pro"},
     }
     assert document_from_message(document_message(document)) == document
+
+
+def test_optional_fields_sent_as_null_are_left_unset() -> None:
+    document = {
+        "handle": "ada_l",
+        "emails": [{"address": "a@b.co", "primary": True}],
+        "bio": None,
+        "locale": None,
+    }
+    message = document_message(document)
+    assert not message.HasField("bio")
+    assert "bio" not in document_from_message(message)
 
 
 def test_values_a_typed_message_cannot_carry_are_refused_as_the_use_case_would() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -38,6 +38,9 @@ class Principal:
     scopes: frozenset[Scope]
     api_version: str
     plan: str = "standard"
+    # SHA-256 (hex) of the token the caller presented, where a remote core needs it as proof
+    # (an edge acting on the caller's behalf); None otherwise.
+    token_sha256: str | None = field(default=None, repr=False, compare=False)
 
     def can(self, scope: Scope) -> bool:
         # admin implies every other scope but edge: an operator key must be able to do what any

@@ -87,7 +87,9 @@ class Forbidden(KeelError):
 
 class Unavailable(KeelError):
     """A dependency (the database) cannot serve the request now; the caller may retry, after
-    `retry_after` seconds. Nothing was changed (a write is never half-applied)."""
+    `retry_after` seconds. A write is never half-applied; a write whose commit got no answer
+    (a timeout) may have been applied, which a retry with its `Idempotency-Key` or `If-Match`
+    settles."""
 
     code = "unavailable"
 
@@ -105,6 +107,13 @@ class DeadlineExceeded(Unavailable):
     """The request's deadline passed before a dependency answered."""
 
     code = "deadline-exceeded"
+
+
+class OutcomeUnknown(Unavailable):
+    """A write was sent on and no answer came back (an edge whose core went silent): it may or
+    may not have been made. Retry only with an `Idempotency-Key` or `If-Match`, after a read."""
+
+    code = "outcome-unknown"
 
 
 class CapacityReduced(Unavailable):

@@ -19,3 +19,9 @@ request_context_var: ContextVar[RequestContext | None] = ContextVar("keel_reques
 def current_request_id() -> str | None:
     context = request_context_var.get()
     return context.request_id if context is not None else None
+
+
+def valid_request_id(value: str) -> bool:
+    """A caller's request id worth keeping. It is echoed into logs and headers: short and
+    printable, so it cannot forge log lines."""
+    return 0 < len(value) <= 128 and value.isascii() and value.isprintable()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import FieldError, Unauthenticated, ValidationFailed
@@ -11,15 +10,21 @@ from keel.domain.profile import JSONValue, Profile
 from keel.profiles.v1 import profiles_pb2 as pb
 from keel.remote.core_client import CoreClient
 from keel.rpc.messages import document_message, patch_message, profile_from_message
-from keel.service.auth import INVALID_KEY, MISSING_KEY, parse_key_id, remember, token_digest
+from keel.service.auth import KeyAnswers, credentials
 from keel.service.profile_reads import ProfileRead
 from keel.service.use_cases import Created, ExpectedVersion, ListFilters, ProfilePage
 
+_INT64_MAX = 2**63 - 1
+_NO_VERSION = -1  # no profile is ever at it: stands for versions the wire cannot carry
+
 
 def _versions(expected: ExpectedVersion) -> list[int]:
+    """The expected versions as int64s. A version beyond int64 can match no profile: it is sent
+    as one that cannot match either, so the precondition still fails as it would in process."""
     if expected is None:
         return []
-    return [expected] if isinstance(expected, int) else sorted(expected)
+    versions = [expected] if isinstance(expected, int) else sorted(expected)
+    return sorted({v if 0 <= v <= _INT64_MAX else _NO_VERSION for v in versions})
 
 
 class RemoteProfiles:
@@ -33,7 +38,7 @@ class RemoteProfiles:
             self._core.profiles.GetProfile,
             pb.GetProfileRequest(id=profile_id),
             name="GetProfile",
-            on_behalf_of=principal.key_id,
+            on_behalf_of=principal,
             idempotent=True,
         )
         return ProfileRead(
@@ -48,7 +53,7 @@ class RemoteProfiles:
             self._core.profiles.BatchGetProfiles,
             pb.BatchGetProfilesRequest(ids=list(profile_ids)),
             name="BatchGetProfiles",
-            on_behalf_of=principal.key_id,
+            on_behalf_of=principal,
             idempotent=True,
         )
         return {p.id: profile_from_message(p) for p in reply.profiles}
@@ -71,7 +76,7 @@ class RemoteProfiles:
             self._core.profiles.ListProfiles,
             request,
             name="ListProfiles",
-            on_behalf_of=principal.key_id,
+            on_behalf_of=principal,
             idempotent=True,
         )
         return ProfilePage([profile_from_message(p) for p in reply.profiles], reply.next_page_token or None)
@@ -83,7 +88,7 @@ class RemoteProfiles:
             self._core.profiles.CreateProfile,
             pb.CreateProfileRequest(profile=document_message(document), request_id=idempotency_key or ""),
             name="CreateProfile",
-            on_behalf_of=principal.key_id,
+            on_behalf_of=principal,
             idempotent=idempotency_key is not None,  # a retry with the same id is answered once
         )
         return Created(profile_from_message(reply.profile), replayed=reply.replayed)
@@ -105,7 +110,7 @@ class RemoteProfiles:
                 profile=message, update_mask=mask, expected_versions=_versions(expected_version)
             ),
             name="UpdateProfile",
-            on_behalf_of=principal.key_id,
+            on_behalf_of=principal,
             idempotent=False,
         )
         return profile_from_message(reply.profile)
@@ -117,54 +122,52 @@ class RemoteProfiles:
             self._core.profiles.DeleteProfile,
             pb.DeleteProfileRequest(id=profile_id, expected_versions=_versions(expected_version)),
             name="DeleteProfile",
-            on_behalf_of=principal.key_id,
+            on_behalf_of=principal,
             idempotent=False,
         )
 
 
 class RemoteAuthenticator:
-    """Resolves API keys through the core, caching answers like the core's own authenticator:
-    known keys for `ttl` seconds, unknown ones briefly, apart."""
+    """Resolves API keys through the core, caching the answers as the core itself does
+    (`KeyAnswers`). Only the key id and the token's SHA-256 go to the core, never the token; the
+    principal keeps the digest, the proof the edge shows when it acts for this caller."""
 
     def __init__(
         self, core: CoreClient, *, ttl: float = 60.0, negative_ttl: float = 5.0, max_entries: int = 10_000
     ) -> None:
         self._core = core
-        self._ttl = ttl
-        self._negative_ttl = negative_ttl
-        self._max_entries = max_entries
-        self._known: dict[str, tuple[Principal, float]] = {}
-        self._unknown: dict[str, float] = {}
+        self._answers = KeyAnswers(ttl=ttl, negative_ttl=negative_ttl, max_entries=max_entries)
 
     async def authenticate(self, token: str | None) -> Principal:
-        if not token:
-            raise Unauthenticated(MISSING_KEY)
-        if parse_key_id(token) is None:
-            raise Unauthenticated(INVALID_KEY)
-        digest = token_digest(token)
-        now = time.monotonic()
-        known = self._known.get(digest)
-        if known is not None and known[1] > now:
-            return known[0]
-        unknown_until = self._unknown.get(digest)
-        if unknown_until is not None and unknown_until > now:
-            raise Unauthenticated(INVALID_KEY)
+        key_id, digest = credentials(token)
+        cached = self._answers.lookup(digest)
+        if cached is not None:
+            return cached
         try:
             reply = await self._core.call(
                 self._core.callers.GetCaller,
-                pb.GetCallerRequest(token=token),
+                pb.GetCallerRequest(key_id=key_id, token_sha256=digest),
                 name="GetCaller",
                 on_behalf_of=None,
                 idempotent=True,
             )
         except Unauthenticated:
-            remember(self._unknown, digest, now + self._negative_ttl, self._max_entries)
+            self._answers.unknown(digest)
             raise
         principal = Principal(
             key_id=reply.key_id,
-            scopes=frozenset(Scope(s) for s in reply.scopes if s in Scope._value2member_map_),
+            scopes=frozenset(_scopes(reply.scopes)),
             api_version=reply.api_version,
             plan=reply.plan,
+            token_sha256=digest,
         )
-        remember(self._known, digest, (principal, now + self._ttl), self._max_entries)
+        self._answers.known(digest, principal)
         return principal
+
+
+def _scopes(names: Iterable[str]) -> Iterator[Scope]:
+    for name in names:
+        try:
+            yield Scope(name)
+        except ValueError:
+            continue  # a scope a newer core knows and this edge does not: it grants nothing here

@@ -7,6 +7,7 @@ attributes (`attributes.prefs.theme`), and the core rebuilds the same merge patc
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ _OptionalText = Literal["display_name", "bio", "avatar_url", "locale", "timezone
 _OPTIONAL_TEXT: tuple[_OptionalText, ...] = ("display_name", "bio", "avatar_url", "locale", "timezone")
 _TOP_LEVEL = frozenset(("handle", "emails", "links", "attributes", *_OPTIONAL_TEXT))
 _PLAIN_SEGMENT = re.compile(r"^[A-Za-z0-9_]+$")
+# As REST: documents nested at most 32 deep (attributes one level less), masks of few paths.
+MAX_NESTING = 32
+MAX_MASK_PATHS = 1_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # One encoder for every call: json.dumps with options builds a new encoder each time.
 _compact_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -93,7 +97,8 @@ def document_message(document: JSONValue) -> pb.Profile:
     _refuse_uncarriable(document)
     message = pb.Profile()
     for name, value in document.items():
-        _set_field(message, name, value)
+        if value is not None:  # an optional field sent as null is a field left unset
+            _set_field(message, name, value)
     return message
 
 
@@ -141,22 +146,38 @@ def patch_from_message(message: pb.Profile, mask: FieldMask) -> JSONObject:
     patch: JSONObject = {}
     document = document_from_message(message)
     attribute_values = document.get("attributes")
-    for path in mask.paths:
-        segments = _split(path)
+    for segments in _mask_paths(mask):
         name = segments[0]
-        if name not in _TOP_LEVEL:
-            raise ValidationFailed([FieldError(f"/{name}", "unknown field")])
         if name == "attributes" and len(segments) > 1:
             value = _get(attribute_values, segments[1:])
             nested = patch.setdefault("attributes", {})
-            if not isinstance(nested, dict):
-                raise ValidationFailed([FieldError("/attributes", "named whole and in part by the mask")])
+            assert isinstance(nested, dict)  # `_mask_paths` refuses "attributes" beside "attributes.x"
             _put(nested, segments[1:], value)
         elif name in ("handle", "emails", "links"):
             patch[name] = document[name]
         else:
             patch[name] = document.get(name)
     return patch
+
+
+def _mask_paths(mask: FieldMask) -> list[list[str]]:
+    """The mask's paths as segments; `ValidationFailed` for unknown fields, paths into a field
+    that has no parts, too many or too deep paths, and paths that overlap (`a` and `a.b`)."""
+    if len(mask.paths) > MAX_MASK_PATHS:
+        raise ValidationFailed([FieldError("/update_mask", f"at most {MAX_MASK_PATHS} paths")])
+    paths = [_split(path) for path in mask.paths]
+    for segments in paths:
+        if segments[0] not in _TOP_LEVEL:
+            raise ValidationFailed([FieldError(f"/{segments[0]}", "unknown field")])
+        if len(segments) > 1 and segments[0] != "attributes":
+            raise ValidationFailed([FieldError("/update_mask", f"`{segments[0]}` has no parts to name")])
+        if len(segments) > MAX_NESTING:
+            raise ValidationFailed([FieldError("/update_mask", f"paths of at most {MAX_NESTING} parts")])
+    ordered = sorted(tuple(segments) for segments in paths)
+    for shorter, longer in itertools.pairwise(ordered):
+        if longer[: len(shorter)] == shorter:
+            raise ValidationFailed([FieldError("/update_mask", "paths overlap: name a field once")])
+    return paths
 
 
 def _leaves(value: JSONObject, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], JSONValue]]:
@@ -302,9 +323,27 @@ def _set_field(message: pb.Profile, name: str, value: JSONValue) -> None:
 def _json(text: str, location: str) -> JSONValue:
     try:
         value: JSONValue = json.loads(text)
-    except ValueError:
-        raise ValidationFailed([FieldError(location, "must be JSON")]) from None
+    except (ValueError, RecursionError):  # the decoder recurses once per nesting level
+        raise ValidationFailed(
+            [FieldError(location, "must be JSON, nested at most a few hundred deep")]
+        ) from None
+    if _deeper_than(value, MAX_NESTING - 1):
+        raise ValidationFailed([FieldError(location, f"nested deeper than {MAX_NESTING - 1} levels")])
     return value
+
+
+def _deeper_than(value: JSONValue, limit: int) -> bool:
+    """Iterative, so that a hostile value cannot exhaust the stack while being measured."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _set_timestamp(stamp: Timestamp, value: datetime) -> None:

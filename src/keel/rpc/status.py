@@ -26,6 +26,7 @@ from keel.domain.errors import (
     IdempotencyKeyReused,
     KeelError,
     NotFound,
+    OutcomeUnknown,
     QuotaExceeded,
     Unauthenticated,
     Unavailable,
@@ -35,6 +36,31 @@ from keel.domain.errors import (
 
 DOMAIN = "keel"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Bounds on what an error carries in the trailers (see `message`); with them an error always
+# fits the metadata limit both ends set (`MAX_METADATA_BYTES`).
+MAX_MESSAGE_CHARS = 2_000
+MAX_FIELD_VIOLATIONS = 1_000
+MAX_METADATA_BYTES = 1024 * 1024
+# The largest message either end accepts: 500 profiles of up to 64 KiB each, and some room.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class CoreUnreachable(Unavailable):
+    """The call did not reach the core, or its answer did not come back: the network, the
+    core's process, a proxy. Safe to retry for calls that are idempotent."""
+
+
+class CoreTimedOut(DeadlineExceeded):
+    """No answer from the core within the deadline; whether it did the work is not known."""
+
+
+class EdgeRejected(Unavailable):
+    """The core refused the edge's own key (revoked, or without the `edge` scope): no caller of
+    that edge can be served until an operator fixes the edge's configuration. To the edge's
+    callers this is the service being unavailable, not their key being wrong."""
+
+    code = "edge-rejected"
+
 
 _STATUS: dict[type[KeelError], grpc.StatusCode] = {
     ValidationFailed: grpc.StatusCode.INVALID_ARGUMENT,
@@ -46,6 +72,7 @@ _STATUS: dict[type[KeelError], grpc.StatusCode] = {
     ConcurrentModification: grpc.StatusCode.ABORTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,
+    EdgeRejected: grpc.StatusCode.UNAUTHENTICATED,
     QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -62,11 +89,6 @@ _PLAIN: dict[str, type[KeelError]] = {
         Forbidden,
     )
 }
-
-
-class CoreUnreachable(Unavailable):
-    """The call did not reach the core, or its answer did not come back: the network, the
-    core's process, a proxy. Safe to retry for calls that are idempotent."""
 
 
 def reason(error: KeelError) -> str:
@@ -88,11 +110,14 @@ def to_status(error: KeelError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     details: list[object] = []
     retry_after: float | None = None
     if isinstance(error, ValidationFailed):
+        shown = error.errors[:MAX_FIELD_VIOLATIONS]
+        if len(error.errors) > len(shown):
+            shown = [*shown, FieldError("", f"and {len(error.errors) - len(shown)} more errors")]
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(field=e.field, description=e.message)
-                    for e in error.errors
+                    for e in shown
                 ]
             )
         )
@@ -125,9 +150,16 @@ def to_status(error: KeelError) -> tuple[grpc.StatusCode, status_pb2.Status]:
         )
     info = error_details_pb2.ErrorInfo(reason=reason(error), domain=DOMAIN, metadata=metadata)
     status = status_pb2.Status(
-        code=code.value[0], message=error.detail, details=[_pack(info), *map(_pack, details)]
+        code=code.value[0], message=message(error), details=[_pack(info), *map(_pack, details)]
     )
     return code, status
+
+
+def message(error: KeelError) -> str:
+    """The error's detail, bounded: it travels in the trailers (twice: as `grpc-message` and in
+    the status details), whose size gRPC limits."""
+    detail = error.detail
+    return detail if len(detail) <= MAX_MESSAGE_CHARS else detail[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -175,6 +207,10 @@ def from_status(
             return VersionMismatch(message, current_version=int(current) if current else None)
         case "QUOTA_EXCEEDED":
             return QuotaExceeded(message, wait, tuple(policies))
+        case "OUTCOME_UNKNOWN":
+            return OutcomeUnknown(message, wait)
+        case "EDGE_REJECTED":
+            return EdgeRejected(message, wait)
         case "TEMPORARY_REDUCED_CAPACITY":
             return CapacityReduced(message, wait)
         case "DEADLINE_EXCEEDED":
@@ -187,7 +223,7 @@ def from_status(
 
 def _transport_error(code: grpc.StatusCode, message: str) -> KeelError:
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded("The core did not answer within the request's deadline.")
+        return CoreTimedOut("The core did not answer within the request's deadline.")
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated("The API key is not valid.")
     if code is grpc.StatusCode.UNAVAILABLE:

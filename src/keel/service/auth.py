@@ -85,13 +85,48 @@ async def list_api_keys(store: Store) -> list[ApiKey]:
         return await uow.api_keys.list_all()
 
 
-class Authenticator:
-    """Resolves bearer tokens to principals, caching both answers in process.
+class KeyAnswers:
+    """What API keys turned out to be, kept in process by token digest: known keys for `ttl`
+    seconds (so a revocation takes at most that long to be seen), unknown ones for
+    `negative_ttl`, kept apart so that a flood of garbage tokens can only evict other garbage."""
 
-    A cached key is trusted for `ttl` seconds, so a revocation takes at most that long to be
-    seen by every process. Unknown tokens are remembered briefly too, so that a client sending
-    garbage cannot turn each request into a database read.
-    """
+    def __init__(self, *, ttl: float, negative_ttl: float, max_entries: int) -> None:
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_entries = max_entries
+        self._known: dict[str, tuple[Principal, float]] = {}
+        self._unknown: dict[str, float] = {}
+
+    def lookup(self, digest: str) -> Principal | None:
+        """The principal, None when not known; `Unauthenticated` when known to be invalid."""
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
+        unknown_until = self._unknown.get(digest)
+        if unknown_until is not None and unknown_until > now:
+            raise Unauthenticated(INVALID_KEY)
+        return None
+
+    def known(self, digest: str, principal: Principal) -> None:
+        remember(self._known, digest, (principal, time.monotonic() + self._ttl), self._max_entries)
+
+    def unknown(self, digest: str) -> None:
+        remember(self._unknown, digest, time.monotonic() + self._negative_ttl, self._max_entries)
+
+
+def credentials(token: str | None) -> tuple[str, str]:
+    """A bearer token's key id and digest; `Unauthenticated` when missing or malformed."""
+    if not token:
+        raise Unauthenticated(MISSING_KEY)
+    key_id = parse_key_id(token)
+    if key_id is None:
+        raise Unauthenticated(INVALID_KEY)  # malformed: no lookup, no caching
+    return key_id, token_digest(token)
+
+
+class Authenticator:
+    """Resolves API keys to principals, caching both answers in process (`KeyAnswers`)."""
 
     def __init__(
         self,
@@ -102,52 +137,23 @@ class Authenticator:
         max_entries: int = 10_000,
     ) -> None:
         self._store = store
-        self._ttl = ttl
-        self._negative_ttl = negative_ttl
-        self._max_entries = max_entries
-        # Kept apart, so that a flood of unknown tokens can only evict other unknown tokens.
-        self._known: dict[str, tuple[Principal, float]] = {}
-        self._unknown: dict[str, float] = {}
-        self._by_key_id: dict[str, tuple[Principal | None, float]] = {}
+        self._answers = KeyAnswers(ttl=ttl, negative_ttl=negative_ttl, max_entries=max_entries)
 
     async def authenticate(self, token: str | None) -> Principal:
-        if not token:
-            raise Unauthenticated(MISSING_KEY)
-        key_id = parse_key_id(token)
-        if key_id is None:
-            raise Unauthenticated(INVALID_KEY)  # malformed: no lookup, no caching
-        digest = token_digest(token)
-        now = time.monotonic()
-        known = self._known.get(digest)
-        if known is not None and known[1] > now:
-            return known[0]
-        unknown_until = self._unknown.get(digest)
-        if unknown_until is not None and unknown_until > now:
-            raise Unauthenticated(INVALID_KEY)
+        return await self.resolve(*credentials(token))
+
+    async def resolve(self, key_id: str, digest: str) -> Principal:
+        """The principal of the key `key_id` whose token has SHA-256 `digest`: how a bearer
+        token is checked, and how an edge proves the key it acts for without sending it."""
+        cached = self._answers.lookup(digest)
+        if cached is not None:
+            return cached
         principal = await self._load(key_id, digest)
         if principal is None:
-            remember(self._unknown, digest, now + self._negative_ttl, self._max_entries)
+            self._answers.unknown(digest)
             raise Unauthenticated(INVALID_KEY)
-        remember(self._known, digest, (principal, now + self._ttl), self._max_entries)
-        # An edge resolves a token once, then acts for its key by id: one lookup serves both.
-        remember(self._by_key_id, principal.key_id, (principal, now + self._ttl), self._max_entries)
+        self._answers.known(digest, principal)
         return principal
-
-    async def principal_of(self, key_id: str) -> Principal:
-        """The principal of a key an edge has already authenticated (the edge vouches for the
-        secret). Cached like tokens; `Unauthenticated` when the key is unknown or revoked."""
-        now = time.monotonic()
-        cached = self._by_key_id.get(key_id)
-        if cached is None or cached[1] <= now:
-            async with self._store.unit_of_work(read_only=True) as uow:
-                key = await uow.api_keys.get(key_id)
-            principal = _principal(key) if key is not None and key.revoked_at is None else None
-            ttl = self._ttl if principal is not None else self._negative_ttl
-            cached = (principal, now + ttl)
-            remember(self._by_key_id, key_id, cached, self._max_entries)
-        if cached[0] is None:
-            raise Unauthenticated("The API key the edge acts for is not valid.")
-        return cached[0]
 
     async def _load(self, key_id: str, digest: str) -> Principal | None:
         async with self._store.unit_of_work(read_only=True) as uow:
@@ -155,11 +161,7 @@ class Authenticator:
         # Constant-time comparison: the hash must not leak through response timing.
         if key is None or key.revoked_at is not None or not hmac.compare_digest(key.secret_hash, digest):
             return None
-        return _principal(key)
-
-
-def _principal(key: ApiKey) -> Principal:
-    return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)
+        return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)
 
 
 def remember(cache: dict[str, _V], digest: str, value: _V, max_entries: int) -> None:

@@ -22,6 +22,13 @@ ExpectedVersion = int | frozenset[int] | None
 MAX_PAGE_SIZE = 100
 MAX_IDS_PER_QUERY = 100
 MAX_IDS_PER_BATCH = 500
+IDEMPOTENCY_KEY_RULE = "1-255 printable ASCII characters"
+
+
+def valid_idempotency_key(value: str) -> bool:
+    """An idempotency key (REST's `Idempotency-Key`, gRPC's `request_id`) is stored and compared
+    as given: keep it short and printable."""
+    return 1 <= len(value) <= 255 and value.isascii() and value.isprintable()
 
 
 @dataclass(frozen=True, slots=True)

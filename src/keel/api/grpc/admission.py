@@ -1,13 +1,15 @@
 """Who is calling, and whether the call may run: the gRPC counterpart of the REST admission.
 
 The caller is the API key in the `authorization` metadata. A key with the `edge` scope may
-name, in `keel-on-behalf-of`, the key of a caller it has authenticated; the call then runs as
-that caller, and is not charged to its quota again (the edge charged it). Everything else is
+name, in `keel-on-behalf-of`, the key of a caller it has authenticated, with the SHA-256 of the
+caller's token as proof (`keel-on-behalf-of-sha256`); the call then runs as that caller, and is
+not charged to its quota again (the edge charged it). Everything else is
 charged to the same per-client limits as REST, and shed under the same adaptive limit.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -16,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from keel.domain.api_keys import Principal, Scope
-from keel.domain.errors import CapacityReduced, QuotaExceeded, Unauthenticated
+from keel.domain.errors import CapacityReduced, Forbidden, QuotaExceeded, Unauthenticated
 from keel.resilience.load_shedder import Priority
+from keel.rpc.metadata import EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256
+from keel.rpc.status import EdgeRejected
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
 
-ON_BEHALF_OF = "keel-on-behalf-of"
 _SERVICE = "/keel.profiles.v1.ProfileService/"
 
 
@@ -104,19 +107,28 @@ class Admission:
             _principal.reset(token)
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Principal, bool]:
-        """The principal the call runs as, and whether an edge vouched for it."""
+        """The principal the call runs as, and whether an edge vouched for it (and charged it)."""
+        from_edge = _metadata(context, EDGE) is not None
         authorization = _metadata(context, "authorization") or ""
         scheme, _, token = authorization.partition(" ")
-        principal = await self._authenticator.authenticate(
-            token.strip() if scheme.lower() == "bearer" else None
-        )
+        try:
+            principal = await self._authenticator.authenticate(
+                token.strip() if scheme.lower() == "bearer" else None
+            )
+        except Unauthenticated as error:
+            if from_edge:
+                raise EdgeRejected(f"The edge's own API key was refused: {error.detail}") from None
+            raise
+        if from_edge and not principal.can(Scope.EDGE):
+            raise EdgeRejected(f"The edge's API key lacks the `{Scope.EDGE}` scope.")
         on_behalf_of = _metadata(context, ON_BEHALF_OF)
         if on_behalf_of is None:
             # An edge's own calls (resolving its callers' keys) were charged at the edge.
             return principal, principal.can(Scope.EDGE)
         if not principal.can(Scope.EDGE):
-            raise Unauthenticated(f"Only an edge key may send `{ON_BEHALF_OF}`.")
-        return await self._authenticator.principal_of(on_behalf_of), True
+            raise Forbidden(f"Only a key with the `{Scope.EDGE}` scope may send `{ON_BEHALF_OF}`.")
+        proof = _metadata(context, ON_BEHALF_OF_SHA256) or ""
+        return await self._authenticator.resolve(on_behalf_of, proof), True
 
     async def _shed_or_run(self, operation: Operation, call: Callable[[], Awaitable[Any]]) -> Any:
         shedder = self._keel.shedder
@@ -124,7 +136,9 @@ class Admission:
             return await call()
         admitted_at = shedder.try_admit(operation.priority)
         if admitted_at is None:
-            raise CapacityReduced("The service is shedding load; retry after the indicated time.", 1.0)
+            # Jittered, as REST's: refused callers must not all come back in the same second.
+            wait = float(random.randint(1, 3))  # noqa: S311 - jitter, not security
+            raise CapacityReduced("The service is shedding load; retry after the indicated time.", wait)
         succeeded = False
         try:
             result = await call()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
@@ -22,12 +23,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from keel.api.grpc.admission import Admission
 from keel.api.grpc.encoded import passing_encoded
 from keel.api.grpc.servicers import CallerServicer, ProfileServicer
-from keel.domain.errors import KeelError
-from keel.observability.context import RequestContext, request_context_var
+from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExceeded, ValidationFailed
+from keel.observability.context import RequestContext, request_context_var, valid_request_id
+from keel.observability.sampled_log import SampledLog
 from keel.profiles.v1 import profiles_pb2 as pb
 from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
 from keel.resilience.deadline import deadline_in
-from keel.rpc.status import STATUS_DETAILS_KEY, to_status
+from keel.rpc.metadata import REQUEST_ID
+from keel.rpc.status import MAX_MESSAGE_BYTES, MAX_METADATA_BYTES, STATUS_DETAILS_KEY, to_status
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
@@ -39,7 +42,7 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["CallerService"].full_name,
 )
 _HEALTH_POLL_SECONDS = 2.0
-_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_refusal_log = SampledLog("keel.grpc")
 
 
 class KeelInterceptor(grpc.aio.ServerInterceptor):
@@ -62,24 +65,25 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None or not method.startswith("/keel."):
             return handler  # health and reflection: never limited, never shed
         behaviour = handler.unary_unary
+        deserialize: Any = handler.request_deserializer
+        serialize = passing_encoded(handler.response_serializer)
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await self._serve(method, request, context, behaviour)
+        async def observed(request: bytes, context: Any) -> Any:
+            return await self._serve(
+                method, context, lambda: behaviour(_parsed(deserialize, request), context)
+            )
 
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=passing_encoded(handler.response_serializer),
-        )
+        # Requests arrive as bytes and are parsed inside the call: a malformed one is then an
+        # INVALID_ARGUMENT answered like any other error, not an UNKNOWN logged by gRPC itself.
+        wrapped = grpc.unary_unary_rpc_method_handler(observed, response_serializer=serialize)
         self._handlers[method] = wrapped  # one per method, built on its first call
         return wrapped
 
     async def _serve(
         self,
         method: str,
-        request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
-        behaviour: Callable[[Any, Any], Any],
+        behaviour: Callable[[], Any],
     ) -> Any:
         keel = self._keel
         started = time.perf_counter()
@@ -90,12 +94,13 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         parent = _propagator.extract(carrier) if carrier else None
         span = keel.tracer.start_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER)
         trace_id = format(span.get_span_context().trace_id, "032x")
-        request_id = metadata.get("x-request-id", "")
-        if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        request_id = metadata.get(REQUEST_ID, "")
+        if not valid_request_id(request_id):
             request_id = trace_id
         otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         context_token = request_context_var.set(RequestContext(request_id, trace_id))
         code = grpc.StatusCode.OK
+        refused = False
         # The caller's deadline, within the server's own limit: the database call gets what is left.
         remaining = context.time_remaining()
         timeout = keel.settings.request_timeout_seconds
@@ -104,11 +109,14 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         try:
             try:
                 with deadline_in(timeout):
-                    return await self._admission.run(method, context, lambda: behaviour(request, context))
+                    return await self._admission.run(method, context, behaviour)
             except KeelError as error:
                 code, status = to_status(error)
+                refused = isinstance(error, QuotaExceeded | CapacityReduced)
                 await context.abort(
-                    code, error.detail, trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),)
+                    code,
+                    status.message,
+                    trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
                 )
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -134,7 +142,10 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
                 if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
                     span.set_status(Status(StatusCode.ERROR))
             span.end()
-            if keel.settings.access_log:
+            if refused:
+                # Refusals come by the thousand from an abuser: sampled, as REST's are.
+                _refusal_log.warning("rpc_refused", method=method, code=code.name)
+            elif keel.settings.access_log:
                 _log.info("rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3))
             request_context_var.reset(context_token)
             otel_context.detach(otel_token)
@@ -152,19 +163,31 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         return series
 
 
+def _parsed(deserialize: Callable[[bytes], Any], request: bytes) -> Any:
+    try:
+        return deserialize(request)
+    except DecodeError:
+        raise ValidationFailed(
+            [FieldError("", "not a valid Protocol Buffers message of this method")]
+        ) from None
+
+
 async def _report_health(keel: Keel, servicer: health.aio.HealthServicer) -> None:
     """The standard health service says SERVING exactly when /readyz says ready."""
+    ready = False
+    try:
+        ready, _ = await keel.readiness()
+    except Exception:  # noqa: BLE001 - a failing check is "not serving", whatever failed
+        ready = False
+    status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        await servicer.set(name, status)
+
+
+async def _keep_reporting_health(keel: Keel, servicer: health.aio.HealthServicer) -> None:
     while True:
-        try:
-            ready, _ = await keel.readiness()
-        except Exception:  # noqa: BLE001 - a failing check is "not serving", whatever failed
-            ready = False
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICE_NAMES):
-            await servicer.set(name, status)
         await asyncio.sleep(_HEALTH_POLL_SECONDS)
+        await _report_health(keel, servicer)
 
 
 class GrpcServer:
@@ -175,8 +198,9 @@ class GrpcServer:
         self.server = grpc.aio.server(
             interceptors=[KeelInterceptor(keel)],
             options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -191,8 +215,10 @@ class GrpcServer:
         self._reporter: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Health answers from the first call on, and only says SERVING once readiness was seen.
+        await _report_health(self._keel, self._health)
         await self.server.start()
-        self._reporter = asyncio.create_task(_report_health(self._keel, self._health))
+        self._reporter = asyncio.create_task(_keep_reporting_health(self._keel, self._health))
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         if self._reporter is not None:

@@ -14,7 +14,13 @@ from keel.domain.errors import FieldError, Forbidden, ValidationFailed
 from keel.profiles.v1 import profiles_pb2 as pb
 from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
 from keel.rpc.messages import document_from_message, patch_from_message, profile_message
-from keel.service.use_cases import ExpectedVersion, ListFilters
+from keel.service.use_cases import (
+    IDEMPOTENCY_KEY_RULE,
+    MAX_PAGE_SIZE,
+    ExpectedVersion,
+    ListFilters,
+    valid_idempotency_key,
+)
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
@@ -32,8 +38,8 @@ def request_id(value: str) -> str | None:
     """The idempotency key a create carries, checked like REST's `Idempotency-Key`."""
     if not value:
         return None
-    if not (len(value) <= 255 and value.isascii() and value.isprintable()):
-        raise ValidationFailed([FieldError("/request_id", "1-255 printable ASCII characters")])
+    if not valid_idempotency_key(value):
+        raise ValidationFailed([FieldError("/request_id", IDEMPOTENCY_KEY_RULE)])
     return value
 
 
@@ -111,6 +117,10 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
             ids=tuple(request.ids.ids) if request.HasField("ids") else None,
         )
         principal = caller()
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise ValidationFailed(
+                [FieldError("/page_size", f"between 0 (the default, 20) and {MAX_PAGE_SIZE}")]
+            )
         page = await self._profiles.list_profiles(
             principal,
             filters,
@@ -129,10 +139,10 @@ class CallerServicer(pb_grpc.CallerServiceServicer):
 
     async def GetCaller(self, request: pb.GetCallerRequest, context: Context) -> pb.GetCallerResponse:
         principal = caller()
-        if request.token:
+        if request.key_id or request.token_sha256:
             if not principal.can(Scope.EDGE):
                 raise Forbidden(f"Only a key with the `{Scope.EDGE}` scope may resolve other keys.")
-            principal = await self._authenticator.authenticate(request.token)
+            principal = await self._authenticator.resolve(request.key_id, request.token_sha256)
         return pb.GetCallerResponse(
             key_id=principal.key_id,
             scopes=sorted(principal.scopes),

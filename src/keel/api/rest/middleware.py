@@ -20,18 +20,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.rest.admission import REJECTED_SCOPE_KEY
 from keel.api.rest.problems import problem_response
-from keel.observability.context import RequestContext, request_context_var
+from keel.observability.context import RequestContext, request_context_var, valid_request_id
 from keel.observability.metrics import Metrics
 from keel.resilience.deadline import deadline_in
 
 _propagator = TraceContextTextMapPropagator()
 _log = structlog.get_logger("keel.access")
 _UNMATCHED = "unmatched"
-
-
-def _valid_request_id(value: str) -> bool:
-    # Echoed into logs and headers: keep it short and printable so it cannot forge log lines.
-    return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
 
 
 def _timeout_seconds(value: bytes) -> float | None:
@@ -86,7 +81,7 @@ class RequestEnvelope:
         span = keel.tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
         span_context = span.get_span_context()
         trace_id = format(span_context.trace_id, "032x")
-        if not _valid_request_id(request_id):
+        if not valid_request_id(request_id):
             request_id = trace_id  # one id to quote for the request when the caller sent none
         otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         context_token = request_context_var.set(RequestContext(request_id, trace_id))

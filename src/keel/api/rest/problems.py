@@ -25,6 +25,7 @@ from keel.domain.errors import (
     IdempotencyKeyReused,
     KeelError,
     NotFound,
+    OutcomeUnknown,
     QuotaExceeded,
     Unauthenticated,
     Unavailable,
@@ -48,6 +49,7 @@ _KINDS: dict[type[KeelError], tuple[int, str]] = {
     Forbidden: (403, "Forbidden"),
     Unavailable: (503, "Service unavailable"),
     CapacityReduced: (503, "Temporarily reduced capacity"),
+    OutcomeUnknown: (504, "Outcome unknown"),
     QuotaExceeded: (429, "Quota exceeded"),
 }
 # Starlette-level errors (routing, methods) that are not domain errors.

@@ -17,7 +17,7 @@ from keel.api.rest.mapping import etag, etag_matches, profile_document, version_
 from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profile_reads import ProfileRead
-from keel.service.use_cases import ListFilters
+from keel.service.use_cases import IDEMPOTENCY_KEY_RULE, ListFilters, valid_idempotency_key
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
@@ -43,8 +43,8 @@ router = VersionedAPIRouter(prefix="/v1", tags=["profiles"])
 
 
 def _idempotency_key(value: str | None) -> str | None:
-    if value is not None and not (1 <= len(value) <= 255 and value.isascii() and value.isprintable()):
-        raise ValidationFailed([FieldError("/headers/Idempotency-Key", "1-255 printable ASCII characters")])
+    if value is not None and not valid_idempotency_key(value):
+        raise ValidationFailed([FieldError("/headers/Idempotency-Key", IDEMPOTENCY_KEY_RULE)])
     return value
 
 

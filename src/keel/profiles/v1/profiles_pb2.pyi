@@ -3,7 +3,7 @@
 isort:skip_file
 Keel's internal API over profiles: the same use cases as REST and GraphQL, for services
 that call Keel from inside the network, and for Keel's own edge (REST + GraphQL) when it
-runs apart from its core. Follows Google's API design guide and buf's STANDARD lint.
+runs apart from its core. Follows Google's API design guide and buf's style guide.
 
 Authentication: every call carries `authorization: Bearer keel_...` in its metadata.
 Errors: canonical status codes, with a google.rpc.Status in the `grpc-status-details-bin`
@@ -506,19 +506,22 @@ Global___ListProfilesResponse: _TypeAlias = ListProfilesResponse  # noqa: Y015
 class GetCallerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    TOKEN_FIELD_NUMBER: _builtins.int
-    token: _builtins.str
-    """Set only by an edge deployment's key (scope "edge"): resolve this token instead of the
-    caller's own.
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_SHA256_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Set only by an edge deployment's key (scope "edge"), to resolve a key its caller presented
+    instead of its own: the key's id and the SHA-256 (hex) of the whole token, never the token.
     """
+    token_sha256: _builtins.str
     def __init__(
         self,
         *,
-        token: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        token_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "token_sha256", b"token_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

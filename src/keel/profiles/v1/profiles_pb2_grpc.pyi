@@ -3,7 +3,7 @@
 isort:skip_file
 Keel's internal API over profiles: the same use cases as REST and GraphQL, for services
 that call Keel from inside the network, and for Keel's own edge (REST + GraphQL) when it
-runs apart from its core. Follows Google's API design guide and buf's STANDARD lint.
+runs apart from its core. Follows Google's API design guide and buf's style guide.
 
 Authentication: every call carries `authorization: Bearer keel_...` in its metadata.
 Errors: canonical status codes, with a google.rpc.Status in the `grpc-status-details-bin`
