@@ -19,6 +19,10 @@ Try:
     -H "Authorization: Bearer ${token}" -H "Content-Type: application/json" \\
     -d '{"handle": "ada_l", "emails": [{"address": "ada@example.com", "primary": true}]}'
   curl -s http://127.0.0.1:${port}/v1/profiles -H "Authorization: Bearer ${token}"
+  curl -s http://127.0.0.1:${port}/graphql -H "Authorization: Bearer ${token}" \
+    -H "Content-Type: application/json" -d '{"query": "{ profiles(first: 5) { edges { node { id handle } } } }"}'
+
+(gRPC too: KEEL_GRPC_PORT=50051 ./scripts/run.sh; see the README.)
 
 TXT
 exec keel serve --port "$port"
