@@ -76,7 +76,8 @@ async def test_kill_switches_leave_graphql_working_without_limits(sqlite_url: st
     assert {r.status_code for r in responses} == {200}
     body = responses[-1].json()
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
-    assert body["extensions"]["cost"] == {"requested": 1, "actual": 0, "remaining": None}
+    # Charged at least one unit, like REST's cheapest request, even with no use case called.
+    assert body["extensions"]["cost"] == {"requested": 1, "actual": 1, "remaining": None}
     assert "ratelimit" not in responses[-1].headers
 
 
@@ -93,8 +94,14 @@ async def test_lists_are_shed_first_under_load(sqlite_url: str) -> None:
     # Eight requests in flight: lists may use 80 % of the limit of 10, so they are shed.
     busy = [shedder.try_admit(Priority.CRITICAL) for _ in range(8)]
     lists = {"query": "{ profiles(first: 5) { totalCount } }"}
+    in_fragment = {"query": "{ ...L } fragment L on Query { profiles(first: 5) { totalCount } }"}
+    inline = {"query": "{ ... on Query { profiles(first: 5) { totalCount } } }"}
     async with api.client:
         shed = await api.client.post("/graphql", json=lists, headers=api.reader)
+        # A list written in a fragment is still a list.
+        wrapped = [
+            await api.client.post("/graphql", json=q, headers=api.reader) for q in (in_fragment, inline)
+        ]
         single = await api.client.post("/graphql", json={"query": VIEWER}, headers=api.reader)
         for admitted_at in busy:
             assert admitted_at is not None
@@ -102,6 +109,7 @@ async def test_lists_are_shed_first_under_load(sqlite_url: str) -> None:
         after = await api.client.post("/graphql", json=lists, headers=api.reader)
     await deployment.close()
     assert shed.status_code == 503
+    assert [r.status_code for r in wrapped] == [503, 503]
     assert shed.headers["retry-after"] == "1"
     assert [e["extensions"]["code"] for e in shed.json()["errors"]] == ["UNAVAILABLE"]
     assert single.status_code == 200  # a single read is critical, as in REST

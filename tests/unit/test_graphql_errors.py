@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphql import GraphQLError
+from graphql import GraphQLError, parse
 
 from keel.api.graphql.errors import error_code, format_error
 from keel.domain.errors import (
@@ -81,3 +81,15 @@ def test_unexpected_exceptions_are_masked() -> None:
     assert formatted["message"] == "Internal error; it has been logged."
     assert formatted["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
     assert "SELECT" not in str(formatted)
+
+
+def test_an_argument_graphql_core_refuses_is_the_clients_mistake() -> None:
+    # graphql-core points at the argument's value in the document (here the `$n` variable).
+    document = parse("query Q($n: Int) { profiles(first: $n) { totalCount } }")
+    value = document.definitions[0].selection_set.selections[0].arguments[0].value  # type: ignore[attr-defined]
+    refused = GraphQLError("Argument 'first' of non-null type 'Int!' must not be null.", value)
+    formatted = format_error(located(refused), during_execution=True)
+    assert formatted["extensions"] == {"code": "BAD_USER_INPUT"}
+    # A value Keel produced and could not serialize has no location: a bug, masked.
+    unserializable = format_error(located(GraphQLError("Int cannot represent 2**40")), during_execution=True)
+    assert unserializable["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from graphql import OperationDefinitionNode, build_schema, get_operation_ast, parse
+from graphql import OperationDefinitionNode, build_schema, get_introspection_query, get_operation_ast, parse
 
-from keel.api.graphql.limits import LimitExceeded, Limits, check_shape, count_aliases, operation_cost
+from keel.api.graphql.cache import BoundedLRU
+from keel.api.graphql.limits import (
+    LimitExceeded,
+    Limits,
+    check_merged_fields,
+    check_shape,
+    count_aliases,
+    operation_cost,
+)
 from keel.api.graphql.observability import OperationLabels
 from keel.api.graphql.persisted import PersistedQueries, query_hash
 from keel.api.graphql.schema import build_schema as build_keel_schema
@@ -39,7 +47,8 @@ def operation(query: str) -> tuple[object, OperationDefinitionNode]:
 
 def cost(query: str, variables: dict[str, object] | None = None, schema: object = KEEL, **kw: object) -> int:
     document, op = operation(query)
-    return operation_cost(schema, document, op, variables or {}, DEFAULT_COSTS, LIMITS, **kw)  # type: ignore[arg-type]
+    price = operation_cost(schema, document, op, variables or {}, DEFAULT_COSTS, LIMITS, **kw)  # type: ignore[arg-type]
+    return price.requested
 
 
 def test_costs_are_priced_like_rest() -> None:
@@ -50,6 +59,17 @@ def test_costs_are_priced_like_rest() -> None:
     assert cost('{ profileByHandle(handle: "x") { id } }') == DEFAULT_COSTS["profiles.list"]
     mutation = 'mutation { createProfile(input: {handle: "h", emails: []}) { replayed } }'
     assert cost(mutation) == DEFAULT_COSTS["profiles.create"]
+
+
+def test_introspection_is_priced_and_not_refundable() -> None:
+    whole = "{ __schema { types { name } } }"
+    assert cost(whole) == DEFAULT_COSTS["profiles.list"]
+    aliased = "{ " + " ".join(f"s{n}: __schema {{ types {{ name }} }}" for n in range(15)) + " }"
+    assert cost(aliased) == 15 * DEFAULT_COSTS["profiles.list"]
+    document, op = operation('{ __type(name: "Query") { name } __typename profile(id: "a") { id } }')
+    price = operation_cost(KEEL, document, op, {}, DEFAULT_COSTS, LIMITS)  # type: ignore[arg-type]
+    # Only the introspection is spent whatever happens; the lookup may be batched or refunded.
+    assert (price.requested, price.fixed) == (2, 1)
 
 
 def test_connection_sizes_multiply_through_the_tree() -> None:
@@ -129,7 +149,67 @@ def test_persisted_queries_are_bounded_least_recently_used_first() -> None:
     assert len(store) == 2
     assert store.get(query_hash("{ b }")) is None
     assert store.get(query_hash("{ a }")) == "{ a }"
-    assert (
-        query_hash("{ a }") == "a0b8ad3c2f8e0dfc0c0a8aa1e4b89b0cf5e3c4f4bdd2db7d3f1bd2b9ee3b3c1b"
-        or len(query_hash("x")) == 64
-    )
+
+
+def test_persisted_query_hashes_are_apollos() -> None:
+    # The lowercase hex sha256 of the query's UTF-8 text, as Apollo's clients compute it.
+    assert query_hash("{ a }") == "1c7e1e347f726166b5b1c55afd61f278cc9b45e00c108ec33d540a566379811b"
+    assert query_hash("{ é }") != query_hash("{ e }")
+
+
+def nested(repeats: int) -> str:
+    """`profiles`, each with `edges`, each with `node`: `repeats` of each, merging."""
+    inner = "id"
+    for name in ("node", "edges", "profiles"):
+        inner = " ".join([f"{name} {{ {inner} }}"] * repeats)
+    return "{ " + inner + " }"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "{ " + " ".join(["viewer { keyId }"] * 480) + " }",  # 1.2 s of validation, unchecked
+        nested(7),  # 49 `edges` merge under one `profiles`: 0.6 s
+        "{ " + " ".join(["... { viewer { keyId } }"] * 21) + " }",
+        "{ "
+        + " ".join(f"...F{n}" for n in range(21))
+        + " } "
+        + " ".join(f"fragment F{n} on Query {{ profiles {{ totalCount }} }}" for n in range(21)),
+        # Each fragment spreads the next under two fields: 2^30 fields once expanded.
+        "{ ...F0 } "
+        + " ".join(f"fragment F{n} on Query {{ a {{ ...F{n + 1} }} b {{ ...F{n + 1} }} }}" for n in range(30))
+        + " fragment F30 on Query { x }",
+    ],
+    ids=["repeated", "nested", "inline-fragments", "fragments", "exponential"],
+)
+def test_documents_that_would_make_validation_quadratic_are_refused_first(query: str) -> None:
+    with pytest.raises(LimitExceeded) as refused:
+        check_merged_fields(parse(query))
+    assert refused.value.code == "FIELD_LIMIT_EXCEEDED"
+
+
+def test_what_clients_write_passes_the_merge_limits() -> None:
+    for query in (
+        get_introspection_query(descriptions=True),
+        nested(2),
+        "{ " + " ".join(["viewer { keyId }"] * 20) + " }",
+        "{ ...A } fragment A on Query { viewer { ...B } } fragment B on Viewer { ...A }",  # for validation
+        "{ ...F ...F ...F } fragment F on Query { viewer { keyId } }",
+    ):
+        check_merged_fields(parse(query))
+
+
+def test_caches_are_bounded_by_what_they_hold_not_only_by_entries() -> None:
+    # Parsed documents of big queries take about 1 MB each: 256 of them would be 256 MB.
+    cache: BoundedLRU[str, str] = BoundedLRU(256, 64 * 1024, lambda query, _: len(query))
+    for n in range(256):
+        query = f"{{ viewer {{ keyId }} }} # {n:04d}" + " " * 16_000
+        cache.put(query, "parsed")
+    assert cache.size <= 64 * 1024
+    assert len(cache) == 4
+    cache.put("x" * 70_000, "too big alone")
+    assert cache.get("x" * 70_000) is None
+    small: BoundedLRU[str, str] = BoundedLRU(2, 1_000, lambda query, _: len(query))
+    for query in ("a", "b", "a", "c"):
+        small.put(query, query.upper())
+    assert [small.get(q) for q in ("a", "b", "c")] == ["A", None, "C"]

@@ -16,7 +16,8 @@ from .loaders import ProfileLoaders
 @dataclass
 class CostMeter:
     """Rate-limit units actually spent: one charge per use-case call made (a batch of lookups
-    by id is one call), priced like the REST operation that calls the same use case."""
+    by id is one call), priced like the REST operation that calls the same use case; `spent`
+    starts at what the operation costs whatever its resolvers do (its introspection)."""
 
     prices: Mapping[str, int]
     spent: int = 0

@@ -64,6 +64,11 @@ def format_error(error: GraphQLError, *, during_execution: bool) -> dict[str, An
         # Outside any field: the variables could not be coerced to their declared types (the
         # message is graphql-core's, naming the variable and the expected type).
         formatted["extensions"] = {"code": BAD_USER_INPUT}
+    elif isinstance(original, GraphQLError) and original.nodes:
+        # graphql-core refused an argument of this field, pointing at the value in the document:
+        # e.g. a nullable variable explicitly null where the argument is non-null with a default
+        # (`query($n: Int) { profiles(first: $n) }`), which validation lets through.
+        formatted["extensions"] = {"code": BAD_USER_INPUT}
     elif original is not None:
         _log.error("graphql_resolver_failed", path=error.path, exc_info=original)
         formatted["message"] = "Internal error; it has been logged."

@@ -2,9 +2,10 @@
 execution, admission through the same per-client rate limits and load shedder as REST, then one
 execution on graphql-core.
 
-The request path, top to bottom: read the parameters (`_read_params`), resolve a persisted query
-(`_query_text`), parse and validate once per distinct query text (`_prepare`), pick the
-operation and check its shape, price it (`operation_cost`), authenticate, admit (`_admit`),
+The request path, top to bottom: authenticate (`authenticate`), read the parameters
+(`read_params`), resolve a persisted query (`_query_text`), parse, bound the fields that merge
+(`check_merged_fields`) and validate, once per distinct query text (`_prepare`), pick the
+operation and check its shape, price it (`operation_cost`), admit (`above_burst`, `_admit`),
 execute (`_execute`), answer with `extensions.cost` (and an ETag when sent with GET).
 """
 
@@ -13,16 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from fastapi import APIRouter
 from graphql import (
     DocumentNode,
-    FieldNode,
     GraphQLError,
     NoSchemaIntrospectionCustomRule,
     OperationDefinitionNode,
@@ -41,18 +39,18 @@ from strawberry.http.ides import get_graphql_ide_html
 
 from keel.api.rest.admission import REJECTED_SCOPE_KEY
 from keel.api.rest.client_address import client_address
-from keel.api.rest.dependencies import bearer_token
 from keel.api.rest.mapping import etag_matches
 from keel.config import Settings
 from keel.domain.api_keys import Principal
-from keel.domain.errors import KeelError, Unauthenticated
+from keel.domain.errors import KeelError
 from keel.observability.metrics import Metrics
-from keel.resilience.load_shedder import Priority
 
+from .admission import Admitted, above_burst, authenticate, limit_headers, remaining_after, shedding_class
+from .cache import BoundedLRU
 from .context import CostMeter, GraphQLContext
 from .errors import PARSE_FAILED, VALIDATION_FAILED, format_error, request_error
 from .execution import executor_for
-from .limits import LimitExceeded, Limits, check_shape, operation_cost
+from .limits import LimitExceeded, Limits, Price, check_merged_fields, check_shape, operation_cost
 from .observability import OperationLabels, ResolverSpans
 from .persisted import (
     NOT_FOUND_CODE,
@@ -70,14 +68,15 @@ if TYPE_CHECKING:
 
     from keel.bootstrap import Keel
     from keel.ratelimit.catalog import RateLimitCatalog
-    from keel.ratelimit.guard import RateLimitGuard, RateLimitOutcome
-    from keel.ratelimit.policy import Plan
+    from keel.ratelimit.guard import RateLimitGuard
 
 PATH = "/graphql"
 _DOCUMENT_CACHE_SIZE = 256
+# A parsed document takes some 130 times its text in memory (1 MB for a query of 2,000 tokens),
+# so the cache is bounded by the text it holds as well: at most some 35 MB of syntax trees.
+_DOCUMENT_CACHE_TEXT = 256 * 1024
 # graphql-core's words when a document has more than max_tokens lexical tokens.
 _TOKEN_LIMIT_MESSAGE = "tokens. Parsing aborted"  # noqa: S105 - a parser message, not a secret
-_log = structlog.get_logger("keel.graphql")
 # Strawberry's faster check (annotated as returning bool, graphql-core wants a TypeGuard).
 _IS_AWAITABLE: Any = optimized_is_awaitable
 
@@ -88,13 +87,6 @@ class _Prepared:
 
     document: DocumentNode
     within_limits: dict[str | None, OperationDefinitionNode] = field(default_factory=dict)
-
-
-@dataclass
-class _Admitted:
-    client: str
-    plan: Plan
-    outcome: RateLimitOutcome
 
 
 def install_graphql(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
@@ -121,7 +113,9 @@ class GraphQLEndpoint:
         )
         self._max_document_bytes = settings.graphql_max_document_bytes
         self._max_tokens = settings.graphql_max_tokens
-        self._documents: OrderedDict[str, _Prepared] = OrderedDict()
+        self._documents: BoundedLRU[str, _Prepared] = BoundedLRU(
+            _DOCUMENT_CACHE_SIZE, _DOCUMENT_CACHE_TEXT, lambda query, _: len(query)
+        )
         self.persisted = PersistedQueries(settings.graphql_persisted_queries)
         self._labels = OperationLabels(settings.graphql_metric_operation_names)
         self._metrics = metrics
@@ -140,7 +134,7 @@ class GraphQLEndpoint:
             return HTMLResponse(self._graphiql)
         # Who is asking comes first, as in REST's admission: every request is charged to its
         # client, refused ones included.
-        principal, auth_error = await _authenticate(request, keel)
+        principal, auth_error = await authenticate(request, keel)
         requested: int | None = None
         try:
             params = await read_params(request)
@@ -153,11 +147,7 @@ class GraphQLEndpoint:
                     [request_error("METHOD_NOT_ALLOWED", "Mutations must be sent with POST.")],
                     {"Allow": "POST"},
                 )
-            if params.persisted_hash is not None and params.query is not None:
-                # Only documents that are valid and within the limits take a place in the store.
-                self.persisted.put(params.persisted_hash, query)
-                self._persisted_outcomes["registered"].inc()
-            requested = operation_cost(
+            price = operation_cost(
                 self._core,
                 prepared.document,
                 operation,
@@ -165,6 +155,12 @@ class GraphQLEndpoint:
                 keel.rate_limit_catalog.costs,
                 self._limits,
             )
+            requested = price.requested
+            if params.persisted_hash is not None and params.query is not None:
+                # Only documents that are valid and within the limits, cost included, take a
+                # place in the store.
+                self.persisted.put(params.persisted_hash, query)
+                self._persisted_outcomes["registered"].inc()
             replay_key = idempotency_key(request)
         except Refused as refused:
             return await self._refuse(request, keel, principal, refused, requested)
@@ -182,7 +178,7 @@ class GraphQLEndpoint:
             operation,
             params,
             label,
-            requested,
+            price,
             replay_key,
         )
 
@@ -198,18 +194,20 @@ class GraphQLEndpoint:
         (one `other` unit), so that malformed or oversized documents are rate limited too."""
         self._count(None, None, "rejected")
         headers = refused.headers
+        charged = keel.rate_limit_catalog.cost_of("other")
+        remaining = None
         guard = keel.rate_limits
         if guard is not None:
-            catalog = keel.rate_limit_catalog
-            limited, admitted = await self._admit(
-                request, guard, catalog, principal, catalog.cost_of("other")
-            )
+            limited, admitted = await self._admit(request, guard, keel.rate_limit_catalog, principal, charged)
             if limited is not None:
                 return limited
             assert admitted is not None
             guard.release(admitted.client)
-            headers = {**headers, **_limit_headers(admitted.outcome)}
-        return _json_response(refused.status, None, refused.errors, requested, None, headers)
+            headers = {**headers, **limit_headers(admitted.outcome)}
+            remaining = remaining_after(admitted, 0)
+        return _json_response(
+            refused.status, None, refused.errors, requested, charged, headers, remaining=remaining
+        )
 
     def _query_text(self, params: Params) -> str:
         """The query, sent as text or known by its hash (automatic persisted queries)."""
@@ -242,7 +240,6 @@ class GraphQLEndpoint:
         """Parse and validate, once per distinct query text (a bounded cache of successes)."""
         prepared = self._documents.get(query)
         if prepared is not None:
-            self._documents.move_to_end(query)
             return prepared
         try:
             document = parse(query, max_tokens=self._max_tokens)
@@ -251,12 +248,12 @@ class GraphQLEndpoint:
             formatted = format_error(error, during_execution=False)
             formatted["extensions"] = {"code": code}
             raise Refused(200, [formatted]) from None
+        check_merged_fields(document)
         errors = validate(self._core, document, self._rules, max_errors=20)
         if errors:
             raise Refused(200, [format_error(e, during_execution=False) for e in errors])
-        prepared = self._documents[query] = _Prepared(document)
-        if len(self._documents) > _DOCUMENT_CACHE_SIZE:
-            self._documents.popitem(last=False)
+        prepared = _Prepared(document)
+        self._documents.put(query, prepared)
         return prepared
 
     def _operation(self, prepared: _Prepared, name: str | None) -> OperationDefinitionNode:
@@ -282,27 +279,36 @@ class GraphQLEndpoint:
         operation: OperationDefinitionNode,
         params: Params,
         label: str,
-        requested: int,
+        price: Price,
         idempotency_key: str | None,
     ) -> Response:
         principal, auth_error = caller
+        requested = price.requested
         op_type = operation.operation.value
         guard = keel.rate_limits
-        admitted: _Admitted | None = None
+        admitted: Admitted | None = None
         if guard is not None:
             catalog = keel.rate_limit_catalog
+            too_dear = above_burst(catalog, principal, requested)
+            if too_dear is not None:
+                # Refused like any other request refused before execution: one unit, so that
+                # sending operations no plan can afford is not a way round the rate limits.
+                return await self._refuse(request, keel, principal, Refused(200, [too_dear]), requested)
             refused, admitted = await self._admit(request, guard, catalog, principal, requested)
             if refused is not None:
                 self._count(label, op_type, "rejected")
                 return refused
-        meter = CostMeter(keel.rate_limit_catalog.costs)
+        meter = CostMeter(keel.rate_limit_catalog.costs, spent=price.fixed)
+        # What an executed operation costs at least, however few use cases it called (none for
+        # `viewer`): REST's cheapest request. The rest of the price is refunded.
+        minimum = keel.rate_limit_catalog.cost_of("other")
         served = False
         status = 200
         try:
             shedder = keel.shedder
             admitted_at: float | None = None
             if shedder is not None:
-                priority, latency_class = _shedding_class(operation)
+                priority, latency_class = shedding_class(document, operation)
                 admitted_at = shedder.try_admit(priority)
                 if admitted_at is None:
                     request.scope[REJECTED_SCOPE_KEY] = True
@@ -319,7 +325,8 @@ class GraphQLEndpoint:
                 if shedder is not None and admitted_at is not None:
                     shedder.release(latency_class, admitted_at, succeeded=succeeded)
             self._count(label, op_type, "ok" if not errors else "error")
-            response = self._respond(request, data, errors, requested, meter.spent, admitted)
+            charged = max(minimum, meter.spent)
+            response = self._respond(request, data, errors, requested, charged, admitted)
             status = response.status_code
             return response
         finally:
@@ -328,7 +335,11 @@ class GraphQLEndpoint:
                 # Shed: no service, no charge. 304: revalidation is rewarded, as in REST.
                 # Otherwise the units asked for but not spent: lookups batched into one call,
                 # repeated ones answered by the loaders, fields never reached after an error.
-                unused = requested if not served or status == 304 else max(0, requested - meter.spent)
+                unused = (
+                    requested
+                    if not served or status == 304
+                    else max(0, requested - max(minimum, meter.spent))
+                )
                 if unused:
                     await guard.refund(admitted.client, admitted.plan, unused)
 
@@ -339,20 +350,11 @@ class GraphQLEndpoint:
         catalog: RateLimitCatalog,
         principal: Principal | None,
         requested: int,
-    ) -> tuple[Response | None, _Admitted | None]:
+    ) -> tuple[Response | None, Admitted | None]:
         """The same client identity, plan and limiter as REST's admission, charged `requested`."""
         scope = request.scope
         client = f"key:{principal.key_id}" if principal else f"ip:{client_address(scope, self._trusted_hops)}"
         plan = catalog.plan_named(principal.plan if principal else None)
-        burst = plan.smallest_burst
-        if burst and requested > burst:
-            error = request_error(
-                "COST_LIMIT_EXCEEDED",
-                f"The operation may cost {requested} units; the plan {plan.name!r} allows at most {burst}"
-                " at once. Ask for fewer profiles or split the operation.",
-                cost={"requested": requested, "maximum": burst},
-            )
-            return _json_response(200, None, [error], requested, None, {}), None
         outcome = await guard.admit(client, plan, requested)
         if not outcome.allowed:
             scope[REJECTED_SCOPE_KEY] = True
@@ -364,9 +366,9 @@ class GraphQLEndpoint:
                 retryAfter=retry_after,
                 violatedPolicies=violated,
             )
-            headers = {"Retry-After": str(retry_after), **_limit_headers(outcome)}
+            headers = {"Retry-After": str(retry_after), **limit_headers(outcome)}
             return _json_response(429, None, [error], requested, None, headers, remaining=0), None
-        return None, _Admitted(client, plan, outcome)
+        return None, Admitted(client, plan, outcome)
 
     # ------------------------------------------------------------------------------- execution
 
@@ -406,15 +408,15 @@ class GraphQLEndpoint:
         data: dict[str, Any] | None,
         errors: list[dict[str, Any]],
         requested: int,
-        spent: int,
-        admitted: _Admitted | None,
+        charged: int,
+        admitted: Admitted | None,
     ) -> Response:
-        headers = _limit_headers(admitted.outcome) if admitted is not None else {}
-        remaining = _remaining(admitted, requested - spent) if admitted is not None else None
+        headers = limit_headers(admitted.outcome) if admitted is not None else {}
+        remaining = remaining_after(admitted, requested - charged) if admitted is not None else None
         if request.method != "GET" or errors:
             headers["Cache-Control"] = "no-store"
             return _json_response(
-                200, data, errors, requested, spent, headers, remaining=remaining, executed=True
+                200, data, errors, requested, charged, headers, remaining=remaining, executed=True
             )
         # A query sent with GET, answered without errors: cacheable by the caller, revalidated
         # by ETag. The tag covers data only, not the cost (which changes with every request).
@@ -424,7 +426,7 @@ class GraphQLEndpoint:
         if_none_match = request.headers.get("if-none-match")
         if if_none_match is not None and etag_matches(if_none_match, tag):
             return Response(status_code=304, headers=headers)
-        extensions = _dumps({"cost": _cost(requested, spent, remaining)})
+        extensions = _dumps({"cost": _cost(requested, charged, remaining)})
         body = f'{result[:-1]},"extensions":{extensions}}}'
         return Response(body, media_type=JSON_MEDIA_TYPE, headers=headers)
 
@@ -433,47 +435,6 @@ class GraphQLEndpoint:
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-async def _authenticate(request: Request, keel: Keel) -> tuple[Principal | None, KeelError | None]:
-    """Once per request, as REST's admission does; the reason for no principal is kept for the
-    resolvers that need one (an introspection query needs none)."""
-    token = bearer_token(request.headers.get("authorization"))
-    if not token:
-        return None, Unauthenticated("An API key is required: Authorization: Bearer <key>.")
-    try:
-        return await keel.authenticator.authenticate(token), None
-    except KeelError as error:
-        return None, error
-
-
-def _shedding_class(operation: OperationDefinitionNode) -> tuple[Priority, str]:
-    """The priority, as REST's (writes critical, lists sheddable, single reads critical), and
-    the latency class the adaptive limit compares like with like in: the root fields asked for
-    (a handful of names, so a bounded set of classes)."""
-    roots = sorted(
-        {s.name.value if isinstance(s, FieldNode) else "fragment" for s in operation.selection_set.selections}
-    )
-    if operation.operation is OperationType.MUTATION:
-        priority = Priority.CRITICAL
-    else:
-        priority = Priority.SHEDDABLE if "profiles" in roots else Priority.CRITICAL
-    return priority, f"graphql {operation.operation.value} {','.join(roots)}"
-
-
-def _limit_headers(outcome: RateLimitOutcome) -> dict[str, str]:
-    headers = {"RateLimit-Policy": outcome.plan.policy_header}
-    if outcome.ratelimit_header is not None:
-        headers["RateLimit"] = outcome.ratelimit_header
-    return headers
-
-
-def _remaining(admitted: _Admitted, refunded: int) -> int | None:
-    decision = admitted.outcome.decision
-    closest = decision.closest if decision is not None else None
-    if closest is None:
-        return None
-    return min(closest.policy.burst, closest.remaining + max(0, refunded))
 
 
 def _cost(requested: int | None, actual: int | None, remaining: int | None) -> dict[str, int | None]:

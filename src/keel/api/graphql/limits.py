@@ -3,8 +3,9 @@ and cost.
 
 Cost is computed the way GitHub does it: every field that calls a use case is priced like the
 REST operation calling the same use case, and multiplied by the sizes of the connections it is
-nested in (the `first` each would return at most). Introspection fields are free and not
-counted for depth (their shape is fixed by the schema).
+nested in (the `first` each would return at most). Introspection is not counted for depth (its
+shape is fixed by the schema, and graphql-core's MaxIntrospectionDepthRule bounds its fan-out),
+but it is priced: a whole schema is a document as large as a page of profiles.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ FIELD_OPERATIONS: dict[str, str] = {
     "Mutation.createProfile": "profiles.create",
     "Mutation.updateProfile": "profiles.update",
     "Mutation.deleteProfile": "profiles.delete",
+    # Introspection calls no use case; without a price, an operation of 15 aliased `__schema`
+    # (some 400 kB and 100 ms of CPU) would cost the minimum of one unit.
+    "Query.__schema": "profiles.list",
+    "Query.__type": "profiles.get",
 }
 PAGE_ARGUMENT = "first"
 DEFAULT_PAGE_SIZE = 20
@@ -51,6 +56,15 @@ class LimitExceeded(Exception):
         self.code = code
         self.message = message
         self.extensions = extensions
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Units an operation may spend at most, and the part of them spent whatever its resolvers
+    do (introspection: no use case is called to count it as spent)."""
+
+    requested: int
+    fixed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,62 @@ def count_aliases(document: DocumentNode) -> int:
     return count
 
 
+# graphql-core's OverlappingFieldsCanBeMergedRule compares every two fields that merge into one
+# response field: quadratic, and multiplied through nesting. Within 2,000 tokens, 480 `viewer
+# { keyId }` in one query took it 1.2 s of CPU on the event loop, and 7 `profiles` each with 7
+# `edges` each with 7 `node` 0.6 s. Both bounds below are far above what clients write.
+MAX_MERGED_FIELDS = 20  # field nodes merging into one response field
+MAX_EXPANDED_FIELDS = 5000  # field nodes in the document with its fragments expanded
+
+
+def check_merged_fields(document: DocumentNode) -> None:
+    """Refuses, before validation, a document whose fields merge too many at a time or that
+    expands to too many. Linear in the expanded document, which is itself bounded."""
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    # Each entry: selection sets that merge, and the fragments already expanded in the groups
+    # above them, which are not expanded again: a cycle is left for validation to report, and no
+    # type of Keel's schema contains itself, so a valid document never spreads one fragment both
+    # in a group and below it.
+    pending: list[tuple[list[SelectionSetNode], frozenset[str]]] = [
+        ([d.selection_set], frozenset({d.name.value} if isinstance(d, FragmentDefinitionNode) else ()))
+        for d in document.definitions
+        if isinstance(d, OperationDefinitionNode | FragmentDefinitionNode)
+    ]
+    expanded = 0
+    while pending:
+        sets, above = pending.pop()
+        merged: dict[str, list[FieldNode]] = {}
+        spread = set(above)
+        while sets:
+            for selection in sets.pop().selections:
+                if isinstance(selection, FieldNode):
+                    merged.setdefault((selection.alias or selection.name).value, []).append(selection)
+                elif isinstance(selection, InlineFragmentNode):
+                    sets.append(selection.selection_set)
+                elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in spread:
+                    spread.add(selection.name.value)
+                    fragment = fragments.get(selection.name.value)
+                    if fragment is not None:
+                        sets.append(fragment.selection_set)
+        for key, nodes in merged.items():
+            expanded += len(nodes)
+            if len(nodes) > MAX_MERGED_FIELDS or expanded > MAX_EXPANDED_FIELDS:
+                message = (
+                    f"{len(nodes)} fields merge into `{key}`; at most {MAX_MERGED_FIELDS} may."
+                    if len(nodes) > MAX_MERGED_FIELDS
+                    else f"The document expands to more than {MAX_EXPANDED_FIELDS} fields."
+                )
+                raise LimitExceeded(
+                    "FIELD_LIMIT_EXCEEDED",
+                    message,
+                    maxMergedFields=MAX_MERGED_FIELDS,
+                    maxExpandedFields=MAX_EXPANDED_FIELDS,
+                )
+            below = [node.selection_set for node in nodes if node.selection_set is not None]
+            if below:
+                pending.append((below, frozenset(spread)))
+
+
 @dataclass
 class _Walk:
     schema: GraphQLSchema
@@ -85,9 +155,10 @@ class _Walk:
     variables: Mapping[str, Any]
     defaults: Mapping[str, Any]
     prices: Mapping[str, int]
-    field_operations: Mapping[str, str] = field(default_factory=lambda: FIELD_OPERATIONS)
+    field_operations: Mapping[str, str]
     depth_of_fragment: dict[str, int] = field(default_factory=dict)
     cost_of_fragment: dict[str, int] = field(default_factory=dict)
+    fixed: int = 0
 
     def depth(self, selection_set: SelectionSetNode) -> int:
         deepest = 0
@@ -151,15 +222,16 @@ class _Walk:
 
     def _field_cost(self, node: FieldNode, parent: GraphQLObjectType, *, count_own: bool) -> int:
         name = node.name.value
-        if name.startswith("__"):
-            return 0
-        definition = parent.fields.get(name)
-        if definition is None:
-            return 0
         operation = self.field_operations.get(f"{parent.name}.{name}")
         own = 0
         if operation is not None and count_own:
             own = self.prices.get(operation) or self.prices["other"]
+        if name.startswith("__"):
+            self.fixed += own  # meta fields: not in `parent.fields`, no connection below
+            return own
+        definition = parent.fields.get(name)
+        if definition is None:
+            return 0
         multiplier = 1
         if PAGE_ARGUMENT in definition.args:
             multiplier = self._page_size(node)
@@ -232,11 +304,10 @@ def operation_cost(
     prices: Mapping[str, int],
     limits: Limits,
     field_operations: Mapping[str, str] = FIELD_OPERATIONS,
-) -> int:
+) -> Price:
     """The units the operation may spend at most (at least 1). Raises `LimitExceeded` for a page
     size out of range or a cost above the per-operation maximum."""
-    walk = _fresh_walk(schema, document, operation, variables, prices)
-    walk.field_operations = field_operations
+    walk = _fresh_walk(schema, document, operation, variables, prices, field_operations)
     root = schema.get_root_type(operation.operation)
     cost = walk.cost(operation.selection_set, root) if root is not None else 0
     cost = max(1, cost)
@@ -246,7 +317,7 @@ def operation_cost(
             f"The operation may cost {cost} units; at most {limits.max_cost} are allowed per operation.",
             cost={"requested": cost, "maximum": limits.max_cost},
         )
-    return cost
+    return Price(cost, walk.fixed)
 
 
 def _fresh_walk(
@@ -255,6 +326,7 @@ def _fresh_walk(
     operation: OperationDefinitionNode,
     variables: Mapping[str, Any],
     prices: Mapping[str, int],
+    field_operations: Mapping[str, str] = FIELD_OPERATIONS,
 ) -> _Walk:
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     return _Walk(
@@ -263,4 +335,5 @@ def _fresh_walk(
         variables=variables,
         defaults=_variable_defaults(operation),
         prices=prices,
+        field_operations=field_operations,
     )

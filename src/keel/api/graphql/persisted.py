@@ -7,7 +7,8 @@ balancer a client may have to register a query once per process, which the proto
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+
+from .cache import BoundedLRU
 
 NOT_FOUND_MESSAGE = "PersistedQueryNotFound"
 NOT_FOUND_CODE = "PERSISTED_QUERY_NOT_FOUND"
@@ -19,25 +20,23 @@ def query_hash(query: str) -> str:
     return hashlib.sha256(query.encode()).hexdigest()
 
 
+# The longest query text a persisted query can have (graphql_max_document_bytes is smaller).
+_MAX_QUERY_CHARS = 65_536
+
+
 class PersistedQueries:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._queries: OrderedDict[str, str] = OrderedDict()
+        self._queries: BoundedLRU[str, str] = BoundedLRU(
+            capacity, capacity * _MAX_QUERY_CHARS, lambda _, query: len(query)
+        )
 
     def get(self, sha256: str) -> str | None:
-        query = self._queries.get(sha256)
-        if query is not None:
-            self._queries.move_to_end(sha256)
-        return query
+        return self._queries.get(sha256)
 
     def put(self, sha256: str, query: str) -> None:
         """Callers check that `sha256` is the hash of `query` and that the query is valid."""
-        if self.capacity <= 0:
-            return
-        self._queries[sha256] = query
-        self._queries.move_to_end(sha256)
-        while len(self._queries) > self.capacity:
-            self._queries.popitem(last=False)
+        self._queries.put(sha256, query)
 
     def __len__(self) -> int:
         return len(self._queries)

@@ -60,6 +60,7 @@ async def read_params(request: Request) -> Params:
             raise Refused(400, [request_error("BAD_REQUEST", "The body is not valid JSON.")]) from None
     if not isinstance(raw, dict):
         raise Refused(400, [request_error("BAD_REQUEST", "The body must be one JSON object (no batches).")])
+    _refuse_unpaired_surrogates(raw)
     query = raw.get("query")
     variables = raw.get("variables") or {}
     operation_name = raw.get("operationName")
@@ -82,6 +83,17 @@ def _json_param(value: str | None, name: str) -> Any:
         return json.loads(value)
     except (ValueError, RecursionError):
         raise Refused(400, [request_error("BAD_REQUEST", f"`{name}` is not valid JSON.")]) from None
+
+
+def _refuse_unpaired_surrogates(raw: dict[str, Any]) -> None:
+    """JSON may escape half a UTF-16 pair (`"\\ud800"`); Python decodes it to a string that cannot
+    be encoded as UTF-8 again, which would fail wherever the text goes next (the database, a log
+    line, an error message echoing it). Such text is no Unicode at all: refused here, once."""
+    try:
+        json.dumps(raw, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        error = request_error("BAD_REQUEST", "The request contains text that is not valid Unicode.")
+        raise Refused(400, [error]) from None
 
 
 def _persisted_hash(extensions: dict[str, Any]) -> str | None:

@@ -137,8 +137,15 @@ def build_schema() -> strawberry.Schema:
 
 def graphql_core_schema(schema: strawberry.Schema) -> GraphQLSchema:
     """The graphql-core schema Strawberry built: Keel parses, validates and executes on it
-    directly, so that limits, cost and persisted queries work on one parsed document."""
-    return schema._schema
+    directly, so that limits, cost and persisted queries work on one parsed document.
+
+    Strawberry 0.341 offers no public accessor for it (its own execution and printer read this
+    same private attribute), so this is the one place that does, and it fails at start-up, not
+    per request, if an upgrade moves it."""
+    core = getattr(schema, "_schema", None)
+    if not isinstance(core, GraphQLSchema):
+        raise TypeError("strawberry.Schema no longer keeps its graphql-core schema in `_schema`")
+    return core
 
 
 def schema_sdl() -> str:
