@@ -280,6 +280,8 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     edge_token = keel(env, "keys", "create", "--scopes", "edge", "--name", "edge", "--quiet").strip()
     http_port, grpc_port, edge_port = free_port(), free_port(), free_port()
     core_env = {**env, "KEEL_GRPC_PORT": str(grpc_port), "KEEL_ACCESS_LOG": "true"}
+    if args.no_encoded_cache:
+        core_env["KEEL_GRPC_ENCODED_PROFILES"] = "0"
     edge_env = {**env, "KEEL_CORE_API_KEY": edge_token}
     core_log, edge_log = RESULTS / "grpc-core.log", RESULTS / "grpc-edge.log"
     core_cmd = keel_cmd("serve", "--host", "127.0.0.1", "--port", str(http_port))
@@ -330,6 +332,9 @@ def main() -> int:
     parser.add_argument("--profiles", type=int, default=5_000, help="profiles to seed")
     parser.add_argument("--latency-requests", type=int, default=1_000, help="sequential reads per mode")
     parser.add_argument("--py-spy", action="store_true", help="then profile the core under gRPC load")
+    parser.add_argument(
+        "--no-encoded-cache", action="store_true", help="the core encodes every profile of every answer anew"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "grpc_vs_rest.json")
     args = parser.parse_args()
 

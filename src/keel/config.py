@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="Serve gRPC on this port beside HTTP; unset: no gRPC."
     )
     grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server listens on.")
+    grpc_encoded_profiles: int = Field(
+        default=10_000,
+        ge=0,
+        description="Profile encodings kept for batch answers (LRU); 0: encode every time.",
+    )
     core_url: str | None = Field(
         default=None,
         pattern=r"^grpc://[^/\s]+:[0-9]+$",

@@ -59,3 +59,10 @@ def test_the_serializer_sends_encoded_answers_as_they_are() -> None:
     serialize = passing_encoded(pb.DeleteProfileResponse.SerializeToString)
     assert serialize(Encoded(b"\x0a\x00")) == b"\x0a\x00"
     assert serialize(pb.DeleteProfileResponse()) == b""
+
+
+def test_without_room_every_answer_is_encoded_anew() -> None:
+    encoded = EncodedProfiles(max_entries=0)
+    first = _profile(1)
+    assert encoded.entry(1, first, False) == encoded.entry(1, first, False)
+    assert len(encoded._entries) == 0

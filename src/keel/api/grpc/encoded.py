@@ -70,9 +70,10 @@ class EncodedProfiles:
             message = pb.Profile()
             fill_profile_message(message, profile)
             encoded = message.SerializeToString()
-            self._entries[key] = encoded
-            if len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+            if self._max:
+                self._entries[key] = encoded
+                if len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
         return length_delimited(field_number, encoded)

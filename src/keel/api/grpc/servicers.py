@@ -50,7 +50,7 @@ def _expected(versions: Any) -> ExpectedVersion:
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
     def __init__(self, keel: Keel) -> None:
         self._profiles = keel.profiles
-        self._encoded = EncodedProfiles(keel.settings.cache_max_entries)
+        self._encoded = EncodedProfiles(keel.settings.grpc_encoded_profiles)
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.GetProfileResponse:
         read = await self._profiles.read_profile(caller(), request.id)
