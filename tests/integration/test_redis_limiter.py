@@ -54,12 +54,16 @@ async def test_burst_then_reject_with_retry_after(limiter: RedisRateLimiter) -> 
     assert decisions[0].states[0].remaining == 9
 
 
-async def test_concurrent_requests_never_exceed_quota_plus_burst(
-    limiter: RedisRateLimiter, redis: Redis
-) -> None:
+async def test_concurrent_requests_never_exceed_quota_plus_burst(redis_url: str, redis: Redis) -> None:
+    # Atomicity, not speed, is under test: a deadline long enough that 250 decisions opening a
+    # hundred connections at once on a busy 2-core machine all get an answer.
+    limiter = RedisRateLimiter(connect(redis_url), timeout_seconds=10.0)
     client = _client()
     started = time.monotonic()
-    decisions = await asyncio.gather(*(limiter.acquire(client, PER_MINUTE, 1) for _ in range(250)))
+    try:
+        decisions = await asyncio.gather(*(limiter.acquire(client, PER_MINUTE, 1) for _ in range(250)))
+    finally:
+        await limiter.close()
     elapsed = time.monotonic() - started
     admitted = sum(d.allowed for d in decisions)
     # Burst 10, plus one unit per 0.6 s of the time the 250 decisions took.
