@@ -77,7 +77,8 @@ async def run_experiment(spec: dict[str, Any], *, seed: int = 1) -> tuple[bool, 
     text reports such as the history checker's summary)."""
     system_spec = spec.get("system", {})
     keel_env = system_spec.get("keel", {})
-    async with System(keel_env, redis=system_spec.get("redis", False), seed=seed) as system:
+    split = system_spec.get("split", False)
+    async with System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split) as system:
         run = Run(started=time.monotonic())
         setup = spec.get("setup", {})
         cached, uncached = await _seed(system, setup)
@@ -281,10 +282,13 @@ def _evaluate(probe: dict[str, Any], run: Run) -> Result:
 def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
     ops = where.get("ops")
     phase = where.get("phase")
+    statuses = where.get("statuses")
     return [
         s
         for s in run.samples
-        if (ops is None or s.op in ops) and (phase is None or run.phase_at(s.started) == phase)
+        if (ops is None or s.op in ops)
+        and (phase is None or run.phase_at(s.started) == phase)
+        and (statuses is None or s.status in statuses)
     ]
 
 

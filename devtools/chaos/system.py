@@ -1,5 +1,7 @@
 """The system under test: PostgreSQL (durable: fsync and synchronous commits on) and, when asked,
-Redis, each behind a fault proxy, and one Keel process talking to them through the proxies.
+Redis, each behind a fault proxy, and one Keel process talking to them through the proxies; or,
+split, a Keel core (REST and gRPC) and an edge in front of it that reaches the core's gRPC port
+through a fault proxy of its own ("core"). The traffic goes to the edge.
 
 Everything that waits on a process runs in a thread: the proxies and the traffic share this
 event loop, and a blocked loop would be a fault of its own.
@@ -29,9 +31,14 @@ START_TIMEOUT = 60.0
 
 
 class System:
-    def __init__(self, keel_env: dict[str, str], *, redis: bool, seed: int) -> None:
+    def __init__(self, keel_env: dict[str, str], *, redis: bool, seed: int, split: bool = False) -> None:
         self._keel_env = keel_env
         self._with_redis = redis
+        self._split = split
+        self.core: subprocess.Popen[bytes] | None = None
+        self.core_port = free_port()
+        self.core_grpc_port = free_port()
+        self._edge_token = ""
         self._seed = seed
         self._stack = contextlib.ExitStack()
         self._workdir = Path(tempfile.mkdtemp(prefix="keel-chaos-"))
@@ -62,13 +69,19 @@ class System:
             self.redis = RedisServer(self._workdir / "redis")
             await asyncio.to_thread(self.redis.start)
             self.proxies["redis"] = await self._proxy(self.redis.port)
-        self.token = await asyncio.to_thread(self._issue_key)
+        self.token = await asyncio.to_thread(self._issue_key, "profiles:read,profiles:write")
+        if self._split:
+            self._edge_token = await asyncio.to_thread(self._issue_key, "edge")
+            self.proxies["core"] = await self._proxy(self.core_grpc_port)
+            await self.start_core()
         await self.start_keel()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.keel is not None:
             await asyncio.to_thread(stop, self.keel)
+        if self.core is not None:
+            await asyncio.to_thread(stop, self.core)
         for proxy in self.proxies.values():
             await proxy.stop()
         if self.redis is not None:
@@ -82,32 +95,45 @@ class System:
     # -- Keel ------------------------------------------------------------------------------
 
     async def start_keel(self) -> None:
+        """Keel, or in a split system the edge, on `keel_port`: what the traffic talks to."""
         env = {**os.environ, **self._keel_env, **self._wiring()}
+        command = keel_cmd("serve", "--host", "127.0.0.1", "--port", str(self.keel_port))
+        if self._split:
+            command += ["--core", f"grpc://127.0.0.1:{self.proxies['core'].port}"]
+            env["KEEL_CORE_API_KEY"] = self._edge_token
+        self.keel = self._spawn(command, env)
+        await self._wait_healthy(self.keel, self.base_url)
+
+    async def start_core(self) -> None:
+        env = {**os.environ, **self._keel_env, **self._wiring(), "KEEL_GRPC_PORT": str(self.core_grpc_port)}
+        command = keel_cmd("serve", "--host", "127.0.0.1", "--port", str(self.core_port))
+        self.core = self._spawn(command, env)
+        await self._wait_healthy(self.core, f"http://127.0.0.1:{self.core_port}")
+
+    def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with self.keel_log.open("ab") as log:
-            self.keel = subprocess.Popen(  # noqa: ASYNC220 - returns at once; readiness is awaited below
-                keel_cmd("serve", "--host", "127.0.0.1", "--port", str(self.keel_port)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO,
-                start_new_session=True,
+            return subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
             )
-        await self._wait_healthy()
 
     async def kill_keel(self) -> None:
         assert self.keel is not None
         await asyncio.to_thread(process_faults.kill, self.keel.pid)
         self.keel.wait()
 
-    async def _wait_healthy(self) -> None:
-        assert self.keel is not None
+    async def kill_core(self) -> None:
+        assert self.core is not None
+        await asyncio.to_thread(process_faults.kill, self.core.pid)
+        self.core.wait()
+
+    async def _wait_healthy(self, process: subprocess.Popen[bytes], base_url: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=1.0) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as client:
             while loop.time() < deadline:
-                if self.keel.poll() is not None:
+                if process.poll() is not None:
                     tail = self.keel_log.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"Keel exited with {self.keel.returncode}; log tail:\n{tail}")
+                    raise RuntimeError(f"Keel exited with {process.returncode}; log tail:\n{tail}")
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get("/healthz")).status_code == 200:
                         return
@@ -124,13 +150,11 @@ class System:
             wiring["KEEL_REDIS_URL"] = f"redis://127.0.0.1:{self.proxies['redis'].port}/0"
         return wiring
 
-    def _issue_key(self) -> str:
+    def _issue_key(self, scopes: str) -> str:
         env = {**os.environ, **self._keel_env, "KEEL_DATABASE_URL": self.postgres.url}
         env.pop("KEEL_REDIS_URL", None)
         created = subprocess.run(
-            keel_cmd(
-                "keys", "create", "--scopes", "profiles:read,profiles:write", "--name", "chaos", "--quiet"
-            ),
+            keel_cmd("keys", "create", "--scopes", scopes, "--name", "chaos", "--quiet"),
             capture_output=True,
             text=True,
             env=env,
@@ -151,6 +175,8 @@ class System:
             self.proxies[target].clear()
         elif target == "keel":
             await self._act_on_keel(action)
+        elif target == "core" and self._split:
+            await self._act_on_core(action)
         elif target == "postgres":
             await self._act_on_postgres(action)
         elif target == "redis" and self.redis is not None:
@@ -165,6 +191,14 @@ class System:
             await self.start_keel()
         else:
             raise ValueError(f"unknown action {action!r} on keel")
+
+    async def _act_on_core(self, action: str) -> None:
+        if action == "kill":
+            await self.kill_core()
+        elif action == "start":
+            await self.start_core()
+        else:
+            raise ValueError(f"unknown action {action!r} on core")
 
     async def _act_on_postgres(self, action: str) -> None:
         if action == "stop":

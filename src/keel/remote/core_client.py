@@ -63,6 +63,11 @@ class CoreClient:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                # A core that restarts is back within a second, not after gRPC's default backoff
+                # (which grows to two minutes): the link is internal and cheap to retry.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1_000),
             ],
         )
         self.profiles = pb_grpc.ProfileServiceStub(self._channel)
