@@ -63,3 +63,28 @@ async def test_but_not_for_ever() -> None:
     with pytest.raises(LimiterUnavailable):
         await limiter.acquire("c", PLAN, 1)
     assert asyncio.get_running_loop().time() - started < 1.3
+
+
+class KilledRedis(SlowRedis):
+    """What uvloop does when the driver writes to a connection a killed Redis closed."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+    def register_script(self, script: str) -> Any:
+        async def run(keys: list[str], args: list[Any]) -> list[Any]:
+            raise RuntimeError(
+                "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
+            )
+
+        return run
+
+    async def get(self, key: str) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+
+async def test_a_connection_closed_under_the_driver_is_redis_failing_not_a_crash() -> None:
+    limiter = RedisRateLimiter(KilledRedis(), timeout_seconds=0.02)  # type: ignore[arg-type]
+    assert not await limiter.switched_off()  # the last known state stays
+    with pytest.raises(LimiterUnavailable):
+        await limiter.acquire("c", PLAN, 1)

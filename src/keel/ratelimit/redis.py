@@ -29,6 +29,10 @@ from keel.resilience.loop_lag import LoopLag
 KILL_SWITCH_KEY = "keel:rl:switch"
 # However far behind this process is, a decision never waits longer than this for Redis.
 _LONGEST_WAIT_SECONDS = 1.0
+# How Redis failing shows: the driver's errors, the socket's, our deadline, and uvloop's
+# RuntimeError when the driver writes to a connection a killed Redis has closed under it
+# (found by chaos experiment 06: it was a 500).
+_REDIS_FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
 
 # How often each process re-reads the kill switch.
 _SWITCH_REFRESH_SECONDS = 1.0
@@ -139,7 +143,7 @@ class RedisRateLimiter:
         try:
             async with asyncio.timeout(self._timeout):
                 self._switched_off = await self._client.get(KILL_SWITCH_KEY) == b"off"
-        except (RedisError, OSError, TimeoutError):
+        except _REDIS_FAILURES:
             return
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
@@ -170,7 +174,7 @@ class RedisRateLimiter:
                     )
                 finally:
                     timer[0].cancel()
-        except (RedisError, OSError, TimeoutError) as error:
+        except _REDIS_FAILURES as error:
             raise LimiterUnavailable(type(error).__name__) from error
         return reply
 
