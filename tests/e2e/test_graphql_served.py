@@ -8,10 +8,8 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +20,7 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXAsyncTransport
 from graphql import ExecutionResult
 
-from tests.e2e.test_served_process import _free_port, _keel
+from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
 
 
 @dataclass
@@ -47,16 +45,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{env['KEEL_PORT']}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, Path(log_path).read_text()
-            assert time.monotonic() < deadline, "keel serve did not become healthy"
-            time.sleep(0.1)
+        wait_healthy(base_url, process, log_path)
         yield Served(f"{base_url}/graphql", base_url, token)
     finally:
         process.terminate()

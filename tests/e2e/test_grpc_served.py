@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_served_process import REPO, _free_port, _keel
+from tests.e2e.test_served_process import REPO, _free_port, _keel, wait_healthy
 
 
 @dataclass
@@ -26,19 +26,6 @@ class Split:
     edge_token: str
     edge_log: Path
     core_log: Path
-
-
-def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"{base_url} did not become healthy"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +55,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
             )
         processes.append(core)
         core_url = f"http://127.0.0.1:{core_env['KEEL_PORT']}"
-        _wait_healthy(core_url, core, core_log)
+        wait_healthy(core_url, core, core_log)
         edge_log = directory / "edge.log"
         with edge_log.open("w") as log:
             edge = subprocess.Popen(
@@ -79,7 +66,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
             )
         processes.append(edge)
         edge_url = f"http://127.0.0.1:{edge_env['KEEL_PORT']}"
-        _wait_healthy(edge_url, edge, edge_log)
+        wait_healthy(edge_url, edge, edge_log)
         yield Split(f"127.0.0.1:{grpc_port}", core_url, edge_url, token, edge_token, edge_log, core_log)
     finally:
         for process in processes:

@@ -44,6 +44,20 @@ def _keel(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+def wait_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until `base_url` answers /healthz; fails with the log if the process exits first."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"{base_url} did not become healthy"
+        time.sleep(0.1)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,16 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{env['KEEL_PORT']}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "keel serve did not become healthy"
-            time.sleep(0.1)
+        wait_healthy(base_url, process, log_path)
         yield Served(base_url, token, log_path, env)
     finally:
         process.terminate()
