@@ -20,14 +20,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from keel.domain.errors import FieldError, ValidationFailed
 from keel.domain.profile import Email, JSONObject, JSONValue, Link, Profile, ProfileFields
 from keel.profiles.v1 import profiles_pb2 as pb
-from keel.service.profile_input import shape_errors, unstorable_values
+from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors, unstorable_values
 
 _OptionalText = Literal["display_name", "bio", "avatar_url", "locale", "timezone"]
 _OPTIONAL_TEXT: tuple[_OptionalText, ...] = ("display_name", "bio", "avatar_url", "locale", "timezone")
 _TOP_LEVEL = frozenset(("handle", "emails", "links", "attributes", *_OPTIONAL_TEXT))
 _PLAIN_SEGMENT = re.compile(r"^[A-Za-z0-9_]+$")
-# As REST: documents nested at most 32 deep (attributes one level less), masks of few paths.
-MAX_NESTING = 32
 MAX_MASK_PATHS = 1_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # One encoder for every call: json.dumps with options builds a new encoder each time.
@@ -327,23 +325,9 @@ def _json(text: str, location: str) -> JSONValue:
         raise ValidationFailed(
             [FieldError(location, "must be JSON, nested at most a few hundred deep")]
         ) from None
-    if _deeper_than(value, MAX_NESTING - 1):
+    if nested_deeper_than(value, MAX_NESTING - 1):
         raise ValidationFailed([FieldError(location, f"nested deeper than {MAX_NESTING - 1} levels")])
     return value
-
-
-def _deeper_than(value: JSONValue, limit: int) -> bool:
-    """Iterative, so that a hostile value cannot exhaust the stack while being measured."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            pending.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            pending.extend((child, depth + 1) for child in item)
-    return False
 
 
 def _set_timestamp(stamp: Timestamp, value: datetime) -> None:

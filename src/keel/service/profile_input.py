@@ -25,6 +25,8 @@ MAX_LINKS = 20
 MAX_DISPLAY_NAME = 100
 MAX_BIO = 1000
 MAX_URL = 2048
+# Deepest a profile document may nest (attributes one level less), whatever the protocol.
+MAX_NESTING = 32
 
 _FIELDS = frozenset(
     {"handle", "emails", "display_name", "bio", "avatar_url", "locale", "timezone", "links", "attributes"}
@@ -151,6 +153,20 @@ def unstorable_values(document: JSONValue) -> list[FieldError]:
         elif isinstance(value, float) and not math.isfinite(value):
             errors.append(FieldError(location, "must be a finite number"))
     return errors
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Iterative, so that a hostile document cannot exhaust the stack while being measured."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _is_utf8(text: str) -> bool:

@@ -16,6 +16,7 @@ from keel.api.rest.dependencies import Caller, KeelDep, authenticated_caller
 from keel.api.rest.mapping import etag, etag_matches, profile_document, version_from_etag
 from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
+from keel.service.profile_input import MAX_NESTING, nested_deeper_than
 from keel.service.profile_reads import ProfileRead
 from keel.service.use_cases import IDEMPOTENCY_KEY_RULE, ListFilters, valid_idempotency_key
 
@@ -30,7 +31,6 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 # Revalidate every time (cheap with If-None-Match), never share between callers.
 _CACHE_CONTROL = "private, no-cache"
 
-MAX_NESTING = 32
 _IF_NONE_MATCH = {
     "name": "If-None-Match",
     "in": "header",
@@ -46,20 +46,6 @@ def _idempotency_key(value: str | None) -> str | None:
     if value is not None and not valid_idempotency_key(value):
         raise ValidationFailed([FieldError("/headers/Idempotency-Key", IDEMPOTENCY_KEY_RULE)])
     return value
-
-
-def _too_deep(value: object) -> bool:
-    """Iterative, so that a hostile body cannot exhaust the stack while being measured."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > MAX_NESTING:
-            return True
-        if isinstance(item, dict):
-            pending.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            pending.extend((child, depth + 1) for child in item)
-    return False
 
 
 def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] | None:
@@ -165,7 +151,7 @@ async def update_profile(
         patch = json.loads(await request.body())
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise HTTPException(400, "The body is not valid JSON, or is nested too deeply.") from None
-    if _too_deep(patch):
+    if nested_deeper_than(patch, MAX_NESTING):
         raise HTTPException(400, f"The body is nested deeper than {MAX_NESTING} levels.")
     profile = await keel.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
