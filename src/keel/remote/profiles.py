@@ -12,7 +12,7 @@ from keel.remote.core_client import CoreClient
 from keel.rpc.messages import document_message, patch_message, profile_from_message
 from keel.service.auth import KeyAnswers, credentials
 from keel.service.profile_reads import ProfileRead
-from keel.service.use_cases import Created, ExpectedVersion, ListFilters, ProfilePage
+from keel.service.use_cases import MAX_PAGE_SIZE, Created, ExpectedVersion, ListFilters, ProfilePage
 
 _INT64_MAX = 2**63 - 1
 _NO_VERSION = -1  # no profile is ever at it: stands for versions the wire cannot carry
@@ -61,6 +61,10 @@ class RemoteProfiles:
     async def list_profiles(
         self, principal: Principal, filters: ListFilters, *, limit: int, cursor: str | None
     ) -> ProfilePage:
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            # Checked here as the use case checks it: on the wire 0 means "the default", and
+            # the field is an int32.
+            raise ValidationFailed([FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")])
         request = pb.ListProfilesRequest(page_size=limit, page_token=cursor or "")
         if filters.handle is not None:
             request.handle = filters.handle
@@ -69,9 +73,6 @@ class RemoteProfiles:
         if filters.ids is not None:
             request.ids.ids.extend(filters.ids)
             request.ids.SetInParent()  # an empty list is a filter too (that matches nothing)
-        if limit == 0:
-            # 0 means "the default" on the wire; the use case refuses it, and so must the edge.
-            raise ValidationFailed([FieldError("/limit", "must be between 1 and 100")])
         reply = await self._core.call(
             self._core.profiles.ListProfiles,
             request,

@@ -10,12 +10,10 @@ charged to the same per-client limits as REST, and shed under the same adaptive 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import grpc
 
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import CapacityReduced, Forbidden, QuotaExceeded, Unauthenticated
@@ -57,25 +55,17 @@ def caller() -> Principal:
     return principal
 
 
-def _metadata(context: grpc.aio.ServicerContext[Any, Any], name: str) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == name and isinstance(value, str):
-            return value
-    return None
-
-
 class Admission:
     def __init__(self, keel: Keel) -> None:
         self._keel = keel
         # Only a core serves gRPC: an edge has no keys of its own to vouch from.
         self._authenticator = keel.local.authenticator
 
-    async def run(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def run(self, method: str, metadata: Mapping[str, str], call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `call` as the caller `metadata` (the call's text metadata) names, if admitted."""
         keel = self._keel
         operation = OPERATIONS.get(method, _CALLER)
-        principal, vouched = await self._authenticate(context)
+        principal, vouched = await self._authenticate(metadata)
         token = _principal.set(principal)
         try:
             guard = keel.rate_limits
@@ -106,10 +96,10 @@ class Admission:
         finally:
             _principal.reset(token)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Principal, bool]:
+    async def _authenticate(self, metadata: Mapping[str, str]) -> tuple[Principal, bool]:
         """The principal the call runs as, and whether an edge vouched for it (and charged it)."""
-        from_edge = _metadata(context, EDGE) is not None
-        authorization = _metadata(context, "authorization") or ""
+        from_edge = metadata.get(EDGE) is not None
+        authorization = metadata.get("authorization") or ""
         scheme, _, token = authorization.partition(" ")
         try:
             principal = await self._authenticator.authenticate(
@@ -121,13 +111,13 @@ class Admission:
             raise
         if from_edge and not principal.can(Scope.EDGE):
             raise EdgeRejected(f"The edge's API key lacks the `{Scope.EDGE}` scope.")
-        on_behalf_of = _metadata(context, ON_BEHALF_OF)
+        on_behalf_of = metadata.get(ON_BEHALF_OF)
         if on_behalf_of is None:
             # An edge's own calls (resolving its callers' keys) were charged at the edge.
             return principal, principal.can(Scope.EDGE)
         if not principal.can(Scope.EDGE):
             raise Forbidden(f"Only a key with the `{Scope.EDGE}` scope may send `{ON_BEHALF_OF}`.")
-        proof = _metadata(context, ON_BEHALF_OF_SHA256) or ""
+        proof = metadata.get(ON_BEHALF_OF_SHA256) or ""
         return await self._authenticator.resolve(on_behalf_of, proof), True
 
     async def _shed_or_run(self, operation: Operation, call: Callable[[], Awaitable[Any]]) -> Any:

@@ -109,7 +109,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         try:
             try:
                 with deadline_in(timeout):
-                    return await self._admission.run(method, context, behaviour)
+                    return await self._admission.run(method, metadata, behaviour)
             except KeelError as error:
                 code, status = to_status(error)
                 refused = isinstance(error, QuotaExceeded | CapacityReduced)
@@ -174,7 +174,6 @@ def _parsed(deserialize: Callable[[bytes], Any], request: bytes) -> Any:
 
 async def _report_health(keel: Keel, servicer: health.aio.HealthServicer) -> None:
     """The standard health service says SERVING exactly when /readyz says ready."""
-    ready = False
     try:
         ready, _ = await keel.readiness()
     except Exception:  # noqa: BLE001 - a failing check is "not serving", whatever failed
