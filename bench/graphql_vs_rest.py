@@ -39,11 +39,11 @@ from bench.harness import (  # noqa: E402
     free_port,
     keel_cmd,
     parse_wrk,
+    run_on_postgres,
     seed_profiles,
     serve_cmd,
     server,
 )
-from devtools.throwaway_postgres import postgres_server  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 TARGET_RATIO = 0.5
@@ -246,8 +246,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--profiles", type=int, default=1_000, help="bench profiles to seed")
     args = parser.parse_args()
-    with postgres_server(env_var="KEEL_BENCH_POSTGRES_URL") as url:
-        return _benchmark(url, args)
+    return run_on_postgres(lambda url: _benchmark(url, args))
 
 
 if __name__ == "__main__":

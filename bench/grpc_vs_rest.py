@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,9 +35,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # for `devtools` (and `bench`) when run as a script
 
 import grpc  # noqa: E402
-from bench.harness import free_port, keel_cmd, seed_profiles, server  # noqa: E402
+from bench.harness import free_port, keel_cmd, run_on_postgres, seed_profiles, server  # noqa: E402
 from bench.loadgen import Connection, auth_headers, percentile  # noqa: E402
-from devtools.throwaway_postgres import postgres_server  # noqa: E402
 
 from keel.profiles.v1 import profiles_pb2 as pb  # noqa: E402
 from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc  # noqa: E402
@@ -338,19 +336,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "grpc_vs_rest.json")
     args = parser.parse_args()
 
-    def on_signal(signum: int, frame: object) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        with postgres_server(env_var="KEEL_BENCH_POSTGRES_URL") as url:
-            return _benchmark(url, args)
-    except KeyboardInterrupt:
-        print("interrupted; cleaned up", file=sys.stderr)
-        return 130
+    return run_on_postgres(lambda url: _benchmark(url, args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,26 @@ SAMPLED_IDS = 10_000
 
 
 # --------------------------------------------------------------------------- processes
+
+
+def run_on_postgres(benchmark: Callable[[str], int]) -> int:
+    """`benchmark(database_url)` on a throwaway PostgreSQL (or KEEL_BENCH_POSTGRES_URL). Ctrl-C
+    or SIGTERM unwind through every cleanup (servers, PostgreSQL); a second one cannot cut it."""
+    from devtools.throwaway_postgres import postgres_server
+
+    def on_signal(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with postgres_server(env_var="KEEL_BENCH_POSTGRES_URL") as url:
+            return benchmark(url)
+    except KeyboardInterrupt:
+        print("interrupted; cleaned up", file=sys.stderr)
+        return 130
 
 
 def free_port() -> int:

@@ -39,12 +39,12 @@ from bench.harness import (  # noqa: E402
     free_port,
     keel_cmd,
     parse_wrk,
+    run_on_postgres,
     seed_profiles,
     serve_cmd,
     server,
     stop,
 )
-from devtools.throwaway_postgres import postgres_server  # noqa: E402
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
@@ -381,19 +381,7 @@ def main() -> int:
     parser.add_argument("--py-spy-native", action="store_true", help="py-spy --native (C frames too)")
     args = parser.parse_args()
 
-    def on_signal(signum: int, frame: object) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt cleanup
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt  # unwind through every cleanup below
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        with postgres_server(env_var="KEEL_BENCH_POSTGRES_URL") as url:
-            return _benchmark(url, args)
-    except KeyboardInterrupt:
-        print("interrupted; cleaned up", file=sys.stderr)
-        return 130
+    return run_on_postgres(lambda url: _benchmark(url, args))
 
 
 if __name__ == "__main__":
