@@ -79,6 +79,9 @@ def serve(
         loop="uvloop",
         http="httptools",
         access_log=False,  # Keel writes its own access log, with request and trace ids
+        # Keel reads X-Forwarded-For itself, through KEEL_TRUSTED_PROXY_HOPS only; uvicorn's
+        # default would rewrite the client address from it for any loopback peer.
+        proxy_headers=False,
         log_config=None,
         server_header=False,
     )

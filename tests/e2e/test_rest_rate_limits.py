@@ -215,6 +215,33 @@ async def test_the_concurrency_cap_refuses_a_second_request_in_flight(harness: H
     assert _parse(after.headers["ratelimit"])[0][1]["r"] == 12 - 1 - 5 - 1  # read, write, read
 
 
+async def test_known_refusals_are_answered_before_the_framework(harness: Harness) -> None:
+    key = await harness.key()
+    await harness.client.get("/v1/profiles", headers=key)  # 10 of the burst of 12
+    decided = await harness.client.get("/v1/profiles", headers=key)
+    assert decided.status_code == 429
+    assert "traceparent" in decided.headers  # decided by the limiter, inside the request envelope
+    early = await harness.client.get("/v1/profiles", headers={**key, "X-Request-Id": "abuse-1"})
+    problem = assert_problem(early, 429, "quota-exceeded")
+    # Remembered: answered before the envelope and its span, with the same headers and body.
+    assert "traceparent" not in early.headers
+    assert early.headers["x-request-id"] == problem["request_id"] == "abuse-1"
+    assert problem["violated_policies"] == ["burst"]
+    assert abs(int(early.headers["retry-after"]) - int(decided.headers["retry-after"])) <= 1
+    assert early.headers["ratelimit-policy"] == decided.headers["ratelimit-policy"]
+    assert _parse(early.headers["ratelimit"])[0][0] == "burst"
+    # A key this process does not know yet is looked up by the full path, never refused here.
+    unknown = await harness.client.get("/v1/profiles", headers=bearer("keel_nosuchkey_secret"))
+    assert unknown.status_code == 401  # and charged to the address: a list costs 10 of its 10
+    assert (await harness.client.get("/v1/profiles")).status_code == 429
+    anonymous = await harness.client.get("/v1/profiles")
+    assert anonymous.status_code == 429
+    assert "traceparent" not in anonymous.headers
+    assert len(anonymous.headers["x-request-id"]) == 32  # made up when the caller sent none
+    metrics = (await harness.client.get("/metrics")).text
+    assert 'keel_http_requests_total{method="GET",route="unmatched",status="429"} 4.0' in metrics
+
+
 async def test_health_and_metrics_are_never_limited(harness: Harness) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         statuses = {(await harness.client.get(path)).status_code for _ in range(25)}
@@ -265,12 +292,18 @@ async def test_load_shedding_refuses_sheddable_work_first_with_a_fast_503(sqlite
         shed = await built.client.get("/v1/profiles", headers=key)
         assert_problem(shed, 503, "temporary-reduced-capacity")
         assert 1 <= int(shed.headers["retry-after"]) <= 3
+        assert "traceparent" in shed.headers  # the first one starts the shedding, inside
         read = await built.client.get("/v1/profiles/eu1_01J00000000000000000000000", headers=key)
         assert read.status_code == 404
         assert (await built.client.get("/healthz")).status_code == 200
+        # While it lasts, the priority is shed before the framework (no span), as fast 503s.
+        again = await built.client.get("/v1/profiles", headers=key)
+        assert_problem(again, 503, "temporary-reduced-capacity")
+        assert "traceparent" not in again.headers
+        assert again.headers["x-request-id"]
         assert await held.release() == [201] * 4
         assert (await built.client.get("/v1/profiles", headers=key)).status_code == 200
-        assert 'keel_load_shed_total{priority="sheddable"} 1.0' in (await built.client.get("/metrics")).text
+        assert 'keel_load_shed_total{priority="sheddable"} 2.0' in (await built.client.get("/metrics")).text
     await keel.close()
 
 

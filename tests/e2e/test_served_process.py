@@ -253,3 +253,14 @@ def test_refusals_are_logged_sampled_not_one_line_each(served: Served) -> None:
     sampled = [line for line in lines if line.get("event") == "rate_limited"]
     assert 1 <= len(sampled) <= 2
     assert sampled[0]["policies"] == ["burst"]
+
+
+def test_x_forwarded_for_from_a_loopback_peer_is_not_trusted_by_default(served: Served) -> None:
+    # KEEL_TRUSTED_PROXY_HOPS is 0: whatever a caller writes in X-Forwarded-For, it is limited by
+    # its own address. (uvicorn's own proxy handling, off in `keel serve`, would trust loopback
+    # peers and give each spoofed address a fresh bucket.)
+    statuses = [
+        httpx.get(f"{served.base_url}/v1/profiles", headers={"X-Forwarded-For": f"203.0.113.{n}"}).status_code
+        for n in range(3)
+    ]
+    assert 429 in statuses, statuses

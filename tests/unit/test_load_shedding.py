@@ -107,3 +107,21 @@ def test_a_lagging_event_loop_shrinks_a_full_limit() -> None:
             limit.observe_loop_lag(0.03)
         _feed(limit, clock, 0.004, in_flight=int(limit.limit), windows=1)
     assert limit.limit < 10
+
+
+def test_refuses_answers_only_while_a_priority_is_being_shed() -> None:
+    shed: list[Priority] = []
+    shedder = LoadShedder(GradientLimit(initial=10, minimum=10, maximum=10), on_shed=shed.append)
+    admitted = [shedder.try_admit(Priority.CRITICAL) for _ in range(8)]
+    assert not shedder.refuses(Priority.SHEDDABLE)  # at 80 % but not shedding yet: try_admit decides
+    assert shed == []
+    assert shedder.try_admit(Priority.SHEDDABLE) is None  # starts shedding
+    assert shedder.refuses(Priority.SHEDDABLE)
+    assert shedder.in_flight == 8  # no slot taken
+    assert not shedder.refuses(Priority.CRITICAL)
+    for admitted_at in admitted[:2]:
+        assert admitted_at is not None
+        shedder.release("read", admitted_at)
+    # 6 in flight: below 85 % of the sheddable share (6.8), so the full path may restore it.
+    assert not shedder.refuses(Priority.SHEDDABLE)
+    assert shed == [Priority.SHEDDABLE, Priority.SHEDDABLE]

@@ -53,3 +53,42 @@ async def test_a_refusal_gives_its_slot_back() -> None:
     assert not refused.allowed
     assert refused.violated_policies == ["s"]
     assert (await guard.admit("c", tight, 1)).violated_policies == ["s"]  # not "concurrency"
+
+
+class SwitchableLimiter(InMemoryRateLimiter):
+    """The kill switch as a shared limiter keeps it: known for a while after each read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thrown = False
+        self.fresh = True
+
+    async def switched_off(self) -> bool:
+        self.fresh = True
+        return self.thrown
+
+    def switched_off_seen(self) -> bool | None:
+        return self.thrown if self.fresh else None
+
+
+async def test_known_refusals_are_the_ones_admit_would_give_without_asking_the_limiter() -> None:
+    limiter = SwitchableLimiter()
+    guard = RateLimitGuard(limiter, Metrics())
+    tight = Plan("t", (Policy("s", quota=1, window_seconds=60, burst=2),), concurrency=1)
+    assert guard.known_refusal("c", tight, 1) is None  # nothing known yet: only the limiter can tell
+    assert (await guard.admit("c", tight, 2)).allowed
+    assert guard.known_refusal("c", tight, 1) is not None  # over the concurrency cap
+    guard.release("c")
+    assert guard.known_refusal("c", tight, 1) is None  # a slot, and no refusal remembered yet
+    refused = await guard.admit("c", tight, 1)
+    assert not refused.allowed
+    known = guard.known_refusal("c", tight, 1)
+    assert known is not None
+    assert not known.allowed
+    assert known.violated_policies == ["s"]
+    assert known.retry_after_seconds == refused.retry_after_seconds
+    assert guard.known_refusal("other", tight, 1) is None
+    limiter.fresh = False  # the switch is due to be re-read: that is admit's job
+    assert guard.known_refusal("c", tight, 1) is None
+    limiter.fresh = limiter.thrown = True
+    assert guard.known_refusal("c", tight, 1) is None  # the switch is thrown: nothing is refused

@@ -42,6 +42,11 @@ class FailOpenRateLimiter:
             return False  # Redis is out of the path: the local limiter decides, switch or not
         return await self._shared.switched_off()
 
+    def switched_off_seen(self) -> bool | None:
+        if self._breaker.state is BreakerState.OPEN:
+            return False
+        return self._shared.switched_off_seen()
+
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         if self._breaker.allow():
             try:

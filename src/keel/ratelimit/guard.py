@@ -65,16 +65,9 @@ class RateLimitGuard:
             if not decision.allowed:  # switched back on, or Redis unreachable: a real decision
                 self.release(client)
             return RateLimitOutcome(decision.allowed, plan, decision, format_ratelimit_header(decision))
-        if in_flight >= plan.concurrency:
-            self._count(CONCURRENCY_POLICY, "rejected")
-            self._rejections.warning(
-                "rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY]
-            )
-            return RateLimitOutcome(False, plan, None, f'"{CONCURRENCY_POLICY}";r=0')
-        remembered = self._denials.refusal(client, cost)
-        if remembered is not None:
-            self._refused(client, plan, remembered)
-            return RateLimitOutcome(False, plan, remembered, format_ratelimit_header(remembered))
+        refusal = self._local_refusal(client, plan, cost, in_flight)
+        if refusal is not None:
+            return refusal
         # The slot is taken before the decision, which may wait on Redis: concurrent requests
         # of one client must not all pass the cap while the first one is being decided.
         self._in_flight[client] = in_flight + 1
@@ -100,6 +93,29 @@ class RateLimitGuard:
             else:
                 self._count(state.policy.name, "shadow_rejected")
         return RateLimitOutcome(decision.allowed, plan, decision, format_ratelimit_header(decision))
+
+    def known_refusal(self, client: str, plan: Plan, cost: int) -> RateLimitOutcome | None:
+        """The refusal `admit` would give now, when this process can tell it without asking
+        the shared limiter (the concurrency cap, a remembered refusal); None otherwise. Never
+        admits, takes no slot and does no I/O, so it can run before anything else. Unless this
+        process read the kill switch within its refresh interval (and it was not thrown), the
+        request is left to `admit`, which reads it."""
+        if self._limiter.switched_off_seen() is not False:
+            return None
+        return self._local_refusal(client, plan, cost, self._in_flight.get(client, 0))
+
+    def _local_refusal(self, client: str, plan: Plan, cost: int, in_flight: int) -> RateLimitOutcome | None:
+        if in_flight >= plan.concurrency:
+            self._count(CONCURRENCY_POLICY, "rejected")
+            self._rejections.warning(
+                "rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY]
+            )
+            return RateLimitOutcome(False, plan, None, f'"{CONCURRENCY_POLICY}";r=0')
+        remembered = self._denials.refusal(client, cost)
+        if remembered is not None:
+            self._refused(client, plan, remembered)
+            return RateLimitOutcome(False, plan, remembered, format_ratelimit_header(remembered))
+        return None
 
     def _refused(self, client: str, plan: Plan, decision: Decision) -> None:
         for state in decision.states:

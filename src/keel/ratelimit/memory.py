@@ -29,6 +29,9 @@ class InMemoryRateLimiter:
     async def switched_off(self) -> bool:
         return False  # only the shared limiter has a fleet-wide switch
 
+    def switched_off_seen(self) -> bool | None:
+        return False
+
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         return self.acquire_now(client, plan, cost)
 

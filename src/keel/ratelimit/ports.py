@@ -13,6 +13,11 @@ class RateLimiter(Protocol):
         """The fleet-wide kill switch is on: admit everything, refuse nothing."""
         ...
 
+    def switched_off_seen(self) -> bool | None:
+        """The kill switch as `switched_off` last read it, while that reading is still fresh;
+        None when only `switched_off` can tell. No I/O."""
+        ...
+
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         """Check every policy of the plan and charge them all, or none: one atomic step."""
         ...

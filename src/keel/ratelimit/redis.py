@@ -125,6 +125,11 @@ class RedisRateLimiter:
             await self._read_switch(loop.time())
         return self._switched_off
 
+    def switched_off_seen(self) -> bool | None:
+        if asyncio.get_running_loop().time() >= self._switch_read_until:
+            return None
+        return self._switched_off
+
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         if await self.switched_off():
             count = len(plan.policies)

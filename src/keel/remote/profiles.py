@@ -139,6 +139,9 @@ class RemoteAuthenticator:
         self._core = core
         self._answers = KeyAnswers(ttl=ttl, negative_ttl=negative_ttl, max_entries=max_entries)
 
+    def known(self, token: str) -> Principal | None:
+        return self._answers.known_token(token)
+
     async def authenticate(self, token: str | None) -> Principal:
         key_id, digest = credentials(token)
         cached = self._answers.lookup(digest)

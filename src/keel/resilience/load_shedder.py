@@ -56,6 +56,17 @@ class LoadShedder:
         self.in_flight += 1
         return self._clock()
 
+    def refuses(self, priority: Priority) -> bool:
+        """Whether `priority` is being shed and a request of it would be refused now. Counts
+        the refusal; takes no slot and never starts shedding (only `try_admit` does), so it
+        can run before anything else to refuse at the least cost."""
+        if not self._shedding[priority]:
+            return False
+        if self.in_flight < self.limit.limit * SHARES[priority] * self._restore_ratio:
+            return False
+        self._shed(priority)
+        return True
+
     def release(self, operation: str, admitted_at: float, *, succeeded: bool = True) -> None:
         """A request admitted at `admitted_at` ended. Only successes steer the limit: a fast
         401 or 404 says nothing about how long the operation takes, and would pull its no-load

@@ -108,6 +108,16 @@ class KeyAnswers:
             raise Unauthenticated(INVALID_KEY)
         return None
 
+    def known_token(self, token: str) -> Principal | None:
+        """The principal of a well-formed token already known to be valid; None for anything
+        else (unknown, known invalid, malformed), which only the full lookup may answer."""
+        if parse_key_id(token) is None:
+            return None
+        try:
+            return self.lookup(token_digest(token))
+        except Unauthenticated:
+            return None
+
     def known(self, digest: str, principal: Principal) -> None:
         remember(self._known, digest, (principal, time.monotonic() + self._ttl), self._max_entries)
 
@@ -141,6 +151,9 @@ class Authenticator:
 
     async def authenticate(self, token: str | None) -> Principal:
         return await self.resolve(*credentials(token))
+
+    def known(self, token: str) -> Principal | None:
+        return self._answers.known_token(token)
 
     async def resolve(self, key_id: str, digest: str) -> Principal:
         """The principal of the key `key_id` whose token has SHA-256 `digest`: how a bearer

@@ -97,3 +97,8 @@ class CallerAuthenticator(Protocol):
     async def authenticate(self, token: str | None) -> Principal:
         """The principal an API key stands for; `Unauthenticated` for a missing or unknown key."""
         ...
+
+    def known(self, token: str) -> Principal | None:
+        """The principal of a key this process already knows to be valid, without any I/O;
+        None when only `authenticate` can tell."""
+        ...

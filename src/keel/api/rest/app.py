@@ -8,11 +8,12 @@ from typing import Any
 
 from cadwyn import Cadwyn
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from keel import __version__
 from keel.api.graphql import install_graphql
 from keel.api.rest import health, routes
-from keel.api.rest.admission import Admission
+from keel.api.rest.admission import Admission, EarlyRefusals
 from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
@@ -43,6 +44,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         openapi_customizer=_customize_openapi,
         lifespan=lifespan,
     )
+    app.early_refusals = EarlyRefusals(metrics, trusted_proxy_hops=settings.trusted_proxy_hops)
     install_problem_handlers(app)
     app.include_router(health.router)
     install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
@@ -60,6 +62,16 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
 
 
 class _KeelCadwyn(Cadwyn):
+    early_refusals: EarlyRefusals | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Before Cadwyn, FastAPI and Starlette: see keel.api.rest.admission.EarlyRefusals.
+        if scope["type"] == "http" and self.early_refusals is not None:
+            keel = getattr(self.state, "keel", None)
+            if keel is not None and await self.early_refusals.answered(scope, send, keel):
+                return
+        await super().__call__(scope, receive, send)
+
     def _cadwyn_initialize(self) -> None:
         # Cadwyn generates its versioned routes lazily, on the first request; right after that,
         # the newest version's routes are pointed at their handlers (see head_routes.py).

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keel.api.rest.admission import REJECTED_SCOPE_KEY
+from keel.api.rest.admission import REJECTED_SCOPE_KEY, UNROUTED
 from keel.api.rest.problems import problem_response
 from keel.observability.context import RequestContext, request_context_var, valid_request_id
 from keel.observability.metrics import Metrics
@@ -26,7 +26,6 @@ from keel.resilience.deadline import deadline_in
 
 _propagator = TraceContextTextMapPropagator()
 _log = structlog.get_logger("keel.access")
-_UNMATCHED = "unmatched"
 
 
 def _timeout_seconds(value: bytes) -> float | None:
@@ -196,4 +195,4 @@ def _route_template(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     # Only templates, never raw paths, become labels: raw paths would explode cardinality.
-    return path if isinstance(path, str) else _UNMATCHED
+    return path if isinstance(path, str) else UNROUTED
