@@ -108,14 +108,15 @@ def keel_cmd(*args: str) -> list[str]:
 
 
 def serve_cmd(name: str, port: int) -> list[str]:
-    """One uvicorn worker on loopback, uvloop + httptools, for either server."""
+    """One uvicorn worker on loopback, uvloop + httptools: Keel, or a bench app (`baseline`,
+    `refusal_floor`)."""
     if name == "keel":
         return keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        "bench.baseline_app:app",
+        f"bench.{name}_app:app",
         "--host",
         "127.0.0.1",
         "--port",
@@ -125,6 +126,7 @@ def serve_cmd(name: str, port: int) -> list[str]:
         "--http",
         "httptools",
         "--no-access-log",
+        "--no-proxy-headers",
     ]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import multiprocessing
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +35,7 @@ class Response:
     body: bytes
 
 
-KEEP_HEADERS = (b"retry-after", b"ratelimit", b"ratelimit-policy")
+KEEP_HEADERS = (b"retry-after", b"ratelimit", b"ratelimit-policy", b"traceparent")
 OWN_LAG: list[float] = []  # the last run's timer lag samples, seconds
 
 
@@ -182,6 +184,39 @@ async def run(
                 with contextlib.suppress(Exception):
                     connection.close()
     return results
+
+
+def run_in_another_process(
+    streams: Sequence[Stream], duration: float, *, nice: int = 0
+) -> Callable[[], list[Result]]:
+    """Start driving `streams` now, from a forked process of their own (niced by `nice`), as
+    another client machine would; call the returned function to wait for their results.
+
+    A client's measured latency includes its generator's own delays: driving a heavy client from
+    the same event loop as light ones would charge the heavy one's client-side work to the light
+    ones' latencies. Call with no event loop running (it forks)."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+
+    def drive() -> None:
+        os.nice(nice)
+        results = asyncio.run(run(streams, duration))
+        sender.send((results, OWN_LAG))
+
+    process = context.Process(target=drive, daemon=True)
+    process.start()
+    sender.close()
+
+    def results() -> list[Result]:
+        received: tuple[list[Result], list[float]] = receiver.recv()  # before join: the pipe may be full
+        process.join()
+        OTHER_LAG[:] = received[1]
+        return received[0]
+
+    return results
+
+
+OTHER_LAG: list[float] = []  # the timer lag of the last process `run_in_another_process` collected
 
 
 def percentile(values: Sequence[float], q: float) -> float:
