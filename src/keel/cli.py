@@ -134,8 +134,12 @@ def keys_create(
     from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS
     from keel.bootstrap import build_rate_limit_catalog
 
-    settings = Settings()
-    plans = build_rate_limit_catalog(settings).plans
+    try:
+        settings = Settings()
+        plans = build_rate_limit_catalog(settings).plans
+    except ValueError as error:  # the configuration (settings, plans): a sentence, not a traceback
+        typer.echo(f"keel: bad configuration: {error}", err=True)
+        raise typer.Exit(1) from None
     plan = plan or settings.ratelimit_default_plan
     if plan not in plans:
         raise typer.BadParameter(f"unknown plan; configured plans: {', '.join(plans)}")

@@ -242,6 +242,32 @@ async def test_known_refusals_are_answered_before_the_framework(harness: Harness
     assert 'keel_http_requests_total{method="GET",route="unmatched",status="429"} 4.0' in metrics
 
 
+async def test_the_first_authorization_header_is_the_caller_on_both_paths(harness: Harness) -> None:
+    key = await harness.key()
+    missing = "/v1/profiles/eu1_01J00000000000000000000000"
+    assert (await harness.client.get(missing, headers=key)).status_code == 404  # now known here
+    both = [("Authorization", "Bearer keel_nosuchkey_secret"), ("Authorization", key["Authorization"])]
+    assert (await harness.client.get(missing, headers=both)).status_code == 401
+
+
+async def test_a_failing_early_check_leaves_the_request_to_the_full_path(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = await harness.key()
+    missing = "/v1/profiles/eu1_01J00000000000000000000000"
+    assert (await harness.client.get(missing, headers=key)).status_code == 404
+    guard = harness.serving.rate_limits
+    assert guard is not None
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in the early check")
+
+    monkeypatch.setattr(guard, "known_refusal", broken)
+    answer = await harness.client.get(missing, headers=key)
+    assert answer.status_code == 404  # decided and served as usual, not a bare 500
+    assert "traceparent" in answer.headers
+
+
 async def test_health_and_metrics_are_never_limited(harness: Harness) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         statuses = {(await harness.client.get(path)).status_code for _ in range(25)}

@@ -218,6 +218,23 @@ def test_keys_carry_a_rate_limit_plan(served: Served) -> None:
     assert "unknown plan" in refused.stderr
 
 
+def test_a_bad_plan_configuration_is_one_clear_line(served: Served) -> None:
+    tiny = {"policies": [{"name": "burst", "quota": 1, "window_seconds": 1, "burst": 1}]}
+    plans = json.dumps({"standard": tiny, "anonymous": tiny})
+    refused = subprocess.run(
+        [sys.executable, "-m", "keel", "keys", "create"],
+        env={**served.env, "KEEL_RATELIMIT_PLANS": plans},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("keel: bad configuration:")
+    assert "can never admit" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_the_fleet_wide_kill_switch_lives_in_redis(served: Served, redis_url: str) -> None:
     import redis
 

@@ -5,8 +5,8 @@ This never refuses what Redis would admit: a client's TATs only move forward (ot
 can only add to them; the exceptions, refunds of 304s and shed requests, give back little and
 only make this conservative by that much). An abuser at 50x its quota therefore costs one Redis
 round trip per refill interval, not one per request. What other processes charged meanwhile is
-not known here, so a remembered Retry-After can be shorter than Redis's by what they admitted;
-the kill switch reaches a remembered refusal only when it lapses (one emission interval).
+not known here, so a remembered Retry-After can be shorter than Redis's by what they admitted.
+The kill switch is the guard's to check before asking here (`RateLimitGuard`).
 """
 
 from __future__ import annotations

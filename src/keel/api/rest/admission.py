@@ -163,8 +163,12 @@ class EarlyRefusals:
         method: str = scope["method"]
         token: str | None = None
         request_id = ""
+        seen_authorization = False
         for name, value in scope["headers"]:
-            if name == b"authorization":
+            # The first Authorization header, as the full path reads it; the last X-Request-Id,
+            # as the envelope does.
+            if name == b"authorization" and not seen_authorization:
+                seen_authorization = True
                 token = bearer_token(value.decode("latin-1"))
             elif name == b"x-request-id":
                 request_id = value.decode("latin-1")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from cadwyn import Cadwyn
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
@@ -26,7 +27,11 @@ from keel.api.rest.versions import NEWEST_VERSION, VERSION_HEADER, versions
 from keel.config import Settings
 from keel.observability.metrics import Metrics
 
+if TYPE_CHECKING:
+    from keel.bootstrap import Keel
+
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+_log = structlog.get_logger("keel.admission")
 
 
 def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan | None = None) -> Cadwyn:
@@ -66,9 +71,10 @@ class _KeelCadwyn(Cadwyn):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Before Cadwyn, FastAPI and Starlette: see keel.api.rest.admission.EarlyRefusals.
-        if scope["type"] == "http" and self.early_refusals is not None:
+        refusals = self.early_refusals
+        if scope["type"] == "http" and refusals is not None:
             keel = getattr(self.state, "keel", None)
-            if keel is not None and await self.early_refusals.answered(scope, send, keel):
+            if keel is not None and await _refused_early(refusals, scope, send, keel):
                 return
         await super().__call__(scope, receive, send)
 
@@ -92,3 +98,13 @@ def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str,
     }
     schema["security"] = [{"ApiKey": []}]
     return schema
+
+
+async def _refused_early(refusals: EarlyRefusals, scope: Scope, send: Send, keel: Keel) -> bool:
+    try:
+        return await refusals.answered(scope, send, keel)
+    except Exception as error:  # noqa: BLE001 - logged, and the full path takes the request
+        # Outside the envelope's safety net: a bug here must not become a bare 500. The full path
+        # decides the request instead (and, should it fail the same way, answers with a problem).
+        _log.error("early_refusal_failed", exc_info=error)
+        return False
