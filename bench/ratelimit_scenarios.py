@@ -838,6 +838,7 @@ def cost(environment: Environment, duration: float) -> Report:
         for name, rs in runs.items()
     }
     micro = asyncio.run(_decision_cost(environment))
+    refusals = _refusal_throughput(environment, wrk)
     base = medians["no limiter"]["requests_per_second"]
     report.figures = {
         "wrk_medians": medians,
@@ -845,6 +846,7 @@ def cost(environment: Environment, duration: float) -> Report:
         "throughput_ratio_redis": round(medians["redis"]["requests_per_second"] / base, 3),
         "per_request_cpu_us_no_limiter": round(1e6 / base, 1),
         **micro,
+        **refusals,
     }
     for name in ("in-memory", "redis"):
         m = medians[name]
@@ -855,6 +857,43 @@ def cost(environment: Environment, duration: float) -> Report:
             f" p50 {m['p50_ms'] - medians['no limiter']['p50_ms']:+.2f} ms",
         )
     return report
+
+
+def _refusal_throughput(environment: Environment, wrk: str) -> dict[str, float]:
+    """How fast one process answers nothing but refusals (wrk, 8 connections, a key far over its
+    quota): Keel (Redis limiter, remembered refusals answered before the framework) and the
+    refusal floor app (a prebuilt 429), alternated over 2 rounds; medians."""
+    token = environment.keys("bench", 1)[0]
+    url_path = f"/v1/profiles/{environment.ids[0]}"
+    rates: dict[str, list[float]] = {"keel": [], "floor": []}
+    for round_number in range(2):
+        for name in ("keel", "floor") if round_number == 0 else ("floor", "keel"):
+            nodes = (
+                keel_nodes(environment, 1, "refusals") if name == "keel" else refusal_floor(environment, 1)
+            )
+            with nodes as ports:
+                command = [wrk, "-t1", "-c8", "-d5s", "--latency", "-H", f"Authorization: Bearer {token}"]
+                url = f"http://127.0.0.1:{ports[0]}{url_path}"
+                subprocess.run(
+                    [*command[:3], "-d2s", *command[4:], url], capture_output=True, timeout=60, check=True
+                )
+                done = subprocess.run([*command, url], capture_output=True, text=True, timeout=60, check=True)
+            result = parse_wrk(name, done.stdout)
+            rates[name].append(result.requests_per_second)
+            print(
+                f"  round {round_number + 1} refusals only, {name:<5} {result.requests_per_second:8,.0f}/s",
+                flush=True,
+            )
+    keel, floor = statistics.median(rates["keel"]), statistics.median(rates["floor"])
+    print(
+        f"  refusals/s: Keel {keel:,.0f}, refusal floor app {floor:,.0f} (ratio {keel / floor:.2f})",
+        flush=True,
+    )
+    return {
+        "refusals_per_s_keel": round(keel, 1),
+        "refusals_per_s_floor_app": round(floor, 1),
+        "refusal_throughput_ratio_keel_to_floor": round(keel / floor, 3),
+    }
 
 
 async def _decision_cost(environment: Environment) -> dict[str, float]:
