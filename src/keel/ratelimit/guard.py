@@ -48,6 +48,11 @@ class RateLimitGuard:
         self._decision_series: dict[tuple[str, str], Counter] = {}
         self._rejections = SampledLog("keel.ratelimit")
         self._denials = Denials()
+        # By `Decision.degraded`: decided locally, or by the shared limiter.
+        self._decision_duration = {
+            degraded: metrics.ratelimit_decision_duration.labels("local" if degraded else "shared")
+            for degraded in (False, True)
+        }
 
     async def admit(self, client: str, plan: Plan, cost: int) -> RateLimitOutcome:
         """On `allowed`, the caller must call `release(client)` when the request ends."""
@@ -77,9 +82,7 @@ class RateLimitGuard:
         except BaseException:
             self.release(client)
             raise
-        self._metrics.ratelimit_decision_duration.labels("local" if decision.degraded else "shared").observe(
-            time.perf_counter() - started
-        )
+        self._decision_duration[decision.degraded].observe(time.perf_counter() - started)
         if not decision.allowed:
             self.release(client)
             if not decision.degraded:

@@ -23,6 +23,10 @@ class Policy:
     window_seconds: float
     burst: int
     shadow: bool = False  # decide and report, never reject
+    # Derived once (every decision reads them): the time for one unit of quota to come back,
+    # and the delay-variation tolerance, `burst` of those.
+    emission_interval_us: float = field(init=False, compare=False, repr=False)
+    tolerance_us: float = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not _POLICY_NAME.fullmatch(self.name) or self.name == RESERVED_POLICY_NAME:
@@ -31,15 +35,9 @@ class Policy:
             )
         if self.quota < 1 or self.burst < 1 or not 0.001 <= self.window_seconds <= 366 * 86400:
             raise ValueError(f"policy {self.name!r}: quota and burst >= 1, window 1 ms to 1 year")
-
-    @property
-    def emission_interval_us(self) -> float:
-        """Time for one unit of quota to come back."""
-        return self.window_seconds * MICROSECONDS / self.quota
-
-    @property
-    def tolerance_us(self) -> float:
-        return self.emission_interval_us * self.burst
+        interval = self.window_seconds * MICROSECONDS / self.quota
+        object.__setattr__(self, "emission_interval_us", interval)
+        object.__setattr__(self, "tolerance_us", interval * self.burst)
 
     def divided(self, parts: int, minimum_burst: int = 1) -> Policy:
         """This policy's share on one of `parts` nodes that decide without a shared store; the

@@ -88,55 +88,54 @@ class Admission:
         if not outcome.allowed:
             await _rate_limited(scope, send, outcome, current_request_id() or "")
             return
-        status = 0
         extra = [(b"ratelimit-policy", plan.policy_header.encode())]
         if outcome.ratelimit_header is not None:
             extra.append((b"ratelimit", outcome.ratelimit_header.encode()))
-
-        async def send_with_limits(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
-
         try:
-            served = await self._shed_or_serve(scope, receive, send_with_limits, keel, operation, priority)
+            status = await self._shed_or_serve(scope, receive, send, keel, operation, priority, extra)
         finally:
             guard.release(client)
-        if not served or status == 304:
+        if status is None or status == 304:
             # Shed requests got no service, and a client that revalidates its cache instead of
             # refetching is rewarded: neither is charged.
             await guard.refund(client, plan, cost)
 
     async def _shed_or_serve(
-        self, scope: Scope, receive: Receive, send: Send, keel: Keel, operation: str, priority: Priority
-    ) -> bool:
-        """Serve the request unless the process is shedding its priority; False when shed.
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        keel: Keel,
+        operation: str,
+        priority: Priority,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> int | None:
+        """Serve the request, with `extra_headers` added to its response, unless the process is
+        shedding its priority: the response's status, None when shed.
 
         Runs after the per-client limits, so that requests refused there (an abuser's) never
         take a slot here nor count in the latencies that steer the limit."""
         shedder = keel.shedder
-        if shedder is None:
-            await self.app(scope, receive, send)
-            return True
-        admitted_at = shedder.try_admit(priority)
+        admitted_at = shedder.try_admit(priority) if shedder is not None else 0.0
         if admitted_at is None:
             await _shed(scope, send, priority, current_request_id() or "")
-            return False
+            return None
         status = 500
 
         async def send_noting_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if extra_headers:
+                    message["headers"] = [*message.get("headers", ()), *extra_headers]
             await send(message)
 
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
-            shedder.release(operation, admitted_at, succeeded=status < 400)
-        return True
+            if shedder is not None:
+                shedder.release(operation, admitted_at, succeeded=status < 400)
+        return status
 
 
 class EarlyRefusals:
