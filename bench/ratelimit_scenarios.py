@@ -215,29 +215,31 @@ async def _issue_keys(env: dict[str, str], plan: str, count: int) -> list[str]:
 @contextlib.contextmanager
 def keel_nodes(environment: Environment, count: int, name: str, **overrides: str) -> Iterator[list[int]]:
     """`count` Keel processes (one uvicorn worker each) on free loopback ports."""
-    ports = [free_port() for _ in range(count)]
-    with contextlib.ExitStack() as stack:
-        for n, port in enumerate(ports):
-            log = environment.logs / f"{name}-{n}.log"
-            command = [*KEEL_CPUS, *keel_cmd("serve", "--host", "127.0.0.1", "--port", str(port))]
-            process = stack.enter_context(
-                server(f"keel {name} {n}", command, environment.keel_env(**overrides), log, port)
-            )
-            NODE_PIDS[port] = process.pid
+    with _service_processes(environment, count, "keel", name, environment.keel_env(**overrides)) as ports:
         yield ports
 
 
 @contextlib.contextmanager
 def refusal_floor(environment: Environment, count: int) -> Iterator[list[int]]:
     """`count` processes of bench/refusal_floor_app.py, placed like Keel's."""
+    with _service_processes(
+        environment, count, "refusal_floor", "refusal-floor", environment.keel_env()
+    ) as ports:
+        yield ports
+
+
+@contextlib.contextmanager
+def _service_processes(
+    environment: Environment, count: int, app: str, name: str, env: dict[str, str]
+) -> Iterator[list[int]]:
+    """`count` processes of `app` (see harness.serve_cmd) on the service side's CPU, on free
+    loopback ports; their pids in NODE_PIDS for CPU accounting."""
     ports = [free_port() for _ in range(count)]
     with contextlib.ExitStack() as stack:
         for n, port in enumerate(ports):
-            command = [*KEEL_CPUS, *serve_cmd("refusal_floor", port)]
-            log = environment.logs / f"refusal-floor-{n}.log"
-            process = stack.enter_context(
-                server(f"refusal floor {n}", command, environment.keel_env(), log, port)
-            )
+            command = [*KEEL_CPUS, *serve_cmd(app, port)]
+            log = environment.logs / f"{name}-{n}.log"
+            process = stack.enter_context(server(f"{app} {name} {n}", command, env, log, port))
             NODE_PIDS[port] = process.pid
         yield ports
 
