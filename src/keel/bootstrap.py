@@ -33,6 +33,7 @@ from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
+from keel.service.pagination import Cursors
 from keel.service.ports import Clock, InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
@@ -356,6 +357,7 @@ async def build_keel(settings: Settings, *, metrics: Metrics | None = None) -> K
         settings.region,
         reads=reads,
         idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
+        cursors=Cursors(settings.cursor_key()),
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
     core = Core(

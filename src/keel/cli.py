@@ -126,7 +126,10 @@ def keys_create(
         str | None, typer.Option(help="API version to pin; defaults to the newest.")
     ] = None,
     plan: Annotated[
-        str | None, typer.Option(help="Rate-limit plan; defaults to KEEL_RATELIMIT_DEFAULT_PLAN.")
+        str | None,
+        typer.Option(
+            help="Rate-limit plan; defaults to `edge` for edge keys, else KEEL_RATELIMIT_DEFAULT_PLAN."
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="Print only the secret.")] = False,
 ) -> None:
@@ -140,14 +143,15 @@ def keys_create(
     except ValueError as error:  # the configuration (settings, plans): a sentence, not a traceback
         typer.echo(f"keel: bad configuration: {error}", err=True)
         raise typer.Exit(1) from None
-    plan = plan or settings.ratelimit_default_plan
-    if plan not in plans:
-        raise typer.BadParameter(f"unknown plan; configured plans: {', '.join(plans)}")
-
     try:
         parsed = [Scope(s.strip()) for s in scopes.split(",") if s.strip()]
     except ValueError as error:
         raise typer.BadParameter(f"{error}; use {', '.join(s.value for s in Scope)}") from None
+    if plan is None:
+        # An edge's calls for all its callers are charged to its own key: its own plan.
+        plan = "edge" if Scope.EDGE in parsed and "edge" in plans else settings.ratelimit_default_plan
+    if plan not in plans:
+        raise typer.BadParameter(f"unknown plan; configured plans: {', '.join(plans)}")
     version = api_version or NEWEST_VERSION
     if version not in SUPPORTED_VERSIONS:
         raise typer.BadParameter(f"unknown API version; use one of {', '.join(sorted(SUPPORTED_VERSIONS))}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +70,12 @@ class Settings(BaseSettings):
         default=600.0, ge=0, description="How old a copy may be served when the database is unavailable."
     )
     max_body_bytes: int = 64 * 1024
+    cursor_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs pagination cursors; every process serving one API must share it. "
+        "Unset: derived from the database URL (processes on one database agree, but the key is only "
+        "as secret as that URL).",
+    )
     api_key_cache_seconds: float = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -174,6 +181,15 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://", "sqlite:///")):
             raise ValueError("must start with postgresql:// or sqlite:///")
         return value
+
+    def cursor_key(self) -> bytes:
+        """The key of `cursor_secret` (see there)."""
+        secret = (
+            self.cursor_secret.get_secret_value()
+            if self.cursor_secret is not None
+            else f"database:{self.database_url}"
+        )
+        return hashlib.sha256(b"keel-cursors\0" + secret.encode()).digest()
 
     @property
     def uses_postgres(self) -> bool:

@@ -34,12 +34,12 @@ def new_profile_id(region: str) -> str:
 
 
 def is_profile_id(value: str) -> bool:
-    return _PROFILE_ID_PATTERN.match(value) is not None
+    return _PROFILE_ID_PATTERN.fullmatch(value) is not None
 
 
 def region_of(profile_id: str) -> str:
     """The region a profile lives in, read from its id alone."""
-    match = _PROFILE_ID_PATTERN.match(profile_id)
+    match = _PROFILE_ID_PATTERN.fullmatch(profile_id)
     if match is None:
         raise ValueError("not a profile id")
     return match.group(1)

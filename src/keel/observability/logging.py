@@ -31,6 +31,8 @@ def _add_request_context(
     if context is not None:
         event_dict.setdefault("request_id", context.request_id)
         event_dict.setdefault("trace_id", context.trace_id)
+        if context.key_id is not None:
+            event_dict.setdefault("key_id", context.key_id)
     return event_dict
 
 

@@ -114,5 +114,16 @@ DEFAULT_PLANS: dict[str, Plan] = {
             ),
             concurrency=100,
         ),
+        # An edge deployment's own key: every call it makes for its callers is charged to it
+        # (each caller was charged at the edge). Large, but a bound on what a stolen edge key
+        # can do.
+        Plan(
+            "edge",
+            (
+                Policy("burst", quota=20_000, window_seconds=1, burst=40_000),
+                Policy("hourly", 50_000_000, 3600, 2_000_000),
+            ),
+            concurrency=2_000,
+        ),
     )
 }

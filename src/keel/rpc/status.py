@@ -41,8 +41,11 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 MAX_MESSAGE_CHARS = 2_000
 MAX_FIELD_VIOLATIONS = 1_000
 MAX_METADATA_BYTES = 1024 * 1024
-# The largest message either end accepts: 500 profiles of up to 64 KiB each, and some room.
+# The largest answer either end accepts: 500 profiles of up to 64 KiB each, and some room.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest request a server accepts: one profile (at most 64 KiB as JSON, somewhat more as a
+# message), or a batch of 500 ids, with room to spare; no more than REST lets through.
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 class CoreUnreachable(Unavailable):

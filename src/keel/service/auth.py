@@ -1,8 +1,11 @@
 """API key issuing and authentication.
 
-Keys look like `keel_<key id>_<secret>`. Only SHA-256 of the whole token is stored: the secret
-has 256 random bits, so a slow password hash would add latency without adding safety (slow
-hashes protect guessable passwords, and nothing here is guessable).
+Keys look like `keel_<key id>_<secret>`. A caller proves a key with the token itself; an edge
+proves a caller's key with the token's SHA-256 (its *digest*), so that the token never leaves
+the edge. What is stored is neither: it is a *verifier*, a second hash of the digest, so that a
+copy of the database (a backup, a replica) holds nothing that authenticates. The secret has 256
+random bits, so a slow password hash would add latency without adding safety (slow hashes
+protect guessable passwords, and nothing here is guessable).
 """
 
 from __future__ import annotations
@@ -29,7 +32,19 @@ INVALID_KEY = "The API key is not valid."
 
 
 def token_digest(token: str) -> str:
+    """The proof of a token an edge sends for its caller: never stored."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def key_verifier(digest: str) -> str:
+    """What is stored for a key whose token has SHA-256 `digest` (see the module's docstring)."""
+    return hashlib.sha256(_VERIFIER_CONTEXT + digest.encode()).hexdigest()
+
+
+_VERIFIER_CONTEXT = b"keel-api-key-verifier\0"
+# Compared against when a key id is unknown, so that an unknown id and a wrong secret cost the
+# same work (the caller must not learn which key ids exist from response times).
+_NO_KEY_VERIFIER = key_verifier(token_digest("keel_no-such-key"))
 
 
 def parse_key_id(token: str) -> str | None:
@@ -52,15 +67,18 @@ async def issue_api_key(
     scopes: Iterable[Scope],
     api_version: str,
     name: str,
-    plan: str = "standard",
+    plan: str | None = None,
 ) -> IssuedKey:
-    """Create and store a key; the returned token is the only time the secret exists in clear."""
+    """Create and store a key; the returned token is the only time the secret exists in clear.
+    Without a plan, an edge's key gets the `edge` plan, any other key `standard`."""
+    granted = frozenset(scopes)
+    plan = plan or ("edge" if Scope.EDGE in granted else "standard")
     key_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()
     token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
         id=key_id,
-        secret_hash=token_digest(token),
-        scopes=frozenset(scopes),
+        secret_hash=key_verifier(token_digest(token)),
+        scopes=granted,
         api_version=api_version,
         name=name,
         created_at=clock.now(),
@@ -160,6 +178,9 @@ class Authenticator:
         token is checked, and how an edge proves the key it acts for without sending it."""
         cached = self._answers.lookup(digest)
         if cached is not None:
+            if cached.key_id != key_id:
+                # A proof of one key sent with the id of another: the pair names no key.
+                raise Unauthenticated(INVALID_KEY)
             return cached
         principal = await self._load(key_id, digest)
         if principal is None:
@@ -171,8 +192,11 @@ class Authenticator:
     async def _load(self, key_id: str, digest: str) -> Principal | None:
         async with self._store.unit_of_work(read_only=True) as uow:
             key = await uow.api_keys.get(key_id)
-        # Constant-time comparison: the hash must not leak through response timing.
-        if key is None or key.revoked_at is not None or not hmac.compare_digest(key.secret_hash, digest):
+        # The same work whether or not the id exists, and a constant-time comparison: neither
+        # which ids exist nor the stored verifier may leak through response times.
+        stored = key.secret_hash if key is not None else _NO_KEY_VERIFIER
+        matches = hmac.compare_digest(stored.encode(), key_verifier(digest).encode())
+        if key is None or not matches or key.revoked_at is not None:
             return None
         return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)
 

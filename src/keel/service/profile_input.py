@@ -7,7 +7,10 @@ with its location, not just the first.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import unicodedata
 import zoneinfo
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +20,15 @@ import langcodes
 from email_validator import EmailNotValidError, validate_email
 
 from keel.domain.errors import FieldError, ValidationFailed
-from keel.domain.profile import Email, JSONObject, JSONValue, Link, ProfileFields, identity_errors
+from keel.domain.profile import (
+    HANDLE_RULE,
+    Email,
+    JSONObject,
+    JSONValue,
+    Link,
+    ProfileFields,
+    identity_errors,
+)
 from keel.service.attributes import AttributePolicy
 
 MAX_EMAILS = 10
@@ -25,6 +36,14 @@ MAX_LINKS = 20
 MAX_DISPLAY_NAME = 100
 MAX_BIO = 1000
 MAX_URL = 2048
+# Bounds checked before any parser sees a string (langcodes recurses once per subtag; the email
+# and URL parsers are linear but need not read a megabyte to refuse it).
+MAX_HANDLE_INPUT = 64  # before trimming; a valid handle has 3-30 characters
+MAX_EMAIL = 320
+MAX_LOCALE = 35  # RFC 5646's longest well-formed tag a registry-conformant speaker needs
+MAX_TIMEZONE = 64
+# The largest profile, as compact JSON, whatever protocol wrote it: a read returns it whole.
+MAX_PROFILE_BYTES = 64 * 1024
 # Deepest a profile document may nest (attributes one level less), whatever the protocol.
 MAX_NESTING = 32
 
@@ -35,6 +54,8 @@ _EMAIL_FIELDS = frozenset({"address", "verified", "primary"})
 _LINK_FIELDS = frozenset({"kind", "url"})
 # Read once: the set of IANA names does not change while the process runs.
 _TIMEZONES = frozenset(zoneinfo.available_timezones())
+# One encoder for every call: json.dumps with options builds a new encoder each time.
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class _Collector:
@@ -45,8 +66,12 @@ class _Collector:
         self.errors.append(FieldError(location, message))
 
 
-def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> ProfileFields:
-    """Validate and normalize a profile document. Raises `ValidationFailed` listing every error."""
+def parse_profile_fields(
+    document: JSONValue, policy: AttributePolicy, *, hidden: frozenset[str] = frozenset()
+) -> ProfileFields:
+    """Validate and normalize a profile document. Raises `ValidationFailed` listing every error.
+    `hidden`: attributes in the document that the caller may not read, whose errors must not
+    show their values (see `AttributePolicy.errors`)."""
     found = _Collector()
     if not isinstance(document, dict):
         raise ValidationFailed([FieldError("", "must be a JSON object")])
@@ -67,11 +92,11 @@ def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> Profil
     locale = _locale(document.get("locale"), found)
     timezone = _timezone(document.get("timezone"), found)
     links = _links(document.get("links"), found)
-    attributes = _attributes(document.get("attributes"), policy, found)
+    attributes = _attributes(document.get("attributes"), policy, hidden, found)
 
     if found.errors or handle is None or emails is None:
         raise ValidationFailed(found.errors)
-    return ProfileFields(
+    fields = ProfileFields(
         handle=handle,
         emails=emails,
         display_name=display_name,
@@ -82,6 +107,12 @@ def parse_profile_fields(document: JSONValue, policy: AttributePolicy) -> Profil
         links=links,
         attributes=attributes,
     )
+    size = len(_compact_json(fields_document(fields)).encode())
+    if size > MAX_PROFILE_BYTES:
+        raise ValidationFailed(
+            [FieldError("", f"the profile is {size} bytes as JSON; at most {MAX_PROFILE_BYTES} are allowed")]
+        )
+    return fields
 
 
 def shape_errors(document: JSONObject) -> list[FieldError]:
@@ -181,6 +212,9 @@ def _handle(value: Any, found: _Collector) -> str | None:
     if not isinstance(value, str):
         found.add("/handle", "required, a string")
         return None
+    if len(value) > MAX_HANDLE_INPUT:
+        found.add("/handle", HANDLE_RULE)
+        return None
     return value.strip().lower()
 
 
@@ -212,12 +246,33 @@ def _email_address(value: Any, location: str, found: _Collector) -> str | None:
     if not isinstance(value, str):
         found.add(location, "required, a string")
         return None
+    if len(value) > MAX_EMAIL:
+        found.add(location, f"at most {MAX_EMAIL} characters")
+        return None
     try:
-        # No DNS: deliverability checks would make validation slow and network-dependent.
-        return validate_email(value, check_deliverability=False).normalized
+        return canonical_email(value)
     except EmailNotValidError as error:
         found.add(location, str(error))
         return None
+
+
+def canonical_email(address: str) -> str:
+    """The one form of an address that writes store and searches look up: NFKC (fullwidth and
+    other compatibility forms fold to their plain letters), the domain IDNA-mapped and shown in
+    Unicode (`xn--bcher-kva.example` and `BÜCHER.example` are `bücher.example`). Uniqueness is
+    then case-insensitive over this form (`Email.normalized`). `EmailNotValidError` if invalid."""
+    # No DNS: deliverability checks would make validation slow and network-dependent.
+    return validate_email(unicodedata.normalize("NFKC", address), check_deliverability=False).normalized
+
+
+def email_search_key(text: str) -> str:
+    """What an `email` filter looks up: the canonical, case-folded form of a valid address, and
+    for anything else the text as given (NFKC, lower case), which matches no stored address."""
+    text = unicodedata.normalize("NFKC", text.strip())
+    if len(text) <= MAX_EMAIL:
+        with contextlib.suppress(EmailNotValidError):
+            text = canonical_email(text)
+    return text.lower()
 
 
 def _flag(value: Any, location: str, found: _Collector) -> bool:
@@ -260,8 +315,8 @@ def _url(value: Any, location: str, schemes: tuple[str, ...], found: _Collector)
 def _locale(value: Any, found: _Collector) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not langcodes.tag_is_valid(value):
-        found.add("/locale", "must be a BCP 47 language tag, such as en-GB")
+    if not isinstance(value, str) or len(value) > MAX_LOCALE or not langcodes.tag_is_valid(value):
+        found.add("/locale", f"must be a BCP 47 tag of at most {MAX_LOCALE} characters, such as en-GB")
         return None
     return langcodes.standardize_tag(value)
 
@@ -269,7 +324,7 @@ def _locale(value: Any, found: _Collector) -> str | None:
 def _timezone(value: Any, found: _Collector) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or value not in _TIMEZONES:
+    if not isinstance(value, str) or len(value) > MAX_TIMEZONE or value not in _TIMEZONES:
         found.add("/timezone", "must be an IANA time zone name, such as Europe/Paris")
         return None
     return value
@@ -293,18 +348,21 @@ def _links(value: Any, found: _Collector) -> tuple[Link, ...]:
         if not isinstance(kind, str) or not (1 <= len(kind) <= 30):
             found.add(f"{location}/kind", "required, 1-30 characters")
             continue
+        if item.get("url") is None:
+            found.add(f"{location}/url", "required, an absolute https or http URL")
+            continue
         url = _url(item.get("url"), f"{location}/url", ("https", "http"), found)
         if url is not None:
             links.append(Link(kind=kind.strip().lower(), url=url))
     return tuple(links)
 
 
-def _attributes(value: Any, policy: AttributePolicy, found: _Collector) -> JSONObject:
+def _attributes(value: Any, policy: AttributePolicy, hidden: frozenset[str], found: _Collector) -> JSONObject:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         found.add("/attributes", "must be a JSON object")
         return {}
-    for error in policy.errors(value):
+    for error in policy.errors(value, hidden=hidden):
         found.add(error.field, error.message)
     return value

@@ -30,7 +30,7 @@ from keel.resilience.deadline import detached_deadline
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import require
-from keel.service.pagination import decode_cursor, encode_cursor
+from keel.service.pagination import Cursors
 from keel.service.ports import (
     Clock,
     IdempotencyRecord,
@@ -39,7 +39,7 @@ from keel.service.ports import (
     Store,
     UnitOfWork,
 )
-from keel.service.profile_input import fields_document, parse_profile_fields
+from keel.service.profile_input import email_search_key, fields_document, parse_profile_fields
 from keel.service.profile_reads import ProfileRead, ProfileReads
 from keel.service.snapshots import profile_from_snapshot, profile_snapshot
 from keel.service.use_cases import (
@@ -74,6 +74,7 @@ class ProfileService:
         *,
         reads: ProfileReads | None = None,
         idempotency_lease: timedelta = IDEMPOTENCY_LEASE,
+        cursors: Cursors | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -81,6 +82,7 @@ class ProfileService:
         self._region = region
         self._reads = reads or ProfileReads(store, RetryPolicy(RetryBudget(), Backoff()))
         self._lease = idempotency_lease
+        self._cursors = cursors or Cursors()
         self._background: set[asyncio.Task[None]] = set()
 
     async def get_profile(self, principal: Principal, profile_id: str) -> Profile:
@@ -121,10 +123,10 @@ class ProfileService:
             raise ValidationFailed(errors)
         normalized = ListFilters(
             handle=filters.handle.strip().lower() if filters.handle else None,
-            email=filters.email.strip().lower() if filters.email else None,
+            email=email_search_key(filters.email) if filters.email else None,
             ids=tuple(i for i in filters.ids if is_profile_id(i)) if filters.ids is not None else None,
         )
-        after_id = decode_cursor(cursor, normalized.as_dict()) if cursor else None
+        after_id = self._cursors.decode(cursor, normalized.as_dict()) if cursor else None
         if normalized.ids == ():
             return ProfilePage(profiles=[], next_cursor=None)
         if normalized.ids is not None and normalized.handle is None and normalized.email is None:
@@ -145,7 +147,7 @@ class ProfileService:
             async with self._store.unit_of_work(read_only=True) as uow:
                 found = await uow.profiles.find(query)
         page = found[:limit]
-        next_cursor = encode_cursor(page[-1].id, normalized.as_dict()) if len(found) > limit else None
+        next_cursor = self._cursors.encode(page[-1].id, normalized.as_dict()) if len(found) > limit else None
         return ProfilePage([self._visible(p, principal) for p in page], next_cursor)
 
     async def create_profile(
@@ -334,7 +336,7 @@ class ProfileService:
                 patched["attributes"] = dict(hidden)
             elif isinstance(patched_attributes, dict):
                 patched["attributes"] = {**patched_attributes, **hidden}
-        return parse_profile_fields(patched, self._policy)
+        return parse_profile_fields(patched, self._policy, hidden=frozenset(hidden))
 
     def _check_private_writes(self, principal: Principal, names: Iterable[str]) -> None:
         if principal.is_admin or not self._policy.private_names:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from keel.domain.api_keys import Principal
+from keel.domain.api_keys import Principal, Scope
 from keel.domain.profile import JSONValue, Profile
 from keel.service.profile_reads import ProfileRead
 
@@ -29,6 +29,17 @@ def valid_idempotency_key(value: str) -> bool:
     """An idempotency key (REST's `Idempotency-Key`, gRPC's `request_id`) is stored and compared
     as given: keep it short and printable."""
     return 1 <= len(value) <= 255 and value.isascii() and value.isprintable()
+
+
+# What the answer to a change may show a caller without `profiles:read`: a write-only key must not
+# be able to read a profile by changing it (a no-op patch would otherwise return it whole).
+RECEIPT_FIELDS = frozenset({"id", "version", "created_at", "updated_at"})
+
+
+def answer_shows_profile(principal: Principal) -> bool:
+    """Whether the answer to an update may carry the profile, or only its receipt
+    (`RECEIPT_FIELDS`). Every protocol renders the receipt in its own shape."""
+    return principal.can(Scope.PROFILES_READ)
 
 
 @dataclass(frozen=True, slots=True)

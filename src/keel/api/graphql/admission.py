@@ -20,6 +20,7 @@ from starlette.requests import Request
 from keel.api.rest.dependencies import bearer_token
 from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError, Unauthenticated
+from keel.observability.context import note_caller
 from keel.resilience.load_shedder import Priority
 
 from .errors import request_error
@@ -47,9 +48,11 @@ async def authenticate(request: Request, keel: Keel) -> tuple[Principal | None, 
     if not token:
         return None, Unauthenticated("An API key is required: Authorization: Bearer <key>.")
     try:
-        return await keel.authenticator.authenticate(token), None
+        principal = await keel.authenticator.authenticate(token)
     except KeelError as error:
         return None, error
+    note_caller(principal.key_id)
+    return principal, None
 
 
 def shedding_class(document: DocumentNode, operation: OperationDefinitionNode) -> tuple[Priority, str]:

@@ -9,8 +9,11 @@ import strawberry
 from graphql import GraphQLSchema
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
-from keel.service.use_cases import ListFilters
+from keel.domain.api_keys import Scope
+from keel.domain.errors import Forbidden
+from keel.service.use_cases import ListFilters, answer_shows_profile
 
 from .context import GraphQLContext
 from .limits import DEFAULT_PAGE_SIZE
@@ -79,6 +82,8 @@ async def update_profile(
     info: KeelInfo, id: strawberry.ID, patch: ProfilePatch, expected_version: int | None = None
 ) -> ProfileNode:
     context = info.context
+    if not answer_shows_profile(context.caller()):
+        _only_receipt_fields(info)
     context.meter.charge("profiles.update")
     profile = await context.profiles.update_profile(
         context.caller(), str(id), merge_patch(patch), expected_version=expected_version
@@ -95,6 +100,25 @@ async def delete_profile(
     await context.profiles.delete_profile(context.caller(), str(id), expected_version=expected_version)
     context.loaders.forget(str(id))
     return DeleteProfilePayload(id=id)
+
+
+# The GraphQL names of `RECEIPT_FIELDS`, and what every selection may ask.
+_RECEIPT_SELECTION = frozenset({"id", "version", "createdAt", "updatedAt", "__typename"})
+
+
+def _only_receipt_fields(info: KeelInfo) -> None:
+    """Refuse, before anything is written, an update by a key without `profiles:read` whose
+    selection asks for more than the write's receipt (see `answer_shows_profile`)."""
+    pending: list[Selection] = [s for field in info.selected_fields for s in field.selections]
+    while pending:
+        selection = pending.pop()
+        if isinstance(selection, SelectedField) and selection.name not in _RECEIPT_SELECTION:
+            raise Forbidden(
+                f"This API key lacks the `{Scope.PROFILES_READ}` scope: the answer to an update may "
+                f"select only {', '.join(sorted(_RECEIPT_SELECTION - {'__typename'}))}."
+            )
+        if not isinstance(selection, SelectedField):
+            pending.extend(selection.selections)
 
 
 @strawberry.type

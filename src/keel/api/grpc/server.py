@@ -30,7 +30,13 @@ from keel.profiles.v1 import profiles_pb2 as pb
 from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
 from keel.resilience.deadline import deadline_in
 from keel.rpc.metadata import REQUEST_ID
-from keel.rpc.status import MAX_MESSAGE_BYTES, MAX_METADATA_BYTES, STATUS_DETAILS_KEY, to_status
+from keel.rpc.status import (
+    MAX_MESSAGE_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_REQUEST_BYTES,
+    STATUS_DETAILS_KEY,
+    to_status,
+)
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
@@ -98,7 +104,8 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         if not valid_request_id(request_id):
             request_id = trace_id
         otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        context_token = request_context_var.set(RequestContext(request_id, trace_id))
+        request_context = RequestContext(request_id, trace_id)
+        context_token = request_context_var.set(request_context)
         code = grpc.StatusCode.OK
         refused = False
         # The caller's deadline, within the server's own limit: the database call gets what is left.
@@ -109,7 +116,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         try:
             try:
                 with deadline_in(timeout):
-                    return await self._admission.run(method, metadata, behaviour)
+                    return await self._admission.run(method, metadata, context.peer(), behaviour)
             except KeelError as error:
                 code, status = to_status(error)
                 refused = isinstance(error, QuotaExceeded | CapacityReduced)
@@ -146,7 +153,13 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
                 # Refusals come by the thousand from an abuser: sampled, as REST's are.
                 _refusal_log.warning("rpc_refused", method=method, code=code.name)
             elif keel.settings.access_log:
-                _log.info("rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3))
+                _log.info(
+                    "rpc",
+                    method=method,
+                    code=code.name,
+                    duration_ms=round(elapsed * 1000, 3),
+                    key_id=request_context.key_id,
+                )
             request_context_var.reset(context_token)
             otel_context.detach(otel_token)
 
@@ -197,7 +210,7 @@ class GrpcServer:
         self.server = grpc.aio.server(
             interceptors=[KeelInterceptor(keel)],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.so_reuseport", 0),

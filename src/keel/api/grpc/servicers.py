@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from keel.api.grpc.admission import caller
+from keel.api.grpc.admission import caller, via_edge
 from keel.api.grpc.encoded import Encoded, EncodedProfiles, length_delimited
 from keel.domain.api_keys import Scope
 from keel.domain.errors import FieldError, Forbidden, ValidationFailed
@@ -19,6 +19,7 @@ from keel.service.use_cases import (
     MAX_PAGE_SIZE,
     ExpectedVersion,
     ListFilters,
+    answer_shows_profile,
     valid_idempotency_key,
 )
 
@@ -98,6 +99,13 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
             patch_from_message(request.profile, request.update_mask),
             expected_version=_expected(request.expected_versions),
         )
+        if not answer_shows_profile(principal) and not via_edge():
+            # The receipt: who and which version, none of the profile's data (an edge acting for
+            # a write-only caller cuts the answer itself).
+            receipt = pb.Profile(id=profile.id, version=profile.version)
+            receipt.create_time.FromDatetime(profile.created_at)
+            receipt.update_time.FromDatetime(profile.updated_at)
+            return pb.UpdateProfileResponse(profile=receipt)
         return pb.UpdateProfileResponse(profile=profile_message(profile))
 
     async def DeleteProfile(

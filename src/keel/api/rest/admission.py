@@ -26,7 +26,7 @@ from keel.api.rest.client_address import client_address
 from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY, bearer_token
 from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError
-from keel.observability.context import current_request_id, valid_request_id
+from keel.observability.context import current_request_id, note_caller, valid_request_id
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
 from keel.resilience.load_shedder import Priority
@@ -224,6 +224,7 @@ async def _authenticate(scope: Scope, keel: Keel) -> Principal | None:
     means the request is limited by address."""
     known: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
     if known is not None:
+        note_caller(known.key_id)
         return known  # found by EarlyRefusals
     token = None
     for name, value in scope["headers"]:
@@ -237,6 +238,7 @@ async def _authenticate(scope: Scope, keel: Keel) -> Principal | None:
     except KeelError:
         return None
     scope[PRINCIPAL_SCOPE_KEY] = principal
+    note_caller(principal.key_id)
     return principal
 
 

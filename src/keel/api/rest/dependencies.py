@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from keel.domain.api_keys import Principal
+from keel.observability.context import note_caller
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
@@ -32,10 +33,11 @@ async def authenticated_caller(request: Request) -> Principal:
     """The caller, as the version picker already resolved it, or authenticated now.
     Raises `Unauthenticated` (401) for a missing or unknown key."""
     principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
-    if principal is not None:
-        return principal
-    keel: Keel = request.app.state.keel
-    return await keel.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
+    if principal is None:
+        keel: Keel = request.app.state.keel
+        principal = await keel.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
+    note_caller(principal.key_id)
+    return principal
 
 
 KeelDep = Annotated["Keel", Depends(get_keel)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ def _id_tag(profile_id: str) -> str:
 
 
 _FULL_VIEW = ".full"
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 def etag(profile: Profile, *, full_view: bool) -> str:
@@ -53,7 +55,9 @@ def version_from_etag(profile_id: str, value: str) -> int | None:
     if not (value.startswith('"') and value.endswith('"')):
         return None
     version, _, tag = value[1:-1].removesuffix(_FULL_VIEW).partition(".")
-    if tag != _id_tag(profile_id) or not version.isdigit():
+    # ASCII digits only (`str.isdigit` accepts "²", which `int` refuses), and no more than a
+    # version can have: `int` refuses strings of over 4,300 digits.
+    if tag != _id_tag(profile_id) or not _VERSION.fullmatch(version):
         return None
     return int(version)
 

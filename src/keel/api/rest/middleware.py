@@ -83,7 +83,8 @@ class RequestEnvelope:
         if not valid_request_id(request_id):
             request_id = trace_id  # one id to quote for the request when the caller sent none
         otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        context_token = request_context_var.set(RequestContext(request_id, trace_id))
+        request_context = RequestContext(request_id, trace_id)
+        context_token = request_context_var.set(request_context)
         response_headers = [
             (b"x-request-id", request_id.encode()),
             (
@@ -163,7 +164,12 @@ class RequestEnvelope:
             if self._access_log and not scope.get(REJECTED_SCOPE_KEY):
                 # The route template, never the raw path or query: queries may carry email addresses.
                 _log.info(
-                    "request", method=method, route=route, status=status, duration_ms=round(elapsed * 1000, 3)
+                    "request",
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                    key_id=request_context.key_id,  # which key made it: the access log's "who"
                 )
             request_context_var.reset(context_token)
             otel_context.detach(otel_token)

@@ -18,7 +18,12 @@ from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOu
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than
 from keel.service.profile_reads import ProfileRead
-from keel.service.use_cases import IDEMPOTENCY_KEY_RULE, ListFilters, valid_idempotency_key
+from keel.service.use_cases import (
+    IDEMPOTENCY_KEY_RULE,
+    ListFilters,
+    answer_shows_profile,
+    valid_idempotency_key,
+)
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
@@ -156,7 +161,11 @@ async def update_profile(
     profile = await keel.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )
-    return JSONResponse(profile_document(profile), headers={"ETag": etag(profile, full_view=caller.is_admin)})
+    tag = etag(profile, full_view=caller.is_admin)
+    if not answer_shows_profile(caller):
+        # A key that may not read gets the write's receipt only: its entity tag (the version).
+        return Response(status_code=204, headers={"ETag": tag})
+    return JSONResponse(profile_document(profile), headers={"ETag": tag})
 
 
 @router.delete("/profiles/{profile_id}", status_code=204, responses=_PROBLEMS, summary="Delete a profile")
