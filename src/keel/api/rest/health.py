@@ -1,5 +1,6 @@
 """Unversioned operational endpoints: liveness, readiness and metrics. Never authenticated,
-never versioned, so probes and scrapers keep working whatever happens to the API."""
+never versioned, so probes and scrapers keep working whatever happens to the API. Metrics are a
+router of their own: production serves them on the management port only (`api_port_metrics`)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ async def readyz(keel: KeelDep) -> Response:
     )
 
 
-@router.get("/metrics")
+metrics_router = APIRouter(include_in_schema=False)
+
+
+@metrics_router.get("/metrics")
 async def metrics(keel: KeelDep) -> Response:
     return Response(generate_latest(keel.metrics.registry), media_type=CONTENT_TYPE_LATEST)
