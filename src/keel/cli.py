@@ -72,12 +72,15 @@ def serve(
         return
     import uvicorn
 
+    from keel.api.http.serving import http_protocol
+
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with header and body limits and timeouts uvicorn does not have.
+        http=http_protocol(settings),
         access_log=False,  # Keel writes its own access log, with request and trace ids
         # Keel reads X-Forwarded-For itself, through KEEL_TRUSTED_PROXY_HOPS only; uvicorn's
         # default would rewrite the client address from it for any loopback peer.

@@ -108,6 +108,24 @@ class Settings(BaseSettings):
         "Unset: derived from the database URL (processes on one database agree, but the key is only "
         "as secret as that URL).",
     )
+    # The HTTP server's own limits (keel.api.http.protocol): slow or huge requests never reach the app.
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request line and headers must arrive within this of the connection opening or "
+        "of the previous response; else 408 (or a quiet close when nothing came).",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Each piece of a request body must arrive within this of the previous one; else 408.",
+    )
+    http_max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, description="Longest request line and headers; else 431."
+    )
+    http_max_headers: int = Field(default=100, ge=10, le=10_000, description="Most header lines; else 431.")
     api_key_cache_seconds: float = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True

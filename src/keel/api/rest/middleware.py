@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.rest.admission import REJECTED_SCOPE_KEY, UNROUTED
@@ -137,6 +138,11 @@ class RequestEnvelope:
             else:
                 with deadline_in(timeout):
                     await self.app(scope, counted_receive, send_with_headers)
+        except ClientDisconnect:
+            # The client went, or the HTTP server gave up on its body (keel.api.http.protocol),
+            # before the request was whole: no one to answer and not Keel's failure. 499 as in
+            # nginx: "client closed request".
+            status = 499
         except Exception as error:
             span.record_exception(error)
             _log.error("unhandled_error", exc_info=error)
