@@ -18,6 +18,7 @@ from keel.api.rest.admission import Admission, EarlyRefusals
 from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
+from keel.api.rest.strict_bodies import StrictBodies
 from keel.api.rest.versioning import (
     KeelVersionPicker,
     document_version_header,
@@ -55,6 +56,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
     app.generate_and_include_versioned_routers(routes.router)
     # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.
+    app.add_middleware(StrictBodies)  # after admission (limits first), before the version picker
     app.add_middleware(Admission, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.add_middleware(
         RequestEnvelope,

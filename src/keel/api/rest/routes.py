@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
@@ -12,18 +11,20 @@ from fastapi import Header, Query, Request
 from fastapi.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
+from keel.api.media_types import accepts, refusal_detail
 from keel.api.rest.dependencies import Caller, KeelDep, authenticated_caller
 from keel.api.rest.mapping import etag, etag_matches, profile_document, version_from_etag
 from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than
 from keel.service.profile_reads import ProfileRead
+from keel.service.strict_json import MalformedJSON, loads_strict
 from keel.service.use_cases import IDEMPOTENCY_KEY_RULE, ListFilters, valid_idempotency_key
 
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
 
-MERGE_PATCH = "application/merge-patch+json"
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
     for status in (401, 403, 404, 409, 412, 413, 422, 503)
@@ -144,15 +145,20 @@ async def update_profile(
     keel: KeelDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != MERGE_PATCH:
-        raise HTTPException(415, f"PATCH bodies must be {MERGE_PATCH} (RFC 7396).")
+    # `StrictBodies` refused other media types and malformed JSON already; checked again so that
+    # the route stands on its own (the parse is the same strict one).
+    if not accepts(request.headers.get("content-type"), MERGE_PATCH):
+        raise HTTPException(415, refusal_detail(MERGE_PATCH))
     try:
-        patch = json.loads(await request.body())
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise HTTPException(400, "The body is not valid JSON, or is nested too deeply.") from None
+        patch = loads_strict(await request.body())
+    except MalformedJSON as error:
+        raise HTTPException(400, error.detail) from None
     if nested_deeper_than(patch, MAX_NESTING):
         raise HTTPException(400, f"The body is nested deeper than {MAX_NESTING} levels.")
+    if not isinstance(patch, dict):
+        # The body is validated before the precondition: a patch that could never apply is a
+        # 422 whatever If-Match says (the use case refuses it the same way).
+        raise ValidationFailed([FieldError("", "a merge patch must be a JSON object")])
     profile = await keel.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )
