@@ -15,6 +15,7 @@ from keel import __version__
 from keel.api.graphql import install_graphql
 from keel.api.rest import health, routes
 from keel.api.rest.admission import Admission, EarlyRefusals
+from keel.api.rest.documented_responses import document_problem_media_type
 from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
@@ -92,6 +93,7 @@ def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str,
     dependency, so the scheme is declared here for clients and Swagger UI's Authorize button;
     the version header likewise (see `use_async_version_dependency`)."""
     document_version_header(schema)
+    document_problem_media_type(schema)
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {})["ApiKey"] = {
         "type": "http",
