@@ -21,6 +21,7 @@ from keel.domain.errors import FieldError, ValidationFailed
 from keel.domain.profile import Email, JSONObject, JSONValue, Link, Profile, ProfileFields
 from keel.profiles.v1 import profiles_pb2 as pb
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors, unstorable_values
+from keel.service.strict_json import MalformedJSON, loads_strict
 
 _OptionalText = Literal["display_name", "bio", "avatar_url", "locale", "timezone"]
 _OPTIONAL_TEXT: tuple[_OptionalText, ...] = ("display_name", "bio", "avatar_url", "locale", "timezone")
@@ -320,11 +321,9 @@ def _set_field(message: pb.Profile, name: str, value: JSONValue) -> None:
 
 def _json(text: str, location: str) -> JSONValue:
     try:
-        value: JSONValue = json.loads(text)
-    except (ValueError, RecursionError):  # the decoder recurses once per nesting level
-        raise ValidationFailed(
-            [FieldError(location, "must be JSON, nested at most a few hundred deep")]
-        ) from None
+        value: JSONValue = loads_strict(text)
+    except MalformedJSON as error:  # duplicate keys, a BOM, bad syntax or far too deep
+        raise ValidationFailed([FieldError(location, f"must be JSON: {error.detail}")]) from None
     if nested_deeper_than(value, MAX_NESTING - 1):
         raise ValidationFailed([FieldError(location, f"nested deeper than {MAX_NESTING - 1} levels")])
     return value

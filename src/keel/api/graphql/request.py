@@ -9,9 +9,12 @@ from typing import Any
 
 from starlette.requests import Request
 
+from keel.api.media_types import JSON, accepts, refusal_detail
+from keel.service.strict_json import MalformedJSON, loads_strict
+
 from .errors import request_error
 
-JSON_MEDIA_TYPE = "application/json"
+JSON_MEDIA_TYPE = JSON
 
 
 class Refused(Exception):
@@ -50,14 +53,13 @@ async def read_params(request: Request) -> Params:
             "extensions": _json_param(request.query_params.get("extensions"), "extensions"),
         }
     else:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != JSON_MEDIA_TYPE:
-            error = request_error("UNSUPPORTED_MEDIA_TYPE", "POST bodies must be application/json.")
+        if not accepts(request.headers.get("content-type"), JSON_MEDIA_TYPE):
+            error = request_error("UNSUPPORTED_MEDIA_TYPE", refusal_detail(JSON_MEDIA_TYPE))
             raise Refused(415, [error])
         try:
-            raw = json.loads(await request.body())
-        except (ValueError, RecursionError):
-            raise Refused(400, [request_error("BAD_REQUEST", "The body is not valid JSON.")]) from None
+            raw = loads_strict(await request.body())
+        except MalformedJSON as error:
+            raise Refused(400, [request_error("BAD_REQUEST", error.detail)]) from None
     if not isinstance(raw, dict):
         raise Refused(400, [request_error("BAD_REQUEST", "The body must be one JSON object (no batches).")])
     _refuse_unpaired_surrogates(raw)
@@ -80,9 +82,9 @@ def _json_param(value: str | None, name: str) -> Any:
     if value is None:
         return None
     try:
-        return json.loads(value)
-    except (ValueError, RecursionError):
-        raise Refused(400, [request_error("BAD_REQUEST", f"`{name}` is not valid JSON.")]) from None
+        return loads_strict(value)
+    except MalformedJSON as error:
+        raise Refused(400, [request_error("BAD_REQUEST", f"`{name}`: {error.detail}")]) from None
 
 
 def _refuse_unpaired_surrogates(raw: dict[str, Any]) -> None:

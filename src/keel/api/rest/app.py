@@ -17,9 +17,11 @@ from keel.api.browser_pages.swagger import OPENAPI_PATH, docs_router
 from keel.api.graphql import install_graphql
 from keel.api.rest import health, routes
 from keel.api.rest.admission import Admission, EarlyRefusals
+from keel.api.rest.documented_responses import document_problem_media_type
 from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
+from keel.api.rest.strict_bodies import StrictBodies
 from keel.api.rest.versioning import (
     KeelVersionPicker,
     document_version_header,
@@ -68,6 +70,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
     app.generate_and_include_versioned_routers(routes.router)
     # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.
+    app.add_middleware(StrictBodies)  # after admission (limits first), before the version picker
     app.add_middleware(Admission, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.add_middleware(
         RequestEnvelope,
@@ -103,6 +106,7 @@ def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str,
     dependency, so the scheme is declared here for clients and Swagger UI's Authorize button;
     the version header likewise (see `use_async_version_dependency`)."""
     document_version_header(schema)
+    document_problem_media_type(schema)
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {})["ApiKey"] = {
         "type": "http",

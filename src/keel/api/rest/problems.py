@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from keel.domain.errors import (
     CapacityReduced,
@@ -138,6 +139,18 @@ def _pointer(location: tuple[int | str, ...]) -> str:
     return "".join(f"/{part}" for part in parts)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's 405 names only the
+    methods of the first route whose path matched, but a path's methods are spread over one
+    route per method (GET, PATCH and DELETE of a profile), and `Allow` must list them all."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        route_methods = getattr(route, "methods", None)
+        if isinstance(route, BaseRoute) and route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods.update(route_methods)
+    return sorted(methods)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Handlers for expected errors. Unexpected ones are logged and answered 500 by
     `RequestEnvelope`, the outermost layer, so that nothing escapes as a bare 500."""
@@ -158,12 +171,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(error, StarletteHTTPException)
         code = _HTTP_CODES.get(error.status_code, "http-error")
         detail = error.detail if isinstance(error.detail, str) else "The request could not be served."
+        headers = dict(error.headers) if error.headers else None
+        if error.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return problem_response(
             error.status_code,
             code,
             code.replace("-", " ").capitalize(),
             detail,
-            headers=dict(error.headers) if error.headers else None,
+            headers=headers,
             instance=request.url.path,
         )
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlencode
 
 from cadwyn import VersionedAPIRouter
@@ -12,12 +11,16 @@ from fastapi import Header, Query, Request
 from fastapi.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
+from keel.api.media_types import accepts, refusal_detail
 from keel.api.rest.dependencies import Caller, KeelDep, authenticated_caller
+from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
 from keel.api.rest.mapping import etag, etag_matches, profile_document, version_from_etag
-from keel.api.rest.schemas import Problem, ProfileCreate, ProfileList, ProfileOut
+from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
-from keel.service.profile_input import MAX_NESTING, nested_deeper_than
+from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors
 from keel.service.profile_reads import ProfileRead
+from keel.service.strict_json import MalformedJSON, loads_strict
 from keel.service.use_cases import (
     IDEMPOTENCY_KEY_RULE,
     ListFilters,
@@ -28,11 +31,6 @@ from keel.service.use_cases import (
 if TYPE_CHECKING:
     from keel.bootstrap import Keel
 
-MERGE_PATCH = "application/merge-patch+json"
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 409, 412, 413, 422, 503)
-}
 # Revalidate every time (cheap with If-None-Match), never share between callers.
 _CACHE_CONTROL = "private, no-cache"
 
@@ -42,6 +40,18 @@ _IF_NONE_MATCH = {
     "required": False,
     "schema": {"type": "string"},
     "description": "An ETag from an earlier answer: 304 Not Modified if the profile is unchanged.",
+}
+
+# 1-100 comma-separated ids, none empty: stated in OpenAPI, so that the schema says what is valid.
+_IDS_PATTERN = r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*){0,99}$"
+
+# Documented, not enforced here: `valid_idempotency_key` checks it (the same rule as gRPC's
+# request_id); HTTP trims a header's outer spaces, so the key neither starts nor ends with one.
+_IDEMPOTENCY_KEY_SCHEMA = {
+    "description": IDEMPOTENCY_KEY_RULE,
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$",
 }
 
 router = VersionedAPIRouter(prefix="/v1", tags=["profiles"])
@@ -71,14 +81,16 @@ def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] |
     "/profiles",
     status_code=201,
     response_model=ProfileOut,
-    responses=_PROBLEMS,
+    responses=problem_responses(409, body=True),
     summary="Create a profile",
 )
 async def create_profile(
     body: ProfileCreate,
     caller: Caller,
     keel: KeelDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", json_schema_extra=_IDEMPOTENCY_KEY_SCHEMA)
+    ] = None,
 ) -> Response:
     """Create a profile. With `Idempotency-Key`, retries of the same request return the first
     response (marked `Idempotent-Replayed: true`) instead of creating a duplicate."""
@@ -99,7 +111,7 @@ async def create_profile(
 @router.get(
     "/profiles/{profile_id}",
     response_model=ProfileOut,
-    responses=_PROBLEMS,
+    responses={**NOT_MODIFIED, **problem_responses(404)},
     summary="Read a profile",
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
@@ -133,12 +145,12 @@ def stale_headers(read: ProfileRead) -> dict[str, str]:
 @router.patch(
     "/profiles/{profile_id}",
     response_model=ProfileOut,
-    responses=_PROBLEMS,
+    responses={**UPDATE_RECEIPT, **problem_responses(404, 409, 412, body=True)},
     summary="Update a profile with a JSON merge patch (RFC 7396)",
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {MERGE_PATCH: {"schema": {"type": "object", "additionalProperties": True}}},
+            "content": {MERGE_PATCH: {"schema": MERGE_PATCH_SCHEMA}},
         }
     },
 )
@@ -149,15 +161,23 @@ async def update_profile(
     keel: KeelDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != MERGE_PATCH:
-        raise HTTPException(415, f"PATCH bodies must be {MERGE_PATCH} (RFC 7396).")
+    # `StrictBodies` refused other media types and malformed JSON already; checked again so that
+    # the route stands on its own (the parse is the same strict one).
+    if not accepts(request.headers.get("content-type"), MERGE_PATCH):
+        raise HTTPException(415, refusal_detail(MERGE_PATCH))
     try:
-        patch = json.loads(await request.body())
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise HTTPException(400, "The body is not valid JSON, or is nested too deeply.") from None
+        patch = loads_strict(await request.body())
+    except MalformedJSON as error:
+        raise HTTPException(400, error.detail) from None
     if nested_deeper_than(patch, MAX_NESTING):
         raise HTTPException(400, f"The body is nested deeper than {MAX_NESTING} levels.")
+    # The body is validated before the precondition: a patch that could never apply is a 422
+    # whatever If-Match says (the use case refuses it the same way, with the same errors).
+    if not isinstance(patch, dict):
+        raise ValidationFailed([FieldError("", "a merge patch must be a JSON object")])
+    shape = shape_errors(patch)
+    if shape:
+        raise ValidationFailed(shape)
     profile = await keel.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )
@@ -168,7 +188,12 @@ async def update_profile(
     return JSONResponse(profile_document(profile), headers={"ETag": tag})
 
 
-@router.delete("/profiles/{profile_id}", status_code=204, responses=_PROBLEMS, summary="Delete a profile")
+@router.delete(
+    "/profiles/{profile_id}",
+    status_code=204,
+    responses=problem_responses(404, 409, 412),
+    summary="Delete a profile",
+)
 async def delete_profile(
     profile_id: str,
     caller: Caller,
@@ -182,14 +207,18 @@ async def delete_profile(
     return Response(status_code=204)
 
 
-@router.get("/profiles", response_model=ProfileList, responses=_PROBLEMS, summary="List and search profiles")
+@router.get(
+    "/profiles", response_model=ProfileList, responses=problem_responses(), summary="List and search profiles"
+)
 async def list_profiles(
     request: Request,
     caller: Caller,
     keel: KeelDep,
     handle: Annotated[str | None, Query(max_length=64)] = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
-    ids: Annotated[str | None, Query(description="Comma-separated profile ids, at most 100")] = None,
+    ids: Annotated[
+        str | None, Query(description="Comma-separated profile ids, at most 100", pattern=_IDS_PATTERN)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
