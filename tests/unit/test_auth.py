@@ -1,8 +1,10 @@
+import hmac
+
 import pytest
 
 from keel.domain.api_keys import Scope
 from keel.domain.errors import Unauthenticated
-from keel.service.auth import Authenticator, issue_api_key
+from keel.service.auth import Authenticator, issue_api_key, token_digest
 from tests.fakes import FakeClock, InMemoryStore
 
 
@@ -81,3 +83,34 @@ async def test_malformed_tokens_cost_no_lookup() -> None:
         with pytest.raises(Unauthenticated):
             await authenticator.authenticate(token)
     assert store.reads == 0
+
+
+async def test_an_unknown_key_id_costs_the_same_comparison_as_a_wrong_secret() -> None:
+    """Timing (issue 13): a known id with a wrong secret was measurably slower than an unknown
+    id, which let a caller find out which key ids exist. Both now compare one verifier."""
+    store = InMemoryStore()
+    issued = await issue_api_key(store, FakeClock(), scopes=[Scope.ADMIN], api_version="v", name="t")
+    compared: list[tuple[int, int]] = []
+
+    def counting_compare(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return hmac.compare_digest(a, b)
+
+    authenticator = Authenticator(store, compare=counting_compare)
+    wrong_secret = issued.token[:-4] + ("AAAA" if not issued.token.endswith("AAAA") else "BBBB")
+    unknown_id = f"keel_{'z' * 16}_{issued.token.split('_', 2)[2]}"
+    for token in (wrong_secret, unknown_id):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(token)
+    assert compared == [(64, 64), (64, 64)]
+
+
+async def test_the_stored_value_does_not_authenticate_as_a_proof() -> None:
+    store = InMemoryStore()
+    issued = await issue_api_key(store, FakeClock(), scopes=[Scope.ADMIN], api_version="v", name="t")
+    stored = store.tables.api_keys[issued.key.id].secret_hash
+    assert stored != token_digest(issued.token)
+    with pytest.raises(Unauthenticated):
+        await Authenticator(store).resolve(issued.key.id, stored)
+    principal = await Authenticator(store).resolve(issued.key.id, token_digest(issued.token))
+    assert principal.key_id == issued.key.id

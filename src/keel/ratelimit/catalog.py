@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from keel.ratelimit.policy import DEFAULT_PLANS, Plan
+from keel.ratelimit.policy import DEFAULT_PLANS, EDGE_PLAN, Plan
 
 # Units charged per operation. Protocol adapters name their operations with these keys.
 DEFAULT_COSTS: dict[str, int] = {
@@ -36,8 +36,12 @@ class RateLimitCatalog:
         costs: Mapping[str, int] | None = None,
     ) -> RateLimitCatalog:
         """Refuses a configuration under which some request could never be admitted."""
+        chosen = dict(plans or DEFAULT_PLANS)
+        # Edges' keys have a plan of their own even where an operator configured only theirs:
+        # without it, an edge would be held to one caller's quota for all of its callers.
+        chosen.setdefault(EDGE_PLAN, DEFAULT_PLANS[EDGE_PLAN])
         catalog = cls(
-            plans=dict(plans or DEFAULT_PLANS),
+            plans=chosen,
             default_plan=default_plan,
             anonymous_plan=anonymous_plan,
             costs={**DEFAULT_COSTS, **(costs or {})},

@@ -85,6 +85,7 @@ class Plan:
         )
 
 
+EDGE_PLAN = "edge"
 DEFAULT_PLANS: dict[str, Plan] = {
     plan.name: plan
     for plan in (
@@ -118,7 +119,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
         # (each caller was charged at the edge). Large, but a bound on what a stolen edge key
         # can do.
         Plan(
-            "edge",
+            EDGE_PLAN,
             (
                 Policy("burst", quota=20_000, window_seconds=1, burst=40_000),
                 Policy("hourly", 50_000_000, 3600, 2_000_000),
