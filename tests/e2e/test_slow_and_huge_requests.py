@@ -90,21 +90,21 @@ class Response:
 
 def read_response(sock: socket.socket) -> Response:
     """One response with a Content-Length, read off the socket; fails if the server closes or
-    stays silent before it is whole."""
+    stays silent before it is whole. Reads no byte past it: a pipelined next response stays on
+    the socket for the next call (the head is read a byte at a time, the body to its length)."""
     buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
+    while not buffer.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
         assert chunk, f"closed before a response head: {buffer!r}"
         buffer += chunk
-    head, _, body = buffer.partition(b"\r\n\r\n")
+    head, body = buffer[:-4], b""
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
     length = int(headers["content-length"])
     while len(body) < length:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(length - len(body))
         assert chunk, "closed in the middle of a response body"
         body += chunk
-    assert len(body) == length, "more bytes than the response's Content-Length"
     return Response(int(status_line.split(" ")[1]), headers, body)
 
 
