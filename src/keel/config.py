@@ -217,6 +217,15 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
+    def _production_has_its_own_secrets(self) -> Settings:
+        # Development may derive the cursor key; production must not run on a guessable one.
+        if self.environment == "production" and self.cursor_secret is None:
+            raise ValueError("KEEL_ENVIRONMENT=production needs KEEL_CURSOR_SECRET (32+ random characters)")
+        if self.cursor_secret is not None and len(self.cursor_secret.get_secret_value()) < 32:
+            raise ValueError("KEEL_CURSOR_SECRET must have at least 32 characters")
+        return self
+
+    @model_validator(mode="after")
     def _edge_has_a_key(self) -> Settings:
         if self.core_url is not None and self.core_api_key is None:
             raise ValueError("KEEL_CORE_URL needs KEEL_CORE_API_KEY: a key with the `edge` scope on the core")

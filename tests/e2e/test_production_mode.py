@@ -16,6 +16,7 @@ import grpc
 import httpx
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pydantic import SecretStr
 
 from keel.api.grpc.server import GrpcServer
 from keel.bootstrap import build_keel
@@ -25,6 +26,7 @@ from tests.e2e.test_browser_pages import _free_port, _keel
 from tests.e2e.test_served_process import wait_healthy
 
 VERSION = "2026-11-28"
+SECRET = SecretStr("a-test-cursor-secret-of-32-characters")
 INTROSPECTION = "{ __schema { queryType { name } } }"
 CLOSED_PATHS = (
     "/docs",
@@ -38,21 +40,23 @@ CLOSED_PATHS = (
 
 
 def test_production_closes_everything_and_each_setting_still_wins() -> None:
-    production = Settings(environment="production")
+    production = Settings(environment="production", cursor_secret=SECRET)
     assert {name: getattr(production, name) for name in CLOSED_IN_PRODUCTION} == dict.fromkeys(
         CLOSED_IN_PRODUCTION, False
     )
     development = Settings()
     assert development.environment == "development"
     assert all(getattr(development, name) for name in CLOSED_IN_PRODUCTION)
-    reopened = Settings(environment="production", graphql_introspection=True)
+    reopened = Settings(environment="production", cursor_secret=SECRET, graphql_introspection=True)
     assert reopened.graphql_introspection is True
     assert reopened.api_docs is False
 
 
 @pytest.fixture
 async def production(sqlite_url: str) -> AsyncIterator[Api]:
-    api, deployment = await make_api(Settings(database_url=sqlite_url, environment="production"))
+    api, deployment = await make_api(
+        Settings(database_url=sqlite_url, environment="production", cursor_secret=SECRET)
+    )
     async with api.client:
         yield api
     await deployment.close()
@@ -142,7 +146,7 @@ async def _reflected_services(port: int) -> list[str]:
 
 @pytest.mark.parametrize("environment", ["production", "development"])
 async def test_grpc_reflection_only_in_development(sqlite_url: str, environment: str) -> None:
-    keel = await build_keel(Settings(database_url=sqlite_url, environment=environment))
+    keel = await build_keel(Settings(database_url=sqlite_url, environment=environment, cursor_secret=SECRET))
     server = GrpcServer(keel, "127.0.0.1:0")
     await server.start()
     try:
@@ -164,6 +168,7 @@ def test_served_production_process_moves_metrics_to_the_management_port(tmp_path
         "KEEL_PORT": str(_free_port()),
         "KEEL_GRPC_PORT": str(_free_port()),
         "KEEL_ENVIRONMENT": "production",
+        "KEEL_CURSOR_SECRET": SECRET.get_secret_value(),
         "KEEL_MANAGEMENT_PORT": str(_free_port()),
     }
     _keel(env, "migrate")
@@ -191,3 +196,10 @@ def test_served_production_process_moves_metrics_to_the_management_port(tmp_path
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_production_refuses_to_start_without_a_cursor_secret() -> None:
+    with pytest.raises(ValueError, match="KEEL_CURSOR_SECRET"):
+        Settings(environment="production")
+    with pytest.raises(ValueError, match="at least 32"):
+        Settings(cursor_secret=SecretStr("short"))
