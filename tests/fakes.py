@@ -176,6 +176,10 @@ class _ApiKeys:
         self._store.reads += 1
         return self._tables.api_keys.get(key_id)
 
+    async def by_verifier(self, verifier: str) -> ApiKey | None:
+        self._store.reads += 1
+        return next((k for k in self._tables.api_keys.values() if k.secret_hash == verifier), None)
+
     async def list_all(self) -> list[ApiKey]:
         return sorted(self._tables.api_keys.values(), key=lambda k: (k.created_at, k.id))
 

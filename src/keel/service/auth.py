@@ -42,9 +42,8 @@ def key_verifier(digest: str) -> str:
 
 
 _VERIFIER_CONTEXT = b"keel-api-key-verifier\0"
-# Compared against when a key id is unknown, so that an unknown id and a wrong secret cost the
-# same work (the caller must not learn which key ids exist from response times).
-_NO_KEY_VERIFIER = key_verifier(token_digest("keel_no-such-key"))
+# Compared against when no key matches, so that every refusal costs the same work.
+_NO_KEY_ID = "-" * 16
 
 
 def parse_key_id(token: str) -> str | None:
@@ -192,12 +191,14 @@ class Authenticator:
         return principal
 
     async def _load(self, key_id: str, digest: str) -> Principal | None:
+        # Looked up by verifier, not by id: a wrong secret and an unknown id are then the same
+        # query finding no row, so response times cannot tell which key ids exist (looked up by
+        # id, a known id's row was read and decoded, measurably slower). The id the caller named
+        # is then compared in constant time against the key found.
         async with self._store.unit_of_work(read_only=True) as uow:
-            key = await uow.api_keys.get(key_id)
-        # The same work whether or not the id exists, and a constant-time comparison: neither
-        # which ids exist nor the stored verifier may leak through response times.
-        stored = key.secret_hash if key is not None else _NO_KEY_VERIFIER
-        matches = self._compare(stored.encode(), key_verifier(digest).encode())
+            key = await uow.api_keys.by_verifier(key_verifier(digest))
+        found_id = key.id if key is not None else _NO_KEY_ID
+        matches = self._compare(found_id.encode(), key_id.encode())
         if key is None or not matches or key.revoked_at is not None:
             return None
         return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)

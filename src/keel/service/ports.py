@@ -92,6 +92,10 @@ class ApiKeyRepository(Protocol):
 
     async def get(self, key_id: str) -> ApiKey | None: ...
 
+    async def by_verifier(self, verifier: str) -> ApiKey | None:
+        """The key whose stored verifier is `verifier` (unique), revoked or not."""
+        ...
+
     async def list_all(self) -> list[ApiKey]:
         """Every key, revoked ones included, oldest first."""
         ...

@@ -397,6 +397,11 @@ class PostgresApiKeys:
             row = await self._db.fetchrow(_SELECT_API_KEY + " WHERE id = $1", key_id)
         return api_key_from_row(tuple(row), _time) if row is not None else None
 
+    async def by_verifier(self, verifier: str) -> ApiKey | None:
+        with self._observer.call("get_api_key"):
+            row = await self._db.fetchrow(_SELECT_API_KEY + " WHERE secret_hash = $1", verifier)
+        return api_key_from_row(tuple(row), _time) if row is not None else None
+
     async def list_all(self) -> list[ApiKey]:
         with self._observer.call("list_api_keys"):
             rows = await self._db.fetch(_SELECT_API_KEY + " ORDER BY created_at, id")

@@ -361,6 +361,12 @@ class SqliteApiKeys:
                 row = await cursor.fetchone()
         return api_key_from_row(row, _time) if row is not None else None
 
+    async def by_verifier(self, verifier: str) -> ApiKey | None:
+        with self._observer.call("get_api_key"):
+            async with self._db.execute(_SELECT_API_KEY + " WHERE secret_hash = ?", (verifier,)) as cursor:
+                row = await cursor.fetchone()
+        return api_key_from_row(row, _time) if row is not None else None
+
     async def list_all(self) -> list[ApiKey]:
         with self._observer.call("list_api_keys"):
             async with self._db.execute(_SELECT_API_KEY + " ORDER BY created_at, id") as cursor:

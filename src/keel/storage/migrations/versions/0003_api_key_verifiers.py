@@ -31,6 +31,8 @@ def upgrade() -> None:
         connection.execute(
             _keys.update().where(_keys.c.id == key_id).values(secret_hash=key_verifier(digest))
         )
+    # Keys are found by their verifier (see keel.service.auth.Authenticator._load).
+    op.create_index("api_keys_by_verifier", "api_keys", ["secret_hash"], unique=True)
 
 
 def downgrade() -> None:
