@@ -29,6 +29,9 @@ from keel.rpc.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
 from keel.service.auth import issue_api_key, token_digest
 
 SSN = "000-00-0000"
+HIDDEN_CONFLICT = (
+    "the change breaks a schema rule that involves attributes this key cannot read; an admin key can make it"
+)
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -38,6 +41,7 @@ SCHEMA = {
         "score": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 3}]},
         "ssn": {"type": "string", "private": True},
     },
+    "dependentRequired": {"ssn": ["tier"]},
 }
 # Small plans for the anonymous and edge callers, with no refill within a test: a call over them
 # is refused whatever the machine's speed. Everyone else has room.
@@ -146,7 +150,9 @@ async def test_a_schema_error_shows_no_private_value_on_any_protocol(probe: Prob
         headers={**probe.headers("writer"), "Content-Type": "application/merge-patch+json"},
     )
     assert rest.status_code == 422
-    assert rest.json()["errors"] == [{"field": "/attributes", "message": "at most 4 properties"}]
+    # The caller's own view (tier, a, b, c) meets the schema: only the hidden `ssn` tips it over,
+    # and the caller is told no more than that (not even how many hidden attributes there are).
+    assert rest.json()["errors"] == [{"field": "/attributes", "message": HIDDEN_CONFLICT}]
     assert SSN not in rest.text
     assert "gold" not in rest.text
 
@@ -156,7 +162,7 @@ async def test_a_schema_error_shows_no_private_value_on_any_protocol(probe: Prob
         {"id": profile["id"], "p": too_many},
     )
     assert graphql["errors"][0]["extensions"]["fieldErrors"] == [
-        {"field": "/attributes", "message": "at most 4 properties"}
+        {"field": "/attributes", "message": HIDDEN_CONFLICT}
     ]
     assert SSN not in json.dumps(graphql)
 
@@ -169,8 +175,34 @@ async def test_a_schema_error_shows_no_private_value_on_any_protocol(probe: Prob
             metadata=probe.metadata("writer"),
         )
     assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert _violations(failure.value) == [("/attributes", "at most 4 properties")]
+    assert _violations(failure.value) == [("/attributes", HIDDEN_CONFLICT)]
     assert SSN not in str(_status(failure.value))
+
+
+async def test_rules_about_private_attributes_are_not_explained_to_non_admins(probe: Probe) -> None:
+    with_ssn = await probe.create(attributes={"tier": "gold", "ssn": SSN})
+    without = await probe.create(
+        handle="bob_b", emails=[{"address": "bob@example.com", "primary": True}], attributes={"tier": "x"}
+    )
+    patch_headers = {**probe.headers("writer"), "Content-Type": "application/merge-patch+json"}
+    refused = await probe.client.patch(
+        f"/v1/profiles/{with_ssn['id']}", content='{"attributes": {"tier": null}}', headers=patch_headers
+    )
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [{"field": "/attributes", "message": HIDDEN_CONFLICT}]
+    assert "ssn" not in refused.text
+    accepted = await probe.client.patch(
+        f"/v1/profiles/{without['id']}", content='{"attributes": {"tier": null}}', headers=patch_headers
+    )
+    assert accepted.status_code == 200
+    as_admin = await probe.client.patch(
+        f"/v1/profiles/{with_ssn['id']}",
+        content='{"attributes": {"tier": null}}',
+        headers={**probe.headers("admin"), "Content-Type": "application/merge-patch+json"},
+    )
+    assert as_admin.json()["errors"] == [
+        {"field": "/attributes", "message": "`tier` is required when `ssn` is present"}
+    ]
 
 
 async def test_any_of_and_type_errors_quote_the_schema_not_the_value(probe: Probe) -> None:
@@ -478,3 +510,93 @@ async def test_email_look_alikes_are_one_address_everywhere(probe: Probe) -> Non
             pb.ListProfilesRequest(email=spelled), metadata=probe.metadata("reader")
         )
         assert [p.id for p in listed.profiles] == [created["id"]]
+
+
+# -- found by a second probe, after the fixes above -------------------------------------------
+
+
+async def test_repeated_credentials_are_refused_on_every_protocol(probe: Probe) -> None:
+    profile = await probe.create()
+    twice = [
+        ("Authorization", f"Bearer {probe.tokens['reader']}"),
+        ("Authorization", f"Bearer {probe.tokens['admin']}"),
+    ]
+    rest = await probe.client.get(f"/v1/profiles/{profile['id']}", headers=twice)
+    assert rest.status_code == 401
+    graphql = await probe.client.post("/graphql", json={"query": "{ viewer { keyId } }"}, headers=twice)
+    assert graphql.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await probe.profiles.GetProfile(
+            pb.GetProfileRequest(id=profile["id"]),
+            metadata=(*probe.metadata("reader"), *probe.metadata("admin")),
+        )
+    assert failure.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_repeated_query_parameters_are_refused(probe: Probe) -> None:
+    first = await probe.create()
+    second = await probe.create(handle="bob_b", emails=[{"address": "bob@example.com", "primary": True}])
+    rest = await probe.client.get(
+        "/v1/profiles", params=[("ids", first["id"]), ("ids", second["id"])], headers=probe.headers("reader")
+    )
+    assert rest.status_code == 400
+    assert "`ids`" in rest.json()["detail"]
+    graphql = await probe.client.get(
+        "/graphql",
+        params=[("query", "{ viewer { keyId } }"), ("query", "{ viewer { scopes } }")],
+        headers=probe.headers("reader"),
+    )
+    assert graphql.status_code == 400
+    assert graphql.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+async def test_grpc_metadata_is_bounded_like_http_headers(probe: Probe) -> None:
+    profile = await probe.create()
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await probe.profiles.GetProfile(
+            pb.GetProfileRequest(id=profile["id"]),
+            metadata=(*probe.metadata("reader"), ("x-pad", "a" * 64 * 1024)),
+            timeout=10,
+        )
+    assert failure.value.code() is not grpc.StatusCode.OK
+    answered = await probe.profiles.GetProfile(
+        pb.GetProfileRequest(id=profile["id"]), metadata=probe.metadata("reader")
+    )
+    assert answered.profile.id == profile["id"]
+
+
+async def test_every_operation_documents_the_refusals_any_request_can_get(probe: Probe) -> None:
+    document = (await probe.client.get("/openapi.json", params={"version": "2026-11-28"})).json()
+    for path, operations in document["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            assert {"408", "413", "414", "431"} <= operation["responses"].keys(), (method, path)
+
+
+async def test_schema_hints_are_cut_when_introspection_is_off(sqlite_url: str) -> None:
+    for introspection, hinted in ((True, True), (False, False)):
+        settings = Settings(database_url=sqlite_url, graphql_introspection=introspection)
+        keel = await build_keel(settings)
+        app = build_rest_app(settings, keel.metrics)
+        app.state.keel = keel
+        issued = await issue_api_key(
+            keel.local.store,
+            keel.local.clock,
+            scopes=[Scope.PROFILES_READ],
+            api_version="2026-11-28",
+            name="r",
+        )
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://keel.test"
+            ) as client:
+                response = await client.post(
+                    "/graphql",
+                    json={"query": '{ profile(id: "x") { handl } }'},
+                    headers={"Authorization": f"Bearer {issued.token}"},
+                )
+        finally:
+            await keel.close()
+        message = response.json()["errors"][0]["message"]
+        assert ("Did you mean" in message) is hinted, message

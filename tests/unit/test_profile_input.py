@@ -117,3 +117,34 @@ def test_document_round_trip() -> None:
         _doc(display_name="Ada", links=[{"kind": "site", "url": "https://ada.dev"}]), DEFAULT
     )
     assert parse_profile_fields(fields_document(fields), DEFAULT) == fields
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("https://a。com/x", "https://a.com/x"),
+        ("HTTPS://Example.COM/Path?q=1#f", "https://example.com/Path?q=1#f"),
+        ("https://bücher.example/ü", "https://xn--bcher-kva.example/ü"),
+        ("https://[::1]:8443/x", "https://[::1]:8443/x"),
+    ],
+)
+def test_urls_are_stored_in_one_form(sent: str, stored: str) -> None:
+    assert parse_profile_fields(_doc(avatar_url=sent), DEFAULT).avatar_url == stored
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a.com:99999999999999999999/",
+        "https://xn--a.com",
+        "https://999999999999999999999",
+        "https://user:password@example.com/",
+        "https://-a.com/",
+    ],
+)
+def test_urls_that_name_no_host_a_browser_would_visit_are_refused(url: str) -> None:
+    assert _fields_in_error(_doc(links=[{"kind": "x", "url": url}])) == {"/links/0/url"}
+
+
+def test_a_link_without_a_url_is_refused() -> None:
+    assert _fields_in_error(_doc(links=[{"kind": "x"}])) == {"/links/0/url"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -34,6 +36,44 @@ def _add_request_context(
         if context.key_id is not None:
             event_dict.setdefault("key_id", context.key_id)
     return event_dict
+
+
+# What uvicorn logs once per malformed request, before any authentication or rate limit: a
+# client could write the log a line per request.
+_PER_REQUEST_NOISE = frozenset({"Invalid HTTP request received."})
+
+
+class SampledRecords(logging.Filter):
+    """Lets through at most one record of each noisy message per interval, the next one saying
+    how many were dropped in between (as `SampledLog` does for Keel's own refusals)."""
+
+    def __init__(
+        self,
+        messages: frozenset[str] = _PER_REQUEST_NOISE,
+        *,
+        interval_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._messages = messages
+        self._interval = interval_seconds
+        self._clock = clock
+        self._next_at: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str) or message not in self._messages:
+            return True
+        now = self._clock()
+        if now < self._next_at.get(message, 0.0):
+            self._dropped[message] = self._dropped.get(message, 0) + 1
+            return False
+        self._next_at[message] = now + self._interval
+        dropped = self._dropped.pop(message, 0)
+        if dropped:
+            record.msg = f"{message} ({dropped} more since the last line)"
+        return True
 
 
 def configure_logging(level: str) -> None:
@@ -67,3 +107,6 @@ def configure_logging(level: str) -> None:
     root.setLevel(numeric)
     # uvicorn's own access log would duplicate ours and print raw paths with query strings.
     logging.getLogger("uvicorn.access").disabled = True
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, SampledRecords) for f in server_log.filters):
+        server_log.addFilter(SampledRecords())

@@ -33,6 +33,9 @@ _MAX_STRING_LENGTH = 1000
 # Schema values quoted in a message (an enum's members, a const) are cut beyond this.
 _MAX_QUOTED = 200
 _HIDDEN_MESSAGE = "a private attribute does not meet the schema; an admin key can correct it"
+_HIDDEN_CONFLICT = (
+    "the change breaks a schema rule that involves attributes this key cannot read; an admin key can make it"
+)
 
 
 def _re2_options() -> Any:
@@ -133,11 +136,26 @@ class AttributePolicy:
             raise ValueError(f"attribute schema {path} is not valid JSON Schema: {error.message}") from error
 
     def errors(self, attributes: JSONObject, *, hidden: frozenset[str] = frozenset()) -> list[FieldError]:
-        """What is wrong with `attributes`, in messages that quote no value of them. Errors
-        inside an attribute named in `hidden` (what the caller may not read) say only that a
-        private attribute is wrong, at `/attributes`."""
+        """What is wrong with `attributes`, in messages that quote no value of them.
+
+        `hidden`: attributes present that the caller may not read. The whole object is what the
+        schema judges, but what the caller is told must not depend on what it cannot read: when
+        the object fails, the errors reported are those of the caller's own view (the object
+        without the hidden attributes); when that view passes, the failure comes from a rule
+        that involves hidden attributes, and only that is said. Whether a write is refused at
+        all can still depend on them: a schema that relates private attributes to others says
+        so by design (docs/security.md)."""
         if self._validator is None:
             return _default_errors(attributes)
+        hidden_here = hidden.intersection(attributes)
+        if not hidden_here:
+            return self._schema_errors(attributes, frozenset())
+        if not any(True for _ in self._validator.iter_errors(attributes)):
+            return []
+        view = {name: value for name, value in attributes.items() if name not in hidden_here}
+        return self._schema_errors(view, hidden_here) or [FieldError("/attributes", _HIDDEN_CONFLICT)]
+
+    def _schema_errors(self, attributes: JSONObject, hidden: frozenset[str]) -> list[FieldError]:
         found: list[FieldError] = []
         for error in self._validator.iter_errors(attributes):
             path = list(error.absolute_path)

@@ -8,14 +8,16 @@ with its location, not just the first.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import math
 import unicodedata
 import zoneinfo
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import idna
 import langcodes
 from email_validator import EmailNotValidError, validate_email
 
@@ -300,16 +302,55 @@ def _url(value: Any, location: str, schemes: tuple[str, ...], found: _Collector)
     if not isinstance(value, str) or len(value) > MAX_URL:
         found.add(location, f"must be a URL of at most {MAX_URL} characters")
         return None
+    url = canonical_url(value, schemes)
+    if url is None:
+        found.add(location, f"must be an absolute {' or '.join(schemes)} URL")
+    return url
+
+
+def canonical_url(value: str, schemes: tuple[str, ...]) -> str | None:
+    """The URL in one form, or None when it is not an absolute URL of one of `schemes`: scheme
+    in lower case, host IDNA-mapped to its ASCII form (`a。com` and `A.com` are `a.com`,
+    `bücher.example` is `xn--bcher-kva.example`), the port checked, no user or password; the
+    path, query and fragment as sent. What allow- and deny-lists of hosts compare is then what
+    a browser would visit."""
+    if any(c.isspace() for c in value):
+        return None
     try:
         parts = urlsplit(value)
-        host_ok = bool(parts.hostname)
+        port = parts.port  # ValueError when out of range or not a number
+        host = parts.hostname
     except ValueError:
-        host_ok = False
-        parts = None
-    if parts is None or not host_ok or parts.scheme not in schemes or any(c.isspace() for c in value):
-        found.add(location, f"must be an absolute {' or '.join(schemes)} URL")
         return None
-    return value
+    if (
+        parts.scheme.lower() not in schemes
+        or not host
+        or parts.username is not None
+        or parts.password is not None
+    ):
+        return None
+    ascii_host = _ascii_host(host)
+    if ascii_host is None:
+        return None
+    netloc = ascii_host if port is None else f"{ascii_host}:{port}"
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))
+
+
+def _ascii_host(host: str) -> str | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return f"[{address.compressed}]" if address.version == 6 else address.compressed
+    try:
+        name = idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
+    # A name whose last label is all digits is no domain name, and not an IPv4 address either.
+    if name.rstrip(".").rpartition(".")[2].isdigit():
+        return None
+    return name
 
 
 def _locale(value: Any, found: _Collector) -> str | None:

@@ -17,7 +17,7 @@ from graphql import (
 )
 from starlette.requests import Request
 
-from keel.api.rest.dependencies import bearer_token
+from keel.api.rest.dependencies import ONE_AUTHORIZATION, bearer_token
 from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError, Unauthenticated
 from keel.observability.context import note_caller
@@ -44,6 +44,8 @@ class Admitted:
 async def authenticate(request: Request, keel: Keel) -> tuple[Principal | None, KeelError | None]:
     """Once per request, as REST's admission does; the reason for no principal is kept for the
     resolvers that need one (an introspection query needs none)."""
+    if len(request.headers.getlist("authorization")) > 1:
+        return None, Unauthenticated(ONE_AUTHORIZATION)
     token = bearer_token(request.headers.get("authorization"))
     if not token:
         return None, Unauthenticated("An API key is required: Authorization: Bearer <key>.")

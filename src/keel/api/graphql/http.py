@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from inspect import isawaitable
@@ -79,6 +80,8 @@ _DOCUMENT_CACHE_TEXT = 256 * 1024
 _TOKEN_LIMIT_MESSAGE = "tokens. Parsing aborted"  # noqa: S105 - a parser message, not a secret
 # Strawberry's faster check (annotated as returning bool, graphql-core wants a TypeGuard).
 _IS_AWAITABLE: Any = optimized_is_awaitable
+# graphql-core's suggestions, at the end of a validation message.
+_SCHEMA_HINT = re.compile(r" Did you mean [^?]*\?$")
 
 
 @dataclass
@@ -106,6 +109,9 @@ class GraphQLEndpoint:
         self._rules = [*specified_rules]
         if not settings.graphql_introspection:
             self._rules.append(NoSchemaIntrospectionCustomRule)
+        # Without introspection, validation's "Did you mean 'handle'?" would rebuild the schema
+        # name by name: such hints are cut from messages too.
+        self._hint_schema = settings.graphql_introspection
         self._limits = Limits(
             max_depth=settings.graphql_max_depth,
             max_aliases=settings.graphql_max_aliases,
@@ -251,7 +257,11 @@ class GraphQLEndpoint:
         check_merged_fields(document)
         errors = validate(self._core, document, self._rules, max_errors=20)
         if errors:
-            raise Refused(200, [format_error(e, during_execution=False) for e in errors])
+            refusals = [format_error(e, during_execution=False) for e in errors]
+            if not self._hint_schema:
+                for refusal in refusals:
+                    refusal["message"] = _SCHEMA_HINT.sub("", refusal["message"])
+            raise Refused(200, refusals)
         prepared = _Prepared(document)
         self._documents.put(query, prepared)
         return prepared

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from keel.api.media_types import JSON, accepts, refusal_detail
+from keel.api.query_strings import repeated_detail, repeated_names
 from keel.service.strict_json import MalformedJSON, loads_strict
 
 from .errors import request_error
@@ -46,6 +47,9 @@ def wants_ide(request: Request) -> bool:
 
 async def read_params(request: Request) -> Params:
     if request.method == "GET":
+        repeated = repeated_names(request.query_params.multi_items())
+        if repeated:
+            raise Refused(400, [request_error("BAD_REQUEST", repeated_detail(repeated))])
         raw: Any = {
             "query": request.query_params.get("query"),
             "operationName": request.query_params.get("operationName"),

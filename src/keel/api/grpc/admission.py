@@ -49,6 +49,7 @@ OPERATIONS = {
     _SERVICE + "ListProfiles": Operation("profiles.list", Priority.SHEDDABLE),
 }
 _CALLER = Operation("other", Priority.NORMAL)
+_CREDENTIALS = frozenset({"authorization", ON_BEHALF_OF, ON_BEHALF_OF_SHA256})
 
 _principal: ContextVar[Principal | None] = ContextVar("keel_grpc_principal", default=None)
 _via_edge: ContextVar[bool] = ContextVar("keel_grpc_via_edge", default=False)
@@ -75,14 +76,24 @@ class Admission:
         self._authenticator = keel.local.authenticator
 
     async def run(
-        self, method: str, metadata: Mapping[str, str], peer: str, call: Callable[[], Awaitable[Any]]
+        self,
+        method: str,
+        metadata: Mapping[str, str],
+        peer: str,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        repeated: frozenset[str] = frozenset(),
     ) -> Any:
         """Run `call` as the caller `metadata` (the call's text metadata) names, if admitted.
-        `peer` is gRPC's name of the other end (`ipv4:127.0.0.1:5000`)."""
+        `peer` is gRPC's name of the other end (`ipv4:127.0.0.1:5000`); `repeated`, the
+        metadata keys sent more than once."""
         keel = self._keel
         operation = OPERATIONS.get(method, _CALLER)
         guard = keel.rate_limits
         try:
+            if repeated & _CREDENTIALS:
+                # Two parsers (a proxy's, ours) could pick different ones: no guessing.
+                raise Unauthenticated(f"Send each of {', '.join(sorted(_CREDENTIALS))} at most once.")
             principal, charged_key = await self._authenticate(metadata)
         except KeelError:
             if guard is not None:

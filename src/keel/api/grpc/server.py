@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,6 @@ from keel.resilience.deadline import deadline_in
 from keel.rpc.metadata import REQUEST_ID
 from keel.rpc.status import (
     MAX_MESSAGE_BYTES,
-    MAX_METADATA_BYTES,
     MAX_REQUEST_BYTES,
     STATUS_DETAILS_KEY,
     to_status,
@@ -48,6 +48,10 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["CallerService"].full_name,
 )
 _HEALTH_POLL_SECONDS = 2.0
+# An edge's channel carries many calls at once and is reused for hours: idle means no call at all
+# for a minute (the edge reconnects on its next call), and 1,024 calls at once per connection.
+GRPC_IDLE_CONNECTION_MS = 60_000
+GRPC_MAX_CONCURRENT_STREAMS = 1024
 _refusal_log = SampledLog("keel.grpc")
 
 
@@ -93,9 +97,16 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
     ) -> Any:
         keel = self._keel
         started = time.perf_counter()
-        metadata = {
-            key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
-        }
+        received = [
+            (key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)
+        ]
+        metadata = dict(received)
+        # Keys sent more than once (the dict kept the last): admission refuses repeated credentials.
+        repeated = (
+            frozenset(key for key, count in Counter(k for k, _ in received).items() if count > 1)
+            if len(metadata) < len(received)
+            else frozenset()
+        )
         carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
         parent = _propagator.extract(carrier) if carrier else None
         span = keel.tracer.start_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER)
@@ -116,7 +127,9 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         try:
             try:
                 with deadline_in(timeout):
-                    return await self._admission.run(method, metadata, context.peer(), behaviour)
+                    return await self._admission.run(
+                        method, metadata, context.peer(), behaviour, repeated=repeated
+                    )
             except KeelError as error:
                 code, status = to_status(error)
                 refused = isinstance(error, QuotaExceeded | CapacityReduced)
@@ -207,12 +220,19 @@ class GrpcServer:
 
     def __init__(self, keel: Keel, address: str) -> None:
         self._keel = keel
+        settings = keel.settings
         self.server = grpc.aio.server(
             interceptors=[KeelInterceptor(keel)],
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                # The HTTP server's limits, for gRPC's own headers: a call's metadata as large as
+                # HTTP headers may be, a connection's handshake as long as headers may take to
+                # arrive, and connections without calls closed after a while.
+                ("grpc.max_metadata_size", settings.http_max_header_bytes),
+                ("grpc.server_handshake_timeout_ms", int(settings.http_header_timeout_seconds * 1000)),
+                ("grpc.max_connection_idle_ms", GRPC_IDLE_CONNECTION_MS),
+                ("grpc.max_concurrent_streams", GRPC_MAX_CONCURRENT_STREAMS),
                 ("grpc.so_reuseport", 0),
             ],
         )

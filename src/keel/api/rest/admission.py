@@ -164,9 +164,11 @@ class EarlyRefusals:
         request_id = ""
         seen_authorization = False
         for name, value in scope["headers"]:
-            # The first Authorization header, as the full path reads it; the last X-Request-Id,
-            # as the envelope does.
-            if name == b"authorization" and not seen_authorization:
+            # One Authorization header (several: the full path refuses them); the last
+            # X-Request-Id, as the envelope does.
+            if name == b"authorization":
+                if seen_authorization:
+                    return False
                 seen_authorization = True
                 token = bearer_token(value.decode("latin-1"))
             elif name == b"x-request-id":
@@ -226,11 +228,10 @@ async def _authenticate(scope: Scope, keel: Keel) -> Principal | None:
     if known is not None:
         note_caller(known.key_id)
         return known  # found by EarlyRefusals
-    token = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            token = bearer_token(value.decode("latin-1"))
-            break
+    values = [value for name, value in scope["headers"] if name == b"authorization"]
+    if len(values) != 1:
+        return None  # none, or several (refused by the route): limited by address
+    token = bearer_token(values[0].decode("latin-1"))
     if not token:
         return None
     try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from keel.domain.api_keys import Principal
+from keel.domain.errors import Unauthenticated
 from keel.observability.context import note_caller
 
 if TYPE_CHECKING:
@@ -27,12 +28,16 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 PRINCIPAL_SCOPE_KEY = "keel.principal"
+ONE_AUTHORIZATION = "Send one Authorization header, not several."
 
 
 async def authenticated_caller(request: Request) -> Principal:
     """The caller, as the version picker already resolved it, or authenticated now.
     Raises `Unauthenticated` (401) for a missing or unknown key."""
     principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is None and len(request.headers.getlist("authorization")) > 1:
+        # Two parsers (a proxy's, ours) could pick different ones: no guessing which was meant.
+        raise Unauthenticated(ONE_AUTHORIZATION)
     if principal is None:
         keel: Keel = request.app.state.keel
         principal = await keel.authenticator.authenticate(bearer_token(request.headers.get("authorization")))

@@ -65,8 +65,9 @@ _DESCRIPTIONS: dict[int, tuple[str, str]] = {
     ),
     504: ("outcome-unknown", "The core did not answer in time; a write may or may not have been applied."),
 }
-_EVERY_OPERATION = (400, 401, 403, 414, 422, 429, 431, 503, 504)
-_WITH_BODY = (408, 413, 415)
+# 408 and 413: any request may carry a body (a GET's too), which must arrive in time and fit.
+_EVERY_OPERATION = (400, 401, 403, 408, 413, 414, 422, 429, 431, 503, 504)
+_WITH_BODY = (415,)
 
 
 def _problem(status: int) -> dict[str, Any]:

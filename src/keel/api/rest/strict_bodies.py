@@ -1,4 +1,5 @@
-"""The media type and the JSON of `/v1/` request bodies, checked once in front of the routes.
+"""The media type and the JSON of `/v1/` request bodies, and their query strings (no parameter
+repeated: see keel.api.query_strings), checked once in front of the routes.
 
 FastAPI reads a body as JSON whenever its media type merely ends in `json` (so
 `application/x-foo+json` or `charset=latin-1` pass), answers other types with a 422, and parses
@@ -10,10 +11,13 @@ then hands the very same bytes on.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.media_types import JSON, MERGE_PATCH_JSON, accepts, refusal_detail
+from keel.api.query_strings import repeated_detail, repeated_names
 from keel.api.rest.admission import classify
 from keel.api.rest.problems import problem_response
 from keel.service.strict_json import MalformedJSON, loads_strict
@@ -30,6 +34,13 @@ class StrictBodies:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(_VERSIONED_PREFIX):
             await self.app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"")
+        repeated = repeated_names(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else []
+        if repeated:
+            await problem_response(400, "bad-request", "Bad request", repeated_detail(repeated))(
+                scope, receive, send
+            )
             return
         operation, _ = classify(scope["method"], scope["path"])
         expected = _BODY_MEDIA_TYPES.get(operation)
