@@ -41,6 +41,11 @@ _SWITCH_REFRESH_SECONDS = 1.0
 # tolerance (µs), shadow (0 | 1). KEYS: one per policy, all of one client (one hash tag, one
 # Cluster slot). Returns {now_us, verdict_1, tat_1, verdict_2, tat_2, ...}; tat -1 = none stored.
 # A refund leaves shadow policies alone.
+# Integer microseconds throughout, as in `gcra`: Lua's numbers are doubles, but TIME gives
+# whole seconds and microseconds, and epoch microseconds (~1.8e15) plus integer intervals stay
+# far below 2**53, so every sum is exact. TATs are stored with '%d' and returned as numbers
+# (Redis replies with integers). `math.floor` on read: a TAT stored as a decimal by an older
+# version ('%.3f') is taken as the whole microsecond below it.
 GCRA_SCRIPT = """
 local n = #KEYS
 local time = redis.call('TIME')
@@ -56,20 +61,20 @@ for i = 1, n do
   local tolerance = tonumber(ARGV[3 * i + 1])
   local shadow = ARGV[3 * i + 2] == '1'
   local stored = redis.call('GET', KEYS[i])
-  local tat = stored and tonumber(stored) or nil
+  local tat = stored and math.floor(tonumber(stored)) or nil
   tats[i] = tat
   if mode == 'refund' then
     if tat and not shadow then
       local back = tat - cost * interval
       if back > now then
-        redis.call('SET', KEYS[i], string.format('%.3f', back), 'PX', math.ceil((back - now) / 1000) + 1)
+        redis.call('SET', KEYS[i], string.format('%d', back), 'PX', math.ceil((back - now) / 1000) + 1)
       else
         redis.call('DEL', KEYS[i])
       end
     end
   else
     local debt = (tat and tat > now) and (tat - now) or 0
-    verdicts[i] = debt + cost * interval <= tolerance + 0.5
+    verdicts[i] = debt + cost * interval <= tolerance
     if not verdicts[i] and not shadow then admit = false end
   end
 end
@@ -80,10 +85,10 @@ for i = 1, n do
     local interval = tonumber(ARGV[3 * i])
     local start = (tat and tat > now) and tat or now
     tat = start + cost * interval
-    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   result[#result + 1] = verdicts[i] and 1 or 0
-  result[#result + 1] = tat and string.format('%.3f', tat) or '-1'
+  result[#result + 1] = tat or -1
 end
 return result
 """
@@ -133,11 +138,11 @@ class RedisRateLimiter:
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         if await self.switched_off():
             count = len(plan.policies)
-            return describe([True] * count, [None] * count, 0.0, plan.policies, cost)
+            return describe([True] * count, [None] * count, 0, plan.policies, cost)
         reply = await self._run("acquire", client, plan, cost)
-        now = float(reply[0])
+        now = int(reply[0])
         verdicts = [bool(int(v)) for v in reply[1::2]]
-        stored: list[float | None] = [None if float(t) < 0 else float(t) for t in reply[2::2]]
+        stored: list[int | None] = [None if int(t) < 0 else int(t) for t in reply[2::2]]
         return describe(verdicts, stored, now, plan.policies, cost)
 
     async def _read_switch(self, now: float) -> None:
@@ -188,7 +193,7 @@ class RedisRateLimiter:
         if policy_args is None:
             policy_args = []
             for p in plan.policies:
-                policy_args += [repr(p.emission_interval_us), repr(p.tolerance_us), int(p.shadow)]
+                policy_args += [p.emission_interval_us, p.tolerance_us, int(p.shadow)]
             self._args[(plan.name, id(plan))] = policy_args
         return [mode, cost, *policy_args]
 
