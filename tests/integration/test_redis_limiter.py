@@ -15,6 +15,7 @@ from devtools.throwaway_redis import redis_server
 from redis.asyncio import Redis
 
 from keel.ratelimit.fallback import FailOpenRateLimiter
+from keel.ratelimit.headers import format_ratelimit_header
 from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.policy import Plan, Policy
 from keel.ratelimit.ports import LimiterUnavailable
@@ -42,16 +43,49 @@ def _client() -> str:
     return f"test-{uuid.uuid4().hex}"
 
 
-async def test_burst_then_reject_with_retry_after(limiter: RedisRateLimiter) -> None:
+# Epoch microseconds, as Redis's TIME gives them; the scripts decide at this injected time, so no
+# test races the wall clock.
+EPOCH_US = 1_790_000_000_123_456
+
+
+@pytest.fixture
+async def clocked(redis_url: str) -> AsyncIterator[tuple[RedisRateLimiter, list[int]]]:
+    now = [EPOCH_US]
+    limiter = RedisRateLimiter(connect(redis_url), timeout_seconds=0.5, clock_us=lambda: now[0])
+    yield limiter, now
+    await limiter.close()
+
+
+async def test_burst_then_reject_with_retry_after(clocked: tuple[RedisRateLimiter, list[int]]) -> None:
+    limiter, now = clocked
     client = _client()
-    decisions = [await limiter.acquire(client, PER_MINUTE, 1) for _ in range(11)]
+    decisions = []
+    for _ in range(11):  # one a millisecond
+        decisions.append(await limiter.acquire(client, PER_MINUTE, 1))
+        now[0] += 1_000
     assert [d.allowed for d in decisions] == [True] * 10 + [False]
     rejected = decisions[-1]
     assert rejected.violated[0].policy.name == "minute"
-    # One unit comes back every 0.6 s; the header value is whole seconds, rounded up.
-    assert 0 < rejected.violated[0].retry_after_seconds <= 0.6
+    # One unit comes back every 0.6 s, and 10 ms have passed since the burst began; the
+    # header value is whole seconds, rounded up.
+    assert rejected.violated[0].retry_after_us == 600_000 - 10_000
     assert rejected.retry_after_seconds == 1
     assert decisions[0].states[0].remaining == 9
+
+
+@pytest.mark.parametrize("power", [50, 51])
+async def test_the_script_resets_exactly_whatever_the_clock_reads(
+    clocked: tuple[RedisRateLimiter, list[int]], power: int
+) -> None:
+    # The RateLimit header's `t` from the script's integers: exactly 300 s for a write costing 5
+    # at one unit a minute, with the clock just below a power of two in microseconds.
+    limiter, now = clocked
+    plan = Plan("p", (Policy("burst", quota=1, window_seconds=60, burst=12),), concurrency=1)
+    for below in (1, 7_654_321, 299_999_999):
+        now[0] = 2**power - below
+        decision = await limiter.acquire(_client(), plan, 5)
+        assert decision.states[0].reset_us == 300_000_000
+        assert format_ratelimit_header(decision) == '"burst";r=7;t=300'
 
 
 async def test_concurrent_requests_never_exceed_quota_plus_burst(redis_url: str, redis: Redis) -> None:
@@ -134,15 +168,23 @@ async def test_the_kill_switch_admits_everything_fleet_wide(limiter: RedisRateLi
     assert [(await limiter.acquire(client, PER_MINUTE, 1)).allowed for _ in range(11)].count(False) == 1
 
 
-async def test_matches_the_in_memory_limiter_on_the_same_sequence(limiter: RedisRateLimiter) -> None:
-    # Same plan, same requests in quick succession: both admit exactly the burst.
+async def test_matches_the_in_memory_limiter_on_the_same_sequence(
+    clocked: tuple[RedisRateLimiter, list[int]],
+) -> None:
+    # Same plan, same requests at the same (injected) times: the same decisions, to the
+    # microsecond.
+    limiter, now = clocked
     client = _client()
     plan = Plan("cost", (Policy("s", quota=1, window_seconds=60, burst=20),), concurrency=5)
-    local = InMemoryRateLimiter()
+    local = InMemoryRateLimiter(now_us=lambda: now[0])
     costs = [3, 5, 1, 7, 2, 4, 1, 1, 6]
-    shared = [(await limiter.acquire(client, plan, c)).allowed for c in costs]
-    in_memory = [(await local.acquire(client, plan, c)).allowed for c in costs]
-    assert shared == in_memory == [True, True, True, True, True, False, True, True, False]
+    shared, in_memory = [], []
+    for cost in costs:
+        shared.append(await limiter.acquire(client, plan, cost))
+        in_memory.append(await local.acquire(client, plan, cost))
+        now[0] += 1_500_000  # a fortieth of a unit each time
+    assert [d.allowed for d in shared] == [True, True, True, True, True, False, True, True, False]
+    assert shared == in_memory
 
 
 async def test_unreachable_redis_is_reported_as_unavailable() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import http_sf
+import pytest
 
 from keel.ratelimit.gcra import decide, describe
 from keel.ratelimit.headers import format_policy_header, format_ratelimit_header
+from keel.ratelimit.memory import InMemoryRateLimiter, monotonic_us
 from keel.ratelimit.policy import DEFAULT_PLANS, Plan, Policy
 
 
@@ -32,8 +34,8 @@ def test_every_built_in_plan_has_a_parseable_policy_header() -> None:
 def test_ratelimit_header_names_the_policy_closest_to_its_limit() -> None:
     roomy = Policy("hourly", quota=3600, window_seconds=3600, burst=100)
     tight = Policy("burst", quota=10, window_seconds=1, burst=10)
-    verdicts, tats = decide([None, None], 0.0, [roomy, tight], cost=4)
-    header = format_ratelimit_header(describe(verdicts, tats, 0.0, [roomy, tight], 4))
+    verdicts, tats = decide([None, None], 0, [roomy, tight], cost=4)
+    header = format_ratelimit_header(describe(verdicts, tats, 0, [roomy, tight], 4))
     assert header is not None
     [(name, params)] = http_sf.parse(header.encode(), tltype="list")
     assert name == "burst"
@@ -48,8 +50,8 @@ def test_shadow_policies_are_not_shown_to_clients() -> None:
         "burst",
         "concurrency",
     ]
-    verdicts, tats = decide([None, None], 0.0, [enforced, trial], cost=5)
-    header = format_ratelimit_header(describe(verdicts, tats, 0.0, [enforced, trial], 5))
+    verdicts, tats = decide([None, None], 0, [enforced, trial], cost=5)
+    header = format_ratelimit_header(describe(verdicts, tats, 0, [enforced, trial], 5))
     assert header is not None
     assert header.startswith('"burst";')
 
@@ -57,3 +59,42 @@ def test_shadow_policies_are_not_shown_to_clients() -> None:
 def test_a_divided_plan_still_admits_the_dearest_operation() -> None:
     plan = DEFAULT_PLANS["anonymous"].divided(3, minimum_burst=10)
     assert min(p.burst for p in plan.policies) >= 10
+
+
+# Clocks in the 300 s below a power of two in microseconds (2**36 µs is about 19 hours of uptime):
+# there a TAT 300 s ahead lands in the next binade, and with float microseconds (the old
+# `monotonic() * 1e6`) `tat - now` came out as 300.0000001 s: `t=301` in about a quarter of the
+# decisions. The clock is a nanosecond reading, as `time.monotonic_ns` gives, read in whole
+# microseconds as the limiter's default clock does.
+PER_MINUTE_12 = Plan("p", (Policy("burst", quota=1, window_seconds=60, burst=12),), concurrency=1)
+
+
+def _readings_below(power: int) -> list[int]:
+    return [2**power * 1000 - n * 299_000_001 for n in range(1, 1001)]
+
+
+@pytest.mark.parametrize("power", [36, 40, 52])
+def test_reset_is_exact_whatever_the_clock_reads(power: int) -> None:
+    # One unit a minute, a burst of 12; a write costs 5, so the policy is back to its full
+    # burst in exactly 300 s and the header must say so, at any uptime.
+    answers = set()
+    for reading in _readings_below(power):
+        limiter = InMemoryRateLimiter(now_us=lambda reading=reading: reading // 1000)
+        answers.add(format_ratelimit_header(limiter.acquire_now("c", PER_MINUTE_12, 5)))
+    assert answers == {'"burst";r=7;t=300'}
+
+
+@pytest.mark.parametrize("power", [36, 40, 52])
+def test_retry_after_is_exact_whatever_the_clock_reads(power: int) -> None:
+    # A list costs 10: after one, the next is 8 units short, exactly 480 s at one unit a minute.
+    for reading in _readings_below(power)[::10]:
+        limiter = InMemoryRateLimiter(now_us=lambda reading=reading: reading // 1000)
+        assert limiter.acquire_now("c", PER_MINUTE_12, 10).allowed
+        refused = limiter.acquire_now("c", PER_MINUTE_12, 10)
+        assert not refused.allowed
+        assert refused.retry_after_seconds == 480
+        assert format_ratelimit_header(refused) == '"burst";r=2;t=600'
+
+
+def test_the_default_clock_reads_whole_microseconds() -> None:
+    assert isinstance(monotonic_us(), int)

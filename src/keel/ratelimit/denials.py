@@ -11,13 +11,12 @@ The kill switch is the guard's to check before asking here (`RateLimitGuard`).
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel.ratelimit.gcra import Decision, PolicyState
-from keel.ratelimit.policy import MICROSECONDS, Policy
+from keel.ratelimit.memory import monotonic_us
+from keel.ratelimit.policy import Policy
 
 _PRUNE_AT = 10_000
 
@@ -25,11 +24,12 @@ _PRUNE_AT = 10_000
 @dataclass(frozen=True, slots=True)
 class _Debt:
     policy: Policy
-    clear_at: float  # local monotonic time at which the policy's TAT reaches now
+    clear_at: int  # local monotonic time (µs) at which the policy's TAT reaches now
 
 
 class Denials:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], int] = monotonic_us) -> None:
+        # Integer microseconds, as the limiters decide: the same exact arithmetic as `gcra`.
         self._clock = clock
         self._debts: dict[str, tuple[_Debt, ...]] = {}
         self._prune_at = _PRUNE_AT
@@ -38,7 +38,7 @@ class Denials:
         now = self._clock()
         # Every policy's debt, not only the violated ones': the answer to a later request (its
         # Retry-After above all) must account for all of them.
-        debts = tuple(_Debt(s.policy, now + s.reset_seconds) for s in decision.states if not s.policy.shadow)
+        debts = tuple(_Debt(s.policy, now + s.reset_us) for s in decision.states if not s.policy.shadow)
         if decision.violated:
             if len(self._debts) >= self._prune_at:
                 self._prune(now)
@@ -53,16 +53,12 @@ class Denials:
         states = []
         for debt in debts:
             policy = debt.policy
-            interval = policy.emission_interval_us / MICROSECONDS
-            owed = max(0.0, debt.clear_at - now)
-            wait = owed + cost * interval - policy.tolerance_us / MICROSECONDS
-            remaining = min(
-                policy.burst, max(0, math.floor((policy.tolerance_us / MICROSECONDS - owed) / interval))
-            )
-            conforms = wait <= 5e-7  # rounding slack, as in gcra.conforms
-            states.append(
-                PolicyState(policy, conforms, remaining, owed, max(0.0, wait) if not conforms else 0.0)
-            )
+            interval = policy.emission_interval_us
+            owed = max(0, debt.clear_at - now)
+            wait = owed + cost * interval - policy.tolerance_us
+            remaining = min(policy.burst, max(0, (policy.tolerance_us - owed) // interval))
+            conforms = wait <= 0  # as in gcra.conforms
+            states.append(PolicyState(policy, conforms, remaining, owed, 0 if conforms else wait))
         if all(state.conforms for state in states):
             # The request may conform: only the shared limiter can say (and charge it).
             if all(debt.clear_at <= now for debt in debts):
@@ -73,7 +69,7 @@ class Denials:
     def forget(self, client: str) -> None:
         self._debts.pop(client, None)
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, now: int) -> None:
         """Drop what has lapsed; if that is not enough, the oldest quarter. The next prune comes
         after as many new refusals again, so the cost per refusal stays constant."""
         self._debts = {c: d for c, d in self._debts.items() if any(x.clear_at > now for x in d)}

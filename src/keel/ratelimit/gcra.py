@@ -1,19 +1,26 @@
 """GCRA arithmetic: one stored value per client and policy, the theoretical arrival time (TAT).
 
-Pure functions on microsecond timestamps, shared by the in-memory limiter and by the Python side
-of the Redis limiter (whose Lua script makes the same decision on the server; the test suite
-checks the two agree). A missing TAT means a client that has been idle long enough to be full.
+Pure functions on integer microsecond timestamps, shared by the in-memory limiter and by the
+Python side of the Redis limiter (whose Lua script makes the same decision on the server; the
+test suite checks the two agree). A missing TAT means a client that has been idle long enough to
+be full.
+
+Integers end to end, because floats are not exact here: at a clock of about 2**36 µs (19 hours
+of uptime) `tat - now` came out as 300.0000001 s for a debt of exactly 300 s, and the RateLimit
+header said `t=301`. Seconds for clients are derived with integer ceiling division.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keel.ratelimit.policy import MICROSECONDS, Policy
 
-_SLACK_US = 0.5
+
+def ceil_seconds(microseconds: int) -> int:
+    """Whole seconds, rounded up: never earlier than the real time."""
+    return -(-microseconds // MICROSECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +28,12 @@ class PolicyState:
     policy: Policy
     conforms: bool  # this policy alone would admit the request
     remaining: int  # units that could be spent right now, after this decision
-    reset_seconds: float  # until the policy is back to its full burst
-    retry_after_seconds: float  # 0 when conforming; else the wait until the request would conform
+    reset_us: int  # until the policy is back to its full burst
+    retry_after_us: int  # 0 when conforming; else the wait until the request would conform
+
+    @property
+    def reset_seconds(self) -> int:
+        return ceil_seconds(self.reset_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,31 +56,30 @@ class Decision:
         """The policy that would refuse first: fewest units left (every policy is charged the
         same cost), the later refill breaking ties."""
         enforced = (s for s in self.states if not s.policy.shadow)  # shadow: never told to clients
-        return min(enforced, key=lambda s: (s.remaining, -s.reset_seconds), default=None)
+        return min(enforced, key=lambda s: (s.remaining, -s.reset_us), default=None)
 
     @property
     def retry_after_seconds(self) -> int:
         """Whole seconds, rounded up: never earlier than the real refill time."""
-        wait = max((s.retry_after_seconds for s in self.violated), default=0.0)
-        return math.ceil(wait) if wait > 0 else 0
+        return ceil_seconds(max((s.retry_after_us for s in self.violated), default=0))
 
 
-def conforms(tat: float | None, now: float, policy: Policy, cost: int) -> bool:
-    # In terms of the debt (how far the TAT is ahead of now), which keeps the sums small: with
-    # absolute timestamps a request costing exactly the burst could be refused by rounding.
-    # Half a microsecond of slack absorbs what rounding is left (Redis works on epoch
-    # microseconds, ~1.8e15, where a double resolves only a quarter of a microsecond).
-    debt = 0.0 if tat is None or tat < now else tat - now
-    return debt + cost * policy.emission_interval_us <= policy.tolerance_us + _SLACK_US
+def _debt(tat: int | None, now: int) -> int:
+    # How far the TAT is ahead of now: the sums stay small and exact.
+    return 0 if tat is None or tat < now else tat - now
 
 
-def charged(tat: float | None, now: float, policy: Policy, cost: int) -> float:
+def conforms(tat: int | None, now: int, policy: Policy, cost: int) -> bool:
+    return _debt(tat, now) + cost * policy.emission_interval_us <= policy.tolerance_us
+
+
+def charged(tat: int | None, now: int, policy: Policy, cost: int) -> int:
     """The TAT after spending `cost` units."""
     start = now if tat is None or tat < now else tat
     return start + cost * policy.emission_interval_us
 
 
-def refunded(tat: float | None, now: float, policy: Policy, cost: int) -> float | None:
+def refunded(tat: int | None, now: int, policy: Policy, cost: int) -> int | None:
     """The TAT after giving `cost` units back; None when the policy is full again."""
     if tat is None:
         return None
@@ -78,8 +88,8 @@ def refunded(tat: float | None, now: float, policy: Policy, cost: int) -> float 
 
 
 def decide(
-    tats: Sequence[float | None], now: float, policies: Sequence[Policy], cost: int
-) -> tuple[list[bool], list[float | None]]:
+    tats: Sequence[int | None], now: int, policies: Sequence[Policy], cost: int
+) -> tuple[list[bool], list[int | None]]:
     """Each policy's verdict, and the TATs to store. The request is admitted only if every
     enforced policy conforms (see `admitted`); then every policy that conforms is charged (a
     shadow policy that would reject is left alone, as an enforced one would be). A rejected
@@ -98,8 +108,8 @@ def admitted(verdicts: Sequence[bool], policies: Sequence[Policy]) -> bool:
 
 def describe(
     verdicts: Sequence[bool],
-    stored: Sequence[float | None],
-    now: float,
+    stored: Sequence[int | None],
+    now: int,
     policies: Sequence[Policy],
     cost: int,
 ) -> Decision:
@@ -107,21 +117,21 @@ def describe(
     states = []
     for ok, tat, policy in zip(verdicts, stored, policies, strict=True):
         interval = policy.emission_interval_us
-        debt = 0.0 if tat is None or tat < now else tat - now
-        remaining = math.floor((policy.tolerance_us - debt + _SLACK_US) / interval)
-        retry = 0.0 if ok else (debt + cost * interval - policy.tolerance_us) / MICROSECONDS
+        debt = _debt(tat, now)
+        remaining = (policy.tolerance_us - debt) // interval
+        retry = 0 if ok else debt + cost * interval - policy.tolerance_us
         states.append(
             PolicyState(
                 policy=policy,
                 conforms=ok,
                 remaining=min(max(0, remaining), policy.burst),
-                reset_seconds=debt / MICROSECONDS,
-                retry_after_seconds=max(0.0, retry),
+                reset_us=debt,
+                retry_after_us=max(0, retry),
             )
         )
     return Decision(allowed=admitted(verdicts, policies), cost=cost, states=tuple(states))
 
 
-def expiry_us(tat: float, now: float) -> float:
+def expiry_us(tat: int, now: int) -> int:
     """How long a stored TAT matters: after it has passed, the client is full and it can go."""
-    return max(0.0, tat - now)
+    return max(0, tat - now)

@@ -7,7 +7,6 @@ Quota units are the request costs (a read costs 1, a list 10...), not request co
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,8 +31,9 @@ def format_policy_header(plan: Plan) -> str:
 
 
 def format_ratelimit_header(decision: Decision) -> str | None:
-    """The policy closest to its limit: `"burst";r=12;t=1` (t rounded up to whole seconds)."""
+    """The policy closest to its limit: `"burst";r=12;t=1` (t rounded up to whole seconds,
+    from integer microseconds: exact at any uptime).."""
     state = decision.closest
     if state is None:
         return None
-    return f'"{state.policy.name}";r={state.remaining};t={math.ceil(state.reset_seconds)}'
+    return f'"{state.policy.name}";r={state.remaining};t={state.reset_seconds}'

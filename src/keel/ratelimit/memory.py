@@ -11,19 +11,21 @@ import time
 from collections.abc import Callable
 
 from keel.ratelimit.gcra import Decision, decide, describe, refunded
-from keel.ratelimit.policy import MICROSECONDS, Plan
+from keel.ratelimit.policy import Plan
 
 _SWEEP_EVERY = 10_000  # decisions between sweeps of expired entries
 
 
-def monotonic_us() -> float:
-    return time.monotonic() * MICROSECONDS
+def monotonic_us() -> int:
+    """Integer microseconds: `monotonic() * 1e6` is a float that loses the low bits as uptime
+    grows, and GCRA must be exact (see `gcra`)."""
+    return time.monotonic_ns() // 1000
 
 
 class InMemoryRateLimiter:
-    def __init__(self, now_us: Callable[[], float] = monotonic_us) -> None:
+    def __init__(self, now_us: Callable[[], int] = monotonic_us) -> None:
         self._now_us = now_us
-        self._tats: dict[tuple[str, str], float] = {}
+        self._tats: dict[tuple[str, str], int] = {}
         self._until_sweep = _SWEEP_EVERY
 
     async def switched_off(self) -> bool:
@@ -66,6 +68,6 @@ class InMemoryRateLimiter:
     def __len__(self) -> int:
         return len(self._tats)
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now: int) -> None:
         self._until_sweep = max(_SWEEP_EVERY, len(self._tats))
         self._tats = {key: tat for key, tat in self._tats.items() if tat > now}

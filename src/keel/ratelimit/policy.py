@@ -24,9 +24,10 @@ class Policy:
     burst: int
     shadow: bool = False  # decide and report, never reject
     # Derived once (every decision reads them): the time for one unit of quota to come back,
-    # and the delay-variation tolerance, `burst` of those.
-    emission_interval_us: float = field(init=False, compare=False, repr=False)
-    tolerance_us: float = field(init=False, compare=False, repr=False)
+    # and the delay-variation tolerance, `burst` of those. Whole microseconds, so that every
+    # decision is integer arithmetic (exact at any uptime; floats near 2**k µs are not).
+    emission_interval_us: int = field(init=False, compare=False, repr=False)
+    tolerance_us: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not _POLICY_NAME.fullmatch(self.name) or self.name == RESERVED_POLICY_NAME:
@@ -35,7 +36,10 @@ class Policy:
             )
         if self.quota < 1 or self.burst < 1 or not 0.001 <= self.window_seconds <= 366 * 86400:
             raise ValueError(f"policy {self.name!r}: quota and burst >= 1, window 1 ms to 1 year")
-        interval = self.window_seconds * MICROSECONDS / self.quota
+        # Rounded up to a whole microsecond (and at least one): a unit never comes back sooner
+        # than the window allows, so a client never gets more than `quota` per window.
+        window_us = round(self.window_seconds * MICROSECONDS)
+        interval = max(1, -(-window_us // self.quota))
         object.__setattr__(self, "emission_interval_us", interval)
         object.__setattr__(self, "tolerance_us", interval * self.burst)
 

@@ -15,6 +15,7 @@ decides what happens when Redis does not answer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -37,14 +38,25 @@ _REDIS_FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
 # How often each process re-reads the kill switch.
 _SWITCH_REFRESH_SECONDS = 1.0
 
-# ARGV: mode ("acquire" | "refund"), cost, then per policy: emission interval (µs),
+# ARGV: mode ("acquire" | "refund"), cost, now (µs, or '' for the server's TIME: only tests
+# pass a clock, to decide deterministically), then per policy: emission interval (µs),
 # tolerance (µs), shadow (0 | 1). KEYS: one per policy, all of one client (one hash tag, one
 # Cluster slot). Returns {now_us, verdict_1, tat_1, verdict_2, tat_2, ...}; tat -1 = none stored.
 # A refund leaves shadow policies alone.
+# Integer microseconds throughout, as in `gcra`: Lua's numbers are doubles, but TIME gives
+# whole seconds and microseconds, and epoch microseconds (~1.8e15) plus integer intervals stay
+# far below 2**53, so every sum is exact. TATs are stored with '%d' and returned as numbers
+# (Redis replies with integers). `math.floor` on read: a TAT stored as a decimal by an older
+# version ('%.3f') is taken as the whole microsecond below it.
 GCRA_SCRIPT = """
 local n = #KEYS
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now
+if ARGV[3] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+else
+  now = tonumber(ARGV[3])
+end
 local mode = ARGV[1]
 local cost = tonumber(ARGV[2])
 local result = {now}
@@ -52,24 +64,24 @@ local tats = {}
 local verdicts = {}
 local admit = true
 for i = 1, n do
-  local interval = tonumber(ARGV[3 * i])
-  local tolerance = tonumber(ARGV[3 * i + 1])
-  local shadow = ARGV[3 * i + 2] == '1'
+  local interval = tonumber(ARGV[3 * i + 1])
+  local tolerance = tonumber(ARGV[3 * i + 2])
+  local shadow = ARGV[3 * i + 3] == '1'
   local stored = redis.call('GET', KEYS[i])
-  local tat = stored and tonumber(stored) or nil
+  local tat = stored and math.floor(tonumber(stored)) or nil
   tats[i] = tat
   if mode == 'refund' then
     if tat and not shadow then
       local back = tat - cost * interval
       if back > now then
-        redis.call('SET', KEYS[i], string.format('%.3f', back), 'PX', math.ceil((back - now) / 1000) + 1)
+        redis.call('SET', KEYS[i], string.format('%d', back), 'PX', math.ceil((back - now) / 1000) + 1)
       else
         redis.call('DEL', KEYS[i])
       end
     end
   else
     local debt = (tat and tat > now) and (tat - now) or 0
-    verdicts[i] = debt + cost * interval <= tolerance + 0.5
+    verdicts[i] = debt + cost * interval <= tolerance
     if not verdicts[i] and not shadow then admit = false end
   end
 end
@@ -77,13 +89,13 @@ if mode == 'refund' then return result end
 for i = 1, n do
   local tat = tats[i]
   if admit and verdicts[i] then
-    local interval = tonumber(ARGV[3 * i])
+    local interval = tonumber(ARGV[3 * i + 1])
     local start = (tat and tat > now) and tat or now
     tat = start + cost * interval
-    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   result[#result + 1] = verdicts[i] and 1 or 0
-  result[#result + 1] = tat and string.format('%.3f', tat) or '-1'
+  result[#result + 1] = tat or -1
 end
 return result
 """
@@ -109,7 +121,17 @@ def connect(url: str, *, max_connections: int = 128) -> Redis:
 
 
 class RedisRateLimiter:
-    def __init__(self, client: Redis, *, timeout_seconds: float, loop_lag: LoopLag | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        timeout_seconds: float,
+        loop_lag: LoopLag | None = None,
+        clock_us: Callable[[], int] | None = None,
+    ) -> None:
+        # No clock: the Redis server's TIME, one clock for the whole fleet (production). A
+        # clock: the script decides at the time it gives, so tests need not race the wall clock.
+        self._clock_us = clock_us
         self._client = client
         self._timeout = timeout_seconds
         self._loop_lag = loop_lag
@@ -133,11 +155,11 @@ class RedisRateLimiter:
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
         if await self.switched_off():
             count = len(plan.policies)
-            return describe([True] * count, [None] * count, 0.0, plan.policies, cost)
+            return describe([True] * count, [None] * count, 0, plan.policies, cost)
         reply = await self._run("acquire", client, plan, cost)
-        now = float(reply[0])
+        now = int(reply[0])
         verdicts = [bool(int(v)) for v in reply[1::2]]
-        stored: list[float | None] = [None if float(t) < 0 else float(t) for t in reply[2::2]]
+        stored: list[int | None] = [None if int(t) < 0 else int(t) for t in reply[2::2]]
         return describe(verdicts, stored, now, plan.policies, cost)
 
     async def _read_switch(self, now: float) -> None:
@@ -188,9 +210,10 @@ class RedisRateLimiter:
         if policy_args is None:
             policy_args = []
             for p in plan.policies:
-                policy_args += [repr(p.emission_interval_us), repr(p.tolerance_us), int(p.shadow)]
+                policy_args += [p.emission_interval_us, p.tolerance_us, int(p.shadow)]
             self._args[(plan.name, id(plan))] = policy_args
-        return [mode, cost, *policy_args]
+        now = "" if self._clock_us is None else self._clock_us()
+        return [mode, cost, now, *policy_args]
 
     async def set_switch(self, enabled: bool) -> None:
         """The fleet-wide kill switch: off admits everything (headers still describe the plans)."""
