@@ -188,9 +188,9 @@ async def test_concurrent_duplicates_create_one_profile(api: Api) -> None:
     statuses = sorted(r.status_code for r in responses)
     fresh = [r for r in responses if r.status_code == 201 and "idempotent-replayed" not in r.headers]
     assert len(fresh) == 1
-    # The others arrived while the first was running (409) or after it (replayed 201).
+    # The others arrived while the first was running (409) or after it (replayed 201): which of
+    # the two depends on scheduling, so neither is required; one profile, whatever the order.
     assert set(statuses) <= {201, 409}
-    assert 409 in statuses
     for response in responses:
         if response.status_code == 409:
             assert_problem(response, 409, "idempotency-in-progress")
