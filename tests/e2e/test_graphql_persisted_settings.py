@@ -12,16 +12,14 @@ from typing import Any
 import pytest
 
 from keel.config import Settings
-from tests.e2e.conftest import MODES, Api, make_api
-from tests.integration.conftest import truncate
+from tests.e2e.combinations import fresh_api
+from tests.e2e.conftest import MODES, Api
 
 QUERIES = {name: f"query {name} {{ viewer {{ keyId }} }}" for name in ("First", "Second", "Third")}
 
 
 async def persisted_api(database_url: str, mode: str, capacity: int) -> tuple[Api, Any]:
-    if database_url.startswith("postgresql"):
-        await truncate(database_url)
-    return await make_api(Settings(database_url=database_url, graphql_persisted_queries=capacity), mode)
+    return await fresh_api(Settings(database_url=database_url, graphql_persisted_queries=capacity), mode)
 
 
 @pytest.fixture(params=MODES)

@@ -70,19 +70,22 @@ async def create_over(api: Api, protocol: str, n: int) -> tuple[str, dict[str, A
                 profile=pb.Profile(handle=doc["handle"], emails=[pb.Email(**doc["emails"][0])])
             )
             metadata = (("authorization", api.writer["Authorization"]),)
+            failure: grpc.aio.AioRpcError | None = None
             try:
                 reply = await stub.CreateProfile(request, metadata=metadata, timeout=10)
             except grpc.aio.AioRpcError as error:
-                assert error.code() is grpc.StatusCode.UNAVAILABLE, error
-                trailers = dict(error.trailing_metadata() or ())
-                status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
-                retry = error_details_pb2.RetryInfo()
-                assert any(detail.Unpack(retry) for detail in status.details)
-                assert retry.retry_delay.seconds >= 1
-                return "unavailable", {"message": error.details()}
-            return "created", {"id": reply.profile.id}
+                failure = error
     finally:
         await server.stop(grace_seconds=0)
+    if failure is None:
+        return "created", {"id": reply.profile.id}
+    assert failure.code() is grpc.StatusCode.UNAVAILABLE, failure
+    trailers = dict(failure.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    retry = error_details_pb2.RetryInfo()
+    assert any(detail.Unpack(retry) for detail in status.details)
+    assert retry.retry_delay.seconds >= 1
+    return "unavailable", {"message": failure.details()}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

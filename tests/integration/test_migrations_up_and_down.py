@@ -98,7 +98,8 @@ async def everything(url: str) -> dict[str, Any]:
         )
         schema = columns + indexes
         tables = sorted({row["table_name"] for row in columns})
-    assert "api_keys" in tables and "alembic_version" in tables
+    assert "api_keys" in tables
+    assert "alembic_version" in tables
     rows = {table: await query(url, f"SELECT * FROM {table} ORDER BY 1") for table in tables}  # noqa: S608 - names from the catalog
     return {"schema": schema, "rows": rows}
 
@@ -133,7 +134,8 @@ async def test_0001_to_0002_and_back_keeps_every_key(
         assert principal.scopes == {Scope.PROFILES_READ, Scope.PROFILES_WRITE}
         async with store.unit_of_work(read_only=True) as uow:
             revoked = await uow.api_keys.get("bbbbbbbbbbbbbbbb")
-        assert revoked is not None and revoked.revoked_at == REVOKED
+        assert revoked is not None
+        assert revoked.revoked_at == REVOKED
     finally:
         await store.close()
 
