@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -106,34 +106,73 @@ def in_use(api: Api) -> float | None:
     return value
 
 
+def http_requests(api: Api, route: str, status: int) -> float | None:
+    value: float | None = api.keel.metrics.registry.get_sample_value(
+        "keel_http_requests_total", {"method": "POST", "route": route, "status": str(status)}
+    )
+    return value
+
+
+async def until(condition: Callable[[], bool], polls: int = 10_000) -> bool:
+    """Whether `condition` came true within `polls` turns of the event loop (bounded by count)."""
+    for _ in range(polls):
+        if condition():
+            return True
+        await asyncio.sleep(0.001)
+    return condition()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_a_request_cancelled_during_begin_leaves_no_lock_and_no_transaction(
-    api: Api, sqlite_url: str
+    api: Api, sqlite_url: str, protocol: str
 ) -> None:
     path = sqlite_url.removeprefix("sqlite:///")
     # Another process's writer, as far as SQLite can tell: Keel's `BEGIN IMMEDIATE` waits on it
     # (busy_timeout) once Keel's own lock is taken.
     other = sqlite3.connect(path, isolation_level=None, timeout=0)
     other.execute("BEGIN IMMEDIATE")
-    request = asyncio.create_task(api.client.post("/v1/profiles", json=document(1), headers=api.writer))
+    server = GrpcServer(api.keel, "127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        # Bounded by count: the request takes the in-process lock, then waits in BEGIN.
-        for _ in range(10_000):
-            if in_use(api) == 1.0:
-                break
-            await asyncio.sleep(0.001)
-        assert in_use(api) == 1.0, "the request never reached BEGIN"
-        assert not request.done()
-        request.cancel()
+        if protocol == "rest":
+            call: Any = api.client.post("/v1/profiles", json=document(1), headers=api.writer)
+        elif protocol == "graphql":
+            payload = {"query": CREATE, "variables": {"input": document(1)}}
+            call = api.client.post("/graphql", json=payload, headers=api.writer)
+        else:
+            doc = document(1)
+            call = pb_grpc.ProfileServiceStub(channel).CreateProfile(
+                pb.CreateProfileRequest(
+                    profile=pb.Profile(handle=doc["handle"], emails=[pb.Email(**doc["emails"][0])])
+                ),
+                metadata=(("authorization", api.writer["Authorization"]),),
+                timeout=30,
+            )
+        request = asyncio.ensure_future(call)
+        try:
+            # The request takes the in-process lock, then waits in BEGIN.
+            assert await until(lambda: in_use(api) == 1.0), "the request never reached BEGIN"
+            assert not request.done()
+            request.cancel()  # for gRPC: the client cancels the call, the server its handler
+        finally:
+            other.execute("ROLLBACK")  # the BEGIN that Keel sent now runs on aiosqlite's thread
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert await until(lambda: in_use(api) == 0.0), "the writer's lock is still held"
     finally:
-        other.execute("ROLLBACK")  # the BEGIN that Keel sent now runs on aiosqlite's thread
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    assert in_use(api) == 0.0
+        await channel.close()
+        await server.stop(grace_seconds=0)
     # No transaction left open on Keel's writer: another connection gets the write lock at once.
     other.execute("BEGIN IMMEDIATE")
     other.execute("ROLLBACK")
     other.close()
-    created = await api.client.post("/v1/profiles", json=document(2), headers=api.writer)
-    assert created.status_code == 201, created.text
+    outcome, seen = await create_over(api, protocol, 2)
+    assert outcome == "created", seen
     listed = await api.client.get("/v1/profiles", headers=api.reader)
     assert [p["handle"] for p in listed.json()["items"]] == ["writer_2"]
+    if protocol != "grpc":
+        # A request its caller gave up on is no server error: 499, as nginx logs it, never 500.
+        route = "/v1/profiles" if protocol == "rest" else "/graphql"
+        assert http_requests(api, route, 500) is None
+        assert http_requests(api, route, 499) == 1.0
