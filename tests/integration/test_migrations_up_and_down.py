@@ -1,7 +1,9 @@
 """Migrations over a database that already holds keys, on SQLite and PostgreSQL: 0001 -> 0002
-(on SQLite a rebuild of `api_keys`: every key and every column of it must survive), 0002 -> 0001
-(keys kept, `plan` gone), and 0003's downgrade, which refuses by design and must leave the
-database exactly as it was. 0002 -> 0003 itself: test_key_verifier_migration.py."""
+(every key and every column of it kept, each key on the standard plan), 0002 -> 0001 (keys kept,
+`plan` gone, the table as 0001 made it; on SQLite this is alembic's batch rebuild of `api_keys`:
+copied to a new table, the old one dropped, the new one renamed; the upgrade is an ALTER TABLE
+ADD COLUMN), and 0003's downgrade, which refuses by design and must leave the database exactly
+as it was. 0002 -> 0003 itself: test_key_verifier_migration.py."""
 
 from __future__ import annotations
 
@@ -76,6 +78,18 @@ async def api_keys(url: str) -> list[dict[str, Any]]:
     return await query(url, "SELECT * FROM api_keys ORDER BY id")
 
 
+async def api_keys_columns(url: str) -> list[dict[str, Any]]:
+    if url.startswith("sqlite"):
+        return await query(
+            url, "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('api_keys')"
+        )
+    return await query(
+        url,
+        "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND table_name = 'api_keys' ORDER BY ordinal_position",
+    )
+
+
 async def revision(url: str) -> str:
     rows = await query(url, "SELECT version_num FROM alembic_version")
     return str(rows[0]["version_num"])
@@ -112,6 +126,7 @@ async def test_0001_to_0002_and_back_keeps_every_key(
     await asyncio.to_thread(migrate, url, "0001")
     await keys_stored_at_0001(url)
     at_0001 = await api_keys(url)
+    columns_at_0001 = await api_keys_columns(url)
     assert len(at_0001) == 2
     assert "plan" not in at_0001[0]
 
@@ -124,6 +139,7 @@ async def test_0001_to_0002_and_back_keeps_every_key(
     await asyncio.to_thread(downgrade, url, "0001")
     assert await revision(url) == "0001"
     assert await api_keys(url) == at_0001
+    assert await api_keys_columns(url) == columns_at_0001
 
     # And up to the head: a key stored at 0001 authenticates; the revoked one does not.
     await asyncio.to_thread(migrate, url)
