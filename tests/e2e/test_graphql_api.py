@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from keel.config import Settings
-from tests.e2e.conftest import MODES, Api, make_api
+from tests.e2e.combinations import fresh_api
+from tests.e2e.conftest import MODES, Api
 
 PROFILE_FIELDS = "id handle displayName version emails { address primary verified } links { kind url }"
 CREATE = f"""
@@ -163,11 +164,13 @@ ATTRIBUTES = {
 
 
 @pytest.fixture(params=MODES)
-async def private_api(sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+async def private_api(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Api]:
     schema_file = tmp_path / "attributes.schema.json"
     schema_file.write_text(json.dumps(ATTRIBUTES))
-    api, deployment = await make_api(
-        Settings(database_url=sqlite_url, attribute_schema=schema_file), request.param
+    api, deployment = await fresh_api(
+        Settings(database_url=database_url, attribute_schema=schema_file), request.param
     )
     async with api.client:
         yield api
@@ -250,9 +253,9 @@ SLOW_REFILL = {
 
 
 @pytest.fixture(params=MODES)
-async def slow_refill_api(sqlite_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    settings = Settings(database_url=sqlite_url, ratelimit_plans=SLOW_REFILL)
-    api, deployment = await make_api(settings, request.param)
+async def slow_refill_api(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    settings = Settings(database_url=database_url, ratelimit_plans=SLOW_REFILL)
+    api, deployment = await fresh_api(settings, request.param)
     async with api.client:
         yield api
     await deployment.close()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from keel.config import Settings
-from tests.e2e.conftest import Api, make_api
+from tests.e2e.combinations import fresh_api
+from tests.e2e.conftest import MODES, Api
 
 # Deterministic budgets: one unit back per minute, so a test's own speed cannot refill them.
 TIGHT_PLANS = {
@@ -22,9 +23,11 @@ LIST = "query L($n: Int) { profiles(first: $n) { totalCount } }"
 BY_HANDLE = "query H($h: String!) { profileByHandle(handle: $h) { id } }"
 
 
-@pytest.fixture
-async def api(sqlite_url: str) -> AsyncIterator[Api]:
-    built, deployment = await make_api(Settings(database_url=sqlite_url, ratelimit_plans=TIGHT_PLANS))
+@pytest.fixture(params=MODES)
+async def api(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    # All four combinations: SQLite and PostgreSQL (`database_url`), monolith and edge.
+    settings = Settings(database_url=database_url, ratelimit_plans=TIGHT_PLANS)
+    built, deployment = await fresh_api(settings, request.param)
     async with built.client:
         yield built
     await deployment.close()

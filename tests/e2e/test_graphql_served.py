@@ -1,15 +1,18 @@
-"""A real third-party GraphQL client (gql, over httpx) against `keel serve` in its own process:
+"""A real third-party GraphQL client (gql, over httpx) against `keel serve` in its own process
+(SQLite or PostgreSQL; alone, or as a core behind an edge that is a second process):
 schema introspection and local validation, queries, mutations with an Idempotency-Key, typed
 errors, and automatic persisted queries as Apollo's link does them."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +23,9 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXAsyncTransport
 from graphql import ExecutionResult
 
+from tests.e2e.conftest import MODES
 from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
+from tests.integration.test_key_verifier_migration import _fresh_postgres_database
 
 
 @dataclass
@@ -30,26 +35,69 @@ class Served:
     token: str
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    directory = tmp_path_factory.mktemp("graphql-served")
-    env = {
-        **os.environ,
-        "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
-        "KEEL_PORT": str(_free_port()),
-    }
-    _keel(env, "migrate")
-    token = _keel(env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--quiet").strip()
-    log_path = directory / "keel.log"
+COMBINATIONS = [(database, mode) for database in ("sqlite", "postgres") for mode in MODES]
+
+
+def _database_url(database: str, mode: str, directory: Path, request: pytest.FixtureRequest) -> str:
+    if database == "sqlite":
+        return f"sqlite:///{directory / 'keel.sqlite3'}"
+    # A database of its own on the session's server: the processes outlive any one test.
+    server_url: str = request.getfixturevalue("postgres_url")
+    return asyncio.run(_fresh_postgres_database(server_url, f"keel_graphql_served_{mode}"))
+
+
+def _start(
+    env: dict[str, str], name: str, directory: Path, *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    log_path = directory / f"{name}.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keel", "serve", *args], env=env, stdout=log, stderr=log
+        )
     base_url = f"http://127.0.0.1:{env['KEEL_PORT']}"
     try:
         wait_healthy(base_url, process, log_path)
-        yield Served(f"{base_url}/graphql", base_url, token)
-    finally:
+    except BaseException:
         process.terminate()
         process.wait(timeout=15)
+        raise
+    return process, base_url
+
+
+@pytest.fixture(scope="module", params=COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+def served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Served]:
+    """`keel serve` on SQLite or PostgreSQL, alone (monolith) or as the core behind a second
+    `keel serve --core` (edge), which the client then talks to."""
+    database, mode = request.param
+    directory = tmp_path_factory.mktemp("graphql-served")
+    grpc_port = _free_port()
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": _database_url(database, mode, directory, request),
+        "KEEL_PORT": str(_free_port()),
+    }
+    if mode == "edge":
+        env["KEEL_GRPC_PORT"] = str(grpc_port)
+    _keel(env, "migrate")
+    token = _keel(env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--quiet").strip()
+    processes = []
+    try:
+        process, base_url = _start(env, "core" if mode == "edge" else "keel", directory)
+        processes.append(process)
+        if mode == "edge":
+            edge_token = _keel(env, "keys", "create", "--scopes", "edge", "--name", "edge", "--quiet").strip()
+            edge_env = {
+                **{k: v for k, v in env.items() if k != "KEEL_GRPC_PORT"},
+                "KEEL_PORT": str(_free_port()),
+                "KEEL_CORE_API_KEY": edge_token,
+            }
+            process, base_url = _start(edge_env, "edge", directory, "--core", f"grpc://127.0.0.1:{grpc_port}")
+            processes.append(process)
+        yield Served(f"{base_url}/graphql", base_url, token)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=15)
 
 
 def client(served: Served) -> Client:

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from keel.config import Settings
 from keel.resilience.load_shedder import Priority
-from tests.e2e.conftest import make_api
+from tests.e2e.combinations import fresh_api
+from tests.e2e.conftest import MODES
+
+# Every test here in all four combinations: SQLite and PostgreSQL (`database_url`), monolith and edge.
+pytestmark = pytest.mark.parametrize("mode", MODES)
 
 VIEWER = "query Me { viewer { keyId } }"
 
 
-async def test_introspection_and_graphiql_off_by_configuration(sqlite_url: str) -> None:
-    settings = Settings(database_url=sqlite_url, graphql_introspection=False, graphql_graphiql=False)
-    api, deployment = await make_api(settings)
+async def test_introspection_and_graphiql_off_by_configuration(database_url: str, mode: str) -> None:
+    settings = Settings(database_url=database_url, graphql_introspection=False, graphql_graphiql=False)
+    api, deployment = await fresh_api(settings, mode)
     async with api.client:
         introspection = await api.client.post(
             "/graphql", json={"query": "{ __schema { types { name } } }"}, headers=api.reader
@@ -33,8 +38,8 @@ async def test_introspection_and_graphiql_off_by_configuration(sqlite_url: str) 
     assert page.status_code == 400  # no GraphiQL: a GET without a query is a bad request
 
 
-async def test_depth_limit_refuses_before_any_resolver_runs(sqlite_url: str) -> None:
-    api, deployment = await make_api(Settings(database_url=sqlite_url, graphql_max_depth=4))
+async def test_depth_limit_refuses_before_any_resolver_runs(database_url: str, mode: str) -> None:
+    api, deployment = await fresh_api(Settings(database_url=database_url, graphql_max_depth=4), mode)
     registry = deployment.serving.metrics.registry
 
     def database_calls() -> float:
@@ -67,9 +72,9 @@ async def test_depth_limit_refuses_before_any_resolver_runs(sqlite_url: str) -> 
     )
 
 
-async def test_kill_switches_leave_graphql_working_without_limits(sqlite_url: str) -> None:
-    settings = Settings(database_url=sqlite_url, ratelimit_enabled=False, load_shedding_enabled=False)
-    api, deployment = await make_api(settings)
+async def test_kill_switches_leave_graphql_working_without_limits(database_url: str, mode: str) -> None:
+    settings = Settings(database_url=database_url, ratelimit_enabled=False, load_shedding_enabled=False)
+    api, deployment = await fresh_api(settings, mode)
     async with api.client:
         responses = [await api.client.post("/graphql", json={"query": VIEWER}, headers={}) for _ in range(30)]
     await deployment.close()
@@ -81,14 +86,14 @@ async def test_kill_switches_leave_graphql_working_without_limits(sqlite_url: st
     assert "ratelimit" not in responses[-1].headers
 
 
-async def test_lists_are_shed_first_under_load(sqlite_url: str) -> None:
+async def test_lists_are_shed_first_under_load(database_url: str, mode: str) -> None:
     settings = Settings(
-        database_url=sqlite_url,
+        database_url=database_url,
         concurrency_limit_initial=10,
         concurrency_limit_min=10,
         concurrency_limit_max=10,
     )
-    api, deployment = await make_api(settings)
+    api, deployment = await fresh_api(settings, mode)
     shedder = deployment.serving.shedder
     assert shedder is not None
     # Eight requests in flight: lists may use 80 % of the limit of 10, so they are shed.
@@ -116,8 +121,10 @@ async def test_lists_are_shed_first_under_load(sqlite_url: str) -> None:
     assert after.json()["data"] == {"profiles": {"totalCount": 0}}
 
 
-async def test_operation_names_in_metrics_are_bounded(sqlite_url: str) -> None:
-    api, deployment = await make_api(Settings(database_url=sqlite_url, graphql_metric_operation_names=2))
+async def test_operation_names_in_metrics_are_bounded(database_url: str, mode: str) -> None:
+    api, deployment = await fresh_api(
+        Settings(database_url=database_url, graphql_metric_operation_names=2), mode
+    )
     async with api.client:
         for name in ("First", "Second", "Third", "Fourth"):
             query = f"query {name} {{ viewer {{ keyId }} }}"
@@ -138,12 +145,14 @@ async def test_operation_names_in_metrics_are_bounded(sqlite_url: str) -> None:
     assert count("anonymous") == 1
 
 
-async def test_operation_span_and_resolver_spans_only_when_sampled(sqlite_url: str) -> None:
-    api, deployment = await make_api(
-        Settings(database_url=sqlite_url, trace_exporter="console", trace_sampling_ratio=1.0)
+async def test_operation_span_and_resolver_spans_only_when_sampled(database_url: str, mode: str) -> None:
+    api, deployment = await fresh_api(
+        Settings(database_url=database_url, trace_exporter="console", trace_sampling_ratio=1.0), mode
     )
     exported = InMemorySpanExporter()
-    deployment.serving.tracer_provider.add_span_processor(SimpleSpanProcessor(exported))
+    # On an edge, the database spans are the core's: both processes' spans are collected.
+    for provider in {deployment.serving.tracer_provider, deployment.core.tracer_provider}:
+        provider.add_span_processor(SimpleSpanProcessor(exported))
     query = 'query Two { a: profile(id: "eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J") { id } viewer { keyId } }'
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
     async with api.client:
@@ -161,10 +170,13 @@ async def test_operation_span_and_resolver_spans_only_when_sampled(sqlite_url: s
     assert "graphql query Two" in names
     assert {"resolve Query.profile", "resolve Query.viewer"} <= set(names)
     operation = next(s for s in spans if s.name == "graphql query Two")
-    server = next(s for s in spans if s.kind is SpanKind.SERVER)
+    server = next(s for s in spans if s.kind is SpanKind.SERVER and s.name == "POST /graphql")
     assert operation.parent is not None
     assert operation.parent.span_id == server.context.span_id
-    assert server.name == "POST /graphql"
+    if mode == "edge":  # the core's side of the call, in the same trace
+        core = next(s for s in spans if s.name == "keel.profiles.v1.ProfileService/GetProfile")
+        assert core.kind is SpanKind.SERVER
+        assert core.context.trace_id == server.context.trace_id
     database = [s for s in spans if s.kind is SpanKind.CLIENT and s.name == "db get_profile"]
     assert len(database) == 1
     assert exported.get_finished_spans() == ()  # not sampled: no spans at all

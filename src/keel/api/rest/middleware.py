@@ -6,6 +6,7 @@ Everything a request does inside runs with `request_id` and `trace_id` in the lo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -143,6 +144,12 @@ class RequestEnvelope:
             # before the request was whole: no one to answer and not Keel's failure. 499 as in
             # nginx: "client closed request".
             status = 499
+        except asyncio.CancelledError:
+            # Cancelled (the caller's task went away, or the server is shutting down): nothing
+            # was answered and nothing failed, so the same 499, never a 500 in the metrics, the
+            # access log and the span. gRPC says CANCELLED in the same case.
+            status = 499
+            raise
         except Exception as error:
             span.record_exception(error)
             _log.error("unhandled_error", exc_info=error)

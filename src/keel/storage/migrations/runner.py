@@ -38,3 +38,10 @@ def head_revision() -> str:
     if head is None:
         raise RuntimeError("no migrations found")
     return head
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Take the database back to `revision`, for an operator rolling back a release. A revision
+    that cannot be undone without losing data (0003) refuses with the way out instead. Blocking;
+    call it outside a running event loop."""
+    command.downgrade(_config(database_url), revision)
