@@ -151,8 +151,16 @@ async def test_grpc_reflection_only_in_development(sqlite_url: str, environment:
     await server.start()
     try:
         if environment == "production":
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await _reflected_services(server.port)
+            # Asked as one unary call: a stream refused before its first message is sent can
+            # surface as INTERNAL ("Failed execute_batch") on a loaded machine, which says nothing.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                ask = channel.unary_unary(
+                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                    request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                    response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await ask(reflection_pb2.ServerReflectionRequest(list_services=""), timeout=5)
             assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
         else:
             assert "keel.profiles.v1.ProfileService" in await _reflected_services(server.port)
