@@ -9,7 +9,8 @@ bench profile has an email and a link), creates a profiles:read key on a plan la
 to refuse, checks that both answers carry the same profiles, emails and links, counts the
 database calls per request from Keel's own metrics, then runs REST and GraphQL alternately
 `--rounds` times and reports the median throughput of each and their ratio (target ≥ 0.5).
-Exits 1 if any run saw non-2xx responses or socket errors. Bounded to about a minute with the
+Exits 1 if any measured run saw socket errors, a non-2xx answer, or a 200 carrying GraphQL
+`errors` (every answer is checked by bench/wrk_answers.py's wrk callback). Bounded to about a minute with the
 defaults. Results: stdout and bench/results/graphql_vs_rest.json.
 """
 
@@ -44,6 +45,12 @@ from bench.harness import (  # noqa: E402
     serve_cmd,
     server,
 )
+from bench.wrk_answers import (  # noqa: E402
+    ANSWER_CHECK_LUA,
+    AnswerCounts,
+    answer_failures,
+    parse_answers,
+)
 
 RESULTS = REPO / "bench" / "results"
 TARGET_RATIO = 0.5
@@ -73,8 +80,9 @@ def _lua_post(body: str) -> str:
 
 
 def _wrk(
-    wrk: str, name: str, url: str, token: str, args: argparse.Namespace, duration: float, script: Path | None
-) -> WrkRun:
+    wrk: str, name: str, url: str, token: str, args: argparse.Namespace, duration: float, script: Path
+) -> tuple[WrkRun, AnswerCounts]:
+    """One wrk run; `script` must include ANSWER_CHECK_LUA, whose counts come back with it."""
     cmd = [
         wrk,
         f"-t{args.threads}",
@@ -84,14 +92,11 @@ def _wrk(
         "5s",
         "--latency",
     ]
-    cmd += ["-H", f"Authorization: Bearer {token}"]
-    if script is not None:
-        cmd += ["-s", str(script)]
-    cmd.append(url)
+    cmd += ["-H", f"Authorization: Bearer {token}", "-s", str(script), url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return parse_wrk(name, done.stdout)
+    return parse_wrk(name, done.stdout), parse_answers(done.stdout)
 
 
 def _request(base: str, token: str, path: str, body: str | None = None) -> Any:
@@ -179,21 +184,25 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     runs: dict[str, list[WrkRun]] = {"rest": [], "graphql": []}
+    bad_answers: list[str] = []
     with tempfile.TemporaryDirectory() as scratch, server("keel", serve_cmd("keel", port), env, None, port):
         script = Path(scratch) / "graphql.lua"
-        script.write_text(_lua_post(json.dumps({"query": QUERY, "operationName": "Page"})))
+        script.write_text(_lua_post(json.dumps({"query": QUERY, "operationName": "Page"})) + ANSWER_CHECK_LUA)
+        rest_script = Path(scratch) / "rest.lua"
+        rest_script.write_text(ANSWER_CHECK_LUA)
         _same_data(base, token)
         calls = {
             "rest": _calls_per_request(base, token, lambda: _request(base, token, REST_PATH)),
             "graphql": _calls_per_request(base, token, lambda: _graphql(base, token)),
         }
-        targets = {"rest": (base + REST_PATH, None), "graphql": (base + "/graphql", script)}
+        targets = {"rest": (base + REST_PATH, rest_script), "graphql": (base + "/graphql", script)}
         for name, (target, lua) in targets.items():
             _wrk(wrk, name, target, token, args, args.warmup, lua)
         for _ in range(args.rounds):
             for name, (target, lua) in targets.items():
-                run = _wrk(wrk, name, target, token, args, args.duration, lua)
+                run, answers = _wrk(wrk, name, target, token, args, args.duration, lua)
                 runs[name].append(run)
+                bad_answers += answer_failures(name, answers)
                 print(
                     f"  {name:8} {run.requests_per_second:8.1f} req/s"
                     f"  p50 {run.p50_ms:.2f} ms  p99 {run.p99_ms:.2f} ms",
@@ -225,12 +234,14 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     }
     (RESULTS / "graphql_vs_rest.json").write_text(json.dumps(result, indent=2) + "\n")
     failed = [r for rs in runs.values() for r in rs if r.failed]
-    if failed:
-        for r in failed:
-            print(
-                f"!!! INVALID: {r.server}: {r.non_2xx_3xx} non-2xx/3xx, socket errors {r.socket_errors}",
-                file=sys.stderr,
-            )
+    for r in failed:
+        print(
+            f"!!! INVALID: {r.server}: {r.non_2xx_3xx} non-2xx/3xx, socket errors {r.socket_errors}",
+            file=sys.stderr,
+        )
+    for failure in bad_answers:
+        print(f"!!! INVALID: {failure}: the figures above are not those of reads", file=sys.stderr)
+    if failed or bad_answers:
         return 1
     return 0
 

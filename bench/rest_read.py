@@ -1,19 +1,29 @@
-"""REST read benchmark: Keel's `GET /v1/profiles/{id}` against a minimal FastAPI + asyncpg baseline
-(bench/baseline_app.py) on the same PostgreSQL data, driven by wrk on loopback.
+"""REST read benchmark: Keel's `GET /v1/profiles/{id}` against a lean FastAPI + asyncpg baseline
+(bench/baseline_app.py: same SQL, same pool without the reset round trip, response written
+directly) on the same PostgreSQL data, driven by wrk on loopback. Two figures, measured apart in
+the same run, each Keel req/s ÷ baseline req/s (and Keel p99 ÷ baseline p99):
 
-    python bench/rest_read.py [--duration 20] [--connections 32] [--profiles 100000] [--rounds 2]
-                              [--keel-log file|devnull] [--py-spy]
+- uncached: Keel with its profile cache off (KEEL_CACHE_ENABLED=false), random ids out of the
+  sampled working set, against the baseline on the same ids: both read PostgreSQL every time;
+- cache hit: Keel with its cache on and a hot set of `--hot-ids` ids (fits the cache), against
+  the baseline reading the same hot set from PostgreSQL.
 
-Starts a throwaway PostgreSQL (or uses KEEL_BENCH_POSTGRES_URL), migrates and seeds it, creates a
-profiles:read API key, then runs baseline and Keel one at a time, alternating, `--rounds` times
-each, and reports the median. Exits 1 if any run saw non-2xx responses or socket errors.
-Results: stdout and bench/results/rest_read.json.
+    python bench/rest_read.py [--duration 20] [--rounds 5] [--connections 32] [--profiles 100000]
+                              [--hot-ids 16] [--keel-log file|devnull] [--py-spy]
+
+Each round starts five servers one at a time (order reversed every other round): the baseline
+on random ids twice (its A/A pair: the noise of the measurement), Keel uncached, the baseline on
+the hot set, Keel with its cache. Figures are medians over rounds. Keel's own cache counters
+must show that the uncached run never used the cache and that the cache-hit run was served from
+it (bench/read_figures.py); any non-2xx answer or socket error voids the run. Exit 1 then.
+Results: stdout, bench/results/rest_read.json, and a new dated report under docs/performance/.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import hashlib
 import json
 import os
@@ -25,7 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +55,47 @@ from bench.harness import (  # noqa: E402
     server,
     stop,
 )
+from bench.read_figures import (  # noqa: E402
+    CacheUse,
+    Comparison,
+    Noise,
+    aa_noise,
+    allowed_misses,
+    cache_failures,
+    cache_lookups,
+    compare,
+)
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
+DOCS = REPO / "docs" / "performance"
 LUA = BENCH / "rest_read.lua"
 BIN = Path(sys.executable).parent
-TARGET_RATIO = 0.6
 PATH_LABEL = "GET /v1/profiles/{id}"
 _HUGE = {"policies": [{"name": "burst", "quota": 10_000_000, "window_seconds": 1}], "concurrency": 100_000}
 BENCH_PLANS = {"standard": _HUGE, "anonymous": _HUGE, "bench": _HUGE}
+CACHE_FRESH_S = 5.0  # Keel's default KEEL_CACHE_FRESH_SECONDS, set explicitly: the miss budget depends on it
 
 
-# --------------------------------------------------------------------------- wrk
+@dataclass(frozen=True)
+class Phase:
+    """One measured run of a round: which server, on which ids, with Keel's cache on or off."""
+
+    label: str
+    server: str  # "keel" or "baseline"
+    ids: str  # "random" or "hot"
+    cache: bool | None = None  # Keel only
+
+
+BASELINE_A = Phase("baseline", "baseline", "random")
+KEEL_UNCACHED = Phase("keel uncached", "keel", "random", cache=False)
+BASELINE_HOT = Phase("baseline hot", "baseline", "hot")
+KEEL_CACHED = Phase("keel cache hit", "keel", "hot", cache=True)
+BASELINE_B = Phase("baseline A/A", "baseline", "random")
+PHASES = (BASELINE_A, KEEL_UNCACHED, BASELINE_HOT, KEEL_CACHED, BASELINE_B)
+
+
+# --------------------------------------------------------------------------- wrk and checks
 
 
 def _wrk(
@@ -96,45 +135,69 @@ def _check_one(server: str, port: int, profile_id: str, token: str) -> set[str]:
     return set(body)
 
 
+def _lookups(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return cache_lookups(response.read().decode())
+
+
 # --------------------------------------------------------------------------- main
 
 
 def _src_state() -> str:
-    """Which code was measured: HEAD plus a hash of uncommitted changes under src/."""
+    """Which code was measured: HEAD plus a hash of uncommitted changes under src/ and bench/."""
 
     def git(*cmd: str) -> str:
         done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, timeout=30, check=False)
         return done.stdout.decode(errors="replace").strip() if done.returncode == 0 else ""
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    diff = git("diff", "HEAD", "--", "src")
-    changed = git("status", "--porcelain", "--", "src").splitlines()
+    diff = git("diff", "HEAD", "--", "src", "bench")
+    changed = git("status", "--porcelain", "--", "src", "bench").splitlines()
     if not diff and not changed:
-        return f"{head} (src clean)"
+        return f"{head} (src and bench clean)"
     digest = hashlib.sha256(diff.encode()).hexdigest()[:10]
-    return f"{head} + uncommitted src changes ({len(changed)} files, diff sha256 {digest})"
+    return f"{head} + uncommitted changes ({len(changed)} files under src/ bench/, diff sha256 {digest})"
 
 
-def _median(runs: list[WrkRun]) -> dict[str, float]:
-    keys = ("requests_per_second", "p50_ms", "p99_ms")
-    return {k: statistics.median(getattr(r, k) for r in runs) for k in keys}
-
-
-def _line(name: str, m: dict[str, float]) -> str:
-    return (
-        f"{name:<8} {PATH_LABEL}: {m['requests_per_second']:>7,.0f} req/s  "
-        f"p50 {m['p50_ms']:6.1f} ms  p99 {m['p99_ms']:6.1f} ms"
-    )
-
-
-def _report_run(run: WrkRun, label: str) -> None:
+def _report_run(run: WrkRun, label: str, extra: str = "") -> None:
     flag = "  <-- FAILED RESPONSES/ERRORS" if run.failed else ""
     print(
-        f"  {label:<22} {run.requests_per_second:>8,.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
+        f"  {label:<28} {run.requests_per_second:>8,.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
         f"p99 {run.p99_ms:6.1f} ms  non-2xx {run.non_2xx_3xx}  socket errors "
-        f"{sum(run.socket_errors.values())}  (load avg {run.load_average_1m:.1f}){flag}",
+        f"{sum(run.socket_errors.values())}  (load avg {run.load_average_1m:.1f}){extra}{flag}",
         flush=True,
     )
+
+
+def _prepare(url: str, args: argparse.Namespace, env: dict[str, str]) -> tuple[list[str], str]:
+    """Migrate, seed, and create the key: the sampled ids and the token."""
+    print("migrating ...", flush=True)
+    migrated = subprocess.run(
+        keel_cmd("migrate"), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if migrated.returncode != 0:
+        raise RuntimeError(f"keel migrate failed:\n{migrated.stdout}\n{migrated.stderr}")
+    started = time.monotonic()
+    inserted, ids = asyncio.run(asyncio.wait_for(seed_profiles(url, args.profiles, "eu1"), 900))
+    print(
+        f"seeded {inserted:,} profiles ({args.profiles - inserted:,} already there) in "
+        f"{time.monotonic() - started:.1f}s; sampled {len(ids):,} ids",
+        flush=True,
+    )
+    created = subprocess.run(
+        keel_cmd(
+            "keys", "create", "--scopes", "profiles:read", "--name", "bench", "--plan", "bench", "--quiet"
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    tokens = [line.strip() for line in created.stdout.splitlines() if line.strip().startswith("keel_")]
+    if created.returncode != 0 or not tokens:
+        raise RuntimeError(f"keel keys create failed:\n{created.stdout}\n{created.stderr}")
+    return ids, tokens[-1]
 
 
 def _benchmark(url: str, args: argparse.Namespace) -> int:
@@ -153,39 +216,19 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         "KEEL_RATELIMIT_PLANS": json.dumps(BENCH_PLANS),
         "KEEL_LOAD_SHEDDING_ENABLED": "false",
     }
-
-    print("migrating ...", flush=True)
-    migrated = subprocess.run(
-        keel_cmd("migrate"), env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    if migrated.returncode != 0:
-        raise RuntimeError(f"keel migrate failed:\n{migrated.stdout}\n{migrated.stderr}")
-
-    started = time.monotonic()
-    inserted, ids = asyncio.run(asyncio.wait_for(seed_profiles(url, args.profiles, "eu1"), 900))
-    print(
-        f"seeded {inserted:,} profiles ({args.profiles - inserted:,} already there) in "
-        f"{time.monotonic() - started:.1f}s; sampled {len(ids):,} ids",
-        flush=True,
-    )
-    ids_file = RESULTS / "rest_read_ids.txt"
-    ids_file.write_text("\n".join(ids) + "\n")
-
-    created = subprocess.run(
-        keel_cmd(
-            "keys", "create", "--scopes", "profiles:read", "--name", "bench", "--plan", "bench", "--quiet"
-        ),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    tokens = [line.strip() for line in created.stdout.splitlines() if line.strip().startswith("keel_")]
-    if created.returncode != 0 or not tokens:
-        raise RuntimeError(f"keel keys create failed:\n{created.stdout}\n{created.stderr}")
-    token = tokens[-1]
-    wrk_env = {**base_env, "KEEL_BENCH_IDS": str(ids_file), "KEEL_BENCH_TOKEN": token}
+    ids, token = _prepare(url, args, env)
+    ids_files = {"random": RESULTS / "rest_read_ids.txt", "hot": RESULTS / "rest_read_hot_ids.txt"}
+    ids_files["random"].write_text("\n".join(ids) + "\n")
+    ids_files["hot"].write_text("\n".join(ids[: args.hot_ids]) + "\n")
+    wrk_envs = {
+        kind: {**base_env, "KEEL_BENCH_IDS": str(path), "KEEL_BENCH_TOKEN": token}
+        for kind, path in ids_files.items()
+    }
+    server_envs = {
+        None: env,
+        False: {**env, "KEEL_CACHE_ENABLED": "false"},
+        True: {**env, "KEEL_CACHE_ENABLED": "true", "KEEL_CACHE_FRESH_SECONDS": str(CACHE_FRESH_S)},
+    }
 
     keel_log = RESULTS / "keel-serve.log" if args.keel_log == "file" else None
     baseline_log = RESULTS / "baseline-serve.log"
@@ -193,94 +236,194 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         if log is not None:
             log.write_text("")
     keel_log_label = str(keel_log.relative_to(REPO)) if keel_log else "/dev/null"
-
     logs = {"keel": keel_log, "baseline": baseline_log}
-    runs: dict[str, list[WrkRun]] = {"keel": [], "baseline": []}
-    warmups: list[WrkRun] = []
+
+    runs: dict[str, list[WrkRun]] = {phase.label: [] for phase in PHASES}
+    cache_uses: dict[str, list[CacheUse]] = {KEEL_UNCACHED.label: [], KEEL_CACHED.label: []}
+    invalid: list[str] = []
     fields: dict[str, set[str]] = {}
     print(
         f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, "
-        f"{args.warmup:g}s warm-up per run, {args.rounds} round(s); keel stdout -> {keel_log_label}",
+        f"{args.warmup:g}s warm-up per run, {args.rounds} round(s) of {len(PHASES)} runs; "
+        f"hot set {args.hot_ids} ids; keel stdout -> {keel_log_label}",
         flush=True,
     )
     for round_number in range(args.rounds):
-        order = ["baseline", "keel"] if round_number % 2 == 0 else ["keel", "baseline"]
-        for name in order:
+        order = PHASES if round_number % 2 == 0 else tuple(reversed(PHASES))
+        for phase in order:
             port = free_port()
-            with server(name, serve_cmd(name, port), env, logs[name], port):
-                fields[name] = _check_one(name, port, ids[0], token)
+            wrk_env = wrk_envs[phase.ids]
+            with server(
+                phase.label, serve_cmd(phase.server, port), server_envs[phase.cache], logs[phase.server], port
+            ):
+                fields[phase.server] = _check_one(phase.label, port, ids[0], token)
                 if args.warmup > 0:
-                    warmups.append(_wrk(wrk, name, port, wrk_env, args, args.warmup))
-                    if warmups[-1].failed:
-                        _report_run(warmups[-1], f"{name} warm-up")
-                run = _wrk(wrk, name, port, wrk_env, args, args.duration)
-            runs[name].append(run)
-            _report_run(run, f"round {round_number + 1} {name}")
+                    warmup = _wrk(wrk, phase.label, port, wrk_env, args, args.warmup)
+                    if warmup.failed:
+                        _report_run(warmup, f"{phase.label} warm-up")
+                        invalid.append(f"{phase.label} warm-up: non-2xx or socket errors")
+                before = _lookups(port) if phase.server == "keel" else {}
+                run = _wrk(wrk, phase.label, port, wrk_env, args, args.duration)
+                after = _lookups(port) if phase.server == "keel" else {}
+            runs[phase.label].append(run)
+            extra = ""
+            if phase.server == "keel":
+                use = CacheUse.between(before, after)
+                cache_uses[phase.label].append(use)
+                kind = "cached" if phase.cache else "uncached"
+                budget = allowed_misses(args.hot_ids, args.duration, CACHE_FRESH_S)
+                failures = cache_failures(kind, run.requests, use, budget)
+                invalid += [f"round {round_number + 1}: {f}" for f in failures]
+                extra = f"  without PostgreSQL {use.without_database:,}/{run.requests:,}"
+            if run.failed:
+                invalid.append(f"round {round_number + 1} {phase.label}: non-2xx or socket errors")
+            _report_run(run, f"round {round_number + 1} {phase.label}", extra)
 
     if fields.get("keel") != fields.get("baseline"):
-        print(
-            f"note: response fields differ: keel {sorted(fields.get('keel', ()))} vs baseline "
-            f"{sorted(fields.get('baseline', ()))}",
-            flush=True,
+        invalid.append(
+            f"response fields differ: keel {sorted(fields.get('keel', ()))} vs baseline "
+            f"{sorted(fields.get('baseline', ()))}"
         )
 
-    profile_summary = _py_spy(args, env, wrk, wrk_env, logs[args.py_spy_server]) if args.py_spy else None
-
+    profile_summary = (
+        _py_spy(args, server_envs[None], wrk, wrk_envs["random"], logs[args.py_spy_server])
+        if args.py_spy
+        else None
+    )
     if args.rounds == 0:
         print("--rounds 0: no measured runs, nothing compared")
         return 0
-    medians = {name: _median(r) for name, r in runs.items()}
-    ratio = medians["keel"]["requests_per_second"] / medians["baseline"]["requests_per_second"]
-    failed = [r for r in [*warmups, *runs["keel"], *runs["baseline"]] if r.failed]
-    lines = [
-        _line("keel", medians["keel"]),
-        _line("baseline", medians["baseline"]),
-        f"ratio keel/baseline (throughput): {ratio:.2f}   (target >= {TARGET_RATIO})",
+
+    def figures(phase: Phase) -> tuple[list[float], list[float]]:
+        return [r.requests_per_second for r in runs[phase.label]], [r.p99_ms for r in runs[phase.label]]
+
+    # The uncached runs' baseline in each round: the mean of its A/A pair, which brackets them.
+    baseline_rps = [
+        statistics.fmean(p) for p in zip(figures(BASELINE_A)[0], figures(BASELINE_B)[0], strict=True)
     ]
-    if failed:
-        lines.insert(0, "!!! INVALID: some runs had non-2xx responses or socket errors (see below) !!!")
+    baseline_p99 = [
+        statistics.fmean(p) for p in zip(figures(BASELINE_A)[1], figures(BASELINE_B)[1], strict=True)
+    ]
+    uncached = compare(*figures(KEEL_UNCACHED), baseline_rps, baseline_p99)
+    cached = compare(*figures(KEEL_CACHED), *figures(BASELINE_HOT))
+    noise = aa_noise(figures(BASELINE_A)[0], figures(BASELINE_B)[0])
+    p99_noise = aa_noise(figures(BASELINE_A)[1], figures(BASELINE_B)[1])
+    lines = _summary(uncached, cached, noise, p99_noise)
+    if invalid:
+        lines.insert(0, "!!! INVALID: " + "; ".join(invalid))
     print(
         f"\n== median of {args.rounds} round(s), {args.duration:g}s each, {args.connections} connections, "
-        f"{args.profiles:,} profiles; keel stdout -> {keel_log_label}; code {src_state} =="
+        f"{args.profiles:,} profiles; code {src_state} =="
     )
     print("\n".join(lines), flush=True)
+    config = {
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "warmup_s": args.warmup,
+        "profiles": args.profiles,
+        "hot_ids": args.hot_ids,
+        "sampled_ids": len(ids),
+        "keel_stdout": keel_log_label,
+        "cpus": os.cpu_count(),
+        "code": src_state,
+        "postgres": "KEEL_BENCH_POSTGRES_URL"
+        if os.environ.get("KEEL_BENCH_POSTGRES_URL")
+        else "throwaway (devtools.throwaway_postgres)",
+    }
     result: dict[str, Any] = {
         "summary": lines,
-        "valid": not failed,
-        "ratio_keel_over_baseline_rps": ratio,
-        "target_ratio": TARGET_RATIO,
-        "median": medians,
-        "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
-        "config": {
-            "duration_s": args.duration,
-            "connections": args.connections,
-            "threads": args.threads,
-            "rounds": args.rounds,
-            "warmup_s": args.warmup,
-            "profiles": args.profiles,
-            "keel_stdout": keel_log_label,
-            "cpus": os.cpu_count(),
-            "code": src_state,
-            "postgres": "KEEL_BENCH_POSTGRES_URL"
-            if os.environ.get("KEEL_BENCH_POSTGRES_URL")
-            else "throwaway (devtools.throwaway_postgres)",
+        "valid": not invalid,
+        "invalid": invalid,
+        "uncached": {
+            **asdict(uncached),
+            "ratio_rps": uncached.throughput_ratio,
+            "ratio_p99": uncached.p99_ratio,
         },
+        "cache_hit": {**asdict(cached), "ratio_rps": cached.throughput_ratio, "ratio_p99": cached.p99_ratio},
+        "aa_noise": {"rps_ratios": noise.ratios, "p99_ratios": p99_noise.ratios},
+        "runs": {label: [asdict(r) for r in rs] for label, rs in runs.items()},
+        "cache_use": {label: [asdict(u) for u in us] for label, us in cache_uses.items()},
+        "config": config,
         "py_spy": profile_summary,
     }
-    out = args.output
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
-    if failed:
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {args.output}")
+    if not invalid:
+        doc = _write_doc(args, lines, runs, config)
+        print(f"written {doc.relative_to(REPO)}")
+    if invalid:
         print("\n" + "!" * 78, file=sys.stderr)
-        for r in failed:
-            print(
-                f"!!! INVALID: {r.server}: {r.non_2xx_3xx} non-2xx/3xx responses, socket errors "
-                f"{r.socket_errors}: the figures above are NOT trustworthy",
-                file=sys.stderr,
-            )
+        for reason in invalid:
+            print(f"!!! INVALID: {reason}: the figures above are NOT trustworthy", file=sys.stderr)
         print("!" * 78, file=sys.stderr)
         return 1
     return 0
+
+
+def _summary(uncached: Comparison, cached: Comparison, noise: Noise, p99_noise: Noise) -> list[str]:
+    return [
+        f"uncached  keel {uncached.keel_rps:>7,.0f} req/s p99 {uncached.keel_p99_ms:6.1f} ms | baseline "
+        f"{uncached.baseline_rps:>7,.0f} req/s p99 {uncached.baseline_p99_ms:6.1f} ms | "
+        f"ratio {uncached.throughput_ratio:.2f}x throughput, {uncached.p99_ratio:.2f}x p99",
+        f"cache hit keel {cached.keel_rps:>7,.0f} req/s p99 {cached.keel_p99_ms:6.1f} ms | baseline "
+        f"{cached.baseline_rps:>7,.0f} req/s p99 {cached.baseline_p99_ms:6.1f} ms | "
+        f"ratio {cached.throughput_ratio:.2f}x throughput, {cached.p99_ratio:.2f}x p99",
+        f"A/A noise (baseline vs itself, same round): throughput median ±{noise.median_deviation:.1%}, "
+        f"worst ±{noise.worst_deviation:.1%}; p99 median ±{p99_noise.median_deviation:.1%}, "
+        f"worst ±{p99_noise.worst_deviation:.1%}",
+    ]
+
+
+def _write_doc(
+    args: argparse.Namespace, lines: list[str], runs: dict[str, list[WrkRun]], config: dict[str, Any]
+) -> Path:
+    """A new dated report under docs/performance/ (a second run the same day gets a suffix)."""
+    DOCS.mkdir(parents=True, exist_ok=True)
+    today = datetime.date.today().isoformat()
+    path = DOCS / f"{today}-rest-read.md"
+    number = 2
+    while path.exists():
+        path = DOCS / f"{today}-rest-read-{number}.md"
+        number += 1
+    command = "python bench/rest_read.py " + " ".join(sys.argv[1:])
+    table = ["| round | " + " | ".join(p.label for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+    for i in range(args.rounds):
+        cells = [
+            f"{runs[p.label][i].requests_per_second:,.0f} req/s, p99 {runs[p.label][i].p99_ms:.1f} ms"
+            for p in PHASES
+        ]
+        table.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    loads = [r.load_average_1m for rs in runs.values() for r in rs]
+    text = [
+        f"# REST read: Keel vs a lean baseline ({today})",
+        "",
+        f"Command: `{command.strip()}` (code {config['code']}).",
+        "",
+        f"{args.rounds} rounds of {len(PHASES)} runs (order reversed every other round), each a fresh "
+        f"server, {args.warmup:g} s warm-up, then `wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration:g}s` on loopback; {args.profiles:,} seeded profiles, random ids out of "
+        f"{config['sampled_ids']:,} sampled, hot set {args.hot_ids} ids. Baseline: bench/baseline_app.py "
+        "(same SQL, Keel's pool without the reset round trip, response written directly). Keel: default "
+        "settings, rate limits decided on every request under a plan that never refuses, load shedding "
+        "off; uncached = `KEEL_CACHE_ENABLED=false`. Nothing pinned: wrk, the server and PostgreSQL share "
+        f"the machine's {config['cpus']} CPUs (1-minute load average {min(loads):.1f}-{max(loads):.1f} at "
+        "the end of the runs; it includes whatever else ran on the machine).",
+        "",
+        "Medians over rounds; each ratio is the median over rounds of Keel ÷ the baseline of the same "
+        "round (for uncached reads, the mean of the baseline's A/A pair). A ratio is known only to within "
+        "about the A/A noise printed under it.",
+        "",
+        "```",
+        *lines,
+        "```",
+        "",
+        *table,
+        "",
+    ]
+    path.write_text("\n".join(text))
+    return path
 
 
 def _py_spy(
@@ -349,8 +492,11 @@ def main() -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=2,
-        help="measured runs per server (median); 0 with --py-spy: only profile",
+        default=5,
+        help="rounds of the five runs (medians over rounds); 0 with --py-spy: only profile",
+    )
+    parser.add_argument(
+        "--hot-ids", type=int, default=16, help="ids in the cache-hit run's hot set (must fit Keel's cache)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "rest_read.json", help="JSON results file")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load first")

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh dev
 ./scripts/ensure-promtool.sh
 ./scripts/ensure-chromium.sh
+./scripts/ensure-wrk.sh
 . .venv/bin/activate
 export PATH="$PWD/.tools/bin:$PATH"
 echo "== ruff"; ruff check src tests bench devtools; ruff format --check src tests bench devtools

@@ -1,0 +1,126 @@
+"""The arithmetic and the gates of bench/rest_read.py, apart from running it, so that unit tests
+can feed them outcomes a broken run would produce (tests/unit/test_bench_checks.py).
+
+Two figures, each a ratio of Keel to the baseline's database read (median of rounds):
+- uncached: Keel with its profile cache off, random ids; every read reaches PostgreSQL, as every
+  baseline read does;
+- cache hit: Keel with its cache on, a hot set of ids that fits in it.
+Their honesty rests on Keel's own counters: an "uncached" run that hit the cache, or a "cache
+hit" run that mostly missed it, measured something else, and voids the figures.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_LOOKUPS = re.compile(r'^keel_profile_cache_lookups_total\{outcome="([a-z]+)"\} ([0-9.e+]+)$', re.MULTILINE)
+# Reads answered without PostgreSQL: from the cache, or by joining a read already in flight.
+_SERVED_WITHOUT_DATABASE = ("hit", "coalesced", "stale")
+
+
+def cache_lookups(metrics_text: str) -> dict[str, float]:
+    """Keel's profile cache lookups by outcome, from its /metrics text."""
+    return {outcome: float(value) for outcome, value in _LOOKUPS.findall(metrics_text)}
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """What Keel's cache did during one measured run (counter differences)."""
+
+    reads: int  # every lookup the cache counted
+    without_database: int  # hits, coalesced and stale answers
+
+    @classmethod
+    def between(cls, before: dict[str, float], after: dict[str, float]) -> CacheUse:
+        delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after.keys() | before.keys()}
+        return cls(
+            reads=round(sum(delta.values())),
+            without_database=round(sum(delta.get(k, 0.0) for k in _SERVED_WITHOUT_DATABASE)),
+        )
+
+
+def allowed_misses(hot_ids: int, duration_s: float, fresh_s: float) -> int:
+    """The misses a cache-hit run may see: an entry is fresh for `fresh_s` (KEEL_CACHE_FRESH_SECONDS),
+    then one read per hot id goes to PostgreSQL (concurrent ones join it, as `coalesced`). Plus one
+    per id for a period cut by the start of the run, and one for the entry read at its end."""
+    if fresh_s <= 0:
+        raise ValueError("with a freshness of 0 s every read goes to PostgreSQL: there are no cache hits")
+    return hot_ids * (int(duration_s / fresh_s) + 2)
+
+
+def cache_failures(kind: str, requests: int, use: CacheUse, misses_allowed: int = 0) -> list[str]:
+    """Why a Keel run does not measure what its figure claims; empty when it does. `requests`:
+    wrk's count for the run; `misses_allowed`: see `allowed_misses` (cache-hit runs only)."""
+    if kind == "uncached":
+        if use.without_database:
+            return [f"uncached run: {use.without_database} reads were answered without PostgreSQL"]
+        return []
+    if kind == "cached":
+        if requests <= 0:
+            return ["cache-hit run: no requests"]
+        misses = max(use.reads, requests) - use.without_database
+        if misses > misses_allowed:
+            return [
+                f"cache-hit run: {misses} of {max(use.reads, requests)} reads went to PostgreSQL (at most "
+                f"{misses_allowed} allowed: one per hot id and freshness period)"
+            ]
+        return []
+    raise ValueError(f"unknown kind of Keel run: {kind!r}")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Keel against the baseline: medians over rounds, and the ratios as the median of each
+    round's own ratio (Keel ÷ the baseline measured in the same round), so that a slow drift of
+    the machine's load, which moves both runs of a round alike, cancels out."""
+
+    keel_rps: float
+    baseline_rps: float
+    keel_p99_ms: float
+    baseline_p99_ms: float
+    throughput_ratio: float
+    p99_ratio: float
+
+
+def compare(
+    keel_rps: Sequence[float],
+    keel_p99: Sequence[float],
+    baseline_rps: Sequence[float],
+    baseline_p99: Sequence[float],
+) -> Comparison:
+    """One value per round in each sequence, in the same order of rounds."""
+    if not keel_rps or not len(keel_rps) == len(keel_p99) == len(baseline_rps) == len(baseline_p99):
+        raise ValueError("a comparison needs one Keel and one baseline figure per round")
+    return Comparison(
+        keel_rps=statistics.median(keel_rps),
+        baseline_rps=statistics.median(baseline_rps),
+        keel_p99_ms=statistics.median(keel_p99),
+        baseline_p99_ms=statistics.median(baseline_p99),
+        throughput_ratio=statistics.median(k / b for k, b in zip(keel_rps, baseline_rps, strict=True)),
+        p99_ratio=statistics.median(k / b for k, b in zip(keel_p99, baseline_p99, strict=True)),
+    )
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The A/A spread: the baseline against itself, measured twice per round."""
+
+    ratios: tuple[float, ...]  # second run / first run, per round
+
+    @property
+    def median_deviation(self) -> float:
+        """Median of |1 - ratio|: how far apart two identical runs typically land."""
+        return statistics.median(abs(1 - r) for r in self.ratios)
+
+    @property
+    def worst_deviation(self) -> float:
+        return max(abs(1 - r) for r in self.ratios)
+
+
+def aa_noise(first: Sequence[float], second: Sequence[float]) -> Noise:
+    if len(first) != len(second) or not first:
+        raise ValueError("the A/A noise needs the baseline's two runs of each round")
+    return Noise(tuple(b / a for a, b in zip(first, second, strict=True)))
