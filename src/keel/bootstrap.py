@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
+from keel.admission import Admission
 from keel.config import Settings
 from keel.observability.database import DatabaseObserver
 from keel.observability.logging import configure_logging
@@ -91,6 +92,7 @@ class Keel:
     settings: Settings
     profiles: ProfileUseCases
     authenticator: CallerAuthenticator
+    admission: Admission  # the one request pipeline of every protocol
     core: Core | None  # None on an edge, whose use cases run on a remote core
     # The checks that decide readiness: the database (or the remote core, on an edge).
     readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
@@ -412,6 +414,7 @@ def _keel(
         settings=settings,
         profiles=profiles,
         authenticator=authenticator,
+        admission=Admission(authenticator, guards.catalog, guards.guard, guards.shedder),
         core=core,
         readiness=readiness,
         metrics=metrics,

@@ -13,49 +13,49 @@ rate limited too. Admitted calls are shed under the same adaptive limit as REST.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from keel.admission import OTHER, Admission, Caller, Operation, Outcome, Refusal, bearer_token
+from keel.admission.operations import (
+    PROFILES_CREATE,
+    PROFILES_DELETE,
+    PROFILES_GET,
+    PROFILES_LIST,
+    PROFILES_UPDATE,
+)
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import CapacityReduced, Forbidden, KeelError, QuotaExceeded, Unauthenticated
 from keel.observability.context import note_caller
-from keel.resilience.load_shedder import Priority
 from keel.rpc.metadata import EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256
 from keel.rpc.status import EdgeRejected
 
-if TYPE_CHECKING:
-    from keel.bootstrap import Keel
-    from keel.ratelimit.guard import RateLimitGuard, RateLimitOutcome
-
 _SERVICE = "/keel.profiles.v1.ProfileService/"
 
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    name: str  # as in the rate-limit cost table
-    priority: Priority
-
-
-# Method -> the operation it performs, named and prioritized as its REST twin.
-OPERATIONS = {
-    _SERVICE + "GetProfile": Operation("profiles.get", Priority.CRITICAL),
-    _SERVICE + "BatchGetProfiles": Operation("profiles.list", Priority.SHEDDABLE),
-    _SERVICE + "CreateProfile": Operation("profiles.create", Priority.CRITICAL),
-    _SERVICE + "UpdateProfile": Operation("profiles.update", Priority.CRITICAL),
-    _SERVICE + "DeleteProfile": Operation("profiles.delete", Priority.CRITICAL),
-    _SERVICE + "ListProfiles": Operation("profiles.list", Priority.SHEDDABLE),
+# gRPC's mapping onto the operations table: method -> the operation it performs.
+OPERATIONS: dict[str, Operation] = {
+    _SERVICE + "GetProfile": PROFILES_GET,
+    _SERVICE + "BatchGetProfiles": PROFILES_LIST,
+    _SERVICE + "CreateProfile": PROFILES_CREATE,
+    _SERVICE + "UpdateProfile": PROFILES_UPDATE,
+    _SERVICE + "DeleteProfile": PROFILES_DELETE,
+    _SERVICE + "ListProfiles": PROFILES_LIST,
 }
-_CALLER = Operation("other", Priority.NORMAL)
 
 _principal: ContextVar[Principal | None] = ContextVar("keel_grpc_principal", default=None)
 _via_edge: ContextVar[bool] = ContextVar("keel_grpc_via_edge", default=False)
 
 
+class KeyResolver(Protocol):
+    """The key lookups a core's gRPC admission needs: a bearer token, and an edge's proof."""
+
+    async def authenticate(self, token: str | None) -> Principal: ...
+    async def resolve(self, key_id: str, digest: str) -> Principal: ...
+
+
 def caller() -> Principal:
-    """The principal of the call being served (set by `Admission` before the method runs)."""
+    """The principal of the call being served (set by `GrpcAdmission` before the method runs)."""
     principal = _principal.get()
     if principal is None:
         raise Unauthenticated("An API key is required: send `authorization: Bearer keel_...`.")
@@ -68,72 +68,59 @@ def via_edge() -> bool:
     return _via_edge.get()
 
 
-class Admission:
-    def __init__(self, keel: Keel) -> None:
-        self._keel = keel
+class GrpcAdmission:
+    """gRPC's side of admission (`keel.admission`): the caller from the call's metadata (with
+    the edge's on-behalf-of), the operation from the method, and refusals as domain errors
+    (mapped to statuses with details by the server)."""
+
+    def __init__(self, admission: Admission, keys: KeyResolver) -> None:
+        self._admission = admission
         # Only a core serves gRPC: an edge has no keys of its own to vouch from.
-        self._authenticator = keel.local.authenticator
+        self._keys = keys
 
     async def run(
         self, method: str, metadata: Mapping[str, str], peer: str, call: Callable[[], Awaitable[Any]]
     ) -> Any:
         """Run `call` as the caller `metadata` (the call's text metadata) names, if admitted.
         `peer` is gRPC's name of the other end (`ipv4:127.0.0.1:5000`)."""
-        keel = self._keel
-        operation = OPERATIONS.get(method, _CALLER)
-        guard = keel.rate_limits
+        admission = self._admission
+        operation = OPERATIONS.get(method, OTHER)
+        address = peer_address(peer)
         try:
-            principal, charged_key = await self._authenticate(metadata)
+            admitted_caller = await self._authenticate(metadata, address)
         except KeelError:
-            if guard is not None:
-                # Charged to the address, as REST does: an unknown key costs a lookup.
-                await self._charge_anonymous(guard, peer, operation)
+            # Charged to the address, as REST does: an unknown key costs a lookup.
+            charged = await admission.charge(Caller(None, address), admission.catalog.cost_of(operation.name))
+            if isinstance(charged, Refusal):
+                raise refusal_error(charged) from None
             raise
+        principal = admitted_caller.principal
+        assert principal is not None  # `_authenticate` raises when there is none
         note_caller(principal.key_id)
         token = _principal.set(principal)
-        edge_token = _via_edge.set(charged_key is not principal)
+        edge_token = _via_edge.set(admitted_caller.charged is not None)
         try:
-            if guard is None:
-                return await self._shed_or_run(operation, call)
-            catalog = keel.rate_limit_catalog
-            client = f"key:{charged_key.key_id}"
-            plan = catalog.plan_named(charged_key.plan)
-            cost = catalog.cost_of(operation.name)
-            outcome = await guard.admit(client, plan, cost)
-            if not outcome.allowed:
-                raise _quota_exceeded(outcome)
+            entered = await admission.enter(admitted_caller, operation)
+            if isinstance(entered, Refusal):
+                raise refusal_error(entered)
             served = False
             try:
-                result = await self._shed_or_run(operation, call)
+                result = await call()
                 served = True
                 return result
             finally:
-                guard.release(client)
-                if not served:
-                    await guard.refund(client, plan, cost)
+                # A call that failed is not charged, as a shed one is not.
+                await entered.finish(Outcome(succeeded=served, unused=0 if served else entered.cost))
         finally:
             _via_edge.reset(edge_token)
             _principal.reset(token)
 
-    async def _charge_anonymous(self, guard: RateLimitGuard, peer: str, operation: Operation) -> None:
-        """Charge a call that presented no valid key to its address; `QuotaExceeded` if over."""
-        catalog = self._keel.rate_limit_catalog
-        client = f"ip:{peer_address(peer)}"
-        outcome = await guard.admit(client, catalog.plan_named(None), catalog.cost_of(operation.name))
-        if not outcome.allowed:
-            raise _quota_exceeded(outcome) from None
-        guard.release(client)
-
-    async def _authenticate(self, metadata: Mapping[str, str]) -> tuple[Principal, Principal]:
-        """The principal the call runs as, and the one it is charged to (the key that
-        authenticated the call: an edge's, when it acts for one of its callers)."""
+    async def _authenticate(self, metadata: Mapping[str, str], address: str) -> Caller:
+        """The caller: the principal the call runs as, and the one it is charged to (the key
+        that authenticated the call: an edge's, when it acts for one of its callers)."""
         from_edge = metadata.get(EDGE) is not None
-        authorization = metadata.get("authorization") or ""
-        scheme, _, token = authorization.partition(" ")
         try:
-            principal = await self._authenticator.authenticate(
-                token.strip() if scheme.lower() == "bearer" else None
-            )
+            principal = await self._keys.authenticate(bearer_token(metadata.get("authorization") or ""))
         except Unauthenticated as error:
             if from_edge:
                 raise EdgeRejected(f"The edge's own API key was refused: {error.detail}") from None
@@ -142,28 +129,22 @@ class Admission:
             raise EdgeRejected(f"The edge's API key lacks the `{Scope.EDGE}` scope.")
         on_behalf_of = metadata.get(ON_BEHALF_OF)
         if on_behalf_of is None:
-            return principal, principal
+            return Caller(principal, address)
         if not principal.can(Scope.EDGE):
             raise Forbidden(f"Only a key with the `{Scope.EDGE}` scope may send `{ON_BEHALF_OF}`.")
         proof = metadata.get(ON_BEHALF_OF_SHA256) or ""
-        return await self._authenticator.resolve(on_behalf_of, proof), principal
+        return Caller(await self._keys.resolve(on_behalf_of, proof), address, charged=principal)
 
-    async def _shed_or_run(self, operation: Operation, call: Callable[[], Awaitable[Any]]) -> Any:
-        shedder = self._keel.shedder
-        if shedder is None:
-            return await call()
-        admitted_at = shedder.try_admit(operation.priority)
-        if admitted_at is None:
-            # Jittered, as REST's: refused callers must not all come back in the same second.
-            wait = float(random.randint(1, 3))  # noqa: S311 - jitter, not security
-            raise CapacityReduced("The service is shedding load; retry after the indicated time.", wait)
-        succeeded = False
-        try:
-            result = await call()
-            succeeded = True
-            return result
-        finally:
-            shedder.release(operation.name, admitted_at, succeeded=succeeded)
+
+def refusal_error(refusal: Refusal) -> KeelError:
+    """A refusal as the domain error the server maps to a status with details."""
+    if refusal.kind == "shed":
+        return CapacityReduced(refusal.detail, float(refusal.retry_after_seconds))
+    return QuotaExceeded(
+        refusal.detail,
+        retry_after=refusal.retry_after_seconds,
+        violated_policies=tuple(refusal.violated_policies),
+    )
 
 
 def peer_address(peer: str) -> str:
@@ -176,13 +157,3 @@ def peer_address(peer: str) -> str:
         host = rest.rpartition(":")[0] or rest
         return host.removeprefix("[").removesuffix("]")
     return peer
-
-
-def _quota_exceeded(outcome: RateLimitOutcome) -> QuotaExceeded:
-    violated = outcome.violated_policies
-    wait = outcome.retry_after_seconds
-    return QuotaExceeded(
-        f"Request quota exceeded ({', '.join(violated)}); retry after {wait} s.",
-        retry_after=wait,
-        violated_policies=tuple(violated),
-    )

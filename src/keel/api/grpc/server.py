@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from keel.api.grpc.admission import Admission
+from keel.api.grpc.admission import GrpcAdmission
 from keel.api.grpc.encoded import passing_encoded
 from keel.api.grpc.servicers import CallerServicer, ProfileServicer
 from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExceeded, ValidationFailed
@@ -54,7 +54,7 @@ _refusal_log = SampledLog("keel.grpc")
 class KeelInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keel: Keel) -> None:
         self._keel = keel
-        self._admission = Admission(keel)
+        self._admission = GrpcAdmission(keel.admission, keel.local.authenticator)
         self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 

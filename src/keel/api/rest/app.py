@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from cadwyn import Cadwyn
@@ -15,8 +15,9 @@ from keel import __version__
 from keel.api.browser_pages.assets import assets_router
 from keel.api.browser_pages.swagger import OPENAPI_PATH, docs_router
 from keel.api.graphql import install_graphql
+from keel.api.http.request_state import request_scope
 from keel.api.rest import health, routes
-from keel.api.rest.admission import Admission, EarlyRefusals
+from keel.api.rest.admission import EarlyRefusals, RestAdmission
 from keel.api.rest.documented_responses import document_problem_media_type
 from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
@@ -30,9 +31,6 @@ from keel.api.rest.versioning import (
 from keel.api.rest.versions import NEWEST_VERSION, VERSION_HEADER, versions
 from keel.config import Settings
 from keel.observability.metrics import Metrics
-
-if TYPE_CHECKING:
-    from keel.bootstrap import Keel
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 _log = structlog.get_logger("keel.admission")
@@ -71,7 +69,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     app.generate_and_include_versioned_routers(routes.router)
     # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.
     app.add_middleware(StrictBodies)  # after admission (limits first), before the version picker
-    app.add_middleware(Admission, trusted_proxy_hops=settings.trusted_proxy_hops)
+    app.add_middleware(RestAdmission, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.add_middleware(
         RequestEnvelope,
         metrics=metrics,
@@ -87,12 +85,22 @@ class _KeelCadwyn(Cadwyn):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Before Cadwyn, FastAPI and Starlette: see keel.api.rest.admission.EarlyRefusals.
-        refusals = self.early_refusals
-        if scope["type"] == "http" and refusals is not None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        with request_scope() as state:
+            refusals = self.early_refusals
             keel = getattr(self.state, "keel", None)
-            if keel is not None and await _refused_early(refusals, scope, send, keel):
-                return
-        await super().__call__(scope, receive, send)
+            if refusals is not None and keel is not None:
+                try:
+                    if await refusals.answered(scope, send, keel.admission, state):
+                        return
+                except Exception as error:  # noqa: BLE001 - logged, and the full path takes the request
+                    # Outside the envelope's safety net: a bug here must not become a bare 500.
+                    # The full path decides the request instead (and, should it fail the same
+                    # way, answers with a problem).
+                    _log.error("early_refusal_failed", exc_info=error)
+            await super().__call__(scope, receive, send)
 
     def _cadwyn_initialize(self) -> None:
         # Cadwyn generates its versioned routes lazily, on the first request; right after that,
@@ -115,13 +123,3 @@ def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str,
     }
     schema["security"] = [{"ApiKey": []}]
     return schema
-
-
-async def _refused_early(refusals: EarlyRefusals, scope: Scope, send: Send, keel: Keel) -> bool:
-    try:
-        return await refusals.answered(scope, send, keel)
-    except Exception as error:  # noqa: BLE001 - logged, and the full path takes the request
-        # Outside the envelope's safety net: a bug here must not become a bare 500. The full path
-        # decides the request instead (and, should it fail the same way, answers with a problem).
-        _log.error("early_refusal_failed", exc_info=error)
-        return False

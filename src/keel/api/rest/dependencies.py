@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from keel.admission import bearer_token
+from keel.api.http.request_state import request_state
 from keel.domain.api_keys import Principal
 from keel.observability.context import note_caller
 
@@ -19,21 +21,14 @@ async def get_keel(request: Request) -> Keel:
     return keel
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
-PRINCIPAL_SCOPE_KEY = "keel.principal"
-
-
 async def authenticated_caller(request: Request) -> Principal:
-    """The caller, as the version picker already resolved it, or authenticated now.
-    Raises `Unauthenticated` (401) for a missing or unknown key."""
-    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    """The caller, as admission already identified it, or authenticated now. Raises
+    `Unauthenticated` (401) for a missing or unknown key."""
+    caller = request_state().caller
+    principal = caller.principal if caller is not None else None
     if principal is None:
+        if caller is not None and caller.error is not None:
+            raise caller.error  # the lookup admission made: one per request
         keel: Keel = request.app.state.keel
         principal = await keel.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
     note_caller(principal.key_id)

@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keel.api.rest.admission import REJECTED_SCOPE_KEY, UNROUTED
+from keel.api.http.request_state import request_state
+from keel.api.rest.admission import UNROUTED
 from keel.api.rest.problems import problem_response
 from keel.observability.context import RequestContext, request_context_var, valid_request_id
 from keel.observability.metrics import Metrics
@@ -167,7 +168,7 @@ class RequestEnvelope:
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
             span.end()
-            if self._access_log and not scope.get(REJECTED_SCOPE_KEY):
+            if self._access_log and not request_state().refused:
                 # The route template, never the raw path or query: queries may carry email addresses.
                 _log.info(
                     "request",

@@ -14,7 +14,7 @@ from typing import Any
 from cadwyn.middleware import VersionPickingMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
-from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY
+from keel.api.http.request_state import request_state
 from keel.api.rest.problems import problem_response
 from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
 from keel.domain.api_keys import Principal
@@ -41,9 +41,10 @@ class KeelVersionPicker(VersionPickingMiddleware):
                 f"{VERSION_HEADER} must be one of: {', '.join(sorted(SUPPORTED_VERSIONS))}.",
             )(scope, receive, send)
             return
-        # The caller as `Admission` resolved it (it runs first, on the same paths): one key
+        # The caller as admission identified it (it runs first, on the same paths): one key
         # lookup per request, shared with the route.
-        principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
+        caller = request_state().caller
+        principal: Principal | None = caller.principal if caller is not None else None
         if requested is not None:
             version = requested
         elif principal is not None and principal.api_version in SUPPORTED_VERSIONS:
