@@ -234,7 +234,7 @@ async def test_graphql_get_refuses_a_bom_in_json_parameters(api: Api) -> None:
 
 @pytest.fixture
 async def grpc_channel(api: Api) -> AsyncIterator[tuple[pb_grpc.ProfileServiceStub, tuple[tuple[str, str]]]]:
-    server = GrpcServer(api.keel, "127.0.0.1:0")
+    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     issued = await issue_api_key(
         api.keel.local.store,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi.dependencies.utils import _is_coroutine_callable
 from fastapi.routing import APIRoute
 
-from keel.api.rest.app import build_rest_app
+from keel.api.application import build_http_app
 from keel.config import Settings
 from keel.observability.metrics import Metrics
 
 
 def test_no_versioned_route_runs_a_dependency_in_a_worker_thread() -> None:
-    app = build_rest_app(Settings(), Metrics())
+    app = build_http_app(Settings(), Metrics())
     app._cadwyn_initialize()  # what Cadwyn does on its first request
     routes = [
         r
@@ -34,7 +34,7 @@ def test_the_newest_version_is_served_by_the_source_routes() -> None:
     from keel.api.rest import routes as source
     from keel.api.rest.versions import NEWEST_VERSION
 
-    app = build_rest_app(Settings(), Metrics())
+    app = build_http_app(Settings(), Metrics())
     app._cadwyn_initialize()
     handlers = {r.app for r in source.router.routes if isinstance(r, APIRoute)}
     newest = [r for r in app.router.versioned_routers[NEWEST_VERSION].routes if isinstance(r, APIRoute)]

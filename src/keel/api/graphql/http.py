@@ -39,8 +39,8 @@ from strawberry.execution import optimized_is_awaitable
 from keel.admission import Admission, Caller, Outcome, Refusal, bearer_token
 from keel.api.browser_pages.graphiql import graphiql_page
 from keel.api.http.client_address import client_address
+from keel.api.http.conditional import etag_matches
 from keel.api.http.request_state import request_state
-from keel.api.rest.mapping import etag_matches
 from keel.config import Settings
 from keel.observability.metrics import Metrics
 
@@ -139,7 +139,7 @@ class GraphQLEndpoint:
     # ------------------------------------------------------------------------------- request
 
     async def handle(self, request: Request) -> Response:
-        keel: GraphQLServices = request.app.state.keel
+        keel: GraphQLServices = request.app.state.services
         admission = keel.admission
         is_get = request.method == "GET"
         if is_get and self._graphiql and wants_ide(request):

@@ -6,25 +6,24 @@ canonical statuses with rich details."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import Tracer
 
-from keel.api.grpc.admission import GrpcAdmission
+from keel.admission import Admission
+from keel.api.envelope import Exchange, Series
+from keel.api.grpc.admission import GrpcAdmission, KeyResolver
 from keel.api.grpc.encoded import passing_encoded
 from keel.api.grpc.servicers import CallerServicer, ProfileServicer
+from keel.config import Settings
 from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExceeded, ValidationFailed
-from keel.observability.context import RequestContext, request_context_var, valid_request_id
+from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
 from keel.profiles.v1 import profiles_pb2 as pb
 from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
@@ -37,12 +36,27 @@ from keel.rpc.status import (
     STATUS_DETAILS_KEY,
     to_status,
 )
+from keel.service.use_cases import ProfileUseCases
 
-if TYPE_CHECKING:
-    from keel.bootstrap import Keel
+
+class GrpcServices(Protocol):
+    """What the gRPC server needs of the process (the composition root hands it in)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def admission(self) -> Admission: ...
+    @property
+    def profiles(self) -> ProfileUseCases: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def tracer(self) -> Tracer: ...
+    @property
+    def readiness(self) -> Callable[[], Awaitable[tuple[bool, dict[str, str]]]]: ...
+
 
 _log = structlog.get_logger("keel.access")
-_propagator = TraceContextTextMapPropagator()
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["ProfileService"].full_name,
     pb.DESCRIPTOR.services_by_name["CallerService"].full_name,
@@ -52,10 +66,10 @@ _refusal_log = SampledLog("keel.grpc")
 
 
 class KeelInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, keel: Keel) -> None:
+    def __init__(self, keel: GrpcServices, keys: KeyResolver) -> None:
         self._keel = keel
-        self._admission = GrpcAdmission(keel.admission, keel.local.authenticator)
-        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._admission = GrpcAdmission(keel.admission, keys)
+        self._series = Series(keel.metrics.grpc_requests, keel.metrics.grpc_request_duration)
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -92,20 +106,11 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         behaviour: Callable[[], Any],
     ) -> Any:
         keel = self._keel
-        started = time.perf_counter()
         metadata = {
             key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
         }
         carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
-        parent = _propagator.extract(carrier) if carrier else None
-        span = keel.tracer.start_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER)
-        trace_id = format(span.get_span_context().trace_id, "032x")
-        request_id = metadata.get(REQUEST_ID, "")
-        if not valid_request_id(request_id):
-            request_id = trace_id
-        otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        request_context = RequestContext(request_id, trace_id)
-        context_token = request_context_var.set(request_context)
+        exchange = Exchange(keel.tracer, method.lstrip("/"), carrier, metadata.get(REQUEST_ID, ""))
         code = grpc.StatusCode.OK
         refused = False
         # The caller's deadline, within the server's own limit: the database call gets what is left.
@@ -132,48 +137,31 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
                 if isinstance(error, grpc.aio.AbortError):
                     raise
                 code = grpc.StatusCode.INTERNAL
-                span.record_exception(error)
+                exchange.span.record_exception(error)
                 _log.error("unhandled_error", exc_info=error)
                 await context.abort(code, "The call failed; it has been logged.")
         finally:
-            elapsed = time.perf_counter() - started
-            counter, histogram = self._series_for(method, code.name)
-            counter.inc()
-            histogram.observe(elapsed)
-            if span.is_recording():
-                service, _, name = method.lstrip("/").partition("/")
-                span.set_attribute("rpc.system", "grpc")
-                span.set_attribute("rpc.service", service)
-                span.set_attribute("rpc.method", name)
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
-                    span.set_status(Status(StatusCode.ERROR))
-            span.end()
             if refused:
                 # Refusals come by the thousand from an abuser: sampled, as REST's are.
                 _refusal_log.warning("rpc_refused", method=method, code=code.name)
-            elif keel.settings.access_log:
-                _log.info(
-                    "rpc",
-                    method=method,
-                    code=code.name,
-                    duration_ms=round(elapsed * 1000, 3),
-                    key_id=request_context.key_id,
-                )
-            request_context_var.reset(context_token)
-            otel_context.detach(otel_token)
-
-    def _series_for(self, method: str, code: str) -> tuple[Any, Any]:
-        key = (method, code)
-        series = self._series.get(key)
-        if series is None:
-            metrics = self._keel.metrics
-            series = (
-                metrics.grpc_requests.labels(method, code),
-                metrics.grpc_request_duration.labels(method, code),
+            service, _, name = method.lstrip("/").partition("/")
+            exchange.close(
+                self._series,
+                (method, code.name),
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": name,
+                    "rpc.grpc.status_code": code.value[0],
+                },
+                failed=code in _FAILED,
+                access_log=("rpc", {"method": method, "code": code.name})
+                if keel.settings.access_log and not refused
+                else None,
             )
-            self._series[key] = series
-        return series
+
+
+_FAILED = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
 
 
 def _parsed(deserialize: Callable[[bytes], Any], request: bytes) -> Any:
@@ -185,7 +173,7 @@ def _parsed(deserialize: Callable[[bytes], Any], request: bytes) -> Any:
         ) from None
 
 
-async def _report_health(keel: Keel, servicer: health.aio.HealthServicer) -> None:
+async def _report_health(keel: GrpcServices, servicer: health.aio.HealthServicer) -> None:
     """The standard health service says SERVING exactly when /readyz says ready."""
     try:
         ready, _ = await keel.readiness()
@@ -196,19 +184,20 @@ async def _report_health(keel: Keel, servicer: health.aio.HealthServicer) -> Non
         await servicer.set(name, status)
 
 
-async def _keep_reporting_health(keel: Keel, servicer: health.aio.HealthServicer) -> None:
+async def _keep_reporting_health(keel: GrpcServices, servicer: health.aio.HealthServicer) -> None:
     while True:
         await asyncio.sleep(_HEALTH_POLL_SECONDS)
         await _report_health(keel, servicer)
 
 
 class GrpcServer:
-    """A started `grpc.aio` server and its health reporter."""
+    """A started `grpc.aio` server and its health reporter. Only a core serves gRPC: `keys`
+    are its own key lookups (an edge has none to vouch from)."""
 
-    def __init__(self, keel: Keel, address: str) -> None:
+    def __init__(self, keel: GrpcServices, keys: KeyResolver, address: str) -> None:
         self._keel = keel
         self.server = grpc.aio.server(
-            interceptors=[KeelInterceptor(keel)],
+            interceptors=[KeelInterceptor(keel, keys)],
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -216,8 +205,10 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(keel), self.server)
-        pb_grpc.add_CallerServiceServicer_to_server(CallerServicer(keel), self.server)
+        pb_grpc.add_ProfileServiceServicer_to_server(
+            ProfileServicer(keel.profiles, encoded_profiles=keel.settings.grpc_encoded_profiles), self.server
+        )
+        pb_grpc.add_CallerServiceServicer_to_server(CallerServicer(keys), self.server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         if keel.settings.grpc_reflection:  # off in production: callers get UNIMPLEMENTED

@@ -3,11 +3,11 @@ errors are handled around them (see `server.py`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
-from keel.api.grpc.admission import caller, via_edge
+from keel.api.grpc.admission import KeyResolver, caller, via_edge
 from keel.api.grpc.encoded import Encoded, EncodedProfiles, length_delimited
 from keel.domain.api_keys import Scope
 from keel.domain.errors import FieldError, Forbidden, ValidationFailed
@@ -19,12 +19,10 @@ from keel.service.use_cases import (
     MAX_PAGE_SIZE,
     ExpectedVersion,
     ListFilters,
+    ProfileUseCases,
     answer_shows_profile,
     valid_idempotency_key,
 )
-
-if TYPE_CHECKING:
-    from keel.bootstrap import Keel
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE_SIZE = 20
@@ -49,9 +47,9 @@ def _expected(versions: Any) -> ExpectedVersion:
 
 
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
-    def __init__(self, keel: Keel) -> None:
-        self._profiles = keel.profiles
-        self._encoded = EncodedProfiles(keel.settings.grpc_encoded_profiles)
+    def __init__(self, profiles: ProfileUseCases, *, encoded_profiles: int) -> None:
+        self._profiles = profiles
+        self._encoded = EncodedProfiles(encoded_profiles)
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.GetProfileResponse:
         read = await self._profiles.read_profile(caller(), request.id)
@@ -142,8 +140,8 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
 
 
 class CallerServicer(pb_grpc.CallerServiceServicer):
-    def __init__(self, keel: Keel) -> None:
-        self._authenticator = keel.local.authenticator
+    def __init__(self, keys: KeyResolver) -> None:
+        self._authenticator = keys
 
     async def GetCaller(self, request: pb.GetCallerRequest, context: Context) -> pb.GetCallerResponse:
         principal = caller()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,13 +31,11 @@ from keel.admission.operations import (
     PROFILES_LIST,
     PROFILES_UPDATE,
 )
+from keel.api.envelope import Series
 from keel.api.http.client_address import client_address
 from keel.api.http.request_state import RequestState, request_state
 from keel.observability.context import current_request_id, note_caller, valid_request_id
 from keel.observability.metrics import Metrics
-
-if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
 
 VERSIONED_PREFIX = "/v1/"
 _PROFILES = "/v1/profiles"
@@ -84,7 +81,7 @@ class RestAdmission:
         if scope["type"] != "http" or not scope["path"].startswith(VERSIONED_PREFIX):
             await self.app(scope, receive, send)
             return
-        admission: Admission = scope["app"].state.keel.admission
+        admission: Admission = scope["app"].state.services.admission
         state = request_state()
         caller = await self._caller(scope, state, admission)
         entered = await admission.enter(caller, operation_of(scope["method"], scope["path"]))
@@ -148,7 +145,7 @@ class EarlyRefusals:
     def __init__(self, metrics: Metrics, *, trusted_proxy_hops: int) -> None:
         self._metrics = metrics
         self._trusted_hops = trusted_proxy_hops
-        self._series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._series = Series(metrics.http_requests, metrics.http_request_duration)
 
     async def answered(self, scope: Scope, send: Send, admission: Admission, state: RequestState) -> bool:
         """Whether the request was refused here (and answered); call for HTTP scopes only."""
@@ -182,15 +179,7 @@ class EarlyRefusals:
 
     def _count(self, method: str, status: int, started: float) -> None:
         # Labelled as the envelope labels refusals: they are answered before routing.
-        series = self._series.get((method, status))
-        if series is None:
-            labels = (method, UNROUTED, str(status))
-            series = self._series[(method, status)] = (
-                self._metrics.http_requests.labels(*labels),
-                self._metrics.http_request_duration.labels(*labels),
-            )
-        series[0].inc()
-        series[1].observe(time.perf_counter() - started)
+        self._series.observe((method, UNROUTED, str(status)), time.perf_counter() - started)
 
 
 def _request_id(asked: str) -> str:

@@ -1,32 +1,26 @@
-"""The request envelope, as one pure ASGI middleware (no per-request BaseHTTPMiddleware task):
-request id, trace span, body size limit, metrics and the access log.
+"""The request envelope of HTTP (`keel.api.envelope`: request id, trace span, metrics, access
+log, shared with gRPC), as one pure ASGI middleware (no per-request BaseHTTPMiddleware task),
+with what only HTTP has: the body size limit and `X-Request-Timeout`.
 
 Everything a request does inside runs with `request_id` and `trace_id` in the log context.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import structlog
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keel.api.envelope import Exchange, Series
 from keel.api.http.request_state import request_state
 from keel.api.rest.admission import UNROUTED
 from keel.api.rest.problems import problem_response
-from keel.observability.context import RequestContext, request_context_var, valid_request_id
 from keel.observability.metrics import Metrics
 from keel.resilience.deadline import deadline_in
 
-_propagator = TraceContextTextMapPropagator()
 _log = structlog.get_logger("keel.access")
 
 
@@ -54,14 +48,13 @@ class RequestEnvelope:
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._access_log = access_log
-        self._series_cache: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._series = Series(metrics.http_requests, metrics.http_request_duration)
         self._too_large_detail = f"Request bodies are limited to {max_body_bytes} bytes."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         carrier: dict[str, str] = {}
         request_id = ""
         content_length = -1
@@ -76,24 +69,11 @@ class RequestEnvelope:
             elif name == b"x-request-timeout":
                 requested_timeout = value
 
-        keel = scope["app"].state.keel
-        parent = _propagator.extract(carrier) if carrier else None
         method = scope["method"]
-        span = keel.tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
-        span_context = span.get_span_context()
-        trace_id = format(span_context.trace_id, "032x")
-        if not valid_request_id(request_id):
-            request_id = trace_id  # one id to quote for the request when the caller sent none
-        otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        request_context = RequestContext(request_id, trace_id)
-        context_token = request_context_var.set(request_context)
+        exchange = Exchange(scope["app"].state.services.tracer, method, carrier, request_id)
         response_headers = [
-            (b"x-request-id", request_id.encode()),
-            (
-                b"traceparent",
-                f"00-{trace_id}-{format(span_context.span_id, '016x')}-"
-                f"{'01' if span_context.trace_flags.sampled else '00'}".encode(),
-            ),
+            (b"x-request-id", exchange.request_id.encode()),
+            (b"traceparent", exchange.traceparent().encode()),
         ]
         status = 500
         started_response = False
@@ -145,7 +125,7 @@ class RequestEnvelope:
             # nginx: "client closed request".
             status = 499
         except Exception as error:
-            span.record_exception(error)
+            exchange.span.record_exception(error)
             _log.error("unhandled_error", exc_info=error)
             if not started_response:
                 await problem_response(
@@ -155,45 +135,24 @@ class RequestEnvelope:
                 raise
         finally:
             self._metrics.http_in_flight.dec()
-            elapsed = time.perf_counter() - started
             route = _route_template(scope)
-            counter, histogram = self._series(method, route, status)
-            counter.inc()
-            histogram.observe(elapsed)
-            if span.is_recording():
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.request.method", method)
-                span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-            span.end()
-            if self._access_log and not request_state().refused:
-                # The route template, never the raw path or query: queries may carry email addresses.
-                _log.info(
-                    "request",
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    key_id=request_context.key_id,  # which key made it: the access log's "who"
-                )
-            request_context_var.reset(context_token)
-            otel_context.detach(otel_token)
-
-    def _series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
-        # Label lookups cost a lock and a tuple hash each; the combinations are few (route
-        # templates × methods × statuses), so their children are kept.
-        key = (method, route, status)
-        series = self._series_cache.get(key)
-        if series is None:
-            labels = (method, route, str(status))
-            series = (
-                self._metrics.http_requests.labels(*labels),
-                self._metrics.http_request_duration.labels(*labels),
+            logged = self._access_log and not request_state().refused
+            exchange.close(
+                self._series,
+                (method, route, str(status)),
+                span_name=f"{method} {route}",
+                attributes={
+                    "http.request.method": method,
+                    "http.route": route,
+                    "http.response.status_code": status,
+                },
+                failed=status >= 500,
+                # The route template, never the raw path or query: queries may carry email
+                # addresses.
+                access_log=("request", {"method": method, "route": route, "status": status})
+                if logged
+                else None,
             )
-            self._series_cache[key] = series
-        return series
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await problem_response(

@@ -1,4 +1,5 @@
-"""Assembling the REST application: Cadwyn versions, routes, problem handlers, envelope."""
+"""Assembling the HTTP application: REST (Cadwyn versions, routes, problem handlers), GraphQL,
+the operational endpoints, the browser pages and the request envelope around them all."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from keel.api.rest.versioning import (
     document_version_header,
     use_async_version_dependency,
 )
-from keel.api.rest.versions import NEWEST_VERSION, VERSION_HEADER, versions
+from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
 from keel.config import Settings
 from keel.observability.metrics import Metrics
 
@@ -36,8 +37,10 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 _log = structlog.get_logger("keel.admission")
 
 
-def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan | None = None) -> Cadwyn:
-    """The REST app. `app.state.keel` must hold a built `Keel` before the first request."""
+def build_http_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan | None = None) -> Cadwyn:
+    """The HTTP app: REST under Cadwyn, GraphQL, the operational endpoints and browser pages.
+    `app.state.services` must hold the built services (see `RestServices`, `GraphQLServices`,
+    `HealthServices`) before the first request."""
     use_async_version_dependency()
     app = _KeelCadwyn(
         versions=versions,
@@ -62,7 +65,7 @@ def build_rest_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     if settings.api_port_metrics:
         app.include_router(health.metrics_router)
     if settings.api_docs:
-        app.include_router(docs_router())
+        app.include_router(docs_router(SUPPORTED_VERSIONS, NEWEST_VERSION))
     if settings.api_docs or settings.graphql_graphiql:
         app.include_router(assets_router())
     install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
@@ -90,10 +93,10 @@ class _KeelCadwyn(Cadwyn):
             return
         with request_scope() as state:
             refusals = self.early_refusals
-            keel = getattr(self.state, "keel", None)
-            if refusals is not None and keel is not None:
+            services = getattr(self.state, "services", None)
+            if refusals is not None and services is not None:
                 try:
-                    if await refusals.answered(scope, send, keel.admission, state):
+                    if await refusals.answered(scope, send, services.admission, state):
                         return
                 except Exception as error:  # noqa: BLE001 - logged, and the full path takes the request
                     # Outside the envelope's safety net: a bug here must not become a bare 500.
