@@ -140,7 +140,7 @@ def keys_create(
     quiet: Annotated[bool, typer.Option(help="Print only the secret.")] = False,
 ) -> None:
     """Create an API key. The secret is printed once and never stored in clear."""
-    from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS
+    from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS
     from keel.bootstrap.protection import build_rate_limit_catalog
 
     try:

@@ -20,13 +20,13 @@ from structlog.testing import capture_logs
 
 from keel.api.application import build_http_app
 from keel.api.grpc.server import GrpcServer
+from keel.api.grpc.wire.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.bootstrap.container import Services
 from keel.bootstrap.lifecycle import build_services
 from keel.config import PlanSettings, PolicySettings, Settings
 from keel.domain.api_keys import Scope
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.rpc.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
 from keel.service.auth import issue_api_key, token_digest
 
 SSN = "000-00-0000"

@@ -17,10 +17,10 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
 from keel.api.grpc.server import GrpcServer
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.config import Settings
 from keel.domain.api_keys import Scope
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
 from keel.service.auth import issue_api_key
 from tests.e2e.conftest import Api, make_api
 

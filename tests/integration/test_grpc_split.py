@@ -15,13 +15,13 @@ from google.rpc import error_details_pb2, status_pb2
 
 from keel.api.application import build_http_app
 from keel.api.grpc.server import GrpcServer
+from keel.api.grpc.wire.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.bootstrap.container import Services
 from keel.bootstrap.lifecycle import build_services
 from keel.config import Settings
 from keel.domain.api_keys import Scope
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.rpc.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
 from keel.service.auth import credentials, issue_api_key, revoke_api_key
 from tests.e2e.conftest import deploy
 from tests.integration.test_degradation import proxy, through

@@ -19,17 +19,16 @@ from keel.api.graphql import install_graphql
 from keel.api.http.request_state import request_scope
 from keel.api.rest import health, routes
 from keel.api.rest.admission import EarlyRefusals, RestAdmission
+from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
+from keel.api.rest.cadwyn_internals import NewestServedDirectly, use_async_version_dependency
 from keel.api.rest.documented_responses import document_problem_media_type
-from keel.api.rest.head_routes import serve_newest_version_directly
 from keel.api.rest.middleware import RequestEnvelope
 from keel.api.rest.problems import install_problem_handlers
 from keel.api.rest.strict_bodies import StrictBodies
-from keel.api.rest.versioning import (
+from keel.api.rest.version_picker import (
     KeelVersionPicker,
     document_version_header,
-    use_async_version_dependency,
 )
-from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
 from keel.config import Settings
 from keel.observability.metrics import Metrics
 
@@ -70,6 +69,7 @@ def build_http_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         app.include_router(assets_router())
     install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
     app.generate_and_include_versioned_routers(routes.router)
+    app.newest_source = (routes.router, NEWEST_VERSION)  # see cadwyn_internals.py
     # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.
     app.add_middleware(StrictBodies)  # after admission (limits first), before the version picker
     app.add_middleware(RestAdmission, trusted_proxy_hops=settings.trusted_proxy_hops)
@@ -83,7 +83,7 @@ def build_http_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     return app
 
 
-class _KeelCadwyn(Cadwyn):
+class _KeelCadwyn(NewestServedDirectly):
     early_refusals: EarlyRefusals | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,12 +104,6 @@ class _KeelCadwyn(Cadwyn):
                     # way, answers with a problem).
                     _log.error("early_refusal_failed", exc_info=error)
             await super().__call__(scope, receive, send)
-
-    def _cadwyn_initialize(self) -> None:
-        # Cadwyn generates its versioned routes lazily, on the first request; right after that,
-        # the newest version's routes are pointed at their handlers (see head_routes.py).
-        super()._cadwyn_initialize()
-        serve_newest_version_directly(self, routes.router, NEWEST_VERSION)
 
 
 def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 
 def build_edge(settings: Settings, metrics: Metrics) -> Services:
     """REST and GraphQL here, every use case run by the core at `core_url` over gRPC."""
-    from keel.remote.core_client import CoreClient
-    from keel.remote.profiles import RemoteAuthenticator, RemoteProfiles
+    from keel.api.grpc.client.core_client import CoreClient
+    from keel.api.grpc.client.remote_services import RemoteAuthenticator, RemoteProfiles
 
     assert settings.core_url is not None
     assert settings.core_api_key is not None  # the settings refuse a core URL without it

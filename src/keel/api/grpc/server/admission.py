@@ -25,11 +25,11 @@ from keel.admission.operations import (
     PROFILES_LIST,
     PROFILES_UPDATE,
 )
+from keel.api.grpc.wire.metadata import EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256
+from keel.api.grpc.wire.status import EdgeRejected
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import CapacityReduced, Forbidden, KeelError, QuotaExceeded, Unauthenticated
 from keel.observability.context import note_caller
-from keel.rpc.metadata import EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256
-from keel.rpc.status import EdgeRejected
 
 _SERVICE = "/keel.profiles.v1.ProfileService/"
 

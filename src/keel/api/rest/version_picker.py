@@ -8,15 +8,14 @@ answer 404 or 422.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cadwyn.middleware import VersionPickingMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
 from keel.api.http.request_state import request_state
+from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
 from keel.api.rest.problems import problem_response
-from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
 from keel.domain.api_keys import Principal
 
 _HEADER = VERSION_HEADER.lower().encode()
@@ -63,35 +62,6 @@ class KeelVersionPicker(VersionPickingMiddleware):
             await self.app(scope, receive, send_with_version)
         finally:
             self.api_version_var.reset(token)
-
-
-_CADWYN_FACTORY = "_generate_api_version_dependency"
-
-
-def use_async_version_dependency() -> None:
-    """Replace Cadwyn's per-route `Keel-Version` header dependency by an empty coroutine.
-
-    Cadwyn adds to every versioned route a dependency that only documents the header and
-    validates it as a date. It is a plain `def`, which FastAPI runs in a worker thread (one
-    thread hop per request, the largest single cost of a profile read when measured), and
-    Cadwyn solves it twice per request. `KeelVersionPicker` already validates the header, and
-    `document_version_header` puts it back into OpenAPI, so the dependency can do nothing.
-    Cadwyn is pinned; `tests/unit/test_rest_versioning.py` fails if this stops applying.
-    """
-    import cadwyn.applications as cadwyn_applications
-
-    original = getattr(cadwyn_applications, _CADWYN_FACTORY)
-    if getattr(original, "_keel_async", False):
-        return
-
-    def generate(**kwargs: Any) -> Callable[[], Awaitable[None]]:
-        async def api_version_dependency() -> None:
-            return None
-
-        return api_version_dependency
-
-    generate._keel_async = True  # type: ignore[attr-defined]
-    setattr(cadwyn_applications, _CADWYN_FACTORY, generate)
 
 
 VERSION_HEADER_PARAMETER = {

@@ -18,24 +18,24 @@ from opentelemetry.trace import Tracer
 
 from keel.admission import Admission
 from keel.api.envelope import Exchange, Series
-from keel.api.grpc.admission import GrpcAdmission, KeyResolver
-from keel.api.grpc.encoded import passing_encoded
-from keel.api.grpc.servicers import CallerServicer, ProfileServicer
-from keel.config import Settings
-from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExceeded, ValidationFailed
-from keel.observability.metrics import Metrics
-from keel.observability.sampled_log import SampledLog
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.resilience.deadline import deadline_in
-from keel.rpc.metadata import REQUEST_ID
-from keel.rpc.status import (
+from keel.api.grpc.server.admission import GrpcAdmission, KeyResolver
+from keel.api.grpc.server.encoded import passing_encoded
+from keel.api.grpc.server.servicers import CallerServicer, ProfileServicer
+from keel.api.grpc.wire.metadata import REQUEST_ID
+from keel.api.grpc.wire.status import (
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
     MAX_REQUEST_BYTES,
     STATUS_DETAILS_KEY,
     to_status,
 )
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
+from keel.config import Settings
+from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExceeded, ValidationFailed
+from keel.observability.metrics import Metrics
+from keel.observability.sampled_log import SampledLog
+from keel.resilience.deadline import deadline_in
 from keel.service.use_cases import ProfileUseCases
 
 

@@ -13,7 +13,7 @@ apply, BadRequest (field violations as JSON pointers), RetryInfo and QuotaFailur
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from keel.profiles.v1 import profiles_pb2 as _profiles_pb2
+from keel.api.grpc.wire.v1 import profiles_pb2 as _profiles_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+from keel.api.grpc.client.core_client import CoreClient
+from keel.api.grpc.wire.messages import document_message, patch_message, profile_from_message
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import FieldError, Unauthenticated, ValidationFailed
 from keel.domain.profile import JSONValue, Profile
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.remote.core_client import CoreClient
-from keel.rpc.messages import document_message, patch_message, profile_from_message
 from keel.service.auth import KeyAnswers, credentials
 from keel.service.profile_reads import ProfileRead
 from keel.service.use_cases import MAX_PAGE_SIZE, Created, ExpectedVersion, ListFilters, ProfilePage

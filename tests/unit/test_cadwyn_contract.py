@@ -32,7 +32,7 @@ def test_no_versioned_route_runs_a_dependency_in_a_worker_thread() -> None:
 
 def test_the_newest_version_is_served_by_the_source_routes() -> None:
     from keel.api.rest import routes as source
-    from keel.api.rest.versions import NEWEST_VERSION
+    from keel.api.rest.api_versions import NEWEST_VERSION
 
     app = build_http_app(Settings(), Metrics())
     app._cadwyn_initialize()

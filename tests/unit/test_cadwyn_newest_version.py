@@ -16,7 +16,7 @@ from cadwyn import (
 )
 from pydantic import BaseModel
 
-from keel.api.rest.head_routes import serve_newest_version_directly
+from keel.api.rest.cadwyn_internals import serve_newest_version_directly
 
 
 class Widget(BaseModel):

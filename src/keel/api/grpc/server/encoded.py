@@ -14,9 +14,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from keel.api.grpc.wire.messages import fill_profile_message
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.domain.profile import Profile
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.rpc.messages import fill_profile_message
 
 
 class Encoded:

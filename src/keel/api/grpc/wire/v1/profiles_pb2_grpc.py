@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from keel.profiles.v1 import profiles_pb2 as keel_dot_profiles_dot_v1_dot_profiles__pb2
+from keel.api.grpc.wire.v1 import profiles_pb2 as keel_dot_profiles_dot_v1_dot_profiles__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

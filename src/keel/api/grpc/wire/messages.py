@@ -17,9 +17,9 @@ from typing import Literal
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.domain.errors import FieldError, ValidationFailed
 from keel.domain.profile import Email, JSONObject, JSONValue, Link, Profile, ProfileFields
-from keel.profiles.v1 import profiles_pb2 as pb
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors, unstorable_values
 from keel.service.strict_json import MalformedJSON, loads_strict
 

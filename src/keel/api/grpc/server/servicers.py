@@ -7,13 +7,13 @@ from typing import Any
 
 import grpc
 
-from keel.api.grpc.admission import KeyResolver, caller, via_edge
-from keel.api.grpc.encoded import Encoded, EncodedProfiles, length_delimited
+from keel.api.grpc.server.admission import KeyResolver, caller, via_edge
+from keel.api.grpc.server.encoded import Encoded, EncodedProfiles, length_delimited
+from keel.api.grpc.wire.messages import document_from_message, patch_from_message, profile_message
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.domain.api_keys import Scope
 from keel.domain.errors import FieldError, Forbidden, ValidationFailed
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.rpc.messages import document_from_message, patch_from_message, profile_message
 from keel.service.use_cases import (
     IDEMPOTENCY_KEY_RULE,
     MAX_PAGE_SIZE,

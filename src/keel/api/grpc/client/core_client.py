@@ -12,15 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from keel.domain.api_keys import Principal
-from keel.domain.errors import DeadlineExceeded, OutcomeUnknown, Unavailable
-from keel.observability.context import current_request_id
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.resilience.deadline import remaining
-from keel.resilience.retry import RetryPolicy
-from keel.rpc.metadata import EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256, REQUEST_ID
-from keel.rpc.status import (
+from keel.api.grpc.wire.metadata import EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256, REQUEST_ID
+from keel.api.grpc.wire.status import (
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
     CoreTimedOut,
@@ -28,6 +21,13 @@ from keel.rpc.status import (
     EdgeRejected,
     from_status,
 )
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
+from keel.domain.api_keys import Principal
+from keel.domain.errors import DeadlineExceeded, OutcomeUnknown, Unavailable
+from keel.observability.context import current_request_id
+from keel.resilience.deadline import remaining
+from keel.resilience.retry import RetryPolicy
 
 Reply = TypeVar("Reply")
 _propagator = TraceContextTextMapPropagator()
