@@ -34,7 +34,6 @@ from graphql import (
 from opentelemetry.trace import Span
 from starlette.requests import Request
 from starlette.responses import Response
-from strawberry.execution import optimized_is_awaitable
 
 from keel.admission import Admission, Caller, Outcome, Refusal, bearer_token
 from keel.api.browser_pages.graphiql import graphiql_page
@@ -49,6 +48,7 @@ from .cache import BoundedLRU
 from .context import CostMeter, GraphQLContext
 from .errors import PARSE_FAILED, VALIDATION_FAILED, format_error, request_error
 from .execution import executor_for
+from .graphql_core_internals import TOKEN_LIMIT_MESSAGE
 from .limits import LimitExceeded, Limits, Price, check_merged_fields, check_shape, operation_cost
 from .observability import OperationLabels, ResolverSpans
 from .persisted import (
@@ -60,7 +60,8 @@ from .persisted import (
     query_hash,
 )
 from .request import JSON_MEDIA_TYPE, Params, Refused, idempotency_key, read_params, wants_ide
-from .schema import build_schema, graphql_core_schema
+from .schema import build_schema
+from .strawberry_internals import IS_AWAITABLE, core_schema
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
 
 
 class GraphQLServices(Protocol):
-    """What the GraphQL endpoint needs of the process (found in the app's state as `keel`)."""
+    """What the GraphQL endpoint needs of the process (the app state's `services`)."""
 
     @property
     def admission(self) -> Admission: ...
@@ -86,10 +87,6 @@ _DOCUMENT_CACHE_SIZE = 256
 # A parsed document takes some 130 times its text in memory (1 MB for a query of 2,000 tokens),
 # so the cache is bounded by the text it holds as well: at most some 35 MB of syntax trees.
 _DOCUMENT_CACHE_TEXT = 256 * 1024
-# graphql-core's words when a document has more than max_tokens lexical tokens.
-_TOKEN_LIMIT_MESSAGE = "tokens. Parsing aborted"  # noqa: S105 - a parser message, not a secret
-# Strawberry's faster check (annotated as returning bool, graphql-core wants a TypeGuard).
-_IS_AWAITABLE: Any = optimized_is_awaitable
 
 
 @dataclass
@@ -112,7 +109,7 @@ def install_graphql(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 class GraphQLEndpoint:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.schema = build_schema()
-        self._core = graphql_core_schema(self.schema)
+        self._core = core_schema(self.schema)
         self._executor = executor_for(self._core)
         self._rules = [*specified_rules]
         if not settings.graphql_introspection:
@@ -243,7 +240,7 @@ class GraphQLEndpoint:
         try:
             document = parse(query, max_tokens=self._max_tokens)
         except GraphQLError as error:
-            code = "TOKEN_LIMIT_EXCEEDED" if _TOKEN_LIMIT_MESSAGE in error.message else PARSE_FAILED
+            code = "TOKEN_LIMIT_EXCEEDED" if TOKEN_LIMIT_MESSAGE in error.message else PARSE_FAILED
             formatted = format_error(error, during_execution=False)
             formatted["extensions"] = {"code": code}
             raise Refused(200, [formatted]) from None
@@ -344,7 +341,7 @@ class GraphQLEndpoint:
                 operation_name=params.operation_name,
                 middleware=middleware,
                 executor_class=self._executor,
-                is_awaitable=_IS_AWAITABLE,
+                is_awaitable=IS_AWAITABLE,
             )
             if isawaitable(result):
                 result = await result
