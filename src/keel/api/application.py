@@ -16,14 +16,14 @@ from keel import __version__
 from keel.api.browser_pages.assets import assets_router
 from keel.api.browser_pages.swagger import OPENAPI_PATH, docs_router
 from keel.api.graphql import install_graphql
+from keel.api.http.problems import install_problem_handlers
+from keel.api.http.request_envelope import RequestEnvelope
 from keel.api.http.request_state import request_scope
 from keel.api.rest import health, routes
 from keel.api.rest.admission import EarlyRefusals, RestAdmission
 from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
 from keel.api.rest.cadwyn_internals import NewestServedDirectly, use_async_version_dependency
 from keel.api.rest.documented_responses import document_problem_media_type
-from keel.api.rest.middleware import RequestEnvelope
-from keel.api.rest.problems import install_problem_handlers
 from keel.api.rest.strict_bodies import StrictBodies
 from keel.api.rest.version_picker import (
     KeelVersionPicker,

@@ -3,7 +3,7 @@ span (continuing the caller's trace), the request id (the caller's when worth ke
 trace id), the request context the logs read, the metric series and the access-log line with
 the key that made the request.
 
-The HTTP envelope (`keel.api.rest.middleware`) and the gRPC interceptor (`keel.api.grpc.server`)
+The HTTP envelope (`keel.api.http.request_envelope`) and the gRPC interceptor (`keel.api.grpc.server`)
 only read their protocol's headers or metadata, and name their labels and span attributes.
 """
 

@@ -33,13 +33,13 @@ from keel.admission.operations import (
 )
 from keel.api.envelope import Series
 from keel.api.http.client_address import client_address
+from keel.api.http.request_envelope import UNROUTED
 from keel.api.http.request_state import RequestState, request_state
 from keel.observability.context import current_request_id, note_caller, valid_request_id
 from keel.observability.metrics import Metrics
 
 VERSIONED_PREFIX = "/v1/"
 _PROFILES = "/v1/profiles"
-UNROUTED = "unmatched"  # the route label of requests answered before routing
 
 
 def operation_of(method: str, path: str) -> Operation:

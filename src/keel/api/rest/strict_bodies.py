@@ -13,9 +13,9 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keel.api.http.problems import problem_response
 from keel.api.media_types import JSON, MERGE_PATCH_JSON, accepts, refusal_detail
 from keel.api.rest.admission import operation_of
-from keel.api.rest.problems import problem_response
 from keel.service.strict_json import MalformedJSON, loads_strict
 
 _VERSIONED_PREFIX = "/v1/"

@@ -13,9 +13,9 @@ from typing import Any
 from cadwyn.middleware import VersionPickingMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
+from keel.api.http.problems import problem_response
 from keel.api.http.request_state import request_state
 from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
-from keel.api.rest.problems import problem_response
 from keel.domain.api_keys import Principal
 
 _HEADER = VERSION_HEADER.lower().encode()

@@ -15,12 +15,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.envelope import Exchange, Series
+from keel.api.http.problems import problem_response
 from keel.api.http.request_state import request_state
-from keel.api.rest.admission import UNROUTED
-from keel.api.rest.problems import problem_response
 from keel.observability.metrics import Metrics
 from keel.resilience.deadline import deadline_in
 
+UNROUTED = "unmatched"  # the route label of requests answered before routing
 _log = structlog.get_logger("keel.access")
 
 
