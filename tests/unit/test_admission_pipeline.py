@@ -66,12 +66,12 @@ def test_one_bearer_parser_and_one_client_identity() -> None:
 
 async def test_identify_limits_an_unknown_key_by_address_and_keeps_the_reason() -> None:
     admission, _ = _admission()
-    unknown = await admission.identify("bad", "192.0.2.1")
+    unknown = await admission.identify("bad", lambda: "192.0.2.1")
     assert unknown.principal is None
     assert isinstance(unknown.error, Unauthenticated)
     assert unknown.client == "ip:192.0.2.1"
-    assert admission.identify_now("bad", "192.0.2.1") is None  # needs a lookup: not decided early
-    known = admission.identify_now("good", "192.0.2.1")
+    assert admission.identify_now("bad", lambda: "192.0.2.1") is None  # needs a lookup: not early
+    known = admission.identify_now("good", lambda: "192.0.2.1")
     assert known is not None
     assert known.client == "key:k1"
 

@@ -17,10 +17,13 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def client_identity(principal: Principal | None, address: str) -> str:
+def client_identity(principal: Principal | None, address: str | None) -> str:
     """Whom a request's rate limits are kept for: its API key, else its address (so that
     guessing keys, or calling without one, is limited too)."""
-    return f"key:{principal.key_id}" if principal is not None else f"ip:{address}"
+    if principal is not None:
+        return f"key:{principal.key_id}"
+    assert address is not None, "a caller without a key is known by its address"
+    return f"ip:{address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +31,14 @@ class Caller:
     """A request's caller as admission sees it.
 
     `principal` is who the request runs as, None when it presented no valid key (`error` then
-    says why, None when it presented none). `charged` is whose quota pays: the principal
-    itself, except for an edge acting for one of its callers, which pays with its own key.
+    says why, None when it presented none); `address` is where it came from, read only for a
+    caller without a key (None otherwise: a key caller is limited by its key). `charged` is
+    whose quota pays: the principal itself, except for an edge acting for one of its callers,
+    which pays with its own key.
     """
 
     principal: Principal | None
-    address: str
+    address: str | None
     error: KeelError | None = None
     charged: Principal | None = None
 

@@ -13,6 +13,7 @@ limit (an abuser's) never take a slot nor count in the latencies that steer the 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,26 +117,27 @@ class Admission:
 
     # ------------------------------------------------------------------------ the caller
 
-    async def identify(self, token: str | None, address: str) -> Caller:
-        """The caller of a request that presented `token` (None: no key) from `address`. A
-        missing or invalid key is not refused here: the request is limited by its address, and
-        the operation that needs a caller answers with `caller.error`."""
+    async def identify(self, token: str | None, address_of: Callable[[], str]) -> Caller:
+        """The caller of a request that presented `token` (None: no key). A missing or invalid
+        key is not refused here: the request is limited by its address (`address_of`, asked
+        only then: reading it costs a parse), and the operation that needs a caller answers
+        with `caller.error`."""
         if not token:
-            return Caller(None, address)
+            return Caller(None, address_of())
         try:
             principal = await self._authenticator.authenticate(token)
         except KeelError as error:
-            return Caller(None, address, error)
+            return Caller(None, address_of(), error)
         note_caller(principal.key_id)
-        return Caller(principal, address)
+        return Caller(principal, None)
 
-    def identify_now(self, token: str | None, address: str) -> Caller | None:
+    def identify_now(self, token: str | None, address_of: Callable[[], str]) -> Caller | None:
         """The caller when known without I/O (no key, or a key already looked up); None when
         its key must still be looked up."""
         if not token:
-            return Caller(None, address)
+            return Caller(None, address_of())
         principal = self._authenticator.known(token)
-        return Caller(principal, address) if principal is not None else None
+        return Caller(principal, None) if principal is not None else None
 
     def plan_of(self, caller: Caller) -> Plan:
         payer = caller.payer

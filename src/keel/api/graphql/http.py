@@ -145,7 +145,7 @@ class GraphQLEndpoint:
         # refused ones included.
         caller = await admission.identify(
             bearer_token(request.headers.get("authorization")),
-            client_address(request.scope, self._trusted_hops),
+            lambda: client_address(request.scope, self._trusted_hops),
         )
         requested: int | None = None
         try:

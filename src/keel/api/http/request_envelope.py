@@ -137,15 +137,18 @@ class RequestEnvelope:
             self._metrics.http_in_flight.dec()
             route = _route_template(scope)
             logged = self._access_log and not request_state().refused
+            recording = exchange.span.is_recording()  # else no span name nor attributes to build
             exchange.close(
                 self._series,
                 (method, route, str(status)),
-                span_name=f"{method} {route}",
+                span_name=f"{method} {route}" if recording else None,
                 attributes={
                     "http.request.method": method,
                     "http.route": route,
                     "http.response.status_code": status,
-                },
+                }
+                if recording
+                else None,
                 failed=status >= 500,
                 # The route template, never the raw path or query: queries may carry email
                 # addresses.

@@ -98,7 +98,7 @@ class RestAdmission:
         caller = state.caller
         if caller is None:
             caller = state.caller = await admission.identify(
-                _token(scope), client_address(scope, self._trusted_hops)
+                _token(scope), lambda: client_address(scope, self._trusted_hops)
             )
         elif caller.principal is not None:
             note_caller(caller.principal.key_id)  # found by EarlyRefusals, before the envelope
@@ -165,7 +165,7 @@ class EarlyRefusals:
                 token = bearer_token(value.decode("latin-1"))
             elif name == b"x-request-id":
                 request_id = value.decode("latin-1")
-        caller = admission.identify_now(token, client_address(scope, self._trusted_hops))
+        caller = admission.identify_now(token, lambda: client_address(scope, self._trusted_hops))
         if caller is None:
             return False  # a key to look up (or to refuse with a 401): the full path does that
         refusal = admission.try_refuse_now(caller, operation_of(method, path))

@@ -153,7 +153,9 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
                     "rpc.service": service,
                     "rpc.method": name,
                     "rpc.grpc.status_code": code.value[0],
-                },
+                }
+                if exchange.span.is_recording()
+                else None,
                 failed=code in _FAILED,
                 access_log=("rpc", {"method": method, "code": code.name})
                 if keel.settings.access_log and not refused
