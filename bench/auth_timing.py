@@ -29,8 +29,8 @@ from pathlib import Path
 import grpc
 from bench.harness import REPO, free_port, keel_cmd, server
 
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 
 PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 400
 WARM_UP = 50

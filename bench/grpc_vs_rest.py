@@ -38,8 +38,8 @@ import grpc  # noqa: E402
 from bench.harness import free_port, keel_cmd, run_on_postgres, seed_profiles, server  # noqa: E402
 from bench.loadgen import Connection, auth_headers, percentile  # noqa: E402
 
-from keel.profiles.v1 import profiles_pb2 as pb  # noqa: E402
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc  # noqa: E402
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb  # noqa: E402
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 BATCH = 100

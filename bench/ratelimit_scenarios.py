@@ -197,7 +197,7 @@ class Environment:
 
 
 async def _issue_keys(env: dict[str, str], plan: str, count: int) -> list[str]:
-    from keel.bootstrap import build_keel
+    from keel.bootstrap.lifecycle import build_services
     from keel.config import Settings
     from keel.domain.api_keys import Scope
     from keel.service.auth import issue_api_key
@@ -205,7 +205,7 @@ async def _issue_keys(env: dict[str, str], plan: str, count: int) -> list[str]:
     settings = Settings(
         database_url=env["KEEL_DATABASE_URL"], ratelimit_plans=PLANS, redis_url=env["KEEL_REDIS_URL"]
     )
-    keel = await build_keel(settings)
+    keel = await build_services(settings)
     try:
         tokens = []
         for n in range(count):

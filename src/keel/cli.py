@@ -15,7 +15,7 @@ from keel.domain.api_keys import ApiKey, Scope
 from keel.domain.profile import JSONObject
 
 if TYPE_CHECKING:
-    from keel.bootstrap import Keel
+    from keel.bootstrap.container import Services
 
 app = typer.Typer(help="Keel: user profiles as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -54,7 +54,8 @@ def serve(
         overrides["grpc_port"] = grpc_port
     if core is not None:
         overrides["core_url"] = core
-    from keel.bootstrap import SchemaNotCurrent, create_app, preflight
+    from keel.bootstrap.core import SchemaNotCurrent
+    from keel.bootstrap.lifecycle import create_app, preflight
 
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
@@ -96,7 +97,7 @@ def _serve_grpc_only(settings: Settings) -> None:
     import uvloop
     from prometheus_client import start_http_server
 
-    from keel.bootstrap import running
+    from keel.bootstrap.lifecycle import running
     from keel.observability.logging import configure_logging
     from keel.observability.metrics import Metrics
 
@@ -139,8 +140,8 @@ def keys_create(
     quiet: Annotated[bool, typer.Option(help="Print only the secret.")] = False,
 ) -> None:
     """Create an API key. The secret is printed once and never stored in clear."""
-    from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS
-    from keel.bootstrap import build_rate_limit_catalog
+    from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS
+    from keel.bootstrap.protection import build_rate_limit_catalog
 
     try:
         settings = Settings()
@@ -241,12 +242,12 @@ async def _set_switch(settings: Settings, *, enabled: bool) -> None:
 
 
 @asynccontextmanager
-async def _keel(settings: Settings) -> AsyncIterator[Keel]:
+async def _keel(settings: Settings) -> AsyncIterator[Services]:
     """A core over the configured database: operator commands act on the database itself, even
     where KEEL_CORE_URL makes `keel serve` an edge."""
-    from keel.bootstrap import build_keel
+    from keel.bootstrap.lifecycle import build_services
 
-    keel = await build_keel(settings.model_copy(update={"core_url": None, "core_api_key": None}))
+    keel = await build_services(settings.model_copy(update={"core_url": None, "core_api_key": None}))
     try:
         yield keel
     finally:

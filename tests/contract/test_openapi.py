@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.api.rest.versions import SUPPORTED_VERSIONS
+from keel.api.rest.api_versions import SUPPORTED_VERSIONS
 from tests.e2e.test_served_process import wait_healthy
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")

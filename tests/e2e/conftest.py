@@ -7,9 +7,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from keel.api.application import build_http_app
 from keel.api.grpc.server import GrpcServer
-from keel.api.rest.app import build_rest_app
-from keel.bootstrap import Keel, build_keel
+from keel.bootstrap.container import Services
+from keel.bootstrap.lifecycle import build_services
 from keel.config import Settings
 from keel.domain.api_keys import Scope
 from keel.service.auth import issue_api_key
@@ -19,7 +20,7 @@ from tests.integration.conftest import truncate
 @dataclass
 class Api:
     client: httpx.AsyncClient
-    keel: Keel
+    keel: Services
     writer: dict[str, str]
     reader: dict[str, str]
     admin: dict[str, str]
@@ -35,8 +36,8 @@ class Deployment:
     """Keel as a test runs it: one process (monolith), or an edge whose every operation goes to
     a core over a real gRPC connection on loopback. `core` owns the database either way."""
 
-    serving: Keel
-    core: Keel
+    serving: Services
+    core: Services
     grpc: GrpcServer | None = None
 
     async def close(self) -> None:
@@ -51,10 +52,10 @@ MODES = ["monolith", "edge"]
 
 
 async def deploy(settings: Settings, mode: str = "monolith") -> Deployment:
-    core = await build_keel(settings)
+    core = await build_services(settings)
     if mode == "monolith":
         return Deployment(core, core)
-    server = GrpcServer(core, "127.0.0.1:0")
+    server = GrpcServer(core, core.local.authenticator, "127.0.0.1:0")
     await server.start()
     edge_key = await issue_api_key(
         core.local.store, core.local.clock, scopes=[Scope.EDGE], api_version="2026-11-28", name="edge"
@@ -62,13 +63,13 @@ async def deploy(settings: Settings, mode: str = "monolith") -> Deployment:
     edge_settings = settings.model_copy(
         update={"core_url": f"grpc://127.0.0.1:{server.port}", "core_api_key": SecretStr(edge_key.token)}
     )
-    return Deployment(await build_keel(edge_settings), core, server)
+    return Deployment(await build_services(edge_settings), core, server)
 
 
 async def make_api(settings: Settings, mode: str = "monolith") -> tuple[Api, Deployment]:
     deployment = await deploy(settings, mode)
-    app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
-    app.state.keel = deployment.serving
+    app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
+    app.state.services = deployment.serving
     keel = deployment.core
     tokens = {}
     for name, scopes in {

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from keel.bootstrap import Keel
+from keel.bootstrap.container import Services
 from keel.domain.api_keys import Principal, Scope
 from tests.e2e.conftest import Api
 
@@ -23,7 +23,7 @@ PAGE = """query Page($first: Int!) {
 
 
 @asynccontextmanager
-async def sent_statements(keel: Keel) -> AsyncIterator[list[str]]:
+async def sent_statements(keel: Services) -> AsyncIterator[list[str]]:
     """The SQL statements the core's store sends while the block runs. Reaches into the store
     adapters on purpose: this test is about what reaches the database driver."""
     store: Any = keel.local.store._inner  # type: ignore[attr-defined]  # GuardedStore -> adapter
@@ -58,7 +58,7 @@ async def sent_statements(keel: Keel) -> AsyncIterator[list[str]]:
                 await connection.set_trace_callback(None)
 
 
-def observed_calls(keel: Keel) -> float:
+def observed_calls(keel: Services) -> float:
     total = 0.0
     for metric in keel.metrics.db_query_duration.collect():
         total += sum(s.value for s in metric.samples if s.name.endswith("_count"))

@@ -188,7 +188,7 @@ def test_grpc_alone_serves_its_metrics_on_the_http_port(tmp_path: Path) -> None:
                 sys.executable,
                 "-c",
                 "import sys, grpc; from grpc_health.v1 import health_pb2, health_pb2_grpc;"
-                "from keel.profiles.v1 import profiles_pb2 as pb, profiles_pb2_grpc as s;"
+                "from keel.api.grpc.wire.v1 import profiles_pb2 as pb, profiles_pb2_grpc as s;"
                 "c = grpc.insecure_channel(sys.argv[1]);"
                 "h = health_pb2_grpc.HealthStub(c);"
                 "print(h.Check(health_pb2.HealthCheckRequest(), timeout=5).status);"

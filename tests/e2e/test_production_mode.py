@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic import SecretStr
 
 from keel.api.grpc.server import GrpcServer
-from keel.bootstrap import build_keel
+from keel.bootstrap.lifecycle import build_services
 from keel.config import CLOSED_IN_PRODUCTION, Settings
 from tests.e2e.conftest import Api, make_api
 from tests.e2e.test_browser_pages import _free_port, _keel
@@ -146,8 +146,10 @@ async def _reflected_services(port: int) -> list[str]:
 
 @pytest.mark.parametrize("environment", ["production", "development"])
 async def test_grpc_reflection_only_in_development(sqlite_url: str, environment: str) -> None:
-    keel = await build_keel(Settings(database_url=sqlite_url, environment=environment, cursor_secret=SECRET))
-    server = GrpcServer(keel, "127.0.0.1:0")
+    keel = await build_services(
+        Settings(database_url=sqlite_url, environment=environment, cursor_secret=SECRET)
+    )
+    server = GrpcServer(keel, keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     try:
         if environment == "production":

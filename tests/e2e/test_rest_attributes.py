@@ -76,10 +76,11 @@ async def test_private_attributes_are_for_admins_only(schema_api: Api) -> None:
 
 
 async def test_readiness_reports_an_unmigrated_database(schema_api: Api, tmp_path: Path) -> None:
-    from keel.bootstrap import SchemaNotCurrent, build_keel
+    from keel.bootstrap.core import SchemaNotCurrent
+    from keel.bootstrap.lifecycle import build_services
 
     with pytest.raises(SchemaNotCurrent, match="keel migrate"):
-        await build_keel(Settings(database_url=f"sqlite:///{tmp_path / 'empty.sqlite3'}"))
+        await build_services(Settings(database_url=f"sqlite:///{tmp_path / 'empty.sqlite3'}"))
     ready = await schema_api.client.get("/readyz")
     if schema_api.mode == "edge":
         # An edge has no database: it is ready when its core's health service says so.

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import redis
 
-from keel.api.rest.app import build_rest_app
-from keel.bootstrap import Keel
+from keel.api.application import build_http_app
+from keel.bootstrap.container import Services
 from keel.config import Settings
 from keel.domain.api_keys import Scope
 from keel.service.auth import issue_api_key
@@ -35,7 +35,7 @@ TIGHT_PLANS = {
 
 
 class Harness:
-    def __init__(self, keel: Keel, client: httpx.AsyncClient, serving: Keel | None = None) -> None:
+    def __init__(self, keel: Services, client: httpx.AsyncClient, serving: Services | None = None) -> None:
         self.keel = keel
         self.client = client
         self.serving = serving or keel
@@ -93,8 +93,8 @@ async def _harness(
     operations run on a core over gRPC (keys are issued on the core)."""
     deployment = await deploy(settings, mode)
     serving = deployment.serving
-    app = build_rest_app(serving.settings, serving.metrics)
-    app.state.keel = serving
+    app = build_http_app(serving.settings, serving.metrics)
+    app.state.services = serving
     transport = httpx.ASGITransport(app=app, client=(client_address, 4000))
     client = httpx.AsyncClient(transport=transport, base_url="http://keel.test")
     return Harness(deployment.core, client, serving), deployment

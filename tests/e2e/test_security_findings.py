@@ -18,14 +18,15 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 from structlog.testing import capture_logs
 
+from keel.api.application import build_http_app
 from keel.api.grpc.server import GrpcServer
-from keel.api.rest.app import build_rest_app
-from keel.bootstrap import Keel, build_keel
+from keel.api.grpc.wire.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
+from keel.bootstrap.container import Services
+from keel.bootstrap.lifecycle import build_services
 from keel.config import PlanSettings, PolicySettings, Settings
 from keel.domain.api_keys import Scope
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.rpc.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
 from keel.service.auth import issue_api_key, token_digest
 
 SSN = "000-00-0000"
@@ -51,7 +52,7 @@ _ROOMY = PlanSettings(policies=[PolicySettings(name="hourly", quota=100_000, win
 
 @dataclass
 class Probe:
-    keel: Keel
+    keel: Services
     client: httpx.AsyncClient
     channel: grpc.aio.Channel
     tokens: dict[str, str]
@@ -92,8 +93,8 @@ async def probe(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Probe]:
         ratelimit_plans={"standard": _ROOMY, "anonymous": _HOURLY_TEN, "edge": _HOURLY_TEN},
         load_shedding_enabled=False,
     )
-    keel = await build_keel(settings)
-    server = GrpcServer(keel, "127.0.0.1:0")
+    keel = await build_services(settings)
+    server = GrpcServer(keel, keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     tokens = {}
     for name, scopes in {
@@ -107,8 +108,8 @@ async def probe(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Probe]:
             keel.local.store, keel.local.clock, scopes=scopes, api_version="2026-11-28", name=name
         )
         tokens[name] = issued.token
-    app = build_rest_app(settings, keel.metrics)
-    app.state.keel = keel
+    app = build_http_app(settings, keel.metrics)
+    app.state.services = keel
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel.test")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -577,9 +578,9 @@ async def test_every_operation_documents_the_refusals_any_request_can_get(probe:
 async def test_schema_hints_are_cut_when_introspection_is_off(sqlite_url: str) -> None:
     for introspection, hinted in ((True, True), (False, False)):
         settings = Settings(database_url=sqlite_url, graphql_introspection=introspection)
-        keel = await build_keel(settings)
-        app = build_rest_app(settings, keel.metrics)
-        app.state.keel = keel
+        keel = await build_services(settings)
+        app = build_http_app(settings, keel.metrics)
+        app.state.services = keel
         issued = await issue_api_key(
             keel.local.store,
             keel.local.clock,

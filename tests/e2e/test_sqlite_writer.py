@@ -15,9 +15,9 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from keel.api.grpc.server import GrpcServer
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.config import Settings
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
 from tests.e2e.conftest import Api, make_api
 
 PROTOCOLS = ["rest", "graphql", "grpc"]
@@ -60,7 +60,7 @@ async def create_over(api: Api, protocol: str, n: int) -> tuple[str, dict[str, A
         assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAVAILABLE"], body
         assert body["errors"][0]["extensions"]["retryAfter"] >= 1
         return "unavailable", body
-    server = GrpcServer(api.keel, "127.0.0.1:0")
+    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -131,7 +131,7 @@ async def test_a_request_cancelled_during_begin_leaves_no_lock_and_no_transactio
     # (busy_timeout) once Keel's own lock is taken.
     other = sqlite3.connect(path, isolation_level=None, timeout=0)
     other.execute("BEGIN IMMEDIATE")
-    server = GrpcServer(api.keel, "127.0.0.1:0")
+    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:

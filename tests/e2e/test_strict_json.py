@@ -17,10 +17,10 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
 from keel.api.grpc.server import GrpcServer
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.config import Settings
 from keel.domain.api_keys import Scope
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
 from keel.service.auth import issue_api_key
 from tests.e2e.conftest import Api, make_api
 
@@ -234,7 +234,7 @@ async def test_graphql_get_refuses_a_bom_in_json_parameters(api: Api) -> None:
 
 @pytest.fixture
 async def grpc_channel(api: Api) -> AsyncIterator[tuple[pb_grpc.ProfileServiceStub, tuple[tuple[str, str]]]]:
-    server = GrpcServer(api.keel, "127.0.0.1:0")
+    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     issued = await issue_api_key(
         api.keel.local.store,

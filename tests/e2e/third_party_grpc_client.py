@@ -16,7 +16,6 @@ from google.rpc import error_details_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 from grpc_status import rpc_status  # noqa: E402
-
 from keel.profiles.v1 import profiles_pb2 as pb  # noqa: E402 - the generated stubs, not Keel
 from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc  # noqa: E402
 

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import atheris
 
 with atheris.instrument_imports():
-    from keel.api.rest.mapping import etag_matches, version_from_etag
+    from keel.api.http.conditional import etag_matches
+    from keel.api.rest.mapping import version_from_etag
     from keel.domain.errors import ValidationFailed
     from keel.service.attributes import AttributePolicy
     from keel.service.pagination import Cursors

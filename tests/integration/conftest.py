@@ -31,7 +31,7 @@ async def truncate(url: str) -> None:
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    from keel.bootstrap import open_store
+    from keel.bootstrap.core import open_store
 
     if database_url.startswith("postgresql"):
         await truncate(database_url)

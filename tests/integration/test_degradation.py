@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 from devtools.faultproxy import FaultProxy, Faults
 
-from keel.bootstrap import Keel, build_keel
+from keel.bootstrap.container import Services
+from keel.bootstrap.lifecycle import build_services
 from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import CircuitOpen, Unavailable
@@ -40,8 +41,8 @@ def through(url: str, proxy: FaultProxy) -> str:
 
 
 @pytest.fixture
-async def keel(migrated_postgres_url: str, proxy: FaultProxy) -> AsyncIterator[Keel]:
-    built = await build_keel(
+async def keel(migrated_postgres_url: str, proxy: FaultProxy) -> AsyncIterator[Services]:
+    built = await build_services(
         Settings(
             database_url=through(migrated_postgres_url, proxy),
             db_timeout_seconds=0.3,
@@ -55,7 +56,7 @@ async def keel(migrated_postgres_url: str, proxy: FaultProxy) -> AsyncIterator[K
 
 
 async def test_a_blackholed_database_costs_callers_their_deadline_at_most(
-    keel: Keel, proxy: FaultProxy
+    keel: Services, proxy: FaultProxy
 ) -> None:
     cached = (await keel.profiles.create_profile(WRITER, DOC)).profile
     await keel.profiles.get_profile(WRITER, cached.id)
@@ -89,7 +90,7 @@ async def test_a_blackholed_database_costs_callers_their_deadline_at_most(
 
 
 async def test_a_slow_database_is_cut_at_the_deadline_and_its_connections_come_back(
-    keel: Keel, proxy: FaultProxy
+    keel: Services, proxy: FaultProxy
 ) -> None:
     created = (await keel.profiles.create_profile(WRITER, DOC)).profile
     proxy.set_faults(Faults(latency_ms=400))
@@ -118,7 +119,7 @@ async def test_a_write_in_one_process_invalidates_the_others_copy(
         cache_fresh_seconds=60.0,
         ratelimit_enabled=False,
     )
-    first, second = await build_keel(settings), await build_keel(settings)
+    first, second = await build_services(settings), await build_services(settings)
     listeners = [asyncio.create_task(k.local.reads.listen()) for k in (first, second)]
     try:
         await asyncio.sleep(0.2)  # subscribed

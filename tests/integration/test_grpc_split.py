@@ -13,14 +13,15 @@ from devtools.faultproxy import FaultProxy, Faults
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
+from keel.api.application import build_http_app
 from keel.api.grpc.server import GrpcServer
-from keel.api.rest.app import build_rest_app
-from keel.bootstrap import Keel, build_keel
+from keel.api.grpc.wire.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
+from keel.bootstrap.container import Services
+from keel.bootstrap.lifecycle import build_services
 from keel.config import Settings
 from keel.domain.api_keys import Scope
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc
-from keel.rpc.metadata import ON_BEHALF_OF, ON_BEHALF_OF_SHA256
 from keel.service.auth import credentials, issue_api_key, revoke_api_key
 from tests.e2e.conftest import deploy
 from tests.integration.test_degradation import proxy, through
@@ -30,8 +31,8 @@ DOC = pb.Profile(handle="ada_l", emails=[pb.Email(address="ada@example.com", pri
 
 
 @pytest.fixture
-async def core(migrated_postgres_url: str, proxy: FaultProxy) -> AsyncIterator[tuple[Keel, GrpcServer]]:
-    keel = await build_keel(
+async def core(migrated_postgres_url: str, proxy: FaultProxy) -> AsyncIterator[tuple[Services, GrpcServer]]:
+    keel = await build_services(
         Settings(
             database_url=through(migrated_postgres_url, proxy),
             db_timeout_seconds=5.0,  # longer than the callers' deadlines: theirs must win
@@ -39,14 +40,14 @@ async def core(migrated_postgres_url: str, proxy: FaultProxy) -> AsyncIterator[t
             ratelimit_enabled=False,
         )
     )
-    server = GrpcServer(keel, "127.0.0.1:0")
+    server = GrpcServer(keel, keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     yield keel, server
     await server.stop(0)
     await keel.close()
 
 
-async def _token(keel: Keel, *scopes: Scope) -> str:
+async def _token(keel: Services, *scopes: Scope) -> str:
     issued = await issue_api_key(
         keel.local.store, keel.local.clock, scopes=scopes, api_version="2026-11-28", name="t"
     )
@@ -54,7 +55,7 @@ async def _token(keel: Keel, *scopes: Scope) -> str:
 
 
 async def test_the_callers_deadline_reaches_the_database(
-    core: tuple[Keel, GrpcServer], proxy: FaultProxy
+    core: tuple[Services, GrpcServer], proxy: FaultProxy
 ) -> None:
     keel, server = core
     token = await _token(keel, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
@@ -95,7 +96,7 @@ async def test_the_callers_deadline_reaches_the_database(
     assert codes() <= {"DEADLINE_EXCEEDED", "CANCELLED"}
 
 
-async def test_errors_carry_canonical_codes_and_rich_details(core: tuple[Keel, GrpcServer]) -> None:
+async def test_errors_carry_canonical_codes_and_rich_details(core: tuple[Services, GrpcServer]) -> None:
     keel, server = core
     reader = await _token(keel, Scope.PROFILES_READ)
     writer = await _token(keel, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
@@ -166,7 +167,7 @@ async def test_errors_carry_canonical_codes_and_rich_details(core: tuple[Keel, G
 
 
 async def test_only_an_edge_key_may_act_for_another_and_only_with_proof(
-    core: tuple[Keel, GrpcServer],
+    core: tuple[Services, GrpcServer],
 ) -> None:
     keel, server = core
     admin = await _token(keel, Scope.ADMIN)
@@ -206,7 +207,9 @@ async def test_only_an_edge_key_may_act_for_another_and_only_with_proof(
         assert list(resolved.scopes) == ["profiles:read"]
 
 
-async def test_hostile_requests_get_invalid_argument_never_internal(core: tuple[Keel, GrpcServer]) -> None:
+async def test_hostile_requests_get_invalid_argument_never_internal(
+    core: tuple[Services, GrpcServer],
+) -> None:
     keel, server = core
     writer = await _token(keel, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
     metadata = (("authorization", f"Bearer {writer}"),)
@@ -260,8 +263,8 @@ async def test_an_edge_passes_its_remaining_deadline_to_the_core(
     deployment = await deploy(settings, "edge")
     try:
         token = await _token(deployment.core, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
-        app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
-        app.state.keel = deployment.serving
+        app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
+        app.state.services = deployment.serving
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://edge"
@@ -289,8 +292,8 @@ async def test_an_edge_passes_its_remaining_deadline_to_the_core(
 async def test_an_edge_whose_core_is_gone_answers_503_never_500(sqlite_url: str) -> None:
     deployment = await deploy(Settings(database_url=sqlite_url), "edge")
     token = await _token(deployment.core, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
-    app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
-    app.state.keel = deployment.serving
+    app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
+    app.state.services = deployment.serving
     headers = {"Authorization": f"Bearer {token}"}
     try:
         async with httpx.AsyncClient(
@@ -330,8 +333,8 @@ async def test_an_edge_whose_own_key_is_refused_is_unavailable_not_its_callers_f
     deployment = await deploy(Settings(database_url=sqlite_url, api_key_cache_seconds=0.2), "edge")
     core = deployment.core
     token = await _token(core, Scope.PROFILES_READ)
-    app = build_rest_app(deployment.serving.settings, deployment.serving.metrics)
-    app.state.keel = deployment.serving
+    app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
+    app.state.services = deployment.serving
     edge_key = deployment.serving.settings.core_api_key
     assert edge_key is not None
     try:

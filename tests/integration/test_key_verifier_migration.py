@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from keel.bootstrap import open_store
+from keel.bootstrap.core import open_store
 from keel.config import Settings
 from keel.domain.api_keys import Scope
 from keel.domain.errors import Unauthenticated

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from keel.bootstrap import open_store
+from keel.bootstrap.core import open_store
 from keel.config import Settings
 from keel.domain.api_keys import Scope
 from keel.service.auth import Authenticator, issue_api_key, token_digest

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from keel.api.rest.client_address import client_address
+from keel.api.http.client_address import client_address
 
 
 def _scope(peer: str, *forwarded: str) -> dict[str, object]:

@@ -6,14 +6,14 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-GENERATED = REPO / "src/keel/profiles"
+GENERATED = REPO / "src/keel/api/grpc/wire/v1"
 
 
 def test_the_committed_generated_code_is_current(tmp_path: Path) -> None:
     subprocess.run([str(REPO / "scripts/generate-proto.sh"), str(tmp_path)], check=True, timeout=120)
     fresh = {
-        p.relative_to(tmp_path / "keel/profiles"): p.read_bytes()
-        for p in (tmp_path / "keel/profiles").rglob("*.py*")
+        p.relative_to(tmp_path / "keel/api/grpc/wire/v1"): p.read_bytes()
+        for p in (tmp_path / "keel/api/grpc/wire/v1").rglob("*.py*")
     }
     committed = {
         p.relative_to(GENERATED): p.read_bytes()

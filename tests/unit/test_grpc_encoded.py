@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from keel.api.grpc.encoded import Encoded, EncodedProfiles, length_delimited, passing_encoded
+from keel.api.grpc.server.encoded import Encoded, EncodedProfiles, length_delimited, passing_encoded
+from keel.api.grpc.wire.messages import profile_message
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.domain.profile import Email, Link, Profile, ProfileFields
-from keel.profiles.v1 import profiles_pb2 as pb
-from keel.rpc.messages import profile_message
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

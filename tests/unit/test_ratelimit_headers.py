@@ -5,9 +5,10 @@ from __future__ import annotations
 import http_sf
 import pytest
 
+from keel.ratelimit.clock import monotonic_us
 from keel.ratelimit.gcra import decide, describe
 from keel.ratelimit.headers import format_policy_header, format_ratelimit_header
-from keel.ratelimit.memory import InMemoryRateLimiter, monotonic_us
+from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.policy import DEFAULT_PLANS, Plan, Policy
 
 

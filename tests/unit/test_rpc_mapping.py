@@ -10,6 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keel.api.grpc.wire.messages import (
+    document_from_message,
+    document_message,
+    patch_from_message,
+    patch_message,
+    profile_from_message,
+    profile_message,
+)
+from keel.api.grpc.wire.status import (
+    STATUS_DETAILS_KEY,
+    CoreUnreachable,
+    EdgeRejected,
+    from_status,
+    to_status,
+)
 from keel.domain.errors import (
     CapacityReduced,
     ConcurrentModification,
@@ -29,15 +44,6 @@ from keel.domain.errors import (
     VersionMismatch,
 )
 from keel.domain.profile import Email, Link, Profile, ProfileFields
-from keel.rpc.messages import (
-    document_from_message,
-    document_message,
-    patch_from_message,
-    patch_message,
-    profile_from_message,
-    profile_message,
-)
-from keel.rpc.status import STATUS_DETAILS_KEY, CoreUnreachable, EdgeRejected, from_status, to_status
 
 ERRORS: list[tuple[KeelError, grpc.StatusCode]] = [
     (

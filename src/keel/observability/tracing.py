@@ -17,14 +17,13 @@ from opentelemetry.trace import (
     SpanKind,
     TraceFlags,
     Tracer,
-    _Links,
     get_current_span,
     use_span,
 )
-from opentelemetry.util._decorator import _agnosticcontextmanager
 from opentelemetry.util.types import Attributes
 
 from keel import __version__
+from keel.observability.opentelemetry_internals import Links, agnostic_context_manager
 
 
 def build_tracer_provider(
@@ -77,7 +76,7 @@ class PropagatingTracer(Tracer):
         context: Context | None = None,
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Attributes = None,
-        links: _Links = None,
+        links: Links = None,
         start_time: int | None = None,
         record_exception: bool = True,
         set_status_on_exception: bool = True,
@@ -97,14 +96,14 @@ class PropagatingTracer(Tracer):
         trace_id = random.getrandbits(128) or 1
         return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(0)))
 
-    @_agnosticcontextmanager  # the decorator the API's own Tracer uses for this method
+    @agnostic_context_manager  # the decorator the API's own Tracer uses for this method
     def start_as_current_span(
         self,
         name: str,
         context: Context | None = None,
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Attributes = None,
-        links: _Links = None,
+        links: Links = None,
         start_time: int | None = None,
         record_exception: bool = True,
         set_status_on_exception: bool = True,

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from keel.ratelimit.clock import monotonic_us
 from keel.ratelimit.gcra import Decision, PolicyState
-from keel.ratelimit.memory import monotonic_us
 from keel.ratelimit.policy import Policy
 
 _PRUNE_AT = 10_000

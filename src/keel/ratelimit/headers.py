@@ -11,23 +11,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from keel.ratelimit.gcra import Decision
-    from keel.ratelimit.policy import Plan, Policy
-
-
-def _number(value: float) -> str:
-    # Structured-field integers where possible; decimals have at most three fractional digits.
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
-
-
-def _policy_item(policy: Policy) -> str:
-    return f'"{policy.name}";q={policy.quota};w={_number(policy.window_seconds)}'
+    from keel.ratelimit.policy import Plan
 
 
 def format_policy_header(plan: Plan) -> str:
-    """`"burst";q=20;w=1, "hourly";q=5000;w=3600, "concurrency";q=20;qu="concurrent-requests"`."""
-    items = [_policy_item(p) for p in plan.policies if not p.shadow]  # shadow ones are not enforced
-    items.append(f'"concurrency";q={plan.concurrency};qu="concurrent-requests"')
-    return ", ".join(items)
+    """`"burst";q=20;w=1, "hourly";q=5000;w=3600, "concurrency";q=20;qu="concurrent-requests"`
+    (built with the plan: see `Plan.policy_header`)."""
+    return plan.policy_header
 
 
 def format_ratelimit_header(decision: Decision) -> str | None:

@@ -7,19 +7,13 @@ swept out as the table grows.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from keel.ratelimit.clock import monotonic_us
 from keel.ratelimit.gcra import Decision, decide, describe, refunded
 from keel.ratelimit.policy import Plan
 
 _SWEEP_EVERY = 10_000  # decisions between sweeps of expired entries
-
-
-def monotonic_us() -> int:
-    """Integer microseconds: `monotonic() * 1e6` is a float that loses the low bits as uptime
-    grows, and GCRA must be exact (see `gcra`)."""
-    return time.monotonic_ns() // 1000
 
 
 class InMemoryRateLimiter:

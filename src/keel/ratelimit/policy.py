@@ -57,6 +57,22 @@ class Policy:
         )
 
 
+def _number(value: float) -> str:
+    # Structured-field integers where possible; decimals have at most three fractional digits.
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
+
+
+def _policy_header(plan: Plan) -> str:
+    """The plan's RateLimit-Policy field (see `keel.ratelimit.headers`), built once per plan
+    here, so that the plan does not import the module that formats decisions (which imports
+    the plan: an import circle)."""
+    items = [
+        f'"{p.name}";q={p.quota};w={_number(p.window_seconds)}' for p in plan.policies if not p.shadow
+    ]  # shadow policies are not enforced, so not announced
+    items.append(f'"concurrency";q={plan.concurrency};qu="concurrent-requests"')
+    return ", ".join(items)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The policies that apply together to each client on this plan."""
@@ -72,9 +88,7 @@ class Plan:
             raise ValueError(f"plan {self.name!r}: policy names must be unique")
         if self.concurrency < 1:
             raise ValueError(f"plan {self.name!r}: concurrency must be positive")
-        from keel.ratelimit.headers import format_policy_header
-
-        object.__setattr__(self, "policy_header", format_policy_header(self))
+        object.__setattr__(self, "policy_header", _policy_header(self))
 
     @property
     def smallest_burst(self) -> int:

@@ -11,14 +11,13 @@ Swagger UI already documents the API.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from html import escape
 from urllib.parse import quote
 
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse
-
-from keel.api.rest.versions import NEWEST_VERSION, SUPPORTED_VERSIONS
 
 from .assets import KEEL, SWAGGER_UI, url
 from .security import PAGE_HEADERS
@@ -27,11 +26,11 @@ DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
 
 
-def _page(version: str) -> str:
+def _page(version: str, supported: Collection[str]) -> str:
     openapi = f"{OPENAPI_PATH.lstrip('/')}?version={quote(version, safe='')}"
     others = "".join(
         f'<li><a href="?version={quote(v, safe="")}">{escape(v)}</a></li>'
-        for v in sorted(SUPPORTED_VERSIONS, reverse=True)
+        for v in sorted(supported, reverse=True)
     )
     return f"""<!doctype html>
 <html lang="en">
@@ -51,15 +50,17 @@ def _page(version: str) -> str:
 """
 
 
-async def swagger_ui(version: str | None = None) -> HTMLResponse:
-    chosen = version or NEWEST_VERSION
-    if chosen not in SUPPORTED_VERSIONS:
-        known = ", ".join(sorted(SUPPORTED_VERSIONS))
-        raise HTTPException(404, f"No API version {chosen!r}; known: {known}.")
-    return HTMLResponse(_page(chosen), headers=PAGE_HEADERS)
+def docs_router(supported: Collection[str], newest: str) -> APIRouter:
+    """Swagger UI at `/docs`, one page per API version in `supported` (`newest` by default):
+    the versions are handed in by the application, which knows the REST API."""
+    known = ", ".join(sorted(supported))
 
+    async def swagger_ui(version: str | None = None) -> HTMLResponse:
+        chosen = version or newest
+        if chosen not in supported:
+            raise HTTPException(404, f"No API version {chosen!r}; known: {known}.")
+        return HTMLResponse(_page(chosen, supported), headers=PAGE_HEADERS)
 
-def docs_router() -> APIRouter:
     router = APIRouter(include_in_schema=False)
     router.add_api_route(DOCS_PATH, swagger_ui, methods=["GET"])
     return router

@@ -1,10 +1,11 @@
-"""Admission of a GraphQL request, as REST's: who is calling, whether the plan can afford the
-operation at all, the RateLimit headers, and the load shedder's priority and latency class."""
+"""GraphQL's side of admission (`keel.admission`): which operation of the table a document
+performs (for its priority), the latency class the adaptive limit compares it in, and the
+GraphQL words for the limits (an operation dearer than the plan's burst, the RateLimit headers,
+the units left)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -15,65 +16,50 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
 )
-from starlette.requests import Request
 
-from keel.api.rest.dependencies import ONE_AUTHORIZATION, bearer_token
-from keel.domain.api_keys import Principal
-from keel.domain.errors import KeelError, Unauthenticated
-from keel.observability.context import note_caller
-from keel.resilience.load_shedder import Priority
+from keel.admission import Operation, Ticket
+from keel.admission.operations import (
+    PROFILES_CREATE,
+    PROFILES_DELETE,
+    PROFILES_GET,
+    PROFILES_LIST,
+    PROFILES_UPDATE,
+)
+from keel.ratelimit.guard import RateLimitOutcome
+from keel.ratelimit.policy import Plan
 
 from .errors import request_error
 
-if TYPE_CHECKING:
-    from keel.bootstrap import Keel
-    from keel.ratelimit.catalog import RateLimitCatalog
-    from keel.ratelimit.guard import RateLimitOutcome
-    from keel.ratelimit.policy import Plan
+# Root field -> the operation of the table whose priority it takes. A handle lookup reads one
+# profile, as `profile` does; roots not listed (`viewer`, introspection) are treated as a
+# single read: critical.
+_ROOT_OPERATIONS: dict[str, Operation] = {
+    "profile": PROFILES_GET,
+    "profileByHandle": PROFILES_GET,
+    "profiles": PROFILES_LIST,
+    "createProfile": PROFILES_CREATE,
+    "updateProfile": PROFILES_UPDATE,
+    "deleteProfile": PROFILES_DELETE,
+}
 
 
-@dataclass
-class Admitted:
-    """A request the limiter let through: release its client's slot, refund what it did not use."""
-
-    client: str
-    plan: Plan
-    outcome: RateLimitOutcome
-
-
-async def authenticate(request: Request, keel: Keel) -> tuple[Principal | None, KeelError | None]:
-    """Once per request, as REST's admission does; the reason for no principal is kept for the
-    resolvers that need one (an introspection query needs none)."""
-    if len(request.headers.getlist("authorization")) > 1:
-        return None, Unauthenticated(ONE_AUTHORIZATION)
-    token = bearer_token(request.headers.get("authorization"))
-    if not token:
-        return None, Unauthenticated("An API key is required: Authorization: Bearer <key>.")
-    try:
-        principal = await keel.authenticator.authenticate(token)
-    except KeelError as error:
-        return None, error
-    note_caller(principal.key_id)
-    return principal, None
-
-
-def shedding_class(document: DocumentNode, operation: OperationDefinitionNode) -> tuple[Priority, str]:
-    """The priority, as REST's (writes critical, lists sheddable, single reads critical), and
-    the latency class the adaptive limit compares like with like in: the root fields asked for
-    (a handful of names, so a bounded set of classes)."""
+def operation_of(document: DocumentNode, operation: OperationDefinitionNode) -> tuple[Operation, str]:
+    """The operation of the table that sets the document's priority (its most sheddable root
+    field: writes critical, lists sheddable, single reads critical, as on REST), and the
+    latency class the adaptive limit compares like with like in: the root fields asked for (a
+    handful of names, so a bounded set of classes)."""
     roots = sorted(root_fields(document, operation))
-    if operation.operation is OperationType.MUTATION:
-        priority = Priority.CRITICAL
-    else:
-        priority = Priority.SHEDDABLE if "profiles" in roots else Priority.CRITICAL
-    return priority, f"graphql {operation.operation.value} {','.join(roots)}"
+    chosen = PROFILES_CREATE if operation.operation is OperationType.MUTATION else PROFILES_GET
+    if operation.operation is not OperationType.MUTATION:
+        for root in roots:
+            candidate = _ROOT_OPERATIONS.get(root, PROFILES_GET)
+            if candidate.priority > chosen.priority:
+                chosen = candidate
+    return chosen, f"graphql {operation.operation.value} {','.join(roots)}"
 
 
-def above_burst(
-    catalog: RateLimitCatalog, principal: Principal | None, requested: int
-) -> dict[str, Any] | None:
+def above_burst(plan: Plan, requested: int) -> dict[str, Any] | None:
     """The error for an operation dearer than the caller's plan could ever admit at once."""
-    plan = catalog.plan_named(principal.plan if principal else None)
     burst = plan.smallest_burst
     if not burst or requested <= burst:
         return None
@@ -113,9 +99,13 @@ def limit_headers(outcome: RateLimitOutcome) -> dict[str, str]:
     return headers
 
 
-def remaining_after(admitted: Admitted, refunded: int) -> int | None:
-    decision = admitted.outcome.decision
+def remaining_after(outcome: RateLimitOutcome, refunded: int) -> int | None:
+    decision = outcome.decision
     closest = decision.closest if decision is not None else None
     if closest is None:
         return None
     return min(closest.policy.burst, closest.remaining + max(0, refunded))
+
+
+def ticket_limits(ticket: Ticket | None) -> RateLimitOutcome | None:
+    return ticket.limits if ticket is not None else None

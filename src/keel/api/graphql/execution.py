@@ -30,12 +30,11 @@ from graphql import (
     is_non_null_type,
     is_object_type,
 )
-from graphql.execution.collect_fields import DeferUsage, FieldDetailsList, GroupedFieldSet
 from graphql.pyutils import Path
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from strawberry.types.field import StrawberryField
 
-_DEFINITION = "strawberry-definition"  # where Strawberry keeps a field's definition
+from .graphql_core_internals import DeferUsage, FieldDetailsList, GroupedFieldSet
+from .strawberry_internals import FIELD_DEFINITION, ExecutionContext, StrawberryField
+
 # Scalars whose serialization returns a value of exactly these Python types unchanged.
 _IDENTITY_SCALARS: dict[object, tuple[type, ...]] = {
     GraphQLString: (str,),
@@ -70,7 +69,7 @@ def plain_types(schema: GraphQLSchema) -> frozenset[str]:
             continue
         assert isinstance(named, GraphQLObjectType)
         if all(
-            _is_attribute(field.extensions.get(_DEFINITION)) and not field.args
+            _is_attribute(field.extensions.get(FIELD_DEFINITION)) and not field.args
             for field in named.fields.values()
         ):
             candidates[name] = named
@@ -96,7 +95,7 @@ def _is_attribute(definition: object) -> bool:
     )
 
 
-class PlainSubtreeExecutor(StrawberryGraphQLCoreExecutionContext):
+class PlainSubtreeExecutor(ExecutionContext):
     plain: frozenset[str] = frozenset()  # set on the subclass made by `executor_for`
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -105,6 +104,7 @@ class PlainSubtreeExecutor(StrawberryGraphQLCoreExecutionContext):
         # the field set is kept alive with its plan so that its id is not reused.
         self._plans: dict[int, tuple[GroupedFieldSet, list[_Entry]]] = {}
 
+    # Overrides graphql-core's (see graphql_core_internals.EXECUTE_SUBFIELDS).
     def execute_collected_subfields(
         self,
         parent_type: GraphQLObjectType,
@@ -168,7 +168,7 @@ class PlainSubtreeExecutor(StrawberryGraphQLCoreExecutionContext):
         if name == "__typename":
             return _Entry(key, None, True, False, False, None, (), None)
         field = parent_type.fields[name]
-        definition = field.extensions[_DEFINITION]
+        definition = field.extensions[FIELD_DEFINITION]
         output = field.type
         non_null = is_non_null_type(output)
         inner = output.of_type if non_null else output

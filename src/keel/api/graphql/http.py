@@ -5,7 +5,7 @@ execution on graphql-core.
 The request path, top to bottom: authenticate (`authenticate`), read the parameters
 (`read_params`), resolve a persisted query (`_query_text`), parse, bound the fields that merge
 (`check_merged_fields`) and validate, once per distinct query text (`_prepare`), pick the
-operation and check its shape, price it (`operation_cost`), admit (`above_burst`, `_admit`),
+operation and check its shape, price it (`operation_cost`), admit (`above_burst`, `Admission.enter`),
 execute (`_execute`), answer with `extensions.cost` (and an ETag when sent with GET).
 """
 
@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from inspect import isawaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter
 from graphql import (
@@ -35,22 +35,21 @@ from graphql import (
 from opentelemetry.trace import Span
 from starlette.requests import Request
 from starlette.responses import Response
-from strawberry.execution import optimized_is_awaitable
 
+from keel.admission import Admission, Caller, Outcome, Refusal, bearer_token
 from keel.api.browser_pages.graphiql import graphiql_page
-from keel.api.rest.admission import REJECTED_SCOPE_KEY
-from keel.api.rest.client_address import client_address
-from keel.api.rest.mapping import etag_matches
+from keel.api.http.client_address import client_address
+from keel.api.http.conditional import etag_matches
+from keel.api.http.request_state import request_state
 from keel.config import Settings
-from keel.domain.api_keys import Principal
-from keel.domain.errors import KeelError
 from keel.observability.metrics import Metrics
 
-from .admission import Admitted, above_burst, authenticate, limit_headers, remaining_after, shedding_class
+from .admission import above_burst, limit_headers, operation_of, remaining_after
 from .cache import BoundedLRU
 from .context import CostMeter, GraphQLContext
 from .errors import PARSE_FAILED, VALIDATION_FAILED, format_error, request_error
 from .execution import executor_for
+from .graphql_core_internals import TOKEN_LIMIT_MESSAGE
 from .limits import LimitExceeded, Limits, Price, check_merged_fields, check_shape, operation_cost
 from .observability import OperationLabels, ResolverSpans
 from .persisted import (
@@ -62,24 +61,33 @@ from .persisted import (
     query_hash,
 )
 from .request import JSON_MEDIA_TYPE, Params, Refused, idempotency_key, read_params, wants_ide
-from .schema import build_schema, graphql_core_schema
+from .schema import build_schema
+from .strawberry_internals import IS_AWAITABLE, core_schema
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from opentelemetry.trace import Tracer
 
-    from keel.bootstrap import Keel
-    from keel.ratelimit.catalog import RateLimitCatalog
-    from keel.ratelimit.guard import RateLimitGuard
+    from keel.ratelimit.guard import RateLimitOutcome
+    from keel.service.use_cases import ProfileUseCases
+
+
+class GraphQLServices(Protocol):
+    """What the GraphQL endpoint needs of the process (the app state's `services`)."""
+
+    @property
+    def admission(self) -> Admission: ...
+    @property
+    def profiles(self) -> ProfileUseCases: ...
+    @property
+    def tracer(self) -> Tracer: ...
+
 
 PATH = "/graphql"
 _DOCUMENT_CACHE_SIZE = 256
 # A parsed document takes some 130 times its text in memory (1 MB for a query of 2,000 tokens),
 # so the cache is bounded by the text it holds as well: at most some 35 MB of syntax trees.
 _DOCUMENT_CACHE_TEXT = 256 * 1024
-# graphql-core's words when a document has more than max_tokens lexical tokens.
-_TOKEN_LIMIT_MESSAGE = "tokens. Parsing aborted"  # noqa: S105 - a parser message, not a secret
-# Strawberry's faster check (annotated as returning bool, graphql-core wants a TypeGuard).
-_IS_AWAITABLE: Any = optimized_is_awaitable
 # graphql-core's suggestions, at the end of a validation message.
 _SCHEMA_HINT = re.compile(r" Did you mean [^?]*\?$")
 
@@ -104,7 +112,7 @@ def install_graphql(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 class GraphQLEndpoint:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.schema = build_schema()
-        self._core = graphql_core_schema(self.schema)
+        self._core = core_schema(self.schema)
         self._executor = executor_for(self._core)
         self._rules = [*specified_rules]
         if not settings.graphql_introspection:
@@ -134,13 +142,18 @@ class GraphQLEndpoint:
     # ------------------------------------------------------------------------------- request
 
     async def handle(self, request: Request) -> Response:
-        keel: Keel = request.app.state.keel
+        keel: GraphQLServices = request.app.state.services
+        admission = keel.admission
         is_get = request.method == "GET"
         if is_get and self._graphiql and wants_ide(request):
             return graphiql_page()
-        # Who is asking comes first, as in REST's admission: every request is charged to its
-        # client, refused ones included.
-        principal, auth_error = await authenticate(request, keel)
+        # Who is asking comes first, as on REST: every request is charged to its client,
+        # refused ones included.
+        caller = await admission.identify(
+            bearer_token(request.headers.get("authorization")),
+            lambda: client_address(request.scope, self._trusted_hops),
+            repeated=len(request.headers.getlist("authorization")) > 1,
+        )
         requested: int | None = None
         try:
             params = await read_params(request)
@@ -158,7 +171,7 @@ class GraphQLEndpoint:
                 prepared.document,
                 operation,
                 params.variables,
-                keel.rate_limit_catalog.costs,
+                admission.catalog.costs,
                 self._limits,
             )
             requested = price.requested
@@ -169,48 +182,32 @@ class GraphQLEndpoint:
                 self._persisted_outcomes["registered"].inc()
             replay_key = idempotency_key(request)
         except Refused as refused:
-            return await self._refuse(request, keel, principal, refused, requested)
+            return await self._refuse(admission, caller, refused, requested)
         except LimitExceeded as exceeded:
             error = request_error(exceeded.code, exceeded.message, **exceeded.extensions)
-            return await self._refuse(request, keel, principal, Refused(200, [error]), requested)
+            return await self._refuse(admission, caller, Refused(200, [error]), requested)
         name = params.operation_name or (operation.name.value if operation.name else None)
         label = self._labels.label(name)
         self._metrics.graphql_operation_cost.labels(label).observe(requested)
         return await self._admit_and_execute(
-            request,
-            keel,
-            (principal, auth_error),
-            prepared.document,
-            operation,
-            params,
-            label,
-            price,
-            replay_key,
+            request, keel, caller, prepared.document, operation, params, label, price, replay_key
         )
 
     async def _refuse(
-        self,
-        request: Request,
-        keel: Keel,
-        principal: Principal | None,
-        refused: Refused,
-        requested: int | None,
+        self, admission: Admission, caller: Caller, refused: Refused, requested: int | None
     ) -> Response:
         """Answer a request refused before execution. It is charged like REST's cheapest request
         (one `other` unit), so that malformed or oversized documents are rate limited too."""
         self._count(None, None, "rejected")
         headers = refused.headers
-        charged = keel.rate_limit_catalog.cost_of("other")
+        charged = admission.catalog.cost_of("other")
         remaining = None
-        guard = keel.rate_limits
-        if guard is not None:
-            limited, admitted = await self._admit(request, guard, keel.rate_limit_catalog, principal, charged)
-            if limited is not None:
-                return limited
-            assert admitted is not None
-            guard.release(admitted.client)
-            headers = {**headers, **limit_headers(admitted.outcome)}
-            remaining = remaining_after(admitted, 0)
+        limits = await admission.charge(caller, charged)
+        if isinstance(limits, Refusal):
+            return _rate_limited(limits, requested)
+        if limits is not None:
+            headers = {**headers, **limit_headers(limits)}
+            remaining = remaining_after(limits, 0)
         return _json_response(
             refused.status, None, refused.errors, requested, charged, headers, remaining=remaining
         )
@@ -250,7 +247,7 @@ class GraphQLEndpoint:
         try:
             document = parse(query, max_tokens=self._max_tokens)
         except GraphQLError as error:
-            code = "TOKEN_LIMIT_EXCEEDED" if _TOKEN_LIMIT_MESSAGE in error.message else PARSE_FAILED
+            code = "TOKEN_LIMIT_EXCEEDED" if TOKEN_LIMIT_MESSAGE in error.message else PARSE_FAILED
             formatted = format_error(error, during_execution=False)
             formatted["extensions"] = {"code": code}
             raise Refused(200, [formatted]) from None
@@ -283,8 +280,8 @@ class GraphQLEndpoint:
     async def _admit_and_execute(
         self,
         request: Request,
-        keel: Keel,
-        caller: tuple[Principal | None, KeelError | None],
+        keel: GraphQLServices,
+        caller: Caller,
         document: DocumentNode,
         operation: OperationDefinitionNode,
         params: Params,
@@ -292,99 +289,52 @@ class GraphQLEndpoint:
         price: Price,
         idempotency_key: str | None,
     ) -> Response:
-        principal, auth_error = caller
+        admission = keel.admission
         requested = price.requested
         op_type = operation.operation.value
-        guard = keel.rate_limits
-        admitted: Admitted | None = None
-        if guard is not None:
-            catalog = keel.rate_limit_catalog
-            too_dear = above_burst(catalog, principal, requested)
+        if admission.rate_limited:
+            too_dear = above_burst(admission.plan_of(caller), requested)
             if too_dear is not None:
                 # Refused like any other request refused before execution: one unit, so that
                 # sending operations no plan can afford is not a way round the rate limits.
-                return await self._refuse(request, keel, principal, Refused(200, [too_dear]), requested)
-            refused, admitted = await self._admit(request, guard, catalog, principal, requested)
-            if refused is not None:
-                self._count(label, op_type, "rejected")
-                return refused
-        meter = CostMeter(keel.rate_limit_catalog.costs, spent=price.fixed)
+                return await self._refuse(admission, caller, Refused(200, [too_dear]), requested)
+        table_operation, latency_class = operation_of(document, operation)
+        entered = await admission.enter(caller, table_operation, cost=requested, latency_class=latency_class)
+        if isinstance(entered, Refusal):
+            self._count(label, op_type, "rejected")
+            if entered.kind == "quota":
+                return _rate_limited(entered, requested)
+            request_state().refused = True
+            error = request_error("UNAVAILABLE", "The service is shedding load; retry shortly.")
+            return _json_response(503, None, [error], requested, None, {"Retry-After": "1"})
+        catalog = admission.catalog
+        meter = CostMeter(catalog.costs, spent=price.fixed)
         # What an executed operation costs at least, however few use cases it called (none for
         # `viewer`): REST's cheapest request. The rest of the price is refunded.
-        minimum = keel.rate_limit_catalog.cost_of("other")
-        served = False
+        minimum = catalog.cost_of("other")
         status = 200
+        succeeded = False
         try:
-            shedder = keel.shedder
-            admitted_at: float | None = None
-            if shedder is not None:
-                priority, latency_class = shedding_class(document, operation)
-                admitted_at = shedder.try_admit(priority)
-                if admitted_at is None:
-                    request.scope[REJECTED_SCOPE_KEY] = True
-                    self._count(label, op_type, "rejected")
-                    error = request_error("UNAVAILABLE", "The service is shedding load; retry shortly.")
-                    return _json_response(503, None, [error], requested, None, {"Retry-After": "1"})
-            served = True
-            context = GraphQLContext(keel.profiles, principal, auth_error, meter, idempotency_key)
-            succeeded = False
-            try:
-                data, errors = await self._execute(keel, document, params, context, label, op_type)
-                succeeded = not errors
-            finally:
-                if shedder is not None and admitted_at is not None:
-                    shedder.release(latency_class, admitted_at, succeeded=succeeded)
+            context = GraphQLContext(keel.profiles, caller.principal, caller.error, meter, idempotency_key)
+            data, errors = await self._execute(keel.tracer, document, params, context, label, op_type)
+            succeeded = not errors
             self._count(label, op_type, "ok" if not errors else "error")
             charged = max(minimum, meter.spent)
-            response = self._respond(request, data, errors, requested, charged, admitted)
+            response = self._respond(request, data, errors, requested, charged, entered.limits)
             status = response.status_code
             return response
         finally:
-            if guard is not None and admitted is not None:
-                guard.release(admitted.client)
-                # Shed: no service, no charge. 304: revalidation is rewarded, as in REST.
-                # Otherwise the units asked for but not spent: lookups batched into one call,
-                # repeated ones answered by the loaders, fields never reached after an error.
-                unused = (
-                    requested
-                    if not served or status == 304
-                    else max(0, requested - max(minimum, meter.spent))
-                )
-                if unused:
-                    await guard.refund(admitted.client, admitted.plan, unused)
-
-    async def _admit(
-        self,
-        request: Request,
-        guard: RateLimitGuard,
-        catalog: RateLimitCatalog,
-        principal: Principal | None,
-        requested: int,
-    ) -> tuple[Response | None, Admitted | None]:
-        """The same client identity, plan and limiter as REST's admission, charged `requested`."""
-        scope = request.scope
-        client = f"key:{principal.key_id}" if principal else f"ip:{client_address(scope, self._trusted_hops)}"
-        plan = catalog.plan_named(principal.plan if principal else None)
-        outcome = await guard.admit(client, plan, requested)
-        if not outcome.allowed:
-            scope[REJECTED_SCOPE_KEY] = True
-            retry_after = outcome.retry_after_seconds
-            violated = outcome.violated_policies
-            error = request_error(
-                "RATE_LIMITED",
-                f"Request quota exceeded ({', '.join(violated)}); retry after {retry_after} s.",
-                retryAfter=retry_after,
-                violatedPolicies=violated,
-            )
-            headers = {"Retry-After": str(retry_after), **limit_headers(outcome)}
-            return _json_response(429, None, [error], requested, None, headers, remaining=0), None
-        return None, Admitted(client, plan, outcome)
+            # A 304: revalidation is rewarded, as on REST. Otherwise the units asked for but not
+            # spent: lookups batched into one call, repeated ones answered by the loaders,
+            # fields never reached after an error.
+            unused = requested if status == 304 else max(0, requested - max(minimum, meter.spent))
+            await entered.finish(Outcome(succeeded=succeeded, unused=unused))
 
     # ------------------------------------------------------------------------------- execution
 
     async def _execute(
         self,
-        keel: Keel,
+        tracer: Tracer,
         document: DocumentNode,
         params: Params,
         context: GraphQLContext,
@@ -392,8 +342,8 @@ class GraphQLEndpoint:
         op_type: str,
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         started = time.perf_counter()
-        with keel.tracer.start_as_current_span(f"graphql {op_type} {label}") as span:
-            middleware = [ResolverSpans(keel.tracer)] if span.is_recording() else None
+        with tracer.start_as_current_span(f"graphql {op_type} {label}") as span:
+            middleware = [ResolverSpans(tracer)] if span.is_recording() else None
             result: Any = execute(
                 self._core,
                 document,
@@ -402,7 +352,7 @@ class GraphQLEndpoint:
                 operation_name=params.operation_name,
                 middleware=middleware,
                 executor_class=self._executor,
-                is_awaitable=_IS_AWAITABLE,
+                is_awaitable=IS_AWAITABLE,
             )
             if isawaitable(result):
                 result = await result
@@ -419,10 +369,10 @@ class GraphQLEndpoint:
         errors: list[dict[str, Any]],
         requested: int,
         charged: int,
-        admitted: Admitted | None,
+        limits: RateLimitOutcome | None,
     ) -> Response:
-        headers = limit_headers(admitted.outcome) if admitted is not None else {}
-        remaining = remaining_after(admitted, requested - charged) if admitted is not None else None
+        headers = limit_headers(limits) if limits is not None else {}
+        remaining = remaining_after(limits, requested - charged) if limits is not None else None
         if request.method != "GET" or errors:
             headers["Cache-Control"] = "no-store"
             return _json_response(
@@ -445,6 +395,20 @@ class GraphQLEndpoint:
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def _rate_limited(refusal: Refusal, requested: int | None) -> Response:
+    """A refusal by the rate limits, as a GraphQL error with code `RATE_LIMITED`."""
+    request_state().refused = True
+    assert refusal.limits is not None  # a quota refusal always carries its decision
+    error = request_error(
+        "RATE_LIMITED",
+        refusal.detail,
+        retryAfter=refusal.retry_after_seconds,
+        violatedPolicies=refusal.violated_policies,
+    )
+    headers = {"Retry-After": str(refusal.retry_after_seconds), **limit_headers(refusal.limits)}
+    return _json_response(429, None, [error], requested, None, headers, remaining=0)
 
 
 def _cost(requested: int | None, actual: int | None, remaining: int | None) -> dict[str, int | None]:

@@ -8,7 +8,7 @@ from typing import Any
 import strawberry
 from strawberry.scalars import JSON
 
-from keel.api.rest.mapping import timestamp
+from keel.api.timestamps import timestamp
 from keel.domain.api_keys import Principal
 from keel.domain.profile import JSONValue, Profile
 from keel.service.use_cases import ProfilePage

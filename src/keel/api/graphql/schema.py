@@ -18,6 +18,7 @@ from keel.service.use_cases import ListFilters, answer_shows_profile
 from .context import GraphQLContext
 from .limits import DEFAULT_PAGE_SIZE
 from .mapping import connection_node, create_document, merge_patch, profile_node, viewer_node
+from .strawberry_internals import core_schema
 from .types import (
     SCALARS,
     CreateProfileInput,
@@ -160,16 +161,8 @@ def build_schema() -> strawberry.Schema:
 
 
 def graphql_core_schema(schema: strawberry.Schema) -> GraphQLSchema:
-    """The graphql-core schema Strawberry built: Keel parses, validates and executes on it
-    directly, so that limits, cost and persisted queries work on one parsed document.
-
-    Strawberry 0.341 offers no public accessor for it (its own execution and printer read this
-    same private attribute), so this is the one place that does, and it fails at start-up, not
-    per request, if an upgrade moves it."""
-    core = getattr(schema, "_schema", None)
-    if not isinstance(core, GraphQLSchema):
-        raise TypeError("strawberry.Schema no longer keeps its graphql-core schema in `_schema`")
-    return core
+    """The graphql-core schema Strawberry built (see `strawberry_internals.core_schema`)."""
+    return core_schema(schema)
 
 
 def schema_sdl() -> str:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from http import HTTPStatus
 
-# The same `type` URIs as the REST problems (keel.api.rest.problems.problem_type); spelled out
+# The same `type` URIs as the REST problems (keel.api.http.problems.problem_type); spelled out
 # here so that the server layer does not import the REST app to refuse a request.
 _PROBLEM_TYPE_PREFIX = "urn:keel:problem:"
 

@@ -1,12 +1,15 @@
-"""Admission of API requests, as one pure ASGI middleware between the request envelope and the
-versioned routes: the caller's identity, the per-client rate limits, then load shedding by
-priority under the process's adaptive concurrency limit.
+"""REST's side of admission (`keel.admission`): which operation a request performs, where its
+credentials are, and how a refusal is written (a 429 or 503 problem). Two entries, one
+pipeline:
 
-In front of the whole application, `EarlyRefusals` answers the refusals this process can tell
-alone and at once (a client over its concurrency cap or already known to be over its quota, a
-priority being shed) before the framework, the request envelope and its span: an abuser's
-refusals, and the shed part of a spike, are what a process answers by the thousand, and each
-one answered there costs a fraction of what it costs further in.
+- `EarlyRefusals`, in front of the whole application, answers the refusals this process can
+  tell alone and at once (`Admission.try_refuse_now`: a client over its concurrency cap or
+  known to be over its quota, a priority being shed) before the framework, the request
+  envelope and its span. An abuser's refusals, and the shed part of a spike, are what a
+  process answers by the thousand, and each one answered there costs a fraction of what it
+  costs further in.
+- `RestAdmission`, between the envelope and the versioned routes, runs the full pipeline
+  (`Admission.enter`) and finishes the ticket with the response's status.
 
 `/healthz`, `/readyz`, `/metrics` and the documentation are outside `/v1/` and never limited
 or shed.
@@ -16,132 +19,124 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
-from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keel.api.rest.client_address import client_address
-from keel.api.rest.dependencies import PRINCIPAL_SCOPE_KEY, bearer_token
-from keel.domain.api_keys import Principal
-from keel.domain.errors import KeelError
+from keel.admission import OTHER, Admission, Caller, Operation, Outcome, Refusal, Ticket, bearer_token
+from keel.admission.operations import (
+    PROFILES_CREATE,
+    PROFILES_DELETE,
+    PROFILES_GET,
+    PROFILES_LIST,
+    PROFILES_UPDATE,
+)
+from keel.api.envelope import Series
+from keel.api.http.client_address import client_address
+from keel.api.http.request_envelope import UNROUTED
+from keel.api.http.request_state import RequestState, request_state
 from keel.observability.context import current_request_id, note_caller, valid_request_id
 from keel.observability.metrics import Metrics
-from keel.observability.sampled_log import SampledLog
-from keel.resilience.load_shedder import Priority
 
-if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
-
-    from keel.bootstrap import Keel
-    from keel.ratelimit.guard import RateLimitOutcome
-
-_VERSIONED_PREFIX = "/v1/"
-# Set on requests refused by a rate limit or by load shedding: they get sampled log lines and
-# metrics, not an access-log line each (an abuser must not be able to flood the logs).
-REJECTED_SCOPE_KEY = "keel.rejected"
+VERSIONED_PREFIX = "/v1/"
 _PROFILES = "/v1/profiles"
-UNROUTED = "unmatched"  # the route label of requests answered before routing
-_shed_log = SampledLog("keel.load_shedding")
 
 
-def classify(method: str, path: str) -> tuple[str, Priority]:
-    """The operation a request performs, named as in the rate-limit cost table, and its priority."""
+def operation_of(method: str, path: str) -> Operation:
+    """REST's mapping onto the operations table: a method on a path."""
     if path == _PROFILES or path == _PROFILES + "/":
         if method == "POST":
-            return "profiles.create", Priority.CRITICAL
+            return PROFILES_CREATE
         if method in ("GET", "HEAD"):
-            return "profiles.list", Priority.SHEDDABLE
-        return "other", Priority.NORMAL
+            return PROFILES_LIST
+        return OTHER
     if path.startswith(_PROFILES + "/") and "/" not in path[len(_PROFILES) + 1 :]:
         if method == "PATCH":
-            return "profiles.update", Priority.CRITICAL
+            return PROFILES_UPDATE
         if method == "DELETE":
-            return "profiles.delete", Priority.CRITICAL
+            return PROFILES_DELETE
         if method in ("GET", "HEAD"):
-            return "profiles.get", Priority.CRITICAL
-    return "other", Priority.NORMAL
+            return PROFILES_GET
+    return OTHER
 
 
-class Admission:
+def _credentials(scope: Scope) -> tuple[str | None, bool]:
+    """The bearer token of the Authorization header, and whether there were several (which
+    `identify` refuses rather than pick one)."""
+    values = [value for name, value in scope["headers"] if name == b"authorization"]
+    token = bearer_token(values[0].decode("latin-1")) if values else None
+    return token, len(values) > 1
+
+
+class RestAdmission:
+    """The full admission path of `/v1/` requests, as one pure ASGI middleware. The pipeline is
+    read from the application's state per request: it is built with the process, after the
+    application."""
+
     def __init__(self, app: ASGIApp, *, trusted_proxy_hops: int) -> None:
         self.app = app
         self._trusted_hops = trusted_proxy_hops
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(_VERSIONED_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(VERSIONED_PREFIX):
             await self.app(scope, receive, send)
             return
-        keel: Keel = scope["app"].state.keel
-        operation, priority = classify(scope["method"], scope["path"])
-        principal = await _authenticate(scope, keel)
-        guard = keel.rate_limits
-        if guard is None:
-            await self._shed_or_serve(scope, receive, send, keel, operation, priority)
+        admission: Admission = scope["app"].state.services.admission
+        state = request_state()
+        caller = await self._caller(scope, state, admission)
+        entered = await admission.enter(caller, operation_of(scope["method"], scope["path"]))
+        if isinstance(entered, Refusal):
+            state.refused = True
+            await write_refusal(send, entered, current_request_id() or "")
             return
-        catalog = keel.rate_limit_catalog
-        client = _client(principal, scope, self._trusted_hops)
-        plan = catalog.plan_named(principal.plan if principal else None)
-        cost = catalog.cost_of(operation)
-        outcome = await guard.admit(client, plan, cost)
-        if not outcome.allowed:
-            await _rate_limited(scope, send, outcome, current_request_id() or "")
-            return
-        extra = [(b"ratelimit-policy", plan.policy_header.encode())]
-        if outcome.ratelimit_header is not None:
-            extra.append((b"ratelimit", outcome.ratelimit_header.encode()))
-        try:
-            status = await self._shed_or_serve(scope, receive, send, keel, operation, priority, extra)
-        finally:
-            guard.release(client)
-        if status is None or status == 304:
-            # Shed requests got no service, and a client that revalidates its cache instead of
-            # refetching is rewarded: neither is charged.
-            await guard.refund(client, plan, cost)
+        await self._serve(scope, receive, send, entered)
 
-    async def _shed_or_serve(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        keel: Keel,
-        operation: str,
-        priority: Priority,
-        extra_headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> int | None:
-        """Serve the request, with `extra_headers` added to its response, unless the process is
-        shedding its priority: the response's status, None when shed.
+    async def _caller(self, scope: Scope, state: RequestState, admission: Admission) -> Caller:
+        """The caller, looked up once per request and shared with the version picker and the
+        routes through the request state. A missing or unknown key is answered by the route
+        (401); here it only means the request is limited by address."""
+        caller = state.caller
+        if caller is None:
+            token, repeated = _credentials(scope)
+            caller = state.caller = await admission.identify(
+                token, lambda: client_address(scope, self._trusted_hops), repeated=repeated
+            )
+        elif caller.principal is not None:
+            note_caller(caller.principal.key_id)  # found by EarlyRefusals, before the envelope
+        return caller
 
-        Runs after the per-client limits, so that requests refused there (an abuser's) never
-        take a slot here nor count in the latencies that steer the limit."""
-        shedder = keel.shedder
-        admitted_at = shedder.try_admit(priority) if shedder is not None else 0.0
-        if admitted_at is None:
-            await _shed(scope, send, priority, current_request_id() or "")
-            return None
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, ticket: Ticket) -> None:
+        limits = ticket.limits
+        extra: list[tuple[bytes, bytes]] = []
+        if limits is not None:
+            extra.append((b"ratelimit-policy", limits.plan.policy_header.encode()))
+            if limits.ratelimit_header is not None:
+                extra.append((b"ratelimit", limits.ratelimit_header.encode()))
         status = 500
 
         async def send_noting_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if extra_headers:
-                    message["headers"] = [*message.get("headers", ()), *extra_headers]
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
+        completed = False
         try:
             await self.app(scope, receive, send_noting_status)
+            completed = True
         finally:
-            if shedder is not None:
-                shedder.release(operation, admitted_at, succeeded=status < 400)
-        return status
+            # A client that revalidates its cache instead of refetching is rewarded: a 304 is
+            # not charged.
+            unused = ticket.cost if completed and status == 304 else 0
+            await ticket.finish(Outcome(succeeded=status < 400, unused=unused))
 
 
 class EarlyRefusals:
     """Refusals answered before the framework (see the module's docstring), in the order the
-    full path would give them: the rate limits, then shedding. A request they do not refuse
-    goes on to the application with its caller, when already known, in the scope.
+    full path would give them. A request they do not refuse goes on to the application with
+    its caller, when already known, in the request state.
 
     Refusals answered here carry `X-Request-Id` and are counted in the HTTP metrics like any
     other, but get no trace span. While a priority is being shed, its requests are shed here
@@ -151,12 +146,12 @@ class EarlyRefusals:
     def __init__(self, metrics: Metrics, *, trusted_proxy_hops: int) -> None:
         self._metrics = metrics
         self._trusted_hops = trusted_proxy_hops
-        self._series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._series = Series(metrics.http_requests, metrics.http_request_duration)
 
-    async def answered(self, scope: Scope, send: Send, keel: Keel) -> bool:
+    async def answered(self, scope: Scope, send: Send, admission: Admission, state: RequestState) -> bool:
         """Whether the request was refused here (and answered); call for HTTP scopes only."""
         path: str = scope["path"]
-        if not path.startswith(_VERSIONED_PREFIX):
+        if not path.startswith(VERSIONED_PREFIX):
             return False
         started = time.perf_counter()
         method: str = scope["method"]
@@ -173,45 +168,21 @@ class EarlyRefusals:
                 token = bearer_token(value.decode("latin-1"))
             elif name == b"x-request-id":
                 request_id = value.decode("latin-1")
-        principal = keel.authenticator.known(token) if token else None
-        if token and principal is None:
+        caller = admission.identify_now(token, lambda: client_address(scope, self._trusted_hops))
+        if caller is None:
             return False  # a key to look up (or to refuse with a 401): the full path does that
-        operation, priority = classify(method, path)
-        guard = keel.rate_limits
-        if guard is not None:
-            catalog = keel.rate_limit_catalog
-            client = _client(principal, scope, self._trusted_hops)
-            plan = catalog.plan_named(principal.plan if principal else None)
-            outcome = guard.known_refusal(client, plan, catalog.cost_of(operation))
-            if outcome is not None:
-                await _rate_limited(scope, send, outcome, _request_id(request_id), early=True)
-                self._count(method, 429, started)
-                return True
-        shedder = keel.shedder
-        if shedder is not None and shedder.refuses(priority):
-            await _shed(scope, send, priority, _request_id(request_id), early=True)
-            self._count(method, 503, started)
-            return True
-        if principal is not None:
-            scope[PRINCIPAL_SCOPE_KEY] = principal
-        return False
+        refusal = admission.try_refuse_now(caller, operation_of(method, path))
+        if refusal is None:
+            state.caller = caller
+            return False
+        state.refused = True
+        await write_refusal(send, refusal, _request_id(request_id), early=True)
+        self._count(method, 429 if refusal.kind == "quota" else 503, started)
+        return True
 
     def _count(self, method: str, status: int, started: float) -> None:
         # Labelled as the envelope labels refusals: they are answered before routing.
-        series = self._series.get((method, status))
-        if series is None:
-            labels = (method, UNROUTED, str(status))
-            series = self._series[(method, status)] = (
-                self._metrics.http_requests.labels(*labels),
-                self._metrics.http_request_duration.labels(*labels),
-            )
-        series[0].inc()
-        series[1].observe(time.perf_counter() - started)
-
-
-def _client(principal: Principal | None, scope: Scope, trusted_hops: int) -> str:
-    """Whom a request's rate limits are kept for: its API key, else its address."""
-    return f"key:{principal.key_id}" if principal else f"ip:{client_address(scope, trusted_hops)}"
+        self._series.observe((method, UNROUTED, str(status)), time.perf_counter() - started)
 
 
 def _request_id(asked: str) -> str:
@@ -220,55 +191,42 @@ def _request_id(asked: str) -> str:
     return asked if valid_request_id(asked) else os.urandom(16).hex()
 
 
-async def _authenticate(scope: Scope, keel: Keel) -> Principal | None:
-    """The caller, looked up once per request and handed to the version picker and the routes
-    through the scope. A missing or unknown key is answered by the route (401); here it only
-    means the request is limited by address."""
-    known: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
-    if known is not None:
-        note_caller(known.key_id)
-        return known  # found by EarlyRefusals
-    values = [value for name, value in scope["headers"] if name == b"authorization"]
-    if len(values) != 1:
-        return None  # none, or several (refused by the route): limited by address
-    token = bearer_token(values[0].decode("latin-1"))
-    if not token:
-        return None
-    try:
-        principal = await keel.authenticator.authenticate(token)
-    except KeelError:
-        return None
-    scope[PRINCIPAL_SCOPE_KEY] = principal
-    note_caller(principal.key_id)
-    return principal
+async def write_refusal(send: Send, refusal: Refusal, request_id: str, *, early: bool = False) -> None:
+    """A 429 or 503 problem, written straight to ASGI: an abuser's requests, and the shed part of
+    a spike, are answered by the thousand, so this path builds no Response object and only one
+    small JSON document. `early`: answered before the envelope, which would add the request id."""
+    if refusal.kind == "quota":
+        headers, body = _quota_exceeded(refusal, request_id)
+        status = 429
+    else:
+        body = f"{_SHED_HEAD}{json.dumps(request_id)}}}".encode()
+        headers = [*_SHED_HEADERS, (b"retry-after", str(refusal.retry_after_seconds).encode())]
+        status = 503
+    headers.append((b"content-length", str(len(body)).encode()))
+    if early:
+        headers.append((b"x-request-id", request_id.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
-async def _rate_limited(
-    scope: Scope, send: Send, outcome: RateLimitOutcome, request_id: str, *, early: bool = False
-) -> None:
-    """A 429 problem, written straight to ASGI: an abuser's requests are answered by the
-    thousand, so this path builds no Response object and only one small JSON document."""
-    scope[REJECTED_SCOPE_KEY] = True
-    violated = outcome.violated_policies  # policy names: [a-z0-9_-], safe inside JSON strings
-    retry_after = outcome.retry_after_seconds
+def _quota_exceeded(refusal: Refusal, request_id: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    limits = refusal.limits
+    assert limits is not None  # a quota refusal always carries its decision
+    violated = refusal.violated_policies  # policy names: [a-z0-9_-], safe inside JSON strings
     names = ",".join(f'"{name}"' for name in violated)
     body = (
         f'{{"type":"urn:keel:problem:quota-exceeded","title":"Quota exceeded","status":429,'
-        f'"detail":"Request quota exceeded ({", ".join(violated)}); retry after {retry_after} s.",'
+        f'"detail":{json.dumps(refusal.detail)},'
         f'"request_id":{json.dumps(request_id)},"violated_policies":[{names}]}}'
     ).encode()
     headers = [
         (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(retry_after).encode()),
-        (b"ratelimit-policy", outcome.plan.policy_header.encode()),
+        (b"retry-after", str(refusal.retry_after_seconds).encode()),
+        (b"ratelimit-policy", limits.plan.policy_header.encode()),
     ]
-    if outcome.ratelimit_header is not None:
-        headers.append((b"ratelimit", outcome.ratelimit_header.encode()))
-    if early:  # else the envelope adds it
-        headers.append((b"x-request-id", request_id.encode()))
-    await send({"type": "http.response.start", "status": 429, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    if limits.ratelimit_header is not None:
+        headers.append((b"ratelimit", limits.ratelimit_header.encode()))
+    return headers, body
 
 
 _SHED_HEAD = (
@@ -276,20 +234,3 @@ _SHED_HEAD = (
     '"status":503,"detail":"The service is shedding load; retry after the indicated time.","request_id":'
 )
 _SHED_HEADERS = [(b"content-type", b"application/problem+json")]
-_RETRY_AFTER = [str(seconds).encode() for seconds in (1, 2, 3)]
-
-
-async def _shed(
-    scope: Scope, send: Send, priority: Priority, request_id: str, *, early: bool = False
-) -> None:
-    """The cheapest answer this process can give: shedding happens when it is short of CPU."""
-    scope[REJECTED_SCOPE_KEY] = True
-    _shed_log.warning("load_shed", priority=priority.name.lower())
-    body = f"{_SHED_HEAD}{json.dumps(request_id)}}}".encode()
-    # Jittered, so that refused clients do not all come back in the same second.
-    retry_after = _RETRY_AFTER[random.randrange(3)]  # noqa: S311 - jitter, not security
-    headers = [*_SHED_HEADERS, (b"retry-after", retry_after), (b"content-length", str(len(body)).encode())]
-    if early:  # else the envelope adds it
-        headers.append((b"x-request-id", request_id.encode()))
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -1,49 +1,51 @@
-"""FastAPI dependencies: the Keel container and the authenticated caller."""
+"""FastAPI dependencies: what the routes need of the process, and the authenticated caller."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
+from keel.admission import Admission, bearer_token
+from keel.api.http.request_state import request_state
 from keel.domain.api_keys import Principal
-from keel.domain.errors import Unauthenticated
 from keel.observability.context import note_caller
-
-if TYPE_CHECKING:
-    from keel.bootstrap import Keel
+from keel.service.use_cases import CallerAuthenticator, ProfileUseCases
 
 
-async def get_keel(request: Request) -> Keel:
+class RestServices(Protocol):
+    """What the REST routes and middleware need of the process, found in the application's
+    state as `services` (the composition root puts it there; the routes never import it)."""
+
+    @property
+    def profiles(self) -> ProfileUseCases: ...
+    @property
+    def authenticator(self) -> CallerAuthenticator: ...
+    @property
+    def admission(self) -> Admission: ...
+
+
+async def get_services(request: Request) -> RestServices:
     # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, per request.
-    keel: Keel = request.app.state.keel
-    return keel
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
-PRINCIPAL_SCOPE_KEY = "keel.principal"
-ONE_AUTHORIZATION = "Send one Authorization header, not several."
+    services: RestServices = request.app.state.services
+    return services
 
 
 async def authenticated_caller(request: Request) -> Principal:
-    """The caller, as the version picker already resolved it, or authenticated now.
-    Raises `Unauthenticated` (401) for a missing or unknown key."""
-    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
-    if principal is None and len(request.headers.getlist("authorization")) > 1:
-        # Two parsers (a proxy's, ours) could pick different ones: no guessing which was meant.
-        raise Unauthenticated(ONE_AUTHORIZATION)
+    """The caller, as admission already identified it, or authenticated now. Raises
+    `Unauthenticated` (401) for a missing or unknown key."""
+    caller = request_state().caller
+    principal = caller.principal if caller is not None else None
     if principal is None:
-        keel: Keel = request.app.state.keel
-        principal = await keel.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
+        if caller is not None and caller.error is not None:
+            raise caller.error  # the lookup admission made: one per request
+        services: RestServices = request.app.state.services
+        principal = await services.authenticator.authenticate(
+            bearer_token(request.headers.get("authorization"))
+        )
     note_caller(principal.key_id)
     return principal
 
 
-KeelDep = Annotated["Keel", Depends(get_keel)]
+ServicesDep = Annotated[RestServices, Depends(get_services)]
 Caller = Annotated[Principal, Depends(authenticated_caller)]

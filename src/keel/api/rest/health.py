@@ -5,13 +5,38 @@ router of their own: production serves them on the management port only (`api_po
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Protocol
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from keel.api.rest.dependencies import KeelDep
+from keel.observability.metrics import Metrics
+from keel.resilience.breaker import CircuitBreaker
+
+
+class HealthServices(Protocol):
+    """What the operational endpoints need of the process (the app's state `services`)."""
+
+    @property
+    def readiness(self) -> Callable[[], Awaitable[tuple[bool, dict[str, str]]]]: ...
+    @property
+    def probes(self) -> Mapping[str, Callable[[], Awaitable[object]]]: ...
+    @property
+    def breakers(self) -> Mapping[str, CircuitBreaker]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+async def _services(request: Request) -> HealthServices:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, per request.
+    services: HealthServices = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[HealthServices, Depends(_services)]
 
 router = APIRouter(include_in_schema=False)
 _READINESS_TIMEOUT = 1.0
@@ -24,19 +49,19 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz")
-async def readyz(keel: KeelDep) -> Response:
+async def readyz(services: ServicesDep) -> Response:
     """Ready to serve: the database answers and carries the schema this code needs (on an edge:
     the remote core answers its health check as serving). Every other
     dependency is reported, not judged: without Redis, rate limits are decided locally (fail
     open) and caches are not invalidated across processes, which is degraded but serving."""
-    ready, checks = await keel.readiness()
-    for name, probe in keel.probes.items():
+    ready, checks = await services.readiness()
+    for name, probe in services.probes.items():
         try:
             await asyncio.wait_for(probe(), _READINESS_TIMEOUT)
             checks[name] = "ok"
         except Exception:  # noqa: BLE001 - reported as it is; the kind does not matter here
             checks[name] = "unreachable"
-    breakers = {name: breaker.state.value for name, breaker in keel.breakers.items()}
+    breakers = {name: breaker.state.value for name, breaker in services.breakers.items()}
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks, "breakers": breakers},
         status_code=200 if ready else 503,
@@ -47,5 +72,5 @@ metrics_router = APIRouter(include_in_schema=False)
 
 
 @metrics_router.get("/metrics")
-async def metrics(keel: KeelDep) -> Response:
-    return Response(generate_latest(keel.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime
 from typing import Any
 
+from keel.api.timestamps import timestamp
 from keel.domain.profile import Profile
 
 
@@ -27,12 +27,6 @@ def profile_document(profile: Profile) -> dict[str, Any]:
         "created_at": timestamp(profile.created_at),
         "updated_at": timestamp(profile.updated_at),
     }
-
-
-def timestamp(value: datetime) -> str:
-    """RFC 3339 in UTC with microseconds, e.g. `2026-11-28T12:00:00.000000Z`: one fixed width."""
-    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _id_tag(profile_id: str) -> str:
@@ -60,12 +54,3 @@ def version_from_etag(profile_id: str, value: str) -> int | None:
     if tag != _id_tag(profile_id) or not _VERSION.fullmatch(version):
         return None
     return int(version)
-
-
-def etag_matches(header: str, current: str) -> bool:
-    """If-None-Match: weak comparison over a list of entity tags, or `*`."""
-    for candidate in header.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == current:
-            return True
-    return False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 from urllib.parse import urlencode
 
 from cadwyn import VersionedAPIRouter
@@ -11,11 +11,12 @@ from fastapi import Header, Query, Request
 from fastapi.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from keel.api.http.conditional import etag_matches
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.media_types import accepts, refusal_detail
-from keel.api.rest.dependencies import Caller, KeelDep, authenticated_caller
+from keel.api.rest.dependencies import Caller, RestServices, ServicesDep, authenticated_caller
 from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
-from keel.api.rest.mapping import etag, etag_matches, profile_document, version_from_etag
+from keel.api.rest.mapping import etag, profile_document, version_from_etag
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors
@@ -27,9 +28,6 @@ from keel.service.use_cases import (
     answer_shows_profile,
     valid_idempotency_key,
 )
-
-if TYPE_CHECKING:
-    from keel.bootstrap import Keel
 
 # Revalidate every time (cheap with If-None-Match), never share between callers.
 _CACHE_CONTROL = "private, no-cache"
@@ -87,14 +85,14 @@ def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] |
 async def create_profile(
     body: ProfileCreate,
     caller: Caller,
-    keel: KeelDep,
+    services: ServicesDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", json_schema_extra=_IDEMPOTENCY_KEY_SCHEMA)
     ] = None,
 ) -> Response:
     """Create a profile. With `Idempotency-Key`, retries of the same request return the first
     response (marked `Idempotent-Replayed: true`) instead of creating a duplicate."""
-    created = await keel.profiles.create_profile(
+    created = await services.profiles.create_profile(
         caller,
         # Python mode, not JSON mode: JSON mode would quietly turn NaN into null, and the
         # service must see what the client sent to refuse it.
@@ -118,9 +116,9 @@ async def create_profile(
 async def get_profile(profile_id: str, request: Request) -> Response:
     # The hot path: a deliberately short signature (every parameter is work for FastAPI, and
     # Cadwyn resolves the signature twice), with headers read straight from the request.
-    keel: Keel = request.app.state.keel
+    services: RestServices = request.app.state.services
     caller = await authenticated_caller(request)
-    read = await keel.profiles.read_profile(caller, profile_id)
+    read = await services.profiles.read_profile(caller, profile_id)
     profile = read.profile
     tag = etag(profile, full_view=caller.is_admin)
     headers = {"ETag": tag, "Cache-Control": _CACHE_CONTROL}
@@ -158,7 +156,7 @@ async def update_profile(
     profile_id: str,
     request: Request,
     caller: Caller,
-    keel: KeelDep,
+    services: ServicesDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     # `StrictBodies` refused other media types and malformed JSON already; checked again so that
@@ -178,7 +176,7 @@ async def update_profile(
     shape = shape_errors(patch)
     if shape:
         raise ValidationFailed(shape)
-    profile = await keel.profiles.update_profile(
+    profile = await services.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )
     tag = etag(profile, full_view=caller.is_admin)
@@ -197,11 +195,11 @@ async def update_profile(
 async def delete_profile(
     profile_id: str,
     caller: Caller,
-    keel: KeelDep,
+    services: ServicesDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Soft delete: the profile is gone for every reader, its handle and emails are free again."""
-    await keel.profiles.delete_profile(
+    await services.profiles.delete_profile(
         caller, profile_id, expected_version=_expected_version(profile_id, if_match)
     )
     return Response(status_code=204)
@@ -213,7 +211,7 @@ async def delete_profile(
 async def list_profiles(
     request: Request,
     caller: Caller,
-    keel: KeelDep,
+    services: ServicesDep,
     handle: Annotated[str | None, Query(max_length=64)] = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
     ids: Annotated[
@@ -223,7 +221,7 @@ async def list_profiles(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     id_list = tuple(part.strip() for part in ids.split(",") if part.strip()) if ids is not None else None
-    page = await keel.profiles.list_profiles(
+    page = await services.profiles.list_profiles(
         caller, ListFilters(handle=handle, email=email, ids=id_list), limit=limit, cursor=cursor
     )
     headers = {"Cache-Control": _CACHE_CONTROL}

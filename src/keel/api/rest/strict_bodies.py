@@ -16,14 +16,14 @@ from urllib.parse import parse_qsl
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keel.api.http.problems import problem_response
 from keel.api.media_types import JSON, MERGE_PATCH_JSON, accepts, refusal_detail
 from keel.api.query_strings import repeated_detail, repeated_names
-from keel.api.rest.admission import classify
-from keel.api.rest.problems import problem_response
+from keel.api.rest.admission import operation_of
 from keel.service.strict_json import MalformedJSON, loads_strict
 
 _VERSIONED_PREFIX = "/v1/"
-# The operations that take a JSON body, named as `classify` names them, and its media type.
+# The operations that take a JSON body, as `operation_of` names them, and its media type.
 _BODY_MEDIA_TYPES = {"profiles.create": JSON, "profiles.update": MERGE_PATCH_JSON}
 
 
@@ -42,8 +42,7 @@ class StrictBodies:
                 scope, receive, send
             )
             return
-        operation, _ = classify(scope["method"], scope["path"])
-        expected = _BODY_MEDIA_TYPES.get(operation)
+        expected = _BODY_MEDIA_TYPES.get(operation_of(scope["method"], scope["path"]).name)
         if expected is None:
             await self.app(scope, receive, send)
             return

@@ -1,0 +1,180 @@
+"""The request envelope of HTTP (`keel.api.envelope`: request id, trace span, metrics, access
+log, shared with gRPC), as one pure ASGI middleware (no per-request BaseHTTPMiddleware task),
+with what only HTTP has: the body size limit and `X-Request-Timeout`.
+
+Everything a request does inside runs with `request_id` and `trace_id` in the log context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keel.api.envelope import Exchange, Series
+from keel.api.http.problems import problem_response
+from keel.api.http.request_state import request_state
+from keel.observability.metrics import Metrics
+from keel.resilience.deadline import deadline_in
+
+UNROUTED = "unmatched"  # the route label of requests answered before routing
+_log = structlog.get_logger("keel.access")
+
+
+def _timeout_seconds(value: bytes) -> float | None:
+    """A client's `X-Request-Timeout` (seconds, decimal), or None when it is not one."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
+class RequestEnvelope:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        access_log: bool,
+        request_timeout_seconds: float,
+    ) -> None:
+        self.app = app
+        self._timeout = request_timeout_seconds
+        self._metrics = metrics
+        self._max_body = max_body_bytes
+        self._access_log = access_log
+        self._series = Series(metrics.http_requests, metrics.http_request_duration)
+        self._too_large_detail = f"Request bodies are limited to {max_body_bytes} bytes."
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier: dict[str, str] = {}
+        request_id = ""
+        content_length = -1
+        requested_timeout: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif name == b"traceparent" or name == b"tracestate":
+                carrier[name.decode()] = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else -1
+            elif name == b"x-request-timeout":
+                requested_timeout = value
+
+        method = scope["method"]
+        exchange = Exchange(scope["app"].state.services.tracer, method, carrier, request_id)
+        response_headers = [
+            (b"x-request-id", exchange.request_id.encode()),
+            (b"traceparent", exchange.traceparent().encode()),
+        ]
+        status = 500
+        started_response = False
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._max_body:
+                    # An HTTPException passes through FastAPI's body parsing (anything else would
+                    # become a 400) and reaches the problem handlers as a 413.
+                    raise HTTPException(413, self._too_large_detail)
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started_response = True
+                message["headers"] = [*message.get("headers", ()), *response_headers]
+            await send(message)
+
+        # The client may ask for less time than the server's deadline, never for more.
+        timeout = self._timeout
+        bad_timeout = False
+        if requested_timeout is not None:
+            asked = _timeout_seconds(requested_timeout)
+            bad_timeout = asked is None
+            timeout = min(timeout, asked or timeout)
+        self._metrics.http_in_flight.inc()
+        try:
+            if content_length > self._max_body:
+                await self._too_large(scope, receive, send_with_headers)
+            elif bad_timeout:
+                await problem_response(
+                    400,
+                    "bad-request",
+                    "Bad request",
+                    "X-Request-Timeout must be a number of seconds greater than 0.",
+                )(scope, receive, send_with_headers)
+            else:
+                with deadline_in(timeout):
+                    await self.app(scope, counted_receive, send_with_headers)
+        except ClientDisconnect:
+            # The client went, or the HTTP server gave up on its body (keel.api.http.protocol),
+            # before the request was whole: no one to answer and not Keel's failure. 499 as in
+            # nginx: "client closed request".
+            status = 499
+        except asyncio.CancelledError:
+            # Cancelled (the caller's task went away, or the server is shutting down): nothing
+            # was answered and nothing failed, so the same 499, never a 500 in the metrics, the
+            # access log and the span. gRPC says CANCELLED in the same case.
+            status = 499
+            raise
+        except Exception as error:
+            exchange.span.record_exception(error)
+            _log.error("unhandled_error", exc_info=error)
+            if not started_response:
+                await problem_response(
+                    500, "internal", "Internal error", "The request failed; it has been logged."
+                )(scope, receive, send_with_headers)
+            else:
+                raise
+        finally:
+            self._metrics.http_in_flight.dec()
+            route = _route_template(scope)
+            logged = self._access_log and not request_state().refused
+            recording = exchange.span.is_recording()  # else no span name nor attributes to build
+            exchange.close(
+                self._series,
+                (method, route, str(status)),
+                span_name=f"{method} {route}" if recording else None,
+                attributes={
+                    "http.request.method": method,
+                    "http.route": route,
+                    "http.response.status_code": status,
+                }
+                if recording
+                else None,
+                failed=status >= 500,
+                # The route template, never the raw path or query: queries may carry email
+                # addresses.
+                access_log=("request", {"method": method, "route": route, "status": status})
+                if logged
+                else None,
+            )
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await problem_response(
+            413,
+            "payload-too-large",
+            "Payload too large",
+            f"Request bodies are limited to {self._max_body} bytes.",
+        )(scope, receive, send)
+
+
+def _route_template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    # Only templates, never raw paths, become labels: raw paths would explode cardinality.
+    return path if isinstance(path, str) else UNROUTED

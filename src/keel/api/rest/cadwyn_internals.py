@@ -1,0 +1,86 @@
+"""Every place Keel reaches into Cadwyn's internals, and why; nothing else in Keel does.
+
+Cadwyn is pinned (requirements.lock); `tests/unit/test_cadwyn_contract.py` fails loudly when an
+upgrade moves what these rely on. Decision record: docs/decisions/0001-framework-internals.md.
+
+1. Serving the newest API version without Cadwyn's per-request conversion
+   (`serve_newest_version_directly`, `NewestServedDirectly`).
+
+Cadwyn wraps every generated route, the newest version's included, in a function that solves
+the endpoint's dependencies a second time against the newest ("head") schemas, then converts
+the request and the response between versions. For the newest version there is nothing to
+convert by definition: migrations only ever run between it and older versions. Cadwyn's own
+source marks this as a known cost ("only do this if there are migrations").
+
+So, once Cadwyn has generated its routes, each route of the newest version is handled by the
+route it was generated from: the same endpoint, the same dependencies, the same validation,
+without the identity conversion. Matching, OpenAPI and every older version stay Cadwyn's.
+
+2. No worker thread per request for the version header (`use_async_version_dependency`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cadwyn import Cadwyn
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+
+
+def serve_newest_version_directly(app: Cadwyn, source: APIRouter, newest_version: str) -> int:
+    """Point the newest version's generated routes at their source routes' handlers.
+
+    Returns how many routes now bypass the conversion (all of the source's routes).
+    """
+    handlers = {(r.path, frozenset(r.methods or ())): r.app for r in source.routes if isinstance(r, APIRoute)}
+    swapped = 0
+    for route in app.router.versioned_routers[newest_version].routes:
+        if isinstance(route, APIRoute):
+            handler = handlers.get((route.path, frozenset(route.methods or ())))
+            if handler is not None:
+                route.app = handler
+                swapped += 1
+    return swapped
+
+
+class NewestServedDirectly(Cadwyn):
+    """A Cadwyn app whose newest version is served by the source routes (see above), from the
+    moment Cadwyn generates its versioned routes (lazily, on the first request)."""
+
+    newest_source: tuple[APIRouter, str] | None = None  # the source router and the newest version
+
+    def _cadwyn_initialize(self) -> None:
+        super()._cadwyn_initialize()
+        if self.newest_source is not None:
+            serve_newest_version_directly(self, *self.newest_source)
+
+
+_CADWYN_FACTORY = "_generate_api_version_dependency"
+
+
+def use_async_version_dependency() -> None:
+    """Replace Cadwyn's per-route `Keel-Version` header dependency by an empty coroutine.
+
+    Cadwyn adds to every versioned route a dependency that only documents the header and
+    validates it as a date. It is a plain `def`, which FastAPI runs in a worker thread (one
+    thread hop per request, the largest single cost of a profile read when measured), and
+    Cadwyn solves it twice per request. `KeelVersionPicker` already validates the header, and
+    `document_version_header` puts it back into OpenAPI, so the dependency can do nothing.
+    Cadwyn is pinned; `tests/unit/test_cadwyn_contract.py` fails if this stops applying.
+    """
+    import cadwyn.applications as cadwyn_applications
+
+    original = getattr(cadwyn_applications, _CADWYN_FACTORY)
+    if getattr(original, "_keel_async", False):
+        return
+
+    def generate(**kwargs: Any) -> Callable[[], Awaitable[None]]:
+        async def api_version_dependency() -> None:
+            return None
+
+        return api_version_dependency
+
+    generate._keel_async = True  # type: ignore[attr-defined]
+    setattr(cadwyn_applications, _CADWYN_FACTORY, generate)

@@ -1,0 +1,131 @@
+"""The process's object graph once built: the services every protocol adapter is handed (each
+through the narrow protocol it declares), and the in-process core of a core deployment."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+
+from keel.admission import Admission
+from keel.bootstrap.protection import Protection
+from keel.config import Settings
+from keel.observability.metrics import Metrics
+from keel.ratelimit.catalog import RateLimitCatalog
+from keel.ratelimit.guard import RateLimitGuard
+from keel.resilience.breaker import CircuitBreaker
+from keel.resilience.load_shedder import LoadShedder
+from keel.resilience.loop_lag import LoopLag
+from keel.service.auth import Authenticator
+from keel.service.ports import Clock, InvalidationBus, Store
+from keel.service.profile_reads import ProfileReads
+from keel.service.profiles import ProfileService
+from keel.service.use_cases import CallerAuthenticator, ProfileUseCases
+
+
+@dataclass
+class Core:
+    """The service in this process and what it stands on; an edge deployment has none."""
+
+    store: Store
+    clock: Clock
+    service: ProfileService
+    authenticator: Authenticator
+    reads: ProfileReads
+    invalidation_bus: InvalidationBus | None
+    expected_schema_revision: str
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready when the database answers and carries the schema this code needs."""
+        checks: dict[str, str] = {}
+        try:
+            revision = await asyncio.wait_for(self.store.schema_revision(), READINESS_TIMEOUT_SECONDS)
+            checks["database"] = "ok"
+            checks["migrations"] = (
+                "current" if revision == self.expected_schema_revision else f"at {revision or 'none'}"
+            )
+        except Exception:  # noqa: BLE001 - any failure means "not ready"; the kind is in the check
+            checks["database"] = "unreachable"
+            checks["migrations"] = "unknown"
+        return checks == {"database": "ok", "migrations": "current"}, checks
+
+    async def close(self) -> None:
+        if self.invalidation_bus is not None:
+            await self.invalidation_bus.close()
+        await self.store.close()
+
+
+READINESS_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
+class Services:
+    """Everything the protocol adapters need, built once per process. Each adapter declares the
+    narrow protocol it needs of this (`keel.api.*`) and never imports it."""
+
+    settings: Settings
+    profiles: ProfileUseCases
+    authenticator: CallerAuthenticator
+    admission: Admission  # the one request pipeline of every protocol
+    core: Core | None  # None on an edge, whose use cases run on a remote core
+    # The checks that decide readiness: the database (or the remote core, on an edge).
+    readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
+    metrics: Metrics
+    tracer_provider: TracerProvider
+    tracer: Tracer
+    rate_limit_catalog: RateLimitCatalog
+    rate_limits: RateLimitGuard | None  # None: the kill switch is on
+    shedder: LoadShedder | None
+    breakers: dict[str, CircuitBreaker]
+    loop_lag: LoopLag
+    # Dependencies /readyz reports without judging: name -> a call that fails when it is down.
+    probes: dict[str, Callable[[], Awaitable[object]]]
+    closers: list[Callable[[], Awaitable[object]]]
+
+    @property
+    def local(self) -> Core:
+        """The in-process core, for operations that only a core can do (keys, housekeeping)."""
+        if self.core is None:
+            raise RuntimeError("This Services is an edge: it has no database of its own.")
+        return self.core
+
+    async def close(self) -> None:
+        for close in self.closers:
+            await close()
+        if self.rate_limits is not None:
+            await self.rate_limits.close()
+        if self.core is not None:
+            await self.core.close()
+        self.tracer_provider.shutdown()
+
+
+def assemble(
+    settings: Settings,
+    metrics: Metrics,
+    guards: Protection,
+    profiles: ProfileUseCases,
+    authenticator: CallerAuthenticator,
+    core: Core | None,
+    readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]],
+) -> Services:
+    return Services(
+        settings=settings,
+        profiles=profiles,
+        authenticator=authenticator,
+        admission=Admission(authenticator, guards.catalog, guards.guard, guards.shedder),
+        core=core,
+        readiness=readiness,
+        metrics=metrics,
+        tracer_provider=guards.tracer_provider,
+        tracer=guards.tracer,
+        rate_limit_catalog=guards.catalog,
+        rate_limits=guards.guard,
+        shedder=guards.shedder,
+        breakers=guards.breakers,
+        loop_lag=guards.loop_lag,
+        probes=guards.probes,
+        closers=guards.closers,
+    )

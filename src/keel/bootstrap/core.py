@@ -1,0 +1,146 @@
+"""A core: the service over its own database (refusing an unmigrated one), with the profile cache
+and the key lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from keel.bootstrap.container import Core
+from keel.bootstrap.protection import Protection, build_breaker
+from keel.config import Settings
+from keel.observability.database import DatabaseObserver
+from keel.observability.metrics import Metrics
+from keel.resilience.breaker import CircuitBreaker
+from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
+from keel.service.attributes import AttributePolicy
+from keel.service.auth import Authenticator
+from keel.service.clock import SystemClock
+from keel.service.pagination import Cursors
+from keel.service.ports import InvalidationBus, Store
+from keel.service.profile_reads import CachePolicy, ProfileReads
+from keel.service.profiles import ProfileService
+from keel.storage.migrations.runner import head_revision
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database has not been migrated to the revision this code needs."""
+
+
+async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
+    if settings.uses_postgres:
+        from keel.storage.postgres.store import PostgresStore
+
+        return await PostgresStore.open(
+            settings.database_url,
+            observer,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            command_timeout=settings.db_command_timeout_seconds,
+            acquire_timeout=settings.db_acquire_timeout_seconds,
+        )
+    from keel.storage.sqlite.store import SqliteStore
+
+    return await SqliteStore.open(
+        settings.sqlite_path, observer, acquire_timeout=settings.db_acquire_timeout_seconds
+    )
+
+
+def guard_store(
+    store: Store, settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker]
+) -> Store:
+    """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
+    from keel.storage.guarded import GuardedStore
+
+    breaker = breakers["database"] = build_breaker(
+        "database", metrics, open_seconds=settings.db_breaker_open_seconds
+    )
+    return GuardedStore(store, breaker, timeout_seconds=settings.db_timeout_seconds)
+
+
+def build_profile_reads(
+    settings: Settings, store: Store, metrics: Metrics
+) -> tuple[ProfileReads, InvalidationBus | None]:
+    """Reads through the in-process cache, invalidated across processes over Redis when set."""
+    retries = metrics.dependency_retries
+    retry = RetryPolicy(
+        RetryBudget(ratio=settings.retry_budget_ratio),
+        Backoff(),
+        on_retry=lambda outcome: retries.labels("database", outcome).inc(),
+    )
+    if not settings.cache_enabled:
+        return ProfileReads(store, retry), None
+    from keel.cache.memory import BoundedProfileCache
+
+    bus: InvalidationBus | None = None
+    if settings.redis_url is not None:
+        from keel.cache.redis_bus import RedisInvalidationBus
+
+        bus = RedisInvalidationBus.from_url(
+            settings.redis_url, on_publish_failure=metrics.cache_invalidations_unpublished.inc
+        )
+    lookups = metrics.profile_cache_lookups
+    outcomes = {name: lookups.labels(name) for name in ("hit", "miss", "coalesced", "stale", "error")}
+    reads = ProfileReads(
+        store,
+        retry,
+        cache=BoundedProfileCache(settings.cache_max_entries),
+        bus=bus,
+        policy=CachePolicy(settings.cache_fresh_seconds, settings.cache_stale_if_error_seconds),
+        on_outcome=lambda outcome: outcomes[outcome].inc(),
+    )
+    return reads, bus
+
+
+async def check_schema(store: Store, settings: Settings) -> None:
+    applied = await store.schema_revision()
+    expected = head_revision()
+    if applied != expected:
+        raise SchemaNotCurrent(
+            f"The database {settings.redacted_database_url()} is at schema revision {applied or 'none'},"
+            f" this Keel needs {expected}. Run `keel migrate` first."
+        )
+
+
+StoreOpener = Callable[[Settings, DatabaseObserver], Awaitable[Store]]
+
+
+async def build_core(
+    settings: Settings, metrics: Metrics, guards: Protection, *, store_opener: StoreOpener = open_store
+) -> Core:
+    """The service over its own database, refusing an unmigrated one. `store_opener`: how the
+    store is opened (tests may hand in an in-memory one)."""
+    policy = (
+        AttributePolicy.from_file(settings.attribute_schema)
+        if settings.attribute_schema is not None
+        else AttributePolicy()
+    )
+    observer = DatabaseObserver(metrics, guards.tracer, "postgresql" if settings.uses_postgres else "sqlite")
+    store = await store_opener(settings, observer)
+    try:
+        await check_schema(store, settings)
+    except BaseException:
+        await store.close()
+        raise
+    clock = SystemClock()
+    store = guard_store(store, settings, metrics, guards.breakers)
+    reads, bus = build_profile_reads(settings, store, metrics)
+    service = ProfileService(
+        store,
+        clock,
+        policy,
+        settings.region,
+        reads=reads,
+        idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
+        cursors=Cursors(settings.cursor_key()),
+    )
+    authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
+    return Core(
+        store=store,
+        clock=clock,
+        service=service,
+        authenticator=authenticator,
+        reads=reads,
+        invalidation_bus=bus,
+        expected_schema_revision=head_revision(),
+    )

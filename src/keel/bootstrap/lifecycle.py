@@ -1,0 +1,109 @@
+"""The process from start to stop: build the services, start the background work and the
+servers, close everything on the way out; the ASGI application `keel serve` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
+
+import structlog
+from fastapi import FastAPI
+
+from keel.bootstrap.container import Services, assemble
+from keel.bootstrap.core import StoreOpener, build_core, open_store
+from keel.bootstrap.edge import build_edge
+from keel.bootstrap.protection import build_protection
+from keel.config import Settings
+from keel.observability.logging import configure_logging
+from keel.observability.management import management_port
+from keel.observability.metrics import Metrics
+from keel.service.housekeeping import purge_idempotency_records
+
+if TYPE_CHECKING:
+    from keel.api.grpc.server import GrpcServer
+
+
+async def build_services(
+    settings: Settings, *, metrics: Metrics | None = None, store_opener: StoreOpener = open_store
+) -> Services:
+    """Build the process's object graph: a core over its database (refusing an unmigrated
+    one), or an edge over a remote core when `core_url` is set."""
+    metrics = metrics or Metrics()
+    if settings.core_url is not None:
+        return build_edge(settings, metrics)
+    guards = build_protection(settings, metrics)
+    core = await build_core(settings, metrics, guards, store_opener=store_opener)
+    return assemble(settings, metrics, guards, core.service, core.authenticator, core, core.readiness)
+
+
+async def preflight(settings: Settings) -> None:
+    """Everything `build_keel` checks (configuration, database, schema), then let go."""
+    keel = await build_services(settings)
+    await keel.close()
+
+
+async def start_grpc(keel: Services) -> GrpcServer:
+    """The gRPC server of a core, on `grpc_host:grpc_port` (port 0: any free port)."""
+    from keel.api.grpc.server import GrpcServer
+
+    settings = keel.settings
+    if keel.core is None:
+        raise ValueError("An edge (KEEL_CORE_URL) does not serve gRPC; its core does.")
+    server = GrpcServer(keel, keel.core.authenticator, f"{settings.grpc_host}:{settings.grpc_port or 0}")
+    await server.start()
+    structlog.get_logger("keel.grpc").info("grpc_serving", host=settings.grpc_host, port=server.port)
+    return server
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI application `keel serve` runs: builds Services on start-up, closes it on shutdown."""
+    from keel.api.application import build_http_app
+
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running(settings, metrics) as keel:
+            app.state.services = keel
+            yield
+
+    return build_http_app(settings, metrics, lifespan=lifespan)
+
+
+@asynccontextmanager
+async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Services]:
+    """A built Services with its background work (loop-lag watch; on a core, housekeeping, cache
+    invalidations and gRPC when configured; the management port when configured), all stopped
+    and closed on the way out."""
+    keel = await build_services(settings, metrics=metrics)
+    background: list[asyncio.Task[None]] = []
+    grpc_server: GrpcServer | None = None
+    servers = ExitStack()
+    try:
+        if settings.management_port is not None:
+            servers.enter_context(
+                management_port(metrics.registry, settings.management_host, settings.management_port)
+            )
+        # Everything built so far (modules, schemas, routes) lives as long as the process: keep
+        # it out of the cyclic collector, whose full passes over it stalled requests for tens of
+        # milliseconds at the tail.
+        gc.collect()
+        gc.freeze()
+        background.append(asyncio.create_task(keel.loop_lag.watch()))
+        if keel.core is not None:
+            background.append(asyncio.create_task(purge_idempotency_records(keel.core.service)))
+            background.append(asyncio.create_task(keel.core.reads.listen()))
+        if settings.grpc_port is not None:
+            grpc_server = await start_grpc(keel)
+        yield keel
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop()
+        servers.close()
+        for task in background:
+            task.cancel()
+        await keel.close()

@@ -1,0 +1,154 @@
+"""What guards a process's callers, core or edge alike: rate limits, load shedding, circuit
+breakers, tracing, dependency probes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+
+from keel.config import Settings
+from keel.observability.metrics import Metrics
+from keel.observability.sampled_log import SampledLog
+from keel.observability.tracing import PropagatingTracer, build_tracer_provider, tracer_from
+from keel.ratelimit.catalog import RateLimitCatalog
+from keel.ratelimit.guard import RateLimitGuard
+from keel.ratelimit.memory import InMemoryRateLimiter
+from keel.ratelimit.ports import RateLimiter
+from keel.resilience.adaptive_limit import GradientLimit
+from keel.resilience.breaker import BreakerState, CircuitBreaker
+from keel.resilience.load_shedder import LoadShedder, Priority
+from keel.resilience.loop_lag import LoopLag
+
+_BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def build_breaker(name: str, metrics: Metrics, **options: float) -> CircuitBreaker:
+    log = structlog.get_logger("keel.resilience")
+    metrics.breaker_state.labels(name).set(0)
+
+    def on_transition(breaker: str, previous: BreakerState, state: BreakerState) -> None:
+        metrics.breaker_state.labels(breaker).set(_BREAKER_STATE_VALUES[state])
+        metrics.breaker_transitions.labels(breaker, state.value).inc()
+        log.warning("circuit_breaker_transition", breaker=breaker, previous=previous.value, state=state.value)
+
+    return CircuitBreaker(name, on_transition=on_transition, **options)  # type: ignore[arg-type]
+
+
+def build_rate_limiter(
+    settings: Settings,
+    metrics: Metrics,
+    breakers: dict[str, CircuitBreaker],
+    loop_lag: LoopLag,
+    catalog: RateLimitCatalog,
+) -> RateLimiter:
+    """In process when embedded; on Redis, failing open to a local share of the quota."""
+    if settings.redis_url is None:
+        return InMemoryRateLimiter()
+    from keel.ratelimit.fallback import FailOpenRateLimiter
+    from keel.ratelimit.redis import RedisRateLimiter, connect
+
+    timeout = settings.ratelimit_redis_timeout_seconds
+    breaker = breakers["redis"] = build_breaker(
+        "redis", metrics, open_seconds=settings.ratelimit_breaker_open_seconds
+    )
+    fallbacks = metrics.ratelimit_fallbacks
+    fallback_log = SampledLog("keel.ratelimit")
+
+    def on_fallback(reason: str) -> None:
+        fallbacks.labels(reason).inc()
+        fallback_log.warning("ratelimit_fallback", reason=reason)
+
+    return FailOpenRateLimiter(
+        RedisRateLimiter(connect(settings.redis_url), timeout_seconds=timeout, loop_lag=loop_lag),
+        local=InMemoryRateLimiter(),
+        breaker=breaker,
+        nodes=settings.ratelimit_nodes,
+        minimum_burst=max(catalog.costs.values()),
+        on_fallback=on_fallback,
+    )
+
+
+def build_rate_limit_catalog(settings: Settings) -> RateLimitCatalog:
+    plans = (
+        {name: plan.to_plan(name) for name, plan in settings.ratelimit_plans.items()}
+        if settings.ratelimit_plans is not None
+        else None
+    )
+    return RateLimitCatalog.build(
+        plans=plans,
+        default_plan=settings.ratelimit_default_plan,
+        anonymous_plan=settings.ratelimit_anonymous_plan,
+        costs=settings.ratelimit_costs,
+    )
+
+
+def build_load_shedder(settings: Settings, metrics: Metrics, loop_lag: LoopLag) -> LoadShedder | None:
+    if not settings.load_shedding_enabled:
+        return None
+    metrics.concurrency_limit.set(settings.concurrency_limit_initial)
+    limit = GradientLimit(
+        initial=settings.concurrency_limit_initial,
+        minimum=settings.concurrency_limit_min,
+        maximum=settings.concurrency_limit_max,
+        on_change=metrics.concurrency_limit.set,
+    )
+    loop_lag.subscribe(limit.observe_loop_lag)
+    shed = {p: metrics.load_shed.labels(p.name.lower()) for p in Priority}
+    return LoadShedder(limit, on_shed=lambda priority: shed[priority].inc())
+
+
+@dataclass
+class Protection:
+    """What guards a process's callers, core or edge alike: limits, shedding, probes."""
+
+    tracer_provider: TracerProvider
+    tracer: Tracer
+    catalog: RateLimitCatalog
+    guard: RateLimitGuard | None
+    shedder: LoadShedder | None
+    breakers: dict[str, CircuitBreaker]
+    loop_lag: LoopLag
+    probes: dict[str, Callable[[], Awaitable[object]]]
+    closers: list[Callable[[], Awaitable[object]]]
+
+
+def build_protection(settings: Settings, metrics: Metrics) -> Protection:
+    catalog = build_rate_limit_catalog(settings)
+    tracer_provider = build_tracer_provider(
+        exporter=settings.trace_exporter,
+        sampling_ratio=settings.trace_sampling_ratio,
+        otlp_endpoint=settings.otlp_endpoint,
+        service_name=settings.service_name,
+    )
+    tracer = tracer_from(tracer_provider) if settings.trace_exporter != "none" else PropagatingTracer()
+    breakers: dict[str, CircuitBreaker] = {}
+    loop_lag = LoopLag()
+    guard = (
+        RateLimitGuard(build_rate_limiter(settings, metrics, breakers, loop_lag, catalog), metrics)
+        if settings.ratelimit_enabled
+        else None
+    )
+    probes: dict[str, Callable[[], Awaitable[object]]] = {}
+    closers: list[Callable[[], Awaitable[object]]] = []
+    if settings.redis_url is not None:
+        from redis.asyncio import Redis
+
+        # A client of its own, so a probe never waits behind the limiter's pool.
+        redis_probe = Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        probes["redis"] = redis_probe.ping
+        closers.append(redis_probe.aclose)
+    return Protection(
+        tracer_provider=tracer_provider,
+        tracer=tracer,
+        catalog=catalog,
+        guard=guard,
+        shedder=build_load_shedder(settings, metrics, loop_lag),
+        breakers=breakers,
+        loop_lag=loop_lag,
+        probes=probes,
+        closers=closers,
+    )

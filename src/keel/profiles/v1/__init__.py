@@ -1,1 +1,0 @@
-"""Generated from proto/ by scripts/generate-proto.sh; do not edit."""

@@ -1,0 +1,34 @@
+"""Background upkeep a core runs for as long as it serves: removing expired idempotency records.
+
+It lives with the use cases rather than in the composition root because what it does (which
+records, how a failure is treated) is service behaviour; the root only starts it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import structlog
+
+IDEMPOTENCY_PURGE_SECONDS = 600.0
+
+
+class PurgesIdempotencyRecords(Protocol):
+    async def purge_expired_idempotency_records(self) -> int: ...
+
+
+async def purge_idempotency_records(
+    service: PurgesIdempotencyRecords, every_seconds: float = IDEMPOTENCY_PURGE_SECONDS
+) -> None:
+    """Idempotency records live 24 h; expired ones are removed every `every_seconds`, until
+    cancelled. A failed pass is logged and the next one tried: housekeeping must outlive a
+    database hiccup."""
+    log = structlog.get_logger("keel.housekeeping")
+    while True:
+        try:
+            removed = await service.purge_expired_idempotency_records()
+            if removed:
+                log.info("idempotency_records_purged", count=removed)
+        except Exception as error:  # noqa: BLE001 - housekeeping must outlive a database hiccup
+            log.warning("idempotency_purge_failed", error=type(error).__name__)
+        await asyncio.sleep(every_seconds)
