@@ -40,7 +40,7 @@ async def build_services(
 
 
 async def preflight(settings: Settings) -> None:
-    """Everything `build_keel` checks (configuration, database, schema), then let go."""
+    """Everything `build_services` checks (configuration, database, schema), then let go."""
     keel = await build_services(settings)
     await keel.close()
 

@@ -1,5 +1,5 @@
 """The API's versions, newest first. A new version is a `VersionChange` that says how to turn
-requests of the older version into the newer shape and responses back (see README)."""
+requests of the older version into the newer shape and responses back (see docs/api/rest.md)."""
 
 from __future__ import annotations
 
