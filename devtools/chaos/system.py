@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,15 @@ class System:
         return self.postgres.url
 
     async def __aenter__(self) -> System:
+        try:
+            return await self._start()
+        except BaseException:
+            # `async with` calls __aexit__ only after __aenter__ returned: whatever started
+            # before a failure (or a Ctrl-C) during start-up is stopped here.
+            await self.__aexit__(None, None, None)
+            raise
+
+    async def _start(self) -> System:
         self.postgres: PostgresProcess = await asyncio.to_thread(
             self._stack.enter_context, postgres_process(durable=True)
         )
@@ -78,15 +89,27 @@ class System:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stop every server, each even if stopping another failed; runs on failures and on
+        Ctrl-C too (the servers run in sessions of their own, so a terminal's SIGINT reaches
+        only the runner, which stops them here)."""
+        steps: list[Callable[[], Awaitable[object]]] = []
         if self.keel is not None:
-            await asyncio.to_thread(stop, self.keel)
+            steps.append(functools.partial(asyncio.to_thread, stop, self.keel))
         if self.core is not None:
-            await asyncio.to_thread(stop, self.core)
-        for proxy in self.proxies.values():
-            await proxy.stop()
+            steps.append(functools.partial(asyncio.to_thread, stop, self.core))
+        steps += [proxy.stop for proxy in self.proxies.values()]
         if self.redis is not None:
-            await asyncio.to_thread(self.redis.stop)
-        await asyncio.to_thread(self._stack.close)
+            steps.append(functools.partial(asyncio.to_thread, self.redis.stop))
+        steps.append(functools.partial(asyncio.to_thread, self._stack.close))
+        errors: list[BaseException] = []
+        for step in steps:
+            try:
+                # Shielded: a second Ctrl-C must not leave a server running.
+                await asyncio.shield(step())
+            except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001 - reported; the other servers must still stop
+                errors.append(error)
+        if errors:
+            print(f"  stopping the system: {errors!r}", flush=True)
         if os.environ.get("KEEL_CHAOS_KEEP") is None:
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         else:
@@ -109,6 +132,15 @@ class System:
         command = keel_cmd("serve", "--host", "127.0.0.1", "--port", str(self.core_port))
         self.core = self._spawn(command, env)
         await self._wait_healthy(self.core, f"http://127.0.0.1:{self.core_port}")
+
+    def server_pids(self) -> list[int]:
+        """Every server process this system started and still holds: to check none outlives it."""
+        pids = [p.pid for p in (self.keel, self.core) if p is not None]
+        if self.redis is not None and self.redis.process is not None:
+            pids.append(self.redis.process.pid)
+        if hasattr(self, "postgres"):
+            pids += self.postgres.pids()
+        return pids
 
     def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with self.keel_log.open("ab") as log:
@@ -205,6 +237,8 @@ class System:
             await asyncio.to_thread(self.postgres.stop)
         elif action == "start":
             await asyncio.to_thread(self.postgres.start)
+        elif action == "crash":
+            await asyncio.to_thread(self.postgres.crash)
         elif action == "pause":
             await asyncio.to_thread(process_faults.pause, self.postgres.pid)
         elif action == "resume":
