@@ -170,9 +170,10 @@ def _count(run: Run, where: dict[str, Any]) -> float:
 
 
 def _rate_per_second(run: Run, where: dict[str, Any]) -> float:
-    """Selected requests per second of their phase (`phase` is required)."""
+    """Selected requests per second of their phase (`phase` is required), after taking `less`
+    away from their count (a rate limit's burst, spent once)."""
     seconds = run.phase_seconds(where["phase"])
-    return len(_selected(run, where)) / seconds if seconds > 0 else math.nan
+    return (len(_selected(run, where)) - where.get("less", 0)) / seconds if seconds > 0 else math.nan
 
 
 def _recovery_seconds(run: Run, where: dict[str, Any]) -> float:

@@ -131,6 +131,13 @@ def record_history(run: Run, history: History, report: CheckReport) -> None:
     run.values["history_violations"] = float(len(report.violations) + len(report.realtime))
     run.values["realtime_stale_reads"] = float(len(report.realtime))
     run.values["acknowledged_writes"] = float(_acknowledged_writes(history))
+    run.values["creates_retried_ok"] = float(
+        sum(
+            1
+            for op in history.ops
+            if op.type == "ok" and op.f == "create" and op.value.get("attempts", 1) > 1
+        )
+    )
     run.values["acknowledged_deletes"] = float(
         sum(1 for op in history.ops if op.type == "ok" and op.f == "delete")
     )
