@@ -29,15 +29,27 @@ _METRIC_LINE = re.compile(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+|NaN|\+Inf)$")
 
 
 async def run_experiment(
-    spec: dict[str, Any], *, seed: int = 1, time_scale: float = 1.0
+    spec: dict[str, Any], *, seed: int = 1, time_scale: float = 1.0, spawned: list[int] | None = None
 ) -> tuple[bool, list[Result], dict[str, str]]:
     """Run the experiment `spec` (a decoded experiment file): (all checks passed, the results,
     text reports such as the history checker's summary). `time_scale` multiplies every pause
-    and the tail (CI runs shortened phases); minimums marked `min_scaled` follow it."""
+    and the tail (CI runs shortened phases); minimums marked `min_scaled` follow it. `spawned`
+    receives the pid of every server the experiment started, to check none outlives it."""
     system_spec = spec.get("system", {})
     keel_env = system_spec.get("keel", {})
     split = system_spec.get("split", False)
-    async with System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split) as system:
+    system = System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split)
+    try:
+        return await _run_in(system, spec, seed, time_scale)
+    finally:
+        if spawned is not None:
+            spawned += system.spawned
+
+
+async def _run_in(
+    system: System, spec: dict[str, Any], seed: int, time_scale: float
+) -> tuple[bool, list[Result], dict[str, str]]:
+    async with system:
         run = Run(started=time.monotonic(), time_scale=time_scale)
         setup = spec.get("setup", {})
         cached, uncached = await _seed(system, setup)

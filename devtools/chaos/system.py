@@ -50,6 +50,7 @@ class System:
         self.keel_port = free_port()
         self.redis: RedisServer | None = None
         self.token = ""
+        self.spawned: list[int] = []  # every server pid started, see `_note_servers`
 
     @property
     def base_url(self) -> str:
@@ -73,12 +74,14 @@ class System:
         self.postgres: PostgresProcess = await asyncio.to_thread(
             self._stack.enter_context, postgres_process(durable=True)
         )
+        self._note_servers()
         await asyncio.to_thread(migrate, self.postgres.url)
         self.proxies["postgres"] = await self._proxy(self.postgres.port)
         if self._with_redis:
             (self._workdir / "redis").mkdir()
             self.redis = RedisServer(self._workdir / "redis")
             await asyncio.to_thread(self.redis.start)
+            self._note_servers()
             self.proxies["redis"] = await self._proxy(self.redis.port)
         self.token = await asyncio.to_thread(self._issue_key, "profiles:read,profiles:write")
         if self._split:
@@ -125,22 +128,25 @@ class System:
             command += ["--core", f"grpc://127.0.0.1:{self.proxies['core'].port}"]
             env["KEEL_CORE_API_KEY"] = self._edge_token
         self.keel = self._spawn(command, env)
+        self._note_servers()
         await self._wait_healthy(self.keel, self.base_url)
 
     async def start_core(self) -> None:
         env = {**os.environ, **self._keel_env, **self._wiring(), "KEEL_GRPC_PORT": str(self.core_grpc_port)}
         command = keel_cmd("serve", "--host", "127.0.0.1", "--port", str(self.core_port))
         self.core = self._spawn(command, env)
+        self._note_servers()
         await self._wait_healthy(self.core, f"http://127.0.0.1:{self.core_port}")
 
-    def server_pids(self) -> list[int]:
-        """Every server process this system started and still holds: to check none outlives it."""
+    def _note_servers(self) -> None:
+        """Remember every server process started, restarts included: after the experiment none
+        may be left (a lost reference, like a replaced Redis, is how one is orphaned)."""
         pids = [p.pid for p in (self.keel, self.core) if p is not None]
         if self.redis is not None and self.redis.process is not None:
             pids.append(self.redis.process.pid)
         if hasattr(self, "postgres"):
-            pids += self.postgres.pids()
-        return pids
+            pids += self.postgres.pids()[:1]
+        self.spawned += [pid for pid in pids if pid not in self.spawned]
 
     def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with self.keel_log.open("ab") as log:
@@ -237,6 +243,7 @@ class System:
             await asyncio.to_thread(self.postgres.stop)
         elif action == "start":
             await asyncio.to_thread(self.postgres.start)
+            self._note_servers()
         elif action == "crash":
             await asyncio.to_thread(self.postgres.crash)
         elif action == "pause":
@@ -252,6 +259,7 @@ class System:
             await asyncio.to_thread(self.redis.stop)
         elif action == "start":
             await asyncio.to_thread(self.redis.start)
+            self._note_servers()
         else:
             raise ValueError(f"unknown action {action!r} on redis")
 
