@@ -8,7 +8,9 @@ A tolerance is `min` and/or `max`, or `max_times_baseline: k`: the bound is k ti
 measure over the fault-free baseline phase (`baseline_phase`, "steady" by default) of the same
 run, so that a latency bound follows the machine's measured noise instead of a number
 loosened after a miss. `min_scaled` is a minimum multiplied by the run's time scale (phases
-shortened for CI make fewer operations).
+shortened for CI make fewer operations). `max_per_window` bounds a count by the windows a
+measured span covers (see `_per_window_bound`); `min_of_steady_rate` makes a minimum of
+acknowledged writes follow the run's own fault-free throughput (see `_steady_rate_bound`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Run:
     healthz: list[HealthzPoll] = field(default_factory=list)
     metrics: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     values: dict[str, float] = field(default_factory=dict)
+    acknowledged: list[float] = field(default_factory=list)  # when each history write was acknowledged
     ended: float = 0.0
 
     def phase_at(self, when: float) -> str:
@@ -105,7 +108,50 @@ def evaluate_probe(probe: dict[str, Any], run: Run) -> Result:
         baseline = MEASURES[measure](run, baseline_where)
         tolerance["max"] = factor * baseline
         basis = f"{factor:g} x the fault-free baseline {baseline:.4g}"
+    if "max_per_window" in probe["tolerance"]:
+        tolerance["max"], basis = _per_window_bound(probe["tolerance"], run)
+    if "min_of_steady_rate" in probe["tolerance"]:
+        tolerance["min"], basis = _steady_rate_bound(probe["tolerance"], run)
     return Result(probe["name"], measure, value, tolerance, basis)
+
+
+def _per_window_bound(tolerance: dict[str, Any], run: Run) -> tuple[float, str]:
+    """`max_per_window: n` per `window_seconds` that the run value `span_key` (seconds) spans:
+    n x (1 + floor(span / window)). A claim such as "one database read per freshness window":
+    a cached copy is fresh for `window_seconds` from the read that made it, so a burst of
+    requests answered over a longer span (a loaded machine) may need one read per window."""
+    per = float(tolerance["max_per_window"])
+    window = float(tolerance["window_seconds"])
+    span = run.values.get(tolerance["span_key"], math.nan)
+    windows = 1 + math.floor(span / window) if math.isfinite(span) else math.nan
+    basis = f"{per:g} per {window:g} s window; the burst spanned {span:.3g} s, {windows:g} window(s)"
+    return per * windows, basis
+
+
+def _steady_rate_bound(tolerance: dict[str, Any], run: Run) -> tuple[float, str]:
+    """`min_of_steady_rate: f` over the phases `up_phases` (after a fault, when the system is
+    meant to take writes again): f x the rate at which the fault-free "steady" phase of the same
+    run acknowledged writes x the seconds of those phases. A minimum that follows the machine's
+    throughput in this run (a loaded machine acknowledges fewer writes, fault or not) instead
+    of a fixed count."""
+    fraction = float(tolerance["min_of_steady_rate"])
+    steady_seconds = run.phase_seconds("steady")
+    steady = sum(1 for when in run.acknowledged if run.phase_at(when) == "steady")
+    # No write acknowledged before the fault: nothing to scale by, and no history worth the
+    # name, so no bound (NaN) and the check fails.
+    rate = steady / steady_seconds if steady_seconds > 0 and steady > 0 else math.nan
+    up = sum(run.phase_seconds(phase) for phase in tolerance["up_phases"])
+    bound = fraction * rate * up
+    return bound, (
+        f"{fraction:g} x the steady rate {rate:.3g}/s x {up:.3g} s of {', '.join(tolerance['up_phases'])}"
+    )
+
+
+def _breaker_closed_at(run: Run, phase: str, breaker: str) -> float:
+    """When `breaker` was first seen closed again after the start of `phase` (inf: never)."""
+    start = run.phase_start(phase)
+    key = f'keel_circuit_breaker_state{{breaker="{breaker}"}}'
+    return next((when for when, values in run.metrics if when >= start and values.get(key) == 0.0), math.inf)
 
 
 def _matches(s: Sample, match: dict[str, Any]) -> bool:
@@ -123,6 +169,9 @@ def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
     outcome = where.get("outcome", "any")
     # "Server errors": no answer at all, or any 5xx but the documented ones listed here.
     documented = where.get("server_errors_except")
+    # Only requests that started once this breaker was seen closed again within the phase.
+    closed = where.get("since_breaker_closed")
+    since = _breaker_closed_at(run, phase, closed) if closed is not None else None
     return [
         s
         for s in run.samples
@@ -131,6 +180,7 @@ def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
         and (statuses is None or s.status in statuses)
         and (outcome == "any" or (outcome == "ok") == s.ok)
         and (documented is None or s.status == 0 or (s.status >= 500 and s.status not in documented))
+        and (since is None or s.started >= since)
     ]
 
 
@@ -171,9 +221,12 @@ def _count(run: Run, where: dict[str, Any]) -> float:
 
 def _rate_per_second(run: Run, where: dict[str, Any]) -> float:
     """Selected requests per second of their phase (`phase` is required), after taking `less`
-    away from their count (a rate limit's burst, spent once)."""
+    away from their count (a rate limit's burst, spent once). With `costs` (operation ->
+    units, 1 for any other), units per second instead: what a rate limiter counts."""
     seconds = run.phase_seconds(where["phase"])
-    return (len(_selected(run, where)) - where.get("less", 0)) / seconds if seconds > 0 else math.nan
+    costs = where.get("costs", {})
+    units = sum(costs.get(s.op, 1) for s in _selected(run, where))
+    return (units - where.get("less", 0)) / seconds if seconds > 0 else math.nan
 
 
 def _recovery_seconds(run: Run, where: dict[str, Any]) -> float:
@@ -219,6 +272,17 @@ def _breaker_opened_after_seconds(run: Run, where: dict[str, Any]) -> float:
     return math.inf
 
 
+def _breaker_closed_after_seconds(run: Run, where: dict[str, Any]) -> float:
+    phase = where.get("phase", "recovery")
+    return _breaker_closed_at(run, phase, where.get("breaker", "database")) - run.phase_start(phase)
+
+
+def _acknowledged_writes(run: Run, where: dict[str, Any]) -> float:
+    """History writes (creates, updates, deletes) acknowledged during the phases `phases`."""
+    phases = where["phases"]
+    return float(sum(1 for when in run.acknowledged if run.phase_at(when) in phases))
+
+
 def _metric_at_end(run: Run, where: dict[str, Any]) -> float:
     return run.metrics[-1][1].get(where["metric"], math.nan) if run.metrics else math.nan
 
@@ -238,6 +302,8 @@ MEASURES = {
     "healthz_p99_ms": _healthz_p99_ms,
     "healthz_failures": _healthz_failures,
     "breaker_opened_after_seconds": _breaker_opened_after_seconds,
+    "breaker_closed_after_seconds": _breaker_closed_after_seconds,
     "metric_at_end": _metric_at_end,
     "value": _value,
+    "acknowledged_writes": _acknowledged_writes,
 }

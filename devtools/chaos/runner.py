@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -143,6 +144,9 @@ def record_history(run: Run, history: History, report: CheckReport) -> None:
     run.values["history_violations"] = float(len(report.violations) + len(report.realtime))
     run.values["realtime_stale_reads"] = float(len(report.realtime))
     run.values["acknowledged_writes"] = float(_acknowledged_writes(history))
+    run.acknowledged = [
+        op.time for op in history.ops if op.type == "ok" and op.f in ("create", "update", "delete")
+    ]
     run.values["creates_retried_ok"] = float(
         sum(
             1
@@ -174,6 +178,8 @@ async def _method(system: System, run: Run, steps: list[dict[str, Any]], time_sc
             await _runner_action(system, run, step)
         else:
             await system.act(step["action"], step["target"], step.get("args", {}))
+        if "phase_when_done" in step:  # e.g. once a restarted server answers its health check
+            run.phases.append((time.monotonic(), step["phase_when_done"]))
 
 
 async def _runner_action(system: System, run: Run, step: dict[str, Any]) -> None:
@@ -194,24 +200,41 @@ async def _runner_action(system: System, run: Run, step: dict[str, Any]) -> None
         await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency)), return_exceptions=True)
         before = await _metric_sum(client, "keel_db_query_duration_seconds_count", 'operation="get_profile"')
         coalesced = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="coalesced"')
+        misses = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="miss"')
         started = time.monotonic()
-        responses = await asyncio.gather(
-            *(client.get(f"/v1/profiles/{profile_id}") for _ in range(concurrency)), return_exceptions=True
+        timed = await asyncio.gather(
+            *(_timed(client.get(f"/v1/profiles/{profile_id}")) for _ in range(concurrency)),
         )
         run.samples += [
-            Sample("stampede", started, 0.0, r.status_code if isinstance(r, httpx.Response) else 0)
-            for r in responses
+            Sample("stampede", started, seconds, r.status_code if isinstance(r, httpx.Response) else 0)
+            for r, seconds in timed
         ]
         after = await _metric_sum(client, "keel_db_query_duration_seconds_count", 'operation="get_profile"')
         coalesced = (
             await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="coalesced"') - coalesced
         )
+        misses = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="miss"') - misses
+    responses = [r for r, _ in timed]
     errors = [r for r in responses if not isinstance(r, httpx.Response)]
     run.values["stampede_transport_errors"] = len(errors)
     if errors:
         print(f"  stampede: {len(errors)} requests got no answer, e.g. {errors[0]!r}", flush=True)
     run.values["stampede_db_reads"] = after - before
     run.values["stampede_coalesced"] = coalesced
+    run.values["stampede_misses"] = misses
+    run.values["stampede_seconds"] = max(seconds for _, seconds in timed)
+    span = run.values["stampede_seconds"]
+    print(f"  stampede: answered within {span:.3f} s, {misses:g} cache misses", flush=True)
+
+
+async def _timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response | BaseException, float]:
+    """The answer (or the error) and how long it took."""
+    started = time.monotonic()
+    try:
+        response: httpx.Response | BaseException = await request
+    except Exception as error:  # noqa: BLE001 - recorded as "no answer" and reported
+        response = error
+    return response, time.monotonic() - started
 
 
 async def _metric_sum(client: httpx.AsyncClient, name: str, label: str) -> float:

@@ -55,14 +55,21 @@ def polls(start: float, count: int, seconds: float = 0.002, ok: bool = True) -> 
 # -- the history family: 01, 02, 07, 08 ---------------------------------------------------------
 
 
-def history_run(*, lose_create: bool = False, stale: bool = False, writes: int = 120) -> Run:
-    """A real history through the real checker: `writes` acknowledged creates, one delete, one
-    read; with a create missing from the final rows, or a read older than an acknowledged
-    update by another process (a real-time stale read)."""
+def history_run(
+    *, lose_create: bool = False, stale: bool = False, writes: int = 120, after_fault: bool = True
+) -> Run:
+    """A real history through the real checker: `writes` acknowledged creates (the first half
+    in the steady phase, the rest once the system is back, in "restarted"; or all before the
+    fault), one delete, one read; with a create missing from the final rows, or a read older
+    than an acknowledged update by another process (a real-time stale read)."""
     ticks = itertools.count()
-    h = History(clock=lambda: float(next(ticks)))
+    origin = [T0]  # moved to T0 + 20, the start of "restarted" (see new_run), halfway
+    steady_writes = writes // 2 if after_fault else writes
+    h = History(clock=lambda: origin[0] + next(ticks) * 0.001)
     rows: dict[str, FinalProfile] = {}
     for n in range(writes):
+        if n == steady_writes:
+            origin[0] = T0 + 20.0
         invocation = h.invoke(0, "create", f"c{n}")
         h.complete(invocation, "ok", profile=f"p{n}", value={"version": 1})
         rows[f"p{n}"] = FinalProfile(f"p{n}", 1, False, {"op": f"c{n}"})
@@ -74,20 +81,25 @@ def history_run(*, lose_create: bool = False, stale: bool = False, writes: int =
     h.complete(h.invoke(1, "read", "r1", profile="p1"), "ok", value={"version": read_version, "stale": False})
     if lose_create:
         del rows["p0"]
-    run = new_run("fault", "recovery")
+    run = new_run("fault", "restarted")
     record_history(run, h, check(h, rows))
     run.healthz = polls(T0, 100)
     return run
 
 
 HISTORY_EXPERIMENTS = ["01", "02", "07", "08"]
+# The check that the history is not empty: a fixed minimum x time scale in 01 and 02; in 07
+# and 08, writes acknowledged once the system is back, against the steady phase's rate.
+ACKNOWLEDGED = {"01": "acknowledged writes", "02": "acknowledged writes"} | dict.fromkeys(
+    ["07", "08"], "writes acknowledged"
+)
 
 
 @pytest.mark.parametrize("experiment", HISTORY_EXPERIMENTS)
 def test_a_clean_history_passes_the_history_checks(experiment: str) -> None:
     run = history_run()
     assert result(experiment, "history violations", run).passed
-    assert result(experiment, "acknowledged writes", run).passed
+    assert result(experiment, ACKNOWLEDGED[experiment], run).passed
 
 
 @pytest.mark.parametrize("experiment", HISTORY_EXPERIMENTS)
@@ -104,9 +116,17 @@ def test_a_realtime_stale_read_fails_the_experiment(experiment: str) -> None:
 
 @pytest.mark.parametrize("experiment", HISTORY_EXPERIMENTS)
 def test_an_empty_history_fails_the_experiment(experiment: str) -> None:
-    run = history_run(writes=3)
+    run = history_run(writes=0)
     assert result(experiment, "history violations", run).passed
-    assert not result(experiment, "acknowledged writes", run).passed
+    assert not result(experiment, ACKNOWLEDGED[experiment], run).passed
+
+
+@pytest.mark.parametrize("experiment", ["07", "08"])
+def test_no_writes_acknowledged_once_back_fails_the_experiment(experiment: str) -> None:
+    """The minimum follows the steady phase's own rate: as many writes as before, all before the
+    fault and none once the system is back, is too few."""
+    assert result(experiment, "writes acknowledged", history_run(writes=120)).passed
+    assert not result(experiment, "writes acknowledged", history_run(writes=120, after_fault=False)).passed
 
 
 def test_the_minimum_of_writes_follows_the_time_scale() -> None:
@@ -202,28 +222,60 @@ def test_03_failures_slower_than_the_baseline_factor_fail() -> None:
     assert not result("03", "median failure", run).passed
 
 
-def test_05_two_database_reads_fail_the_single_flight_claim() -> None:
+def test_05_a_second_database_read_within_one_freshness_window_fails() -> None:
     run = new_run("fault")
+    run.values["stampede_seconds"] = 4.9  # answered within one 5 s window: the claim is one read
     run.values["stampede_db_reads"] = 1
     assert result("05", "database reads", run).passed
     run.values["stampede_db_reads"] = 2
+    assert not result("05", "database reads", run).passed
+    run.values["stampede_db_reads"] = 0  # nothing read: the copy had not expired, no stampede
+    assert not result("05", "database reads", run).passed
+
+
+def test_05_a_burst_spanning_windows_allows_one_read_per_window_and_no_more() -> None:
+    run = new_run("fault")
+    run.values["stampede_seconds"] = 19.0  # windows starting at 0, 5, 10, 15 s
+    run.values["stampede_db_reads"] = 4
+    assert result("05", "database reads", run).passed
+    run.values["stampede_db_reads"] = 5
+    assert not result("05", "database reads", run).passed
+    del run.values["stampede_seconds"]  # span not measured: no bound, never a pass
     assert not result("05", "database reads", run).passed
 
 
 def test_06_a_limiter_admitting_beyond_the_share_fails() -> None:
     run = new_run("fault", "recovery", "outage", "after")
-    share, burst = 60, 60
-    run.samples = samples("read_cached", T0 + 10, share * 10 + burst) + samples(
-        "read_cached", T0 + 10, 100, 429
-    )
+    share, burst = 10, 10  # units per second, and the burst, of this process
+    run.samples = samples("read_cached", T0 + 10, share * 10) + samples("write", T0 + 10, burst // 5)
+    run.samples += samples("write", T0 + 10, 100, 429)
     run.samples = [
         Sample(s.op, s.started, s.seconds, s.status, retry_after=s.status == 429) for s in run.samples
     ]
     assert result("06", "admitted per second beyond the burst, Redis blackholed", run).passed
     assert result("06", "refused 429 by the local share, Redis blackholed", run).passed
     assert result("06", "answered 2xx or 429 + Retry-After, Redis blackholed", run).passed
-    run.samples += samples("read_cached", T0 + 10, 20)  # 2/s over the share
+    run.samples += samples("write", T0 + 10, 2)  # 10 units over the share: writes cost 5
     assert not result("06", "admitted per second beyond the burst, Redis blackholed", run).passed
+
+
+def test_06_after_redis_is_back_429s_count_only_until_the_breaker_closes() -> None:
+    run = new_run("fault", "recovery", "outage", "after")
+    closed_at = T0 + 42.0
+    key = 'keel_circuit_breaker_state{breaker="redis"}'
+    run.metrics = [(T0 + 40.5, {key: 2.0}), (closed_at, {key: 0.0})]
+    refused = [Sample("write", T0 + 40 + i * 0.1, 0.005, 429, retry_after=True) for i in range(15)]
+    run.samples = refused + samples("read_cached", closed_at, 200)
+    assert result("06", "success ratio after Redis is back, once", run).passed
+    assert result("06", "answered 2xx or 429 + Retry-After, Redis back", run).passed
+    assert result("06", "until the Redis breaker closes", run).value == pytest.approx(2.0)
+    run.samples += [Sample("read_cached", closed_at + 1, 0.005, 429, retry_after=True)] * 3
+    assert not result("06", "success ratio after Redis is back, once", run).passed  # 3 in 203
+    run.metrics = [(T0 + 40.5, {key: 2.0}), (T0 + 45.5, {key: 0.0})]
+    assert not result("06", "until the Redis breaker closes", run).passed
+    run.metrics = [(T0 + 40.5, {key: 2.0})]  # never closed: nothing selected, no pass
+    assert not result("06", "success ratio after Redis is back, once", run).passed
+    assert not result("06", "until the Redis breaker closes", run).passed
 
 
 def test_06_a_limiter_that_never_refuses_fails() -> None:
