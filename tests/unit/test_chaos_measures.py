@@ -246,17 +246,25 @@ def test_05_a_burst_spanning_windows_allows_one_read_per_window_and_no_more() ->
 
 def test_06_a_limiter_admitting_beyond_the_share_fails() -> None:
     run = new_run("fault", "recovery", "outage", "after")
-    share, burst = 10, 10  # units per second, and the burst, of this process
-    run.samples = samples("read_cached", T0 + 10, share * 10) + samples("write", T0 + 10, burst // 5)
+    # Units per second and the burst of this process, and what 4 clients may have in flight
+    # as the phase ends (one write each).
+    share, burst, in_flight = 10, 10, 4 * 5
+    run.samples = samples("read_cached", T0 + 10, share * 10) + samples(
+        "write", T0 + 10, (burst + in_flight) // 5
+    )
     run.samples += samples("write", T0 + 10, 100, 429)
     run.samples = [
         Sample(s.op, s.started, s.seconds, s.status, retry_after=s.status == 429) for s in run.samples
     ]
-    assert result("06", "admitted per second beyond the burst, Redis blackholed", run).passed
+    assert result(
+        "06", "admitted per second beyond the burst and the last requests in flight, Redis blackholed", run
+    ).passed
     assert result("06", "refused 429 by the local share, Redis blackholed", run).passed
     assert result("06", "answered 2xx or 429 + Retry-After, Redis blackholed", run).passed
     run.samples += samples("write", T0 + 10, 2)  # 10 units over the share: writes cost 5
-    assert not result("06", "admitted per second beyond the burst, Redis blackholed", run).passed
+    assert not result(
+        "06", "admitted per second beyond the burst and the last requests in flight, Redis blackholed", run
+    ).passed
 
 
 def test_06_after_redis_is_back_429s_count_only_until_the_breaker_closes() -> None:
@@ -271,7 +279,7 @@ def test_06_after_redis_is_back_429s_count_only_until_the_breaker_closes() -> No
     assert result("06", "until the Redis breaker closes", run).value == pytest.approx(2.0)
     run.samples += [Sample("read_cached", closed_at + 1, 0.005, 429, retry_after=True)] * 3
     assert not result("06", "success ratio after Redis is back, once", run).passed  # 3 in 203
-    run.metrics = [(T0 + 40.5, {key: 2.0}), (T0 + 45.5, {key: 0.0})]
+    run.metrics = [(T0 + 40.5, {key: 2.0}), (T0 + 47.5, {key: 0.0})]
     assert not result("06", "until the Redis breaker closes", run).passed
     run.metrics = [(T0 + 40.5, {key: 2.0})]  # never closed: nothing selected, no pass
     assert not result("06", "success ratio after Redis is back, once", run).passed
