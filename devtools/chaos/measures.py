@@ -9,8 +9,7 @@ measure over the fault-free baseline phase (`baseline_phase`, "steady" by defaul
 run, so that a latency bound follows the machine's measured noise instead of a number
 loosened after a miss. `min_scaled` is a minimum multiplied by the run's time scale (phases
 shortened for CI make fewer operations). `max_per_window` bounds a count by the windows a
-measured span covers (see `_per_window_bound`); `min_of_steady_rate` makes a minimum of
-acknowledged writes follow the run's own fault-free throughput (see `_steady_rate_bound`).
+measured span covers (see `_per_window_bound`).
 """
 
 from __future__ import annotations
@@ -110,8 +109,6 @@ def evaluate_probe(probe: dict[str, Any], run: Run) -> Result:
         basis = f"{factor:g} x the fault-free baseline {baseline:.4g}"
     if "max_per_window" in probe["tolerance"]:
         tolerance["max"], basis = _per_window_bound(probe["tolerance"], run)
-    if "min_of_steady_rate" in probe["tolerance"]:
-        tolerance["min"], basis = _steady_rate_bound(probe["tolerance"], run)
     return Result(probe["name"], measure, value, tolerance, basis)
 
 
@@ -126,25 +123,6 @@ def _per_window_bound(tolerance: dict[str, Any], run: Run) -> tuple[float, str]:
     windows = 1 + math.floor(span / window) if math.isfinite(span) else math.nan
     basis = f"{per:g} per {window:g} s window; the burst spanned {span:.3g} s, {windows:g} window(s)"
     return per * windows, basis
-
-
-def _steady_rate_bound(tolerance: dict[str, Any], run: Run) -> tuple[float, str]:
-    """`min_of_steady_rate: f` over the phases `up_phases` (after a fault, when the system is
-    meant to take writes again): f x the rate at which the fault-free "steady" phase of the same
-    run acknowledged writes x the seconds of those phases. A minimum that follows the machine's
-    throughput in this run (a loaded machine acknowledges fewer writes, fault or not) instead
-    of a fixed count."""
-    fraction = float(tolerance["min_of_steady_rate"])
-    steady_seconds = run.phase_seconds("steady")
-    steady = sum(1 for when in run.acknowledged if run.phase_at(when) == "steady")
-    # No write acknowledged before the fault: nothing to scale by, and no history worth the
-    # name, so no bound (NaN) and the check fails.
-    rate = steady / steady_seconds if steady_seconds > 0 and steady > 0 else math.nan
-    up = sum(run.phase_seconds(phase) for phase in tolerance["up_phases"])
-    bound = fraction * rate * up
-    return bound, (
-        f"{fraction:g} x the steady rate {rate:.3g}/s x {up:.3g} s of {', '.join(tolerance['up_phases'])}"
-    )
 
 
 def _breaker_closed_at(run: Run, phase: str, breaker: str) -> float:
