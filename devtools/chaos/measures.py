@@ -150,6 +150,9 @@ def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
     # Only requests that started once this breaker was seen closed again within the phase.
     closed = where.get("since_breaker_closed")
     since = _breaker_closed_at(run, phase, closed) if closed is not None else None
+    # "steady" is fault-free: a request still in flight when the first fault began (answered
+    # 503/504 by a core killed under it, say) belongs to no phase's fault-free figures.
+    fault_free_until = run.phases[0][0] if phase == "steady" and run.phases else math.inf
     return [
         s
         for s in run.samples
@@ -159,6 +162,7 @@ def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
         and (outcome == "any" or (outcome == "ok") == s.ok)
         and (documented is None or s.status == 0 or (s.status >= 500 and s.status not in documented))
         and (since is None or s.started >= since)
+        and s.started + s.seconds < fault_free_until
     ]
 
 

@@ -247,6 +247,17 @@ def test_05_a_burst_spanning_windows_allows_one_read_per_window_and_no_more() ->
     assert not result("05", "database reads", run).passed
 
 
+def test_a_request_caught_in_flight_by_the_fault_is_not_a_steady_state_failure() -> None:
+    """The steady phase is fault-free: a write sent just before the kill and answered 504 after
+    it is the fault's doing; a failure answered before the fault began still counts."""
+    run = new_run("fault", "restarted")
+    run.samples = samples("read_cached", T0, 200)
+    run.samples += [Sample("write", T0 + 9.98, 0.05, 504)] * 4  # answered at T0 + 10.03
+    assert result("07", "success ratio before the fault", run).passed
+    run.samples += [Sample("write", T0 + 5.0, 0.05, 504)] * 3  # 3 in 203, answered before it
+    assert not result("07", "success ratio before the fault", run).passed
+
+
 def test_06_a_limiter_admitting_beyond_the_share_fails() -> None:
     run = new_run("fault", "recovery", "outage", "after")
     # Units per second and the burst of this process, and what 4 clients may have in flight
