@@ -13,7 +13,10 @@ The checker relies on the workload's shape (see `devtools/workload.py`):
   exactly one version per applied update, so the final row says which updates were applied;
 - a delete is soft and bumps the version once;
 - a read answers `{"version": n, "stale": bool}`; stale answers (served from a cache while the
-  database is away) are exempt from the freshness checks.
+  database is away) are exempt from the freshness checks. A read that failed records the HTTP
+  `status` it got: a 404 for a profile whose create was acknowledged before the read began is a
+  violation (`missing-read`) unless a delete of it that was not a definite failure (acknowledged,
+  or of unknown outcome, so it may have applied) began before the read ended.
 
 Nothing here does I/O except `History.save` and `History.load` (JSON Lines).
 """
@@ -52,6 +55,7 @@ DUPLICATE_VERSION = "duplicate-version"  # 6
 FINAL_VERSION_BEHIND = "final-version-behind"  # 6
 STALE_READ = "stale-read"  # 7
 REALTIME_STALE_READ = "realtime-stale-read"  # 8, reported apart
+MISSING_READ = "missing-read"  # 9: a 404 for a profile whose create was acknowledged, not deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +302,7 @@ def check(history: History | Iterable[Op], final_state: Mapping[str, FinalProfil
     violations += _check_versions(done, final_state)
     stale, realtime = _check_reads(done)
     violations += stale
+    violations += _check_missing_reads(done)
     return CheckReport(
         counts=_counts(done),
         violations=violations,
@@ -442,6 +447,36 @@ def _check_deletes(done: list[Completed], final_state: Mapping[str, FinalProfile
             found.append(
                 Violation(LOST_DELETE, c.profile, c.key, f"acknowledged delete {c.key} is lost: {where}")
             )
+    return found
+
+
+def _check_missing_reads(done: list[Completed]) -> list[Violation]:
+    """Check 9: a read may answer 404 only for a profile nobody acknowledged creating before it
+    began, or that a delete (not definitely failed) begun before the read ended may have
+    removed."""
+    acknowledged_at: dict[str, int] = {}
+    for c in done:
+        if c.f == "create" and c.outcome == "ok" and c.profile is not None and c.completed_at is not None:
+            acknowledged_at[c.profile] = c.completed_at
+    deletes_began: dict[str, list[int]] = defaultdict(list)
+    for c in done:
+        if c.f == "delete" and c.outcome != "fail" and c.profile is not None:
+            deletes_began[c.profile].append(c.invoked_at)
+    found: list[Violation] = []
+    for c in done:
+        if c.f != "read" or c.outcome != "fail" or c.value.get("status") != 404 or c.profile is None:
+            continue
+        created = acknowledged_at.get(c.profile)
+        if created is None or created > c.invoked_at:
+            continue  # not known to exist when the read began
+        ended = c.completed_at if c.completed_at is not None else len(done) * 2 + 1
+        if any(began < ended for began in deletes_began.get(c.profile, [])):
+            continue
+        explanation = (
+            f"read {c.key} (process {c.process}) of {c.profile} answered 404, but its create was "
+            "acknowledged before the read began and no delete of it was"
+        )
+        found.append(Violation(MISSING_READ, c.profile, c.key, explanation))
     return found
 
 

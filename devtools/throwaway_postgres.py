@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import math
 import os
 import pwd
 import shutil
@@ -23,6 +24,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from devtools import process_faults
 
 
 def _package_bin_dir() -> Path:
@@ -186,7 +189,45 @@ class PostgresProcess:
             _stop(self._cluster.server)
 
     def start(self) -> None:
+        """Start again on the same port and data; a no-op while the server runs."""
+        if self._cluster.server is not None and self._cluster.server.poll() is None:
+            return
         _start(self._cluster, self.port, self._options)
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster, as a power cut or the OOM killer would: no shutdown
+        checkpoint, so the next start runs crash recovery from the WAL. Its backends notice the
+        postmaster's death and exit; this waits for them, because a new postmaster refuses to
+        start while any of them still holds the old shared memory."""
+        server = self._cluster.server
+        if server is None or server.poll() is not None:
+            return
+        backends = process_faults.descendants(server.pid)
+        server.kill()
+        server.wait()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(_alive(pid) for pid in backends):
+            if time.monotonic() > deadline:
+                for pid in backends:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = math.inf  # SIGKILLed: they go
+            time.sleep(0.02)
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children, while it runs."""
+        server = self._cluster.server
+        if server is None or server.poll() is not None:
+            return []
+        return [server.pid, *process_faults.descendants(server.pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 @contextlib.contextmanager

@@ -63,6 +63,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start the server; a no-op while it runs. Starting a second one on the same port used
+        to replace `process` with one that could not bind, orphaning the first (a rollback's
+        "start" after a successful restart left a Redis running after the experiment)."""
+        if self.process is not None and self.process.poll() is None:
+            return
         log = (self.directory / "redis.log").open("ab")
         with log:
             self.process = subprocess.Popen(

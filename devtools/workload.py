@@ -209,6 +209,8 @@ class _Run:
     latencies: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     create_attempts: int = 0
     sequence: int = 0
+    max_operations: int | None = None
+    operations: int = 0
 
     def next_key(self, process: int) -> str:
         self.sequence += 1
@@ -260,6 +262,8 @@ async def run_workload(
     read_ids: Sequence[str] | None = None,
     create_grace_s: float = 10.0,
     run_id: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    max_operations: int | None = None,
 ) -> WorkloadStats:
     """Run the workload; fills `history` and returns counts and latencies.
 
@@ -268,7 +272,11 @@ async def run_workload(
 
     A create in flight when Keel is killed leaves its Idempotency-Key reserved until Keel's
     lease (60 s) runs out, and its retries get 409 in-progress until then: a `create_grace_s`
-    shorter than that ends such creates `info` (still checked for duplicates)."""
+    shorter than that ends such creates `info` (still checked for duplicates).
+
+    `transport` replaces the network: an in-process system (the tests' deliberately lossy
+    fake) goes through the same workload and checker as a real server. `max_operations` ends
+    the run after that many operations (all clients together), bounding it by count."""
     weights = _weights(mix, has_read_ids=bool(read_ids))
     started = time.monotonic()
     timeout = httpx.Timeout(request_timeout_s, connect=request_timeout_s / 2)
@@ -277,6 +285,7 @@ async def run_workload(
         headers={"Authorization": f"Bearer {token}"},
         timeout=timeout,
         limits=httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients),
+        transport=transport,
     ) as client:
         run = _Run(
             client=client,
@@ -287,6 +296,7 @@ async def run_workload(
             create_deadline=started + duration_s + create_grace_s,
             read_ids=list(read_ids or ()),
             creates=weights[OP_FS.index("create")] > 0,
+            max_operations=max_operations,
         )
         await asyncio.gather(*(_client(run, process, seed, weights) for process in range(clients)))
     return _stats(run, time.monotonic() - started)
@@ -314,6 +324,10 @@ def _stats(run: _Run, duration_s: float) -> WorkloadStats:
 async def _client(run: _Run, process: int, seed: int, weights: list[float]) -> None:
     rng = random.Random(seed * 1_000_003 + process)  # noqa: S311 - seeded workload randomness, not security
     while time.monotonic() < run.stop_at:
+        if run.max_operations is not None:
+            if run.operations >= run.max_operations:
+                return
+            run.operations += 1
         f: OpF = rng.choices(OP_FS, weights)[0]
         outcome = await _operation(run, process, rng, f)
         if outcome != "ok":

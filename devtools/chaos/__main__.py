@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from devtools.chaos.runner import run_experiment
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
 
 
-async def _main(names: list[str], seed: int, output: Path | None) -> int:
+async def _main(names: list[str], seed: int, output: Path | None, time_scale: float) -> int:
     paths = sorted(EXPERIMENTS.glob("*.json"))
     if names:
         paths = [p for p in paths if p.stem in names or any(p.stem.startswith(n) for n in names)]
@@ -23,7 +24,7 @@ async def _main(names: list[str], seed: int, output: Path | None) -> int:
     for path in paths:
         spec = json.loads(path.read_text())
         print(f"== {path.stem}: {spec['title']}", flush=True)
-        passed, results, details = await run_experiment(spec, seed=seed)
+        passed, results, details = await run_experiment(spec, seed=seed, time_scale=time_scale)
         for result in results:
             print(result.line(), flush=True)
         for text in details.values():
@@ -34,7 +35,13 @@ async def _main(names: list[str], seed: int, output: Path | None) -> int:
                 "experiment": path.stem,
                 "passed": passed,
                 "results": [
-                    {"name": r.name, "value": r.value, "tolerance": r.tolerance, "passed": r.passed}
+                    {
+                        "name": r.name,
+                        "value": r.value,
+                        "tolerance": r.tolerance,
+                        "basis": r.basis,
+                        "passed": r.passed,
+                    }
                     for r in results
                 ],
             }
@@ -50,8 +57,14 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="experiment file names (or prefixes); all by default")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=float(os.environ.get("KEEL_CHAOS_TIME_SCALE", "1")),
+        help="multiplies every phase's length (CI runs 0.5); default $KEEL_CHAOS_TIME_SCALE or 1",
+    )
     arguments = parser.parse_args()
-    sys.exit(asyncio.run(_main(arguments.names, arguments.seed, arguments.output)))
+    sys.exit(asyncio.run(_main(arguments.names, arguments.seed, arguments.output, arguments.time_scale)))
 
 
 if __name__ == "__main__":

@@ -11,78 +11,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 from bench.harness import seed_profiles
-from bench.loadgen import percentile
 
+from devtools.chaos.measures import HealthzPoll, Result, Run, evaluate
 from devtools.chaos.system import System
 from devtools.chaos.traffic import Sample, Traffic, warm
-from devtools.history import History, check
+from devtools.history import CheckReport, History, check
 from devtools.workload import final_state, run_workload
 
+HEALTHZ_TIMEOUT_SECONDS = 2.0
 _METRIC_LINE = re.compile(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+|NaN|\+Inf)$")
 
 
-@dataclass
-class Result:
-    name: str
-    measure: str
-    value: float
-    tolerance: dict[str, float]
-
-    @property
-    def passed(self) -> bool:
-        low = self.tolerance.get("min", -math.inf)
-        high = self.tolerance.get("max", math.inf)
-        return low <= self.value <= high
-
-    def line(self) -> str:
-        bounds = " and ".join(
-            f"{'≥' if k == 'min' else '≤'} {v:g}" for k, v in self.tolerance.items() if k in ("min", "max")
-        )
-        return f"  [{'pass' if self.passed else 'FAIL'}] {self.name}: {self.value:.4g} (wanted {bounds})"
-
-
-@dataclass
-class Run:
-    """What an experiment recorded, and when each phase began (monotonic seconds)."""
-
-    started: float
-    phases: list[tuple[float, str]] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    healthz: list[tuple[float, float]] = field(default_factory=list)  # (started, seconds)
-    metrics: list[tuple[float, dict[str, float]]] = field(default_factory=list)
-    values: dict[str, float] = field(default_factory=dict)
-    ended: float = 0.0
-
-    def phase_at(self, when: float) -> str:
-        current = "steady"
-        for start, phase in self.phases:
-            if start <= when:
-                current = phase
-        return current
-
-    def phase_start(self, phase: str) -> float:
-        return next((start for start, name in self.phases if name == phase), math.nan)
-
-
-async def run_experiment(spec: dict[str, Any], *, seed: int = 1) -> tuple[bool, list[Result], dict[str, str]]:
+async def run_experiment(
+    spec: dict[str, Any], *, seed: int = 1, time_scale: float = 1.0, spawned: list[int] | None = None
+) -> tuple[bool, list[Result], dict[str, str]]:
     """Run the experiment `spec` (a decoded experiment file): (all checks passed, the results,
-    text reports such as the history checker's summary)."""
+    text reports such as the history checker's summary). `time_scale` multiplies every pause
+    and the tail (CI runs shortened phases); minimums marked `min_scaled` follow it. `spawned`
+    receives the pid of every server the experiment started, to check none outlives it."""
     system_spec = spec.get("system", {})
     keel_env = system_spec.get("keel", {})
     split = system_spec.get("split", False)
-    async with System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split) as system:
-        run = Run(started=time.monotonic())
+    system = System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split)
+    try:
+        return await _run_in(system, spec, seed, time_scale)
+    finally:
+        if spawned is not None:
+            spawned += system.spawned
+
+
+async def _run_in(
+    system: System, spec: dict[str, Any], seed: int, time_scale: float
+) -> tuple[bool, list[Result], dict[str, str]]:
+    async with system:
+        run = Run(started=time.monotonic(), time_scale=time_scale)
         setup = spec.get("setup", {})
         cached, uncached = await _seed(system, setup)
         await warm(system.base_url, system.token, cached)
+        run.started = time.monotonic()
         history = History()
         workloads = spec.get("workloads", {})
         traffic = None
@@ -103,8 +76,8 @@ async def run_experiment(spec: dict[str, Any], *, seed: int = 1) -> tuple[bool, 
             asyncio.create_task(_poll_healthz(system, run, stop_polling)),
             asyncio.create_task(_poll_metrics(system, run, stop_polling)),
         ]
-        method_seconds = sum(step.get("pauses", {}).get("before", 0) for step in spec["method"])
-        tail = spec.get("tail_seconds", 10)
+        method_seconds = sum(step.get("pauses", {}).get("before", 0) for step in spec["method"]) * time_scale
+        tail = spec.get("tail_seconds", 10) * time_scale
         running: list[asyncio.Task[Any]] = []
         if traffic is not None:
             running.append(asyncio.create_task(traffic.run()))
@@ -118,16 +91,18 @@ async def run_experiment(spec: dict[str, Any], *, seed: int = 1) -> tuple[bool, 
                         clients=config.get("clients", 2),
                         duration_s=method_seconds + tail,
                         seed=seed,
-                        mix=config.get("mix", {"create": 0.3, "update": 0.4, "read": 0.3}),
+                        mix=config.get("mix", {"create": 0.3, "update": 0.4, "read": 0.3, "delete": 0.05}),
                         request_timeout_s=config.get("timeout_seconds", 5.0),
                         history=history,
                         create_grace_s=config.get("create_grace_seconds", 20.0),
                     )
                 )
             )
+        completed = False
         try:
-            await _method(system, run, spec["method"])
+            await _method(system, run, spec["method"], time_scale)
             await asyncio.sleep(tail)
+            completed = True
         finally:
             for step in spec.get("rollbacks", []):
                 with contextlib.suppress(Exception):
@@ -135,27 +110,53 @@ async def run_experiment(spec: dict[str, Any], *, seed: int = 1) -> tuple[bool, 
             if traffic is not None:
                 traffic.stop()
             run.ended = time.monotonic()
+            if not completed:  # a failed step or Ctrl-C: stop everything, the servers go next
+                for task in (*running, *pollers):
+                    task.cancel()
+            crashed = 0
             for outcome in await asyncio.gather(*running, return_exceptions=True):
                 if isinstance(outcome, BaseException):
-                    print(f"  a workload failed: {outcome!r}", flush=True)
-            await asyncio.sleep(1.0)  # let in-flight work settle before the last metrics sample
+                    crashed += 1
+                    print(f"  a workload crashed: {outcome!r}", flush=True)
+            run.values["workloads_crashed"] = float(crashed)
+            if completed:
+                await asyncio.sleep(1.0)  # let in-flight work settle before the last metrics sample
             stop_polling.set()
-            await asyncio.gather(*pollers)
+            await asyncio.gather(*pollers, return_exceptions=True)
         if traffic is not None:
-            run.samples = traffic.samples
+            run.samples += traffic.samples
+        details: dict[str, str] = {}
         if "history" in workloads:
             report = check(history, await final_state(system.database_url))
-            run.values["history_violations"] = len(report.violations)
-            run.values["acknowledged_writes"] = float(_acknowledged_writes(history))
-            details = {"history": report.summary()}
-        else:
-            details = {}
+            record_history(run, history, report)
+            details["history"] = report.summary()
     failures = _failures(run)
     if failures:  # by phase, operation and status
         details["failures"] = failures
-    results = [_evaluate(probe, run) for probe in spec["steady-state-hypothesis"]["probes"]]
-    results += [_evaluate(probe, run) for probe in spec.get("checks", [])]
+    results = evaluate(spec, run)
     return all(r.passed for r in results), results, details
+
+
+def record_history(run: Run, history: History, report: CheckReport) -> None:
+    """The history's figures the checks read: every violation, real-time stale reads included,
+    and how many writes were acknowledged (so that "0 violations" cannot come from an empty
+    history)."""
+    run.values["history_violations"] = float(len(report.violations) + len(report.realtime))
+    run.values["realtime_stale_reads"] = float(len(report.realtime))
+    run.values["acknowledged_writes"] = float(_acknowledged_writes(history))
+    run.acknowledged = [
+        op.time for op in history.ops if op.type == "ok" and op.f in ("create", "update", "delete")
+    ]
+    run.values["creates_retried_ok"] = float(
+        sum(
+            1
+            for op in history.ops
+            if op.type == "ok" and op.f == "create" and op.value.get("attempts", 1) > 1
+        )
+    )
+    run.values["acknowledged_deletes"] = float(
+        sum(1 for op in history.ops if op.type == "ok" and op.f == "delete")
+    )
 
 
 async def _seed(system: System, setup: dict[str, int]) -> tuple[list[str], list[str]]:
@@ -168,15 +169,17 @@ async def _seed(system: System, setup: dict[str, int]) -> tuple[list[str], list[
     return ids[:cached_count], ids[cached_count:total]
 
 
-async def _method(system: System, run: Run, steps: list[dict[str, Any]]) -> None:
+async def _method(system: System, run: Run, steps: list[dict[str, Any]], time_scale: float) -> None:
     for step in steps:
-        await asyncio.sleep(step.get("pauses", {}).get("before", 0))
+        await asyncio.sleep(step.get("pauses", {}).get("before", 0) * time_scale)
         if "phase" in step:
             run.phases.append((time.monotonic(), step["phase"]))
         if step["target"] == "runner":
             await _runner_action(system, run, step)
         else:
             await system.act(step["action"], step["target"], step.get("args", {}))
+        if "phase_when_done" in step:  # e.g. once a restarted server answers its health check
+            run.phases.append((time.monotonic(), step["phase_when_done"]))
 
 
 async def _runner_action(system: System, run: Run, step: dict[str, Any]) -> None:
@@ -197,24 +200,41 @@ async def _runner_action(system: System, run: Run, step: dict[str, Any]) -> None
         await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency)), return_exceptions=True)
         before = await _metric_sum(client, "keel_db_query_duration_seconds_count", 'operation="get_profile"')
         coalesced = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="coalesced"')
+        misses = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="miss"')
         started = time.monotonic()
-        responses = await asyncio.gather(
-            *(client.get(f"/v1/profiles/{profile_id}") for _ in range(concurrency)), return_exceptions=True
+        timed = await asyncio.gather(
+            *(_timed(client.get(f"/v1/profiles/{profile_id}")) for _ in range(concurrency)),
         )
         run.samples += [
-            Sample("stampede", started, 0.0, r.status_code if isinstance(r, httpx.Response) else 0)
-            for r in responses
+            Sample("stampede", started, seconds, r.status_code if isinstance(r, httpx.Response) else 0)
+            for r, seconds in timed
         ]
         after = await _metric_sum(client, "keel_db_query_duration_seconds_count", 'operation="get_profile"')
         coalesced = (
             await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="coalesced"') - coalesced
         )
+        misses = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="miss"') - misses
+    responses = [r for r, _ in timed]
     errors = [r for r in responses if not isinstance(r, httpx.Response)]
     run.values["stampede_transport_errors"] = len(errors)
     if errors:
         print(f"  stampede: {len(errors)} requests got no answer, e.g. {errors[0]!r}", flush=True)
     run.values["stampede_db_reads"] = after - before
     run.values["stampede_coalesced"] = coalesced
+    run.values["stampede_misses"] = misses
+    run.values["stampede_seconds"] = max(seconds for _, seconds in timed)
+    span = run.values["stampede_seconds"]
+    print(f"  stampede: answered within {span:.3f} s, {misses:g} cache misses", flush=True)
+
+
+async def _timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response | BaseException, float]:
+    """The answer (or the error) and how long it took."""
+    started = time.monotonic()
+    try:
+        response: httpx.Response | BaseException = await request
+    except Exception as error:  # noqa: BLE001 - recorded as "no answer" and reported
+        response = error
+    return response, time.monotonic() - started
 
 
 async def _metric_sum(client: httpx.AsyncClient, name: str, label: str) -> float:
@@ -232,12 +252,16 @@ def _parse_metrics(text: str) -> dict[str, float]:
 
 
 async def _poll_healthz(system: System, run: Run, stop: asyncio.Event) -> None:
-    async with httpx.AsyncClient(base_url=system.base_url, timeout=2.0) as client:
+    """Every poll is recorded: a non-200, a transport error or a timeout as a failure, so that
+    a hung or refusing endpoint fails the `/healthz` checks instead of going unseen."""
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=HEALTHZ_TIMEOUT_SECONDS) as client:
         while not stop.is_set():
             started = time.monotonic()
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/healthz")).status_code == 200:
-                    run.healthz.append((started, time.monotonic() - started))
+            try:
+                ok = (await client.get("/healthz")).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            run.healthz.append(HealthzPoll(started, time.monotonic() - started, ok))
             await asyncio.sleep(0.05)
 
 
@@ -267,101 +291,3 @@ def _failures(run: Run) -> str:
 
 def _acknowledged_writes(history: History) -> int:
     return sum(1 for op in history.ops if op.type == "ok" and op.f in ("create", "update", "delete"))
-
-
-# -- measures ------------------------------------------------------------------------------
-
-
-def _evaluate(probe: dict[str, Any], run: Run) -> Result:
-    measure = probe["measure"]
-    where = probe.get("where", {})
-    value = _MEASURES[measure](run, where)
-    return Result(probe["name"], measure, value, probe["tolerance"])
-
-
-def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
-    ops = where.get("ops")
-    phase = where.get("phase")
-    statuses = where.get("statuses")
-    return [
-        s
-        for s in run.samples
-        if (ops is None or s.op in ops)
-        and (phase is None or run.phase_at(s.started) == phase)
-        and (statuses is None or s.status in statuses)
-    ]
-
-
-def _success_ratio(run: Run, where: dict[str, Any]) -> float:
-    samples = _selected(run, where)
-    return sum(s.ok for s in samples) / len(samples) if samples else math.nan
-
-
-def _stale_ratio(run: Run, where: dict[str, Any]) -> float:
-    served = [s for s in _selected(run, where) if s.ok]
-    return sum(s.stale for s in served) / len(served) if served else math.nan
-
-
-def _latency_ms(run: Run, where: dict[str, Any]) -> float:
-    """A quantile (`quantile`, 0.99 by default) of request latency, of ok or failed requests
-    (`outcome`) or all of them."""
-    outcome = where.get("outcome", "any")
-    samples = [s.seconds for s in _selected(run, where) if outcome == "any" or (outcome == "ok") == s.ok]
-    return percentile(samples, where.get("quantile", 0.99) * 100) * 1000
-
-
-def _count(run: Run, where: dict[str, Any]) -> float:
-    return float(len(_selected(run, where)))
-
-
-def _recovery_seconds(run: Run, where: dict[str, Any]) -> float:
-    """From the start of the recovery phase until every later 1 s window of traffic meets the
-    success ratio `slo`."""
-    start = run.phase_start(where.get("phase", "recovery"))
-    slo = where.get("slo", 0.99)
-    windows: dict[int, list[bool]] = {}
-    for s in run.samples:
-        if s.started >= start:
-            windows.setdefault(int(s.started - start), []).append(s.ok)
-    recovered = 0
-    for second in sorted(windows):
-        outcomes = windows[second]
-        if sum(outcomes) / len(outcomes) < slo:
-            recovered = second + 1
-    return float(recovered) if windows else math.nan
-
-
-def _healthz_p99_ms(run: Run, where: dict[str, Any]) -> float:
-    phase = where.get("phase")
-    samples = [seconds for started, seconds in run.healthz if phase is None or run.phase_at(started) == phase]
-    return percentile(samples, 99) * 1000
-
-
-def _breaker_opened_after_seconds(run: Run, where: dict[str, Any]) -> float:
-    start = run.phase_start(where.get("phase", "fault"))
-    key = f'keel_circuit_breaker_state{{breaker="{where.get("breaker", "database")}"}}'
-    for when, values in run.metrics:
-        if when >= start and values.get(key) == 2.0:
-            return when - start
-    return math.inf
-
-
-def _metric_at_end(run: Run, where: dict[str, Any]) -> float:
-    return run.metrics[-1][1].get(where["metric"], math.nan) if run.metrics else math.nan
-
-
-def _value(run: Run, where: dict[str, Any]) -> float:
-    return run.values.get(where["key"], math.nan)
-
-
-_MEASURES = {
-    "success_ratio": _success_ratio,
-    "stale_ratio": _stale_ratio,
-    "latency_ms": _latency_ms,
-    "count": _count,
-    "recovery_seconds": _recovery_seconds,
-    "healthz_p99_ms": _healthz_p99_ms,
-    "breaker_opened_after_seconds": _breaker_opened_after_seconds,
-    "metric_at_end": _metric_at_end,
-    "value": _value,
-}

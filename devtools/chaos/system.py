@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ class System:
         self.keel_port = free_port()
         self.redis: RedisServer | None = None
         self.token = ""
+        self.spawned: list[int] = []  # every server pid started, see `_note_servers`
 
     @property
     def base_url(self) -> str:
@@ -59,15 +62,26 @@ class System:
         return self.postgres.url
 
     async def __aenter__(self) -> System:
+        try:
+            return await self._start()
+        except BaseException:
+            # `async with` calls __aexit__ only after __aenter__ returned: whatever started
+            # before a failure (or a Ctrl-C) during start-up is stopped here.
+            await self.__aexit__(None, None, None)
+            raise
+
+    async def _start(self) -> System:
         self.postgres: PostgresProcess = await asyncio.to_thread(
             self._stack.enter_context, postgres_process(durable=True)
         )
+        self._note_servers()
         await asyncio.to_thread(migrate, self.postgres.url)
         self.proxies["postgres"] = await self._proxy(self.postgres.port)
         if self._with_redis:
             (self._workdir / "redis").mkdir()
             self.redis = RedisServer(self._workdir / "redis")
             await asyncio.to_thread(self.redis.start)
+            self._note_servers()
             self.proxies["redis"] = await self._proxy(self.redis.port)
         self.token = await asyncio.to_thread(self._issue_key, "profiles:read,profiles:write")
         if self._split:
@@ -78,15 +92,27 @@ class System:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stop every server, each even if stopping another failed; runs on failures and on
+        Ctrl-C too (the servers run in sessions of their own, so a terminal's SIGINT reaches
+        only the runner, which stops them here)."""
+        steps: list[Callable[[], Awaitable[object]]] = []
         if self.keel is not None:
-            await asyncio.to_thread(stop, self.keel)
+            steps.append(functools.partial(asyncio.to_thread, stop, self.keel))
         if self.core is not None:
-            await asyncio.to_thread(stop, self.core)
-        for proxy in self.proxies.values():
-            await proxy.stop()
+            steps.append(functools.partial(asyncio.to_thread, stop, self.core))
+        steps += [proxy.stop for proxy in self.proxies.values()]
         if self.redis is not None:
-            await asyncio.to_thread(self.redis.stop)
-        await asyncio.to_thread(self._stack.close)
+            steps.append(functools.partial(asyncio.to_thread, self.redis.stop))
+        steps.append(functools.partial(asyncio.to_thread, self._stack.close))
+        errors: list[BaseException] = []
+        for step in steps:
+            try:
+                # Shielded: a second Ctrl-C must not leave a server running.
+                await asyncio.shield(step())
+            except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001 - reported; the other servers must still stop
+                errors.append(error)
+        if errors:
+            print(f"  stopping the system: {errors!r}", flush=True)
         if os.environ.get("KEEL_CHAOS_KEEP") is None:
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         else:
@@ -102,13 +128,25 @@ class System:
             command += ["--core", f"grpc://127.0.0.1:{self.proxies['core'].port}"]
             env["KEEL_CORE_API_KEY"] = self._edge_token
         self.keel = self._spawn(command, env)
+        self._note_servers()
         await self._wait_healthy(self.keel, self.base_url)
 
     async def start_core(self) -> None:
         env = {**os.environ, **self._keel_env, **self._wiring(), "KEEL_GRPC_PORT": str(self.core_grpc_port)}
         command = keel_cmd("serve", "--host", "127.0.0.1", "--port", str(self.core_port))
         self.core = self._spawn(command, env)
+        self._note_servers()
         await self._wait_healthy(self.core, f"http://127.0.0.1:{self.core_port}")
+
+    def _note_servers(self) -> None:
+        """Remember every server process started, restarts included: after the experiment none
+        may be left (a lost reference, like a replaced Redis, is how one is orphaned)."""
+        pids = [p.pid for p in (self.keel, self.core) if p is not None]
+        if self.redis is not None and self.redis.process is not None:
+            pids.append(self.redis.process.pid)
+        if hasattr(self, "postgres"):
+            pids += self.postgres.pids()[:1]
+        self.spawned += [pid for pid in pids if pid not in self.spawned]
 
     def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with self.keel_log.open("ab") as log:
@@ -205,6 +243,9 @@ class System:
             await asyncio.to_thread(self.postgres.stop)
         elif action == "start":
             await asyncio.to_thread(self.postgres.start)
+            self._note_servers()
+        elif action == "crash":
+            await asyncio.to_thread(self.postgres.crash)
         elif action == "pause":
             await asyncio.to_thread(process_faults.pause, self.postgres.pid)
         elif action == "resume":
@@ -218,6 +259,7 @@ class System:
             await asyncio.to_thread(self.redis.stop)
         elif action == "start":
             await asyncio.to_thread(self.redis.start)
+            self._note_servers()
         else:
             raise ValueError(f"unknown action {action!r} on redis")
 

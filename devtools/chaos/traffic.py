@@ -29,6 +29,7 @@ class Sample:
     status: int  # 0: no HTTP answer (timeout, connection refused or reset)
     stale: bool = False
     problem: str = ""  # the problem type's last part, for failures: "unavailable", "shed", ...
+    retry_after: bool = False  # whether the answer carried a Retry-After header
 
     @property
     def ok(self) -> bool:
@@ -104,6 +105,7 @@ class Traffic:
                 response.status_code,
                 is_stale(response.headers),
                 problem,
+                "retry-after" in response.headers,
             )
         )
 

@@ -17,9 +17,11 @@ from devtools.history import (
     LOST_CREATE,
     LOST_DELETE,
     LOST_UPDATE,
+    MISSING_READ,
     PHANTOM_WRITE,
     REALTIME_STALE_READ,
     STALE_READ,
+    VERSION_INCONSISTENT,
     WRITE_APPLIED_TWICE,
     CheckReport,
     FinalProfile,
@@ -279,3 +281,84 @@ def test_a_process_runs_one_operation_at_a_time() -> None:
     h.invoke(0, "read", "r1", profile="p1")
     with pytest.raises(ValueError, match="before completing"):
         h.invoke(0, "read", "r2", profile="p1")
+
+
+def read_missing(h: History, process: int, key: str, profile: str) -> None:
+    """A read answered 404 (the workload records the status of a failure)."""
+    invocation = h.invoke(process, "read", key, profile=profile)
+    h.complete(invocation, "fail", value={"status": 404, "problem": "urn:keel:problem:not-found"})
+
+
+def test_fewer_versions_than_applied_writes_is_version_inconsistent() -> None:
+    h, final = clean()
+    final["p1"] = row("p1", "c1", 2, "u1", "u2")  # two updates shown, one version for them
+    report = check(h, final)
+    assert VERSION_INCONSISTENT in report.kinds
+    assert report.kinds <= {VERSION_INCONSISTENT, FINAL_VERSION_BEHIND}, report.summary()
+
+
+def test_a_deleted_row_that_nobody_deleted_is_a_phantom_write() -> None:
+    h, final = clean()
+    final["p1"] = row("p1", "c1", 4, "u1", "u2", deleted=True)
+    assert_only(check(h, final), PHANTOM_WRITE)
+
+
+def test_a_delete_that_definitely_failed_must_not_be_applied() -> None:
+    h, final = clean()
+    delete(h, 0, "d2", "p1", "fail")
+    final["p1"] = row("p1", "c1", 4, "u1", "u2", deleted=True)
+    assert_only(check(h, final), FAILED_WRITE_APPLIED)
+
+
+def test_a_delete_applied_twice_bumps_one_version_too_many() -> None:
+    h, final = clean()
+    final["p2"] = row("p2", "c2", 3, deleted=True)
+    assert_only(check(h, final), WRITE_APPLIED_TWICE)
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_an_unknown_delete_may_or_may_not_be_applied(applied: bool) -> None:
+    h, final = clean()
+    delete(h, 0, "d2", "p1", "info")
+    final["p1"] = row("p1", "c1", 4 if applied else 3, "u1", "u2", deleted=applied)
+    report = check(h, final)
+    assert report.ok, report.summary()
+
+
+def test_a_404_for_an_acknowledged_create_is_a_missing_read() -> None:
+    h, final = clean()
+    read_missing(h, 0, "r3", "p1")
+    assert_only(check(h, final), MISSING_READ)
+
+
+def test_a_404_after_an_acknowledged_delete_is_fine() -> None:
+    h, final = clean()
+    read_missing(h, 0, "r3", "p2")  # d1 deleted p2 before this read began
+    report = check(h, final)
+    assert report.ok, report.summary()
+
+
+def test_a_404_concurrent_with_an_unknown_delete_is_fine() -> None:
+    h, final = clean()
+    invocation = h.invoke(1, "delete", "d2", profile="p1")
+    read_missing(h, 0, "r3", "p1")
+    h.complete(invocation, "info")
+    final["p1"] = row("p1", "c1", 4, "u1", "u2", deleted=True)
+    report = check(h, final)
+    assert report.ok, report.summary()
+
+
+def test_a_404_after_a_definitely_failed_delete_is_a_missing_read() -> None:
+    h, final = clean()
+    delete(h, 1, "d2", "p1", "fail")
+    read_missing(h, 0, "r3", "p1")
+    assert_only(check(h, final), MISSING_READ)
+
+
+def test_a_404_for_a_create_acknowledged_after_the_read_began_is_fine() -> None:
+    h, final = new_history(), state(row("p1", "c1", 1))
+    created = h.invoke(0, "create", "c1")
+    read_missing(h, 1, "r1", "p1")  # nobody could know p1 when the read began
+    h.complete(created, "ok", profile="p1", value={"version": 1})
+    report = check(h, final)
+    assert report.ok, report.summary()

@@ -1,0 +1,312 @@
+"""Negative controls for the chaos experiments: synthetic runs with a known loss, a known stale
+read, a known 500 (or 502, or no answer), a hung `/healthz`, a crashed workload, must make the
+experiment's own checks (read from chaos/experiments/*.json) fail, and the same run without
+the defect must pass them. A check that cannot fail is no check."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from devtools.chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe
+from devtools.chaos.runner import record_history
+from devtools.chaos.traffic import Sample
+from devtools.history import FinalProfile, History, check
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
+T0 = 1000.0  # phases: steady [T0, T0+10), fault [T0+10, T0+20), recovery [T0+20, T0+30)
+
+
+def spec(prefix: str) -> dict[str, Any]:
+    return json.loads(next(EXPERIMENTS.glob(f"{prefix}-*.json")).read_text())
+
+
+def probe(experiment: dict[str, Any], name_part: str) -> dict[str, Any]:
+    probes = [*experiment["steady-state-hypothesis"]["probes"], *experiment["checks"]]
+    found = [p for p in probes if name_part in p["name"]]
+    assert len(found) == 1, [p["name"] for p in probes]
+    return found[0]
+
+
+def result(prefix: str, name_part: str, run: Run) -> Result:
+    return evaluate_probe(probe(spec(prefix), name_part), run)
+
+
+def new_run(*phases: str) -> Run:
+    run = Run(started=T0, ended=T0 + 10 * (len(phases) + 1))
+    run.phases = [(T0 + 10 * (i + 1), phase) for i, phase in enumerate(phases)]
+    return run
+
+
+def samples(
+    op: str, start: float, count: int, status: int = 200, seconds: float = 0.005, **kw: Any
+) -> list[Sample]:
+    return [Sample(op, start + i * 9.0 / count, seconds, status, **kw) for i in range(count)]
+
+
+def polls(start: float, count: int, seconds: float = 0.002, ok: bool = True) -> list[HealthzPoll]:
+    return [HealthzPoll(start + i * 9.0 / count, seconds, ok) for i in range(count)]
+
+
+# -- the history family: 01, 02, 07, 08 ---------------------------------------------------------
+
+
+def history_run(
+    *, lose_create: bool = False, stale: bool = False, writes: int = 120, after_fault: bool = True
+) -> Run:
+    """A real history through the real checker: `writes` acknowledged creates (the first half
+    in the steady phase, the rest once the system is back, in "restarted"; or all before the
+    fault), one delete, one read; with a create missing from the final rows, or a read older
+    than an acknowledged update by another process (a real-time stale read)."""
+    ticks = itertools.count()
+    origin = [T0]  # moved to T0 + 20, the start of "restarted" (see new_run), halfway
+    steady_writes = writes // 2 if after_fault else writes
+    h = History(clock=lambda: origin[0] + next(ticks) * 0.001)
+    rows: dict[str, FinalProfile] = {}
+    for n in range(writes):
+        if n == steady_writes:
+            origin[0] = T0 + 20.0
+        invocation = h.invoke(0, "create", f"c{n}")
+        h.complete(invocation, "ok", profile=f"p{n}", value={"version": 1})
+        rows[f"p{n}"] = FinalProfile(f"p{n}", 1, False, {"op": f"c{n}"})
+    h.complete(h.invoke(0, "update", "u1", profile="p1"), "ok", value={"version": 2})
+    rows["p1"] = FinalProfile("p1", 2, False, {"op": "c1", "u_u1": True})
+    h.complete(h.invoke(0, "delete", "d1", profile="p2"), "ok")
+    rows["p2"] = FinalProfile("p2", 2, True, {"op": "c2"})
+    read_version = 1 if stale else 2
+    h.complete(h.invoke(1, "read", "r1", profile="p1"), "ok", value={"version": read_version, "stale": False})
+    if lose_create:
+        del rows["p0"]
+    run = new_run("fault", "restarted")
+    record_history(run, h, check(h, rows))
+    run.healthz = polls(T0, 100)
+    return run
+
+
+HISTORY_EXPERIMENTS = ["01", "02", "07", "08"]
+# The check that the history is not empty: a fixed minimum x time scale in 01 and 02; in 07
+# and 08, writes acknowledged once the system is back.
+ACKNOWLEDGED = {"01": "acknowledged writes", "02": "acknowledged writes"} | dict.fromkeys(
+    ["07", "08"], "writes acknowledged once"
+)
+
+
+@pytest.mark.parametrize("experiment", HISTORY_EXPERIMENTS)
+def test_a_clean_history_passes_the_history_checks(experiment: str) -> None:
+    run = history_run()
+    assert result(experiment, "history violations", run).passed
+    assert result(experiment, ACKNOWLEDGED[experiment], run).passed
+
+
+@pytest.mark.parametrize("experiment", HISTORY_EXPERIMENTS)
+def test_a_lost_write_fails_the_experiment(experiment: str) -> None:
+    assert not result(experiment, "history violations", history_run(lose_create=True)).passed
+
+
+@pytest.mark.parametrize("experiment", HISTORY_EXPERIMENTS)
+def test_a_realtime_stale_read_fails_the_experiment(experiment: str) -> None:
+    run = history_run(stale=True)
+    assert run.values["realtime_stale_reads"] == 1
+    assert not result(experiment, "history violations", run).passed
+
+
+@pytest.mark.parametrize("experiment", HISTORY_EXPERIMENTS)
+def test_an_empty_history_fails_the_experiment(experiment: str) -> None:
+    run = history_run(writes=0)
+    assert result(experiment, "history violations", run).passed
+    assert not result(experiment, ACKNOWLEDGED[experiment], run).passed
+
+
+@pytest.mark.parametrize("experiment", ["07", "08"])
+def test_a_history_that_does_not_span_the_fault_fails_the_experiment(experiment: str) -> None:
+    """Writes acknowledged before the fault and once the system is back: a history with none
+    after the restart (or none before the fault) does not cover what the experiment claims."""
+    assert result(experiment, "writes acknowledged once", history_run(writes=120)).passed
+    assert not result(experiment, "writes acknowledged once", history_run(after_fault=False)).passed
+    nothing_before = history_run(writes=0)
+    nothing_before.acknowledged = [T0 + 25.0]
+    assert not result(experiment, "writes acknowledged before the fault", nothing_before).passed
+
+
+def test_the_minimum_of_writes_follows_the_time_scale() -> None:
+    run = history_run(writes=60)
+    assert not result("02", "acknowledged writes", run).passed
+    run.time_scale = 0.5
+    assert result("02", "acknowledged writes", run).passed
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem[:2] for p in EXPERIMENTS.glob("*.json")))
+def test_a_crashed_workload_fails_every_experiment(experiment: str) -> None:
+    run = history_run()
+    run.values["workloads_crashed"] = 1
+    crashed = [r for r in evaluate(spec(experiment), run) if r.name == "workloads that crashed"]
+    assert [r.passed for r in crashed] == [False]
+
+
+# -- /healthz -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("experiment", "phase"), [("01", "steady"), ("05", "steady"), ("08", "steady")])
+def test_a_failing_healthz_fails_the_steady_state(experiment: str, phase: str) -> None:
+    run = new_run("fault")
+    run.healthz = polls(T0, 100)
+    check_name = "/healthz polls that failed"
+    assert result(experiment, check_name, run).passed
+    run.healthz[50] = HealthzPoll(run.healthz[50].started, 2.0, ok=False)  # a timeout
+    assert not result(experiment, check_name, run).passed
+
+
+@pytest.mark.parametrize("experiment", ["02", "03", "04"])
+def test_a_hung_healthz_during_the_fault_fails(experiment: str) -> None:
+    run = new_run("fault", "recovery")
+    run.healthz = polls(T0, 100, seconds=0.002) + polls(T0 + 10, 100, seconds=0.004)
+    assert result(experiment, "/healthz p99", run).passed
+    run.healthz[150:152] = polls(T0 + 15, 2, seconds=2.0, ok=False)  # 2 % timed out
+    assert not result(experiment, "/healthz p99", run).passed
+
+
+@pytest.mark.parametrize("experiment", ["02", "03", "04"])
+def test_a_slow_healthz_beyond_the_baseline_factor_fails(experiment: str) -> None:
+    run = new_run("fault", "recovery")
+    run.healthz = polls(T0, 100, seconds=0.002) + polls(T0 + 10, 100, seconds=0.0081)
+    checked = result(experiment, "/healthz p99", run)
+    assert checked.tolerance["max"] == pytest.approx(8.0)  # 4 x the baseline's 2 ms
+    assert not checked.passed
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+def test_02_counts_failures_not_requests() -> None:
+    run = new_run("fault", "recovery")
+    run.samples = samples("write", T0 + 10, 2)  # two successes during the outage
+    assert result("02", "failed uncached reads and writes", run).value == 0
+    assert not result("02", "failed uncached reads and writes", run).passed
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "passes"), [(503, True, True), (503, False, False), (500, True, False)]
+)
+def test_02_failures_must_be_503_with_retry_after(status: int, retry_after: bool, passes: bool) -> None:
+    run = new_run("fault", "recovery")
+    run.samples = samples("write", T0 + 10, 50, 503, retry_after=True)
+    run.samples += samples("read_uncached", T0 + 10, 1, status, retry_after=retry_after)
+    assert result("02", "share answered 503 with Retry-After", run).passed is passes
+
+
+@pytest.mark.parametrize(
+    ("status", "passes"), [(503, True), (504, True), (500, False), (502, False), (0, False)]
+)
+def test_07_any_undocumented_5xx_or_no_answer_fails(status: int, passes: bool) -> None:
+    run = new_run("fault", "recovery")
+    run.samples = samples("read_cached", T0, 50) + samples("write", T0 + 10, 5, 503)
+    run.samples += samples("write", T0 + 25, 1, status)
+    assert result("07", "5xx other than 503/504", run).passed is passes
+
+
+def test_04_a_request_outliving_its_deadline_by_more_than_50_ms_fails() -> None:
+    run = new_run("fault", "recovery")
+    run.samples = samples("write", T0 + 10, 500, seconds=0.2)
+    assert result("04", "longest request", run).passed
+    run.samples.append(Sample("write", T0 + 12, 1.051, 503))  # one in 501: p99 would hide it
+    assert not result("04", "longest request", run).passed
+
+
+def test_03_failures_slower_than_the_baseline_factor_fail() -> None:
+    run = new_run("fault", "recovery")
+    run.samples = samples("read_cached", T0, 100, seconds=0.004)
+    run.samples += samples("write", T0 + 10, 100, 503, seconds=0.015)
+    assert result("03", "median failure", run).passed
+    run.samples += samples("write", T0 + 10, 200, 503, seconds=0.017)
+    assert not result("03", "median failure", run).passed
+
+
+def test_05_a_second_database_read_within_one_freshness_window_fails() -> None:
+    run = new_run("fault")
+    run.values["stampede_seconds"] = 4.9  # answered within one 5 s window: the claim is one read
+    run.values["stampede_db_reads"] = 1
+    assert result("05", "database reads", run).passed
+    run.values["stampede_db_reads"] = 2
+    assert not result("05", "database reads", run).passed
+    run.values["stampede_db_reads"] = 0  # nothing read: the copy had not expired, no stampede
+    assert not result("05", "database reads", run).passed
+
+
+def test_05_a_burst_spanning_windows_allows_one_read_per_window_and_no_more() -> None:
+    run = new_run("fault")
+    run.values["stampede_seconds"] = 19.0  # windows starting at 0, 5, 10, 15 s
+    run.values["stampede_db_reads"] = 4
+    assert result("05", "database reads", run).passed
+    run.values["stampede_db_reads"] = 5
+    assert not result("05", "database reads", run).passed
+    del run.values["stampede_seconds"]  # span not measured: no bound, never a pass
+    assert not result("05", "database reads", run).passed
+
+
+def test_a_request_caught_in_flight_by_the_fault_is_not_a_steady_state_failure() -> None:
+    """The steady phase is fault-free: a write sent just before the kill and answered 504 after
+    it is the fault's doing; a failure answered before the fault began still counts."""
+    run = new_run("fault", "restarted")
+    run.samples = samples("read_cached", T0, 200)
+    run.samples += [Sample("write", T0 + 9.98, 0.05, 504)] * 4  # answered at T0 + 10.03
+    assert result("07", "success ratio before the fault", run).passed
+    run.samples += [Sample("write", T0 + 5.0, 0.05, 504)] * 3  # 3 in 203, answered before it
+    assert not result("07", "success ratio before the fault", run).passed
+
+
+def test_06_a_limiter_admitting_beyond_the_share_fails() -> None:
+    run = new_run("fault", "recovery", "outage", "after")
+    # Units per second and the burst of this process, and what 4 clients may have in flight
+    # as the phase ends (one write each).
+    share, burst, in_flight = 10, 10, 4 * 5
+    run.samples = samples("read_cached", T0 + 10, share * 10) + samples(
+        "write", T0 + 10, (burst + in_flight) // 5
+    )
+    run.samples += samples("write", T0 + 10, 100, 429)
+    run.samples = [
+        Sample(s.op, s.started, s.seconds, s.status, retry_after=s.status == 429) for s in run.samples
+    ]
+    assert result(
+        "06", "admitted per second beyond the burst and the last requests in flight, Redis blackholed", run
+    ).passed
+    assert result("06", "refused 429 by the local share, Redis blackholed", run).passed
+    assert result("06", "answered 2xx or 429 + Retry-After, Redis blackholed", run).passed
+    run.samples += samples("write", T0 + 10, 2)  # 10 units over the share: writes cost 5
+    assert not result(
+        "06", "admitted per second beyond the burst and the last requests in flight, Redis blackholed", run
+    ).passed
+
+
+def test_06_after_redis_is_back_429s_count_only_until_the_breaker_closes() -> None:
+    run = new_run("fault", "recovery", "outage", "after")
+    closed_at = T0 + 42.0
+    key = 'keel_circuit_breaker_state{breaker="redis"}'
+    run.metrics = [(T0 + 40.5, {key: 2.0}), (closed_at, {key: 0.0})]
+    refused = [Sample("write", T0 + 40 + i * 0.1, 0.005, 429, retry_after=True) for i in range(15)]
+    run.samples = refused + samples("read_cached", closed_at, 200)
+    assert result("06", "success ratio after Redis is back, once", run).passed
+    assert result("06", "answered 2xx or 429 + Retry-After, Redis back", run).passed
+    assert result("06", "until the Redis breaker closes", run).value == pytest.approx(2.0)
+    run.samples += [Sample("read_cached", closed_at + 1, 0.005, 429, retry_after=True)] * 3
+    assert not result("06", "success ratio after Redis is back, once", run).passed  # 3 in 203
+    run.metrics = [(T0 + 40.5, {key: 2.0}), (T0 + 47.5, {key: 0.0})]
+    assert not result("06", "until the Redis breaker closes", run).passed
+    run.metrics = [(T0 + 40.5, {key: 2.0})]  # never closed: nothing selected, no pass
+    assert not result("06", "success ratio after Redis is back, once", run).passed
+    assert not result("06", "until the Redis breaker closes", run).passed
+
+
+def test_06_a_limiter_that_never_refuses_fails() -> None:
+    run = new_run("fault", "recovery", "outage", "after")
+    run.samples = samples("read_cached", T0 + 10, 100)
+    assert not result("06", "refused 429 by the local share, Redis blackholed", run).passed
+
+
+def test_nothing_measured_never_passes() -> None:
+    run = new_run("fault", "recovery")
+    assert math.isnan(result("04", "longest request", run).value)
+    assert not result("04", "longest request", run).passed
