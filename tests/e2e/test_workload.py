@@ -133,8 +133,11 @@ async def test_the_workload_survives_a_killed_server(server: Server) -> None:
     report = check(history, await final_state(server.database_url))
     print(stats.summary())
     assert report.ok, report.summary()
-    refused = [op for op in history.ops if op.value.get("error") == "ConnectError"]
-    assert refused, stats.summary()  # the outage was seen, and survived
+    # The outage was seen, and survived: a connection refused while the server was down, or an
+    # operation whose answer the kill cut off (`info`): which of the two depends on where each
+    # client was when the kill came, so either is evidence.
+    seen = [op for op in history.ops if op.value.get("error") == "ConnectError" or op.type == "info"]
+    assert seen, stats.summary()
     assert report.counts["create"]["ok"] > 0
     assert report.counts["update"]["ok"] > 0
 
