@@ -7,7 +7,8 @@ synthetic samples: a negative control (a known loss, a known stale read, a known
 A tolerance is `min` and/or `max`, or `max_times_baseline: k`: the bound is k times the same
 measure over the fault-free baseline phase (`baseline_phase`, "steady" by default) of the same
 run, so that a latency bound follows the machine's measured noise instead of a number
-loosened after a miss. `min_scaled` is a minimum multiplied by the run's time scale (phases
+loosened after a miss; `plus` adds what the fault costs by design (a documented deadline).
+`min_scaled` is a minimum multiplied by the run's time scale (phases
 shortened for CI make fewer operations). `max_per_window` bounds a count by the windows a
 measured span covers (see `_per_window_bound`).
 """
@@ -105,8 +106,11 @@ def evaluate_probe(probe: dict[str, Any], run: Run) -> Result:
         baseline_where = {**where, "phase": probe["tolerance"].get("baseline_phase", "steady")}
         baseline_where.update(probe["tolerance"].get("baseline_where", {}))
         baseline = MEASURES[measure](run, baseline_where)
-        tolerance["max"] = factor * baseline
-        basis = f"{factor:g} x the fault-free baseline {baseline:.4g}"
+        # `plus`: what the fault adds by design (a deadline a request may wait out before it is
+        # answered another way), stated in the check's name, never fitted to a run.
+        plus = float(probe["tolerance"].get("plus", 0))
+        tolerance["max"] = factor * baseline + plus
+        basis = f"{factor:g} x the fault-free baseline {baseline:.4g}" + (f" + {plus:g}" if plus else "")
     if "max_per_window" in probe["tolerance"]:
         tolerance["max"], basis = _per_window_bound(probe["tolerance"], run)
     return Result(probe["name"], measure, value, tolerance, basis)

@@ -310,3 +310,14 @@ def test_nothing_measured_never_passes() -> None:
     run = new_run("fault", "recovery")
     assert math.isnan(result("04", "longest request", run).value)
     assert not result("04", "longest request", run).passed
+
+
+def test_06_successes_may_wait_out_the_redis_deadline_and_no_more() -> None:
+    run = new_run("fault", "outage")
+    run.samples = samples("read_cached", T0, 100, seconds=0.020)  # fault-free p99: 20 ms
+    run.samples += samples("read_cached", T0 + 10, 100, seconds=0.125)
+    checked = result("06", "p99 of successes, Redis blackholed", run)
+    assert checked.tolerance["max"] == pytest.approx(4 * 20 + 50)
+    assert checked.passed
+    run.samples += samples("read_cached", T0 + 10, 100, seconds=0.131)
+    assert not result("06", "p99 of successes, Redis blackholed", run).passed
