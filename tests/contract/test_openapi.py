@@ -6,7 +6,6 @@ bounded number of examples, and 0 failures. Statuses the API answers but does no
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from keel.api.rest.api_versions import SUPPORTED_VERSIONS
-from tests.e2e.test_served_process import wait_healthy
+from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Enough to exercise every phase (examples, coverage, fuzzing, stateful) in a few seconds per
@@ -29,26 +28,6 @@ SEED = 20261128
 class Served:
     base_url: str
     token: str
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _keel(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "keel", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ never skips, when it cannot start. Every wait is bounded."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request, Response, Route, sync_playwright
 
-from tests.e2e.test_served_process import wait_healthy
+from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that keep Chromium from reaching out on its own (updates, sync, safe browsing, QUIC).
@@ -53,26 +52,6 @@ class Browser:
 class Served:
     origin: str
     token: str
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _keel(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "keel", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

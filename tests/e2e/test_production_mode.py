@@ -22,8 +22,7 @@ from keel.api.grpc.server import GrpcServer
 from keel.bootstrap.lifecycle import build_services
 from keel.config import CLOSED_IN_PRODUCTION, Settings
 from tests.e2e.conftest import Api, make_api
-from tests.e2e.test_browser_pages import _free_port, _keel
-from tests.e2e.test_served_process import wait_healthy
+from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
 
 VERSION = "2026-11-28"
 SECRET = SecretStr("a-test-cursor-secret-of-32-characters")
