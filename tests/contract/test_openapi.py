@@ -5,17 +5,15 @@ bounded number of examples, and 0 failures. Statuses the API answers but does no
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from keel.api.rest.api_versions import SUPPORTED_VERSIONS
-from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
+from tests.e2e.test_served_process import Served, keel_served
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Enough to exercise every phase (examples, coverage, fuzzing, stateful) in a few seconds per
@@ -24,37 +22,18 @@ MAX_EXAMPLES = 40
 SEED = 20261128
 
 
-@dataclass
-class Served:
-    base_url: str
-    token: str
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    directory = tmp_path_factory.mktemp("contract")
-    env = {
-        **os.environ,
-        "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
-        "KEEL_PORT": str(_free_port()),
+    settings = {
         # The run explores the contract with hundreds of requests in seconds: a rate limit or the
         # load shedder would soon answer all of them with 429 or 503 and stop the exploration.
         "KEEL_RATELIMIT_ENABLED": "false",
         "KEEL_LOAD_SHEDDING_ENABLED": "false",
         "KEEL_ACCESS_LOG": "false",
     }
-    _keel(env, "migrate")
-    token = _keel(env, "keys", "create", "--scopes", "admin,profiles:read,profiles:write", "--quiet").strip()
-    log_path = directory / "keel.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
-    base_url = f"http://127.0.0.1:{env['KEEL_PORT']}"
-    try:
-        wait_healthy(base_url, process, log_path)
-        yield Served(base_url, token)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    scopes = "admin,profiles:read,profiles:write"
+    with keel_served(tmp_path_factory.mktemp("contract"), settings, scopes) as served:
+        yield served
 
 
 @pytest.mark.parametrize("version", sorted(SUPPORTED_VERSIONS))

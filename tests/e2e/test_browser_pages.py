@@ -6,9 +6,6 @@ never skips, when it cannot start. Every wait is bounded."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request, Response, Route, sync_playwright
 
-from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
+from tests.e2e.test_served_process import Served, keel_served
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that keep Chromium from reaching out on its own (updates, sync, safe browsing, QUIC).
@@ -48,33 +45,10 @@ class Browser:
     foreign: list[str] = field(default_factory=list)  # requests to another origin, refused
 
 
-@dataclass
-class Served:
-    origin: str
-    token: str
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    directory = tmp_path_factory.mktemp("browser")
-    env = {
-        **os.environ,
-        "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
-        "KEEL_PORT": str(_free_port()),
-        "KEEL_ENVIRONMENT": "development",
-    }
-    _keel(env, "migrate")
-    token = _keel(env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--quiet").strip()
-    log_path = directory / "keel.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
-    origin = f"http://127.0.0.1:{env['KEEL_PORT']}"
-    try:
-        wait_healthy(origin, process, log_path)
-        yield Served(origin, token)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    with keel_served(tmp_path_factory.mktemp("browser"), {"KEEL_ENVIRONMENT": "development"}) as served:
+        yield served
 
 
 @pytest.fixture
@@ -90,10 +64,10 @@ def browser(served: Served, tmp_path: Path) -> Iterator[Browser]:
         )
         context.set_default_timeout(WAIT_MS)
         context.add_init_script(_RECORD_VIOLATIONS)
-        opened = Browser(context, served.origin)
+        opened = Browser(context, served.base_url)
 
         def only_keel(route: Route, request: Request) -> None:
-            if request.url.startswith(served.origin + "/"):
+            if request.url.startswith(served.base_url + "/"):
                 route.continue_()
             else:
                 opened.foreign.append(request.url)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,18 +66,20 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    directory = tmp_path_factory.mktemp("served")
+@contextmanager
+def keel_served(
+    directory: Path, settings: dict[str, str], scopes: str = "profiles:read,profiles:write"
+) -> Iterator[Served]:
+    """A migrated SQLite database in `directory`, a key with `scopes`, and `keel serve` on a free
+    port with `settings` (KEEL_* variables) until the block ends, on failure too."""
     env = {
         **os.environ,
         "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
         "KEEL_PORT": str(_free_port()),
-        "KEEL_TRACE_SAMPLING_RATIO": "1.0",
-        "KEEL_API_KEY_CACHE_SECONDS": "0.5",
+        **settings,
     }
     _keel(env, "migrate")
-    token = _keel(env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--quiet").strip()
+    token = _keel(env, "keys", "create", "--scopes", scopes, "--quiet").strip()
     log_path = directory / "keel.log"
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, "-m", "keel", "serve"], env=env, stdout=log, stderr=log)
@@ -87,6 +90,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    settings = {"KEEL_TRACE_SAMPLING_RATIO": "1.0", "KEEL_API_KEY_CACHE_SECONDS": "0.5"}
+    with keel_served(tmp_path_factory.mktemp("served"), settings) as served:
+        yield served
 
 
 def test_the_printed_key_works_and_logs_carry_ids_but_no_secrets(served: Served) -> None:
