@@ -11,7 +11,6 @@ from keel.bootstrap.protection import Protection, build_breaker
 from keel.config import Settings
 from keel.observability.database import DatabaseObserver
 from keel.observability.metrics import Metrics
-from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
@@ -46,14 +45,12 @@ async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
     )
 
 
-def guard_store(
-    store: Store, settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker]
-) -> Store:
+def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> Store:
     """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
     from keel.storage.guarded import GuardedStore
 
-    breaker = breakers["database"] = build_breaker(
-        "database", metrics, open_seconds=settings.db_breaker_open_seconds
+    breaker = guards.breakers["database"] = build_breaker(
+        "database", metrics, clock=guards.breaker_clock, open_seconds=settings.db_breaker_open_seconds
     )
     return GuardedStore(store, breaker, timeout_seconds=settings.db_timeout_seconds)
 
@@ -123,7 +120,7 @@ async def build_core(
         await store.close()
         raise
     clock = SystemClock()
-    store = guard_store(store, settings, metrics, guards.breakers)
+    store = guard_store(store, settings, metrics, guards)
     reads, bus = build_profile_reads(settings, store, metrics)
     service = ProfileService(
         store,
