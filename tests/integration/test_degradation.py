@@ -78,13 +78,13 @@ def through(url: str, proxy: FaultProxy) -> str:
 
 
 @pytest.fixture
-def breaker_clock() -> SteppedClock:
+def resilience_clock() -> SteppedClock:
     return SteppedClock()
 
 
 @pytest.fixture
 async def keel(
-    migrated_postgres_url: str, proxy: FaultProxy, breaker_clock: SteppedClock
+    migrated_postgres_url: str, proxy: FaultProxy, resilience_clock: SteppedClock
 ) -> AsyncIterator[Services]:
     built = await build_services(
         Settings(
@@ -94,7 +94,7 @@ async def keel(
             cache_fresh_seconds=0.0,  # every read goes to the database while it answers
             ratelimit_enabled=False,
         ),
-        breaker_clock=breaker_clock,
+        resilience_clock=resilience_clock,
     )
     yield built
     await built.close()
@@ -110,7 +110,7 @@ def database_breaker(keel: Services) -> BreakerState:
 
 
 async def test_a_blackholed_database_costs_callers_their_deadline_at_most(
-    keel: Services, proxy: FaultProxy, breaker_clock: SteppedClock
+    keel: Services, proxy: FaultProxy, resilience_clock: SteppedClock
 ) -> None:
     cached = (await keel.profiles.create_profile(WRITER, DOC)).profile
     await keel.profiles.read_profile(WRITER, cached.id)
@@ -138,7 +138,7 @@ async def test_a_blackholed_database_costs_callers_their_deadline_at_most(
     proxy.clear()
     with pytest.raises(CircuitOpen):  # the database is back, but the open period is not over
         await keel.profiles.update_profile(WRITER, cached.id, {"display_name": "Lost?"})
-    breaker_clock.advance(BREAKER_OPEN_SECONDS)  # the breaker lets a probe through
+    resilience_clock.advance(BREAKER_OPEN_SECONDS)  # the breaker lets a probe through
     updated = await keel.profiles.update_profile(WRITER, cached.id, {"display_name": "Back"})
     assert updated.version == cached.version + 1  # the failed writes left nothing behind
     assert database_breaker(keel) is BreakerState.CLOSED
@@ -146,7 +146,7 @@ async def test_a_blackholed_database_costs_callers_their_deadline_at_most(
 
 
 async def test_a_slow_database_is_cut_at_the_deadline_and_its_connections_come_back(
-    keel: Services, proxy: FaultProxy, breaker_clock: SteppedClock
+    keel: Services, proxy: FaultProxy, resilience_clock: SteppedClock
 ) -> None:
     created = (await keel.profiles.create_profile(WRITER, DOC)).profile
     proxy.set_faults(Faults(latency_ms=400))
@@ -159,7 +159,7 @@ async def test_a_slow_database_is_cut_at_the_deadline_and_its_connections_come_b
                 await keel.profiles.update_profile(WRITER, created.id, {"display_name": "Slow"})
     assert database_breaker(keel) is BreakerState.OPEN  # three cut in a row
     proxy.clear()
-    breaker_clock.advance(BREAKER_OPEN_SECONDS)
+    resilience_clock.advance(BREAKER_OPEN_SECONDS)
     for _ in range(2 * keel.settings.db_pool_max):  # more than the pool's connections: none is stuck
         await keel.profiles.read_profile(WRITER, created.id)
     assert database_breaker(keel) is BreakerState.CLOSED

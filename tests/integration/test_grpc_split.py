@@ -25,7 +25,7 @@ from keel.config import Settings
 from keel.domain.api_keys import Scope
 from keel.service.auth import credentials, issue_api_key, revoke_api_key
 from tests.e2e.conftest import deploy
-from tests.integration.test_degradation import eventually, proxy, through
+from tests.integration.test_degradation import SteppedClock, eventually, proxy, through
 
 __all__ = ["proxy"]  # the fixture, imported for use here
 DOC = pb.Profile(handle="ada_l", emails=[pb.Email(address="ada@example.com", primary=True)])
@@ -296,7 +296,8 @@ async def test_an_edge_passes_its_remaining_deadline_to_the_core(
 
 
 async def test_an_edge_whose_core_is_gone_answers_503_never_500(sqlite_url: str) -> None:
-    deployment = await deploy(Settings(database_url=sqlite_url), "edge")
+    clock = SteppedClock()
+    deployment = await deploy(Settings(database_url=sqlite_url), "edge", resilience_clock=clock)
     token = await _token(deployment.core, Scope.PROFILES_READ, Scope.PROFILES_WRITE)
     app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
     app.state.services = deployment.serving
@@ -307,7 +308,7 @@ async def test_an_edge_whose_core_is_gone_answers_503_never_500(sqlite_url: str)
         ) as client:
             assert (await client.get("/v1/profiles", headers=headers)).status_code == 200
             assert deployment.grpc is not None
-            await _sleep(1.1)  # the retry budget accrues a retry a second besides its ratio
+            clock.advance(1.0)  # the retry budget accrues a retry a second besides its ratio
             await deployment.grpc.stop(0)
             read = await client.get("/v1/profiles", headers=headers)
             write = await client.post(
@@ -329,14 +330,9 @@ async def test_an_edge_whose_core_is_gone_answers_503_never_500(sqlite_url: str)
         await deployment.close()
 
 
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
-
-
 async def test_an_edge_whose_own_key_is_refused_is_unavailable_not_its_callers_fault(sqlite_url: str) -> None:
-    deployment = await deploy(Settings(database_url=sqlite_url, api_key_cache_seconds=0.2), "edge")
+    # No key cache at either end (a lifetime of 0): the revocation is seen on the next call.
+    deployment = await deploy(Settings(database_url=sqlite_url, api_key_cache_seconds=0.0), "edge")
     core = deployment.core
     token = await _token(core, Scope.PROFILES_READ)
     app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
@@ -351,7 +347,6 @@ async def test_an_edge_whose_own_key_is_refused_is_unavailable_not_its_callers_f
             await revoke_api_key(
                 core.local.store, core.local.clock, edge_key.get_secret_value().split("_")[1]
             )
-            await _sleep(0.3)  # both ends' key caches lapse
             refused = await client.get("/v1/profiles", headers={"Authorization": f"Bearer {token}"})
             ready = await client.get("/readyz")
         # The caller's key is fine: not a 401 for them, but the service being unavailable.

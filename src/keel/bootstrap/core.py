@@ -50,18 +50,18 @@ def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Prot
     from keel.storage.guarded import GuardedStore
 
     breaker = guards.breakers["database"] = build_breaker(
-        "database", metrics, clock=guards.breaker_clock, open_seconds=settings.db_breaker_open_seconds
+        "database", metrics, clock=guards.resilience_clock, open_seconds=settings.db_breaker_open_seconds
     )
     return GuardedStore(store, breaker, timeout_seconds=settings.db_timeout_seconds)
 
 
 def build_profile_reads(
-    settings: Settings, store: Store, metrics: Metrics
+    settings: Settings, store: Store, metrics: Metrics, guards: Protection
 ) -> tuple[ProfileReads, InvalidationBus | None]:
     """Reads through the in-process cache, invalidated across processes over Redis when set."""
     retries = metrics.dependency_retries
     retry = RetryPolicy(
-        RetryBudget(ratio=settings.retry_budget_ratio),
+        RetryBudget(ratio=settings.retry_budget_ratio, clock=guards.resilience_clock),
         Backoff(),
         on_retry=lambda outcome: retries.labels("database", outcome).inc(),
     )
@@ -121,7 +121,7 @@ async def build_core(
         raise
     clock = SystemClock()
     store = guard_store(store, settings, metrics, guards)
-    reads, bus = build_profile_reads(settings, store, metrics)
+    reads, bus = build_profile_reads(settings, store, metrics, guards)
     service = ProfileService(
         store,
         clock,

@@ -13,7 +13,7 @@ from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 
 
 def build_edge(
-    settings: Settings, metrics: Metrics, *, breaker_clock: Callable[[], float] = time.monotonic
+    settings: Settings, metrics: Metrics, *, resilience_clock: Callable[[], float] = time.monotonic
 ) -> Services:
     """REST and GraphQL here, every use case run by the core at `core_url` over gRPC."""
     from keel.api.grpc.client.core_client import CoreClient
@@ -21,13 +21,13 @@ def build_edge(
 
     assert settings.core_url is not None
     assert settings.core_api_key is not None  # the settings refuse a core URL without it
-    guards = build_protection(settings, metrics, breaker_clock=breaker_clock)
+    guards = build_protection(settings, metrics, resilience_clock=resilience_clock)
     retries = metrics.dependency_retries
     client = CoreClient(
         settings.core_url.removeprefix("grpc://"),
         settings.core_api_key.get_secret_value(),
         RetryPolicy(
-            RetryBudget(ratio=settings.retry_budget_ratio),
+            RetryBudget(ratio=settings.retry_budget_ratio, clock=resilience_clock),
             Backoff(),
             on_retry=lambda outcome: retries.labels("core", outcome).inc(),
         ),

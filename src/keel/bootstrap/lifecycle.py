@@ -32,15 +32,15 @@ async def build_services(
     *,
     metrics: Metrics | None = None,
     store_opener: StoreOpener = open_store,
-    breaker_clock: Callable[[], float] = time.monotonic,
+    resilience_clock: Callable[[], float] = time.monotonic,
 ) -> Services:
     """Build the process's object graph: a core over its database (refusing an unmigrated
-    one), or an edge over a remote core when `core_url` is set. `breaker_clock`: the monotonic
-    clock the circuit breakers read (tests hand in one they advance)."""
+    one), or an edge over a remote core when `core_url` is set. `resilience_clock`: the monotonic
+    clock the circuit breakers and retry budgets read (tests hand in one they advance)."""
     metrics = metrics or Metrics()
     if settings.core_url is not None:
-        return build_edge(settings, metrics, breaker_clock=breaker_clock)
-    guards = build_protection(settings, metrics, breaker_clock=breaker_clock)
+        return build_edge(settings, metrics, resilience_clock=resilience_clock)
+    guards = build_protection(settings, metrics, resilience_clock=resilience_clock)
     core = await build_core(settings, metrics, guards, store_opener=store_opener)
     return assemble(settings, metrics, guards, core.service, core.authenticator, core, core.readiness)
 

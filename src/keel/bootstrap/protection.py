@@ -47,7 +47,7 @@ def build_rate_limiter(
     breakers: dict[str, CircuitBreaker],
     loop_lag: LoopLag,
     catalog: RateLimitCatalog,
-    breaker_clock: Callable[[], float],
+    resilience_clock: Callable[[], float],
 ) -> RateLimiter:
     """In process when embedded; on Redis, failing open to a local share of the quota."""
     if settings.redis_url is None:
@@ -57,7 +57,7 @@ def build_rate_limiter(
 
     timeout = settings.ratelimit_redis_timeout_seconds
     breaker = breakers["redis"] = build_breaker(
-        "redis", metrics, clock=breaker_clock, open_seconds=settings.ratelimit_breaker_open_seconds
+        "redis", metrics, clock=resilience_clock, open_seconds=settings.ratelimit_breaker_open_seconds
     )
     fallbacks = metrics.ratelimit_fallbacks
     fallback_log = SampledLog("keel.ratelimit")
@@ -115,16 +115,16 @@ class Protection:
     guard: RateLimitGuard | None
     shedder: LoadShedder | None
     breakers: dict[str, CircuitBreaker]
-    # The monotonic clock (seconds) every breaker of the process reads: time.monotonic, or one a
-    # test advances to let a breaker's open period pass without waiting it out.
-    breaker_clock: Callable[[], float]
+    # The monotonic clock (seconds) the process's circuit breakers and retry budgets read:
+    # time.monotonic, or one a test advances to let an open period pass without waiting it out.
+    resilience_clock: Callable[[], float]
     loop_lag: LoopLag
     probes: dict[str, Callable[[], Awaitable[object]]]
     closers: list[Callable[[], Awaitable[object]]]
 
 
 def build_protection(
-    settings: Settings, metrics: Metrics, *, breaker_clock: Callable[[], float] = time.monotonic
+    settings: Settings, metrics: Metrics, *, resilience_clock: Callable[[], float] = time.monotonic
 ) -> Protection:
     catalog = build_rate_limit_catalog(settings)
     tracer_provider = build_tracer_provider(
@@ -138,7 +138,7 @@ def build_protection(
     loop_lag = LoopLag()
     guard = (
         RateLimitGuard(
-            build_rate_limiter(settings, metrics, breakers, loop_lag, catalog, breaker_clock), metrics
+            build_rate_limiter(settings, metrics, breakers, loop_lag, catalog, resilience_clock), metrics
         )
         if settings.ratelimit_enabled
         else None
@@ -159,7 +159,7 @@ def build_protection(
         guard=guard,
         shedder=build_load_shedder(settings, metrics, loop_lag),
         breakers=breakers,
-        breaker_clock=breaker_clock,
+        resilience_clock=resilience_clock,
         loop_lag=loop_lag,
         probes=probes,
         closers=closers,
