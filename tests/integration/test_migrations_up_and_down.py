@@ -170,7 +170,7 @@ async def test_0003_downgrade_refuses_and_leaves_the_database_as_it_was(
     finally:
         await store.close()
     before = await everything(url)
-    assert await revision(url) == "0003"
+    assert await revision(url) == "0004"
 
     for target in ("0002", "0001"):
         with pytest.raises(RuntimeError, match=r"0003 cannot be downgraded.*Restore a backup"):
