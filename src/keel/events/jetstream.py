@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats
+import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -21,6 +22,8 @@ from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from keel.service.ports import EventPublishFailed
+
+_log = structlog.get_logger("keel.events")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +33,16 @@ class StreamSpec:
     duplicate_window_seconds: float = 120.0
 
 
+async def _log_error(error: Exception) -> None:
+    # nats-py's default logs a traceback per failed reconnection attempt; one line is enough
+    # (the relay counts its failed publishes in keel_outbox_relay_failures).
+    _log.warning("nats_error", error=f"{type(error).__name__}: {error}")
+
+
 async def _connect(url: str, timeout_seconds: float) -> Client:
     return await nats.connect(
         url,
+        error_cb=_log_error,
         connect_timeout=timeout_seconds,
         allow_reconnect=True,
         max_reconnect_attempts=-1,

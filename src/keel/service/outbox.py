@@ -130,14 +130,17 @@ class OutboxRelay:
         try:
             if not await self._claim():
                 return False
-            published, full = await self._publish_batch()
+            try:
+                published, full = await self._publish_batch()
+            except EventPublishFailed as error:
+                self.observer.failed("publish")
+                self._log.warning("outbox_publish_failed", error=str(error))
+                published, full = 0, False
+            # Pruning what was published goes on while the bus is down.
             await self._prune_if_due()
             if not full:
                 await self._report_depth()
             return full and published > 0
-        except EventPublishFailed as error:
-            self.observer.failed("publish")
-            self._log.warning("outbox_publish_failed", error=str(error))
         except Exception as error:  # noqa: BLE001 - the relay must outlive a database hiccup
             self.observer.failed("database")
             self._log.warning("outbox_relay_failed", error=type(error).__name__)
