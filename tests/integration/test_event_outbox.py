@@ -22,12 +22,15 @@ from devtools.throwaway_nats import NatsServer, nats_server
 from nats.js.api import AckPolicy, ConsumerConfig
 from typer.testing import CliRunner
 
+from keel.bootstrap.lifecycle import running
 from keel.cli import app
+from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import Conflict, VersionMismatch
 from keel.domain.events import DomainEvent, profile_changed
 from keel.domain.profile import Email, Profile, ProfileFields
 from keel.events.jetstream import JetStreamPublisher, StreamSpec
+from keel.observability.metrics import Metrics
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import issue_api_key, revoke_api_key
 from keel.service.outbox import OutboxRelay, RelayObserver, RelayPolicy
@@ -383,3 +386,25 @@ async def test_0004_up_and_down_leaves_the_database_as_it_was(
     assert after["rows"].pop("sqlite_sequence", []) == []
     after["schema"] = [row for row in after["schema"] if row.get("name") != "sqlite_sequence"]
     assert after == before
+
+
+async def test_a_core_started_with_a_nats_url_relays_its_writes(database_url: str, store: Store) -> None:
+    with nats_server() as server:
+        settings = Settings(database_url=database_url, nats_url=server.url, outbox_relay_poll_seconds=0.5)
+        metrics = Metrics()
+        async with running(settings, metrics) as keel:
+            created = await keel.profiles.create_profile(WRITER, document(1))
+            # Woken by the commit, the relay publishes it and marks it published.
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while await depth(store) > 0:
+                assert time.monotonic() < deadline, "the relay did not publish"
+                await asyncio.sleep(0.01)
+            received = await consume(server, 1)
+            assert keel.local.relay is not None
+            assert keel.local.relay.leading
+        assert [event["subject"] for event in received] == [created.profile.id]
+        assert metrics.registry.get_sample_value("keel_outbox_published_total") == 1
+        assert metrics.registry.get_sample_value("keel_outbox_relay_lag_seconds_count") == 1
+        # Stopped, the relay gave its lease back: another process may take over at once.
+        async with store.unit_of_work() as uow:
+            assert await uow.outbox.claim_relay_lease("next", datetime.now(UTC), datetime.now(UTC))
