@@ -35,6 +35,7 @@ from keel.bootstrap.core import open_store
 from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.events import DomainEvent
+from keel.domain.profile import JSONObject
 from keel.events.jetstream import JetStreamPublisher, StreamSpec
 from keel.observability.database import DatabaseObserver
 from keel.observability.metrics import Metrics
@@ -131,7 +132,10 @@ def _observer() -> DatabaseObserver:
 async def _seed(service: ProfileService) -> list[str]:
     ids = []
     for n in range(PROFILES):
-        document = {"handle": f"bench_{n}", "emails": [{"address": f"bench{n}@example.com", "primary": True}]}
+        document: JSONObject = {
+            "handle": f"bench_{n}",
+            "emails": [{"address": f"bench{n}@example.com", "primary": True}],
+        }
         ids.append((await service.create_profile(WRITER, document)).profile.id)
     return ids
 

@@ -285,6 +285,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "outbox_relay_lease_seconds must be at least twice events_publish_timeout_seconds"
             )
+        # A relay that died after publishing is replaced within the lease; what it published
+        # and did not mark is published again then, and must still be recognised as a copy.
+        if self.events_duplicate_window_seconds < 2 * self.outbox_relay_lease_seconds:
+            raise ValueError(
+                "events_duplicate_window_seconds must be at least twice outbox_relay_lease_seconds"
+            )
         if self.outbox_relay_poll_seconds * 2 > self.outbox_relay_lease_seconds:
             raise ValueError("outbox_relay_lease_seconds must be at least twice outbox_relay_poll_seconds")
         return self

@@ -35,8 +35,8 @@ async def _a_key_stored_the_old_way(url: str) -> str:
         " VALUES ($1, $2, $3, $4, $5, $6, $7)"
     )
     if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
-            connection.execute(re.sub(r"\$\d", "?", sql), (*values, key.created_at.isoformat()))
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as database:
+            database.execute(re.sub(r"\$\d", "?", sql), (*values, key.created_at.isoformat()))
     else:
         connection = await asyncpg.connect(url)
         try:
