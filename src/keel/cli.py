@@ -178,7 +178,13 @@ async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name
 
     async with _keel(settings) as keel:
         issued = await issue_api_key(
-            keel.local.store, keel.local.clock, scopes=scopes, api_version=version, name=name, plan=plan
+            keel.local.store,
+            keel.local.clock,
+            scopes=scopes,
+            api_version=version,
+            name=name,
+            plan=plan,
+            event_source=settings.events_source,
         )
     return issued.token
 
@@ -204,8 +210,11 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part
     from keel.service.auth import revoke_api_key
 
     async def run() -> bool:
-        async with _keel(Settings()) as keel:
-            return await revoke_api_key(keel.local.store, keel.local.clock, key_id)
+        settings = Settings()
+        async with _keel(settings) as keel:
+            return await revoke_api_key(
+                keel.local.store, keel.local.clock, key_id, event_source=settings.events_source
+            )
 
     if not asyncio.run(run()):
         typer.echo(f"no active key {key_id}", err=True)
