@@ -11,8 +11,9 @@ from typing import Self
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.errors import Conflict, VersionMismatch
+from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
-from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
+from keel.service.ports import IdempotencyRecord, IdempotencyState, OutboxRecord, ProfileQuery
 
 
 @dataclass
@@ -20,6 +21,8 @@ class _Tables:
     profiles: dict[str, Profile] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
+    events: list[OutboxRecord] = field(default_factory=list)
+    relay_lease: tuple[str, datetime] | None = None
 
 
 class FakeClock:
@@ -57,6 +60,7 @@ class InMemoryUnitOfWork:
         self.profiles = _Profiles(self._tables, store)
         self.idempotency = _Idempotency(self._tables)
         self.api_keys = _ApiKeys(self._tables, store)
+        self.outbox = _Outbox(self._tables)
 
     async def __aenter__(self) -> Self:
         return self
@@ -189,3 +193,44 @@ class _ApiKeys:
             return False
         self._tables.api_keys[key_id] = replace(key, revoked_at=at)
         return True
+
+
+class _Outbox:
+    def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+
+    async def add(self, event: DomainEvent, source: str) -> None:
+        seq = self._tables.events[-1].seq + 1 if self._tables.events else 1
+        self._tables.events.append(OutboxRecord(seq, event, source, None))
+
+    async def unpublished(self, limit: int) -> list[OutboxRecord]:
+        return [r for r in self._tables.events if r.published_at is None][:limit]
+
+    async def mark_published(self, seqs: list[int], at: datetime) -> None:
+        wanted = set(seqs)
+        self._tables.events = [
+            replace(r, published_at=at) if r.seq in wanted else r for r in self._tables.events
+        ]
+
+    async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
+        return [r for r in self._tables.events if r.seq >= seq][:limit]
+
+    async def depth(self) -> int:
+        return sum(1 for r in self._tables.events if r.published_at is None)
+
+    async def prune_published(self, before: datetime) -> int:
+        kept = [r for r in self._tables.events if r.published_at is None or r.published_at >= before]
+        pruned = len(self._tables.events) - len(kept)
+        self._tables.events = kept
+        return pruned
+
+    async def claim_relay_lease(self, holder: str, now: datetime, until: datetime) -> bool:
+        lease = self._tables.relay_lease
+        if lease is not None and lease[0] != holder and lease[1] > now:
+            return False
+        self._tables.relay_lease = (holder, until)
+        return True
+
+    async def release_relay_lease(self, holder: str) -> None:
+        if self._tables.relay_lease is not None and self._tables.relay_lease[0] == holder:
+            self._tables.relay_lease = None

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Keel: user profiles as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+events_app = typer.Typer(help="The change events (docs/events.md).", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 ratelimit_app = typer.Typer(help="The fleet-wide rate-limit kill switch (on Redis).", no_args_is_help=True)
 app.add_typer(ratelimit_app, name="ratelimit")
 
@@ -176,7 +178,13 @@ async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name
 
     async with _keel(settings) as keel:
         issued = await issue_api_key(
-            keel.local.store, keel.local.clock, scopes=scopes, api_version=version, name=name, plan=plan
+            keel.local.store,
+            keel.local.clock,
+            scopes=scopes,
+            api_version=version,
+            name=name,
+            plan=plan,
+            event_source=settings.events_source,
         )
     return issued.token
 
@@ -202,13 +210,53 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part
     from keel.service.auth import revoke_api_key
 
     async def run() -> bool:
-        async with _keel(Settings()) as keel:
-            return await revoke_api_key(keel.local.store, keel.local.clock, key_id)
+        settings = Settings()
+        async with _keel(settings) as keel:
+            return await revoke_api_key(
+                keel.local.store, keel.local.clock, key_id, event_source=settings.events_source
+            )
 
     if not asyncio.run(run()):
         typer.echo(f"no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+@events_app.command("tail")
+def events_tail(
+    from_seq: Annotated[
+        int, typer.Option("--from", min=0, help="First sequence number to print (stream or outbox).")
+    ] = 0,
+) -> None:
+    """Print the events as JSON lines, `{"seq": ..., "event": {CloudEvent}}`: from the JetStream
+    stream when KEEL_NATS_URL is set, else from the outbox table (what is still kept there)."""
+    import json
+
+    settings = Settings()
+
+    async def from_stream(url: str) -> None:
+        from keel.events.jetstream import read_stream
+
+        async for message in read_stream(url, settings.events_stream, from_seq):
+            line = {"seq": message.seq, "event": json.loads(message.data)}
+            typer.echo(json.dumps(line, separators=(",", ":")))
+
+    async def from_outbox() -> None:
+        from keel.service.outbox import cloud_event
+
+        async with _keel(settings) as keel:
+            seq = from_seq
+            while True:
+                async with keel.local.store.unit_of_work(read_only=True) as uow:
+                    records = await uow.outbox.read_from(seq, 1000)
+                for record in records:
+                    line = {"seq": record.seq, "event": cloud_event(record)}
+                    typer.echo(json.dumps(line, separators=(",", ":")))
+                if len(records) < 1000:
+                    return
+                seq = records[-1].seq + 1
+
+    asyncio.run(from_stream(settings.nats_url) if settings.nats_url else from_outbox())
 
 
 @ratelimit_app.command("off")

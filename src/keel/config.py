@@ -207,6 +207,44 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Distinct operation names in metrics; later ones share `other`."
     )
 
+    # Events (docs/events.md)
+    nats_url: str | None = Field(
+        default=None,
+        description="nats://host:port of a NATS server with JetStream: the outbox relay runs in this "
+        "process and publishes events there. Unset: events stay in the outbox (`keel events tail`).",
+    )
+    events_stream: str = Field(
+        default="KEEL_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="JetStream stream of events."
+    )
+    events_subject_prefix: str = Field(
+        default="keel.events",
+        pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$",
+        description="`keel.profile.updated.v1` is published on `<prefix>.profile.updated.v1`.",
+    )
+    events_source: str = Field(default="/keel", min_length=1, description="The CloudEvents `source`.")
+    events_duplicate_window_seconds: float = Field(
+        default=120.0,
+        ge=1,
+        le=86400,
+        description="JetStream drops a message whose id it saw this recently (set on the stream).",
+    )
+    events_publish_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Longest wait for NATS to acknowledge one publish."
+    )
+    outbox_relay_lease_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="A relay that dies is replaced by another process's within this.",
+    )
+    outbox_relay_poll_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="How often the relay looks for other processes' events."
+    )
+    outbox_relay_batch: int = Field(default=100, ge=1, le=10_000, description="Events per relay pass.")
+    outbox_retention_seconds: float = Field(
+        default=7 * 86400, ge=0, description="Published events are pruned from the outbox after this."
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _closed_in_production(cls, data: Any) -> Any:
@@ -237,6 +275,24 @@ class Settings(BaseSettings):
         # the first request still runs (safe, but answered 409 for nothing).
         if self.idempotency_lease_seconds <= self.request_timeout_seconds:
             raise ValueError("idempotency_lease_seconds must exceed request_timeout_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _publish_fits_in_the_lease(self) -> Settings:
+        # A batch stops at half the lease; one publish must fit in the other half, so no relay
+        # still publishes when its lease has passed to another.
+        if self.events_publish_timeout_seconds * 2 > self.outbox_relay_lease_seconds:
+            raise ValueError(
+                "outbox_relay_lease_seconds must be at least twice events_publish_timeout_seconds"
+            )
+        # A relay that died after publishing is replaced within the lease; what it published
+        # and did not mark is published again then, and must still be recognised as a copy.
+        if self.events_duplicate_window_seconds < 2 * self.outbox_relay_lease_seconds:
+            raise ValueError(
+                "events_duplicate_window_seconds must be at least twice outbox_relay_lease_seconds"
+            )
+        if self.outbox_relay_poll_seconds * 2 > self.outbox_relay_lease_seconds:
+            raise ValueError("outbox_relay_lease_seconds must be at least twice outbox_relay_poll_seconds")
         return self
 
     @field_validator("region")

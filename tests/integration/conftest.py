@@ -11,7 +11,9 @@ from keel.observability.metrics import Metrics
 from keel.observability.tracing import build_tracer_provider, tracer_from
 from keel.service.ports import Store
 
-TABLES = "profiles, profile_emails, profile_links, api_keys, idempotency_keys"
+TABLES = (
+    "profiles, profile_emails, profile_links, api_keys, idempotency_keys, event_outbox, event_relay_lease"
+)
 
 
 def observer(system: str) -> DatabaseObserver:

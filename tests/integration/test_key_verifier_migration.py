@@ -4,6 +4,7 @@ after it, and what it leaves stored no longer authenticates; on SQLite and Postg
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 
@@ -17,26 +18,29 @@ from keel.domain.errors import Unauthenticated
 from keel.service.auth import Authenticator, issue_api_key, token_digest
 from keel.service.clock import SystemClock
 from keel.storage.migrations.runner import migrate
+from tests.fakes import InMemoryStore
 from tests.integration.conftest import observer
 
 
 async def _a_key_stored_the_old_way(url: str) -> str:
-    """A key issued at revision 0002, its stored hash put back to what 0002 stored."""
-    store = await open_store(Settings(database_url=url), observer("test"))
-    try:
-        issued = await issue_api_key(
-            store, SystemClock(), scopes=[Scope.PROFILES_READ], api_version="2026-11-28", name="old"
-        )
-    finally:
-        await store.close()
-    old = token_digest(issued.token)
+    """A key as revision 0002 stored it: its token's SHA-256 as the stored hash. Issued in
+    memory and written with SQL, since today's code writes a schema 0002 does not have."""
+    issued = await issue_api_key(
+        InMemoryStore(), SystemClock(), scopes=[Scope.PROFILES_READ], api_version="2026-11-28", name="old"
+    )
+    key = issued.key
+    values = (key.id, token_digest(issued.token), "profiles:read", key.api_version, key.name, key.plan)
+    sql = (
+        "INSERT INTO api_keys (id, secret_hash, scopes, api_version, name, plan, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    )
     if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
-            connection.execute("UPDATE api_keys SET secret_hash = ? WHERE id = ?", (old, issued.key.id))
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as database:
+            database.execute(re.sub(r"\$\d", "?", sql), (*values, key.created_at.isoformat()))
     else:
         connection = await asyncpg.connect(url)
         try:
-            await connection.execute("UPDATE api_keys SET secret_hash = $1 WHERE id = $2", old, issued.key.id)
+            await connection.execute(sql, *values, key.created_at)
         finally:
             await connection.close()
     return issued.token

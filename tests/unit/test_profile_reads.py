@@ -15,7 +15,7 @@ from keel.domain.errors import DeadlineExceeded, Unavailable
 from keel.domain.profile import Email, Profile, ProfileFields
 from keel.resilience.deadline import deadline_in
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
-from keel.service.ports import CachedProfile, ProfileRepository
+from keel.service.ports import CachedProfile, Outbox, ProfileRepository
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
 from tests.fakes import FakeClock, InMemoryStore
@@ -62,6 +62,10 @@ class _UnitOfWork:
     @property
     def api_keys(self):  # type: ignore[no-untyped-def]
         return self._inner.api_keys
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._inner.outbox
 
     async def __aenter__(self) -> Self:
         if self._db.down:

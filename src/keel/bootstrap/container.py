@@ -20,6 +20,7 @@ from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.load_shedder import LoadShedder
 from keel.resilience.loop_lag import LoopLag
 from keel.service.auth import Authenticator
+from keel.service.outbox import OutboxRelay
 from keel.service.ports import Clock, InvalidationBus, Store
 from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
@@ -37,6 +38,7 @@ class Core:
     reads: ProfileReads
     invalidation_bus: InvalidationBus | None
     expected_schema_revision: str
+    relay: OutboxRelay | None = None  # publishes the outbox when KEEL_NATS_URL is set
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready when the database answers and carries the schema this code needs."""
@@ -55,6 +57,8 @@ class Core:
     async def close(self) -> None:
         if self.invalidation_bus is not None:
             await self.invalidation_bus.close()
+        if self.relay is not None:
+            await self.relay.publisher.close()
         await self.store.close()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from keel.bootstrap.container import Core
+from keel.bootstrap.events import build_relay
 from keel.bootstrap.protection import Protection, build_breaker
 from keel.config import Settings
 from keel.observability.database import DatabaseObserver
@@ -122,6 +123,7 @@ async def build_core(
     clock = SystemClock()
     store = guard_store(store, settings, metrics, guards)
     reads, bus = build_profile_reads(settings, store, metrics, guards)
+    relay = build_relay(settings, store, clock, metrics)
     service = ProfileService(
         store,
         clock,
@@ -130,6 +132,8 @@ async def build_core(
         reads=reads,
         idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
         cursors=Cursors(settings.cursor_key()),
+        event_source=settings.events_source,
+        on_events_committed=relay.wake if relay is not None else None,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
     return Core(
@@ -140,4 +144,5 @@ async def build_core(
         reads=reads,
         invalidation_bus=bus,
         expected_schema_revision=head_revision(),
+        relay=relay,
     )

@@ -4,6 +4,7 @@ servers, close everything on the way out; the ASGI application `keel serve` runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
@@ -87,6 +88,7 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
     and closed on the way out."""
     keel = await build_services(settings, metrics=metrics)
     background: list[asyncio.Task[None]] = []
+    relay: asyncio.Task[None] | None = None
     grpc_server: GrpcServer | None = None
     servers = ExitStack()
     try:
@@ -103,6 +105,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         if keel.core is not None:
             background.append(asyncio.create_task(purge_idempotency_records(keel.core.service)))
             background.append(asyncio.create_task(keel.core.reads.listen()))
+            if keel.core.relay is not None:
+                relay = asyncio.create_task(keel.core.relay.run())
         if settings.grpc_port is not None:
             grpc_server = await start_grpc(keel)
         yield keel
@@ -112,4 +116,9 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         servers.close()
         for task in background:
             task.cancel()
+        if relay is not None:
+            # Awaited, so that it gives its lease back before the database is closed.
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
         await keel.close()

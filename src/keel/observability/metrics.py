@@ -149,3 +149,43 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # The event outbox and its relay (keel.service.outbox).
+        self.outbox_depth = Gauge(
+            "keel_outbox_depth",
+            "Events committed and not yet published, as last counted by this process's relay.",
+            registry=r,
+        )
+        self.outbox_relay_lag = Histogram(
+            "keel_outbox_relay_lag_seconds",
+            "Time from a change (its event's time, taken in the write's transaction) to the bus's ack.",
+            buckets=(
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+                10.0,
+                30.0,
+                60.0,
+            ),
+            registry=r,
+        )
+        self.outbox_published = Counter(
+            "keel_outbox_published", "Events published to the bus and acknowledged.", registry=r
+        )
+        self.outbox_relay_failures = Counter(
+            "keel_outbox_relay_failures",
+            "Relay passes that failed, by what failed (publish, database).",
+            ["stage"],
+            registry=r,
+        )
+        self.outbox_relay_leader = Gauge(
+            "keel_outbox_relay_leader", "1 while this process holds the relay lease.", registry=r
+        )

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from keel.domain.api_keys import ApiKey, Principal, Scope
 from keel.domain.errors import Forbidden, Unauthenticated
+from keel.domain.events import api_key_created, api_key_revoked
 from keel.service.ports import Clock, Store
 
 _V = TypeVar("_V")
@@ -67,6 +68,7 @@ async def issue_api_key(
     api_version: str,
     name: str,
     plan: str | None = None,
+    event_source: str = "/keel",
 ) -> IssuedKey:
     """Create and store a key; the returned token is the only time the secret exists in clear.
     Without a plan, an edge's key gets the `edge` plan, any other key `standard`."""
@@ -85,14 +87,18 @@ async def issue_api_key(
     )
     async with store.unit_of_work() as uow:
         await uow.api_keys.add(key)
+        await uow.outbox.add(api_key_created(key), event_source)
         await uow.commit()
     return IssuedKey(key=key, token=token)
 
 
-async def revoke_api_key(store: Store, clock: Clock, key_id: str) -> bool:
+async def revoke_api_key(store: Store, clock: Clock, key_id: str, *, event_source: str = "/keel") -> bool:
     """Revoke a key. Processes that cached it stop accepting it within their cache TTL."""
     async with store.unit_of_work() as uow:
-        revoked = await uow.api_keys.revoke(key_id, clock.now())
+        now = clock.now()
+        revoked = await uow.api_keys.revoke(key_id, now)
+        if revoked:
+            await uow.outbox.add(api_key_revoked(key_id, now), event_source)
         await uow.commit()
     return revoked
 

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from keel.domain.api_keys import ApiKey
+from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 
 
@@ -105,6 +106,51 @@ class ApiKeyRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """A stored event. `seq` orders the outbox (and a profile's events, whose writes are
+    serialized by the profile row); `source` is kept per row so past events keep theirs."""
+
+    seq: int
+    event: DomainEvent
+    source: str
+    published_at: datetime | None
+
+
+class Outbox(Protocol):
+    """The events table, written in the change's transaction; read and marked by the relay.
+
+    Payloads (`data`) are kept apart from the envelope columns so that a later erasure can
+    replace a profile's past payloads (found by `subject`) with a tombstone."""
+
+    async def add(self, event: DomainEvent, source: str) -> None: ...
+
+    async def unpublished(self, limit: int) -> list[OutboxRecord]:
+        """The oldest events not yet marked published, in `seq` order."""
+        ...
+
+    async def mark_published(self, seqs: list[int], at: datetime) -> None: ...
+
+    async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
+        """Events with `seq` >= `seq`, published or not, in `seq` order (for `keel events tail`)."""
+        ...
+
+    async def depth(self) -> int:
+        """How many events wait to be published."""
+        ...
+
+    async def prune_published(self, before: datetime) -> int:
+        """Forget events published before `before`; returns how many."""
+        ...
+
+    async def claim_relay_lease(self, holder: str, now: datetime, until: datetime) -> bool:
+        """Take or renew the one relay lease: True when `holder` now holds it until `until`
+        (it was free, expired at `now`, or already `holder`'s)."""
+        ...
+
+    async def release_relay_lease(self, holder: str) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction (or, read-only, one connection without a transaction).
 
@@ -119,6 +165,9 @@ class UnitOfWork(Protocol):
 
     @property
     def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -182,6 +231,22 @@ class InvalidationBus(Protocol):
     async def listen(self, on_change: Callable[[str, int], None], on_gap: Callable[[], None]) -> None:
         """Deliver changes from other processes until cancelled; `on_gap` when messages may have
         been missed (a reconnection), so the caller can drop everything."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class EventPublishFailed(Exception):
+    """The event bus did not acknowledge a publish in time (down, slow, refused)."""
+
+
+class EventPublisher(Protocol):
+    """The event bus the relay publishes the outbox to (NATS JetStream)."""
+
+    async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
+        """Publish and wait for the bus's acknowledgement, bounded in time. Publishing the same
+        `message_id` again within the bus's duplicate window is acknowledged and dropped.
+        Raises `EventPublishFailed`."""
         ...
 
     async def close(self) -> None: ...

@@ -23,6 +23,7 @@ from keel.domain.errors import (
     ValidationFailed,
     VersionMismatch,
 )
+from keel.domain.events import profile_changed
 from keel.domain.ids import is_profile_id, new_profile_id
 from keel.domain.merge_patch import apply_merge_patch
 from keel.domain.profile import JSONValue, Profile, ProfileFields
@@ -53,6 +54,7 @@ from keel.service.use_cases import (
 )
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+DEFAULT_EVENT_SOURCE = "/keel"  # the CloudEvents `source` of events this Keel records
 # Longer than any request may run (every database call is bounded by the request's deadline): a
 # reservation older than this belongs to a request that died before committing, so (since its
 # outcome commits with the write) nothing was written.
@@ -75,6 +77,8 @@ class ProfileService:
         reads: ProfileReads | None = None,
         idempotency_lease: timedelta = IDEMPOTENCY_LEASE,
         cursors: Cursors | None = None,
+        event_source: str = DEFAULT_EVENT_SOURCE,
+        on_events_committed: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -84,6 +88,9 @@ class ProfileService:
         self._lease = idempotency_lease
         self._cursors = cursors or Cursors()
         self._background: set[asyncio.Task[None]] = set()
+        self._event_source = event_source
+        # Wakes the outbox relay of this process at once, instead of at its next poll.
+        self._on_events_committed = on_events_committed or _nothing
 
     async def get_profile(self, principal: Principal, profile_id: str) -> Profile:
         return (await self.read_profile(principal, profile_id)).profile
@@ -246,8 +253,11 @@ class ProfileService:
                         if expected_version is not None:
                             raise
                         continue
+                    # Same transaction as the change: an event exists if and only if it does.
+                    await uow.outbox.add(profile_changed(revised), self._event_source)
                     await uow.commit()
                     committed = True
+                    self._on_events_committed()
                     return revised
             finally:
                 if revised is not None:
@@ -265,6 +275,7 @@ class ProfileService:
         profile = Profile.create(new_profile_id(self._region), fields, self._clock.now())
         async with self._store.unit_of_work() as uow:
             await uow.profiles.add(profile)
+            await uow.outbox.add(profile_changed(profile), self._event_source)
             if idempotency is not None:
                 # Same transaction as the write: an outcome is stored if and only if the write is.
                 # A request that outlived its lease finds its reservation taken over, and its
@@ -275,6 +286,7 @@ class ProfileService:
                 ):
                     raise IdempotencyInProgress("Another request took over this Idempotency-Key.")
             await uow.commit()
+        self._on_events_committed()
         return profile
 
     async def _reserve(self, scope: str, key: str, fingerprint: str) -> str | None:
@@ -351,6 +363,10 @@ class ProfileService:
         if visible is attributes:
             return profile
         return replace(profile, fields=replace(profile.fields, attributes=visible))
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _live_profile(uow: UnitOfWork, profile_id: str) -> Profile:

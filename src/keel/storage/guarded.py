@@ -20,7 +20,14 @@ from typing import Self
 from keel.domain.errors import CircuitOpen, DeadlineExceeded, Unavailable
 from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.deadline import call_deadline
-from keel.service.ports import ApiKeyRepository, IdempotencyRecords, ProfileRepository, Store, UnitOfWork
+from keel.service.ports import (
+    ApiKeyRepository,
+    IdempotencyRecords,
+    Outbox,
+    ProfileRepository,
+    Store,
+    UnitOfWork,
+)
 
 
 class GuardedStore:
@@ -59,6 +66,10 @@ class GuardedUnitOfWork:
     @property
     def api_keys(self) -> ApiKeyRepository:
         return self._inner.api_keys
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._inner.outbox
 
     async def commit(self) -> None:
         await self._inner.commit()

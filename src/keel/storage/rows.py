@@ -13,8 +13,9 @@ from typing import Any
 
 from keel.domain.api_keys import ApiKey, Scope
 from keel.domain.errors import Conflict
+from keel.domain.events import DomainEvent
 from keel.domain.profile import Email, Link, Profile, ProfileFields
-from keel.service.ports import IdempotencyRecord, IdempotencyState
+from keel.service.ports import IdempotencyRecord, IdempotencyState, OutboxRecord
 
 # The column order of every profile SELECT in both adapters.
 PROFILE_COLUMNS = (
@@ -117,4 +118,20 @@ def idempotency_record_from_row(
         outcome=row[4],
         locked_until=parse_time(row[5]),
         expires_at=parse_time(row[6]),
+    )
+
+
+OUTBOX_COLUMNS = "seq, id, type, source, subject, time, data, published_at"
+RELAY_LEASE = "outbox-relay"  # the one row of event_relay_lease
+
+
+def outbox_record_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> OutboxRecord:
+    seq, event_id, event_type, source, subject, time, data, published_at = row
+    return OutboxRecord(
+        seq=seq,
+        event=DomainEvent(
+            id=event_id, type=event_type, subject=subject, time=parse_time(time), data=json.loads(data)
+        ),
+        source=source,
+        published_at=parse_time(published_at) if published_at is not None else None,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -15,15 +16,19 @@ from asyncpg.transaction import Transaction
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.errors import ConcurrentModification, Unavailable, VersionMismatch
+from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, ProfileQuery
+from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
 from keel.storage.rows import (
     API_KEY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
+    OUTBOX_COLUMNS,
     PROFILE_COLUMNS,
+    RELAY_LEASE,
     api_key_from_row,
     idempotency_record_from_row,
+    outbox_record_from_row,
     profile_from_row,
     profile_values,
     uniqueness_conflict,
@@ -139,6 +144,7 @@ class PostgresUnitOfWork:
     profiles: PostgresProfiles
     idempotency: PostgresIdempotency
     api_keys: PostgresApiKeys
+    outbox: PostgresOutbox
     _connection: _Connection
 
     async def __aenter__(self) -> Self:
@@ -157,6 +163,7 @@ class PostgresUnitOfWork:
         self.profiles = PostgresProfiles(connection, self._observer)
         self.idempotency = PostgresIdempotency(connection, self._observer)
         self.api_keys = PostgresApiKeys(connection, self._observer)
+        self.outbox = PostgresOutbox(connection, self._observer)
         if not self._read_only:
             self._transaction = connection.transaction()
             try:
@@ -419,3 +426,75 @@ _SELECT_API_KEY = f"SELECT {API_KEY_COLUMNS} FROM api_keys"  # noqa: S608 - cons
 _SELECT_IDEMPOTENCY_RECORD = (
     f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE scope = $1 AND key = $2"  # noqa: S608
 )
+
+
+class PostgresOutbox:
+    def __init__(self, connection: _Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def add(self, event: DomainEvent, source: str) -> None:
+        with self._observer.call("add_event"):
+            await self._db.execute(
+                "INSERT INTO event_outbox (id, type, source, subject, time, data)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                event.id,
+                event.type,
+                source,
+                event.subject,
+                event.time,
+                json.dumps(event.data),
+            )
+
+    async def unpublished(self, limit: int) -> list[OutboxRecord]:
+        with self._observer.call("unpublished_events"):
+            rows = await self._db.fetch(
+                _SELECT_OUTBOX + " WHERE published_at IS NULL ORDER BY seq LIMIT $1", limit
+            )
+        return [outbox_record_from_row(tuple(row), _time) for row in rows]
+
+    async def mark_published(self, seqs: list[int], at: datetime) -> None:
+        with self._observer.call("mark_events_published"):
+            await self._db.execute(
+                "UPDATE event_outbox SET published_at = $1 WHERE seq = ANY($2::bigint[])", at, seqs
+            )
+
+    async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
+        with self._observer.call("read_events"):
+            rows = await self._db.fetch(_SELECT_OUTBOX + " WHERE seq >= $1 ORDER BY seq LIMIT $2", seq, limit)
+        return [outbox_record_from_row(tuple(row), _time) for row in rows]
+
+    async def depth(self) -> int:
+        with self._observer.call("outbox_depth"):
+            value = await self._db.fetchval("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")
+        return int(value or 0)
+
+    async def prune_published(self, before: datetime) -> int:
+        with self._observer.call("prune_events"):
+            status = await self._db.execute(
+                "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND published_at < $1", before
+            )
+        return int(status.split()[-1])
+
+    async def claim_relay_lease(self, holder: str, now: datetime, until: datetime) -> bool:
+        with self._observer.call("claim_relay_lease"):
+            claimed = await self._db.fetchval(
+                "INSERT INTO event_relay_lease (name, holder, expires_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name) DO UPDATE SET holder = $2, expires_at = $3"
+                " WHERE event_relay_lease.holder = $2 OR event_relay_lease.expires_at <= $4"
+                " RETURNING 1",
+                RELAY_LEASE,
+                holder,
+                until,
+                now,
+            )
+        return claimed is not None
+
+    async def release_relay_lease(self, holder: str) -> None:
+        with self._observer.call("release_relay_lease"):
+            await self._db.execute(
+                "DELETE FROM event_relay_lease WHERE name = $1 AND holder = $2", RELAY_LEASE, holder
+            )
+
+
+_SELECT_OUTBOX = f"SELECT {OUTBOX_COLUMNS} FROM event_outbox"  # noqa: S608 - constants only

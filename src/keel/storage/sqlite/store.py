@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,15 +20,19 @@ import aiosqlite
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.errors import Unavailable, VersionMismatch
+from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, ProfileQuery
+from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
 from keel.storage.rows import (
     API_KEY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
+    OUTBOX_COLUMNS,
     PROFILE_COLUMNS,
+    RELAY_LEASE,
     api_key_from_row,
     idempotency_record_from_row,
+    outbox_record_from_row,
     profile_from_row,
     profile_values,
     uniqueness_conflict,
@@ -132,6 +137,7 @@ class SqliteUnitOfWork:
         self.profiles = SqliteProfiles(self._connection, store.observer)
         self.idempotency = SqliteIdempotency(self._connection, store.observer)
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
+        self.outbox = SqliteOutbox(self._connection, store.observer)
 
     async def __aenter__(self) -> Self:
         if self._read_only:
@@ -383,3 +389,74 @@ class SqliteApiKeys:
 
 _SELECT_API_KEY = f"SELECT {API_KEY_COLUMNS} FROM api_keys"  # noqa: S608 - constants only
 _SELECT_IDEMPOTENCY_RECORD = f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE scope = ? AND key = ?"  # noqa: S608
+
+
+class SqliteOutbox:
+    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def add(self, event: DomainEvent, source: str) -> None:
+        with self._observer.call("add_event"):
+            await self._db.execute(
+                "INSERT INTO event_outbox (id, type, source, subject, time, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (event.id, event.type, source, event.subject, _iso(event.time), json.dumps(event.data)),
+            )
+
+    async def unpublished(self, limit: int) -> list[OutboxRecord]:
+        with self._observer.call("unpublished_events"):
+            async with self._db.execute(
+                _SELECT_OUTBOX + " WHERE published_at IS NULL ORDER BY seq LIMIT ?", (limit,)
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [outbox_record_from_row(tuple(row), _time) for row in rows]
+
+    async def mark_published(self, seqs: list[int], at: datetime) -> None:
+        with self._observer.call("mark_events_published"):
+            await self._db.execute(
+                f"UPDATE event_outbox SET published_at = ? WHERE seq IN ({','.join('?' * len(seqs))})",  # noqa: S608 - placeholders only
+                (_iso(at), *seqs),
+            )
+
+    async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
+        with self._observer.call("read_events"):
+            async with self._db.execute(
+                _SELECT_OUTBOX + " WHERE seq >= ? ORDER BY seq LIMIT ?", (seq, limit)
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [outbox_record_from_row(tuple(row), _time) for row in rows]
+
+    async def depth(self) -> int:
+        with self._observer.call("outbox_depth"):
+            async with self._db.execute(
+                "SELECT count(*) FROM event_outbox WHERE published_at IS NULL"
+            ) as cursor:
+                row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def prune_published(self, before: datetime) -> int:
+        with self._observer.call("prune_events"):
+            cursor = await self._db.execute(
+                "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND published_at < ?",
+                (_iso(before),),
+            )
+        return cursor.rowcount
+
+    async def claim_relay_lease(self, holder: str, now: datetime, until: datetime) -> bool:
+        with self._observer.call("claim_relay_lease"):
+            cursor = await self._db.execute(
+                "INSERT INTO event_relay_lease (name, holder, expires_at) VALUES (?1, ?2, ?3)"
+                " ON CONFLICT (name) DO UPDATE SET holder = ?2, expires_at = ?3"
+                " WHERE event_relay_lease.holder = ?2 OR event_relay_lease.expires_at <= ?4",
+                (RELAY_LEASE, holder, _iso(until), _iso(now)),
+            )
+        return cursor.rowcount == 1
+
+    async def release_relay_lease(self, holder: str) -> None:
+        with self._observer.call("release_relay_lease"):
+            await self._db.execute(
+                "DELETE FROM event_relay_lease WHERE name = ? AND holder = ?", (RELAY_LEASE, holder)
+            )
+
+
+_SELECT_OUTBOX = f"SELECT {OUTBOX_COLUMNS} FROM event_outbox"  # noqa: S608 - constants only

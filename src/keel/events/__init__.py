@@ -1,0 +1,1 @@
+"""Adapters of the event bus port (`keel.service.ports.EventPublisher`): NATS JetStream."""

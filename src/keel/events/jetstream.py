@@ -1,0 +1,129 @@
+"""The event bus on NATS JetStream (nats-py).
+
+Every call is bounded by `timeout_seconds`. Connecting is lazy and retried on the next publish:
+a NATS that is down when Keel starts, or goes away later, costs the relay failed publishes (and
+the outbox holds the events), never a request. While nats-py reconnects it may buffer a publish
+the relay already counted as failed and send it once NATS is back; the relay then publishes it
+again with the same `Nats-Msg-Id`, and JetStream drops the copy within its duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from keel.service.ports import EventPublishFailed
+
+_log = structlog.get_logger("keel.events")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str = "KEEL_EVENTS"
+    subject_prefix: str = "keel.events"
+    duplicate_window_seconds: float = 120.0
+
+
+async def _log_error(error: Exception) -> None:
+    # nats-py's default logs a traceback per failed reconnection attempt; one line is enough
+    # (the relay counts its failed publishes in keel_outbox_relay_failures).
+    _log.warning("nats_error", error=f"{type(error).__name__}: {error}")
+
+
+async def _connect(url: str, timeout_seconds: float) -> Client:
+    return await nats.connect(
+        url,
+        error_cb=_log_error,
+        connect_timeout=timeout_seconds,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        # A first connection that fails is retried by the next publish, not in the background.
+        name="keel-outbox-relay",
+    )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+    config = StreamConfig(
+        name=spec.name,
+        subjects=[f"{spec.subject_prefix}.>"],
+        duplicate_window=spec.duplicate_window_seconds,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)  # exists with another configuration: bring it to ours
+
+
+class JetStreamPublisher:
+    def __init__(self, url: str, spec: StreamSpec, *, timeout_seconds: float) -> None:
+        self._url = url
+        self._spec = spec
+        self._timeout = timeout_seconds
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._connecting = asyncio.Lock()
+
+    async def _context(self) -> JetStreamContext:
+        async with self._connecting:
+            if self._js is None:
+                client = await _connect(self._url, self._timeout)
+                try:
+                    js = client.jetstream(timeout=self._timeout)
+                    async with asyncio.timeout(self._timeout):
+                        await ensure_stream(js, self._spec)
+                except BaseException:
+                    await client.close()
+                    raise
+                self._client, self._js = client, js
+            return self._js
+
+    async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
+        try:
+            js = await self._context()
+            await js.publish(subject, payload, timeout=self._timeout, headers={"Nats-Msg-Id": message_id})
+        except (NatsError, OSError, TimeoutError) as error:
+            raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client, self._js = self._client, None, None
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await client.close()
+            except (NatsError, OSError, TimeoutError):
+                pass
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    seq: int
+    data: bytes
+
+
+async def read_stream(
+    url: str, stream: str, from_seq: int, *, timeout_seconds: float = 5.0
+) -> AsyncIterator[StreamMessage]:
+    """The stream's messages from `from_seq` to its last one now (`keel events tail`)."""
+    client = await _connect(url, timeout_seconds)
+    try:
+        js = client.jetstream(timeout=timeout_seconds)
+        info = await js.stream_info(stream)
+        last = info.state.last_seq
+        for seq in range(max(from_seq, info.state.first_seq, 1), last + 1):
+            try:
+                message = await js.get_msg(stream, seq)
+            except NotFoundError:
+                continue  # removed by the stream's limits
+            yield StreamMessage(seq, message.data or b"")
+    finally:
+        await client.close()
