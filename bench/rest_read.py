@@ -322,7 +322,13 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         )
 
     profile_summary = (
-        _py_spy(args, server_envs[None], wrk, wrk_envs["random"], logs[args.py_spy_server])
+        _py_spy(
+            args,
+            server_envs[args.py_spy_cache == "on" if args.py_spy_server == "keel" else None],
+            wrk,
+            wrk_envs["random" if args.py_spy_cache == "off" else "hot"],
+            logs[args.py_spy_server],
+        )
         if args.py_spy
         else None
     )
@@ -596,6 +602,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--py-spy-server", choices=["keel", "baseline"], default="keel", help="which server --py-spy profiles"
+    )
+    parser.add_argument(
+        "--py-spy-cache",
+        choices=["on", "off"],
+        default="on",
+        help="the profiled run: Keel's cache on and the hot set (cache hits), or off and random ids",
     )
     parser.add_argument("--py-spy-duration", type=float, default=30.0, help="seconds of profiled load")
     parser.add_argument(
