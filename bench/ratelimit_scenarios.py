@@ -42,32 +42,27 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for `devtools` and `bench` when run as a script
+    sys.path.insert(0, str(REPO))  # for `testkit` and `bench` when run as a script
 
 import uvloop  # noqa: E402
-from bench.harness import (  # noqa: E402
-    ensure_wrk,
-    free_port,
-    keel_cmd,
-    parse_wrk,
-    seed_profiles,
-    serve_cmd,
-    server,
-)
-from bench.loadgen import (  # noqa: E402
+from bench.harness import ensure_wrk, parse_wrk, serve_cmd  # noqa: E402
+from redis import Redis  # noqa: E402
+from testkit.loadgen import (  # noqa: E402
     OTHER_LAG,
     OWN_LAG,
     Connection,
     Result,
     Stream,
     auth_headers,
-    percentile,
     run,
     run_in_another_process,
 )
-from devtools.throwaway_postgres import postgres_server  # noqa: E402
-from devtools.throwaway_redis import RedisServer  # noqa: E402
-from redis import Redis  # noqa: E402
+from testkit.percentile import percentile  # noqa: E402
+from testkit.ports import free_port  # noqa: E402
+from testkit.processes import keel_cmd, server  # noqa: E402
+from testkit.seed import seed_profiles  # noqa: E402
+from testkit.servers.postgres import postgres_server  # noqa: E402
+from testkit.servers.redis import RedisServer  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PROFILES = 10_000

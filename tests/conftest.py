@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devtools.throwaway_postgres import postgres_server
-from devtools.throwaway_redis import redis_url as throwaway_redis_url
+from testkit.servers.postgres import postgres_server
+from testkit.servers.redis import redis_url as throwaway_redis_url
 
 from keel.storage.migrations.runner import migrate
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
-from devtools.faultproxy import FaultProxy, Faults
+from testkit.faultproxy import FaultProxy, Faults
 
 from keel.bootstrap.container import Services
 from keel.bootstrap.lifecycle import build_services

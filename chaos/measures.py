@@ -19,7 +19,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from devtools.chaos.traffic import Sample
+from testkit.percentile import percentile
+
+from chaos.traffic import Sample
 
 
 @dataclass
@@ -184,14 +186,6 @@ def _share(run: Run, where: dict[str, Any]) -> float:
 def _stale_ratio(run: Run, where: dict[str, Any]) -> float:
     served = [s for s in _selected(run, where) if s.ok]
     return sum(s.stale for s in served) / len(served) if served else math.nan
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank; NaN for no values (which fails every check)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def _latency_ms(run: Run, where: dict[str, Any]) -> float:
