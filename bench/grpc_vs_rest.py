@@ -229,7 +229,7 @@ async def _latency(
     finally:
         for connection in connections.values():
             connection.close()
-    summary = {
+    summary: dict[str, Any] = {
         name: {
             "p50_ms": 1000 * percentile(values, 50),
             "p99_ms": 1000 * percentile(values, 99),

@@ -946,11 +946,12 @@ async def _decision_cost(environment: Environment) -> dict[str, float]:
     from keel.ratelimit.guard import RateLimitGuard
     from keel.ratelimit.memory import InMemoryRateLimiter
     from keel.ratelimit.policy import Plan, Policy
+    from keel.ratelimit.ports import RateLimiter
     from keel.ratelimit.redis import RedisRateLimiter, connect
 
     plan = Plan("p", (Policy("burst", 1_000_000, 1, 1_000_000), Policy("hourly", 10**9, 3600, 10**9)), 10**6)
     figures: dict[str, float] = {}
-    limiters = {
+    limiters: dict[str, RateLimiter] = {
         "in_memory": InMemoryRateLimiter(),
         "redis": RedisRateLimiter(connect(environment.redis.url), timeout_seconds=0.5),
     }

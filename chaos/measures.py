@@ -155,7 +155,11 @@ def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
     documented = where.get("server_errors_except")
     # Only requests that started once this breaker was seen closed again within the phase.
     closed = where.get("since_breaker_closed")
-    since = _breaker_closed_at(run, phase, closed) if closed is not None else None
+    since = None
+    if closed is not None:
+        if phase is None:
+            raise ValueError("since_breaker_closed needs a phase to look for the breaker in")
+        since = _breaker_closed_at(run, phase, closed)
     # "steady" is fault-free: a request still in flight when the first fault began (answered
     # 503/504 by a core killed under it, say) belongs to no phase's fault-free figures.
     fault_free_until = run.phases[0][0] if phase == "steady" and run.phases else math.inf

@@ -118,6 +118,7 @@ async def _fire(stream: Stream, port: int, scheduled: float, origin: float, resu
         return
     latency = time.perf_counter() - origin - scheduled
     results.append(Result(stream.client, stream.kind, scheduled, latency, response.status, response.headers))
+    assert connection is not None  # the loop breaks only with an answer on a connection
     free.append(connection)
 
 
