@@ -35,13 +35,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # for `testkit` and `bench` when run as a script
 
 import grpc  # noqa: E402
-from bench.harness import run_on_postgres  # noqa: E402
 from testkit.loadgen import Connection, auth_headers  # noqa: E402
 from testkit.percentile import percentile  # noqa: E402
 from testkit.ports import free_port  # noqa: E402
 from testkit.processes import keel_cmd, server  # noqa: E402
 from testkit.seed import seed_profiles  # noqa: E402
 
+from bench.harness import run_on_postgres  # noqa: E402
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb  # noqa: E402
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc  # noqa: E402
 
