@@ -53,6 +53,7 @@ async def _run_in(
     system: System, spec: dict[str, Any], seed: int, time_scale: float
 ) -> tuple[bool, list[Result], dict[str, str]]:
     async with system:
+        print(f"  system up: {', '.join(system.running())}", flush=True)
         run = Run(started=time.monotonic(), time_scale=time_scale)
         setup = spec.get("setup", {})
         cached, uncached = await _seed(system, setup)

@@ -137,6 +137,15 @@ class System:
         self._note_servers()
         await self._wait_healthy(self.core, f"http://127.0.0.1:{self.core_port}")
 
+    def running(self) -> list[str]:
+        """What runs, for the log: each server's name and pid."""
+        named = [("keel", self.keel), ("core", self.core)]
+        running = [f"{name} {process.pid}" for name, process in named if process is not None]
+        if self.redis is not None and self.redis.process is not None:
+            running.append(f"redis {self.redis.process.pid}")
+        running += [f"postgres {pid}" for pid in self.postgres.pids()[:1]]
+        return running
+
     def _note_servers(self) -> None:
         """Remember every server process started, restarts included: after the experiment none
         may be left (a lost reference, like a replaced Redis, is how one is orphaned)."""
