@@ -27,7 +27,8 @@ from pathlib import Path
 
 from testkit import process_faults
 from testkit.ports import free_port
-from testkit.processes import interrupt_on_signals, start_session
+from testkit.processes import start_session
+from testkit.servers import serve_until_interrupted, url_from_env_or
 
 
 def _package_bin_dir() -> Path:
@@ -258,19 +259,12 @@ def postgres_server(*, env_var: str = "KEEL_TEST_POSTGRES_URL") -> Iterator[str]
     dir; stop it and delete the dir on exit (also on error). Raises RuntimeError
     (with the end of the server log) if it cannot start; never skips.
     """
-    if os.environ.get(env_var):
-        yield os.environ[env_var]
-        return
-    with postgres_process() as server:
-        yield server.url
+    with url_from_env_or(env_var, postgres_process) as url:
+        yield url
 
 
 def main() -> None:
-    interrupt_on_signals()  # unwind through postgres_server's cleanup
-    with contextlib.suppress(KeyboardInterrupt), postgres_server() as url:
-        print(url, flush=True)
-        while True:
-            time.sleep(3600)
+    serve_until_interrupted(postgres_process)
 
 
 if __name__ == "__main__":

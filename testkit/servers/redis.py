@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from testkit.ports import free_port
-from testkit.processes import interrupt_on_signals, start_session
+from testkit.processes import start_session
+from testkit.servers import serve_until_interrupted, url_from_env_or
 
 START_TIMEOUT = 10.0
 
@@ -122,19 +121,12 @@ def redis_server() -> Iterator[RedisServer]:
 @contextlib.contextmanager
 def redis_url(*, env_var: str = "KEEL_TEST_REDIS_URL") -> Iterator[str]:
     """The URL in os.environ[env_var] when set (nothing started), else a throwaway server's."""
-    if os.environ.get(env_var):
-        yield os.environ[env_var]
-        return
-    with redis_server() as server:
-        yield server.url
+    with url_from_env_or(env_var, redis_server) as url:
+        yield url
 
 
 def main() -> None:
-    interrupt_on_signals()  # unwind through redis_server's cleanup
-    with contextlib.suppress(KeyboardInterrupt), redis_server() as server:
-        print(server.url, flush=True)
-        while True:
-            signal.pause()
+    serve_until_interrupted(redis_server)
 
 
 if __name__ == "__main__":
