@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from devtools.faultproxy import FaultProxy, Faults
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 from structlog.testing import capture_logs
+from testkit.faultproxy import FaultProxy, Faults
 
 from keel.api.application import build_http_app
 from keel.api.grpc.server import GrpcServer

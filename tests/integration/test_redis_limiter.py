@@ -11,8 +11,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from devtools.throwaway_redis import redis_server
 from redis.asyncio import Redis
+from testkit.servers.redis import redis_server
 
 from keel.ratelimit.fallback import FailOpenRateLimiter
 from keel.ratelimit.headers import format_ratelimit_header

@@ -1,10 +1,10 @@
 """`/healthz` latency of a freshly started Keel under a read and write load, with what blocked its
-event loop (devtools/loop_stalls.py): the window chaos experiments 01 and 05 poll right after
+event loop (bench/loop_stalls.py): the window chaos experiments 01 and 05 poll right after
 start-up. A throwaway PostgreSQL, one `keel serve`, then at once for `--duration` seconds:
 writers creating profiles and readers reading them (`--writers` + `--readers` async clients in
 a separate process), and this process polling `/healthz` every 50 ms, as the chaos runner does.
 
-    python -m devtools.healthz_under_load [--duration 20] [--writers 4] [--readers 8]
+    python -m bench.healthz_under_load [--duration 20] [--writers 4] [--readers 8]
 
 Prints the polls' p50/p99/max, Keel's own `/healthz` count, and the loop stalls of Keel.
 With 2+ CPUs, Keel and PostgreSQL run on the first, the load and the poller on the others.
@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.harness import free_port, keel_cmd, server  # noqa: E402
-
-from devtools.throwaway_postgres import postgres_server  # noqa: E402
+from testkit.ports import free_port  # noqa: E402
+from testkit.processes import keel_cmd, server  # noqa: E402
+from testkit.servers.postgres import postgres_server  # noqa: E402
 
 _PLAN = {"policies": [{"name": "burst", "quota": 10_000_000, "window_seconds": 1}], "concurrency": 100_000}
 
@@ -123,7 +123,7 @@ def main() -> int:
         cmd = [
             sys.executable,
             "-m",
-            "devtools.loop_stalls",
+            "bench.loop_stalls",
             "--threshold-ms",
             str(args.threshold_ms),
             "--report",
@@ -142,7 +142,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "devtools.healthz_under_load",
+                    "bench.healthz_under_load",
                     "--load-only",
                     base,
                     token,

@@ -3,7 +3,7 @@
 stack. At exit it prints each stall (when, how long, the stack seen most while it lasted) and a
 summary to stderr, or to `--report` as JSON.
 
-    python -m devtools.loop_stalls [--threshold-ms 20] [--report stalls.json] -- serve --port 8000
+    python -m bench.loop_stalls [--threshold-ms 20] [--report stalls.json] -- serve --port 8000
 
 A diagnostic, not a benchmark: the watcher itself costs a wake-up every 5 ms, and it sees a
 stall only at the interpreter's switch interval (5 ms) granularity.
