@@ -11,6 +11,7 @@ from typing import Any
 
 from keel.bootstrap.container import Services
 from keel.domain.api_keys import Principal, Scope
+from keel.domain.profile import JSONObject
 from tests.e2e.conftest import Api
 
 OPERATOR = Principal("statements-test", frozenset({Scope.ADMIN}), "2026-11-28")
@@ -68,7 +69,7 @@ def observed_calls(keel: Services) -> float:
 async def seed(api: Api, count: int) -> list[str]:
     ids = []
     for n in range(count):
-        document = {
+        document: JSONObject = {
             "handle": f"user_{n:03d}",
             "emails": [
                 {"address": f"u{n}@example.com", "primary": True},

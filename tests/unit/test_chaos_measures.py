@@ -20,12 +20,13 @@ T0 = 1000.0  # phases: steady [T0, T0+10), fault [T0+10, T0+20), recovery [T0+20
 
 
 def spec(prefix: str) -> dict[str, Any]:
-    return json.loads(next(EXPERIMENTS.glob(f"{prefix}-*.json")).read_text())
+    experiment: dict[str, Any] = json.loads(next(EXPERIMENTS.glob(f"{prefix}-*.json")).read_text())
+    return experiment
 
 
 def probe(experiment: dict[str, Any], name_part: str) -> dict[str, Any]:
     probes = [*experiment["steady-state-hypothesis"]["probes"], *experiment["checks"]]
-    found = [p for p in probes if name_part in p["name"]]
+    found: list[dict[str, Any]] = [p for p in probes if name_part in p["name"]]
     assert len(found) == 1, [p["name"] for p in probes]
     return found[0]
 
