@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
 
+from keel.domain.profile import JSONObject, JSONValue
 from tests.e2e.conftest import Api
 
 SEED = 20261128
-STRANGE: list[Any] = [
+STRANGE: list[JSONValue] = [
     None,
     True,
     0,
@@ -43,7 +43,7 @@ FIELDS = [
 ]
 
 
-def random_value(rng: random.Random, depth: int = 0) -> Any:
+def random_value(rng: random.Random, depth: int = 0) -> JSONValue:
     roll = rng.random()
     if depth > 3 or roll < 0.5:
         return rng.choice(STRANGE)
@@ -55,7 +55,7 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
     }
 
 
-def random_document(rng: random.Random) -> dict[str, Any]:
+def random_document(rng: random.Random) -> JSONObject:
     return {name: random_value(rng) for name in rng.sample(FIELDS, rng.randint(0, len(FIELDS)))}
 
 
