@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,22 @@ WRITER = Principal("writer", frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRIT
 # Bounds only a hang: every wait below ends as soon as its condition holds.
 DEADLINE_SECONDS = 30.0
 BOX = AesGcmSecretBox(box_key("test-key-" + "x" * 32))
+
+
+def verify_by_hand(secret: str, headers: dict[str, str], body: bytes, tolerance: int = 300) -> bool:
+    """docs/events.md's hand-written verifier, as printed there (from the spec, not Keel's code)."""
+    msg_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+    if abs(time.time() - int(timestamp)) > tolerance:
+        return False
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = base64.b64encode(
+        hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    ).decode()
+    return any(
+        hmac.compare_digest(sig.partition(",")[2], expected)
+        for sig in headers["webhook-signature"].split()
+        if sig.startswith("v1,")
+    )
 
 
 def document(n: int) -> dict[str, Any]:
@@ -135,6 +154,10 @@ async def test_a_delivery_is_signed_as_standard_webhooks_and_verifies_independen
     assert verified["data"]["handle"] == "user_1"
     assert request.headers["webhook-id"] == verified["id"]
     assert request.headers["content-type"] == "application/json"
+    assert verify_by_hand(registered.secret, request.headers, request.body)
+    assert not verify_by_hand(registered.secret, request.headers, request.body + b" ")
+    stale = {**request.headers, "webhook-timestamp": str(int(request.headers["webhook-timestamp"]) - 301)}
+    assert not verify_by_hand(registered.secret, stale, request.body)
     # Negative controls: a changed body, or another secret, does not verify.
     with pytest.raises(WebhookVerificationError):
         Webhook(registered.secret).verify(request.body.replace(b"user_1", b"user_2"), request.headers)
