@@ -408,11 +408,16 @@ async def test_urls_on_non_public_addresses_are_refused(store: Store, url: str) 
         "http:///x",
         "https://ex ample.com/",
         "not a url",
+        "http://example.com:0/x",
+        "http://example.com/x#fragment",
+        "HTTPS://" + "0" * 300,  # a label over 63 characters: no host name (was a 500)
+        "https://" + "a." * 130 + "com/",  # over 253 characters
     ],
 )
 async def test_malformed_urls_are_refused(store: Store, url: str) -> None:
-    with pytest.raises(ValidationFailed):
-        await admin(store, FakeClock(), allow_private=True).register(ADMIN, url, [], False)
+    for allow_private in (True, False):
+        with pytest.raises(ValidationFailed):
+            await admin(store, FakeClock(), allow_private=allow_private).register(ADMIN, url, [], False)
 
 
 async def test_a_public_address_is_accepted_and_a_non_admin_is_refused_before_anything(store: Store) -> None:

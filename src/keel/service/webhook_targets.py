@@ -41,11 +41,28 @@ def check_url_shape(url: str, *, where: str = "/url") -> str:
         raise refuse("must not carry credentials")
     if not parts.hostname:
         raise refuse("must name a host")
+    if not _valid_host(parts.hostname):
+        raise refuse("the host is not a valid host name or address")
     if parts.fragment:
         raise refuse("must not have a fragment")
     if port == 0:
         raise refuse("port 0 is not a valid port")
     return parts.hostname
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a name DNS can carry (labels of 1-63 octets, 253 in all, after IDNA)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError:
+        return False
+    labels = encoded.rstrip(b".").split(b".")
+    return len(encoded) <= 253 and all(0 < len(label) <= 63 for label in labels)
 
 
 def is_public_address(address: str) -> bool:

@@ -17,4 +17,7 @@ class SystemResolver:
                 infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except TimeoutError:
             raise OSError(f"resolving {host!r} timed out") from None
+        except (UnicodeError, ValueError) as error:
+            # A name the resolver cannot even encode (IDNA): it resolves to nothing.
+            raise OSError(f"{host!r} is not a resolvable name") from error
         return sorted({str(info[4][0]) for info in infos})
