@@ -122,6 +122,10 @@ class WebhookDispatcher:
     def in_flight(self, endpoint_id: str) -> int:
         return len(self._in_flight.get(endpoint_id, ()))
 
+    def attempts_of(self, endpoint_id: str) -> list[asyncio.Task[None]]:
+        """The endpoint's attempts in flight (to wait on one endpoint's, as tests do)."""
+        return list(self._in_flight.get(endpoint_id, ()))
+
     async def run(self) -> None:
         """Dispatch until cancelled; cancels the attempts in flight and gives the lease back."""
         try:
