@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -51,8 +52,11 @@ class Deployment:
 MODES = ["monolith", "edge"]
 
 
-async def deploy(settings: Settings, mode: str = "monolith") -> Deployment:
-    core = await build_services(settings)
+async def deploy(
+    settings: Settings, mode: str = "monolith", *, resilience_clock: Callable[[], float] = time.monotonic
+) -> Deployment:
+    """`resilience_clock`: the monotonic clock both processes' breakers and retry budgets read."""
+    core = await build_services(settings, resilience_clock=resilience_clock)
     if mode == "monolith":
         return Deployment(core, core)
     server = GrpcServer(core, core.local.authenticator, "127.0.0.1:0")
@@ -63,7 +67,7 @@ async def deploy(settings: Settings, mode: str = "monolith") -> Deployment:
     edge_settings = settings.model_copy(
         update={"core_url": f"grpc://127.0.0.1:{server.port}", "core_api_key": SecretStr(edge_key.token)}
     )
-    return Deployment(await build_services(edge_settings), core, server)
+    return Deployment(await build_services(edge_settings, resilience_clock=resilience_clock), core, server)
 
 
 async def make_api(settings: Settings, mode: str = "monolith") -> tuple[Api, Deployment]:

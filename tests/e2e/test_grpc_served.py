@@ -82,7 +82,7 @@ def test_a_client_generated_by_a_third_party_tool_exercises_every_rpc(split: Spl
             sys.executable,
             "-m",
             "grpc_tools.protoc",
-            f"-I{REPO / 'proto'}",
+            f"-I{REPO / 'contracts' / 'proto'}",
             f"--python_out={stubs}",
             f"--grpc_python_out={stubs}",
             "keel/profiles/v1/profiles.proto",

@@ -45,7 +45,8 @@ class Harness:
         (an edge resolves a new key through its core first, which takes a moment)."""
         shedder = self.serving.shedder
         assert shedder is not None
-        for _ in range(200):
+        give_up = asyncio.get_running_loop().time() + 30.0  # bounds a hang only
+        while asyncio.get_running_loop().time() < give_up:
             if shedder.in_flight >= count:
                 return
             await asyncio.sleep(0.01)

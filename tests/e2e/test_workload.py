@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from devtools.history import History, check
-from devtools.workload import classify_error, classify_response, final_state, run_workload
+from testkit.history import History, check
+from testkit.workload import classify_error, classify_response, final_state, run_workload
 
 from tests.e2e.test_served_process import _free_port, _keel
 

@@ -11,8 +11,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from devtools.throwaway_redis import redis_server
 from redis.asyncio import Redis
+from testkit.servers.redis import redis_server
 
 from keel.ratelimit.fallback import FailOpenRateLimiter
 from keel.ratelimit.headers import format_ratelimit_header
@@ -200,7 +200,8 @@ async def test_fails_open_to_a_local_share_and_returns_to_redis() -> None:
     reasons: list[str] = []
     plan = Plan("p", (Policy("minute", quota=100, window_seconds=60, burst=20),), concurrency=50)
     with redis_server() as server:
-        breaker = CircuitBreaker("redis", consecutive_failures=3, open_seconds=0.5)
+        clock = [1_000.0]  # the breaker's: moved by the test, so its open period is not waited out
+        breaker = CircuitBreaker("redis", consecutive_failures=3, open_seconds=0.5, clock=lambda: clock[0])
         limiter = FailOpenRateLimiter(
             RedisRateLimiter(connect(server.url), timeout_seconds=0.05),
             local=InMemoryRateLimiter(),
@@ -221,7 +222,8 @@ async def test_fails_open_to_a_local_share_and_returns_to_redis() -> None:
         assert len([r for r in reasons if r != "breaker_open"]) == 3  # Redis was asked 3 times only
 
         server.start()  # same port
-        await asyncio.sleep(0.6)
+        assert (await limiter.acquire(client, plan, 1)).degraded  # still open: Redis not asked
+        clock[0] += 0.5  # the open period is over: the next decision is a probe
         recovered = await limiter.acquire(client, plan, 1)
         assert not recovered.degraded
         assert breaker.state is BreakerState.CLOSED

@@ -8,16 +8,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
-from devtools.chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe
-from devtools.chaos.runner import record_history
-from devtools.chaos.traffic import Sample
-from devtools.history import FinalProfile, History, check
+from chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe
+from chaos.runner import EXPERIMENTS, record_history
+from chaos.traffic import Sample
+from testkit.history import FinalProfile, History, check
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
 T0 = 1000.0  # phases: steady [T0, T0+10), fault [T0+10, T0+20), recovery [T0+20, T0+30)
 
 

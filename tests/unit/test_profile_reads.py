@@ -30,6 +30,11 @@ class Database:
         self.down = False
         self.read_delay = 0.0
         self.lose_commits = False  # a commit whose answer never comes: its outcome is unknown
+        # Set when a unit of work has begun (its snapshot taken); while `gate` is set to an
+        # unset event, units of work begun wait on it: a read held in flight until the test
+        # lets it go, without guessing how long it takes to get there.
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Event | None = None
 
     def unit_of_work(self, *, read_only: bool = False) -> _UnitOfWork:
         return _UnitOfWork(self, read_only)
@@ -65,6 +70,10 @@ class _UnitOfWork:
     async def __aenter__(self) -> Self:
         if self._db.down:
             raise Unavailable("The database is not reachable.")
+        self._db.entered.set()
+        gate = self._db.gate
+        if gate is not None:
+            await gate.wait()
         await asyncio.sleep(self._db.read_delay)
         return self
 
@@ -208,13 +217,15 @@ async def test_a_read_in_flight_during_a_write_does_not_answer_later_readers(
 ) -> None:
     service, _ = build(db, clock, [])
     created = (await service.create_profile(WRITER, doc())).profile
-    db.read_delay = 0.05
+    held = db.gate = asyncio.Event()
+    db.entered.clear()
     slow = asyncio.create_task(service.read_profile(READER, created.id))
-    await asyncio.sleep(0.01)  # the slow read has read version 1 and is waiting
-    db.read_delay = 0.0
+    await db.entered.wait()  # the slow read has read version 1 and is held
+    db.gate = None
     updated = await service.update_profile(WRITER, created.id, {"display_name": "New"})
     after = await service.read_profile(READER, created.id)
     assert after.profile.version == updated.version
+    held.set()
     assert (await slow).profile.version == created.version
     # ...and the slow read did not put version 1 back in the cache.
     assert (await service.read_profile(READER, created.id)).profile.version == updated.version
@@ -235,11 +246,13 @@ async def test_cached_reads_show_each_caller_only_what_it_may_see(db: Database, 
 async def test_a_reader_waiting_on_another_s_read_keeps_its_own_deadline(db: Database, clock: Clock) -> None:
     service, _ = build(db, clock, [])
     created = (await service.create_profile(WRITER, doc())).profile
-    db.read_delay = 0.5
+    held = db.gate = asyncio.Event()  # the leader's read stays in flight until let go
+    db.entered.clear()
     leader = asyncio.create_task(service.read_profile(READER, created.id))
-    await asyncio.sleep(0.01)
+    await db.entered.wait()
     with deadline_in(0.05), pytest.raises(DeadlineExceeded):
         await service.read_profile(READER, created.id)
+    held.set()
     assert (await leader).profile.id == created.id  # the shared read was not cancelled
 
 

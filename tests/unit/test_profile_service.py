@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,9 +19,8 @@ from keel.domain.errors import (
     VersionMismatch,
 )
 from keel.service.attributes import AttributePolicy
-from keel.service.ports import IdempotencyRecord, IdempotencyState
-from keel.service.profiles import IDEMPOTENCY_LEASE, IDEMPOTENCY_TTL, ListFilters, ProfileService
-from tests.fakes import FakeClock, InMemoryStore
+from keel.service.profiles import IDEMPOTENCY_LEASE, ListFilters, ProfileService
+from tests.fakes import FakeClock, InMemoryStore, InMemoryUnitOfWork
 
 WRITER = Principal("writer", frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRITE}), "2026-11-28")
 READER = Principal("reader", frozenset({Scope.PROFILES_READ}), "2026-11-28")
@@ -48,24 +48,34 @@ def service(store: InMemoryStore, clock: FakeClock) -> ProfileService:
     return ProfileService(store, clock, POLICY, "eu1")
 
 
-async def hold_reservation(store: InMemoryStore, key: str, fingerprint: str, now: datetime) -> None:
-    """Another request of WRITER's holds `key` (in progress, lease running)."""
-    record = IdempotencyRecord(
-        "writer:create_profile",
-        key,
-        fingerprint,
-        IdempotencyState.IN_PROGRESS,
-        None,
-        now + IDEMPOTENCY_LEASE,
-        now + IDEMPOTENCY_TTL,
-    )
-    async with store.unit_of_work() as uow:
-        await uow.idempotency.reserve(record, now)
-        await uow.commit()
-
-
 def doc(handle: str = "ada_l", email: str = "ada@example.com", **extra: Any) -> dict[str, Any]:
     return {"handle": handle, "emails": [{"address": email, "primary": True}], **extra}
+
+
+class PausingStore(InMemoryStore):
+    """Holds the first unit of work it commits (a create's reservation of its idempotency key)
+    until `resume` is set: that request is then in flight between reserving its key and
+    writing its profile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    def unit_of_work(self, *, read_only: bool = False) -> InMemoryUnitOfWork:
+        return _PausingUnitOfWork(self)
+
+
+class _PausingUnitOfWork(InMemoryUnitOfWork):
+    def __init__(self, store: PausingStore) -> None:
+        super().__init__(store)
+        self._pausing = store
+
+    async def commit(self) -> None:
+        await super().commit()
+        if not self._pausing.paused.is_set():
+            self._pausing.paused.set()
+            await self._pausing.resume.wait()
 
 
 async def test_create_then_read(service: ProfileService) -> None:
@@ -184,21 +194,23 @@ async def test_a_failed_request_frees_its_key(service: ProfileService) -> None:
     assert not created.replayed
 
 
-async def test_in_progress_key_is_a_conflict_until_its_lease_ends(
-    service: ProfileService, store: InMemoryStore, clock: FakeClock
-) -> None:
-    from keel.service.profile_input import fields_document, parse_profile_fields
-    from keel.service.profiles import _fingerprint
-
-    now = clock.now()
-    fingerprint = _fingerprint("create_profile", fields_document(parse_profile_fields(doc(), POLICY)))
-    await hold_reservation(store, "k3", fingerprint, now)
+async def test_in_progress_key_is_a_conflict_until_its_lease_ends(clock: FakeClock) -> None:
+    store = PausingStore()
+    service = ProfileService(store, clock, POLICY, "eu1")
+    holder = asyncio.create_task(service.create_profile(WRITER, doc(), idempotency_key="k3"))
+    await store.paused.wait()  # the same request, still in flight: its key is reserved
     with pytest.raises(IdempotencyInProgress):
         await service.create_profile(WRITER, doc(), idempotency_key="k3")
     # The holder died before committing (its outcome commits with its write): take over.
     clock.advance(IDEMPOTENCY_LEASE + timedelta(seconds=1))
     created = await service.create_profile(WRITER, doc(), idempotency_key="k3")
     assert not created.replayed
+    store.resume.set()
+    # The holder, back too late, writes nothing: its profile collides with the one just made,
+    # or its key is found taken over.
+    with pytest.raises((Conflict, IdempotencyInProgress)):
+        await holder
+    assert list(store.tables.profiles) == [created.profile.id]
 
 
 async def test_equivalent_bodies_share_an_idempotency_key(service: ProfileService) -> None:
@@ -261,16 +273,20 @@ async def test_a_null_attributes_patch_keeps_private_attributes(service: Profile
     assert (await service.get_profile(ADMIN, created.id)).fields.attributes == {"risk": 0.5}
 
 
-async def test_a_request_that_outlived_its_lease_does_not_write(
-    service: ProfileService, store: InMemoryStore, clock: FakeClock
-) -> None:
-
-    now = clock.now()
-    # another request now owns the key
-    await hold_reservation(store, "k5", "someone-else", now)
-    from keel.service.profile_input import parse_profile_fields
-
-    stale_owner = ("writer:create_profile", "k5", "my-fingerprint")
+async def test_a_request_that_outlived_its_lease_does_not_write(clock: FakeClock) -> None:
+    store = PausingStore()
+    service = ProfileService(store, clock, POLICY, "eu1")
+    late = asyncio.create_task(service.create_profile(WRITER, doc(), idempotency_key="k5"))
+    await store.paused.wait()  # the key is reserved, the profile not written yet
+    clock.advance(IDEMPOTENCY_LEASE + timedelta(seconds=1))  # the request outlives its lease
+    # Another request takes the key over and writes; then the late one goes on.
+    other = doc(handle="grace_h", email="grace@example.com")
+    taken = await service.create_profile(WRITER, other, idempotency_key="k5")
+    store.resume.set()
     with pytest.raises(IdempotencyInProgress):
-        await service._insert(parse_profile_fields(doc(), POLICY), stale_owner)
-    assert store.tables.profiles == {}
+        await late
+    # Its write was rolled back, not stored beside the new owner's; the key answers the owner's.
+    assert [profile.handle for profile in store.tables.profiles.values()] == ["grace_h"]
+    replay = await service.create_profile(WRITER, other, idempotency_key="k5")
+    assert replay.replayed
+    assert replay.profile.id == taken.profile.id

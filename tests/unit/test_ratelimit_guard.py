@@ -22,8 +22,10 @@ class StuckLimiter(InMemoryRateLimiter):
     def __init__(self) -> None:
         super().__init__()
         self.release = asyncio.Event()
+        self.deciding = asyncio.Event()
 
     async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+        self.deciding.set()
         await self.release.wait()
         return await super().acquire(client, plan, cost)
 
@@ -32,7 +34,7 @@ async def test_a_cancelled_decision_gives_its_slot_back() -> None:
     limiter = StuckLimiter()
     guard = RateLimitGuard(limiter, Metrics())
     pending = asyncio.create_task(guard.admit("c", PLAN, 1))
-    await asyncio.sleep(0.01)
+    await limiter.deciding.wait()
     assert not (await guard.admit("c", PLAN, 1)).allowed  # the slot is taken while deciding
     pending.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -13,7 +13,6 @@ from keel.bootstrap.webhooks import build_webhooks
 from keel.config import Settings
 from keel.observability.database import DatabaseObserver
 from keel.observability.metrics import Metrics
-from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
@@ -48,25 +47,23 @@ async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
     )
 
 
-def guard_store(
-    store: Store, settings: Settings, metrics: Metrics, breakers: dict[str, CircuitBreaker]
-) -> Store:
+def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> Store:
     """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
     from keel.storage.guarded import GuardedStore
 
-    breaker = breakers["database"] = build_breaker(
-        "database", metrics, open_seconds=settings.db_breaker_open_seconds
+    breaker = guards.breakers["database"] = build_breaker(
+        "database", metrics, clock=guards.resilience_clock, open_seconds=settings.db_breaker_open_seconds
     )
     return GuardedStore(store, breaker, timeout_seconds=settings.db_timeout_seconds)
 
 
 def build_profile_reads(
-    settings: Settings, store: Store, metrics: Metrics
+    settings: Settings, store: Store, metrics: Metrics, guards: Protection
 ) -> tuple[ProfileReads, InvalidationBus | None]:
     """Reads through the in-process cache, invalidated across processes over Redis when set."""
     retries = metrics.dependency_retries
     retry = RetryPolicy(
-        RetryBudget(ratio=settings.retry_budget_ratio),
+        RetryBudget(ratio=settings.retry_budget_ratio, clock=guards.resilience_clock),
         Backoff(),
         on_retry=lambda outcome: retries.labels("database", outcome).inc(),
     )
@@ -125,8 +122,8 @@ async def build_core(
         await store.close()
         raise
     clock = SystemClock()
-    store = guard_store(store, settings, metrics, guards.breakers)
-    reads, bus = build_profile_reads(settings, store, metrics)
+    store = guard_store(store, settings, metrics, guards)
+    reads, bus = build_profile_reads(settings, store, metrics, guards)
     relay = build_relay(settings, store, clock, metrics)
     webhooks = build_webhooks(settings, store, clock, metrics)
 

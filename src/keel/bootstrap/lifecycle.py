@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -28,14 +29,19 @@ if TYPE_CHECKING:
 
 
 async def build_services(
-    settings: Settings, *, metrics: Metrics | None = None, store_opener: StoreOpener = open_store
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    store_opener: StoreOpener = open_store,
+    resilience_clock: Callable[[], float] = time.monotonic,
 ) -> Services:
     """Build the process's object graph: a core over its database (refusing an unmigrated
-    one), or an edge over a remote core when `core_url` is set."""
+    one), or an edge over a remote core when `core_url` is set. `resilience_clock`: the monotonic
+    clock the circuit breakers and retry budgets read (tests hand in one they advance)."""
     metrics = metrics or Metrics()
     if settings.core_url is not None:
-        return build_edge(settings, metrics)
-    guards = build_protection(settings, metrics)
+        return build_edge(settings, metrics, resilience_clock=resilience_clock)
+    guards = build_protection(settings, metrics, resilience_clock=resilience_clock)
     core = await build_core(settings, metrics, guards, store_opener=store_opener)
     return assemble(settings, metrics, guards, core.service, core.authenticator, core, core.readiness)
 

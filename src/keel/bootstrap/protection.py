@@ -3,6 +3,7 @@ breakers, tracing, dependency probes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,7 +27,9 @@ from keel.resilience.loop_lag import LoopLag
 _BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
-def build_breaker(name: str, metrics: Metrics, **options: float) -> CircuitBreaker:
+def build_breaker(
+    name: str, metrics: Metrics, *, clock: Callable[[], float], open_seconds: float
+) -> CircuitBreaker:
     log = structlog.get_logger("keel.resilience")
     metrics.breaker_state.labels(name).set(0)
 
@@ -35,7 +38,7 @@ def build_breaker(name: str, metrics: Metrics, **options: float) -> CircuitBreak
         metrics.breaker_transitions.labels(breaker, state.value).inc()
         log.warning("circuit_breaker_transition", breaker=breaker, previous=previous.value, state=state.value)
 
-    return CircuitBreaker(name, on_transition=on_transition, **options)  # type: ignore[arg-type]
+    return CircuitBreaker(name, open_seconds=open_seconds, clock=clock, on_transition=on_transition)
 
 
 def build_rate_limiter(
@@ -44,6 +47,7 @@ def build_rate_limiter(
     breakers: dict[str, CircuitBreaker],
     loop_lag: LoopLag,
     catalog: RateLimitCatalog,
+    resilience_clock: Callable[[], float],
 ) -> RateLimiter:
     """In process when embedded; on Redis, failing open to a local share of the quota."""
     if settings.redis_url is None:
@@ -53,7 +57,7 @@ def build_rate_limiter(
 
     timeout = settings.ratelimit_redis_timeout_seconds
     breaker = breakers["redis"] = build_breaker(
-        "redis", metrics, open_seconds=settings.ratelimit_breaker_open_seconds
+        "redis", metrics, clock=resilience_clock, open_seconds=settings.ratelimit_breaker_open_seconds
     )
     fallbacks = metrics.ratelimit_fallbacks
     fallback_log = SampledLog("keel.ratelimit")
@@ -111,12 +115,17 @@ class Protection:
     guard: RateLimitGuard | None
     shedder: LoadShedder | None
     breakers: dict[str, CircuitBreaker]
+    # The monotonic clock (seconds) the process's circuit breakers and retry budgets read:
+    # time.monotonic, or one a test advances to let an open period pass without waiting it out.
+    resilience_clock: Callable[[], float]
     loop_lag: LoopLag
     probes: dict[str, Callable[[], Awaitable[object]]]
     closers: list[Callable[[], Awaitable[object]]]
 
 
-def build_protection(settings: Settings, metrics: Metrics) -> Protection:
+def build_protection(
+    settings: Settings, metrics: Metrics, *, resilience_clock: Callable[[], float] = time.monotonic
+) -> Protection:
     catalog = build_rate_limit_catalog(settings)
     tracer_provider = build_tracer_provider(
         exporter=settings.trace_exporter,
@@ -128,7 +137,9 @@ def build_protection(settings: Settings, metrics: Metrics) -> Protection:
     breakers: dict[str, CircuitBreaker] = {}
     loop_lag = LoopLag()
     guard = (
-        RateLimitGuard(build_rate_limiter(settings, metrics, breakers, loop_lag, catalog), metrics)
+        RateLimitGuard(
+            build_rate_limiter(settings, metrics, breakers, loop_lag, catalog, resilience_clock), metrics
+        )
         if settings.ratelimit_enabled
         else None
     )
@@ -148,6 +159,7 @@ def build_protection(settings: Settings, metrics: Metrics) -> Protection:
         guard=guard,
         shedder=build_load_shedder(settings, metrics, loop_lag),
         breakers=breakers,
+        resilience_clock=resilience_clock,
         loop_lag=loop_lag,
         probes=probes,
         closers=closers,

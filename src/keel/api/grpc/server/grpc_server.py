@@ -127,8 +127,12 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         # The caller's deadline, within the server's own limit: the database call gets what is left.
         remaining = context.time_remaining()
         timeout = keel.settings.request_timeout_seconds
+        # What the caller left us, as it arrived (whole ms, rounded down; None: no deadline sent),
+        # for the access log and the span: an operator sees which callers leave too little.
+        deadline_ms: int | None = None
         if remaining is not None:
             timeout = min(timeout, max(remaining, 0.0))
+            deadline_ms = int(max(remaining, 0.0) * 1000)
         try:
             try:
                 with deadline_in(timeout):
@@ -166,11 +170,12 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
                     "rpc.service": service,
                     "rpc.method": name,
                     "rpc.grpc.status_code": code.value[0],
+                    **({} if deadline_ms is None else {"keel.rpc.deadline_ms": deadline_ms}),
                 }
                 if exchange.span.is_recording()
                 else None,
                 failed=code in _FAILED,
-                access_log=("rpc", {"method": method, "code": code.name})
+                access_log=("rpc", {"method": method, "code": code.name, "deadline_ms": deadline_ms})
                 if keel.settings.access_log and not refused
                 else None,
             )
