@@ -92,6 +92,10 @@ class _UnitOfWork:
     def outbox(self) -> Any:
         return _Events(self._inner.outbox, self._drop)
 
+    @property
+    def webhooks(self) -> Any:
+        return self._inner.webhooks
+
     async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
         return self

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -13,7 +14,9 @@ from keel.domain.api_keys import ApiKey
 from keel.domain.errors import Conflict, VersionMismatch
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
+from keel.domain.webhooks import DeliveryState, WebhookDelivery, WebhookEndpoint
 from keel.service.ports import IdempotencyRecord, IdempotencyState, OutboxRecord, ProfileQuery
+from keel.service.webhook_ports import StoredEndpoint
 
 
 @dataclass
@@ -23,6 +26,10 @@ class _Tables:
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     events: list[OutboxRecord] = field(default_factory=list)
     relay_lease: tuple[str, datetime] | None = None
+    fanned_out: set[int] = field(default_factory=set)  # outbox seqs the webhook fan-out has seen
+    webhook_endpoints: dict[str, StoredEndpoint] = field(default_factory=dict)
+    webhook_deliveries: dict[str, WebhookDelivery] = field(default_factory=dict)
+    webhook_lease: tuple[str, datetime] | None = None
 
 
 class FakeClock:
@@ -61,6 +68,7 @@ class InMemoryUnitOfWork:
         self.idempotency = _Idempotency(self._tables)
         self.api_keys = _ApiKeys(self._tables, store)
         self.outbox = _Outbox(self._tables)
+        self.webhooks = _Webhooks(self._tables)
 
     async def __aenter__(self) -> Self:
         return self
@@ -219,7 +227,11 @@ class _Outbox:
         return sum(1 for r in self._tables.events if r.published_at is None)
 
     async def prune_published(self, before: datetime) -> int:
-        kept = [r for r in self._tables.events if r.published_at is None or r.published_at >= before]
+        kept = [
+            r
+            for r in self._tables.events
+            if r.published_at is None or r.published_at >= before or r.seq not in self._tables.fanned_out
+        ]
         pruned = len(self._tables.events) - len(kept)
         self._tables.events = kept
         return pruned
@@ -234,3 +246,119 @@ class _Outbox:
     async def release_relay_lease(self, holder: str) -> None:
         if self._tables.relay_lease is not None and self._tables.relay_lease[0] == holder:
             self._tables.relay_lease = None
+
+
+class _Webhooks:
+    """The webhook tables: endpoints, deliveries (unique per endpoint and event, deleted with
+    their endpoint), the outbox's fan-out marks and the dispatcher's lease."""
+
+    def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+
+    async def add_endpoint(self, endpoint: WebhookEndpoint, sealed_secret: str) -> None:
+        self._tables.webhook_endpoints[endpoint.id] = StoredEndpoint(endpoint, sealed_secret)
+
+    async def endpoints(self) -> list[StoredEndpoint]:
+        return sorted(
+            self._tables.webhook_endpoints.values(), key=lambda s: (s.endpoint.created_at, s.endpoint.id)
+        )
+
+    async def endpoint(self, endpoint_id: str) -> StoredEndpoint | None:
+        return self._tables.webhook_endpoints.get(endpoint_id)
+
+    async def delete_endpoint(self, endpoint_id: str) -> bool:
+        if self._tables.webhook_endpoints.pop(endpoint_id, None) is None:
+            return False
+        deliveries = self._tables.webhook_deliveries
+        for delivery_id in [d.id for d in deliveries.values() if d.endpoint_id == endpoint_id]:
+            del deliveries[delivery_id]
+        return True
+
+    async def events_to_fan_out(self, limit: int) -> list[OutboxRecord]:
+        return [r for r in self._tables.events if r.seq not in self._tables.fanned_out][:limit]
+
+    async def mark_fanned_out(self, seqs: Sequence[int], at: datetime) -> None:
+        self._tables.fanned_out.update(seqs)
+
+    async def add_delivery(self, delivery: WebhookDelivery) -> None:
+        if not any(
+            d.endpoint_id == delivery.endpoint_id and d.event_id == delivery.event_id
+            for d in self._tables.webhook_deliveries.values()
+        ):
+            self._tables.webhook_deliveries[delivery.id] = delivery
+
+    async def due_deliveries(self, now: datetime, per_endpoint: int) -> list[WebhookDelivery]:
+        due = sorted(
+            (
+                d
+                for d in self._tables.webhook_deliveries.values()
+                if d.state is DeliveryState.PENDING
+                and d.next_attempt_at is not None
+                and d.next_attempt_at <= now
+            ),
+            key=lambda d: (d.next_attempt_at, d.id),
+        )
+        taken: dict[str, int] = {}
+        chosen = []
+        for delivery in due:
+            if taken.get(delivery.endpoint_id, 0) < per_endpoint:
+                taken[delivery.endpoint_id] = taken.get(delivery.endpoint_id, 0) + 1
+                chosen.append(delivery)
+        return chosen
+
+    async def hold(self, delivery_ids: Sequence[str], until: datetime) -> None:
+        for delivery_id in delivery_ids:
+            held = self._tables.webhook_deliveries[delivery_id]
+            self._tables.webhook_deliveries[delivery_id] = replace(held, next_attempt_at=until)
+
+    async def record_attempt(self, delivery: WebhookDelivery) -> None:
+        if delivery.id in self._tables.webhook_deliveries:
+            self._tables.webhook_deliveries[delivery.id] = delivery
+
+    async def delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        return self._tables.webhook_deliveries.get(delivery_id)
+
+    async def deliveries_of(self, endpoint_id: str, state: str, limit: int) -> list[WebhookDelivery]:
+        found = [
+            d
+            for d in self._tables.webhook_deliveries.values()
+            if d.endpoint_id == endpoint_id and d.state == state
+        ]
+        return sorted(found, key=lambda d: (d.created_at, d.id))[:limit]
+
+    async def replay_dead(self, endpoint_id: str, delivery_ids: Sequence[str] | None, now: datetime) -> int:
+        replayed = 0
+        for delivery in list(self._tables.webhook_deliveries.values()):
+            if delivery.endpoint_id != endpoint_id or delivery.state is not DeliveryState.DEAD:
+                continue
+            if delivery_ids is not None and delivery.id not in delivery_ids:
+                continue
+            self._tables.webhook_deliveries[delivery.id] = replace(
+                delivery, state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, finished_at=None
+            )
+            replayed += 1
+        return replayed
+
+    async def count_dead(self) -> int:
+        return sum(1 for d in self._tables.webhook_deliveries.values() if d.state is DeliveryState.DEAD)
+
+    async def prune_delivered(self, before: datetime) -> int:
+        old = [
+            d.id
+            for d in self._tables.webhook_deliveries.values()
+            if d.state is DeliveryState.DELIVERED and d.finished_at is not None and d.finished_at < before
+        ]
+        for delivery_id in old:
+            del self._tables.webhook_deliveries[delivery_id]
+        return len(old)
+
+    async def claim_lease(self, holder: str, now: datetime, until: datetime) -> bool:
+        lease = self._tables.webhook_lease
+        if lease is not None and lease[0] != holder and lease[1] > now:
+            return False
+        self._tables.webhook_lease = (holder, until)
+        return True
+
+    async def release_lease(self, holder: str) -> None:
+        if self._tables.webhook_lease is not None and self._tables.webhook_lease[0] == holder:
+            self._tables.webhook_lease = None

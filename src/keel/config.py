@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.domain.ids import REGION_PATTERN
+from keel.domain.webhooks import DEFAULT_DELAYS_SECONDS
 from keel.ratelimit.policy import Plan, Policy
 
 
@@ -245,6 +246,49 @@ class Settings(BaseSettings):
         default=7 * 86400, ge=0, description="Published events are pruned from the outbox after this."
     )
 
+    # Webhooks (docs/events.md#webhooks)
+    webhook_secrets_key: SecretStr | None = Field(
+        default=None,
+        description="Key that seals webhook signing secrets in the database (AES-GCM); 32+ characters, "
+        "the same on every process of one database. Unset: derived from the database URL (development "
+        "only: the secrets are then only as safe as that URL). Changing it makes the stored secrets "
+        "unreadable: re-register the endpoints.",
+    )
+    webhook_allow_private_targets: bool = Field(
+        default=False,
+        description="Allow webhook URLs on loopback, private, link-local and other non-public addresses "
+        "(refused by default: an admin key must not reach internal services through Keel).",
+    )
+    webhook_retry_delays_seconds: list[float] = Field(
+        default_factory=lambda: [float(s) for s in DEFAULT_DELAYS_SECONDS],
+        min_length=1,
+        max_length=50,
+        description="Wait before each retry of a failed delivery, as a JSON list; after the last, the "
+        "delivery is a dead letter. Default about a day in all: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, "
+        "2 h, 4 h, 6 h, 8 h.",
+    )
+    webhook_retry_jitter: float = Field(
+        default=0.2, ge=0, le=0.5, description="Each retry delay is stretched or shortened by up to this."
+    )
+    webhook_attempt_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="Longest one delivery attempt may take, connect to status."
+    )
+    webhook_endpoint_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Delivery attempts in flight per endpoint."
+    )
+    webhook_dispatcher_poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often the dispatcher looks for due deliveries."
+    )
+    webhook_dispatcher_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A dispatcher that dies is replaced by another process's within this.",
+    )
+    webhook_delivery_retention_seconds: float = Field(
+        default=7 * 86400, ge=0, description="Delivered deliveries are pruned after this (dead letters stay)."
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _closed_in_production(cls, data: Any) -> Any:
@@ -261,6 +305,12 @@ class Settings(BaseSettings):
             raise ValueError("KEEL_ENVIRONMENT=production needs KEEL_CURSOR_SECRET (32+ random characters)")
         if self.cursor_secret is not None and len(self.cursor_secret.get_secret_value()) < 32:
             raise ValueError("KEEL_CURSOR_SECRET must have at least 32 characters")
+        if self.environment == "production" and self.webhook_secrets_key is None:
+            raise ValueError(
+                "KEEL_ENVIRONMENT=production needs KEEL_WEBHOOK_SECRETS_KEY (32+ random characters)"
+            )
+        if self.webhook_secrets_key is not None and len(self.webhook_secrets_key.get_secret_value()) < 32:
+            raise ValueError("KEEL_WEBHOOK_SECRETS_KEY must have at least 32 characters")
         return self
 
     @model_validator(mode="after")
@@ -295,6 +345,21 @@ class Settings(BaseSettings):
             raise ValueError("outbox_relay_lease_seconds must be at least twice outbox_relay_poll_seconds")
         return self
 
+    @model_validator(mode="after")
+    def _webhook_timings_fit(self) -> Settings:
+        if any(not 0 < delay <= 7 * 86400 for delay in self.webhook_retry_delays_seconds):
+            raise ValueError("each of webhook_retry_delays_seconds must be above 0 and at most 7 days")
+        # An attempt in flight must end (and record its outcome) well within the lease.
+        if self.webhook_attempt_timeout_seconds * 2 > self.webhook_dispatcher_lease_seconds:
+            raise ValueError(
+                "webhook_dispatcher_lease_seconds must be at least twice webhook_attempt_timeout_seconds"
+            )
+        if self.webhook_dispatcher_poll_seconds * 2 > self.webhook_dispatcher_lease_seconds:
+            raise ValueError(
+                "webhook_dispatcher_lease_seconds must be at least twice webhook_dispatcher_poll_seconds"
+            )
+        return self
+
     @field_validator("region")
     @classmethod
     def _region_is_valid(cls, value: str) -> str:
@@ -317,6 +382,12 @@ class Settings(BaseSettings):
             else f"database:{self.database_url}"
         )
         return hashlib.sha256(b"keel-cursors\0" + secret.encode()).digest()
+
+    def webhook_secrets_secret(self) -> str:
+        """What the key sealing webhook secrets is derived from (see `webhook_secrets_key`)."""
+        if self.webhook_secrets_key is not None:
+            return self.webhook_secrets_key.get_secret_value()
+        return f"database:{self.database_url}"
 
     @property
     def uses_postgres(self) -> bool:

@@ -41,14 +41,16 @@ CLOSED_PATHS = (
 
 
 def test_production_closes_everything_and_each_setting_still_wins() -> None:
-    production = Settings(environment="production", cursor_secret=SECRET)
+    production = Settings(environment="production", cursor_secret=SECRET, webhook_secrets_key=SECRET)
     assert {name: getattr(production, name) for name in CLOSED_IN_PRODUCTION} == dict.fromkeys(
         CLOSED_IN_PRODUCTION, False
     )
     development = Settings()
     assert development.environment == "development"
     assert all(getattr(development, name) for name in CLOSED_IN_PRODUCTION)
-    reopened = Settings(environment="production", cursor_secret=SECRET, graphql_introspection=True)
+    reopened = Settings(
+        environment="production", cursor_secret=SECRET, webhook_secrets_key=SECRET, graphql_introspection=True
+    )
     assert reopened.graphql_introspection is True
     assert reopened.api_docs is False
 
@@ -56,7 +58,12 @@ def test_production_closes_everything_and_each_setting_still_wins() -> None:
 @pytest.fixture
 async def production(sqlite_url: str) -> AsyncIterator[Api]:
     api, deployment = await make_api(
-        Settings(database_url=sqlite_url, environment="production", cursor_secret=SECRET)
+        Settings(
+            database_url=sqlite_url,
+            environment="production",
+            cursor_secret=SECRET,
+            webhook_secrets_key=SECRET,
+        )
     )
     async with api.client:
         yield api
@@ -155,7 +162,9 @@ async def _reflected_services(port: int) -> list[str]:
 @pytest.mark.parametrize("environment", ["production", "development"])
 async def test_grpc_reflection_only_in_development(sqlite_url: str, environment: str) -> None:
     keel = await build_services(
-        Settings(database_url=sqlite_url, environment=environment, cursor_secret=SECRET)
+        Settings(
+            database_url=sqlite_url, environment=environment, cursor_secret=SECRET, webhook_secrets_key=SECRET
+        )
     )
     server = GrpcServer(keel, keel.local.authenticator, "127.0.0.1:0")
     await server.start()
@@ -187,6 +196,7 @@ def test_served_production_process_moves_metrics_to_the_management_port(tmp_path
         "KEEL_GRPC_PORT": str(free_port()),
         "KEEL_ENVIRONMENT": "production",
         "KEEL_CURSOR_SECRET": SECRET.get_secret_value(),
+        "KEEL_WEBHOOK_SECRETS_KEY": SECRET.get_secret_value(),
         "KEEL_MANAGEMENT_PORT": str(free_port()),
     }
     _keel(env, "migrate")
@@ -221,3 +231,10 @@ def test_production_refuses_to_start_without_a_cursor_secret() -> None:
         Settings(environment="production")
     with pytest.raises(ValueError, match="at least 32"):
         Settings(cursor_secret=SecretStr("short"))
+
+
+def test_production_refuses_to_start_without_a_webhook_secrets_key() -> None:
+    with pytest.raises(ValueError, match="KEEL_WEBHOOK_SECRETS_KEY"):
+        Settings(environment="production", cursor_secret=SECRET)
+    with pytest.raises(ValueError, match="KEEL_WEBHOOK_SECRETS_KEY must have at least 32"):
+        Settings(webhook_secrets_key=SecretStr("short"))

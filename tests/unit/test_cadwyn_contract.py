@@ -31,7 +31,7 @@ def test_no_versioned_route_runs_a_dependency_in_a_worker_thread() -> None:
 
 
 def test_the_newest_version_is_served_by_the_source_routes() -> None:
-    from keel.api.rest import routes as source
+    from keel.api.rest import versioned as source
     from keel.api.rest.api_versions import NEWEST_VERSION
 
     app = build_http_app(Settings(), Metrics())
@@ -39,5 +39,5 @@ def test_the_newest_version_is_served_by_the_source_routes() -> None:
     handlers = {r.app for r in source.router.routes if isinstance(r, APIRoute)}
     newest = [r for r in app.router.versioned_routers[NEWEST_VERSION].routes if isinstance(r, APIRoute)]
     served = [r for r in newest if r.path.startswith("/v1/")]
-    assert len(served) == len(handlers) == 5
+    assert len(served) == len(handlers) == 11  # 5 profile routes, 6 webhook routes
     assert {r.app for r in served} == handlers

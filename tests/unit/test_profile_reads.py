@@ -24,6 +24,7 @@ from keel.service.ports import (
 )
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
+from keel.service.webhook_ports import WebhookRepository
 from tests.fakes import FakeClock, InMemoryStore
 from tests.unit.test_profile_service import ADMIN, POLICY, READER, WRITER, doc
 
@@ -72,6 +73,10 @@ class _UnitOfWork:
     @property
     def outbox(self) -> Outbox:
         return self._inner.outbox
+
+    @property
+    def webhooks(self) -> WebhookRepository:
+        return self._inner.webhooks
 
     async def __aenter__(self) -> Self:
         if self._db.down:

@@ -28,12 +28,22 @@ PROFILES_LIST = Operation("profiles.list", Priority.SHEDDABLE)
 PROFILES_CREATE = Operation("profiles.create", Priority.CRITICAL)
 PROFILES_UPDATE = Operation("profiles.update", Priority.CRITICAL)
 PROFILES_DELETE = Operation("profiles.delete", Priority.CRITICAL)
+# Webhook administration (admin keys): rare, never worth shedding before a profile list.
+WEBHOOKS_ADMIN = Operation("webhooks.admin", Priority.NORMAL)
 # Anything else a protocol serves under admission (the caller's own key, an unknown path).
 OTHER = Operation("other", Priority.NORMAL)
 
 OPERATIONS: dict[str, Operation] = {
     operation.name: operation
-    for operation in (PROFILES_GET, PROFILES_LIST, PROFILES_CREATE, PROFILES_UPDATE, PROFILES_DELETE, OTHER)
+    for operation in (
+        PROFILES_GET,
+        PROFILES_LIST,
+        PROFILES_CREATE,
+        PROFILES_UPDATE,
+        PROFILES_DELETE,
+        WEBHOOKS_ADMIN,
+        OTHER,
+    )
 }
 
 

@@ -19,7 +19,7 @@ from keel.api.graphql import install_graphql
 from keel.api.http.problems import install_problem_handlers
 from keel.api.http.request_envelope import RequestEnvelope
 from keel.api.http.request_state import request_scope
-from keel.api.rest import health, routes
+from keel.api.rest import health, versioned
 from keel.api.rest.admission import EarlyRefusals, RestAdmission
 from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
 from keel.api.rest.cadwyn_internals import NewestServedDirectly, use_async_version_dependency
@@ -68,8 +68,8 @@ def build_http_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
     if settings.api_docs or settings.graphql_graphiql:
         app.include_router(assets_router())
     install_graphql(app, settings, metrics)  # /graphql: outside /v1/, admitted by its own cost
-    app.generate_and_include_versioned_routers(routes.router)
-    app.newest_source = (routes.router, NEWEST_VERSION)  # see cadwyn_internals.py
+    app.generate_and_include_versioned_routers(versioned.router)
+    app.newest_source = (versioned.router, NEWEST_VERSION)  # see cadwyn_internals.py
     # Added after Cadwyn's version picker, so it runs before it; the envelope is outermost.
     app.add_middleware(StrictBodies)  # after admission (limits first), before the version picker
     app.add_middleware(RestAdmission, trusted_proxy_hops=settings.trusted_proxy_hops)

@@ -25,6 +25,8 @@ from keel.service.ports import Clock, InvalidationBus, Store
 from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
 from keel.service.use_cases import CallerAuthenticator, ProfileUseCases
+from keel.service.webhook_dispatcher import WebhookDispatcher
+from keel.service.webhooks import WebhookAdmin
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Core:
     invalidation_bus: InvalidationBus | None
     expected_schema_revision: str
     relay: OutboxRelay | None = None  # publishes the outbox when KEEL_NATS_URL is set
+    webhooks: WebhookAdmin | None = None
+    dispatcher: WebhookDispatcher | None = None  # delivers the outbox's events to webhooks
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready when the database answers and carries the schema this code needs."""
@@ -59,6 +63,8 @@ class Core:
             await self.invalidation_bus.close()
         if self.relay is not None:
             await self.relay.publisher.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.sender.close()
         await self.store.close()
 
 
@@ -88,6 +94,11 @@ class Services:
     # Dependencies /readyz reports without judging: name -> a call that fails when it is down.
     probes: dict[str, Callable[[], Awaitable[object]]]
     closers: list[Callable[[], Awaitable[object]]]
+
+    @property
+    def webhooks(self) -> WebhookAdmin | None:
+        """Webhook administration: a core's; None on an edge."""
+        return self.core.webhooks if self.core is not None else None
 
     @property
     def local(self) -> Core:

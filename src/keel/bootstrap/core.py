@@ -9,6 +9,7 @@ from datetime import timedelta
 from keel.bootstrap.container import Core
 from keel.bootstrap.events import build_relay
 from keel.bootstrap.protection import Protection, build_breaker
+from keel.bootstrap.webhooks import build_webhooks
 from keel.config import Settings
 from keel.observability.database import DatabaseObserver
 from keel.observability.metrics import Metrics
@@ -124,6 +125,14 @@ async def build_core(
     store = guard_store(store, settings, metrics, guards)
     reads, bus = build_profile_reads(settings, store, metrics, guards)
     relay = build_relay(settings, store, clock, metrics)
+    webhooks = build_webhooks(settings, store, clock, metrics)
+
+    def events_committed() -> None:
+        # Wakes this process's relay and webhook dispatcher at once, instead of at their next poll.
+        if relay is not None:
+            relay.wake()
+        webhooks.dispatcher.wake()
+
     service = ProfileService(
         store,
         clock,
@@ -133,7 +142,7 @@ async def build_core(
         idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds),
         cursors=Cursors(settings.cursor_key()),
         event_source=settings.events_source,
-        on_events_committed=relay.wake if relay is not None else None,
+        on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
     return Core(
@@ -145,4 +154,6 @@ async def build_core(
         invalidation_bus=bus,
         expected_schema_revision=head_revision(),
         relay=relay,
+        webhooks=webhooks.admin,
+        dispatcher=webhooks.dispatcher,
     )

@@ -89,6 +89,7 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
     keel = await build_services(settings, metrics=metrics)
     background: list[asyncio.Task[None]] = []
     relay: asyncio.Task[None] | None = None
+    dispatcher: asyncio.Task[None] | None = None
     grpc_server: GrpcServer | None = None
     servers = ExitStack()
     try:
@@ -107,6 +108,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
             background.append(asyncio.create_task(keel.core.reads.listen()))
             if keel.core.relay is not None:
                 relay = asyncio.create_task(keel.core.relay.run())
+            if keel.core.dispatcher is not None:
+                dispatcher = asyncio.create_task(keel.core.dispatcher.run())
         if settings.grpc_port is not None:
             grpc_server = await start_grpc(keel)
         yield keel
@@ -116,9 +119,10 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         servers.close()
         for task in background:
             task.cancel()
-        if relay is not None:
-            # Awaited, so that it gives its lease back before the database is closed.
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+        for leader in (relay, dispatcher):
+            if leader is not None:
+                # Awaited, so that it gives its lease back before the database is closed.
+                leader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leader
         await keel.close()

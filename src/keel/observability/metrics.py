@@ -189,3 +189,31 @@ class Metrics:
         self.outbox_relay_leader = Gauge(
             "keel_outbox_relay_leader", "1 while this process holds the relay lease.", registry=r
         )
+        # Webhook deliveries (keel.service.webhook_dispatcher).
+        self.webhook_deliveries = Counter(
+            "keel_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), failed (to be retried), dead "
+            "(failed with no retry left: a dead letter).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_attempt_duration = Histogram(
+            "keel_webhook_attempt_duration_seconds",
+            "Time one delivery attempt took, from the request to the endpoint's status (or the failure).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.webhook_dead_letters = Gauge(
+            "keel_webhook_dead_letters", "Dead letters waiting for an admin, as last counted.", registry=r
+        )
+        self.webhook_dispatcher_failures = Counter(
+            "keel_webhook_dispatcher_failures",
+            "Dispatcher passes that failed, by stage (fan_out, dispatch, record).",
+            ["stage"],
+            registry=r,
+        )
+        self.webhook_dispatcher_leader = Gauge(
+            "keel_webhook_dispatcher_leader",
+            "1 while this process holds the webhook dispatcher lease.",
+            registry=r,
+        )

@@ -15,6 +15,7 @@ DEFAULT_COSTS: dict[str, int] = {
     "profiles.create": 5,
     "profiles.update": 5,
     "profiles.delete": 5,
+    "webhooks.admin": 1,
     "other": 1,
 }
 

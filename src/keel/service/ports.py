@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
+
+if TYPE_CHECKING:
+    from keel.service.webhook_ports import WebhookRepository
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,9 @@ class UnitOfWork(Protocol):
 
     @property
     def outbox(self) -> Outbox: ...
+
+    @property
+    def webhooks(self) -> WebhookRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -28,6 +28,7 @@ from keel.service.ports import (
     Store,
     UnitOfWork,
 )
+from keel.service.webhook_ports import WebhookRepository
 
 
 class GuardedStore:
@@ -70,6 +71,10 @@ class GuardedUnitOfWork:
     @property
     def outbox(self) -> Outbox:
         return self._inner.outbox
+
+    @property
+    def webhooks(self) -> WebhookRepository:
+        return self._inner.webhooks
 
     async def commit(self) -> None:
         await self._inner.commit()

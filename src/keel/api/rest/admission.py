@@ -30,6 +30,7 @@ from keel.admission.operations import (
     PROFILES_GET,
     PROFILES_LIST,
     PROFILES_UPDATE,
+    WEBHOOKS_ADMIN,
 )
 from keel.api.envelope import Series
 from keel.api.http.client_address import client_address
@@ -40,6 +41,7 @@ from keel.observability.metrics import Metrics
 
 VERSIONED_PREFIX = "/v1/"
 _PROFILES = "/v1/profiles"
+_WEBHOOKS = "/v1/webhooks"
 
 
 def operation_of(method: str, path: str) -> Operation:
@@ -57,6 +59,8 @@ def operation_of(method: str, path: str) -> Operation:
             return PROFILES_DELETE
         if method in ("GET", "HEAD"):
             return PROFILES_GET
+    if path == _WEBHOOKS or path.startswith(_WEBHOOKS + "/"):
+        return WEBHOOKS_ADMIN
     return OTHER
 
 

@@ -20,6 +20,7 @@ from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
+from keel.storage.postgres.webhooks import PostgresWebhooks
 from keel.storage.rows import (
     API_KEY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
@@ -145,6 +146,7 @@ class PostgresUnitOfWork:
     idempotency: PostgresIdempotency
     api_keys: PostgresApiKeys
     outbox: PostgresOutbox
+    webhooks: PostgresWebhooks
     _connection: _Connection
 
     async def __aenter__(self) -> Self:
@@ -164,6 +166,7 @@ class PostgresUnitOfWork:
         self.idempotency = PostgresIdempotency(connection, self._observer)
         self.api_keys = PostgresApiKeys(connection, self._observer)
         self.outbox = PostgresOutbox(connection, self._observer)
+        self.webhooks = PostgresWebhooks(connection, self._observer)
         if not self._read_only:
             self._transaction = connection.transaction()
             try:
@@ -472,7 +475,10 @@ class PostgresOutbox:
     async def prune_published(self, before: datetime) -> int:
         with self._observer.call("prune_events"):
             status = await self._db.execute(
-                "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND published_at < $1", before
+                # Never an event still to fan out to webhooks.
+                "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND published_at < $1"
+                " AND fanned_out_at IS NOT NULL",
+                before,
             )
         return int(status.split()[-1])
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -37,6 +37,10 @@ from keel.storage.rows import (
     profile_values,
     uniqueness_conflict,
 )
+from keel.storage.sqlite.times import iso as _iso
+from keel.storage.sqlite.times import iso_or_none as _iso_or_none
+from keel.storage.sqlite.times import parse_time as _time
+from keel.storage.sqlite.webhooks import SqliteWebhooks
 
 # Built from constants only; every value goes through a ? placeholder.
 _SELECT_PROFILE = f"""
@@ -50,19 +54,6 @@ FROM profiles p
 
 
 _RESERVE_ATTEMPTS = 3
-
-
-def _time(value: Any) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def _iso(value: datetime) -> str:
-    # One fixed format (UTC, microseconds always present) so that text comparison is time order.
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _iso_or_none(value: datetime | None) -> str | None:
-    return _iso(value) if value is not None else None
 
 
 class SqliteStore:
@@ -138,6 +129,7 @@ class SqliteUnitOfWork:
         self.idempotency = SqliteIdempotency(self._connection, store.observer)
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
         self.outbox = SqliteOutbox(self._connection, store.observer)
+        self.webhooks = SqliteWebhooks(self._connection, store.observer)
 
     async def __aenter__(self) -> Self:
         if self._read_only:
@@ -437,7 +429,9 @@ class SqliteOutbox:
     async def prune_published(self, before: datetime) -> int:
         with self._observer.call("prune_events"):
             cursor = await self._db.execute(
-                "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND published_at < ?",
+                # Never an event still to fan out to webhooks.
+                "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND published_at < ?"
+                " AND fanned_out_at IS NOT NULL",
                 (_iso(before),),
             )
         return cursor.rowcount

@@ -1,0 +1,97 @@
+"""Which URLs webhooks may be sent to. Keel sends requests on an operator's behalf from inside
+the operator's network, so a URL naming a loopback, private, link-local or otherwise
+non-public address would let an admin key reach internal services (SSRF). Such targets are
+refused unless the operator's setting allows them (tests, or a deliberate internal receiver).
+
+The check is made when an endpoint is registered, and again before every attempt (a name may
+later resolve elsewhere: DNS rebinding). Between that check and the connection the name is
+resolved once more by the HTTP client; a resolver that answers differently within that
+instant is not covered (see docs/events.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from keel.domain.errors import FieldError, ValidationFailed
+from keel.service.webhook_ports import AddressResolver
+
+MAX_URL_LENGTH = 2048
+
+
+def check_url_shape(url: str, *, where: str = "/url") -> str:
+    """The host of a well-formed http(s) URL; raises `ValidationFailed` otherwise."""
+
+    def refuse(message: str) -> ValidationFailed:
+        return ValidationFailed([FieldError(where, message)])
+
+    if len(url) > MAX_URL_LENGTH:
+        raise refuse(f"at most {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        raise refuse("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise refuse("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise refuse("must be an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        # They would be stored and logged as part of the URL; authenticate receivers by signature.
+        raise refuse("must not carry credentials")
+    if not parts.hostname:
+        raise refuse("must name a host")
+    if not _valid_host(parts.hostname):
+        raise refuse("the host is not a valid host name or address")
+    if parts.fragment:
+        raise refuse("must not have a fragment")
+    if port == 0:
+        raise refuse("port 0 is not a valid port")
+    return parts.hostname
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a name DNS can carry (labels of 1-63 octets, 253 in all, after IDNA)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError:
+        return False
+    labels = encoded.rstrip(b".").split(b".")
+    return len(encoded) <= 253 and all(0 < len(label) <= 63 for label in labels)
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def refused_address(host: str, resolver: AddressResolver) -> str | None:
+    """A non-public address `host` is or resolves to (the first), or None when all are public.
+    Raises `OSError` when it does not resolve."""
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        addresses = await resolver.addresses(host)
+    return next((a for a in addresses if not is_public_address(a)), None)
+
+
+async def check_target(url: str, resolver: AddressResolver, *, allow_private: bool) -> None:
+    """Raises `ValidationFailed` for a URL webhooks may not be sent to."""
+    host = check_url_shape(url)
+    if allow_private:
+        return
+    try:
+        refused = await refused_address(host, resolver)
+    except OSError:
+        raise ValidationFailed([FieldError("/url", "the host does not resolve")]) from None
+    if refused is not None:
+        raise ValidationFailed(
+            [FieldError("/url", "must reach a public address (loopback, private and link-local are refused)")]
+        )

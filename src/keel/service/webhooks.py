@@ -1,0 +1,130 @@
+"""Webhook administration: registering endpoints, listing them, their dead letters and replay.
+Admin keys only; every other key is refused before anything is looked up, so it learns
+nothing (not even whether an endpoint exists)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from keel.domain.api_keys import Principal
+from keel.domain.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from keel.domain.events import EVENT_TYPES
+from keel.domain.webhooks import DeliveryState, WebhookDelivery, WebhookEndpoint
+from keel.service.ports import Clock, Store
+from keel.service.webhook_ports import AddressResolver, SecretBox
+from keel.service.webhook_signing import new_secret, secret_text
+from keel.service.webhook_targets import check_target
+
+MAX_EVENT_TYPES = len(EVENT_TYPES) + 16  # room for types added later
+MAX_LISTED = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    endpoint: WebhookEndpoint
+    secret: str  # `whsec_…`: shown once, never again
+
+
+def _nothing() -> None:
+    return None
+
+
+def _require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden("Only admin keys may manage webhooks.")
+
+
+def _check_event_types(event_types: Sequence[str]) -> tuple[str, ...]:
+    errors = [
+        FieldError(f"/event_types/{i}", f"unknown event type; known: {', '.join(EVENT_TYPES)}")
+        for i, event_type in enumerate(event_types)
+        if event_type not in EVENT_TYPES
+    ]
+    if len(set(event_types)) != len(event_types):
+        errors.append(FieldError("/event_types", "must not repeat a type"))
+    if errors:
+        raise ValidationFailed(errors)
+    return tuple(sorted(event_types))
+
+
+class WebhookAdmin:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        box: SecretBox,
+        resolver: AddressResolver,
+        *,
+        allow_private_targets: bool = False,
+        on_replay: Callable[[], None] = _nothing,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._box = box
+        self._resolver = resolver
+        self._allow_private = allow_private_targets
+        self._on_replay = on_replay
+
+    async def register(
+        self, principal: Principal, url: str, event_types: Sequence[str], holds_personal_data: bool
+    ) -> Registered:
+        _require_admin(principal)
+        types = _check_event_types(event_types)
+        await check_target(url, self._resolver, allow_private=self._allow_private)
+        secret = new_secret()
+        endpoint = WebhookEndpoint(
+            id=f"whep_{uuid.uuid4().hex}",
+            url=url,
+            event_types=types,
+            holds_personal_data=holds_personal_data,
+            created_at=self._clock.now(),
+        )
+        async with self._store.unit_of_work() as uow:
+            await uow.webhooks.add_endpoint(endpoint, self._box.seal(secret))
+            await uow.commit()
+        return Registered(endpoint, secret_text(secret))
+
+    async def list_endpoints(self, principal: Principal) -> list[WebhookEndpoint]:
+        _require_admin(principal)
+        async with self._store.unit_of_work(read_only=True) as uow:
+            stored = await uow.webhooks.endpoints()
+        return [s.endpoint for s in stored]
+
+    async def get_endpoint(self, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
+        _require_admin(principal)
+        async with self._store.unit_of_work(read_only=True) as uow:
+            stored = await uow.webhooks.endpoint(endpoint_id)
+        if stored is None:
+            raise NotFound("No such webhook endpoint.")
+        return stored.endpoint
+
+    async def delete_endpoint(self, principal: Principal, endpoint_id: str) -> None:
+        """Deletes the endpoint with its pending deliveries and dead letters."""
+        _require_admin(principal)
+        async with self._store.unit_of_work() as uow:
+            deleted = await uow.webhooks.delete_endpoint(endpoint_id)
+            await uow.commit()
+        if not deleted:
+            raise NotFound("No such webhook endpoint.")
+
+    async def dead_letters(self, principal: Principal, endpoint_id: str, limit: int) -> list[WebhookDelivery]:
+        _require_admin(principal)
+        async with self._store.unit_of_work(read_only=True) as uow:
+            if await uow.webhooks.endpoint(endpoint_id) is None:
+                raise NotFound("No such webhook endpoint.")
+            return await uow.webhooks.deliveries_of(endpoint_id, DeliveryState.DEAD, min(limit, MAX_LISTED))
+
+    async def replay(self, principal: Principal, endpoint_id: str, delivery_ids: Sequence[str] | None) -> int:
+        """Dead letters (those named, or all of the endpoint's) are delivered again, with a fresh
+        retry schedule; how many were. Ids that are not dead letters of the endpoint are skipped."""
+        _require_admin(principal)
+        async with self._store.unit_of_work() as uow:
+            if await uow.webhooks.endpoint(endpoint_id) is None:
+                raise NotFound("No such webhook endpoint.")
+            replayed = await uow.webhooks.replay_dead(endpoint_id, delivery_ids, self._clock.now())
+            await uow.commit()
+        if replayed:
+            self._on_replay()
+        return replayed

@@ -1,0 +1,529 @@
+"""Webhooks over real databases (SQLite and PostgreSQL) and real HTTP receivers on loopback:
+deliveries are signed as Standard Webhooks (checked with the `standardwebhooks` package), a
+slow, failing or dead endpoint does not hold up a healthy one, retries follow the schedule
+(virtual time), dead letters are listed and replayed, a restart mid-retry resumes, and URLs on
+non-public addresses are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from keel.domain.api_keys import Principal, Scope
+from keel.domain.errors import Forbidden, ValidationFailed
+from keel.domain.events import PROFILE_CREATED, PROFILE_UPDATED
+from keel.domain.webhooks import DeliveryState, RetrySchedule, WebhookDelivery
+from keel.service.attributes import AttributePolicy
+from keel.service.clock import SystemClock
+from keel.service.ports import Clock, Store
+from keel.service.profiles import ProfileService
+from keel.service.webhook_dispatcher import DispatchObserver, DispatchPolicy, WebhookDispatcher
+from keel.service.webhooks import WebhookAdmin
+from keel.storage.migrations.runner import downgrade, migrate
+from keel.webhooks.http_sender import HttpxWebhookSender
+from keel.webhooks.resolver import SystemResolver
+from keel.webhooks.secret_box import AesGcmSecretBox, box_key
+from tests.fakes import FakeClock
+from tests.integration.test_migrations_up_and_down import database, everything, query, revision
+from tests.integration.webhook_receivers import down_url, receiver
+
+ADMIN = Principal("admin", frozenset({Scope.ADMIN}), "2026-11-28")
+WRITER = Principal("writer", frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRITE}), "2026-11-28")
+# Bounds only a hang: every wait below ends as soon as its condition holds.
+DEADLINE_SECONDS = 30.0
+BOX = AesGcmSecretBox(box_key("test-key-" + "x" * 32))
+
+
+def verify_by_hand(secret: str, headers: dict[str, str], body: bytes, tolerance: int = 300) -> bool:
+    """docs/events.md's hand-written verifier, as printed there (from the spec, not Keel's code)."""
+    msg_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+    if abs(time.time() - int(timestamp)) > tolerance:
+        return False
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = base64.b64encode(
+        hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    ).decode()
+    return any(
+        hmac.compare_digest(sig.partition(",")[2], expected)
+        for sig in headers["webhook-signature"].split()
+        if sig.startswith("v1,")
+    )
+
+
+def document(n: int) -> dict[str, Any]:
+    return {"handle": f"user_{n}", "emails": [{"address": f"user{n}@example.com", "primary": True}]}
+
+
+class Counts:
+    """A DispatchObserver's record of attempt outcomes."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+        self.dead_letters: int | None = None
+        self._recorded = asyncio.Event()
+
+    async def wait_for(self, outcome: str, count: int) -> None:
+        """Returns once `count` attempts with that outcome were recorded."""
+        while self.outcomes.count(outcome) < count:
+            await self._recorded.wait()
+            self._recorded.clear()
+
+    def observer(self) -> DispatchObserver:
+        def attempted(outcome: str, seconds: float) -> None:
+            assert seconds >= 0
+            self.outcomes.append(outcome)
+            self._recorded.set()
+
+        def dead(count: int) -> None:
+            self.dead_letters = count
+
+        return DispatchObserver(attempted=attempted, dead_letters=dead)
+
+
+def dispatcher(
+    store: Store,
+    clock: Clock,
+    *,
+    delays: tuple[int, ...] = (60, 600),
+    timeout: float = 10.0,
+    per_endpoint: int = 2,
+    allow_private: bool = True,
+    counts: Counts | None = None,
+) -> WebhookDispatcher:
+    policy = DispatchPolicy(
+        schedule=RetrySchedule(tuple(timedelta(seconds=d) for d in delays), jitter=0.2),
+        attempt_timeout_seconds=timeout,
+        per_endpoint=per_endpoint,
+        poll_seconds=0.05,
+        allow_private_targets=allow_private,
+    )
+    observer = (counts or Counts()).observer()
+    return WebhookDispatcher(
+        store, HttpxWebhookSender(), BOX, SystemResolver(), clock, policy, observer, rng=random.Random(7)
+    )
+
+
+def admin(store: Store, clock: Clock, *, allow_private: bool = True) -> WebhookAdmin:
+    return WebhookAdmin(store, clock, BOX, SystemResolver(), allow_private_targets=allow_private)
+
+
+def profiles(store: Store, clock: Clock) -> ProfileService:
+    return ProfileService(store, clock, AttributePolicy(), "eu1")
+
+
+async def deliveries(store: Store, endpoint_id: str) -> list[WebhookDelivery]:
+    found: list[WebhookDelivery] = []
+    async with store.unit_of_work(read_only=True) as uow:
+        for state in DeliveryState:
+            found += await uow.webhooks.deliveries_of(endpoint_id, state, 1000)
+    return found
+
+
+async def test_a_delivery_is_signed_as_standard_webhooks_and_verifies_independently(store: Store) -> None:
+    clock = SystemClock()  # real time: the verifier refuses timestamps more than 5 minutes off
+    async with receiver(200) as endpoint:
+        registered = await admin(store, clock).register(ADMIN, endpoint.url, [PROFILE_CREATED], False)
+        assert registered.secret.startswith("whsec_")
+        assert len(base64.b64decode(registered.secret.removeprefix("whsec_"))) == 32
+        created = await profiles(store, clock).create_profile(WRITER, document(1))
+        # An update is not among the endpoint's types: it must not be delivered.
+        await profiles(store, clock).update_profile(WRITER, created.profile.id, {"bio": "x"})
+        worker = dispatcher(store, clock)
+        try:
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+        [request] = await endpoint.wait_for(1)
+    verified = Webhook(registered.secret).verify(request.body, request.headers)
+    assert verified["type"] == PROFILE_CREATED
+    assert verified["subject"] == created.profile.id
+    assert verified["specversion"] == "1.0"
+    assert verified["data"]["handle"] == "user_1"
+    assert request.headers["webhook-id"] == verified["id"]
+    assert request.headers["content-type"] == "application/json"
+    assert verify_by_hand(registered.secret, request.headers, request.body)
+    assert not verify_by_hand(registered.secret, request.headers, request.body + b" ")
+    stale = {**request.headers, "webhook-timestamp": str(int(request.headers["webhook-timestamp"]) - 301)}
+    assert not verify_by_hand(registered.secret, stale, request.body)
+    # Negative controls: a changed body, or another secret, does not verify.
+    with pytest.raises(WebhookVerificationError):
+        Webhook(registered.secret).verify(request.body.replace(b"user_1", b"user_2"), request.headers)
+    other = "whsec_" + base64.b64encode(b"o" * 32).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(request.body, request.headers)
+    [delivery] = await deliveries(store, registered.endpoint.id)
+    assert delivery.state is DeliveryState.DELIVERED
+    assert delivery.attempts == 1
+    assert delivery.last_status == 200
+
+
+async def test_a_slow_failing_or_dead_endpoint_does_not_hold_up_a_healthy_one(store: Store) -> None:
+    clock = FakeClock()
+    events = 6
+    async with (
+        receiver(200) as healthy,
+        receiver(500) as failing,
+        receiver(hanging=True) as hanging,
+    ):
+        keel = admin(store, clock)
+        ids = {}
+        for name, url in (
+            ("hanging", hanging.url),
+            ("failing", failing.url),
+            ("down", down_url()),
+            ("healthy", healthy.url),
+        ):
+            ids[name] = (await keel.register(ADMIN, url, [], False)).endpoint.id
+        writer = profiles(store, clock)
+        for n in range(events):
+            await writer.create_profile(WRITER, document(n))
+        # 2 attempts at a time per endpoint: the hanging endpoint holds both of its slots for
+        # as long as it hangs, the healthy one must still get every event.
+        counts = Counts()
+        worker = dispatcher(store, clock, per_endpoint=2, timeout=DEADLINE_SECONDS, counts=counts)
+        running = asyncio.create_task(worker.run())
+        try:
+            async with asyncio.timeout(DEADLINE_SECONDS):
+                await counts.wait_for("delivered", events)
+                got = await healthy.wait_for(events)
+                # Ordering, not wall-clock: the healthy endpoint received every event while the
+                # hanging one has answered nothing, and has never had more than its 2 slots.
+                assert len(hanging.received) <= 2
+                assert worker.in_flight(ids["hanging"]) == 2
+                assert all(d.attempts == 0 for d in await deliveries(store, ids["hanging"]))
+                await failing.wait_for(2)
+        finally:
+            hanging.release(500)
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await worker.sender.close()
+    assert len({json.loads(r.body)["id"] for r in got}) == events
+    healthy_state = await deliveries(store, ids["healthy"])
+    assert [d.state for d in healthy_state] == [DeliveryState.DELIVERED] * events
+    failed = [d for d in await deliveries(store, ids["failing"]) if d.attempts > 0]
+    assert failed
+    assert all(d.last_status == 500 and d.last_error == "status" for d in failed)
+    down = [d for d in await deliveries(store, ids["down"]) if d.attempts > 0]
+    assert down
+    assert all(d.last_status is None and d.last_error == "connection" for d in down)
+    assert all(d.state is DeliveryState.PENDING for d in failed + down)  # retried later
+
+
+async def test_an_attempt_that_outlasts_its_timeout_fails_as_a_timeout(store: Store) -> None:
+    clock = FakeClock()
+    async with receiver(hanging=True) as hanging:
+        endpoint = await admin(store, clock).register(ADMIN, hanging.url, [], False)
+        await profiles(store, clock).create_profile(WRITER, document(1))
+        worker = dispatcher(store, clock, timeout=0.2)
+        try:
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+        assert len(hanging.received) == 1
+    [delivery] = await deliveries(store, endpoint.endpoint.id)
+    assert (delivery.state, delivery.attempts, delivery.last_error) == (DeliveryState.PENDING, 1, "timeout")
+
+
+async def test_retries_follow_the_schedule_then_dead_letters_are_listed_and_replayed(store: Store) -> None:
+    clock = FakeClock()
+    counts = Counts()
+    async with receiver(500) as endpoint:
+        keel = admin(store, clock)
+        registered = await keel.register(ADMIN, endpoint.url, [], True)
+        endpoint_id = registered.endpoint.id
+        await profiles(store, clock).create_profile(WRITER, document(1))
+        worker = dispatcher(store, clock, delays=(60, 600), counts=counts)
+
+        async def one_pass() -> WebhookDelivery:
+            await worker.run_once()
+            await worker.settle()
+            [delivery] = await deliveries(store, endpoint_id)
+            return delivery
+
+        try:
+            first = await one_pass()
+            assert (first.attempts, len(endpoint.received)) == (1, 1)
+            for attempts, delay in ((1, 60), (2, 600)):
+                current = (await deliveries(store, endpoint_id))[0]
+                assert current.next_attempt_at is not None
+                assert current.last_attempt_at is not None
+                wait = current.next_attempt_at - current.last_attempt_at
+                # The schedule's delay, give or take the 20 % jitter.
+                assert timedelta(seconds=delay * 0.8) <= wait <= timedelta(seconds=delay * 1.2)
+                # Not a moment before it is due...
+                clock.current = current.next_attempt_at - timedelta(seconds=1)
+                assert (await one_pass()).attempts == attempts
+                assert len(endpoint.received) == attempts
+                # ...and attempted once due.
+                clock.current = current.next_attempt_at
+                assert (await one_pass()).attempts == attempts + 1
+                assert len(endpoint.received) == attempts + 1
+            dead = (await deliveries(store, endpoint_id))[0]
+            assert dead.state is DeliveryState.DEAD
+            assert counts.outcomes == ["failed", "failed", "dead"]
+            # Every attempt carried the same webhook-id: receivers deduplicate by it.
+            assert len({r.headers["webhook-id"] for r in endpoint.received}) == 1
+
+            letters = await keel.dead_letters(ADMIN, endpoint_id, 100)
+            assert [d.id for d in letters] == [dead.id]
+            with pytest.raises(Forbidden):
+                await keel.dead_letters(WRITER, endpoint_id, 100)
+            clock.advance(timedelta(days=2))
+            assert (await one_pass()).state is DeliveryState.DEAD  # stays parked without a replay
+            assert counts.dead_letters == 1
+
+            endpoint.status = 200
+            assert await keel.replay(ADMIN, endpoint_id, ["whdl_not_one_of_them"]) == 0
+            assert await keel.replay(ADMIN, endpoint_id, None) == 1
+            replayed = await one_pass()
+            assert (replayed.state, replayed.attempts, replayed.last_status) == (
+                DeliveryState.DELIVERED,
+                1,
+                200,
+            )
+            assert await keel.dead_letters(ADMIN, endpoint_id, 100) == []
+            assert len(endpoint.received) == 4
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+
+
+async def test_a_restart_mid_retry_and_mid_attempt_resumes_from_the_database(store: Store) -> None:
+    clock = FakeClock()
+    async with receiver(500) as failing, receiver(hanging=True) as hanging:
+        keel = admin(store, clock)
+        failing_id = (await keel.register(ADMIN, failing.url, [PROFILE_CREATED], False)).endpoint.id
+        hanging_id = (await keel.register(ADMIN, hanging.url, [PROFILE_CREATED], False)).endpoint.id
+        await profiles(store, clock).create_profile(WRITER, document(1))
+
+        counts = Counts()
+        first = dispatcher(store, clock, timeout=DEADLINE_SECONDS, counts=counts)
+        try:
+            await first.run_once()
+            async with asyncio.timeout(DEADLINE_SECONDS):
+                await hanging.wait_for(1)
+                await failing.wait_for(1)
+                await counts.wait_for("failed", 1)  # the failure is recorded
+        finally:
+            # The process stops while its attempt on the hanging endpoint is still in flight.
+            await first.stop()
+            await first.sender.close()
+        assert first.in_flight(hanging_id) == 0
+        [retrying] = await deliveries(store, failing_id)
+        [held] = await deliveries(store, hanging_id)
+        assert (retrying.state, retrying.attempts) == (DeliveryState.PENDING, 1)
+        assert (held.state, held.attempts) == (DeliveryState.PENDING, 0)  # its outcome never came
+
+        failing.status = 200
+        hanging.release(200)
+        second = dispatcher(store, clock)  # another process, from what the database holds
+        try:
+            assert retrying.next_attempt_at is not None
+            assert held.next_attempt_at is not None
+            clock.current = max(retrying.next_attempt_at, held.next_attempt_at)
+            await second.run_once()
+            await second.settle()
+        finally:
+            await second.stop()
+            await second.sender.close()
+        assert [(d.state, d.attempts) for d in await deliveries(store, failing_id)] == [
+            (DeliveryState.DELIVERED, 2)
+        ]
+        assert [(d.state, d.attempts) for d in await deliveries(store, hanging_id)] == [
+            (DeliveryState.DELIVERED, 1)
+        ]
+        for endpoint in (failing, hanging):
+            assert len(endpoint.received) == 2
+            assert len({r.headers["webhook-id"] for r in endpoint.received}) == 1
+
+
+async def test_only_the_endpoints_event_types_and_events_after_registration_are_delivered(
+    store: Store,
+) -> None:
+    clock = FakeClock()
+    writer = profiles(store, clock)
+    before = await writer.create_profile(WRITER, document(1))  # before any endpoint: never delivered
+    async with receiver(200) as updates, receiver(200) as everything:
+        keel = admin(store, clock)
+        await keel.register(ADMIN, updates.url, [PROFILE_UPDATED], False)
+        await keel.register(ADMIN, everything.url, [], False)
+        await writer.update_profile(WRITER, before.profile.id, {"bio": "changed"})
+        await writer.create_profile(WRITER, document(2))
+        worker = dispatcher(store, clock)
+        try:
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+    assert [json.loads(r.body)["type"] for r in updates.received] == [PROFILE_UPDATED]
+    assert sorted(json.loads(r.body)["type"] for r in everything.received) == [
+        PROFILE_CREATED,
+        PROFILE_UPDATED,
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+        "http://100.64.0.1/hook",
+    ],
+)
+async def test_urls_on_non_public_addresses_are_refused(store: Store, url: str) -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        await admin(store, FakeClock(), allow_private=False).register(ADMIN, url, [], False)
+    assert [e.field for e in refused.value.errors] == ["/url"]
+    async with store.unit_of_work(read_only=True) as uow:
+        assert await uow.webhooks.endpoints() == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x",
+        "http://user:pw@example.com/x",
+        "http:///x",
+        "https://ex ample.com/",
+        "not a url",
+        "http://example.com:0/x",
+        "http://example.com/x#fragment",
+        "HTTPS://" + "0" * 300,  # a label over 63 characters: no host name (was a 500)
+        "https://" + "a." * 130 + "com/",  # over 253 characters
+    ],
+)
+async def test_malformed_urls_are_refused(store: Store, url: str) -> None:
+    for allow_private in (True, False):
+        with pytest.raises(ValidationFailed):
+            await admin(store, FakeClock(), allow_private=allow_private).register(ADMIN, url, [], False)
+
+
+async def test_a_public_address_is_accepted_and_a_non_admin_is_refused_before_anything(store: Store) -> None:
+    keel = admin(store, FakeClock(), allow_private=False)
+    registered = await keel.register(ADMIN, "https://93.184.215.14/hook", [], False)
+    assert registered.endpoint.url == "https://93.184.215.14/hook"
+    for call in (
+        keel.register(WRITER, "https://93.184.215.14/hook", [], False),
+        keel.list_endpoints(WRITER),
+        keel.get_endpoint(WRITER, registered.endpoint.id),
+        keel.delete_endpoint(WRITER, "whep_missing"),
+        keel.replay(WRITER, "whep_missing", None),
+    ):
+        with pytest.raises(Forbidden):
+            await call
+
+
+async def test_delivery_rechecks_the_address_and_never_reaches_a_non_public_one(store: Store) -> None:
+    clock = FakeClock()
+    async with receiver(200) as endpoint:
+        # Registered while allowed; delivered by a dispatcher that does not allow it (the check
+        # at every attempt is what stops a name that moved to an internal address).
+        registered = await admin(store, clock, allow_private=True).register(ADMIN, endpoint.url, [], False)
+        await profiles(store, clock).create_profile(WRITER, document(1))
+        worker = dispatcher(store, clock, allow_private=False)
+        try:
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+        assert endpoint.received == []
+    [delivery] = await deliveries(store, registered.endpoint.id)
+    assert (delivery.attempts, delivery.last_error) == (1, "refused_address")
+
+
+async def test_deleting_an_endpoint_deletes_its_deliveries(store: Store) -> None:
+    clock = FakeClock()
+    async with receiver(500) as endpoint:
+        keel = admin(store, clock)
+        registered = await keel.register(ADMIN, endpoint.url, [], False)
+        await profiles(store, clock).create_profile(WRITER, document(1))
+        worker = dispatcher(store, clock)
+        try:
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+        assert len(await deliveries(store, registered.endpoint.id)) == 1
+        await keel.delete_endpoint(ADMIN, registered.endpoint.id)
+        assert await deliveries(store, registered.endpoint.id) == []
+        assert await keel.list_endpoints(ADMIN) == []
+
+
+async def test_the_stored_secret_is_sealed_not_plain(store: Store) -> None:
+    registered = await admin(store, FakeClock()).register(ADMIN, "http://127.0.0.1:9/x", [], False)
+    async with store.unit_of_work(read_only=True) as uow:
+        stored = await uow.webhooks.endpoint(registered.endpoint.id)
+    assert stored is not None
+    secret = base64.b64decode(registered.secret.removeprefix("whsec_"))
+    assert secret not in stored.sealed_secret.encode()
+    assert base64.b64encode(secret).decode() not in stored.sealed_secret
+    assert BOX.open(stored.sealed_secret) == secret
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_0005_up_and_down_leaves_the_database_as_it_was(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = await database(kind, tmp_path, request, "keel_migration_0005")
+    await asyncio.to_thread(migrate, url, "0004")
+    sqlite = kind == "sqlite"
+    at = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    await query(
+        url,
+        "INSERT INTO event_outbox (id, type, source, subject, time, data) VALUES ($1, $2, $3, $4, $5, $6)",
+        "e1",
+        PROFILE_CREATED,
+        "/keel",
+        "eu1_x",
+        at.isoformat(timespec="microseconds") if sqlite else at,
+        "{}",
+    )
+    before = await everything(url)
+    await asyncio.to_thread(migrate, url, "0005")
+    assert await revision(url) == "0005"
+    upgraded = await everything(url)
+    assert set(upgraded["rows"]) - set(before["rows"]) == {"webhook_endpoints", "webhook_deliveries"}
+    # Events already in the outbox count as fanned out: no new endpoint receives history.
+    [event] = upgraded["rows"]["event_outbox"]
+    assert event["fanned_out_at"] is not None
+    await asyncio.to_thread(downgrade, url, "0004")
+    assert await everything(url) == before
+
+
+async def test_the_outbox_keeps_published_events_until_webhooks_fanned_them_out(store: Store) -> None:
+    clock = FakeClock()
+    await profiles(store, clock).create_profile(WRITER, document(1))
+    async with store.unit_of_work() as uow:
+        [record] = await uow.outbox.read_from(0, 10)
+        await uow.outbox.mark_published([record.seq], clock.now())
+        await uow.commit()
+    clock.advance(timedelta(days=30))
+    async with store.unit_of_work() as uow:
+        assert await uow.outbox.prune_published(clock.now()) == 0  # published, not yet fanned out
+        await uow.webhooks.mark_fanned_out([record.seq], clock.now())
+        assert await uow.outbox.prune_published(clock.now() + timedelta(seconds=1)) == 1
+        await uow.commit()
