@@ -15,7 +15,9 @@ from pathlib import Path
 from chaos.runner import EXPERIMENTS, run_experiment
 
 
-async def _main(names: list[str], seed: int, output: Path | None, time_scale: float) -> int:
+async def _main(
+    names: list[str], seed: int, output: Path | None, time_scale: float, compare_pollers: bool
+) -> int:
     # SIGTERM does what asyncio.run already does on Ctrl-C: cancel this task, so the experiment's
     # `async with System` stops every server on the way out.
     main_task = asyncio.current_task()
@@ -29,7 +31,9 @@ async def _main(names: list[str], seed: int, output: Path | None, time_scale: fl
     for path in paths:
         spec = json.loads(path.read_text())
         print(f"== {path.stem}: {spec['title']}", flush=True)
-        passed, results, details = await run_experiment(spec, seed=seed, time_scale=time_scale)
+        passed, results, details = await run_experiment(
+            spec, seed=seed, time_scale=time_scale, compare_pollers=compare_pollers
+        )
         for result in results:
             print(result.line(), flush=True)
         for text in details.values():
@@ -39,6 +43,7 @@ async def _main(names: list[str], seed: int, output: Path | None, time_scale: fl
             {
                 "experiment": path.stem,
                 "passed": passed,
+                "details": details,
                 "results": [
                     {
                         "name": r.name,
@@ -68,9 +73,22 @@ def main() -> None:
         default=float(os.environ.get("KEEL_CHAOS_TIME_SCALE", "1")),
         help="multiplies every phase's length (CI runs 0.5); default $KEEL_CHAOS_TIME_SCALE or 1",
     )
+    parser.add_argument(
+        "--compare-pollers",
+        action="store_true",
+        help="also poll /healthz on the runner's own event loop and report both pollers (a diagnostic)",
+    )
     arguments = parser.parse_args()
     try:
-        status = asyncio.run(_main(arguments.names, arguments.seed, arguments.output, arguments.time_scale))
+        status = asyncio.run(
+            _main(
+                arguments.names,
+                arguments.seed,
+                arguments.output,
+                arguments.time_scale,
+                arguments.compare_pollers,
+            )
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; every server stopped", file=sys.stderr, flush=True)
         status = 130
