@@ -45,5 +45,6 @@ async def test_a_blocked_event_loop_shows_in_keel_event_loop_lag_seconds(tmp_pat
     registry = metrics.registry
     count = registry.get_sample_value("keel_event_loop_lag_seconds_count")
     within_50ms = registry.get_sample_value("keel_event_loop_lag_seconds_bucket", {"le": "0.05"})
-    assert count is not None and within_50ms is not None
+    assert count is not None
+    assert within_50ms is not None
     assert count - within_50ms >= 1, "the 60 ms block was not seen as a wake-up over 50 ms late"
