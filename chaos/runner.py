@@ -372,8 +372,9 @@ def compare_healthz_pollers(
         slow_cut = percentile([p.seconds for p in own], 99) if own else math.inf
         slow = [(p.seconds, lag_during(p)) for p in shared if p.seconds > slow_cut]
         mostly_runner = sum(1 for seconds, lag in slow if lag >= (seconds - slow_cut) / 2)
+        ratio = percentile([p.seconds for p in shared], 99) / slow_cut if own and shared else math.nan
         lines += [
-            f"  {phase}:",
+            f"  {phase}: p99 on the runner's loop / p99 in its own process = {ratio:.2f}",
             f"    own process:   {quantiles([p.seconds for p in own])}",
             f"    runner's loop: {quantiles([p.seconds for p in shared])}",
             f"    runner's loop lag during those polls: {quantiles([lag_during(p) for p in shared])}",
