@@ -173,12 +173,14 @@ def main() -> int:
     )
     print(
         f"Keel loop stalls >= {stalls['threshold_ms']:g} ms: {stalls['stalls']} "
-        f"(longest {stalls['longest_ms']:.1f} ms, {stalls['with_gc']} with a GC pass)"
+        f"(longest {stalls['longest_ms']:.1f} ms, {stalls['with_gc']} with a GC pass, "
+        f"{stalls['mostly_runqueue']} mostly waiting for a CPU, {stalls['mostly_cpu']} mostly on one)"
     )
     for stall in stalls["each"][:15]:
         where = " < ".join(reversed(stall["stack"][-5:]))
         at, ms, passes = stall["at_s"], stall["duration_ms"], stall["gc_collections"]
-        print(f"  at {at:6.2f}s {ms:6.1f} ms gc={passes} {where}")
+        cpu, runq = stall["cpu_ms"], stall["runqueue_ms"]
+        print(f"  at {at:6.2f}s {ms:6.1f} ms gc={passes} cpu={cpu:.1f} runq={runq:.1f} {where}")
     return 0
 
 

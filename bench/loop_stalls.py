@@ -5,6 +5,12 @@ summary to stderr, or to `--report` as JSON.
 
     python -m bench.loop_stalls [--threshold-ms 20] [--report stalls.json] -- serve --port 8000
 
+Each stall also says where the loop thread's time went while it lasted, from the kernel's
+/proc/self/task/<tid>/schedstat: on a CPU (`cpu_ms`: running, Python or C), or waiting in the
+run queue (`runqueue_ms`: runnable, but the machine's CPUs were busy with other processes). A
+stall that is mostly run-queue wait is the machine, not Keel; one that is mostly CPU is work on
+the loop; neither (sleeping) is a blocking call.
+
 A diagnostic, not a benchmark: the watcher itself costs a wake-up every 5 ms, and it sees a
 stall only at the interpreter's switch interval (5 ms) granularity.
 """
@@ -34,6 +40,18 @@ class Stall:
     duration_ms: float
     gc_collections: int  # cyclic-GC passes that ran during the stall (gc.callbacks)
     stack: list[str] = field(default_factory=list)  # the stack seen most often, innermost last
+    cpu_ms: float = 0.0  # the loop thread's time on a CPU during the stall
+    runqueue_ms: float = 0.0  # its time runnable but waiting for a CPU (other processes ran)
+
+
+def _schedstat(tid: int) -> tuple[int, int]:
+    """(ns on a CPU, ns waiting in the run queue) of thread `tid` so far; (0, 0) where the kernel
+    does not keep them."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0, 0
+    return int(on_cpu), int(waiting)
 
 
 class LoopWatcher:
@@ -41,6 +59,7 @@ class LoopWatcher:
         self._threshold = threshold_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = threading.main_thread().ident
+        self._loop_tid = threading.main_thread().native_id or 0
         self._started = time.monotonic()
         self.stalls: list[Stall] = []
         self.pings = 0
@@ -60,17 +79,18 @@ class LoopWatcher:
         assert self._loop is not None
         while not self._loop.is_closed():
             answered = threading.Event()
+            before = _schedstat(self._loop_tid)
             sent = time.monotonic()
             try:
                 self._loop.call_soon_threadsafe(answered.set)
             except RuntimeError:
                 return  # the loop closed
             if not answered.wait(self._threshold):
-                self._sample(sent, answered)
+                self._sample(sent, answered, before)
             self.pings += 1
             time.sleep(PING_S)
 
-    def _sample(self, sent: float, answered: threading.Event) -> None:
+    def _sample(self, sent: float, answered: threading.Event, before: tuple[int, int]) -> None:
         stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
         gc_before = self._gc_passes
         while not answered.wait(SAMPLE_S):
@@ -78,8 +98,14 @@ class LoopWatcher:
             if frame is not None:
                 stacks[_stack(frame)] += 1
         duration = time.monotonic() - sent
+        after = _schedstat(self._loop_tid)
         top = list(stacks.most_common(1)[0][0]) if stacks else []
-        self.stalls.append(Stall(sent - self._started, duration * 1000, self._gc_passes - gc_before, top))
+        cpu_ms, runqueue_ms = ((a - b) / 1e6 for a, b in zip(after, before, strict=True))
+        self.stalls.append(
+            Stall(
+                sent - self._started, duration * 1000, self._gc_passes - gc_before, top, cpu_ms, runqueue_ms
+            )
+        )
 
     def report(self) -> dict[str, object]:
         durations = sorted(s.duration_ms for s in self.stalls)
@@ -89,6 +115,9 @@ class LoopWatcher:
             "stalls": len(self.stalls),
             "longest_ms": durations[-1] if durations else 0.0,
             "with_gc": sum(1 for s in self.stalls if s.gc_collections),
+            # Stalls the loop thread spent mostly waiting for a CPU: the machine, not Keel.
+            "mostly_runqueue": sum(1 for s in self.stalls if s.runqueue_ms >= s.duration_ms / 2),
+            "mostly_cpu": sum(1 for s in self.stalls if s.cpu_ms >= s.duration_ms / 2),
             "each": [asdict(s) for s in self.stalls],
         }
 
@@ -120,14 +149,16 @@ def main() -> None:
         assert isinstance(stalls, list)
         print(
             f"loop stalls >= {args.threshold_ms:g} ms: {report['stalls']} in {report['pings']} pings, "
-            f"longest {report['longest_ms']:.1f} ms, {report['with_gc']} with a GC pass",
+            f"longest {report['longest_ms']:.1f} ms, {report['with_gc']} with a GC pass, "
+            f"{report['mostly_runqueue']} mostly waiting for a CPU, {report['mostly_cpu']} mostly on one",
             file=sys.stderr,
         )
         for stall in stalls[:20]:
             where = " < ".join(reversed(stall["stack"][-4:]))
             print(
                 f"  at {stall['at_s']:7.2f}s {stall['duration_ms']:6.1f} ms "
-                f"gc={stall['gc_collections']} {where}",
+                f"gc={stall['gc_collections']} cpu={stall['cpu_ms']:.1f} "
+                f"runq={stall['runqueue_ms']:.1f} {where}",
                 file=sys.stderr,
             )
 

@@ -10,35 +10,45 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chaos.runner import EXPERIMENTS, run_experiment
 
 
-async def _main(names: list[str], seed: int, output: Path | None, time_scale: float) -> int:
+async def _main(
+    names: list[str], seed: int, output: Path | None, time_scale: float, compare_pollers: bool
+) -> int:
     # SIGTERM does what asyncio.run already does on Ctrl-C: cancel this task, so the experiment's
     # `async with System` stops every server on the way out.
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     paths = sorted(EXPERIMENTS.glob("*.json"))
+    load_before = os.getloadavg()
     if names:
         paths = [p for p in paths if p.stem in names or any(p.stem.startswith(n) for n in names)]
     failed = 0
     report = []
+    compared: list[str] = []
     for path in paths:
         spec = json.loads(path.read_text())
         print(f"== {path.stem}: {spec['title']}", flush=True)
-        passed, results, details = await run_experiment(spec, seed=seed, time_scale=time_scale)
+        passed, results, details = await run_experiment(
+            spec, seed=seed, time_scale=time_scale, compare_pollers=compare_pollers
+        )
         for result in results:
             print(result.line(), flush=True)
         for text in details.values():
             print("  " + text.replace("\n", "\n  "), flush=True)
         failed += not passed
+        if compare_pollers:
+            compared += [f"## {path.stem}", "", "```", details["healthz"], details["pollers"], "```", ""]
         report.append(
             {
                 "experiment": path.stem,
                 "passed": passed,
+                "details": details,
                 "results": [
                     {
                         "name": r.name,
@@ -54,7 +64,42 @@ async def _main(names: list[str], seed: int, output: Path | None, time_scale: fl
     if output is not None:
         output.write_text(json.dumps(report, indent=2) + "\n")  # noqa: ASYNC240 - once, at the end
     print(f"{len(paths) - failed} of {len(paths)} experiments passed", flush=True)
+    if compare_pollers:
+        written = _write_poller_comparison(compared, names, time_scale, load_before)
+        print(f"pollers compared: {written}", flush=True)
     return 1 if failed else 0
+
+
+def _write_poller_comparison(
+    sections: list[str], names: list[str], time_scale: float, load_before: tuple[float, float, float]
+) -> Path:
+    """`--compare-pollers` figures as a new dated file under docs/performance/ (a new run is a
+    new file, never an edit of an old one)."""
+    folder = Path(__file__).resolve().parents[1] / "docs" / "performance"
+    stamp = datetime.now(UTC)
+    path = folder / f"{stamp:%Y-%m-%d}-healthz-pollers.md"
+    number = 2
+    while path.exists():
+        path = folder / f"{stamp:%Y-%m-%d}-healthz-pollers-{number}.md"
+        number += 1
+    command = " ".join(["python -m chaos", *names, "--compare-pollers"])
+    if time_scale != 1.0:
+        command += f" --time-scale {time_scale:g}"
+    load_after = os.getloadavg()
+    header = [
+        f"# /healthz: a poller of its own process vs one on the chaos runner's loop ({stamp:%Y-%m-%d})",
+        "",
+        f"Command: `{command}` ({stamp:%H:%M} UTC; {os.cpu_count()} CPUs; load average before"
+        f" {load_before[0]:.2f}, after {load_after[0]:.2f}, shared with other work).",
+        "",
+        "Both pollers ran in the same run, every 50 ms. The ratio to read: the runner's-loop poller's"
+        " p99 over the own-process poller's p99 in the same phase; the runner's loop lag during"
+        " each in-loop poll says how much of the difference was the runner's own delay. Keel's"
+        " event-loop lag (keel_event_loop_lag_seconds) is the server's view, at bucket resolution.",
+        "",
+    ]
+    path.write_text("\n".join(header + sections))
+    return path
 
 
 def main() -> None:
@@ -68,9 +113,22 @@ def main() -> None:
         default=float(os.environ.get("KEEL_CHAOS_TIME_SCALE", "1")),
         help="multiplies every phase's length (CI runs 0.5); default $KEEL_CHAOS_TIME_SCALE or 1",
     )
+    parser.add_argument(
+        "--compare-pollers",
+        action="store_true",
+        help="also poll /healthz on the runner's own event loop and report both pollers (a diagnostic)",
+    )
     arguments = parser.parse_args()
     try:
-        status = asyncio.run(_main(arguments.names, arguments.seed, arguments.output, arguments.time_scale))
+        status = asyncio.run(
+            _main(
+                arguments.names,
+                arguments.seed,
+                arguments.output,
+                arguments.time_scale,
+                arguments.compare_pollers,
+            )
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; every server stopped", file=sys.stderr, flush=True)
         status = 130

@@ -247,6 +247,61 @@ def _healthz_failures(run: Run, where: dict[str, Any]) -> float:
     return float(sum(not p.ok for p in polls)) if polls else math.nan
 
 
+_LOOP_LAG = "keel_event_loop_lag_seconds"
+
+
+def _bucket_bound(key: str) -> float:
+    """The `le` of a histogram bucket's key, `name_bucket{le="0.005"}`."""
+    return float(key.rpartition('le="')[2].rstrip('"}'))
+
+
+def loop_lag_buckets(run: Run, phase: str | None) -> dict[float, float]:
+    """How many of Keel's loop-lag probe wake-ups fell at or under each bucket bound during
+    `phase` (every phase for None), from the `/metrics` samples: each sample's increase over the
+    one before it belongs to the phase the sample was taken in. A count that fell is a restarted
+    process, counted from zero (Prometheus's `increase`). The first sample has nothing before it
+    and counts for nothing (it holds the process's start-up and warm-up)."""
+    increases: dict[float, float] = {}
+    previous: dict[float, float] | None = None
+    for when, values in run.metrics:
+        buckets = {_bucket_bound(k): v for k, v in values.items() if k.startswith(_LOOP_LAG + "_bucket{")}
+        if not buckets:
+            continue
+        if previous is not None and (phase is None or run.phase_at(when) == phase):
+            restarted = buckets.get(math.inf, 0.0) < previous.get(math.inf, 0.0)
+            for bound, count in buckets.items():
+                increase = count if restarted else count - previous.get(bound, 0.0)
+                increases[bound] = increases.get(bound, 0.0) + increase
+        previous = buckets
+    return increases
+
+
+def _loop_lag_quantile_ms(run: Run, where: dict[str, Any]) -> float:
+    """Keel's own event-loop lag at a quantile (`quantile`, 0.99 by default) over a phase, as
+    the upper bound of the histogram bucket it falls in (`inf` past the last bound; NaN when no
+    wake-up was counted). The server's view, which no client's own delay can inflate."""
+    buckets = loop_lag_buckets(run, where.get("phase"))
+    total = buckets.get(math.inf, 0.0)
+    if total <= 0:
+        return math.nan
+    wanted = where.get("quantile", 0.99) * total
+    return next(bound for bound, count in sorted(buckets.items()) if count >= wanted) * 1000
+
+
+def healthz_figures(run: Run) -> str:
+    """Per phase: the `/healthz` polls' p50 / p99 / longest (a failed poll counts as infinitely
+    slow) and Keel's own loop-lag p99 (bucket bound), for the report; the checks pick theirs."""
+    lines = ["/healthz (own-process poller) p50 / p99 / max, and Keel's event-loop lag p99, by phase:"]
+    for phase in dict.fromkeys(["steady", *(name for _, name in run.phases)]):
+        polls = [p.seconds if p.ok else math.inf for p in _healthz_polls(run, {"phase": phase})]
+        if not polls:
+            continue
+        latency = " / ".join(f"{percentile(polls, q) * 1000:.1f}" for q in (50, 99, 100))
+        lag = _loop_lag_quantile_ms(run, {"phase": phase})
+        lines.append(f"  {phase}: {latency} ms over {len(polls)} polls; loop lag p99 ≤ {lag:g} ms")
+    return "\n".join(lines)
+
+
 def _breaker_opened_after_seconds(run: Run, where: dict[str, Any]) -> float:
     start = run.phase_start(where.get("phase", "fault"))
     key = f'keel_circuit_breaker_state{{breaker="{where.get("breaker", "database")}"}}'
@@ -285,6 +340,7 @@ MEASURES = {
     "recovery_seconds": _recovery_seconds,
     "healthz_p99_ms": _healthz_p99_ms,
     "healthz_failures": _healthz_failures,
+    "keel_loop_lag_ms": _loop_lag_quantile_ms,
     "breaker_opened_after_seconds": _breaker_opened_after_seconds,
     "breaker_closed_after_seconds": _breaker_closed_after_seconds,
     "metric_at_end": _metric_at_end,

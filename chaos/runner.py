@@ -2,140 +2,188 @@
 Toolkit's format: a steady-state hypothesis checked before the faults, a method (the faults,
 in order, with pauses), rollbacks that always run, and checks on what was measured.
 
-Every figure comes from this run: the traffic's recorded requests, a /healthz poller, a
-/metrics poller (breaker states, database reads), and, for write workloads, the Jepsen-style
-history checked against the database's final state.
+Every figure comes from this run: the traffic's recorded requests, a /healthz poller in a
+process of its own (chaos/healthz_poller.py: this process's event loop also drives the traffic,
+the fault proxies and the /metrics poller, whose delays a poll sharing it would count as
+Keel's), a /metrics poller (breaker states, database reads, Keel's own event-loop lag), and, for
+write workloads, the Jepsen-style history checked against the database's final state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from testkit.history import CheckReport, History, check
+from testkit.percentile import percentile
 from testkit.seed import seed_profiles
 from testkit.workload import final_state, run_workload
 
-from chaos.measures import HealthzPoll, Result, Run, evaluate
+from chaos.healthz_poller import Poll, polling
+from chaos.measures import HealthzPoll, Result, Run, evaluate, healthz_figures
 from chaos.system import System
 from chaos.traffic import Sample, Traffic, warm
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 HEALTHZ_TIMEOUT_SECONDS = 2.0
+RUNNER_PROBE_SECONDS = 0.005
 _METRIC_LINE = re.compile(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+|NaN|\+Inf)$")
 
 
 async def run_experiment(
-    spec: dict[str, Any], *, seed: int = 1, time_scale: float = 1.0, spawned: list[int] | None = None
+    spec: dict[str, Any],
+    *,
+    seed: int = 1,
+    time_scale: float = 1.0,
+    spawned: list[int] | None = None,
+    compare_pollers: bool = False,
 ) -> tuple[bool, list[Result], dict[str, str]]:
     """Run the experiment `spec` (a decoded experiment file): (all checks passed, the results,
-    text reports such as the history checker's summary). `time_scale` multiplies every pause
-    and the tail (CI runs shortened phases); minimums marked `min_scaled` follow it. `spawned`
-    receives the pid of every server the experiment started, to check none outlives it."""
+    text reports such as the history checker's summary and the `/healthz` figures). `time_scale`
+    multiplies every pause and the tail (CI runs shortened phases); minimums marked `min_scaled`
+    follow it. `spawned` receives the pid of every process the experiment started (servers and
+    the `/healthz` poller), to check none outlives it. `compare_pollers` also polls `/healthz`
+    from this process's own event loop, recording that loop's lag, and reports both pollers
+    (a diagnostic: the checks read only the poller of its own)."""
     system_spec = spec.get("system", {})
     keel_env = system_spec.get("keel", {})
     split = system_spec.get("split", False)
     system = System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split)
+    helpers: list[int] = []
     try:
-        return await _run_in(system, spec, seed, time_scale)
+        return await _run_in(system, spec, seed, time_scale, helpers, compare_pollers)
     finally:
         if spawned is not None:
-            spawned += system.spawned
+            spawned += system.spawned + helpers
 
 
 async def _run_in(
-    system: System, spec: dict[str, Any], seed: int, time_scale: float
+    system: System,
+    spec: dict[str, Any],
+    seed: int,
+    time_scale: float,
+    helpers: list[int],
+    compare_pollers: bool,
 ) -> tuple[bool, list[Result], dict[str, str]]:
     async with system:
         print(f"  system up: {', '.join(system.running())}", flush=True)
-        run = Run(started=time.monotonic(), time_scale=time_scale)
-        setup = spec.get("setup", {})
-        cached, uncached = await _seed(system, setup)
-        await warm(system.base_url, system.token, cached)
-        run.started = time.monotonic()
-        history = History()
-        workloads = spec.get("workloads", {})
-        traffic = None
-        if "traffic" in workloads:
-            config = workloads["traffic"]
-            traffic = Traffic(
-                system.base_url,
-                system.token,
-                cached,
-                uncached,
-                config["mix"],
-                clients=config.get("clients", 4),
-                timeout_seconds=config.get("timeout_seconds", 5.0),
-                seed=seed,
-            )
-        stop_polling = asyncio.Event()
-        pollers = [
-            asyncio.create_task(_poll_healthz(system, run, stop_polling)),
-            asyncio.create_task(_poll_metrics(system, run, stop_polling)),
+        healthz_file = system.keel_log.with_name("healthz-polls.txt")
+        with polling(
+            system.keel_port, healthz_file, timeout=HEALTHZ_TIMEOUT_SECONDS, started=helpers
+        ) as polls:
+            return await _run_with_poller(system, spec, seed, time_scale, polls, compare_pollers)
+
+
+async def _run_with_poller(
+    system: System,
+    spec: dict[str, Any],
+    seed: int,
+    time_scale: float,
+    polls: Callable[[], list[Poll]],
+    compare_pollers: bool,
+) -> tuple[bool, list[Result], dict[str, str]]:
+    run = Run(started=time.monotonic(), time_scale=time_scale)
+    setup = spec.get("setup", {})
+    cached, uncached = await _seed(system, setup)
+    await warm(system.base_url, system.token, cached)
+    run.started = time.monotonic()
+    history = History()
+    workloads = spec.get("workloads", {})
+    traffic = None
+    if "traffic" in workloads:
+        config = workloads["traffic"]
+        traffic = Traffic(
+            system.base_url,
+            system.token,
+            cached,
+            uncached,
+            config["mix"],
+            clients=config.get("clients", 4),
+            timeout_seconds=config.get("timeout_seconds", 5.0),
+            seed=seed,
+        )
+    stop_polling = asyncio.Event()
+    pollers = [asyncio.create_task(_poll_metrics(system, run, stop_polling))]
+    in_loop: list[HealthzPoll] = []
+    runner_lag: list[tuple[float, float]] = []
+    if compare_pollers:
+        pollers += [
+            asyncio.create_task(_poll_healthz(system, in_loop, stop_polling)),
+            asyncio.create_task(_watch_loop_lag(runner_lag, stop_polling)),
         ]
-        method_seconds = sum(step.get("pauses", {}).get("before", 0) for step in spec["method"]) * time_scale
-        tail = spec.get("tail_seconds", 10) * time_scale
-        running: list[asyncio.Task[Any]] = []
-        if traffic is not None:
-            running.append(asyncio.create_task(traffic.run()))
-        if "history" in workloads:
-            config = workloads["history"]
-            running.append(
-                asyncio.create_task(
-                    run_workload(
-                        system.base_url,
-                        system.token,
-                        clients=config.get("clients", 2),
-                        duration_s=method_seconds + tail,
-                        seed=seed,
-                        mix=config.get("mix", {"create": 0.3, "update": 0.4, "read": 0.3, "delete": 0.05}),
-                        request_timeout_s=config.get("timeout_seconds", 5.0),
-                        history=history,
-                        create_grace_s=config.get("create_grace_seconds", 20.0),
-                    )
+    method_seconds = sum(step.get("pauses", {}).get("before", 0) for step in spec["method"]) * time_scale
+    tail = spec.get("tail_seconds", 10) * time_scale
+    running: list[asyncio.Task[Any]] = []
+    if traffic is not None:
+        running.append(asyncio.create_task(traffic.run()))
+    if "history" in workloads:
+        config = workloads["history"]
+        running.append(
+            asyncio.create_task(
+                run_workload(
+                    system.base_url,
+                    system.token,
+                    clients=config.get("clients", 2),
+                    duration_s=method_seconds + tail,
+                    seed=seed,
+                    mix=config.get("mix", {"create": 0.3, "update": 0.4, "read": 0.3, "delete": 0.05}),
+                    request_timeout_s=config.get("timeout_seconds", 5.0),
+                    history=history,
+                    create_grace_s=config.get("create_grace_seconds", 20.0),
                 )
             )
-        completed = False
-        try:
-            await _method(system, run, spec["method"], time_scale)
-            await asyncio.sleep(tail)
-            completed = True
-        finally:
-            for step in spec.get("rollbacks", []):
-                with contextlib.suppress(Exception):
-                    await system.act(step["action"], step["target"], step.get("args", {}))
-            if traffic is not None:
-                traffic.stop()
-            run.ended = time.monotonic()
-            if not completed:  # a failed step or Ctrl-C: stop everything, the servers go next
-                for task in (*running, *pollers):
-                    task.cancel()
-            crashed = 0
-            for outcome in await asyncio.gather(*running, return_exceptions=True):
-                if isinstance(outcome, BaseException):
-                    crashed += 1
-                    print(f"  a workload crashed: {outcome!r}", flush=True)
-            run.values["workloads_crashed"] = float(crashed)
-            if completed:
-                await asyncio.sleep(1.0)  # let in-flight work settle before the last metrics sample
-            stop_polling.set()
-            await asyncio.gather(*pollers, return_exceptions=True)
+        )
+    completed = False
+    try:
+        await _method(system, run, spec["method"], time_scale)
+        await asyncio.sleep(tail)
+        completed = True
+    finally:
+        for step in spec.get("rollbacks", []):
+            with contextlib.suppress(Exception):
+                await system.act(step["action"], step["target"], step.get("args", {}))
         if traffic is not None:
-            run.samples += traffic.samples
-        details: dict[str, str] = {}
-        if "history" in workloads:
-            report = check(history, await final_state(system.database_url))
-            record_history(run, history, report)
-            details["history"] = report.summary()
+            traffic.stop()
+        run.ended = time.monotonic()
+        if not completed:  # a failed step or Ctrl-C: stop everything, the servers go next
+            for task in (*running, *pollers):
+                task.cancel()
+        crashed = 0
+        for outcome in await asyncio.gather(*running, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                crashed += 1
+                print(f"  a workload crashed: {outcome!r}", flush=True)
+        run.values["workloads_crashed"] = float(crashed)
+        if completed:
+            await asyncio.sleep(1.0)  # let in-flight work settle before the last metrics sample
+        stop_polling.set()
+        await asyncio.gather(*pollers, return_exceptions=True)
+        # The poller started with the system; the run (and its steady phase) once it was warm.
+        run.healthz = [
+            HealthzPoll(p.started, p.seconds, p.ok)
+            for p in await asyncio.to_thread(polls)
+            if p.started >= run.started
+        ]
+    if traffic is not None:
+        run.samples += traffic.samples
+    details: dict[str, str] = {}
+    if "history" in workloads:
+        report = check(history, await final_state(system.database_url))
+        record_history(run, history, report)
+        details["history"] = report.summary()
     failures = _failures(run)
     if failures:  # by phase, operation and status
         details["failures"] = failures
+    details["healthz"] = healthz_figures(run)
+    if compare_pollers:
+        details["pollers"] = compare_healthz_pollers(run, in_loop, runner_lag)
     results = evaluate(spec, run)
     return all(r.passed for r in results), results, details
 
@@ -276,9 +324,9 @@ def _parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-async def _poll_healthz(system: System, run: Run, stop: asyncio.Event) -> None:
-    """Every poll is recorded: a non-200, a transport error or a timeout as a failure, so that
-    a hung or refusing endpoint fails the `/healthz` checks instead of going unseen."""
+async def _poll_healthz(system: System, polls: list[HealthzPoll], stop: asyncio.Event) -> None:
+    """`/healthz` polled on this process's event loop, as the runner did before its poller got
+    a process of its own: kept for `compare_pollers`, to show what sharing the loop adds."""
     async with httpx.AsyncClient(base_url=system.base_url, timeout=HEALTHZ_TIMEOUT_SECONDS) as client:
         while not stop.is_set():
             started = time.monotonic()
@@ -286,8 +334,55 @@ async def _poll_healthz(system: System, run: Run, stop: asyncio.Event) -> None:
                 ok = (await client.get("/healthz")).status_code == 200
             except httpx.HTTPError:
                 ok = False
-            run.healthz.append(HealthzPoll(started, time.monotonic() - started, ok))
+            polls.append(HealthzPoll(started, time.monotonic() - started, ok))
             await asyncio.sleep(0.05)
+
+
+async def _watch_loop_lag(lags: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    """This process's own event-loop lag: (when a 5 ms timer woke, how late), until `stop`."""
+    while not stop.is_set():
+        due = time.monotonic() + RUNNER_PROBE_SECONDS
+        await asyncio.sleep(RUNNER_PROBE_SECONDS)
+        woke = time.monotonic()
+        lags.append((woke, max(0.0, woke - due)))
+
+
+def compare_healthz_pollers(
+    run: Run, in_loop: list[HealthzPoll], runner_lag: list[tuple[float, float]]
+) -> str:
+    """Both pollers' latency in each phase of the same run (`run.healthz` is the own-process
+    poller's), and how much of each in-loop poll was the runner's own loop: the longest lag of
+    this loop's 5 ms probe that woke during the poll (or within two probe periods after it,
+    when the poll's own wake-up came first)."""
+
+    def quantiles(values: list[float]) -> str:
+        if not values:
+            return "no polls"
+        shown = " / ".join(f"{percentile(values, q) * 1000:.1f}" for q in (50, 99, 100))
+        return f"{shown} ms (n={len(values)})"
+
+    def lag_during(poll: HealthzPoll) -> float:
+        end = poll.started + poll.seconds + RUNNER_PROBE_SECONDS * 2
+        return max((late for woke, late in runner_lag if poll.started <= woke <= end), default=0.0)
+
+    lines = ["/healthz pollers compared, by phase (p50 / p99 / max; failed polls left out):"]
+    for phase in dict.fromkeys(["steady", *(name for _, name in run.phases)]):
+        own = [p for p in run.healthz if p.ok and run.phase_at(p.started) == phase]
+        shared = [p for p in in_loop if p.ok and run.phase_at(p.started) == phase]
+        slow_cut = percentile([p.seconds for p in own], 99) if own else math.inf
+        slow = [(p.seconds, lag_during(p)) for p in shared if p.seconds > slow_cut]
+        mostly_runner = sum(1 for seconds, lag in slow if lag >= (seconds - slow_cut) / 2)
+        ratio = percentile([p.seconds for p in shared], 99) / slow_cut if own and shared else math.nan
+        lines += [
+            f"  {phase}: p99 on the runner's loop / p99 in its own process = {ratio:.2f}",
+            f"    own process:   {quantiles([p.seconds for p in own])}",
+            f"    runner's loop: {quantiles([p.seconds for p in shared])}",
+            f"    runner's loop lag during those polls: {quantiles([lag_during(p) for p in shared])}",
+            f"    in-loop polls slower than the own-process p99 ({slow_cut * 1000:.1f} ms): {len(slow)},"
+            f" {mostly_runner} of them with runner loop lag >= half their excess",
+        ]
+    lines.append(f"  runner's loop lag, every 5 ms probe: {quantiles([late for _, late in runner_lag])}")
+    return "\n".join(lines)
 
 
 async def _poll_metrics(system: System, run: Run, stop: asyncio.Event) -> None:

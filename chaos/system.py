@@ -222,6 +222,11 @@ class System:
             await self.kill_keel()
         elif action == "start":
             await self.start_keel()
+        elif action in ("pause", "resume") and self.keel is not None:
+            # SIGSTOP, SIGCONT: seen from outside, an event loop blocked until resumed (the
+            # negative control of the /healthz checks, tests/chaos/test_healthz_control.py).
+            fault = process_faults.pause if action == "pause" else process_faults.resume
+            await asyncio.to_thread(fault, self.keel.pid)
         else:
             raise ValueError(f"unknown action {action!r} on keel")
 

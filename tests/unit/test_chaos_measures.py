@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 import pytest
-from chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe
+from chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe, loop_lag_buckets
 from chaos.runner import EXPERIMENTS, record_history
 from chaos.traffic import Sample
 from testkit.history import FinalProfile, History, check
@@ -175,6 +175,63 @@ def test_a_slow_healthz_beyond_the_baseline_factor_fails(experiment: str) -> Non
     checked = result(experiment, "/healthz p99", run)
     assert checked.tolerance["max"] == pytest.approx(8.0)  # 4 x the baseline's 2 ms
     assert not checked.passed
+
+
+# -- Keel's own event-loop lag (keel_event_loop_lag_seconds from /metrics) ------------------------
+
+LAG_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, math.inf)
+LAG_CHECK = {
+    "name": "Keel's event-loop lag p99 during the fault",
+    "measure": "keel_loop_lag_ms",
+    "where": {"phase": "fault"},
+    "tolerance": {"max_times_baseline": 4},
+}
+
+
+def lag_exposition(lags: list[float]) -> dict[str, float]:
+    """The histogram's cumulative buckets after these wake-up lags, as the runner parses /metrics."""
+    return {
+        f'keel_event_loop_lag_seconds_bucket{{le="{"+Inf" if b == math.inf else b}"}}': float(
+            sum(lag <= b for lag in lags)
+        )
+        for b in LAG_BOUNDS
+    }
+
+
+def lag_run(fault_lags: list[float], *, restart_in_fault: bool = False) -> Run:
+    """Samples every second: 100 wake-ups 2 ms late each second of the steady phase, then in the
+    fault phase the same plus `fault_lags`; `restart_in_fault` starts the count again from zero
+    halfway through the fault (a restarted process)."""
+    run = new_run("fault")
+    seen: list[float] = []
+    for second in range(20):
+        seen += [0.002] * 100
+        if second >= 10:
+            seen += fault_lags[(second - 10) :: 10]
+        if restart_in_fault and second == 15:
+            seen = [0.002] * 100
+        run.metrics.append((T0 + second + 0.5, lag_exposition(seen)))
+    return run
+
+
+def test_a_blocked_event_loop_fails_keels_loop_lag_check() -> None:
+    assert evaluate_probe(LAG_CHECK, lag_run([0.004] * 40)).passed
+    blocked = evaluate_probe(LAG_CHECK, lag_run([0.4] * 40))  # 40 of ~1,000 wake-ups 400 ms late
+    assert blocked.tolerance["max"] == pytest.approx(10.0)  # 4 x the 2.5 ms bucket the steady p99 is in
+    assert blocked.value == pytest.approx(500.0)  # the bucket 400 ms falls in
+    assert not blocked.passed
+
+
+def test_a_restarted_process_is_counted_from_zero_not_as_a_loss() -> None:
+    run = lag_run([0.4] * 40, restart_in_fault=True)
+    assert not evaluate_probe(LAG_CHECK, run).passed
+    steady_and_fault = sum(count for bound, count in loop_lag_buckets(run, None).items() if bound == math.inf)
+    assert steady_and_fault >= 1900  # 19 increases of 100+ wake-ups; none negative
+
+
+def test_no_loop_lag_measured_never_passes() -> None:
+    assert math.isnan(evaluate_probe(LAG_CHECK, new_run("fault")).value)
+    assert not evaluate_probe(LAG_CHECK, new_run("fault")).passed
 
 
 # -- requests -----------------------------------------------------------------------------------

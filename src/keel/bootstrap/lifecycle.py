@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
+import anyio.lowlevel
 import structlog
 from fastapi import FastAPI
 
@@ -97,6 +98,11 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
             servers.enter_context(
                 management_port(metrics.registry, settings.management_host, settings.management_port)
             )
+        # The router's first timeout scope imports anyio's asyncio backend (a dozen modules)
+        # on the event loop: the first request after each start, `/healthz` included, waited
+        # 60 ms for it on a busy machine (bench/loop_stalls.py). Imported here, before the
+        # socket opens (tests/e2e/test_first_requests.py).
+        await anyio.lowlevel.checkpoint()
         # Everything built so far (modules, schemas, routes) lives as long as the process: keep
         # it out of the cyclic collector, whose full passes over it stalled requests for tens of
         # milliseconds at the tail.

@@ -136,6 +136,7 @@ def build_protection(
     tracer = tracer_from(tracer_provider) if settings.trace_exporter != "none" else PropagatingTracer()
     breakers: dict[str, CircuitBreaker] = {}
     loop_lag = LoopLag()
+    loop_lag.subscribe(metrics.event_loop_lag.observe)
     guard = (
         RateLimitGuard(
             build_rate_limiter(settings, metrics, breakers, loop_lag, catalog, resilience_clock), metrics

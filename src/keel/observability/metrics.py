@@ -149,6 +149,15 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # How late the loop-lag probe (keel.resilience.loop_lag, a 10 ms timer) woke: the
+        # server's own view of a blocked or starved event loop, which a client's latency cannot
+        # tell apart from its own delays.
+        self.event_loop_lag = Histogram(
+            "keel_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 10 ms (one observation per wake-up).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         # The event outbox and its relay (keel.service.outbox).
         self.outbox_depth = Gauge(
             "keel_outbox_depth",
