@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh dev
 . .venv/bin/activate
+export GRPC_ENABLE_FORK_SUPPORT=false  # every fork is followed by exec (tests/conftest.py says why)
 exec python -m chaos "$@"

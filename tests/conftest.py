@@ -6,6 +6,14 @@ unwinds the session as Ctrl-C does, so those servers are stopped then too."""
 
 from __future__ import annotations
 
+import os
+
+# gRPC's fork handlers run in the child of every plain fork(). Starting PostgreSQL as another user
+# (we run as root in CI) rules out vfork, so a fork happens beside live gRPC channels, and one run
+# had PostgreSQL's child die of SIGSEGV in those handlers before it could exec. Every fork in the
+# tests is followed by exec, which needs no fork support; it is read when grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import signal
 from collections.abc import Iterator
 from pathlib import Path
