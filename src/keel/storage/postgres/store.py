@@ -45,6 +45,9 @@ SELECT {PROFILE_COLUMNS},
      FROM profile_links l WHERE l.profile_id = p.id)
 FROM profiles p
 """  # noqa: S608
+# One string object for every read, not a concatenation per call: asyncpg looks the prepared
+# statement up by its text, and a string built per call is hashed anew each time.
+_SELECT_LIVE_PROFILE = _SELECT_PROFILE + " WHERE p.id = $1 AND p.deleted_at IS NULL"
 
 # Errors that mean "the database is not reachable now", as opposed to a bad statement.
 _CONNECTION_ERRORS = (
@@ -232,9 +235,7 @@ class PostgresProfiles:
 
     async def get(self, profile_id: str) -> Profile | None:
         with self._observer.call("get_profile"):
-            row = await self._db.fetchrow(
-                _SELECT_PROFILE + " WHERE p.id = $1 AND p.deleted_at IS NULL", profile_id
-            )
+            row = await self._db.fetchrow(_SELECT_LIVE_PROFILE, profile_id)
         return profile_from_row(tuple(row), _time) if row is not None else None
 
     async def find(self, query: ProfileQuery) -> list[Profile]:
