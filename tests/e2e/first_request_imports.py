@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 from keel.bootstrap.lifecycle import create_app
 from keel.config import Settings
 
-Message = dict[str, Any]
+Message = MutableMapping[str, Any]
 
 
 async def _first_requests(database_url: str, token: str) -> dict[str, list[str]]:
