@@ -44,16 +44,30 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+def environment_layout() -> str:
+    """The profiles' layout the suite runs on: KEEL_STORAGE_LAYOUT, which every `Settings` the
+    tests build reads too (`KEEL_STORAGE_LAYOUT=document pytest tests/e2e` runs the end-to-end
+    tests on the document layout); normalized when unset."""
+    return os.environ.get("KEEL_STORAGE_LAYOUT", "normalized")
+
+
+@pytest.fixture
+def storage_layout() -> str:
+    """The layout a test's database records; a module may parametrize it (the repository
+    contract runs on both)."""
+    return environment_layout()
+
+
 @pytest.fixture(scope="session")
 def migrated_postgres_url(postgres_url: str) -> str:
-    migrate(postgres_url)
+    migrate(postgres_url, layout=environment_layout())
     return postgres_url
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path, storage_layout: str) -> str:
     url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
-    migrate(url)
+    migrate(url, layout=storage_layout)
     return url
 
 

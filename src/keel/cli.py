@@ -29,10 +29,15 @@ app.add_typer(ratelimit_app, name="ratelimit")
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema to the newest revision."""
+    from keel.storage.layouts import LayoutMismatch
     from keel.storage.migrations.runner import migrate as run_migrations
 
     settings = Settings()
-    run_migrations(settings.database_url)
+    try:
+        run_migrations(settings.database_url, layout=settings.storage_layout)
+    except LayoutMismatch as error:
+        typer.echo(f"keel: {error}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"migrated {settings.redacted_database_url()}")
 
 
@@ -58,6 +63,7 @@ def serve(
         overrides["core_url"] = core
     from keel.bootstrap.core import SchemaNotCurrent
     from keel.bootstrap.lifecycle import create_app, preflight
+    from keel.storage.layouts import LayoutMismatch
 
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
@@ -66,7 +72,7 @@ def serve(
         if settings.grpc_port is not None and settings.core_url is not None:
             raise ValueError("an edge (--core) does not serve gRPC; its core does")
         asyncio.run(preflight(settings))
-    except (SchemaNotCurrent, ValueError, OSError) as error:
+    except (SchemaNotCurrent, LayoutMismatch, ValueError, OSError) as error:
         # A clear sentence instead of a traceback from inside the server's start-up.
         typer.echo(f"keel: cannot start: {error}", err=True)
         raise typer.Exit(1) from None

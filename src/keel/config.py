@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         default="sqlite:///./keel.sqlite3",
         description="postgresql://user:password@host:port/db, or sqlite:///path/to/file.sqlite3",
     )
+    storage_layout: Literal["normalized", "document"] = Field(
+        default="normalized",
+        description="How profiles are stored: normalized (profiles, emails, links tables) or document "
+        "(one JSON document per profile). `keel migrate` records it on a database without profiles; "
+        "a node refuses to start on a database that records the other one (docs/layouts.md).",
+    )
     region: str = Field(default="eu1", description="Region of profiles created here; part of each id.")
     attribute_schema: Path | None = Field(
         default=None, description="JSON Schema (2020-12) file for profile attributes."

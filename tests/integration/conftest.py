@@ -10,10 +10,11 @@ from keel.observability.database import DatabaseObserver
 from keel.observability.metrics import Metrics
 from keel.observability.tracing import build_tracer_provider, tracer_from
 from keel.service.ports import Store
+from tests.conftest import environment_layout
 
 TABLES = (
     "profiles, profile_emails, profile_links, api_keys, idempotency_keys, event_outbox, event_relay_lease,"
-    " webhook_endpoints, webhook_deliveries"
+    " webhook_endpoints, webhook_deliveries, profile_documents, profile_document_emails"
 )
 
 
@@ -24,21 +25,29 @@ def observer(system: str) -> DatabaseObserver:
     return DatabaseObserver(Metrics(), tracer_from(provider), system)
 
 
-async def truncate(url: str) -> None:
+async def truncate(url: str, layout: str | None = None) -> None:
+    """Empty the session's PostgreSQL database and record `layout` (default: the suite's, see
+    tests/conftest.py) as its profiles' layout, as `keel migrate` records it on an empty one."""
     connection = await asyncpg.connect(url)
     try:
-        await connection.execute(f"TRUNCATE {TABLES} CASCADE")
+        async with connection.transaction():
+            await connection.execute(f"TRUNCATE {TABLES} CASCADE")
+            await connection.execute(
+                "UPDATE storage_layout SET read_layout = $1, phase = 'steady', target_layout = NULL"
+                " WHERE name = 'profiles'",
+                layout or environment_layout(),
+            )
     finally:
         await connection.close()
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
+async def store(database_url: str, storage_layout: str) -> AsyncIterator[Store]:
     from keel.bootstrap.core import open_store
 
     if database_url.startswith("postgresql"):
-        await truncate(database_url)
-    settings = Settings(database_url=database_url)
+        await truncate(database_url, storage_layout)
+    settings = Settings(database_url=database_url, storage_layout=storage_layout)
     opened = await open_store(settings, observer("test"))
     yield opened
     await opened.close()

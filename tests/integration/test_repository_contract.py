@@ -1,4 +1,5 @@
-"""One contract, every storage adapter: SQLite and PostgreSQL must behave the same."""
+"""One contract, every storage adapter and layout: SQLite and PostgreSQL, the normalized and the
+document layout of profiles, must behave the same."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from keel.domain.profile import Email, Link, Profile, ProfileFields
 from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery, Store
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["normalized", "document"])
+def storage_layout(request: pytest.FixtureRequest) -> str:
+    """Every test of the contract on both layouts (the `store` fixture opens it in this one)."""
+    layout: str = request.param
+    return layout
 
 
 def make_profile(handle: str = "ada_l", email: str = "ada@example.com") -> Profile:

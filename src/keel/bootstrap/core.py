@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from keel.bootstrap.container import Core
 from keel.bootstrap.events import build_relay
@@ -21,7 +22,12 @@ from keel.service.pagination import Cursors
 from keel.service.ports import InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
+from keel.storage.layouts import Layout, check_layout
 from keel.storage.migrations.runner import head_revision
+
+if TYPE_CHECKING:
+    from keel.storage.postgres.store import PostgresStore
+    from keel.storage.sqlite.store import SqliteStore
 
 
 class SchemaNotCurrent(RuntimeError):
@@ -29,22 +35,34 @@ class SchemaNotCurrent(RuntimeError):
 
 
 async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
+    """The configured database, its profiles in the configured layout; `LayoutMismatch` if the
+    database records the other one (then nothing is left open)."""
+    layout = Layout(settings.storage_layout)
+    store: PostgresStore | SqliteStore
     if settings.uses_postgres:
         from keel.storage.postgres.store import PostgresStore
 
-        return await PostgresStore.open(
+        store = await PostgresStore.open(
             settings.database_url,
             observer,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             command_timeout=settings.db_command_timeout_seconds,
             acquire_timeout=settings.db_acquire_timeout_seconds,
+            layout=layout,
         )
-    from keel.storage.sqlite.store import SqliteStore
+    else:
+        from keel.storage.sqlite.store import SqliteStore
 
-    return await SqliteStore.open(
-        settings.sqlite_path, observer, acquire_timeout=settings.db_acquire_timeout_seconds
-    )
+        store = await SqliteStore.open(
+            settings.sqlite_path, observer, acquire_timeout=settings.db_acquire_timeout_seconds, layout=layout
+        )
+    try:
+        check_layout(await store.layout_record(), layout, settings.redacted_database_url())
+    except BaseException:
+        await store.close()
+        raise
+    return store
 
 
 def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> Store:

@@ -8,11 +8,22 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from keel.storage.layouts import Layout
+from keel.storage.migrations.layout_record import record_configured_layout
+
 
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=None, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
+    layout: Layout | None = context.config.attributes.get("storage_layout")
+    if layout is not None:
+        # Its own transaction, after the schema's: a refusal leaves the schema migrated (and
+        # this transaction rolled back when the connection closes).
+        if connection.in_transaction():
+            connection.commit()
+        record_configured_layout(connection, layout)
+        connection.commit()
 
 
 async def _run_async(url: str) -> None:

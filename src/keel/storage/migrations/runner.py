@@ -9,6 +9,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from keel.storage.layouts import Layout
+
 _SCRIPT_LOCATION = str(Path(__file__).parent)
 
 
@@ -27,9 +29,13 @@ def _config(database_url: str) -> Config:
     return config
 
 
-def migrate(database_url: str, revision: str = "head") -> None:
-    """Bring the database to `revision`. Blocking; call it outside a running event loop."""
-    command.upgrade(_config(database_url), revision)
+def migrate(database_url: str, revision: str = "head", *, layout: str | None = None) -> None:
+    """Bring the database to `revision`, then, given a `layout`, record it as the one profiles
+    are kept in if the database holds no profile yet (`LayoutMismatch` if it holds profiles in
+    the other one; see layout_record.py). Blocking; call it outside a running event loop."""
+    config = _config(database_url)
+    config.attributes["storage_layout"] = Layout(layout) if layout is not None else None
+    command.upgrade(config, revision)
 
 
 @cache

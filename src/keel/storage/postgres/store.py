@@ -20,6 +20,8 @@ from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
+from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
+from keel.storage.postgres.documents import PostgresDocumentProfiles
 from keel.storage.postgres.webhooks import PostgresWebhooks
 from keel.storage.rows import (
     API_KEY_COLUMNS,
@@ -92,8 +94,15 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 class PostgresStore:
-    def __init__(self, pool: _Pool, observer: DatabaseObserver, acquire_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        pool: _Pool,
+        observer: DatabaseObserver,
+        acquire_timeout: float = 5.0,
+        layout: Layout = Layout.NORMALIZED,
+    ) -> None:
         self._pool = pool
+        self._layout = layout
         # Bounded wait for a connection: shorter than an idempotency lease, so no request can
         # still be waiting when its reservation is taken over.
         self._acquire_timeout = acquire_timeout
@@ -111,6 +120,7 @@ class PostgresStore:
         max_size: int = 10,
         command_timeout: float = 5.0,
         acquire_timeout: float = 5.0,
+        layout: Layout = Layout.NORMALIZED,
     ) -> PostgresStore:
         pool = await asyncpg.create_pool(
             url,
@@ -119,10 +129,20 @@ class PostgresStore:
             command_timeout=command_timeout,
             reset=_keep_session,
         )
-        return cls(pool, observer, acquire_timeout)
+        return cls(pool, observer, acquire_timeout, layout)
 
     def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
-        return PostgresUnitOfWork(self._pool, self.observer, read_only, self._acquire_timeout)
+        return PostgresUnitOfWork(self._pool, self.observer, read_only, self._acquire_timeout, self._layout)
+
+    async def layout_record(self) -> LayoutRecord | None:
+        """What the database records of its profiles' layout; None before the layouts' revision."""
+        try:
+            row = await self._pool.fetchrow(
+                "SELECT read_layout, phase, target_layout FROM storage_layout WHERE name = $1", RECORD_NAME
+            )
+        except asyncpg.UndefinedTableError:
+            return None
+        return record_from_row(*row) if row is not None else None
 
     async def schema_revision(self) -> str | None:
         try:
@@ -137,15 +157,16 @@ class PostgresStore:
 
 class PostgresUnitOfWork:
     def __init__(
-        self, pool: _Pool, observer: DatabaseObserver, read_only: bool, acquire_timeout: float
+        self, pool: _Pool, observer: DatabaseObserver, read_only: bool, acquire_timeout: float, layout: Layout
     ) -> None:
         self._pool = pool
+        self._layout = layout
         self._acquire_timeout = acquire_timeout
         self._observer = observer
         self._read_only = read_only
         self._transaction: Transaction | None = None
 
-    profiles: PostgresProfiles
+    profiles: PostgresProfiles | PostgresDocumentProfiles
     idempotency: PostgresIdempotency
     api_keys: PostgresApiKeys
     outbox: PostgresOutbox
@@ -165,7 +186,11 @@ class PostgresUnitOfWork:
         except _CONNECTION_ERRORS as error:
             raise Unavailable("The database is not reachable; retry shortly.") from error
         self._connection = connection
-        self.profiles = PostgresProfiles(connection, self._observer)
+        self.profiles = (
+            PostgresDocumentProfiles(connection, self._observer)
+            if self._layout is Layout.DOCUMENT
+            else PostgresProfiles(connection, self._observer)
+        )
         self.idempotency = PostgresIdempotency(connection, self._observer)
         self.api_keys = PostgresApiKeys(connection, self._observer)
         self.outbox = PostgresOutbox(connection, self._observer)

@@ -24,6 +24,7 @@ from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
+from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
 from keel.storage.rows import (
     API_KEY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
@@ -37,6 +38,7 @@ from keel.storage.rows import (
     profile_values,
     uniqueness_conflict,
 )
+from keel.storage.sqlite.documents import SqliteDocumentProfiles
 from keel.storage.sqlite.times import iso as _iso
 from keel.storage.sqlite.times import iso_or_none as _iso_or_none
 from keel.storage.sqlite.times import parse_time as _time
@@ -63,7 +65,9 @@ class SqliteStore:
         reader: aiosqlite.Connection,
         observer: DatabaseObserver,
         acquire_timeout: float,
+        layout: Layout = Layout.NORMALIZED,
     ) -> None:
+        self.layout = layout
         # Bounded wait for the writer: shorter than an idempotency lease, so no request can
         # still be waiting when its reservation is taken over.
         self.acquire_timeout = acquire_timeout
@@ -74,7 +78,12 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, path: Path, observer: DatabaseObserver, *, acquire_timeout: float = 5.0
+        cls,
+        path: Path,
+        observer: DatabaseObserver,
+        *,
+        acquire_timeout: float = 5.0,
+        layout: Layout = Layout.NORMALIZED,
     ) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
@@ -84,7 +93,7 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        store = cls(writer, reader, observer, acquire_timeout)
+        store = cls(writer, reader, observer, acquire_timeout, layout)
         observer.metrics.db_pool_size.set(2)
         # The reader is shared by every read, never lent out; the writer is "in use" while a
         # write unit of work holds it.
@@ -101,6 +110,17 @@ class SqliteStore:
         except sqlite3.OperationalError:
             return None
         return str(row[0]) if row else None
+
+    async def layout_record(self) -> LayoutRecord | None:
+        """What the database records of its profiles' layout; None before the layouts' revision."""
+        try:
+            async with self._reader.execute(
+                "SELECT read_layout, phase, target_layout FROM storage_layout WHERE name = ?", (RECORD_NAME,)
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return record_from_row(*row) if row is not None else None
 
     async def close(self) -> None:
         await self._reader.close()
@@ -125,7 +145,11 @@ class SqliteUnitOfWork:
         self._read_only = read_only
         self._connection = store._reader if read_only else store._writer
         self._open = False
-        self.profiles = SqliteProfiles(self._connection, store.observer)
+        self.profiles: SqliteProfiles | SqliteDocumentProfiles = (
+            SqliteDocumentProfiles(self._connection, store.observer)
+            if store.layout is Layout.DOCUMENT
+            else SqliteProfiles(self._connection, store.observer)
+        )
         self.idempotency = SqliteIdempotency(self._connection, store.observer)
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
         self.outbox = SqliteOutbox(self._connection, store.observer)

@@ -1,0 +1,108 @@
+"""The document layout of profiles on PostgreSQL: one jsonb document per profile
+(keel.storage.documents), the live addresses in profile_document_emails, written in the same
+transaction. Every filter is written to match an index (docs/layouts.md shows the plans)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from keel.domain.errors import VersionMismatch
+from keel.domain.profile import Profile
+from keel.observability.database import DatabaseObserver
+from keel.service.ports import ProfileQuery
+from keel.storage.documents import DOCUMENT_COLUMNS, live_email_keys, profile_document, profile_from_document
+from keel.storage.rows import uniqueness_conflict
+
+_Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+_SELECT_DOCUMENT = f"SELECT {DOCUMENT_COLUMNS.replace('document', 'document::text')} FROM profile_documents p"  # noqa: S608 - constants only
+_SELECT_LIVE_DOCUMENT = _SELECT_DOCUMENT + " WHERE p.id = $1 AND p.deleted_at IS NULL"
+
+
+def _time(value: Any) -> datetime:
+    assert isinstance(value, datetime)  # asyncpg decodes timestamptz itself
+    return value
+
+
+class PostgresDocumentProfiles:
+    def __init__(self, connection: _Connection, observer: DatabaseObserver) -> None:
+        self._db = connection
+        self._observer = observer
+
+    async def get(self, profile_id: str) -> Profile | None:
+        with self._observer.call("get_profile"):
+            row = await self._db.fetchrow(_SELECT_LIVE_DOCUMENT, profile_id)
+        return profile_from_document(tuple(row), _time) if row is not None else None
+
+    async def find(self, query: ProfileQuery) -> list[Profile]:
+        conditions = ["p.deleted_at IS NULL"]
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        if query.handle is not None:
+            # The expression of ux_profile_documents_live_handle, written the same way.
+            conditions.append(f"(p.document->>'handle') = {param(query.handle)}")
+        if query.email is not None:
+            conditions.append(
+                "p.id = (SELECT profile_id FROM profile_document_emails"  # noqa: S608 - placeholders only
+                f" WHERE address_normalized = {param(query.email)})"
+            )
+        if query.ids is not None:
+            conditions.append(f"p.id = ANY({param(list(query.ids))}::text[])")
+        if query.after_id is not None:
+            conditions.append(f"p.id > {param(query.after_id)}")
+        sql = f"{_SELECT_DOCUMENT} WHERE {' AND '.join(conditions)} ORDER BY p.id LIMIT {param(query.limit)}"
+        with self._observer.call("find_profiles"):
+            rows = await self._db.fetch(sql, *params)
+        return [profile_from_document(tuple(row), _time) for row in rows]
+
+    async def add(self, profile: Profile) -> None:
+        with self._observer.call("add_profile"):
+            try:
+                await self._db.execute(
+                    "INSERT INTO profile_documents (id, document, version, deleted_at)"
+                    " VALUES ($1, $2::jsonb, $3, $4)",
+                    profile.id,
+                    profile_document(profile),
+                    profile.version,
+                    profile.deleted_at,
+                )
+                await self._write_emails(profile)
+            except asyncpg.UniqueViolationError as error:
+                raise uniqueness_conflict(error.constraint_name or "") from None
+
+    async def update(self, profile: Profile, expected_version: int) -> None:
+        with self._observer.call("update_profile"):
+            try:
+                status = await self._db.execute(
+                    "UPDATE profile_documents SET document = $2::jsonb, version = $3, deleted_at = $4"
+                    " WHERE id = $1 AND version = $5 AND deleted_at IS NULL",
+                    profile.id,
+                    profile_document(profile),
+                    profile.version,
+                    profile.deleted_at,
+                    expected_version,
+                )
+                if status != "UPDATE 1":
+                    raise VersionMismatch("The profile changed meanwhile.", current_version=None)
+                await self._db.execute(
+                    "DELETE FROM profile_document_emails WHERE profile_id = $1", profile.id
+                )
+                await self._write_emails(profile)
+            except asyncpg.UniqueViolationError as error:
+                raise uniqueness_conflict(error.constraint_name or "") from None
+
+    async def _write_emails(self, profile: Profile) -> None:
+        addresses = live_email_keys(profile)
+        if addresses:
+            await self._db.executemany(
+                "INSERT INTO profile_document_emails (address_normalized, profile_id) VALUES ($1, $2)",
+                [(address, profile.id) for address in addresses],
+            )
