@@ -1,6 +1,10 @@
 """The four combinations every GraphQL end-to-end test runs in: SQLite or PostgreSQL (the
 `database_url` fixture), as a monolith or as an edge in front of a core over gRPC (`MODES`).
-Tests that need their own settings build their Keel here, on an empty database."""
+Tests that need their own settings build their Keel here, on an empty database.
+
+Each runs on the profiles' layout KEEL_STORAGE_LAYOUT names (normalized when unset): the test
+databases record it (tests/conftest.py) and every `Settings` built here reads it, so
+`KEEL_STORAGE_LAYOUT=document pytest tests/e2e` is the end-to-end suite on the document layout."""
 
 from __future__ import annotations
 
