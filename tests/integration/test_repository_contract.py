@@ -97,6 +97,18 @@ async def test_concurrent_creates_of_one_handle_admit_exactly_one(store: Store) 
     assert outcomes.count(True) == 1
 
 
+async def test_concurrent_creates_of_one_email_admit_exactly_one(store: Store) -> None:
+    async def attempt(n: int) -> str | None:
+        try:
+            await add(store, make_profile(handle=f"user_{n}", email="SHARED@example.com"))
+        except Conflict as conflict:
+            return conflict.field
+        return None
+
+    outcomes = await asyncio.gather(*(attempt(n) for n in range(8)))
+    assert (outcomes.count(None), outcomes.count("/emails")) == (1, 7)
+
+
 async def test_update_checks_the_expected_version(store: Store) -> None:
     profile = make_profile()
     await add(store, profile)

@@ -14,12 +14,13 @@ from keel.domain.errors import VersionMismatch
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import ProfileQuery
-from keel.storage.documents import DOCUMENT_COLUMNS, live_email_keys, profile_document, profile_from_document
+from keel.storage.documents import live_email_keys, profile_document, profile_from_document
 from keel.storage.rows import uniqueness_conflict
 
 _Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
-_SELECT_DOCUMENT = f"SELECT {DOCUMENT_COLUMNS.replace('document', 'document::text')} FROM profile_documents p"  # noqa: S608 - constants only
+# DOCUMENT_COLUMNS, the document as its JSON text (decoded by the shared mapping, as on SQLite).
+_SELECT_DOCUMENT = "SELECT id, document::text, version, deleted_at FROM profile_documents p"
 _SELECT_LIVE_DOCUMENT = _SELECT_DOCUMENT + " WHERE p.id = $1 AND p.deleted_at IS NULL"
 
 
