@@ -447,7 +447,9 @@ def _not_ok(run: _Run, invocation: Invocation, result: Classified) -> Outcome:
 
 
 async def final_state(database_url: str) -> dict[str, FinalProfile]:
-    """Every profile row, soft-deleted ones included, read straight from the database."""
+    """Every profile row, soft-deleted ones included, read straight from the database: from the
+    tables of the layout its `storage_layout` row says profiles are read from (docs/layouts.md;
+    the normalized tables on a database from before that record)."""
     if database_url.startswith(("postgresql://", "postgres://")):
         return await _postgres_rows(database_url)
     if database_url.startswith("sqlite:///"):
@@ -456,6 +458,8 @@ async def final_state(database_url: str) -> dict[str, FinalProfile]:
 
 
 _ROWS_SQL = "SELECT id, version, deleted_at IS NOT NULL, {attributes} FROM profiles"
+_DOCUMENT_ROWS_SQL = "SELECT id, version, deleted_at IS NOT NULL, {attributes} FROM profile_documents"
+_LAYOUT_SQL = "SELECT read_layout FROM storage_layout WHERE name = 'profiles'"
 
 
 def _row(profile_id: str, version: int, deleted: bool, attributes: str) -> FinalProfile:
@@ -467,7 +471,16 @@ def _sqlite_rows(path: Path) -> dict[str, FinalProfile]:
         raise FileNotFoundError(path)
     connection = sqlite3.connect(path)
     try:
-        rows = connection.execute(_ROWS_SQL.format(attributes="attributes")).fetchall()
+        try:
+            [(layout,)] = connection.execute(_LAYOUT_SQL).fetchall()
+        except sqlite3.OperationalError:  # no such table: before the layouts
+            layout = "normalized"
+        sql = (
+            _DOCUMENT_ROWS_SQL.format(attributes="json_extract(document, '$.attributes')")
+            if layout == "document"
+            else _ROWS_SQL.format(attributes="attributes")
+        )
+        rows = connection.execute(sql).fetchall()
     finally:
         connection.close()
     return {row[0]: _row(*row) for row in rows}
@@ -478,7 +491,16 @@ async def _postgres_rows(database_url: str) -> dict[str, FinalProfile]:
 
     connection = await asyncpg.connect(database_url)
     try:
-        rows = await connection.fetch(_ROWS_SQL.format(attributes="attributes::text"))
+        try:
+            layout = await connection.fetchval(_LAYOUT_SQL)
+        except asyncpg.UndefinedTableError:  # before the layouts
+            layout = "normalized"
+        sql = (
+            _DOCUMENT_ROWS_SQL.format(attributes="(document->'attributes')::text")
+            if layout == "document"
+            else _ROWS_SQL.format(attributes="attributes::text")
+        )
+        rows = await connection.fetch(sql)
     finally:
         await connection.close()
     return {row[0]: _row(*row) for row in rows}

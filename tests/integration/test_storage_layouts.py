@@ -13,8 +13,12 @@ from typing import Any
 import asyncpg
 import pytest
 from asyncpg.connection import LoggedQuery
+from testkit.history import FinalProfile
+from testkit.workload import final_state
+from typer.testing import CliRunner
 
 from keel.bootstrap.core import open_store
+from keel.cli import app
 from keel.config import Settings
 from keel.domain.profile import Profile
 from keel.service.ports import ProfileQuery, Store
@@ -62,6 +66,20 @@ async def test_profiles_are_kept_in_the_recorded_layouts_tables(
     if storage_layout == "document":
         # A deleted profile's addresses leave the side table: they are free for others.
         assert (await counts(database_url))["profile_document_emails"] == 0
+
+
+async def test_the_history_checker_reads_the_recorded_layout(store: Store, database_url: str) -> None:
+    """The workload's final state (testkit) comes from the tables profiles are read from."""
+    kept, deleted = make_profile(), make_profile(handle="gone", email="gone@example.com")
+    await add(store, kept)
+    await add(store, deleted)
+    async with store.unit_of_work() as uow:
+        await uow.profiles.update(deleted.delete(NOW), expected_version=1)
+        await uow.commit()
+    assert await final_state(database_url) == {
+        kept.id: FinalProfile(kept.id, 1, False, kept.fields.attributes),
+        deleted.id: FinalProfile(deleted.id, 2, True, deleted.fields.attributes),
+    }
 
 
 async def test_a_node_configured_for_the_other_layout_refuses_to_start(
@@ -123,6 +141,27 @@ async def test_0006_up_and_down_leaves_a_normalized_database_as_it_was(
     ]
     await asyncio.to_thread(downgrade, url, "0005")
     assert await everything(url) == before
+
+
+async def test_keel_migrate_says_why_it_cannot_record_the_configured_layout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
+    runner = CliRunner()
+    recorded = await asyncio.to_thread(
+        runner.invoke, app, ["migrate"], env={"KEEL_DATABASE_URL": url, "KEEL_STORAGE_LAYOUT": "document"}
+    )
+    assert recorded.exit_code == 0, recorded.output
+    assert await recorded_layout(url) == "document"
+    store = await open_store(Settings(database_url=url, storage_layout="document"), observer("test"))
+    try:
+        await add(store, make_profile())
+    finally:
+        await store.close()
+    refused = await asyncio.to_thread(
+        runner.invoke, app, ["migrate"], env={"KEEL_DATABASE_URL": url, "KEEL_STORAGE_LAYOUT": "normalized"}
+    )
+    assert refused.exit_code == 1
+    assert "keeps its profiles in the document layout" in refused.output
+    assert await recorded_layout(url) == "document"
 
 
 def _filters(profile: Profile) -> dict[str, ProfileQuery]:
