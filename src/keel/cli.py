@@ -22,6 +22,8 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 events_app = typer.Typer(help="The change events (docs/events.md).", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+layout_app = typer.Typer(help="The profiles' storage layout (docs/layouts.md).", no_args_is_help=True)
+app.add_typer(layout_app, name="layout")
 ratelimit_app = typer.Typer(help="The fleet-wide rate-limit kill switch (on Redis).", no_args_is_help=True)
 app.add_typer(ratelimit_app, name="ratelimit")
 
@@ -263,6 +265,32 @@ def events_tail(
                 seq = records[-1].seq + 1
 
     asyncio.run(from_stream(settings.nats_url) if settings.nats_url else from_outbox())
+
+
+@layout_app.command("status")
+def layout_status() -> None:
+    """Print the layout the database records: the one profiles are read from, and the phase."""
+    from keel.bootstrap.core import recorded_layout
+    from keel.observability.database import DatabaseObserver
+    from keel.observability.metrics import Metrics
+    from keel.observability.tracing import build_tracer_provider, tracer_from
+
+    settings = Settings()
+    provider = build_tracer_provider(
+        exporter="none", sampling_ratio=0.0, otlp_endpoint=None, service_name=settings.service_name
+    )
+    observer = DatabaseObserver(
+        Metrics(), tracer_from(provider), "postgresql" if settings.uses_postgres else "sqlite"
+    )
+    record = asyncio.run(recorded_layout(settings, observer))
+    if record is None:
+        database = settings.redacted_database_url()
+        typer.echo(f"keel: {database} records no layout; run `keel migrate`", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"read layout: {record.read_layout}")
+    typer.echo(f"phase: {record.phase}")
+    typer.echo(f"target layout: {record.target_layout or '-'}")
+    typer.echo(f"this node (KEEL_STORAGE_LAYOUT): {settings.storage_layout}")
 
 
 @ratelimit_app.command("off")

@@ -162,6 +162,16 @@ async def test_keel_migrate_says_why_it_cannot_record_the_configured_layout(tmp_
     assert refused.exit_code == 1
     assert "keeps its profiles in the document layout" in refused.output
     assert await recorded_layout(url) == "document"
+    # `keel layout status` tells a node configured otherwise what the database records.
+    normalized_node = {"KEEL_DATABASE_URL": url, "KEEL_STORAGE_LAYOUT": "normalized"}
+    status = await asyncio.to_thread(runner.invoke, app, ["layout", "status"], env=normalized_node)
+    assert status.exit_code == 0, status.output
+    assert status.stdout.splitlines() == [
+        "read layout: document",
+        "phase: steady",
+        "target layout: -",
+        "this node (KEEL_STORAGE_LAYOUT): normalized",
+    ]
 
 
 def _filters(profile: Profile) -> dict[str, ProfileQuery]:

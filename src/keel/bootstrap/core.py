@@ -22,7 +22,7 @@ from keel.service.pagination import Cursors
 from keel.service.ports import InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
-from keel.storage.layouts import Layout, check_layout
+from keel.storage.layouts import Layout, LayoutRecord, check_layout
 from keel.storage.migrations.runner import head_revision
 
 if TYPE_CHECKING:
@@ -37,12 +37,33 @@ class SchemaNotCurrent(RuntimeError):
 async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
     """The configured database, its profiles in the configured layout; `LayoutMismatch` if the
     database records the other one (then nothing is left open)."""
+    store = await _open_sql_store(settings, observer)
+    try:
+        check_layout(
+            await store.layout_record(), Layout(settings.storage_layout), settings.redacted_database_url()
+        )
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def recorded_layout(settings: Settings, observer: DatabaseObserver) -> LayoutRecord | None:
+    """What the configured database records of its profiles' layout, whatever the node's own
+    configuration says (`keel layout status`); None before the layouts' revision."""
+    store = await _open_sql_store(settings, observer)
+    try:
+        return await store.layout_record()
+    finally:
+        await store.close()
+
+
+async def _open_sql_store(settings: Settings, observer: DatabaseObserver) -> PostgresStore | SqliteStore:
     layout = Layout(settings.storage_layout)
-    store: PostgresStore | SqliteStore
     if settings.uses_postgres:
         from keel.storage.postgres.store import PostgresStore
 
-        store = await PostgresStore.open(
+        return await PostgresStore.open(
             settings.database_url,
             observer,
             min_size=settings.db_pool_min,
@@ -51,18 +72,11 @@ async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
             acquire_timeout=settings.db_acquire_timeout_seconds,
             layout=layout,
         )
-    else:
-        from keel.storage.sqlite.store import SqliteStore
+    from keel.storage.sqlite.store import SqliteStore
 
-        store = await SqliteStore.open(
-            settings.sqlite_path, observer, acquire_timeout=settings.db_acquire_timeout_seconds, layout=layout
-        )
-    try:
-        check_layout(await store.layout_record(), layout, settings.redacted_database_url())
-    except BaseException:
-        await store.close()
-        raise
-    return store
+    return await SqliteStore.open(
+        settings.sqlite_path, observer, acquire_timeout=settings.db_acquire_timeout_seconds, layout=layout
+    )
 
 
 def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> Store:
