@@ -28,12 +28,26 @@ PROFILES_LIST = Operation("profiles.list", Priority.SHEDDABLE)
 PROFILES_CREATE = Operation("profiles.create", Priority.CRITICAL)
 PROFILES_UPDATE = Operation("profiles.update", Priority.CRITICAL)
 PROFILES_DELETE = Operation("profiles.delete", Priority.CRITICAL)
+# Export and erasure: rare admin work, served after what users wait on.
+PERSONAL_DATA_EXPORT = Operation("personal_data.export", Priority.NORMAL)
+ERASURES_START = Operation("erasures.start", Priority.NORMAL)
+ERASURES_GET = Operation("erasures.get", Priority.NORMAL)
 # Anything else a protocol serves under admission (the caller's own key, an unknown path).
 OTHER = Operation("other", Priority.NORMAL)
 
 OPERATIONS: dict[str, Operation] = {
     operation.name: operation
-    for operation in (PROFILES_GET, PROFILES_LIST, PROFILES_CREATE, PROFILES_UPDATE, PROFILES_DELETE, OTHER)
+    for operation in (
+        PROFILES_GET,
+        PROFILES_LIST,
+        PROFILES_CREATE,
+        PROFILES_UPDATE,
+        PROFILES_DELETE,
+        PERSONAL_DATA_EXPORT,
+        ERASURES_START,
+        ERASURES_GET,
+        OTHER,
+    )
 }
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from keel.bootstrap.container import Core
 from keel.bootstrap.events import build_relay
+from keel.bootstrap.personal_data import build_personal_data
 from keel.bootstrap.protection import Protection, build_breaker
 from keel.config import Settings
 from keel.observability.database import DatabaseObserver
@@ -136,6 +137,7 @@ async def build_core(
         on_events_committed=relay.wake if relay is not None else None,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
+    personal_data, erasure_runner = build_personal_data(settings, store, clock, reads, relay)
     return Core(
         store=store,
         clock=clock,
@@ -145,4 +147,6 @@ async def build_core(
         invalidation_bus=bus,
         expected_schema_revision=head_revision(),
         relay=relay,
+        personal_data=personal_data,
+        erasure_runner=erasure_runner,
     )

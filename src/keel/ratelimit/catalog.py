@@ -15,6 +15,9 @@ DEFAULT_COSTS: dict[str, int] = {
     "profiles.create": 5,
     "profiles.update": 5,
     "profiles.delete": 5,
+    "personal_data.export": 10,
+    "erasures.start": 5,
+    "erasures.get": 1,
     "other": 1,
 }
 

@@ -22,8 +22,11 @@ from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.deadline import call_deadline
 from keel.service.ports import (
     ApiKeyRepository,
+    ErasureAcknowledgements,
+    ErasureSagas,
     IdempotencyRecords,
     Outbox,
+    PersonalData,
     ProfileRepository,
     Store,
     UnitOfWork,
@@ -70,6 +73,18 @@ class GuardedUnitOfWork:
     @property
     def outbox(self) -> Outbox:
         return self._inner.outbox
+
+    @property
+    def personal_data(self) -> PersonalData:
+        return self._inner.personal_data
+
+    @property
+    def erasures(self) -> ErasureSagas:
+        return self._inner.erasures
+
+    @property
+    def erasure_acknowledgements(self) -> ErasureAcknowledgements:
+        return self._inner.erasure_acknowledgements
 
     async def commit(self) -> None:
         await self._inner.commit()

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from keel.api.http.conditional import etag_matches
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.media_types import accepts, refusal_detail
+from keel.api.rest import personal_data_routes
 from keel.api.rest.dependencies import Caller, RestServices, ServicesDep, authenticated_caller
 from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
 from keel.api.rest.mapping import etag, profile_document, version_from_etag
@@ -233,3 +234,7 @@ async def list_profiles(
         {"items": [profile_document(p) for p in page.profiles], "next_cursor": page.next_cursor},
         headers=headers,
     )
+
+
+# Export and erasure: their own module, served under the same versions.
+router.include_router(personal_data_routes.router)
