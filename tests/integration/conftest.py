@@ -12,7 +12,8 @@ from keel.observability.tracing import build_tracer_provider, tracer_from
 from keel.service.ports import Store
 
 TABLES = (
-    "profiles, profile_emails, profile_links, api_keys, idempotency_keys, event_outbox, event_relay_lease"
+    "profiles, profile_emails, profile_links, api_keys, idempotency_keys, event_outbox, event_relay_lease,"
+    " profile_erasures, profile_tombstones, personal_data_holders, erasure_acknowledgements"
 )
 
 

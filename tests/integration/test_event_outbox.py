@@ -372,7 +372,7 @@ async def test_0004_up_and_down_leaves_the_database_as_it_was(
         "2026-11-28T12:00:00+00:00" if kind == "sqlite" else datetime(2026, 11, 28, 12, tzinfo=UTC),
     )
     before = await everything(url)
-    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(migrate, url, "0004")
     assert await revision(url) == "0004"
     tables = await everything(url)
     assert set(tables["rows"]) - set(before["rows"]) - {"sqlite_sequence"} == {
