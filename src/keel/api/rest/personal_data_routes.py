@@ -3,15 +3,15 @@ case, map the result."""
 
 from __future__ import annotations
 
-from cadwyn import VersionedAPIRouter
+from enum import Enum
+
+from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
 from keel.api.rest.dependencies import Caller, ServicesDep
 from keel.api.rest.documented_responses import problem_responses
 from keel.domain.errors import Unavailable
 from keel.service.use_cases import PersonalDataUseCases
-
-router = VersionedAPIRouter(prefix="/v1", tags=["personal data"])
 
 # Never kept by a cache on the way: these documents are personal data.
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -23,11 +23,6 @@ def _personal_data(services: ServicesDep) -> PersonalDataUseCases:
     return services.personal_data
 
 
-@router.get(
-    "/profiles/{profile_id}/export",
-    responses=problem_responses(404),
-    summary="Export everything Keel holds about a profile (admin)",
-)
 async def export_profile(profile_id: str, caller: Caller, services: ServicesDep) -> Response:
     """The profile (also soft-deleted, private attributes included), its events as stored in
     the outbox, the metadata of the idempotency records holding it, and its tombstone and
@@ -36,12 +31,6 @@ async def export_profile(profile_id: str, caller: Caller, services: ServicesDep)
     return JSONResponse(document, headers=_NO_STORE)
 
 
-@router.post(
-    "/profiles/{profile_id}/erasure",
-    status_code=202,
-    responses=problem_responses(404),
-    summary="Erase a profile's personal data (admin)",
-)
 async def start_erasure(profile_id: str, caller: Caller, services: ServicesDep) -> Response:
     """Starts the erasure saga and answers at once with its status resource (`Location`).
     Asking again returns the same erasure (restarted if it had failed)."""
@@ -52,13 +41,39 @@ async def start_erasure(profile_id: str, caller: Caller, services: ServicesDep) 
     )
 
 
-@router.get(
-    "/erasures/{erasure_id}",
-    responses=problem_responses(404),
-    summary="The status of an erasure (admin)",
-)
 async def erasure_status(erasure_id: str, caller: Caller, services: ServicesDep) -> Response:
     """Its state (`running`, `completed`, `failed`), each step with when it was done, the
     personal-data holders that have not acknowledged yet, and the last error."""
     status = await _personal_data(services).erasure_status(caller, erasure_id)
     return JSONResponse(status.document(), headers=_NO_STORE)
+
+
+def add_routes(router: APIRouter) -> None:
+    """Add these routes to the versioned router of `keel.api.rest.routes` (its `/v1` prefix
+    applies), so they are served and documented under every version like the profile routes."""
+    tags: list[str | Enum] = ["personal data"]
+    router.add_api_route(
+        "/profiles/{profile_id}/export",
+        export_profile,
+        methods=["GET"],
+        responses=problem_responses(404),
+        summary="Export everything Keel holds about a profile (admin)",
+        tags=tags,
+    )
+    router.add_api_route(
+        "/profiles/{profile_id}/erasure",
+        start_erasure,
+        methods=["POST"],
+        status_code=202,
+        responses=problem_responses(404),
+        summary="Erase a profile's personal data (admin)",
+        tags=tags,
+    )
+    router.add_api_route(
+        "/erasures/{erasure_id}",
+        erasure_status,
+        methods=["GET"],
+        responses=problem_responses(404),
+        summary="The status of an erasure (admin)",
+        tags=tags,
+    )

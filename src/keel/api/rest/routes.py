@@ -237,4 +237,4 @@ async def list_profiles(
 
 
 # Export and erasure: their own module, served under the same versions.
-router.include_router(personal_data_routes.router)
+personal_data_routes.add_routes(router)

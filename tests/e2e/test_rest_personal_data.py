@@ -1,0 +1,111 @@
+"""Export and erasure through the REST API: admin only (anyone else gets the same 403 whether
+the profile exists or not), 404 for a profile Keel never held, 202 with a status resource that
+shows the saga's progress, and a second request answered with the same erasure."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from keel.config import Settings
+from tests.e2e.conftest import Api, make_api
+from tests.e2e.test_rest_profiles import assert_problem
+from tests.integration.conftest import truncate
+
+
+@pytest.fixture
+async def monolith(database_url: str) -> AsyncIterator[Api]:
+    if database_url.startswith("postgresql"):
+        await truncate(database_url)
+    built, deployment = await make_api(Settings(database_url=database_url))
+    async with built.client:
+        yield built
+    await deployment.close()
+
+
+async def a_profile(api: Api) -> str:
+    response = await api.client.post(
+        "/v1/profiles",
+        json={
+            "handle": "rest_erasable",
+            "emails": [{"address": "rest.erasable@example.org", "primary": True}],
+        },
+        headers=api.writer,
+    )
+    assert response.status_code == 201, response.text
+    profile_id: str = response.json()["id"]
+    return profile_id
+
+
+def without_request_id(problem: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in problem.items() if k not in ("request_id", "instance")}
+
+
+async def test_only_admins_export_or_erase_and_others_learn_nothing(monolith: Api) -> None:
+    api = monolith
+    profile_id = await a_profile(api)
+    missing = profile_id[:-4] + "ZZZZ"
+    refusals = [
+        assert_problem(
+            await api.client.get(f"/v1/profiles/{profile_id}/export", headers=api.writer), 403, "forbidden"
+        ),
+        assert_problem(
+            await api.client.get(f"/v1/profiles/{missing}/export", headers=api.writer), 403, "forbidden"
+        ),
+        assert_problem(
+            await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.writer), 403, "forbidden"
+        ),
+        assert_problem(
+            await api.client.post(f"/v1/profiles/{missing}/erasure", headers=api.reader), 403, "forbidden"
+        ),
+        assert_problem(
+            await api.client.get("/v1/erasures/era_missing", headers=api.writer), 403, "forbidden"
+        ),
+    ]
+    assert len({str(sorted(without_request_id(r).items())) for r in refusals}) == 1
+    assert_problem(await api.client.post(f"/v1/profiles/{profile_id}/erasure"), 401, "unauthenticated")
+    # Nothing was started by the refused requests.
+    assert await api.keel.local.erasure_runner.run_due() == 0  # type: ignore[union-attr]
+
+
+async def test_export_then_erasure_with_its_status_resource(monolith: Api) -> None:
+    api = monolith
+    profile_id = await a_profile(api)
+    export = await api.client.get(f"/v1/profiles/{profile_id}/export", headers=api.admin)
+    assert export.status_code == 200, export.text
+    assert export.headers["cache-control"] == "no-store"
+    assert export.json()["profile"]["handle"] == "rest_erasable"
+    assert [e["type"] for e in export.json()["events"]] == ["keel.profile.created.v1"]
+
+    assert_problem(
+        await api.client.post(f"/v1/profiles/{profile_id[:-4]}ZZZZ/erasure", headers=api.admin),
+        404,
+        "not-found",
+    )
+    assert_problem(await api.client.get("/v1/erasures/era_missing", headers=api.admin), 404, "not-found")
+
+    started = await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.admin)
+    assert started.status_code == 202, started.text
+    location = started.headers["location"]
+    assert location == f"/v1/erasures/{started.json()['id']}"
+    assert started.json()["state"] == "running"
+    assert started.json()["next_step"] == "remove_personal_data"
+
+    runner = api.keel.local.erasure_runner
+    assert runner is not None
+    assert await runner.run_due() == 1
+    status = await api.client.get(location, headers=api.admin)
+    assert status.status_code == 200, status.text
+    assert status.json()["state"] == "completed"
+    assert all(step["done"] for step in status.json()["steps"])
+
+    again = await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.admin)
+    assert again.status_code == 202
+    assert again.headers["location"] == location
+    assert_problem(await api.client.get(f"/v1/profiles/{profile_id}", headers=api.writer), 404, "not-found")
+    after = (await api.client.get(f"/v1/profiles/{profile_id}/export", headers=api.admin)).json()
+    assert after["profile"] is None
+    assert "rest_erasable" not in str(after)
+    assert "rest.erasable@example.org" not in str(after)
