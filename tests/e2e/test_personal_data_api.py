@@ -1,6 +1,7 @@
-"""Export and erasure through the REST API: admin only (anyone else gets the same 403 whether
-the profile exists or not), 404 for a profile Keel never held, 202 with a status resource that
-shows the saga's progress, and a second request answered with the same erasure."""
+"""Export and erasure through the REST API, and erasure through GraphQL: admin only (anyone
+else gets the same 403 whether the profile exists or not), 404 for a profile Keel never held,
+202 with a status resource that shows the saga's progress, and a second request answered with
+the same erasure."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ async def test_only_admins_export_or_erase_and_others_learn_nothing(monolith: Ap
     assert len({str(sorted(without_request_id(r).items())) for r in refusals}) == 1
     assert_problem(await api.client.post(f"/v1/profiles/{profile_id}/erasure"), 401, "unauthenticated")
     # Nothing was started by the refused requests.
-    assert await api.keel.local.erasure_runner.run_due() == 0  # type: ignore[union-attr]
+    runner = api.keel.local.erasure_runner
+    assert runner is not None
+    assert await runner.run_due() == 0
 
 
 async def test_export_then_erasure_with_its_status_resource(monolith: Api) -> None:
@@ -109,3 +112,43 @@ async def test_export_then_erasure_with_its_status_resource(monolith: Api) -> No
     assert after["profile"] is None
     assert "rest_erasable" not in str(after)
     assert "rest.erasable@example.org" not in str(after)
+
+
+ERASE = "mutation Erase($id: ID!) { eraseProfile(id: $id) { id state nextStep steps { name done } } }"
+STATUS = "query Status($id: ID!) { erasure(id: $id) { id state pendingHolders steps { done } } }"
+
+
+async def test_erasure_through_graphql_is_the_same_saga(monolith: Api) -> None:
+    api = monolith
+    profile_id = await a_profile(api)
+    refused = await api.client.post(
+        "/graphql", json={"query": ERASE, "variables": {"id": profile_id}}, headers=api.writer
+    )
+    assert refused.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert refused.json()["data"] is None
+    missing = await api.client.post(
+        "/graphql", json={"query": ERASE, "variables": {"id": profile_id[:-4] + "ZZZZ"}}, headers=api.admin
+    )
+    assert missing.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+    started = await api.client.post(
+        "/graphql", json={"query": ERASE, "variables": {"id": profile_id}}, headers=api.admin
+    )
+    erasure = started.json()["data"]["eraseProfile"]
+    assert erasure["state"] == "running"
+    assert erasure["nextStep"] == "remove_personal_data"
+    assert [step["done"] for step in erasure["steps"]] == [False] * 5
+    runner = api.keel.local.erasure_runner
+    assert runner is not None
+    await runner.run_due()
+    status = await api.client.post(
+        "/graphql", json={"query": STATUS, "variables": {"id": erasure["id"]}}, headers=api.admin
+    )
+    assert status.json()["data"]["erasure"] == {
+        "id": erasure["id"],
+        "state": "completed",
+        "pendingHolders": [],
+        "steps": [{"done": True}] * 5,
+    }
+    rest = await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.admin)
+    assert rest.json()["id"] == erasure["id"]
