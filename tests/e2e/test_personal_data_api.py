@@ -1,4 +1,4 @@
-"""Export and erasure through the REST API, and erasure through GraphQL: admin only (anyone
+"""Export and erasure through the REST API, and erasure through GraphQL and gRPC: admin only (anyone
 else gets the same 403 whether the profile exists or not), 404 for a profile Keel never held,
 202 with a status resource that shows the saga's progress, and a second request answered with
 the same erasure."""
@@ -8,8 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 
+from keel.api.grpc.server import GrpcServer
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.config import Settings
 from tests.e2e.conftest import Api, make_api
 from tests.e2e.test_rest_profiles import assert_problem
@@ -152,3 +156,42 @@ async def test_erasure_through_graphql_is_the_same_saga(monolith: Api) -> None:
     }
     rest = await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.admin)
     assert rest.json()["id"] == erasure["id"]
+
+
+async def test_erasure_through_grpc_is_the_same_saga(monolith: Api) -> None:
+    api = monolith
+    profile_id = await a_profile(api)
+    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ProfileServiceStub(channel)
+
+            def as_key(headers: dict[str, str]) -> tuple[tuple[str, str]]:
+                return (("authorization", headers["Authorization"]),)
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.EraseProfile(pb.EraseProfileRequest(id=profile_id), metadata=as_key(api.writer))
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.EraseProfile(
+                    pb.EraseProfileRequest(id=profile_id[:-4] + "ZZZZ"), metadata=as_key(api.admin)
+                )
+            assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+
+            started = await stub.EraseProfile(
+                pb.EraseProfileRequest(id=profile_id), metadata=as_key(api.admin)
+            )
+            assert started.erasure.state == "running"
+            assert started.erasure.next_step == "remove_personal_data"
+            runner = api.keel.local.erasure_runner
+            assert runner is not None
+            await runner.run_due()
+            status = await stub.GetErasure(
+                pb.GetErasureRequest(id=started.erasure.id), metadata=as_key(api.admin)
+            )
+            assert status.erasure.state == "completed"
+            assert [step.done for step in status.erasure.steps] == [True] * 5
+            assert not status.erasure.HasField("next_step")
+    finally:
+        await server.stop(grace_seconds=0)
