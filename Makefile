@@ -10,5 +10,5 @@ proto:
 	./scripts/generate-proto.sh
 
 .PHONY: graphql-schema
-graphql-schema:  # regenerate schema/keel.graphql (a test fails when it is out of date)
+graphql-schema:  # regenerate contracts/graphql/keel.graphql (a test fails when it is out of date)
 	.venv/bin/python -m keel.api.graphql.export_sdl

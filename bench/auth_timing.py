@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import grpc
-from bench.harness import REPO, free_port, keel_cmd, server
+from testkit.ports import free_port
+from testkit.processes import REPO, keel_cmd, server
 
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc

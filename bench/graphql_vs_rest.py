@@ -32,19 +32,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for `devtools` (and `bench`) when run as a script
+    sys.path.insert(0, str(REPO))  # for `testkit` and `bench` when run as a script
 
-from bench.harness import (  # noqa: E402
-    WrkRun,
-    ensure_wrk,
-    free_port,
-    keel_cmd,
-    parse_wrk,
-    run_on_postgres,
-    seed_profiles,
-    serve_cmd,
-    server,
-)
+from testkit.ports import free_port  # noqa: E402
+from testkit.processes import keel_cmd, server  # noqa: E402
+from testkit.seed import seed_profiles  # noqa: E402
+
+from bench.harness import WrkRun, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
 from bench.wrk_answers import (  # noqa: E402
     ANSWER_CHECK_LUA,
     AnswerCounts,

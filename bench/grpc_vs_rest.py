@@ -32,12 +32,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for `devtools` (and `bench`) when run as a script
+    sys.path.insert(0, str(REPO))  # for `testkit` and `bench` when run as a script
 
 import grpc  # noqa: E402
-from bench.harness import free_port, keel_cmd, run_on_postgres, seed_profiles, server  # noqa: E402
-from bench.loadgen import Connection, auth_headers, percentile  # noqa: E402
+from testkit.loadgen import Connection, auth_headers  # noqa: E402
+from testkit.percentile import percentile  # noqa: E402
+from testkit.ports import free_port  # noqa: E402
+from testkit.processes import keel_cmd, server  # noqa: E402
+from testkit.seed import seed_profiles  # noqa: E402
 
+from bench.harness import run_on_postgres  # noqa: E402
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb  # noqa: E402
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -225,10 +229,10 @@ async def _latency(
     finally:
         for connection in connections.values():
             connection.close()
-    summary = {
+    summary: dict[str, Any] = {
         name: {
-            "p50_ms": 1000 * percentile(values, 0.5),
-            "p99_ms": 1000 * percentile(values, 0.99),
+            "p50_ms": 1000 * percentile(values, 50),
+            "p99_ms": 1000 * percentile(values, 99),
             "requests": len(values),
         }
         for name, values in samples.items()

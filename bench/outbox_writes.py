@@ -28,8 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from devtools.throwaway_nats import nats_server
-from devtools.throwaway_postgres import postgres_server
+from testkit.servers.nats import nats_server
+from testkit.servers.postgres import postgres_server
 
 from keel.bootstrap.core import open_store
 from keel.config import Settings

@@ -124,3 +124,26 @@ def aa_noise(first: Sequence[float], second: Sequence[float]) -> Noise:
     if len(first) != len(second) or not first:
         raise ValueError("the A/A noise needs the baseline's two runs of each round")
     return Noise(tuple(b / a for a, b in zip(first, second, strict=True)))
+
+
+def cpu_seconds(stat_line: str, ticks_per_second: int) -> float:
+    """A process's user + system CPU seconds from its `/proc/<pid>/stat` line (fields 14, 15)."""
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat_line[stat_line.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_second
+
+
+def cpu_us_per_request(cpu_before_s: float, cpu_after_s: float, requests: int) -> float:
+    """The server's CPU microseconds per request served over one measured run."""
+    if requests <= 0:
+        raise ValueError("no requests: no CPU per request")
+    return (cpu_after_s - cpu_before_s) * 1e6 / requests
+
+
+def cpu_ratio(keel_us: Sequence[float], baseline_us: Sequence[float]) -> float:
+    """Median over rounds of baseline CPU per request ÷ Keel's: above 1, Keel spends less CPU on a
+    request than the baseline. On one saturated core it is what the throughput ratio would be;
+    it moves far less than wall-clock throughput when other work shares the machine."""
+    if not keel_us or len(keel_us) != len(baseline_us):
+        raise ValueError("a CPU ratio needs one Keel and one baseline figure per round")
+    return statistics.median(b / k for k, b in zip(keel_us, baseline_us, strict=True))

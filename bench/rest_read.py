@@ -41,20 +41,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for `devtools` (and `bench`) when run as a script
+    sys.path.insert(0, str(REPO))  # for `testkit` and `bench` when run as a script
 
-from bench.harness import (  # noqa: E402
-    WrkRun,
-    ensure_wrk,
-    free_port,
-    keel_cmd,
-    parse_wrk,
-    run_on_postgres,
-    seed_profiles,
-    serve_cmd,
-    server,
-    stop,
-)
+from testkit.ports import free_port  # noqa: E402
+from testkit.processes import keel_cmd, server, stop  # noqa: E402
+from testkit.seed import seed_profiles  # noqa: E402
+
+from bench.harness import WrkRun, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
 from bench.read_figures import (  # noqa: E402
     CacheUse,
     Comparison,
@@ -64,6 +57,9 @@ from bench.read_figures import (  # noqa: E402
     cache_failures,
     cache_lookups,
     compare,
+    cpu_ratio,
+    cpu_seconds,
+    cpu_us_per_request,
 )
 
 BENCH = REPO / "bench"
@@ -75,6 +71,9 @@ PATH_LABEL = "GET /v1/profiles/{id}"
 _HUGE = {"policies": [{"name": "burst", "quota": 10_000_000, "window_seconds": 1}], "concurrency": 100_000}
 BENCH_PLANS = {"standard": _HUGE, "anonymous": _HUGE, "bench": _HUGE}
 CACHE_FRESH_S = 5.0  # Keel's default KEEL_CACHE_FRESH_SECONDS, set explicitly: the miss budget depends on it
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# With --pin: the CPU wrk runs on, as a `taskset` prefix (empty when not pinned). Set by `_pin`.
+WRK_PREFIX: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,7 @@ def _wrk(
     wrk: str, server: str, port: int, env: dict[str, str], args: argparse.Namespace, duration: float
 ) -> WrkRun:
     cmd = [
+        *WRK_PREFIX,
         wrk,
         f"-t{args.threads}",
         f"-c{args.connections}",
@@ -133,6 +133,29 @@ def _check_one(server: str, port: int, profile_id: str, token: str) -> set[str]:
     if body.get("id") != profile_id:
         raise RuntimeError(f"{server}: asked for {profile_id}, got {body!r}")
     return set(body)
+
+
+def _server_cpu_s(pid: int) -> float:
+    """The server process's CPU seconds so far (it is the process Popen started: `keel` and
+    `python -m uvicorn` exec no further process)."""
+    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), CLOCK_TICKS)
+
+
+def _pin(args: argparse.Namespace) -> str:
+    """Split the machine like a client and a service: this process, and so PostgreSQL and every
+    server it starts next, on the first CPU; wrk on the others. Returns how, for the report."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not args.pin:
+        return f"nothing pinned: wrk, the server and PostgreSQL share the machine's {len(cpus)} CPUs"
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        raise RuntimeError("--pin needs 2 CPUs and taskset (run with --no-pin otherwise)")
+    service, client = cpus[:1], cpus[1:]
+    os.sched_setaffinity(0, service)
+    WRK_PREFIX[:] = ["taskset", "-c", ",".join(map(str, client))]
+    return (
+        f"pinned: the server and PostgreSQL on CPU {service[0]}, wrk on CPU "
+        f"{','.join(map(str, client))} (other work on the machine is not pinned away)"
+    )
 
 
 def _lookups(port: int) -> dict[str, float]:
@@ -205,6 +228,8 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     src_state = _src_state()
     print(f"code: {src_state}", flush=True)
     wrk = ensure_wrk()
+    placement: str = args.placement
+    print(placement, flush=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     # Keel decides rate limits on every request (in process, its default), under a plan large
     # enough that wrk's load is never refused: the figure includes the limiter's cost. Load
@@ -239,6 +264,7 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     logs = {"keel": keel_log, "baseline": baseline_log}
 
     runs: dict[str, list[WrkRun]] = {phase.label: [] for phase in PHASES}
+    cpu_us: dict[str, list[float]] = {phase.label: [] for phase in PHASES}
     cache_uses: dict[str, list[CacheUse]] = {KEEL_UNCACHED.label: [], KEEL_CACHED.label: []}
     invalid: list[str] = []
     fields: dict[str, set[str]] = {}
@@ -255,7 +281,7 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
             wrk_env = wrk_envs[phase.ids]
             with server(
                 phase.label, serve_cmd(phase.server, port), server_envs[phase.cache], logs[phase.server], port
-            ):
+            ) as served:
                 fields[phase.server] = _check_one(phase.label, port, ids[0], token)
                 if args.warmup > 0:
                     warmup = _wrk(wrk, phase.label, port, wrk_env, args, args.warmup)
@@ -263,10 +289,13 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
                         _report_run(warmup, f"{phase.label} warm-up")
                         invalid.append(f"{phase.label} warm-up: non-2xx or socket errors")
                 before = _lookups(port) if phase.server == "keel" else {}
+                cpu_before = _server_cpu_s(served.pid)
                 run = _wrk(wrk, phase.label, port, wrk_env, args, args.duration)
+                cpu_after = _server_cpu_s(served.pid)
                 after = _lookups(port) if phase.server == "keel" else {}
             runs[phase.label].append(run)
-            extra = ""
+            cpu_us[phase.label].append(cpu_us_per_request(cpu_before, cpu_after, max(run.requests, 1)))
+            extra = f"  server CPU {cpu_us[phase.label][-1]:,.0f} us/request"
             if phase.server == "keel":
                 use = CacheUse.between(before, after)
                 cache_uses[phase.label].append(use)
@@ -274,7 +303,7 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
                 budget = allowed_misses(args.hot_ids, args.duration, CACHE_FRESH_S)
                 failures = cache_failures(kind, run.requests, use, budget)
                 invalid += [f"round {round_number + 1}: {f}" for f in failures]
-                extra = f"  without PostgreSQL {use.without_database:,}/{run.requests:,}"
+                extra += f"  without PostgreSQL {use.without_database:,}/{run.requests:,}"
             if run.failed:
                 invalid.append(f"round {round_number + 1} {phase.label}: non-2xx or socket errors")
             _report_run(run, f"round {round_number + 1} {phase.label}", extra)
@@ -286,7 +315,13 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         )
 
     profile_summary = (
-        _py_spy(args, server_envs[None], wrk, wrk_envs["random"], logs[args.py_spy_server])
+        _py_spy(
+            args,
+            server_envs[args.py_spy_cache == "on" if args.py_spy_server == "keel" else None],
+            wrk,
+            wrk_envs["random" if args.py_spy_cache == "off" else "hot"],
+            logs[args.py_spy_server],
+        )
         if args.py_spy
         else None
     )
@@ -308,7 +343,19 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     cached = compare(*figures(KEEL_CACHED), *figures(BASELINE_HOT))
     noise = aa_noise(figures(BASELINE_A)[0], figures(BASELINE_B)[0])
     p99_noise = aa_noise(figures(BASELINE_A)[1], figures(BASELINE_B)[1])
-    lines = _summary(uncached, cached, noise, p99_noise)
+    baseline_cpu = [
+        statistics.fmean(p) for p in zip(cpu_us[BASELINE_A.label], cpu_us[BASELINE_B.label], strict=True)
+    ]
+    cpu = CpuFigures(
+        keel_uncached_us=statistics.median(cpu_us[KEEL_UNCACHED.label]),
+        baseline_us=statistics.median(baseline_cpu),
+        uncached_ratio=cpu_ratio(cpu_us[KEEL_UNCACHED.label], baseline_cpu),
+        keel_cached_us=statistics.median(cpu_us[KEEL_CACHED.label]),
+        baseline_hot_us=statistics.median(cpu_us[BASELINE_HOT.label]),
+        cached_ratio=cpu_ratio(cpu_us[KEEL_CACHED.label], cpu_us[BASELINE_HOT.label]),
+        aa=aa_noise(cpu_us[BASELINE_A.label], cpu_us[BASELINE_B.label]),
+    )
+    lines = _summary(uncached, cached, noise, p99_noise) + cpu.lines()
     if invalid:
         lines.insert(0, "!!! INVALID: " + "; ".join(invalid))
     print(
@@ -327,10 +374,11 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         "sampled_ids": len(ids),
         "keel_stdout": keel_log_label,
         "cpus": os.cpu_count(),
+        "placement": placement,
         "code": src_state,
         "postgres": "KEEL_BENCH_POSTGRES_URL"
         if os.environ.get("KEEL_BENCH_POSTGRES_URL")
-        else "throwaway (devtools.throwaway_postgres)",
+        else "throwaway (testkit.servers.postgres)",
     }
     result: dict[str, Any] = {
         "summary": lines,
@@ -343,6 +391,11 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         },
         "cache_hit": {**asdict(cached), "ratio_rps": cached.throughput_ratio, "ratio_p99": cached.p99_ratio},
         "aa_noise": {"rps_ratios": noise.ratios, "p99_ratios": p99_noise.ratios},
+        "server_cpu_us_per_request": {
+            **{k: v for k, v in asdict(cpu).items() if k != "aa"},
+            "aa_ratios": cpu.aa.ratios,
+            "runs": cpu_us,
+        },
         "runs": {label: [asdict(r) for r in rs] for label, rs in runs.items()},
         "cache_use": {label: [asdict(u) for u in us] for label, us in cache_uses.items()},
         "config": config,
@@ -351,7 +404,7 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {args.output}")
     if not invalid:
-        doc = _write_doc(args, lines, runs, config)
+        doc = _write_doc(args, lines, runs, cpu_us, config)
         print(f"written {doc.relative_to(REPO)}")
     if invalid:
         print("\n" + "!" * 78, file=sys.stderr)
@@ -376,8 +429,36 @@ def _summary(uncached: Comparison, cached: Comparison, noise: Noise, p99_noise: 
     ]
 
 
+@dataclass(frozen=True)
+class CpuFigures:
+    """The servers' CPU microseconds per request (medians over rounds) and the ratios, baseline ÷
+    Keel: a secondary figure that a busy machine moves much less than wall-clock throughput."""
+
+    keel_uncached_us: float
+    baseline_us: float
+    uncached_ratio: float
+    keel_cached_us: float
+    baseline_hot_us: float
+    cached_ratio: float
+    aa: Noise
+
+    def lines(self) -> list[str]:
+        return [
+            f"server CPU per request, uncached  keel {self.keel_uncached_us:>6,.0f} us | baseline "
+            f"{self.baseline_us:>6,.0f} us | ratio {self.uncached_ratio:.2f}x (baseline ÷ keel)",
+            f"server CPU per request, cache hit keel {self.keel_cached_us:>6,.0f} us | baseline "
+            f"{self.baseline_hot_us:>6,.0f} us | ratio {self.cached_ratio:.2f}x (baseline ÷ keel)",
+            f"A/A noise of CPU per request: median ±{self.aa.median_deviation:.1%}, "
+            f"worst ±{self.aa.worst_deviation:.1%}",
+        ]
+
+
 def _write_doc(
-    args: argparse.Namespace, lines: list[str], runs: dict[str, list[WrkRun]], config: dict[str, Any]
+    args: argparse.Namespace,
+    lines: list[str],
+    runs: dict[str, list[WrkRun]],
+    cpu_us: dict[str, list[float]],
+    config: dict[str, Any],
 ) -> Path:
     """A new dated report under docs/performance/ (a second run the same day gets a suffix)."""
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -391,7 +472,8 @@ def _write_doc(
     table = ["| round | " + " | ".join(p.label for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
     for i in range(args.rounds):
         cells = [
-            f"{runs[p.label][i].requests_per_second:,.0f} req/s, p99 {runs[p.label][i].p99_ms:.1f} ms"
+            f"{runs[p.label][i].requests_per_second:,.0f} req/s, p99 {runs[p.label][i].p99_ms:.1f} ms, "
+            f"{cpu_us[p.label][i]:,.0f} µs CPU/req"
             for p in PHASES
         ]
         table.append(f"| {i + 1} | " + " | ".join(cells) + " |")
@@ -407,9 +489,11 @@ def _write_doc(
         f"{config['sampled_ids']:,} sampled, hot set {args.hot_ids} ids. Baseline: bench/baseline_app.py "
         "(same SQL, Keel's pool without the reset round trip, response written directly). Keel: default "
         "settings, rate limits decided on every request under a plan that never refuses, load shedding "
-        "off; uncached = `KEEL_CACHE_ENABLED=false`. Nothing pinned: wrk, the server and PostgreSQL share "
-        f"the machine's {config['cpus']} CPUs (1-minute load average {min(loads):.1f}-{max(loads):.1f} at "
-        "the end of the runs; it includes whatever else ran on the machine).",
+        f"off; uncached = `KEEL_CACHE_ENABLED=false`. {config['placement'][0].upper()}"
+        f"{config['placement'][1:]} (1-minute load average {min(loads):.1f}-{max(loads):.1f} at the end "
+        "of the runs; it includes whatever else ran on the machine). Server CPU per request: the "
+        "server process's user + system CPU time over the measured run (/proc/<pid>/stat) ÷ the "
+        "requests wrk counted; its ratio is baseline ÷ Keel.",
         "",
         "Medians over rounds; each ratio is the median over rounds of Keel ÷ the baseline of the same "
         "round (for uncached reads, the mean of the baseline's A/A pair). A ratio is known only to within "
@@ -512,6 +596,12 @@ def main() -> int:
     parser.add_argument(
         "--py-spy-server", choices=["keel", "baseline"], default="keel", help="which server --py-spy profiles"
     )
+    parser.add_argument(
+        "--py-spy-cache",
+        choices=["on", "off"],
+        default="on",
+        help="the profiled run: Keel's cache on and the hot set (cache hits), or off and random ids",
+    )
     parser.add_argument("--py-spy-duration", type=float, default=30.0, help="seconds of profiled load")
     parser.add_argument(
         "--py-spy-rate",
@@ -525,8 +615,14 @@ def main() -> int:
         help="do not pause Keel per sample (faster, but ~1/3 of stacks come out truncated)",
     )
     parser.add_argument("--py-spy-native", action="store_true", help="py-spy --native (C frames too)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="server and PostgreSQL on the first CPU, wrk on the others (taskset; needs 2 CPUs)",
+    )
     args = parser.parse_args()
-
+    args.placement = _pin(args)  # before PostgreSQL starts, so that it inherits the service CPU
     return run_on_postgres(lambda url: _benchmark(url, args))
 
 

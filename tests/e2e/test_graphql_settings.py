@@ -3,8 +3,6 @@ switched off, bounded metric labels, and spans (resolver spans only when the req
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -134,7 +132,7 @@ async def test_operation_names_in_metrics_are_bounded(database_url: str, mode: s
     registry = deployment.serving.metrics.registry
     await deployment.close()
 
-    def count(operation: str) -> Any:
+    def count(operation: str) -> float | None:
         return registry.get_sample_value(
             "keel_graphql_operation_duration_seconds_count", {"operation": operation}
         )

@@ -11,6 +11,8 @@ from typing import Any
 
 from keel.bootstrap.container import Services
 from keel.domain.api_keys import Principal, Scope
+from keel.domain.profile import JSONObject
+from keel.storage.guarded import GuardedStore
 from tests.e2e.conftest import Api
 
 OPERATOR = Principal("statements-test", frozenset({Scope.ADMIN}), "2026-11-28")
@@ -26,7 +28,9 @@ PAGE = """query Page($first: Int!) {
 async def sent_statements(keel: Services) -> AsyncIterator[list[str]]:
     """The SQL statements the core's store sends while the block runs. Reaches into the store
     adapters on purpose: this test is about what reaches the database driver."""
-    store: Any = keel.local.store._inner  # type: ignore[attr-defined]  # GuardedStore -> adapter
+    guarded = keel.local.store
+    assert isinstance(guarded, GuardedStore)
+    store: Any = guarded._inner  # the adapter behind the deadline and breaker
     sent: list[str] = []
     if hasattr(store, "_pool"):
         pool = store._pool
@@ -68,7 +72,7 @@ def observed_calls(keel: Services) -> float:
 async def seed(api: Api, count: int) -> list[str]:
     ids = []
     for n in range(count):
-        document = {
+        document: JSONObject = {
             "handle": f"user_{n:03d}",
             "emails": [
                 {"address": f"u{n}@example.com", "primary": True},

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from testkit.health import wait_healthy
+from testkit.ports import free_port
 
-from tests.e2e.test_served_process import REPO, _free_port, _keel, wait_healthy
+from tests.e2e.test_served_process import REPO, _keel
 
 
 @dataclass
@@ -31,11 +33,11 @@ class Split:
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
     directory = tmp_path_factory.mktemp("split")
-    grpc_port = _free_port()
+    grpc_port = free_port()
     core_env = {
         **dict(__import__("os").environ),
         "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
-        "KEEL_PORT": str(_free_port()),
+        "KEEL_PORT": str(free_port()),
         "KEEL_GRPC_PORT": str(grpc_port),
     }
     _keel(core_env, "migrate")
@@ -43,7 +45,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
     edge_token = _keel(core_env, "keys", "create", "--scopes", "edge", "--name", "edge", "--quiet").strip()
     edge_env = {
         **{k: v for k, v in core_env.items() if k != "KEEL_GRPC_PORT"},
-        "KEEL_PORT": str(_free_port()),
+        "KEEL_PORT": str(free_port()),
         "KEEL_CORE_API_KEY": edge_token,
     }
     processes = []
@@ -82,7 +84,7 @@ def test_a_client_generated_by_a_third_party_tool_exercises_every_rpc(split: Spl
             sys.executable,
             "-m",
             "grpc_tools.protoc",
-            f"-I{REPO / 'proto'}",
+            f"-I{REPO / 'contracts' / 'proto'}",
             f"--python_out={stubs}",
             f"--grpc_python_out={stubs}",
             "keel/profiles/v1/profiles.proto",
@@ -157,7 +159,7 @@ def test_an_edge_serves_rest_through_the_core(split: Split) -> None:
 
 
 def test_grpc_alone_serves_its_metrics_on_the_http_port(tmp_path: Path) -> None:
-    grpc_port, metrics_port = _free_port(), _free_port()
+    grpc_port, metrics_port = free_port(), free_port()
     env = {
         **dict(__import__("os").environ),
         "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",

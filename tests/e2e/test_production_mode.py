@@ -15,14 +15,16 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from pydantic import SecretStr
+from testkit.health import wait_healthy
+from testkit.ports import free_port
 
 from keel.api.grpc.server import GrpcServer
 from keel.bootstrap.lifecycle import build_services
 from keel.config import CLOSED_IN_PRODUCTION, Settings
 from tests.e2e.conftest import Api, make_api
-from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
+from tests.e2e.test_served_process import _keel
 
 VERSION = "2026-11-28"
 SECRET = SecretStr("a-test-cursor-secret-of-32-characters")
@@ -134,12 +136,19 @@ async def test_unknown_docs_version_is_a_problem(development: Api) -> None:
     assert "2026-11-28" in unknown.json()["detail"]
 
 
+# The reflection method asked through the channel itself, as its generated stub does: the stub's
+# published types (types-grpcio-reflection) take no aio channel and leave the method untyped.
+REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
 async def _reflected_services(port: int) -> list[str]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        call = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        reflect = channel.stream_stream(
+            REFLECTION_METHOD,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
+        call = reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         return sorted([s.name async for answer in call for s in answer.list_services_response.service])
 
 
@@ -156,7 +165,7 @@ async def test_grpc_reflection_only_in_development(sqlite_url: str, environment:
             # surface as INTERNAL ("Failed execute_batch") on a loaded machine, which says nothing.
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 ask = channel.unary_unary(
-                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                    REFLECTION_METHOD,
                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
                 )
@@ -174,11 +183,11 @@ def test_served_production_process_moves_metrics_to_the_management_port(tmp_path
     env = {
         **os.environ,
         "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",
-        "KEEL_PORT": str(_free_port()),
-        "KEEL_GRPC_PORT": str(_free_port()),
+        "KEEL_PORT": str(free_port()),
+        "KEEL_GRPC_PORT": str(free_port()),
         "KEEL_ENVIRONMENT": "production",
         "KEEL_CURSOR_SECRET": SECRET.get_secret_value(),
-        "KEEL_MANAGEMENT_PORT": str(_free_port()),
+        "KEEL_MANAGEMENT_PORT": str(free_port()),
     }
     _keel(env, "migrate")
     log_path = tmp_path / "keel.log"
@@ -194,13 +203,13 @@ def test_served_production_process_moves_metrics_to_the_management_port(tmp_path
         assert scraped.status_code == 200
         assert 'route="/healthz"' in scraped.text  # the API port's own traffic, measured
         with grpc.insecure_channel(f"127.0.0.1:{env['KEEL_GRPC_PORT']}") as channel:
-            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            reflect = channel.stream_stream(
+                REFLECTION_METHOD,
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
             with pytest.raises(grpc.RpcError) as refused:
-                list(
-                    stub.ServerReflectionInfo(
-                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
-                    )
-                )
+                list(reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
             assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
     finally:
         process.terminate()

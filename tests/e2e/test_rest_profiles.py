@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -140,7 +141,7 @@ async def test_bodies_over_64_kib_are_413(api: Api) -> None:
     response = await api.client.post("/v1/profiles", json=body(bio="x" * 70_000), headers=api.writer)
     assert_problem(response, 413, "payload-too-large")
 
-    async def chunks() -> Any:  # no Content-Length: the limit must hold while streaming too
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit must hold while streaming too
         for _ in range(70):
             yield b"x" * 1024
 

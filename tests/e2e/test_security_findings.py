@@ -64,7 +64,7 @@ class Probe:
         return (("authorization", f"Bearer {self.tokens[who]}"),)
 
     @property
-    def profiles(self) -> pb_grpc.ProfileServiceStub:
+    def profiles(self) -> pb_grpc.ProfileServiceAsyncStub:
         return pb_grpc.ProfileServiceStub(self.channel)
 
     async def gql(self, who: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def _status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
 
 
 def _violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    found = []
+    found: list[tuple[str, str]] = []
     for detail in _status(error).details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
@@ -384,9 +384,9 @@ async def test_odd_if_match_versions_are_a_failed_precondition(probe: Probe, ver
         f"/v1/profiles/{profile['id']}",
         content='{"bio": "x"}',
         headers=[
-            *probe.headers("writer").items(),
-            ("Content-Type", "application/merge-patch+json"),
-            ("If-Match", raw),
+            *((k.encode(), v.encode()) for k, v in probe.headers("writer").items()),
+            (b"Content-Type", b"application/merge-patch+json"),
+            (b"If-Match", raw),
         ],
     )
     assert response.status_code == 412

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from testkit.health import wait_healthy
+from testkit.ports import free_port
 
-from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
+from tests.e2e.test_served_process import _keel
 
 # Far above any timeout the servers are configured with: reaching it means the server did not act.
 GENEROUS_SECONDS = 10.0
@@ -47,7 +49,7 @@ def _serve(directory: Path, extra_env: dict[str, str]) -> Iterator[Served]:
     env = {
         **os.environ,
         "KEEL_DATABASE_URL": f"sqlite:///{directory / 'keel.sqlite3'}",
-        "KEEL_PORT": str(_free_port()),
+        "KEEL_PORT": str(free_port()),
         **extra_env,
     }
     _keel(env, "migrate")

@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from testkit.health import wait_healthy
+from testkit.ports import free_port
 
-from tests.e2e.test_served_process import _free_port, _keel, wait_healthy
+from tests.e2e.test_served_process import _keel
 
 PER_PROCESS = 60
 IN_FLIGHT = 10  # per process
@@ -38,7 +40,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[li
     urls = []
     try:
         for n in range(2):
-            process_env = {**env, "KEEL_PORT": str(_free_port())}
+            process_env = {**env, "KEEL_PORT": str(free_port())}
             log_path = directory / f"keel-{n}.log"
             with log_path.open("w") as log:
                 processes.append(

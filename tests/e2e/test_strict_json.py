@@ -7,8 +7,8 @@ INVALID_ARGUMENT with a field violation on gRPC."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeAlias
 
 import grpc
 import httpx
@@ -232,8 +232,15 @@ async def test_graphql_get_refuses_a_bom_in_json_parameters(api: Api) -> None:
 # -- gRPC ----------------------------------------------------------------------------------------
 
 
+# A stub on an aio channel and the metadata that authenticates its calls. (A string: the async
+# stub class exists only in the generated type stubs.)
+GrpcClient: TypeAlias = "tuple[pb_grpc.ProfileServiceAsyncStub, tuple[tuple[str, str]]]"
+
+
 @pytest.fixture
-async def grpc_channel(api: Api) -> AsyncIterator[tuple[pb_grpc.ProfileServiceStub, tuple[tuple[str, str]]]]:
+async def grpc_channel(
+    api: Api,
+) -> AsyncIterator[GrpcClient]:
     server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     issued = await issue_api_key(
@@ -250,9 +257,9 @@ async def grpc_channel(api: Api) -> AsyncIterator[tuple[pb_grpc.ProfileServiceSt
         await server.stop(grace_seconds=0)
 
 
-async def invalid_argument_fields(call: object) -> tuple[list[str], str]:
+async def invalid_argument_fields(call: Awaitable[object]) -> tuple[list[str], str]:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await call  # type: ignore[misc]
+        await call
     assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT, failure.value.details()
     details = dict(failure.value.trailing_metadata() or ()).get("grpc-status-details-bin")
     assert isinstance(details, bytes)
@@ -267,7 +274,7 @@ DUPLICATED_ATTRIBUTES = '{"tier": 1, "tier": 2}'
 
 
 async def test_grpc_create_refuses_duplicate_keys_in_attributes_json(
-    grpc_channel: tuple[pb_grpc.ProfileServiceStub, tuple[tuple[str, str]]], api: Api
+    grpc_channel: GrpcClient, api: Api
 ) -> None:
     stub, metadata = grpc_channel
     profile = pb.Profile(
@@ -285,7 +292,7 @@ async def test_grpc_create_refuses_duplicate_keys_in_attributes_json(
 
 
 async def test_grpc_update_refuses_duplicate_keys_in_attributes_json(
-    grpc_channel: tuple[pb_grpc.ProfileServiceStub, tuple[tuple[str, str]]], api: Api
+    grpc_channel: GrpcClient, api: Api
 ) -> None:
     stub, metadata = grpc_channel
     location, _ = await created(api)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from devtools.history import History, check
-from devtools.workload import classify_error, classify_response, final_state, run_workload
+from testkit.history import History, check
+from testkit.ports import free_port
+from testkit.workload import classify_error, classify_response, final_state, run_workload
 
-from tests.e2e.test_served_process import _free_port, _keel
+from tests.e2e.test_served_process import _keel
 
 START_TIMEOUT_S = 30.0
 
@@ -69,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {
         **os.environ,
         "KEEL_DATABASE_URL": database_url,
-        "KEEL_PORT": str(_free_port()),
+        "KEEL_PORT": str(free_port()),
         "KEEL_ACCESS_LOG": "false",
         # The workload measures correctness, not the limits: 4 clients writing flat out would
         # spend most of the run refused.

@@ -4,6 +4,7 @@ imports nothing of Keel's code. Run by `test_grpc_served.py`; prints what it saw
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -16,20 +17,25 @@ from google.rpc import error_details_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 from grpc_status import rpc_status  # noqa: E402
-from keel.profiles.v1 import profiles_pb2 as pb  # noqa: E402 - the generated stubs, not Keel
-from keel.profiles.v1 import profiles_pb2_grpc as pb_grpc  # noqa: E402
 
-assert pb.__file__.startswith(stubs), pb.__file__  # really the stubs generated for this client
+# The stubs generated for this run, not Keel's code: they exist only under `stubs`, so they are
+# imported by name and mypy sees untyped modules (what a third party without mypy-protobuf has).
+pb = importlib.import_module("keel.profiles.v1.profiles_pb2")
+pb_grpc = importlib.import_module("keel.profiles.v1.profiles_pb2_grpc")
+
+# really the stubs generated for this client:
+assert pb.__file__ is not None
+assert pb.__file__.startswith(stubs), pb.__file__
 
 seen: dict[str, object] = {}
 metadata = (("authorization", f"Bearer {token}"),)
 
 
-def failure(call: object) -> dict[str, object]:
+def failure(error: grpc.RpcError) -> dict[str, object]:
     """A failed call's code and the rich details the server attached."""
-    assert isinstance(call, grpc.RpcError)
-    status = rpc_status.from_call(call)  # type: ignore[arg-type]
-    result: dict[str, object] = {"code": call.code().name}  # type: ignore[attr-defined]
+    assert isinstance(error, grpc.Call)  # a failed blocking call's error is also its Call
+    status = rpc_status.from_call(error)
+    result: dict[str, object] = {"code": error.code().name}
     for detail in status.details if status else ():
         for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
             if detail.Is(kind.DESCRIPTOR):
@@ -143,12 +149,14 @@ with grpc.insecure_channel(target) as channel:
 
     health = health_pb2_grpc.HealthStub(channel)
     seen["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
-        health.Check(
+        # types-grpcio-health-checking declares HealthStub without its methods:
+        health.Check(  # type: ignore[attr-defined]
             health_pb2.HealthCheckRequest(service="keel.profiles.v1.ProfileService"), timeout=5
         ).status
     )
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-    answers = reflect.ServerReflectionInfo(
+    # types-grpcio-reflection types this attribute as binascii.Incomplete (an exception class):
+    answers = reflect.ServerReflectionInfo(  # type: ignore[operator]
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
     )
     seen["services"] = sorted(s.name for answer in answers for s in answer.list_services_response.service)

@@ -23,6 +23,7 @@ with atheris.instrument_imports():
     from keel.api.http.conditional import etag_matches
     from keel.api.rest.mapping import version_from_etag
     from keel.domain.errors import ValidationFailed
+    from keel.domain.profile import JSONValue
     from keel.service.attributes import AttributePolicy
     from keel.service.pagination import Cursors
     from keel.service.profile_input import parse_profile_fields
@@ -42,7 +43,7 @@ _POLICY = AttributePolicy(
 
 def profile_document(data: bytes) -> None:
     provider = atheris.FuzzedDataProvider(data)
-    document: dict[str, object] = {
+    document: dict[str, JSONValue] = {
         "handle": provider.ConsumeUnicode(40),
         "emails": [{"address": provider.ConsumeUnicode(60), "primary": True}],
         "locale": provider.ConsumeUnicode(provider.ConsumeIntInRange(0, 4000)),

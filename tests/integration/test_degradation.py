@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import pytest
-from devtools.faultproxy import FaultProxy, Faults
 from redis.asyncio import Redis
+from testkit.faultproxy import FaultProxy, Faults
 
 from keel.bootstrap.container import Services
 from keel.bootstrap.lifecycle import build_services

@@ -18,8 +18,8 @@ from typing import Any
 
 import nats
 import pytest
-from devtools.throwaway_nats import NatsServer, nats_server
 from nats.js.api import AckPolicy, ConsumerConfig
+from testkit.servers.nats import NatsServer, nats_server
 from typer.testing import CliRunner
 
 from keel.bootstrap.lifecycle import running

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from devtools.faultproxy import ControlServer, FaultProxy, FaultProxyClient, FaultProxyError, Faults
+from testkit.faultproxy import ControlServer, FaultProxy, FaultProxyClient, FaultProxyError, Faults
 
 REPO = Path(__file__).resolve().parents[2]
 HANG = 0.3  # how long a read must stay unanswered to count as hanging
@@ -251,7 +251,7 @@ async def test_control_api_round_trip(proxy: FaultProxy) -> None:
 
 
 async def test_command_line_prints_its_ports_and_stops_on_sigterm(echo_port: int) -> None:
-    command = [sys.executable, "-m", "devtools.faultproxy", "--listen", "127.0.0.1:0"]
+    command = [sys.executable, "-m", "testkit.faultproxy", "--listen", "127.0.0.1:0"]
     command += ["--target", f"127.0.0.1:{echo_port}", "--control", "127.0.0.1:0", "--seed", "4"]
     process = await asyncio.create_subprocess_exec(*command, cwd=REPO, stdout=asyncio.subprocess.PIPE)
     try:

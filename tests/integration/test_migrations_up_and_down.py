@@ -49,11 +49,11 @@ async def query(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
             connection.row_factory = sqlite3.Row
             cursor = connection.execute(re.sub(r"\$\d+", "?", sql), args)
             return [dict(row) for row in cursor.fetchall()]
-    connection = await asyncpg.connect(url)
+    postgres = await asyncpg.connect(url)
     try:
-        return [dict(row) for row in await connection.fetch(sql, *args)]
+        return [dict(row) for row in await postgres.fetch(sql, *args)]
     finally:
-        await connection.close()
+        await postgres.close()
 
 
 async def keys_stored_at_0001(url: str) -> None:

@@ -17,7 +17,7 @@ from keel.service.ports import IdempotencyRecord, IdempotencyState, ProfileQuery
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-def make_profile(handle: str = "ada_l", email: str = "ada@example.com", **fields: object) -> Profile:
+def make_profile(handle: str = "ada_l", email: str = "ada@example.com") -> Profile:
     values = ProfileFields(
         handle=handle,
         emails=(Email(email, verified=True, primary=True), Email(f"alt.{email}")),
@@ -27,7 +27,7 @@ def make_profile(handle: str = "ada_l", email: str = "ada@example.com", **fields
         links=(Link("site", "https://ada.dev"), Link("code", "https://git.example/ada")),
         attributes={"plan": "pro", "score": 3, "beta": True},
     )
-    return Profile.create(new_profile_id("eu1"), replace(values, **fields), NOW)  # type: ignore[arg-type]
+    return Profile.create(new_profile_id("eu1"), values, NOW)
 
 
 async def add(store: Store, profile: Profile) -> None:

@@ -6,10 +6,12 @@ import asyncio
 
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import ConcurrentModification, Conflict, NotFound
+from keel.domain.profile import JSONObject
 from keel.service.attributes import AttributePolicy
 from keel.service.clock import SystemClock
 from keel.service.ports import Store
 from keel.service.profiles import ProfileService
+from keel.service.use_cases import ListFilters
 
 WRITER = Principal("writer", frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRITE}), "2026-11-28")
 
@@ -18,7 +20,7 @@ def service(store: Store) -> ProfileService:
     return ProfileService(store, SystemClock(), AttributePolicy(), "eu1")
 
 
-def document(handle: str, *emails: str) -> dict[str, object]:
+def document(handle: str, *emails: str) -> JSONObject:
     return {
         "handle": handle,
         "emails": [{"address": e, "primary": i == 0} for i, e in enumerate(emails)],
@@ -76,7 +78,7 @@ async def test_a_delete_racing_patches_never_fails_a_precondition_nobody_set(sto
     )
     assert results[0] is None, results[0]
     assert all(r in ("ok", "gone") for r in results[1:]), results
-    assert (await profiles.list_profiles(WRITER, _no_filters(), limit=10, cursor=None)).profiles == []
+    assert (await profiles.list_profiles(WRITER, ListFilters(), limit=10, cursor=None)).profiles == []
 
 
 async def test_crossed_emails_conflict_cleanly(store: Store) -> None:
@@ -93,9 +95,3 @@ async def test_crossed_emails_conflict_cleanly(store: Store) -> None:
         x, y = f"x{n}@example.com", f"y{n}@example.com"
         outcomes = await asyncio.gather(create(f"a_{n}", x, y), create(f"b_{n}", y, x))
         assert sorted(outcomes) == ["conflict", "created"]
-
-
-def _no_filters():  # type: ignore[no-untyped-def]
-    from keel.service.profiles import ListFilters
-
-    return ListFilters()

@@ -9,8 +9,8 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
-from devtools.throwaway_postgres import postgres_process
-from devtools.throwaway_redis import RedisServer
+from testkit.servers.postgres import postgres_process
+from testkit.servers.redis import RedisServer
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 from bench.harness import parse_wrk
-from bench.ratelimit_scenarios import ATOMIC_BURST, AtomicOutcome, atomic_checks
+from bench.ratelimit.atomic import AtomicOutcome, atomic_checks
+from bench.ratelimit.shared import ATOMIC_BURST
 from bench.read_figures import (
     CacheUse,
     aa_noise,

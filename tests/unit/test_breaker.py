@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 from keel.resilience.breaker import BreakerState, CircuitBreaker
 
 
@@ -11,15 +13,29 @@ class Clock:
         return self.now
 
 
-def _breaker(clock: Clock, **options: float) -> tuple[CircuitBreaker, list[str]]:
+class Options(TypedDict, total=False):
+    failure_rate: float
+    window_seconds: float
+    minimum_calls: int
+    consecutive_failures: int
+    open_seconds: float
+
+
+def _breaker(clock: Clock, **options: Unpack[Options]) -> tuple[CircuitBreaker, list[str]]:
     seen: list[str] = []
     breaker = CircuitBreaker(
         "dep",
         clock=clock,
         on_transition=lambda name, old, new: seen.append(new.value),
-        **options,  # type: ignore[arg-type]
+        **options,
     )
     return breaker, seen
+
+
+def _state(breaker: CircuitBreaker) -> BreakerState:
+    """The state read afresh: mypy would keep an earlier assert's narrowing of `breaker.state`
+    across the calls that change it."""
+    return breaker.state
 
 
 def test_consecutive_failures_open_then_a_probe_closes() -> None:
@@ -28,13 +44,13 @@ def test_consecutive_failures_open_then_a_probe_closes() -> None:
     for _ in range(3):
         assert breaker.allow()
         breaker.record_failure()
-    assert breaker.state is BreakerState.OPEN
+    assert _state(breaker) is BreakerState.OPEN
     assert not breaker.allow()
     clock.now = 2.0
     assert breaker.allow()  # the probe
     assert not breaker.allow()  # only one at a time
     breaker.record_success()
-    assert breaker.state is BreakerState.CLOSED
+    assert _state(breaker) is BreakerState.CLOSED
     assert seen == ["open", "half_open", "closed"]
 
 
@@ -46,7 +62,7 @@ def test_a_failed_probe_opens_again() -> None:
     clock.now = 1.5
     assert breaker.allow()
     breaker.record_failure()
-    assert breaker.state is BreakerState.OPEN
+    assert _state(breaker) is BreakerState.OPEN
     clock.now = 2.0
     assert not breaker.allow()  # the open period starts again from the failed probe
 
@@ -58,9 +74,9 @@ def test_failure_rate_over_the_window_opens() -> None:
     )
     for i in range(9):
         breaker.record_failure() if i % 2 else breaker.record_success()
-    assert breaker.state is BreakerState.CLOSED  # too few calls to judge
+    assert _state(breaker) is BreakerState.CLOSED  # too few calls to judge
     breaker.record_failure()
-    assert breaker.state is BreakerState.OPEN
+    assert _state(breaker) is BreakerState.OPEN
 
 
 def test_old_outcomes_leave_the_window() -> None:
@@ -74,4 +90,4 @@ def test_old_outcomes_leave_the_window() -> None:
     for _ in range(3):
         breaker.record_success()
     breaker.record_failure()
-    assert breaker.state is BreakerState.CLOSED
+    assert _state(breaker) is BreakerState.CLOSED

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi.dependencies.utils import _is_coroutine_callable
+from fastapi.dependencies.models import _is_coroutine_callable  # defined there, used by routing
 from fastapi.routing import APIRoute
 
 from keel.api.application import build_http_app

@@ -28,8 +28,8 @@ class AddColour(VersionChange):
     description = "Widgets have a colour."
     instructions_to_migrate_to_previous_version = (schema(Widget).field("colour").didnt_exist,)
 
-    @convert_response_to_previous_version_for(Widget)  # type: ignore[arg-type]
-    def drop_colour(response: ResponseInfo) -> None:  # type: ignore[misc]
+    @convert_response_to_previous_version_for(Widget)
+    def drop_colour(response: ResponseInfo) -> None:
         response.body.pop("colour", None)
 
 

@@ -8,26 +8,25 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
-from devtools.chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe
-from devtools.chaos.runner import record_history
-from devtools.chaos.traffic import Sample
-from devtools.history import FinalProfile, History, check
+from chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe
+from chaos.runner import EXPERIMENTS, record_history
+from chaos.traffic import Sample
+from testkit.history import FinalProfile, History, check
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
 T0 = 1000.0  # phases: steady [T0, T0+10), fault [T0+10, T0+20), recovery [T0+20, T0+30)
 
 
 def spec(prefix: str) -> dict[str, Any]:
-    return json.loads(next(EXPERIMENTS.glob(f"{prefix}-*.json")).read_text())
+    experiment: dict[str, Any] = json.loads(next(EXPERIMENTS.glob(f"{prefix}-*.json")).read_text())
+    return experiment
 
 
 def probe(experiment: dict[str, Any], name_part: str) -> dict[str, Any]:
     probes = [*experiment["steady-state-hypothesis"]["probes"], *experiment["checks"]]
-    found = [p for p in probes if name_part in p["name"]]
+    found: list[dict[str, Any]] = [p for p in probes if name_part in p["name"]]
     assert len(found) == 1, [p["name"] for p in probes]
     return found[0]
 

@@ -10,13 +10,14 @@ from keel.admission.operations import PROFILES_CREATE
 from keel.bootstrap.lifecycle import build_services
 from keel.config import Settings
 from keel.domain.api_keys import Scope
+from keel.domain.profile import JSONObject
 from keel.observability.database import DatabaseObserver
 from keel.service.auth import issue_api_key
 from keel.service.ports import Store
 from keel.storage.migrations.runner import head_revision
 from tests.fakes import InMemoryStore
 
-DOC = {"handle": "ada_l", "emails": [{"address": "ada@example.com", "primary": True}]}
+DOC: JSONObject = {"handle": "ada_l", "emails": [{"address": "ada@example.com", "primary": True}]}
 
 
 class MigratedInMemoryStore(InMemoryStore):

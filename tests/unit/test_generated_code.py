@@ -1,4 +1,4 @@
-"""The committed gRPC code is what scripts/generate-proto.sh makes from proto/ today."""
+"""The committed gRPC code is what scripts/generate-proto.sh makes from contracts/proto/ today."""
 
 from __future__ import annotations
 
@@ -22,4 +22,4 @@ def test_the_committed_generated_code_is_current(tmp_path: Path) -> None:
     }
     assert sorted(map(str, fresh)) == sorted(map(str, committed))
     stale = [str(name) for name, content in fresh.items() if committed[name] != content]
-    assert not stale, f"regenerate with `make proto`: {stale} differ from proto/"
+    assert not stale, f"regenerate with `make proto`: {stale} differ from contracts/proto/"

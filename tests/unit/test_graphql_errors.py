@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphql import GraphQLError, parse
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode, parse
 
 from keel.api.graphql.errors import error_code, format_error
 from keel.domain.errors import (
@@ -86,7 +86,12 @@ def test_unexpected_exceptions_are_masked() -> None:
 def test_an_argument_graphql_core_refuses_is_the_clients_mistake() -> None:
     # graphql-core points at the argument's value in the document (here the `$n` variable).
     document = parse("query Q($n: Int) { profiles(first: $n) { totalCount } }")
-    value = document.definitions[0].selection_set.selections[0].arguments[0].value  # type: ignore[attr-defined]
+    query = document.definitions[0]
+    assert isinstance(query, OperationDefinitionNode)
+    profiles = query.selection_set.selections[0]
+    assert isinstance(profiles, FieldNode)
+    assert profiles.arguments
+    value = profiles.arguments[0].value
     refused = GraphQLError("Argument 'first' of non-null type 'Int!' must not be null.", value)
     formatted = format_error(located(refused), during_execution=True)
     assert formatted["extensions"] == {"code": "BAD_USER_INPUT"}

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
-from graphql import OperationDefinitionNode, build_schema, get_introspection_query, get_operation_ast, parse
+from graphql import (
+    DocumentNode,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    build_schema,
+    get_introspection_query,
+    get_operation_ast,
+    parse,
+)
 
 from keel.api.graphql.cache import BoundedLRU
 from keel.api.graphql.limits import (
+    FIELD_OPERATIONS,
     LimitExceeded,
     Limits,
     check_merged_fields,
@@ -38,16 +49,21 @@ NESTED_PRICES = {
 }
 
 
-def operation(query: str) -> tuple[object, OperationDefinitionNode]:
+def operation(query: str) -> tuple[DocumentNode, OperationDefinitionNode]:
     document = parse(query)
     found = get_operation_ast(document)
     assert found is not None
     return document, found
 
 
-def cost(query: str, variables: dict[str, object] | None = None, schema: object = KEEL, **kw: object) -> int:
+def cost(
+    query: str,
+    variables: dict[str, object] | None = None,
+    schema: GraphQLSchema = KEEL,
+    field_operations: Mapping[str, str] = FIELD_OPERATIONS,
+) -> int:
     document, op = operation(query)
-    price = operation_cost(schema, document, op, variables or {}, DEFAULT_COSTS, LIMITS, **kw)  # type: ignore[arg-type]
+    price = operation_cost(schema, document, op, variables or {}, DEFAULT_COSTS, LIMITS, field_operations)
     return price.requested
 
 
@@ -67,7 +83,7 @@ def test_introspection_is_priced_and_not_refundable() -> None:
     aliased = "{ " + " ".join(f"s{n}: __schema {{ types {{ name }} }}" for n in range(15)) + " }"
     assert cost(aliased) == 15 * DEFAULT_COSTS["profiles.list"]
     document, op = operation('{ __type(name: "Query") { name } __typename profile(id: "a") { id } }')
-    price = operation_cost(KEEL, document, op, {}, DEFAULT_COSTS, LIMITS)  # type: ignore[arg-type]
+    price = operation_cost(KEEL, document, op, {}, DEFAULT_COSTS, LIMITS)
     # Only the introspection is spent whatever happens; the lookup may be batched or refunded.
     assert (price.requested, price.fixed) == (2, 1)
 
@@ -108,7 +124,7 @@ def test_cost_above_the_maximum_is_refused() -> None:
     aliases = " ".join(f"p{n}: profiles(first: 100) {{ totalCount }}" for n in range(12))
     document, op = operation("{ " + aliases + " }")
     with pytest.raises(LimitExceeded) as refused:
-        operation_cost(KEEL, document, op, {}, DEFAULT_COSTS, Limits(10, 15, max_cost=100))  # type: ignore[arg-type]
+        operation_cost(KEEL, document, op, {}, DEFAULT_COSTS, Limits(10, 15, max_cost=100))
     assert refused.value.code == "COST_LIMIT_EXCEEDED"
     assert refused.value.extensions["cost"] == {"requested": 120, "maximum": 100}
 
@@ -116,13 +132,13 @@ def test_cost_above_the_maximum_is_refused() -> None:
 def test_depth_and_aliases() -> None:
     deep = "{ profiles { edges { node { emails { address } } } } }"
     document, op = operation(deep)
-    check_shape(KEEL, document, op, LIMITS)  # type: ignore[arg-type]
+    check_shape(KEEL, document, op, LIMITS)
     with pytest.raises(LimitExceeded) as refused:
-        check_shape(KEEL, document, op, Limits(max_depth=4, max_aliases=15, max_cost=100))  # type: ignore[arg-type]
+        check_shape(KEEL, document, op, Limits(max_depth=4, max_aliases=15, max_cost=100))
     assert refused.value.code == "DEPTH_LIMIT_EXCEEDED"
     introspection = "{ __schema { types { fields { type { ofType { ofType { ofType { name } } } } } } } }"
     document, op = operation(introspection)
-    check_shape(KEEL, document, op, Limits(max_depth=2, max_aliases=0, max_cost=1))  # type: ignore[arg-type]
+    check_shape(KEEL, document, op, Limits(max_depth=2, max_aliases=0, max_cost=1))
     aliased = parse("query { a: viewer { k: keyId } ...F } fragment F on Query { b: viewer { keyId } }")
     assert count_aliases(aliased) == 3
 

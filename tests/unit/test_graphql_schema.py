@@ -8,7 +8,7 @@ from graphql import build_schema, find_breaking_changes
 
 from keel.api.graphql import schema_sdl
 
-SDL = Path(__file__).resolve().parents[2] / "schema" / "keel.graphql"
+SDL = Path(__file__).resolve().parents[2] / "contracts" / "graphql" / "keel.graphql"
 
 
 def test_exported_sdl_matches_the_schema() -> None:
@@ -19,7 +19,7 @@ def test_exported_sdl_matches_the_schema() -> None:
     ]
     assert exported == current, (
         "The GraphQL schema changed: run `python -m keel.api.graphql.export_sdl` (make graphql-schema)"
-        " and commit schema/keel.graphql with the change, so that it is reviewed. Breaking changes"
+        " and commit contracts/graphql/keel.graphql with the change, so that it is reviewed. Breaking changes"
         f" (deprecate with `deprecation_reason` instead of removing): {breaking or 'none'}"
     )
 

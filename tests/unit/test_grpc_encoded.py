@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from keel.api.grpc.server.encoded import Encoded, EncodedProfiles, length_delimited, passing_encoded
 from keel.api.grpc.wire.messages import profile_message
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
-from keel.domain.profile import Email, Link, Profile, ProfileFields
+from keel.domain.profile import Email, JSONValue, Link, Profile, ProfileFields
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-def _profile(number: int, **attributes: object) -> Profile:
+def _profile(number: int, **attributes: JSONValue) -> Profile:
     return Profile(
         id=f"eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H{number:02d}",
         fields=ProfileFields(

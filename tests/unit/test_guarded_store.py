@@ -15,7 +15,7 @@ from tests.unit.test_profile_reads import Database
 
 def guarded(db: Database, *, timeout: float = 1.0) -> GuardedStore:
     breaker = CircuitBreaker("database", consecutive_failures=3, open_seconds=30.0)
-    return GuardedStore(db, breaker, timeout_seconds=timeout)  # type: ignore[arg-type]
+    return GuardedStore(db, breaker, timeout_seconds=timeout)
 
 
 async def test_a_unit_of_work_cannot_outlive_the_request_deadline() -> None:

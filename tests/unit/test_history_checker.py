@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devtools.history import (
+from testkit.history import (
     DUPLICATE_CREATE,
     DUPLICATE_VERSION,
     FAILED_WRITE_APPLIED,

@@ -21,6 +21,12 @@ def _feed(
         clock.now += 0.1
 
 
+def _release(shedder: LoadShedder, admitted_at: float | None) -> None:
+    """Ends a list request that `try_admit` admitted (its admission time is not None)."""
+    assert admitted_at is not None, "the request was shed, there is nothing to release"
+    shedder.release("list", admitted_at)
+
+
 def test_limit_grows_at_no_load_latency_and_shrinks_when_requests_queue() -> None:
     clock = Clock()
     limit = GradientLimit(initial=20, minimum=2, maximum=200, clock=clock)
@@ -88,10 +94,10 @@ def test_shedding_has_hysteresis() -> None:
     shedder = LoadShedder(GradientLimit(initial=20, minimum=20, maximum=20, clock=clock), restore_ratio=0.75)
     admitted = [shedder.try_admit(Priority.SHEDDABLE) for _ in range(16)]
     assert shedder.try_admit(Priority.SHEDDABLE) is None  # 16 = 80 % of 20: shedding starts
-    shedder.release("list", admitted.pop())  # 15 in flight: under the share, but above the restore point
+    _release(shedder, admitted.pop())  # 15 in flight: under the share, but above the restore point
     assert shedder.try_admit(Priority.SHEDDABLE) is None
     for _ in range(4):
-        shedder.release("list", admitted.pop())  # 11 in flight: below 75 % of 16
+        _release(shedder, admitted.pop())  # 11 in flight: below 75 % of 16
     assert shedder.try_admit(Priority.SHEDDABLE) is not None
     assert not shedder.shedding(Priority.SHEDDABLE)
 

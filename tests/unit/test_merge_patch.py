@@ -3,8 +3,9 @@
 import pytest
 
 from keel.domain.merge_patch import apply_merge_patch
+from keel.domain.profile import JSONValue
 
-RFC_7396_EXAMPLES = [
+RFC_7396_EXAMPLES: list[tuple[JSONValue, JSONValue, JSONValue]] = [
     ({"a": "b"}, {"a": "c"}, {"a": "c"}),
     ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
     ({"a": "b"}, {"a": None}, {}),
@@ -24,11 +25,11 @@ RFC_7396_EXAMPLES = [
 
 
 @pytest.mark.parametrize(("target", "patch", "expected"), RFC_7396_EXAMPLES)
-def test_rfc_7396_examples(target: object, patch: object, expected: object) -> None:
-    assert apply_merge_patch(target, patch) == expected  # type: ignore[arg-type]
+def test_rfc_7396_examples(target: JSONValue, patch: JSONValue, expected: JSONValue) -> None:
+    assert apply_merge_patch(target, patch) == expected
 
 
 def test_target_is_not_modified() -> None:
-    target = {"a": {"b": 1}}
+    target: JSONValue = {"a": {"b": 1}}
     apply_merge_patch(target, {"a": {"b": None}})
     assert target == {"a": {"b": 1}}

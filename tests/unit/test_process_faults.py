@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devtools import process_faults
+from testkit import process_faults
 
 
 def program(name: str) -> str:

@@ -1,14 +1,17 @@
+from pathlib import Path
+
 import pytest
 
 from keel.domain.errors import ValidationFailed
+from keel.domain.profile import JSONValue
 from keel.service.attributes import AttributePolicy
 from keel.service.profile_input import fields_document, parse_profile_fields
 
 DEFAULT = AttributePolicy()
 
 
-def _doc(**overrides: object) -> dict[str, object]:
-    document: dict[str, object] = {
+def _doc(**overrides: JSONValue) -> dict[str, JSONValue]:
+    document: dict[str, JSONValue] = {
         "handle": "ada_l",
         "emails": [{"address": "ada@example.com", "primary": True}],
     }
@@ -16,9 +19,9 @@ def _doc(**overrides: object) -> dict[str, object]:
     return document
 
 
-def _fields_in_error(document: object, policy: AttributePolicy = DEFAULT) -> set[str]:
+def _fields_in_error(document: JSONValue, policy: AttributePolicy = DEFAULT) -> set[str]:
     with pytest.raises(ValidationFailed) as caught:
-        parse_profile_fields(document, policy)  # type: ignore[arg-type]
+        parse_profile_fields(document, policy)
     return {error.field for error in caught.value.errors}
 
 
@@ -31,14 +34,17 @@ def test_a_minimal_profile_is_valid_and_normalized() -> None:
 
 
 @pytest.mark.parametrize("handle", ["ab", "a" * 31, "ada-l", "adä", "", 7])
-def test_bad_handles_are_rejected(handle: object) -> None:
+def test_bad_handles_are_rejected(handle: JSONValue) -> None:
     assert _fields_in_error(_doc(handle=handle)) == {"/handle"}
 
 
 def test_exactly_one_primary_email() -> None:
-    two = [{"address": "a@example.com", "primary": True}, {"address": "b@example.com", "primary": True}]
+    two: JSONValue = [
+        {"address": "a@example.com", "primary": True},
+        {"address": "b@example.com", "primary": True},
+    ]
     assert _fields_in_error(_doc(emails=two)) == {"/emails"}
-    none = [{"address": "a@example.com"}]
+    none: JSONValue = [{"address": "a@example.com"}]
     assert _fields_in_error(_doc(emails=none)) == {"/emails"}
     assert _fields_in_error(_doc(emails=[])) == {"/emails"}
 
@@ -47,7 +53,7 @@ def test_emails_are_validated_and_unique_case_insensitively() -> None:
     assert _fields_in_error(_doc(emails=[{"address": "not-an-email", "primary": True}])) == {
         "/emails/0/address"
     }
-    twice = [{"address": "a@example.com", "primary": True}, {"address": "A@Example.com"}]
+    twice: JSONValue = [{"address": "a@example.com", "primary": True}, {"address": "A@Example.com"}]
     assert "/emails/1/address" in _fields_in_error(_doc(emails=twice))
 
 
@@ -80,7 +86,7 @@ def test_default_attribute_rules() -> None:
         "score": 3,
     }
     assert _fields_in_error(_doc(attributes={"nested": {"a": 1}})) == {"/attributes/nested"}
-    too_many = {f"k{i}": i for i in range(51)}
+    too_many: JSONValue = {f"k{i}": i for i in range(51)}
     assert _fields_in_error(_doc(attributes=too_many)) == {"/attributes"}
 
 
@@ -103,10 +109,8 @@ def test_schema_attribute_rules_and_private_attributes() -> None:
     assert policy.visible(fields.attributes, admin=True) == {"plan": "pro", "risk_score": 0.3}
 
 
-def test_an_invalid_schema_file_is_refused(tmp_path: object) -> None:
-    from pathlib import Path
-
-    path = Path(str(tmp_path)) / "schema.json"
+def test_an_invalid_schema_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "schema.json"
     path.write_text('{"type": "no-such-type"}')
     with pytest.raises(ValueError, match="not valid JSON Schema"):
         AttributePolicy.from_file(path)

@@ -15,7 +15,13 @@ from keel.domain.errors import DeadlineExceeded, Unavailable
 from keel.domain.profile import Email, Profile, ProfileFields
 from keel.resilience.deadline import deadline_in
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
-from keel.service.ports import CachedProfile, Outbox, ProfileRepository
+from keel.service.ports import (
+    ApiKeyRepository,
+    CachedProfile,
+    IdempotencyRecords,
+    Outbox,
+    ProfileRepository,
+)
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
 from tests.fakes import FakeClock, InMemoryStore
@@ -56,11 +62,11 @@ class _UnitOfWork:
         return self._inner.profiles
 
     @property
-    def idempotency(self):  # type: ignore[no-untyped-def]
+    def idempotency(self) -> IdempotencyRecords:
         return self._inner.idempotency
 
     @property
-    def api_keys(self):  # type: ignore[no-untyped-def]
+    def api_keys(self) -> ApiKeyRepository:
         return self._inner.api_keys
 
     @property

@@ -19,7 +19,8 @@ from keel.domain.errors import (
     VersionMismatch,
 )
 from keel.service.attributes import AttributePolicy
-from keel.service.profiles import IDEMPOTENCY_LEASE, ListFilters, ProfileService
+from keel.service.profiles import IDEMPOTENCY_LEASE, ProfileService
+from keel.service.use_cases import ListFilters
 from tests.fakes import FakeClock, InMemoryStore, InMemoryUnitOfWork
 
 WRITER = Principal("writer", frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRITE}), "2026-11-28")

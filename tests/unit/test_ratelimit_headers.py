@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import http_sf
+from collections.abc import Callable
+
 import pytest
 
 from keel.ratelimit.clock import monotonic_us
@@ -10,6 +11,7 @@ from keel.ratelimit.gcra import decide, describe
 from keel.ratelimit.headers import format_policy_header, format_ratelimit_header
 from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.policy import DEFAULT_PLANS, Plan, Policy
+from tests.structured_fields import parse_named_list
 
 
 def test_policy_header_lists_every_policy_and_the_concurrency_cap() -> None:
@@ -18,7 +20,7 @@ def test_policy_header_lists_every_policy_and_the_concurrency_cap() -> None:
         (Policy("burst", quota=20, window_seconds=1, burst=40), Policy("hourly", 5000, 3600, 5000)),
         concurrency=20,
     )
-    parsed = http_sf.parse(format_policy_header(plan).encode(), tltype="list")
+    parsed = parse_named_list(format_policy_header(plan))
     assert parsed == [
         ("burst", {"q": 20, "w": 1}),
         ("hourly", {"q": 5000, "w": 3600}),
@@ -28,7 +30,7 @@ def test_policy_header_lists_every_policy_and_the_concurrency_cap() -> None:
 
 def test_every_built_in_plan_has_a_parseable_policy_header() -> None:
     for plan in DEFAULT_PLANS.values():
-        parsed = http_sf.parse(plan.policy_header.encode(), tltype="list")
+        parsed = parse_named_list(plan.policy_header)
         assert [name for name, _ in parsed] == [*(p.name for p in plan.policies), "concurrency"]
 
 
@@ -38,7 +40,7 @@ def test_ratelimit_header_names_the_policy_closest_to_its_limit() -> None:
     verdicts, tats = decide([None, None], 0, [roomy, tight], cost=4)
     header = format_ratelimit_header(describe(verdicts, tats, 0, [roomy, tight], 4))
     assert header is not None
-    [(name, params)] = http_sf.parse(header.encode(), tltype="list")
+    [(name, params)] = parse_named_list(header)
     assert name == "burst"
     assert params == {"r": 6, "t": 1}
 
@@ -47,7 +49,7 @@ def test_shadow_policies_are_not_shown_to_clients() -> None:
     trial = Policy("trial", quota=1, window_seconds=1, burst=1, shadow=True)
     enforced = Policy("burst", quota=10, window_seconds=1, burst=10)
     plan = Plan("p", (enforced, trial), concurrency=3)
-    assert [name for name, _ in http_sf.parse(plan.policy_header.encode(), tltype="list")] == [
+    assert [name for name, _ in parse_named_list(plan.policy_header)] == [
         "burst",
         "concurrency",
     ]
@@ -74,13 +76,18 @@ def _readings_below(power: int) -> list[int]:
     return [2**power * 1000 - n * 299_000_001 for n in range(1, 1001)]
 
 
+def _stopped_clock(reading_ns: int) -> Callable[[], int]:
+    """A clock that always reads `reading_ns`, in whole microseconds as the limiter's does."""
+    return lambda: reading_ns // 1000
+
+
 @pytest.mark.parametrize("power", [36, 40, 52])
 def test_reset_is_exact_whatever_the_clock_reads(power: int) -> None:
     # One unit a minute, a burst of 12; a write costs 5, so the policy is back to its full
     # burst in exactly 300 s and the header must say so, at any uptime.
     answers = set()
     for reading in _readings_below(power):
-        limiter = InMemoryRateLimiter(now_us=lambda reading=reading: reading // 1000)
+        limiter = InMemoryRateLimiter(now_us=_stopped_clock(reading))
         answers.add(format_ratelimit_header(limiter.acquire_now("c", PER_MINUTE_12, 5)))
     assert answers == {'"burst";r=7;t=300'}
 
@@ -89,7 +96,7 @@ def test_reset_is_exact_whatever_the_clock_reads(power: int) -> None:
 def test_retry_after_is_exact_whatever_the_clock_reads(power: int) -> None:
     # A list costs 10: after one, the next is 8 units short, exactly 480 s at one unit a minute.
     for reading in _readings_below(power)[::10]:
-        limiter = InMemoryRateLimiter(now_us=lambda reading=reading: reading // 1000)
+        limiter = InMemoryRateLimiter(now_us=_stopped_clock(reading))
         assert limiter.acquire_now("c", PER_MINUTE_12, 10).allowed
         refused = limiter.acquire_now("c", PER_MINUTE_12, 10)
         assert not refused.allowed

@@ -44,21 +44,27 @@ class Lag:
         return self._behind
 
 
+def _limiter(redis: SlowRedis, timeout_seconds: float, lag: Lag | None = None) -> RedisRateLimiter:
+    """A limiter on a stand-in client that answers the three calls it makes (register_script,
+    get, aclose): RedisRateLimiter takes the concrete `redis.asyncio.Redis`, not a port."""
+    return RedisRateLimiter(redis, timeout_seconds=timeout_seconds, loop_lag=lag)  # type: ignore[arg-type]
+
+
 async def test_a_slow_redis_is_a_failure() -> None:
-    limiter = RedisRateLimiter(SlowRedis(0.2), timeout_seconds=0.02, loop_lag=Lag(behind=False))  # type: ignore[arg-type]
+    limiter = _limiter(SlowRedis(0.2), 0.02, Lag(behind=False))
     with pytest.raises(LimiterUnavailable):
         await limiter.acquire("c", PLAN, 1)
 
 
 async def test_a_late_reply_while_this_process_is_behind_is_waited_for() -> None:
-    limiter = RedisRateLimiter(SlowRedis(0.2), timeout_seconds=0.02, loop_lag=Lag(behind=True))  # type: ignore[arg-type]
+    limiter = _limiter(SlowRedis(0.2), 0.02, Lag(behind=True))
     decision = await limiter.acquire("c", PLAN, 1)
     assert decision.allowed
     assert decision.states[0].remaining == 9
 
 
 async def test_but_not_for_ever() -> None:
-    limiter = RedisRateLimiter(SlowRedis(5.0), timeout_seconds=0.05, loop_lag=Lag(behind=True))  # type: ignore[arg-type]
+    limiter = _limiter(SlowRedis(5.0), 0.05, Lag(behind=True))
     started = asyncio.get_running_loop().time()
     with pytest.raises(LimiterUnavailable):
         await limiter.acquire("c", PLAN, 1)
@@ -84,7 +90,7 @@ class KilledRedis(SlowRedis):
 
 
 async def test_a_connection_closed_under_the_driver_is_redis_failing_not_a_crash() -> None:
-    limiter = RedisRateLimiter(KilledRedis(), timeout_seconds=0.02)  # type: ignore[arg-type]
+    limiter = _limiter(KilledRedis(), 0.02)
     assert not await limiter.switched_off()  # the last known state stays
     with pytest.raises(LimiterUnavailable):
         await limiter.acquire("c", PLAN, 1)

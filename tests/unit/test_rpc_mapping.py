@@ -43,7 +43,7 @@ from keel.domain.errors import (
     ValidationFailed,
     VersionMismatch,
 )
-from keel.domain.profile import Email, Link, Profile, ProfileFields
+from keel.domain.profile import Email, JSONObject, JSONValue, Link, Profile, ProfileFields
 
 ERRORS: list[tuple[KeelError, grpc.StatusCode]] = [
     (
@@ -124,7 +124,7 @@ def test_profiles_cross_the_wire_exactly() -> None:
 
 
 def test_create_documents_cross_the_wire() -> None:
-    document = {
+    document: JSONObject = {
         "handle": "ada_l",
         "emails": [{"address": "ada@example.com", "verified": False, "primary": True}],
         "bio": "",
@@ -135,7 +135,7 @@ def test_create_documents_cross_the_wire() -> None:
 
 
 def test_optional_fields_sent_as_null_are_left_unset() -> None:
-    document = {
+    document: JSONObject = {
         "handle": "ada_l",
         "emails": [{"address": "a@b.co", "primary": True}],
         "bio": None,
@@ -159,14 +159,14 @@ def test_values_a_typed_message_cannot_carry_are_refused_as_the_use_case_would()
 
 
 # Text a profile can store: no NUL, no lone surrogates (those are refused before the wire).
-text = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=6)
-json_leaf = st.none() | st.booleans() | st.integers() | text
-json_value = st.recursive(
+text = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=6)
+json_leaf: st.SearchStrategy[JSONValue] = st.none() | st.booleans() | st.integers() | text
+json_value: st.SearchStrategy[JSONValue] = st.recursive(
     json_leaf,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(text, children, max_size=3),
     max_leaves=8,
 )
-patches = st.fixed_dictionaries(
+patches: st.SearchStrategy[JSONObject] = st.fixed_dictionaries(
     {},
     optional={
         "handle": text,
@@ -178,8 +178,8 @@ patches = st.fixed_dictionaries(
 
 
 @given(patches)
-def test_a_merge_patch_comes_back_exactly_from_message_and_mask(patch: dict[str, object]) -> None:
-    message, mask = patch_message("eu1_x", patch)  # type: ignore[arg-type]
+def test_a_merge_patch_comes_back_exactly_from_message_and_mask(patch: JSONObject) -> None:
+    message, mask = patch_message("eu1_x", patch)
     assert patch_from_message(message, mask) == patch
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from devtools.history import (
+from testkit.history import (
     LOST_CREATE,
     LOST_UPDATE,
     MISSING_READ,
@@ -22,7 +22,7 @@ from devtools.history import (
     History,
     check,
 )
-from devtools.workload import run_workload
+from testkit.workload import run_workload
 
 MIX = {"create": 0.3, "update": 0.35, "read": 0.3, "delete": 0.05}
 

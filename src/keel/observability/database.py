@@ -8,6 +8,7 @@ from types import TracebackType
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
+from prometheus_client import Histogram
 
 from keel.observability.metrics import Metrics
 
@@ -17,9 +18,20 @@ class DatabaseObserver:
         self.metrics = metrics
         self._tracer = tracer
         self._system = system
+        # The histogram's children by (operation, outcome), kept: a label lookup costs a lock
+        # and a tuple hash on every call, and the combinations are few.
+        self._durations: dict[tuple[str, str], Histogram] = {}
 
     def call(self, operation: str) -> _ObservedCall:
         return _ObservedCall(self, operation)
+
+    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+        child = self._durations.get((operation, outcome))
+        if child is None:
+            child = self._durations[(operation, outcome)] = self.metrics.db_query_duration.labels(
+                operation, outcome
+            )
+        child.observe(seconds)
 
 
 class _ObservedCall:
@@ -51,7 +63,7 @@ class _ObservedCall:
     ) -> None:
         elapsed = time.perf_counter() - self._started
         outcome = "ok" if exc_type is None else "error"
-        self._observer.metrics.db_query_duration.labels(self._operation, outcome).observe(elapsed)
+        self._observer.observe(self._operation, outcome, elapsed)
         if self._span.is_recording():
             if exc is not None:
                 self._span.record_exception(exc)

@@ -1,4 +1,4 @@
-"""Write the schema's SDL to `schema/keel.graphql`: `python -m keel.api.graphql.export_sdl [path]`.
+"""Write the schema's SDL to `contracts/graphql/keel.graphql`: `python -m keel.api.graphql.export_sdl [path]`.
 
 The file is the reviewed contract: a test fails when the schema changes and the file was not
 regenerated (tests/unit/test_graphql_schema.py).
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from keel.api.graphql.schema import schema_sdl
 
-DEFAULT_PATH = Path("schema/keel.graphql")
+DEFAULT_PATH = Path("contracts/graphql/keel.graphql")
 
 
 def export(path: Path = DEFAULT_PATH) -> Path:

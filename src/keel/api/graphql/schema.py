@@ -175,5 +175,5 @@ def graphql_core_schema(schema: strawberry.Schema) -> GraphQLSchema:
 
 
 def schema_sdl() -> str:
-    """The schema in SDL, as exported to `schema/keel.graphql`."""
+    """The schema in SDL, as exported to `contracts/graphql/keel.graphql`."""
     return build_schema().as_str() + "\n"

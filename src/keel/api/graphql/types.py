@@ -1,5 +1,5 @@
 """The GraphQL wire types. Field names become camelCase in the schema; the exported SDL
-(`schema/keel.graphql`) is the reviewed contract: evolve fields with `deprecation_reason`, never
+(`contracts/graphql/keel.graphql`) is the reviewed contract: evolve fields with `deprecation_reason`, never
 remove them silently."""
 
 from __future__ import annotations

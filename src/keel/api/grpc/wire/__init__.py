@@ -1,2 +1,2 @@
 """The gRPC wire contract, shared by the server and the client: the generated code (`v1`,
-from `proto/`) and domain objects and errors to and from its messages."""
+from `contracts/proto/`) and domain objects and errors to and from its messages."""

@@ -1,1 +1,1 @@
-"""Generated from proto/ by scripts/generate-proto.sh; do not edit."""
+"""Generated from contracts/proto/ by scripts/generate-proto.sh; do not edit."""

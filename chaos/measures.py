@@ -19,7 +19,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from devtools.chaos.traffic import Sample
+from testkit.percentile import percentile
+
+from chaos.traffic import Sample
 
 
 @dataclass
@@ -153,7 +155,11 @@ def _selected(run: Run, where: dict[str, Any]) -> list[Sample]:
     documented = where.get("server_errors_except")
     # Only requests that started once this breaker was seen closed again within the phase.
     closed = where.get("since_breaker_closed")
-    since = _breaker_closed_at(run, phase, closed) if closed is not None else None
+    since = None
+    if closed is not None:
+        if phase is None:
+            raise ValueError("since_breaker_closed needs a phase to look for the breaker in")
+        since = _breaker_closed_at(run, phase, closed)
     # "steady" is fault-free: a request still in flight when the first fault began (answered
     # 503/504 by a core killed under it, say) belongs to no phase's fault-free figures.
     fault_free_until = run.phases[0][0] if phase == "steady" and run.phases else math.inf
@@ -184,14 +190,6 @@ def _share(run: Run, where: dict[str, Any]) -> float:
 def _stale_ratio(run: Run, where: dict[str, Any]) -> float:
     served = [s for s in _selected(run, where) if s.ok]
     return sum(s.stale for s in served) / len(served) if served else math.nan
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank; NaN for no values (which fails every check)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def _latency_ms(run: Run, where: dict[str, Any]) -> float:

@@ -1,4 +1,4 @@
-"""Runs one experiment written as data (chaos/experiments/*.json), in the spirit of Chaos
+"""Runs one experiment written as data (experiments/*.json beside this module), in the spirit of Chaos
 Toolkit's format: a steady-state hypothesis checked before the faults, a method (the faults,
 in order, with pauses), rollbacks that always run, and checks on what was measured.
 
@@ -14,17 +14,19 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import httpx
-from bench.harness import seed_profiles
+from testkit.history import CheckReport, History, check
+from testkit.seed import seed_profiles
+from testkit.workload import final_state, run_workload
 
-from devtools.chaos.measures import HealthzPoll, Result, Run, evaluate
-from devtools.chaos.system import System
-from devtools.chaos.traffic import Sample, Traffic, warm
-from devtools.history import CheckReport, History, check
-from devtools.workload import final_state, run_workload
+from chaos.measures import HealthzPoll, Result, Run, evaluate
+from chaos.system import System
+from chaos.traffic import Sample, Traffic, warm
 
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 HEALTHZ_TIMEOUT_SECONDS = 2.0
 _METRIC_LINE = re.compile(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+|NaN|\+Inf)$")
 
@@ -51,6 +53,7 @@ async def _run_in(
     system: System, spec: dict[str, Any], seed: int, time_scale: float
 ) -> tuple[bool, list[Result], dict[str, str]]:
     async with system:
+        print(f"  system up: {', '.join(system.running())}", flush=True)
         run = Run(started=time.monotonic(), time_scale=time_scale)
         setup = spec.get("setup", {})
         cached, uncached = await _seed(system, setup)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import multiprocessing
 import os
 import random
@@ -119,6 +118,7 @@ async def _fire(stream: Stream, port: int, scheduled: float, origin: float, resu
         return
     latency = time.perf_counter() - origin - scheduled
     results.append(Result(stream.client, stream.kind, scheduled, latency, response.status, response.headers))
+    assert connection is not None  # the loop breaks only with an answer on a connection
     free.append(connection)
 
 
@@ -217,11 +217,3 @@ def run_in_another_process(
 
 
 OTHER_LAG: list[float] = []  # the timer lag of the last process `run_in_another_process` collected
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[index]

@@ -1,5 +1,6 @@
-"""`python -m devtools.chaos [experiment names...]`: run the experiments in chaos/experiments
-(all of them by default), print each one's figures and checks, exit 1 if any check failed."""
+"""`python -m chaos [experiment names...]`: run the experiments in chaos/experiments
+(all of them by default), print each one's figures and checks, exit 1 if any check failed.
+Ctrl-C or SIGTERM stops the experiment and every server it started, then exits 130."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
-from devtools.chaos.runner import run_experiment
-
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
+from chaos.runner import EXPERIMENTS, run_experiment
 
 
 async def _main(names: list[str], seed: int, output: Path | None, time_scale: float) -> int:
+    # SIGTERM does what asyncio.run already does on Ctrl-C: cancel this task, so the experiment's
+    # `async with System` stops every server on the way out.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     paths = sorted(EXPERIMENTS.glob("*.json"))
     if names:
         paths = [p for p in paths if p.stem in names or any(p.stem.startswith(n) for n in names)]
@@ -64,7 +69,12 @@ def main() -> None:
         help="multiplies every phase's length (CI runs 0.5); default $KEEL_CHAOS_TIME_SCALE or 1",
     )
     arguments = parser.parse_args()
-    sys.exit(asyncio.run(_main(arguments.names, arguments.seed, arguments.output, arguments.time_scale)))
+    try:
+        status = asyncio.run(_main(arguments.names, arguments.seed, arguments.output, arguments.time_scale))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; every server stopped", file=sys.stderr, flush=True)
+        status = 130
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,0 @@
-"""Chaos experiments against a running Keel: `python -m devtools.chaos` (see README)."""
