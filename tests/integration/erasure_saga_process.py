@@ -16,12 +16,15 @@ from keel.bootstrap.core import open_store
 from keel.config import Settings
 from keel.domain.erasure import Erasure, ErasureStep
 from keel.service.erasure import ErasureObserver, ErasureSagaRunner
+from keel.storage.postgres.store import PostgresStore
+from keel.storage.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.integration.conftest import observer
 
 
 async def main(database_url: str, kill_after: ErasureStep, clock_start: datetime) -> None:
     store = await open_store(Settings(database_url=database_url), observer("erasure"))
+    assert isinstance(store, SqliteStore | PostgresStore)  # the stores with the lifecycle tables
 
     def die_after(erasure: Erasure, step: ErasureStep) -> None:
         if step is kill_after:

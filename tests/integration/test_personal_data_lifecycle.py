@@ -28,9 +28,11 @@ from keel.service.attributes import AttributePolicy
 from keel.service.erasure import ErasureObserver, ErasurePolicy, ErasureSagaRunner, ErasureStatus
 from keel.service.outbox import cloud_event
 from keel.service.personal_data import PersonalDataService
-from keel.service.ports import OutboxRecord, Store
+from keel.service.ports import OutboxRecord, PersonalDataStore, Store
 from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import downgrade, migrate
+from keel.storage.postgres.store import PostgresStore
+from keel.storage.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.integration.test_migrations_up_and_down import database, everything, query, revision
 
@@ -80,7 +82,7 @@ class Crash(BaseException):
 @dataclass
 class World:
     url: str
-    store: Store
+    store: PersonalDataStore
     clock: FakeClock
     profiles: ProfileService
     personal_data: PersonalDataService
@@ -105,16 +107,22 @@ class World:
         )
 
 
+def with_lifecycle_tables(store: Store) -> PersonalDataStore:
+    assert isinstance(store, SqliteStore | PostgresStore)
+    return store
+
+
 @pytest.fixture
 def world(database_url: str, store: Store) -> World:
     clock = FakeClock(datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
     policy = ErasurePolicy()
+    lifecycle = with_lifecycle_tables(store)
     return World(
         url=database_url,
-        store=store,
+        store=lifecycle,
         clock=clock,
         profiles=ProfileService(store, clock, AttributePolicy(), "eu1"),
-        personal_data=PersonalDataService(store, clock, erasure_policy=policy),
+        personal_data=PersonalDataService(lifecycle, clock, erasure_policy=policy),
         policy=policy,
     )
 
@@ -146,12 +154,12 @@ async def values_found(url: str, values: tuple[str, ...]) -> dict[str, list[str]
     return found
 
 
-async def events_of(store: Store, subject: str) -> list[OutboxRecord]:
+async def events_of(store: PersonalDataStore, subject: str) -> list[OutboxRecord]:
     async with store.unit_of_work(read_only=True) as uow:
         return await uow.personal_data.events_of(subject)
 
 
-async def erasure_state(store: Store, profile_id: str) -> Erasure:
+async def erasure_state(store: PersonalDataStore, profile_id: str) -> Erasure:
     async with store.unit_of_work(read_only=True) as uow:
         erasure = await uow.erasures.of_profile(profile_id)
     assert erasure is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from keel.bootstrap.container import Core
 from keel.bootstrap.events import build_relay
@@ -22,6 +23,9 @@ from keel.service.ports import InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import head_revision
+
+if TYPE_CHECKING:
+    from keel.storage.guarded import GuardedStore
 
 
 class SchemaNotCurrent(RuntimeError):
@@ -47,7 +51,7 @@ async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
     )
 
 
-def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> Store:
+def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> GuardedStore:
     """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
     from keel.storage.guarded import GuardedStore
 
@@ -122,7 +126,8 @@ async def build_core(
         await store.close()
         raise
     clock = SystemClock()
-    store = guard_store(store, settings, metrics, guards)
+    guarded = guard_store(store, settings, metrics, guards)
+    store = guarded
     reads, bus = build_profile_reads(settings, store, metrics, guards)
     relay = build_relay(settings, store, clock, metrics)
     service = ProfileService(
@@ -137,7 +142,7 @@ async def build_core(
         on_events_committed=relay.wake if relay is not None else None,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
-    personal_data, erasure_runner = build_personal_data(settings, store, clock, reads, relay)
+    personal_data, erasure_runner = build_personal_data(settings, guarded, clock, reads, relay)
     return Core(
         store=store,
         clock=clock,

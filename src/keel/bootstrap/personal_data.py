@@ -8,7 +8,7 @@ from keel.config import Settings
 from keel.service.erasure import ErasurePolicy, ErasureSagaRunner
 from keel.service.outbox import OutboxRelay
 from keel.service.personal_data import PersonalDataService
-from keel.service.ports import Clock, Store
+from keel.service.ports import Clock, PersonalDataStore
 from keel.service.profile_reads import ProfileReads
 
 
@@ -21,7 +21,7 @@ def erasure_policy(settings: Settings) -> ErasurePolicy:
 
 
 def build_personal_data(
-    settings: Settings, store: Store, clock: Clock, reads: ProfileReads, relay: OutboxRelay | None
+    settings: Settings, store: PersonalDataStore, clock: Clock, reads: ProfileReads, relay: OutboxRelay | None
 ) -> tuple[PersonalDataService, ErasureSagaRunner]:
     policy = erasure_policy(settings)
 

@@ -41,7 +41,7 @@ from keel.domain.erasure import (
 from keel.domain.errors import Forbidden, KeelError
 from keel.domain.events import profile_erased
 from keel.domain.profile import JSONObject, JSONValue
-from keel.service.ports import Clock, Store, UnitOfWork
+from keel.service.ports import Clock, PersonalDataStore, PersonalDataUnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="microseconds") if value is not None else None
 
 
-async def erasure_status(uow: UnitOfWork, erasure: Erasure) -> ErasureStatus:
+async def erasure_status(uow: PersonalDataUnitOfWork, erasure: Erasure) -> ErasureStatus:
     pending: list[str] = []
     if erasure.holders_recorded_at is not None and erasure.event_id is not None:
         pending = await uow.erasure_acknowledgements.pending(erasure.event_id)
@@ -130,7 +130,7 @@ class ErasureSagaRunner:
     """Takes up due sagas (new, retrying, waiting on acknowledgements, or abandoned by a runner
     that died) and runs each as far as it can go now."""
 
-    store: Store
+    store: PersonalDataStore
     clock: Clock
     drop_cached: Callable[[str, int], Awaitable[None]]  # forget a profile here and fleet-wide
     policy: ErasurePolicy = field(default_factory=ErasurePolicy)
@@ -270,7 +270,7 @@ class ErasureSagaRunner:
             await uow.commit()
         return erasure
 
-    async def _store_in(self, uow: UnitOfWork, erasure: Erasure) -> None:
+    async def _store_in(self, uow: PersonalDataUnitOfWork, erasure: Erasure) -> None:
         if not await uow.erasures.save(erasure, self.holder, self.clock.now() + self.policy.lease):
             raise LeaseLost(erasure.id)  # leaving the block without commit rolls the step back
 

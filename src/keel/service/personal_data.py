@@ -15,7 +15,7 @@ from keel.domain.ids import is_profile_id
 from keel.domain.profile import JSONObject, JSONValue
 from keel.service.erasure import ErasurePolicy, ErasureStatus, erasure_status, require_admin
 from keel.service.outbox import cloud_event
-from keel.service.ports import Clock, Store
+from keel.service.ports import Clock, PersonalDataStore
 
 DEFAULT_DELETED_RETENTION = timedelta(days=30)
 _PURGE_BATCH = 100
@@ -29,7 +29,7 @@ def _nothing() -> None:
 class PersonalDataService:
     def __init__(
         self,
-        store: Store,
+        store: PersonalDataStore,
         clock: Clock,
         *,
         erasure_policy: ErasurePolicy | None = None,

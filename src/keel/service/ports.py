@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.erasure import Erasure, Tombstone, TombstoneCause
@@ -250,15 +250,6 @@ class UnitOfWork(Protocol):
     @property
     def outbox(self) -> Outbox: ...
 
-    @property
-    def personal_data(self) -> PersonalData: ...
-
-    @property
-    def erasures(self) -> ErasureSagas: ...
-
-    @property
-    def erasure_acknowledgements(self) -> ErasureAcknowledgements: ...
-
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
@@ -281,6 +272,26 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PersonalDataUnitOfWork(UnitOfWork, Protocol):
+    """A unit of work that also reaches the personal-data lifecycle's tables: what export,
+    erasure and purge need (the SQL stores have them; the profile use cases need only
+    `UnitOfWork`, so their fakes need not)."""
+
+    @property
+    def personal_data(self) -> PersonalData: ...
+
+    @property
+    def erasures(self) -> ErasureSagas: ...
+
+    @property
+    def erasure_acknowledgements(self) -> ErasureAcknowledgements: ...
+
+
+class PersonalDataStore(Protocol):
+    def unit_of_work(self, *, read_only: bool = False) -> PersonalDataUnitOfWork: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from keel.service.ports import (
     IdempotencyRecords,
     Outbox,
     PersonalData,
+    PersonalDataUnitOfWork,
     ProfileRepository,
     Store,
     UnitOfWork,
@@ -76,15 +77,22 @@ class GuardedUnitOfWork:
 
     @property
     def personal_data(self) -> PersonalData:
-        return self._inner.personal_data
+        return self._lifecycle().personal_data
 
     @property
     def erasures(self) -> ErasureSagas:
-        return self._inner.erasures
+        return self._lifecycle().erasures
 
     @property
     def erasure_acknowledgements(self) -> ErasureAcknowledgements:
-        return self._inner.erasure_acknowledgements
+        return self._lifecycle().erasure_acknowledgements
+
+    def _lifecycle(self) -> PersonalDataUnitOfWork:
+        # The SQL stores' units of work have these tables (once entered); a store without them
+        # (a test's fake) serves the profile use cases only.
+        if not isinstance(self._inner, PersonalDataUnitOfWork):
+            raise TypeError("This store keeps no personal-data lifecycle tables.")
+        return self._inner
 
     async def commit(self) -> None:
         await self._inner.commit()
