@@ -24,6 +24,7 @@ from keel.domain.erasure import Erasure, ErasureState, ErasureStep
 from keel.domain.errors import Forbidden, NotFound
 from keel.domain.events import PROFILE_ERASED
 from keel.domain.profile import JSONObject
+from keel.domain.webhooks import DeliveryState
 from keel.service.attributes import AttributePolicy
 from keel.service.erasure import ErasureObserver, ErasurePolicy, ErasureSagaRunner, ErasureStatus
 from keel.service.outbox import cloud_event
@@ -35,6 +36,8 @@ from keel.storage.postgres.store import PostgresStore
 from keel.storage.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.integration.test_migrations_up_and_down import database, everything, query, revision
+from tests.integration.test_webhooks import DEADLINE_SECONDS, admin, deliveries, dispatcher
+from tests.integration.webhook_receivers import down_url, receiver
 
 ADMIN = Principal("admin_key", frozenset({Scope.ADMIN}), "2026-11-28")
 WRITER = Principal("writer_key", frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRITE}), "2026-11-28")
@@ -83,6 +86,7 @@ class Crash(BaseException):
 class World:
     url: str
     store: PersonalDataStore
+    sql: Store  # the same store, as the webhooks use it
     clock: FakeClock
     profiles: ProfileService
     personal_data: PersonalDataService
@@ -120,6 +124,7 @@ def world(database_url: str, store: Store) -> World:
     return World(
         url=database_url,
         store=lifecycle,
+        sql=store,
         clock=clock,
         profiles=ProfileService(store, clock, AttributePolicy(), "eu1"),
         personal_data=PersonalDataService(lifecycle, clock, erasure_policy=policy),
@@ -167,10 +172,30 @@ async def erasure_state(store: PersonalDataStore, profile_id: str) -> Erasure:
 
 
 async def test_after_erasure_no_table_holds_a_personal_value_of_the_profile(world: World) -> None:
-    profile_id = await a_profile_with_history(world)
+    async with receiver(200) as endpoint:
+        # A webhook endpoint receiving every event: its deliveries keep a copy of each.
+        registered = await admin(world.sql, world.clock).register(ADMIN, endpoint.url, [], False)
+        profile_id = await a_profile_with_history(world)
+        worker = dispatcher(world.sql, world.clock)
+        try:
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+    sent = await deliveries(world.sql, registered.endpoint.id)
+    assert [d.subject for d in sent].count(profile_id) == 2
     before = await values_found(world.url, ERASED_VALUES)
-    # The scan sees the values where they are: rows, children, outbox payloads, idempotency.
-    assert {"profiles", "profile_emails", "profile_links", "event_outbox", "idempotency_keys"} <= set(before)
+    # The scan sees the values where they are: rows, children, outbox payloads, idempotency,
+    # webhook deliveries.
+    assert {
+        "profiles",
+        "profile_emails",
+        "profile_links",
+        "event_outbox",
+        "idempotency_keys",
+        "webhook_deliveries",
+    } <= set(before)
 
     status = await world.personal_data.start_erasure(ADMIN, profile_id)
     assert status.erasure.state is ErasureState.RUNNING
@@ -182,6 +207,7 @@ async def test_after_erasure_no_table_holds_a_personal_value_of_the_profile(worl
         "profile_emails",
         "event_outbox",
         "idempotency_keys",
+        "webhook_deliveries",
     }
     done = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
     assert done["state"] == "completed"
@@ -333,51 +359,93 @@ async def test_a_runner_killed_mid_saga_is_taken_over_and_the_saga_completes(
     assert types.count(PROFILE_ERASED) == 1
 
 
-async def test_the_saga_waits_for_every_holder_of_personal_data_and_reports_the_silent_ones(
+async def test_an_erasure_finishes_only_after_each_personal_data_endpoint_acknowledged_it(
     world: World,
 ) -> None:
-    profile_id = await a_profile_with_history(world)
-    async with world.store.unit_of_work() as uow:
-        await uow.erasure_acknowledgements.register_holder("crm", "CRM sync webhook", world.clock.now())
-        await uow.erasure_acknowledgements.register_holder(
-            "mailer", "Mailing list webhook", world.clock.now()
-        )
-        await uow.commit()
-    status = await world.personal_data.start_erasure(ADMIN, profile_id)
-    runner = world.runner()
-    await runner.run_due()
-    waiting = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
-    assert waiting["state"] == "running"
-    assert waiting["next_step"] == "await_acknowledgements"
-    assert waiting["pending_holders"] == ["crm", "mailer"]
-    event_id = (await erasure_state(world.store, profile_id)).event_id
-    assert event_id is not None
+    async with receiver(hanging=True) as crm, receiver(200) as analytics:
+        keel = admin(world.sql, world.clock)
+        holder = await keel.register(ADMIN, crm.url, [PROFILE_ERASED], True)
+        await keel.register(ADMIN, analytics.url, [], False)  # holds no personal data: not awaited
+        profile_id = await a_profile_with_history(world)
+        status = await world.personal_data.start_erasure(ADMIN, profile_id)
+        runner = world.runner()
+        worker = dispatcher(world.sql, world.clock, timeout=DEADLINE_SECONDS)
+        try:
+            await runner.run_due()
+            waiting = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+            assert waiting["next_step"] == "await_acknowledgements"
+            assert waiting["pending_holders"] == [holder.endpoint.id]
 
-    # A 2xx delivery of the erased event, as the webhooks deliverer records it.
-    async with world.store.unit_of_work() as uow:
-        assert await uow.erasure_acknowledgements.acknowledge(event_id, "crm", world.clock.now())
-        await uow.commit()
-    assert await runner.run_due() == 0  # not due before its next check
+            # The erased event reaches the endpoint, which does not answer yet: still pending.
+            await worker.run_once()
+            [request] = await crm.wait_for(1)
+            sent = json.loads(request.body)
+            assert (sent["type"], sent["subject"]) == (PROFILE_ERASED, profile_id)
+            world.clock.advance(world.policy.acknowledgement_poll)
+            await runner.run_due()
+            erasure = await erasure_state(world.store, profile_id)
+            assert erasure.state is ErasureState.RUNNING
+            assert erasure.acknowledged_at is None
+            assert erasure.last_error == f"no acknowledgement yet from {holder.endpoint.id}"
+
+            # It answers 2xx: that is the acknowledgement; at its next check the saga finishes.
+            crm.release(204)
+            await worker.settle()
+            assert await runner.run_due() == 0  # not due before its next check
+            world.clock.advance(world.policy.acknowledgement_poll)
+            await runner.run_due()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+    done = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+    assert done["state"] == "completed"
+    assert done["pending_holders"] == []
+    assert (await erasure_state(world.store, profile_id)).acknowledged_at is not None
+
+
+async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(world: World) -> None:
+    async with receiver(200) as crm:
+        keel = admin(world.sql, world.clock)
+        acknowledging = await keel.register(ADMIN, crm.url, [PROFILE_ERASED], True)
+        silent = await keel.register(ADMIN, down_url(), [PROFILE_ERASED], True)
+        # Holds personal data but never receives the erased event: owes nothing.
+        await keel.register(ADMIN, down_url(), ["keel.profile.created.v1"], True)
+        profile_id = await a_profile_with_history(world)
+        status = await world.personal_data.start_erasure(ADMIN, profile_id)
+        runner = world.runner()
+        worker = dispatcher(world.sql, world.clock, delays=())  # one attempt, then a dead letter
+        try:
+            await runner.run_due()
+            waiting = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+            assert waiting["pending_holders"] == sorted([acknowledging.endpoint.id, silent.endpoint.id])
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+    [dead] = [d for d in await deliveries(world.sql, silent.endpoint.id) if d.event_type == PROFILE_ERASED]
+    assert dead.state is DeliveryState.DEAD
     world.clock.advance(world.policy.acknowledgement_poll)
     await runner.run_due()
-    assert (await world.personal_data.erasure_status(ADMIN, status.erasure.id)).pending_holders == ("mailer",)
+    assert (await world.personal_data.erasure_status(ADMIN, status.erasure.id)).pending_holders == (
+        silent.endpoint.id,
+    )
 
-    # The mailer never answers: past the give-up time the saga fails, and says what was done.
+    # The dead letter is never replayed: past the give-up time the saga fails, and says what
+    # was done.
     world.clock.advance(world.policy.give_up_after)
     await runner.run_due()
     failed = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
     assert failed["state"] == "failed"
-    assert failed["pending_holders"] == ["mailer"]
-    assert failed["last_error"] == "no acknowledgement yet from mailer"
+    assert failed["pending_holders"] == [silent.endpoint.id]
+    assert failed["last_error"] == f"no acknowledgement yet from {silent.endpoint.id}"
     assert [step["done"] for step in failed["steps"]] == [True, True, True, False, False]
     assert await values_found(world.url, ERASED_VALUES) == {}  # what could be done, was
     world.clock.advance(world.policy.acknowledgement_poll)
     assert await runner.run_due() == 0  # a failed saga is not retried by itself
 
-    # Asked again, it runs again from where it stopped; the mailer is gone: nothing pending.
-    async with world.store.unit_of_work() as uow:
-        await uow.erasure_acknowledgements.unregister_holder("mailer")
-        await uow.commit()
+    # Asked again, it runs again from where it stopped; the endpoint is deleted: nothing pending.
+    await keel.delete_endpoint(ADMIN, silent.endpoint.id)
     again = await world.personal_data.start_erasure(ADMIN, profile_id)
     assert again.erasure.id == status.erasure.id
     assert again.erasure.state is ErasureState.RUNNING
@@ -520,7 +588,6 @@ async def test_0006_up_and_down_leaves_the_database_as_it_was(
     assert set(tables["rows"]) - set(before["rows"]) == {
         "profile_erasures",
         "profile_tombstones",
-        "personal_data_holders",
         "erasure_acknowledgements",
     }
     await asyncio.to_thread(downgrade, url, "0005")

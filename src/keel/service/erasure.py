@@ -6,8 +6,9 @@ The steps, in order (`keel.domain.erasure.ErasureStep`):
 2. drop every cached copy: this process's cache, and every other process's over the
    invalidation bus;
 3. publish `keel.profile.erased.v1`: written into the outbox, the relay takes it from there;
-4. wait until every consumer registered as holding personal data acknowledged that event
-   (none registered: nothing to wait for);
+4. wait until every webhook endpoint registered as holding personal data that the event goes
+   to acknowledged it by answering 2xx to its delivery (none: nothing to wait for; a dead
+   letter stays pending until replayed and delivered, or its endpoint deleted);
 5. finish.
 
 Why a crash at any point resumes where it stopped: each step's effect and the timestamp that
@@ -238,10 +239,13 @@ class ErasureSagaRunner:
         now = self.clock.now()
         async with self.store.unit_of_work() as uow:
             if erasure.holders_recorded_at is None:
-                # Once: the holders registered now owe the acknowledgement; one registered later
-                # never received the event and owes nothing.
-                await uow.erasure_acknowledgements.expect(event_id, now)
+                # Once: the personal-data endpoints the event goes to owe the acknowledgement;
+                # one registered later never receives it and owes nothing.
+                assert erasure.data_removed_at is not None  # the erased event's time
+                await uow.erasure_acknowledgements.expect(event_id, erasure.data_removed_at, now)
                 erasure = replace(erasure, holders_recorded_at=now)
+            # Their 2xx deliveries of the event since the last check are the acknowledgements.
+            await uow.erasure_acknowledgements.acknowledge_delivered(event_id)
             pending = await uow.erasure_acknowledgements.pending(event_id)
             if not pending:
                 erasure = self._progressed(erasure, acknowledged_at=now)

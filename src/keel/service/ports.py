@@ -212,26 +212,28 @@ class ErasureSagas(Protocol):
 
 
 class ErasureAcknowledgements(Protocol):
-    """Which consumers registered as holding personal data still owe an acknowledgement of an
-    erased event. The webhooks deliverer records a 2xx delivery of the event with `acknowledge`;
-    a holder is whatever the registry calls it (a webhook endpoint id)."""
+    """Which consumers holding personal data still owe an acknowledgement of an erased event.
 
-    async def expect(self, event_id: str, at: datetime) -> int:
-        """Record every holder registered now as owing an acknowledgement of `event_id` (once:
-        a second call adds only holders not yet recorded). Returns how many are recorded."""
+    The holders are the webhook endpoints registered with `holds_personal_data` (the webhook
+    endpoints table is the one registry); an endpoint acknowledges the event by answering 2xx
+    to its delivery (the webhook deliveries table records that). Nothing else writes here."""
+
+    async def expect(self, event_id: str, event_time: datetime, at: datetime) -> int:
+        """Record as owing an acknowledgement of `event_id` every personal-data endpoint that the
+        event goes to (one of its types, registered by `event_time`: the endpoints the
+        dispatcher fans it out to). Once: a second call adds only endpoints not yet recorded.
+        Returns how many are recorded."""
+        ...
+
+    async def acknowledge_delivered(self, event_id: str) -> int:
+        """Mark acknowledged, at their delivery's time, the recorded holders whose delivery of
+        `event_id` was answered 2xx; how many were (the mark outlives the delivery's pruning)."""
         ...
 
     async def pending(self, event_id: str) -> list[str]:
-        """The holders recorded for `event_id` that have not acknowledged it, sorted; empty when
-        none were registered."""
-        ...
-
-    async def acknowledge(self, event_id: str, holder: str, at: datetime) -> bool: ...
-
-    async def register_holder(self, holder: str, description: str, at: datetime) -> None: ...
-
-    async def unregister_holder(self, holder: str) -> None:
-        """A holder that no longer exists owes nothing: its pending acknowledgements go too."""
+        """The recorded holders (endpoint ids) of `event_id` that have not acknowledged it,
+        sorted; a holder whose delivery is a dead letter stays pending, one whose endpoint was
+        deleted owes nothing and is left out."""
         ...
 
 

@@ -21,7 +21,7 @@ from keel.domain.erasure import (
     TombstoneCause,
     erased_outcome,
 )
-from keel.domain.events import erased_payload
+from keel.domain.events import PROFILE_ERASED, erased_payload
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, OutboxRecord
@@ -32,6 +32,7 @@ from keel.storage.rows import (
     outbox_record_from_row,
     profile_from_row,
 )
+from keel.storage.webhook_rows import ENDPOINT_COLUMNS, endpoint_from_row
 
 
 class SqlSession(Protocol):
@@ -146,6 +147,19 @@ class SqlPersonalData:
             for seq, event_type, data in events:
                 erased = erased_payload(event_type, json.loads(data), at)
                 await db.execute("UPDATE event_outbox SET data = $2 WHERE seq = $1", seq, json.dumps(erased))
+            # The copies webhook deliveries keep of what they send (to retry, and to replay a
+            # dead letter): the same erased form, so a replay sends no personal data.
+            deliveries = await db.fetch(
+                "SELECT id, event_type, payload FROM webhook_deliveries WHERE subject = $1", profile_id
+            )
+            for delivery_id, event_type, payload in deliveries:
+                sent = json.loads(payload)
+                sent["data"] = erased_payload(event_type, sent["data"], at)
+                await db.execute(
+                    "UPDATE webhook_deliveries SET payload = $2 WHERE id = $1",
+                    delivery_id,
+                    json.dumps(sent, separators=(",", ":")),
+                )
             for record in await self.idempotency_records_of(profile_id):
                 # The fingerprint is a hash of the request's personal values: it goes too, so
                 # a retry of the request is answered from the erased outcome, not compared.
@@ -276,54 +290,48 @@ class SqlErasureAcknowledgements:
         self._db = db
         self._observer = observer
 
-    async def expect(self, event_id: str, at: datetime) -> int:
+    async def expect(self, event_id: str, event_time: datetime, at: datetime) -> int:
+        db = self._db
         with self._observer.call("expect_acknowledgements"):
-            for (holder,) in await self._db.fetch("SELECT id FROM personal_data_holders ORDER BY id"):
-                await self._db.execute(
-                    "INSERT INTO erasure_acknowledgements (event_id, holder, expected_at)"
-                    " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    event_id,
-                    holder,
-                    self._db.time(at),
-                )
-            rows = await self._db.fetch(
+            rows = await db.fetch(f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY id")  # noqa: S608 - constants only
+            endpoints = [endpoint_from_row(tuple(row), db.parse_time).endpoint for row in rows]
+            # The dispatcher's own test of who receives the event: a holder that never
+            # receives it (not its type, registered after it) cannot acknowledge it.
+            for endpoint in endpoints:
+                if endpoint.holds_personal_data and endpoint.wants(PROFILE_ERASED, event_time):
+                    await db.execute(
+                        "INSERT INTO erasure_acknowledgements (event_id, holder, expected_at)"
+                        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        event_id,
+                        endpoint.id,
+                        db.time(at),
+                    )
+            counted = await db.fetch(
                 "SELECT count(*) FROM erasure_acknowledgements WHERE event_id = $1", event_id
             )
-        return int(rows[0][0])
+        return int(counted[0][0])
+
+    async def acknowledge_delivered(self, event_id: str) -> int:
+        with self._observer.call("acknowledge_erasures"):
+            return await self._db.execute(
+                "UPDATE erasure_acknowledgements SET acknowledged_at = ("
+                "  SELECT min(d.finished_at) FROM webhook_deliveries d WHERE d.event_id = $1"
+                "  AND d.endpoint_id = erasure_acknowledgements.holder AND d.state = 'delivered')"
+                " WHERE event_id = $1 AND acknowledged_at IS NULL AND EXISTS ("
+                "  SELECT 1 FROM webhook_deliveries d WHERE d.event_id = $1"
+                "  AND d.endpoint_id = erasure_acknowledgements.holder AND d.state = 'delivered')",
+                event_id,
+            )
 
     async def pending(self, event_id: str) -> list[str]:
         with self._observer.call("pending_acknowledgements"):
             rows = await self._db.fetch(
-                "SELECT holder FROM erasure_acknowledgements"
-                " WHERE event_id = $1 AND acknowledged_at IS NULL ORDER BY holder",
+                "SELECT a.holder FROM erasure_acknowledgements a"
+                " WHERE a.event_id = $1 AND a.acknowledged_at IS NULL"
+                " AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = a.holder)"
+                " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = a.event_id"
+                "  AND d.endpoint_id = a.holder AND d.state = 'delivered')"
+                " ORDER BY a.holder",
                 event_id,
             )
         return [str(row[0]) for row in rows]
-
-    async def acknowledge(self, event_id: str, holder: str, at: datetime) -> bool:
-        with self._observer.call("acknowledge_erasure"):
-            changed = await self._db.execute(
-                "UPDATE erasure_acknowledgements SET acknowledged_at = $3"
-                " WHERE event_id = $1 AND holder = $2 AND acknowledged_at IS NULL",
-                event_id,
-                holder,
-                self._db.time(at),
-            )
-        return changed == 1
-
-    async def register_holder(self, holder: str, description: str, at: datetime) -> None:
-        with self._observer.call("register_holder"):
-            await self._db.execute(
-                "INSERT INTO personal_data_holders (id, description, registered_at) VALUES ($1, $2, $3)"
-                " ON CONFLICT (id) DO UPDATE SET description = $2",
-                holder,
-                description,
-                self._db.time(at),
-            )
-
-    async def unregister_holder(self, holder: str) -> None:
-        with self._observer.call("unregister_holder"):
-            await self._db.execute(
-                "DELETE FROM erasure_acknowledgements WHERE holder = $1 AND acknowledged_at IS NULL", holder
-            )
-            await self._db.execute("DELETE FROM personal_data_holders WHERE id = $1", holder)

@@ -1,6 +1,6 @@
 """The personal-data lifecycle: erasure sagas (one row each, a step done = its timestamp set),
-the tombstones erased or purged profiles leave, the registry of consumers holding personal data
-and the acknowledgements of erased events they owe.
+the tombstones erased or purged profiles leave, and the acknowledgements of erased events that
+webhook endpoints holding personal data (`webhook_endpoints.holds_personal_data`, 0005) owe.
 
 Revision ID: 0006
 Revises: 0005
@@ -59,12 +59,6 @@ def upgrade() -> None:
         sa.Column("last_version", sa.Integer(), nullable=False),
     )
     op.create_table(
-        "personal_data_holders",
-        sa.Column("id", sa.Text(), primary_key=True),
-        sa.Column("description", sa.Text(), nullable=False),
-        sa.Column("registered_at", _TIME, nullable=False),
-    )
-    op.create_table(
         "erasure_acknowledgements",
         sa.Column("event_id", sa.Text(), nullable=False),
         sa.Column("holder", sa.Text(), nullable=False),
@@ -87,7 +81,6 @@ def downgrade() -> None:
     # gone either way (a downgrade never brings erased data back).
     op.drop_index("ix_profiles_deleted_at", table_name="profiles")
     op.drop_table("erasure_acknowledgements")
-    op.drop_table("personal_data_holders")
     op.drop_table("profile_tombstones")
     op.drop_index("ix_profile_erasures_due", table_name="profile_erasures")
     op.drop_table("profile_erasures")
