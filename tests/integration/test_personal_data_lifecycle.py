@@ -22,9 +22,9 @@ from jsonschema import Draft202012Validator
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.erasure import Erasure, ErasureState, ErasureStep
 from keel.domain.errors import Forbidden, NotFound
-from keel.domain.events import PROFILE_ERASED
+from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED
 from keel.domain.profile import JSONObject
-from keel.domain.webhooks import DeliveryState
+from keel.domain.webhooks import DeliveryState, WebhookEndpoint
 from keel.service.attributes import AttributePolicy
 from keel.service.erasure import ErasureObserver, ErasurePolicy, ErasureSagaRunner, ErasureStatus
 from keel.service.outbox import cloud_event
@@ -36,7 +36,7 @@ from keel.storage.postgres.store import PostgresStore
 from keel.storage.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.integration.test_migrations_up_and_down import database, everything, query, revision
-from tests.integration.test_webhooks import DEADLINE_SECONDS, admin, deliveries, dispatcher
+from tests.integration.test_webhooks import BOX, DEADLINE_SECONDS, admin, deliveries, dispatcher
 from tests.integration.webhook_receivers import down_url, receiver
 
 ADMIN = Principal("admin_key", frozenset({Scope.ADMIN}), "2026-11-28")
@@ -408,8 +408,12 @@ async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(wo
         keel = admin(world.sql, world.clock)
         acknowledging = await keel.register(ADMIN, crm.url, [PROFILE_ERASED], True)
         silent = await keel.register(ADMIN, down_url(), [PROFILE_ERASED], True)
-        # Holds personal data but never receives the erased event: owes nothing.
-        await keel.register(ADMIN, down_url(), ["keel.profile.created.v1"], True)
+        # Holds personal data but never receives the erased event (stored before registration
+        # refused that): owes nothing.
+        async with world.sql.unit_of_work() as uow:
+            endpoint = WebhookEndpoint("whep_deaf", down_url(), (PROFILE_CREATED,), True, world.clock.now())
+            await uow.webhooks.add_endpoint(endpoint, BOX.seal(b"s" * 32))
+            await uow.commit()
         profile_id = await a_profile_with_history(world)
         status = await world.personal_data.start_erasure(ADMIN, profile_id)
         runner = world.runner()
