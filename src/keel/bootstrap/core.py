@@ -151,7 +151,7 @@ async def build_core(
         on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
-    personal_data, erasure_runner = build_personal_data(settings, guarded, clock, reads, relay)
+    personal_data, erasure_runner = build_personal_data(settings, guarded, clock, reads, events_committed)
     return Core(
         store=store,
         clock=clock,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from keel.config import Settings
 from keel.service.erasure import ErasurePolicy, ErasureSagaRunner
-from keel.service.outbox import OutboxRelay
 from keel.service.personal_data import PersonalDataService
 from keel.service.ports import Clock, PersonalDataStore
 from keel.service.profile_reads import ProfileReads
@@ -21,7 +21,11 @@ def erasure_policy(settings: Settings) -> ErasurePolicy:
 
 
 def build_personal_data(
-    settings: Settings, store: PersonalDataStore, clock: Clock, reads: ProfileReads, relay: OutboxRelay | None
+    settings: Settings,
+    store: PersonalDataStore,
+    clock: Clock,
+    reads: ProfileReads,
+    events_committed: Callable[[], None],
 ) -> tuple[PersonalDataService, ErasureSagaRunner]:
     policy = erasure_policy(settings)
 
@@ -35,7 +39,8 @@ def build_personal_data(
         drop_cached,
         policy=policy,
         event_source=settings.events_source,
-        on_events_committed=relay.wake if relay is not None else (lambda: None),
+        # The relay and the webhook dispatcher: the erased event goes out at once.
+        on_events_committed=events_committed,
     )
     service = PersonalDataService(
         store,
