@@ -10,14 +10,17 @@ from typing import Any
 
 import grpc
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from keel.api.grpc.server import GrpcServer
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.config import Settings
+from keel.domain.events import PROFILE_ERASED
 from tests.e2e.conftest import Api, make_api
 from tests.e2e.test_rest_profiles import assert_problem
 from tests.integration.conftest import truncate
+from tests.integration.webhook_receivers import receiver
 
 
 @pytest.fixture
@@ -195,3 +198,39 @@ async def test_erasure_through_grpc_is_the_same_saga(monolith: Api) -> None:
             assert not status.erasure.HasField("next_step")
     finally:
         await server.stop(grace_seconds=0)
+
+
+async def test_an_erasure_waits_for_a_webhook_endpoint_holding_personal_data(database_url: str) -> None:
+    """Through the composed core: an endpoint registered over REST as holding personal data is
+    owed the erased event, which the core's dispatcher delivers (the saga's finishing once the
+    2xx is seen is tested in tests/integration/test_personal_data_lifecycle.py, on virtual time)."""
+    if database_url.startswith("postgresql"):
+        await truncate(database_url)
+    # Loopback receivers: the test's endpoint is on 127.0.0.1.
+    api, deployment = await make_api(Settings(database_url=database_url, webhook_allow_private_targets=True))
+    try:
+        async with api.client, receiver(200) as endpoint:
+            registered = await api.client.post(
+                "/v1/webhooks",
+                json={"url": endpoint.url, "event_types": [PROFILE_ERASED], "holds_personal_data": True},
+                headers=api.admin,
+            )
+            assert registered.status_code == 201, registered.text
+            profile_id = await a_profile(api)
+            started = await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.admin)
+            assert started.status_code == 202, started.text
+            runner, dispatcher = api.keel.local.erasure_runner, api.keel.local.dispatcher
+            assert runner is not None
+            assert dispatcher is not None
+            assert await runner.run_due() == 1
+            status = (await api.client.get(started.headers["location"], headers=api.admin)).json()
+            assert status["state"] == "running"
+            assert status["next_step"] == "await_acknowledgements"
+            assert status["pending_holders"] == [registered.json()["id"]]
+            await dispatcher.run_once()
+            await dispatcher.settle()
+            [request] = await endpoint.wait_for(1)
+        event = Webhook(registered.json()["secret"]).verify(request.body, request.headers)
+        assert (event["type"], event["subject"]) == (PROFILE_ERASED, profile_id)
+    finally:
+        await deployment.close()
