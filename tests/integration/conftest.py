@@ -13,7 +13,8 @@ from keel.service.ports import Store
 
 TABLES = (
     "profiles, profile_emails, profile_links, api_keys, idempotency_keys, event_outbox, event_relay_lease,"
-    " webhook_endpoints, webhook_deliveries"
+    " webhook_endpoints, webhook_deliveries,"
+    " profile_erasures, profile_tombstones, erasure_acknowledgements"
 )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from keel.bootstrap.container import Core
 from keel.bootstrap.events import build_relay
+from keel.bootstrap.personal_data import build_personal_data
 from keel.bootstrap.protection import Protection, build_breaker
 from keel.bootstrap.webhooks import build_webhooks
 from keel.config import Settings
@@ -22,6 +24,9 @@ from keel.service.ports import InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import head_revision
+
+if TYPE_CHECKING:
+    from keel.storage.guarded import GuardedStore
 
 
 class SchemaNotCurrent(RuntimeError):
@@ -47,7 +52,7 @@ async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
     )
 
 
-def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> Store:
+def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> GuardedStore:
     """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
     from keel.storage.guarded import GuardedStore
 
@@ -122,7 +127,8 @@ async def build_core(
         await store.close()
         raise
     clock = SystemClock()
-    store = guard_store(store, settings, metrics, guards)
+    guarded = guard_store(store, settings, metrics, guards)
+    store = guarded
     reads, bus = build_profile_reads(settings, store, metrics, guards)
     relay = build_relay(settings, store, clock, metrics)
     webhooks = build_webhooks(settings, store, clock, metrics)
@@ -145,6 +151,7 @@ async def build_core(
         on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
+    personal_data, erasure_runner = build_personal_data(settings, guarded, clock, reads, events_committed)
     return Core(
         store=store,
         clock=clock,
@@ -156,4 +163,6 @@ async def build_core(
         relay=relay,
         webhooks=webhooks.admin,
         dispatcher=webhooks.dispatcher,
+        personal_data=personal_data,
+        erasure_runner=erasure_runner,
     )
