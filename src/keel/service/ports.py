@@ -17,6 +17,7 @@ from keel.domain.api_keys import ApiKey
 from keel.domain.erasure import Erasure, Tombstone, TombstoneCause
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
+from keel.service.outbox_records import OutboxRecord as OutboxRecord  # re-exported: adapters name it here
 
 if TYPE_CHECKING:
     from keel.service.webhook_ports import WebhookRepository
@@ -108,17 +109,6 @@ class ApiKeyRepository(Protocol):
     async def revoke(self, key_id: str, at: datetime) -> bool:
         """Mark a live key revoked; False when there is no such live key."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRecord:
-    """A stored event. `seq` orders the outbox (and a profile's events, whose writes are
-    serialized by the profile row); `source` is kept per row so past events keep theirs."""
-
-    seq: int
-    event: DomainEvent
-    source: str
-    published_at: datetime | None
 
 
 class Outbox(Protocol):
