@@ -10,20 +10,36 @@ import json
 import os
 import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 from chaos.runner import EXPERIMENTS, run_experiment
 
+# Set by Ctrl-C or SIGTERM: the run ends with 130 even if an experiment finished meanwhile.
+INTERRUPTED = threading.Event()
+
 
 async def _main(
     names: list[str], seed: int, output: Path | None, time_scale: float, compare_pollers: bool
 ) -> int:
-    # SIGTERM does what asyncio.run already does on Ctrl-C: cancel this task, so the experiment's
-    # `async with System` stops every server on the way out.
+    # Ctrl-C and SIGTERM cancel this task, so the experiment's `async with System` stops every
+    # server on the way out. One cancel is not enough: a fresh-clone run once saw a Ctrl-C right
+    # after "system up" swallowed (on 3.11 a cancel that meets an expiring `asyncio.timeout` can
+    # come out as TimeoutError, which the experiment counts as a failed request) and the
+    # experiment ran to its end. So the cancel is repeated until the task has ended.
     main_task = asyncio.current_task()
     assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    loop = asyncio.get_running_loop()
+
+    def cancel_until_done() -> None:
+        INTERRUPTED.set()
+        if not main_task.done():
+            main_task.cancel()
+            loop.call_later(0.5, cancel_until_done)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, cancel_until_done)
     paths = sorted(EXPERIMENTS.glob("*.json"))
     load_before = os.getloadavg()
     if names:
@@ -130,6 +146,8 @@ def main() -> None:
             )
         )
     except (KeyboardInterrupt, asyncio.CancelledError):
+        status = 130
+    if INTERRUPTED.is_set():
         print("interrupted; every server stopped", file=sys.stderr, flush=True)
         status = 130
     sys.exit(status)

@@ -251,6 +251,23 @@ class Settings(BaseSettings):
     outbox_retention_seconds: float = Field(
         default=7 * 86400, ge=0, description="Published events are pruned from the outbox after this."
     )
+    deleted_profiles_retention_seconds: float = Field(
+        default=30 * 86400,
+        ge=0,
+        description="Soft-deleted profiles are purged to tombstones (personal data removed) after this.",
+    )
+    erasure_give_up_seconds: float = Field(
+        default=2 * 86400,
+        ge=1,
+        description="An erasure whose step keeps failing, or whose personal-data holders have not all"
+        " acknowledged it, this long after it was asked for is reported failed.",
+    )
+    erasure_acknowledgement_poll_seconds: float = Field(
+        default=30.0, gt=0, description="How often an erasure waiting for acknowledgements checks again."
+    )
+    erasure_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often the erasure runner looks for due sagas of other processes."
+    )
 
     # Webhooks (docs/events.md#webhooks)
     webhook_secrets_key: SecretStr | None = Field(

@@ -169,7 +169,8 @@ async def test_0003_downgrade_refuses_and_leaves_the_database_as_it_was(
         )
     finally:
         await store.close()
-    # 0004 (the event outbox) goes back as it should; 0003 below it refuses.
+    # 0006, 0005 and 0004 (lifecycle, webhooks, event outbox) go back as they should; 0003 below
+    # them refuses.
     await asyncio.to_thread(downgrade, url, "0003")
     before = await everything(url)
     assert await revision(url) == "0003"

@@ -17,12 +17,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from keel.bootstrap.core import open_store
+from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import Forbidden, ValidationFailed
-from keel.domain.events import PROFILE_CREATED, PROFILE_UPDATED
+from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED, PROFILE_UPDATED
 from keel.domain.webhooks import DeliveryState, RetrySchedule, WebhookDelivery
 from keel.service.attributes import AttributePolicy
 from keel.service.clock import SystemClock
@@ -35,6 +38,7 @@ from keel.webhooks.http_sender import HttpxWebhookSender
 from keel.webhooks.resolver import SystemResolver
 from keel.webhooks.secret_box import AesGcmSecretBox, box_key
 from tests.fakes import FakeClock
+from tests.integration.conftest import observer
 from tests.integration.test_migrations_up_and_down import database, everything, query, revision
 from tests.integration.webhook_receivers import down_url, receiver
 
@@ -420,6 +424,20 @@ async def test_malformed_urls_are_refused(store: Store, url: str) -> None:
             await admin(store, FakeClock(), allow_private=allow_private).register(ADMIN, url, [], False)
 
 
+async def test_an_endpoint_holding_personal_data_must_receive_the_erased_event(store: Store) -> None:
+    keel = admin(store, FakeClock())
+    with pytest.raises(ValidationFailed) as refused:
+        await keel.register(ADMIN, "http://127.0.0.1:9/hook", [PROFILE_CREATED], True)
+    assert [e.field for e in refused.value.errors] == ["/event_types"]
+    assert PROFILE_ERASED in refused.value.errors[0].message
+    async with store.unit_of_work(read_only=True) as uow:
+        assert await uow.webhooks.endpoints() == []
+    # Listed, or every type; and an endpoint holding no personal data may want anything.
+    for types, holds in (([PROFILE_CREATED, PROFILE_ERASED], True), ([], True), ([PROFILE_CREATED], False)):
+        registered = await keel.register(ADMIN, "http://127.0.0.1:9/hook", types, holds)
+        assert registered.endpoint.holds_personal_data is holds
+
+
 async def test_a_public_address_is_accepted_and_a_non_admin_is_refused_before_anything(store: Store) -> None:
     keel = admin(store, FakeClock(), allow_private=False)
     registered = await keel.register(ADMIN, "https://93.184.215.14/hook", [], False)
@@ -527,3 +545,29 @@ async def test_the_outbox_keeps_published_events_until_webhooks_fanned_them_out(
         await uow.webhooks.mark_fanned_out([record.seq], clock.now())
         assert await uow.outbox.prune_published(clock.now() + timedelta(seconds=1)) == 1
         await uow.commit()
+
+
+async def test_a_fan_out_holds_the_events_it_read_until_it_commits_on_postgres(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An erasure rewriting a profile's payloads while a fan-out copies them must not leave the
+    copy with the old payload: the fan-out's read locks the events, so the erasure's rewrite waits
+    for the fan-out's deliveries and then rewrites them too. (SQLite has one writer at a time.)"""
+    url = await database("postgres", tmp_path, request, "keel_fan_out_lock")
+    await asyncio.to_thread(migrate, url)
+    store = await open_store(Settings(database_url=url), observer("test"))
+    other = await asyncpg.connect(url)
+    lock_it = "SELECT seq FROM event_outbox WHERE seq = $1 FOR UPDATE NOWAIT"
+    try:
+        await profiles(store, FakeClock()).create_profile(WRITER, document(1))
+        async with store.unit_of_work() as uow:
+            [record] = await uow.webhooks.events_to_fan_out(10)
+            async with other.transaction():
+                with pytest.raises(asyncpg.exceptions.LockNotAvailableError):
+                    await other.fetch(lock_it, record.seq)
+        # The fan-out's transaction is over: the lock went with it (the check can pass).
+        async with other.transaction():
+            assert [row["seq"] for row in await other.fetch(lock_it, record.seq)] == [record.seq]
+    finally:
+        await other.close()
+        await store.close()

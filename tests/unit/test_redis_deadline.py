@@ -64,11 +64,12 @@ async def test_a_late_reply_while_this_process_is_behind_is_waited_for() -> None
 
 
 async def test_but_not_for_ever() -> None:
+    # Redis would answer (allowed) after 5 s: a limiter that waited for the reply would admit,
+    # so the failure alone shows it gave up first. No wall-clock bound: the cap is a second, and
+    # a loaded machine may stretch any elapsed time.
     limiter = _limiter(SlowRedis(5.0), 0.05, Lag(behind=True))
-    started = asyncio.get_running_loop().time()
     with pytest.raises(LimiterUnavailable):
         await limiter.acquire("c", PLAN, 1)
-    assert asyncio.get_running_loop().time() - started < 1.3
 
 
 class KilledRedis(SlowRedis):

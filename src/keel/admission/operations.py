@@ -30,6 +30,10 @@ PROFILES_UPDATE = Operation("profiles.update", Priority.CRITICAL)
 PROFILES_DELETE = Operation("profiles.delete", Priority.CRITICAL)
 # Webhook administration (admin keys): rare, never worth shedding before a profile list.
 WEBHOOKS_ADMIN = Operation("webhooks.admin", Priority.NORMAL)
+# Export and erasure: rare admin work, served after what users wait on.
+PERSONAL_DATA_EXPORT = Operation("personal_data.export", Priority.NORMAL)
+ERASURES_START = Operation("erasures.start", Priority.NORMAL)
+ERASURES_GET = Operation("erasures.get", Priority.NORMAL)
 # Anything else a protocol serves under admission (the caller's own key, an unknown path).
 OTHER = Operation("other", Priority.NORMAL)
 
@@ -42,6 +46,9 @@ OPERATIONS: dict[str, Operation] = {
         PROFILES_UPDATE,
         PROFILES_DELETE,
         WEBHOOKS_ADMIN,
+        PERSONAL_DATA_EXPORT,
+        ERASURES_START,
+        ERASURES_GET,
         OTHER,
     )
 }

@@ -20,11 +20,13 @@ from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.load_shedder import LoadShedder
 from keel.resilience.loop_lag import LoopLag
 from keel.service.auth import Authenticator
+from keel.service.erasure import ErasureSagaRunner
 from keel.service.outbox import OutboxRelay
+from keel.service.personal_data import PersonalDataService
 from keel.service.ports import Clock, InvalidationBus, Store
 from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
-from keel.service.use_cases import CallerAuthenticator, ProfileUseCases
+from keel.service.use_cases import CallerAuthenticator, PersonalDataUseCases, ProfileUseCases
 from keel.service.webhook_dispatcher import WebhookDispatcher
 from keel.service.webhooks import WebhookAdmin
 
@@ -43,6 +45,8 @@ class Core:
     relay: OutboxRelay | None = None  # publishes the outbox when KEEL_NATS_URL is set
     webhooks: WebhookAdmin | None = None
     dispatcher: WebhookDispatcher | None = None  # delivers the outbox's events to webhooks
+    personal_data: PersonalDataService | None = None  # export, erasure, purge
+    erasure_runner: ErasureSagaRunner | None = None
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready when the database answers and carries the schema this code needs."""
@@ -94,6 +98,8 @@ class Services:
     # Dependencies /readyz reports without judging: name -> a call that fails when it is down.
     probes: dict[str, Callable[[], Awaitable[object]]]
     closers: list[Callable[[], Awaitable[object]]]
+    # Export and erasure: a core's own; None on an edge (not served there yet).
+    personal_data: PersonalDataUseCases | None = None
 
     @property
     def webhooks(self) -> WebhookAdmin | None:
@@ -125,6 +131,7 @@ def assemble(
     authenticator: CallerAuthenticator,
     core: Core | None,
     readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]],
+    personal_data: PersonalDataUseCases | None = None,
 ) -> Services:
     return Services(
         settings=settings,
@@ -143,4 +150,5 @@ def assemble(
         loop_lag=guards.loop_lag,
         probes=guards.probes,
         closers=guards.closers,
+        personal_data=personal_data,
     )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from keel.bootstrap.container import Core
 from keel.bootstrap.events import build_relay
+from keel.bootstrap.personal_data import build_personal_data
 from keel.bootstrap.protection import Protection, build_breaker
 from keel.bootstrap.webhooks import build_webhooks
 from keel.config import Settings
@@ -26,6 +27,7 @@ from keel.storage.layouts import Layout, LayoutRecord, check_layout
 from keel.storage.migrations.runner import head_revision
 
 if TYPE_CHECKING:
+    from keel.storage.guarded import GuardedStore
     from keel.storage.postgres.store import PostgresStore
     from keel.storage.sqlite.store import SqliteStore
 
@@ -79,7 +81,7 @@ async def _open_sql_store(settings: Settings, observer: DatabaseObserver) -> Pos
     )
 
 
-def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> Store:
+def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> GuardedStore:
     """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
     from keel.storage.guarded import GuardedStore
 
@@ -154,7 +156,8 @@ async def build_core(
         await store.close()
         raise
     clock = SystemClock()
-    store = guard_store(store, settings, metrics, guards)
+    guarded = guard_store(store, settings, metrics, guards)
+    store = guarded
     reads, bus = build_profile_reads(settings, store, metrics, guards)
     relay = build_relay(settings, store, clock, metrics)
     webhooks = build_webhooks(settings, store, clock, metrics)
@@ -177,6 +180,7 @@ async def build_core(
         on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
+    personal_data, erasure_runner = build_personal_data(settings, guarded, clock, reads, events_committed)
     return Core(
         store=store,
         clock=clock,
@@ -188,4 +192,6 @@ async def build_core(
         relay=relay,
         webhooks=webhooks.admin,
         dispatcher=webhooks.dispatcher,
+        personal_data=personal_data,
+        erasure_runner=erasure_runner,
     )

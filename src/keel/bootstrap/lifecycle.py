@@ -23,7 +23,7 @@ from keel.config import Settings
 from keel.observability.logging import configure_logging
 from keel.observability.management import management_port
 from keel.observability.metrics import Metrics
-from keel.service.housekeeping import purge_idempotency_records
+from keel.service.housekeeping import purge_deleted_profiles, purge_idempotency_records
 
 if TYPE_CHECKING:
     from keel.api.grpc.server import GrpcServer
@@ -44,7 +44,16 @@ async def build_services(
         return build_edge(settings, metrics, resilience_clock=resilience_clock)
     guards = build_protection(settings, metrics, resilience_clock=resilience_clock)
     core = await build_core(settings, metrics, guards, store_opener=store_opener)
-    return assemble(settings, metrics, guards, core.service, core.authenticator, core, core.readiness)
+    return assemble(
+        settings,
+        metrics,
+        guards,
+        core.service,
+        core.authenticator,
+        core,
+        core.readiness,
+        personal_data=core.personal_data,
+    )
 
 
 async def preflight(settings: Settings) -> None:
@@ -135,6 +144,10 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         if keel.core is not None:
             background.append(asyncio.create_task(purge_idempotency_records(keel.core.service)))
             background.append(asyncio.create_task(keel.core.reads.listen()))
+            if keel.core.personal_data is not None:
+                background.append(asyncio.create_task(purge_deleted_profiles(keel.core.personal_data)))
+            if keel.core.erasure_runner is not None:
+                background.append(asyncio.create_task(keel.core.erasure_runner.run()))
             if keel.core.relay is not None:
                 relay = asyncio.create_task(keel.core.relay.run())
             if keel.core.dispatcher is not None:

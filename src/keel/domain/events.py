@@ -20,7 +20,15 @@ PROFILE_UPDATED = "keel.profile.updated.v1"
 PROFILE_DELETED = "keel.profile.deleted.v1"
 API_KEY_CREATED = "keel.api_key.created.v1"
 API_KEY_REVOKED = "keel.api_key.revoked.v1"
-EVENT_TYPES = (PROFILE_CREATED, PROFILE_UPDATED, PROFILE_DELETED, API_KEY_CREATED, API_KEY_REVOKED)
+PROFILE_ERASED = "keel.profile.erased.v1"
+EVENT_TYPES = (
+    PROFILE_CREATED,
+    PROFILE_UPDATED,
+    PROFILE_DELETED,
+    API_KEY_CREATED,
+    API_KEY_REVOKED,
+    PROFILE_ERASED,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +94,39 @@ def api_key_created(key: ApiKey) -> DomainEvent:
 
 def api_key_revoked(key_id: str, at: datetime) -> DomainEvent:
     return _event(API_KEY_REVOKED, key_id, at, {"key_id": key_id, "revoked_at": _time(at)})
+
+
+def profile_erased(profile_id: str, version: int, erased_at: datetime, erasure_id: str) -> DomainEvent:
+    """The profile's personal data is gone from Keel: consumers holding a copy must erase theirs.
+    `version` follows the profile's last one, so a consumer that skips stale versions applies it."""
+    data: JSONObject = {
+        "id": profile_id,
+        "version": version,
+        "erased_at": _time(erased_at),
+        "erasure_id": erasure_id,
+    }
+    return _event(PROFILE_ERASED, profile_id, erased_at, data)
+
+
+def erased_payload(event_type: str, data: JSONObject, erased_at: datetime) -> JSONObject:
+    """What a past event of an erased profile carries from now on: a created or updated event
+    keeps its shape (so it still validates against its schema) with every personal value
+    blanked, and says `erased_at`; the other types carry no personal data and stay as they were."""
+    if event_type not in (PROFILE_CREATED, PROFILE_UPDATED):
+        return data
+    return {
+        "id": data.get("id"),
+        "version": data.get("version"),
+        "handle": "",
+        "emails": [],
+        "display_name": None,
+        "bio": None,
+        "avatar_url": None,
+        "locale": None,
+        "timezone": None,
+        "links": [],
+        "attributes": {},
+        "created_at": data.get("created_at"),
+        "updated_at": data.get("updated_at"),
+        "erased_at": _time(erased_at),
+    }

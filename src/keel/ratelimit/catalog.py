@@ -16,6 +16,9 @@ DEFAULT_COSTS: dict[str, int] = {
     "profiles.update": 5,
     "profiles.delete": 5,
     "webhooks.admin": 1,
+    "personal_data.export": 10,
+    "erasures.start": 5,
+    "erasures.get": 1,
     "other": 1,
 }
 

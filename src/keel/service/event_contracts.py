@@ -19,6 +19,7 @@ from keel.domain.events import (
     EVENT_TYPES,
     PROFILE_CREATED,
     PROFILE_DELETED,
+    PROFILE_ERASED,
     PROFILE_UPDATED,
 )
 
@@ -61,6 +62,9 @@ _PROFILE = _object(
         "updated_at": _TIME,
     }
 )
+# A past event of an erased profile keeps its shape with every personal value blanked, and says
+# when the profile was erased (optional: only such events carry it).
+_PROFILE["properties"]["erased_at"] = _TIME
 
 _DATA_SCHEMAS: dict[str, dict[str, Any]] = {
     PROFILE_CREATED: _PROFILE,
@@ -77,6 +81,14 @@ _DATA_SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     API_KEY_REVOKED: _object({"key_id": _STRING, "revoked_at": _TIME}),
+    PROFILE_ERASED: _object(
+        {
+            "id": _STRING,
+            "version": {**_VERSION, "description": "One past the profile's last version."},
+            "erased_at": _TIME,
+            "erasure_id": _STRING,
+        }
+    ),
 }
 
 ENVELOPE = "cloudevent.json"

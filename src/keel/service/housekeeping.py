@@ -1,4 +1,5 @@
-"""Background upkeep a core runs for as long as it serves: removing expired idempotency records.
+"""Background upkeep a core runs for as long as it serves: removing expired idempotency records,
+and purging profiles soft-deleted longer than the retention period down to tombstones.
 
 It lives with the use cases rather than in the composition root because what it does (which
 records, how a failure is treated) is service behaviour; the root only starts it."""
@@ -11,6 +12,7 @@ from typing import Protocol
 import structlog
 
 IDEMPOTENCY_PURGE_SECONDS = 600.0
+DELETED_PROFILES_PURGE_SECONDS = 3600.0
 
 
 class PurgesIdempotencyRecords(Protocol):
@@ -31,4 +33,24 @@ async def purge_idempotency_records(
                 log.info("idempotency_records_purged", count=removed)
         except Exception as error:  # noqa: BLE001 - housekeeping must outlive a database hiccup
             log.warning("idempotency_purge_failed", error=type(error).__name__)
+        await asyncio.sleep(every_seconds)
+
+
+class PurgesDeletedProfiles(Protocol):
+    async def purge_deleted_profiles(self) -> int: ...
+
+
+async def purge_deleted_profiles(
+    service: PurgesDeletedProfiles, every_seconds: float = DELETED_PROFILES_PURGE_SECONDS
+) -> None:
+    """Profiles soft-deleted longer than the retention period are purged to tombstones every
+    `every_seconds`, until cancelled; a failed pass is logged and the next one tried."""
+    log = structlog.get_logger("keel.housekeeping")
+    while True:
+        try:
+            purged = await service.purge_deleted_profiles()
+            if purged:
+                log.info("deleted_profiles_purged", count=purged)
+        except Exception as error:  # noqa: BLE001 - housekeeping must outlive a database hiccup
+            log.warning("deleted_profiles_purge_failed", error=type(error).__name__)
         await asyncio.sleep(every_seconds)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from keel.domain.api_keys import ApiKey
+from keel.domain.erasure import Erasure, Tombstone, TombstoneCause
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
+from keel.service.outbox_records import OutboxRecord as OutboxRecord  # re-exported: adapters name it here
 
 if TYPE_CHECKING:
     from keel.service.webhook_ports import WebhookRepository
@@ -109,17 +111,6 @@ class ApiKeyRepository(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRecord:
-    """A stored event. `seq` orders the outbox (and a profile's events, whose writes are
-    serialized by the profile row); `source` is kept per row so past events keep theirs."""
-
-    seq: int
-    event: DomainEvent
-    source: str
-    published_at: datetime | None
-
-
 class Outbox(Protocol):
     """The events table, written in the change's transaction; read and marked by the relay.
 
@@ -152,6 +143,88 @@ class Outbox(Protocol):
         ...
 
     async def release_relay_lease(self, holder: str) -> None: ...
+
+
+class PersonalData(Protocol):
+    """Everything Keel stores about one profile, across tables: read whole for an export, removed
+    whole (down to a tombstone) by an erasure or the retention purge."""
+
+    async def profile_any_state(self, profile_id: str) -> Profile | None:
+        """The stored profile, soft-deleted or not; None when absent (or already removed)."""
+        ...
+
+    async def events_of(self, profile_id: str) -> list[OutboxRecord]:
+        """The outbox's events about the profile (`subject`), in `seq` order."""
+        ...
+
+    async def idempotency_records_of(self, profile_id: str) -> list[IdempotencyRecord]:
+        """The stored idempotency records whose outcome is this profile."""
+        ...
+
+    async def remove(self, profile_id: str, at: datetime, cause: TombstoneCause) -> int | None:
+        """Remove the profile's personal data: its rows (profile, emails, links) go, its past
+        events' payloads and the idempotency outcomes that hold it are replaced by erased
+        forms, and a tombstone (id, `at`) stays. Returns the removed profile's version, None when
+        there was no profile row (already removed: the call changes nothing else then)."""
+        ...
+
+    async def tombstone(self, profile_id: str) -> Tombstone | None: ...
+
+    async def deleted_before(self, before: datetime, limit: int) -> list[str]:
+        """Ids of profiles soft-deleted before `before`, oldest deletion first, at most `limit`."""
+        ...
+
+
+class ErasureSagas(Protocol):
+    """The erasure sagas' state, one row each, a profile having at most one."""
+
+    async def add(self, erasure: Erasure) -> bool:
+        """Store a new saga; False when the profile has one already (a concurrent request)."""
+        ...
+
+    async def get(self, erasure_id: str) -> Erasure | None: ...
+
+    async def of_profile(self, profile_id: str) -> Erasure | None: ...
+
+    async def save(self, erasure: Erasure, holder: str, lease_until: datetime) -> bool:
+        """Store the saga's new state if `holder` still holds its lease (renewing it); False
+        when another runner took it over: the caller's transaction must then roll back."""
+        ...
+
+    async def claim_due(self, holder: str, now: datetime, lease_until: datetime, limit: int) -> list[Erasure]:
+        """Lease running sagas due at `now` (next attempt reached, lease free or expired) to
+        `holder` until `lease_until`; another runner skips them meanwhile."""
+        ...
+
+    async def restart(self, erasure_id: str, now: datetime, give_up_at: datetime) -> None:
+        """Run a failed saga again from the step it stopped at, with a new deadline."""
+        ...
+
+
+class ErasureAcknowledgements(Protocol):
+    """Which consumers holding personal data still owe an acknowledgement of an erased event.
+
+    The holders are the webhook endpoints registered with `holds_personal_data` (the webhook
+    endpoints table is the one registry); an endpoint acknowledges the event by answering 2xx
+    to its delivery (the webhook deliveries table records that). Nothing else writes here."""
+
+    async def expect(self, event_id: str, event_time: datetime, at: datetime) -> int:
+        """Record as owing an acknowledgement of `event_id` every personal-data endpoint that the
+        event goes to (one of its types, registered by `event_time`: the endpoints the
+        dispatcher fans it out to). Once: a second call adds only endpoints not yet recorded.
+        Returns how many are recorded."""
+        ...
+
+    async def acknowledge_delivered(self, event_id: str) -> int:
+        """Mark acknowledged, at their delivery's time, the recorded holders whose delivery of
+        `event_id` was answered 2xx; how many were (the mark outlives the delivery's pruning)."""
+        ...
+
+    async def pending(self, event_id: str) -> list[str]:
+        """The recorded holders (endpoint ids) of `event_id` that have not acknowledged it,
+        sorted; a holder whose delivery is a dead letter stays pending, one whose endpoint was
+        deleted owes nothing and is left out."""
+        ...
 
 
 class UnitOfWork(Protocol):
@@ -197,6 +270,26 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PersonalDataUnitOfWork(UnitOfWork, Protocol):
+    """A unit of work that also reaches the personal-data lifecycle's tables: what export,
+    erasure and purge need (the SQL stores have them; the profile use cases need only
+    `UnitOfWork`, so their fakes need not)."""
+
+    @property
+    def personal_data(self) -> PersonalData: ...
+
+    @property
+    def erasures(self) -> ErasureSagas: ...
+
+    @property
+    def erasure_acknowledgements(self) -> ErasureAcknowledgements: ...
+
+
+class PersonalDataStore(Protocol):
+    def unit_of_work(self, *, read_only: bool = False) -> PersonalDataUnitOfWork: ...
 
 
 @dataclass(frozen=True, slots=True)

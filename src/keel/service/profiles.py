@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from keel.domain.api_keys import Principal, Scope
+from keel.domain.erasure import is_erased_outcome
 from keel.domain.errors import (
     ConcurrentModification,
     FieldError,
@@ -306,6 +307,9 @@ class ProfileService:
             await uow.commit()
         if existing is None:
             return None
+        if existing.outcome is not None and is_erased_outcome(existing.outcome):
+            # The profile this request created was erased since: nothing of it is replayed.
+            raise NotFound("The profile this request created was erased.")
         if existing.fingerprint != fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.")
         if existing.state is IdempotencyState.IN_PROGRESS or existing.outcome is None:

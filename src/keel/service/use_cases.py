@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keel.domain.api_keys import Principal, Scope
-from keel.domain.profile import JSONValue, Profile
+from keel.domain.profile import JSONObject, JSONValue, Profile
+from keel.service.erasure import ErasureStatus
 from keel.service.profile_reads import ProfileRead
 
 # A version the caller expects the profile to be at, or several (an If-Match with a list of
@@ -113,3 +114,19 @@ class CallerAuthenticator(Protocol):
         """The principal of a key this process already knows to be valid, without any I/O;
         None when only `authenticate` can tell."""
         ...
+
+
+class PersonalDataUseCases(Protocol):
+    """Export and erasure of a profile's personal data (admin keys only: `Forbidden` before
+    anything is looked up)."""
+
+    async def export_profile(self, principal: Principal, profile_id: str) -> JSONObject:
+        """Everything Keel holds about the profile as one JSON document; `NotFound` if nothing."""
+        ...
+
+    async def start_erasure(self, principal: Principal, profile_id: str) -> ErasureStatus:
+        """Start (or, asked again, return) the profile's erasure saga; `NotFound` if Keel never
+        held the profile."""
+        ...
+
+    async def erasure_status(self, principal: Principal, erasure_id: str) -> ErasureStatus: ...

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from keel.domain.webhooks import WebhookDelivery, WebhookEndpoint
-from keel.service.ports import OutboxRecord
+from keel.service.outbox_records import OutboxRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from keel.domain.api_keys import Principal
 from keel.domain.errors import FieldError, Forbidden, NotFound, ValidationFailed
-from keel.domain.events import EVENT_TYPES
+from keel.domain.events import EVENT_TYPES, PROFILE_ERASED
 from keel.domain.webhooks import DeliveryState, WebhookDelivery, WebhookEndpoint
 from keel.service.ports import Clock, Store
 from keel.service.webhook_ports import AddressResolver, SecretBox
@@ -72,6 +72,18 @@ class WebhookAdmin:
     ) -> Registered:
         _require_admin(principal)
         types = _check_event_types(event_types)
+        if holds_personal_data and types and PROFILE_ERASED not in types:
+            # Such an endpoint never receives the erased event, so it could never acknowledge
+            # an erasure: the saga would not wait for it, and it would keep the data.
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        "/event_types",
+                        f"an endpoint holding personal data must receive {PROFILE_ERASED}"
+                        " (list it, or list no type: every type)",
+                    )
+                ]
+            )
         await check_target(url, self._resolver, allow_private=self._allow_private)
         secret = new_secret()
         endpoint = WebhookEndpoint(

@@ -22,8 +22,12 @@ from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.deadline import call_deadline
 from keel.service.ports import (
     ApiKeyRepository,
+    ErasureAcknowledgements,
+    ErasureSagas,
     IdempotencyRecords,
     Outbox,
+    PersonalData,
+    PersonalDataUnitOfWork,
     ProfileRepository,
     Store,
     UnitOfWork,
@@ -75,6 +79,25 @@ class GuardedUnitOfWork:
     @property
     def webhooks(self) -> WebhookRepository:
         return self._inner.webhooks
+
+    @property
+    def personal_data(self) -> PersonalData:
+        return self._lifecycle().personal_data
+
+    @property
+    def erasures(self) -> ErasureSagas:
+        return self._lifecycle().erasures
+
+    @property
+    def erasure_acknowledgements(self) -> ErasureAcknowledgements:
+        return self._lifecycle().erasure_acknowledgements
+
+    def _lifecycle(self) -> PersonalDataUnitOfWork:
+        # The SQL stores' units of work have these tables (once entered); a store without them
+        # (a test's fake) serves the profile use cases only.
+        if not isinstance(self._inner, PersonalDataUnitOfWork):
+            raise TypeError("This store keeps no personal-data lifecycle tables.")
+        return self._inner
 
     async def commit(self) -> None:
         await self._inner.commit()

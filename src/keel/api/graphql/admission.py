@@ -19,6 +19,8 @@ from graphql import (
 
 from keel.admission import Operation, Ticket
 from keel.admission.operations import (
+    ERASURES_GET,
+    ERASURES_START,
     PROFILES_CREATE,
     PROFILES_DELETE,
     PROFILES_GET,
@@ -40,6 +42,8 @@ _ROOT_OPERATIONS: dict[str, Operation] = {
     "createProfile": PROFILES_CREATE,
     "updateProfile": PROFILES_UPDATE,
     "deleteProfile": PROFILES_DELETE,
+    "eraseProfile": ERASURES_START,
+    "erasure": ERASURES_GET,
 }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError, Unauthenticated
-from keel.service.use_cases import ProfileUseCases
+from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
 
 from .loaders import ProfileLoaders
 
@@ -34,6 +34,7 @@ class GraphQLContext:
     auth_error: KeelError | None
     meter: CostMeter
     idempotency_key: str | None
+    personal_data: PersonalDataUseCases | None = None  # a core's; None on an edge
     loaders: ProfileLoaders = field(init=False)
 
     def __post_init__(self) -> None:

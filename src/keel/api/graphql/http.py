@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from keel.ratelimit.guard import RateLimitOutcome
-    from keel.service.use_cases import ProfileUseCases
+    from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
 
 
 class GraphQLServices(Protocol):
@@ -79,6 +79,8 @@ class GraphQLServices(Protocol):
     def admission(self) -> Admission: ...
     @property
     def profiles(self) -> ProfileUseCases: ...
+    @property
+    def personal_data(self) -> PersonalDataUseCases | None: ...
     @property
     def tracer(self) -> Tracer: ...
 
@@ -315,7 +317,9 @@ class GraphQLEndpoint:
         status = 200
         succeeded = False
         try:
-            context = GraphQLContext(keel.profiles, caller.principal, caller.error, meter, idempotency_key)
+            context = GraphQLContext(
+                keel.profiles, caller.principal, caller.error, meter, idempotency_key, keel.personal_data
+            )
             data, errors = await self._execute(keel.tracer, document, params, context, label, op_type)
             succeeded = not errors
             self._count(label, op_type, "ok" if not errors else "error")

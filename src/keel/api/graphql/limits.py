@@ -39,6 +39,8 @@ FIELD_OPERATIONS: dict[str, str] = {
     "Mutation.createProfile": "profiles.create",
     "Mutation.updateProfile": "profiles.update",
     "Mutation.deleteProfile": "profiles.delete",
+    "Mutation.eraseProfile": "erasures.start",
+    "Query.erasure": "erasures.get",
     # Introspection calls no use case; without a price, an operation of 15 aliased `__schema`
     # (some 400 kB and 100 ms of CPU) would cost the minimum of one unit.
     "Query.__schema": "profiles.list",

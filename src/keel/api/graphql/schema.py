@@ -18,6 +18,7 @@ from keel.service.use_cases import ListFilters, answer_shows_profile
 from .context import GraphQLContext
 from .limits import DEFAULT_PAGE_SIZE
 from .mapping import connection_node, create_document, merge_patch, profile_node, viewer_node
+from .personal_data import ErasureNode, erase_profile, resolve_erasure
 from .strawberry_internals import core_schema
 from .types import (
     SCALARS,
@@ -137,6 +138,9 @@ class Query:
     viewer: ViewerNode = strawberry.field(
         resolver=resolve_viewer, description="The API key making this request."
     )
+    erasure: ErasureNode = strawberry.field(
+        resolver=resolve_erasure, description="An erasure's status by id (admin keys only)."
+    )
 
 
 @strawberry.type
@@ -153,6 +157,11 @@ class Mutation:
     )
     delete_profile: DeleteProfilePayload = strawberry.mutation(
         resolver=delete_profile, description="Soft delete: the profile is gone for every reader."
+    )
+    erase_profile: ErasureNode = strawberry.mutation(
+        resolver=erase_profile,
+        description="Start erasing a profile's personal data (admin keys only); returns the erasure's"
+        " status at once. Asked again, returns the same erasure.",
     )
 
 

@@ -25,6 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.admission import OTHER, Admission, Caller, Operation, Outcome, Refusal, Ticket, bearer_token
 from keel.admission.operations import (
+    ERASURES_GET,
+    ERASURES_START,
+    PERSONAL_DATA_EXPORT,
     PROFILES_CREATE,
     PROFILES_DELETE,
     PROFILES_GET,
@@ -42,6 +45,7 @@ from keel.observability.metrics import Metrics
 VERSIONED_PREFIX = "/v1/"
 _PROFILES = "/v1/profiles"
 _WEBHOOKS = "/v1/webhooks"
+_ERASURES = "/v1/erasures/"
 
 
 def operation_of(method: str, path: str) -> Operation:
@@ -61,6 +65,13 @@ def operation_of(method: str, path: str) -> Operation:
             return PROFILES_GET
     if path == _WEBHOOKS or path.startswith(_WEBHOOKS + "/"):
         return WEBHOOKS_ADMIN
+    if path.startswith(_PROFILES + "/"):
+        if path.endswith("/export") and method in ("GET", "HEAD"):
+            return PERSONAL_DATA_EXPORT
+        if path.endswith("/erasure") and method == "POST":
+            return ERASURES_START
+    if path.startswith(_ERASURES) and method in ("GET", "HEAD"):
+        return ERASURES_GET
     return OTHER
 
 

@@ -10,7 +10,7 @@ from keel.admission import Admission, bearer_token
 from keel.api.http.request_state import request_state
 from keel.domain.api_keys import Principal
 from keel.observability.context import note_caller
-from keel.service.use_cases import CallerAuthenticator, ProfileUseCases
+from keel.service.use_cases import CallerAuthenticator, PersonalDataUseCases, ProfileUseCases
 
 
 class RestServices(Protocol):
@@ -23,6 +23,8 @@ class RestServices(Protocol):
     def authenticator(self) -> CallerAuthenticator: ...
     @property
     def admission(self) -> Admission: ...
+    @property
+    def personal_data(self) -> PersonalDataUseCases | None: ...
 
 
 async def get_services(request: Request) -> RestServices:

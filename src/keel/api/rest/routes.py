@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from keel.api.http.conditional import etag_matches
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.media_types import accepts, refusal_detail
+from keel.api.rest import personal_data_routes
 from keel.api.rest.dependencies import Caller, RestServices, ServicesDep, authenticated_caller
 from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
 from keel.api.rest.mapping import etag, profile_document, version_from_etag
@@ -79,7 +80,8 @@ def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] |
     "/profiles",
     status_code=201,
     response_model=ProfileOut,
-    responses=problem_responses(409, body=True),
+    # 404: a retry whose Idempotency-Key created a profile that has been erased since.
+    responses=problem_responses(404, 409, body=True),
     summary="Create a profile",
 )
 async def create_profile(
@@ -233,3 +235,7 @@ async def list_profiles(
         {"items": [profile_document(p) for p in page.profiles], "next_cursor": page.next_cursor},
         headers=headers,
     )
+
+
+# Export and erasure: their own module, served under the same versions.
+personal_data_routes.add_routes(router)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -21,6 +22,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
+from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.postgres.documents import PostgresDocumentProfiles
 from keel.storage.postgres.webhooks import PostgresWebhooks
 from keel.storage.rows import (
@@ -171,6 +173,9 @@ class PostgresUnitOfWork:
     api_keys: PostgresApiKeys
     outbox: PostgresOutbox
     webhooks: PostgresWebhooks
+    personal_data: SqlPersonalData
+    erasures: SqlErasureSagas
+    erasure_acknowledgements: SqlErasureAcknowledgements
     _connection: _Connection
 
     async def __aenter__(self) -> Self:
@@ -195,6 +200,10 @@ class PostgresUnitOfWork:
         self.api_keys = PostgresApiKeys(connection, self._observer)
         self.outbox = PostgresOutbox(connection, self._observer)
         self.webhooks = PostgresWebhooks(connection, self._observer)
+        session = PostgresSession(connection)
+        self.personal_data = SqlPersonalData(session, self._observer)
+        self.erasures = SqlErasureSagas(session, self._observer)
+        self.erasure_acknowledgements = SqlErasureAcknowledgements(session, self._observer)
         if not self._read_only:
             self._transaction = connection.transaction()
             try:
@@ -530,3 +539,28 @@ class PostgresOutbox:
 
 
 _SELECT_OUTBOX = f"SELECT {OUTBOX_COLUMNS} FROM event_outbox"  # noqa: S608 - constants only
+
+
+class PostgresSession:
+    """`keel.storage.personal_data`'s SQL on this connection."""
+
+    select_profile = _SELECT_PROFILE
+    skip_locked = "FOR UPDATE SKIP LOCKED"
+    position = "strpos"
+
+    def __init__(self, connection: _Connection) -> None:
+        self._db = connection
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status = await self._db.execute(sql, *args)
+        last = status.split()[-1]
+        return int(last) if last.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return [tuple(row) for row in await self._db.fetch(sql, *args)]
+
+    def time(self, value: datetime) -> Any:
+        return value
+
+    def parse_time(self, value: Any) -> datetime:
+        return _time(value)

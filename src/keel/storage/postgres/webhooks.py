@@ -80,7 +80,11 @@ class PostgresWebhooks:
         with self._observer.call("events_to_fan_out"):
             rows = await self._db.fetch(
                 f"SELECT {OUTBOX_COLUMNS} FROM event_outbox WHERE fanned_out_at IS NULL"  # noqa: S608
-                " ORDER BY seq LIMIT $1",
+                # Locked until this fan-out commits: an erasure rewriting these payloads waits,
+                # then finds (and rewrites) the copies the fan-out made; one that rewrote them
+                # first makes this read wait and return the erased forms. Without the lock, a
+                # fan-out that read before an erasure committed would store the old payloads.
+                " ORDER BY seq LIMIT $1 FOR UPDATE",
                 limit,
             )
         return [outbox_record_from_row(tuple(row), _time) for row in rows]

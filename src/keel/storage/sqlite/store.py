@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +27,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
+from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.rows import (
     API_KEY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
@@ -154,6 +157,10 @@ class SqliteUnitOfWork:
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
         self.outbox = SqliteOutbox(self._connection, store.observer)
         self.webhooks = SqliteWebhooks(self._connection, store.observer)
+        session = SqliteSession(self._connection)
+        self.personal_data = SqlPersonalData(session, store.observer)
+        self.erasures = SqlErasureSagas(session, store.observer)
+        self.erasure_acknowledgements = SqlErasureAcknowledgements(session, store.observer)
 
     async def __aenter__(self) -> Self:
         if self._read_only:
@@ -478,3 +485,31 @@ class SqliteOutbox:
 
 
 _SELECT_OUTBOX = f"SELECT {OUTBOX_COLUMNS} FROM event_outbox"  # noqa: S608 - constants only
+
+
+_NUMBERED = re.compile(r"\$(\d+)")
+
+
+class SqliteSession:
+    """`keel.storage.personal_data`'s SQL on this connection: `$n` becomes `?n`."""
+
+    select_profile = _SELECT_PROFILE
+    skip_locked = ""  # one writer at a time: nothing to skip
+    position = "instr"
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._db = connection
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        cursor = await self._db.execute(_NUMBERED.sub(r"?\1", sql), args)
+        return cursor.rowcount
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        async with self._db.execute(_NUMBERED.sub(r"?\1", sql), args) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    def time(self, value: datetime) -> Any:
+        return _iso(value)
+
+    def parse_time(self, value: Any) -> datetime:
+        return _time(value)

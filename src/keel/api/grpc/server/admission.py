@@ -28,6 +28,8 @@ from keel.admission import (
     bearer_token,
 )
 from keel.admission.operations import (
+    ERASURES_GET,
+    ERASURES_START,
     PROFILES_CREATE,
     PROFILES_DELETE,
     PROFILES_GET,
@@ -50,6 +52,8 @@ OPERATIONS: dict[str, Operation] = {
     _SERVICE + "UpdateProfile": PROFILES_UPDATE,
     _SERVICE + "DeleteProfile": PROFILES_DELETE,
     _SERVICE + "ListProfiles": PROFILES_LIST,
+    _SERVICE + "EraseProfile": ERASURES_START,
+    _SERVICE + "GetErasure": ERASURES_GET,
 }
 
 _CREDENTIALS = frozenset({"authorization", ON_BEHALF_OF, ON_BEHALF_OF_SHA256})

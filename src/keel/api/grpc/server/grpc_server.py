@@ -36,7 +36,7 @@ from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExce
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
 from keel.resilience.deadline import deadline_in
-from keel.service.use_cases import ProfileUseCases
+from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
 
 
 class GrpcServices(Protocol):
@@ -48,6 +48,8 @@ class GrpcServices(Protocol):
     def admission(self) -> Admission: ...
     @property
     def profiles(self) -> ProfileUseCases: ...
+    @property
+    def personal_data(self) -> PersonalDataUseCases | None: ...
     @property
     def metrics(self) -> Metrics: ...
     @property
@@ -233,7 +235,12 @@ class GrpcServer:
             ],
         )
         pb_grpc.add_ProfileServiceServicer_to_server(
-            ProfileServicer(keel.profiles, encoded_profiles=keel.settings.grpc_encoded_profiles), self.server
+            ProfileServicer(
+                keel.profiles,
+                encoded_profiles=keel.settings.grpc_encoded_profiles,
+                personal_data=keel.personal_data,
+            ),
+            self.server,
         )
         pb_grpc.add_CallerServiceServicer_to_server(CallerServicer(keys), self.server)
         self._health = health.aio.HealthServicer()

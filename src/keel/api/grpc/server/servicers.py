@@ -13,12 +13,15 @@ from keel.api.grpc.wire.messages import document_from_message, patch_from_messag
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.domain.api_keys import Scope
-from keel.domain.errors import FieldError, Forbidden, ValidationFailed
+from keel.domain.erasure import ErasureStep
+from keel.domain.errors import FieldError, Forbidden, Unavailable, ValidationFailed
+from keel.service.erasure import ErasureStatus
 from keel.service.use_cases import (
     IDEMPOTENCY_KEY_RULE,
     MAX_PAGE_SIZE,
     ExpectedVersion,
     ListFilters,
+    PersonalDataUseCases,
     ProfileUseCases,
     answer_shows_profile,
     valid_idempotency_key,
@@ -46,10 +49,43 @@ def _expected(versions: Any) -> ExpectedVersion:
     return frozenset(int(v) for v in versions) or None
 
 
+def erasure_message(status: ErasureStatus) -> pb.Erasure:
+    e = status.erasure
+    message = pb.Erasure(
+        id=e.id,
+        profile_id=e.profile_id,
+        state=e.state.value,
+        pending_holders=list(status.pending_holders),
+        attempts=e.attempts,
+    )
+    if e.next_step is not None:
+        message.next_step = e.next_step.value
+    if e.last_error is not None:
+        message.last_error = e.last_error
+    message.request_time.FromDatetime(e.requested_at)
+    message.give_up_time.FromDatetime(e.give_up_at)
+    if e.finished_at is not None:
+        message.finish_time.FromDatetime(e.finished_at)
+    for step in ErasureStep:
+        entry = message.steps.add(name=step.value)
+        done_at = e.done_at(step)
+        if done_at is not None:
+            entry.done = True
+            entry.done_time.FromDatetime(done_at)
+    return message
+
+
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
-    def __init__(self, profiles: ProfileUseCases, *, encoded_profiles: int) -> None:
+    def __init__(
+        self,
+        profiles: ProfileUseCases,
+        *,
+        encoded_profiles: int,
+        personal_data: PersonalDataUseCases | None = None,
+    ) -> None:
         self._profiles = profiles
         self._encoded = EncodedProfiles(encoded_profiles)
+        self._personal_data = personal_data
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.GetProfileResponse:
         read = await self._profiles.read_profile(caller(), request.id)
@@ -113,6 +149,21 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
             caller(), request.id, expected_version=_expected(request.expected_versions)
         )
         return pb.DeleteProfileResponse()
+
+    async def EraseProfile(
+        self, request: pb.EraseProfileRequest, context: Context
+    ) -> pb.EraseProfileResponse:
+        status = await self._erasures().start_erasure(caller(), request.id)
+        return pb.EraseProfileResponse(erasure=erasure_message(status))
+
+    async def GetErasure(self, request: pb.GetErasureRequest, context: Context) -> pb.GetErasureResponse:
+        status = await self._erasures().erasure_status(caller(), request.id)
+        return pb.GetErasureResponse(erasure=erasure_message(status))
+
+    def _erasures(self) -> PersonalDataUseCases:
+        if self._personal_data is None:
+            raise Unavailable("Erasure is served by a core, not by an edge: ask the core.")
+        return self._personal_data
 
     async def ListProfiles(
         self, request: pb.ListProfilesRequest, context: Context

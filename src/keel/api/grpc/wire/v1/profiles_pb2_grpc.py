@@ -64,6 +64,16 @@ class ProfileServiceStub:
                 request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListProfilesRequest.SerializeToString,
                 response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListProfilesResponse.FromString,
                 _registered_method=True)
+        self.EraseProfile = channel.unary_unary(
+                '/keel.profiles.v1.ProfileService/EraseProfile',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.EraseProfileRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.EraseProfileResponse.FromString,
+                _registered_method=True)
+        self.GetErasure = channel.unary_unary(
+                '/keel.profiles.v1.ProfileService/GetErasure',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileServiceServicer:
@@ -114,6 +124,21 @@ class ProfileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseProfile(self, request, context):
+        """Start erasing a profile's personal data (admin keys only); answers at once with the
+        erasure's status, the saga running in the background. Asked again: the same erasure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetErasure(self, request, context):
+        """An erasure's status by id (admin keys only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +171,16 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.ListProfiles,
                     request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListProfilesRequest.FromString,
                     response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListProfilesResponse.SerializeToString,
+            ),
+            'EraseProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseProfile,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.EraseProfileRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.EraseProfileResponse.SerializeToString,
+            ),
+            'GetErasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetErasure,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +345,60 @@ class ProfileService:
             '/keel.profiles.v1.ProfileService/ListProfiles',
             keel_dot_profiles_dot_v1_dot_profiles__pb2.ListProfilesRequest.SerializeToString,
             keel_dot_profiles_dot_v1_dot_profiles__pb2.ListProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ProfileService/EraseProfile',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.EraseProfileRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.EraseProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetErasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ProfileService/GetErasure',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureResponse.FromString,
             options,
             channel_credentials,
             insecure,

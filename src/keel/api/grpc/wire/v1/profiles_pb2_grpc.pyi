@@ -57,6 +57,12 @@ class ProfileServiceStub:
     """Soft delete: gone for every reader, its handle and emails free again."""
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ListProfilesRequest, _profiles_pb2.ListProfilesResponse]
     """Live profiles in id order, filtered, a page at a time."""
+    EraseProfile: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.EraseProfileRequest, _profiles_pb2.EraseProfileResponse]
+    """Start erasing a profile's personal data (admin keys only); answers at once with the
+    erasure's status, the saga running in the background. Asked again: the same erasure.
+    """
+    GetErasure: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.GetErasureRequest, _profiles_pb2.GetErasureResponse]
+    """An erasure's status by id (admin keys only)."""
 
 @_typing.type_check_only
 class ProfileServiceAsyncStub(ProfileServiceStub):
@@ -79,6 +85,12 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     """Soft delete: gone for every reader, its handle and emails free again."""
     ListProfiles: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ListProfilesRequest, _profiles_pb2.ListProfilesResponse]  # type: ignore[assignment]
     """Live profiles in id order, filtered, a page at a time."""
+    EraseProfile: _aio.UnaryUnaryMultiCallable[_profiles_pb2.EraseProfileRequest, _profiles_pb2.EraseProfileResponse]  # type: ignore[assignment]
+    """Start erasing a profile's personal data (admin keys only); answers at once with the
+    erasure's status, the saga running in the background. Asked again: the same erasure.
+    """
+    GetErasure: _aio.UnaryUnaryMultiCallable[_profiles_pb2.GetErasureRequest, _profiles_pb2.GetErasureResponse]  # type: ignore[assignment]
+    """An erasure's status by id (admin keys only)."""
 
 class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -134,6 +146,24 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_pb2.ListProfilesResponse, _abc.Awaitable[_profiles_pb2.ListProfilesResponse]]:
         """Live profiles in id order, filtered, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def EraseProfile(
+        self,
+        request: _profiles_pb2.EraseProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.EraseProfileResponse, _abc.Awaitable[_profiles_pb2.EraseProfileResponse]]:
+        """Start erasing a profile's personal data (admin keys only); answers at once with the
+        erasure's status, the saga running in the background. Asked again: the same erasure.
+        """
+
+    @_abc_1.abstractmethod
+    def GetErasure(
+        self,
+        request: _profiles_pb2.GetErasureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.GetErasureResponse, _abc.Awaitable[_profiles_pb2.GetErasureResponse]]:
+        """An erasure's status by id (admin keys only)."""
 
 def add_ProfileServiceServicer_to_server(servicer: ProfileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -11,8 +11,8 @@ only, its primary key being the address. Both are written in the profile's own t
 that is the row written here; `keel migrate` records the configured layout instead on a
 database that holds no profile yet.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-06
 """
 
@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
@@ -61,6 +61,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("address_normalized", name="ux_profile_document_emails_address"),
     )
     op.create_index("ix_profile_document_emails_profile_id", "profile_document_emails", ["profile_id"])
+    # What ix_profiles_deleted_at (0006) is to the normalized layout: the erasure of profiles
+    # soft-deleted long enough finds them by it.
+    op.create_index(
+        "ix_profile_documents_deleted_at",
+        "profile_documents",
+        ["deleted_at"],
+        postgresql_where=sa.text("deleted_at IS NOT NULL"),
+        sqlite_where=sa.text("deleted_at IS NOT NULL"),
+    )
     layouts = op.create_table(
         "storage_layout",
         sa.Column("name", sa.Text(), primary_key=True),
@@ -83,7 +92,7 @@ def downgrade() -> None:
     if recorded is not None and tuple(recorded) != ("normalized", "steady"):
         raise RuntimeError(
             f"The profiles are read from the {recorded[0]} layout (phase {recorded[1]}): going below"
-            " revision 0006 would drop them. Migrate them to the normalized layout first."
+            " revision 0007 would drop them. Migrate them to the normalized layout first."
         )
     op.drop_table("storage_layout")
     op.drop_table("profile_document_emails")

@@ -1,0 +1,52 @@
+"""The personal-data lifecycle of a core: the export/erasure use cases and the erasure runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from keel.config import Settings
+from keel.service.erasure import ErasurePolicy, ErasureSagaRunner
+from keel.service.personal_data import PersonalDataService
+from keel.service.ports import Clock, PersonalDataStore
+from keel.service.profile_reads import ProfileReads
+
+
+def erasure_policy(settings: Settings) -> ErasurePolicy:
+    return ErasurePolicy(
+        give_up_after=timedelta(seconds=settings.erasure_give_up_seconds),
+        acknowledgement_poll=timedelta(seconds=settings.erasure_acknowledgement_poll_seconds),
+        poll_seconds=settings.erasure_poll_seconds,
+    )
+
+
+def build_personal_data(
+    settings: Settings,
+    store: PersonalDataStore,
+    clock: Clock,
+    reads: ProfileReads,
+    events_committed: Callable[[], None],
+) -> tuple[PersonalDataService, ErasureSagaRunner]:
+    policy = erasure_policy(settings)
+
+    async def drop_cached(profile_id: str, version: int) -> None:
+        # Here at once, elsewhere over the invalidation bus (when Redis is configured).
+        await reads.changed(profile_id, version, None, deleted=True)
+
+    runner = ErasureSagaRunner(
+        store,
+        clock,
+        drop_cached,
+        policy=policy,
+        event_source=settings.events_source,
+        # The relay and the webhook dispatcher: the erased event goes out at once.
+        on_events_committed=events_committed,
+    )
+    service = PersonalDataService(
+        store,
+        clock,
+        erasure_policy=policy,
+        deleted_retention=timedelta(seconds=settings.deleted_profiles_retention_seconds),
+        on_erasure_started=runner.wake,
+    )
+    return service, runner
