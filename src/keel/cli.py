@@ -84,6 +84,7 @@ def serve(
         loop="uvloop",
         # httptools, with header and body limits and timeouts uvicorn does not have.
         http=http_protocol(settings),
+        timeout_keep_alive=settings.http_keep_alive_seconds,
         access_log=False,  # Keel writes its own access log, with request and trace ids
         # Keel reads X-Forwarded-For itself, through KEEL_TRUSTED_PROXY_HOPS only; uvicorn's
         # default would rewrite the client address from it for any loopback peer.

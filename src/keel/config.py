@@ -114,8 +114,17 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         le=300,
-        description="A request line and headers must arrive within this of the connection opening or "
-        "of the previous response; else 408 (or a quiet close when nothing came).",
+        description="A request line and headers must arrive within this of the connection opening or, "
+        "on a keep-alive connection, of the next request's first byte; else 408 (or a quiet close when "
+        "a new connection sent nothing).",
+    )
+    http_keep_alive_seconds: int = Field(  # whole seconds: uvicorn's timeout_keep_alive is an int
+        default=5,
+        ge=1,
+        le=3600,
+        description="An idle keep-alive connection is closed after this. Behind a load balancer that "
+        "reuses connections, set it above the balancer's own idle timeout, so that the server never "
+        "closes a connection the balancer is sending a request on.",
     )
     http_body_timeout_seconds: float = Field(
         default=10.0,

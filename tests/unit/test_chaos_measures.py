@@ -237,6 +237,43 @@ def test_no_loop_lag_measured_never_passes() -> None:
 # -- requests -----------------------------------------------------------------------------------
 
 
+def test_the_healthz_baseline_is_never_finer_than_keels_own_fault_free_loop_lag() -> None:
+    """~50 steady polls at 2.5 ms, the loop-lag probe's steady p99 in the 5 ms bucket: the bound is
+    4 x 5 ms. A fault p99 of 11.5 ms (a fresh-clone run's) passes; a loop blocked 500 ms does not."""
+    run = lag_run([0.004] * 40)
+    for second in range(20):  # the steady phase's lag: 100 wake-ups a second, a few at 4-5 ms
+        seen = [0.002] * 96 * (second + 1) + [0.0045] * 4 * (second + 1)
+        run.metrics[second] = (run.metrics[second][0], lag_exposition(seen))
+    run.healthz = polls(T0, 49, seconds=0.0025) + polls(T0 + 10, 190, seconds=0.001)
+    run.healthz += polls(T0 + 10.1, 3, seconds=0.0115)
+    checked = result("03", "/healthz p99", run)
+    assert checked.tolerance["max"] == pytest.approx(20.0), checked.line()
+    assert checked.passed, checked.line()
+    run.healthz += polls(T0 + 10.2, 4, seconds=0.5)  # 4 of ~250 polls blocked half a second
+    assert not result("03", "/healthz p99", run).passed
+
+
+def test_a_healthz_poll_in_flight_when_the_fault_began_is_not_a_steady_state_failure() -> None:
+    run = new_run("fault")
+    run.healthz = polls(T0, 100)
+    run.healthz.append(HealthzPoll(T0 + 9.999, 2.0, ok=False))  # Keel killed under it at T0 + 10
+    assert result("01", "/healthz polls that failed", run).passed
+    run.healthz.append(HealthzPoll(T0 + 5.0, 0.01, ok=False))  # failed and answered before it
+    assert not result("01", "/healthz polls that failed", run).passed
+
+
+def test_04_a_connection_lent_out_through_the_last_second_fails_a_brief_one_does_not() -> None:
+    key = "keel_db_pool_connections_in_use"
+    run = new_run("fault", "recovery")
+    run.metrics = [(T0 + 29.0 + i / 10, {key: 0.0}) for i in range(10)]
+    run.metrics[-1] = (run.metrics[-1][0], {key: 1.0})  # the relay's poll caught at the end
+    assert result("04", "lent out", run).passed
+    run.metrics = [(when, {key: 1.0}) for when, _ in run.metrics]  # a leak: lent out throughout
+    assert not result("04", "lent out", run).passed
+    run.metrics = run.metrics[-2:]  # too few samples to tell: never a pass
+    assert not result("04", "lent out", run).passed
+
+
 def test_02_counts_failures_not_requests() -> None:
     run = new_run("fault", "recovery")
     run.samples = samples("write", T0 + 10, 2)  # two successes during the outage
