@@ -292,7 +292,7 @@ async def test_retries_follow_the_schedule_then_dead_letters_are_listed_and_repl
             assert counts.dead_letters == 1
 
             endpoint.status = 200
-            assert await keel.replay(ADMIN, endpoint_id, ["whdl_not_one_of_them"]) == 0
+            assert await keel.replay(ADMIN, endpoint_id, ["whdl_" + "0" * 32]) == 0
             assert await keel.replay(ADMIN, endpoint_id, None) == 1
             replayed = await one_pass()
             assert (replayed.state, replayed.attempts, replayed.last_status) == (

@@ -24,7 +24,6 @@ import functools
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -37,6 +36,7 @@ from keel.domain.webhooks import (
     DeliveryState,
     RetrySchedule,
     WebhookDelivery,
+    new_delivery_id,
 )
 from keel.service.outbox import cloud_event, relay_holder
 from keel.service.ports import Clock, Store
@@ -219,7 +219,7 @@ class WebhookDispatcher:
                 for endpoint in wanting:
                     await uow.webhooks.add_delivery(
                         WebhookDelivery(
-                            id=f"whdl_{uuid.uuid4().hex}",
+                            id=new_delivery_id(),
                             endpoint_id=endpoint.id,
                             event_id=event.id,
                             event_type=event.type,
