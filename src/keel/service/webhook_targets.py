@@ -11,6 +11,7 @@ instant is not covered (see docs/events.md)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from keel.domain.errors import FieldError, ValidationFailed
@@ -82,9 +83,18 @@ async def refused_address(host: str, resolver: AddressResolver) -> str | None:
     return next((a for a in addresses if not is_public_address(a)), None)
 
 
-async def check_target(url: str, resolver: AddressResolver, *, allow_private: bool) -> None:
-    """Raises `ValidationFailed` for a URL webhooks may not be sent to."""
-    host = check_url_shape(url)
+async def check_target(
+    url: str, resolver: AddressResolver, client_host: Callable[[str], str | None], *, allow_private: bool
+) -> None:
+    """Raises `ValidationFailed` for a URL webhooks may not be sent to. `client_host` is the
+    host the HTTP client connects to for a URL (None: it refuses the URL); that host is the one
+    checked, so the check and the connection agree on the name (IDNA 2003 and 2008 differ)."""
+    check_url_shape(url)
+    host = client_host(url)
+    if host is None:
+        raise ValidationFailed(
+            [FieldError("/url", "the HTTP client refuses this URL (the host is not a valid IDNA 2008 name)")]
+        )
     if allow_private:
         return
     try:

@@ -80,6 +80,7 @@ class WebhookAdmin:
         box: SecretBox,
         resolver: AddressResolver,
         *,
+        client_host: Callable[[str], str | None],
         allow_private_targets: bool = False,
         on_replay: Callable[[], None] = _nothing,
     ) -> None:
@@ -87,6 +88,7 @@ class WebhookAdmin:
         self._clock = clock
         self._box = box
         self._resolver = resolver
+        self._client_host = client_host
         self._allow_private = allow_private_targets
         self._on_replay = on_replay
 
@@ -107,7 +109,7 @@ class WebhookAdmin:
                     )
                 ]
             )
-        await check_target(url, self._resolver, allow_private=self._allow_private)
+        await check_target(url, self._resolver, self._client_host, allow_private=self._allow_private)
         secret = new_secret()
         endpoint = WebhookEndpoint(
             id=new_endpoint_id(),
