@@ -395,6 +395,9 @@ async def test_only_the_endpoints_event_types_and_events_after_registration_are_
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
+        "http://[2002:a9fe:a9fe::]/latest/meta-data",  # 6to4 of 169.254.169.254
+        "http://[64:ff9b::7f00:1]/hook",  # NAT64 of 127.0.0.1
+        "http://[::10.0.0.1]/hook",  # IPv4-compatible
         "http://0.0.0.0/hook",
         "http://100.64.0.1/hook",
     ],
