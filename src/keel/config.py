@@ -232,6 +232,12 @@ class Settings(BaseSettings):
         description="`keel.profile.updated.v1` is published on `<prefix>.profile.updated.v1`.",
     )
     events_source: str = Field(default="/keel", min_length=1, description="The CloudEvents `source`.")
+    events_stream_max_age_seconds: float = Field(
+        default=7 * 86400,
+        gt=0,
+        description="How long the JetStream stream Keel creates keeps an event (a stream that exists"
+        " keeps its own limits).",
+    )
     events_duplicate_window_seconds: float = Field(
         default=120.0,
         ge=1,

@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from testkit.servers.nats import NatsServer, nats_server
 from typer.testing import CliRunner
 
@@ -412,3 +413,40 @@ async def test_a_core_started_with_a_nats_url_relays_its_writes(database_url: st
         # Stopped, the relay gave its lease back: another process may take over at once.
         async with store.unit_of_work() as uow:
             assert await uow.outbox.claim_relay_lease("next", datetime.now(UTC), datetime.now(UTC))
+
+
+async def stream_config(server: NatsServer) -> StreamConfig:
+    client = await nats.connect(server.url)
+    try:
+        info = await client.jetstream().stream_info(STREAM)
+    finally:
+        await client.close()
+    assert info.config is not None
+    return info.config
+
+
+async def test_a_new_stream_keeps_events_for_the_set_age_and_an_existing_streams_limits_stay() -> None:
+    """The stream Keel creates drops events after `max_age` (personal data in events does not
+    stay in NATS for ever); a stream that exists, with limits an operator chose, is left as is."""
+    spec = StreamSpec(STREAM, PREFIX, 120.0, max_age_seconds=3600.0)
+    with nats_server() as server:
+        first = JetStreamPublisher(server.url, spec, timeout_seconds=DEADLINE_SECONDS)
+        try:
+            await first.publish(f"{PREFIX}.profile.created", "m1", b"{}")
+        finally:
+            await first.close()
+        created = await stream_config(server)
+        assert created.max_age == 3600.0
+        assert created.duplicate_window == 120.0
+        client = await nats.connect(server.url)
+        try:
+            await client.jetstream().update_stream(replace(created, max_age=86400.0, max_msgs=1000))
+        finally:
+            await client.close()
+        second = JetStreamPublisher(server.url, spec, timeout_seconds=DEADLINE_SECONDS)
+        try:
+            await second.publish(f"{PREFIX}.profile.created", "m2", b"{}")
+        finally:
+            await second.close()
+        kept = await stream_config(server)
+        assert (kept.max_age, kept.max_msgs) == (86400.0, 1000)

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.erasure import Erasure, ErasureState, ErasureStep
 from keel.domain.errors import Forbidden, NotFound
-from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED
+from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED, profile_changed
 from keel.domain.profile import JSONObject
 from keel.domain.webhooks import DeliveryState, WebhookEndpoint
 from keel.service.attributes import AttributePolicy
@@ -596,3 +596,65 @@ async def test_0006_up_and_down_leaves_the_database_as_it_was(
     }
     await asyncio.to_thread(downgrade, url, "0005")
     assert await everything(url) == before
+
+
+async def until_a_query_waits_on_a_lock(url: str) -> None:
+    """Returns once another session of this database waits on a lock (PostgreSQL's own record
+    of it, not a guess at how long that takes); fails past the deadline."""
+    waiting = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        while True:
+            if await query(url, waiting):
+                return
+            await asyncio.sleep(0.01)  # between looks: PostgreSQL offers no event to await
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_an_update_committing_during_the_erasure_leaves_no_personal_value_and_a_higher_version(
+    world: World,
+) -> None:
+    """An update in flight when step 1 starts: the step waits for it, then erases its event too,
+    and the erased version is above the update's (consumers keep the higher version)."""
+    profile_id = await a_profile_with_history(world)
+    status = await world.personal_data.start_erasure(ADMIN, profile_id)
+    async with world.sql.unit_of_work() as uow:
+        current = await uow.profiles.get(profile_id)
+        assert current is not None
+        racing = current.revise(replace(current.fields, display_name="Zebulon Racer"), world.clock.now())
+        await uow.profiles.update(racing, expected_version=current.version)
+        await uow.outbox.add(profile_changed(racing), "test")
+        erasing = asyncio.create_task(world.runner().run_due())
+        try:
+            await until_a_query_waits_on_a_lock(world.url)
+            await uow.commit()
+        except BaseException:
+            erasing.cancel()
+            raise
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        assert await erasing == 1
+
+    erasure = await erasure_state(world.store, profile_id)
+    assert erasure.id == status.erasure.id
+    assert erasure.state is ErasureState.COMPLETED
+    assert erasure.erased_version == racing.version + 1
+    # The caches' floor is the erased version: a write-through of the racing update (its
+    # version, one below) landing after the drop is refused (the cache keeps versions >= floor).
+    assert world.dropped == [(profile_id, racing.version + 1)]
+    events = await events_of(world.store, profile_id)
+    assert [r.event.type for r in events] == [
+        "keel.profile.created.v1",
+        "keel.profile.updated.v1",
+        "keel.profile.updated.v1",
+        PROFILE_ERASED,
+    ]
+    payloads = json.dumps([r.event.data for r in events]).lower()
+    assert [value for value in ERASED_VALUES if value.lower() in payloads] == []
+    assert "zebulon racer" not in payloads
+    earlier = [r.event.data["version"] for r in events[:-1]]
+    assert all(isinstance(v, int) for v in earlier)
+    assert events[-1].event.data["version"] == erasure.erased_version
+    assert erasure.erased_version > max(v for v in earlier if isinstance(v, int))
+    assert await values_found(world.url, (*ERASED_VALUES, "Zebulon Racer")) == {}

@@ -45,6 +45,7 @@ def build_relay(settings: Settings, store: Store, clock: Clock, metrics: Metrics
             settings.events_stream,
             settings.events_subject_prefix,
             settings.events_duplicate_window_seconds,
+            settings.events_stream_max_age_seconds,
         ),
         timeout_seconds=settings.events_publish_timeout_seconds,
     )

@@ -65,9 +65,10 @@ def build_webhooks(
 ) -> Webhooks:
     box = box or AesGcmSecretBox(box_key(settings.webhook_secrets_secret()))
     resolver = resolver or SystemResolver()
+    sender = sender or HttpxWebhookSender()
     dispatcher = WebhookDispatcher(
         store,
-        sender or HttpxWebhookSender(),
+        sender,
         box,
         resolver,
         clock,
@@ -79,6 +80,7 @@ def build_webhooks(
         clock,
         box,
         resolver,
+        client_host=sender.host_of,
         allow_private_targets=settings.webhook_allow_private_targets,
         on_replay=dispatcher.wake,
     )

@@ -5,6 +5,7 @@ step without a timestamp, whatever stopped it."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,8 +43,16 @@ class Tombstone:
     last_version: int  # the profile's version when its data went; an erased event follows it
 
 
+_ERASURE_ID = re.compile(r"era_[0-9a-f]{32}")
+
+
 def new_erasure_id() -> str:
     return f"era_{uuid.uuid4().hex}"
+
+
+def is_erasure_id(value: str) -> bool:
+    """Whether `value` has the shape of an erasure id (anything else names no erasure)."""
+    return _ERASURE_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,32 @@ replay, making it `pending` again with a fresh schedule).
 from __future__ import annotations
 
 import random
+import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+
+_ENDPOINT_ID = re.compile(r"whep_[0-9a-f]{32}")
+_DELIVERY_ID = re.compile(r"whdl_[0-9a-f]{32}")
+
+
+def new_endpoint_id() -> str:
+    return f"whep_{uuid.uuid4().hex}"
+
+
+def new_delivery_id() -> str:
+    return f"whdl_{uuid.uuid4().hex}"
+
+
+def is_endpoint_id(value: str) -> bool:
+    """Whether `value` has the shape of an endpoint id (anything else names no endpoint)."""
+    return _ENDPOINT_ID.fullmatch(value) is not None
+
+
+def is_delivery_id(value: str) -> bool:
+    return _DELIVERY_ID.fullmatch(value) is not None
 
 
 class DeliveryState(StrEnum):

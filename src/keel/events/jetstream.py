@@ -31,6 +31,9 @@ class StreamSpec:
     name: str = "KEEL_EVENTS"
     subject_prefix: str = "keel.events"
     duplicate_window_seconds: float = 120.0
+    # How long the stream keeps an event (events carry personal data, and NATS copies are not
+    # rewritten by an erasure: docs/privacy.md). Only for a stream Keel creates.
+    max_age_seconds: float = 7 * 86400.0
 
 
 async def _log_error(error: Exception) -> None:
@@ -53,15 +56,24 @@ async def _connect(url: str, timeout_seconds: float) -> Client:
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+    """Creates the stream when there is none; a stream that exists is left as it is (its limits
+    may be an operator's choice: Keel does not overwrite them)."""
+    try:
+        await js.stream_info(spec.name)
+        return
+    except NotFoundError:
+        pass
     config = StreamConfig(
         name=spec.name,
         subjects=[f"{spec.subject_prefix}.>"],
         duplicate_window=spec.duplicate_window_seconds,
+        max_age=spec.max_age_seconds,
     )
     try:
         await js.add_stream(config)
     except BadRequestError:
-        await js.update_stream(config)  # exists with another configuration: bring it to ours
+        # Another process created it in between (with another configuration): it stays.
+        _log.info("events_stream_exists", stream=spec.name)
 
 
 class JetStreamPublisher:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from keel.domain.api_keys import Principal
-from keel.domain.erasure import Erasure, ErasureState, TombstoneCause, new_erasure_id
+from keel.domain.erasure import Erasure, ErasureState, TombstoneCause, is_erasure_id, new_erasure_id
 from keel.domain.errors import NotFound
 from keel.domain.events import profile_data
 from keel.domain.ids import is_profile_id
@@ -141,6 +141,9 @@ class PersonalDataService:
 
     async def erasure_status(self, principal: Principal, erasure_id: str) -> ErasureStatus:
         require_admin(principal)
+        if not is_erasure_id(erasure_id):
+            # Names no erasure; the database is not asked (it could refuse the text outright).
+            raise NotFound("No such erasure.")
         async with self._store.unit_of_work(read_only=True) as uow:
             erasure = await uow.erasures.get(erasure_id)
             if erasure is None:

@@ -24,11 +24,9 @@ import functools
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 import structlog
 
@@ -37,6 +35,7 @@ from keel.domain.webhooks import (
     DeliveryState,
     RetrySchedule,
     WebhookDelivery,
+    new_delivery_id,
 )
 from keel.service.outbox import cloud_event, relay_holder
 from keel.service.ports import Clock, Store
@@ -84,7 +83,7 @@ class DispatchObserver:
 
     attempted: Callable[[str, float], None] = _ignore  # outcome (delivered/failed/dead), seconds
     dead_letters: Callable[[int], None] = _ignore
-    failed: Callable[[str], None] = _ignore  # "fan_out", "dispatch", "record"
+    failed: Callable[[str], None] = _ignore  # "fan_out", "dispatch", "attempt", "record"
     leader: Callable[[bool], None] = _ignore
 
 
@@ -219,7 +218,7 @@ class WebhookDispatcher:
                 for endpoint in wanting:
                     await uow.webhooks.add_delivery(
                         WebhookDelivery(
-                            id=f"whdl_{uuid.uuid4().hex}",
+                            id=new_delivery_id(),
                             endpoint_id=endpoint.id,
                             event_id=event.id,
                             event_type=event.type,
@@ -270,10 +269,13 @@ class WebhookDispatcher:
 
     async def _send(self, stored: StoredEndpoint, delivery: WebhookDelivery) -> SendResult:
         url = stored.endpoint.url
+        host = self.sender.host_of(url)
+        if host is None:
+            return SendResult(None, "invalid_url")  # stored before registration refused it
         if not self.policy.allow_private_targets:
             # Again at every attempt: the name may resolve elsewhere since registration.
             try:
-                if await refused_address(urlsplit(url).hostname or "", self.resolver) is not None:
+                if await refused_address(host, self.resolver) is not None:
                     return SendResult(None, "refused_address")
             except OSError:
                 return SendResult(None, "connection")
@@ -288,7 +290,11 @@ class WebhookDispatcher:
 
     async def _attempt(self, stored: StoredEndpoint, delivery: WebhookDelivery) -> None:
         started = self.timer()
-        result = await self._send(stored, delivery)
+        try:
+            result = await self._send(stored, delivery)
+        except Exception as raised:  # noqa: BLE001 - recorded as a failed attempt, never lost
+            self._failed("attempt", raised)
+            result = SendResult(None, "error")
         elapsed = self.timer() - started
         now = self.clock.now()
         attempts = delivery.attempts + 1

@@ -93,7 +93,9 @@ class SecretUnreadable(Exception):
 @dataclass(frozen=True, slots=True)
 class SendResult:
     status: int | None  # None: no answer (see `error`)
-    error: str | None  # None on an answer; else "timeout", "connection" or "refused_address"
+    # None on an answer; else "timeout", "connection", "refused_address", "invalid_url" (the
+    # client refuses the URL) or "error" (anything else that went wrong in the attempt).
+    error: str | None
 
 
 class WebhookSender(Protocol):
@@ -101,6 +103,11 @@ class WebhookSender(Protocol):
         self, url: str, headers: dict[str, str], body: bytes, timeout_seconds: float
     ) -> SendResult:
         """POSTs once; never raises for the endpoint's failures (they are the result)."""
+        ...
+
+    def host_of(self, url: str) -> str | None:
+        """The host (ASCII, as it is resolved) this client connects to for `url`; None when the
+        client refuses the URL. The address checks resolve this host, not another spelling."""
         ...
 
     async def close(self) -> None: ...

@@ -43,6 +43,8 @@ class SqlSession(Protocol):
     # FOR UPDATE SKIP LOCKED where the database has it: a runner's claim skips rows another
     # runner is claiming.
     skip_locked: str
+    # FOR UPDATE where the database has it: the row read is locked until the transaction ends.
+    for_update: str
     # The function that finds text in text: `strpos` (PostgreSQL) or `instr` (SQLite).
     position: str
 
@@ -137,7 +139,13 @@ class SqlPersonalData:
     async def remove(self, profile_id: str, at: datetime, cause: TombstoneCause) -> int | None:
         db = self._db
         with self._observer.call("remove_personal_data"):
-            rows = await db.fetch("SELECT version FROM profiles WHERE id = $1", profile_id)
+            # The profile's row lock first: a write of it in flight commits before this reads
+            # on (its event is then among the events erased below, and the version read is
+            # its version), and none starts until this transaction ends.
+            rows = await db.fetch(
+                f"SELECT version FROM profiles WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
+                profile_id,
+            )
             if not rows:
                 return None
             version = int(rows[0][0])

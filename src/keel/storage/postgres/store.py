@@ -521,6 +521,7 @@ class PostgresSession:
 
     select_profile = _SELECT_PROFILE
     skip_locked = "FOR UPDATE SKIP LOCKED"
+    for_update = "FOR UPDATE"
     position = "strpos"
 
     def __init__(self, connection: _Connection) -> None:

@@ -471,6 +471,7 @@ class SqliteSession:
 
     select_profile = _SELECT_PROFILE
     skip_locked = ""  # one writer at a time: nothing to skip
+    for_update = ""  # one writer at a time (BEGIN IMMEDIATE): the write lock is held already
     position = "instr"
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
