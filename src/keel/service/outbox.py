@@ -34,6 +34,7 @@ import structlog
 
 from keel.domain.events import DomainEvent
 from keel.service.ports import Clock, EventPublisher, EventPublishFailed, OutboxRecord, Store
+from keel.service.wakeups import woken_or_polled
 
 SPEC_VERSION = "1.0"
 
@@ -115,12 +116,7 @@ class OutboxRelay:
             while True:
                 more = await self.run_once()
                 if not more:
-                    try:
-                        async with asyncio.timeout(self.policy.poll_seconds):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                    self._wake.clear()
+                    await woken_or_polled(self._wake, self.policy.poll_seconds)
         finally:
             await self._give_up_lease()
 

@@ -39,6 +39,7 @@ from keel.domain.webhooks import (
 )
 from keel.service.outbox import cloud_event, relay_holder
 from keel.service.ports import Clock, Store
+from keel.service.wakeups import woken_or_polled
 from keel.service.webhook_ports import (
     AddressResolver,
     SecretBox,
@@ -131,12 +132,7 @@ class WebhookDispatcher:
             while True:
                 more = await self.run_once()
                 if not more:
-                    try:
-                        async with asyncio.timeout(self.policy.poll_seconds):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                    self._wake.clear()
+                    await woken_or_polled(self._wake, self.policy.poll_seconds)
         finally:
             await self.stop()
 
