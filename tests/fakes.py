@@ -266,6 +266,13 @@ class _Webhooks:
     async def endpoint(self, endpoint_id: str) -> StoredEndpoint | None:
         return self._tables.webhook_endpoints.get(endpoint_id)
 
+    async def replace_sealed_secret(self, endpoint_id: str, old: str, new: str) -> bool:
+        stored = self._tables.webhook_endpoints.get(endpoint_id)
+        if stored is None or stored.sealed_secret != old:
+            return False
+        self._tables.webhook_endpoints[endpoint_id] = StoredEndpoint(stored.endpoint, new)
+        return True
+
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         if self._tables.webhook_endpoints.pop(endpoint_id, None) is None:
             return False

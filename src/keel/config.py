@@ -283,8 +283,14 @@ class Settings(BaseSettings):
         default=None,
         description="Key that seals webhook signing secrets in the database (AES-GCM); 32+ characters, "
         "the same on every process of one database. Unset: derived from the database URL (development "
-        "only: the secrets are then only as safe as that URL). Changing it makes the stored secrets "
-        "unreadable: re-register the endpoints.",
+        "only: the secrets are then only as safe as that URL). To rotate it, move the old key into "
+        "KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS, then run `keel webhooks reseal`.",
+    )
+    webhook_secrets_key_fallbacks: list[SecretStr] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Earlier webhook secrets keys, as a JSON list: secrets sealed with them still open "
+        "(and are sealed again with the current key by `keel webhooks reseal`); new ones never use them.",
     )
     webhook_allow_private_targets: bool = Field(
         default=False,
@@ -343,6 +349,10 @@ class Settings(BaseSettings):
             )
         if self.webhook_secrets_key is not None and len(self.webhook_secrets_key.get_secret_value()) < 32:
             raise ValueError("KEEL_WEBHOOK_SECRETS_KEY must have at least 32 characters")
+        if any(len(old.get_secret_value()) < 32 for old in self.webhook_secrets_key_fallbacks):
+            raise ValueError(
+                "every key of KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS must have at least 32 characters"
+            )
         return self
 
     @model_validator(mode="after")

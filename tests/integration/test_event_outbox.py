@@ -240,6 +240,33 @@ async def test_writes_succeed_while_nats_is_down_and_the_backlog_drains_after(
     assert_in_order_per_profile(received)
 
 
+async def test_a_stream_deleted_under_a_running_relay_is_created_again_and_nothing_is_lost(
+    store: Store, nats_bus: NatsServer
+) -> None:
+    clock = FakeClock()
+    failures: list[str] = []
+    relay = OutboxRelay(
+        store, publisher(nats_bus), clock, RelayPolicy(), RelayObserver(failed=failures.append)
+    )
+    try:
+        service = profiles(store, clock, relay)
+        await service.create_profile(WRITER, document(200))
+        await drain(relay, store)  # connected, stream made, one event in it
+        client = await nats.connect(nats_bus.url)
+        try:
+            assert await client.jetstream().delete_stream(STREAM)
+        finally:
+            await client.close()
+        expected = await some_changes(service, profiles_count=2, updates=2)
+        await drain(relay, store)  # at most one failed pass, then the stream exists again
+        received = await consume(nats_bus, expected)
+    finally:
+        await relay.publisher.close()
+    assert failures in ([], ["publish"])
+    assert len({event["id"] for event in received}) == expected
+    assert_in_order_per_profile(received)
+
+
 async def test_a_relay_killed_between_publish_and_mark_loses_nothing_and_shows_no_duplicate(
     database_url: str, store: Store, nats_bus: NatsServer
 ) -> None:

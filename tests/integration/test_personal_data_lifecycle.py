@@ -18,18 +18,25 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from testkit.servers.redis import redis_server
 
+from keel.bootstrap.personal_data import build_personal_data
+from keel.cache.memory import BoundedProfileCache
+from keel.cache.redis_bus import RedisInvalidationBus
+from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.erasure import Erasure, ErasureState, ErasureStep
 from keel.domain.errors import Forbidden, NotFound
 from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED, profile_changed
 from keel.domain.profile import JSONObject
 from keel.domain.webhooks import DeliveryState, WebhookEndpoint
+from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.erasure import ErasureObserver, ErasurePolicy, ErasureSagaRunner, ErasureStatus
 from keel.service.outbox import cloud_event
 from keel.service.personal_data import PersonalDataService
 from keel.service.ports import OutboxRecord, PersonalDataStore, Store
+from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import downgrade, migrate
 from keel.storage.postgres.store import PostgresStore
@@ -455,6 +462,33 @@ async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(wo
     assert again.erasure.state is ErasureState.RUNNING
     await runner.run_due()
     assert (await erasure_state(world.store, profile_id)).state is ErasureState.COMPLETED
+
+
+async def test_the_cache_step_fails_while_redis_cannot_tell_the_other_processes(world: World) -> None:
+    """Keel's own drop of cached copies (the composition root's, over a real Redis): when the
+    invalidation bus does not take the message, the step is not marked done but retried, since
+    another process may still hold a copy of the erased profile."""
+    profile_id = await a_profile_with_history(world)
+    with redis_server() as redis:
+        bus = RedisInvalidationBus.from_url(redis.url)
+        reads = ProfileReads(
+            world.sql, RetryPolicy(RetryBudget(), Backoff()), cache=BoundedProfileCache(100), bus=bus
+        )
+        _, runner = build_personal_data(Settings(), world.store, world.clock, reads, lambda: None)
+        try:
+            await world.personal_data.start_erasure(ADMIN, profile_id)
+            redis.stop()
+            await runner.run_due()
+            stuck = await erasure_state(world.store, profile_id)
+            assert stuck.state is ErasureState.RUNNING
+            assert stuck.caches_dropped_at is None
+            assert stuck.last_error == "drop_cached_copies failed: CachedCopiesNotDropped"
+            redis.start()
+            world.clock.advance(world.policy.first_retry)
+            await runner.run_due()
+            assert (await erasure_state(world.store, profile_id)).caches_dropped_at is not None
+        finally:
+            await bus.close()
 
 
 async def test_a_failing_step_is_retried_with_backoff_then_given_up(world: World) -> None:

@@ -11,7 +11,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -511,6 +514,89 @@ async def test_the_stored_secret_is_sealed_not_plain(store: Store) -> None:
     assert secret not in stored.sealed_secret.encode()
     assert base64.b64encode(secret).decode() not in stored.sealed_secret
     assert BOX.open(stored.sealed_secret) == secret
+
+
+async def test_a_rotated_key_opens_old_secrets_until_they_are_resealed_with_the_new_one(store: Store) -> None:
+    """Rotation: the new key seals, the old one (a fallback) still opens; `reseal_secrets` seals
+    every secret again with the new key, after which the new key alone opens them, and the
+    secrets themselves (what the receivers verify with) have not changed. A secret no key opens
+    is reported, not lost silently."""
+    old_key, new_key, lost_key = (box_key(f"{name}-" + "k" * 32) for name in ("old", "new", "lost"))
+    before = WebhookAdmin(
+        store,
+        FakeClock(),
+        AesGcmSecretBox(old_key),
+        SystemResolver(),
+        client_host=client_host,
+        allow_private_targets=True,
+    )
+    kept = [await before.register(ADMIN, f"http://127.0.0.1:9/{n}", [], False) for n in range(2)]
+    lost = await WebhookAdmin(
+        store,
+        FakeClock(),
+        AesGcmSecretBox(lost_key),
+        SystemResolver(),
+        client_host=client_host,
+        allow_private_targets=True,
+    ).register(ADMIN, "http://127.0.0.1:9/lost", [], False)
+    rotated_box = AesGcmSecretBox(new_key, (old_key,))
+    rotated = WebhookAdmin(
+        store, FakeClock(), rotated_box, SystemResolver(), client_host=client_host, allow_private_targets=True
+    )
+    new_one = await rotated.register(ADMIN, "http://127.0.0.1:9/new", [], False)
+
+    done = await rotated.reseal_secrets()
+    assert sorted(done.resealed) == sorted(r.endpoint.id for r in kept)
+    assert done.current == (new_one.endpoint.id,)
+    assert done.unreadable == (lost.endpoint.id,)
+    new_only = AesGcmSecretBox(new_key)
+    async with store.unit_of_work(read_only=True) as uow:
+        for registered in [*kept, new_one]:
+            stored = await uow.webhooks.endpoint(registered.endpoint.id)
+            assert stored is not None
+            assert new_only.open(stored.sealed_secret) == base64.b64decode(
+                registered.secret.removeprefix("whsec_")
+            )
+    again = await rotated.reseal_secrets()
+    assert (len(again.resealed), len(again.current), again.unreadable) == (0, 3, (lost.endpoint.id,))
+
+
+async def test_keel_webhooks_reseal_rotates_the_key_of_a_database(database_url: str, store: Store) -> None:
+    old, new = "old-" + "o" * 32, "new-" + "n" * 32
+    registered = await WebhookAdmin(
+        store,
+        FakeClock(),
+        AesGcmSecretBox(box_key(old)),
+        SystemResolver(),
+        client_host=client_host,
+        allow_private_targets=True,
+    ).register(ADMIN, "http://127.0.0.1:9/x", [], False)
+
+    def reseal(key: str, fallbacks: list[str]) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "KEEL_DATABASE_URL": database_url,
+            "KEEL_WEBHOOK_SECRETS_KEY": key,
+            "KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS": json.dumps(fallbacks),
+        }
+        command = [sys.executable, "-m", "keel", "webhooks", "reseal"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    first = await asyncio.to_thread(reseal, new, [old])
+    assert (first.returncode, first.stdout.strip()) == (0, "resealed 1, already current 0, unreadable 0"), (
+        first.stderr
+    )
+    async with store.unit_of_work(read_only=True) as uow:
+        stored = await uow.webhooks.endpoint(registered.endpoint.id)
+    assert stored is not None
+    assert AesGcmSecretBox(box_key(new)).open(stored.sealed_secret) == base64.b64decode(
+        registered.secret.removeprefix("whsec_")
+    )
+    wrong = await asyncio.to_thread(reseal, "other-" + "x" * 32, [])
+    assert wrong.returncode == 1
+    assert f"unreadable with every configured key: {registered.endpoint.id}" in wrong.stderr
+    assert old not in wrong.stdout + wrong.stderr
+    assert new not in wrong.stdout + wrong.stderr
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from keel.config import Settings
-from keel.service.erasure import ErasurePolicy, ErasureSagaRunner
+from keel.service.erasure import CachedCopiesNotDropped, ErasurePolicy, ErasureSagaRunner
 from keel.service.personal_data import PersonalDataService
 from keel.service.ports import Clock, PersonalDataStore
 from keel.service.profile_reads import ProfileReads
@@ -30,8 +30,11 @@ def build_personal_data(
     policy = erasure_policy(settings)
 
     async def drop_cached(profile_id: str, version: int) -> None:
-        # Here at once, elsewhere over the invalidation bus (when Redis is configured).
-        await reads.changed(profile_id, version, None, deleted=True)
+        # Here at once, elsewhere over the invalidation bus (when Redis is configured). A message
+        # the bus did not take fails the step, which is retried: another process's copy of the
+        # erased profile must not stay until its freshness runs out.
+        if not await reads.changed(profile_id, version, None, deleted=True):
+            raise CachedCopiesNotDropped(profile_id)
 
     runner = ErasureSagaRunner(
         store,

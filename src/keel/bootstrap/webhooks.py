@@ -63,7 +63,10 @@ def build_webhooks(
     resolver: AddressResolver | None = None,
     box: SecretBox | None = None,
 ) -> Webhooks:
-    box = box or AesGcmSecretBox(box_key(settings.webhook_secrets_secret()))
+    box = box or AesGcmSecretBox(
+        box_key(settings.webhook_secrets_secret()),
+        tuple(box_key(old.get_secret_value()) for old in settings.webhook_secrets_key_fallbacks),
+    )
     resolver = resolver or SystemResolver()
     sender = sender or HttpxWebhookSender()
     dispatcher = WebhookDispatcher(

@@ -100,10 +100,15 @@ class JetStreamPublisher:
             return self._js
 
     async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
+        """Publishes once, acknowledged by the stream. After any failure the connection is
+        dropped, so that the next publish connects again and makes sure the stream exists: a
+        stream deleted under a running relay (an operator, a reset server) is created again
+        instead of every publish failing with no responders until the process restarts."""
         try:
             js = await self._context()
             await js.publish(subject, payload, timeout=self._timeout, headers={"Nats-Msg-Id": message_id})
         except (NatsError, OSError, TimeoutError) as error:
+            await self.close()
             raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
 
     async def close(self) -> None:

@@ -71,6 +71,11 @@ class ErasureObserver:
     step_failed: Callable[[Erasure, ErasureStep, str], None] = _ignore
 
 
+class CachedCopiesNotDropped(Exception):
+    """The other processes could not be told to drop their copies (the invalidation bus did not
+    take the message): the step is retried."""
+
+
 class LeaseLost(Exception):
     """Another runner took the saga over: this one's step must not commit."""
 

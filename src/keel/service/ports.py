@@ -322,9 +322,10 @@ class ProfileCache(Protocol):
 class InvalidationBus(Protocol):
     """Tells the other Keel processes that a profile changed, so they drop their copy."""
 
-    async def publish(self, profile_id: str, version: int) -> None:
-        """Best effort and bounded in time: never raises. A lost message leaves other processes
-        with a copy at most one freshness period old."""
+    async def publish(self, profile_id: str, version: int) -> bool:
+        """Best effort and bounded in time: never raises; False when the message did not reach
+        the bus. A lost message leaves other processes with a copy at most one freshness period
+        old (an erasure, which must not leave one, retries its step on False)."""
         ...
 
     async def listen(self, on_change: Callable[[str, int], None], on_gap: Callable[[], None]) -> None:

@@ -19,7 +19,7 @@ from keel.domain.webhooks import (
     new_endpoint_id,
 )
 from keel.service.ports import Clock, Store
-from keel.service.webhook_ports import AddressResolver, SecretBox
+from keel.service.webhook_ports import AddressResolver, SecretBox, SecretUnreadable
 from keel.service.webhook_signing import new_secret, secret_text
 from keel.service.webhook_targets import check_target
 
@@ -72,6 +72,15 @@ def _check_event_types(event_types: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(event_types))
 
 
+@dataclass(frozen=True, slots=True)
+class Resealed:
+    """What `WebhookAdmin.reseal_secrets` did, by endpoint id."""
+
+    resealed: tuple[str, ...]  # sealed again with the current key
+    current: tuple[str, ...]  # already sealed with it (or by another run meanwhile)
+    unreadable: tuple[str, ...]  # no key of the box opens it: re-register these endpoints
+
+
 class WebhookAdmin:
     def __init__(
         self,
@@ -122,6 +131,36 @@ class WebhookAdmin:
             await uow.webhooks.add_endpoint(endpoint, self._box.seal(secret))
             await uow.commit()
         return Registered(endpoint, secret_text(secret))
+
+    async def reseal_secrets(self) -> Resealed:
+        """Seals every endpoint's signing secret again with the box's current key, after a key
+        rotation (the old key among the fallbacks). The secrets themselves do not change, so the
+        receivers notice nothing. An operator's command (`keel webhooks reseal`), not an API
+        call: whoever runs it has the keys already."""
+        async with self._store.unit_of_work(read_only=True) as uow:
+            stored = await uow.webhooks.endpoints()
+        resealed: list[str] = []
+        current: list[str] = []
+        unreadable: list[str] = []
+        for entry in stored:
+            endpoint_id = entry.endpoint.id
+            if self._box.sealed_with_current_key(entry.sealed_secret):
+                current.append(endpoint_id)
+                continue
+            try:
+                secret = self._box.open(entry.sealed_secret)
+            except SecretUnreadable:
+                unreadable.append(endpoint_id)
+                continue
+            async with self._store.unit_of_work() as uow:
+                replaced = await uow.webhooks.replace_sealed_secret(
+                    endpoint_id, entry.sealed_secret, self._box.seal(secret)
+                )
+                await uow.commit()
+            # Not replaced: deleted, or sealed again by another run in between; either way no
+            # longer this run's to reseal.
+            (resealed if replaced else current).append(endpoint_id)
+        return Resealed(tuple(resealed), tuple(current), tuple(unreadable))
 
     async def list_endpoints(self, principal: Principal) -> list[WebhookEndpoint]:
         _require_admin(principal)

@@ -70,6 +70,16 @@ class PostgresWebhooks:
             row = await self._db.fetchrow(_SELECT_ENDPOINTS + " WHERE id = $1", endpoint_id)
         return endpoint_from_row(tuple(row), _time) if row is not None else None
 
+    async def replace_sealed_secret(self, endpoint_id: str, old: str, new: str) -> bool:
+        with self._observer.call("reseal_webhook_secret"):
+            status = await self._db.execute(
+                "UPDATE webhook_endpoints SET sealed_secret = $1 WHERE id = $2 AND sealed_secret = $3",
+                new,
+                endpoint_id,
+                old,
+            )
+        return bool(status == "UPDATE 1")
+
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         with self._observer.call("delete_webhook_endpoint"):
             # Its deliveries go with it (ON DELETE CASCADE).
