@@ -275,7 +275,7 @@ def _bucket_bound(key: str) -> float:
     return float(key.rpartition('le="')[2].rstrip('"}'))
 
 
-def loop_lag_buckets(run: Run, phase: str | None) -> dict[float, float]:
+def loop_lag_buckets(run: Run, phase: str | None, histogram: str = _LOOP_LAG) -> dict[float, float]:
     """How many of Keel's loop-lag probe wake-ups fell at or under each bucket bound during
     `phase` (every phase for None), from the `/metrics` samples: each sample's increase over the
     one before it belongs to the phase the sample was taken in. A count that fell is a restarted
@@ -284,7 +284,7 @@ def loop_lag_buckets(run: Run, phase: str | None) -> dict[float, float]:
     increases: dict[float, float] = {}
     previous: dict[float, float] | None = None
     for when, values in run.metrics:
-        buckets = {_bucket_bound(k): v for k, v in values.items() if k.startswith(_LOOP_LAG + "_bucket{")}
+        buckets = {_bucket_bound(k): v for k, v in values.items() if k.startswith(histogram + "_bucket{")}
         if not buckets:
             continue
         if previous is not None and (phase is None or run.phase_at(when) == phase):
@@ -299,8 +299,9 @@ def loop_lag_buckets(run: Run, phase: str | None) -> dict[float, float]:
 def _loop_lag_quantile_ms(run: Run, where: dict[str, Any]) -> float:
     """Keel's own event-loop lag at a quantile (`quantile`, 0.99 by default) over a phase, as
     the upper bound of the histogram bucket it falls in (`inf` past the last bound; NaN when no
-    wake-up was counted). The server's view, which no client's own delay can inflate."""
-    buckets = loop_lag_buckets(run, where.get("phase"))
+    wake-up was counted). The server's view, which no client's own delay can inflate. Another
+    of Keel's histograms (in seconds) with `histogram`, e.g. the relay's lag."""
+    buckets = loop_lag_buckets(run, where.get("phase"), where.get("histogram", _LOOP_LAG))
     total = buckets.get(math.inf, 0.0)
     if total <= 0:
         return math.nan
@@ -375,6 +376,7 @@ MEASURES = {
     "healthz_p99_ms": _healthz_p99_ms,
     "healthz_failures": _healthz_failures,
     "keel_loop_lag_ms": _loop_lag_quantile_ms,
+    "histogram_quantile_ms": _loop_lag_quantile_ms,
     "breaker_opened_after_seconds": _breaker_opened_after_seconds,
     "breaker_closed_after_seconds": _breaker_closed_after_seconds,
     "metric_at_end": _metric_at_end,

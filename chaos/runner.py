@@ -26,8 +26,9 @@ from testkit.percentile import percentile
 from testkit.seed import seed_profiles
 from testkit.workload import final_state, run_workload
 
+from chaos import events
 from chaos.healthz_poller import Poll, polling
-from chaos.measures import HealthzPoll, Result, Run, evaluate, healthz_figures
+from chaos.measures import MEASURES, HealthzPoll, Result, Run, evaluate, healthz_figures
 from chaos.system import System
 from chaos.traffic import Sample, Traffic, warm
 
@@ -55,7 +56,13 @@ async def run_experiment(
     system_spec = spec.get("system", {})
     keel_env = system_spec.get("keel", {})
     split = system_spec.get("split", False)
-    system = System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split)
+    system = System(
+        keel_env,
+        redis=system_spec.get("redis", False),
+        seed=seed,
+        split=split,
+        nats=system_spec.get("nats", False),
+    )
     helpers: list[int] = []
     try:
         return await _run_in(system, spec, seed, time_scale, helpers, compare_pollers)
@@ -178,6 +185,8 @@ async def _run_with_poller(
         report = check(history, await final_state(system.database_url))
         record_history(run, history, report)
         details["history"] = report.summary()
+    if "events" in spec:
+        details["events"] = await _check_events(system, run, spec["events"])
     failures = _failures(run)
     if failures:  # by phase, operation and status
         details["failures"] = failures
@@ -186,6 +195,24 @@ async def _run_with_poller(
         details["pollers"] = compare_healthz_pollers(run, in_loop, runner_lag)
     results = evaluate(spec, run)
     return all(r.passed for r in results), results, details
+
+
+async def _check_events(system: System, run: Run, config: dict[str, Any]) -> str:
+    """Waits for the relay to publish what the run committed (timed from the start of the phase
+    the fault cleared in), then compares the outbox with the stream (chaos/events.py)."""
+    if system.nats is None:
+        raise ValueError('an experiment with `events` needs `"nats": true` in its system')
+    phase = config.get("drained_from_phase", "recovery")
+    # The last time the fault cleared (an experiment may fault and recover several times).
+    since = max((start for start, name in run.phases if name == phase), default=run.ended)
+    run.values["events_drain_seconds"] = await events.wait_drained(
+        system.database_url, since, float(config.get("drain_timeout_seconds", 60))
+    )
+    committed = await events.committed_ids(system.database_url)
+    stream = await events.stream_messages(system.nats.url, config.get("stream", "KEEL_EVENTS"))
+    run.values.update(events.compare(committed, stream))
+    lag = MEASURES["histogram_quantile_ms"](run, {"histogram": "keel_outbox_relay_lag_seconds"})
+    return f"{events.summary(run.values)}; relay lag (commit to acknowledged publish) p99 ≤ {lag:g} ms"
 
 
 def record_history(run: Run, history: History, report: CheckReport) -> None:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import pytest
+from chaos.events import Published, compare
 from chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe, loop_lag_buckets
 from chaos.runner import EXPERIMENTS, record_history
 from chaos.traffic import Sample
@@ -86,10 +87,10 @@ def history_run(
     return run
 
 
-HISTORY_EXPERIMENTS = ["01", "02", "07", "08"]
-# The check that the history is not empty: a fixed minimum x time scale in 01 and 02; in 07
-# and 08, writes acknowledged once the system is back.
-ACKNOWLEDGED = {"01": "acknowledged writes", "02": "acknowledged writes"} | dict.fromkeys(
+HISTORY_EXPERIMENTS = ["01", "02", "07", "08", "09", "10"]
+# The check that the history is not empty: a fixed minimum x time scale in 01, 02, 09 and 10;
+# in 07 and 08, writes acknowledged once the system is back.
+ACKNOWLEDGED = dict.fromkeys(["01", "02", "09", "10"], "acknowledged writes") | dict.fromkeys(
     ["07", "08"], "writes acknowledged once"
 )
 
@@ -144,6 +145,68 @@ def test_a_crashed_workload_fails_every_experiment(experiment: str) -> None:
     run.values["workloads_crashed"] = 1
     crashed = [r for r in evaluate(spec(experiment), run) if r.name == "workloads that crashed"]
     assert [r.passed for r in crashed] == [False]
+
+
+# -- the events family: 09, 10 (chaos/events.py on synthetic outboxes and streams) ----------------
+
+EVENT_CHECKS = ["never got", "more than once", "out of order", "never committed", "committed events checked"]
+
+
+def events_run(committed: list[str], stream: list[Published], drain_seconds: float = 2.0) -> Run:
+    run = new_run("fault", "recovery")
+    run.values.update(compare(committed, stream))
+    run.values["events_drain_seconds"] = drain_seconds
+    return run
+
+
+def clean_events(profiles: int = 30, versions: int = 4) -> tuple[list[str], list[Published]]:
+    stream = [Published(f"e{p}-{v}", f"p{p}", v) for v in range(1, versions + 1) for p in range(profiles)]
+    return [m.event_id for m in stream], stream
+
+
+@pytest.mark.parametrize("experiment", ["09", "10"])
+def test_clean_events_pass_the_events_checks(experiment: str) -> None:
+    run = events_run(*clean_events())
+    for name in [*EVENT_CHECKS, "every committed event was published"]:
+        assert result(experiment, name, run).passed, name
+
+
+@pytest.mark.parametrize("experiment", ["09", "10"])
+def test_a_lost_duplicated_reordered_or_unknown_event_fails(experiment: str) -> None:
+    committed, stream = clean_events()
+    lost = events_run(committed, stream[:-1])
+    assert not result(experiment, "never got", lost).passed
+    doubled = events_run(committed, [*stream, stream[5]])
+    assert not result(experiment, "more than once", doubled).passed
+    swapped = stream.copy()
+    swapped[0], swapped[30] = swapped[30], swapped[0]  # p0's version 2 before its version 1
+    assert not result(experiment, "out of order", events_run(committed, swapped)).passed
+    unknown = events_run(committed, [*stream, Published("never", "p1", 9)])
+    assert not result(experiment, "never committed", unknown).passed
+
+
+@pytest.mark.parametrize("experiment", ["09", "10"])
+def test_too_few_events_or_a_slow_drain_fails(experiment: str) -> None:
+    assert not result(experiment, "committed events checked", events_run(*clean_events(profiles=3))).passed
+    slow = events_run(*clean_events(), drain_seconds=math.inf)
+    assert not result(experiment, "every committed event was published", slow).passed
+
+
+def test_a_duplicate_is_not_counted_again_as_out_of_order_and_key_events_have_no_version() -> None:
+    stream = [
+        Published("a", "p", 1),
+        Published("b", "p", 2),
+        Published("a", "p", 1),
+        Published("k", "key", None),
+    ]
+    assert compare(["a", "b", "k"], stream) == {
+        "events_committed": 3.0,
+        "events_published": 3.0,
+        "events_lost": 0.0,
+        "events_duplicated": 1.0,
+        "events_out_of_order": 0.0,
+        "events_unknown": 0.0,
+    }
 
 
 # -- /healthz -----------------------------------------------------------------------------------
