@@ -19,6 +19,7 @@ The figures the experiments' checks read (`Run.values`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -36,24 +37,42 @@ class Published:
     version: int | None
 
 
-async def unpublished(database_url: str) -> int:
+_UNPUBLISHED = "SELECT count(*) FROM event_outbox WHERE published_at IS NULL"
+
+
+async def count_unpublished(database_url: str, samples: list[tuple[float, int]], stop: asyncio.Event) -> None:
+    """Samples, every 100 ms until `stop`, how many committed events are not yet published
+    (straight from PostgreSQL, past any fault proxy)."""
     connection = await asyncpg.connect(database_url)
     try:
-        return int(await connection.fetchval("SELECT count(*) FROM event_outbox WHERE published_at IS NULL"))
+        while not stop.is_set():
+            samples.append((time.monotonic(), int(await connection.fetchval(_UNPUBLISHED))))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
     finally:
         await connection.close()
 
 
-async def wait_drained(database_url: str, since: float, timeout_seconds: float) -> float:
-    """Seconds from `since` (monotonic) until the outbox has nothing unpublished; `inf` if it
-    still has after `timeout_seconds` from now. Polls every 100 ms."""
+async def drain_seconds(
+    database_url: str, samples: list[tuple[float, int]], since: float, timeout_seconds: float
+) -> float:
+    """Seconds from `since` (monotonic) until the outbox had nothing unpublished: the first such
+    sample taken during the run, else by polling on for `timeout_seconds`; `inf` if it never
+    emptied."""
+    drained = next((when for when, count in samples if when >= since and count == 0), None)
+    if drained is not None:
+        return drained - since
     deadline = time.monotonic() + timeout_seconds
-    while True:
-        if await unpublished(database_url) == 0:
-            return time.monotonic() - since
-        if time.monotonic() >= deadline:
-            return math.inf
-        await asyncio.sleep(0.1)
+    connection = await asyncpg.connect(database_url)
+    try:
+        while True:
+            if int(await connection.fetchval(_UNPUBLISHED)) == 0:
+                return time.monotonic() - since
+            if time.monotonic() >= deadline:
+                return math.inf
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
 
 
 async def committed_ids(database_url: str) -> list[str]:

@@ -65,6 +65,8 @@ class Run:
     metrics: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     values: dict[str, float] = field(default_factory=dict)
     acknowledged: list[float] = field(default_factory=list)  # when each history write was acknowledged
+    # (when, how many committed events were not yet published), for experiments with events
+    unpublished: list[tuple[float, int]] = field(default_factory=list)
     ended: float = 0.0
 
     def phase_at(self, when: float) -> str:

@@ -118,6 +118,10 @@ async def _run_with_poller(
         )
     stop_polling = asyncio.Event()
     pollers = [asyncio.create_task(_poll_metrics(system, run, stop_polling))]
+    if "events" in spec:
+        pollers.append(
+            asyncio.create_task(events.count_unpublished(system.database_url, run.unpublished, stop_polling))
+        )
     in_loop: list[HealthzPoll] = []
     runner_lag: list[tuple[float, float]] = []
     if compare_pollers:
@@ -205,8 +209,8 @@ async def _check_events(system: System, run: Run, config: dict[str, Any]) -> str
     phase = config.get("drained_from_phase", "recovery")
     # The last time the fault cleared (an experiment may fault and recover several times).
     since = max((start for start, name in run.phases if name == phase), default=run.ended)
-    run.values["events_drain_seconds"] = await events.wait_drained(
-        system.database_url, since, float(config.get("drain_timeout_seconds", 60))
+    run.values["events_drain_seconds"] = await events.drain_seconds(
+        system.database_url, run.unpublished, since, float(config.get("drain_timeout_seconds", 60))
     )
     committed = await events.committed_ids(system.database_url)
     stream = await events.stream_messages(system.nats.url, config.get("stream", "KEEL_EVENTS"))

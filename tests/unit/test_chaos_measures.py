@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 import pytest
-from chaos.events import Published, compare
+from chaos.events import Published, compare, drain_seconds
 from chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe, loop_lag_buckets
 from chaos.runner import EXPERIMENTS, record_history
 from chaos.traffic import Sample
@@ -190,6 +190,12 @@ def test_too_few_events_or_a_slow_drain_fails(experiment: str) -> None:
     assert not result(experiment, "committed events checked", events_run(*clean_events(profiles=3))).passed
     slow = events_run(*clean_events(), drain_seconds=math.inf)
     assert not result(experiment, "every committed event was published", slow).passed
+
+
+async def test_the_drain_is_timed_from_the_fault_clearing_to_the_first_empty_outbox() -> None:
+    samples = [(T0 + 1.0, 0), (T0 + 10.0, 40), (T0 + 20.0, 55), (T0 + 22.5, 3), (T0 + 23.0, 0)]
+    # Found among the run's samples: no database is asked (the URL goes nowhere).
+    assert await drain_seconds("postgresql://nobody@127.0.0.1:1/none", samples, T0 + 20.0, 0.0) == 3.0
 
 
 def test_a_duplicate_is_not_counted_again_as_out_of_order_and_key_events_have_no_version() -> None:
