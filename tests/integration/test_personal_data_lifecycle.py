@@ -410,6 +410,47 @@ async def test_an_erasure_finishes_only_after_each_personal_data_endpoint_acknow
     assert (await erasure_state(world.store, profile_id)).acknowledged_at is not None
 
 
+async def test_the_export_names_every_endpoint_the_profiles_events_went_to_dead_letters_included(
+    world: World,
+) -> None:
+    async with receiver(200) as crm:
+        crm_url = crm.url
+        keel = admin(world.sql, world.clock)
+        delivered_to = await keel.register(ADMIN, crm_url, [], False)
+        dead_url = down_url()
+        dead_at = await keel.register(ADMIN, dead_url, [PROFILE_CREATED], False)
+        profile_id = await a_profile_with_history(world)
+        worker = dispatcher(world.sql, world.clock, delays=())  # one attempt, then a dead letter
+        try:
+            for _ in range(10):  # passes until nothing is pending (a few: one per endpoint at a time)
+                await worker.run_once()
+                await worker.settle()
+                states = [
+                    d.state
+                    for e in (delivered_to, dead_at)
+                    for d in await deliveries(world.sql, e.endpoint.id)
+                ]
+                if DeliveryState.PENDING not in states:
+                    break
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+    export = plain(await world.personal_data.export_profile(ADMIN, profile_id))
+    seen = sorted((d["endpoint_url"], d["event_type"], d["state"]) for d in export["webhook_deliveries"])
+    assert seen == sorted(
+        [
+            (crm_url, PROFILE_CREATED, "delivered"),
+            (crm_url, "keel.profile.updated.v1", "delivered"),
+            (dead_url, PROFILE_CREATED, "dead"),
+        ]
+    )
+    by_endpoint = {d["endpoint_id"] for d in export["webhook_deliveries"]}
+    assert by_endpoint == {delivered_to.endpoint.id, dead_at.endpoint.id}
+    event_ids = {e["id"] for e in export["events"]}
+    assert {d["event_id"] for d in export["webhook_deliveries"]} <= event_ids
+    assert all(d["attempts"] == 1 and d["finished_at"] is not None for d in export["webhook_deliveries"])
+
+
 async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(world: World) -> None:
     async with receiver(200) as crm:
         keel = admin(world.sql, world.clock)

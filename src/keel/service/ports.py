@@ -145,6 +145,21 @@ class Outbox(Protocol):
     async def release_relay_lease(self, holder: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DisclosedEvent:
+    """One of a profile's events as Keel delivered it (or tried to) to a webhook endpoint: who
+    received the profile's data, for an export."""
+
+    endpoint_id: str
+    endpoint_url: str
+    event_id: str
+    event_type: str
+    state: str  # pending, delivered, dead
+    attempts: int
+    last_attempt_at: datetime | None
+    finished_at: datetime | None
+
+
 class PersonalData(Protocol):
     """Everything Keel stores about one profile, across tables: read whole for an export, removed
     whole (down to a tombstone) by an erasure or the retention purge."""
@@ -159,6 +174,10 @@ class PersonalData(Protocol):
 
     async def idempotency_records_of(self, profile_id: str) -> list[IdempotencyRecord]:
         """The stored idempotency records whose outcome is this profile."""
+        ...
+
+    async def deliveries_of(self, profile_id: str) -> list[DisclosedEvent]:
+        """The webhook deliveries of the profile's events (dead letters included), oldest first."""
         ...
 
     async def remove(self, profile_id: str, at: datetime, cause: TombstoneCause) -> int | None:

@@ -24,7 +24,7 @@ from keel.domain.erasure import (
 from keel.domain.events import PROFILE_ERASED, erased_payload
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, OutboxRecord
+from keel.service.ports import DisclosedEvent, IdempotencyRecord, OutboxRecord
 from keel.storage.rows import (
     IDEMPOTENCY_COLUMNS,
     OUTBOX_COLUMNS,
@@ -122,6 +122,30 @@ class SqlPersonalData:
                 profile_id,
             )
         return [outbox_record_from_row(tuple(row), self._db.parse_time) for row in rows]
+
+    async def deliveries_of(self, profile_id: str) -> list[DisclosedEvent]:
+        with self._observer.call("export_webhook_deliveries"):
+            rows = await self._db.fetch(
+                "SELECT d.endpoint_id, e.url, d.event_id, d.event_type, d.state, d.attempts,"
+                " d.last_attempt_at, d.finished_at FROM webhook_deliveries d"
+                " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+                " WHERE d.subject = $1 ORDER BY d.created_at, d.id",
+                profile_id,
+            )
+        parse = self._db.parse_time
+        return [
+            DisclosedEvent(
+                str(row[0]),
+                str(row[1]),
+                str(row[2]),
+                str(row[3]),
+                str(row[4]),
+                int(row[5]),
+                parse(row[6]) if row[6] is not None else None,
+                parse(row[7]) if row[7] is not None else None,
+            )
+            for row in rows
+        ]
 
     async def idempotency_records_of(self, profile_id: str) -> list[IdempotencyRecord]:
         with self._observer.call("export_idempotency_records"):
