@@ -43,16 +43,21 @@ async def _log_error(error: Exception) -> None:
 
 
 async def _connect(url: str, timeout_seconds: float) -> Client:
-    return await nats.connect(
-        url,
-        error_cb=_log_error,
-        connect_timeout=timeout_seconds,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        # A first connection that fails is retried by the next publish, not in the background.
-        name="keel-outbox-relay",
-    )
+    """A connection within `timeout_seconds` (TimeoutError otherwise). The bound is ours: with
+    `max_reconnect_attempts=-1` (reconnect for ever once connected), nats-py's first connect to
+    a server that is down never gives up either, and a relay that dropped its connection after a
+    failed publish would wait there until NATS came back, its lease unrenewed. A first
+    connection that fails is retried by the next publish, not in the background."""
+    async with asyncio.timeout(timeout_seconds):
+        return await nats.connect(
+            url,
+            error_cb=_log_error,
+            connect_timeout=timeout_seconds,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            name="keel-outbox-relay",
+        )
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
