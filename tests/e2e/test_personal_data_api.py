@@ -144,7 +144,7 @@ async def test_erasure_through_graphql_is_the_same_saga(monolith: Api) -> None:
     erasure = started.json()["data"]["eraseProfile"]
     assert erasure["state"] == "running"
     assert erasure["nextStep"] == "remove_personal_data"
-    assert [step["done"] for step in erasure["steps"]] == [False] * 5
+    assert [step["done"] for step in erasure["steps"]] == [False] * 6
     runner = api.keel.local.erasure_runner
     assert runner is not None
     await runner.run_due()
@@ -155,7 +155,7 @@ async def test_erasure_through_graphql_is_the_same_saga(monolith: Api) -> None:
         "id": erasure["id"],
         "state": "completed",
         "pendingHolders": [],
-        "steps": [{"done": True}] * 5,
+        "steps": [{"done": True}] * 6,
     }
     rest = await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.admin)
     assert rest.json()["id"] == erasure["id"]
@@ -194,7 +194,7 @@ async def test_erasure_through_grpc_is_the_same_saga(monolith: Api) -> None:
                 pb.GetErasureRequest(id=started.erasure.id), metadata=as_key(api.admin)
             )
             assert status.erasure.state == "completed"
-            assert [step.done for step in status.erasure.steps] == [True] * 5
+            assert [step.done for step in status.erasure.steps] == [True] * 6
             assert not status.erasure.HasField("next_step")
     finally:
         await server.stop(grace_seconds=0)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from testkit.servers.nats import nats_server
 from testkit.servers.redis import redis_server
 
 from keel.bootstrap.personal_data import build_personal_data
@@ -30,18 +31,21 @@ from keel.domain.errors import Forbidden, NotFound
 from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED, profile_changed
 from keel.domain.profile import JSONObject
 from keel.domain.webhooks import DeliveryState, WebhookEndpoint
+from keel.events.jetstream import read_stream
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.erasure import ErasureObserver, ErasurePolicy, ErasureSagaRunner, ErasureStatus
-from keel.service.outbox import cloud_event
+from keel.service.outbox import OutboxRelay, RelayPolicy, cloud_event
 from keel.service.personal_data import PersonalDataService
-from keel.service.ports import OutboxRecord, PersonalDataStore, Store
+from keel.service.ports import EventPublisher, OutboxRecord, PersonalDataStore, Store
 from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import downgrade, migrate
 from keel.storage.postgres.store import PostgresStore
 from keel.storage.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
+from tests.integration.test_event_outbox import STREAM, drain
+from tests.integration.test_event_outbox import publisher as stream_publisher
 from tests.integration.test_migrations_up_and_down import database, everything, query, revision
 from tests.integration.test_webhooks import BOX, DEADLINE_SECONDS, admin, deliveries, dispatcher
 from tests.integration.webhook_receivers import down_url, receiver
@@ -105,6 +109,7 @@ class World:
         *,
         observer: ErasureObserver | None = None,
         drop_cached: Callable[[str, int], Awaitable[None]] | None = None,
+        stream: EventPublisher | None = None,
     ) -> ErasureSagaRunner:
         async def record_drop(profile_id: str, version: int) -> None:
             self.dropped.append((profile_id, version))
@@ -113,6 +118,7 @@ class World:
             self.store,
             self.clock,
             drop_cached or record_drop,
+            stream=stream,
             policy=self.policy,
             observer=observer or ErasureObserver(),
         )
@@ -491,7 +497,7 @@ async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(wo
     assert failed["state"] == "failed"
     assert failed["pending_holders"] == [silent.endpoint.id]
     assert failed["last_error"] == f"no acknowledgement yet from {silent.endpoint.id}"
-    assert [step["done"] for step in failed["steps"]] == [True, True, True, False, False]
+    assert [step["done"] for step in failed["steps"]] == [True, True, True, True, False, False]
     assert await values_found(world.url, ERASED_VALUES) == {}  # what could be done, was
     world.clock.advance(world.policy.acknowledgement_poll)
     assert await runner.run_due() == 0  # a failed saga is not retried by itself
@@ -559,7 +565,7 @@ async def test_a_failing_step_is_retried_with_backoff_then_given_up(world: World
     await runner.run_due()
     failed = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
     assert failed["state"] == "failed"
-    assert [step["done"] for step in failed["steps"]] == [True, False, False, False, False]
+    assert [step["done"] for step in failed["steps"]] == [True, False, False, False, False, False]
     assert failures == [3, 3, 3]
 
     # The bus is back: asked again, the saga finishes.
@@ -643,6 +649,93 @@ async def test_the_purge_removes_soft_deleted_profiles_only_past_the_retention(w
     assert (await world.personal_data.erasure_status(ADMIN, status.erasure.id)).erasure.state is (
         ErasureState.COMPLETED
     )
+
+
+async def stream_texts(url: str) -> list[str]:
+    """Every message the stream holds now, as text (a deleted message is not read)."""
+    return [message.data.decode() async for message in read_stream(url, STREAM, 1)]
+
+
+def found_in(texts: list[str], values: tuple[str, ...]) -> set[str]:
+    joined = "\n".join(texts).lower()
+    return {value for value in values if value.lower() in joined}
+
+
+async def test_an_erasure_deletes_the_streams_copies_of_the_profiles_events_once_all_are_published(
+    world: World,
+) -> None:
+    """Step 3 on a real NATS JetStream: the profile's messages go (the delete overwrites them),
+    other profiles' stay; an event of the profile still unpublished holds the step back (a relay
+    may hold it with its old payload) until the relay has published it."""
+    with nats_server() as bus:
+        stream = stream_publisher(bus)
+        relay = OutboxRelay(world.sql, stream, world.clock, RelayPolicy())
+        try:
+            profile_id = await a_profile_with_history(world)
+            await drain(relay, world.sql)
+            assert found_in(await stream_texts(bus.url), ERASED_VALUES) >= {"zq_erasable", "Zebulon Q."}
+            # One more change, not yet published when the erasure starts.
+            await world.profiles.update_profile(WRITER, profile_id, {"display_name": "Zebulon"})
+            status = await world.personal_data.start_erasure(ADMIN, profile_id)
+            runner = world.runner(stream=stream)
+            await runner.run_due()
+            held = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+            assert held["next_step"] == "erase_stream_copies"
+            assert held["last_error"] == "erase_stream_copies failed: StreamCopiesPending"
+
+            await drain(relay, world.sql)  # publishes the update, its payload erased by step 1
+            world.clock.advance(world.policy.first_retry)
+            await runner.run_due()
+            done = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+            assert done["state"] == "completed"
+            await drain(relay, world.sql)  # and the erased event
+            texts = await stream_texts(bus.url)
+            assert found_in(texts, ERASED_VALUES) == set()
+            assert found_in(texts, ("kept_one", "kept@example.com", "kept-bio-value")) == {
+                "kept_one",
+                "kept@example.com",
+                "kept-bio-value",
+            }
+            # Of the profile, only the erased event stays (the update published after step 1,
+            # in its erased form, went with the others).
+            events = [json.loads(text) for text in texts]
+            assert [e["type"] for e in events if e["subject"] == profile_id] == [PROFILE_ERASED]
+        finally:
+            await stream.close()
+
+
+async def test_an_erasure_without_an_event_stream_skips_the_streams_step(world: World) -> None:
+    profile_id = await a_profile_with_history(world)
+    status = await world.personal_data.start_erasure(ADMIN, profile_id)
+    await world.runner().run_due()  # no stream: the relay publishes nowhere
+    done = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+    assert done["state"] == "completed"
+    assert [s["name"] for s in done["steps"] if s["done"]] == [s.value for s in ErasureStep]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_0007_up_and_down_leaves_the_database_as_it_was(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = await database(kind, tmp_path, request, "keel_migration_0007")
+    await asyncio.to_thread(migrate, url, "0006")
+    created = (
+        "2026-11-28T12:00:00.000000+00:00" if kind == "sqlite" else datetime(2026, 11, 28, 12, tzinfo=UTC)
+    )
+    await query(
+        url,
+        "INSERT INTO event_outbox (id, type, source, subject, time, data, published_at, fanned_out_at)"
+        " VALUES ('e1', 'keel.profile.created.v1', '/keel', 'p1', $1, '{}', $2, $3)",
+        *[created] * 3,
+    )
+    before = await everything(url)
+    await asyncio.to_thread(migrate, url, "0007")
+    assert await revision(url) == "0007"
+    schema = json.dumps((await everything(url))["schema"], default=str)
+    assert "stream_seq" in schema
+    assert "stream_copies_erased_at" in schema
+    await asyncio.to_thread(downgrade, url, "0006")
+    assert await everything(url) == before
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -634,7 +634,7 @@ async def test_the_outbox_keeps_published_events_until_webhooks_fanned_them_out(
     await profiles(store, clock).create_profile(WRITER, document(1))
     async with store.unit_of_work() as uow:
         [record] = await uow.outbox.read_from(0, 10)
-        await uow.outbox.mark_published([record.seq], clock.now())
+        await uow.outbox.mark_published([(record.seq, None)], clock.now())
         await uow.commit()
     clock.advance(timedelta(days=30))
     async with store.unit_of_work() as uow:

@@ -151,7 +151,9 @@ async def build_core(
         on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
-    personal_data, erasure_runner = build_personal_data(settings, guarded, clock, reads, events_committed)
+    personal_data, erasure_runner = build_personal_data(
+        settings, guarded, clock, reads, events_committed, relay.publisher if relay is not None else None
+    )
     return Core(
         store=store,
         clock=clock,

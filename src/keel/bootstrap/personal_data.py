@@ -8,7 +8,7 @@ from datetime import timedelta
 from keel.config import Settings
 from keel.service.erasure import CachedCopiesNotDropped, ErasurePolicy, ErasureSagaRunner
 from keel.service.personal_data import PersonalDataService
-from keel.service.ports import Clock, PersonalDataStore
+from keel.service.ports import Clock, EventPublisher, PersonalDataStore
 from keel.service.profile_reads import ProfileReads
 
 
@@ -26,6 +26,7 @@ def build_personal_data(
     clock: Clock,
     reads: ProfileReads,
     events_committed: Callable[[], None],
+    stream: EventPublisher | None = None,
 ) -> tuple[PersonalDataService, ErasureSagaRunner]:
     policy = erasure_policy(settings)
 
@@ -40,6 +41,7 @@ def build_personal_data(
         store,
         clock,
         drop_cached,
+        stream=stream,  # the relay's: an erasure deletes the stream's copies of the profile's events
         policy=policy,
         event_source=settings.events_source,
         # The relay and the webhook dispatcher: the erased event goes out at once.

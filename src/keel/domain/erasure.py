@@ -23,6 +23,7 @@ class ErasureStep(StrEnum):
 
     REMOVE_PERSONAL_DATA = "remove_personal_data"
     DROP_CACHED_COPIES = "drop_cached_copies"
+    ERASE_STREAM_COPIES = "erase_stream_copies"
     PUBLISH_ERASED_EVENT = "publish_erased_event"
     AWAIT_ACKNOWLEDGEMENTS = "await_acknowledgements"
     FINISH = "finish"
@@ -74,11 +75,13 @@ class Erasure:
     holders_recorded_at: datetime | None = None
     acknowledged_at: datetime | None = None
     finished_at: datetime | None = None
+    stream_copies_erased_at: datetime | None = None
 
     def done_at(self, step: ErasureStep) -> datetime | None:
         return {
             ErasureStep.REMOVE_PERSONAL_DATA: self.data_removed_at,
             ErasureStep.DROP_CACHED_COPIES: self.caches_dropped_at,
+            ErasureStep.ERASE_STREAM_COPIES: self.stream_copies_erased_at,
             ErasureStep.PUBLISH_ERASED_EVENT: self.event_written_at,
             ErasureStep.AWAIT_ACKNOWLEDGEMENTS: self.acknowledged_at,
             ErasureStep.FINISH: self.finished_at,

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from keel.service.ports import EventPublishFailed
 
@@ -31,8 +31,9 @@ class StreamSpec:
     name: str = "KEEL_EVENTS"
     subject_prefix: str = "keel.events"
     duplicate_window_seconds: float = 120.0
-    # How long the stream keeps an event (events carry personal data, and NATS copies are not
-    # rewritten by an erasure: docs/privacy.md). Only for a stream Keel creates.
+    # How long the stream keeps an event (events carry personal data: an erasure deletes the
+    # copies whose stream positions the outbox recorded, docs/privacy.md). Only for a stream
+    # Keel creates.
     max_age_seconds: float = 7 * 86400.0
 
 
@@ -104,17 +105,49 @@ class JetStreamPublisher:
                 self._client, self._js = client, js
             return self._js
 
-    async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
-        """Publishes once, acknowledged by the stream. After any failure the connection is
-        dropped, so that the next publish connects again and makes sure the stream exists: a
-        stream deleted under a running relay (an operator, a reset server) is created again
-        instead of every publish failing with no responders until the process restarts."""
+    async def publish(self, subject: str, message_id: str, payload: bytes) -> int | None:
+        """Publishes once, acknowledged by the stream; the stream sequence it was stored at (a
+        duplicate's is the first copy's). After any failure the connection is dropped, so that
+        the next publish connects again and makes sure the stream exists: a stream deleted under
+        a running relay (an operator, a reset server) is created again instead of every publish
+        failing with no responders until the process restarts."""
         try:
             js = await self._context()
-            await js.publish(subject, payload, timeout=self._timeout, headers={"Nats-Msg-Id": message_id})
+            ack = await js.publish(
+                subject, payload, timeout=self._timeout, headers={"Nats-Msg-Id": message_id}
+            )
         except (NatsError, OSError, TimeoutError) as error:
             await self.close()
             raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
+        return ack.seq if ack.stream == self._spec.name else None
+
+    async def erase(self, positions: tuple[int, ...]) -> None:
+        """Deletes the stream's messages at `positions`. JetStream's message delete overwrites
+        the message's storage unless asked not to (`no_erase`, which is not sent). A delete of a
+        message already gone (aged out, deleted before) fails with a generic error code
+        (10057, "no message found" or "stream store EOF"), so a failed delete is followed by a
+        read of that position: gone (404) is what was wanted, anything else fails the call.
+        The whole call is bounded by the timeout per message."""
+        if not positions:
+            return
+        try:
+            js = await self._context()
+            async with asyncio.timeout(self._timeout * len(positions)):
+                for position in positions:
+                    await self._delete(js, position)
+        except (NatsError, OSError, TimeoutError) as error:
+            await self.close()
+            raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
+
+    async def _delete(self, js: JetStreamContext, position: int) -> None:
+        try:
+            await js.delete_msg(self._spec.name, position)
+        except APIError:
+            try:
+                await js.get_msg(self._spec.name, position)
+            except NotFoundError:
+                return
+            raise
 
     async def close(self) -> None:
         if self._client is not None:

@@ -160,16 +160,16 @@ class OutboxRelay:
         async with self.store.unit_of_work(read_only=True) as uow:
             batch = await uow.outbox.unpublished(self.policy.batch_size)
         half_lease = timedelta(seconds=self.policy.lease_seconds / 2)
-        done: list[int] = []
+        done: list[tuple[int, int | None]] = []
         try:
             for record in batch:
                 if self.clock.now() - self._claimed_at > half_lease:
                     break  # renew the lease before going on
                 payload = json.dumps(cloud_event(record), separators=(",", ":")).encode()
-                await self.publisher.publish(
+                position = await self.publisher.publish(
                     bus_subject(self.policy.subject_prefix, record.event), record.event.id, payload
                 )
-                done.append(record.seq)
+                done.append((record.seq, position))
                 self.observer.published((self.clock.now() - record.event.time).total_seconds())
         finally:
             if done:

@@ -123,7 +123,14 @@ class Outbox(Protocol):
         """The oldest events not yet marked published, in `seq` order."""
         ...
 
-    async def mark_published(self, seqs: list[int], at: datetime) -> None: ...
+    async def mark_published(self, published: list[tuple[int, int | None]], at: datetime) -> None:
+        """Mark events published: (`seq`, the stream position the bus acknowledged it at, None
+        when the bus gave none)."""
+        ...
+
+    async def stream_copies(self, subject: str) -> StreamCopies:
+        """Where the events of `subject` (a profile) sit in the event stream."""
+        ...
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
         """Events with `seq` >= `seq`, published or not, in `seq` order (for `keel events tail`)."""
@@ -359,13 +366,26 @@ class EventPublishFailed(Exception):
     """The event bus did not acknowledge a publish in time (down, slow, refused)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StreamCopies:
+    positions: tuple[int, ...]  # the stream positions of its published events (those recorded)
+    unpublished: int  # its events not yet published: their positions are not known yet
+
+
 class EventPublisher(Protocol):
     """The event bus the relay publishes the outbox to (NATS JetStream)."""
 
-    async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
-        """Publish and wait for the bus's acknowledgement, bounded in time. Publishing the same
-        `message_id` again within the bus's duplicate window is acknowledged and dropped.
+    async def publish(self, subject: str, message_id: str, payload: bytes) -> int | None:
+        """Publish and wait for the bus's acknowledgement, bounded in time; the stream position
+        it acknowledged (None: the bus has none). Publishing the same `message_id` again within
+        the bus's duplicate window is acknowledged (at the first copy's position) and dropped.
         Raises `EventPublishFailed`."""
+        ...
+
+    async def erase(self, positions: tuple[int, ...]) -> None:
+        """Delete the messages at these stream positions, overwriting their content; one already
+        gone (aged out, erased before) is no error. Bounded in time; raises
+        `EventPublishFailed`."""
         ...
 
     async def close(self) -> None: ...

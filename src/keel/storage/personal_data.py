@@ -64,9 +64,9 @@ class SqlSession(Protocol):
 ERASURE_COLUMNS = (
     "id, profile_id, requested_by, requested_at, give_up_at, state, next_attempt_at, attempts,"
     " last_error, data_removed_at, erased_version, caches_dropped_at, event_id, event_written_at,"
-    " holders_recorded_at, acknowledged_at, finished_at"
+    " holders_recorded_at, acknowledged_at, finished_at, stream_copies_erased_at"
 )
-_ERASURE_TIMES = (3, 4, 6, 9, 11, 13, 14, 15, 16)
+_ERASURE_TIMES = (3, 4, 6, 9, 11, 13, 14, 15, 16, 17)
 
 
 def _erasure_values(erasure: Erasure, db: SqlSession) -> tuple[Any, ...]:
@@ -93,6 +93,7 @@ def _erasure_values(erasure: Erasure, db: SqlSession) -> tuple[Any, ...]:
         time(erasure.holders_recorded_at),
         time(erasure.acknowledged_at),
         time(erasure.finished_at),
+        time(erasure.stream_copies_erased_at),
     )
 
 
@@ -258,7 +259,8 @@ class SqlErasureSagas:
         self._observer = observer
 
     async def add(self, erasure: Erasure) -> bool:
-        placeholders = ", ".join(f"${i}" for i in range(1, 18))
+        count = len(ERASURE_COLUMNS.split(","))
+        placeholders = ", ".join(f"${i}" for i in range(1, count + 1))
         with self._observer.call("add_erasure"):
             added = await self._db.execute(
                 f"INSERT INTO profile_erasures ({ERASURE_COLUMNS}) VALUES ({placeholders})"  # noqa: S608 - placeholders only
@@ -281,10 +283,11 @@ class SqlErasureSagas:
     async def save(self, erasure: Erasure, holder: str, lease_until: datetime) -> bool:
         columns = ERASURE_COLUMNS.replace(" ", "").split(",")
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=1) if i > 1)
+        holder_at, lease_at = len(columns) + 1, len(columns) + 2
         with self._observer.call("save_erasure"):
             changed = await self._db.execute(
-                f"UPDATE profile_erasures SET {assignments}, lease_until = $19"  # noqa: S608 - constants only
-                " WHERE id = $1 AND lease_holder = $18",
+                f"UPDATE profile_erasures SET {assignments}, lease_until = ${lease_at}"  # noqa: S608 - constants only
+                f" WHERE id = $1 AND lease_holder = ${holder_at}",
                 *_erasure_values(erasure, self._db),
                 holder,
                 self._db.time(lease_until),
