@@ -26,7 +26,7 @@ from testkit.percentile import percentile
 from testkit.seed import seed_profiles
 from testkit.workload import final_state, run_workload
 
-from chaos import events
+from chaos import events, webhooks
 from chaos.healthz_poller import Poll, polling
 from chaos.measures import MEASURES, HealthzPoll, Result, Run, evaluate, healthz_figures
 from chaos.system import System
@@ -82,10 +82,36 @@ async def _run_in(
     async with system:
         print(f"  system up: {', '.join(system.running())}", flush=True)
         healthz_file = system.keel_log.with_name("healthz-polls.txt")
-        with polling(
-            system.keel_port, healthz_file, timeout=HEALTHZ_TIMEOUT_SECONDS, started=helpers
-        ) as polls:
-            return await _run_with_poller(system, spec, seed, time_scale, polls, compare_pollers)
+        with (
+            polling(
+                system.keel_port, healthz_file, timeout=HEALTHZ_TIMEOUT_SECONDS, started=helpers
+            ) as polls,
+            _receivers(spec, system, helpers) as receivers,
+        ):
+            scenario = None
+            if receivers is not None:
+                async with httpx.AsyncClient(
+                    base_url=system.base_url,
+                    headers={"Authorization": f"Bearer {await system.issue_key('admin')}"},
+                    timeout=10.0,
+                ) as admin:
+                    await webhooks.register(admin, receivers, spec["webhooks"])
+                    scenario = webhooks.Scenario(
+                        receivers, admin, webhooks.schedule_of(spec["system"]["keel"]), spec["webhooks"]
+                    )
+                    return await _run_with_poller(
+                        system, spec, seed, time_scale, polls, compare_pollers, scenario
+                    )
+            return await _run_with_poller(system, spec, seed, time_scale, polls, compare_pollers, scenario)
+
+
+def _receivers(
+    spec: dict[str, Any], system: System, helpers: list[int]
+) -> contextlib.AbstractContextManager[webhooks.Receivers | None]:
+    """The webhook receivers' process, for an experiment with `webhooks`."""
+    if "webhooks" not in spec:
+        return contextlib.nullcontext()
+    return webhooks.receiving(list(spec["webhooks"]["endpoints"]), system.keel_log.parent, helpers)
 
 
 async def _run_with_poller(
@@ -95,6 +121,7 @@ async def _run_with_poller(
     time_scale: float,
     polls: Callable[[], list[Poll]],
     compare_pollers: bool,
+    scenario: webhooks.Scenario | None,
 ) -> tuple[bool, list[Result], dict[str, str]]:
     run = Run(started=time.monotonic(), time_scale=time_scale)
     setup = spec.get("setup", {})
@@ -153,7 +180,7 @@ async def _run_with_poller(
         )
     completed = False
     try:
-        await _method(system, run, spec["method"], time_scale)
+        await _method(system, run, spec["method"], time_scale, scenario)
         await asyncio.sleep(tail)
         completed = True
     finally:
@@ -191,6 +218,8 @@ async def _run_with_poller(
         details["history"] = report.summary()
     if "events" in spec:
         details["events"] = await _check_events(system, run, spec["events"])
+    if scenario is not None:
+        details["webhooks"] = await scenario.finish(system.database_url, run.values, run.samples)
     failures = _failures(run)
     if failures:  # by phase, operation and status
         details["failures"] = failures
@@ -251,13 +280,23 @@ async def _seed(system: System, setup: dict[str, int]) -> tuple[list[str], list[
     return ids[:cached_count], ids[cached_count:total]
 
 
-async def _method(system: System, run: Run, steps: list[dict[str, Any]], time_scale: float) -> None:
+async def _method(
+    system: System,
+    run: Run,
+    steps: list[dict[str, Any]],
+    time_scale: float,
+    scenario: webhooks.Scenario | None = None,
+) -> None:
     for step in steps:
         await asyncio.sleep(step.get("pauses", {}).get("before", 0) * time_scale)
         if "phase" in step:
             run.phases.append((time.monotonic(), step["phase"]))
         if step["target"] == "runner":
             await _runner_action(system, run, step)
+        elif step["target"] == "webhooks":
+            if scenario is None:
+                raise ValueError("a `webhooks` step needs the experiment's `webhooks` section")
+            await scenario.act(step["action"], step.get("args", {}), run.values)
         else:
             await system.act(step["action"], step["target"], step.get("args", {}))
         if "phase_when_done" in step:  # e.g. once a restarted server answers its health check

@@ -202,6 +202,10 @@ class System:
             wiring["KEEL_NATS_URL"] = self.nats.url
         return wiring
 
+    async def issue_key(self, scopes: str) -> str:
+        """A new API key with `scopes` (comma-separated), created by `keel keys create`."""
+        return await asyncio.to_thread(self._issue_key, scopes)
+
     def _issue_key(self, scopes: str) -> str:
         env = {**os.environ, **self._keel_env, "KEEL_DATABASE_URL": self.postgres.url}
         env.pop("KEEL_REDIS_URL", None)
