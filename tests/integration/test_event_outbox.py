@@ -69,6 +69,11 @@ def publisher(server: NatsServer) -> JetStreamPublisher:
     return JetStreamPublisher(server.url, StreamSpec(STREAM, PREFIX, 120.0), timeout_seconds=1.0)
 
 
+def watched_relay(store: Store, server: NatsServer, clock: FakeClock, failures: list[str]) -> OutboxRelay:
+    """A relay whose failed passes are appended to `failures` (by stage)."""
+    return OutboxRelay(store, publisher(server), clock, RelayPolicy(), RelayObserver(failed=failures.append))
+
+
 async def outbox(store: Store) -> list[OutboxRecord]:
     async with store.unit_of_work(read_only=True) as uow:
         return await uow.outbox.read_from(0, 100_000)
@@ -218,9 +223,7 @@ async def test_writes_succeed_while_nats_is_down_and_the_backlog_drains_after(
 ) -> None:
     clock = FakeClock()
     failures: list[str] = []
-    relay = OutboxRelay(
-        store, publisher(nats_bus), clock, RelayPolicy(), RelayObserver(failed=failures.append)
-    )
+    relay = watched_relay(store, nats_bus, clock, failures)
     try:
         service = profiles(store, clock, relay)
         await service.create_profile(WRITER, document(100))
@@ -245,9 +248,7 @@ async def test_a_stream_deleted_under_a_running_relay_is_created_again_and_nothi
 ) -> None:
     clock = FakeClock()
     failures: list[str] = []
-    relay = OutboxRelay(
-        store, publisher(nats_bus), clock, RelayPolicy(), RelayObserver(failed=failures.append)
-    )
+    relay = watched_relay(store, nats_bus, clock, failures)
     try:
         service = profiles(store, clock, relay)
         await service.create_profile(WRITER, document(200))
