@@ -5,9 +5,10 @@ to every delivery it times).
     python -m chaos.webhook_receivers --out FILE NAME=PORT [NAME=PORT ...]
 
 Each NAME listens on 127.0.0.1:PORT and answers every POST as its mode says: `ok` (200),
-a status such as `500`, `hang` (nothing until the mode changes; the sender's timeout ends the
-attempt) or `closed` (nothing listens on the port, and open connections are reset: an endpoint
-that is down). Every request is appended to FILE as one JSON line, when it arrived
+a status such as `500`, `hang` (no answer: the sender's timeout ends the attempt, and when the
+mode changes the held requests' connections are closed, still unanswered, so that every 2xx in
+FILE is one the sender was sent) or `closed` (nothing listens on the port, and open connections
+are reset: an endpoint that is down). Every request is appended to FILE as one JSON line, when it arrived
 (`at`: monotonic seconds, which every process on the machine shares; `wall`: Unix time), with
 its `webhook-*` headers, its body and the answer it got (`200`, `500` or `hang`).
 
@@ -70,6 +71,8 @@ class Endpoint:
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 answer = await self._answer(headers, body)
+                if answer is None:
+                    return  # a request held by `hang` is never answered: its connection closes
                 writer.write(f"HTTP/1.1 {answer} Answer\r\ncontent-length: 0\r\n\r\n".encode())
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -78,7 +81,7 @@ class Endpoint:
             self._writers.discard(writer)
             writer.close()
 
-    async def _answer(self, headers: dict[str, str], body: bytes) -> int:
+    async def _answer(self, headers: dict[str, str], body: bytes) -> int | None:
         mode = self.mode
         record = {
             "endpoint": self.name,
@@ -93,8 +96,8 @@ class Endpoint:
         self._out.write(json.dumps(record) + "\n")
         if mode == "hang":
             await self._changed.wait()
-            mode = self.mode
-        return 200 if mode in ("ok", "hang", "closed") else int(mode)
+            return None
+        return 200 if mode == "ok" else int(mode)
 
 
 async def serve(endpoints: dict[str, int], out: Path) -> None:

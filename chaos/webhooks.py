@@ -155,15 +155,20 @@ def receiving(names: list[str], workdir: Path, started: list[int]) -> Iterator[R
         except TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 async def register(client: httpx.AsyncClient, receivers: Receivers, config: dict[str, Any]) -> None:
     """Registers each configured endpoint (admin `client`), remembering its secret."""
     for name, endpoint in config["endpoints"].items():
         types = tuple(endpoint.get("event_types", ()))
-        response = await client.post(
-            "/v1/webhooks", json={"url": receivers.url(name), "event_types": list(types)}
-        )
+        document = {
+            "url": receivers.url(name),
+            "event_types": list(types),
+            "holds_personal_data": bool(endpoint.get("holds_personal_data", False)),
+        }
+        response = await client.post("/v1/webhooks", json=document)
         if response.status_code != 201:
             raise RuntimeError(f"registering the {name} endpoint: {response.status_code} {response.text}")
         body = response.json()
@@ -201,15 +206,44 @@ def wanted(endpoint: Registered, events: list[Committed]) -> set[str]:
     }
 
 
-def undelivered(
+def missing(
     endpoints: dict[str, Registered], events: list[Committed], received: list[Received]
-) -> dict[str, int]:
+) -> dict[str, set[str]]:
     """Per endpoint, the wanted events it never answered 2xx."""
     answered: dict[str, set[str]] = {}
     for r in received:
         if r.answer.startswith("2"):
             answered.setdefault(r.endpoint, set()).add(r.event_id)
-    return {name: len(wanted(e, events) - answered.get(name, set())) for name, e in endpoints.items()}
+    return {name: wanted(e, events) - answered.get(name, set()) for name, e in endpoints.items()}
+
+
+def undelivered(
+    endpoints: dict[str, Registered], events: list[Committed], received: list[Received]
+) -> dict[str, int]:
+    return {name: len(ids) for name, ids in missing(endpoints, events, received).items()}
+
+
+async def delivery_states(database_url: str, endpoint_id: str, event_ids: set[str]) -> str:
+    """What Keel's deliveries of these events say (state, attempts, last error), counted: why
+    an endpoint is missing them."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT state, attempts, last_error, count(*) AS n FROM webhook_deliveries"
+            " WHERE endpoint_id = $1 AND event_id = ANY($2::text[])"
+            " GROUP BY state, attempts, last_error ORDER BY n DESC",
+            endpoint_id,
+            sorted(event_ids),
+        )
+    finally:
+        await connection.close()
+    found = sum(int(r["n"]) for r in rows)
+    shown = ", ".join(f"{r['state']}/{r['attempts']}/{r['last_error']}: {r['n']}" for r in rows)
+    return f"{shown or 'none'}; no delivery row: {len(event_ids) - found}"
+
+
+def webhooks_missing(receivers: Receivers, events: list[Committed]) -> dict[str, set[str]]:
+    return missing(receivers.endpoints, events, receivers.received())
 
 
 async def wait_delivered(
@@ -247,12 +281,14 @@ def schedule_figures(
     schedule: Schedule,
     *,
     until: float,
-    hung: set[str],
+    hung: dict[str, float],
     on_time: set[str],
 ) -> dict[str, float]:
     """Retry timing from the requests received before `until` (the replay): each delivery's
-    consecutive attempts, per endpoint and event id. On endpoints in `hung` an attempt lasts
-    its timeout before its delay starts."""
+    consecutive attempts, per endpoint and event id. On an endpoint in `hung` (endpoint -> when
+    its hang ended) an attempt received while it hung lasts its timeout before its delay starts;
+    one received less than a timeout before the hang ended was ended by the endpoint closing it,
+    not by the timeout, and the gap after it is not timed."""
     attempts: dict[tuple[str, str], list[float]] = {}
     for r in sorted(received, key=lambda r: r.at):
         if r.at < until:
@@ -264,7 +300,11 @@ def schedule_figures(
             if n >= len(schedule.delays):
                 break
             delay = schedule.delays[n]
-            spent = schedule.attempt_timeout_seconds if endpoint in hung else 0.0
+            spent = 0.0
+            if endpoint in hung and before <= hung[endpoint]:
+                spent = schedule.attempt_timeout_seconds
+                if before > hung[endpoint] - spent:
+                    continue  # ended by the endpoint closing it as its hang ended
             gap = after - before
             checked += 1
             if gap < spent + delay * (1 - schedule.jitter) - EARLY_MARGIN_SECONDS:
@@ -319,6 +359,7 @@ class Scenario:
     schedule: Schedule
     config: dict[str, Any]
     broken: dict[str, str] = field(default_factory=dict)  # endpoint -> the mode it was broken with
+    mended_at: dict[str, float] = field(default_factory=dict)  # endpoint -> when it answered again
     replayed_at: float = math.inf
 
     async def act(self, action: str, args: dict[str, Any], values: dict[str, float]) -> None:
@@ -329,6 +370,7 @@ class Scenario:
         elif action == "mend":
             for name in self.broken:
                 await asyncio.to_thread(self.receivers.set_mode, name, "ok")
+                self.mended_at[name] = time.monotonic()
         elif action == "replay":
             await self._replay(values)
         else:
@@ -359,7 +401,9 @@ class Scenario:
         values["webhook_bad_signatures"] = float(
             sum(1 for r in received if not signature_ok(secrets[r.endpoint], r))
         )
-        hung = {name for name, mode in self.broken.items() if mode == "hang"}
+        hung = {
+            name: self.mended_at.get(name, math.inf) for name, mode in self.broken.items() if mode == "hang"
+        }
         on_time = set(self.config.get("on_time", ()))
         values.update(
             schedule_figures(received, self.schedule, until=self.replayed_at, hung=hung, on_time=on_time)
@@ -371,6 +415,12 @@ class Scenario:
         shown = ", ".join(
             f"{name} {counts.get(name, 0)} requests, {missing[name]} undelivered" for name in secrets
         )
+        if any(missing.values()):
+            lost = webhooks_missing(self.receivers, await committed_events(database_url))
+            for name, ids in lost.items():
+                if ids:
+                    states = await delivery_states(database_url, self.receivers.endpoints[name].id, ids)
+                    shown += f"; {name}'s undelivered by state/attempts/last error: {states}"
         return f"webhooks: {shown}; all delivered {seconds:.2f} s after the run" + "".join(
             f"; {key.removeprefix('webhook_').replace('_', ' ')} {values[key]:g}"
             for key in sorted(values)

@@ -59,7 +59,7 @@ def retried(endpoint: str, event_id: str, gaps: list[float], answer: str = "500"
 
 
 def figures(receipts: list[Received], **kw: Any) -> dict[str, float]:
-    options: dict[str, Any] = {"until": T0 + 100, "hung": set(), "on_time": {"failing"}} | kw
+    options: dict[str, Any] = {"until": T0 + 100, "hung": {}, "on_time": {"failing"}} | kw
     return schedule_figures(receipts, SCHEDULE, **options)
 
 
@@ -83,10 +83,26 @@ def test_a_retry_before_its_delay_is_early() -> None:
 def test_a_hung_endpoints_retry_is_early_unless_its_timeout_passed_too() -> None:
     gaps = [0.3, 0.6, 1.1]  # on time for an endpoint that answers, not for one that hangs 0.5 s
     assert figures(retried("slow", "e1", gaps, "hang"))["webhook_retries_early"] == 0
-    assert figures(retried("slow", "e1", gaps, "hang"), hung={"slow"})["webhook_retries_early"] == 3
+    assert figures(retried("slow", "e1", gaps, "hang"), hung={"slow": T0 + 100})["webhook_retries_early"] == 3
     assert (
-        figures(retried("slow", "e1", [0.8, 1.1, 1.6], "hang"), hung={"slow"})["webhook_retries_early"] == 0
+        figures(retried("slow", "e1", [0.8, 1.1, 1.6], "hang"), hung={"slow": T0 + 100})[
+            "webhook_retries_early"
+        ]
+        == 0
     )
+
+
+def test_an_attempt_the_mend_closed_is_not_timed_as_a_timeout() -> None:
+    # Received 0.1 s before the hang ended: closed by the endpoint then, retried 0.25 s later.
+    closed_early = retried("slow", "e1", [0.35], "hang")
+    assert figures(closed_early, hung={"slow": T0 + 0.1}) | {"webhook_excess_attempts": 0.0} == {
+        "webhook_retries_early": 0.0,
+        "webhook_retries_late": 0.0,
+        "webhook_retries_checked": 0.0,
+        "webhook_excess_attempts": 0.0,
+    }
+    # Had it hung on, that retry would have come before the timeout plus the delay.
+    assert figures(closed_early, hung={"slow": T0 + 100})["webhook_retries_early"] == 1
 
 
 def test_a_late_retry_counts_only_on_endpoints_held_to_time() -> None:
