@@ -16,9 +16,9 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from testkit.history import CheckReport, History, check
@@ -26,7 +26,7 @@ from testkit.percentile import percentile
 from testkit.seed import seed_profiles
 from testkit.workload import final_state, run_workload
 
-from chaos import events, webhooks
+from chaos import erasure, events, webhooks
 from chaos.healthz_poller import Poll, polling
 from chaos.measures import MEASURES, HealthzPoll, Result, Run, evaluate, healthz_figures
 from chaos.system import System
@@ -82,36 +82,54 @@ async def _run_in(
     async with system:
         print(f"  system up: {', '.join(system.running())}", flush=True)
         healthz_file = system.keel_log.with_name("healthz-polls.txt")
-        with (
-            polling(
-                system.keel_port, healthz_file, timeout=HEALTHZ_TIMEOUT_SECONDS, started=helpers
-            ) as polls,
-            _receivers(spec, system, helpers) as receivers,
-        ):
-            scenario = None
-            if receivers is not None:
-                async with httpx.AsyncClient(
-                    base_url=system.base_url,
-                    headers={"Authorization": f"Bearer {await system.issue_key('admin')}"},
-                    timeout=10.0,
-                ) as admin:
-                    await webhooks.register(admin, receivers, spec["webhooks"])
-                    scenario = webhooks.Scenario(
-                        receivers, admin, webhooks.schedule_of(spec["system"]["keel"]), spec["webhooks"]
-                    )
-                    return await _run_with_poller(
-                        system, spec, seed, time_scale, polls, compare_pollers, scenario
-                    )
-            return await _run_with_poller(system, spec, seed, time_scale, polls, compare_pollers, scenario)
+        with polling(
+            system.keel_port, healthz_file, timeout=HEALTHZ_TIMEOUT_SECONDS, started=helpers
+        ) as polls:
+            async with _scenarios(spec, system, helpers) as scenarios:
+                return await _run_with_poller(
+                    system, spec, seed, time_scale, polls, compare_pollers, scenarios
+                )
 
 
-def _receivers(
+class Scenario(Protocol):
+    """Set-up beyond the system that an experiment's method acts on (its steps with this
+    scenario's target) and whose figures it adds after the run."""
+
+    async def act(self, action: str, args: dict[str, Any], values: dict[str, float]) -> None: ...
+
+    async def finish(self, database_url: str, values: dict[str, float], samples: list[Sample]) -> str: ...
+
+
+@contextlib.asynccontextmanager
+async def _scenarios(
     spec: dict[str, Any], system: System, helpers: list[int]
-) -> contextlib.AbstractContextManager[webhooks.Receivers | None]:
-    """The webhook receivers' process, for an experiment with `webhooks`."""
-    if "webhooks" not in spec:
-        return contextlib.nullcontext()
-    return webhooks.receiving(list(spec["webhooks"]["endpoints"]), system.keel_log.parent, helpers)
+) -> AsyncIterator[dict[str, Scenario]]:
+    """The experiment's scenarios by target: `webhooks` (endpoints served by a receiver process,
+    chaos/webhooks.py) and `erasure` (profiles erased under faults, chaos/erasure.py). Both act
+    as an admin."""
+    if "webhooks" not in spec and "erasure" not in spec:
+        yield {}
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        admin = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=system.base_url,
+                headers={"Authorization": f"Bearer {await system.issue_key('admin')}"},
+                timeout=10.0,
+            )
+        )
+        scenarios: dict[str, Scenario] = {}
+        if "webhooks" in spec:
+            names = list(spec["webhooks"]["endpoints"])
+            receivers = stack.enter_context(webhooks.receiving(names, system.keel_log.parent, helpers))
+            await webhooks.register(admin, receivers, spec["webhooks"])
+            schedule = webhooks.schedule_of(spec["system"]["keel"])
+            scenarios["webhooks"] = webhooks.Scenario(receivers, admin, schedule, spec["webhooks"])
+        if "erasure" in spec:
+            erasing = await erasure.prepared(admin, system, spec["erasure"])
+            stack.push_async_callback(erasing.close)
+            scenarios["erasure"] = erasing
+        yield scenarios
 
 
 async def _run_with_poller(
@@ -121,7 +139,7 @@ async def _run_with_poller(
     time_scale: float,
     polls: Callable[[], list[Poll]],
     compare_pollers: bool,
-    scenario: webhooks.Scenario | None,
+    scenarios: dict[str, Scenario],
 ) -> tuple[bool, list[Result], dict[str, str]]:
     run = Run(started=time.monotonic(), time_scale=time_scale)
     setup = spec.get("setup", {})
@@ -180,7 +198,7 @@ async def _run_with_poller(
         )
     completed = False
     try:
-        await _method(system, run, spec["method"], time_scale, scenario)
+        await _method(system, run, spec["method"], time_scale, scenarios)
         await asyncio.sleep(tail)
         completed = True
     finally:
@@ -218,8 +236,8 @@ async def _run_with_poller(
         details["history"] = report.summary()
     if "events" in spec:
         details["events"] = await _check_events(system, run, spec["events"])
-    if scenario is not None:
-        details["webhooks"] = await scenario.finish(system.database_url, run.values, run.samples)
+    for target, scenario in scenarios.items():
+        details[target] = await scenario.finish(system.database_url, run.values, run.samples)
     failures = _failures(run)
     if failures:  # by phase, operation and status
         details["failures"] = failures
@@ -285,7 +303,7 @@ async def _method(
     run: Run,
     steps: list[dict[str, Any]],
     time_scale: float,
-    scenario: webhooks.Scenario | None = None,
+    scenarios: dict[str, Scenario] | None = None,
 ) -> None:
     for step in steps:
         await asyncio.sleep(step.get("pauses", {}).get("before", 0) * time_scale)
@@ -293,10 +311,8 @@ async def _method(
             run.phases.append((time.monotonic(), step["phase"]))
         if step["target"] == "runner":
             await _runner_action(system, run, step)
-        elif step["target"] == "webhooks":
-            if scenario is None:
-                raise ValueError("a `webhooks` step needs the experiment's `webhooks` section")
-            await scenario.act(step["action"], step.get("args", {}), run.values)
+        elif step["target"] in (scenarios or {}):
+            await (scenarios or {})[step["target"]].act(step["action"], step.get("args", {}), run.values)
         else:
             await system.act(step["action"], step["target"], step.get("args", {}))
         if "phase_when_done" in step:  # e.g. once a restarted server answers its health check

@@ -277,6 +277,13 @@ class Settings(BaseSettings):
     erasure_poll_seconds: float = Field(
         default=5.0, gt=0, description="How often the erasure runner looks for due sagas of other processes."
     )
+    erasure_lease_seconds: float = Field(
+        default=60.0,
+        ge=2,
+        le=3600,
+        description="How long a runner holds a saga (renewed by each step): a runner that dies leaves its "
+        "sagas to another after this.",
+    )
 
     # Webhooks (docs/events.md#webhooks)
     webhook_secrets_key: SecretStr | None = Field(

@@ -17,6 +17,7 @@ def erasure_policy(settings: Settings) -> ErasurePolicy:
         give_up_after=timedelta(seconds=settings.erasure_give_up_seconds),
         acknowledgement_poll=timedelta(seconds=settings.erasure_acknowledgement_poll_seconds),
         poll_seconds=settings.erasure_poll_seconds,
+        lease=timedelta(seconds=settings.erasure_lease_seconds),
     )
 
 
