@@ -734,6 +734,7 @@ async def test_0007_up_and_down_leaves_the_database_as_it_was(
     schema = json.dumps((await everything(url))["schema"], default=str)
     assert "stream_seq" in schema
     assert "stream_copies_erased_at" in schema
+    assert schema.count("traceparent") >= 2  # the outbox's and the deliveries'
     await asyncio.to_thread(downgrade, url, "0006")
     assert await everything(url) == before
 

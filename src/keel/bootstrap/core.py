@@ -130,8 +130,8 @@ async def build_core(
     guarded = guard_store(store, settings, metrics, guards)
     store = guarded
     reads, bus = build_profile_reads(settings, store, metrics, guards)
-    relay = build_relay(settings, store, clock, metrics)
-    webhooks = build_webhooks(settings, store, clock, metrics)
+    relay = build_relay(settings, store, clock, metrics, guards.tracer)
+    webhooks = build_webhooks(settings, store, clock, metrics, tracer=guards.tracer)
 
     def events_committed() -> None:
         # Wakes this process's relay and webhook dispatcher at once, instead of at their next poll.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from opentelemetry.trace import Tracer
+
 from keel.config import Settings
 from keel.domain.webhooks import RetrySchedule
 from keel.observability.metrics import Metrics
@@ -62,6 +64,7 @@ def build_webhooks(
     sender: WebhookSender | None = None,
     resolver: AddressResolver | None = None,
     box: SecretBox | None = None,
+    tracer: Tracer | None = None,
 ) -> Webhooks:
     box = box or AesGcmSecretBox(
         box_key(settings.webhook_secrets_secret()),
@@ -78,6 +81,8 @@ def build_webhooks(
         dispatch_policy(settings),
         dispatch_observer(metrics),
     )
+    if tracer is not None:
+        dispatcher.tracer = tracer
     admin = WebhookAdmin(
         store,
         clock,

@@ -76,6 +76,7 @@ class WebhookDelivery:
     last_status: int | None = None  # the endpoint's HTTP status, None when it gave none
     last_error: str | None = None  # "timeout", "connection", "status", "refused_address"
     finished_at: datetime | None = None  # delivered or dead at
+    traceparent: str | None = None  # the W3C traceparent of the change that wrote the event
 
 
 @dataclass(frozen=True, slots=True)

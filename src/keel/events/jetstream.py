@@ -105,7 +105,9 @@ class JetStreamPublisher:
                 self._client, self._js = client, js
             return self._js
 
-    async def publish(self, subject: str, message_id: str, payload: bytes) -> int | None:
+    async def publish(
+        self, subject: str, message_id: str, payload: bytes, traceparent: str | None = None
+    ) -> int | None:
         """Publishes once, acknowledged by the stream; the stream sequence it was stored at (a
         duplicate's is the first copy's). After any failure the connection is dropped, so that
         the next publish connects again and makes sure the stream exists: a stream deleted under
@@ -113,9 +115,10 @@ class JetStreamPublisher:
         failing with no responders until the process restarts."""
         try:
             js = await self._context()
-            ack = await js.publish(
-                subject, payload, timeout=self._timeout, headers={"Nats-Msg-Id": message_id}
-            )
+            headers = {"Nats-Msg-Id": message_id}
+            if traceparent is not None:
+                headers["traceparent"] = traceparent
+            ack = await js.publish(subject, payload, timeout=self._timeout, headers=headers)
         except (NatsError, OSError, TimeoutError) as error:
             await self.close()
             raise EventPublishFailed(f"{type(error).__name__}: {error}") from error

@@ -375,9 +375,12 @@ class StreamCopies:
 class EventPublisher(Protocol):
     """The event bus the relay publishes the outbox to (NATS JetStream)."""
 
-    async def publish(self, subject: str, message_id: str, payload: bytes) -> int | None:
+    async def publish(
+        self, subject: str, message_id: str, payload: bytes, traceparent: str | None = None
+    ) -> int | None:
         """Publish and wait for the bus's acknowledgement, bounded in time; the stream position
-        it acknowledged (None: the bus has none). Publishing the same `message_id` again within
+        it acknowledged (None: the bus has none). `traceparent`, when given, travels with the
+        message (a W3C trace context header). Publishing the same `message_id` again within
         the bus's duplicate window is acknowledged (at the first copy's position) and dropped.
         Raises `EventPublishFailed`."""
         ...

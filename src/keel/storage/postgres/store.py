@@ -20,6 +20,7 @@ from keel.domain.errors import ConcurrentModification, Unavailable, VersionMisma
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
+from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.postgres.webhooks import PostgresWebhooks
@@ -449,14 +450,15 @@ class PostgresOutbox:
     async def add(self, event: DomainEvent, source: str) -> None:
         with self._observer.call("add_event"):
             await self._db.execute(
-                "INSERT INTO event_outbox (id, type, source, subject, time, data)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO event_outbox (id, type, source, subject, time, data, traceparent)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 event.id,
                 event.type,
                 source,
                 event.subject,
                 event.time,
                 json.dumps(event.data),
+                current_traceparent(),
             )
 
     async def unpublished(self, limit: int) -> list[OutboxRecord]:

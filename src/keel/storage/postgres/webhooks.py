@@ -110,7 +110,7 @@ class PostgresWebhooks:
         with self._observer.call("add_webhook_delivery"):
             await self._db.execute(
                 f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS})"  # noqa: S608
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 " ON CONFLICT (endpoint_id, event_id) DO NOTHING",
                 d.id,
                 d.endpoint_id,
@@ -126,6 +126,7 @@ class PostgresWebhooks:
                 d.last_status,
                 d.last_error,
                 d.finished_at,
+                d.traceparent,
             )
 
     async def due_deliveries(self, now: datetime, per_endpoint: int) -> list[WebhookDelivery]:

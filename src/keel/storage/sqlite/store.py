@@ -25,6 +25,7 @@ from keel.domain.errors import Unavailable, VersionMismatch
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
+from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.rows import (
@@ -398,8 +399,17 @@ class SqliteOutbox:
     async def add(self, event: DomainEvent, source: str) -> None:
         with self._observer.call("add_event"):
             await self._db.execute(
-                "INSERT INTO event_outbox (id, type, source, subject, time, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (event.id, event.type, source, event.subject, _iso(event.time), json.dumps(event.data)),
+                "INSERT INTO event_outbox (id, type, source, subject, time, data, traceparent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.type,
+                    source,
+                    event.subject,
+                    _iso(event.time),
+                    json.dumps(event.data),
+                    current_traceparent(),
+                ),
             )
 
     async def unpublished(self, limit: int) -> list[OutboxRecord]:

@@ -96,7 +96,7 @@ class SqliteWebhooks:
         with self._observer.call("add_webhook_delivery"):
             await self._db.execute(
                 f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS})"  # noqa: S608
-                f" VALUES ({_placeholders(14)}) ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+                f" VALUES ({_placeholders(15)}) ON CONFLICT (endpoint_id, event_id) DO NOTHING",
                 _delivery_values(delivery),
             )
 
@@ -207,4 +207,5 @@ def _delivery_values(d: WebhookDelivery) -> tuple[object, ...]:
         d.last_status,
         d.last_error,
         iso_or_none(d.finished_at),
+        d.traceparent,
     )
