@@ -16,9 +16,9 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from testkit.history import CheckReport, History, check
@@ -26,8 +26,9 @@ from testkit.percentile import percentile
 from testkit.seed import seed_profiles
 from testkit.workload import final_state, run_workload
 
+from chaos import erasure, events, webhooks
 from chaos.healthz_poller import Poll, polling
-from chaos.measures import HealthzPoll, Result, Run, evaluate, healthz_figures
+from chaos.measures import MEASURES, HealthzPoll, Result, Run, evaluate, healthz_figures
 from chaos.system import System
 from chaos.traffic import Sample, Traffic, warm
 
@@ -55,7 +56,13 @@ async def run_experiment(
     system_spec = spec.get("system", {})
     keel_env = system_spec.get("keel", {})
     split = system_spec.get("split", False)
-    system = System(keel_env, redis=system_spec.get("redis", False), seed=seed, split=split)
+    system = System(
+        keel_env,
+        redis=system_spec.get("redis", False),
+        seed=seed,
+        split=split,
+        nats=system_spec.get("nats", False),
+    )
     helpers: list[int] = []
     try:
         return await _run_in(system, spec, seed, time_scale, helpers, compare_pollers)
@@ -78,7 +85,51 @@ async def _run_in(
         with polling(
             system.keel_port, healthz_file, timeout=HEALTHZ_TIMEOUT_SECONDS, started=helpers
         ) as polls:
-            return await _run_with_poller(system, spec, seed, time_scale, polls, compare_pollers)
+            async with _scenarios(spec, system, helpers) as scenarios:
+                return await _run_with_poller(
+                    system, spec, seed, time_scale, polls, compare_pollers, scenarios
+                )
+
+
+class Scenario(Protocol):
+    """Set-up beyond the system that an experiment's method acts on (its steps with this
+    scenario's target) and whose figures it adds after the run."""
+
+    async def act(self, action: str, args: dict[str, Any], values: dict[str, float]) -> None: ...
+
+    async def finish(self, database_url: str, values: dict[str, float], samples: list[Sample]) -> str: ...
+
+
+@contextlib.asynccontextmanager
+async def _scenarios(
+    spec: dict[str, Any], system: System, helpers: list[int]
+) -> AsyncIterator[dict[str, Scenario]]:
+    """The experiment's scenarios by target: `webhooks` (endpoints served by a receiver process,
+    chaos/webhooks.py) and `erasure` (profiles erased under faults, chaos/erasure.py). Both act
+    as an admin."""
+    if "webhooks" not in spec and "erasure" not in spec:
+        yield {}
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        admin = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=system.base_url,
+                headers={"Authorization": f"Bearer {await system.issue_key('admin')}"},
+                timeout=10.0,
+            )
+        )
+        scenarios: dict[str, Scenario] = {}
+        if "webhooks" in spec:
+            names = list(spec["webhooks"]["endpoints"])
+            receivers = stack.enter_context(webhooks.receiving(names, system.keel_log.parent, helpers))
+            await webhooks.register(admin, receivers, spec["webhooks"])
+            schedule = webhooks.schedule_of(spec["system"]["keel"])
+            scenarios["webhooks"] = webhooks.Scenario(receivers, admin, schedule, spec["webhooks"])
+        if "erasure" in spec:
+            erasing = await erasure.prepared(admin, system, spec["erasure"])
+            stack.push_async_callback(erasing.close)
+            scenarios["erasure"] = erasing
+        yield scenarios
 
 
 async def _run_with_poller(
@@ -88,6 +139,7 @@ async def _run_with_poller(
     time_scale: float,
     polls: Callable[[], list[Poll]],
     compare_pollers: bool,
+    scenarios: dict[str, Scenario],
 ) -> tuple[bool, list[Result], dict[str, str]]:
     run = Run(started=time.monotonic(), time_scale=time_scale)
     setup = spec.get("setup", {})
@@ -111,6 +163,10 @@ async def _run_with_poller(
         )
     stop_polling = asyncio.Event()
     pollers = [asyncio.create_task(_poll_metrics(system, run, stop_polling))]
+    if "events" in spec:
+        pollers.append(
+            asyncio.create_task(events.count_unpublished(system.database_url, run.unpublished, stop_polling))
+        )
     in_loop: list[HealthzPoll] = []
     runner_lag: list[tuple[float, float]] = []
     if compare_pollers:
@@ -142,7 +198,7 @@ async def _run_with_poller(
         )
     completed = False
     try:
-        await _method(system, run, spec["method"], time_scale)
+        await _method(system, run, spec["method"], time_scale, scenarios)
         await asyncio.sleep(tail)
         completed = True
     finally:
@@ -178,6 +234,10 @@ async def _run_with_poller(
         report = check(history, await final_state(system.database_url))
         record_history(run, history, report)
         details["history"] = report.summary()
+    if "events" in spec:
+        details["events"] = await _check_events(system, run, spec["events"])
+    for target, scenario in scenarios.items():
+        details[target] = await scenario.finish(system.database_url, run.values, run.samples)
     failures = _failures(run)
     if failures:  # by phase, operation and status
         details["failures"] = failures
@@ -186,6 +246,24 @@ async def _run_with_poller(
         details["pollers"] = compare_healthz_pollers(run, in_loop, runner_lag)
     results = evaluate(spec, run)
     return all(r.passed for r in results), results, details
+
+
+async def _check_events(system: System, run: Run, config: dict[str, Any]) -> str:
+    """Waits for the relay to publish what the run committed (timed from the start of the phase
+    the fault cleared in), then compares the outbox with the stream (chaos/events.py)."""
+    if system.nats is None:
+        raise ValueError('an experiment with `events` needs `"nats": true` in its system')
+    phase = config.get("drained_from_phase", "recovery")
+    # The last time the fault cleared (an experiment may fault and recover several times).
+    since = max((start for start, name in run.phases if name == phase), default=run.ended)
+    run.values["events_drain_seconds"] = await events.drain_seconds(
+        system.database_url, run.unpublished, since, float(config.get("drain_timeout_seconds", 60))
+    )
+    committed = await events.committed_ids(system.database_url)
+    stream = await events.stream_messages(system.nats.url, config.get("stream", "KEEL_EVENTS"))
+    run.values.update(events.compare(committed, stream))
+    lag = MEASURES["histogram_quantile_ms"](run, {"histogram": "keel_outbox_relay_lag_seconds"})
+    return f"{events.summary(run.values)}; relay lag (commit to acknowledged publish) p99 ≤ {lag:g} ms"
 
 
 def record_history(run: Run, history: History, report: CheckReport) -> None:
@@ -220,13 +298,21 @@ async def _seed(system: System, setup: dict[str, int]) -> tuple[list[str], list[
     return ids[:cached_count], ids[cached_count:total]
 
 
-async def _method(system: System, run: Run, steps: list[dict[str, Any]], time_scale: float) -> None:
+async def _method(
+    system: System,
+    run: Run,
+    steps: list[dict[str, Any]],
+    time_scale: float,
+    scenarios: dict[str, Scenario] | None = None,
+) -> None:
     for step in steps:
         await asyncio.sleep(step.get("pauses", {}).get("before", 0) * time_scale)
         if "phase" in step:
             run.phases.append((time.monotonic(), step["phase"]))
         if step["target"] == "runner":
             await _runner_action(system, run, step)
+        elif step["target"] in (scenarios or {}):
+            await (scenarios or {})[step["target"]].act(step["action"], step.get("args", {}), run.values)
         else:
             await system.act(step["action"], step["target"], step.get("args", {}))
         if "phase_when_done" in step:  # e.g. once a restarted server answers its health check
@@ -288,14 +374,15 @@ async def _runner_action(system: System, run: Run, step: dict[str, Any]) -> None
 
 
 async def _get_resending_once(client: httpx.AsyncClient, path: str, resent: list[int]) -> httpx.Response:
-    """A GET, sent again once if the connection it went out on was closed without any answer:
-    the warm-up leaves 500 keep-alive connections open, and one the server closes idle (uvicorn
-    closes idle ones after 5 s) just as the GET is written is a race of HTTP/1.1 keep-alive, not
-    a refusal. RFC 9112 §9.3.1 lets a client resend an idempotent request then; a second loss is
-    recorded as no answer."""
+    """A GET, sent again once if the connection it went out on was closed (or reset) without any
+    answer: the warm-up leaves 500 keep-alive connections open, and one the server closes idle
+    just as the GET is written is a race of HTTP/1.1 keep-alive, not a refusal (the experiment
+    runs Keel with a 30 s keep-alive so that this should not happen; a reset is what the client
+    sees when its request reached a socket already closing). RFC 9112 §9.3.1 lets a client
+    resend an idempotent request then; a second loss is recorded as no answer."""
     try:
         return await client.get(path)
-    except httpx.RemoteProtocolError:
+    except (httpx.RemoteProtocolError, httpx.ReadError):
         resent.append(1)
         return await client.get(path)
 

@@ -1,5 +1,6 @@
 """The system under test: PostgreSQL (durable: fsync and synchronous commits on) and, when asked,
-Redis, each behind a fault proxy, and one Keel process talking to them through the proxies; or,
+Redis, each behind a fault proxy, and NATS with JetStream (stopped and started as a whole, the
+relay's outage), and one Keel process talking to them through the proxies; or,
 split, a Keel core (REST and gRPC) and an edge in front of it that reaches the core's gRPC port
 through a fault proxy of its own ("core"). The traffic goes to the edge.
 
@@ -25,6 +26,7 @@ from testkit.faultproxy import FaultProxy, Faults
 from testkit.health import wait_healthy
 from testkit.ports import free_port
 from testkit.processes import REPO, keel_cmd, start_session, stop
+from testkit.servers.nats import NatsServer
 from testkit.servers.postgres import PostgresProcess, postgres_process
 from testkit.servers.redis import RedisServer
 
@@ -32,9 +34,13 @@ from keel.storage.migrations.runner import migrate
 
 
 class System:
-    def __init__(self, keel_env: dict[str, str], *, redis: bool, seed: int, split: bool = False) -> None:
+    def __init__(
+        self, keel_env: dict[str, str], *, redis: bool, seed: int, split: bool = False, nats: bool = False
+    ) -> None:
         self._keel_env = keel_env
         self._with_redis = redis
+        self._with_nats = nats
+        self.nats: NatsServer | None = None
         self._split = split
         self.core: subprocess.Popen[bytes] | None = None
         self.core_port = free_port()
@@ -82,6 +88,11 @@ class System:
             await asyncio.to_thread(self.redis.start)
             self._note_servers()
             self.proxies["redis"] = await self._proxy(self.redis.port)
+        if self._with_nats:
+            (self._workdir / "nats").mkdir()
+            self.nats = NatsServer(self._workdir / "nats")
+            await asyncio.to_thread(self.nats.start)
+            self._note_servers()
         self.token = await asyncio.to_thread(self._issue_key, "profiles:read,profiles:write")
         if self._split:
             self._edge_token = await asyncio.to_thread(self._issue_key, "edge")
@@ -102,6 +113,8 @@ class System:
         steps += [proxy.stop for proxy in self.proxies.values()]
         if self.redis is not None:
             steps.append(functools.partial(asyncio.to_thread, self.redis.stop))
+        if self.nats is not None:
+            steps.append(functools.partial(asyncio.to_thread, self.nats.stop))
         steps.append(functools.partial(asyncio.to_thread, self._stack.close))
         errors: list[BaseException] = []
         for step in steps:
@@ -143,6 +156,8 @@ class System:
         running = [f"{name} {process.pid}" for name, process in named if process is not None]
         if self.redis is not None and self.redis.process is not None:
             running.append(f"redis {self.redis.process.pid}")
+        if self.nats is not None and self.nats.process is not None:
+            running.append(f"nats {self.nats.process.pid}")
         running += [f"postgres {pid}" for pid in self.postgres.pids()[:1]]
         return running
 
@@ -152,6 +167,8 @@ class System:
         pids = [p.pid for p in (self.keel, self.core) if p is not None]
         if self.redis is not None and self.redis.process is not None:
             pids.append(self.redis.process.pid)
+        if self.nats is not None and self.nats.process is not None:
+            pids.append(self.nats.process.pid)
         if hasattr(self, "postgres"):
             pids += self.postgres.pids()[:1]
         self.spawned += [pid for pid in pids if pid not in self.spawned]
@@ -181,7 +198,13 @@ class System:
         }
         if "redis" in self.proxies:
             wiring["KEEL_REDIS_URL"] = f"redis://127.0.0.1:{self.proxies['redis'].port}/0"
+        if self.nats is not None:
+            wiring["KEEL_NATS_URL"] = self.nats.url
         return wiring
+
+    async def issue_key(self, scopes: str) -> str:
+        """A new API key with `scopes` (comma-separated), created by `keel keys create`."""
+        return await asyncio.to_thread(self._issue_key, scopes)
 
     def _issue_key(self, scopes: str) -> str:
         env = {**os.environ, **self._keel_env, "KEEL_DATABASE_URL": self.postgres.url}
@@ -213,7 +236,9 @@ class System:
         elif target == "postgres":
             await self._act_on_postgres(action)
         elif target == "redis" and self.redis is not None:
-            await self._act_on_redis(action)
+            await self._act_on_server(target, self.redis, action)
+        elif target == "nats" and self.nats is not None:
+            await self._act_on_server(target, self.nats, action)
         else:
             raise ValueError(f"unknown action {action!r} on {target!r}")
 
@@ -253,15 +278,15 @@ class System:
         else:
             raise ValueError(f"unknown action {action!r} on postgres")
 
-    async def _act_on_redis(self, action: str) -> None:
-        assert self.redis is not None
+    async def _act_on_server(self, name: str, server: RedisServer | NatsServer, action: str) -> None:
+        """Redis or NATS: stopped (SIGKILL, an outage) and started again on the same port."""
         if action == "stop":
-            await asyncio.to_thread(self.redis.stop)
+            await asyncio.to_thread(server.stop)
         elif action == "start":
-            await asyncio.to_thread(self.redis.start)
+            await asyncio.to_thread(server.start)
             self._note_servers()
         else:
-            raise ValueError(f"unknown action {action!r} on redis")
+            raise ValueError(f"unknown action {action!r} on {name}")
 
     async def _proxy(self, port: int) -> FaultProxy:
         proxy = FaultProxy("127.0.0.1", port, seed=self._seed)

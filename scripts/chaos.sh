@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The failure experiments (chaos/experiments/*.json) against a real Keel, PostgreSQL and Redis,
+# The failure experiments (chaos/experiments/*.json) against a real Keel, PostgreSQL, Redis and NATS,
 # all started here on loopback and removed after: ./scripts/chaos.sh [experiment names...]
-# About 6 minutes for all seven; exits 1 if any check fails. KEEL_CHAOS_KEEP=1 keeps Keel's log.
+# About 9 minutes for all twelve; exits 1 if any check fails. KEEL_CHAOS_KEEP=1 keeps Keel's log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh dev

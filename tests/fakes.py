@@ -15,7 +15,7 @@ from keel.domain.errors import Conflict, VersionMismatch
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.domain.webhooks import DeliveryState, WebhookDelivery, WebhookEndpoint
-from keel.service.ports import IdempotencyRecord, IdempotencyState, OutboxRecord, ProfileQuery
+from keel.service.ports import IdempotencyRecord, IdempotencyState, OutboxRecord, ProfileQuery, StreamCopies
 from keel.service.webhook_ports import StoredEndpoint
 
 
@@ -30,6 +30,7 @@ class _Tables:
     webhook_endpoints: dict[str, StoredEndpoint] = field(default_factory=dict)
     webhook_deliveries: dict[str, WebhookDelivery] = field(default_factory=dict)
     webhook_lease: tuple[str, datetime] | None = None
+    stream_positions: dict[int, int] = field(default_factory=dict)  # outbox seq -> stream position
 
 
 class FakeClock:
@@ -214,11 +215,20 @@ class _Outbox:
     async def unpublished(self, limit: int) -> list[OutboxRecord]:
         return [r for r in self._tables.events if r.published_at is None][:limit]
 
-    async def mark_published(self, seqs: list[int], at: datetime) -> None:
-        wanted = set(seqs)
+    async def mark_published(self, published: list[tuple[int, int | None]], at: datetime) -> None:
+        positions = dict(published)
         self._tables.events = [
-            replace(r, published_at=at) if r.seq in wanted else r for r in self._tables.events
+            replace(r, published_at=at) if r.seq in positions else r for r in self._tables.events
         ]
+        self._tables.stream_positions.update(
+            (seq, position) for seq, position in positions.items() if position is not None
+        )
+
+    async def stream_copies(self, subject: str) -> StreamCopies:
+        mine = [r for r in self._tables.events if r.event.subject == subject]
+        known = self._tables.stream_positions
+        positions = sorted(known[r.seq] for r in mine if r.seq in known)
+        return StreamCopies(tuple(positions), sum(1 for r in mine if r.published_at is None))
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
         return [r for r in self._tables.events if r.seq >= seq][:limit]
@@ -265,6 +275,13 @@ class _Webhooks:
 
     async def endpoint(self, endpoint_id: str) -> StoredEndpoint | None:
         return self._tables.webhook_endpoints.get(endpoint_id)
+
+    async def replace_sealed_secret(self, endpoint_id: str, old: str, new: str) -> bool:
+        stored = self._tables.webhook_endpoints.get(endpoint_id)
+        if stored is None or stored.sealed_secret != old:
+            return False
+        self._tables.webhook_endpoints[endpoint_id] = StoredEndpoint(stored.endpoint, new)
+        return True
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         if self._tables.webhook_endpoints.pop(endpoint_id, None) is None:

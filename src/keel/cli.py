@@ -24,6 +24,10 @@ events_app = typer.Typer(help="The change events (docs/events.md).", no_args_is_
 app.add_typer(events_app, name="events")
 layout_app = typer.Typer(help="The profiles' storage layout (docs/layouts.md).", no_args_is_help=True)
 app.add_typer(layout_app, name="layout")
+webhooks_app = typer.Typer(
+    help="Webhook endpoints' stored secrets (docs/events.md#webhooks).", no_args_is_help=True
+)
+app.add_typer(webhooks_app, name="webhooks")
 ratelimit_app = typer.Typer(help="The fleet-wide rate-limit kill switch (on Redis).", no_args_is_help=True)
 app.add_typer(ratelimit_app, name="ratelimit")
 
@@ -92,6 +96,7 @@ def serve(
         loop="uvloop",
         # httptools, with header and body limits and timeouts uvicorn does not have.
         http=http_protocol(settings),
+        timeout_keep_alive=settings.http_keep_alive_seconds,
         access_log=False,  # Keel writes its own access log, with request and trace ids
         # Keel reads X-Forwarded-For itself, through KEEL_TRUSTED_PROXY_HOPS only; uvicorn's
         # default would rewrite the client address from it for any loopback peer.
@@ -228,6 +233,33 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part
         typer.echo(f"no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+@webhooks_app.command("reseal")
+def webhooks_reseal() -> None:
+    """Seal every webhook signing secret again with KEEL_WEBHOOK_SECRETS_KEY, opening the old ones
+    with KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS: the last step of a key rotation, after which the old
+    key can leave the fallbacks. Receivers notice nothing (the secrets do not change). Exits 1 when
+    some secret opens with no configured key (those endpoints must be registered again)."""
+
+    async def run() -> Resealed:
+        async with _keel(Settings()) as keel:
+            admin = keel.webhooks
+            if admin is None:
+                raise RuntimeError("this process serves no webhooks")
+            return await admin.reseal_secrets()
+
+    from keel.service.webhooks import Resealed
+
+    done = asyncio.run(run())
+    typer.echo(
+        f"resealed {len(done.resealed)}, already current {len(done.current)},"
+        f" unreadable {len(done.unreadable)}"
+    )
+    for endpoint_id in done.unreadable:
+        typer.echo(f"unreadable with every configured key: {endpoint_id}", err=True)
+    if done.unreadable:
+        raise typer.Exit(1)
 
 
 @events_app.command("tail")

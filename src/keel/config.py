@@ -120,8 +120,17 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         le=300,
-        description="A request line and headers must arrive within this of the connection opening or "
-        "of the previous response; else 408 (or a quiet close when nothing came).",
+        description="A request line and headers must arrive within this of the connection opening or, "
+        "on a keep-alive connection, of the next request's first byte; else 408 (or a quiet close when "
+        "a new connection sent nothing).",
+    )
+    http_keep_alive_seconds: int = Field(  # whole seconds: uvicorn's timeout_keep_alive is an int
+        default=5,
+        ge=1,
+        le=3600,
+        description="An idle keep-alive connection is closed after this. Behind a load balancer that "
+        "reuses connections, set it above the balancer's own idle timeout, so that the server never "
+        "closes a connection the balancer is sending a request on.",
     )
     http_body_timeout_seconds: float = Field(
         default=10.0,
@@ -229,6 +238,12 @@ class Settings(BaseSettings):
         description="`keel.profile.updated.v1` is published on `<prefix>.profile.updated.v1`.",
     )
     events_source: str = Field(default="/keel", min_length=1, description="The CloudEvents `source`.")
+    events_stream_max_age_seconds: float = Field(
+        default=7 * 86400,
+        gt=0,
+        description="How long the JetStream stream Keel creates keeps an event (a stream that exists"
+        " keeps its own limits).",
+    )
     events_duplicate_window_seconds: float = Field(
         default=120.0,
         ge=1,
@@ -268,14 +283,27 @@ class Settings(BaseSettings):
     erasure_poll_seconds: float = Field(
         default=5.0, gt=0, description="How often the erasure runner looks for due sagas of other processes."
     )
+    erasure_lease_seconds: float = Field(
+        default=60.0,
+        ge=2,
+        le=3600,
+        description="How long a runner holds a saga (renewed by each step): a runner that dies leaves its "
+        "sagas to another after this.",
+    )
 
     # Webhooks (docs/events.md#webhooks)
     webhook_secrets_key: SecretStr | None = Field(
         default=None,
         description="Key that seals webhook signing secrets in the database (AES-GCM); 32+ characters, "
         "the same on every process of one database. Unset: derived from the database URL (development "
-        "only: the secrets are then only as safe as that URL). Changing it makes the stored secrets "
-        "unreadable: re-register the endpoints.",
+        "only: the secrets are then only as safe as that URL). To rotate it, move the old key into "
+        "KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS, then run `keel webhooks reseal`.",
+    )
+    webhook_secrets_key_fallbacks: list[SecretStr] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Earlier webhook secrets keys, as a JSON list: secrets sealed with them still open "
+        "(and are sealed again with the current key by `keel webhooks reseal`); new ones never use them.",
     )
     webhook_allow_private_targets: bool = Field(
         default=False,
@@ -334,6 +362,10 @@ class Settings(BaseSettings):
             )
         if self.webhook_secrets_key is not None and len(self.webhook_secrets_key.get_secret_value()) < 32:
             raise ValueError("KEEL_WEBHOOK_SECRETS_KEY must have at least 32 characters")
+        if any(len(old.get_secret_value()) < 32 for old in self.webhook_secrets_key_fallbacks):
+            raise ValueError(
+                "every key of KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS must have at least 32 characters"
+            )
         return self
 
     @model_validator(mode="after")

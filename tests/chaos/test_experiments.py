@@ -1,5 +1,5 @@
 """Every chaos experiment, run for real in the test suite with its phases shortened
-(`TIME_SCALE`, about half: the eight add roughly 4 minutes), so a change that breaks a claim in
+(`TIME_SCALE`, about half: the twelve add roughly 6 minutes), so a change that breaks a claim in
 chaos/experiments fails `./scripts/test.sh` and not only a manual `./scripts/chaos.sh`. Each
 also checks that no server the experiment started outlives it."""
 

@@ -144,7 +144,7 @@ async def test_erasure_through_graphql_is_the_same_saga(monolith: Api) -> None:
     erasure = started.json()["data"]["eraseProfile"]
     assert erasure["state"] == "running"
     assert erasure["nextStep"] == "remove_personal_data"
-    assert [step["done"] for step in erasure["steps"]] == [False] * 5
+    assert [step["done"] for step in erasure["steps"]] == [False] * 6
     runner = api.keel.local.erasure_runner
     assert runner is not None
     await runner.run_due()
@@ -155,7 +155,7 @@ async def test_erasure_through_graphql_is_the_same_saga(monolith: Api) -> None:
         "id": erasure["id"],
         "state": "completed",
         "pendingHolders": [],
-        "steps": [{"done": True}] * 5,
+        "steps": [{"done": True}] * 6,
     }
     rest = await api.client.post(f"/v1/profiles/{profile_id}/erasure", headers=api.admin)
     assert rest.json()["id"] == erasure["id"]
@@ -194,7 +194,7 @@ async def test_erasure_through_grpc_is_the_same_saga(monolith: Api) -> None:
                 pb.GetErasureRequest(id=started.erasure.id), metadata=as_key(api.admin)
             )
             assert status.erasure.state == "completed"
-            assert [step.done for step in status.erasure.steps] == [True] * 5
+            assert [step.done for step in status.erasure.steps] == [True] * 6
             assert not status.erasure.HasField("next_step")
     finally:
         await server.stop(grace_seconds=0)
@@ -234,3 +234,33 @@ async def test_an_erasure_waits_for_a_webhook_endpoint_holding_personal_data(dat
         assert (event["type"], event["subject"]) == (PROFILE_ERASED, profile_id)
     finally:
         await deployment.close()
+
+
+# Ids the database cannot even hold (a NUL byte: PostgreSQL refuses it in text), or of another
+# shape: no erasure has them, so each is a not-found, never an internal error.
+MALFORMED_ERASURE_IDS = ("\x00", "era_\x00" + "0" * 28, "era_missing", "era_" + "0" * 31 + "G")
+
+
+async def test_a_malformed_erasure_id_is_not_found_over_rest_graphql_and_grpc(monolith: Api) -> None:
+    api = monolith
+    for path in ("/v1/erasures/%00", "/v1/erasures/era_%00", "/v1/erasures/era_" + "0" * 32):
+        assert_problem(await api.client.get(path, headers=api.admin), 404, "not-found")
+    for erasure_id in MALFORMED_ERASURE_IDS:
+        answer = await api.client.post(
+            "/graphql", json={"query": STATUS, "variables": {"id": erasure_id}}, headers=api.admin
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"] is None, answer.text
+        assert [e["extensions"]["code"] for e in answer.json()["errors"]] == ["NOT_FOUND"], answer.text
+    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ProfileServiceStub(channel)
+            key = (("authorization", api.admin["Authorization"]),)
+            for erasure_id in MALFORMED_ERASURE_IDS:
+                with pytest.raises(grpc.aio.AioRpcError) as missing:
+                    await stub.GetErasure(pb.GetErasureRequest(id=erasure_id), metadata=key)
+                assert missing.value.code() is grpc.StatusCode.NOT_FOUND, (erasure_id, missing.value)
+    finally:
+        await server.stop(grace_seconds=0)

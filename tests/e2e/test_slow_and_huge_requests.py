@@ -69,7 +69,12 @@ def _serve(directory: Path, extra_env: dict[str, str]) -> Iterator[Served]:
 def hasty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield from _serve(
         tmp_path_factory.mktemp("hasty"),
-        {"KEEL_HTTP_HEADER_TIMEOUT_SECONDS": "0.5", "KEEL_HTTP_BODY_TIMEOUT_SECONDS": "0.5"},
+        {
+            "KEEL_HTTP_HEADER_TIMEOUT_SECONDS": "0.5",
+            "KEEL_HTTP_BODY_TIMEOUT_SECONDS": "0.5",
+            # Far longer than the head timeout: an idle keep-alive wait is the keep-alive's to end.
+            "KEEL_HTTP_KEEP_ALIVE_SECONDS": "60",
+        },
     )
 
 
@@ -185,6 +190,30 @@ def test_a_head_dripped_line_by_line_is_still_bounded(hasty: Served) -> None:
         sock.settimeout(GENEROUS_SECONDS)
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
         read_until_closed(sock)
+
+
+def test_an_idle_keep_alive_connection_outlives_the_head_timeout(hasty: Served) -> None:
+    # The idle wait between two requests is bounded by the keep-alive timeout (60 s here), not
+    # by the head timeout (0.5 s): a load balancer that reuses its connections must not find
+    # them closed after every pause. The sleep is the claim: idle for twice the head timeout.
+    with hasty.connect() as sock:
+        sock.sendall(get("/healthz"))
+        assert read_response(sock).status == 200
+        time.sleep(1.0)
+        sock.sendall(get("/healthz"))
+        assert read_response(sock).status == 200
+
+
+def test_a_second_head_dripped_after_an_idle_wait_is_still_bounded(hasty: Served) -> None:
+    # On a keep-alive connection the head's clock starts at its first byte, after the idle wait:
+    # dripping the next head is bounded as the first one is.
+    with hasty.connect() as sock:
+        sock.sendall(get("/healthz"))
+        assert read_response(sock).status == 200
+        time.sleep(1.0)  # idle past the head timeout, as above
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: keel.test\r\n")
+        problem = assert_refused_and_closed(sock, 408, "request-timeout")
+        assert "headers must arrive within 0.5 seconds" in str(problem["detail"])
 
 
 def stall_a_body(served: Served, path: str, request_id: str) -> dict[str, object]:

@@ -19,6 +19,7 @@ from keel.webhooks.http_sender import HttpxWebhookSender
 from keel.webhooks.resolver import SystemResolver
 from keel.webhooks.secret_box import AesGcmSecretBox, box_key
 from tests.e2e.conftest import Api, make_api
+from tests.e2e.test_rest_profiles import assert_problem
 from tests.fakes import FakeClock
 from tests.integration.conftest import truncate
 from tests.integration.webhook_receivers import receiver
@@ -117,6 +118,8 @@ async def test_any_other_key_gets_a_403_problem_and_learns_nothing(api: Api) -> 
         ({"url": "x" * 3000}, "/url"),
         ({"url": "HTTPS://" + "0" * 300}, "/url"),  # found by schemathesis: was a 500
         ({"url": 5}, "/url"),
+        ({"url": "http://\u2603.net/hook"}, "/url"),  # IDNA 2003 only: the HTTP client refuses it
+        ({"url": "http://xn--n3h.net/hook"}, "/url"),
         ({"url": "http://127.0.0.1:9/x", "event_types": ["keel.no.such.v1"]}, "/event_types/0"),
         ({"url": "http://127.0.0.1:9/x", "event_types": "keel.profile.created.v1"}, "/event_types"),
         (
@@ -250,3 +253,33 @@ async def test_an_edge_does_not_serve_webhook_administration(database_url: str) 
             assert response.headers["content-type"] == PROBLEM
     finally:
         await deployment.close()
+
+
+async def test_a_malformed_endpoint_id_is_not_found_and_a_malformed_dead_letter_id_a_422(api: Api) -> None:
+    """Ids the database cannot even hold (a NUL byte: PostgreSQL refuses it in text) or of
+    another shape: no endpoint has them (404); a replay naming such a dead letter is bad input
+    (422, whichever endpoint it is sent to: the body is checked first)."""
+    existing = await register(api, "http://127.0.0.1:9/hook")
+    for webhook_id in ("%00", "whep_%00", "whep_missing", "whep_" + "0" * 32):
+        for method, path, body in (
+            ("GET", f"/v1/webhooks/{webhook_id}", None),
+            ("DELETE", f"/v1/webhooks/{webhook_id}", None),
+            ("GET", f"/v1/webhooks/{webhook_id}/dead-letters", None),
+            ("POST", f"/v1/webhooks/{webhook_id}/dead-letters/replay", {}),
+        ):
+            response = await api.client.request(method, path, headers=api.admin, json=body)
+            assert_problem(response, 404, "not-found")
+    for webhook_id in (existing["id"], "%00", "whep_" + "0" * 32):
+        for ids, pointer in ((["\x00"], "/ids/0"), (["whdl_" + "0" * 32, "whdl_\x00"], "/ids/1")):
+            response = await api.client.post(
+                f"/v1/webhooks/{webhook_id}/dead-letters/replay", headers=api.admin, json={"ids": ids}
+            )
+            problem = assert_problem(response, 422, "validation")
+            assert [error["field"] for error in problem["errors"]] == [pointer], response.text
+    well_formed = await api.client.post(
+        f"/v1/webhooks/{existing['id']}/dead-letters/replay",
+        headers=api.admin,
+        json={"ids": ["whdl_" + "0" * 32]},
+    )
+    assert (well_formed.status_code, well_formed.json()) == (200, {"replayed": 0})
+    assert (await api.client.get(f"/v1/webhooks/{existing['id']}", headers=api.admin)).status_code == 200

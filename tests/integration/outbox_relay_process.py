@@ -26,11 +26,17 @@ class DiesAfter:
         self._inner = inner
         self._left = acknowledged
 
-    async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
-        await self._inner.publish(subject, message_id, payload)
+    async def publish(
+        self, subject: str, message_id: str, payload: bytes, traceparent: str | None = None
+    ) -> int | None:
+        position = await self._inner.publish(subject, message_id, payload, traceparent)
         self._left -= 1
         if self._left == 0:
             os.kill(os.getpid(), signal.SIGKILL)
+        return position
+
+    async def erase(self, positions: tuple[int, ...]) -> None:
+        await self._inner.erase(positions)
 
     async def close(self) -> None:
         await self._inner.close()

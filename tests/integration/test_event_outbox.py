@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from testkit.servers.nats import NatsServer, nats_server
 from typer.testing import CliRunner
 
@@ -66,6 +67,11 @@ def profiles(store: Store, clock: FakeClock, relay: OutboxRelay | None = None) -
 
 def publisher(server: NatsServer) -> JetStreamPublisher:
     return JetStreamPublisher(server.url, StreamSpec(STREAM, PREFIX, 120.0), timeout_seconds=1.0)
+
+
+def watched_relay(store: Store, server: NatsServer, clock: FakeClock, failures: list[str]) -> OutboxRelay:
+    """A relay whose failed passes are appended to `failures` (by stage)."""
+    return OutboxRelay(store, publisher(server), clock, RelayPolicy(), RelayObserver(failed=failures.append))
 
 
 async def outbox(store: Store) -> list[OutboxRecord]:
@@ -217,9 +223,7 @@ async def test_writes_succeed_while_nats_is_down_and_the_backlog_drains_after(
 ) -> None:
     clock = FakeClock()
     failures: list[str] = []
-    relay = OutboxRelay(
-        store, publisher(nats_bus), clock, RelayPolicy(), RelayObserver(failed=failures.append)
-    )
+    relay = watched_relay(store, nats_bus, clock, failures)
     try:
         service = profiles(store, clock, relay)
         await service.create_profile(WRITER, document(100))
@@ -236,6 +240,31 @@ async def test_writes_succeed_while_nats_is_down_and_the_backlog_drains_after(
     finally:
         await relay.publisher.close()
     assert len({event["id"] for event in received}) == 1 + expected_backlog
+    assert_in_order_per_profile(received)
+
+
+async def test_a_stream_deleted_under_a_running_relay_is_created_again_and_nothing_is_lost(
+    store: Store, nats_bus: NatsServer
+) -> None:
+    clock = FakeClock()
+    failures: list[str] = []
+    relay = watched_relay(store, nats_bus, clock, failures)
+    try:
+        service = profiles(store, clock, relay)
+        await service.create_profile(WRITER, document(200))
+        await drain(relay, store)  # connected, stream made, one event in it
+        client = await nats.connect(nats_bus.url)
+        try:
+            assert await client.jetstream().delete_stream(STREAM)
+        finally:
+            await client.close()
+        expected = await some_changes(service, profiles_count=2, updates=2)
+        await drain(relay, store)  # at most one failed pass, then the stream exists again
+        received = await consume(nats_bus, expected)
+    finally:
+        await relay.publisher.close()
+    assert failures in ([], ["publish"])
+    assert len({event["id"] for event in received}) == expected
     assert_in_order_per_profile(received)
 
 
@@ -337,8 +366,11 @@ async def test_published_events_are_pruned_after_the_retention_period(
         clock.advance(timedelta(minutes=45))
         await service.create_profile(WRITER, document(3))
         nats_bus.stop()
-        await relay.run_once()  # the publish fails; pruning of what is published is not held up
-        await relay.run_once()
+        # The publish fails, and fails again at once (a hang here was a relay reconnecting for
+        # ever); pruning of what is published is not held up.
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            await relay.run_once()
+            await relay.run_once()
     finally:
         await relay.publisher.close()
     kept = await outbox(store)
@@ -412,3 +444,40 @@ async def test_a_core_started_with_a_nats_url_relays_its_writes(database_url: st
         # Stopped, the relay gave its lease back: another process may take over at once.
         async with store.unit_of_work() as uow:
             assert await uow.outbox.claim_relay_lease("next", datetime.now(UTC), datetime.now(UTC))
+
+
+async def stream_config(server: NatsServer) -> StreamConfig:
+    client = await nats.connect(server.url)
+    try:
+        info = await client.jetstream().stream_info(STREAM)
+    finally:
+        await client.close()
+    assert info.config is not None
+    return info.config
+
+
+async def test_a_new_stream_keeps_events_for_the_set_age_and_an_existing_streams_limits_stay() -> None:
+    """The stream Keel creates drops events after `max_age` (personal data in events does not
+    stay in NATS for ever); a stream that exists, with limits an operator chose, is left as is."""
+    spec = StreamSpec(STREAM, PREFIX, 120.0, max_age_seconds=3600.0)
+    with nats_server() as server:
+        first = JetStreamPublisher(server.url, spec, timeout_seconds=DEADLINE_SECONDS)
+        try:
+            await first.publish(f"{PREFIX}.profile.created", "m1", b"{}")
+        finally:
+            await first.close()
+        created = await stream_config(server)
+        assert created.max_age == 3600.0
+        assert created.duplicate_window == 120.0
+        client = await nats.connect(server.url)
+        try:
+            await client.jetstream().update_stream(replace(created, max_age=86400.0, max_msgs=1000))
+        finally:
+            await client.close()
+        second = JetStreamPublisher(server.url, spec, timeout_seconds=DEADLINE_SECONDS)
+        try:
+            await second.publish(f"{PREFIX}.profile.created", "m2", b"{}")
+        finally:
+            await second.close()
+        kept = await stream_config(server)
+        assert (kept.max_age, kept.max_msgs) == (86400.0, 1000)

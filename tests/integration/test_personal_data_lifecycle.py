@@ -11,31 +11,42 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from testkit.servers.nats import nats_server
+from testkit.servers.redis import redis_server
 
+from keel.bootstrap.personal_data import build_personal_data
+from keel.cache.memory import BoundedProfileCache
+from keel.cache.redis_bus import RedisInvalidationBus
+from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.erasure import Erasure, ErasureState, ErasureStep
 from keel.domain.errors import Forbidden, NotFound
-from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED
+from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED, profile_changed
 from keel.domain.profile import JSONObject
 from keel.domain.webhooks import DeliveryState, WebhookEndpoint
+from keel.events.jetstream import read_stream
+from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.erasure import ErasureObserver, ErasurePolicy, ErasureSagaRunner, ErasureStatus
-from keel.service.outbox import cloud_event
+from keel.service.outbox import OutboxRelay, RelayPolicy, cloud_event
 from keel.service.personal_data import PersonalDataService
-from keel.service.ports import OutboxRecord, PersonalDataStore, Store
+from keel.service.ports import EventPublisher, OutboxRecord, PersonalDataStore, Store
+from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import downgrade, migrate
 from keel.storage.postgres.store import PostgresStore
 from keel.storage.sqlite.store import SqliteStore
 from tests.conftest import environment_layout
 from tests.fakes import FakeClock
+from tests.integration.test_event_outbox import STREAM, drain
+from tests.integration.test_event_outbox import publisher as stream_publisher
 from tests.integration.test_migrations_up_and_down import database, everything, query, revision
 from tests.integration.test_webhooks import BOX, DEADLINE_SECONDS, admin, deliveries, dispatcher
 from tests.integration.webhook_receivers import down_url, receiver
@@ -99,6 +110,7 @@ class World:
         *,
         observer: ErasureObserver | None = None,
         drop_cached: Callable[[str, int], Awaitable[None]] | None = None,
+        stream: EventPublisher | None = None,
     ) -> ErasureSagaRunner:
         async def record_drop(profile_id: str, version: int) -> None:
             self.dropped.append((profile_id, version))
@@ -107,6 +119,7 @@ class World:
             self.store,
             self.clock,
             drop_cached or record_drop,
+            stream=stream,
             policy=self.policy,
             observer=observer or ErasureObserver(),
         )
@@ -403,6 +416,47 @@ async def test_an_erasure_finishes_only_after_each_personal_data_endpoint_acknow
     assert (await erasure_state(world.store, profile_id)).acknowledged_at is not None
 
 
+async def test_the_export_names_every_endpoint_the_profiles_events_went_to_dead_letters_included(
+    world: World,
+) -> None:
+    async with receiver(200) as crm:
+        crm_url = crm.url
+        keel = admin(world.sql, world.clock)
+        delivered_to = await keel.register(ADMIN, crm_url, [], False)
+        dead_url = down_url()
+        dead_at = await keel.register(ADMIN, dead_url, [PROFILE_CREATED], False)
+        profile_id = await a_profile_with_history(world)
+        worker = dispatcher(world.sql, world.clock, delays=())  # one attempt, then a dead letter
+        try:
+            for _ in range(10):  # passes until nothing is pending (a few: one per endpoint at a time)
+                await worker.run_once()
+                await worker.settle()
+                states = [
+                    d.state
+                    for e in (delivered_to, dead_at)
+                    for d in await deliveries(world.sql, e.endpoint.id)
+                ]
+                if DeliveryState.PENDING not in states:
+                    break
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+    export = plain(await world.personal_data.export_profile(ADMIN, profile_id))
+    seen = sorted((d["endpoint_url"], d["event_type"], d["state"]) for d in export["webhook_deliveries"])
+    assert seen == sorted(
+        [
+            (crm_url, PROFILE_CREATED, "delivered"),
+            (crm_url, "keel.profile.updated.v1", "delivered"),
+            (dead_url, PROFILE_CREATED, "dead"),
+        ]
+    )
+    by_endpoint = {d["endpoint_id"] for d in export["webhook_deliveries"]}
+    assert by_endpoint == {delivered_to.endpoint.id, dead_at.endpoint.id}
+    event_ids = {e["id"] for e in export["events"]}
+    assert {d["event_id"] for d in export["webhook_deliveries"]} <= event_ids
+    assert all(d["attempts"] == 1 and d["finished_at"] is not None for d in export["webhook_deliveries"])
+
+
 async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(world: World) -> None:
     async with receiver(200) as crm:
         keel = admin(world.sql, world.clock)
@@ -443,7 +497,7 @@ async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(wo
     assert failed["state"] == "failed"
     assert failed["pending_holders"] == [silent.endpoint.id]
     assert failed["last_error"] == f"no acknowledgement yet from {silent.endpoint.id}"
-    assert [step["done"] for step in failed["steps"]] == [True, True, True, False, False]
+    assert [step["done"] for step in failed["steps"]] == [True, True, True, True, False, False]
     assert await values_found(world.url, ERASED_VALUES) == {}  # what could be done, was
     world.clock.advance(world.policy.acknowledgement_poll)
     assert await runner.run_due() == 0  # a failed saga is not retried by itself
@@ -455,6 +509,33 @@ async def test_the_saga_reports_a_dead_lettered_holder_pending_until_given_up(wo
     assert again.erasure.state is ErasureState.RUNNING
     await runner.run_due()
     assert (await erasure_state(world.store, profile_id)).state is ErasureState.COMPLETED
+
+
+async def test_the_cache_step_fails_while_redis_cannot_tell_the_other_processes(world: World) -> None:
+    """Keel's own drop of cached copies (the composition root's, over a real Redis): when the
+    invalidation bus does not take the message, the step is not marked done but retried, since
+    another process may still hold a copy of the erased profile."""
+    profile_id = await a_profile_with_history(world)
+    with redis_server() as redis:
+        bus = RedisInvalidationBus.from_url(redis.url)
+        reads = ProfileReads(
+            world.sql, RetryPolicy(RetryBudget(), Backoff()), cache=BoundedProfileCache(100), bus=bus
+        )
+        _, runner = build_personal_data(Settings(), world.store, world.clock, reads, lambda: None)
+        try:
+            await world.personal_data.start_erasure(ADMIN, profile_id)
+            redis.stop()
+            await runner.run_due()
+            stuck = await erasure_state(world.store, profile_id)
+            assert stuck.state is ErasureState.RUNNING
+            assert stuck.caches_dropped_at is None
+            assert stuck.last_error == "drop_cached_copies failed: CachedCopiesNotDropped"
+            redis.start()
+            world.clock.advance(world.policy.first_retry)
+            await runner.run_due()
+            assert (await erasure_state(world.store, profile_id)).caches_dropped_at is not None
+        finally:
+            await bus.close()
 
 
 async def test_a_failing_step_is_retried_with_backoff_then_given_up(world: World) -> None:
@@ -484,7 +565,7 @@ async def test_a_failing_step_is_retried_with_backoff_then_given_up(world: World
     await runner.run_due()
     failed = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
     assert failed["state"] == "failed"
-    assert [step["done"] for step in failed["steps"]] == [True, False, False, False, False]
+    assert [step["done"] for step in failed["steps"]] == [True, False, False, False, False, False]
     assert failures == [3, 3, 3]
 
     # The bus is back: asked again, the saga finishes.
@@ -572,6 +653,94 @@ async def test_the_purge_removes_soft_deleted_profiles_only_past_the_retention(w
     )
 
 
+async def stream_texts(url: str) -> list[str]:
+    """Every message the stream holds now, as text (a deleted message is not read)."""
+    return [message.data.decode() async for message in read_stream(url, STREAM, 1)]
+
+
+def found_in(texts: list[str], values: tuple[str, ...]) -> set[str]:
+    joined = "\n".join(texts).lower()
+    return {value for value in values if value.lower() in joined}
+
+
+async def test_an_erasure_deletes_the_streams_copies_of_the_profiles_events_once_all_are_published(
+    world: World,
+) -> None:
+    """Step 3 on a real NATS JetStream: the profile's messages go (the delete overwrites them),
+    other profiles' stay; an event of the profile still unpublished holds the step back (a relay
+    may hold it with its old payload) until the relay has published it."""
+    with nats_server() as bus:
+        stream = stream_publisher(bus)
+        relay = OutboxRelay(world.sql, stream, world.clock, RelayPolicy())
+        try:
+            profile_id = await a_profile_with_history(world)
+            await drain(relay, world.sql)
+            assert found_in(await stream_texts(bus.url), ERASED_VALUES) >= {"zq_erasable", "Zebulon Q."}
+            # One more change, not yet published when the erasure starts.
+            await world.profiles.update_profile(WRITER, profile_id, {"display_name": "Zebulon"})
+            status = await world.personal_data.start_erasure(ADMIN, profile_id)
+            runner = world.runner(stream=stream)
+            await runner.run_due()
+            held = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+            assert held["next_step"] == "erase_stream_copies"
+            assert held["last_error"] == "erase_stream_copies failed: StreamCopiesPending"
+
+            await drain(relay, world.sql)  # publishes the update, its payload erased by step 1
+            world.clock.advance(world.policy.first_retry)
+            await runner.run_due()
+            done = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+            assert done["state"] == "completed"
+            await drain(relay, world.sql)  # and the erased event
+            texts = await stream_texts(bus.url)
+            assert found_in(texts, ERASED_VALUES) == set()
+            assert found_in(texts, ("kept_one", "kept@example.com", "kept-bio-value")) == {
+                "kept_one",
+                "kept@example.com",
+                "kept-bio-value",
+            }
+            # Of the profile, only the erased event stays (the update published after step 1,
+            # in its erased form, went with the others).
+            events = [json.loads(text) for text in texts]
+            assert [e["type"] for e in events if e["subject"] == profile_id] == [PROFILE_ERASED]
+        finally:
+            await stream.close()
+
+
+async def test_an_erasure_without_an_event_stream_skips_the_streams_step(world: World) -> None:
+    profile_id = await a_profile_with_history(world)
+    status = await world.personal_data.start_erasure(ADMIN, profile_id)
+    await world.runner().run_due()  # no stream: the relay publishes nowhere
+    done = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+    assert done["state"] == "completed"
+    assert [s["name"] for s in done["steps"] if s["done"]] == [s.value for s in ErasureStep]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_0007_up_and_down_leaves_the_database_as_it_was(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = await database(kind, tmp_path, request, "keel_migration_0007")
+    await asyncio.to_thread(migrate, url, "0006")
+    created = (
+        "2026-11-28T12:00:00.000000+00:00" if kind == "sqlite" else datetime(2026, 11, 28, 12, tzinfo=UTC)
+    )
+    await query(
+        url,
+        "INSERT INTO event_outbox (id, type, source, subject, time, data, published_at, fanned_out_at)"
+        " VALUES ('e1', 'keel.profile.created.v1', '/keel', 'p1', $1, '{}', $2, $3)",
+        *[created] * 3,
+    )
+    before = await everything(url)
+    await asyncio.to_thread(migrate, url, "0007")
+    assert await revision(url) == "0007"
+    schema = json.dumps((await everything(url))["schema"], default=str)
+    assert "stream_seq" in schema
+    assert "stream_copies_erased_at" in schema
+    assert schema.count("traceparent") >= 2  # the outbox's and the deliveries'
+    await asyncio.to_thread(downgrade, url, "0006")
+    assert await everything(url) == before
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_0006_up_and_down_leaves_the_database_as_it_was(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -598,3 +767,65 @@ async def test_0006_up_and_down_leaves_the_database_as_it_was(
     }
     await asyncio.to_thread(downgrade, url, "0005")
     assert await everything(url) == before
+
+
+async def until_a_query_waits_on_a_lock(url: str) -> None:
+    """Returns once another session of this database waits on a lock (PostgreSQL's own record
+    of it, not a guess at how long that takes); fails past the deadline."""
+    waiting = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        while True:
+            if await query(url, waiting):
+                return
+            await asyncio.sleep(0.01)  # between looks: PostgreSQL offers no event to await
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_an_update_committing_during_the_erasure_leaves_no_personal_value_and_a_higher_version(
+    world: World,
+) -> None:
+    """An update in flight when step 1 starts: the step waits for it, then erases its event too,
+    and the erased version is above the update's (consumers keep the higher version)."""
+    profile_id = await a_profile_with_history(world)
+    status = await world.personal_data.start_erasure(ADMIN, profile_id)
+    async with world.sql.unit_of_work() as uow:
+        current = await uow.profiles.get(profile_id)
+        assert current is not None
+        racing = current.revise(replace(current.fields, display_name="Zebulon Racer"), world.clock.now())
+        await uow.profiles.update(racing, expected_version=current.version)
+        await uow.outbox.add(profile_changed(racing), "test")
+        erasing = asyncio.create_task(world.runner().run_due())
+        try:
+            await until_a_query_waits_on_a_lock(world.url)
+            await uow.commit()
+        except BaseException:
+            erasing.cancel()
+            raise
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        assert await erasing == 1
+
+    erasure = await erasure_state(world.store, profile_id)
+    assert erasure.id == status.erasure.id
+    assert erasure.state is ErasureState.COMPLETED
+    assert erasure.erased_version == racing.version + 1
+    # The caches' floor is the erased version: a write-through of the racing update (its
+    # version, one below) landing after the drop is refused (the cache keeps versions >= floor).
+    assert world.dropped == [(profile_id, racing.version + 1)]
+    events = await events_of(world.store, profile_id)
+    assert [r.event.type for r in events] == [
+        "keel.profile.created.v1",
+        "keel.profile.updated.v1",
+        "keel.profile.updated.v1",
+        PROFILE_ERASED,
+    ]
+    payloads = json.dumps([r.event.data for r in events]).lower()
+    assert [value for value in ERASED_VALUES if value.lower() in payloads] == []
+    assert "zebulon racer" not in payloads
+    earlier = [r.event.data["version"] for r in events[:-1]]
+    assert all(isinstance(v, int) for v in earlier)
+    assert events[-1].event.data["version"] == erasure.erased_version
+    assert erasure.erased_version > max(v for v in earlier if isinstance(v, int))
+    assert await values_found(world.url, (*ERASED_VALUES, "Zebulon Racer")) == {}

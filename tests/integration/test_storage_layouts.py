@@ -106,9 +106,9 @@ async def test_migrate_records_the_configured_layout_only_while_no_profile_is_st
     with pytest.raises(LayoutMismatch, match="holds profiles"):
         await asyncio.to_thread(migrate, url, layout="normalized")
     assert await recorded_layout(url) == "document"
-    # Below 0007 the document tables would be dropped with the only copy of the profiles.
+    # Below 0008 the document tables would be dropped with the only copy of the profiles.
     with pytest.raises(RuntimeError, match="would drop them"):
-        await asyncio.to_thread(downgrade, url, "0006")
+        await asyncio.to_thread(downgrade, url, "0007")
     assert await counts(url) == {
         "profiles": 0,
         "profile_emails": 0,
@@ -118,18 +118,18 @@ async def test_migrate_records_the_configured_layout_only_while_no_profile_is_st
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_0007_up_and_down_leaves_a_normalized_database_as_it_was(
+async def test_0008_up_and_down_leaves_a_normalized_database_as_it_was(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = await database(kind, tmp_path, request, "keel_migration_0007")
-    await asyncio.to_thread(migrate, url, "0006")
+    url = await database(kind, tmp_path, request, "keel_migration_0008")
+    await asyncio.to_thread(migrate, url, "0007")
     store = await open_store(Settings(database_url=url), observer("test"))
     try:
         await add(store, make_profile())
     finally:
         await store.close()
     before = await everything(url)
-    await asyncio.to_thread(migrate, url, "0007")
+    await asyncio.to_thread(migrate, url, "0008")
     upgraded = await everything(url)
     assert set(upgraded["rows"]) - set(before["rows"]) == {
         "profile_documents",
@@ -139,7 +139,7 @@ async def test_0007_up_and_down_leaves_a_normalized_database_as_it_was(
     assert upgraded["rows"]["storage_layout"] == [
         {"name": "profiles", "read_layout": "normalized", "phase": "steady", "target_layout": None}
     ]
-    await asyncio.to_thread(downgrade, url, "0006")
+    await asyncio.to_thread(downgrade, url, "0007")
     assert await everything(url) == before
 
 

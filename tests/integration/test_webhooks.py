@@ -11,7 +11,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,15 +29,16 @@ from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import Forbidden, ValidationFailed
 from keel.domain.events import PROFILE_CREATED, PROFILE_ERASED, PROFILE_UPDATED
-from keel.domain.webhooks import DeliveryState, RetrySchedule, WebhookDelivery
+from keel.domain.webhooks import DeliveryState, RetrySchedule, WebhookDelivery, WebhookEndpoint
 from keel.service.attributes import AttributePolicy
 from keel.service.clock import SystemClock
 from keel.service.ports import Clock, Store
 from keel.service.profiles import ProfileService
 from keel.service.webhook_dispatcher import DispatchObserver, DispatchPolicy, WebhookDispatcher
+from keel.service.webhook_ports import SendResult
 from keel.service.webhooks import WebhookAdmin
 from keel.storage.migrations.runner import downgrade, migrate
-from keel.webhooks.http_sender import HttpxWebhookSender
+from keel.webhooks.http_sender import HttpxWebhookSender, client_host
 from keel.webhooks.resolver import SystemResolver
 from keel.webhooks.secret_box import AesGcmSecretBox, box_key
 from tests.fakes import FakeClock
@@ -119,7 +123,9 @@ def dispatcher(
 
 
 def admin(store: Store, clock: Clock, *, allow_private: bool = True) -> WebhookAdmin:
-    return WebhookAdmin(store, clock, BOX, SystemResolver(), allow_private_targets=allow_private)
+    return WebhookAdmin(
+        store, clock, BOX, SystemResolver(), client_host=client_host, allow_private_targets=allow_private
+    )
 
 
 def profiles(store: Store, clock: Clock) -> ProfileService:
@@ -292,7 +298,7 @@ async def test_retries_follow_the_schedule_then_dead_letters_are_listed_and_repl
             assert counts.dead_letters == 1
 
             endpoint.status = 200
-            assert await keel.replay(ADMIN, endpoint_id, ["whdl_not_one_of_them"]) == 0
+            assert await keel.replay(ADMIN, endpoint_id, ["whdl_" + "0" * 32]) == 0
             assert await keel.replay(ADMIN, endpoint_id, None) == 1
             replayed = await one_pass()
             assert (replayed.state, replayed.attempts, replayed.last_status) == (
@@ -392,6 +398,9 @@ async def test_only_the_endpoints_event_types_and_events_after_registration_are_
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
+        "http://[2002:a9fe:a9fe::]/latest/meta-data",  # 6to4 of 169.254.169.254
+        "http://[64:ff9b::7f00:1]/hook",  # NAT64 of 127.0.0.1
+        "http://[::10.0.0.1]/hook",  # IPv4-compatible
         "http://0.0.0.0/hook",
         "http://100.64.0.1/hook",
     ],
@@ -416,6 +425,11 @@ async def test_urls_on_non_public_addresses_are_refused(store: Store, url: str) 
         "http://example.com/x#fragment",
         "HTTPS://" + "0" * 300,  # a label over 63 characters: no host name (was a 500)
         "https://" + "a." * 130 + "com/",  # over 253 characters
+        # Valid for Python's IDNA 2003 codec, refused by the HTTP client's IDNA 2008: no
+        # attempt could ever be made (they were stored, and then retried forever).
+        "http://\u2603.net/hook",
+        "http://xn--n3h.net/hook",
+        "http://XN--N3H.net/hook",
     ],
 )
 async def test_malformed_urls_are_refused(store: Store, url: str) -> None:
@@ -502,6 +516,89 @@ async def test_the_stored_secret_is_sealed_not_plain(store: Store) -> None:
     assert BOX.open(stored.sealed_secret) == secret
 
 
+async def test_a_rotated_key_opens_old_secrets_until_they_are_resealed_with_the_new_one(store: Store) -> None:
+    """Rotation: the new key seals, the old one (a fallback) still opens; `reseal_secrets` seals
+    every secret again with the new key, after which the new key alone opens them, and the
+    secrets themselves (what the receivers verify with) have not changed. A secret no key opens
+    is reported, not lost silently."""
+    old_key, new_key, lost_key = (box_key(f"{name}-" + "k" * 32) for name in ("old", "new", "lost"))
+    before = WebhookAdmin(
+        store,
+        FakeClock(),
+        AesGcmSecretBox(old_key),
+        SystemResolver(),
+        client_host=client_host,
+        allow_private_targets=True,
+    )
+    kept = [await before.register(ADMIN, f"http://127.0.0.1:9/{n}", [], False) for n in range(2)]
+    lost = await WebhookAdmin(
+        store,
+        FakeClock(),
+        AesGcmSecretBox(lost_key),
+        SystemResolver(),
+        client_host=client_host,
+        allow_private_targets=True,
+    ).register(ADMIN, "http://127.0.0.1:9/lost", [], False)
+    rotated_box = AesGcmSecretBox(new_key, (old_key,))
+    rotated = WebhookAdmin(
+        store, FakeClock(), rotated_box, SystemResolver(), client_host=client_host, allow_private_targets=True
+    )
+    new_one = await rotated.register(ADMIN, "http://127.0.0.1:9/new", [], False)
+
+    done = await rotated.reseal_secrets()
+    assert sorted(done.resealed) == sorted(r.endpoint.id for r in kept)
+    assert done.current == (new_one.endpoint.id,)
+    assert done.unreadable == (lost.endpoint.id,)
+    new_only = AesGcmSecretBox(new_key)
+    async with store.unit_of_work(read_only=True) as uow:
+        for registered in [*kept, new_one]:
+            stored = await uow.webhooks.endpoint(registered.endpoint.id)
+            assert stored is not None
+            assert new_only.open(stored.sealed_secret) == base64.b64decode(
+                registered.secret.removeprefix("whsec_")
+            )
+    again = await rotated.reseal_secrets()
+    assert (len(again.resealed), len(again.current), again.unreadable) == (0, 3, (lost.endpoint.id,))
+
+
+async def test_keel_webhooks_reseal_rotates_the_key_of_a_database(database_url: str, store: Store) -> None:
+    old, new = "old-" + "o" * 32, "new-" + "n" * 32
+    registered = await WebhookAdmin(
+        store,
+        FakeClock(),
+        AesGcmSecretBox(box_key(old)),
+        SystemResolver(),
+        client_host=client_host,
+        allow_private_targets=True,
+    ).register(ADMIN, "http://127.0.0.1:9/x", [], False)
+
+    def reseal(key: str, fallbacks: list[str]) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "KEEL_DATABASE_URL": database_url,
+            "KEEL_WEBHOOK_SECRETS_KEY": key,
+            "KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS": json.dumps(fallbacks),
+        }
+        command = [sys.executable, "-m", "keel", "webhooks", "reseal"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    first = await asyncio.to_thread(reseal, new, [old])
+    assert (first.returncode, first.stdout.strip()) == (0, "resealed 1, already current 0, unreadable 0"), (
+        first.stderr
+    )
+    async with store.unit_of_work(read_only=True) as uow:
+        stored = await uow.webhooks.endpoint(registered.endpoint.id)
+    assert stored is not None
+    assert AesGcmSecretBox(box_key(new)).open(stored.sealed_secret) == base64.b64decode(
+        registered.secret.removeprefix("whsec_")
+    )
+    wrong = await asyncio.to_thread(reseal, "other-" + "x" * 32, [])
+    assert wrong.returncode == 1
+    assert f"unreadable with every configured key: {registered.endpoint.id}" in wrong.stderr
+    assert old not in wrong.stdout + wrong.stderr
+    assert new not in wrong.stdout + wrong.stderr
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_0005_up_and_down_leaves_the_database_as_it_was(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -537,7 +634,7 @@ async def test_the_outbox_keeps_published_events_until_webhooks_fanned_them_out(
     await profiles(store, clock).create_profile(WRITER, document(1))
     async with store.unit_of_work() as uow:
         [record] = await uow.outbox.read_from(0, 10)
-        await uow.outbox.mark_published([record.seq], clock.now())
+        await uow.outbox.mark_published([(record.seq, None)], clock.now())
         await uow.commit()
     clock.advance(timedelta(days=30))
     async with store.unit_of_work() as uow:
@@ -571,3 +668,41 @@ async def test_a_fan_out_holds_the_events_it_read_until_it_commits_on_postgres(
     finally:
         await other.close()
         await store.close()
+
+
+@pytest.mark.parametrize("url", ["http://\u2603.net/hook", "http://xn--n3h.net/hook"])
+async def test_a_stored_url_the_http_client_refuses_is_a_recorded_failure_then_a_dead_letter(
+    store: Store, url: str
+) -> None:
+    """Stored before registration refused it: every attempt is recorded as failed, and the
+    schedule ends in a dead letter (an attempt raising went unrecorded, and was retried forever)."""
+    clock = FakeClock()
+    async with store.unit_of_work() as uow:
+        endpoint = WebhookEndpoint("whep_" + "1" * 32, url, (), False, clock.now())
+        await uow.webhooks.add_endpoint(endpoint, BOX.seal(b"s" * 32))
+        await uow.commit()
+    await profiles(store, clock).create_profile(WRITER, document(1))
+    worker = dispatcher(store, clock, delays=(1,))
+    try:
+        await worker.run_once()
+        await worker.settle()
+        [first] = await deliveries(store, endpoint.id)
+        assert (first.state, first.attempts, first.last_error) == (DeliveryState.PENDING, 1, "invalid_url")
+        clock.advance(timedelta(seconds=2))
+        await worker.run_once()
+        await worker.settle()
+    finally:
+        await worker.stop()
+        await worker.sender.close()
+    [last] = await deliveries(store, endpoint.id)
+    assert (last.state, last.attempts, last.last_error) == (DeliveryState.DEAD, 2, "invalid_url")
+
+
+@pytest.mark.parametrize("url", ["http://\u2603.net/hook", "http://xn--n3h.net/hook"])
+async def test_the_sender_answers_a_url_httpx_refuses_with_a_failed_result(url: str) -> None:
+    sender = HttpxWebhookSender()
+    try:
+        assert client_host(url) is None
+        assert await sender.send(url, {}, b"{}", DEADLINE_SECONDS) == SendResult(None, "invalid_url")
+    finally:
+        await sender.close()

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import pytest
+from chaos.events import Published, compare, drain_seconds
 from chaos.measures import HealthzPoll, Result, Run, evaluate, evaluate_probe, loop_lag_buckets
 from chaos.runner import EXPERIMENTS, record_history
 from chaos.traffic import Sample
@@ -86,10 +87,10 @@ def history_run(
     return run
 
 
-HISTORY_EXPERIMENTS = ["01", "02", "07", "08"]
-# The check that the history is not empty: a fixed minimum x time scale in 01 and 02; in 07
-# and 08, writes acknowledged once the system is back.
-ACKNOWLEDGED = {"01": "acknowledged writes", "02": "acknowledged writes"} | dict.fromkeys(
+HISTORY_EXPERIMENTS = ["01", "02", "07", "08", "09", "10"]
+# The check that the history is not empty: a fixed minimum x time scale in 01, 02, 09 and 10;
+# in 07 and 08, writes acknowledged once the system is back.
+ACKNOWLEDGED = dict.fromkeys(["01", "02", "09", "10"], "acknowledged writes") | dict.fromkeys(
     ["07", "08"], "writes acknowledged once"
 )
 
@@ -144,6 +145,74 @@ def test_a_crashed_workload_fails_every_experiment(experiment: str) -> None:
     run.values["workloads_crashed"] = 1
     crashed = [r for r in evaluate(spec(experiment), run) if r.name == "workloads that crashed"]
     assert [r.passed for r in crashed] == [False]
+
+
+# -- the events family: 09, 10 (chaos/events.py on synthetic outboxes and streams) ----------------
+
+EVENT_CHECKS = ["never got", "more than once", "out of order", "never committed", "committed events checked"]
+
+
+def events_run(committed: list[str], stream: list[Published], drain_seconds: float = 2.0) -> Run:
+    run = new_run("fault", "recovery")
+    run.values.update(compare(committed, stream))
+    run.values["events_drain_seconds"] = drain_seconds
+    return run
+
+
+def clean_events(profiles: int = 30, versions: int = 4) -> tuple[list[str], list[Published]]:
+    stream = [Published(f"e{p}-{v}", f"p{p}", v) for v in range(1, versions + 1) for p in range(profiles)]
+    return [m.event_id for m in stream], stream
+
+
+@pytest.mark.parametrize("experiment", ["09", "10"])
+def test_clean_events_pass_the_events_checks(experiment: str) -> None:
+    run = events_run(*clean_events())
+    for name in [*EVENT_CHECKS, "every committed event was published"]:
+        assert result(experiment, name, run).passed, name
+
+
+@pytest.mark.parametrize("experiment", ["09", "10"])
+def test_a_lost_duplicated_reordered_or_unknown_event_fails(experiment: str) -> None:
+    committed, stream = clean_events()
+    lost = events_run(committed, stream[:-1])
+    assert not result(experiment, "never got", lost).passed
+    doubled = events_run(committed, [*stream, stream[5]])
+    assert not result(experiment, "more than once", doubled).passed
+    swapped = stream.copy()
+    swapped[0], swapped[30] = swapped[30], swapped[0]  # p0's version 2 before its version 1
+    assert not result(experiment, "out of order", events_run(committed, swapped)).passed
+    unknown = events_run(committed, [*stream, Published("never", "p1", 9)])
+    assert not result(experiment, "never committed", unknown).passed
+
+
+@pytest.mark.parametrize("experiment", ["09", "10"])
+def test_too_few_events_or_a_slow_drain_fails(experiment: str) -> None:
+    assert not result(experiment, "committed events checked", events_run(*clean_events(profiles=3))).passed
+    slow = events_run(*clean_events(), drain_seconds=math.inf)
+    assert not result(experiment, "every committed event was published", slow).passed
+
+
+async def test_the_drain_is_timed_from_the_fault_clearing_to_the_first_empty_outbox() -> None:
+    samples = [(T0 + 1.0, 0), (T0 + 10.0, 40), (T0 + 20.0, 55), (T0 + 22.5, 3), (T0 + 23.0, 0)]
+    # Found among the run's samples: no database is asked (the URL goes nowhere).
+    assert await drain_seconds("postgresql://nobody@127.0.0.1:1/none", samples, T0 + 20.0, 0.0) == 3.0
+
+
+def test_a_duplicate_is_not_counted_again_as_out_of_order_and_key_events_have_no_version() -> None:
+    stream = [
+        Published("a", "p", 1),
+        Published("b", "p", 2),
+        Published("a", "p", 1),
+        Published("k", "key", None),
+    ]
+    assert compare(["a", "b", "k"], stream) == {
+        "events_committed": 3.0,
+        "events_published": 3.0,
+        "events_lost": 0.0,
+        "events_duplicated": 1.0,
+        "events_out_of_order": 0.0,
+        "events_unknown": 0.0,
+    }
 
 
 # -- /healthz -----------------------------------------------------------------------------------
@@ -235,6 +304,43 @@ def test_no_loop_lag_measured_never_passes() -> None:
 
 
 # -- requests -----------------------------------------------------------------------------------
+
+
+def test_the_healthz_baseline_is_never_finer_than_keels_own_fault_free_loop_lag() -> None:
+    """~50 steady polls at 2.5 ms, the loop-lag probe's steady p99 in the 5 ms bucket: the bound is
+    4 x 5 ms. A fault p99 of 11.5 ms (a fresh-clone run's) passes; a loop blocked 500 ms does not."""
+    run = lag_run([0.004] * 40)
+    for second in range(20):  # the steady phase's lag: 100 wake-ups a second, a few at 4-5 ms
+        seen = [0.002] * 96 * (second + 1) + [0.0045] * 4 * (second + 1)
+        run.metrics[second] = (run.metrics[second][0], lag_exposition(seen))
+    run.healthz = polls(T0, 49, seconds=0.0025) + polls(T0 + 10, 190, seconds=0.001)
+    run.healthz += polls(T0 + 10.1, 3, seconds=0.0115)
+    checked = result("03", "/healthz p99", run)
+    assert checked.tolerance["max"] == pytest.approx(20.0), checked.line()
+    assert checked.passed, checked.line()
+    run.healthz += polls(T0 + 10.2, 4, seconds=0.5)  # 4 of ~250 polls blocked half a second
+    assert not result("03", "/healthz p99", run).passed
+
+
+def test_a_healthz_poll_in_flight_when_the_fault_began_is_not_a_steady_state_failure() -> None:
+    run = new_run("fault")
+    run.healthz = polls(T0, 100)
+    run.healthz.append(HealthzPoll(T0 + 9.999, 2.0, ok=False))  # Keel killed under it at T0 + 10
+    assert result("01", "/healthz polls that failed", run).passed
+    run.healthz.append(HealthzPoll(T0 + 5.0, 0.01, ok=False))  # failed and answered before it
+    assert not result("01", "/healthz polls that failed", run).passed
+
+
+def test_04_a_connection_lent_out_through_the_last_second_fails_a_brief_one_does_not() -> None:
+    key = "keel_db_pool_connections_in_use"
+    run = new_run("fault", "recovery")
+    run.metrics = [(T0 + 29.0 + i / 10, {key: 0.0}) for i in range(10)]
+    run.metrics[-1] = (run.metrics[-1][0], {key: 1.0})  # the relay's poll caught at the end
+    assert result("04", "lent out", run).passed
+    run.metrics = [(when, {key: 1.0}) for when, _ in run.metrics]  # a leak: lent out throughout
+    assert not result("04", "lent out", run).passed
+    run.metrics = run.metrics[-2:]  # too few samples to tell: never a pass
+    assert not result("04", "lent out", run).passed
 
 
 def test_02_counts_failures_not_requests() -> None:
@@ -372,8 +478,17 @@ def test_06_successes_may_wait_out_the_redis_deadline_and_no_more() -> None:
     run = new_run("fault", "outage")
     run.samples = samples("read_cached", T0, 100, seconds=0.020)  # fault-free p99: 20 ms
     run.samples += samples("read_cached", T0 + 10, 100, seconds=0.125)
-    checked = result("06", "p99 of successes, Redis blackholed", run)
+    checked = result("06", "p99 of successful cached reads, Redis blackholed", run)
     assert checked.tolerance["max"] == pytest.approx(4 * 20 + 50)
     assert checked.passed
     run.samples += samples("read_cached", T0 + 10, 100, seconds=0.131)
-    assert not result("06", "p99 of successes, Redis blackholed", run).passed
+    assert not result("06", "p99 of successful cached reads, Redis blackholed", run).passed
+
+
+def test_06_a_slow_write_does_not_count_against_the_limiters_wait() -> None:
+    """The limiter's claim is about its own wait: a write's slow commit is the database's."""
+    run = new_run("fault", "outage")
+    run.samples = samples("read_cached", T0, 100, seconds=0.020)
+    run.samples += samples("read_cached", T0 + 10, 100, seconds=0.030)
+    run.samples += samples("write", T0 + 10, 5, seconds=0.205)
+    assert result("06", "p99 of successful cached reads, Redis blackholed", run).passed

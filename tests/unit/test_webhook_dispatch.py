@@ -8,6 +8,7 @@ import asyncio
 import base64
 import random
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -16,7 +17,7 @@ from keel.domain.api_keys import Principal, Scope
 from keel.domain.webhooks import DeliveryState, RetrySchedule
 from keel.service.attributes import AttributePolicy
 from keel.service.profiles import ProfileService
-from keel.service.webhook_dispatcher import DispatchPolicy, WebhookDispatcher
+from keel.service.webhook_dispatcher import DispatchObserver, DispatchPolicy, WebhookDispatcher
 from keel.service.webhook_ports import SendResult
 from keel.service.webhook_signing import signature
 from keel.service.webhooks import WebhookAdmin
@@ -34,6 +35,9 @@ class PlainBox:
 
     def open(self, sealed: str) -> bytes:
         return base64.b64decode(sealed)
+
+    def sealed_with_current_key(self, sealed: str) -> bool:
+        return True
 
 
 class PublicResolver:
@@ -56,6 +60,9 @@ class ScriptedSender:
         if url in self.hung:
             await self.hung[url].wait()
         return SendResult(self.status.get(url, 200), None)
+
+    def host_of(self, url: str) -> str | None:
+        return urlsplit(url).hostname
 
     async def close(self) -> None:
         return None
@@ -85,7 +92,7 @@ def test_the_retry_schedule_stays_within_its_jitter_and_ends() -> None:
 @pytest.mark.parametrize("per_endpoint", [1, 3])
 async def test_a_hung_endpoint_holds_only_its_own_slots(per_endpoint: int) -> None:
     store, clock, sender = InMemoryStore(), FakeClock(), ScriptedSender()
-    admin = WebhookAdmin(store, clock, PlainBox(), PublicResolver())
+    admin = WebhookAdmin(store, clock, PlainBox(), PublicResolver(), client_host=sender.host_of)
     hung = await admin.register(ADMIN, "https://hung.example/hook", [], False)
     healthy = await admin.register(ADMIN, "https://healthy.example/hook", [], False)
     sender.hung["https://hung.example/hook"] = asyncio.Event()
@@ -113,3 +120,36 @@ async def test_a_hung_endpoint_holds_only_its_own_slots(per_endpoint: int) -> No
     sender.hung["https://hung.example/hook"].set()
     await dispatcher.settle()
     await dispatcher.stop()
+
+
+class RaisingSender(ScriptedSender):
+    """A sender breaking its promise never to raise (a bug, or an error nobody foresaw)."""
+
+    async def send(
+        self, url: str, headers: dict[str, str], body: bytes, timeout_seconds: float
+    ) -> SendResult:
+        self.sent.append(url)
+        raise RuntimeError("unforeseen")
+
+
+async def test_an_attempt_that_raises_is_recorded_as_failed_then_dead_lettered() -> None:
+    store, clock, sender = InMemoryStore(), FakeClock(), RaisingSender()
+    admin = WebhookAdmin(store, clock, PlainBox(), PublicResolver(), client_host=sender.host_of)
+    registered = await admin.register(ADMIN, "https://raising.example/hook", [], False)
+    await ProfileService(store, clock, AttributePolicy(), "eu1").create_profile(
+        WRITER, {"handle": "user_1", "emails": [{"address": "u1@example.com", "primary": True}]}
+    )
+    failures: list[str] = []
+    observer = DispatchObserver(failed=failures.append)
+    policy = DispatchPolicy(schedule=RetrySchedule((timedelta(seconds=1),), jitter=0.0))
+    dispatcher = WebhookDispatcher(store, sender, PlainBox(), PublicResolver(), clock, policy, observer)
+    for _ in range(2):
+        await dispatcher.run_once()
+        await dispatcher.settle()
+        clock.advance(timedelta(seconds=2))
+    await dispatcher.stop()
+    async with store.unit_of_work(read_only=True) as uow:
+        [dead] = await uow.webhooks.deliveries_of(registered.endpoint.id, DeliveryState.DEAD, 10)
+    assert (dead.attempts, dead.last_error) == (2, "error")
+    assert failures == ["attempt", "attempt"]
+    assert len(sender.sent) == 2

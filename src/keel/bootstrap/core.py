@@ -159,8 +159,8 @@ async def build_core(
     guarded = guard_store(store, settings, metrics, guards)
     store = guarded
     reads, bus = build_profile_reads(settings, store, metrics, guards)
-    relay = build_relay(settings, store, clock, metrics)
-    webhooks = build_webhooks(settings, store, clock, metrics)
+    relay = build_relay(settings, store, clock, metrics, guards.tracer)
+    webhooks = build_webhooks(settings, store, clock, metrics, tracer=guards.tracer)
 
     def events_committed() -> None:
         # Wakes this process's relay and webhook dispatcher at once, instead of at their next poll.
@@ -180,7 +180,9 @@ async def build_core(
         on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
-    personal_data, erasure_runner = build_personal_data(settings, guarded, clock, reads, events_committed)
+    personal_data, erasure_runner = build_personal_data(
+        settings, guarded, clock, reads, events_committed, relay.publisher if relay is not None else None
+    )
     return Core(
         store=store,
         clock=clock,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from opentelemetry.trace import Tracer
+
 from keel.config import Settings
 from keel.observability.metrics import Metrics
 from keel.service.outbox import OutboxRelay, RelayObserver, RelayPolicy
@@ -33,7 +35,9 @@ def relay_observer(metrics: Metrics) -> RelayObserver:
     )
 
 
-def build_relay(settings: Settings, store: Store, clock: Clock, metrics: Metrics) -> OutboxRelay | None:
+def build_relay(
+    settings: Settings, store: Store, clock: Clock, metrics: Metrics, tracer: Tracer | None = None
+) -> OutboxRelay | None:
     """None without KEEL_NATS_URL: the events stay in the outbox."""
     if settings.nats_url is None:
         return None
@@ -45,7 +49,11 @@ def build_relay(settings: Settings, store: Store, clock: Clock, metrics: Metrics
             settings.events_stream,
             settings.events_subject_prefix,
             settings.events_duplicate_window_seconds,
+            settings.events_stream_max_age_seconds,
         ),
         timeout_seconds=settings.events_publish_timeout_seconds,
     )
-    return OutboxRelay(store, publisher, clock, relay_policy(settings), relay_observer(metrics))
+    relay = OutboxRelay(store, publisher, clock, relay_policy(settings), relay_observer(metrics))
+    if tracer is not None:
+        relay.tracer = tracer
+    return relay

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from keel.config import Settings
-from keel.service.erasure import ErasurePolicy, ErasureSagaRunner
+from keel.service.erasure import CachedCopiesNotDropped, ErasurePolicy, ErasureSagaRunner
 from keel.service.personal_data import PersonalDataService
-from keel.service.ports import Clock, PersonalDataStore
+from keel.service.ports import Clock, EventPublisher, PersonalDataStore
 from keel.service.profile_reads import ProfileReads
 
 
@@ -17,6 +17,7 @@ def erasure_policy(settings: Settings) -> ErasurePolicy:
         give_up_after=timedelta(seconds=settings.erasure_give_up_seconds),
         acknowledgement_poll=timedelta(seconds=settings.erasure_acknowledgement_poll_seconds),
         poll_seconds=settings.erasure_poll_seconds,
+        lease=timedelta(seconds=settings.erasure_lease_seconds),
     )
 
 
@@ -26,17 +27,22 @@ def build_personal_data(
     clock: Clock,
     reads: ProfileReads,
     events_committed: Callable[[], None],
+    stream: EventPublisher | None = None,
 ) -> tuple[PersonalDataService, ErasureSagaRunner]:
     policy = erasure_policy(settings)
 
     async def drop_cached(profile_id: str, version: int) -> None:
-        # Here at once, elsewhere over the invalidation bus (when Redis is configured).
-        await reads.changed(profile_id, version, None, deleted=True)
+        # Here at once, elsewhere over the invalidation bus (when Redis is configured). A message
+        # the bus did not take fails the step, which is retried: another process's copy of the
+        # erased profile must not stay until its freshness runs out.
+        if not await reads.changed(profile_id, version, None, deleted=True):
+            raise CachedCopiesNotDropped(profile_id)
 
     runner = ErasureSagaRunner(
         store,
         clock,
         drop_cached,
+        stream=stream,  # the relay's: an erasure deletes the stream's copies of the profile's events
         policy=policy,
         event_source=settings.events_source,
         # The relay and the webhook dispatcher: the erased event goes out at once.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from opentelemetry.trace import Tracer
+
 from keel.config import Settings
 from keel.domain.webhooks import RetrySchedule
 from keel.observability.metrics import Metrics
@@ -62,23 +64,31 @@ def build_webhooks(
     sender: WebhookSender | None = None,
     resolver: AddressResolver | None = None,
     box: SecretBox | None = None,
+    tracer: Tracer | None = None,
 ) -> Webhooks:
-    box = box or AesGcmSecretBox(box_key(settings.webhook_secrets_secret()))
+    box = box or AesGcmSecretBox(
+        box_key(settings.webhook_secrets_secret()),
+        tuple(box_key(old.get_secret_value()) for old in settings.webhook_secrets_key_fallbacks),
+    )
     resolver = resolver or SystemResolver()
+    sender = sender or HttpxWebhookSender()
     dispatcher = WebhookDispatcher(
         store,
-        sender or HttpxWebhookSender(),
+        sender,
         box,
         resolver,
         clock,
         dispatch_policy(settings),
         dispatch_observer(metrics),
     )
+    if tracer is not None:
+        dispatcher.tracer = tracer
     admin = WebhookAdmin(
         store,
         clock,
         box,
         resolver,
+        client_host=sender.host_of,
         allow_private_targets=settings.webhook_allow_private_targets,
         on_replay=dispatcher.wake,
     )

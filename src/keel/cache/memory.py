@@ -7,10 +7,10 @@ would put the replaced version back, to be served until it expires.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from keel.service.ports import CachedProfile
+from keel.support.lru import BoundedLRU
 
 
 @dataclass(slots=True)
@@ -21,19 +21,18 @@ class _Slot:
 
 class BoundedProfileCache:
     def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
-        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._slots: BoundedLRU[str, _Slot] = BoundedLRU(max_entries)
 
     def get(self, profile_id: str) -> CachedProfile | None:
-        slot = self._slots.get(profile_id)
+        slot = self._slots.peek(profile_id)
         if slot is None or slot.entry is None:
             return None
-        self._slots.move_to_end(profile_id)
+        self._slots.get(profile_id)  # now the most recently used
         return slot.entry
 
     def put(self, entry: CachedProfile) -> None:
         profile_id = entry.profile.id
-        slot = self._slots.get(profile_id)
+        slot = self._slots.peek(profile_id)
         if slot is None:
             self._keep(profile_id, _Slot(0, entry))
             return
@@ -45,7 +44,7 @@ class BoundedProfileCache:
         self._keep(profile_id, slot)
 
     def invalidate(self, profile_id: str, version: int, *, keep_as_stale: bool = False) -> None:
-        slot = self._slots.get(profile_id) or _Slot(0, None)
+        slot = self._slots.peek(profile_id) or _Slot(0, None)
         slot.floor = max(slot.floor, version)
         if keep_as_stale and slot.entry is not None:
             slot.entry = replace(slot.entry, stale_only=True)
@@ -60,7 +59,4 @@ class BoundedProfileCache:
         return len(self._slots)
 
     def _keep(self, profile_id: str, slot: _Slot) -> None:
-        self._slots[profile_id] = slot
-        self._slots.move_to_end(profile_id)
-        while len(self._slots) > self._max:
-            self._slots.popitem(last=False)
+        self._slots.put(profile_id, slot)

@@ -41,7 +41,7 @@ class RedisInvalidationBus:
         client = Redis.from_url(url, socket_connect_timeout=1.0, health_check_interval=10)
         return cls(client, on_publish_failure=on_publish_failure)
 
-    async def publish(self, profile_id: str, version: int) -> None:
+    async def publish(self, profile_id: str, version: int) -> bool:
         try:
             async with asyncio.timeout(self._publish_timeout):
                 await self._client.publish(CHANNEL, f"{profile_id} {version}")
@@ -50,6 +50,8 @@ class RedisInvalidationBus:
             if self._on_publish_failure is not None:
                 self._on_publish_failure()
             _log.warning("cache_invalidation_not_published", error=type(error).__name__)
+            return False
+        return True
 
     async def listen(self, on_change: Callable[[str, int], None], on_gap: Callable[[], None]) -> None:
         while True:

@@ -5,6 +5,7 @@ step without a timestamp, whatever stopped it."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ class ErasureStep(StrEnum):
 
     REMOVE_PERSONAL_DATA = "remove_personal_data"
     DROP_CACHED_COPIES = "drop_cached_copies"
+    ERASE_STREAM_COPIES = "erase_stream_copies"
     PUBLISH_ERASED_EVENT = "publish_erased_event"
     AWAIT_ACKNOWLEDGEMENTS = "await_acknowledgements"
     FINISH = "finish"
@@ -42,8 +44,16 @@ class Tombstone:
     last_version: int  # the profile's version when its data went; an erased event follows it
 
 
+_ERASURE_ID = re.compile(r"era_[0-9a-f]{32}")
+
+
 def new_erasure_id() -> str:
     return f"era_{uuid.uuid4().hex}"
+
+
+def is_erasure_id(value: str) -> bool:
+    """Whether `value` has the shape of an erasure id (anything else names no erasure)."""
+    return _ERASURE_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +75,13 @@ class Erasure:
     holders_recorded_at: datetime | None = None
     acknowledged_at: datetime | None = None
     finished_at: datetime | None = None
+    stream_copies_erased_at: datetime | None = None
 
     def done_at(self, step: ErasureStep) -> datetime | None:
         return {
             ErasureStep.REMOVE_PERSONAL_DATA: self.data_removed_at,
             ErasureStep.DROP_CACHED_COPIES: self.caches_dropped_at,
+            ErasureStep.ERASE_STREAM_COPIES: self.stream_copies_erased_at,
             ErasureStep.PUBLISH_ERASED_EVENT: self.event_written_at,
             ErasureStep.AWAIT_ACKNOWLEDGEMENTS: self.acknowledged_at,
             ErasureStep.FINISH: self.finished_at,

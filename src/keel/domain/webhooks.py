@@ -9,10 +9,32 @@ replay, making it `pending` again with a fresh schedule).
 from __future__ import annotations
 
 import random
+import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+
+_ENDPOINT_ID = re.compile(r"whep_[0-9a-f]{32}")
+_DELIVERY_ID = re.compile(r"whdl_[0-9a-f]{32}")
+
+
+def new_endpoint_id() -> str:
+    return f"whep_{uuid.uuid4().hex}"
+
+
+def new_delivery_id() -> str:
+    return f"whdl_{uuid.uuid4().hex}"
+
+
+def is_endpoint_id(value: str) -> bool:
+    """Whether `value` has the shape of an endpoint id (anything else names no endpoint)."""
+    return _ENDPOINT_ID.fullmatch(value) is not None
+
+
+def is_delivery_id(value: str) -> bool:
+    return _DELIVERY_ID.fullmatch(value) is not None
 
 
 class DeliveryState(StrEnum):
@@ -54,6 +76,7 @@ class WebhookDelivery:
     last_status: int | None = None  # the endpoint's HTTP status, None when it gave none
     last_error: str | None = None  # "timeout", "connection", "status", "refused_address"
     finished_at: datetime | None = None  # delivered or dead at
+    traceparent: str | None = None  # the W3C traceparent of the change that wrote the event
 
 
 @dataclass(frozen=True, slots=True)

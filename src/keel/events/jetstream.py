@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from keel.service.ports import EventPublishFailed
 
@@ -31,6 +31,10 @@ class StreamSpec:
     name: str = "KEEL_EVENTS"
     subject_prefix: str = "keel.events"
     duplicate_window_seconds: float = 120.0
+    # How long the stream keeps an event (events carry personal data: an erasure deletes the
+    # copies whose stream positions the outbox recorded, docs/privacy.md). Only for a stream
+    # Keel creates.
+    max_age_seconds: float = 7 * 86400.0
 
 
 async def _log_error(error: Exception) -> None:
@@ -40,28 +44,42 @@ async def _log_error(error: Exception) -> None:
 
 
 async def _connect(url: str, timeout_seconds: float) -> Client:
-    return await nats.connect(
-        url,
-        error_cb=_log_error,
-        connect_timeout=timeout_seconds,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        # A first connection that fails is retried by the next publish, not in the background.
-        name="keel-outbox-relay",
-    )
+    """A connection within `timeout_seconds` (TimeoutError otherwise). The bound is ours: with
+    `max_reconnect_attempts=-1` (reconnect for ever once connected), nats-py's first connect to
+    a server that is down never gives up either, and a relay that dropped its connection after a
+    failed publish would wait there until NATS came back, its lease unrenewed. A first
+    connection that fails is retried by the next publish, not in the background."""
+    async with asyncio.timeout(timeout_seconds):
+        return await nats.connect(
+            url,
+            error_cb=_log_error,
+            connect_timeout=timeout_seconds,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            name="keel-outbox-relay",
+        )
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+    """Creates the stream when there is none; a stream that exists is left as it is (its limits
+    may be an operator's choice: Keel does not overwrite them)."""
+    try:
+        await js.stream_info(spec.name)
+        return
+    except NotFoundError:
+        pass
     config = StreamConfig(
         name=spec.name,
         subjects=[f"{spec.subject_prefix}.>"],
         duplicate_window=spec.duplicate_window_seconds,
+        max_age=spec.max_age_seconds,
     )
     try:
         await js.add_stream(config)
     except BadRequestError:
-        await js.update_stream(config)  # exists with another configuration: bring it to ours
+        # Another process created it in between (with another configuration): it stays.
+        _log.info("events_stream_exists", stream=spec.name)
 
 
 class JetStreamPublisher:
@@ -87,12 +105,52 @@ class JetStreamPublisher:
                 self._client, self._js = client, js
             return self._js
 
-    async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
+    async def publish(
+        self, subject: str, message_id: str, payload: bytes, traceparent: str | None = None
+    ) -> int | None:
+        """Publishes once, acknowledged by the stream; the stream sequence it was stored at (a
+        duplicate's is the first copy's). After any failure the connection is dropped, so that
+        the next publish connects again and makes sure the stream exists: a stream deleted under
+        a running relay (an operator, a reset server) is created again instead of every publish
+        failing with no responders until the process restarts."""
         try:
             js = await self._context()
-            await js.publish(subject, payload, timeout=self._timeout, headers={"Nats-Msg-Id": message_id})
+            headers = {"Nats-Msg-Id": message_id}
+            if traceparent is not None:
+                headers["traceparent"] = traceparent
+            ack = await js.publish(subject, payload, timeout=self._timeout, headers=headers)
         except (NatsError, OSError, TimeoutError) as error:
+            await self.close()
             raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
+        return ack.seq if ack.stream == self._spec.name else None
+
+    async def erase(self, positions: tuple[int, ...]) -> None:
+        """Deletes the stream's messages at `positions`. JetStream's message delete overwrites
+        the message's storage unless asked not to (`no_erase`, which is not sent). A delete of a
+        message already gone (aged out, deleted before) fails with a generic error code
+        (10057, "no message found" or "stream store EOF"), so a failed delete is followed by a
+        read of that position: gone (404) is what was wanted, anything else fails the call.
+        The whole call is bounded by the timeout per message."""
+        if not positions:
+            return
+        try:
+            js = await self._context()
+            async with asyncio.timeout(self._timeout * len(positions)):
+                for position in positions:
+                    await self._delete(js, position)
+        except (NatsError, OSError, TimeoutError) as error:
+            await self.close()
+            raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
+
+    async def _delete(self, js: JetStreamContext, position: int) -> None:
+        try:
+            await js.delete_msg(self._spec.name, position)
+        except APIError:
+            try:
+                await js.get_msg(self._spec.name, position)
+            except NotFoundError:
+                return
+            raise
 
     async def close(self) -> None:
         if self._client is not None:

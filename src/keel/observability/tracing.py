@@ -18,8 +18,10 @@ from opentelemetry.trace import (
     TraceFlags,
     Tracer,
     get_current_span,
+    set_span_in_context,
     use_span,
 )
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
 from keel import __version__
@@ -112,3 +114,29 @@ class PropagatingTracer(Tracer):
         span = self.start_span(name, context)
         with use_span(span, end_on_exit=end_on_exit) as current:
             yield current
+
+
+_propagator = TraceContextTextMapPropagator()
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the current span (None outside any span): what a change records
+    beside its event, so that the event's publish and deliveries join the change's trace."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The W3C `traceparent` naming `span`, to send on with a message or a request it made."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+def context_of(traceparent: str | None) -> Context | None:
+    """The context a recorded `traceparent` names, for a span that continues its trace (None:
+    the span starts a trace of its own)."""
+    if traceparent is None:
+        return None
+    return _propagator.extract({"traceparent": traceparent})

@@ -5,15 +5,19 @@ The steps, in order (`keel.domain.erasure.ErasureStep`):
    idempotency outcomes are replaced by erased forms, a tombstone (id, time) stays;
 2. drop every cached copy: this process's cache, and every other process's over the
    invalidation bus;
-3. publish `keel.profile.erased.v1`: written into the outbox, the relay takes it from there;
-4. wait until every webhook endpoint registered as holding personal data that the event goes
+3. erase the event stream's copies: once every event of the profile is published (the relay
+   may hold one read before step 1, which it publishes with the old payload), the stream's
+   messages at the positions the outbox recorded are deleted (JetStream overwrites them). Done
+   at once when Keel publishes to no stream;
+4. publish `keel.profile.erased.v1`: written into the outbox, the relay takes it from there;
+5. wait until every webhook endpoint registered as holding personal data that the event goes
    to acknowledged it by answering 2xx to its delivery (none: nothing to wait for; a dead
    letter stays pending until replayed and delivered, or its endpoint deleted);
-5. finish.
+6. finish.
 
 Why a crash at any point resumes where it stopped: each step's effect and the timestamp that
-marks it done commit in ONE transaction (step 2's effect is outside the database, and harmless
-to repeat), and a saga is leased to one runner at a time; a runner that dies lets the lease run
+marks it done commit in ONE transaction (the effects of steps 2 and 3 are outside the database,
+and harmless to repeat), and a saga is leased to one runner at a time; a runner that dies lets the lease run
 out and another (or the same process, restarted) takes the saga up at its first step not done.
 A saving that finds the lease taken over rolls its step back, so two runners never both write
 the erased event. A failing step is retried with exponential backoff; past `give_up_at` the saga
@@ -42,7 +46,7 @@ from keel.domain.erasure import (
 from keel.domain.errors import Forbidden, KeelError
 from keel.domain.events import profile_erased
 from keel.domain.profile import JSONObject, JSONValue
-from keel.service.ports import Clock, PersonalDataStore, PersonalDataUnitOfWork
+from keel.service.ports import Clock, EventPublisher, PersonalDataStore, PersonalDataUnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,16 @@ class ErasureObserver:
 
     step_done: Callable[[Erasure, ErasureStep], None] = _ignore
     step_failed: Callable[[Erasure, ErasureStep, str], None] = _ignore
+
+
+class CachedCopiesNotDropped(Exception):
+    """The other processes could not be told to drop their copies (the invalidation bus did not
+    take the message): the step is retried."""
+
+
+class StreamCopiesPending(Exception):
+    """Some of the profile's events are not yet published: their stream positions are unknown
+    until the relay publishes them, so the step is retried."""
 
 
 class LeaseLost(Exception):
@@ -134,6 +148,7 @@ class ErasureSagaRunner:
     store: PersonalDataStore
     clock: Clock
     drop_cached: Callable[[str, int], Awaitable[None]]  # forget a profile here and fleet-wide
+    stream: EventPublisher | None = None  # the event stream the relay publishes to, if any
     policy: ErasurePolicy = field(default_factory=ErasurePolicy)
     event_source: str = "/keel"
     on_events_committed: Callable[[], None] = _ignore
@@ -198,6 +213,8 @@ class ErasureSagaRunner:
                 assert erasure.erased_version is not None
                 await self.drop_cached(erasure.profile_id, erasure.erased_version)
                 return await self._save(replace(erasure, caches_dropped_at=self.clock.now()))
+            case ErasureStep.ERASE_STREAM_COPIES:
+                return await self._erase_stream_copies(erasure)
             case ErasureStep.PUBLISH_ERASED_EVENT:
                 return await self._publish(erasure)
             case ErasureStep.AWAIT_ACKNOWLEDGEMENTS:
@@ -219,6 +236,15 @@ class ErasureSagaRunner:
             await self._store_in(uow, done)
             await uow.commit()
         return done
+
+    async def _erase_stream_copies(self, erasure: Erasure) -> Erasure:
+        if self.stream is not None:
+            async with self.store.unit_of_work(read_only=True) as uow:
+                copies = await uow.outbox.stream_copies(erasure.profile_id)
+            if copies.unpublished:
+                raise StreamCopiesPending(f"{copies.unpublished} of the profile's events not yet published")
+            await self.stream.erase(copies.positions)
+        return await self._save(replace(erasure, stream_copies_erased_at=self.clock.now()))
 
     async def _publish(self, erasure: Erasure) -> Erasure:
         version, erased_at = erasure.erased_version, erasure.data_removed_at

@@ -31,9 +31,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from opentelemetry.trace import SpanKind, Tracer
 
 from keel.domain.events import DomainEvent
+from keel.observability.tracing import PropagatingTracer, context_of, traceparent_of
 from keel.service.ports import Clock, EventPublisher, EventPublishFailed, OutboxRecord, Store
+from keel.service.wakeups import woken_or_polled
 
 SPEC_VERSION = "1.0"
 
@@ -94,6 +97,8 @@ class OutboxRelay:
     policy: RelayPolicy = field(default_factory=RelayPolicy)
     observer: RelayObserver = field(default_factory=RelayObserver)
     holder: str = field(default_factory=relay_holder)
+    # Each publish is a span in the trace of the change that wrote the event.
+    tracer: Tracer = field(default_factory=PropagatingTracer)
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -115,12 +120,7 @@ class OutboxRelay:
             while True:
                 more = await self.run_once()
                 if not more:
-                    try:
-                        async with asyncio.timeout(self.policy.poll_seconds):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                    self._wake.clear()
+                    await woken_or_polled(self._wake, self.policy.poll_seconds)
         finally:
             await self._give_up_lease()
 
@@ -164,16 +164,27 @@ class OutboxRelay:
         async with self.store.unit_of_work(read_only=True) as uow:
             batch = await uow.outbox.unpublished(self.policy.batch_size)
         half_lease = timedelta(seconds=self.policy.lease_seconds / 2)
-        done: list[int] = []
+        done: list[tuple[int, int | None]] = []
         try:
             for record in batch:
                 if self.clock.now() - self._claimed_at > half_lease:
                     break  # renew the lease before going on
                 payload = json.dumps(cloud_event(record), separators=(",", ":")).encode()
-                await self.publisher.publish(
-                    bus_subject(self.policy.subject_prefix, record.event), record.event.id, payload
-                )
-                done.append(record.seq)
+                subject = bus_subject(self.policy.subject_prefix, record.event)
+                with self.tracer.start_as_current_span(
+                    "keel.events publish",
+                    context=context_of(record.traceparent),
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "nats",
+                        "messaging.destination.name": subject,
+                        "messaging.message.id": record.event.id,
+                    },
+                ) as span:
+                    position = await self.publisher.publish(
+                        subject, record.event.id, payload, traceparent_of(span)
+                    )
+                done.append((record.seq, position))
                 self.observer.published((self.clock.now() - record.event.time).total_seconds())
         finally:
             if done:

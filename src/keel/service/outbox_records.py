@@ -18,3 +18,5 @@ class OutboxRecord:
     event: DomainEvent
     source: str
     published_at: datetime | None
+    # The W3C traceparent of the change that wrote the event (None: written outside any trace).
+    traceparent: str | None = None

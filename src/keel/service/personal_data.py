@@ -5,10 +5,10 @@ soft-deleted longer than the retention period down to tombstones (housekeeping).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from keel.domain.api_keys import Principal
-from keel.domain.erasure import Erasure, ErasureState, TombstoneCause, new_erasure_id
+from keel.domain.erasure import Erasure, ErasureState, TombstoneCause, is_erasure_id, new_erasure_id
 from keel.domain.errors import NotFound
 from keel.domain.events import profile_data
 from keel.domain.ids import is_profile_id
@@ -20,6 +20,10 @@ from keel.service.ports import Clock, PersonalDataStore
 DEFAULT_DELETED_RETENTION = timedelta(days=30)
 _PURGE_BATCH = 100
 EXPORT_FORMAT = "keel.profile-export.v1"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="microseconds") if moment is not None else None
 
 
 def _nothing() -> None:
@@ -46,7 +50,8 @@ class PersonalDataService:
         """Everything Keel holds about the profile, as one JSON document: the profile (also
         soft-deleted; private attributes included), its events as stored in the outbox, the
         metadata of the idempotency records that hold it (never the stored response: that is
-        the profile again), and, once erased or purged, its tombstone and erasure status.
+        the profile again), the webhook deliveries of its events (to whom they went, dead
+        letters included), and, once erased or purged, its tombstone and erasure status.
         `NotFound` when Keel holds nothing about it."""
         require_admin(principal)
         if not is_profile_id(profile_id):
@@ -59,6 +64,7 @@ class PersonalDataService:
                 raise NotFound("No such profile.")
             events = await data.events_of(profile_id)
             records = await data.idempotency_records_of(profile_id)
+            disclosed = await data.deliveries_of(profile_id)
             erasure = await uow.erasures.of_profile(profile_id)
             status = await erasure_status(uow, erasure) if erasure is not None else None
         profile_json: JSONObject | None = None
@@ -101,6 +107,21 @@ class PersonalDataService:
             "erasure": status.document() if status is not None else None,
             "events": exported_events,
             "idempotency_records": exported_records,
+            # To whom Keel sent the profile's events: every webhook delivery of them, dead
+            # letters included (the payloads are the events above).
+            "webhook_deliveries": [
+                {
+                    "endpoint_id": d.endpoint_id,
+                    "endpoint_url": d.endpoint_url,
+                    "event_id": d.event_id,
+                    "event_type": d.event_type,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "last_attempt_at": _iso(d.last_attempt_at),
+                    "finished_at": _iso(d.finished_at),
+                }
+                for d in disclosed
+            ],
         }
 
     async def start_erasure(self, principal: Principal, profile_id: str) -> ErasureStatus:
@@ -141,6 +162,9 @@ class PersonalDataService:
 
     async def erasure_status(self, principal: Principal, erasure_id: str) -> ErasureStatus:
         require_admin(principal)
+        if not is_erasure_id(erasure_id):
+            # Names no erasure; the database is not asked (it could refuse the text outright).
+            raise NotFound("No such erasure.")
         async with self._store.unit_of_work(read_only=True) as uow:
             erasure = await uow.erasures.get(erasure_id)
             if erasure is None:

@@ -123,7 +123,14 @@ class Outbox(Protocol):
         """The oldest events not yet marked published, in `seq` order."""
         ...
 
-    async def mark_published(self, seqs: list[int], at: datetime) -> None: ...
+    async def mark_published(self, published: list[tuple[int, int | None]], at: datetime) -> None:
+        """Mark events published: (`seq`, the stream position the bus acknowledged it at, None
+        when the bus gave none)."""
+        ...
+
+    async def stream_copies(self, subject: str) -> StreamCopies:
+        """Where the events of `subject` (a profile) sit in the event stream."""
+        ...
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
         """Events with `seq` >= `seq`, published or not, in `seq` order (for `keel events tail`)."""
@@ -145,6 +152,21 @@ class Outbox(Protocol):
     async def release_relay_lease(self, holder: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DisclosedEvent:
+    """One of a profile's events as Keel delivered it (or tried to) to a webhook endpoint: who
+    received the profile's data, for an export."""
+
+    endpoint_id: str
+    endpoint_url: str
+    event_id: str
+    event_type: str
+    state: str  # pending, delivered, dead
+    attempts: int
+    last_attempt_at: datetime | None
+    finished_at: datetime | None
+
+
 class PersonalData(Protocol):
     """Everything Keel stores about one profile, across tables: read whole for an export, removed
     whole (down to a tombstone) by an erasure or the retention purge."""
@@ -159,6 +181,10 @@ class PersonalData(Protocol):
 
     async def idempotency_records_of(self, profile_id: str) -> list[IdempotencyRecord]:
         """The stored idempotency records whose outcome is this profile."""
+        ...
+
+    async def deliveries_of(self, profile_id: str) -> list[DisclosedEvent]:
+        """The webhook deliveries of the profile's events (dead letters included), oldest first."""
         ...
 
     async def remove(self, profile_id: str, at: datetime, cause: TombstoneCause) -> int | None:
@@ -322,9 +348,10 @@ class ProfileCache(Protocol):
 class InvalidationBus(Protocol):
     """Tells the other Keel processes that a profile changed, so they drop their copy."""
 
-    async def publish(self, profile_id: str, version: int) -> None:
-        """Best effort and bounded in time: never raises. A lost message leaves other processes
-        with a copy at most one freshness period old."""
+    async def publish(self, profile_id: str, version: int) -> bool:
+        """Best effort and bounded in time: never raises; False when the message did not reach
+        the bus. A lost message leaves other processes with a copy at most one freshness period
+        old (an erasure, which must not leave one, retries its step on False)."""
         ...
 
     async def listen(self, on_change: Callable[[str, int], None], on_gap: Callable[[], None]) -> None:
@@ -339,13 +366,29 @@ class EventPublishFailed(Exception):
     """The event bus did not acknowledge a publish in time (down, slow, refused)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StreamCopies:
+    positions: tuple[int, ...]  # the stream positions of its published events (those recorded)
+    unpublished: int  # its events not yet published: their positions are not known yet
+
+
 class EventPublisher(Protocol):
     """The event bus the relay publishes the outbox to (NATS JetStream)."""
 
-    async def publish(self, subject: str, message_id: str, payload: bytes) -> None:
-        """Publish and wait for the bus's acknowledgement, bounded in time. Publishing the same
-        `message_id` again within the bus's duplicate window is acknowledged and dropped.
+    async def publish(
+        self, subject: str, message_id: str, payload: bytes, traceparent: str | None = None
+    ) -> int | None:
+        """Publish and wait for the bus's acknowledgement, bounded in time; the stream position
+        it acknowledged (None: the bus has none). `traceparent`, when given, travels with the
+        message (a W3C trace context header). Publishing the same `message_id` again within
+        the bus's duplicate window is acknowledged (at the first copy's position) and dropped.
         Raises `EventPublishFailed`."""
+        ...
+
+    async def erase(self, positions: tuple[int, ...]) -> None:
+        """Delete the messages at these stream positions, overwriting their content; one already
+        gone (aged out, erased before) is no error. Bounded in time; raises
+        `EventPublishFailed`."""
         ...
 
     async def close(self) -> None: ...

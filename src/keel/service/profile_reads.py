@@ -163,17 +163,19 @@ class ProfileReads:
 
     async def changed(
         self, profile_id: str, version: int, committed: Profile | None = None, *, deleted: bool = False
-    ) -> None:
+    ) -> bool:
         """A write produced `version`, or may have: forget older copies here and in every
         process. Here, a `committed` profile replaces the copy (write-through); after a write
         whose outcome is unknown, the old copy stays as a stale fallback only, so the profile
         stays servable, marked stale, if the database has just gone away. A deleted profile
-        keeps nothing."""
+        keeps nothing. False when the other processes may not have been told (the bus did not
+        take the message)."""
         self.forget(profile_id, version, keep_as_stale=committed is None and not deleted)
         if committed is not None and not deleted and self._cache is not None:
             self._cache.put(CachedProfile(committed, self._clock()))
         if self._bus is not None:
-            await self._bus.publish(profile_id, version)
+            return await self._bus.publish(profile_id, version)
+        return True
 
     async def listen(self) -> None:
         """Apply other processes' invalidations until cancelled (a background task)."""

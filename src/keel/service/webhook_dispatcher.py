@@ -24,22 +24,24 @@ import functools
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 import structlog
+from opentelemetry.trace import SpanKind, Tracer
 
 from keel.domain.webhooks import (
     DEFAULT_DELAYS_SECONDS,
     DeliveryState,
     RetrySchedule,
     WebhookDelivery,
+    new_delivery_id,
 )
+from keel.observability.tracing import PropagatingTracer, context_of, traceparent_of
 from keel.service.outbox import cloud_event, relay_holder
 from keel.service.ports import Clock, Store
+from keel.service.wakeups import woken_or_polled
 from keel.service.webhook_ports import (
     AddressResolver,
     SecretBox,
@@ -84,7 +86,7 @@ class DispatchObserver:
 
     attempted: Callable[[str, float], None] = _ignore  # outcome (delivered/failed/dead), seconds
     dead_letters: Callable[[int], None] = _ignore
-    failed: Callable[[str], None] = _ignore  # "fan_out", "dispatch", "record"
+    failed: Callable[[str], None] = _ignore  # "fan_out", "dispatch", "attempt", "record"
     leader: Callable[[bool], None] = _ignore
 
 
@@ -103,6 +105,8 @@ class WebhookDispatcher:
     rng: random.Random = field(default_factory=random.Random)
     holder: str = field(default_factory=lambda: LEASE_HOLDER_PREFIX + relay_holder())
     timer: Callable[[], float] = time.perf_counter
+    # Each attempt is a span in the trace of the change that wrote the event.
+    tracer: Tracer = field(default_factory=PropagatingTracer)
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -132,12 +136,7 @@ class WebhookDispatcher:
             while True:
                 more = await self.run_once()
                 if not more:
-                    try:
-                        async with asyncio.timeout(self.policy.poll_seconds):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                    self._wake.clear()
+                    await woken_or_polled(self._wake, self.policy.poll_seconds)
         finally:
             await self.stop()
 
@@ -219,7 +218,7 @@ class WebhookDispatcher:
                 for endpoint in wanting:
                     await uow.webhooks.add_delivery(
                         WebhookDelivery(
-                            id=f"whdl_{uuid.uuid4().hex}",
+                            id=new_delivery_id(),
                             endpoint_id=endpoint.id,
                             event_id=event.id,
                             event_type=event.type,
@@ -229,6 +228,7 @@ class WebhookDispatcher:
                             attempts=0,
                             next_attempt_at=now,
                             created_at=now,
+                            traceparent=record.traceparent,
                         )
                     )
             await uow.webhooks.mark_fanned_out([record.seq for record in events], now)
@@ -268,12 +268,17 @@ class WebhookDispatcher:
                 del self._in_flight[endpoint_id]
         self._wake.set()  # a slot is free: its endpoint's next due delivery may start
 
-    async def _send(self, stored: StoredEndpoint, delivery: WebhookDelivery) -> SendResult:
+    async def _send(
+        self, stored: StoredEndpoint, delivery: WebhookDelivery, traceparent: str | None
+    ) -> SendResult:
         url = stored.endpoint.url
+        host = self.sender.host_of(url)
+        if host is None:
+            return SendResult(None, "invalid_url")  # stored before registration refused it
         if not self.policy.allow_private_targets:
             # Again at every attempt: the name may resolve elsewhere since registration.
             try:
-                if await refused_address(urlsplit(url).hostname or "", self.resolver) is not None:
+                if await refused_address(host, self.resolver) is not None:
                     return SendResult(None, "refused_address")
             except OSError:
                 return SendResult(None, "connection")
@@ -284,11 +289,31 @@ class WebhookDispatcher:
         body = delivery.payload.encode()
         timestamp = int(self.clock.now().timestamp())
         headers = signed_headers(secret, delivery.event_id, timestamp, body)
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         return await self.sender.send(url, headers, body, self.policy.attempt_timeout_seconds)
 
     async def _attempt(self, stored: StoredEndpoint, delivery: WebhookDelivery) -> None:
         started = self.timer()
-        result = await self._send(stored, delivery)
+        with self.tracer.start_as_current_span(
+            "keel.webhooks deliver",
+            context=context_of(delivery.traceparent),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "keel.webhook.endpoint": stored.endpoint.id,
+                "keel.webhook.attempt": delivery.attempts + 1,
+                "messaging.message.id": delivery.event_id,
+            },
+        ) as span:
+            try:
+                result = await self._send(stored, delivery, traceparent_of(span))
+            except Exception as raised:  # noqa: BLE001 - recorded as a failed attempt, never lost
+                self._failed("attempt", raised)
+                result = SendResult(None, "error")
+            if result.status is not None:
+                span.set_attribute("http.response.status_code", result.status)
+            if result.error is not None:
+                span.set_attribute("error.type", result.error)
         elapsed = self.timer() - started
         now = self.clock.now()
         attempts = delivery.attempts + 1

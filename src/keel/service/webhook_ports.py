@@ -32,6 +32,11 @@ class WebhookRepository(Protocol):
         """Deletes the endpoint and all its deliveries; False when there was none."""
         ...
 
+    async def replace_sealed_secret(self, endpoint_id: str, old: str, new: str) -> bool:
+        """Stores `new` as the endpoint's sealed secret if it still holds `old`; False otherwise
+        (deleted, or sealed again in between)."""
+        ...
+
     async def events_to_fan_out(self, limit: int) -> list[OutboxRecord]:
         """Outbox events not yet fanned out, in `seq` order."""
         ...
@@ -82,18 +87,25 @@ class SecretBox(Protocol):
     def seal(self, secret: bytes) -> str: ...
 
     def open(self, sealed: str) -> bytes:
-        """Raises `SecretUnreadable` when the key is not the one that sealed it."""
+        """Raises `SecretUnreadable` when no key of the box sealed it."""
+        ...
+
+    def sealed_with_current_key(self, sealed: str) -> bool:
+        """False for a secret sealed with an older key (or none of the box's)."""
         ...
 
 
 class SecretUnreadable(Exception):
-    """A sealed secret that this key cannot open (the key was changed)."""
+    """A sealed secret that no key of the box opens (the key was changed and the old one is
+    not among the fallbacks)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
     status: int | None  # None: no answer (see `error`)
-    error: str | None  # None on an answer; else "timeout", "connection" or "refused_address"
+    # None on an answer; else "timeout", "connection", "refused_address", "invalid_url" (the
+    # client refuses the URL) or "error" (anything else that went wrong in the attempt).
+    error: str | None
 
 
 class WebhookSender(Protocol):
@@ -101,6 +113,11 @@ class WebhookSender(Protocol):
         self, url: str, headers: dict[str, str], body: bytes, timeout_seconds: float
     ) -> SendResult:
         """POSTs once; never raises for the endpoint's failures (they are the result)."""
+        ...
+
+    def host_of(self, url: str) -> str | None:
+        """The host (ASCII, as it is resolved) this client connects to for `url`; None when the
+        client refuses the URL. The address checks resolve this host, not another spelling."""
         ...
 
     async def close(self) -> None: ...

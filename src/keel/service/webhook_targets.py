@@ -11,6 +11,7 @@ instant is not covered (see docs/events.md)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from keel.domain.errors import FieldError, ValidationFailed
@@ -65,10 +66,32 @@ def _valid_host(host: str) -> bool:
     return len(encoded) <= 253 and all(0 < len(label) <= 63 for label in labels)
 
 
+# IPv6 ranges that carry an IPv4 address in their last 32 bits: NAT64's well-known prefix
+# (RFC 6052; a translator on the way reaches the IPv4 address) and the deprecated
+# IPv4-compatible addresses.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Local-use NAT64 (RFC 8215): a translator of the operator's own; never public.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, compatible)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        ip = _carried_ipv4(ip) or ip
     return ip.is_global and not ip.is_multicast
 
 
@@ -82,9 +105,18 @@ async def refused_address(host: str, resolver: AddressResolver) -> str | None:
     return next((a for a in addresses if not is_public_address(a)), None)
 
 
-async def check_target(url: str, resolver: AddressResolver, *, allow_private: bool) -> None:
-    """Raises `ValidationFailed` for a URL webhooks may not be sent to."""
-    host = check_url_shape(url)
+async def check_target(
+    url: str, resolver: AddressResolver, client_host: Callable[[str], str | None], *, allow_private: bool
+) -> None:
+    """Raises `ValidationFailed` for a URL webhooks may not be sent to. `client_host` is the
+    host the HTTP client connects to for a URL (None: it refuses the URL); that host is the one
+    checked, so the check and the connection agree on the name (IDNA 2003 and 2008 differ)."""
+    check_url_shape(url)
+    host = client_host(url)
+    if host is None:
+        raise ValidationFailed(
+            [FieldError("/url", "the HTTP client refuses this URL (the host is not a valid IDNA 2008 name)")]
+        )
     if allow_private:
         return
     try:

@@ -4,16 +4,22 @@ nothing (not even whether an endpoint exists)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from keel.domain.api_keys import Principal
 from keel.domain.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from keel.domain.events import EVENT_TYPES, PROFILE_ERASED
-from keel.domain.webhooks import DeliveryState, WebhookDelivery, WebhookEndpoint
+from keel.domain.webhooks import (
+    DeliveryState,
+    WebhookDelivery,
+    WebhookEndpoint,
+    is_delivery_id,
+    is_endpoint_id,
+    new_endpoint_id,
+)
 from keel.service.ports import Clock, Store
-from keel.service.webhook_ports import AddressResolver, SecretBox
+from keel.service.webhook_ports import AddressResolver, SecretBox, SecretUnreadable
 from keel.service.webhook_signing import new_secret, secret_text
 from keel.service.webhook_targets import check_target
 
@@ -36,6 +42,23 @@ def _require_admin(principal: Principal) -> None:
         raise Forbidden("Only admin keys may manage webhooks.")
 
 
+def _check_endpoint_id(endpoint_id: str) -> None:
+    """An id of another shape names no endpoint: not found, without asking the database (it
+    could refuse the text, a NUL byte, outright)."""
+    if not is_endpoint_id(endpoint_id):
+        raise NotFound("No such webhook endpoint.")
+
+
+def _check_delivery_ids(delivery_ids: Sequence[str]) -> None:
+    errors = [
+        FieldError(f"/ids/{i}", "not a dead letter id (whdl_ and 32 hexadecimal digits)")
+        for i, delivery_id in enumerate(delivery_ids)
+        if not is_delivery_id(delivery_id)
+    ]
+    if errors:
+        raise ValidationFailed(errors)
+
+
 def _check_event_types(event_types: Sequence[str]) -> tuple[str, ...]:
     errors = [
         FieldError(f"/event_types/{i}", f"unknown event type; known: {', '.join(EVENT_TYPES)}")
@@ -49,6 +72,15 @@ def _check_event_types(event_types: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(event_types))
 
 
+@dataclass(frozen=True, slots=True)
+class Resealed:
+    """What `WebhookAdmin.reseal_secrets` did, by endpoint id."""
+
+    resealed: tuple[str, ...]  # sealed again with the current key
+    current: tuple[str, ...]  # already sealed with it (or by another run meanwhile)
+    unreadable: tuple[str, ...]  # no key of the box opens it: re-register these endpoints
+
+
 class WebhookAdmin:
     def __init__(
         self,
@@ -57,6 +89,7 @@ class WebhookAdmin:
         box: SecretBox,
         resolver: AddressResolver,
         *,
+        client_host: Callable[[str], str | None],
         allow_private_targets: bool = False,
         on_replay: Callable[[], None] = _nothing,
     ) -> None:
@@ -64,6 +97,7 @@ class WebhookAdmin:
         self._clock = clock
         self._box = box
         self._resolver = resolver
+        self._client_host = client_host
         self._allow_private = allow_private_targets
         self._on_replay = on_replay
 
@@ -84,10 +118,10 @@ class WebhookAdmin:
                     )
                 ]
             )
-        await check_target(url, self._resolver, allow_private=self._allow_private)
+        await check_target(url, self._resolver, self._client_host, allow_private=self._allow_private)
         secret = new_secret()
         endpoint = WebhookEndpoint(
-            id=f"whep_{uuid.uuid4().hex}",
+            id=new_endpoint_id(),
             url=url,
             event_types=types,
             holds_personal_data=holds_personal_data,
@@ -98,6 +132,36 @@ class WebhookAdmin:
             await uow.commit()
         return Registered(endpoint, secret_text(secret))
 
+    async def reseal_secrets(self) -> Resealed:
+        """Seals every endpoint's signing secret again with the box's current key, after a key
+        rotation (the old key among the fallbacks). The secrets themselves do not change, so the
+        receivers notice nothing. An operator's command (`keel webhooks reseal`), not an API
+        call: whoever runs it has the keys already."""
+        async with self._store.unit_of_work(read_only=True) as uow:
+            stored = await uow.webhooks.endpoints()
+        resealed: list[str] = []
+        current: list[str] = []
+        unreadable: list[str] = []
+        for entry in stored:
+            endpoint_id = entry.endpoint.id
+            if self._box.sealed_with_current_key(entry.sealed_secret):
+                current.append(endpoint_id)
+                continue
+            try:
+                secret = self._box.open(entry.sealed_secret)
+            except SecretUnreadable:
+                unreadable.append(endpoint_id)
+                continue
+            async with self._store.unit_of_work() as uow:
+                replaced = await uow.webhooks.replace_sealed_secret(
+                    endpoint_id, entry.sealed_secret, self._box.seal(secret)
+                )
+                await uow.commit()
+            # Not replaced: deleted, or sealed again by another run in between; either way no
+            # longer this run's to reseal.
+            (resealed if replaced else current).append(endpoint_id)
+        return Resealed(tuple(resealed), tuple(current), tuple(unreadable))
+
     async def list_endpoints(self, principal: Principal) -> list[WebhookEndpoint]:
         _require_admin(principal)
         async with self._store.unit_of_work(read_only=True) as uow:
@@ -106,6 +170,7 @@ class WebhookAdmin:
 
     async def get_endpoint(self, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
         _require_admin(principal)
+        _check_endpoint_id(endpoint_id)
         async with self._store.unit_of_work(read_only=True) as uow:
             stored = await uow.webhooks.endpoint(endpoint_id)
         if stored is None:
@@ -115,6 +180,7 @@ class WebhookAdmin:
     async def delete_endpoint(self, principal: Principal, endpoint_id: str) -> None:
         """Deletes the endpoint with its pending deliveries and dead letters."""
         _require_admin(principal)
+        _check_endpoint_id(endpoint_id)
         async with self._store.unit_of_work() as uow:
             deleted = await uow.webhooks.delete_endpoint(endpoint_id)
             await uow.commit()
@@ -123,6 +189,7 @@ class WebhookAdmin:
 
     async def dead_letters(self, principal: Principal, endpoint_id: str, limit: int) -> list[WebhookDelivery]:
         _require_admin(principal)
+        _check_endpoint_id(endpoint_id)
         async with self._store.unit_of_work(read_only=True) as uow:
             if await uow.webhooks.endpoint(endpoint_id) is None:
                 raise NotFound("No such webhook endpoint.")
@@ -132,6 +199,9 @@ class WebhookAdmin:
         """Dead letters (those named, or all of the endpoint's) are delivered again, with a fresh
         retry schedule; how many were. Ids that are not dead letters of the endpoint are skipped."""
         _require_admin(principal)
+        if delivery_ids is not None:
+            _check_delivery_ids(delivery_ids)  # bad input, whichever endpoint it is sent to
+        _check_endpoint_id(endpoint_id)
         async with self._store.unit_of_work() as uow:
             if await uow.webhooks.endpoint(endpoint_id) is None:
                 raise NotFound("No such webhook endpoint.")

@@ -24,7 +24,7 @@ from keel.domain.erasure import (
 from keel.domain.events import PROFILE_ERASED, erased_payload
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, OutboxRecord
+from keel.service.ports import DisclosedEvent, IdempotencyRecord, OutboxRecord
 from keel.storage.documents import profile_from_document
 from keel.storage.rows import (
     IDEMPOTENCY_COLUMNS,
@@ -44,6 +44,8 @@ class SqlSession(Protocol):
     # FOR UPDATE SKIP LOCKED where the database has it: a runner's claim skips rows another
     # runner is claiming.
     skip_locked: str
+    # FOR UPDATE where the database has it: the row read is locked until the transaction ends.
+    for_update: str
     # The function that finds text in text: `strpos` (PostgreSQL) or `instr` (SQLite).
     position: str
 
@@ -63,9 +65,9 @@ class SqlSession(Protocol):
 ERASURE_COLUMNS = (
     "id, profile_id, requested_by, requested_at, give_up_at, state, next_attempt_at, attempts,"
     " last_error, data_removed_at, erased_version, caches_dropped_at, event_id, event_written_at,"
-    " holders_recorded_at, acknowledged_at, finished_at"
+    " holders_recorded_at, acknowledged_at, finished_at, stream_copies_erased_at"
 )
-_ERASURE_TIMES = (3, 4, 6, 9, 11, 13, 14, 15, 16)
+_ERASURE_TIMES = (3, 4, 6, 9, 11, 13, 14, 15, 16, 17)
 
 
 def _erasure_values(erasure: Erasure, db: SqlSession) -> tuple[Any, ...]:
@@ -92,6 +94,7 @@ def _erasure_values(erasure: Erasure, db: SqlSession) -> tuple[Any, ...]:
         time(erasure.holders_recorded_at),
         time(erasure.acknowledged_at),
         time(erasure.finished_at),
+        time(erasure.stream_copies_erased_at),
     )
 
 
@@ -131,6 +134,30 @@ class SqlPersonalData:
             )
         return [outbox_record_from_row(tuple(row), self._db.parse_time) for row in rows]
 
+    async def deliveries_of(self, profile_id: str) -> list[DisclosedEvent]:
+        with self._observer.call("export_webhook_deliveries"):
+            rows = await self._db.fetch(
+                "SELECT d.endpoint_id, e.url, d.event_id, d.event_type, d.state, d.attempts,"
+                " d.last_attempt_at, d.finished_at FROM webhook_deliveries d"
+                " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+                " WHERE d.subject = $1 ORDER BY d.created_at, d.id",
+                profile_id,
+            )
+        parse = self._db.parse_time
+        return [
+            DisclosedEvent(
+                str(row[0]),
+                str(row[1]),
+                str(row[2]),
+                str(row[3]),
+                str(row[4]),
+                int(row[5]),
+                parse(row[6]) if row[6] is not None else None,
+                parse(row[7]) if row[7] is not None else None,
+            )
+            for row in rows
+        ]
+
     async def idempotency_records_of(self, profile_id: str) -> list[IdempotencyRecord]:
         with self._observer.call("export_idempotency_records"):
             rows = await self._db.fetch(
@@ -147,10 +174,16 @@ class SqlPersonalData:
     async def remove(self, profile_id: str, at: datetime, cause: TombstoneCause) -> int | None:
         db = self._db
         with self._observer.call("remove_personal_data"):
-            # Whichever layout holds the profile (docs/layouts.md): both are erased below.
+            # The profile's row lock first, in whichever layout holds it (docs/layouts.md; both
+            # are erased below): a write of it in flight commits before this reads on (its
+            # event is then among the events erased below, and the version read is its
+            # version), and none starts until this transaction ends.
             rows = await db.fetch(
-                "SELECT version FROM profiles WHERE id = $1"
-                " UNION ALL SELECT version FROM profile_documents WHERE id = $1",
+                f"SELECT version FROM profiles WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
+                profile_id,
+            )
+            rows += await db.fetch(
+                f"SELECT version FROM profile_documents WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
                 profile_id,
             )
             if not rows:
@@ -246,7 +279,8 @@ class SqlErasureSagas:
         self._observer = observer
 
     async def add(self, erasure: Erasure) -> bool:
-        placeholders = ", ".join(f"${i}" for i in range(1, 18))
+        count = len(ERASURE_COLUMNS.split(","))
+        placeholders = ", ".join(f"${i}" for i in range(1, count + 1))
         with self._observer.call("add_erasure"):
             added = await self._db.execute(
                 f"INSERT INTO profile_erasures ({ERASURE_COLUMNS}) VALUES ({placeholders})"  # noqa: S608 - placeholders only
@@ -269,10 +303,11 @@ class SqlErasureSagas:
     async def save(self, erasure: Erasure, holder: str, lease_until: datetime) -> bool:
         columns = ERASURE_COLUMNS.replace(" ", "").split(",")
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=1) if i > 1)
+        holder_at, lease_at = len(columns) + 1, len(columns) + 2
         with self._observer.call("save_erasure"):
             changed = await self._db.execute(
-                f"UPDATE profile_erasures SET {assignments}, lease_until = $19"  # noqa: S608 - constants only
-                " WHERE id = $1 AND lease_holder = $18",
+                f"UPDATE profile_erasures SET {assignments}, lease_until = ${lease_at}"  # noqa: S608 - constants only
+                f" WHERE id = $1 AND lease_holder = ${holder_at}",
                 *_erasure_values(erasure, self._db),
                 holder,
                 self._db.time(lease_until),

@@ -121,12 +121,12 @@ def idempotency_record_from_row(
     )
 
 
-OUTBOX_COLUMNS = "seq, id, type, source, subject, time, data, published_at"
+OUTBOX_COLUMNS = "seq, id, type, source, subject, time, data, published_at, traceparent"
 RELAY_LEASE = "outbox-relay"  # the one row of event_relay_lease
 
 
 def outbox_record_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> OutboxRecord:
-    seq, event_id, event_type, source, subject, time, data, published_at = row
+    seq, event_id, event_type, source, subject, time, data, published_at, traceparent = row
     return OutboxRecord(
         seq=seq,
         event=DomainEvent(
@@ -134,4 +134,5 @@ def outbox_record_from_row(row: Sequence[Any], parse_time: Callable[[Any], datet
         ),
         source=source,
         published_at=parse_time(published_at) if published_at is not None else None,
+        traceparent=traceparent,
     )

@@ -14,7 +14,7 @@ WEBHOOK_LEASE = "webhook-dispatcher"  # its row in event_relay_lease
 ENDPOINT_COLUMNS = "id, url, event_types, holds_personal_data, sealed_secret, created_at"
 DELIVERY_COLUMNS = (
     "id, endpoint_id, event_id, event_type, subject, payload, state, attempts, next_attempt_at,"
-    " created_at, last_attempt_at, last_status, last_error, finished_at"
+    " created_at, last_attempt_at, last_status, last_error, finished_at, traceparent"
 )
 # Bounds one scan of due deliveries, whatever the number of endpoints.
 MAX_DUE = 1000
@@ -65,4 +65,5 @@ def delivery_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime])
         last_status=row[11],
         last_error=row[12],
         finished_at=maybe(row[13]),
+        traceparent=row[14],
     )

@@ -14,6 +14,19 @@ from keel.service.webhook_ports import SendResult
 USER_AGENT = f"Keel-Webhooks/{__version__}"
 
 
+def client_host(url: str) -> str | None:
+    """The host httpx connects to for `url` (IDNA 2008, ASCII); None when httpx refuses the
+    URL, or could not send to it (`http://\u2603.net/` passes Python's IDNA 2003 codec, not
+    httpx's IDNA 2008)."""
+    try:
+        parsed = httpx.URL(url)
+        # Decoded too: a request decodes it (`http://xn--n3h.net/` parses, then fails there).
+        _ = parsed.host
+        return parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError):  # idna's errors are UnicodeErrors
+        return None
+
+
 class HttpxWebhookSender:
     def __init__(self, *, max_connections: int = 100) -> None:
         self._client = httpx.AsyncClient(
@@ -36,6 +49,13 @@ class HttpxWebhookSender:
             return SendResult(None, "timeout")
         except httpx.HTTPError:
             return SendResult(None, "connection")
+        except (httpx.InvalidURL, UnicodeError):
+            return SendResult(None, "invalid_url")
+        except Exception:  # noqa: BLE001 - a failed attempt, recorded; never one that vanishes
+            return SendResult(None, "error")
+
+    def host_of(self, url: str) -> str | None:
+        return client_host(url)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -17,6 +17,7 @@ from keel.service.webhook_ports import SecretUnreadable
 
 _PREFIX = "v1."
 _NONCE_BYTES = 12
+_ASSOCIATED = b"keel-webhook-secret"
 
 
 def box_key(secret: str) -> bytes:
@@ -25,19 +26,41 @@ def box_key(secret: str) -> bytes:
 
 
 class AesGcmSecretBox:
-    def __init__(self, key: bytes) -> None:
+    """Seals with `key`; opens with it or any of `fallbacks` (the keys before a rotation, until
+    `keel webhooks reseal` has sealed every secret again with the current one)."""
+
+    def __init__(self, key: bytes, fallbacks: tuple[bytes, ...] = ()) -> None:
         self._aead = AESGCM(key)
+        self._fallbacks = tuple(AESGCM(old) for old in fallbacks)
 
     def seal(self, secret: bytes) -> str:
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = nonce + self._aead.encrypt(nonce, secret, b"keel-webhook-secret")
+        sealed = nonce + self._aead.encrypt(nonce, secret, _ASSOCIATED)
         return _PREFIX + base64.urlsafe_b64encode(sealed).decode()
 
     def open(self, sealed: str) -> bytes:
-        if not sealed.startswith(_PREFIX):
-            raise SecretUnreadable("unknown sealed-secret format")
-        try:
-            raw = base64.urlsafe_b64decode(sealed[len(_PREFIX) :])
-            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], b"keel-webhook-secret")
-        except (InvalidTag, ValueError):
-            raise SecretUnreadable("the secret was sealed with another key") from None
+        raw = _raw(sealed)
+        for aead in (self._aead, *self._fallbacks):
+            opened = _opened(aead, raw)
+            if opened is not None:
+                return opened
+        raise SecretUnreadable("the secret was sealed with another key")
+
+    def sealed_with_current_key(self, sealed: str) -> bool:
+        return _opened(self._aead, _raw(sealed)) is not None
+
+
+def _raw(sealed: str) -> bytes:
+    if not sealed.startswith(_PREFIX):
+        raise SecretUnreadable("unknown sealed-secret format")
+    try:
+        return base64.urlsafe_b64decode(sealed[len(_PREFIX) :])
+    except ValueError:
+        raise SecretUnreadable("unknown sealed-secret format") from None
+
+
+def _opened(aead: AESGCM, raw: bytes) -> bytes | None:
+    try:
+        return aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _ASSOCIATED)
+    except (InvalidTag, ValueError):
+        return None

@@ -43,9 +43,9 @@ from keel.api.http.conditional import etag_matches
 from keel.api.http.request_state import request_state
 from keel.config import Settings
 from keel.observability.metrics import Metrics
+from keel.support.lru import BoundedLRU
 
 from .admission import above_burst, limit_headers, operation_of, remaining_after
-from .cache import BoundedLRU
 from .context import CostMeter, GraphQLContext
 from .errors import PARSE_FAILED, VALIDATION_FAILED, format_error, request_error
 from .execution import executor_for

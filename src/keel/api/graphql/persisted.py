@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .cache import BoundedLRU
+from keel.support.lru import BoundedLRU
 
 NOT_FOUND_MESSAGE = "PersistedQueryNotFound"
 NOT_FOUND_CODE = "PERSISTED_QUERY_NOT_FOUND"

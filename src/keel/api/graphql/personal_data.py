@@ -24,7 +24,7 @@ KeelInfo = Info[GraphQLContext, None]
 @strawberry.type(name="ErasureStep")
 class ErasureStepNode:
     name: str = strawberry.field(
-        description="remove_personal_data, drop_cached_copies,"
+        description="remove_personal_data, drop_cached_copies, erase_stream_copies,"
         " publish_erased_event, await_acknowledgements or finish."
     )
     done: bool

@@ -14,9 +14,11 @@ tests/unit/test_http_protocol_contract.py, which fails on an upgrade that moves 
 
 The limits (settings `KEEL_HTTP_*`):
 - the request line and headers must be complete within `header_timeout_seconds` of the
-  connection opening, or of the previous response on a keep-alive connection. Any byte does
-  not reset it (that is the slow-loris hole). A connection that sent nothing of a new request
-  is closed silently (like an idle keep-alive close); one that sent part of a head gets 408;
+  connection opening, or, on a keep-alive connection, of the first byte after the previous
+  response (the idle wait before it is uvicorn's keep-alive timeout, `KEEL_HTTP_KEEP_ALIVE_SECONDS`).
+  Any later byte does not reset it (that is the slow-loris hole). A new connection that sent
+  nothing is closed silently (like an idle keep-alive close); one that sent part of a head
+  gets 408;
 - the head may hold at most `max_headers` header lines (431) and `max_header_bytes` bytes
   (431; 414 when the request target alone is over);
 - while the server reads a body, each piece must arrive within `body_timeout_seconds` of the
@@ -92,6 +94,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
             return  # refused: drained until the linger ends, never parsed
+        if self._reading_head and self._head_timer is None:
+            # The first byte after an idle keep-alive wait (uvicorn's keep-alive timer, which this
+            # byte cancels, bounded the wait): the head's clock starts now, and no later byte
+            # restarts it.
+            self._arm_head_timer()
         head_before, heads_before = self._reading_head, self._heads_complete
         super().data_received(data)
         if (
@@ -152,7 +159,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_body_timer()
         if pipelined or self.transport.is_closing():
             return  # the next request's head is already in, or the connection is done
-        self._arm_head_timer()
+        # Idle now: uvicorn's keep-alive timer (`KEEL_HTTP_KEEP_ALIVE_SECONDS`) closes the
+        # connection if nothing comes; the head timer starts with the next request's first byte
+        # (or is already running, if some of it came before this response ended).
 
     # Limits
 

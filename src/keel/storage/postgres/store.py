@@ -20,7 +20,8 @@ from keel.domain.errors import ConcurrentModification, Unavailable, VersionMisma
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
+from keel.observability.tracing import current_traceparent
+from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.postgres.documents import PostgresDocumentProfiles
@@ -474,14 +475,15 @@ class PostgresOutbox:
     async def add(self, event: DomainEvent, source: str) -> None:
         with self._observer.call("add_event"):
             await self._db.execute(
-                "INSERT INTO event_outbox (id, type, source, subject, time, data)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO event_outbox (id, type, source, subject, time, data, traceparent)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 event.id,
                 event.type,
                 source,
                 event.subject,
                 event.time,
                 json.dumps(event.data),
+                current_traceparent(),
             )
 
     async def unpublished(self, limit: int) -> list[OutboxRecord]:
@@ -491,11 +493,26 @@ class PostgresOutbox:
             )
         return [outbox_record_from_row(tuple(row), _time) for row in rows]
 
-    async def mark_published(self, seqs: list[int], at: datetime) -> None:
+    async def mark_published(self, published: list[tuple[int, int | None]], at: datetime) -> None:
         with self._observer.call("mark_events_published"):
             await self._db.execute(
-                "UPDATE event_outbox SET published_at = $1 WHERE seq = ANY($2::bigint[])", at, seqs
+                "UPDATE event_outbox AS o SET published_at = $1, stream_seq = p.stream_seq"
+                " FROM unnest($2::bigint[], $3::bigint[]) AS p(seq, stream_seq) WHERE o.seq = p.seq",
+                at,
+                [seq for seq, _ in published],
+                [position for _, position in published],
             )
+
+    async def stream_copies(self, subject: str) -> StreamCopies:
+        with self._observer.call("stream_copies"):
+            row = await self._db.fetchrow(
+                "SELECT coalesce(array_agg(stream_seq ORDER BY stream_seq)"
+                " FILTER (WHERE stream_seq IS NOT NULL), '{}'),"
+                " count(*) FILTER (WHERE published_at IS NULL) FROM event_outbox WHERE subject = $1",
+                subject,
+            )
+        assert row is not None
+        return StreamCopies(tuple(row[0]), int(row[1]))
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
         with self._observer.call("read_events"):
@@ -546,6 +563,7 @@ class PostgresSession:
 
     select_profile = _SELECT_PROFILE
     skip_locked = "FOR UPDATE SKIP LOCKED"
+    for_update = "FOR UPDATE"
     position = "strpos"
 
     def __init__(self, connection: _Connection) -> None:

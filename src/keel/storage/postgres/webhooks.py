@@ -70,6 +70,16 @@ class PostgresWebhooks:
             row = await self._db.fetchrow(_SELECT_ENDPOINTS + " WHERE id = $1", endpoint_id)
         return endpoint_from_row(tuple(row), _time) if row is not None else None
 
+    async def replace_sealed_secret(self, endpoint_id: str, old: str, new: str) -> bool:
+        with self._observer.call("reseal_webhook_secret"):
+            status = await self._db.execute(
+                "UPDATE webhook_endpoints SET sealed_secret = $1 WHERE id = $2 AND sealed_secret = $3",
+                new,
+                endpoint_id,
+                old,
+            )
+        return bool(status == "UPDATE 1")
+
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         with self._observer.call("delete_webhook_endpoint"):
             # Its deliveries go with it (ON DELETE CASCADE).
@@ -100,7 +110,7 @@ class PostgresWebhooks:
         with self._observer.call("add_webhook_delivery"):
             await self._db.execute(
                 f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS})"  # noqa: S608
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 " ON CONFLICT (endpoint_id, event_id) DO NOTHING",
                 d.id,
                 d.endpoint_id,
@@ -116,6 +126,7 @@ class PostgresWebhooks:
                 d.last_status,
                 d.last_error,
                 d.finished_at,
+                d.traceparent,
             )
 
     async def due_deliveries(self, now: datetime, per_endpoint: int) -> list[WebhookDelivery]:

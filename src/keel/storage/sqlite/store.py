@@ -25,7 +25,8 @@ from keel.domain.errors import Unavailable, VersionMismatch
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
-from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery
+from keel.observability.tracing import current_traceparent
+from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.rows import (
@@ -422,8 +423,17 @@ class SqliteOutbox:
     async def add(self, event: DomainEvent, source: str) -> None:
         with self._observer.call("add_event"):
             await self._db.execute(
-                "INSERT INTO event_outbox (id, type, source, subject, time, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (event.id, event.type, source, event.subject, _iso(event.time), json.dumps(event.data)),
+                "INSERT INTO event_outbox (id, type, source, subject, time, data, traceparent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.type,
+                    source,
+                    event.subject,
+                    _iso(event.time),
+                    json.dumps(event.data),
+                    current_traceparent(),
+                ),
             )
 
     async def unpublished(self, limit: int) -> list[OutboxRecord]:
@@ -434,12 +444,21 @@ class SqliteOutbox:
                 rows = await cursor.fetchall()
         return [outbox_record_from_row(tuple(row), _time) for row in rows]
 
-    async def mark_published(self, seqs: list[int], at: datetime) -> None:
+    async def mark_published(self, published: list[tuple[int, int | None]], at: datetime) -> None:
         with self._observer.call("mark_events_published"):
-            await self._db.execute(
-                f"UPDATE event_outbox SET published_at = ? WHERE seq IN ({','.join('?' * len(seqs))})",  # noqa: S608 - placeholders only
-                (_iso(at), *seqs),
+            await self._db.executemany(
+                "UPDATE event_outbox SET published_at = ?, stream_seq = ? WHERE seq = ?",
+                [(_iso(at), position, seq) for seq, position in published],
             )
+
+    async def stream_copies(self, subject: str) -> StreamCopies:
+        with self._observer.call("stream_copies"):
+            async with self._db.execute(
+                "SELECT stream_seq, published_at IS NULL FROM event_outbox WHERE subject = ?", (subject,)
+            ) as cursor:
+                rows = await cursor.fetchall()
+        positions = sorted(int(row[0]) for row in rows if row[0] is not None)
+        return StreamCopies(tuple(positions), sum(1 for row in rows if row[1]))
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
         with self._observer.call("read_events"):
@@ -495,6 +514,7 @@ class SqliteSession:
 
     select_profile = _SELECT_PROFILE
     skip_locked = ""  # one writer at a time: nothing to skip
+    for_update = ""  # one writer at a time (BEGIN IMMEDIATE): the write lock is held already
     position = "instr"
 
     def __init__(self, connection: aiosqlite.Connection) -> None:

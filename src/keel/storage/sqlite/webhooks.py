@@ -62,6 +62,14 @@ class SqliteWebhooks:
             rows = list(await self._db.execute_fetchall(_SELECT_ENDPOINTS + " WHERE id = ?", (endpoint_id,)))
         return endpoint_from_row(tuple(rows[0]), parse_time) if rows else None
 
+    async def replace_sealed_secret(self, endpoint_id: str, old: str, new: str) -> bool:
+        with self._observer.call("reseal_webhook_secret"):
+            cursor = await self._db.execute(
+                "UPDATE webhook_endpoints SET sealed_secret = ? WHERE id = ? AND sealed_secret = ?",
+                (new, endpoint_id, old),
+            )
+        return cursor.rowcount == 1
+
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         with self._observer.call("delete_webhook_endpoint"):
             # Its deliveries go with it (ON DELETE CASCADE; foreign keys are on).
@@ -88,7 +96,7 @@ class SqliteWebhooks:
         with self._observer.call("add_webhook_delivery"):
             await self._db.execute(
                 f"INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS})"  # noqa: S608
-                f" VALUES ({_placeholders(14)}) ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+                f" VALUES ({_placeholders(15)}) ON CONFLICT (endpoint_id, event_id) DO NOTHING",
                 _delivery_values(delivery),
             )
 
@@ -199,4 +207,5 @@ def _delivery_values(d: WebhookDelivery) -> tuple[object, ...]:
         d.last_status,
         d.last_error,
         iso_or_none(d.finished_at),
+        d.traceparent,
     )

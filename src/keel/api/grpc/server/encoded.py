@@ -10,13 +10,13 @@ A servicer returns `Encoded` bytes and the interceptor hands them to gRPC as the
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from keel.api.grpc.wire.messages import fill_profile_message
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.domain.profile import Profile
+from keel.support.lru import BoundedLRU
 
 
 class Encoded:
@@ -59,8 +59,7 @@ class EncodedProfiles:
     matters: an admin sees private attributes that others do not."""
 
     def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
-        self._entries: OrderedDict[tuple[str, int, bool], bytes] = OrderedDict()
+        self._entries: BoundedLRU[tuple[str, int, bool], bytes] = BoundedLRU(max_entries)
 
     def entry(self, field_number: int, profile: Profile, full_view: bool) -> bytes:
         """`profile` as one entry of the repeated message field `field_number`."""
@@ -70,10 +69,5 @@ class EncodedProfiles:
             message = pb.Profile()
             fill_profile_message(message, profile)
             encoded = message.SerializeToString()
-            if self._max:
-                self._entries[key] = encoded
-                if len(self._entries) > self._max:
-                    self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(key)
+            self._entries.put(key, encoded)
         return length_delimited(field_number, encoded)

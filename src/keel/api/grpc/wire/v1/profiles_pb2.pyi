@@ -421,7 +421,9 @@ class ErasureStep(_message.Message):
     DONE_FIELD_NUMBER: _builtins.int
     DONE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """remove_personal_data, drop_cached_copies, publish_erased_event, await_acknowledgements, finish"""
+    """remove_personal_data, drop_cached_copies, erase_stream_copies, publish_erased_event,
+    await_acknowledgements, finish
+    """
     done: _builtins.bool
     @_builtins.property
     def done_time(self) -> _timestamp_pb2.Timestamp: ...

@@ -11,8 +11,8 @@ only, its primary key being the address. Both are written in the profile's own t
 that is the row written here; `keel migrate` records the configured layout instead on a
 database that holds no profile yet.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06
 """
 
@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
@@ -92,7 +92,7 @@ def downgrade() -> None:
     if recorded is not None and tuple(recorded) != ("normalized", "steady"):
         raise RuntimeError(
             f"The profiles are read from the {recorded[0]} layout (phase {recorded[1]}): going below"
-            " revision 0007 would drop them. Migrate them to the normalized layout first."
+            " revision 0008 would drop them. Migrate them to the normalized layout first."
         )
     op.drop_table("storage_layout")
     op.drop_table("profile_document_emails")

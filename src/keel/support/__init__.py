@@ -1,0 +1,1 @@
+"""Small building blocks with no knowledge of Keel, on the standard library only."""
