@@ -65,7 +65,9 @@ def build_webhooks(
     resolver: AddressResolver | None = None,
     box: SecretBox | None = None,
     tracer: Tracer | None = None,
+    jobs: Store | None = None,
 ) -> Webhooks:
+    """`store` for the admin use cases (requests), `jobs` (default: `store`) for the dispatcher."""
     box = box or AesGcmSecretBox(
         box_key(settings.webhook_secrets_secret()),
         tuple(box_key(old.get_secret_value()) for old in settings.webhook_secrets_key_fallbacks),
@@ -73,7 +75,7 @@ def build_webhooks(
     resolver = resolver or SystemResolver()
     sender = sender or HttpxWebhookSender()
     dispatcher = WebhookDispatcher(
-        store,
+        jobs or store,
         sender,
         box,
         resolver,
