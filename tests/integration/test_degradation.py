@@ -174,15 +174,16 @@ async def test_background_passes_cut_by_the_timeout_do_not_refuse_requests(
     # timeout, it fails, and after three the breaker refuses... background work only. Requests
     # have a breaker of their own (found by chaos experiment 05: the dispatcher's and the
     # erasure runner's timeouts opened the one breaker, and reads were served stale).
-    core = keel.local
+    dispatcher = keel.local.dispatcher
+    assert dispatcher is not None
     proxy.set_faults(Faults(latency_ms=400))
     async with asyncio.timeout(HANG_SECONDS):
         for _ in range(3):
-            await core.dispatcher.run_once()  # logs its failure and carries on, as between polls
+            await dispatcher.run_once()  # logs its failure and carries on, as between polls
     assert keel.breakers["database_jobs"].state is BreakerState.OPEN
     assert database_breaker(keel) is BreakerState.CLOSED
     with pytest.raises(CircuitOpen):
-        async with core.dispatcher.store.unit_of_work():
+        async with dispatcher.store.unit_of_work():
             pass
     proxy.clear()
     created = (await keel.profiles.create_profile(WRITER, DOC)).profile
