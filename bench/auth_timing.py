@@ -29,8 +29,8 @@ from pathlib import Path
 import grpc
 from testkit.ports import free_port
 from testkit.processes import REPO, keel_cmd, server
+from testkit.results import new_result_path
 
-from bench.harness import new_result_path
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 

@@ -4,7 +4,6 @@ seeding come from the test kit (testkit/)."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import shutil
@@ -12,26 +11,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from testkit.processes import interrupt_on_signals, keel_cmd
 from testkit.servers.postgres import postgres_server
-
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "performance"
-
-
-def new_result_path(name: str) -> Path:
-    """Where a benchmark writes today's result: docs/performance/<date>-<name>.md, or with a
-    suffix (-2, -3, ...) when a run the same day took it. A new figure is a new file; an
-    earlier one is never overwritten."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    today = datetime.date.today().isoformat()
-    path = RESULTS / f"{today}-{name}.md"
-    number = 2
-    while path.exists():
-        path = RESULTS / f"{today}-{name}-{number}.md"
-        number += 1
-    return path
 
 
 def run_on_postgres(benchmark: Callable[[str], int]) -> int:

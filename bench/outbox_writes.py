@@ -28,10 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from testkit.results import new_result_path
 from testkit.servers.nats import nats_server
 from testkit.servers.postgres import postgres_server
 
-from bench.harness import new_result_path
 from keel.bootstrap.core import open_store
 from keel.config import Settings
 from keel.domain.api_keys import Principal, Scope

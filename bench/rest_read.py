@@ -45,9 +45,10 @@ if str(REPO) not in sys.path:
 
 from testkit.ports import free_port  # noqa: E402
 from testkit.processes import keel_cmd, server, stop  # noqa: E402
+from testkit.results import new_result_path  # noqa: E402
 from testkit.seed import seed_profiles  # noqa: E402
 
-from bench.harness import WrkRun, ensure_wrk, new_result_path, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
+from bench.harness import WrkRun, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
 from bench.read_figures import (  # noqa: E402
     CacheUse,
     Comparison,
