@@ -14,7 +14,7 @@ from keel.service.ports import Clock, Store
 from keel.service.webhook_dispatcher import DispatchObserver, DispatchPolicy, WebhookDispatcher
 from keel.service.webhook_ports import AddressResolver, SecretBox, WebhookSender
 from keel.service.webhooks import WebhookAdmin
-from keel.webhooks.http_sender import HttpxWebhookSender
+from keel.webhooks.http_sender import HttpWebhookSender
 from keel.webhooks.resolver import SystemResolver
 from keel.webhooks.secret_box import AesGcmSecretBox, box_key
 
@@ -73,7 +73,7 @@ def build_webhooks(
         tuple(box_key(old.get_secret_value()) for old in settings.webhook_secrets_key_fallbacks),
     )
     resolver = resolver or SystemResolver()
-    sender = sender or HttpxWebhookSender()
+    sender = sender or HttpWebhookSender(resolver, allow_private=settings.webhook_allow_private_targets)
     dispatcher = WebhookDispatcher(
         jobs or store,
         sender,
