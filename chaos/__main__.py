@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
+
+from testkit.processes import REPO
+from testkit.results import new_result_path
 
 from chaos.runner import EXPERIMENTS, run_experiment
 
@@ -21,7 +28,11 @@ INTERRUPTED = threading.Event()
 
 
 async def _main(
-    names: list[str], seed: int, output: Path | None, time_scale: float, compare_pollers: bool
+    names: list[str],
+    seed: int,
+    output: Path | None,
+    time_scale: float,
+    compare_pollers: bool,
 ) -> int:
     # Ctrl-C and SIGTERM cancel this task, so the experiment's `async with System` stops every
     # server on the way out. One cancel is not enough: a fresh-clone run once saw a Ctrl-C right
@@ -86,21 +97,66 @@ async def _main(
     return 1 if failed else 0
 
 
+class _Tee(io.TextIOBase):
+    """What is printed goes to `out` and is kept, for `--record`."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self.kept = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.kept.write(text)
+        return self._out.write(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, check=False)
+    return done.stdout.strip()
+
+
+def _command(names: list[str], time_scale: float, *flags: str) -> str:
+    command = " ".join(["python -m chaos", *names, *flags])
+    return command + (f" --time-scale {time_scale:g}" if time_scale != 1.0 else "")
+
+
+def _write_record(
+    printed: str, names: list[str], time_scale: float, load_before: tuple[float, float, float], status: int
+) -> Path:
+    """`--record`: the run's printed report as a new dated file under docs/performance/."""
+    path = new_result_path("chaos")
+    stamp = datetime.now(UTC)
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += " with uncommitted changes"
+    command = _command(names, time_scale, "--record")
+    machine = (
+        f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}"
+    )
+    header = [
+        f"# Chaos experiments: one run ({stamp:%Y-%m-%d})",
+        "",
+        f"Command: `{command}` ({stamp:%H:%M} UTC; commit {commit}; {machine}). Exit status {status}.",
+        "",
+        "What each check claims, and why its bound is what it is:"
+        " [testing.md](../testing.md#failure-experiments). The report as the run printed it:",
+        "",
+        "```text",
+    ]
+    path.write_text("\n".join([*header, printed.rstrip("\n"), "```", ""]))
+    return path
+
+
 def _write_poller_comparison(
     sections: list[str], names: list[str], time_scale: float, load_before: tuple[float, float, float]
 ) -> Path:
     """`--compare-pollers` figures as a new dated file under docs/performance/ (a new run is a
     new file, never an edit of an old one)."""
-    folder = Path(__file__).resolve().parents[1] / "docs" / "performance"
+    path = new_result_path("healthz-pollers")
     stamp = datetime.now(UTC)
-    path = folder / f"{stamp:%Y-%m-%d}-healthz-pollers.md"
-    number = 2
-    while path.exists():
-        path = folder / f"{stamp:%Y-%m-%d}-healthz-pollers-{number}.md"
-        number += 1
-    command = " ".join(["python -m chaos", *names, "--compare-pollers"])
-    if time_scale != 1.0:
-        command += f" --time-scale {time_scale:g}"
+    command = _command(names, time_scale, "--compare-pollers")
     load_after = os.getloadavg()
     header = [
         f"# /healthz: a poller of its own process vs one on the chaos runner's loop ({stamp:%Y-%m-%d})",
@@ -134,22 +190,35 @@ def main() -> None:
         action="store_true",
         help="also poll /healthz on the runner's own event loop and report both pollers (a diagnostic)",
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also write the printed report to a new dated file under docs/performance/",
+    )
     arguments = parser.parse_args()
+    load_before = os.getloadavg()
+    tee = _Tee(sys.stdout)
     try:
-        status = asyncio.run(
-            _main(
-                arguments.names,
-                arguments.seed,
-                arguments.output,
-                arguments.time_scale,
-                arguments.compare_pollers,
+        with contextlib.redirect_stdout(tee) if arguments.record else contextlib.nullcontext():
+            status = asyncio.run(
+                _main(
+                    arguments.names,
+                    arguments.seed,
+                    arguments.output,
+                    arguments.time_scale,
+                    arguments.compare_pollers,
+                )
             )
-        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         status = 130
     if INTERRUPTED.is_set():
         print("interrupted; every server stopped", file=sys.stderr, flush=True)
         status = 130
+    elif arguments.record:
+        written = _write_record(
+            tee.kept.getvalue(), arguments.names, arguments.time_scale, load_before, status
+        )
+        print(f"recorded: {written}", flush=True)
     sys.exit(status)
 
 

@@ -1,7 +1,7 @@
 """`/healthz` polled from a process of its own, so that what it measures is Keel's answer and
 not the runner's own delays: the runner's event loop also drives the traffic, the history
-workload, the fault proxies and a `/metrics` poller that parses the whole exposition every
-100 ms, and a poll sharing that loop waits for all of it before it sees its answer.
+workload and a `/metrics` poller that parses the whole exposition every 100 ms, and a poll
+sharing that loop waits for all of it before it sees its answer.
 
     python -m chaos.healthz_poller --port PORT --out FILE [--interval 0.05] [--timeout 2]
 

@@ -16,7 +16,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from testkit.percentile import percentile
 from testkit.seed import seed_profiles
 from testkit.workload import final_state, run_workload
 
-from chaos import erasure, events, webhooks
+from chaos import erasure, events, stampede, webhooks
 from chaos.healthz_poller import Poll, polling
 from chaos.measures import MEASURES, HealthzPoll, Result, Run, evaluate, healthz_figures
 from chaos.system import System
@@ -325,76 +325,38 @@ async def _runner_action(system: System, run: Run, step: dict[str, Any]) -> None
     args = step.get("args", {})
     concurrency = int(args.get("concurrency", 500))
     profile_id = (await _seed(system, {"cached_profiles": 1}))[0][0]
-    async with httpx.AsyncClient(
-        base_url=system.base_url,
-        headers={"Authorization": f"Bearer {system.token}"},
-        timeout=30.0,
-        limits=httpx.Limits(max_connections=concurrency),
-    ) as client:
-        await client.get(f"/v1/profiles/{profile_id}")  # cached now
+    path = f"/v1/profiles/{profile_id}"
+    headers = {"Authorization": f"Bearer {system.token}"}
+    async with httpx.AsyncClient(base_url=system.base_url, headers=headers, timeout=30.0) as client:
+        await client.get(path)  # cached now
         await asyncio.sleep(float(args.get("expire_after_seconds", 1.5)))  # and expired
-        # Connections opened first, so the requests reach Keel together and not in connect order.
-        await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency)), return_exceptions=True)
         before = await _metric_sum(client, "keel_db_query_duration_seconds_count", 'operation="get_profile"')
         coalesced = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="coalesced"')
         misses = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="miss"')
-        started = time.monotonic()
-        resent: list[int] = []
-        timed = await asyncio.gather(
-            *(
-                _timed(_get_resending_once(client, f"/v1/profiles/{profile_id}", resent))
-                for _ in range(concurrency)
-            ),
-        )
-        run.samples += [
-            Sample("stampede", started, seconds, r.status_code if isinstance(r, httpx.Response) else 0)
-            for r, seconds in timed
-        ]
+        stale = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="stale"')
+        started, answers = await stampede.burst("127.0.0.1", system.keel_port, path, headers, concurrency)
+        run.samples += [Sample("stampede", started, a.seconds, a.status) for a in answers]
         after = await _metric_sum(client, "keel_db_query_duration_seconds_count", 'operation="get_profile"')
         coalesced = (
             await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="coalesced"') - coalesced
         )
         misses = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="miss"') - misses
-    responses = [r for r, _ in timed]
-    errors = [r for r in responses if not isinstance(r, httpx.Response)]
+        stale = await _metric_sum(client, "keel_profile_cache_lookups_total", 'outcome="stale"') - stale
+    errors = [a.error for a in answers if a.status == 0]
     run.values["stampede_transport_errors"] = len(errors)
-    run.values["stampede_resent"] = len(resent)
-    if resent:
-        print(
-            f"  stampede: {len(resent)} GETs resent once (keep-alive connection closed as sent)", flush=True
-        )
     if errors:
-        print(f"  stampede: {len(errors)} requests got no answer, e.g. {errors[0]!r}", flush=True)
+        print(f"  stampede: {len(errors)} requests got no answer, e.g. {errors[0]}", flush=True)
     run.values["stampede_db_reads"] = after - before
     run.values["stampede_coalesced"] = coalesced
     run.values["stampede_misses"] = misses
-    run.values["stampede_seconds"] = max(seconds for _, seconds in timed)
+    run.values["stampede_stale"] = stale
+    run.values["stampede_seconds"] = max(a.seconds for a in answers)
     span = run.values["stampede_seconds"]
-    print(f"  stampede: answered within {span:.3f} s, {misses:g} cache misses", flush=True)
-
-
-async def _get_resending_once(client: httpx.AsyncClient, path: str, resent: list[int]) -> httpx.Response:
-    """A GET, sent again once if the connection it went out on was closed (or reset) without any
-    answer: the warm-up leaves 500 keep-alive connections open, and one the server closes idle
-    just as the GET is written is a race of HTTP/1.1 keep-alive, not a refusal (the experiment
-    runs Keel with a 30 s keep-alive so that this should not happen; a reset is what the client
-    sees when its request reached a socket already closing). RFC 9112 §9.3.1 lets a client
-    resend an idempotent request then; a second loss is recorded as no answer."""
-    try:
-        return await client.get(path)
-    except (httpx.RemoteProtocolError, httpx.ReadError):
-        resent.append(1)
-        return await client.get(path)
-
-
-async def _timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response | BaseException, float]:
-    """The answer (or the error) and how long it took."""
-    started = time.monotonic()
-    try:
-        response: httpx.Response | BaseException = await request
-    except Exception as error:  # noqa: BLE001 - recorded as "no answer" and reported
-        response = error
-    return response, time.monotonic() - started
+    print(
+        f"  stampede: answered within {span:.3f} s; cache misses {misses:g}, joined a read in flight"
+        f" {coalesced:g}, served stale {stale:g}",
+        flush=True,
+    )
 
 
 async def _metric_sum(client: httpx.AsyncClient, name: str, label: str) -> float:

@@ -4,8 +4,9 @@ relay's outage), and one Keel process talking to them through the proxies; or,
 split, a Keel core (REST and gRPC) and an edge in front of it that reaches the core's gRPC port
 through a fault proxy of its own ("core"). The traffic goes to the edge.
 
-Everything that waits on a process runs in a thread: the proxies and the traffic share this
-event loop, and a blocked loop would be a fault of its own.
+Everything that waits on a process runs in a thread: the traffic shares this event loop, and a
+blocked loop would be a fault of its own. The fault proxies run in processes of their own: in
+this loop, a burst of traffic delayed what they forwarded (see `testkit.faultproxy_process`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from testkit import process_faults
-from testkit.faultproxy import FaultProxy, Faults
+from testkit.faultproxy import Faults
+from testkit.faultproxy_process import FaultProxyProcess
 from testkit.health import wait_healthy
 from testkit.ports import free_port
 from testkit.processes import REPO, keel_cmd, start_session, stop
@@ -50,7 +52,7 @@ class System:
         self._stack = contextlib.ExitStack()
         self._workdir = Path(tempfile.mkdtemp(prefix="keel-chaos-"))
         self.keel_log = self._workdir / "keel.log"
-        self.proxies: dict[str, FaultProxy] = {}
+        self.proxies: dict[str, FaultProxyProcess] = {}
         self.keel: subprocess.Popen[bytes] | None = None
         self.keel_port = free_port()
         self.redis: RedisServer | None = None
@@ -110,7 +112,7 @@ class System:
             steps.append(functools.partial(asyncio.to_thread, stop, self.keel))
         if self.core is not None:
             steps.append(functools.partial(asyncio.to_thread, stop, self.core))
-        steps += [proxy.stop for proxy in self.proxies.values()]
+        steps += [functools.partial(asyncio.to_thread, proxy.stop) for proxy in self.proxies.values()]
         if self.redis is not None:
             steps.append(functools.partial(asyncio.to_thread, self.redis.stop))
         if self.nats is not None:
@@ -165,6 +167,7 @@ class System:
         """Remember every server process started, restarts included: after the experiment none
         may be left (a lost reference, like a replaced Redis, is how one is orphaned)."""
         pids = [p.pid for p in (self.keel, self.core) if p is not None]
+        pids += [proxy.pid for proxy in self.proxies.values() if proxy.pid is not None]
         if self.redis is not None and self.redis.process is not None:
             pids.append(self.redis.process.pid)
         if self.nats is not None and self.nats.process is not None:
@@ -226,9 +229,10 @@ class System:
     async def act(self, action: str, target: str, args: dict[str, Any]) -> None:
         """One step of an experiment's method (or rollback) on `target`."""
         if action == "faults":
-            self.proxies[target].set_faults(Faults(**args))
+            Faults(**args)  # checked here: a bad experiment fails before anything is sent
+            await asyncio.to_thread(functools.partial(self.proxies[target].set_faults, **args))
         elif action == "clear":
-            self.proxies[target].clear()
+            await asyncio.to_thread(self.proxies[target].clear)
         elif target == "keel":
             await self._act_on_keel(action)
         elif target == "core" and self._split:
@@ -288,7 +292,7 @@ class System:
         else:
             raise ValueError(f"unknown action {action!r} on {name}")
 
-    async def _proxy(self, port: int) -> FaultProxy:
-        proxy = FaultProxy("127.0.0.1", port, seed=self._seed)
-        await proxy.start()
+    async def _proxy(self, port: int) -> FaultProxyProcess:
+        proxy = FaultProxyProcess(port, seed=self._seed)
+        await asyncio.to_thread(proxy.start)
         return proxy

@@ -59,6 +59,9 @@ From a shell::
     curl -s -X DELETE 127.0.0.1:6480/faults
     curl -s 127.0.0.1:6480/stats
 
+``--exit-on-stdin-eof`` stops the proxy when its stdin closes (a parent process that holds the
+pipe: `testkit.faultproxy_process.FaultProxyProcess`).
+
 ``PUT /faults`` replaces the whole fault set (omitted fields go back to off); an unknown field or
 a bad value answers 400 with ``{"error": "..."}``. From a script use ``FaultProxyClient`` (sync,
 urllib). SIGTERM or SIGINT stops the CLI cleanly.
@@ -77,6 +80,8 @@ import random
 import signal
 import socket
 import struct
+import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -611,6 +616,13 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    if args.exit_on_stdin_eof:
+        # The parent holds our stdin: when it exits, however it exits, so does the proxy.
+        def wait_for_eof() -> None:
+            sys.stdin.buffer.read()
+            loop.call_soon_threadsafe(stopping.set)
+
+        threading.Thread(target=wait_for_eof, daemon=True).start()
     try:
         await proxy.start()
         await control.start()
@@ -637,6 +649,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", type=_host_port, required=True, help="HOST:PORT of the real server")
     parser.add_argument("--control", type=_host_port, default=("127.0.0.1", 0), help="HOST:PORT for HTTP")
     parser.add_argument("--seed", type=int, default=0, help="seed for the fault decisions")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when stdin closes")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 

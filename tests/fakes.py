@@ -12,7 +12,7 @@ from typing import Self
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.errors import Conflict, VersionMismatch
-from keel.domain.events import DomainEvent
+from keel.domain.events import PROFILE_ERASED, DomainEvent
 from keel.domain.profile import Profile
 from keel.domain.webhooks import DeliveryState, WebhookDelivery, WebhookEndpoint
 from keel.service.ports import IdempotencyRecord, IdempotencyState, OutboxRecord, ProfileQuery, StreamCopies
@@ -225,9 +225,11 @@ class _Outbox:
         )
 
     async def stream_copies(self, subject: str) -> StreamCopies:
-        mine = [r for r in self._tables.events if r.event.subject == subject]
+        mine = [
+            r for r in self._tables.events if r.event.subject == subject and r.event.type != PROFILE_ERASED
+        ]
         known = self._tables.stream_positions
-        positions = sorted(known[r.seq] for r in mine if r.seq in known)
+        positions = sorted((known[r.seq], r.event.id) for r in mine if r.seq in known)
         return StreamCopies(tuple(positions), sum(1 for r in mine if r.published_at is None))
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:

@@ -93,7 +93,7 @@ async def test_readiness_reports_an_unmigrated_database(schema_api: Api, tmp_pat
     assert ready.json() == {
         "status": "ready",
         "checks": {"database": "ok", "migrations": "current"},
-        "breakers": {"database": "closed"},
+        "breakers": {"database": "closed", "database_jobs": "closed"},
     }
 
 

@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from keel.config import Settings
 from keel.domain.webhooks import RetrySchedule
 from keel.service.webhook_dispatcher import DispatchPolicy, WebhookDispatcher
-from keel.webhooks.http_sender import HttpxWebhookSender
+from keel.webhooks.http_sender import HttpWebhookSender
 from keel.webhooks.resolver import SystemResolver
 from keel.webhooks.secret_box import AesGcmSecretBox, box_key
 from tests.e2e.conftest import Api, make_api
@@ -198,7 +198,7 @@ async def test_dead_letters_are_listed_and_replayed_over_rest(api: Api) -> None:
     # A dispatcher on the same database with a virtual clock, so the schedule runs out at once.
     dispatcher = WebhookDispatcher(
         api.keel.local.store,
-        HttpxWebhookSender(),
+        HttpWebhookSender(SystemResolver(), allow_private=True),
         AesGcmSecretBox(box_key(settings.webhook_secrets_secret())),
         SystemResolver(),
         clock,

@@ -35,8 +35,8 @@ class DiesAfter:
             os.kill(os.getpid(), signal.SIGKILL)
         return position
 
-    async def erase(self, positions: tuple[int, ...]) -> None:
-        await self._inner.erase(positions)
+    async def erase(self, copies: tuple[tuple[int, str], ...]) -> None:
+        await self._inner.erase(copies)
 
     async def close(self) -> None:
         await self._inner.close()

@@ -167,6 +167,29 @@ async def test_a_slow_database_is_cut_at_the_deadline_and_its_connections_come_b
     assert (await keel.profiles.read_profile(WRITER, created.id)).profile.version == created.version
 
 
+async def test_background_passes_cut_by_the_timeout_do_not_refuse_requests(
+    keel: Services, proxy: FaultProxy
+) -> None:
+    # A background pass is several queries in one unit of work: slowed past the database
+    # timeout, it fails, and after three the breaker refuses... background work only. Requests
+    # have a breaker of their own (found by chaos experiment 05: the dispatcher's and the
+    # erasure runner's timeouts opened the one breaker, and reads were served stale).
+    dispatcher = keel.local.dispatcher
+    assert dispatcher is not None
+    proxy.set_faults(Faults(latency_ms=400))
+    async with asyncio.timeout(HANG_SECONDS):
+        for _ in range(3):
+            await dispatcher.run_once()  # logs its failure and carries on, as between polls
+    assert keel.breakers["database_jobs"].state is BreakerState.OPEN
+    assert database_breaker(keel) is BreakerState.CLOSED
+    with pytest.raises(CircuitOpen):
+        async with dispatcher.store.unit_of_work():
+            pass
+    proxy.clear()
+    created = (await keel.profiles.create_profile(WRITER, DOC)).profile
+    assert (await keel.profiles.read_profile(WRITER, created.id)).profile.version == created.version
+
+
 async def test_a_write_in_one_process_invalidates_the_others_copy(
     migrated_postgres_url: str, redis_url: str
 ) -> None:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 from testkit.faultproxy import ControlServer, FaultProxy, FaultProxyClient, FaultProxyError, Faults
+from testkit.faultproxy_process import FaultProxyProcess
 
 REPO = Path(__file__).resolve().parents[2]
 HANG = 0.3  # how long a read must stay unanswered to count as hanging
@@ -267,6 +268,26 @@ async def test_command_line_prints_its_ports_and_stops_on_sigterm(echo_port: int
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_proxy_process_takes_faults_and_ends_with_its_parents_pipe(echo_port: int) -> None:
+    proxy = FaultProxyProcess(echo_port, seed=2)
+    await asyncio.to_thread(proxy.start)
+    try:
+        async with connected(proxy.port) as (reader, writer):
+            assert await round_trip(reader, writer, b"via process") == b"via process"
+            await asyncio.to_thread(proxy.set_faults, blackhole=True)
+            writer.write(b"held")
+            await assert_hangs(reader)
+            await asyncio.to_thread(proxy.clear)
+            assert await asyncio.wait_for(reader.readexactly(4), timeout=10) == b"held"
+        process = proxy.process
+        assert process is not None
+        assert process.stdin is not None
+        process.stdin.close()  # what the parent's exit does to the pipe
+        assert await asyncio.to_thread(process.wait, 10) == 0
+    finally:
+        await asyncio.to_thread(proxy.stop)
 
 
 async def test_postgres_through_the_proxy_hangs_under_blackhole_and_recovers(postgres_url: str) -> None:

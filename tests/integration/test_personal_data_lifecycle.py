@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from jsonschema import Draft202012Validator
 from testkit.servers.nats import nats_server
@@ -702,8 +703,48 @@ async def test_an_erasure_deletes_the_streams_copies_of_the_profiles_events_once
             # in its erased form, went with the others).
             events = [json.loads(text) for text in texts]
             assert [e["type"] for e in events if e["subject"] == profile_id] == [PROFILE_ERASED]
+            # The erased event is never among the copies to erase (a saga upgraded past step 4
+            # runs step 3 after it): consumers must keep seeing it.
+            async with world.sql.unit_of_work(read_only=True) as uow:
+                copies = await uow.outbox.stream_copies(profile_id)
+            erased_ids = {e["id"] for e in events if e["type"] == PROFILE_ERASED}
+            assert copies.positions
+            assert not erased_ids & {event_id for _, event_id in copies.positions}
         finally:
             await stream.close()
+
+
+async def test_a_position_that_now_holds_another_event_is_left_alone(world: World) -> None:
+    """A stream deleted and created again restarts its positions: the erasure deletes a
+    recorded position only if the message there is the event recorded with it."""
+    with nats_server() as bus:
+        stream = stream_publisher(bus)
+        relay = OutboxRelay(world.sql, stream, world.clock, RelayPolicy())
+        try:
+            profile_id = await a_profile_with_history(world)  # and the kept profile
+            await drain(relay, world.sql)
+            client = await nats.connect(bus.url)
+            try:
+                assert await client.jetstream().delete_stream(STREAM)
+            finally:
+                await client.close()
+            # Another profile's events take the same positions in the new stream.
+            other = await world.profiles.create_profile(
+                WRITER, {"handle": "other_one", "emails": [{"address": "other@example.com", "primary": True}]}
+            )
+            await world.profiles.update_profile(WRITER, other.profile.id, {"bio": "other-bio"})
+            await world.profiles.update_profile(WRITER, other.profile.id, {"bio": "other-bio-2"})
+            await drain(relay, world.sql)
+            before = await stream_texts(bus.url)
+            status = await world.personal_data.start_erasure(ADMIN, profile_id)
+            await world.runner(stream=stream).run_due()
+            done = plain(await world.personal_data.erasure_status(ADMIN, status.erasure.id))
+            assert done["state"] == "completed"
+            after = await stream_texts(bus.url)
+        finally:
+            await stream.close()
+    assert len(before) == 3  # the other profile's three events, at positions 1 to 3
+    assert after[:3] == before  # none of them deleted (the erased profile's were at 1 to 2)
 
 
 async def test_an_erasure_without_an_event_stream_skips_the_streams_step(world: World) -> None:

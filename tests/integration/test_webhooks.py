@@ -35,10 +35,10 @@ from keel.service.clock import SystemClock
 from keel.service.ports import Clock, Store
 from keel.service.profiles import ProfileService
 from keel.service.webhook_dispatcher import DispatchObserver, DispatchPolicy, WebhookDispatcher
-from keel.service.webhook_ports import SendResult
+from keel.service.webhook_ports import AddressResolver, SendResult
 from keel.service.webhooks import WebhookAdmin
 from keel.storage.migrations.runner import downgrade, migrate
-from keel.webhooks.http_sender import HttpxWebhookSender, client_host
+from keel.webhooks.http_sender import HttpWebhookSender, client_host
 from keel.webhooks.resolver import SystemResolver
 from keel.webhooks.secret_box import AesGcmSecretBox, box_key
 from tests.fakes import FakeClock
@@ -108,6 +108,7 @@ def dispatcher(
     per_endpoint: int = 2,
     allow_private: bool = True,
     counts: Counts | None = None,
+    resolver: AddressResolver | None = None,
 ) -> WebhookDispatcher:
     policy = DispatchPolicy(
         schedule=RetrySchedule(tuple(timedelta(seconds=d) for d in delays), jitter=0.2),
@@ -117,9 +118,9 @@ def dispatcher(
         allow_private_targets=allow_private,
     )
     observer = (counts or Counts()).observer()
-    return WebhookDispatcher(
-        store, HttpxWebhookSender(), BOX, SystemResolver(), clock, policy, observer, rng=random.Random(7)
-    )
+    resolver = resolver or SystemResolver()
+    sender = HttpWebhookSender(resolver, allow_private=allow_private)
+    return WebhookDispatcher(store, sender, BOX, resolver, clock, policy, observer, rng=random.Random(7))
 
 
 def admin(store: Store, clock: Clock, *, allow_private: bool = True) -> WebhookAdmin:
@@ -486,6 +487,64 @@ async def test_delivery_rechecks_the_address_and_never_reaches_a_non_public_one(
     assert (delivery.attempts, delivery.last_error) == (1, "refused_address")
 
 
+class Answers:
+    """A resolver whose answers for a name come from a list, one per lookup (the last repeats):
+    a DNS server that moves a name between two lookups."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self._answers = list(answers)
+        self.lookups: list[str] = []
+
+    async def addresses(self, host: str) -> list[str]:
+        self.lookups.append(host)
+        return self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+
+
+async def test_the_sender_connects_to_the_addresses_it_checked_not_to_a_second_lookup() -> None:
+    # `rebind.test` exists in no DNS: the request can only arrive through the resolver's answer.
+    resolver = Answers(["127.0.0.1"])
+    sender = HttpWebhookSender(resolver, allow_private=True)
+    try:
+        async with receiver(204) as endpoint:
+            port = endpoint.url.split(":")[2].split("/")[0]
+            url = f"http://rebind.test:{port}/hook"
+            assert await sender.send(url, {"webhook-id": "msg_1"}, b"{}", DEADLINE_SECONDS) == SendResult(
+                204, None
+            )
+            [request] = endpoint.received
+    finally:
+        await sender.close()
+    assert request.headers["host"] == f"rebind.test:{port}"
+    assert request.headers["webhook-id"] == "msg_1"
+    assert resolver.lookups == ["rebind.test"]
+
+
+async def test_a_name_that_moves_to_an_internal_address_after_the_check_is_refused_at_connect(
+    store: Store,
+) -> None:
+    # DNS rebinding: public at the dispatcher's check, loopback a moment later. The sender
+    # resolves once as it connects, checks what it got and connects only there.
+    clock = FakeClock()
+    async with receiver(200) as endpoint:
+        port = endpoint.url.split(":")[2].split("/")[0]
+        registered = await admin(store, clock, allow_private=True).register(
+            ADMIN, f"http://rebind.test:{port}/hook", [], False
+        )
+        await profiles(store, clock).create_profile(WRITER, document(1))
+        resolver = Answers(["93.184.215.14"], ["127.0.0.1"])
+        worker = dispatcher(store, clock, allow_private=False, resolver=resolver)
+        try:
+            await worker.run_once()
+            await worker.settle()
+        finally:
+            await worker.stop()
+            await worker.sender.close()
+        assert endpoint.received == []
+    assert resolver.lookups == ["rebind.test", "rebind.test"]  # the check's, then the connection's
+    [delivery] = await deliveries(store, registered.endpoint.id)
+    assert (delivery.attempts, delivery.last_error) == (1, "refused_address")
+
+
 async def test_deleting_an_endpoint_deletes_its_deliveries(store: Store) -> None:
     clock = FakeClock()
     async with receiver(500) as endpoint:
@@ -700,7 +759,7 @@ async def test_a_stored_url_the_http_client_refuses_is_a_recorded_failure_then_a
 
 @pytest.mark.parametrize("url", ["http://\u2603.net/hook", "http://xn--n3h.net/hook"])
 async def test_the_sender_answers_a_url_httpx_refuses_with_a_failed_result(url: str) -> None:
-    sender = HttpxWebhookSender()
+    sender = HttpWebhookSender(SystemResolver(), allow_private=True)
     try:
         assert client_host(url) is None
         assert await sender.send(url, {}, b"{}", DEADLINE_SECONDS) == SendResult(None, "invalid_url")

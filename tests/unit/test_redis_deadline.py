@@ -95,3 +95,38 @@ async def test_a_connection_closed_under_the_driver_is_redis_failing_not_a_crash
     assert not await limiter.switched_off()  # the last known state stays
     with pytest.raises(LimiterUnavailable):
         await limiter.acquire("c", PLAN, 1)
+
+
+class BlackholedSwitch(SlowRedis):
+    """Never answers the kill-switch read; answers the script at once, counting the calls."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.script_calls = 0
+
+    def register_script(self, script: str) -> Any:
+        answer = super().register_script(script)
+
+        async def run(keys: list[str], args: list[Any]) -> list[Any]:
+            self.script_calls += 1
+            return await answer(keys, args)  # type: ignore[no-any-return]
+
+        return run
+
+    async def get(self, key: str) -> None:
+        await asyncio.Event().wait()  # blackholed: no answer, ever
+
+
+async def test_a_request_whose_switch_read_went_unanswered_does_not_wait_again_for_its_decision() -> None:
+    # Found by chaos experiment 06: the request that read the switch as Redis was blackholed
+    # waited out two deadlines, the read's and its decision's.
+    redis = BlackholedSwitch()
+    limiter = _limiter(redis, 0.02, Lag(behind=False))
+    assert not await limiter.switched_off()  # the last known state stays
+    with pytest.raises(LimiterUnavailable):
+        await limiter.acquire("c", PLAN, 1)
+    assert redis.script_calls == 0
+    # Only that request's: another one, and this one's next decision, ask Redis.
+    assert (await asyncio.create_task(limiter.acquire("c", PLAN, 1))).allowed
+    assert (await limiter.acquire("c", PLAN, 1)).allowed
+    assert redis.script_calls == 2

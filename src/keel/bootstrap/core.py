@@ -81,14 +81,20 @@ async def _open_sql_store(settings: Settings, observer: DatabaseObserver) -> Pos
     )
 
 
-def guard_store(store: Store, settings: Settings, metrics: Metrics, guards: Protection) -> GuardedStore:
-    """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`)."""
+def guard_store(
+    store: Store, settings: Settings, metrics: Metrics, guards: Protection, *, breaker: str = "database"
+) -> GuardedStore:
+    """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`).
+    Requests and background jobs (relay, webhook dispatcher, erasure runner) each get a breaker
+    of their own over the same store: a background pass is many queries in one unit of work, and
+    its timing out must not refuse requests (it did, under 200 ms round trips, in chaos
+    experiment 05); a database that is down opens both, each from its own failures."""
     from keel.storage.guarded import GuardedStore
 
-    breaker = guards.breakers["database"] = build_breaker(
-        "database", metrics, clock=guards.resilience_clock, open_seconds=settings.db_breaker_open_seconds
+    guards.breakers[breaker] = build_breaker(
+        breaker, metrics, clock=guards.resilience_clock, open_seconds=settings.db_breaker_open_seconds
     )
-    return GuardedStore(store, breaker, timeout_seconds=settings.db_timeout_seconds)
+    return GuardedStore(store, guards.breakers[breaker], timeout_seconds=settings.db_timeout_seconds)
 
 
 def build_profile_reads(
@@ -157,10 +163,11 @@ async def build_core(
         raise
     clock = SystemClock()
     guarded = guard_store(store, settings, metrics, guards)
+    jobs = guard_store(store, settings, metrics, guards, breaker="database_jobs")
     store = guarded
     reads, bus = build_profile_reads(settings, store, metrics, guards)
-    relay = build_relay(settings, store, clock, metrics, guards.tracer)
-    webhooks = build_webhooks(settings, store, clock, metrics, tracer=guards.tracer)
+    relay = build_relay(settings, jobs, clock, metrics, guards.tracer)
+    webhooks = build_webhooks(settings, store, clock, metrics, tracer=guards.tracer, jobs=jobs)
 
     def events_committed() -> None:
         # Wakes this process's relay and webhook dispatcher at once, instead of at their next poll.
@@ -180,8 +187,9 @@ async def build_core(
         on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
+    stream = relay.publisher if relay is not None else None
     personal_data, erasure_runner = build_personal_data(
-        settings, guarded, clock, reads, events_committed, relay.publisher if relay is not None else None
+        settings, guarded, clock, reads, events_committed, stream, jobs=jobs
     )
     return Core(
         store=store,

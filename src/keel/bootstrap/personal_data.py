@@ -28,7 +28,10 @@ def build_personal_data(
     reads: ProfileReads,
     events_committed: Callable[[], None],
     stream: EventPublisher | None = None,
+    *,
+    jobs: PersonalDataStore | None = None,
 ) -> tuple[PersonalDataService, ErasureSagaRunner]:
+    """`store` for the use cases (requests), `jobs` (default: `store`) for the erasure runner."""
     policy = erasure_policy(settings)
 
     async def drop_cached(profile_id: str, version: int) -> None:
@@ -39,7 +42,7 @@ def build_personal_data(
             raise CachedCopiesNotDropped(profile_id)
 
     runner = ErasureSagaRunner(
-        store,
+        jobs or store,
         clock,
         drop_cached,
         stream=stream,  # the relay's: an erasure deletes the stream's copies of the profile's events

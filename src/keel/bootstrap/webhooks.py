@@ -14,7 +14,7 @@ from keel.service.ports import Clock, Store
 from keel.service.webhook_dispatcher import DispatchObserver, DispatchPolicy, WebhookDispatcher
 from keel.service.webhook_ports import AddressResolver, SecretBox, WebhookSender
 from keel.service.webhooks import WebhookAdmin
-from keel.webhooks.http_sender import HttpxWebhookSender
+from keel.webhooks.http_sender import HttpWebhookSender
 from keel.webhooks.resolver import SystemResolver
 from keel.webhooks.secret_box import AesGcmSecretBox, box_key
 
@@ -65,15 +65,17 @@ def build_webhooks(
     resolver: AddressResolver | None = None,
     box: SecretBox | None = None,
     tracer: Tracer | None = None,
+    jobs: Store | None = None,
 ) -> Webhooks:
+    """`store` for the admin use cases (requests), `jobs` (default: `store`) for the dispatcher."""
     box = box or AesGcmSecretBox(
         box_key(settings.webhook_secrets_secret()),
         tuple(box_key(old.get_secret_value()) for old in settings.webhook_secrets_key_fallbacks),
     )
     resolver = resolver or SystemResolver()
-    sender = sender or HttpxWebhookSender()
+    sender = sender or HttpWebhookSender(resolver, allow_private=settings.webhook_allow_private_targets)
     dispatcher = WebhookDispatcher(
-        store,
+        jobs or store,
         sender,
         box,
         resolver,

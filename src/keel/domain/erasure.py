@@ -89,7 +89,10 @@ class Erasure:
 
     @property
     def next_step(self) -> ErasureStep | None:
-        """The first step not done, None when all are."""
+        """The first step not done, None when all are or the saga completed (one completed
+        before a step was added, `erase_stream_copies` in 0007, shows that step not done)."""
+        if self.state is ErasureState.COMPLETED:
+            return None
         return next((step for step in ErasureStep if self.done_at(step) is None), None)
 
 

@@ -124,28 +124,39 @@ class JetStreamPublisher:
             raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
         return ack.seq if ack.stream == self._spec.name else None
 
-    async def erase(self, positions: tuple[int, ...]) -> None:
-        """Deletes the stream's messages at `positions`. JetStream's message delete overwrites
-        the message's storage unless asked not to (`no_erase`, which is not sent). A delete of a
-        message already gone (aged out, deleted before) fails with a generic error code
-        (10057, "no message found" or "stream store EOF"), so a failed delete is followed by a
-        read of that position: gone (404) is what was wanted, anything else fails the call.
-        The whole call is bounded by the timeout per message."""
-        if not positions:
+    async def erase(self, copies: tuple[tuple[int, str], ...]) -> None:
+        """Deletes the stream's messages at these positions, each only if it is the event named
+        beside it (its `Nats-Msg-Id`): a stream deleted and created again (by an operator, or by
+        `publish` after that) restarts its positions, and another event there is left alone.
+        JetStream's message delete overwrites the message's storage unless asked not to
+        (`no_erase`, which is not sent). A message already gone (aged out, deleted before) is
+        what was wanted. The whole call is bounded by the timeout per message. An API error
+        leaves the connection (which the relay shares) open; a transport failure drops it."""
+        if not copies:
             return
         try:
             js = await self._context()
-            async with asyncio.timeout(self._timeout * len(positions)):
-                for position in positions:
-                    await self._delete(js, position)
+            async with asyncio.timeout(self._timeout * len(copies)):
+                for position, event_id in copies:
+                    await self._delete(js, position, event_id)
+        except APIError as error:
+            raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
         except (NatsError, OSError, TimeoutError) as error:
             await self.close()
             raise EventPublishFailed(f"{type(error).__name__}: {error}") from error
 
-    async def _delete(self, js: JetStreamContext, position: int) -> None:
+    async def _delete(self, js: JetStreamContext, position: int, event_id: str) -> None:
+        try:
+            message = await js.get_msg(self._spec.name, position)
+        except NotFoundError:
+            return  # gone already
+        if (message.headers or {}).get("Nats-Msg-Id") != event_id:
+            return  # another event: the stream's positions restarted since this one was recorded
         try:
             await js.delete_msg(self._spec.name, position)
         except APIError:
+            # Deleted in between (aged out, another runner): the delete's error code for that is
+            # a generic one (10057), so the position is read again; gone (404) is what was wanted.
             try:
                 await js.get_msg(self._spec.name, position)
             except NotFoundError:

@@ -134,9 +134,9 @@ def traceparent_of(span: Span) -> str | None:
     return carrier.get("traceparent")
 
 
-def context_of(traceparent: str | None) -> Context | None:
-    """The context a recorded `traceparent` names, for a span that continues its trace (None:
-    the span starts a trace of its own)."""
+def context_of(traceparent: str | None) -> Context:
+    """The context a recorded `traceparent` names, for a span that continues its trace; without
+    one, an empty context: the span starts a trace of its own (whatever span is current)."""
     if traceparent is None:
-        return None
+        return Context()
     return _propagator.extract({"traceparent": traceparent})

@@ -15,7 +15,8 @@ decides what happens when Redis does not answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -28,6 +29,7 @@ from keel.ratelimit.ports import LimiterUnavailable
 from keel.resilience.loop_lag import LoopLag
 
 KILL_SWITCH_KEY = "keel:rl:switch"
+T = TypeVar("T")
 # However far behind this process is, a decision never waits longer than this for Redis.
 _LONGEST_WAIT_SECONDS = 1.0
 # How Redis failing shows: the driver's errors, the socket's, our deadline, and uvloop's
@@ -138,6 +140,7 @@ class RedisRateLimiter:
         self._script = client.register_script(GCRA_SCRIPT)
         self._switched_off = False
         self._switch_read_until = 0.0
+        self._switch_unanswered_by: asyncio.Task[object] | None = None  # see `_read_switch`
         self._args: dict[tuple[str, int], list[str | int | float]] = {}
 
     async def switched_off(self) -> bool:
@@ -164,20 +167,31 @@ class RedisRateLimiter:
 
     async def _read_switch(self, now: float) -> None:
         # A separate key, read once a second: inside the script it would be a second Cluster
-        # slot. If Redis does not answer, the last known state stays (and the decision that
-        # follows finds out about Redis itself).
+        # slot. If Redis does not answer, the last known state stays, and the decision of the
+        # request that read it (its task) fails at once instead of waiting out a second
+        # deadline: chaos experiment 06 found that request waiting two as Redis was blackholed.
         self._switch_read_until = now + _SWITCH_REFRESH_SECONDS
+        self._switch_unanswered_by = None
         try:
-            async with asyncio.timeout(self._timeout):
-                self._switched_off = await self._client.get(KILL_SWITCH_KEY) == b"off"
-        except _REDIS_FAILURES:
-            return
+            self._switched_off = await self._within_deadline(self._client.get(KILL_SWITCH_KEY)) == b"off"
+        except LimiterUnavailable:
+            self._switch_unanswered_by = asyncio.current_task()
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
         await self._run("refund", client, plan, cost)
 
     async def _run(self, mode: str, client: str, plan: Plan, cost: int) -> list[bytes | int]:
+        if self._switch_unanswered_by is not None and self._switch_unanswered_by is asyncio.current_task():
+            self._switch_unanswered_by = None
+            raise LimiterUnavailable("kill switch read unanswered")
         keys = [policy_key(client, p.name) for p in plan.policies]
+        reply: list[bytes | int] = await self._within_deadline(
+            self._script(keys=keys, args=self._arguments(mode, plan, cost))
+        )
+        return reply
+
+    async def _within_deadline(self, call: Awaitable[T]) -> T:
+        """`call`'s result, or LimiterUnavailable when Redis fails or is late by the deadline."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -196,14 +210,11 @@ class RedisRateLimiter:
 
                 timer = [loop.call_later(self._timeout, on_late)]
                 try:
-                    reply: list[bytes | int] = await self._script(
-                        keys=keys, args=self._arguments(mode, plan, cost)
-                    )
+                    return await call
                 finally:
                     timer[0].cancel()
         except _REDIS_FAILURES as error:
             raise LimiterUnavailable(type(error).__name__) from error
-        return reply
 
     def _arguments(self, mode: str, plan: Plan, cost: int) -> list[str | int | float]:
         policy_args = self._args.get((plan.name, id(plan)))

@@ -80,6 +80,11 @@ class CachedCopiesNotDropped(Exception):
     take the message): the step is retried."""
 
 
+# Stream messages erased between two renewals of the saga's lease: each costs a read and a delete
+# (each bounded by the publish timeout), so a profile with a long history cannot outlast the lease.
+STREAM_ERASE_CHUNK = 20
+
+
 class StreamCopiesPending(Exception):
     """Some of the profile's events are not yet published: their stream positions are unknown
     until the relay publishes them, so the step is retried."""
@@ -243,7 +248,9 @@ class ErasureSagaRunner:
                 copies = await uow.outbox.stream_copies(erasure.profile_id)
             if copies.unpublished:
                 raise StreamCopiesPending(f"{copies.unpublished} of the profile's events not yet published")
-            await self.stream.erase(copies.positions)
+            for start in range(0, len(copies.positions), STREAM_ERASE_CHUNK):
+                await self.stream.erase(copies.positions[start : start + STREAM_ERASE_CHUNK])
+                await self._save(erasure)  # renews the lease between chunks (LeaseLost: taken over)
         return await self._save(replace(erasure, stream_copies_erased_at=self.clock.now()))
 
     async def _publish(self, erasure: Erasure) -> Erasure:

@@ -368,8 +368,10 @@ class EventPublishFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StreamCopies:
-    positions: tuple[int, ...]  # the stream positions of its published events (those recorded)
-    unpublished: int  # its events not yet published: their positions are not known yet
+    # (stream position, event id) of its published events whose position was recorded; the
+    # erased event (`keel.profile.erased.v1`) is never among them: consumers must keep seeing it
+    positions: tuple[tuple[int, str], ...]
+    unpublished: int  # its events (but the erased one) not yet published: positions unknown yet
 
 
 class EventPublisher(Protocol):
@@ -385,10 +387,11 @@ class EventPublisher(Protocol):
         Raises `EventPublishFailed`."""
         ...
 
-    async def erase(self, positions: tuple[int, ...]) -> None:
-        """Delete the messages at these stream positions, overwriting their content; one already
-        gone (aged out, erased before) is no error. Bounded in time; raises
-        `EventPublishFailed`."""
+    async def erase(self, copies: tuple[tuple[int, str], ...]) -> None:
+        """Delete the messages at these stream positions, overwriting their content, each only if
+        it is the event named beside it (a stream created again restarts its positions: another
+        event there is left alone); one already gone (aged out, erased before) is no error.
+        Bounded in time; raises `EventPublishFailed`."""
         ...
 
     async def close(self) -> None: ...

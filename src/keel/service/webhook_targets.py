@@ -3,10 +3,10 @@ the operator's network, so a URL naming a loopback, private, link-local or other
 non-public address would let an admin key reach internal services (SSRF). Such targets are
 refused unless the operator's setting allows them (tests, or a deliberate internal receiver).
 
-The check is made when an endpoint is registered, and again before every attempt (a name may
-later resolve elsewhere: DNS rebinding). Between that check and the connection the name is
-resolved once more by the HTTP client; a resolver that answers differently within that
-instant is not covered (see docs/events.md)."""
+The check is made when an endpoint is registered, again before every attempt (a name may
+later resolve elsewhere: DNS rebinding), and last when the sender connects: it resolves the
+name once, checks those addresses and connects to them (`keel.webhooks.http_sender`), so no
+answer given between a check and the connection is ever used."""
 
 from __future__ import annotations
 
@@ -95,14 +95,24 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+async def target_addresses(host: str, resolver: AddressResolver) -> list[str]:
+    """The addresses `host` is (an IP literal) or resolves to. Raises `OSError` when it does
+    not resolve."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return await resolver.addresses(host)
+
+
+def first_refused(addresses: list[str]) -> str | None:
+    """The first non-public address among `addresses`, or None when all are public."""
+    return next((a for a in addresses if not is_public_address(a)), None)
+
+
 async def refused_address(host: str, resolver: AddressResolver) -> str | None:
     """A non-public address `host` is or resolves to (the first), or None when all are public.
     Raises `OSError` when it does not resolve."""
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        addresses = await resolver.addresses(host)
-    return next((a for a in addresses if not is_public_address(a)), None)
+    return first_refused(await target_addresses(host, resolver))
 
 
 async def check_target(

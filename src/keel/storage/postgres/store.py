@@ -17,7 +17,7 @@ from asyncpg.transaction import Transaction
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.errors import ConcurrentModification, Unavailable, VersionMismatch
-from keel.domain.events import DomainEvent
+from keel.domain.events import PROFILE_ERASED, DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
@@ -505,14 +505,14 @@ class PostgresOutbox:
 
     async def stream_copies(self, subject: str) -> StreamCopies:
         with self._observer.call("stream_copies"):
-            row = await self._db.fetchrow(
-                "SELECT coalesce(array_agg(stream_seq ORDER BY stream_seq)"
-                " FILTER (WHERE stream_seq IS NOT NULL), '{}'),"
-                " count(*) FILTER (WHERE published_at IS NULL) FROM event_outbox WHERE subject = $1",
+            rows = await self._db.fetch(
+                "SELECT stream_seq, id, published_at IS NULL FROM event_outbox"
+                " WHERE subject = $1 AND type <> $2",
                 subject,
+                PROFILE_ERASED,
             )
-        assert row is not None
-        return StreamCopies(tuple(row[0]), int(row[1]))
+        positions = sorted((int(r[0]), str(r[1])) for r in rows if r[0] is not None)
+        return StreamCopies(tuple(positions), sum(1 for r in rows if r[2]))
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
         with self._observer.call("read_events"):

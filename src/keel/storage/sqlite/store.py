@@ -22,7 +22,7 @@ import aiosqlite
 
 from keel.domain.api_keys import ApiKey
 from keel.domain.errors import Unavailable, VersionMismatch
-from keel.domain.events import DomainEvent
+from keel.domain.events import PROFILE_ERASED, DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
@@ -454,11 +454,13 @@ class SqliteOutbox:
     async def stream_copies(self, subject: str) -> StreamCopies:
         with self._observer.call("stream_copies"):
             async with self._db.execute(
-                "SELECT stream_seq, published_at IS NULL FROM event_outbox WHERE subject = ?", (subject,)
+                "SELECT stream_seq, id, published_at IS NULL FROM event_outbox"
+                " WHERE subject = ? AND type <> ?",
+                (subject, PROFILE_ERASED),
             ) as cursor:
                 rows = await cursor.fetchall()
-        positions = sorted(int(row[0]) for row in rows if row[0] is not None)
-        return StreamCopies(tuple(positions), sum(1 for row in rows if row[1]))
+        positions = sorted((int(row[0]), str(row[1])) for row in rows if row[0] is not None)
+        return StreamCopies(tuple(positions), sum(1 for row in rows if row[2]))
 
     async def read_from(self, seq: int, limit: int) -> list[OutboxRecord]:
         with self._observer.call("read_events"):
