@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -122,16 +123,19 @@ def _command(names: list[str], time_scale: float, *flags: str) -> str:
     return command + (f" --time-scale {time_scale:g}" if time_scale != 1.0 else "")
 
 
-def _write_record(
-    printed: str, names: list[str], time_scale: float, load_before: tuple[float, float, float], status: int
-) -> Path:
-    """`--record`: the run's printed report as a new dated file under docs/performance/."""
-    path = new_result_path("chaos")
-    stamp = datetime.now(UTC)
+def _commit() -> str:
+    """The checked-out commit, as the run starts (its files are what the servers run)."""
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
     if _git("status", "--porcelain", "--untracked-files=no"):
         commit += " with uncommitted changes"
-    command = _command(names, time_scale, "--record")
+    return commit
+
+
+def _write_record(printed: str, commit: str, load_before: tuple[float, float, float], status: int) -> Path:
+    """`--record`: the run's printed report as a new dated file under docs/performance/."""
+    path = new_result_path("chaos")
+    stamp = datetime.now(UTC)
+    command = " ".join(["python -m chaos", *map(shlex.quote, sys.argv[1:])])  # as it was run
     machine = (
         f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}"
     )
@@ -197,6 +201,7 @@ def main() -> None:
     )
     arguments = parser.parse_args()
     load_before = os.getloadavg()
+    commit = _commit() if arguments.record else ""
     tee = _Tee(sys.stdout)
     try:
         with contextlib.redirect_stdout(tee) if arguments.record else contextlib.nullcontext():
@@ -215,9 +220,7 @@ def main() -> None:
         print("interrupted; every server stopped", file=sys.stderr, flush=True)
         status = 130
     elif arguments.record:
-        written = _write_record(
-            tee.kept.getvalue(), arguments.names, arguments.time_scale, load_before, status
-        )
+        written = _write_record(tee.kept.getvalue(), commit, load_before, status)
         print(f"recorded: {written}", flush=True)
     sys.exit(status)
 

@@ -29,7 +29,14 @@ async def burst(
     host: str, port: int, path: str, headers: dict[str, str], count: int
 ) -> tuple[float, list[Answer]]:
     """(when the burst started, on the monotonic clock; each request's answer)."""
-    connections = await asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(count)))
+    opened = await asyncio.gather(
+        *(asyncio.open_connection(host, port) for _ in range(count)), return_exceptions=True
+    )
+    connections = [c for c in opened if not isinstance(c, BaseException)]
+    failed = [c for c in opened if isinstance(c, BaseException)]
+    if failed:
+        await _close(connections)
+        raise RuntimeError(f"{len(failed)} of {count} connections did not open: {failed[0]!r}")
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     try:
@@ -38,12 +45,16 @@ async def burst(
             writer.write(request)
         answers = await asyncio.gather(*(_answer(reader, started) for reader, _ in connections))
     finally:
-        for _, writer in connections:
-            writer.close()
-        for _, writer in connections:
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await _close(connections)
     return started, answers
+
+
+async def _close(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    for _, writer in connections:
+        writer.close()
+    for _, writer in connections:
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def _answer(reader: asyncio.StreamReader, started: float) -> Answer:

@@ -19,9 +19,11 @@ that one is killed.
 from __future__ import annotations
 
 import json
+import selectors
 import subprocess
 import sys
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 from testkit.faultproxy import FaultProxyClient
 from testkit.processes import REPO, start_session, stop
@@ -36,24 +38,43 @@ class FaultProxyProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._client: FaultProxyClient | None = None
+        self._stderr: IO[bytes] | None = None
 
     def start(self) -> None:
         command = [
             sys.executable, "-m", "testkit.faultproxy",
             "--target", self._target, "--seed", str(self._seed), "--exit-on-stdin-eof",
         ]  # fmt: skip
+        # stderr to a file, never an unread pipe: a proxy that logs enough would block on it.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.process = start_session(
-            command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr
         )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # the ready line, or EOF if it died
-        if not line:
-            error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+        try:
+            ready: dict[str, Any] = json.loads(self._ready_line())
+            self.port = int(ready["listen_port"])
+            self._client = FaultProxyClient(ready["control_url"])
+        except Exception:
             self.stop()
-            raise RuntimeError(f"the fault proxy to {self._target} did not start: {error.strip()}")
-        ready: dict[str, Any] = json.loads(line)
-        self.port = int(ready["listen_port"])
-        self._client = FaultProxyClient(ready["control_url"])
+            raise
+
+    def _ready_line(self) -> bytes:
+        """The line the proxy prints once it listens; fails with its stderr if it exits or
+        prints nothing within START_TIMEOUT_SECONDS."""
+        assert self.process is not None
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            line = self.process.stdout.readline() if selector.select(START_TIMEOUT_SECONDS) else b""
+        if not line:
+            raise RuntimeError(f"the fault proxy to {self._target} did not start: {self._errors()}")
+        return line
+
+    def _errors(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace").strip()
 
     @property
     def pid(self) -> int | None:
@@ -66,14 +87,15 @@ class FaultProxyProcess:
         self._control().clear()
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        stop(self.process)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+        if self.process is not None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            stop(self.process)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     def _control(self) -> FaultProxyClient:
         if self._client is None:

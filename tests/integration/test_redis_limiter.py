@@ -232,6 +232,20 @@ async def test_fails_open_to_a_local_share_and_returns_to_redis() -> None:
         await limiter.close()
 
 
+async def test_connections_a_restarted_redis_closed_are_replaced_without_a_failure() -> None:
+    # Found by chaos experiment 06: after Redis restarted, each pooled connection failed once on
+    # first use, and three in a row reopened the breaker.
+    with redis_server() as server:
+        limiter = RedisRateLimiter(connect(server.url), timeout_seconds=5.0)
+        client = _client()
+        await asyncio.gather(*(limiter.acquire(client, PER_MINUTE, 1) for _ in range(8)))  # 8 in the pool
+        server.stop()
+        server.start()  # same port: every pooled connection is closed at its far end
+        decisions = [await limiter.acquire(client, PER_MINUTE, 1) for _ in range(8)]
+        await limiter.close()
+    assert all(d.allowed for d in decisions)  # a stale connection raised LimiterUnavailable
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_the_script_decides_as_the_reference_does(limiter: RedisRateLimiter, seed: int) -> None:
     """Random costs, refunds, fractional emission intervals and a shadow policy, in quick

@@ -519,6 +519,29 @@ async def test_the_sender_connects_to_the_addresses_it_checked_not_to_a_second_l
     assert resolver.lookups == ["rebind.test"]
 
 
+async def test_an_ipv6_literal_url_is_sent_with_a_bracketed_host() -> None:
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = HttpWebhookSender(SystemResolver(), allow_private=True)
+    try:
+        result = await sender.send(f"http://[::1]:{port}/hook", {}, b"{}", DEADLINE_SECONDS)
+    finally:
+        await sender.close()
+        server.close()
+        await server.wait_closed()
+    assert result == SendResult(204, None)
+    [head] = heads
+    assert f"host: [::1]:{port}\r\n".encode() in head.lower()
+
+
 async def test_a_name_that_moves_to_an_internal_address_after_the_check_is_refused_at_connect(
     store: Store,
 ) -> None:

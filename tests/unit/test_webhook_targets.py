@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from keel.service.webhook_targets import is_public_address
+from keel.webhooks.http_sender import interleaved
 
 
 @pytest.mark.parametrize(
@@ -38,3 +39,14 @@ def test_an_ipv6_form_carrying_a_non_public_ipv4_address_is_not_public(address: 
 )
 def test_public_addresses_stay_public_in_every_form(address: str) -> None:
     assert is_public_address(address)
+
+
+def test_addresses_are_tried_in_the_resolvers_order_with_families_alternating() -> None:
+    assert interleaved(["2001:db8::1", "2001:db8::2", "192.0.2.1"]) == [
+        "2001:db8::1",
+        "192.0.2.1",
+        "2001:db8::2",
+    ]
+    assert interleaved(["192.0.2.1", "192.0.2.2", "2001:db8::1"]) == ["192.0.2.1", "2001:db8::1", "192.0.2.2"]
+    assert interleaved(["192.0.2.2", "192.0.2.1"]) == ["192.0.2.2", "192.0.2.1"]
+    assert interleaved([]) == []

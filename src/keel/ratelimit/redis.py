@@ -21,6 +21,7 @@ from typing import TypeVar
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keel.ratelimit.gcra import Decision, describe
@@ -30,7 +31,8 @@ from keel.resilience.loop_lag import LoopLag
 
 KILL_SWITCH_KEY = "keel:rl:switch"
 T = TypeVar("T")
-# However far behind this process is, a decision never waits longer than this for Redis.
+# However far behind this process is, a decision never waits longer than this for Redis (plus,
+# once a second, the kill switch's read, which waits the plain deadline).
 _LONGEST_WAIT_SECONDS = 1.0
 # How Redis failing shows: the driver's errors, the socket's, our deadline, and uvloop's
 # RuntimeError when the driver writes to a connection a killed Redis has closed under it
@@ -108,16 +110,23 @@ def policy_key(client: str, policy_name: str) -> str:
 
 
 def connect(url: str, *, max_connections: int = 128) -> Redis:
-    """A client with no retries for the decision path. Its own timeouts are long stops only: the
-    short deadline is `RedisRateLimiter`'s, which knows whether it is Redis or this process that
-    is late (a burst of requests also makes connecting look slow)."""
+    """A client with no retries for the decision path, but one on a closed connection. Its own
+    timeouts are long stops only: the short deadline is `RedisRateLimiter`'s, which knows
+    whether it is Redis or this process that is late (a burst of requests also makes connecting
+    look slow)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=_LONGEST_WAIT_SECONDS,
         socket_timeout=_LONGEST_WAIT_SECONDS,
         socket_connect_timeout=_LONGEST_WAIT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
+        # One retry, on a connection error only: a pooled connection that a restarted Redis
+        # closed fails at once on first use, and is replaced by a new one for the same call
+        # (found by chaos experiment 06: after a restart, stale connections failing one by one
+        # kept reopening the breaker, and a full-length run answered 12 % 429s from the local
+        # share after Redis was back). Never on a timeout: the deadline is ours. A command cut
+        # off after Redis ran it is charged twice; rare, and a rate limit's cost, not data.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
@@ -140,7 +149,8 @@ class RedisRateLimiter:
         self._script = client.register_script(GCRA_SCRIPT)
         self._switched_off = False
         self._switch_read_until = 0.0
-        self._switch_unanswered_by: asyncio.Task[object] | None = None  # see `_read_switch`
+        # The task whose switch read Redis left unanswered, and when (loop time): `_read_switch`.
+        self._switch_unanswered: tuple[asyncio.Task[object] | None, float] | None = None
         self._args: dict[tuple[str, int], list[str | int | float]] = {}
 
     async def switched_off(self) -> bool:
@@ -167,22 +177,37 @@ class RedisRateLimiter:
 
     async def _read_switch(self, now: float) -> None:
         # A separate key, read once a second: inside the script it would be a second Cluster
-        # slot. If Redis does not answer, the last known state stays, and the decision of the
-        # request that read it (its task) fails at once instead of waiting out a second
-        # deadline: chaos experiment 06 found that request waiting two as Redis was blackholed.
+        # slot. If Redis does not answer, the last known state stays. The read waits the plain
+        # deadline only; and when Redis, not this process's loop, is the one late, the decision
+        # of the request that read it (its task, right after) fails at once instead of waiting
+        # out a second deadline: chaos experiment 06 found that request waiting two as Redis was
+        # blackholed.
+        loop = asyncio.get_running_loop()
         self._switch_read_until = now + _SWITCH_REFRESH_SECONDS
-        self._switch_unanswered_by = None
+        self._switch_unanswered = None
         try:
-            self._switched_off = await self._within_deadline(self._client.get(KILL_SWITCH_KEY)) == b"off"
-        except LimiterUnavailable:
-            self._switch_unanswered_by = asyncio.current_task()
+            async with asyncio.timeout(self._timeout):
+                self._switched_off = await self._client.get(KILL_SWITCH_KEY) == b"off"
+        except _REDIS_FAILURES:
+            behind = self._loop_lag is not None and self._loop_lag.behind(self._timeout / 2)
+            if not behind:
+                self._switch_unanswered = (asyncio.current_task(), loop.time())
+
+    def _switch_just_unanswered(self) -> bool:
+        """Whether this task's own switch read went unanswered just now (see `_read_switch`)."""
+        if self._switch_unanswered is None:
+            return False
+        task, at = self._switch_unanswered
+        if task is not asyncio.current_task():
+            return False
+        self._switch_unanswered = None
+        return asyncio.get_running_loop().time() - at <= self._timeout
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
         await self._run("refund", client, plan, cost)
 
     async def _run(self, mode: str, client: str, plan: Plan, cost: int) -> list[bytes | int]:
-        if self._switch_unanswered_by is not None and self._switch_unanswered_by is asyncio.current_task():
-            self._switch_unanswered_by = None
+        if self._switch_just_unanswered():
             raise LimiterUnavailable("kill switch read unanswered")
         keys = [policy_key(client, p.name) for p in plan.policies]
         reply: list[bytes | int] = await self._within_deadline(

@@ -14,6 +14,7 @@ the host checked is the one httpx would connect to (IDNA 2008)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterable
 
 import httpcore
@@ -74,9 +75,13 @@ class CheckedNetwork(httpcore.AsyncNetworkBackend):
         if not self._allow_private and first_refused(addresses) is not None:
             raise RefusedAddress(f"{host!r} reaches a non-public address")
         failure: Exception = httpcore.ConnectError(f"{host!r} resolves to no address")
-        for address in addresses:
+        # Each address in the resolver's order, families alternating, with a share of the time
+        # each: one that never answers (IPv6 without a route) must not use up the attempt.
+        ordered = interleaved(addresses)
+        each = None if timeout is None else timeout / len(ordered) if ordered else timeout
+        for address in ordered:
             try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                return await self._inner.connect_tcp(address, port, each, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
                 failure = error  # the next address, as a client tries each one
         raise failure
@@ -93,13 +98,24 @@ class CheckedNetwork(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def interleaved(addresses: list[str]) -> list[str]:
+    """`addresses` in their order, but IPv6 and IPv4 alternating from the first one's family
+    (RFC 8305's address ordering, without its staggered start)."""
+    v6 = [a for a in addresses if ":" in a]
+    v4 = [a for a in addresses if ":" not in a]
+    first, second = (v6, v4) if addresses and ":" in addresses[0] else (v4, v6)
+    return [a for pair in itertools.zip_longest(first, second) for a in pair if a is not None]
+
+
 class HttpWebhookSender:
     def __init__(self, resolver: AddressResolver, *, allow_private: bool, max_connections: int = 100) -> None:
         # No proxy from the environment: an HTTP(S)_PROXY meant for something else must not
         # reroute deliveries (the pool connects only where CheckedNetwork allows).
         self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),  # one context, certifi's roots, as httpx had
             max_connections=max_connections,
             max_keepalive_connections=20,
+            keepalive_expiry=5.0,  # as httpx's default: idle connections do not stay open
             network_backend=CheckedNetwork(resolver, allow_private=allow_private),
         )
 
@@ -112,7 +128,13 @@ class HttpWebhookSender:
         target = httpcore.URL(
             scheme=parsed.raw_scheme, host=parsed.raw_host, port=parsed.port, target=parsed.raw_path
         )
-        sent = [(b"user-agent", USER_AGENT.encode()), *((k.encode(), v.encode()) for k, v in headers.items())]
+        # Host from the URL's own authority: an IPv6 literal keeps its brackets (httpcore would
+        # write the bare address).
+        sent = [
+            (b"host", parsed.netloc),
+            (b"user-agent", USER_AGENT.encode()),
+            *((k.encode(), v.encode()) for k, v in headers.items()),
+        ]
         limits = {
             "connect": timeout_seconds,
             "read": timeout_seconds,
@@ -129,6 +151,8 @@ class HttpWebhookSender:
             return SendResult(None, "refused_address")
         except (TimeoutError, httpcore.TimeoutException):
             return SendResult(None, "timeout")
+        except httpcore.LocalProtocolError:
+            return SendResult(None, "error")  # ours: a request we could not write
         except (httpcore.NetworkError, httpcore.ProtocolError, OSError):
             return SendResult(None, "connection")
         except (httpcore.UnsupportedProtocol, UnicodeError, ValueError):

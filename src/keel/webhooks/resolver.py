@@ -20,4 +20,4 @@ class SystemResolver:
         except (UnicodeError, ValueError) as error:
             # A name the resolver cannot even encode (IDNA): it resolves to nothing.
             raise OSError(f"{host!r} is not a resolvable name") from error
-        return sorted({str(info[4][0]) for info in infos})
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))  # the resolver's order: its preference
