@@ -43,6 +43,10 @@ async def recorded_layout(url: str) -> str:
     return layout
 
 
+async def set_record(url: str, layout: str) -> None:
+    await query(url, "UPDATE storage_layout SET read_layout = $1 WHERE name = 'profiles'", layout)
+
+
 @pytest.fixture(params=LAYOUTS)
 def storage_layout(request: pytest.FixtureRequest) -> str:
     layout: str = request.param
@@ -92,18 +96,21 @@ async def test_a_node_configured_for_the_other_layout_refuses_to_start(
         await open_store(Settings(database_url=database_url, storage_layout=other), observer("test"))
 
 
-async def test_migrate_records_the_configured_layout_only_while_no_profile_is_stored(tmp_path: Path) -> None:
+async def test_migrate_records_the_configured_layout_only_when_it_creates_the_record(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
-    await asyncio.to_thread(migrate, url)
-    assert await recorded_layout(url) == "normalized"  # every database before the layouts was
     await asyncio.to_thread(migrate, url, layout="document")
+    assert await recorded_layout(url) == "document"
+    # A later run with another setting (a default one, from a CI job) never moves the record,
+    # even before the first profile: document nodes may already serve it.
+    with pytest.raises(LayoutMismatch, match="only when it creates"):
+        await asyncio.to_thread(migrate, url, layout="normalized")
     assert await recorded_layout(url) == "document"
     store = await open_store(Settings(database_url=url, storage_layout="document"), observer("test"))
     try:
         await add(store, make_profile())
     finally:
         await store.close()
-    with pytest.raises(LayoutMismatch, match="holds profiles"):
+    with pytest.raises(LayoutMismatch, match="keeps its profiles in the document layout"):
         await asyncio.to_thread(migrate, url, layout="normalized")
     assert await recorded_layout(url) == "document"
     # Below 0008 the document tables would be dropped with the only copy of the profiles.
@@ -115,6 +122,35 @@ async def test_migrate_records_the_configured_layout_only_while_no_profile_is_st
         "profile_documents": 1,
         "profile_document_emails": 2,
     }
+
+
+async def test_a_database_with_profiles_is_not_recorded_as_the_other_layout_on_its_upgrade(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
+    await asyncio.to_thread(migrate, url, "0007")
+    store = await open_store(Settings(database_url=url), observer("test"))
+    try:
+        await add(store, make_profile())
+    finally:
+        await store.close()
+    with pytest.raises(LayoutMismatch, match="holds profiles"):
+        await asyncio.to_thread(migrate, url, layout="document")
+    assert await recorded_layout(url) == "normalized"
+
+
+async def test_0008_down_refuses_while_document_rows_exist_whatever_the_record_says(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
+    await asyncio.to_thread(migrate, url, layout="document")
+    store = await open_store(Settings(database_url=url, storage_layout="document"), observer("test"))
+    try:
+        await add(store, make_profile())
+    finally:
+        await store.close()
+    await set_record(url, "normalized")  # a record that went wrong
+    with pytest.raises(RuntimeError, match="profile_documents holds profiles"):
+        await asyncio.to_thread(downgrade, url, "0007")
+    assert (await counts(url))["profile_documents"] == 1
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

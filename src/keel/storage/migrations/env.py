@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -13,6 +14,9 @@ from keel.storage.migrations.layout_record import record_configured_layout
 
 
 def _run(connection: Connection) -> None:
+    # Whether this run creates the layout record (see `record_configured_layout`).
+    had_record = sa.inspect(connection).has_table("storage_layout")
+    connection.commit()  # the inspection's implicit transaction: Alembic begins its own
     context.configure(connection=connection, target_metadata=None, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -22,7 +26,7 @@ def _run(connection: Connection) -> None:
         # this transaction rolled back when the connection closes).
         if connection.in_transaction():
             connection.commit()
-        record_configured_layout(connection, layout)
+        record_configured_layout(connection, layout, created=not had_record)
         connection.commit()
 
 

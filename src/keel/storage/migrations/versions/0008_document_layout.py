@@ -83,16 +83,22 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The document tables may be the only copy of the profiles: refuse rather than drop them.
-    recorded = (
-        op.get_bind()
-        .execute(sa.text("SELECT read_layout, phase FROM storage_layout WHERE name = 'profiles'"))
-        .first()
-    )
-    if recorded is not None and tuple(recorded) != ("normalized", "steady"):
+    # The document tables may be the only copy of the profiles: refuse rather than drop them,
+    # whatever the record says (the data decides: a record can be wrong).
+    bind = op.get_bind()
+    recorded = bind.execute(
+        sa.text("SELECT read_layout, phase FROM storage_layout WHERE name = 'profiles'")
+    ).first()
+    if recorded is None or tuple(recorded) != ("normalized", "steady"):
+        where = "no layout record" if recorded is None else f"the {recorded[0]} layout (phase {recorded[1]})"
         raise RuntimeError(
-            f"The profiles are read from the {recorded[0]} layout (phase {recorded[1]}): going below"
-            " revision 0008 would drop them. Migrate them to the normalized layout first."
+            f"The profiles are read from {where}: going below revision 0008 would drop them."
+            " Migrate them to the normalized layout first."
+        )
+    if bind.execute(sa.text("SELECT EXISTS (SELECT 1 FROM profile_documents)")).scalar():
+        raise RuntimeError(
+            "profile_documents holds profiles although the normalized layout is recorded: going below"
+            " revision 0008 would drop them. Move them to the normalized tables first."
         )
     op.drop_table("storage_layout")
     op.drop_table("profile_document_emails")
