@@ -314,7 +314,13 @@ def layout_status() -> None:
     observer = DatabaseObserver(
         Metrics(), tracer_from(provider), "postgresql" if settings.uses_postgres else "sqlite"
     )
-    record = asyncio.run(recorded_layout(settings, observer))
+    from keel.storage.layouts import LayoutMismatch
+
+    try:
+        record = asyncio.run(recorded_layout(settings, observer))
+    except LayoutMismatch as error:
+        typer.echo(f"keel: {error}", err=True)
+        raise typer.Exit(1) from None
     if record is None:
         database = settings.redacted_database_url()
         typer.echo(f"keel: {database} records no layout; run `keel migrate`", err=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -44,7 +45,6 @@ from keel.service.profiles import ProfileService
 from keel.storage.migrations.runner import downgrade, migrate
 from keel.storage.postgres.store import PostgresStore
 from keel.storage.sqlite.store import SqliteStore
-from tests.conftest import environment_layout
 from tests.fakes import FakeClock
 from tests.integration.test_event_outbox import STREAM, drain
 from tests.integration.test_event_outbox import publisher as stream_publisher
@@ -131,6 +131,14 @@ def with_lifecycle_tables(store: Store) -> PersonalDataStore:
     return store
 
 
+@pytest.fixture(params=["normalized", "document"])
+def storage_layout(request: pytest.FixtureRequest) -> str:
+    """Both layouts, whatever KEEL_STORAGE_LAYOUT says: erasure and the purge must reach the
+    rows of either (docs/layouts.md)."""
+    layout: str = request.param
+    return layout
+
+
 @pytest.fixture
 def world(database_url: str, store: Store) -> World:
     clock = FakeClock(datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
@@ -193,7 +201,9 @@ async def erasure_state(store: PersonalDataStore, profile_id: str) -> Erasure:
     return erasure
 
 
-async def test_after_erasure_no_table_holds_a_personal_value_of_the_profile(world: World) -> None:
+async def test_after_erasure_no_table_holds_a_personal_value_of_the_profile(
+    world: World, storage_layout: str
+) -> None:
     async with receiver(200) as endpoint:
         # A webhook endpoint receiving every event: its deliveries keep a copy of each.
         registered = await admin(world.sql, world.clock).register(ADMIN, endpoint.url, [], False)
@@ -208,9 +218,9 @@ async def test_after_erasure_no_table_holds_a_personal_value_of_the_profile(worl
     sent = await deliveries(world.sql, registered.endpoint.id)
     assert [d.subject for d in sent].count(profile_id) == 2
     before = await values_found(world.url, ERASED_VALUES)
-    # The scan sees the values where they are: rows, children (in the layout the suite runs on,
+    # The scan sees the values where they are: rows, children (in the layout the test runs on,
     # docs/layouts.md), outbox payloads, idempotency, webhook deliveries.
-    profile_tables = PROFILE_TABLES[environment_layout()]
+    profile_tables = PROFILE_TABLES[storage_layout]
     assert {*profile_tables, "event_outbox", "idempotency_keys", "webhook_deliveries"} <= set(before)
 
     status = await world.personal_data.start_erasure(ADMIN, profile_id)
@@ -344,7 +354,7 @@ async def test_a_saga_interrupted_after_any_step_completes_after_a_restart(
 
 @pytest.mark.parametrize("kill_after", [ErasureStep.REMOVE_PERSONAL_DATA, ErasureStep.PUBLISH_ERASED_EVENT])
 async def test_a_runner_killed_mid_saga_is_taken_over_and_the_saga_completes(
-    world: World, kill_after: ErasureStep
+    world: World, kill_after: ErasureStep, storage_layout: str
 ) -> None:
     profile_id = await a_profile_with_history(world)
     status = await world.personal_data.start_erasure(ADMIN, profile_id)
@@ -356,6 +366,7 @@ async def test_a_runner_killed_mid_saga_is_taken_over_and_the_saga_completes(
         kill_after.value,
         world.clock.now().isoformat(),
         cwd=REPOSITORY,
+        env={**os.environ, "KEEL_STORAGE_LAYOUT": storage_layout},  # the layout its database records
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -614,7 +625,9 @@ async def test_erasing_a_missing_profile_is_not_found_and_erasing_twice_is_one_e
     assert types.count(PROFILE_ERASED) == 1
 
 
-async def test_the_purge_removes_soft_deleted_profiles_only_past_the_retention(world: World) -> None:
+async def test_the_purge_removes_soft_deleted_profiles_only_past_the_retention(
+    world: World, storage_layout: str
+) -> None:
     old_id = (await world.profiles.create_profile(WRITER, ERASED)).profile.id
     await world.profiles.delete_profile(WRITER, old_id)
     world.clock.advance(timedelta(days=2))
@@ -629,8 +642,8 @@ async def test_the_purge_removes_soft_deleted_profiles_only_past_the_retention(w
     world.clock.advance(timedelta(days=29))  # old: 31 days deleted; recent: 29
     assert await world.personal_data.purge_deleted_profiles() == 1
     assert await values_found(world.url, ERASED_VALUES) == {}
-    # The recent one's row is kept, in the layout the suite runs on.
-    main_table = "profiles" if environment_layout() == "normalized" else "profile_documents"
+    # The recent one's row is kept, in the layout the test runs on.
+    main_table = "profiles" if storage_layout == "normalized" else "profile_documents"
     assert main_table in await values_found(world.url, ("kept-bio-value",))
     async with world.store.unit_of_work(read_only=True) as uow:
         tombstone = await uow.personal_data.tombstone(old_id)

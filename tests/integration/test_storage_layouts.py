@@ -153,6 +153,23 @@ async def test_0008_down_refuses_while_document_rows_exist_whatever_the_record_s
     assert (await counts(url))["profile_documents"] == 1
 
 
+async def test_a_record_this_keel_cannot_read_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
+    await asyncio.to_thread(migrate, url)
+    await query(url, "UPDATE storage_layout SET phase = 'dual_write', target_layout = 'document'")
+    with pytest.raises(LayoutMismatch, match=r"phase 'dual_write'.*does not know"):
+        await open_store(Settings(database_url=url), observer("test"))
+    status = await asyncio.to_thread(
+        CliRunner().invoke, app, ["layout", "status"], env={"KEEL_DATABASE_URL": url}
+    )
+    assert status.exit_code == 1
+    assert "does not know" in status.output
+    assert "Traceback" not in status.output
+    await query(url, "DELETE FROM storage_layout")  # past 0008, and no record: no node may guess
+    with pytest.raises(LayoutMismatch, match="no layout record"):
+        await open_store(Settings(database_url=url, storage_layout="document"), observer("test"))
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_0008_up_and_down_leaves_a_normalized_database_as_it_was(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -61,6 +61,23 @@ def check_layout(recorded: LayoutRecord | None, configured: Layout, database: st
 
 
 def record_from_row(read_layout: str, phase: str, target_layout: str | None) -> LayoutRecord:
-    return LayoutRecord(
-        Layout(read_layout), Phase(phase), Layout(target_layout) if target_layout is not None else None
+    """The record; `LayoutMismatch` for a value this Keel does not know (a later Keel's phase
+    of a migration between layouts, say): a node refuses it as it refuses another layout."""
+    try:
+        return LayoutRecord(
+            Layout(read_layout), Phase(phase), Layout(target_layout) if target_layout is not None else None
+        )
+    except ValueError:
+        raise LayoutMismatch(
+            f"The database records read layout {read_layout!r}, phase {phase!r}, target"
+            f" {target_layout!r}, which this Keel does not know: a later Keel may be migrating it"
+            " between layouts. Run that Keel, or finish the migration first."
+        ) from None
+
+
+def missing_record() -> LayoutMismatch:
+    """A database past the layouts' revision whose record row is gone: no node may guess."""
+    return LayoutMismatch(
+        f"The database has no layout record for {RECORD_NAME!r} (storage_layout is empty);"
+        " restore it (`keel layout status` shows what a node expects) before serving."
     )

@@ -247,12 +247,18 @@ class SqlPersonalData:
 
     async def deleted_before(self, before: datetime, limit: int) -> list[str]:
         with self._observer.call("find_expired_deletions"):
-            # Both layouts (docs/layouts.md), each over its partial index on deleted_at.
+            # Both layouts (docs/layouts.md), each an index scan on its partial index on
+            # deleted_at that stops at the limit; the union sorts at most twice the limit (it
+            # sorted every expired row of both tables before: a backlog made each batch dearer).
             rows = await self._db.fetch(
-                "SELECT id, deleted_at FROM profiles WHERE deleted_at IS NOT NULL AND deleted_at < $1"
-                " UNION SELECT id, deleted_at FROM profile_documents"
+                "SELECT id, deleted_at FROM ("
+                " SELECT * FROM (SELECT id, deleted_at FROM profiles"
                 " WHERE deleted_at IS NOT NULL AND deleted_at < $1"
-                " ORDER BY deleted_at, id LIMIT $2",
+                " ORDER BY deleted_at, id LIMIT $2) AS normalized"
+                " UNION ALL SELECT * FROM (SELECT id, deleted_at FROM profile_documents"
+                " WHERE deleted_at IS NOT NULL AND deleted_at < $1"
+                " ORDER BY deleted_at, id LIMIT $2) AS documents"
+                ") AS expired ORDER BY deleted_at, id LIMIT $2",
                 self._db.time(before),
                 limit,
             )

@@ -22,7 +22,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
-from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
+from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.postgres.documents import PostgresDocumentProfiles
 from keel.storage.postgres.webhooks import PostgresWebhooks
@@ -145,7 +145,9 @@ class PostgresStore:
             )
         except asyncpg.UndefinedTableError:
             return None
-        return record_from_row(*row) if row is not None else None
+        if row is None:
+            raise missing_record()  # the table is there: past 0008
+        return record_from_row(*row)
 
     async def schema_revision(self) -> str | None:
         try:

@@ -27,7 +27,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
-from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, record_from_row
+from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.rows import (
     API_KEY_COLUMNS,
@@ -124,7 +124,9 @@ class SqliteStore:
                 row = await cursor.fetchone()
         except sqlite3.OperationalError:
             return None
-        return record_from_row(*row) if row is not None else None
+        if row is None:
+            raise missing_record()  # the table is there: past 0008
+        return record_from_row(*row)
 
     async def close(self) -> None:
         await self._reader.close()
