@@ -88,6 +88,17 @@ async def test_create_then_read_by_id_handle_and_list_as_rest_does(api: Api) -> 
     assert data["viewer"] == {"scopes": ["profiles:read"], "isAdmin": False}
 
 
+async def test_handle_available_as_rest_answers_it(api: Api) -> None:
+    query = "query Check($handle: String!) { handleAvailable(handle: $handle) }"
+    assert data_of(await gql(api, query, {"handle": "ada_l"}, api.reader)) == {"handleAvailable": True}
+    await create(api)
+    assert data_of(await gql(api, query, {"handle": "ada_l"}, api.reader)) == {"handleAvailable": False}
+    invalid = await gql(api, query, {"handle": "Ada-L"}, api.reader)
+    assert error_codes(invalid) == ["VALIDATION"]
+    assert invalid.json()["errors"][0]["extensions"]["fieldErrors"][0]["field"] == "/handle"
+    assert error_codes(await gql(api, query, {"handle": "ada_l"}, {})) == ["UNAUTHENTICATED"]
+
+
 async def test_pages_follow_the_end_cursor_and_total_count_is_null_when_unknown(api: Api) -> None:
     ids = sorted([(await create(api, handle=f"user_{n}", email=f"u{n}@example.com"))["id"] for n in range(5)])
     query = """query Page($after: String) {

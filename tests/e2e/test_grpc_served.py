@@ -121,6 +121,10 @@ def test_a_client_generated_by_a_third_party_tool_exercises_every_rpc(split: Spl
     assert seen["invalid_create"]["reason"] == "VALIDATION"
     assert {"/handle", "/emails/0/address"} <= set(seen["invalid_create"]["fields"])
     assert seen["after_delete"] == {"code": "NOT_FOUND", "reason": "NOT_FOUND"}
+    assert seen["handles"] == {"taken": False, "free": True}
+    assert seen["invalid_handle"]["code"] == "INVALID_ARGUMENT"
+    assert seen["invalid_handle"]["fields"] == ["/handle"]
+    assert seen["handle_after_delete"] is True
     assert seen["no_key"] == {"code": "UNAUTHENTICATED", "reason": "UNAUTHENTICATED"}
     assert seen["health"] == "SERVING"
     assert {

@@ -110,6 +110,24 @@ async def test_delete_is_soft_and_frees_the_handle(api: Api) -> None:
     await create(api)
 
 
+async def test_a_handle_is_free_until_a_live_profile_holds_it(api: Api) -> None:
+    async def check(handle: str, who: dict[str, str]) -> httpx.Response:
+        return await api.client.get(f"/v1/handles/{handle}", headers=who)
+
+    assert (await check("ada_l", api.reader)).json() == {"handle": "ada_l", "available": True}
+    location = (await create(api)).headers["location"]
+    taken = await check("ada_l", api.reader)
+    assert (taken.status_code, taken.json()) == (200, {"handle": "ada_l", "available": False})
+    assert taken.headers["cache-control"] == "private, no-cache"
+    assert (await check("ada_l2", api.reader)).json()["available"] is True
+    invalid = assert_problem(await check("Ada-L", api.reader), 422, "validation")
+    assert invalid["errors"] == [{"field": "/handle", "message": "must be 3-30 characters of a-z, 0-9 and _"}]
+    assert_problem(await check("a" * 65, api.reader), 422, "validation")
+    assert_problem(await api.client.get("/v1/handles/ada_l"), 401, "unauthenticated")
+    await api.client.delete(location, headers=api.writer)
+    assert (await check("ada_l", api.reader)).json()["available"] is True  # a deleted profile frees it
+
+
 async def test_conflicts_are_409_with_the_field(api: Api) -> None:
     await create(api)
     again = await api.client.post("/v1/profiles", json=body(email="other@example.com"), headers=api.writer)

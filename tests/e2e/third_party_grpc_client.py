@@ -127,6 +127,16 @@ with grpc.insecure_channel(target) as channel:
     )
     seen["listed"] = [p.handle for p in listed.profiles]
 
+    def available(handle: str) -> bool:
+        reply = profiles.CheckHandle(pb.CheckHandleRequest(handle=handle), metadata=metadata, timeout=5)
+        return bool(reply.available)
+
+    seen["handles"] = {"taken": available("grace_h"), "free": available("grace_h2")}
+    try:
+        available("Grace!")
+    except grpc.RpcError as error:
+        seen["invalid_handle"] = failure(error)
+
     try:
         profiles.CreateProfile(
             pb.CreateProfileRequest(profile=pb.Profile(handle="X", emails=[pb.Email(address="nope")])),
@@ -141,6 +151,7 @@ with grpc.insecure_channel(target) as channel:
         profiles.GetProfile(pb.GetProfileRequest(id=profile_id), metadata=metadata, timeout=5)
     except grpc.RpcError as error:
         seen["after_delete"] = failure(error)
+    seen["handle_after_delete"] = available("grace_h")
 
     try:
         profiles.GetProfile(pb.GetProfileRequest(id=profile_id), timeout=5)

@@ -40,6 +40,6 @@ def test_the_newest_version_is_served_by_the_source_routes() -> None:
     newest = [r for r in app.router.versioned_routers[NEWEST_VERSION].routes if isinstance(r, APIRoute)]
     served = [r for r in newest if r.path.startswith("/v1/")]
     assert (
-        len(served) == len(handlers) == 14
-    )  # 5 profile routes, 6 webhook routes, export, erasure, its status
+        len(served) == len(handlers) == 15
+    )  # 5 profile routes, the handle check, 6 webhook routes, export, erasure, its status
     assert {r.app for r in served} == handlers

@@ -28,6 +28,8 @@ PROFILES_LIST = Operation("profiles.list", Priority.SHEDDABLE)
 PROFILES_CREATE = Operation("profiles.create", Priority.CRITICAL)
 PROFILES_UPDATE = Operation("profiles.update", Priority.CRITICAL)
 PROFILES_DELETE = Operation("profiles.delete", Priority.CRITICAL)
+# Whether a handle is free (a sign-up form asks as the user types): one indexed lookup.
+HANDLES_CHECK = Operation("handles.check", Priority.CRITICAL)
 # Webhook administration (admin keys): rare, never worth shedding before a profile list.
 WEBHOOKS_ADMIN = Operation("webhooks.admin", Priority.NORMAL)
 # Export and erasure: rare admin work, served after what users wait on.
@@ -45,6 +47,7 @@ OPERATIONS: dict[str, Operation] = {
         PROFILES_CREATE,
         PROFILES_UPDATE,
         PROFILES_DELETE,
+        HANDLES_CHECK,
         WEBHOOKS_ADMIN,
         PERSONAL_DATA_EXPORT,
         ERASURES_START,

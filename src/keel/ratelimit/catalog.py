@@ -15,6 +15,7 @@ DEFAULT_COSTS: dict[str, int] = {
     "profiles.create": 5,
     "profiles.update": 5,
     "profiles.delete": 5,
+    "handles.check": 1,
     "webhooks.admin": 1,
     "personal_data.export": 10,
     "erasures.start": 5,

@@ -27,7 +27,7 @@ from keel.domain.errors import (
 from keel.domain.events import profile_changed
 from keel.domain.ids import is_profile_id, new_profile_id
 from keel.domain.merge_patch import apply_merge_patch
-from keel.domain.profile import JSONValue, Profile, ProfileFields
+from keel.domain.profile import HANDLE_PATTERN, HANDLE_RULE, JSONValue, Profile, ProfileFields
 from keel.resilience.deadline import detached_deadline
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
@@ -117,6 +117,14 @@ class ProfileService:
             return {}
         found = await self._reads.read_many(wanted)
         return {profile_id: self._visible(read.profile, principal) for profile_id, read in found.items()}
+
+    async def handle_available(self, principal: Principal, handle: str) -> bool:
+        require(principal, Scope.PROFILES_READ)
+        if not HANDLE_PATTERN.match(handle):
+            raise ValidationFailed([FieldError("/handle", HANDLE_RULE)])
+        async with self._store.unit_of_work(read_only=True) as uow:
+            holders = await uow.profiles.find(ProfileQuery(limit=1, handle=handle))
+        return not holders
 
     async def list_profiles(
         self, principal: Principal, filters: ListFilters, *, limit: int, cursor: str | None

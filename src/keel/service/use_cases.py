@@ -104,6 +104,12 @@ class ProfileUseCases(Protocol):
         self, principal: Principal, profile_id: str, *, expected_version: ExpectedVersion = None
     ) -> None: ...
 
+    async def handle_available(self, principal: Principal, handle: str) -> bool:
+        """Whether a profile could be created with `handle` now: well formed, and no live
+        profile holds it (a deleted one frees its handle). `ValidationFailed` for a handle no
+        profile may have."""
+        ...
+
 
 class CallerAuthenticator(Protocol):
     async def authenticate(self, token: str | None) -> Principal:

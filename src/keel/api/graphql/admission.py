@@ -21,6 +21,7 @@ from keel.admission import Operation, Ticket
 from keel.admission.operations import (
     ERASURES_GET,
     ERASURES_START,
+    HANDLES_CHECK,
     PROFILES_CREATE,
     PROFILES_DELETE,
     PROFILES_GET,
@@ -38,6 +39,7 @@ from .errors import request_error
 _ROOT_OPERATIONS: dict[str, Operation] = {
     "profile": PROFILES_GET,
     "profileByHandle": PROFILES_GET,
+    "handleAvailable": HANDLES_CHECK,
     "profiles": PROFILES_LIST,
     "createProfile": PROFILES_CREATE,
     "updateProfile": PROFILES_UPDATE,

@@ -35,6 +35,7 @@ from keel.service.use_cases import MAX_PAGE_SIZE
 FIELD_OPERATIONS: dict[str, str] = {
     "Query.profile": "profiles.get",
     "Query.profileByHandle": "profiles.list",
+    "Query.handleAvailable": "handles.check",
     "Query.profiles": "profiles.list",
     "Mutation.createProfile": "profiles.create",
     "Mutation.updateProfile": "profiles.update",

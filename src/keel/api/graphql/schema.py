@@ -11,6 +11,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
+from keel.admission.operations import HANDLES_CHECK
 from keel.domain.api_keys import Scope
 from keel.domain.errors import Forbidden
 from keel.service.use_cases import ListFilters, answer_shows_profile
@@ -46,6 +47,14 @@ async def resolve_profile_by_handle(info: KeelInfo, handle: str) -> ProfileNode 
         return None
     info.context.loaders.remember(found)
     return profile_node(found)
+
+
+async def resolve_handle_available(
+    info: KeelInfo, handle: Annotated[str, strawberry.argument(description="3-30 of a-z, 0-9 and _.")]
+) -> bool:
+    context = info.context
+    context.meter.charge(HANDLES_CHECK.name)
+    return await context.profiles.handle_available(context.caller(), handle)
 
 
 async def resolve_profiles(
@@ -134,6 +143,11 @@ class Query:
     )
     profiles: ProfileConnectionNode = strawberry.field(
         resolver=resolve_profiles, description="Profiles in id order, a page at a time (keyset pagination)."
+    )
+    handle_available: bool = strawberry.field(
+        resolver=resolve_handle_available,
+        description="Whether a profile could be created with this handle now: no live profile holds"
+        " it (a deleted one frees its handle). A handle no profile may have is a VALIDATION error.",
     )
     viewer: ViewerNode = strawberry.field(
         resolver=resolve_viewer, description="The API key making this request."

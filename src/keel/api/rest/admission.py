@@ -27,6 +27,7 @@ from keel.admission import OTHER, Admission, Caller, Operation, Outcome, Refusal
 from keel.admission.operations import (
     ERASURES_GET,
     ERASURES_START,
+    HANDLES_CHECK,
     PERSONAL_DATA_EXPORT,
     PROFILES_CREATE,
     PROFILES_DELETE,
@@ -46,6 +47,7 @@ VERSIONED_PREFIX = "/v1/"
 _PROFILES = "/v1/profiles"
 _WEBHOOKS = "/v1/webhooks"
 _ERASURES = "/v1/erasures/"
+_HANDLES = "/v1/handles/"
 
 
 def operation_of(method: str, path: str) -> Operation:
@@ -72,6 +74,8 @@ def operation_of(method: str, path: str) -> Operation:
             return ERASURES_START
     if path.startswith(_ERASURES) and method in ("GET", "HEAD"):
         return ERASURES_GET
+    if path.startswith(_HANDLES) and method in ("GET", "HEAD"):
+        return HANDLES_CHECK
     return OTHER
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from cadwyn import VersionedAPIRouter
-from fastapi import Header, Query, Request
+from fastapi import Header, Path, Query, Request
 from fastapi.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -18,7 +18,7 @@ from keel.api.rest import personal_data_routes
 from keel.api.rest.dependencies import Caller, RestServices, ServicesDep, authenticated_caller
 from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
 from keel.api.rest.mapping import etag, profile_document, version_from_etag
-from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, ProfileCreate, ProfileList, ProfileOut
+from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, HandleCheck, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors
 from keel.service.profile_reads import ProfileRead
@@ -235,6 +235,20 @@ async def list_profiles(
         {"items": [profile_document(p) for p in page.profiles], "next_cursor": page.next_cursor},
         headers=headers,
     )
+
+
+@router.get(
+    "/handles/{handle}",
+    response_model=HandleCheck,
+    responses=problem_responses(),
+    summary="Whether a handle is free",
+    tags=["handles"],
+)
+async def check_handle(
+    caller: Caller, services: ServicesDep, handle: Annotated[str, Path(max_length=64)]
+) -> Response:
+    available = await services.profiles.handle_available(caller, handle)
+    return JSONResponse({"handle": handle, "available": available}, headers={"Cache-Control": _CACHE_CONTROL})
 
 
 # Export and erasure: their own module, served under the same versions.

@@ -133,6 +133,11 @@ class ProfileList(BaseModel):
     next_cursor: str | None
 
 
+class HandleCheck(BaseModel):
+    handle: str
+    available: bool = Field(description="No live profile holds the handle: a create may take it now.")
+
+
 class FieldProblem(BaseModel):
     field: str
     message: str

@@ -82,6 +82,16 @@ class RemoteProfiles:
         )
         return ProfilePage([profile_from_message(p) for p in reply.profiles], reply.next_page_token or None)
 
+    async def handle_available(self, principal: Principal, handle: str) -> bool:
+        reply = await self._core.call(
+            self._core.profiles.CheckHandle,
+            pb.CheckHandleRequest(handle=handle),
+            name="CheckHandle",
+            on_behalf_of=principal,
+            idempotent=True,
+        )
+        return reply.available
+
     async def create_profile(
         self, principal: Principal, document: JSONValue, *, idempotency_key: str | None = None
     ) -> Created:

@@ -30,6 +30,7 @@ from keel.admission import (
 from keel.admission.operations import (
     ERASURES_GET,
     ERASURES_START,
+    HANDLES_CHECK,
     PROFILES_CREATE,
     PROFILES_DELETE,
     PROFILES_GET,
@@ -54,6 +55,7 @@ OPERATIONS: dict[str, Operation] = {
     _SERVICE + "ListProfiles": PROFILES_LIST,
     _SERVICE + "EraseProfile": ERASURES_START,
     _SERVICE + "GetErasure": ERASURES_GET,
+    _SERVICE + "CheckHandle": HANDLES_CHECK,
 }
 
 _CREDENTIALS = frozenset({"authorization", ON_BEHALF_OF, ON_BEHALF_OF_SHA256})

@@ -165,6 +165,11 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
             raise Unavailable("Erasure is served by a core, not by an edge: ask the core.")
         return self._personal_data
 
+    async def CheckHandle(self, request: pb.CheckHandleRequest, context: Context) -> pb.CheckHandleResponse:
+        return pb.CheckHandleResponse(
+            available=await self._profiles.handle_available(caller(), request.handle)
+        )
+
     async def ListProfiles(
         self, request: pb.ListProfilesRequest, context: Context
     ) -> pb.ListProfilesResponse:

@@ -585,6 +585,45 @@ class GetErasureResponse(_message.Message):
 Global___GetErasureResponse: _TypeAlias = GetErasureResponse  # noqa: Y015
 
 @_typing.final
+class CheckHandleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLE_FIELD_NUMBER: _builtins.int
+    handle: _builtins.str
+    """3-30 characters of a-z, 0-9 and _."""
+    def __init__(
+        self,
+        *,
+        handle: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckHandleRequest: _TypeAlias = CheckHandleRequest  # noqa: Y015
+
+@_typing.final
+class CheckHandleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    available: _builtins.bool
+    def __init__(
+        self,
+        *,
+        available: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckHandleResponse: _TypeAlias = CheckHandleResponse  # noqa: Y015
+
+@_typing.final
 class IdFilter(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -74,6 +74,11 @@ class ProfileServiceStub:
                 request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureRequest.SerializeToString,
                 response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureResponse.FromString,
                 _registered_method=True)
+        self.CheckHandle = channel.unary_unary(
+                '/keel.profiles.v1.ProfileService/CheckHandle',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CheckHandleRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CheckHandleResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileServiceServicer:
@@ -139,6 +144,14 @@ class ProfileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckHandle(self, request, context):
+        """Whether a profile could be created with a handle now: no live profile holds it (a deleted
+        one frees its handle). INVALID_ARGUMENT for a handle no profile may have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +194,11 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.GetErasure,
                     request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureRequest.FromString,
                     response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureResponse.SerializeToString,
+            ),
+            'CheckHandle': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckHandle,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CheckHandleRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CheckHandleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +417,33 @@ class ProfileService:
             '/keel.profiles.v1.ProfileService/GetErasure',
             keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureRequest.SerializeToString,
             keel_dot_profiles_dot_v1_dot_profiles__pb2.GetErasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckHandle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ProfileService/CheckHandle',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.CheckHandleRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.CheckHandleResponse.FromString,
             options,
             channel_credentials,
             insecure,

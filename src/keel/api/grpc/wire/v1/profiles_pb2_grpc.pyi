@@ -63,6 +63,10 @@ class ProfileServiceStub:
     """
     GetErasure: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.GetErasureRequest, _profiles_pb2.GetErasureResponse]
     """An erasure's status by id (admin keys only)."""
+    CheckHandle: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.CheckHandleRequest, _profiles_pb2.CheckHandleResponse]
+    """Whether a profile could be created with a handle now: no live profile holds it (a deleted
+    one frees its handle). INVALID_ARGUMENT for a handle no profile may have.
+    """
 
 @_typing.type_check_only
 class ProfileServiceAsyncStub(ProfileServiceStub):
@@ -91,6 +95,10 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     """
     GetErasure: _aio.UnaryUnaryMultiCallable[_profiles_pb2.GetErasureRequest, _profiles_pb2.GetErasureResponse]  # type: ignore[assignment]
     """An erasure's status by id (admin keys only)."""
+    CheckHandle: _aio.UnaryUnaryMultiCallable[_profiles_pb2.CheckHandleRequest, _profiles_pb2.CheckHandleResponse]  # type: ignore[assignment]
+    """Whether a profile could be created with a handle now: no live profile holds it (a deleted
+    one frees its handle). INVALID_ARGUMENT for a handle no profile may have.
+    """
 
 class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -164,6 +172,16 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_pb2.GetErasureResponse, _abc.Awaitable[_profiles_pb2.GetErasureResponse]]:
         """An erasure's status by id (admin keys only)."""
+
+    @_abc_1.abstractmethod
+    def CheckHandle(
+        self,
+        request: _profiles_pb2.CheckHandleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.CheckHandleResponse, _abc.Awaitable[_profiles_pb2.CheckHandleResponse]]:
+        """Whether a profile could be created with a handle now: no live profile holds it (a deleted
+        one frees its handle). INVALID_ARGUMENT for a handle no profile may have.
+        """
 
 def add_ProfileServiceServicer_to_server(servicer: ProfileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
