@@ -171,15 +171,26 @@ async def test_background_passes_cut_by_the_timeout_do_not_refuse_requests(
     keel: Services, proxy: FaultProxy
 ) -> None:
     # A background pass is several queries in one unit of work: slowed past the database
-    # timeout, it fails, and after three the breaker refuses... background work only. Requests
+    # timeout, it fails, and after three (the dispatcher's, the two purges') the breaker
+    # refuses... background work only. Requests
     # have a breaker of their own (found by chaos experiment 05: the dispatcher's and the
     # erasure runner's timeouts opened the one breaker, and reads were served stale).
-    dispatcher = keel.local.dispatcher
+    dispatcher, idempotency, deleted = (
+        keel.local.dispatcher,
+        keel.local.idempotency_purge,
+        keel.local.deleted_purge,
+    )
     assert dispatcher is not None
+    assert idempotency is not None
+    assert deleted is not None
     proxy.set_faults(Faults(latency_ms=400))
     async with asyncio.timeout(HANG_SECONDS):
-        for _ in range(3):
-            await dispatcher.run_once()  # logs its failure and carries on, as between polls
+        await dispatcher.run_once()  # logs its failure and carries on, as between polls
+        # The housekeeping purges too: one failure each on the same breaker.
+        with pytest.raises(DeadlineExceeded):
+            await idempotency.purge_expired_idempotency_records()
+        with pytest.raises(DeadlineExceeded):
+            await deleted.purge_deleted_profiles()
     assert keel.breakers["database_jobs"].state is BreakerState.OPEN
     assert database_breaker(keel) is BreakerState.CLOSED
     with pytest.raises(CircuitOpen):

@@ -533,7 +533,7 @@ async def test_the_cache_step_fails_while_redis_cannot_tell_the_other_processes(
         reads = ProfileReads(
             world.sql, RetryPolicy(RetryBudget(), Backoff()), cache=BoundedProfileCache(100), bus=bus
         )
-        _, runner = build_personal_data(Settings(), world.store, world.clock, reads, lambda: None)
+        _, runner, _ = build_personal_data(Settings(), world.store, world.clock, reads, lambda: None)
         try:
             await world.personal_data.start_erasure(ADMIN, profile_id)
             redis.stop()

@@ -21,6 +21,7 @@ from keel.resilience.load_shedder import LoadShedder
 from keel.resilience.loop_lag import LoopLag
 from keel.service.auth import Authenticator
 from keel.service.erasure import ErasureSagaRunner
+from keel.service.housekeeping import PurgesDeletedProfiles, PurgesIdempotencyRecords
 from keel.service.outbox import OutboxRelay
 from keel.service.personal_data import PersonalDataService
 from keel.service.ports import Clock, InvalidationBus, Store
@@ -47,6 +48,9 @@ class Core:
     dispatcher: WebhookDispatcher | None = None  # delivers the outbox's events to webhooks
     personal_data: PersonalDataService | None = None  # export, erasure, purge
     erasure_runner: ErasureSagaRunner | None = None
+    # Housekeeping, over the background jobs' store (their own database breaker).
+    idempotency_purge: PurgesIdempotencyRecords | None = None
+    deleted_purge: PurgesDeletedProfiles | None = None
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready when the database answers and carries the schema this code needs."""

@@ -19,6 +19,7 @@ from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
+from keel.service.housekeeping import IdempotencyRecordsPurge
 from keel.service.pagination import Cursors
 from keel.service.ports import InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
@@ -85,7 +86,7 @@ def guard_store(
     store: Store, settings: Settings, metrics: Metrics, guards: Protection, *, breaker: str = "database"
 ) -> GuardedStore:
     """Deadline and circuit breaker around every unit of work (see `keel.storage.guarded`).
-    Requests and background jobs (relay, webhook dispatcher, erasure runner) each get a breaker
+    Requests and background jobs (relay, webhook dispatcher, erasure runner, purges) each get a breaker
     of their own over the same store: a background pass is many queries in one unit of work, and
     its timing out must not refuse requests (it did, under 200 ms round trips, in chaos
     experiment 05); a database that is down opens both, each from its own failures."""
@@ -188,7 +189,7 @@ async def build_core(
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
     stream = relay.publisher if relay is not None else None
-    personal_data, erasure_runner = build_personal_data(
+    personal_data, erasure_runner, deleted_purge = build_personal_data(
         settings, guarded, clock, reads, events_committed, stream, jobs=jobs
     )
     return Core(
@@ -204,4 +205,6 @@ async def build_core(
         dispatcher=webhooks.dispatcher,
         personal_data=personal_data,
         erasure_runner=erasure_runner,
+        idempotency_purge=IdempotencyRecordsPurge(jobs, clock),
+        deleted_purge=deleted_purge,
     )

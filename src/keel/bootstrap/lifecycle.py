@@ -142,10 +142,11 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         servers.enter_context(collector_tuned_for_serving())
         background.append(asyncio.create_task(keel.loop_lag.watch()))
         if keel.core is not None:
-            background.append(asyncio.create_task(purge_idempotency_records(keel.core.service)))
+            if keel.core.idempotency_purge is not None:
+                background.append(asyncio.create_task(purge_idempotency_records(keel.core.idempotency_purge)))
             background.append(asyncio.create_task(keel.core.reads.listen()))
-            if keel.core.personal_data is not None:
-                background.append(asyncio.create_task(purge_deleted_profiles(keel.core.personal_data)))
+            if keel.core.deleted_purge is not None:
+                background.append(asyncio.create_task(purge_deleted_profiles(keel.core.deleted_purge)))
             if keel.core.erasure_runner is not None:
                 background.append(asyncio.create_task(keel.core.erasure_runner.run()))
             if keel.core.relay is not None:

@@ -30,8 +30,9 @@ def build_personal_data(
     stream: EventPublisher | None = None,
     *,
     jobs: PersonalDataStore | None = None,
-) -> tuple[PersonalDataService, ErasureSagaRunner]:
-    """`store` for the use cases (requests), `jobs` (default: `store`) for the erasure runner."""
+) -> tuple[PersonalDataService, ErasureSagaRunner, PersonalDataService]:
+    """The use cases over `store` (requests); the erasure runner and the deleted profiles' purger
+    over `jobs` (default: `store`)."""
     policy = erasure_policy(settings)
 
     async def drop_cached(profile_id: str, version: int) -> None:
@@ -51,11 +52,16 @@ def build_personal_data(
         # The relay and the webhook dispatcher: the erased event goes out at once.
         on_events_committed=events_committed,
     )
-    service = PersonalDataService(
-        store,
-        clock,
-        erasure_policy=policy,
-        deleted_retention=timedelta(seconds=settings.deleted_profiles_retention_seconds),
-        on_erasure_started=runner.wake,
-    )
-    return service, runner
+
+    def service_over(over: PersonalDataStore) -> PersonalDataService:
+        return PersonalDataService(
+            over,
+            clock,
+            erasure_policy=policy,
+            deleted_retention=timedelta(seconds=settings.deleted_profiles_retention_seconds),
+            on_erasure_started=runner.wake,
+        )
+
+    # The use cases on the requests' store; the purge of deleted profiles, a background job, on
+    # the jobs' store.
+    return service_over(store), runner, service_over(jobs or store)

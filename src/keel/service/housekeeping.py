@@ -11,12 +11,30 @@ from typing import Protocol
 
 import structlog
 
+from keel.service.ports import Clock, Store
+
 IDEMPOTENCY_PURGE_SECONDS = 600.0
 DELETED_PROFILES_PURGE_SECONDS = 3600.0
 
 
 class PurgesIdempotencyRecords(Protocol):
     async def purge_expired_idempotency_records(self) -> int: ...
+
+
+class IdempotencyRecordsPurge:
+    """Forgets idempotency records older than their 24 h, over the store it is given (a core
+    gives it the background jobs' store: its own database breaker, see `keel.bootstrap.core`)."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def purge_expired_idempotency_records(self) -> int:
+        """Returns how many were removed."""
+        async with self._store.unit_of_work() as uow:
+            removed = await uow.idempotency.purge_expired(self._clock.now())
+            await uow.commit()
+        return removed
 
 
 async def purge_idempotency_records(

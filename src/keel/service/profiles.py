@@ -228,13 +228,6 @@ class ProfileService:
         now = self._clock.now()
         await self._write(profile_id, expected_version, lambda current: current.delete(now))
 
-    async def purge_expired_idempotency_records(self) -> int:
-        """Forget idempotency records older than their 24 h; returns how many were removed."""
-        async with self._store.unit_of_work() as uow:
-            removed = await uow.idempotency.purge_expired(self._clock.now())
-            await uow.commit()
-        return removed
-
     # -- helpers ---------------------------------------------------------------------------
 
     async def _write(
