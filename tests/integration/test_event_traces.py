@@ -19,7 +19,7 @@ from keel.service.outbox import OutboxRelay, RelayPolicy
 from keel.service.ports import Store
 from tests.fakes import FakeClock
 from tests.integration.test_event_outbox import PREFIX, WRITER, document, drain, nats_bus, publisher
-from tests.integration.test_webhooks import ADMIN, admin, dispatcher, profiles
+from tests.integration.test_webhooks import ADMIN, admin, dispatch_once, dispatcher, profiles
 from tests.integration.webhook_receivers import receiver
 
 __all__ = ["nats_bus"]  # the fixture, used by name
@@ -92,12 +92,7 @@ async def test_each_delivery_attempt_is_a_span_of_the_changes_trace_and_sends_it
             await profiles(store, clock).create_profile(WRITER, document(1))
         worker = dispatcher(store, clock)
         worker.tracer = tracer
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(worker)
         [sent] = await endpoint.wait_for(1)
     [attempt] = named(exporter, "keel.webhooks deliver")
     assert attempt.parent is not None

@@ -49,7 +49,14 @@ from tests.fakes import FakeClock
 from tests.integration.test_event_outbox import STREAM, drain
 from tests.integration.test_event_outbox import publisher as stream_publisher
 from tests.integration.test_migrations_up_and_down import database, everything, query, revision
-from tests.integration.test_webhooks import BOX, DEADLINE_SECONDS, admin, deliveries, dispatcher
+from tests.integration.test_webhooks import (
+    BOX,
+    DEADLINE_SECONDS,
+    admin,
+    deliveries,
+    dispatch_once,
+    dispatcher,
+)
 from tests.integration.webhook_receivers import down_url, receiver
 
 ADMIN = Principal("admin_key", frozenset({Scope.ADMIN}), "2026-11-28")
@@ -208,13 +215,7 @@ async def test_after_erasure_no_table_holds_a_personal_value_of_the_profile(
         # A webhook endpoint receiving every event: its deliveries keep a copy of each.
         registered = await admin(world.sql, world.clock).register(ADMIN, endpoint.url, [], False)
         profile_id = await a_profile_with_history(world)
-        worker = dispatcher(world.sql, world.clock)
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(dispatcher(world.sql, world.clock))
     sent = await deliveries(world.sql, registered.endpoint.id)
     assert [d.subject for d in sent].count(profile_id) == 2
     before = await values_found(world.url, ERASED_VALUES)

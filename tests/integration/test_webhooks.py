@@ -123,6 +123,17 @@ def dispatcher(
     return WebhookDispatcher(store, sender, BOX, resolver, clock, policy, observer, rng=random.Random(7))
 
 
+async def dispatch_once(worker: WebhookDispatcher) -> None:
+    """One dispatcher pass, its attempts settled, then the dispatcher stopped and its sender
+    closed (on a failure too)."""
+    try:
+        await worker.run_once()
+        await worker.settle()
+    finally:
+        await worker.stop()
+        await worker.sender.close()
+
+
 def admin(store: Store, clock: Clock, *, allow_private: bool = True) -> WebhookAdmin:
     return WebhookAdmin(
         store, clock, BOX, SystemResolver(), client_host=client_host, allow_private_targets=allow_private
@@ -150,13 +161,7 @@ async def test_a_delivery_is_signed_as_standard_webhooks_and_verifies_independen
         created = await profiles(store, clock).create_profile(WRITER, document(1))
         # An update is not among the endpoint's types: it must not be delivered.
         await profiles(store, clock).update_profile(WRITER, created.profile.id, {"bio": "x"})
-        worker = dispatcher(store, clock)
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(dispatcher(store, clock))
         [request] = await endpoint.wait_for(1)
     verified = Webhook(registered.secret).verify(request.body, request.headers)
     assert verified["type"] == PROFILE_CREATED
@@ -238,13 +243,7 @@ async def test_an_attempt_that_outlasts_its_timeout_fails_as_a_timeout(store: St
     async with receiver(hanging=True) as hanging:
         endpoint = await admin(store, clock).register(ADMIN, hanging.url, [], False)
         await profiles(store, clock).create_profile(WRITER, document(1))
-        worker = dispatcher(store, clock, timeout=0.2)
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(dispatcher(store, clock, timeout=0.2))
         assert len(hanging.received) == 1
     [delivery] = await deliveries(store, endpoint.endpoint.id)
     assert (delivery.state, delivery.attempts, delivery.last_error) == (DeliveryState.PENDING, 1, "timeout")
@@ -375,13 +374,7 @@ async def test_only_the_endpoints_event_types_and_events_after_registration_are_
         await keel.register(ADMIN, everything.url, [], False)
         await writer.update_profile(WRITER, before.profile.id, {"bio": "changed"})
         await writer.create_profile(WRITER, document(2))
-        worker = dispatcher(store, clock)
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(dispatcher(store, clock))
     assert [json.loads(r.body)["type"] for r in updates.received] == [PROFILE_UPDATED]
     assert sorted(json.loads(r.body)["type"] for r in everything.received) == [
         PROFILE_CREATED,
@@ -475,13 +468,7 @@ async def test_delivery_rechecks_the_address_and_never_reaches_a_non_public_one(
         # at every attempt is what stops a name that moved to an internal address).
         registered = await admin(store, clock, allow_private=True).register(ADMIN, endpoint.url, [], False)
         await profiles(store, clock).create_profile(WRITER, document(1))
-        worker = dispatcher(store, clock, allow_private=False)
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(dispatcher(store, clock, allow_private=False))
         assert endpoint.received == []
     [delivery] = await deliveries(store, registered.endpoint.id)
     assert (delivery.attempts, delivery.last_error) == (1, "refused_address")
@@ -555,13 +542,7 @@ async def test_a_name_that_moves_to_an_internal_address_after_the_check_is_refus
         )
         await profiles(store, clock).create_profile(WRITER, document(1))
         resolver = Answers(["93.184.215.14"], ["127.0.0.1"])
-        worker = dispatcher(store, clock, allow_private=False, resolver=resolver)
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(dispatcher(store, clock, allow_private=False, resolver=resolver))
         assert endpoint.received == []
     assert resolver.lookups == ["rebind.test", "rebind.test"]  # the check's, then the connection's
     [delivery] = await deliveries(store, registered.endpoint.id)
@@ -574,13 +555,7 @@ async def test_deleting_an_endpoint_deletes_its_deliveries(store: Store) -> None
         keel = admin(store, clock)
         registered = await keel.register(ADMIN, endpoint.url, [], False)
         await profiles(store, clock).create_profile(WRITER, document(1))
-        worker = dispatcher(store, clock)
-        try:
-            await worker.run_once()
-            await worker.settle()
-        finally:
-            await worker.stop()
-            await worker.sender.close()
+        await dispatch_once(dispatcher(store, clock))
         assert len(await deliveries(store, registered.endpoint.id)) == 1
         await keel.delete_endpoint(ADMIN, registered.endpoint.id)
         assert await deliveries(store, registered.endpoint.id) == []
