@@ -43,6 +43,15 @@ async def recorded_layout(url: str) -> str:
     return layout
 
 
+async def store_a_profile(url: str, layout: str = "normalized") -> None:
+    """One profile written through a store configured for `layout`."""
+    store = await open_store(Settings(database_url=url, storage_layout=layout), observer("test"))
+    try:
+        await add(store, make_profile())
+    finally:
+        await store.close()
+
+
 async def set_record(url: str, layout: str) -> None:
     await query(url, "UPDATE storage_layout SET read_layout = $1 WHERE name = 'profiles'", layout)
 
@@ -105,11 +114,7 @@ async def test_migrate_records_the_configured_layout_only_when_it_creates_the_re
     with pytest.raises(LayoutMismatch, match="only when it creates"):
         await asyncio.to_thread(migrate, url, layout="normalized")
     assert await recorded_layout(url) == "document"
-    store = await open_store(Settings(database_url=url, storage_layout="document"), observer("test"))
-    try:
-        await add(store, make_profile())
-    finally:
-        await store.close()
+    await store_a_profile(url, "document")
     with pytest.raises(LayoutMismatch, match="keeps its profiles in the document layout"):
         await asyncio.to_thread(migrate, url, layout="normalized")
     assert await recorded_layout(url) == "document"
@@ -129,11 +134,7 @@ async def test_a_database_with_profiles_is_not_recorded_as_the_other_layout_on_i
 ) -> None:
     url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
     await asyncio.to_thread(migrate, url, "0007")
-    store = await open_store(Settings(database_url=url), observer("test"))
-    try:
-        await add(store, make_profile())
-    finally:
-        await store.close()
+    await store_a_profile(url)
     with pytest.raises(LayoutMismatch, match="holds profiles"):
         await asyncio.to_thread(migrate, url, layout="document")
     assert await recorded_layout(url) == "normalized"
@@ -142,11 +143,7 @@ async def test_a_database_with_profiles_is_not_recorded_as_the_other_layout_on_i
 async def test_0008_down_refuses_while_document_rows_exist_whatever_the_record_says(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
     await asyncio.to_thread(migrate, url, layout="document")
-    store = await open_store(Settings(database_url=url, storage_layout="document"), observer("test"))
-    try:
-        await add(store, make_profile())
-    finally:
-        await store.close()
+    await store_a_profile(url, "document")
     await set_record(url, "normalized")  # a record that went wrong
     with pytest.raises(RuntimeError, match="profile_documents holds profiles"):
         await asyncio.to_thread(downgrade, url, "0007")
@@ -176,11 +173,7 @@ async def test_0008_up_and_down_leaves_a_normalized_database_as_it_was(
 ) -> None:
     url = await database(kind, tmp_path, request, "keel_migration_0008")
     await asyncio.to_thread(migrate, url, "0007")
-    store = await open_store(Settings(database_url=url), observer("test"))
-    try:
-        await add(store, make_profile())
-    finally:
-        await store.close()
+    await store_a_profile(url)
     before = await everything(url)
     await asyncio.to_thread(migrate, url, "0008")
     upgraded = await everything(url)
@@ -204,11 +197,7 @@ async def test_keel_migrate_says_why_it_cannot_record_the_configured_layout(tmp_
     )
     assert recorded.exit_code == 0, recorded.output
     assert await recorded_layout(url) == "document"
-    store = await open_store(Settings(database_url=url, storage_layout="document"), observer("test"))
-    try:
-        await add(store, make_profile())
-    finally:
-        await store.close()
+    await store_a_profile(url, "document")
     refused = await asyncio.to_thread(
         runner.invoke, app, ["migrate"], env={"KEEL_DATABASE_URL": url, "KEEL_STORAGE_LAYOUT": "normalized"}
     )
