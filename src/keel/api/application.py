@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from cadwyn import Cadwyn
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel import __version__
 from keel.api.browser_pages.assets import assets_router
@@ -24,6 +24,7 @@ from keel.api.rest.admission import EarlyRefusals, RestAdmission
 from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
 from keel.api.rest.cadwyn_internals import NewestServedDirectly, use_async_version_dependency
 from keel.api.rest.documented_responses import document_problem_media_type
+from keel.api.rest.hot_reads import HotProfileReads
 from keel.api.rest.strict_bodies import StrictBodies
 from keel.api.rest.version_picker import (
     KeelVersionPicker,
@@ -36,10 +37,17 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 _log = structlog.get_logger("keel.admission")
 
 
-def build_http_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan | None = None) -> Cadwyn:
+def build_http_app(
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    lifespan: Lifespan | None = None,
+    hot_reads: bool = True,
+) -> Cadwyn:
     """The HTTP app: REST under Cadwyn, GraphQL, the operational endpoints and browser pages.
     `app.state.services` must hold the built services (see `RestServices`, `GraphQLServices`,
-    `HealthServices`) before the first request."""
+    `HealthServices`) before the first request. `hot_reads=False` leaves the newest version's
+    profile reads to the framework's routing too (`keel.api.rest.hot_reads`; tests compare)."""
     use_async_version_dependency()
     app = _KeelCadwyn(
         versions=versions,
@@ -49,7 +57,7 @@ def build_http_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         f"`{VERSION_HEADER}` header; without it, the version pinned on your API key applies.",
         api_version_parameter_name=VERSION_HEADER,
         api_version_default_value=NEWEST_VERSION,
-        versioning_middleware_class=KeelVersionPicker,
+        versioning_middleware_class=_PickerThenHotReads if hot_reads else KeelVersionPicker,
         openapi_customizer=_customize_openapi,
         lifespan=lifespan,
         # Keel serves Swagger UI itself (keel.api.browser_pages.swagger: no CDN, strict CSP);
@@ -81,6 +89,13 @@ def build_http_app(settings: Settings, metrics: Metrics, *, lifespan: Lifespan |
         request_timeout_seconds=settings.request_timeout_seconds,
     )
     return app
+
+
+class _PickerThenHotReads(KeelVersionPicker):
+    """The version picker, then the newest version's hot reads, then Cadwyn's routing."""
+
+    def __init__(self, app: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(HotProfileReads(app), **kwargs)
 
 
 class _KeelCadwyn(NewestServedDirectly):

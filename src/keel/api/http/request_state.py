@@ -1,5 +1,5 @@
 """What the layers of one HTTP request tell each other, as one typed value: the caller once
-admission identified it, and whether the request was answered by a refusal.
+admission identified it, the API version chosen for it, and whether the request was answered by a refusal.
 
 It lives in a context variable that the outermost layer sets for each request (see
 `request_scope`) rather than in ASGI scope keys: the layers (early refusals, envelope, version
@@ -17,7 +17,7 @@ from keel.admission import Caller
 
 
 class RequestState:
-    __slots__ = ("caller", "refused")
+    __slots__ = ("api_version", "caller", "refused")
 
     def __init__(self) -> None:
         # Set by whichever step identified the caller first (early refusals or admission), so
@@ -26,6 +26,8 @@ class RequestState:
         # Refused by a rate limit or by shedding: such requests get sampled log lines and
         # metrics, not an access-log line each (an abuser must not be able to flood the logs).
         self.refused = False
+        # The API version the version picker chose for a `/v1/` request (None before it ran).
+        self.api_version: str | None = None
 
 
 _state: ContextVar[RequestState | None] = ContextVar("keel_http_request_state", default=None)

@@ -116,8 +116,15 @@ async def create_profile(
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
 async def get_profile(profile_id: str, request: Request) -> Response:
-    # The hot path: a deliberately short signature (every parameter is work for FastAPI, and
-    # Cadwyn resolves the signature twice), with headers read straight from the request.
+    # A deliberately short signature (every parameter is work for FastAPI, and Cadwyn resolves
+    # the signature twice). The newest version's reads skip FastAPI altogether and call
+    # `profile_answer` from `keel.api.rest.hot_reads`; older versions come here.
+    return await profile_answer(request, profile_id)
+
+
+async def profile_answer(request: Request, profile_id: str) -> Response:
+    """The answer to `GET /v1/profiles/{profile_id}`, headers read straight from the request.
+    Raises `KeelError`s for the problem handlers (or the hot path) to answer."""
     services: RestServices = request.app.state.services
     caller = await authenticated_caller(request)
     read = await services.profiles.read_profile(caller, profile_id)

@@ -42,7 +42,8 @@ class KeelVersionPicker(VersionPickingMiddleware):
             return
         # The caller as admission identified it (it runs first, on the same paths): one key
         # lookup per request, shared with the route.
-        caller = request_state().caller
+        state = request_state()
+        caller = state.caller
         principal: Principal | None = caller.principal if caller is not None else None
         if requested is not None:
             version = requested
@@ -50,6 +51,7 @@ class KeelVersionPicker(VersionPickingMiddleware):
             version = principal.api_version
         else:
             version = NEWEST_VERSION
+        state.api_version = version
         encoded = version.encode()
 
         async def send_with_version(message: Message) -> None:
