@@ -5,7 +5,7 @@ pipeline plus a translation, so what holds here holds for REST, GraphQL and gRPC
 from __future__ import annotations
 
 from keel.admission import Admission, Caller, Outcome, Refusal, Ticket, bearer_token, client_identity
-from keel.admission.operations import OTHER, PROFILES_GET, PROFILES_LIST
+from keel.admission.operations import DEFAULT_COSTS, OTHER, PROFILES_GET, PROFILES_LIST
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import Unauthenticated
 from keel.observability.metrics import Metrics
@@ -44,6 +44,7 @@ def _admission(*, shedding_limit: int | None = None) -> tuple[Admission, LoadShe
         plans={"tight": TIGHT, "anonymous": ANONYMOUS, "edge": WIDE},
         default_plan="tight",
         anonymous_plan="anonymous",
+        costs=DEFAULT_COSTS,
     )
     shedder = None
     if shedding_limit is not None:

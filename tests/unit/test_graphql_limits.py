@@ -15,6 +15,7 @@ from graphql import (
     parse,
 )
 
+from keel.admission.operations import DEFAULT_COSTS
 from keel.api.graphql.limits import (
     FIELD_OPERATIONS,
     LimitExceeded,
@@ -28,7 +29,6 @@ from keel.api.graphql.observability import OperationLabels
 from keel.api.graphql.persisted import PersistedQueries, query_hash
 from keel.api.graphql.schema import build_schema as build_keel_schema
 from keel.api.graphql.schema import graphql_core_schema
-from keel.ratelimit.catalog import DEFAULT_COSTS
 from keel.support.lru import BoundedLRU
 
 LIMITS = Limits(max_depth=10, max_aliases=15, max_cost=10_000)

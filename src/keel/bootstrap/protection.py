@@ -11,6 +11,7 @@ import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
+from keel.admission.operations import DEFAULT_COSTS
 from keel.config import Settings
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
@@ -82,11 +83,17 @@ def build_rate_limit_catalog(settings: Settings) -> RateLimitCatalog:
         if settings.ratelimit_plans is not None
         else None
     )
+    unknown = sorted(set(settings.ratelimit_costs) - set(DEFAULT_COSTS))
+    if unknown:
+        raise ValueError(
+            f"rate-limit costs name no operation: {', '.join(unknown)}"
+            f" (the operations: {', '.join(sorted(DEFAULT_COSTS))})"
+        )
     return RateLimitCatalog.build(
         plans=plans,
         default_plan=settings.ratelimit_default_plan,
         anonymous_plan=settings.ratelimit_anonymous_plan,
-        costs=settings.ratelimit_costs,
+        costs={**DEFAULT_COSTS, **settings.ratelimit_costs},
     )
 
 

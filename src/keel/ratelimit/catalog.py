@@ -8,21 +8,6 @@ from dataclasses import dataclass
 
 from keel.ratelimit.policy import DEFAULT_PLANS, EDGE_PLAN, Plan
 
-# Units charged per operation. Protocol adapters name their operations with these keys.
-DEFAULT_COSTS: dict[str, int] = {
-    "profiles.get": 1,
-    "profiles.list": 10,
-    "profiles.create": 5,
-    "profiles.update": 5,
-    "profiles.delete": 5,
-    "handles.check": 1,
-    "webhooks.admin": 1,
-    "personal_data.export": 10,
-    "erasures.start": 5,
-    "erasures.get": 1,
-    "other": 1,
-}
-
 
 @dataclass(frozen=True)
 class RateLimitCatalog:
@@ -38,9 +23,11 @@ class RateLimitCatalog:
         plans: Mapping[str, Plan] | None = None,
         default_plan: str = "standard",
         anonymous_plan: str = "anonymous",
-        costs: Mapping[str, int] | None = None,
+        costs: Mapping[str, int],
     ) -> RateLimitCatalog:
-        """Refuses a configuration under which some request could never be admitted."""
+        """`costs`: units per operation name (`keel.admission.operations` holds the defaults),
+        with one for `other`, the price of any name not listed. Refuses a configuration under
+        which some request could never be admitted."""
         chosen = dict(plans or DEFAULT_PLANS)
         # Edges' keys have a plan of their own even where an operator configured only theirs:
         # without it, an edge would be held to one caller's quota for all of its callers.
@@ -49,8 +36,10 @@ class RateLimitCatalog:
             plans=chosen,
             default_plan=default_plan,
             anonymous_plan=anonymous_plan,
-            costs={**DEFAULT_COSTS, **(costs or {})},
+            costs=dict(costs),
         )
+        if "other" not in catalog.costs:
+            raise ValueError("rate-limit costs must price 'other', the operations not listed")
         for name in (default_plan, anonymous_plan):
             if name not in catalog.plans:
                 raise ValueError(f"rate-limit plan {name!r} is not configured ({', '.join(catalog.plans)})")

@@ -18,35 +18,12 @@ from graphql import (
 )
 
 from keel.admission import Operation, Ticket
-from keel.admission.operations import (
-    ERASURES_GET,
-    ERASURES_START,
-    HANDLES_CHECK,
-    PROFILES_CREATE,
-    PROFILES_DELETE,
-    PROFILES_GET,
-    PROFILES_LIST,
-    PROFILES_UPDATE,
-)
+from keel.admission.operations import PROFILES_CREATE, PROFILES_GET
 from keel.ratelimit.guard import RateLimitOutcome
 from keel.ratelimit.policy import Plan
 
 from .errors import request_error
-
-# Root field -> the operation of the table whose priority it takes. A handle lookup reads one
-# profile, as `profile` does; roots not listed (`viewer`, introspection) are treated as a
-# single read: critical.
-_ROOT_OPERATIONS: dict[str, Operation] = {
-    "profile": PROFILES_GET,
-    "profileByHandle": PROFILES_GET,
-    "handleAvailable": HANDLES_CHECK,
-    "profiles": PROFILES_LIST,
-    "createProfile": PROFILES_CREATE,
-    "updateProfile": PROFILES_UPDATE,
-    "deleteProfile": PROFILES_DELETE,
-    "eraseProfile": ERASURES_START,
-    "erasure": ERASURES_GET,
-}
+from .operations import ROOT_FIELD_OPERATIONS
 
 
 def operation_of(document: DocumentNode, operation: OperationDefinitionNode) -> tuple[Operation, str]:
@@ -58,7 +35,7 @@ def operation_of(document: DocumentNode, operation: OperationDefinitionNode) -> 
     chosen = PROFILES_CREATE if operation.operation is OperationType.MUTATION else PROFILES_GET
     if operation.operation is not OperationType.MUTATION:
         for root in roots:
-            candidate = _ROOT_OPERATIONS.get(root, PROFILES_GET)
+            candidate = ROOT_FIELD_OPERATIONS.get(f"Query.{root}", PROFILES_GET)
             if candidate.priority > chosen.priority:
                 chosen = candidate
     return chosen, f"graphql {operation.operation.value} {','.join(roots)}"

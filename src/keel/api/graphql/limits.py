@@ -31,22 +31,10 @@ from graphql import (
 
 from keel.service.use_cases import MAX_PAGE_SIZE
 
-# Schema field -> the rate-limit operation (see `keel.ratelimit.catalog`) its resolver calls.
-FIELD_OPERATIONS: dict[str, str] = {
-    "Query.profile": "profiles.get",
-    "Query.profileByHandle": "profiles.list",
-    "Query.handleAvailable": "handles.check",
-    "Query.profiles": "profiles.list",
-    "Mutation.createProfile": "profiles.create",
-    "Mutation.updateProfile": "profiles.update",
-    "Mutation.deleteProfile": "profiles.delete",
-    "Mutation.eraseProfile": "erasures.start",
-    "Query.erasure": "erasures.get",
-    # Introspection calls no use case; without a price, an operation of 15 aliased `__schema`
-    # (some 400 kB and 100 ms of CPU) would cost the minimum of one unit.
-    "Query.__schema": "profiles.list",
-    "Query.__type": "profiles.get",
-}
+from .operations import ROOT_FIELD_OPERATIONS
+
+# Schema field -> the name of the operation (the price list's key) its resolver performs.
+FIELD_OPERATIONS: dict[str, str] = {field: op.name for field, op in ROOT_FIELD_OPERATIONS.items()}
 PAGE_ARGUMENT = "first"
 DEFAULT_PAGE_SIZE = 20
 
