@@ -1,0 +1,357 @@
+"""Frozen exchanges of a published REST version: request/response pairs recorded from Keel,
+replayed against today's code by `test_frozen_exchanges.py`.
+
+A client pinned to a version must keep seeing exactly what it saw, on every route, errors
+included, whatever later versions change. The file `contracts/rest/<version>.exchanges.json`
+holds, for each exchange, the request as sent and the answer as received, with the values that
+differ from run to run (ids, times, ETags, cursors, secrets) replaced by placeholders numbered in
+order of first appearance (`<profile:1>`, `<etag:2>`): equal values stay equal, so "the Location
+names the id the body has" is part of what is frozen. Requests name earlier answers' values by
+the same placeholders.
+
+Record (only to add exchanges to a version not yet changed, never to make a failing one pass):
+
+    python -m tests.contract.frozen_exchanges record
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from keel.config import Settings
+from keel.domain.api_keys import Scope
+from keel.service.auth import issue_api_key
+from keel.storage.migrations.runner import migrate
+from tests.e2e.conftest import Deployment, deploy
+
+VERSION = "2026-11-28"
+REPO = Path(__file__).resolve().parents[2]
+FILE = REPO / "contracts" / "rest" / f"{VERSION}.exchanges.json"
+
+# The answer headers a client may act on. Per-request ones (traceparent) and the envelope's echo
+# of the request id (sent fixed per exchange, so it would only restate the request) are left out.
+KEPT_HEADERS = (
+    "content-type",
+    "location",
+    "etag",
+    "cache-control",
+    "keel-version",
+    "retry-after",
+    "www-authenticate",
+    "allow",
+    "idempotent-replayed",
+    "deprecation",
+    "sunset",
+    "link",
+)
+
+KEYS: dict[str, list[Scope]] = {
+    "writer": [Scope.PROFILES_READ, Scope.PROFILES_WRITE],
+    "reader": [Scope.PROFILES_READ],
+    "write_only": [Scope.PROFILES_WRITE],
+    "admin": [Scope.ADMIN],
+}
+
+# Values that differ between runs, by kind: profile ids (a region and a ULID), webhook endpoint
+# delivery and erasure ids (a prefix and 32 hex digits), event ids (UUIDs), times.
+_ID = re.compile(r"\b(?:[a-z][a-z0-9]{1,5}_[0-9A-HJKMNP-TV-Z]{26}|(whep|whdl|era)_[0-9a-f]{32})\b")
+_EVENT_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")  # a CloudEvent's
+_TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})\b")
+_PLACEHOLDER = re.compile(r"<([a-z_]+):(\d+)>")
+_OPAQUE_FIELDS = {"next_cursor": "cursor", "secret": "secret"}
+_INSIDE_TEXTS = tuple(f"<{kind}:" for kind in (*_OPAQUE_FIELDS.values(), "key"))
+
+
+@dataclass
+class Placeholders:
+    """Run values <-> placeholders, numbered by kind in order of first appearance."""
+
+    values: dict[str, str] = field(default_factory=dict)  # placeholder -> value of this run
+    names: dict[str, str] = field(default_factory=dict)  # value of this run -> placeholder
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def name(self, kind: str, value: str) -> str:
+        known = self.names.get(value)
+        if known is None:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            known = f"<{kind}:{self.counts[kind]}>"
+            self.names[value] = known
+            self.values[known] = value
+        return known
+
+    def fill(self, text: str) -> str:
+        """A request's text with this run's values in place of placeholders."""
+
+        def value(match: re.Match[str]) -> str:
+            try:
+                return self.values[match.group(0)]
+            except KeyError:
+                raise KeyError(f"{match.group(0)} names no value seen before it") from None
+
+        return _PLACEHOLDER.sub(value, text)
+
+    def hide(self, text: str) -> str:
+        """An answer's text with this run's varying values as placeholders."""
+        text = _ID.sub(lambda m: self.name(_ID_KINDS.get(m.group(1), "profile"), m.group(0)), text)
+        text = _EVENT_ID.sub(lambda m: self.name("event", m.group(0)), text)
+        # Values seen whole before, met again inside a text: a cursor in a Link header, a key id
+        # in an idempotency scope.
+        for value, placeholder in self.names.items():
+            if placeholder.startswith(_INSIDE_TEXTS) and value in text:
+                text = text.replace(value, placeholder)
+        return _TIME.sub("<time>", text)
+
+
+_ID_KINDS = {"whep": "webhook", "whdl": "delivery", "era": "erasure"}
+
+
+def _hide_json(value: Any, names: Placeholders, key: str | None = None) -> Any:
+    if isinstance(value, dict):
+        return {k: _hide_json(v, names, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_json(v, names) for v in value]
+    if isinstance(value, str):
+        opaque = _OPAQUE_FIELDS.get(key or "")
+        return names.name(opaque, value) if opaque else names.hide(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Request:
+    name: str
+    method: str
+    path: str
+    key: str | None = None  # a name of KEYS, or None for no credentials
+    headers: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    content: str | None = None  # a raw body, sent as is (with its Content-Type in headers)
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"name": self.name, "method": self.method, "path": self.path}
+        if self.key is not None:
+            record["key"] = self.key
+        if self.headers:
+            record["headers"] = self.headers
+        if self.json is not None:
+            record["json"] = self.json
+        if self.content is not None:
+            record["content"] = self.content
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Request:
+        return cls(
+            record["name"],
+            record["method"],
+            record["path"],
+            record.get("key"),
+            record.get("headers", {}),
+            record.get("json"),
+            record.get("content"),
+        )
+
+
+def _profile(handle: str, **fields: Any) -> dict[str, Any]:
+    return {"handle": handle, "emails": [{"address": f"{handle}@example.com", "primary": True}], **fields}
+
+
+ADA = _profile(
+    "ada",
+    display_name="Ada Lovelace",
+    bio="Analyst",
+    locale="en-GB",
+    timezone="Europe/London",
+    links=[{"kind": "website", "url": "https://example.com/ada"}],
+    attributes={"team": "engines"},
+)
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+def scenario() -> Iterator[Request]:
+    """Every route of the version, each with its answers and its refusals."""
+    # Create: new, replayed, invalid, conflicting, malformed, without scope or key.
+    yield Request("create", "POST", "/v1/profiles", "writer", {"Idempotency-Key": "frozen-1"}, ADA)
+    yield Request("create replayed", "POST", "/v1/profiles", "writer", {"Idempotency-Key": "frozen-1"}, ADA)
+    yield Request("create second", "POST", "/v1/profiles", "writer", json=_profile("grace"))
+    yield Request("create invalid", "POST", "/v1/profiles", "writer", json={"handle": "x", "emails": []})
+    yield Request("create taken handle", "POST", "/v1/profiles", "writer", json=_profile("ada"))
+    yield Request(
+        "create malformed json",
+        "POST",
+        "/v1/profiles",
+        "writer",
+        {"Content-Type": "application/json"},
+        content='{"handle": ',
+    )
+    yield Request("create by a reader", "POST", "/v1/profiles", "reader", json=_profile("linus"))
+    yield Request("create without a key", "POST", "/v1/profiles", json=_profile("linus"))
+    # Read: the profile, as each caller sees it; conditional; missing; unknown version.
+    for key in ("reader", "admin", "write_only", None):
+        yield Request(f"read as {key}", "GET", "/v1/profiles/<profile:1>", key)
+    yield Request(
+        "read not modified", "GET", "/v1/profiles/<profile:1>", "reader", {"If-None-Match": "<etag:1>"}
+    )
+    yield Request("read missing", "GET", "/v1/profiles/eu1_00000000000000000000000000", "reader")
+    yield Request(
+        "read unknown version", "GET", "/v1/profiles/<profile:1>", "reader", {"Keel-Version": "1999-01-01"}
+    )
+    yield Request("read bad key", "GET", "/v1/profiles/<profile:1>", headers={"Authorization": "Bearer nope"})
+    # List and search.
+    yield Request("list", "GET", "/v1/profiles?limit=1", "reader")
+    yield Request("list next page", "GET", "/v1/profiles?limit=1&cursor=<cursor:1>", "reader")
+    yield Request("list by handle", "GET", "/v1/profiles?handle=grace", "reader")
+    yield Request("list by email", "GET", "/v1/profiles?email=ADA@example.com", "reader")
+    yield Request("list by ids", "GET", "/v1/profiles?ids=<profile:1>,<profile:2>", "reader")
+    yield Request("list bad cursor", "GET", "/v1/profiles?cursor=forged", "reader")
+    yield Request("list bad limit", "GET", "/v1/profiles?limit=1000", "reader")
+    # Handles.
+    yield Request("handle taken", "GET", "/v1/handles/ada", "reader")
+    yield Request("handle free", "GET", "/v1/handles/someone_new", "reader")
+    yield Request("handle invalid", "GET", "/v1/handles/x", "reader")
+    # Update: a merge patch, a stale If-Match, a wrong media type, an invalid patch, a receipt.
+    yield Request(
+        "patch",
+        "PATCH",
+        "/v1/profiles/<profile:1>",
+        "writer",
+        {**MERGE_PATCH, "If-Match": "<etag:1>"},
+        {"bio": "Mathematician", "attributes": {"team": None}},
+    )
+    yield Request(
+        "patch stale",
+        "PATCH",
+        "/v1/profiles/<profile:1>",
+        "writer",
+        {**MERGE_PATCH, "If-Match": "<etag:1>"},
+        {},
+    )
+    yield Request("patch as json", "PATCH", "/v1/profiles/<profile:1>", "writer", json={"bio": "x"})
+    yield Request("patch invalid", "PATCH", "/v1/profiles/<profile:1>", "writer", MERGE_PATCH, {"handle": 7})
+    yield Request(
+        "patch write only", "PATCH", "/v1/profiles/<profile:2>", "write_only", MERGE_PATCH, {"bio": "b"}
+    )
+    yield Request(
+        "patch missing", "PATCH", "/v1/profiles/eu1_00000000000000000000000000", "writer", MERGE_PATCH, {}
+    )
+    # Delete, then everything on the deleted profile.
+    yield Request("delete", "DELETE", "/v1/profiles/<profile:2>", "writer")
+    yield Request("delete again", "DELETE", "/v1/profiles/<profile:2>", "writer")
+    yield Request("read deleted", "GET", "/v1/profiles/<profile:2>", "reader")
+    yield Request("handle freed", "GET", "/v1/handles/grace", "reader")
+    # Webhooks (admin).
+    webhook = {"url": "http://127.0.0.1:9/hook", "event_types": ["keel.profile.updated.v1"]}
+    yield Request("webhook create", "POST", "/v1/webhooks", "admin", json=webhook)
+    yield Request("webhook create by a writer", "POST", "/v1/webhooks", "writer", json=webhook)
+    yield Request("webhook create invalid", "POST", "/v1/webhooks", "admin", json={"url": 7})
+    yield Request("webhook list", "GET", "/v1/webhooks", "admin")
+    yield Request("webhook read", "GET", "/v1/webhooks/<webhook:1>", "admin")
+    yield Request("webhook dead letters", "GET", "/v1/webhooks/<webhook:1>/dead-letters", "admin")
+    yield Request("webhook replay", "POST", "/v1/webhooks/<webhook:1>/dead-letters/replay", "admin", json={})
+    yield Request("webhook delete", "DELETE", "/v1/webhooks/<webhook:1>", "admin")
+    yield Request("webhook read deleted", "GET", "/v1/webhooks/<webhook:1>", "admin")
+    # Personal data (admin): an export, then the profile's erasure.
+    yield Request("export", "GET", "/v1/profiles/<profile:1>/export", "admin")
+    yield Request("export by a reader", "GET", "/v1/profiles/<profile:1>/export", "reader")
+    yield Request("export missing", "GET", "/v1/profiles/eu1_00000000000000000000000000/export", "admin")
+    yield Request("erasure by a writer", "POST", "/v1/profiles/<profile:1>/erasure", "writer")
+    yield Request("erasure", "POST", "/v1/profiles/<profile:1>/erasure", "admin")
+    yield Request("erasure status", "GET", "/v1/erasures/<erasure:1>", "admin")
+    yield Request("erasure unknown", "GET", "/v1/erasures/era_00000000000000000000000000000000", "admin")
+    # Unknown routes and methods.
+    yield Request("unknown route", "GET", "/v1/nothing-here", "reader")
+    yield Request("method not allowed", "PUT", "/v1/profiles/<profile:1>", "writer", json={})
+
+
+async def _keel(database: Path) -> tuple[Deployment, httpx.AsyncClient, dict[str, str], list[str]]:
+    from keel.api.application import build_http_app
+
+    url = f"sqlite:///{database}"
+    await asyncio.to_thread(migrate, url)
+    settings = Settings(database_url=url, ratelimit_enabled=False, webhook_allow_private_targets=True)
+    deployment = await deploy(settings)
+    app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
+    app.state.services = deployment.serving
+    core = deployment.core.local
+    tokens = {}
+    key_ids = []
+    for name, scopes in KEYS.items():
+        issued = await issue_api_key(core.store, core.clock, scopes=scopes, api_version=VERSION, name=name)
+        tokens[name] = issued.token
+        key_ids.append(issued.key.id)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel.test")
+    return deployment, client, tokens, key_ids
+
+
+async def exchange_all(requests: list[Request]) -> list[dict[str, Any]]:
+    """Send the requests in order to a fresh Keel (SQLite, no rate limits); the exchanges, with
+    run-specific values as placeholders."""
+    names = Placeholders()
+    exchanges = []
+    with tempfile.TemporaryDirectory() as directory:
+        deployment, client, tokens, key_ids = await _keel(Path(directory) / "keel.sqlite3")
+        for key_id in key_ids:
+            names.name("key", key_id)
+        try:
+            for number, request in enumerate(requests, start=1):
+                headers = {k: names.fill(v) for k, v in request.headers.items()}
+                headers["X-Request-Id"] = f"{number:032x}"
+                if request.key is not None:
+                    headers["Authorization"] = f"Bearer {tokens[request.key]}"
+                body = json.loads(names.fill(json.dumps(request.json))) if request.json is not None else None
+                content = names.fill(request.content) if request.content is not None else None
+                response = await client.request(
+                    request.method, names.fill(request.path), headers=headers, json=body, content=content
+                )
+                exchanges.append({"request": request.as_record(), "response": _answer(response, names)})
+        finally:
+            await client.aclose()
+            await deployment.close()
+    return exchanges
+
+
+def _answer(response: httpx.Response, names: Placeholders) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if response.content:  # first: the headers may repeat the body's opaque values (a cursor)
+        try:
+            body["json"] = _hide_json(response.json(), names)
+        except ValueError:
+            body["text"] = names.hide(response.text)
+    headers = {}
+    for name in KEPT_HEADERS:
+        value = response.headers.get(name)
+        if value is not None:
+            headers[name] = names.name("etag", value) if name == "etag" else names.hide(value)
+    return {"status": response.status_code, "headers": headers, **body}
+
+
+def load() -> list[dict[str, Any]]:
+    exchanges: list[dict[str, Any]] = json.loads(FILE.read_text())["exchanges"]
+    return exchanges
+
+
+def record() -> None:
+    exchanges = asyncio.run(exchange_all(list(scenario())))
+    FILE.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "version": VERSION,
+        "about": "Frozen exchanges of this API version; see tests/contract/frozen_exchanges.py.",
+        "exchanges": exchanges,
+    }
+    FILE.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    print(f"recorded {len(exchanges)} exchanges in {FILE.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["record"]:
+        sys.exit(__doc__)
+    record()

@@ -1,0 +1,77 @@
+"""A client pinned to 2026-11-28 sees exactly what it saw when that version was recorded: the
+recorded requests, replayed against today's code, get the recorded answers (status, the headers
+a client acts on, and the body, with run-specific values as placeholders)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+
+from keel.api.rest import versioned
+from tests.contract.frozen_exchanges import FILE, Placeholders, Request, exchange_all, load
+
+
+async def test_the_recorded_version_answers_as_it_did_when_recorded() -> None:
+    recorded = load()
+    replayed = await exchange_all([Request.from_record(e["request"]) for e in recorded])
+    differences = [
+        f"{want['request']['name']}:\n  recorded {json.dumps(want['response'])}"
+        f"\n  now      {json.dumps(got['response'])}"
+        for want, got in zip(recorded, replayed, strict=True)
+        if want != got
+    ]
+    assert not differences, "\n".join(differences)
+
+
+def test_every_route_of_the_version_has_a_recorded_exchange() -> None:
+    recorded = {(e["request"]["method"], _template_of(e["request"]["path"])) for e in load()}
+    routes = {
+        (method, route.path)
+        for route in versioned.router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    }
+    assert routes - recorded == set(), f"routes of {FILE.name} with no exchange"
+
+
+def _template_of(path: str) -> str:
+    """`/v1/profiles/<profile:1>?limit=1` -> `/v1/profiles/{profile_id}` (as the routes write it)."""
+    parameters = {
+        "profiles": "{profile_id}",
+        "webhooks": "{webhook_id}",
+        "handles": "{handle}",
+        "erasures": "{erasure_id}",
+    }
+    parts = path.split("?")[0].split("/")
+    return "/".join(parameters.get(parts[i - 1], part) if i else part for i, part in enumerate(parts))
+
+
+@pytest.mark.parametrize(
+    ("value", "hidden"),
+    [
+        ("/v1/profiles/eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3", "/v1/profiles/<profile:1>"),
+        ("2026-12-06T18:00:00.123456Z", "<time>"),
+        (
+            "eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3 and again eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3",
+            "<profile:1> and again <profile:1>",
+        ),
+    ],
+)
+def test_run_values_become_placeholders_and_equal_values_stay_equal(value: str, hidden: str) -> None:
+    assert Placeholders().hide(value) == hidden
+
+
+def test_a_changed_answer_is_a_difference() -> None:
+    """The comparison sees a change of shape: the placeholders hide values, never keys."""
+    names = Placeholders()
+    before: Any = {"id": names.hide("eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3"), "name": "Ada"}
+    after: Any = {"id": names.hide("eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3"), "full_name": "Ada"}
+    assert before != after
+    other = Placeholders()
+    assert (
+        other.hide("eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3 eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q4")
+        == "<profile:1> <profile:2>"
+    )
