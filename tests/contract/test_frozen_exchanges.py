@@ -11,7 +11,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from keel.api.rest import versioned
-from tests.contract.frozen_exchanges import FILE, Placeholders, Request, exchange_all, load
+from tests.contract.frozen_exchanges import FILE, Placeholders, Request, exchange_all, load, template_of
 
 
 async def test_the_recorded_version_answers_as_it_did_when_recorded() -> None:
@@ -27,7 +27,7 @@ async def test_the_recorded_version_answers_as_it_did_when_recorded() -> None:
 
 
 def test_every_route_of_the_version_has_a_recorded_exchange() -> None:
-    recorded = {(e["request"]["method"], _template_of(e["request"]["path"])) for e in load()}
+    recorded = {(e["request"]["method"], template_of(e["request"]["path"])) for e in load()}
     routes = {
         (method, route.path)
         for route in versioned.router.routes
@@ -35,18 +35,6 @@ def test_every_route_of_the_version_has_a_recorded_exchange() -> None:
         for method in route.methods or ()
     }
     assert routes - recorded == set(), f"routes of {FILE.name} with no exchange"
-
-
-def _template_of(path: str) -> str:
-    """`/v1/profiles/<profile:1>?limit=1` -> `/v1/profiles/{profile_id}` (as the routes write it)."""
-    parameters = {
-        "profiles": "{profile_id}",
-        "webhooks": "{webhook_id}",
-        "handles": "{handle}",
-        "erasures": "{erasure_id}",
-    }
-    parts = path.split("?")[0].split("/")
-    return "/".join(parameters.get(parts[i - 1], part) if i else part for i, part in enumerate(parts))
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,7 @@ def add_routes(router: APIRouter) -> None:
         "/erasures/{erasure_id}",
         erasure_status,
         methods=["GET"],
+        name="get_erasure",
         responses=problem_responses(404),
         summary="The status of an erasure (admin)",
         tags=tags,

@@ -18,6 +18,7 @@ from keel.api.rest import personal_data_routes
 from keel.api.rest.dependencies import Caller, RestServices, ServicesDep, authenticated_caller
 from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
 from keel.api.rest.mapping import etag, profile_document, version_from_etag
+from keel.api.rest.operation_ids import operation_id
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, HandleCheck, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors
@@ -53,7 +54,7 @@ _IDEMPOTENCY_KEY_SCHEMA = {
     "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$",
 }
 
-router = VersionedAPIRouter(prefix="/v1", tags=["profiles"])
+router = VersionedAPIRouter(prefix="/v1", tags=["profiles"], generate_unique_id_function=operation_id)
 
 
 def _idempotency_key(value: str | None) -> str | None:

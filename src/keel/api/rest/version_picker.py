@@ -75,12 +75,21 @@ VERSION_HEADER_PARAMETER = {
 }
 
 
+_PARAMETER_REF = {"$ref": "#/components/parameters/KeelVersion"}
+
+
 def document_version_header(schema: dict[str, Any]) -> None:
-    """Declare `Keel-Version` on every versioned operation of an OpenAPI document."""
+    """Declare `Keel-Version` on every versioned operation of an OpenAPI document, as one shared
+    parameter (one enum for SDK generators, not a copy per operation)."""
+    used = False
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith(_VERSIONED_PREFIX):
             continue
         for operation in operations.values():
             parameters = operation.setdefault("parameters", [])
-            if all(p.get("name") != VERSION_HEADER for p in parameters):
-                parameters.append(VERSION_HEADER_PARAMETER)
+            if all(p.get("name") != VERSION_HEADER and p != _PARAMETER_REF for p in parameters):
+                parameters.append(dict(_PARAMETER_REF))
+                used = True
+    if used:
+        components = schema.setdefault("components", {})
+        components.setdefault("parameters", {})["KeelVersion"] = VERSION_HEADER_PARAMETER

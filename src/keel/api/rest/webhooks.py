@@ -18,13 +18,14 @@ from starlette.responses import JSONResponse, Response
 
 from keel.api.rest.dependencies import authenticated_caller
 from keel.api.rest.documented_responses import problem_responses
+from keel.api.rest.operation_ids import operation_id
 from keel.domain.api_keys import Principal
 from keel.domain.errors import Forbidden, NotFound
 from keel.domain.events import EVENT_TYPES
 from keel.domain.webhooks import WebhookDelivery, WebhookEndpoint
 from keel.service.webhooks import MAX_LISTED, WebhookAdmin
 
-router = VersionedAPIRouter(prefix="/v1", tags=["webhooks"])
+router = VersionedAPIRouter(prefix="/v1", tags=["webhooks"], generate_unique_id_function=operation_id)
 
 # Stated in OpenAPI; checked by the use case (the same rule for every protocol).
 EventType = Annotated[str, Field(max_length=100, json_schema_extra={"enum": list(EVENT_TYPES)})]

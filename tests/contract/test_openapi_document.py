@@ -1,0 +1,94 @@
+"""What SDK generators read in each version's OpenAPI document: operation ids named for what
+they do, one shared `Keel-Version` parameter, and every status the version was recorded
+answering documented on its route."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from keel.api.rest.api_versions import SUPPORTED_VERSIONS
+from keel.config import Settings
+from keel.storage.migrations.runner import migrate
+from tests.contract.frozen_exchanges import VERSION, load, template_of
+from tests.e2e.conftest import make_api
+
+OPERATION_IDS = {
+    ("post", "/v1/profiles"): "createProfile",
+    ("get", "/v1/profiles"): "listProfiles",
+    ("get", "/v1/profiles/{profile_id}"): "getProfile",
+    ("patch", "/v1/profiles/{profile_id}"): "updateProfile",
+    ("delete", "/v1/profiles/{profile_id}"): "deleteProfile",
+    ("get", "/v1/handles/{handle}"): "checkHandle",
+    ("get", "/v1/profiles/{profile_id}/export"): "exportProfile",
+    ("post", "/v1/profiles/{profile_id}/erasure"): "startErasure",
+    ("get", "/v1/erasures/{erasure_id}"): "getErasure",
+    ("post", "/v1/webhooks"): "createWebhook",
+    ("get", "/v1/webhooks"): "listWebhooks",
+    ("get", "/v1/webhooks/{webhook_id}"): "getWebhook",
+    ("delete", "/v1/webhooks/{webhook_id}"): "deleteWebhook",
+    ("get", "/v1/webhooks/{webhook_id}/dead-letters"): "listDeadLetters",
+    ("post", "/v1/webhooks/{webhook_id}/dead-letters/replay"): "replayDeadLetters",
+}
+
+
+@pytest.fixture(scope="module")
+async def documents(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, dict[str, Any]]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('openapi')}/keel.sqlite3"
+    await asyncio.to_thread(migrate, url)
+    api, deployment = await make_api(Settings(database_url=url))
+    try:
+        async with api.client:
+            found = {}
+            for version in SUPPORTED_VERSIONS:
+                answer = await api.client.get("/openapi.json", params={"version": version})
+                assert answer.status_code == 200
+                found[version] = answer.json()
+            yield found
+    finally:
+        await deployment.close()
+
+
+def _operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, operations in document["paths"].items()
+        if path.startswith("/v1/")
+        for method, operation in operations.items()
+    }
+
+
+async def test_operations_are_named_for_what_they_do(documents: dict[str, dict[str, Any]]) -> None:
+    for document in documents.values():
+        named = {key: operation["operationId"] for key, operation in _operations(document).items()}
+        assert named == OPERATION_IDS
+
+
+async def test_the_version_header_is_one_shared_parameter(documents: dict[str, dict[str, Any]]) -> None:
+    for version, document in documents.items():
+        shared = document["components"]["parameters"]["KeelVersion"]
+        assert shared["name"] == "Keel-Version"
+        assert version in shared["schema"]["enum"]
+        for operation in _operations(document).values():
+            assert {"$ref": "#/components/parameters/KeelVersion"} in operation["parameters"]
+            assert all(p.get("name") != "Keel-Version" for p in operation["parameters"])
+
+
+async def test_every_status_a_route_was_recorded_answering_is_documented_on_it(
+    documents: dict[str, dict[str, Any]],
+) -> None:
+    operations = _operations(documents[VERSION])
+    undocumented = set()
+    for exchange in load():
+        request, status = exchange["request"], exchange["response"]["status"]
+        key = (request["method"].lower(), template_of(request["path"]))
+        operation = operations.get(key)
+        if operation is None:  # an unknown route or method: documented nowhere by definition
+            assert status in (404, 405), exchange
+            continue
+        if str(status) not in operation["responses"]:
+            undocumented.add((*key, status))
+    assert undocumented == set()
