@@ -282,8 +282,10 @@ async def test_openapi_per_version_and_docs(api: Api) -> None:
     assert spec.status_code == 200
     assert "/v1/profiles/{profile_id}" in spec.json()["paths"]
     assert spec.json()["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+    shared = spec.json()["components"]["parameters"]  # `{"$ref": "#/components/parameters/X"}`
     get_parameters = {
-        p["name"] for p in spec.json()["paths"]["/v1/profiles/{profile_id}"]["get"]["parameters"]
+        shared[p["$ref"].rsplit("/", 1)[1]]["name"] if "$ref" in p else p["name"]
+        for p in spec.json()["paths"]["/v1/profiles/{profile_id}"]["get"]["parameters"]
     }
     assert {"profile_id", "If-None-Match", "Keel-Version"} <= get_parameters
     docs = await api.client.get("/docs", params={"version": "2026-11-28"})
