@@ -9,7 +9,8 @@ order of first appearance (`<profile:1>`, `<etag:2>`): equal values stay equal, 
 names the id the body has" is part of what is frozen. Requests name earlier answers' values by
 the same placeholders.
 
-Record (only to add exchanges to a version not yet changed, never to make a failing one pass):
+Record (to add exchanges at the scenario's end; refused when an exchange already frozen would
+change, so it cannot make a failing one pass):
 
     python -m tests.contract.frozen_exchanges record
 """
@@ -67,6 +68,7 @@ KEYS: dict[str, list[Scope]] = {
 _ID = re.compile(r"\b(?:[a-z][a-z0-9]{1,5}_[0-9A-HJKMNP-TV-Z]{26}|(whep|whdl|era)_[0-9a-f]{32})\b")
 _EVENT_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")  # a CloudEvent's
 _TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})\b")
+_ETAG = re.compile(r'(W/)?"(\d+)\.([^".]+)(\.full)?"')
 _PLACEHOLDER = re.compile(r"<([a-z_]+):(\d+)>")
 _OPAQUE_FIELDS = {"next_cursor": "cursor", "secret": "secret"}
 _INSIDE_TEXTS = tuple(f"<{kind}:" for kind in (*_OPAQUE_FIELDS.values(), "key"))
@@ -109,7 +111,9 @@ class Placeholders:
         for value, placeholder in self.names.items():
             if placeholder.startswith(_INSIDE_TEXTS) and value in text:
                 text = text.replace(value, placeholder)
-        return _TIME.sub("<time>", text)
+        # Times are not numbered (two clock reads may or may not fall in the same microsecond),
+        # but their zone designator is kept: `<time>Z` must not become `<time>+00:00`.
+        return _TIME.sub(lambda m: "<time>" + m.group(2), text)
 
 
 _ID_KINDS = {"whep": "webhook", "whdl": "delivery", "era": "erasure"}
@@ -199,7 +203,7 @@ def scenario() -> Iterator[Request]:
     for key in ("reader", "admin", "write_only", None):
         yield Request(f"read as {key}", "GET", "/v1/profiles/<profile:1>", key)
     yield Request(
-        "read not modified", "GET", "/v1/profiles/<profile:1>", "reader", {"If-None-Match": "<etag:1>"}
+        "read not modified", "GET", "/v1/profiles/<profile:1>", "reader", {"If-None-Match": '"1.<etag:1>"'}
     )
     yield Request("read missing", "GET", "/v1/profiles/eu1_00000000000000000000000000", "reader")
     yield Request(
@@ -224,7 +228,7 @@ def scenario() -> Iterator[Request]:
         "PATCH",
         "/v1/profiles/<profile:1>",
         "writer",
-        {**MERGE_PATCH, "If-Match": "<etag:1>"},
+        {**MERGE_PATCH, "If-Match": '"1.<etag:1>"'},
         {"bio": "Mathematician", "attributes": {"team": None}},
     )
     yield Request(
@@ -232,7 +236,7 @@ def scenario() -> Iterator[Request]:
         "PATCH",
         "/v1/profiles/<profile:1>",
         "writer",
-        {**MERGE_PATCH, "If-Match": "<etag:1>"},
+        {**MERGE_PATCH, "If-Match": '"1.<etag:1>"'},
         {},
     )
     yield Request("patch as json", "PATCH", "/v1/profiles/<profile:1>", "writer", json={"bio": "x"})
@@ -303,6 +307,9 @@ async def exchange_all(requests: list[Request]) -> list[dict[str, Any]]:
             names.name("key", key_id)
         try:
             for number, request in enumerate(requests, start=1):
+                # Profile ids are ULIDs, ordered by their millisecond only: two creates in the same
+                # millisecond could list in either order. A pause keeps every request in its own.
+                await asyncio.sleep(0.002)
                 headers = {k: names.fill(v) for k, v in request.headers.items()}
                 headers["X-Request-Id"] = f"{number:032x}"
                 if request.key is not None:
@@ -330,7 +337,7 @@ def _answer(response: httpx.Response, names: Placeholders) -> dict[str, Any]:
     for name in KEPT_HEADERS:
         value = response.headers.get(name)
         if value is not None:
-            headers[name] = names.name("etag", value) if name == "etag" else names.hide(value)
+            headers[name] = _etag(value, names) if name == "etag" else names.hide(value)
     return {"status": response.status_code, "headers": headers, **body}
 
 
@@ -346,13 +353,30 @@ def template_of(path: str) -> str:
     return "/".join(parameters.get(parts[i - 1], part) if i else part for i, part in enumerate(parts))
 
 
+def _etag(value: str, names: Placeholders) -> str:
+    """An ETag with only the hash of the profile id as a placeholder: its strength, version and
+    view suffix (`"2.<etag:1>.full"`) are part of what is frozen."""
+    match = _ETAG.fullmatch(value)
+    if match is None:
+        return names.hide(value)
+    weak, version, tag, view = match.groups()
+    return f'{weak or ""}"{version}.{names.name("etag", tag)}{view or ""}"'
+
+
 def load() -> list[dict[str, Any]]:
     exchanges: list[dict[str, Any]] = json.loads(FILE.read_text())["exchanges"]
     return exchanges
 
 
 def record() -> None:
+    """Record the scenario; refused unless every exchange already in the file is answered as it
+    was (the scenario only ever grows at its end)."""
     exchanges = asyncio.run(exchange_all(list(scenario())))
+    if FILE.exists():
+        kept = load()
+        changed = [old["request"]["name"] for old, new in zip(kept, exchanges, strict=False) if old != new]
+        if changed or len(exchanges) < len(kept):
+            sys.exit(f"not recorded: exchanges already frozen would change: {changed or 'some were removed'}")
     FILE.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "version": VERSION,

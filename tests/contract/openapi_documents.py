@@ -132,25 +132,63 @@ def _compare_answers(old: Document, new: Document, where: str, old_schema: Any, 
     return found
 
 
+def _value_schema(document: Document, schema: Any) -> dict[str, Any]:
+    """The schema of a value, through `$ref`s, with a nullable `anyOf` (`X | None`) read as X."""
+    schema = _resolve(document, schema)
+    if isinstance(schema, dict) and "anyOf" in schema:
+        branches = [_resolve(document, s) for s in schema["anyOf"]]
+        values = [b for b in branches if isinstance(b, dict) and b.get("type") != "null"]
+        if len(values) == 1:
+            return {**values[0], "type": _types(document, schema) or values[0].get("type")}
+    return schema if isinstance(schema, dict) else {}
+
+
+_LOWER_BOUNDS = ("minimum", "exclusiveMinimum", "minLength", "minItems")
+_UPPER_BOUNDS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems")
+
+
+def _narrowed(old: Document, new: Document, where: str, old_schema: Any, new_schema: Any) -> list[str]:
+    """How an input's schema accepts less than it did: types, enum values, bounds, pattern."""
+    found: list[str] = []
+    before, after = _value_schema(old, old_schema), _value_schema(new, new_schema)
+    old_types, new_types = _types(old, old_schema), _types(new, new_schema)
+    if old_types and new_types and not old_types <= new_types:
+        found.append(f"{where}: no longer accepts {sorted(old_types - new_types)}")
+    if "enum" in after:
+        lost = {json.dumps(v) for v in before.get("enum", [])} - {json.dumps(v) for v in after["enum"]}
+        if "enum" not in before:
+            found.append(f"{where}: now limited to a list of values")
+        elif lost:
+            found.append(f"{where}: no longer accepts {sorted(lost)}")
+    for bound in _LOWER_BOUNDS:
+        if bound in after and (bound not in before or after[bound] > before[bound]):
+            found.append(f"{where}: {bound} raised to {after[bound]}")
+    for bound in _UPPER_BOUNDS:
+        if bound in after and (bound not in before or after[bound] < before[bound]):
+            found.append(f"{where}: {bound} lowered to {after[bound]}")
+    if after.get("pattern") is not None and after.get("pattern") != before.get("pattern"):
+        found.append(f"{where}: pattern changed")
+    return found
+
+
 def _compare_inputs(old: Document, new: Document, where: str, old_schema: Any, new_schema: Any) -> list[str]:
     """A request body may gain optional fields; it may not lose one (unknown fields are refused),
-    require a new one, or narrow a field's type."""
+    require a new one, or accept less for a field (types, enum values, bounds, pattern)."""
     found: list[str] = []
     old_props, old_required = _properties(old, old_schema)
     new_props, new_required = _properties(new, new_schema)
     for name in old_props:
         if name not in new_props:
             found.append(f"{where}: request field {name!r} removed")
-        elif not _types(old, old_props[name]) <= _types(new, new_props[name]) and _types(
-            new, new_props[name]
-        ):
-            found.append(f"{where}: request field {name!r} no longer accepts every type it did")
+        else:
+            found += _narrowed(old, new, f"{where}: request field {name!r}", old_props[name], new_props[name])
     for name in sorted(new_required - old_required):
         found.append(f"{where}: request field {name!r} now required")
     for name in old_props.keys() & new_props.keys():
         found += _compare_inputs(old, new, f"{where}.{name}", old_props[name], new_props[name])
         old_items, new_items = _items(old, old_props[name]), _items(new, new_props[name])
         if old_items is not None and new_items is not None:
+            found += _narrowed(old, new, f"{where}: items of {name!r}", old_items, new_items)
             found += _compare_inputs(old, new, f"{where}.{name}[]", old_items, new_items)
     return found
 
@@ -170,7 +208,8 @@ def _parameters(document: Document, operation: dict[str, Any]) -> dict[tuple[str
     found = {}
     for parameter in operation.get("parameters", []):
         parameter = _resolve(document, parameter)
-        found[(parameter.get("in", ""), parameter.get("name", ""))] = parameter
+        place, name = parameter.get("in", ""), parameter.get("name", "")
+        found[(place, name.lower() if place == "header" else name)] = parameter  # header names: any case
     return found
 
 
@@ -196,10 +235,13 @@ def breaking_changes(old: Document, new: Document) -> list[str]:
                     continue
                 if replacement.get("required") and not parameter.get("required"):
                     found.append(f"{where}: {key[0]} parameter {key[1]!r} now required")
-                old_enum = set(_resolve(old, parameter.get("schema", {})).get("enum", []))
-                new_enum = set(_resolve(new, replacement.get("schema", {})).get("enum", old_enum))
-                if old_enum - new_enum:
-                    found.append(f"{where}: {key[1]!r} no longer accepts {sorted(old_enum - new_enum)}")
+                found += _narrowed(
+                    old,
+                    new,
+                    f"{where}: {key[0]} parameter {key[1]!r}",
+                    parameter.get("schema"),
+                    replacement.get("schema"),
+                )
             old_body = old_operation.get("requestBody")
             new_body = new_operation.get("requestBody")
             if (
@@ -208,7 +250,11 @@ def breaking_changes(old: Document, new: Document) -> list[str]:
                 and (old_body is None or not old_body.get("required"))
             ):
                 found.append(f"{where}: a request body is now required")
+            if old_body is not None and new_body is None:
+                found.append(f"{where}: the request body is no longer read")
             if old_body is not None and new_body is not None:
+                for media_type in old_body.get("content", {}).keys() - new_body.get("content", {}).keys():
+                    found.append(f"{where}: request media type {media_type} no longer accepted")
                 found += _compare_inputs(old, new, where, _json_schema(old_body), _json_schema(new_body))
             for status, old_answer in old_operation.get("responses", {}).items():
                 if not status.startswith("2"):
@@ -217,6 +263,8 @@ def breaking_changes(old: Document, new: Document) -> list[str]:
                 if new_answer is None:
                     found.append(f"{where}: answer {status} removed")
                     continue
+                for media_type in old_answer.get("content", {}).keys() - new_answer.get("content", {}).keys():
+                    found.append(f"{where}: answer {status} no longer {media_type}")
                 found += _compare_answers(
                     old, new, f"{where} {status}", _json_schema(old_answer), _json_schema(new_answer)
                 )

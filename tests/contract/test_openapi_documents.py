@@ -57,10 +57,12 @@ def _with(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 def test_a_version_may_grow() -> None:
+    """New operations, optional inputs and answer fields, and wider inputs break no client."""
     old = _document(OUT, IN, [LIMIT])
     grown_out = _with(OUT, properties={**OUT["properties"], "bio": {"type": "string"}})
     grown_in = _with(IN, properties={**IN["properties"], "bio": {"type": "string"}})
-    new = _document(grown_out, grown_in, [LIMIT, ORDER])
+    wider_limit = _with(LIMIT, schema={"anyOf": [{"type": "integer"}, {"type": "null"}]})
+    new = _document(grown_out, grown_in, [wider_limit, ORDER])
     new["paths"]["/v1/others"] = new["paths"]["/v1/things"]
     assert breaking_changes(old, new) == []
 
@@ -85,11 +87,23 @@ def test_what_breaks_a_client_is_named() -> None:
             [LIMIT, ORDER],
         ),
         "request field 'name' removed": _document(OUT, _with(IN, properties={}, required=[]), [LIMIT, ORDER]),
+        "query parameter 'limit': maximum lowered to 10": _document(
+            OUT, IN, [_with(LIMIT, schema={"type": "integer", "maximum": 10}), ORDER]
+        ),
+        "query parameter 'limit': no longer accepts ['integer']": _document(
+            OUT, IN, [_with(LIMIT, schema={"type": "string"}), ORDER]
+        ),
+        "request field 'name': maxLength lowered to 5": _document(
+            OUT, _with(IN, properties={"name": {"type": "string", "maxLength": 5}}), [LIMIT, ORDER]
+        ),
+        "request field 'name': now limited to a list of values": _document(
+            OUT, _with(IN, properties={"name": {"type": "string", "enum": ["a"]}}), [LIMIT, ORDER]
+        ),
         "query parameter 'limit' removed": _document(OUT, IN, [ORDER]),
-        "'order' no longer accepts ['desc']": _document(
+        """query parameter 'order': no longer accepts ['"desc"']""": _document(
             OUT, IN, [LIMIT, _with(ORDER, schema={"enum": ["asc"]})]
         ),
-        "new required header parameter 'X-Tenant'": _document(
+        "new required header parameter 'x-tenant'": _document(
             OUT,
             IN,
             [
@@ -119,3 +133,38 @@ def test_changes_deep_in_the_published_document_are_found() -> None:
     found = breaking_changes(published, poorer)
     assert "GET /v1/profiles/{profile_id} 200.emails[]: answer field 'verified' removed" in found
     assert "GET /v1/profiles 200.items[].emails[]: answer field 'verified' removed" in found
+
+
+def test_the_real_document_changed_where_clients_feel_it() -> None:
+    """The checks of a review, on the published document: each change must be named."""
+    published = json.loads(committed_path("2026-11-28").read_text())
+
+    def changed(edit: Any) -> list[str]:
+        copy = json.loads(json.dumps(published))
+        edit(copy)
+        return breaking_changes(published, copy)
+
+    schemas = "components", "schemas"
+
+    def fewer_event_types(d: Any) -> None:
+        items = d[schemas[0]][schemas[1]]["WebhookCreate"]["properties"]["event_types"]["items"]
+        items["enum"] = items["enum"][:1]
+
+    def shorter_bio(d: Any) -> None:
+        bio = d[schemas[0]][schemas[1]]["ProfileCreate"]["properties"]["bio"]
+        for branch in bio.get("anyOf", [bio]):
+            if branch.get("type") == "string":
+                branch["maxLength"] = 5
+
+    def no_create_body(d: Any) -> None:
+        del d["paths"]["/v1/profiles"]["post"]["requestBody"]
+
+    def header_in_other_case(d: Any) -> None:
+        for parameter in d["paths"]["/v1/profiles/{profile_id}"]["patch"]["parameters"]:
+            if parameter.get("name") == "if-match":
+                parameter["name"] = "If-Match"
+
+    assert any("items of 'event_types': no longer accepts" in c for c in changed(fewer_event_types))
+    assert any("'bio': maxLength lowered to 5" in c for c in changed(shorter_bio))
+    assert "POST /v1/profiles: the request body is no longer read" in changed(no_create_body)
+    assert changed(header_in_other_case) == []

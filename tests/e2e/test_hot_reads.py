@@ -82,10 +82,36 @@ async def _create(apps: TwoApps, handle: str) -> str:
 
 
 async def _same_answer(apps: TwoApps, path: str, headers: dict[str, str]) -> httpx.Response:
+    """Asked of the framework between two asks of the hot path: each path answers once with the
+    profile cache cold and once warm (the apps share one deployment and its cache)."""
     hot = await apps.hot.get(path, headers={**headers, **_REQUEST_ID})
     framework = await apps.framework.get(path, headers={**headers, **_REQUEST_ID})
-    assert _answer(hot) == _answer(framework), (path, headers)
+    hot_again = await apps.hot.get(path, headers={**headers, **_REQUEST_ID})
+    assert _answer(hot) == _answer(framework) == _answer(hot_again), (path, headers)
     return hot
+
+
+def _layers(client: httpx.AsyncClient) -> list[str]:
+    """The ASGI layers of a client's app, outermost first, as Starlette built them."""
+    layer: Any = client._transport.app.middleware_stack  # type: ignore[attr-defined]
+    names: list[str] = []
+    while layer is not None and len(names) < 50:
+        names.append(type(layer).__name__)
+        layer = getattr(layer, "app", None)
+    return names
+
+
+async def test_the_hot_app_answers_hot_reads_itself_right_after_the_version_picker(apps: TwoApps) -> None:
+    """What the comparisons above rely on: one app has the hot path in its stack, in its place,
+    and the other has not (so they compare the hot path with the framework, not the framework
+    with itself)."""
+    for client in (apps.hot, apps.framework):
+        await client.get("/healthz")  # Starlette builds the stack at the first request
+    hot, framework = _layers(apps.hot), _layers(apps.framework)
+    assert hot[hot.index("RestAdmission") :].index("HotProfileReads") > 0
+    assert hot[hot.index("HotProfileReads") - 1] == "_PickerThenHotReads"
+    assert "HotProfileReads" not in framework
+    assert "KeelVersionPicker" in framework
 
 
 async def test_every_caller_gets_the_framework_routes_answer(apps: TwoApps) -> None:

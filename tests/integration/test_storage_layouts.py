@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,23 @@ async def test_the_document_layouts_filters_are_index_backed(store: Store, datab
         assert not re.search(r"Seq Scan|\bSCAN\b", plan), (name, plan)
 
 
+@pytest.mark.parametrize("storage_layout", ["document"])
+async def test_the_plan_check_tells_a_scan_from_an_index_search(store: Store, database_url: str) -> None:
+    """The negative control of the test above: with the handle's index dropped (in a transaction
+    rolled back at once), the same statement's plan fails the same checks."""
+    profile = make_profile()
+    await add(store, profile)
+    (statement,) = await _statements_of_find(store, _filters(profile)["handle"])
+    searches = INDEX_SEARCHES["sqlite" if database_url.startswith("sqlite") else "postgres"]
+    with_index = await _plan(database_url, *statement)
+    without_index = await _plan(database_url, *statement, dropped_index="ux_profile_documents_live_handle")
+    assert re.search(searches["handle"], with_index), with_index
+    assert not re.search(searches["handle"], without_index), without_index
+    # Read row by row, the handle checked on each: a scan (SQLite; PostgreSQL when allowed) or,
+    # with sequential scans priced out, PostgreSQL's walk of the primary key filtering on it.
+    assert re.search(r"Seq Scan|\bSCAN\b|Filter: .*'handle'", without_index), without_index
+
+
 async def _statements_of_find(store: Store, filter_: ProfileQuery) -> list[tuple[str, tuple[Any, ...]]]:
     """The statements the repository's `find` sends, as the driver sees them."""
     statements: list[tuple[str, tuple[Any, ...]]] = []
@@ -290,15 +308,30 @@ async def _statements_of_find(store: Store, filter_: ProfileQuery) -> list[tuple
     return statements
 
 
-async def _plan(url: str, sql: str, args: tuple[Any, ...]) -> str:
+async def _plan(url: str, sql: str, args: tuple[Any, ...], *, dropped_index: str | None = None) -> str:
+    """The statement's plan; with `dropped_index`, as planned without that index (dropped in a
+    transaction that is rolled back: both databases' DDL is transactional)."""
     if url.startswith("sqlite"):
-        rows = await query(url, "EXPLAIN QUERY PLAN " + sql)
-        return "\n".join(str(row["detail"]) for row in rows)
+        with sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None) as sqlite:
+            sqlite.execute("BEGIN")
+            try:
+                if dropped_index is not None:
+                    sqlite.execute(f"DROP INDEX {dropped_index}")
+                rows = sqlite.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+            finally:
+                sqlite.execute("ROLLBACK")
+        return "\n".join(str(row[3]) for row in rows)
     connection = await asyncpg.connect(url)
     try:
-        async with connection.transaction():
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
             await connection.execute("SET LOCAL enable_seqscan = off")
+            if dropped_index is not None:
+                await connection.execute(f"DROP INDEX {dropped_index}")
             lines = [str(row[0]) for row in await connection.fetch("EXPLAIN " + sql, *args)]
+        finally:
+            await transaction.rollback()
     finally:
         await connection.close()
     return "\n".join(lines)

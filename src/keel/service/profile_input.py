@@ -8,11 +8,11 @@ with its location, not just the first.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import ipaddress
 import json
 import math
 import unicodedata
-import zoneinfo
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -54,8 +54,17 @@ _FIELDS = frozenset(
 )
 _EMAIL_FIELDS = frozenset({"address", "verified", "primary"})
 _LINK_FIELDS = frozenset({"kind", "url"})
+
+
+def _iana_timezones() -> frozenset[str]:
+    """The IANA zone names of the pinned `tzdata` package: the same on every host (the
+    standard library's `available_timezones()` adds whatever the host's zoneinfo folder holds,
+    such as `localtime`), so what Keel accepts and documents does not depend on the machine."""
+    return frozenset(importlib.resources.files("tzdata").joinpath("zones").read_text().split())
+
+
 # Read once: the set of IANA names does not change while the process runs.
-_TIMEZONES = frozenset(zoneinfo.available_timezones())
+TIMEZONES = _iana_timezones()
 # One encoder for every call: json.dumps with options builds a new encoder each time.
 _compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -365,7 +374,7 @@ def _locale(value: Any, found: _Collector) -> str | None:
 def _timezone(value: Any, found: _Collector) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > MAX_TIMEZONE or value not in _TIMEZONES:
+    if not isinstance(value, str) or len(value) > MAX_TIMEZONE or value not in TIMEZONES:
         found.add("/timezone", "must be an IANA time zone name, such as Europe/Paris")
         return None
     return value

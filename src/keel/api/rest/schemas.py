@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import zoneinfo
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict, JsonValue
+
+from keel.service.profile_input import TIMEZONES
 
 
 class _Input(BaseModel):
@@ -28,8 +29,8 @@ _AVATAR_URL_RULES: JsonDict = {"maxLength": 2048, "pattern": rf"^[Hh][Tt][Tt][Pp
 _LINK_URL_RULES: JsonDict = {"pattern": rf"^[Hh][Tt][Tt][Pp][Ss]?://{_HOST}([/?#]\S*)?$"}
 
 
-# The names the use case accepts (this process's IANA database), listed for clients.
-_TIMEZONE_RULES: JsonDict = {"enum": list[JsonValue](sorted(zoneinfo.available_timezones()))}
+# The names the use case accepts (the pinned IANA database), listed for clients.
+_TIMEZONE_RULES: JsonDict = {"enum": list[JsonValue](sorted(TIMEZONES))}
 
 
 class LinkIn(_Input):
