@@ -139,7 +139,10 @@ def _value_schema(document: Document, schema: Any) -> dict[str, Any]:
         branches = [_resolve(document, s) for s in schema["anyOf"]]
         values = [b for b in branches if isinstance(b, dict) and b.get("type") != "null"]
         if len(values) == 1:
-            return {**values[0], "type": _types(document, schema) or values[0].get("type")}
+            # Rules written beside the `anyOf` (Pydantic puts `json_schema_extra` there: an enum,
+            # a pattern, a maxLength) apply to the value as much as the branch's own.
+            beside = {k: v for k, v in schema.items() if k != "anyOf"}
+            return {**beside, **values[0], "type": _types(document, schema) or values[0].get("type")}
     return schema if isinstance(schema, dict) else {}
 
 

@@ -82,8 +82,8 @@ async def _create(apps: TwoApps, handle: str) -> str:
 
 
 async def _same_answer(apps: TwoApps, path: str, headers: dict[str, str]) -> httpx.Response:
-    """Asked of the framework between two asks of the hot path: each path answers once with the
-    profile cache cold and once warm (the apps share one deployment and its cache)."""
+    """Asked of the hot path, then of the framework, then of the hot path again: the framework's
+    answer must match the hot path's before and after it."""
     hot = await apps.hot.get(path, headers={**headers, **_REQUEST_ID})
     framework = await apps.framework.get(path, headers={**headers, **_REQUEST_ID})
     hot_again = await apps.hot.get(path, headers={**headers, **_REQUEST_ID})
@@ -112,6 +112,32 @@ async def test_the_hot_app_answers_hot_reads_itself_right_after_the_version_pick
     assert hot[hot.index("HotProfileReads") - 1] == "_PickerThenHotReads"
     assert "HotProfileReads" not in framework
     assert "KeelVersionPicker" in framework
+
+
+async def test_through_the_whole_app_a_hot_read_never_reaches_the_framework(apps: TwoApps) -> None:
+    """The version picker must tell the hot path the version (else every comparison above would
+    compare the framework with itself): a hot read sent through the whole app is answered
+    before the framework's routing, any other request reaches it."""
+    await apps.hot.get("/healthz")  # Starlette builds the stack at the first request
+    layer: Any = apps.hot._transport.app.middleware_stack  # type: ignore[attr-defined]
+    while not isinstance(layer, HotProfileReads):
+        layer = layer.app
+    framework = layer.app
+    reached: list[str] = []
+
+    async def spy(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(f"{scope['method']} {scope['path']}")
+        await framework(scope, receive, send)
+
+    layer.app = spy
+    try:
+        reader = apps.headers["reader"]
+        missing = await apps.hot.get("/v1/profiles/eu1_00000000000000000000000000", headers=reader)
+        listed = await apps.hot.get("/v1/profiles", headers=reader)
+    finally:
+        layer.app = framework
+    assert (missing.status_code, listed.status_code) == (404, 200)
+    assert reached == ["GET /v1/profiles"]
 
 
 async def test_every_caller_gets_the_framework_routes_answer(apps: TwoApps) -> None:

@@ -6,6 +6,7 @@ document layout's filters are index-backed, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from pathlib import Path
@@ -312,7 +313,9 @@ async def _plan(url: str, sql: str, args: tuple[Any, ...], *, dropped_index: str
     """The statement's plan; with `dropped_index`, as planned without that index (dropped in a
     transaction that is rolled back: both databases' DDL is transactional)."""
     if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None) as sqlite:
+        with contextlib.closing(
+            sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        ) as sqlite:
             sqlite.execute("BEGIN")
             try:
                 if dropped_index is not None:
@@ -327,6 +330,8 @@ async def _plan(url: str, sql: str, args: tuple[Any, ...], *, dropped_index: str
         await transaction.start()
         try:
             await connection.execute("SET LOCAL enable_seqscan = off")
+            # Never wait on a connection of the store holding the table: fail instead.
+            await connection.execute("SET LOCAL lock_timeout = '5s'")
             if dropped_index is not None:
                 await connection.execute(f"DROP INDEX {dropped_index}")
             lines = [str(row[0]) for row in await connection.fetch("EXPLAIN " + sql, *args)]

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 from graphql import OperationDefinitionNode, parse
 
-from keel.admission.operations import DEFAULT_COSTS, OPERATIONS, PROFILES_GET, PROFILES_LIST
+from keel.admission.operations import (
+    DEFAULT_COSTS,
+    ERASURES_START,
+    OPERATIONS,
+    PROFILES_DELETE,
+    PROFILES_GET,
+    PROFILES_LIST,
+)
 from keel.api.graphql.admission import operation_of
 from keel.api.graphql.limits import FIELD_OPERATIONS
 from keel.api.graphql.operations import ROOT_FIELD_OPERATIONS
@@ -28,6 +35,9 @@ def test_a_graphql_root_field_takes_its_price_and_priority_from_one_entry() -> N
     assert _graphql_operation('{ profileByHandle(handle: "x") { id } }') == (PROFILES_LIST.name, 10)
     assert FIELD_OPERATIONS["Query.profileByHandle"] == PROFILES_LIST.name
     assert _graphql_operation('{ profile(id: "x") { id } }') == (PROFILES_GET.name, 1)
+    # Mutations too: an erasure is rare admin work, served after what users wait on, as on REST.
+    assert _graphql_operation('mutation { eraseProfile(id: "x") { id } }')[0] == ERASURES_START.name
+    assert _graphql_operation('mutation { deleteProfile(id: "x") }')[0] == PROFILES_DELETE.name
     # The dearest, most sheddable root sets a document's priority.
     assert (
         _graphql_operation('{ profile(id: "x") { id } profiles { nodes { id } } }')[0] == PROFILES_LIST.name

@@ -28,16 +28,16 @@ from .operations import ROOT_FIELD_OPERATIONS
 
 def operation_of(document: DocumentNode, operation: OperationDefinitionNode) -> tuple[Operation, str]:
     """The operation of the table that sets the document's priority (its most sheddable root
-    field: writes critical, lists sheddable, single reads critical, as on REST), and the
-    latency class the adaptive limit compares like with like in: the root fields asked for (a
-    handful of names, so a bounded set of classes)."""
+    field's, each root field priced and prioritized as its REST route is), and the latency
+    class the adaptive limit compares like with like in: the root fields asked for (a handful
+    of names, so a bounded set of classes)."""
     roots = sorted(root_fields(document, operation))
-    chosen = PROFILES_CREATE if operation.operation is OperationType.MUTATION else PROFILES_GET
-    if operation.operation is not OperationType.MUTATION:
-        for root in roots:
-            candidate = ROOT_FIELD_OPERATIONS.get(f"Query.{root}", PROFILES_GET)
-            if candidate.priority > chosen.priority:
-                chosen = candidate
+    mutation = operation.operation is OperationType.MUTATION
+    # A root field the table does not list: a single read, or for a mutation a write.
+    unlisted = PROFILES_CREATE if mutation else PROFILES_GET
+    kind = "Mutation" if mutation else "Query"
+    candidates = [ROOT_FIELD_OPERATIONS.get(f"{kind}.{root}", unlisted) for root in roots] or [unlisted]
+    chosen = max(candidates, key=lambda candidate: candidate.priority)  # the first of the most sheddable
     return chosen, f"graphql {operation.operation.value} {','.join(roots)}"
 
 
