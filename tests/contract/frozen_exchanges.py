@@ -276,13 +276,13 @@ def scenario() -> Iterator[Request]:
     yield Request("method not allowed", "PUT", "/v1/profiles/<profile:1>", "writer", json={})
 
 
-async def _keel(database: Path) -> tuple[Deployment, httpx.AsyncClient, dict[str, str], list[str]]:
+async def _keel(database: Path, mode: str) -> tuple[Deployment, httpx.AsyncClient, dict[str, str], list[str]]:
     from keel.api.application import build_http_app
 
     url = f"sqlite:///{database}"
     await asyncio.to_thread(migrate, url)
     settings = Settings(database_url=url, ratelimit_enabled=False, webhook_allow_private_targets=True)
-    deployment = await deploy(settings)
+    deployment = await deploy(settings, mode)
     app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
     app.state.services = deployment.serving
     core = deployment.core.local
@@ -296,17 +296,21 @@ async def _keel(database: Path) -> tuple[Deployment, httpx.AsyncClient, dict[str
     return deployment, client, tokens, key_ids
 
 
-async def exchange_all(requests: list[Request]) -> list[dict[str, Any]]:
-    """Send the requests in order to a fresh Keel (SQLite, no rate limits); the exchanges, with
-    run-specific values as placeholders."""
+async def exchange_all(
+    requests: list[Request], mode: str = "monolith", numbers: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Send the requests in order to a fresh Keel (SQLite, no rate limits; a monolith, or an edge
+    in front of a core over gRPC); the exchanges, with run-specific values as placeholders.
+    `numbers`: each request's position in the whole scenario (its request id), when only some
+    are sent."""
     names = Placeholders()
     exchanges = []
     with tempfile.TemporaryDirectory() as directory:
-        deployment, client, tokens, key_ids = await _keel(Path(directory) / "keel.sqlite3")
+        deployment, client, tokens, key_ids = await _keel(Path(directory) / "keel.sqlite3", mode)
         for key_id in key_ids:
             names.name("key", key_id)
         try:
-            for number, request in enumerate(requests, start=1):
+            for number, request in zip(numbers or range(1, len(requests) + 1), requests, strict=True):
                 # Profile ids are ULIDs, ordered by their millisecond only: two creates in the same
                 # millisecond could list in either order. A pause keeps every request in its own.
                 await asyncio.sleep(0.002)

@@ -5,6 +5,7 @@ a client acts on, and the body, with run-specific values as placeholders)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.routing import APIRoute
@@ -20,10 +21,22 @@ from tests.contract.frozen_exchanges import (
     template_of,
 )
 
+# Served by a core only (docs/not-done-yet.md): an edge refuses them, so its replay leaves them out.
+_CORE_ONLY = re.compile(r"^/v1/(webhooks|erasures)\b|^/v1/profiles/[^/]+/(export|erasure)$")
 
-async def test_the_recorded_version_answers_as_it_did_when_recorded() -> None:
-    recorded = load()
-    replayed = await exchange_all([Request.from_record(e["request"]) for e in recorded])
+
+@pytest.mark.parametrize("mode", ["monolith", "edge"])
+async def test_the_recorded_version_answers_as_it_did_when_recorded(mode: str) -> None:
+    """Recorded from a monolith; an edge in front of a core must answer the same (but for the
+    routes only a core serves)."""
+    numbered = [
+        (number, exchange)
+        for number, exchange in enumerate(load(), start=1)
+        if mode == "monolith" or not _CORE_ONLY.search(exchange["request"]["path"])
+    ]
+    recorded = [exchange for _, exchange in numbered]
+    requests = [Request.from_record(exchange["request"]) for exchange in recorded]
+    replayed = await exchange_all(requests, mode, [number for number, _ in numbered])
     differences = [
         f"{want['request']['name']}:\n  recorded {json.dumps(want['response'])}"
         f"\n  now      {json.dumps(got['response'])}"
