@@ -4,17 +4,12 @@ answering documented on its route."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from keel.api.rest.api_versions import SUPPORTED_VERSIONS
-from keel.config import Settings
-from keel.storage.migrations.runner import migrate
 from tests.contract.frozen_exchanges import VERSION, load, template_of
-from tests.e2e.conftest import make_api
+from tests.contract.openapi_documents import served_documents
 
 OPERATION_IDS = {
     ("post", "/v1/profiles"): "createProfile",
@@ -36,20 +31,8 @@ OPERATION_IDS = {
 
 
 @pytest.fixture(scope="module")
-async def documents(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, dict[str, Any]]]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('openapi')}/keel.sqlite3"
-    await asyncio.to_thread(migrate, url)
-    api, deployment = await make_api(Settings(database_url=url))
-    try:
-        async with api.client:
-            found = {}
-            for version in SUPPORTED_VERSIONS:
-                answer = await api.client.get("/openapi.json", params={"version": version})
-                assert answer.status_code == 200
-                found[version] = answer.json()
-            yield found
-    finally:
-        await deployment.close()
+async def documents() -> dict[str, dict[str, Any]]:
+    return await served_documents()
 
 
 def _operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
