@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -301,34 +302,179 @@ def events_tail(
 
 @layout_app.command("status")
 def layout_status() -> None:
-    """Print the layout the database records: the one profiles are read from, and the phase."""
-    from keel.bootstrap.core import recorded_layout
-    from keel.observability.database import DatabaseObserver
-    from keel.observability.metrics import Metrics
-    from keel.observability.tracing import build_tracer_provider, tracer_from
-
-    settings = Settings()
-    provider = build_tracer_provider(
-        exporter="none", sampling_ratio=0.0, otlp_endpoint=None, service_name=settings.service_name
-    )
-    observer = DatabaseObserver(
-        Metrics(), tracer_from(provider), "postgresql" if settings.uses_postgres else "sqlite"
-    )
+    """Print the layout record: where profiles are read and written, the migration's phase and
+    progress, and the serving nodes' acknowledgements."""
+    from keel.bootstrap.layout import with_migrator
+    from keel.storage.layout_migration import LayoutMigrator
     from keel.storage.layouts import LayoutMismatch
 
+    settings = Settings()
+
+    async def status(migrator: LayoutMigrator) -> list[str]:
+        record = await migrator.recorded()
+        if record is None:
+            return []
+        first, mirror = record.writes_to()
+        lines = [
+            f"read layout: {record.read_layout}",
+            f"phase: {record.phase}",
+            f"target layout: {record.target_layout or '-'}",
+            f"generation: {record.generation}",
+            f"reads: {record.reads_from()}; writes: {first}{f' and {mirror}' if mirror else ''}",
+        ]
+        progress = await migrator.progress()
+        if progress is not None:
+            lines.append(
+                f"progress ({progress.phase}): {progress.done}/{progress.total} profiles,"
+                f" {progress.mended} mended, last id {progress.after_id or '-'}"
+            )
+        counts = await migrator.counts()
+        lines.append("stored: " + ", ".join(f"{layout} {count}" for layout, count in counts.items()))
+        lines.extend(
+            f"node {node.node_id}: generation {node.generation}, seen {node.seconds_ago:.1f} s ago"
+            for node in await migrator.nodes()
+        )
+        return lines
+
     try:
-        record = asyncio.run(recorded_layout(settings, observer))
+        lines = asyncio.run(with_migrator(settings, status))
     except LayoutMismatch as error:
         typer.echo(f"keel: {error}", err=True)
         raise typer.Exit(1) from None
-    if record is None:
-        database = settings.redacted_database_url()
-        typer.echo(f"keel: {database} records no layout; run `keel migrate`", err=True)
+    if not lines:
+        typer.echo(
+            f"keel: {settings.redacted_database_url()} records no layout; run `keel migrate`", err=True
+        )
         raise typer.Exit(1)
-    typer.echo(f"read layout: {record.read_layout}")
-    typer.echo(f"phase: {record.phase}")
-    typer.echo(f"target layout: {record.target_layout or '-'}")
+    for line in lines:
+        typer.echo(line)
     typer.echo(f"this node (KEEL_STORAGE_LAYOUT): {settings.storage_layout}")
+
+
+@layout_app.command("migrate")
+def layout_migrate(
+    to: Annotated[str, typer.Option("--to", help="normalized or document")],
+    rows_per_second: Annotated[
+        float | None,
+        typer.Option(help="Budget of the backfill and the verify (rows/s); none: as fast as it goes."),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, max=10_000, help="Profiles per transaction.")] = 500,
+    until: Annotated[
+        str | None, typer.Option(help="Stop once this phase is reached (e.g. switched); none: finish.")
+    ] = None,
+) -> None:
+    """Move the profiles to another layout online: dual-write, backfill, verify, switch, finish.
+    Resumes where a stopped or killed run left off (docs/layouts.md)."""
+    from keel.storage.layouts import Layout, Phase
+
+    target, stop = _choice(Layout, to, "--to"), _choice(Phase, until, "--until") if until else None
+    drawer = _ProgressDrawer()
+    _run_layout(
+        lambda migrator: migrator.migrate(target, until=stop),
+        batch=batch,
+        rows_per_second=rows_per_second,
+        report=drawer,
+        done=lambda record: f"layout: {record.phase}, reads from {record.reads_from()}",
+    )
+
+
+@layout_app.command("rollback")
+def layout_rollback() -> None:
+    """Undo the migration under way (reads back first, then writes); after a finish, migrate back."""
+    _run_layout(
+        lambda migrator: migrator.rollback(),
+        report=_ProgressDrawer(),
+        done=lambda record: f"layout: {record.phase}, reads from {record.reads_from()}",
+    )
+
+
+@layout_app.command("drop")
+def layout_drop(
+    layout: Annotated[
+        str, typer.Option("--layout", help="The layout no longer used, named as confirmation.")
+    ],
+) -> None:
+    """Delete every profile row of a layout that is neither read nor written (after a finish)."""
+    from keel.storage.layouts import Layout
+
+    chosen = _choice(Layout, layout, "--layout")
+    _run_layout(
+        lambda migrator: migrator.drop(chosen), done=lambda count: f"dropped {count} profiles of {chosen}"
+    )
+
+
+def _choice(kind: Any, value: str, option: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise typer.BadParameter(f"one of {', '.join(k.value for k in kind)}", param_hint=option) from None
+
+
+def _run_layout(
+    work: Any, *, done: Any, batch: int = 500, rows_per_second: float | None = None, report: Any = None
+) -> None:
+    from keel.bootstrap.layout import with_migrator
+    from keel.storage.layout_migration import MigrationRefused, NodesBehind, VerificationFailed
+    from keel.storage.layouts import LayoutMismatch
+
+    settings = Settings()
+    try:
+        result = asyncio.run(
+            with_migrator(
+                settings,
+                work,
+                batch=batch,
+                rows_per_second=rows_per_second,
+                report=report or (lambda _: None),
+            )
+        )
+    except (LayoutMismatch, MigrationRefused, NodesBehind, VerificationFailed) as error:
+        typer.echo(f"keel: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(done(result))
+
+
+class _ProgressDrawer:
+    """The migrator's reports on the terminal: one line per phase and note, and a progress bar
+    with rate and ETA (redrawn in place on a terminal, a line every 2 s otherwise)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._last = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, report: Any) -> None:
+        progress = report.progress
+        if report.note is not None or progress is None:
+            self._end_bar()
+            typer.echo(report.note or f"phase {report.record.phase}", err=True)
+            return
+        now = self._clock()
+        finished = progress.done >= progress.total
+        if not finished and now - self._last < (0.2 if self._tty else 2.0):
+            return
+        self._last = now
+        total = max(progress.total, 1)
+        filled = int(30 * min(progress.done, total) / total)
+        rate = report.rows_per_second
+        eta = f"ETA {max(progress.total - progress.done, 0) / rate:.0f} s" if rate else "ETA -"
+        line = (
+            f"{progress.phase:<8} [{'#' * filled}{'.' * (30 - filled)}] {progress.done}/{progress.total}"
+            f" {100 * progress.done / total:.0f}% {f'{rate:.0f} rows/s' if rate else ''} {eta}"
+            f"{f' mended {progress.mended}' if progress.mended else ''}"
+        )
+        if self._tty:
+            sys.stderr.write("\r" + line)
+            sys.stderr.flush()
+        else:
+            typer.echo(line, err=True)
+
+    def _end_bar(self) -> None:
+        if self._tty and self._last:
+            sys.stderr.write("\n")
+            self._last = 0.0
 
 
 @ratelimit_app.command("off")

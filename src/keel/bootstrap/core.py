@@ -3,6 +3,9 @@ and the key lookups."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -40,7 +43,7 @@ class SchemaNotCurrent(RuntimeError):
 async def open_store(settings: Settings, observer: DatabaseObserver) -> Store:
     """The configured database, its profiles in the configured layout; `LayoutMismatch` if the
     database records the other one (then nothing is left open)."""
-    store = await _open_sql_store(settings, observer)
+    store = await _open_sql_store(settings, observer, node_id=serving_node_id())
     try:
         check_layout(
             await store.layout_record(), Layout(settings.storage_layout), settings.redacted_database_url()
@@ -61,7 +64,22 @@ async def recorded_layout(settings: Settings, observer: DatabaseObserver) -> Lay
         await store.close()
 
 
-async def _open_sql_store(settings: Settings, observer: DatabaseObserver) -> PostgresStore | SqliteStore:
+def serving_node_id() -> str:
+    """How a serving process names itself in `storage_layout_nodes` (`keel layout status`)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+async def open_unregistered_store(
+    settings: Settings, observer: DatabaseObserver
+) -> PostgresStore | SqliteStore:
+    """The configured database for a command that serves nothing (the layout migrator): it
+    follows the layout record but is not a node any migration waits on."""
+    return await _open_sql_store(settings, observer, node_id=None)
+
+
+async def _open_sql_store(
+    settings: Settings, observer: DatabaseObserver, *, node_id: str | None = None
+) -> PostgresStore | SqliteStore:
     layout = Layout(settings.storage_layout)
     if settings.uses_postgres:
         from keel.storage.postgres.store import PostgresStore
@@ -74,11 +92,16 @@ async def _open_sql_store(settings: Settings, observer: DatabaseObserver) -> Pos
             command_timeout=settings.db_command_timeout_seconds,
             acquire_timeout=settings.db_acquire_timeout_seconds,
             layout=layout,
+            node_id=node_id,
         )
     from keel.storage.sqlite.store import SqliteStore
 
     return await SqliteStore.open(
-        settings.sqlite_path, observer, acquire_timeout=settings.db_acquire_timeout_seconds, layout=layout
+        settings.sqlite_path,
+        observer,
+        acquire_timeout=settings.db_acquire_timeout_seconds,
+        layout=layout,
+        node_id=node_id,
     )
 
 

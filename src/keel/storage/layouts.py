@@ -7,11 +7,21 @@ database records which one is read; a node whose configuration disagrees refuses
 rather than read tables that are not kept up to date.
 
 The record is one row per aggregate (`name`, only `profiles` today): `read_layout`, the layout
-reads go to; `phase`, where a migration between layouts stands; `target_layout`, the layout a
-migration is moving to (NULL when none is under way). Only the `steady` phase exists yet: every
-write goes to `read_layout` alone. A migration adds phases (dual-write, backfill, verify, switch,
-finish) that name what each node must write and read given `read_layout` and `target_layout`,
-without another column: the nodes read the phase, they do not each decide it.
+profiles live in; `phase`, where a migration to `target_layout` stands; `generation`, counted
+up by every change of the record. What each phase means for a node (`reads_from`, `writes_to`):
+
+| phase        | reads from    | writes (first one checks versions, the second mirrors) |
+|--------------|---------------|--------------------------------------------------------|
+| `steady`     | read_layout   | read_layout                                            |
+| `dual_write` | read_layout   | read_layout, then target_layout                        |
+| `backfill`   | read_layout   | read_layout, then target_layout                        |
+| `verify`     | read_layout   | read_layout, then target_layout                        |
+| `switched`   | target_layout | target_layout, then read_layout                        |
+
+Nodes read the record; only the migrator (`keel.storage.layout_migration`) changes it. A write
+reads it in its own transaction (on PostgreSQL with `FOR SHARE`, so a change of phase waits for
+the writes in flight and every later write sees it); a read uses the node's copy, refreshed at
+least every `LayoutView.refresh_after` seconds and never used once older than `max_age`.
 """
 
 from __future__ import annotations
@@ -29,6 +39,13 @@ class Layout(StrEnum):
 
 class Phase(StrEnum):
     STEADY = "steady"  # no migration under way: reads and writes go to read_layout alone
+    DUAL_WRITE = "dual_write"  # every write goes to both layouts; the target is not complete
+    BACKFILL = "backfill"  # as dual_write, while the migrator copies the older rows over
+    VERIFY = "verify"  # as dual_write, while the migrator compares (and mends) every profile
+    SWITCHED = "switched"  # reads go to the target; writes still go to both
+
+
+MIGRATING = frozenset({Phase.DUAL_WRITE, Phase.BACKFILL, Phase.VERIFY, Phase.SWITCHED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +53,21 @@ class LayoutRecord:
     read_layout: Layout
     phase: Phase
     target_layout: Layout | None
+    generation: int = 0
+
+    def reads_from(self) -> Layout:
+        """The layout this record tells a node to read."""
+        if self.phase is Phase.SWITCHED and self.target_layout is not None:
+            return self.target_layout
+        return self.read_layout
+
+    def writes_to(self) -> tuple[Layout, Layout | None]:
+        """The layout a write checks its expected version in, and the one it mirrors to (None
+        outside a migration). The first is always the one reads go to."""
+        if self.phase is Phase.STEADY or self.target_layout is None:
+            return self.read_layout, None
+        first = self.reads_from()
+        return first, (self.read_layout if first is self.target_layout else self.target_layout)
 
 
 class LayoutMismatch(RuntimeError):
@@ -48,10 +80,8 @@ def check_layout(recorded: LayoutRecord | None, configured: Layout, database: st
     check refuses anyway (with the better message: run `keel migrate`)."""
     if recorded is None:
         return
-    if recorded.phase is not Phase.STEADY:
-        raise LayoutMismatch(
-            f"The database {database} is in layout phase {recorded.phase}, which this Keel does not know."
-        )
+    if recorded.phase in MIGRATING and configured is recorded.target_layout:
+        return  # a node of the layout being migrated to may join: it follows the record
     if recorded.read_layout is not configured:
         raise LayoutMismatch(
             f"The database {database} keeps its profiles in the {recorded.read_layout} layout, this Keel"
@@ -60,12 +90,17 @@ def check_layout(recorded: LayoutRecord | None, configured: Layout, database: st
         )
 
 
-def record_from_row(read_layout: str, phase: str, target_layout: str | None) -> LayoutRecord:
+def record_from_row(
+    read_layout: str, phase: str, target_layout: str | None, generation: int = 0
+) -> LayoutRecord:
     """The record; `LayoutMismatch` for a value this Keel does not know (a later Keel's phase
     of a migration between layouts, say): a node refuses it as it refuses another layout."""
     try:
-        return LayoutRecord(
-            Layout(read_layout), Phase(phase), Layout(target_layout) if target_layout is not None else None
+        record = LayoutRecord(
+            Layout(read_layout),
+            Phase(phase),
+            Layout(target_layout) if target_layout is not None else None,
+            generation,
         )
     except ValueError:
         raise LayoutMismatch(
@@ -73,6 +108,13 @@ def record_from_row(read_layout: str, phase: str, target_layout: str | None) -> 
             f" {target_layout!r}, which this Keel does not know: a later Keel may be migrating it"
             " between layouts. Run that Keel, or finish the migration first."
         ) from None
+    if (record.phase in MIGRATING) != (record.target_layout not in (None, record.read_layout)):
+        raise LayoutMismatch(
+            f"The database records read layout {read_layout!r}, phase {phase!r}, target"
+            f" {target_layout!r}: a migration phase needs another layout as its target, and only"
+            " one is allowed. Repair the record (`keel layout status`)."
+        )
+    return record
 
 
 def missing_record() -> LayoutMismatch:

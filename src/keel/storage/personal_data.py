@@ -48,6 +48,10 @@ class SqlSession(Protocol):
     for_update: str
     # The function that finds text in text: `strpos` (PostgreSQL) or `instr` (SQLite).
     position: str
+    # FOR SHARE where the database has it: the row read is share-locked until the transaction ends.
+    for_share: str
+    # The database's clock, in seconds since the epoch (an SQL expression).
+    epoch_now: str
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run a statement written with `$n` placeholders; the number of rows it changed."""

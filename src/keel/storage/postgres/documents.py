@@ -4,6 +4,7 @@ transaction. Every filter is written to match an index (docs/layouts.md shows th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -66,18 +67,53 @@ class PostgresDocumentProfiles:
 
     async def add(self, profile: Profile) -> None:
         with self._observer.call("add_profile"):
-            try:
-                await self._db.execute(
-                    "INSERT INTO profile_documents (id, document, version, deleted_at)"
-                    " VALUES ($1, $2::jsonb, $3, $4)",
-                    profile.id,
-                    profile_document(profile),
-                    profile.version,
-                    profile.deleted_at,
+            await self._insert(profile)
+
+    async def _insert(self, profile: Profile) -> None:
+        try:
+            await self._db.execute(
+                "INSERT INTO profile_documents (id, document, version, deleted_at)"
+                " VALUES ($1, $2::jsonb, $3, $4)",
+                profile.id,
+                profile_document(profile),
+                profile.version,
+                profile.deleted_at,
+            )
+            await self._write_emails(profile)
+        except asyncpg.UniqueViolationError as error:
+            raise uniqueness_conflict(error.constraint_name or "") from None
+
+    async def scan(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
+    ) -> list[Profile]:
+        """As `PostgresProfiles.scan`: every row, soft-deleted ones too, in id order."""
+        sql = (
+            f"{_SELECT_DOCUMENT} WHERE p.id > $1 AND ($2::text IS NULL OR p.id <= $2) ORDER BY p.id LIMIT $3"
+        )
+        with self._observer.call("scan_profiles"):
+            rows = await self._db.fetch(
+                sql + (" FOR SHARE OF p" if lock else ""), after_id or "", through_id, limit
+            )
+        return [profile_from_document(tuple(row), _time) for row in rows]
+
+    async def put(self, profile: Profile, *, only_if_newer: bool = False) -> bool:
+        """As `PostgresProfiles.put`."""
+        with self._observer.call("mirror_profile"):
+            if only_if_newer:
+                stored = await self._db.fetchval(
+                    "SELECT version FROM profile_documents WHERE id = $1 FOR UPDATE", profile.id
                 )
-                await self._write_emails(profile)
-            except asyncpg.UniqueViolationError as error:
-                raise uniqueness_conflict(error.constraint_name or "") from None
+                if stored is not None and stored >= profile.version:
+                    return False
+            await self._db.execute("DELETE FROM profile_documents WHERE id = $1", profile.id)
+            await self._insert(profile)
+            return True
+
+    async def remove(self, profile_ids: Sequence[str]) -> None:
+        with self._observer.call("mirror_profile"):
+            await self._db.execute(
+                "DELETE FROM profile_documents WHERE id = ANY($1::text[])", list(profile_ids)
+            )
 
     async def update(self, profile: Profile, expected_version: int) -> None:
         with self._observer.call("update_profile"):

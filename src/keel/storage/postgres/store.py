@@ -22,6 +22,8 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
+from keel.storage.layout_records import SqlLayoutRecords
+from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.postgres.documents import PostgresDocumentProfiles
@@ -103,9 +105,11 @@ class PostgresStore:
         observer: DatabaseObserver,
         acquire_timeout: float = 5.0,
         layout: Layout = Layout.NORMALIZED,
+        node_id: str | None = None,
     ) -> None:
         self._pool = pool
-        self._layout = layout
+        self.layout = layout  # the configured one, checked at start-up; units of work follow the record
+        self._view = LayoutView(node_id)
         # Bounded wait for a connection: shorter than an idempotency lease, so no request can
         # still be waiting when its reservation is taken over.
         self._acquire_timeout = acquire_timeout
@@ -124,6 +128,7 @@ class PostgresStore:
         command_timeout: float = 5.0,
         acquire_timeout: float = 5.0,
         layout: Layout = Layout.NORMALIZED,
+        node_id: str | None = None,
     ) -> PostgresStore:
         pool = await asyncpg.create_pool(
             url,
@@ -132,10 +137,10 @@ class PostgresStore:
             command_timeout=command_timeout,
             reset=_keep_session,
         )
-        return cls(pool, observer, acquire_timeout, layout)
+        return cls(pool, observer, acquire_timeout, layout, node_id)
 
     def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
-        return PostgresUnitOfWork(self._pool, self.observer, read_only, self._acquire_timeout, self._layout)
+        return PostgresUnitOfWork(self._pool, self.observer, read_only, self._acquire_timeout, self._view)
 
     async def layout_record(self) -> LayoutRecord | None:
         """What the database records of its profiles' layout; None before the layouts' revision."""
@@ -157,21 +162,34 @@ class PostgresStore:
         return str(value) if value is not None else None
 
     async def close(self) -> None:
+        if self._view.node_id is not None:
+            # A node that stops serving no longer holds up a migration waiting on it.
+            with contextlib.suppress(*_CONNECTION_ERRORS, asyncpg.PostgresError):
+                async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
+                    await SqlLayoutRecords(PostgresSession(connection)).forget_node(self._view.node_id)
         await self._pool.close()
 
 
 class PostgresUnitOfWork:
     def __init__(
-        self, pool: _Pool, observer: DatabaseObserver, read_only: bool, acquire_timeout: float, layout: Layout
+        self,
+        pool: _Pool,
+        observer: DatabaseObserver,
+        read_only: bool,
+        acquire_timeout: float,
+        view: LayoutView,
     ) -> None:
         self._pool = pool
-        self._layout = layout
+        self._view = view
         self._acquire_timeout = acquire_timeout
         self._observer = observer
         self._read_only = read_only
         self._transaction: Transaction | None = None
 
-    profiles: PostgresProfiles | PostgresDocumentProfiles
+    profiles: PostgresProfiles | PostgresDocumentProfiles | LayoutProfiles
+    # Both layouts' repositories on this connection (a migration's copy uses them directly).
+    profile_layouts: dict[Layout, PostgresProfiles | PostgresDocumentProfiles]
+    layout_records: SqlLayoutRecords
     idempotency: PostgresIdempotency
     api_keys: PostgresApiKeys
     outbox: PostgresOutbox
@@ -194,16 +212,21 @@ class PostgresUnitOfWork:
         except _CONNECTION_ERRORS as error:
             raise Unavailable("The database is not reachable; retry shortly.") from error
         self._connection = connection
-        self.profiles = (
-            PostgresDocumentProfiles(connection, self._observer)
-            if self._layout is Layout.DOCUMENT
-            else PostgresProfiles(connection, self._observer)
+        session = PostgresSession(connection)
+        self.layout_records = SqlLayoutRecords(session)
+        self.profile_layouts = {
+            Layout.NORMALIZED: PostgresProfiles(connection, self._observer),
+            Layout.DOCUMENT: PostgresDocumentProfiles(connection, self._observer),
+        }
+        # Reads follow the node's copy of the layout record (refreshed when due); writes read
+        # the record in their own transaction. Both only once the unit touches a profile.
+        self.profiles = LayoutProfiles(
+            self.profile_layouts, self._record_to_read if self._read_only else self._record_of_this_write
         )
         self.idempotency = PostgresIdempotency(connection, self._observer)
         self.api_keys = PostgresApiKeys(connection, self._observer)
         self.outbox = PostgresOutbox(connection, self._observer)
         self.webhooks = PostgresWebhooks(connection, self._observer)
-        session = PostgresSession(connection)
         self.personal_data = SqlPersonalData(session, self._observer)
         self.erasures = SqlErasureSagas(session, self._observer)
         self.erasure_acknowledgements = SqlErasureAcknowledgements(session, self._observer)
@@ -218,6 +241,14 @@ class PostgresUnitOfWork:
                 await self._give_back(connection, broken=isinstance(error, _INTERRUPTIONS))
                 raise
         return self
+
+    async def _record_to_read(self) -> LayoutRecord:
+        return await self._view.current(self.layout_records)
+
+    async def _record_of_this_write(self) -> LayoutRecord:
+        record = await self.layout_records.read(lock=PostgresSession.for_share)
+        self._view.observed(record)
+        return record
 
     async def _give_back(self, connection: _Connection, *, broken: bool) -> None:
         if broken:
@@ -301,16 +332,52 @@ class PostgresProfiles:
 
     async def add(self, profile: Profile) -> None:
         with self._observer.call("add_profile"):
-            try:
-                await self._db.execute(
-                    "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
-                    " attributes, version, created_at, updated_at, deleted_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)",
-                    *profile_values(profile, _as_is),
+            await self._insert(profile)
+
+    async def _insert(self, profile: Profile) -> None:
+        try:
+            await self._db.execute(
+                "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
+                " attributes, version, created_at, updated_at, deleted_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)",
+                *profile_values(profile, _as_is),
+            )
+            await self._write_children(profile)
+        except asyncpg.UniqueViolationError as error:
+            raise uniqueness_conflict(error.constraint_name or "") from None
+
+    async def scan(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
+    ) -> list[Profile]:
+        """Every stored profile, soft-deleted ones too, in id order after `after_id` (up to
+        `through_id`); `lock` share-locks the rows until the transaction ends (a migration's
+        copy: no write or erasure of them can interleave)."""
+        sql = f"{_SELECT_PROFILE} WHERE p.id > $1 AND ($2::text IS NULL OR p.id <= $2) ORDER BY p.id LIMIT $3"
+        with self._observer.call("scan_profiles"):
+            rows = await self._db.fetch(
+                sql + (" FOR SHARE OF p" if lock else ""), after_id or "", through_id, limit
+            )
+        return [profile_from_row(tuple(row), _time) for row in rows]
+
+    async def put(self, profile: Profile, *, only_if_newer: bool = False) -> bool:
+        """Store `profile` as it is, over whatever this layout holds under its id (a mirror's
+        write during a migration); with `only_if_newer`, only where no row or an older version
+        is there (a backfill's copy). Whether it wrote."""
+        with self._observer.call("mirror_profile"):
+            if only_if_newer:
+                stored = await self._db.fetchval(
+                    "SELECT version FROM profiles WHERE id = $1 FOR UPDATE", profile.id
                 )
-                await self._write_children(profile)
-            except asyncpg.UniqueViolationError as error:
-                raise uniqueness_conflict(error.constraint_name or "") from None
+                if stored is not None and stored >= profile.version:
+                    return False
+            await self._db.execute("DELETE FROM profiles WHERE id = $1", profile.id)
+            await self._insert(profile)
+            return True
+
+    async def remove(self, profile_ids: Sequence[str]) -> None:
+        """Delete these rows outright (a migration's verify step: rows its source does not hold)."""
+        with self._observer.call("mirror_profile"):
+            await self._db.execute("DELETE FROM profiles WHERE id = ANY($1::text[])", list(profile_ids))
 
     async def update(self, profile: Profile, expected_version: int) -> None:
         with self._observer.call("update_profile"):
@@ -567,6 +634,8 @@ class PostgresSession:
     skip_locked = "FOR UPDATE SKIP LOCKED"
     for_update = "FOR UPDATE"
     position = "strpos"
+    for_share = "FOR SHARE"
+    epoch_now = "extract(epoch FROM clock_timestamp())::float8"
 
     def __init__(self, connection: _Connection) -> None:
         self._db = connection

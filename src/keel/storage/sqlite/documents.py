@@ -5,6 +5,7 @@ transaction. Every filter is written to match an index (docs/layouts.md)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
@@ -60,14 +61,49 @@ class SqliteDocumentProfiles:
 
     async def add(self, profile: Profile) -> None:
         with self._observer.call("add_profile"):
-            try:
-                await self._db.execute(
-                    "INSERT INTO profile_documents (id, document, version, deleted_at) VALUES (?, ?, ?, ?)",
-                    (profile.id, profile_document(profile), profile.version, iso_or_none(profile.deleted_at)),
-                )
-                await self._write_emails(profile)
-            except sqlite3.IntegrityError as error:
-                raise uniqueness_conflict(str(error)) from None
+            await self._insert(profile)
+
+    async def _insert(self, profile: Profile) -> None:
+        try:
+            await self._db.execute(
+                "INSERT INTO profile_documents (id, document, version, deleted_at) VALUES (?, ?, ?, ?)",
+                (profile.id, profile_document(profile), profile.version, iso_or_none(profile.deleted_at)),
+            )
+            await self._write_emails(profile)
+        except sqlite3.IntegrityError as error:
+            raise uniqueness_conflict(str(error)) from None
+
+    async def scan(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
+    ) -> list[Profile]:
+        """As `SqliteProfiles.scan`: every row, soft-deleted ones too, in id order."""
+        with self._observer.call("scan_profiles"):
+            async with self._db.execute(
+                _SELECT_DOCUMENT + " WHERE p.id > ?1 AND (?2 IS NULL OR p.id <= ?2) ORDER BY p.id LIMIT ?3",
+                (after_id or "", through_id, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [profile_from_document(tuple(row), _time) for row in rows]
+
+    async def put(self, profile: Profile, *, only_if_newer: bool = False) -> bool:
+        """As `SqliteProfiles.put`."""
+        with self._observer.call("mirror_profile"):
+            if only_if_newer:
+                async with self._db.execute(
+                    "SELECT version FROM profile_documents WHERE id = ?", (profile.id,)
+                ) as cursor:
+                    stored = await cursor.fetchone()
+                if stored is not None and stored[0] >= profile.version:
+                    return False
+            await self._db.execute("DELETE FROM profile_documents WHERE id = ?", (profile.id,))
+            await self._insert(profile)
+            return True
+
+    async def remove(self, profile_ids: Sequence[str]) -> None:
+        with self._observer.call("mirror_profile"):
+            await self._db.executemany(
+                "DELETE FROM profile_documents WHERE id = ?", [(i,) for i in profile_ids]
+            )
 
     async def update(self, profile: Profile, expected_version: int) -> None:
         with self._observer.call("update_profile"):

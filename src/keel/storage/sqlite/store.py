@@ -27,6 +27,8 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
+from keel.storage.layout_records import SqlLayoutRecords
+from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.rows import (
@@ -70,8 +72,10 @@ class SqliteStore:
         observer: DatabaseObserver,
         acquire_timeout: float,
         layout: Layout = Layout.NORMALIZED,
+        node_id: str | None = None,
     ) -> None:
-        self.layout = layout
+        self.layout = layout  # the configured one, checked at start-up; units of work follow the record
+        self.view = LayoutView(node_id)
         # Bounded wait for the writer: shorter than an idempotency lease, so no request can
         # still be waiting when its reservation is taken over.
         self.acquire_timeout = acquire_timeout
@@ -88,6 +92,7 @@ class SqliteStore:
         *,
         acquire_timeout: float = 5.0,
         layout: Layout = Layout.NORMALIZED,
+        node_id: str | None = None,
     ) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
@@ -97,7 +102,7 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        store = cls(writer, reader, observer, acquire_timeout, layout)
+        store = cls(writer, reader, observer, acquire_timeout, layout, node_id)
         observer.metrics.db_pool_size.set(2)
         # The reader is shared by every read, never lent out; the writer is "in use" while a
         # write unit of work holds it.
@@ -129,8 +134,29 @@ class SqliteStore:
         return record_from_row(*row)
 
     async def close(self) -> None:
+        if self.view.node_id is not None:
+            # A node that stops serving no longer holds up a migration waiting on it.
+            with contextlib.suppress(sqlite3.Error, TimeoutError):
+                async with asyncio.timeout(self.acquire_timeout), self._write_lock:
+                    await SqlLayoutRecords(SqliteSession(self._writer)).forget_node(self.view.node_id)
         await self._reader.close()
         await self._writer.close()
+
+    async def read_and_acknowledge(self, node_id: str | None) -> LayoutRecord:
+        """A read-only unit's refresh of the layout record (`LayoutView`): read on the reader;
+        the acknowledgement is a write, made only when the writer is free (a busy node's writes
+        acknowledge in their own transactions)."""
+        record = await SqlLayoutRecords(SqliteSession(self._reader)).read()
+        if node_id is not None and not self._write_lock.locked():
+            async with self._write_lock:
+                writer = SqliteSession(self._writer)
+                try:
+                    await self._writer.execute("BEGIN IMMEDIATE")
+                    await SqlLayoutRecords(writer).acknowledge(node_id, record.generation)
+                    await self._writer.execute("COMMIT")
+                except sqlite3.OperationalError:
+                    await _quietly_roll_back(self._writer)  # busy: the next refresh acknowledges
+        return record
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -151,19 +177,34 @@ class SqliteUnitOfWork:
         self._read_only = read_only
         self._connection = store._reader if read_only else store._writer
         self._open = False
-        self.profiles: SqliteProfiles | SqliteDocumentProfiles = (
-            SqliteDocumentProfiles(self._connection, store.observer)
-            if store.layout is Layout.DOCUMENT
-            else SqliteProfiles(self._connection, store.observer)
+        session = SqliteSession(self._connection)
+        self.layout_records = SqlLayoutRecords(session)
+        # Both layouts' repositories on this connection (a migration's copy uses them directly).
+        self.profile_layouts: dict[Layout, SqliteProfiles | SqliteDocumentProfiles] = {
+            Layout.NORMALIZED: SqliteProfiles(self._connection, store.observer),
+            Layout.DOCUMENT: SqliteDocumentProfiles(self._connection, store.observer),
+        }
+        # Reads follow the node's copy of the layout record (refreshed when due); writes read
+        # the record in their own transaction. Both only once the unit touches a profile.
+        self.profiles = LayoutProfiles(
+            self.profile_layouts, self._record_to_read if read_only else self._record_of_this_write
         )
         self.idempotency = SqliteIdempotency(self._connection, store.observer)
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
         self.outbox = SqliteOutbox(self._connection, store.observer)
         self.webhooks = SqliteWebhooks(self._connection, store.observer)
-        session = SqliteSession(self._connection)
         self.personal_data = SqlPersonalData(session, store.observer)
         self.erasures = SqlErasureSagas(session, store.observer)
         self.erasure_acknowledgements = SqlErasureAcknowledgements(session, store.observer)
+
+    async def _record_to_read(self) -> LayoutRecord:
+        return await self._store.view.current(self._store)
+
+    async def _record_of_this_write(self) -> LayoutRecord:
+        # In the write transaction (BEGIN IMMEDIATE): no phase can change until it ends.
+        record = await self.layout_records.read()
+        self._store.view.observed(record)
+        return record
 
     async def __aenter__(self) -> Self:
         if self._read_only:
@@ -259,16 +300,53 @@ class SqliteProfiles:
 
     async def add(self, profile: Profile) -> None:
         with self._observer.call("add_profile"):
-            try:
-                await self._db.execute(
-                    "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
-                    " attributes, version, created_at, updated_at, deleted_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    profile_values(profile, _iso),
-                )
-                await self._write_children(profile)
-            except sqlite3.IntegrityError as error:
-                raise uniqueness_conflict(str(error)) from None
+            await self._insert(profile)
+
+    async def _insert(self, profile: Profile) -> None:
+        try:
+            await self._db.execute(
+                "INSERT INTO profiles (id, handle, display_name, bio, avatar_url, locale, timezone,"
+                " attributes, version, created_at, updated_at, deleted_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                profile_values(profile, _iso),
+            )
+            await self._write_children(profile)
+        except sqlite3.IntegrityError as error:
+            raise uniqueness_conflict(str(error)) from None
+
+    async def scan(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
+    ) -> list[Profile]:
+        """Every stored profile, soft-deleted ones too, in id order after `after_id` (up to
+        `through_id`). `lock` is for PostgreSQL: a SQLite write transaction excludes every
+        other writer already."""
+        with self._observer.call("scan_profiles"):
+            async with self._db.execute(
+                _SELECT_PROFILE + " WHERE p.id > ?1 AND (?2 IS NULL OR p.id <= ?2) ORDER BY p.id LIMIT ?3",
+                (after_id or "", through_id, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [profile_from_row(tuple(row), _time) for row in rows]
+
+    async def put(self, profile: Profile, *, only_if_newer: bool = False) -> bool:
+        """Store `profile` as it is over whatever this layout holds under its id (a mirror's
+        write during a migration); with `only_if_newer`, only where no row or an older version
+        is there (a backfill's copy). Whether it wrote."""
+        with self._observer.call("mirror_profile"):
+            if only_if_newer:
+                async with self._db.execute(
+                    "SELECT version FROM profiles WHERE id = ?", (profile.id,)
+                ) as cursor:
+                    stored = await cursor.fetchone()
+                if stored is not None and stored[0] >= profile.version:
+                    return False
+            await self._db.execute("DELETE FROM profiles WHERE id = ?", (profile.id,))
+            await self._insert(profile)
+            return True
+
+    async def remove(self, profile_ids: Sequence[str]) -> None:
+        with self._observer.call("mirror_profile"):
+            await self._db.executemany("DELETE FROM profiles WHERE id = ?", [(i,) for i in profile_ids])
 
     async def update(self, profile: Profile, expected_version: int) -> None:
         with self._observer.call("update_profile"):
@@ -520,6 +598,8 @@ class SqliteSession:
     skip_locked = ""  # one writer at a time: nothing to skip
     for_update = ""  # one writer at a time (BEGIN IMMEDIATE): the write lock is held already
     position = "instr"
+    for_share = ""  # one writer at a time: the write lock is held already
+    epoch_now = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection

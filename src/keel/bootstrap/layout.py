@@ -1,0 +1,47 @@
+"""`keel layout migrate|rollback|drop|status`: the migrator over the configured database.
+
+The migrator's store is not a serving node (it registers in no `storage_layout_nodes` row), and
+it runs beside live Keel nodes, which follow the record it changes (keel.storage.layout_migration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from keel.bootstrap.core import open_unregistered_store
+from keel.config import Settings
+from keel.observability.database import DatabaseObserver
+from keel.observability.metrics import Metrics
+from keel.observability.tracing import build_tracer_provider, tracer_from
+from keel.storage.layout_migration import LayoutMigrator, Report
+
+T = TypeVar("T")
+
+SQLITE_BATCH_PAUSE_S = 0.15
+
+
+async def with_migrator(
+    settings: Settings,
+    work: Callable[[LayoutMigrator], Awaitable[T]],
+    *,
+    batch: int = 500,
+    rows_per_second: float | None = None,
+    report: Callable[[Report], None] = lambda _: None,
+) -> T:
+    provider = build_tracer_provider(
+        exporter="none", sampling_ratio=0.0, otlp_endpoint=None, service_name=settings.service_name
+    )
+    observer = DatabaseObserver(
+        Metrics(), tracer_from(provider), "postgresql" if settings.uses_postgres else "sqlite"
+    )
+    store = await open_unregistered_store(settings, observer)
+    try:
+        # SQLite: a pause between batches lets the serving nodes' writers in (see LayoutMigrator).
+        pause_s = 0.0 if settings.uses_postgres else SQLITE_BATCH_PAUSE_S
+        migrator = LayoutMigrator(
+            store, batch=batch, rows_per_second=rows_per_second, pause_s=pause_s, report=report
+        )
+        return await work(migrator)
+    finally:
+        await store.close()
