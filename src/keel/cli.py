@@ -337,7 +337,7 @@ def layout_status() -> None:
         return lines
 
     try:
-        lines = asyncio.run(with_migrator(settings, status))
+        lines = asyncio.run(with_migrator(settings, status, exclusive=False))
     except LayoutMismatch as error:
         typer.echo(f"keel: {error}", err=True)
         raise typer.Exit(1) from None
@@ -356,7 +356,9 @@ def layout_migrate(
     to: Annotated[str, typer.Option("--to", help="normalized or document")],
     rows_per_second: Annotated[
         float | None,
-        typer.Option(help="Budget of the backfill and the verify (rows/s); none: as fast as it goes."),
+        typer.Option(
+            min=1.0, help="Budget of the backfill and the verify (rows/s); none: as fast as it goes."
+        ),
     ] = None,
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="Profiles per transaction.")] = 500,
     until: Annotated[
@@ -368,6 +370,8 @@ def layout_migrate(
     from keel.storage.layouts import Layout, Phase
 
     target, stop = _choice(Layout, to, "--to"), _choice(Phase, until, "--until") if until else None
+    if stop is Phase.STEADY:
+        raise typer.BadParameter("a phase of the migration (steady is where it ends)", param_hint="--until")
     drawer = _ProgressDrawer()
     _run_layout(
         lambda migrator: migrator.migrate(target, until=stop),
@@ -414,8 +418,11 @@ def _run_layout(
     work: Any, *, done: Any, batch: int = 500, rows_per_second: float | None = None, report: Any = None
 ) -> None:
     from keel.bootstrap.layout import with_migrator
+    from keel.domain.errors import KeelError
     from keel.storage.layout_migration import MigrationRefused, NodesBehind, VerificationFailed
+    from keel.storage.layout_records import RecordChanged
     from keel.storage.layouts import LayoutMismatch
+    from keel.storage.migrator_lock import MigratorBusy
 
     settings = Settings()
     try:
@@ -428,8 +435,17 @@ def _run_layout(
                 report=report or (lambda _: None),
             )
         )
-    except (LayoutMismatch, MigrationRefused, NodesBehind, VerificationFailed) as error:
-        typer.echo(f"keel: {error}", err=True)
+    except (
+        LayoutMismatch,
+        MigrationRefused,
+        NodesBehind,
+        VerificationFailed,
+        RecordChanged,
+        MigratorBusy,
+        KeelError,  # the database unreachable, a conflict that outlasted the retries
+        TimeoutError,
+    ) as error:
+        typer.echo(f"keel: {error}; nothing past the last step reported was lost, run it again", err=True)
         raise typer.Exit(1) from None
     typer.echo(done(result))
 

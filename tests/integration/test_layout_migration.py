@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from keel.bootstrap.core import open_store, open_unregistered_store
-from keel.bootstrap.layout import SQLITE_BATCH_PAUSE_S
+from keel.bootstrap.layout import SQLITE_BATCH_PAUSE_S, with_migrator
 from keel.config import Settings
 from keel.domain.errors import Conflict, Unavailable, VersionMismatch
-from keel.domain.profile import Profile
+from keel.domain.profile import Email, Profile
 from keel.service.ports import Store
 from keel.storage.layout_migration import (
     LayoutMigrator,
@@ -32,6 +32,7 @@ from keel.storage.layout_migration import (
 )
 from keel.storage.layouts import Layout, Phase
 from keel.storage.migrations.runner import migrate
+from keel.storage.migrator_lock import MigratorBusy
 from keel.storage.sqlite.store import SqliteStore
 from tests.integration.conftest import observer
 from tests.integration.test_migrations_up_and_down import database, query
@@ -143,9 +144,9 @@ class Traffic:
     async def burst(self, seconds: float) -> None:
         """The migrator's pause between two batches, spent writing: so every phase of the
         migration sees writes, whatever the scheduling (a create, a revision and a read)."""
-        await self._create()
-        await self._revise(delete=False)
-        await self._read_one()
+        for operation in (self._create, lambda: self._revise(delete=False), self._read_one):
+            with contextlib.suppress(VersionMismatch, Conflict, Unavailable):  # as the writers
+                await operation()
 
     async def _create(self) -> None:
         self.next += 1
@@ -168,6 +169,11 @@ class Traffic:
                 return
             now = current.updated_at + timedelta(seconds=1)
             fields = dataclasses.replace(current.fields, bio=f"rev {current.version + 1}")
+            if current.version % 3 == 0:  # and its addresses: the side tables change too
+                fields = dataclasses.replace(
+                    fields,
+                    emails=(Email(f"{profile_id.lower()}.{current.version}@example.org", primary=True),),
+                )
             changed = current.delete(now) if delete else current.revise(fields, now)
             await uow.profiles.update(changed, current.version)
             await uow.commit()
@@ -217,8 +223,14 @@ async def test_a_migration_under_live_writes_and_reads_loses_nothing(
         traffic.stop.set()
         await running
     assert (record.read_layout, record.phase, record.target_layout) == (target, Phase.STEADY, None)
-    phases = [r.record.phase for r in reports if r.progress is None and r.note is None]
-    assert phases == [Phase.DUAL_WRITE, Phase.SWITCHED, Phase.STEADY], phases
+    phases = [r.record.phase for r in reports]
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
+        Phase.DUAL_WRITE,
+        Phase.BACKFILL,
+        Phase.VERIFY,
+        Phase.SWITCHED,
+        Phase.STEADY,
+    ], phases
     backfilled = [
         r.progress for r in reports if r.progress is not None and r.progress.phase is Phase.BACKFILL
     ]
@@ -287,6 +299,11 @@ async def test_a_rollback_from_any_phase_returns_to_the_source_with_every_write(
         await traffic._revise(delete=False)
     record = await migrator.rollback()
     assert (record.read_layout, record.phase, record.target_layout) == (source, Phase.STEADY, None)
+    # Run again (say after a kill -9 that came after its commit), it does not migrate to the
+    # layout just abandoned: it refuses.
+    with pytest.raises(MigrationRefused, match="No migration to roll back"):
+        await migrator.rollback()
+    assert (await migrator.record()).read_layout is source
     for _ in range(5):
         await traffic._revise(delete=False)
     expected = {profile_id: checksum(p) for profile_id, p in traffic.expected.items()}
@@ -351,7 +368,7 @@ async def test_verify_mends_every_difference_and_reports_it(
 async def test_the_finish_waits_for_every_serving_node_that_still_reads_the_old_layout(
     node: Store, migrator_store: Any, url: str, direction: tuple[Layout, Layout]
 ) -> None:
-    source, target = direction
+    _, target = direction
     await seed(node, 5)
     migrator = LayoutMigrator(migrator_store, node_wait_s=0.0)
     switched = await migrator.migrate(target, until=Phase.SWITCHED)
@@ -375,7 +392,6 @@ async def test_the_finish_waits_for_every_serving_node_that_still_reads_the_old_
         url, "UPDATE storage_layout_nodes SET generation = $1 WHERE node_id = 'behind'", switched.generation
     )
     assert (await migrator.migrate(target)).read_layout is target
-    assert source is not target
 
 
 async def _database_epoch(url: str) -> float:
@@ -389,7 +405,6 @@ async def _database_epoch(url: str) -> float:
 async def test_a_serving_node_acknowledges_the_record_it_reads_by(
     url: str, migrator_store: Any, direction: tuple[Layout, Layout]
 ) -> None:
-    _, target = direction
     node = await open_store(Settings(database_url=url, storage_layout=direction[0].value), observer("node"))
     (profile,) = (await seed(node, 1)).values()
     async with node.unit_of_work(read_only=True) as uow:
@@ -399,4 +414,29 @@ async def test_a_serving_node_acknowledges_the_record_it_reads_by(
     assert seen.generation == (await migrator.record()).generation
     await node.close()  # a node that stops serving takes its row away
     assert await migrator.nodes() == []
-    assert target in (Layout.NORMALIZED, Layout.DOCUMENT)
+
+
+async def test_a_second_layout_command_is_refused_while_one_runs(
+    url: str, direction: tuple[Layout, Layout]
+) -> None:
+    settings = Settings(database_url=url, storage_layout=direction[0].value)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(migrator: LayoutMigrator) -> None:
+        entered.set()
+        await release.wait()
+
+    holder = asyncio.create_task(with_migrator(settings, hold))
+    await entered.wait()
+    try:
+        with pytest.raises(MigratorBusy, match="Another `keel layout` command is running"):
+            await with_migrator(settings, lambda migrator: migrator.migrate(direction[1]))
+        # `status` reads only: it does not need the lock.
+        assert (
+            await with_migrator(settings, lambda m: m.record(), exclusive=False)
+        ).read_layout is direction[0]
+    finally:
+        release.set()
+        await holder
+    assert (await with_migrator(settings, lambda m: m.migrate(direction[1]))).read_layout is direction[1]

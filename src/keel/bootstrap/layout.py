@@ -6,6 +6,7 @@ it runs beside live Keel nodes, which follow the record it changes (keel.storage
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -15,10 +16,12 @@ from keel.observability.database import DatabaseObserver
 from keel.observability.metrics import Metrics
 from keel.observability.tracing import build_tracer_provider, tracer_from
 from keel.storage.layout_migration import LayoutMigrator, Report
+from keel.storage.migrator_lock import postgres_migrator_lock, sqlite_migrator_lock
 
 T = TypeVar("T")
 
 SQLITE_BATCH_PAUSE_S = 0.15
+MIGRATOR_COMMAND_TIMEOUT_S = 600.0
 
 
 async def with_migrator(
@@ -28,7 +31,34 @@ async def with_migrator(
     batch: int = 500,
     rows_per_second: float | None = None,
     report: Callable[[Report], None] = lambda _: None,
+    exclusive: bool = True,
 ) -> T:
+    """`work` with a migrator over the configured database; `exclusive` (every command but
+    `status`): holding the lock that keeps a second `keel layout` command out."""
+    lock: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+    if exclusive:
+        lock = (
+            postgres_migrator_lock(settings.database_url)
+            if settings.uses_postgres
+            else sqlite_migrator_lock(settings.sqlite_path)
+        )
+    async with lock:
+        return await _with_migrator(
+            settings, work, batch=batch, rows_per_second=rows_per_second, report=report
+        )
+
+
+async def _with_migrator(
+    settings: Settings,
+    work: Callable[[LayoutMigrator], Awaitable[T]],
+    *,
+    batch: int,
+    rows_per_second: float | None,
+    report: Callable[[Report], None],
+) -> T:
+    # Statements of a migration (counts, deleting a layout in batches) may take longer than a
+    # request's: a bound of minutes, not the serving node's seconds.
+    settings = settings.model_copy(update={"db_command_timeout_seconds": MIGRATOR_COMMAND_TIMEOUT_S})
     provider = build_tracer_provider(
         exporter="none", sampling_ratio=0.0, otlp_endpoint=None, service_name=settings.service_name
     )

@@ -7,14 +7,14 @@ Phases (keel.storage.layouts has what each means for a serving node):
    transaction (it reads the record share-locked, so the change waits for writes in flight);
 2. `backfill`: batches copy the older profiles (soft-deleted ones too) in id order, up to the
    greatest id stored when the phase began (every later one was written to both), each batch
-   one transaction that share-locks its source rows and copies a row only where the target has
-   no row or an older version, so a concurrent write or erasure is never undone; progress (the
-   last id copied) is recorded in the batch's transaction, so a killed migrator resumes there;
+   one transaction that share-locks its source rows (then reads them) and copies a row only
+   where the target has no row or an older version, so a concurrent write or erasure is never
+   undone; progress (the last id copied) is recorded in the batch's transaction, so a killed migrator resumes there;
 3. `verify`: every profile is compared in both layouts by a checksum of the whole stored
    profile (a SHA-256 of its document, version and deletion time) in batches that lock the
-   rows (the last batch reaching past the phase's bound to the end of both layouts); a
-   difference is mended (the source's copy written over), a row only the target holds is
-   deleted, and a second pass must find none; the counts must agree in one snapshot;
+   rows, to the end of both layouts; a difference is mended (the source's copy written
+   over), a row only the target holds is deleted, and a second pass must find none; the
+   counts must agree in one snapshot;
 4. `switched`: reads go to the target; writes still go to both, so `rollback` is instant;
 5. finish: once every serving node has acknowledged `switched` (or has been silent longer than
    a node may use its copy of the record), the record becomes `steady` on the target and the
@@ -27,6 +27,7 @@ Every step is a transaction that checks the record's generation: two migrators c
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -34,8 +35,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from keel.domain.errors import ConcurrentModification
 from keel.domain.profile import Profile
 from keel.storage.documents import profile_document
 from keel.storage.layout_records import NodeSeen, Progress, SqlLayoutRecords
@@ -47,6 +49,13 @@ from keel.storage.layouts import Layout, LayoutRecord, Phase
 SILENCE_MARGIN_S = 1.0
 _VERIFY_PASSES = 3
 _ALL = 2**31 - 1  # a scan's limit that is no limit
+_CLEAR_BATCH = 5000
+_BATCH_ATTEMPTS = 5
+T = TypeVar("T")
+# What the progress row says in `steady` of the layout that is not read: a finished migration's
+# old copy (rollback migrates back to it), or a rolled-back migration's leftovers.
+FINISHED = "finished"
+ROLLED_BACK = "rolled-back"
 
 
 class MigrationUnit(Protocol):
@@ -152,41 +161,59 @@ class LayoutMigrator:
                 record = await self._enter(record, Phase.SWITCHED, None)
             else:  # switched
                 await self._wait_for_nodes(record)
-                record = await self._enter(record, Phase.STEADY, None, read_layout=to)
+                old_layout = record.read_layout
+                record = await self._enter(record, Phase.STEADY, _left(FINISHED, old_layout), read_layout=to)
                 self._report(Report(record, None, note=f"finished: profiles live in the {to} layout"))
 
     async def rollback(self) -> LayoutRecord:
         """Undo the migration under way: reads go back to the layout they came from, then it is
-        the only one written. After a finish (while the old layout's rows are there), migrate back."""
+        the only one written. After a finish (while the old layout's rows are there), migrate
+        back. Run again after it has rolled back, it refuses: the target's rows left by a
+        rolled-back migration are not a copy to go back to."""
         record = await self.record()
         if record.phase is Phase.STEADY:
             other = Layout.DOCUMENT if record.read_layout is Layout.NORMALIZED else Layout.NORMALIZED
-            async with self._store.unit_of_work(read_only=True) as unit:
-                counts = await unit.layout_records.counts()
-            if counts[other] == 0:
-                raise MigrationRefused(f"No migration to roll back: the {other} layout holds no profile.")
+            progress = await self.progress()
+            counts = await self.counts()
+            finished = progress is not None and progress.after_id == FINISHED and progress.through_id == other
+            if not finished or counts[other] == 0:
+                raise MigrationRefused(
+                    f"No migration to roll back: profiles live in the {record.read_layout} layout, and the"
+                    f" {other} layout holds {counts[other]} rows"
+                    + (
+                        " left by a rolled-back migration (`keel layout drop` deletes them)."
+                        if counts[other]
+                        else "."
+                    )
+                )
             self._report(Report(record, None, note=f"the migration finished: migrating back to {other}"))
             return await self.migrate(other)
+        abandoned = record.target_layout
+        assert abandoned is not None
         if record.phase is Phase.SWITCHED:
             record = await self._enter(record, Phase.VERIFY, None)
             self._report(Report(record, None, note=f"reads are back on the {record.read_layout} layout"))
+        # Nodes may still read the target (by a copy of `switched`, from this run or a killed
+        # one): no layout stops being written before every node has moved off it.
         await self._wait_for_nodes(record)
-        record = await self._enter(record, Phase.STEADY, None)
+        record = await self._enter(record, Phase.STEADY, _left(ROLLED_BACK, abandoned))
         self._report(
             Report(record, None, note=f"rolled back: profiles live in the {record.read_layout} layout")
         )
         return record
 
     async def drop(self, layout: Layout) -> int:
-        """Delete the rows of `layout`, which must be neither read nor written. How many profiles."""
+        """Delete the rows of `layout`, which must be neither read nor written, in batches (writes
+        go on meanwhile). How many profiles it held."""
+        record = await self.record()
+        if record.phase is not Phase.STEADY or record.read_layout is layout:
+            raise MigrationRefused(
+                f"The {layout} layout is in use (read layout {record.read_layout}, phase {record.phase})."
+            )
+        count = (await self.counts())[layout]
+        await self._clear(record, layout)
         async with self._store.unit_of_work() as unit:
-            record = await unit.layout_records.read(lock=_for_update(unit))
-            if record.phase is not Phase.STEADY or record.read_layout is layout:
-                raise MigrationRefused(
-                    f"The {layout} layout is in use (read layout {record.read_layout}, phase {record.phase})."
-                )
-            count = (await unit.layout_records.counts())[layout]
-            await unit.layout_records.clear(layout)
+            await unit.layout_records.set_progress(None)
             await unit.commit()
         return count
 
@@ -211,19 +238,25 @@ class LayoutMigrator:
     # ------------------------------------------------------------------------------------
 
     async def _start(self, record: LayoutRecord, to: Layout) -> LayoutRecord:
-        # Emptied first, in a transaction of its own: nothing writes the target while steady,
-        # and a large stale layout (a finished migration's) must not hold the record locked.
-        async with self._store.unit_of_work() as unit:
-            if await unit.layout_records.read(lock=_for_update(unit)) != record:
-                raise MigrationRefused("The layout record changed meanwhile; run the command again.")
-            await unit.layout_records.clear(to)
-            await unit.layout_records.set_progress(None)
-            await unit.commit()
+        # Emptied first, in batches: nothing writes the target while steady, and no batch
+        # holds the record (or anything a write needs) for long.
+        await self._clear(record, to)
         record = await self._enter(record, Phase.DUAL_WRITE, None, target=to)
         self._report(
             Report(record, None, note=f"dual-write: every write goes to {record.read_layout} and {to}")
         )
         return record
+
+    async def _clear(self, record: LayoutRecord, layout: Layout) -> None:
+        """Delete `layout`'s rows, `_CLEAR_BATCH` profiles per transaction, each checking that
+        the record still leaves that layout unwritten."""
+        while True:
+            async with self._store.unit_of_work() as unit:
+                self._check(await unit.layout_records.read(lock=_for_share(unit)), record)
+                deleted = await unit.layout_records.clear_some(layout, _CLEAR_BATCH)
+                await unit.commit()
+            if deleted < _CLEAR_BATCH:
+                return
 
     async def _enter(
         self,
@@ -267,108 +300,130 @@ class LayoutMigrator:
         progress = await self._progress(Phase.BACKFILL)
         pacer = _Pacer(self._rate, self._pause_s, self._sleep, self._clock)
         while True:
-            async with self._store.unit_of_work() as unit:
-                self._check(await unit.layout_records.read(lock=_for_share(unit)), record)
-                source = unit.profile_layouts[record.read_layout]
-                target = unit.profile_layouts[record.target_layout]
-                rows = await source.scan(
-                    progress.after_id, self._batch, through_id=progress.through_id, lock=True
-                )
-                for profile in rows:
-                    await target.put(profile, only_if_newer=True)
-                if rows:
-                    progress = Progress(
-                        Phase.BACKFILL,
-                        rows[-1].id,
-                        progress.through_id,
-                        progress.done + len(rows),
-                        max(progress.total, progress.done + len(rows)),
-                        progress.mended,
-                    )
-                    await unit.layout_records.set_progress(progress)
-                await unit.commit()
+            progress, count = await self._retrying(functools.partial(self._backfill_batch, record, progress))
             self._report(Report(record, progress, pacer.rate()))
-            if len(rows) < self._batch:
+            if count < self._batch:
                 return
-            await pacer.after(len(rows))
+            await pacer.after(count)
+
+    async def _backfill_batch(self, record: LayoutRecord, progress: Progress) -> tuple[Progress, int]:
+        assert record.target_layout is not None
+        async with self._store.unit_of_work() as unit:
+            self._check(await unit.layout_records.read(lock=_for_share(unit)), record)
+            source = unit.profile_layouts[record.read_layout]
+            target = unit.profile_layouts[record.target_layout]
+            ids = await source.ids_after(progress.after_id, self._batch, through_id=progress.through_id)
+            # Locked first, read after: a read that waited for a row lock would see the
+            # row's new version with its children as they were (PostgreSQL).
+            await source.lock_ids(ids)
+            rows = await source.load_ids(ids)
+            for profile in rows:
+                await target.put(profile, only_if_newer=True)
+            if ids:
+                progress = Progress(
+                    Phase.BACKFILL,
+                    ids[-1],
+                    progress.through_id,
+                    progress.done + len(ids),
+                    max(progress.total, progress.done + len(ids)),
+                    progress.mended,
+                )
+                await unit.layout_records.set_progress(progress)
+            await unit.commit()
+        return progress, len(ids)
 
     async def _verify(self, record: LayoutRecord) -> None:
         """Compare every profile; mend what differs. A pass that mended anything is followed by
-        one that must find nothing to mend (at most `_VERIFY_PASSES` in all)."""
+        one that must find nothing to mend (at most `_VERIFY_PASSES` in one run). The progress
+        (`mended` counts this pass's) is recorded, so a resumed run finishes the pass it was in,
+        and a pass that mended is always followed by a whole new one."""
         assert record.target_layout is not None
         progress = await self._progress(Phase.VERIFY)
         for _ in range(_VERIFY_PASSES):
-            mended_before = progress.mended
             progress = await self._verify_pass(record, progress)
-            async with self._store.unit_of_work(read_only=True) as unit:
-                counts = await unit.layout_records.counts()
-            if (
-                progress.mended == mended_before
-                and counts[record.read_layout] == counts[record.target_layout]
-            ):
+            counts = await self.counts()
+            if progress.mended == 0 and counts[record.read_layout] == counts[record.target_layout]:
                 return
-            # Another pass, from the start: it must find nothing left to mend.
-            progress = Progress(Phase.VERIFY, None, progress.through_id, 0, progress.total, progress.mended)
+            # A new pass, from the start, recorded before it begins.
+            progress = Progress(Phase.VERIFY, None, progress.through_id, 0, progress.total, 0)
+            async with self._store.unit_of_work() as unit:
+                self._check(await unit.layout_records.read(lock=_for_share(unit)), record)
+                await unit.layout_records.set_progress(progress)
+                await unit.commit()
         raise VerificationFailed(
-            f"The layouts still differ after {_VERIFY_PASSES} passes ({progress.mended} profiles mended);"
+            f"The layouts still differ after {_VERIFY_PASSES} passes"
+            f" (last ids mended: {', '.join(self.mismatches[-10:])});"
             " the migration stays in verify: run it again, or roll back."
         )
 
     async def _verify_pass(self, record: LayoutRecord, progress: Progress) -> Progress:
+        """One pass over both layouts, in batches. A batch takes the source's next ids and
+        the target's ids in the same range (each set read before any lock), share-locks the
+        source's rows, then reads both layouts' rows for those ids: a profile created after
+        the id reads is left out (it was written to both layouts in one transaction), and one
+        only the target holds was there before the locks, so it is not a create in flight."""
         assert record.target_layout is not None
         pacer = _Pacer(self._rate, self._pause_s, self._sleep, self._clock)
-        start_mended = progress.mended
         while True:
-            async with self._store.unit_of_work() as unit:
-                self._check(await unit.layout_records.read(lock=_for_share(unit)), record)
-                source = unit.profile_layouts[record.read_layout]
-                target = unit.profile_layouts[record.target_layout]
-                rows = await source.scan(
-                    progress.after_id, self._batch, through_id=progress.through_id, lock=True
-                )
-                last = len(rows) < self._batch
-                covered = len(rows)
-                if last:
-                    # The last batch also compares what was created since the phase began
-                    # (written to both layouts), to the end of both layouts.
-                    rows += await source.scan(progress.through_id, _ALL, lock=True)
-                theirs = {
-                    p.id: p
-                    for p in await target.scan(
-                        progress.after_id, _ALL, through_id=None if last else rows[-1].id, lock=True
-                    )
-                }
-                mended = 0
-                for profile in rows:
-                    copy = theirs.pop(profile.id, None)
-                    if copy is None or checksum(copy) != checksum(profile):
-                        self.mismatches.append(profile.id)
-                        await target.put(profile)
-                        mended += 1
-                if theirs:  # rows only the target holds
-                    self.mismatches.extend(theirs)
-                    await target.remove(list(theirs))
-                    mended += len(theirs)
-                progress = Progress(
-                    Phase.VERIFY,
-                    rows[covered - 1].id if covered else progress.after_id,
-                    progress.through_id,
-                    progress.done + covered,
-                    max(progress.total, progress.done + covered),
-                    progress.mended + mended,
-                )
-                await unit.layout_records.set_progress(progress)
-                await unit.commit()
+            progress, count = await self._retrying(functools.partial(self._verify_batch, record, progress))
             self._report(Report(record, progress, pacer.rate()))
-            if last:
-                if progress.mended != start_mended:
-                    self._report(
-                        Report(
-                            record, progress, note=f"verify mended {progress.mended - start_mended} profiles"
-                        )
-                    )
+            if count < self._batch:
+                if progress.mended:
+                    self._report(Report(record, progress, note=f"verify mended {progress.mended} profiles"))
                 return progress
-            await pacer.after(len(rows))
+            await pacer.after(count)
+
+    async def _verify_batch(self, record: LayoutRecord, progress: Progress) -> tuple[Progress, int]:
+        assert record.target_layout is not None
+        async with self._store.unit_of_work() as unit:
+            self._check(await unit.layout_records.read(lock=_for_share(unit)), record)
+            source = unit.profile_layouts[record.read_layout]
+            target = unit.profile_layouts[record.target_layout]
+            # To the end of both layouts, not to the phase's bound: a row only the target holds
+            # is found wherever it is. Creates made meanwhile are compared too (they were
+            # written to both), so the pass ends once it outpaces them.
+            ids = await source.ids_after(progress.after_id, self._batch)
+            last = len(ids) < self._batch
+            end = None if last else ids[-1]
+            theirs_ids = await target.ids_after(progress.after_id, _ALL, through_id=end)
+            union = sorted(set(ids) | set(theirs_ids))
+            await source.lock_ids(union)
+            ours = {p.id: p for p in await source.load_ids(union)}
+            theirs = {p.id: p for p in await target.load_ids(union)}
+            mended = 0
+            for profile_id, profile in ours.items():
+                copy = theirs.pop(profile_id, None)
+                if copy is None or checksum(copy) != checksum(profile):
+                    self.mismatches.append(profile_id)
+                    await target.put(profile)
+                    mended += 1
+            if theirs:  # rows only the target holds
+                self.mismatches.extend(theirs)
+                await target.remove(list(theirs))
+                mended += len(theirs)
+            progress = Progress(
+                Phase.VERIFY,
+                ids[-1] if ids else progress.after_id,
+                progress.through_id,
+                progress.done + len(ids),
+                max(progress.total, progress.done + len(ids)),
+                progress.mended + mended,
+            )
+            await unit.layout_records.set_progress(progress)
+            await unit.commit()
+        return progress, len(ids)
+
+    async def _retrying(self, batch: Callable[[], Awaitable[T]]) -> T:
+        """A batch again when PostgreSQL rolled it back whole (a deadlock with a write or an
+        erasure, which lock rows in other orders): nothing of it was committed."""
+        for attempt in range(1, _BATCH_ATTEMPTS + 1):
+            try:
+                return await batch()
+            except ConcurrentModification:
+                if attempt == _BATCH_ATTEMPTS:
+                    raise
+                await self._sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _check(current: LayoutRecord, expected: LayoutRecord) -> None:
@@ -430,8 +485,8 @@ class _Pacer:
             await self._sleep(max(ahead, self._pause_s))
 
 
-def _for_update(unit: MigrationUnit) -> str:
-    return unit.layout_records.session_lock("update")
+def _left(how: str, layout: Layout) -> Progress:
+    return Progress(Phase.STEADY, how, layout.value, 0, 0, 0)
 
 
 def _for_share(unit: MigrationUnit) -> str:

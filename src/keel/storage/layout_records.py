@@ -13,11 +13,6 @@ from dataclasses import dataclass
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, Phase, missing_record, record_from_row
 from keel.storage.personal_data import SqlSession
 
-# The tables each layout keeps its profiles in, parents last (children are deleted first).
-LAYOUT_TABLES: dict[Layout, tuple[str, ...]] = {
-    Layout.NORMALIZED: ("profile_emails", "profile_links", "profiles"),
-    Layout.DOCUMENT: ("profile_document_emails", "profile_documents"),
-}
 _PROFILE_TABLE = {Layout.NORMALIZED: "profiles", Layout.DOCUMENT: "profile_documents"}
 
 
@@ -152,10 +147,14 @@ class SqlLayoutRecords:
         normalized, document = rows[0]
         return {Layout.NORMALIZED: int(normalized), Layout.DOCUMENT: int(document)}
 
-    async def clear(self, layout: Layout) -> None:
-        """Delete every profile row of `layout` (never the layout reads go to: the caller's check)."""
-        for table in LAYOUT_TABLES[layout]:
-            await self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - a table name of ours
+    async def clear_some(self, layout: Layout, limit: int) -> int:
+        """Delete up to `limit` profiles of `layout` (their emails and links with them: the
+        foreign keys cascade); how many. Never the layout reads go to: the caller's check."""
+        table = _PROFILE_TABLE[layout]
+        return await self._db.execute(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id LIMIT $1)",  # noqa: S608
+            limit,
+        )
 
     async def last_id(self, layout: Layout) -> str | None:
         rows = await self._db.fetch(f"SELECT max(id) FROM {_PROFILE_TABLE[layout]}")  # noqa: S608

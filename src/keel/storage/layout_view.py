@@ -19,9 +19,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from keel.domain.errors import Unavailable
 from keel.domain.profile import Profile
 from keel.service.ports import ProfileQuery
-from keel.storage.layouts import Layout, LayoutRecord
+from keel.storage.layouts import Layout, LayoutMismatch, LayoutRecord
 
 
 class LayoutProfileRepository(Protocol):
@@ -33,8 +34,16 @@ class LayoutProfileRepository(Protocol):
     async def update(self, profile: Profile, expected_version: int) -> None: ...
 
     async def scan(
-        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
+        self, after_id: str | None, limit: int, *, through_id: str | None = None
     ) -> list[Profile]: ...
+
+    async def ids_after(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None
+    ) -> list[str]: ...
+
+    async def lock_ids(self, profile_ids: Sequence[str]) -> None: ...
+
+    async def load_ids(self, profile_ids: Sequence[str]) -> list[Profile]: ...
 
     async def put(self, profile: Profile, *, only_if_newer: bool = False) -> bool: ...
 
@@ -67,6 +76,10 @@ class LayoutView:
         try:
             started = self._clock()
             fresh = await records.read_and_acknowledge(self.node_id)
+        except Exception:
+            if record is not None and self._clock() - self._fetched_at < self.max_age:
+                return record  # a refresh that failed (busy database): the copy, while young
+            raise
         finally:
             self._refreshing = False
         self.observed(fresh)
@@ -93,7 +106,11 @@ class LayoutProfiles:
 
     async def _targets(self) -> tuple[LayoutProfileRepository, LayoutProfileRepository | None]:
         if self._layouts is None:
-            first, mirror = (await self._read_record()).writes_to()
+            try:
+                record = await self._read_record()
+            except LayoutMismatch as error:  # a later Keel's phase, or a record repaired wrong
+                raise Unavailable(f"This node cannot follow the profiles' layout record: {error}") from error
+            first, mirror = record.writes_to()
             self._layouts = (
                 self._repositories[first],
                 self._repositories[mirror] if mirror is not None else None,

@@ -26,6 +26,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import DisclosedEvent, IdempotencyRecord, OutboxRecord
 from keel.storage.documents import profile_from_document
+from keel.storage.layouts import RECORD_NAME, Layout, record_from_row
 from keel.storage.rows import (
     IDEMPOTENCY_COLUMNS,
     OUTBOX_COLUMNS,
@@ -122,13 +123,16 @@ class SqlPersonalData:
         self._observer = observer
 
     async def profile_any_state(self, profile_id: str) -> Profile | None:
+        """The profile in whichever layout holds it (docs/layouts.md). Both may: during a
+        migration they hold the same, and after one the old layout keeps an older copy until
+        it is dropped; the newest version is the profile."""
         with self._observer.call("export_profile"):
             rows = await self._db.fetch(self._db.select_profile + " WHERE p.id = $1", profile_id)
-            if rows:
-                return profile_from_row(tuple(rows[0]), self._db.parse_time)
-            # The document layout's (docs/layouts.md); the document as text on both databases.
+            found = [profile_from_row(tuple(row), self._db.parse_time) for row in rows]
+            # The document as text on both databases.
             rows = await self._db.fetch(_SELECT_DOCUMENT_ANY_STATE, profile_id)
-        return profile_from_document(tuple(rows[0]), self._db.parse_time) if rows else None
+            found += [profile_from_document(tuple(row), self._db.parse_time) for row in rows]
+        return max(found, key=lambda profile: profile.version, default=None)
 
     async def events_of(self, profile_id: str) -> list[OutboxRecord]:
         with self._observer.call("export_events"):
@@ -182,17 +186,25 @@ class SqlPersonalData:
             # are erased below): a write of it in flight commits before this reads on (its
             # event is then among the events erased below, and the version read is its
             # version), and none starts until this transaction ends.
-            rows = await db.fetch(
-                f"SELECT version FROM profiles WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
-                profile_id,
+            # Locked in the order writes lock them (the layout reads go to first), so an
+            # erasure and a write of the same profile during a migration cannot deadlock; the
+            # record share-locked as a write does (keel.storage.layout_view).
+            layout_rows = await db.fetch(
+                "SELECT read_layout, phase, target_layout FROM storage_layout"  # noqa: S608 - constants only
+                f" WHERE name = $1 {db.for_share}",
+                RECORD_NAME,
             )
-            rows += await db.fetch(
-                f"SELECT version FROM profile_documents WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
-                profile_id,
-            )
+            first = record_from_row(*layout_rows[0]).reads_from() if layout_rows else Layout.NORMALIZED
+            tables = ("profiles", "profile_documents")
+            rows = []
+            for table in tables if first is Layout.NORMALIZED else reversed(tables):
+                rows += await db.fetch(
+                    f"SELECT version FROM {table} WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
+                    profile_id,
+                )
             if not rows:
                 return None
-            version = int(rows[0][0])
+            version = max(int(row[0]) for row in rows)  # an old layout's copy may be older
             events = await db.fetch(
                 "SELECT seq, type, data FROM event_outbox WHERE subject = $1 ORDER BY seq", profile_id
             )

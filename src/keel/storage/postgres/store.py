@@ -346,16 +346,43 @@ class PostgresProfiles:
         except asyncpg.UniqueViolationError as error:
             raise uniqueness_conflict(error.constraint_name or "") from None
 
-    async def scan(
-        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
-    ) -> list[Profile]:
+    async def scan(self, after_id: str | None, limit: int, *, through_id: str | None = None) -> list[Profile]:
         """Every stored profile, soft-deleted ones too, in id order after `after_id` (up to
-        `through_id`); `lock` share-locks the rows until the transaction ends (a migration's
-        copy: no write or erasure of them can interleave)."""
+        `through_id`): what a migration's tools and tests read of one layout."""
         sql = f"{_SELECT_PROFILE} WHERE p.id > $1 AND ($2::text IS NULL OR p.id <= $2) ORDER BY p.id LIMIT $3"
         with self._observer.call("scan_profiles"):
+            rows = await self._db.fetch(sql, after_id or "", through_id, limit)
+        return [profile_from_row(tuple(row), _time) for row in rows]
+
+    async def ids_after(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None
+    ) -> list[str]:
+        """The ids stored after `after_id` (up to `through_id`), soft-deleted ones too, in order."""
+        with self._observer.call("scan_profiles"):
             rows = await self._db.fetch(
-                sql + (" FOR SHARE OF p" if lock else ""), after_id or "", through_id, limit
+                "SELECT id FROM profiles WHERE id > $1 AND ($2::text IS NULL OR id <= $2)"
+                " ORDER BY id LIMIT $3",
+                after_id or "",
+                through_id,
+                limit,
+            )
+        return [str(row[0]) for row in rows]
+
+    async def lock_ids(self, profile_ids: Sequence[str]) -> None:
+        """Share-lock these rows (those there) until the transaction ends, in id order: no
+        write or erasure of them commits meanwhile. Read them after this, in a statement of
+        its own: a statement that waited for a lock sees the locked row's new version but its
+        children as of its start."""
+        with self._observer.call("scan_profiles"):
+            await self._db.fetch(
+                "SELECT id FROM profiles WHERE id = ANY($1::text[]) ORDER BY id FOR SHARE", list(profile_ids)
+            )
+
+    async def load_ids(self, profile_ids: Sequence[str]) -> list[Profile]:
+        """These profiles as stored (soft-deleted ones too), in id order; missing ones left out."""
+        with self._observer.call("scan_profiles"):
+            rows = await self._db.fetch(
+                _SELECT_PROFILE + " WHERE p.id = ANY($1::text[]) ORDER BY p.id", list(profile_ids)
             )
         return [profile_from_row(tuple(row), _time) for row in rows]
 

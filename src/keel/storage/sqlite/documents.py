@@ -73,10 +73,9 @@ class SqliteDocumentProfiles:
         except sqlite3.IntegrityError as error:
             raise uniqueness_conflict(str(error)) from None
 
-    async def scan(
-        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
-    ) -> list[Profile]:
-        """As `SqliteProfiles.scan`: every row, soft-deleted ones too, in id order."""
+    async def scan(self, after_id: str | None, limit: int, *, through_id: str | None = None) -> list[Profile]:
+        """Every stored profile, soft-deleted ones too, in id order after `after_id` (up to
+        `through_id`): what a migration's tools and tests read of one layout."""
         with self._observer.call("scan_profiles"):
             async with self._db.execute(
                 _SELECT_DOCUMENT + " WHERE p.id > ?1 AND (?2 IS NULL OR p.id <= ?2) ORDER BY p.id LIMIT ?3",
@@ -84,6 +83,34 @@ class SqliteDocumentProfiles:
             ) as cursor:
                 rows = await cursor.fetchall()
         return [profile_from_document(tuple(row), _time) for row in rows]
+
+    async def ids_after(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None
+    ) -> list[str]:
+        """The ids stored after `after_id` (up to `through_id`), soft-deleted ones too, in order."""
+        with self._observer.call("scan_profiles"):
+            async with self._db.execute(
+                "SELECT id FROM profile_documents WHERE id > ?1 AND (?2 IS NULL OR id <= ?2)"
+                " ORDER BY id LIMIT ?3",
+                (after_id or "", through_id, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [str(row[0]) for row in rows]
+
+    async def lock_ids(self, profile_ids: Sequence[str]) -> None:
+        """Nothing to do on SQLite: a write transaction excludes every other writer already."""
+
+    async def load_ids(self, profile_ids: Sequence[str]) -> list[Profile]:
+        """These profiles as stored (soft-deleted ones too), in id order; missing ones left out."""
+        found: list[Profile] = []
+        with self._observer.call("scan_profiles"):
+            for start in range(0, len(profile_ids), 500):  # SQLite's bound on parameters
+                chunk = list(profile_ids[start : start + 500])
+                async with self._db.execute(
+                    _SELECT_DOCUMENT + f" WHERE p.id IN ({','.join('?' * len(chunk))}) ORDER BY p.id", chunk
+                ) as cursor:
+                    found += [profile_from_document(tuple(row), _time) for row in await cursor.fetchall()]
+        return sorted(found, key=lambda profile: profile.id)
 
     async def put(self, profile: Profile, *, only_if_newer: bool = False) -> bool:
         """As `SqliteProfiles.put`."""

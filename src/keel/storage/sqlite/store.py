@@ -62,6 +62,8 @@ FROM profiles p
 
 
 _RESERVE_ATTEMPTS = 3
+# How long a node's acknowledgement of the layout record waits for another process's writer.
+_ACK_BUSY_MS = 100
 
 
 class SqliteStore:
@@ -76,6 +78,7 @@ class SqliteStore:
     ) -> None:
         self.layout = layout  # the configured one, checked at start-up; units of work follow the record
         self.view = LayoutView(node_id)
+        self._acker: aiosqlite.Connection | None = None  # a serving node's: see read_and_acknowledge
         # Bounded wait for the writer: shorter than an idempotency lease, so no request can
         # still be waiting when its reservation is taken over.
         self.acquire_timeout = acquire_timeout
@@ -103,6 +106,8 @@ class SqliteStore:
             await writer.close()
             raise
         store = cls(writer, reader, observer, acquire_timeout, layout, node_id)
+        if node_id is not None:
+            store._acker = await _connect(path, busy_timeout_ms=_ACK_BUSY_MS)
         observer.metrics.db_pool_size.set(2)
         # The reader is shared by every read, never lent out; the writer is "in use" while a
         # write unit of work holds it.
@@ -134,36 +139,31 @@ class SqliteStore:
         return record_from_row(*row)
 
     async def close(self) -> None:
-        if self.view.node_id is not None:
+        if self._acker is not None:
             # A node that stops serving no longer holds up a migration waiting on it.
-            with contextlib.suppress(sqlite3.Error, TimeoutError):
-                async with asyncio.timeout(self.acquire_timeout), self._write_lock:
-                    await SqlLayoutRecords(SqliteSession(self._writer)).forget_node(self.view.node_id)
+            with contextlib.suppress(sqlite3.Error):
+                await SqlLayoutRecords(SqliteSession(self._acker)).forget_node(self.view.node_id or "")
+            await self._acker.close()
         await self._reader.close()
         await self._writer.close()
 
     async def read_and_acknowledge(self, node_id: str | None) -> LayoutRecord:
-        """A read-only unit's refresh of the layout record (`LayoutView`): read on the reader;
-        the acknowledgement is a write, made only when the writer is free (a busy node's writes
-        acknowledge in their own transactions)."""
+        """A read-only unit's refresh of the layout record (`LayoutView`): read on the reader,
+        acknowledged on a connection of its own, one autocommit statement that waits at most
+        `_ACK_BUSY_MS` for another process's writer. A refresh that cannot acknowledge fails
+        (the node keeps its copy while young enough): the migrator relies on every refresh
+        being acknowledged."""
         record = await SqlLayoutRecords(SqliteSession(self._reader)).read()
-        if node_id is not None and not self._write_lock.locked():
-            async with self._write_lock:
-                writer = SqliteSession(self._writer)
-                try:
-                    await self._writer.execute("BEGIN IMMEDIATE")
-                    await SqlLayoutRecords(writer).acknowledge(node_id, record.generation)
-                    await self._writer.execute("COMMIT")
-                except sqlite3.OperationalError:
-                    await _quietly_roll_back(self._writer)  # busy: the next refresh acknowledges
+        if node_id is not None and self._acker is not None:
+            await SqlLayoutRecords(SqliteSession(self._acker)).acknowledge(node_id, record.generation)
         return record
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+async def _connect(path: Path, *, busy_timeout_ms: int = 5000) -> aiosqlite.Connection:
     # isolation_level=None: no implicit transactions; units of work issue BEGIN/COMMIT themselves.
     connection = await aiosqlite.connect(path, isolation_level=None)
     try:
-        for pragma in ("busy_timeout=5000", "foreign_keys=ON", "synchronous=FULL"):
+        for pragma in (f"busy_timeout={busy_timeout_ms}", "foreign_keys=ON", "synchronous=FULL"):
             await connection.execute_fetchall(f"PRAGMA {pragma}")
     except BaseException:
         await connection.close()
@@ -314,12 +314,9 @@ class SqliteProfiles:
         except sqlite3.IntegrityError as error:
             raise uniqueness_conflict(str(error)) from None
 
-    async def scan(
-        self, after_id: str | None, limit: int, *, through_id: str | None = None, lock: bool = False
-    ) -> list[Profile]:
+    async def scan(self, after_id: str | None, limit: int, *, through_id: str | None = None) -> list[Profile]:
         """Every stored profile, soft-deleted ones too, in id order after `after_id` (up to
-        `through_id`). `lock` is for PostgreSQL: a SQLite write transaction excludes every
-        other writer already."""
+        `through_id`): what a migration's tools and tests read of one layout."""
         with self._observer.call("scan_profiles"):
             async with self._db.execute(
                 _SELECT_PROFILE + " WHERE p.id > ?1 AND (?2 IS NULL OR p.id <= ?2) ORDER BY p.id LIMIT ?3",
@@ -327,6 +324,33 @@ class SqliteProfiles:
             ) as cursor:
                 rows = await cursor.fetchall()
         return [profile_from_row(tuple(row), _time) for row in rows]
+
+    async def ids_after(
+        self, after_id: str | None, limit: int, *, through_id: str | None = None
+    ) -> list[str]:
+        """The ids stored after `after_id` (up to `through_id`), soft-deleted ones too, in order."""
+        with self._observer.call("scan_profiles"):
+            async with self._db.execute(
+                "SELECT id FROM profiles WHERE id > ?1 AND (?2 IS NULL OR id <= ?2) ORDER BY id LIMIT ?3",
+                (after_id or "", through_id, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [str(row[0]) for row in rows]
+
+    async def lock_ids(self, profile_ids: Sequence[str]) -> None:
+        """Nothing to do on SQLite: a write transaction excludes every other writer already."""
+
+    async def load_ids(self, profile_ids: Sequence[str]) -> list[Profile]:
+        """These profiles as stored (soft-deleted ones too), in id order; missing ones left out."""
+        found: list[Profile] = []
+        with self._observer.call("scan_profiles"):
+            for start in range(0, len(profile_ids), 500):  # SQLite's bound on parameters
+                chunk = list(profile_ids[start : start + 500])
+                async with self._db.execute(
+                    _SELECT_PROFILE + f" WHERE p.id IN ({','.join('?' * len(chunk))}) ORDER BY p.id", chunk
+                ) as cursor:
+                    found += [profile_from_row(tuple(row), _time) for row in await cursor.fetchall()]
+        return sorted(found, key=lambda profile: profile.id)
 
     async def put(self, profile: Profile, *, only_if_newer: bool = False) -> bool:
         """Store `profile` as it is over whatever this layout holds under its id (a mirror's
