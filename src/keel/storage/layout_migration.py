@@ -9,7 +9,8 @@ Phases (keel.storage.layouts has what each means for a serving node):
    greatest id stored when the phase began (every later one was written to both), each batch
    one transaction that share-locks its source rows (then reads them) and copies a row only
    where the target has no row or an older version, so a concurrent write or erasure is never
-   undone; progress (the last id copied) is recorded in the batch's transaction, so a killed migrator resumes there;
+   undone; progress (the last id copied) is recorded in the batch's transaction, so a killed
+   migrator resumes there;
 3. `verify`: every profile is compared in both layouts by a checksum of the whole stored
    profile (a SHA-256 of its document, version and deletion time) in batches that lock the
    rows, to the end of both layouts; a difference is mended (the source's copy written
