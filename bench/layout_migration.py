@@ -228,11 +228,12 @@ def _write(
 ) -> int:
     latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
     server_errors = 0
-    for op in completed_ops(history.ops):
-        invoked = history.ops[op.invoked_at]
+    ops = history.ops  # a copy per access: taken once (per operation, it was quadratic)
+    for op in completed_ops(ops):
+        invoked = ops[op.invoked_at]
         if op.completed_at is None:
             continue
-        ended = history.ops[op.completed_at]
+        ended = ops[op.completed_at]
         if int(op.value.get("status", 0)) >= 500:
             server_errors += 1
         if op.outcome != "ok":
