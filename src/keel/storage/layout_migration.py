@@ -297,14 +297,21 @@ class LayoutMigrator:
         return progress
 
     async def _backfill(self, record: LayoutRecord) -> None:
-        assert record.target_layout is not None
-        progress = await self._progress(Phase.BACKFILL)
+        await self._batches(record, await self._progress(Phase.BACKFILL), self._backfill_batch)
+
+    async def _batches(
+        self,
+        record: LayoutRecord,
+        progress: Progress,
+        batch: Callable[[LayoutRecord, Progress], Awaitable[tuple[Progress, int]]],
+    ) -> Progress:
+        """`batch` after `batch` (each retried, reported, paced) until one comes back short."""
         pacer = _Pacer(self._rate, self._pause_s, self._sleep, self._clock)
         while True:
-            progress, count = await self._retrying(functools.partial(self._backfill_batch, record, progress))
+            progress, count = await self._retrying(functools.partial(batch, record, progress))
             self._report(Report(record, progress, pacer.rate()))
             if count < self._batch:
-                return
+                return progress
             await pacer.after(count)
 
     async def _backfill_batch(self, record: LayoutRecord, progress: Progress) -> tuple[Progress, int]:
@@ -363,16 +370,10 @@ class LayoutMigrator:
         source's rows, then reads both layouts' rows for those ids: a profile created after
         the id reads is left out (it was written to both layouts in one transaction), and one
         only the target holds was there before the locks, so it is not a create in flight."""
-        assert record.target_layout is not None
-        pacer = _Pacer(self._rate, self._pause_s, self._sleep, self._clock)
-        while True:
-            progress, count = await self._retrying(functools.partial(self._verify_batch, record, progress))
-            self._report(Report(record, progress, pacer.rate()))
-            if count < self._batch:
-                if progress.mended:
-                    self._report(Report(record, progress, note=f"verify mended {progress.mended} profiles"))
-                return progress
-            await pacer.after(count)
+        progress = await self._batches(record, progress, self._verify_batch)
+        if progress.mended:
+            self._report(Report(record, progress, note=f"verify mended {progress.mended} profiles"))
+        return progress
 
     async def _verify_batch(self, record: LayoutRecord, progress: Progress) -> tuple[Progress, int]:
         assert record.target_layout is not None
@@ -491,4 +492,4 @@ def _left(how: str, layout: Layout) -> Progress:
 
 
 def _for_share(unit: MigrationUnit) -> str:
-    return unit.layout_records.session_lock("share")
+    return unit.layout_records.for_share

@@ -46,9 +46,10 @@ class SqlLayoutRecords:
     def __init__(self, session: SqlSession) -> None:
         self._db = session
 
-    def session_lock(self, kind: str) -> str:
-        """The session's `FOR SHARE` (kind "share") or `FOR UPDATE` ("update"): nothing on SQLite."""
-        return self._db.for_share if kind == "share" else self._db.for_update
+    @property
+    def for_share(self) -> str:
+        """The session's `FOR SHARE` (nothing on SQLite), for `read(lock=...)`."""
+        return self._db.for_share
 
     async def read(self, *, lock: str = "") -> LayoutRecord:
         """The record; `lock` is the session's `for_share` or `for_update` (or nothing)."""
@@ -131,12 +132,6 @@ class SqlLayoutRecords:
 
     async def forget_node(self, node_id: str) -> None:
         await self._db.execute("DELETE FROM storage_layout_nodes WHERE node_id = $1", node_id)
-
-    async def forget_nodes_silent_for(self, seconds: float) -> None:
-        await self._db.execute(
-            f"DELETE FROM storage_layout_nodes WHERE seen_at < {self._db.epoch_now} - $1",  # noqa: S608
-            seconds,
-        )
 
     async def counts(self) -> dict[Layout, int]:
         """How many profiles (soft-deleted ones too) each layout holds, in one statement: one
