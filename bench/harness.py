@@ -4,6 +4,7 @@ seeding come from the test kit (testkit/)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -11,9 +12,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from testkit.processes import interrupt_on_signals, keel_cmd
 from testkit.servers.postgres import postgres_server
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_on_postgres(benchmark: Callable[[str], int]) -> int:
@@ -26,6 +30,22 @@ def run_on_postgres(benchmark: Callable[[str], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted; cleaned up", file=sys.stderr)
         return 130
+
+
+def code_state() -> str:
+    """Which code was measured: HEAD plus a hash of uncommitted changes under src/ and bench/."""
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, timeout=30, check=False)
+        return done.stdout.decode(errors="replace").strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    diff = git("diff", "HEAD", "--", "src", "bench")
+    changed = git("status", "--porcelain", "--", "src", "bench").splitlines()
+    if not diff and not changed:
+        return f"{head} (src and bench clean)"
+    digest = hashlib.sha256(diff.encode()).hexdigest()[:10]
+    return f"{head} + uncommitted changes ({len(changed)} files under src/ bench/, diff sha256 {digest})"
 
 
 def serve_cmd(name: str, port: int) -> list[str]:

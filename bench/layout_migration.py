@@ -37,7 +37,7 @@ from testkit.history import History, check, completed_ops
 from testkit.percentile import percentile
 from testkit.ports import free_port
 from testkit.processes import keel_cmd, start_session, stop
-from testkit.seed import seed_profiles
+from testkit.seed import copy_into_documents, seed_profiles
 from testkit.workload import final_state, run_workload
 
 from bench.harness import run_on_postgres, serve_cmd
@@ -70,36 +70,13 @@ async def _seed(url: str, profiles: int, to: str) -> None:
         connection = await asyncpg.connect(url, command_timeout=3600)
         try:
             async with connection.transaction():
-                await connection.execute(_TO_DOCUMENTS)
-                await connection.execute(
-                    "INSERT INTO profile_document_emails (address_normalized, profile_id)"
-                    " SELECT address_normalized, profile_id FROM profile_emails WHERE live"
-                )
+                await copy_into_documents(connection)
                 for table in ("profile_emails", "profile_links", "profiles"):
                     await connection.execute(f"DELETE FROM {table}")  # noqa: S608 - our tables
                 await connection.execute("UPDATE storage_layout SET read_layout = 'document'")
             await connection.execute("ANALYZE")
         finally:
             await connection.close()
-
-
-_TO_DOCUMENTS = """
-INSERT INTO profile_documents (id, document, version, deleted_at)
-SELECT p.id, jsonb_build_object(
-    'handle', p.handle,
-    'emails', coalesce((SELECT jsonb_agg(jsonb_build_object('address', e.address, 'verified', e.verified,
-                                                            'primary', e.is_primary) ORDER BY e.position)
-                        FROM profile_emails e WHERE e.profile_id = p.id), '[]'::jsonb),
-    'display_name', p.display_name, 'bio', p.bio, 'avatar_url', p.avatar_url, 'locale', p.locale,
-    'timezone', p.timezone,
-    'links', coalesce((SELECT jsonb_agg(jsonb_build_object('kind', l.kind, 'url', l.url) ORDER BY l.position)
-                       FROM profile_links l WHERE l.profile_id = p.id), '[]'::jsonb),
-    'attributes', p.attributes,
-    'created_at', to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-    'updated_at', to_char(p.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')),
-  p.version, p.deleted_at
-FROM profiles p
-"""
 
 
 async def _progress(url: str) -> tuple[str, int, int] | None:

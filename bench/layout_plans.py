@@ -46,7 +46,8 @@ def _profile(n: int) -> Profile:
     return profile.delete(NOW + timedelta(seconds=1)) if n % 10 == 9 else profile
 
 
-async def _fill(store: Store, count: int) -> list[Profile]:
+async def fill(store: Store, count: int) -> list[Profile]:
+    """`count` profiles (one in ten soft-deleted) stored through the repository, in batches."""
     profiles = [_profile(n) for n in range(count)]
     for start in range(0, count, BATCH):
         async with store.unit_of_work() as uow:
@@ -70,15 +71,19 @@ async def _statement(store: Store, query: ProfileQuery) -> tuple[str, tuple[Any,
     return statement
 
 
-async def _plans(url: str, layout: str, count: int) -> str:
-    await asyncio.to_thread(migrate, url, layout=layout)
+async def open_bench_store(url: str, layout: str) -> Store:
+    """Keel's store on a migrated database, with metrics and tracing that go nowhere."""
     provider = build_tracer_provider(
         exporter="none", sampling_ratio=1.0, otlp_endpoint=None, service_name="b"
     )
     observer = DatabaseObserver(Metrics(), tracer_from(provider), "postgresql")
-    store = await open_store(Settings(database_url=url, storage_layout=layout), observer)
+    return await open_store(Settings(database_url=url, storage_layout=layout), observer)
+
+
+async def _plans(url: str, layout: str, count: int) -> str:
+    store = await open_bench_store(url, layout)
     try:
-        profiles = await _fill(store, count)
+        profiles = await fill(store, count)
         live = [p for p in profiles if p.deleted_at is None]
         middle = sorted(live, key=lambda p: p.id)[len(live) // 2]
         filters = {
@@ -106,13 +111,16 @@ async def _plans(url: str, layout: str, count: int) -> str:
     return "\n".join(sections)
 
 
-async def _database(server_url: str, name: str) -> str:
+async def make_database(server_url: str, name: str, layout: str) -> str:
+    """A new database on the server, migrated for `layout`: its URL."""
     connection = await asyncpg.connect(server_url)
     try:
         await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
         await connection.close()
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
+    url = server_url.rsplit("/", 1)[0] + f"/{name}"
+    await asyncio.to_thread(migrate, url, layout=layout)
+    return url
 
 
 async def main() -> None:
@@ -124,7 +132,7 @@ async def main() -> None:
     args = parser.parse_args()
     with postgres_server() as server_url:
         for layout in args.layout or ["document", "normalized"]:
-            url = await _database(server_url, f"plans_{layout}")
+            url = await make_database(server_url, f"plans_{layout}", layout)
             print(await _plans(url, layout, args.profiles))
 
 

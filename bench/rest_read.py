@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -48,7 +47,7 @@ from testkit.processes import keel_cmd, server, stop  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.seed import seed_profiles  # noqa: E402
 
-from bench.harness import WrkRun, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
+from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
 from bench.read_figures import (  # noqa: E402
     CacheUse,
     Comparison,
@@ -166,22 +165,6 @@ def _lookups(port: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- main
 
 
-def _src_state() -> str:
-    """Which code was measured: HEAD plus a hash of uncommitted changes under src/ and bench/."""
-
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, timeout=30, check=False)
-        return done.stdout.decode(errors="replace").strip() if done.returncode == 0 else ""
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    diff = git("diff", "HEAD", "--", "src", "bench")
-    changed = git("status", "--porcelain", "--", "src", "bench").splitlines()
-    if not diff and not changed:
-        return f"{head} (src and bench clean)"
-    digest = hashlib.sha256(diff.encode()).hexdigest()[:10]
-    return f"{head} + uncommitted changes ({len(changed)} files under src/ bench/, diff sha256 {digest})"
-
-
 def _report_run(run: WrkRun, label: str, extra: str = "") -> None:
     flag = "  <-- FAILED RESPONSES/ERRORS" if run.failed else ""
     print(
@@ -225,7 +208,7 @@ def _prepare(url: str, args: argparse.Namespace, env: dict[str, str]) -> tuple[l
 
 def _benchmark(url: str, args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    src_state = _src_state()
+    src_state = code_state()
     print(f"code: {src_state}", flush=True)
     wrk = ensure_wrk()
     placement: str = args.placement

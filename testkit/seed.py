@@ -44,3 +44,32 @@ async def seed_profiles(url: str, count: int, region: str) -> tuple[int, list[st
         return missing, [r["id"] for r in sample]
     finally:
         await conn.close()
+
+
+TO_DOCUMENTS = [
+    # The document layout's rows built from the normalized layout's (what `keel layout migrate`
+    # would write, in one statement each): for benchmarks that need both layouts quickly.
+    """INSERT INTO profile_documents (id, document, version, deleted_at)
+SELECT p.id, jsonb_build_object(
+    'handle', p.handle,
+    'emails', coalesce((SELECT jsonb_agg(jsonb_build_object('address', e.address, 'verified', e.verified,
+                                                            'primary', e.is_primary) ORDER BY e.position)
+                        FROM profile_emails e WHERE e.profile_id = p.id), '[]'::jsonb),
+    'display_name', p.display_name, 'bio', p.bio, 'avatar_url', p.avatar_url, 'locale', p.locale,
+    'timezone', p.timezone,
+    'links', coalesce((SELECT jsonb_agg(jsonb_build_object('kind', l.kind, 'url', l.url) ORDER BY l.position)
+                       FROM profile_links l WHERE l.profile_id = p.id), '[]'::jsonb),
+    'attributes', p.attributes,
+    'created_at', to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+    'updated_at', to_char(p.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')),
+  p.version, p.deleted_at
+FROM profiles p""",
+    """INSERT INTO profile_document_emails (address_normalized, profile_id)
+SELECT address_normalized, profile_id FROM profile_emails WHERE live""",
+]
+
+
+async def copy_into_documents(connection: asyncpg.Connection) -> None:
+    """Copy every profile of the normalized layout into the document layout's tables."""
+    for sql in TO_DOCUMENTS:
+        await connection.execute(sql)
