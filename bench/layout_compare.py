@@ -144,6 +144,8 @@ async def _vacuum(urls: dict[str, str]) -> None:
         connection = await asyncpg.connect(database_url, command_timeout=3600)
         try:
             await connection.execute("VACUUM ANALYZE")
+            # The copy wrote a gigabyte: its checkpoint would otherwise land in the first round.
+            await connection.execute("CHECKPOINT")
         finally:
             await connection.close()
 

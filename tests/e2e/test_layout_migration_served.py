@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import asyncpg
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from testkit.history import History, check
 from testkit.ports import free_port
 from testkit.workload import final_state, run_workload
@@ -55,6 +57,24 @@ async def progress(url: str) -> tuple[str, int] | None:
     finally:
         await connection.close()
     return (row["phase"], row["done"]) if row is not None else None
+
+
+async def layout_gauges(base_url: str, until: dict[str, float]) -> dict[str, float]:
+    """The node's layout gauges from /metrics, read again (every 0.2 s, for at most 15 s: the
+    node reads the record every 2 s) until they hold `until`; what they held last."""
+    deadline = time.monotonic() + 15
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        while True:
+            text = (await client.get("/metrics")).text
+            seen = {
+                sample.name + "".join(f"{{{value}}}" for value in sample.labels.values()): sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name.startswith("keel_layout")
+                for sample in family.samples
+            }
+            if all(seen.get(name) == value for name, value in until.items()) or time.monotonic() > deadline:
+                return seen
+            await asyncio.sleep(0.2)
 
 
 def migrator(env: dict[str, str], target: Layout, log: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -126,6 +146,16 @@ async def test_a_migration_killed_midway_and_resumed_under_live_traffic_loses_no
             await asyncio.to_thread(first.wait, 10)
             killed_at = await progress(url)
             assert killed_at is not None
+            # The serving node publishes the phase and the progress it reads in the database.
+            expected = {
+                "keel_layout_phase{backfill}": 1.0,
+                "keel_layout_phase{steady}": 0.0,
+                f"keel_layout_reads{{{source}}}": 1.0,
+                "keel_layout_migration_done_profiles": float(killed_at[1]),
+            }
+            gauges = await layout_gauges(server.base_url, expected)
+            assert {name: gauges.get(name) for name in expected} == expected, gauges
+            assert gauges["keel_layout_migration_covered_profiles"] >= PROFILES, gauges
             second = migrator(env, target, second_log, "--batch", "200")
             returncode = await asyncio.to_thread(second.wait, 180)
             assert returncode == 0, second_log.read_text()

@@ -4,8 +4,9 @@ through the narrow protocol it declares), and the in-process core of a core depl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
@@ -51,6 +52,8 @@ class Core:
     # Housekeeping, over the background jobs' store (their own database breaker).
     idempotency_purge: PurgesIdempotencyRecords | None = None
     deleted_purge: PurgesDeletedProfiles | None = None
+    # Publishes the layout record and a migration's progress as gauges (an SQL store's).
+    layout_watch: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready when the database answers and carries the schema this code needs."""

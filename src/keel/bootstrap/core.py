@@ -3,6 +3,7 @@ and the key lookups."""
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import socket
@@ -27,6 +28,7 @@ from keel.service.pagination import Cursors
 from keel.service.ports import InvalidationBus, Store
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
+from keel.storage.layout_gauges import ReadsLayout, watch_layout
 from keel.storage.layouts import Layout, LayoutRecord, check_layout
 from keel.storage.migrations.runner import head_revision
 
@@ -186,6 +188,7 @@ async def build_core(
         await store.close()
         raise
     clock = SystemClock()
+    layout_watch = functools.partial(watch_layout, store, metrics) if isinstance(store, ReadsLayout) else None
     guarded = guard_store(store, settings, metrics, guards)
     jobs = guard_store(store, settings, metrics, guards, breaker="database_jobs")
     store = guarded
@@ -230,4 +233,5 @@ async def build_core(
         erasure_runner=erasure_runner,
         idempotency_purge=IdempotencyRecordsPurge(jobs, clock),
         deleted_purge=deleted_purge,
+        layout_watch=layout_watch,
     )

@@ -158,6 +158,37 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=r,
         )
+        # The profiles' layout record and a layout migration's progress, as this node last read
+        # them (keel.storage.layout_gauges).
+        self.layout_phase = Gauge(
+            "keel_layout_phase", "1 for the layout record's phase, 0 for the others.", ["phase"], registry=r
+        )
+        self.layout_reads = Gauge(
+            "keel_layout_reads",
+            "1 for the layout profiles are read from, 0 for the other.",
+            ["layout"],
+            registry=r,
+        )
+        self.layout_generation = Gauge(
+            "keel_layout_generation",
+            "The layout record's generation (one more per change of phase).",
+            registry=r,
+        )
+        self.layout_migration_done = Gauge(
+            "keel_layout_migration_done_profiles",
+            "Profiles the layout migration's backfill or verification has done (0 outside those phases).",
+            registry=r,
+        )
+        self.layout_migration_covered = Gauge(
+            "keel_layout_migration_covered_profiles",
+            "Profiles the layout migration's current backfill or verification covers.",
+            registry=r,
+        )
+        self.layout_migration_mended = Gauge(
+            "keel_layout_migration_mended_profiles",
+            "Profiles the layout migration's current phase found different and mended.",
+            registry=r,
+        )
         # The event outbox and its relay (keel.service.outbox).
         self.outbox_depth = Gauge(
             "keel_outbox_depth",

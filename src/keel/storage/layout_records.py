@@ -32,6 +32,14 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class LayoutReading:
+    """The record, and the migrator's progress row as it was read just after (None: no row)."""
+
+    record: LayoutRecord
+    progress: Progress | None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSeen:
     node_id: str
     generation: int
@@ -69,6 +77,10 @@ class SqlLayoutRecords:
         if node_id is not None:
             await self.acknowledge(node_id, record.generation)
         return record
+
+    async def reading(self) -> LayoutReading:
+        """The record and the progress row, unlocked (for the gauges: keel.storage.layout_gauges)."""
+        return LayoutReading(await self.read(), await self.progress())
 
     async def acknowledge(self, node_id: str, generation: int) -> None:
         await self._db.execute(

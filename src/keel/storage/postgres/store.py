@@ -22,7 +22,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
-from keel.storage.layout_records import SqlLayoutRecords
+from keel.storage.layout_records import LayoutReading, SqlLayoutRecords
 from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
@@ -153,6 +153,11 @@ class PostgresStore:
         if row is None:
             raise missing_record()  # the table is there: past 0008
         return record_from_row(*row)
+
+    async def layout_reading(self) -> LayoutReading:
+        """The layout record and the migration's progress (keel.storage.layout_gauges)."""
+        async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
+            return await SqlLayoutRecords(PostgresSession(connection)).reading()
 
     async def schema_revision(self) -> str | None:
         try:

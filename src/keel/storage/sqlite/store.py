@@ -27,7 +27,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
-from keel.storage.layout_records import SqlLayoutRecords
+from keel.storage.layout_records import LayoutReading, SqlLayoutRecords
 from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
@@ -116,6 +116,10 @@ class SqliteStore:
 
     def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
         return SqliteUnitOfWork(self, read_only)
+
+    async def layout_reading(self) -> LayoutReading:
+        """The layout record and the migration's progress (keel.storage.layout_gauges), on the reader."""
+        return await SqlLayoutRecords(SqliteSession(self._reader)).reading()
 
     async def schema_revision(self) -> str | None:
         try:
