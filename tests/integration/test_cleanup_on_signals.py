@@ -83,8 +83,13 @@ def _interrupt_and_check(
     started = process_faults.descendants(process.pid)
     assert len(started) >= servers, f"expected {servers} server processes, found {started}"
     process.send_signal(signum)
+    stuck = ""
     try:
         process.wait(EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # Where it hangs, for the failure below (it failed once in CI, not since).
+        stuck = _stacks(process.pid) + _processes([process.pid, *process_faults.descendants(process.pid)])
+        started += [pid for pid in process_faults.descendants(process.pid) if pid not in started]
     finally:
         if process.poll() is None:
             process.kill()
@@ -92,8 +97,36 @@ def _interrupt_and_check(
     left = [pid for pid in started if _alive(pid)]
     for pid in left:  # leave nothing behind for the next test, then fail
         os.kill(pid, signal.SIGKILL)
+    assert not stuck, (
+        f"no exit within {EXIT_TIMEOUT:g} s of {signal.Signals(signum).name}:\n{stuck}\n{output.decode()}"
+    )
     assert not left, f"still running after {signal.Signals(signum).name}: {left}\n{output.decode()}"
     return output.decode()
+
+
+def _stacks(pid: int) -> str:
+    """The Python stacks of a process that did not exit (py-spy, a dev dependency)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    try:
+        done = subprocess.run(
+            [str(py_spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"(no stacks: {error})\n"
+    return done.stdout + done.stderr
+
+
+def _processes(pids: list[int]) -> str:
+    """Each process's command line and state, from /proc."""
+    lines = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        lines.append(f"{pid} [{state}] {command}")
+    return "\n".join(lines) + "\n"
 
 
 @pytest.mark.parametrize("signame", SIGNALS)
