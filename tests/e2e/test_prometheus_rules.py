@@ -1,0 +1,97 @@
+"""The SLO recording and alerting rules (deploy/prometheus/keel-rules.yml): valid for promtool,
+passing their own unit tests (keel-rules.test.yml: which alert fires for which burn, and which
+does not), and naming only what a served Keel exposes, with the latency thresholds as bucket
+boundaries of its histogram (a rule over a metric or a bucket Keel does not have would never fire)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_served_process import Served, keel_served
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "deploy" / "prometheus" / "keel-rules.yml"
+RULE_TESTS = REPO / "deploy" / "prometheus" / "keel-rules.test.yml"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with keel_served(tmp_path_factory.mktemp("rules"), {}) as served:
+        yield served
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool") or str(REPO / ".tools" / "bin" / "promtool")
+    assert Path(promtool).exists(), "promtool is missing: run scripts/ensure-promtool.sh"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_rules_are_valid_and_pass_their_unit_tests() -> None:
+    checked = _promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = _promtool("test", "rules", str(RULE_TESTS))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout + tested.stderr
+
+
+def _expressions() -> list[str]:
+    """Every rule's `expr` (one line, or a `|` block up to the rule's `labels:`)."""
+    return re.findall(
+        r"expr: \|?\s*(.+?)\n\s+(?:labels|annotations|- record|- alert|- name):", RULES.read_text(), re.S
+    )
+
+
+def test_every_series_the_rules_read_is_served(served: Served) -> None:
+    headers = {"Authorization": f"Bearer {served.token}"}
+    created = httpx.post(
+        f"{served.base_url}/v1/profiles",
+        json={"handle": "rules_probe", "emails": [{"address": "rules@example.com", "primary": True}]},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    assert (
+        httpx.get(f"{served.base_url}/v1/profiles/{created.json()['id']}", headers=headers).status_code == 200
+    )
+    samples = [
+        sample
+        for family in text_string_to_metric_families(httpx.get(f"{served.base_url}/metrics").text)
+        for sample in family.samples
+    ]
+    expressions = _expressions()
+    read = {name for expr in expressions for name in re.findall(r"\bkeel_[a-z0-9_]+", expr)}
+    assert read, "the rules read no Keel metric"
+    for name in read:
+        found = [s for s in samples if s.name == name]
+        assert found, f"the rules read {name}, which /metrics does not have"
+        # Every label the rules select on is one the series carries.
+        for expr in expressions:
+            for selector in re.findall(rf"\b{name}\{{([^}}]*)\}}", expr):
+                for label in re.findall(r"([a-z_]+)\s*=~?", selector):
+                    assert all(label in s.labels for s in found), f"{name} has no label {label}"
+    # Each latency threshold is a bucket boundary of the histogram, for the methods it applies
+    # to (a read and a write were observed under /v1 above).
+    buckets = [s for s in samples if s.name == "keel_http_request_duration_seconds_bucket"]
+    thresholds: list[tuple[str, str]] = []
+    for expr in expressions:
+        for selector in re.findall(r"keel_http_request_duration_seconds_bucket\{([^}]*)\}", expr):
+            bound = re.search(r'le="([^"]+)"', selector)
+            applies_to = re.search(r'method=~"([^"]+)"', selector)
+            assert bound, selector
+            assert applies_to, selector
+            thresholds.append((bound.group(1), applies_to.group(1)))
+    assert len(thresholds) >= 2, thresholds
+    for le, methods in thresholds:
+        assert any(
+            s.labels["le"] == le
+            and re.fullmatch(methods, s.labels["method"])
+            and s.labels["route"].startswith("/v1/")
+            for s in buckets
+        ), f"no bucket le={le} for {methods} under /v1"
