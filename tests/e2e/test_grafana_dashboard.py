@@ -1,0 +1,82 @@
+"""The Grafana dashboard (deploy/grafana/keel-dashboard.json) reads only what exists: every Keel
+metric a panel names is on a served Keel's `/metrics` (with every label the panel selects or
+groups by, where the metric has series), and every recorded series it names is recorded by
+deploy/prometheus/keel-rules.yml. A renamed metric or label fails here, not on a blank panel."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_served_process import Served, keel_served
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "deploy" / "grafana" / "keel-dashboard.json"
+RULES = REPO / "deploy" / "prometheus" / "keel-rules.yml"
+# What a panel's PromQL may add to a family's name; the exposition's family name has none.
+_SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with keel_served(tmp_path_factory.mktemp("dashboard"), {}) as served:
+        yield served
+
+
+def _expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(queries) > 20, "the dashboard lost its panels"
+    return [str(query) for query in queries]
+
+
+def _family(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def test_every_metric_and_label_a_panel_reads_is_served(served: Served) -> None:
+    headers = {"Authorization": f"Bearer {served.token}"}
+    created = httpx.post(
+        f"{served.base_url}/v1/profiles",
+        json={"handle": "panel_probe", "emails": [{"address": "panel@example.com", "primary": True}]},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    families = {
+        family.name: family
+        for family in text_string_to_metric_families(httpx.get(f"{served.base_url}/metrics").text)
+    }
+    for expr in _expressions():
+        for name in re.findall(r"\bkeel_[a-z0-9_]+", expr):
+            family = families.get(_family(name)) or families.get(name)
+            assert family is not None, f"a panel reads {name}, which /metrics does not have: {expr}"
+            carried = {label for sample in family.samples for label in sample.labels}
+            if not family.samples or not carried:
+                continue  # no series yet (a feature not configured here): the name is what we can check
+            used = re.findall(rf"\b{name}\{{([^}}]*)\}}", expr)
+            labels = {label for selector in used for label in re.findall(r"([a-z_]+)\s*=~?", selector)}
+            labels |= {
+                label.strip()
+                for grouping in re.findall(r"by \(([^)]*)\)", expr)
+                for label in grouping.split(",")
+                if label.strip() not in ("le", "instance")
+            }
+            labels.discard("instance")  # Prometheus's target label, not Keel's
+            assert labels <= carried | {"le"}, f"{name} has no label {labels - carried}: {expr}"
+
+
+def test_every_recorded_series_a_panel_reads_is_recorded() -> None:
+    recorded = set(re.findall(r"- record: (\S+)", RULES.read_text()))
+    for expr in _expressions():
+        for name in re.findall(r"\bkeel:[a-z0-9_:]+", expr):
+            assert name in recorded, f"a panel reads {name}, which no rule records"
