@@ -30,7 +30,7 @@ from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
 from keel.storage.layout_gauges import ReadsLayout, watch_layout
 from keel.storage.layouts import Layout, LayoutRecord, check_layout
-from keel.storage.migrations.runner import head_revision
+from keel.storage.migrations.head import HEAD_REVISION
 
 if TYPE_CHECKING:
     from keel.storage.guarded import GuardedStore
@@ -159,7 +159,7 @@ def build_profile_reads(
 
 async def check_schema(store: Store, settings: Settings) -> None:
     applied = await store.schema_revision()
-    expected = head_revision()
+    expected = HEAD_REVISION
     if applied != expected:
         raise SchemaNotCurrent(
             f"The database {settings.redacted_database_url()} is at schema revision {applied or 'none'},"
@@ -225,7 +225,7 @@ async def build_core(
         authenticator=authenticator,
         reads=reads,
         invalidation_bus=bus,
-        expected_schema_revision=head_revision(),
+        expected_schema_revision=HEAD_REVISION,
         relay=relay,
         webhooks=webhooks.admin,
         dispatcher=webhooks.dispatcher,
