@@ -11,7 +11,7 @@ from keel.storage.migrations.runner import head_revision
 
 
 def test_the_expected_revision_is_alembics_head() -> None:
-    assert HEAD_REVISION == head_revision()
+    assert head_revision() == HEAD_REVISION
 
 
 def test_serving_imports_neither_alembic_nor_sqlalchemy() -> None:
