@@ -113,11 +113,40 @@ def _prepare(directory: Path) -> tuple[dict[str, str], str, str]:
     return env, token, profile_id
 
 
+def _phases(env: dict[str, str], token: str, path: str, rounds: int) -> dict[str, list[float]]:
+    """Each phase's milliseconds over `rounds` runs of bench/cold_start_phases.py."""
+    phases: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.cold_start_phases"],
+            env={
+                **env,
+                "KEEL_COLD_START_TOKEN": token,
+                "KEEL_COLD_START_PATH": path,
+                "KEEL_LOG_LEVEL": "warning",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        for line in done.stdout.splitlines():
+            name, _, milliseconds = line.partition("\t")
+            if milliseconds:
+                phases.setdefault(name, []).append(float(milliseconds))
+    return phases
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time Keel's start-up phase by phase (bench/cold_start_phases.py)",
+    )
     args = parser.parse_args()
     code = code_state()
     with tempfile.TemporaryDirectory(prefix="keel-cold-start-") as tmp:
@@ -134,6 +163,7 @@ def main() -> int:
                 )
                 figures[name].append(seconds)
                 print(f"round {number + 1} {name:<9} {seconds * 1000:7.0f} ms", flush=True)
+        phases = _phases(env, token, path, args.rounds) if args.phases else {}
     median = {name: statistics.median(values) for name, values in figures.items()}
     ratios = [k / b for k, b in zip(figures["keel"], figures["bare"], strict=True)]
     noise = [a / b for a, b in zip(figures["bare A/A"], figures["bare"], strict=True)]
@@ -159,6 +189,18 @@ def main() -> int:
         " noise of one figure.",
         "",
     ]
+    if phases:
+        lines += [
+            "Keel's start-up phase by phase (`--phases`: bench/cold_start_phases.py in a new interpreter"
+            f" per round, {args.rounds} rounds; in process, without the socket or uvicorn's own start):",
+            "",
+            "| phase | median | min | max |",
+            "|---|---|---|---|",
+        ]
+        for phase, values in phases.items():
+            cells = [f"{ms:.0f} ms" for ms in (statistics.median(values), min(values), max(values))]
+            lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+        lines.append("")
     report = new_result_path("cold-start")
     report.write_text("\n".join(lines))
     print("\n".join(lines))
