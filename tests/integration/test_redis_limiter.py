@@ -11,6 +11,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from testkit.servers.redis import redis_server
 
@@ -274,3 +278,33 @@ async def test_the_script_decides_as_the_reference_does(limiter: RedisRateLimite
         assert [(s.conforms, s.remaining) for s in shared.states] == [
             (s.conforms, s.remaining) for s in reference.states
         ]
+
+
+async def test_a_traced_decision_is_a_redis_client_span_and_an_untraced_one_none(redis_url: str) -> None:
+    """Within a recorded span, each decision is a client span by OpenTelemetry's database
+    conventions; outside one (an unsampled request), no span at all."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("test")
+    limiter = RedisRateLimiter(connect(redis_url), timeout_seconds=0.5, tracer=tracer)
+    try:
+        await limiter.acquire(_client(), PER_MINUTE, 1)  # no current span
+        assert exported.get_finished_spans() == ()
+        with tracer.start_as_current_span("request") as request:
+            await limiter.acquire(_client(), PER_MINUTE, 1)
+    finally:
+        await limiter.close()
+    [decision] = [s for s in exported.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert decision.name == "EVALSHA"
+    assert decision.parent is not None
+    assert decision.parent.span_id == request.get_span_context().span_id
+    attributes = dict(decision.attributes or {})
+    host, port = redis_url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
+    assert attributes == {
+        "db.system.name": "redis",
+        "db.system": "redis",
+        "db.operation.name": "EVALSHA",
+        "server.address": host,
+        "server.port": int(port),
+    }

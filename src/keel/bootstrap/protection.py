@@ -49,6 +49,7 @@ def build_rate_limiter(
     loop_lag: LoopLag,
     catalog: RateLimitCatalog,
     resilience_clock: Callable[[], float],
+    tracer: Tracer | None = None,
 ) -> RateLimiter:
     """In process when embedded; on Redis, failing open to a local share of the quota."""
     if settings.redis_url is None:
@@ -68,7 +69,9 @@ def build_rate_limiter(
         fallback_log.warning("ratelimit_fallback", reason=reason)
 
     return FailOpenRateLimiter(
-        RedisRateLimiter(connect(settings.redis_url), timeout_seconds=timeout, loop_lag=loop_lag),
+        RedisRateLimiter(
+            connect(settings.redis_url), timeout_seconds=timeout, loop_lag=loop_lag, tracer=tracer
+        ),
         local=InMemoryRateLimiter(),
         breaker=breaker,
         nodes=settings.ratelimit_nodes,
@@ -146,7 +149,8 @@ def build_protection(
     loop_lag.subscribe(metrics.event_loop_lag.observe)
     guard = (
         RateLimitGuard(
-            build_rate_limiter(settings, metrics, breakers, loop_lag, catalog, resilience_clock), metrics
+            build_rate_limiter(settings, metrics, breakers, loop_lag, catalog, resilience_clock, tracer),
+            metrics,
         )
         if settings.ratelimit_enabled
         else None

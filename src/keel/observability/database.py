@@ -48,7 +48,12 @@ class _ObservedCall:
             self._span = self._observer._tracer.start_span(
                 f"db {self._operation}",
                 kind=SpanKind.CLIENT,
-                attributes={"db.system": self._observer._system, "db.operation.name": self._operation},
+                attributes={
+                    # `db.system` as well: the name before OpenTelemetry's database conventions 1.26.
+                    "db.system.name": self._observer._system,
+                    "db.system": self._observer._system,
+                    "db.operation.name": self._operation,
+                },
             )
         else:
             self._span = trace.INVALID_SPAN

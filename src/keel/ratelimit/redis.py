@@ -18,6 +18,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -139,6 +141,7 @@ class RedisRateLimiter:
         timeout_seconds: float,
         loop_lag: LoopLag | None = None,
         clock_us: Callable[[], int] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         # No clock: the Redis server's TIME, one clock for the whole fleet (production). A
         # clock: the script decides at the time it gives, so tests need not race the wall clock.
@@ -147,6 +150,17 @@ class RedisRateLimiter:
         self._timeout = timeout_seconds
         self._loop_lag = loop_lag
         self._script = client.register_script(GCRA_SCRIPT)
+        # A client span per decision where the request is traced (OpenTelemetry's database
+        # conventions; Redis is `db.system.name` "redis").
+        self._tracer = tracer
+        where = client.connection_pool.connection_kwargs
+        self._span_attributes: dict[str, str | int] = {
+            "db.system.name": "redis",
+            "db.system": "redis",
+            "db.operation.name": "EVALSHA",
+            **({"server.address": where["host"]} if "host" in where else {}),
+            **({"server.port": where["port"]} if "port" in where else {}),
+        }
         self._switched_off = False
         self._switch_read_until = 0.0
         # The task whose switch read Redis left unanswered, and when (loop time): `_read_switch`.
@@ -210,10 +224,24 @@ class RedisRateLimiter:
         if self._switch_just_unanswered():
             raise LimiterUnavailable("kill switch read unanswered")
         keys = [policy_key(client, p.name) for p in plan.policies]
-        reply: list[bytes | int] = await self._within_deadline(
-            self._script(keys=keys, args=self._arguments(mode, plan, cost))
-        )
+        span = self._span()
+        try:
+            reply: list[bytes | int] = await self._within_deadline(
+                self._script(keys=keys, args=self._arguments(mode, plan, cost))
+            )
+        except LimiterUnavailable as error:
+            span.set_status(Status(StatusCode.ERROR, str(error)))
+            raise
+        finally:
+            span.end()
         return reply
+
+    def _span(self) -> Span:
+        """A client span for one script call, or the no-op span where the request is not traced
+        (most are not: sampling) or no tracer was given."""
+        if self._tracer is None or not trace.get_current_span().is_recording():
+            return trace.INVALID_SPAN
+        return self._tracer.start_span("EVALSHA", kind=SpanKind.CLIENT, attributes=self._span_attributes)
 
     async def _within_deadline(self, call: Awaitable[T]) -> T:
         """`call`'s result, or LimiterUnavailable when Redis fails or is late by the deadline."""

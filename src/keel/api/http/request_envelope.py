@@ -149,13 +149,7 @@ class RequestEnvelope:
                 self._series,
                 (method, route, str(status)),
                 span_name=f"{method} {route}" if recording else None,
-                attributes={
-                    "http.request.method": method,
-                    "http.route": route,
-                    "http.response.status_code": status,
-                }
-                if recording
-                else None,
+                attributes=_server_span_attributes(scope, method, route, status) if recording else None,
                 failed=status >= 500,
                 # The route template, never the raw path or query: queries may carry email
                 # addresses.
@@ -178,3 +172,23 @@ def _route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     # Only templates, never raw paths, become labels: raw paths would explode cardinality.
     return path if isinstance(path, str) else UNROUTED
+
+
+def _server_span_attributes(scope: Scope, method: str, route: str, status: int) -> dict[str, Any]:
+    """The HTTP server span's attributes, by OpenTelemetry's semantic conventions. `url.path` is
+    scrubbed to the route template: paths carry profile ids and handles, which are personal
+    data, and the query (emails) is never recorded. No client address or user agent either."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "http.route": route,
+        "http.response.status_code": status,
+        "url.scheme": scope.get("scheme", "http"),
+        "url.path": route,
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    server = scope.get("server")
+    if server:
+        host, port = server
+        attributes["server.address"] = host
+        attributes["server.port"] = port if port is not None else 443 if attributes["url.scheme"] == "https" else 80
+    return attributes

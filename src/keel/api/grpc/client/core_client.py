@@ -55,6 +55,10 @@ class CoreClient:
         *,
         timeout_seconds: float,
     ) -> None:
+        host, _, port = target.rpartition(":")
+        self._server: dict[str, str | int] = (
+            {"server.address": host, "server.port": int(port)} if port.isdigit() else {}
+        )
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -108,6 +112,7 @@ class CoreClient:
                 span.set_attribute("rpc.system", "grpc")
                 span.set_attribute("rpc.service", _SERVICE_OF[name])
                 span.set_attribute("rpc.method", name)
+                span.set_attributes(self._server)
             carrier: dict[str, str] = {}
             _propagator.inject(carrier, context=set_span_in_context(span))
             metadata.extend(carrier.items())
