@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         default=None,
         ge=0,
         le=65535,
-        description="Serve /metrics on this port, apart from the API; unset: no management port.",
+        description="Serve /metrics, /healthz and /readyz on this port, apart from the API; unset: none.",
     )
     management_host: str = Field(default="127.0.0.1", description="Address of the management port.")
 

@@ -212,6 +212,14 @@ def test_served_production_process_moves_metrics_to_the_management_port(tmp_path
         scraped = httpx.get(f"http://127.0.0.1:{env['KEEL_MANAGEMENT_PORT']}/metrics", timeout=5)
         assert scraped.status_code == 200
         assert 'route="/healthz"' in scraped.text  # the API port's own traffic, measured
+        # The probes too, for orchestrators on the private address.
+        management = f"http://127.0.0.1:{env['KEEL_MANAGEMENT_PORT']}"
+        alive = httpx.get(f"{management}/healthz", timeout=5)
+        assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+        ready = httpx.get(f"{management}/readyz", timeout=5)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "migrations": "current"}
+        assert httpx.get(f"{management}/docs", timeout=5).status_code == 404
         with grpc.insecure_channel(f"127.0.0.1:{env['KEEL_GRPC_PORT']}") as channel:
             reflect = channel.stream_stream(
                 REFLECTION_METHOD,

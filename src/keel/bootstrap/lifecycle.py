@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.lowlevel
 import structlog
@@ -21,7 +22,7 @@ from keel.bootstrap.edge import build_edge
 from keel.bootstrap.protection import build_protection
 from keel.config import Settings
 from keel.observability.logging import configure_logging
-from keel.observability.management import management_port
+from keel.observability.management import Probe, management_port
 from keel.observability.metrics import Metrics
 from keel.service.housekeeping import purge_deleted_profiles, purge_idempotency_records
 
@@ -122,6 +123,45 @@ def collector_tuned_for_serving() -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
+T = TypeVar("T")
+MANAGEMENT_PROBE_TIMEOUT_SECONDS = 2.0
+
+
+def management_probes(keel: Services, loop: asyncio.AbstractEventLoop) -> dict[str, Probe]:
+    """`/healthz` and `/readyz` for the management port, whose server runs in a thread: each
+    runs on the event loop, bounded, so a loop that stalls fails them as it would the API
+    port's (which it could not even answer)."""
+    from keel.api.rest.health import readiness_report
+
+    stalled = json.dumps(
+        {"status": "not ready", "checks": {"event_loop": "unresponsive"}, "breakers": {}}
+    ).encode()
+
+    def on_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        try:
+            return future.result(MANAGEMENT_PROBE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def healthz() -> tuple[int, bytes]:
+        try:
+            on_loop(asyncio.sleep(0))
+        except TimeoutError:
+            return 503, b'{"status": "unresponsive"}'
+        return 200, b'{"status": "ok"}'
+
+    def readyz() -> tuple[int, bytes]:
+        try:
+            status, report = on_loop(readiness_report(keel))
+        except TimeoutError:
+            return 503, stalled
+        return status, json.dumps(report).encode()
+
+    return {"/healthz": healthz, "/readyz": readyz}
+
+
 @asynccontextmanager
 async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Services]:
     """A built Services with its background work (loop-lag watch; on a core, housekeeping, cache
@@ -135,8 +175,9 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
     servers = ExitStack()
     try:
         if settings.management_port is not None:
+            probes = management_probes(keel, asyncio.get_running_loop())
             servers.enter_context(
-                management_port(metrics.registry, settings.management_host, settings.management_port)
+                management_port(metrics.registry, settings.management_host, settings.management_port, probes)
             )
         # The router's first timeout scope imports anyio's asyncio backend (a dozen modules)
         # on the event loop: the first request after each start, `/healthz` included, waited

@@ -190,5 +190,7 @@ def _server_span_attributes(scope: Scope, method: str, route: str, status: int) 
     if server:
         host, port = server
         attributes["server.address"] = host
-        attributes["server.port"] = port if port is not None else 443 if attributes["url.scheme"] == "https" else 80
+        attributes["server.port"] = (
+            port if port is not None else 443 if attributes["url.scheme"] == "https" else 80
+        )
     return attributes

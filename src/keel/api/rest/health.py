@@ -54,6 +54,12 @@ async def readyz(services: ServicesDep) -> Response:
     the remote core answers its health check as serving). Every other
     dependency is reported, not judged: without Redis, rate limits are decided locally (fail
     open) and caches are not invalidated across processes, which is degraded but serving."""
+    status, report = await readiness_report(services)
+    return JSONResponse(report, status_code=status)
+
+
+async def readiness_report(services: HealthServices) -> tuple[int, dict[str, object]]:
+    """`/readyz`'s status and body, on the API port and on the management port alike."""
     ready, checks = await services.readiness()
     for name, probe in services.probes.items():
         try:
@@ -62,10 +68,12 @@ async def readyz(services: ServicesDep) -> Response:
         except Exception:  # noqa: BLE001 - reported as it is; the kind does not matter here
             checks[name] = "unreachable"
     breakers = {name: breaker.state.value for name, breaker in services.breakers.items()}
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks, "breakers": breakers},
-        status_code=200 if ready else 503,
-    )
+    report: dict[str, object] = {
+        "status": "ready" if ready else "not ready",
+        "checks": checks,
+        "breakers": breakers,
+    }
+    return (200 if ready else 503), report
 
 
 metrics_router = APIRouter(include_in_schema=False)
