@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
+from cadwyn import Cadwyn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,7 +43,7 @@ def build_http_app(
     *,
     lifespan: Lifespan | None = None,
     hot_reads: bool = True,
-) -> NewestServedDirectly:
+) -> Cadwyn:
     """The HTTP app: REST under Cadwyn, GraphQL, the operational endpoints and browser pages.
     `app.state.services` must hold the built services (see `RestServices`, `GraphQLServices`,
     `HealthServices`) before the first request. `hot_reads=False` leaves the newest version's

@@ -87,13 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(settings, metrics) as keel:
             app.state.services = keel
-            # Before the server takes requests (uvicorn binds after the start-up), not on the
-            # first one: see keel.api.rest.cadwyn_internals.
-            http_app.prepare()
             yield
 
-    http_app = build_http_app(settings, metrics, lifespan=lifespan)
-    return http_app
+    return build_http_app(settings, metrics, lifespan=lifespan)
 
 
 # Allocations (net of deallocations) between two young-generation collections; CPython's default

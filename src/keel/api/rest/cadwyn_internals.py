@@ -17,13 +17,6 @@ route it was generated from: the same endpoint, the same dependencies, the same 
 without the identity conversion. Matching, OpenAPI and every older version stay Cadwyn's.
 
 2. No worker thread per request for the version header (`use_async_version_dependency`).
-
-3. The versioned routes generated before the first request (`NewestServedDirectly.prepare`).
-
-Cadwyn generates its versioned routes on its first request (`_cadwyn_initialized`), and
-Starlette builds the middleware stack on its first call: about 220 ms that the first request
-after a start paid (bench/cold_start.py --phases). `prepare` does both at start-up, before the
-server takes requests.
 """
 
 from __future__ import annotations
@@ -62,15 +55,6 @@ class NewestServedDirectly(Cadwyn):
         super()._cadwyn_initialize()
         if self.newest_source is not None:
             serve_newest_version_directly(self, *self.newest_source)
-
-    def prepare(self) -> None:
-        """Generate the versioned routes and build the middleware stack now, instead of on the
-        first request: once every router and middleware is added (no middleware can be added
-        after). Idempotent."""
-        if not self._cadwyn_initialized:
-            self._cadwyn_initialize()
-        if self.middleware_stack is None:
-            self.middleware_stack = self.build_middleware_stack()
 
 
 _CADWYN_FACTORY = "_generate_api_version_dependency"
