@@ -21,8 +21,8 @@ SOURCE = PROTO / "keel" / "profiles" / "v1" / "profiles.proto"
 
 
 def _buf(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    buf = shutil.which("buf") or str(REPO / ".tools" / "bin" / "buf")
-    assert Path(buf).exists(), "buf is missing: run scripts/ensure-buf.sh"
+    buf = REPO / ".tools" / "bin" / "buf"  # the pinned one, not whatever `buf` is on PATH
+    assert buf.exists(), "buf is missing: run scripts/ensure-buf.sh"
     return subprocess.run(
         [buf, *map(str, args)], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
     )

@@ -120,39 +120,48 @@ def collector_tuned_for_serving() -> Iterator[None]:
 
 
 T = TypeVar("T")
-MANAGEMENT_PROBE_TIMEOUT_SECONDS = 2.0
+# How long the event loop may take to run a probe's first step: past it, the loop is stalled.
+LOOP_RESPONSE_SECONDS = 2.0
+# How long a readiness report may take once the loop runs it: above the sum of its own bounds
+# (the database's, then each probe's in turn, and on an edge the core's).
+READINESS_REPORT_SECONDS = 10.0
 
 
 def management_probes(keel: Services, loop: asyncio.AbstractEventLoop) -> dict[str, Probe]:
     """`/healthz` and `/readyz` for the management port, whose server runs in a thread: each
     runs on the event loop, bounded, so a loop that stalls fails them as it would the API
-    port's (which it could not even answer)."""
+    port's (which it could not even answer); a slow dependency is reported by `/readyz`'s own
+    checks, as on the API port."""
     from keel.api.rest.health import readiness_report
 
-    stalled = json.dumps(
-        {"status": "not ready", "checks": {"event_loop": "unresponsive"}, "breakers": {}}
-    ).encode()
+    def answer(status: str, checks: dict[str, str]) -> bytes:
+        return json.dumps({"status": status, "checks": checks, "breakers": {}}).encode()
 
-    def on_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    def on_loop(coroutine: Coroutine[Any, Any, T], bound: float) -> T:
         future = asyncio.run_coroutine_threadsafe(coroutine, loop)
         try:
-            return future.result(MANAGEMENT_PROBE_TIMEOUT_SECONDS)
+            return future.result(bound)
         except TimeoutError:
             future.cancel()
             raise
 
-    def healthz() -> tuple[int, bytes]:
+    def loop_responds() -> bool:
         try:
-            on_loop(asyncio.sleep(0))
+            on_loop(asyncio.sleep(0), LOOP_RESPONSE_SECONDS)
         except TimeoutError:
-            return 503, b'{"status": "unresponsive"}'
-        return 200, b'{"status": "ok"}'
+            return False
+        return True
+
+    def healthz() -> tuple[int, bytes]:
+        return (200, b'{"status": "ok"}') if loop_responds() else (503, b'{"status": "unresponsive"}')
 
     def readyz() -> tuple[int, bytes]:
+        if not loop_responds():
+            return 503, answer("not ready", {"event_loop": "unresponsive"})
         try:
-            status, report = on_loop(readiness_report(keel))
+            status, report = on_loop(readiness_report(keel), READINESS_REPORT_SECONDS)
         except TimeoutError:
-            return 503, stalled
+            return 503, answer("not ready", {"readiness": "timeout"})
         return status, json.dumps(report).encode()
 
     return {"/healthz": healthz, "/readyz": readyz}

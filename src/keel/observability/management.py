@@ -15,16 +15,24 @@ with a bound, so a stalled loop fails them).
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 # A probe: (status, JSON body), called in the management server's thread.
 Probe = Callable[[], tuple[int, bytes]]
+
+# Connections served at once; more are answered 503 at once. A socket idle this long is closed
+# (a slow client cannot hold a thread).
+MAX_CONNECTIONS = 8
+SOCKET_TIMEOUT_SECONDS = 5.0
+_BUSY = b'{"status": "busy"}'
 
 
 @contextmanager
@@ -34,14 +42,31 @@ def management_port(
     """Serve `registry` at /metrics, and each of `probes` at its path, on `host:port` (0: any
     free port) until the block ends; yields the port."""
     routes = dict(probes or {})
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = SOCKET_TIMEOUT_SECONDS
+
         def do_GET(self) -> None:
+            if not slots.acquire(blocking=False):
+                self._answer(503, _BUSY, "application/json")
+                return
+            try:
+                self._route()
+            finally:
+                slots.release()
+
+        def _route(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                # The exposition format the scraper asks for (Prometheus text or OpenMetrics).
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._answer(200, encoder(registry), content_type)
             elif path in routes:
-                status, body = routes[path]()
+                try:
+                    status, body = routes[path]()
+                except Exception:  # noqa: BLE001 - a probe that fails is a failed probe, not a reset
+                    status, body = 503, b'{"status": "failed"}'
                 self._answer(status, body, "application/json")
             else:
                 self._answer(404, b'{"status": "not found"}', "application/json")
@@ -57,7 +82,11 @@ def management_port(
         def log_message(self, format: str, *args: object) -> None:
             return  # scrapes and probes every few seconds: not worth a log line each
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        # IPv4 or IPv6, as `host` resolves (http.server's default is IPv4 only).
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    server = Server((host, port), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="keel-management", daemon=True)
     thread.start()

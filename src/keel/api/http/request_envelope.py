@@ -142,8 +142,11 @@ class RequestEnvelope:
                 raise
         finally:
             self._metrics.http_in_flight.dec()
+            state = request_state()
             route = _route_template(scope)
-            logged = self._access_log and not request_state().refused
+            if route is UNROUTED and state.unrouted_label is not None:
+                route = state.unrouted_label
+            logged = self._access_log and not state.refused
             recording = exchange.span.is_recording()  # else no span name nor attributes to build
             exchange.close(
                 self._series,

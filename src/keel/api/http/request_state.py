@@ -17,7 +17,7 @@ from keel.admission import Caller
 
 
 class RequestState:
-    __slots__ = ("api_version", "caller", "refused")
+    __slots__ = ("api_version", "caller", "refused", "unrouted_label")
 
     def __init__(self) -> None:
         # Set by whichever step identified the caller first (early refusals or admission), so
@@ -28,6 +28,9 @@ class RequestState:
         self.refused = False
         # The API version the version picker chose for a `/v1/` request (None before it ran).
         self.api_version: str | None = None
+        # The route label of this request if no route takes it (refused before routing, say):
+        # a protocol's own (REST: `/v1/*`), else the envelope's `unmatched`.
+        self.unrouted_label: str | None = None
 
 
 _state: ContextVar[RequestState | None] = ContextVar("keel_http_request_state", default=None)

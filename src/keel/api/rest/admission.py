@@ -38,7 +38,6 @@ from keel.admission.operations import (
 )
 from keel.api.envelope import Series
 from keel.api.http.client_address import client_address
-from keel.api.http.request_envelope import UNROUTED
 from keel.api.http.request_state import RequestState, request_state
 from keel.observability.context import current_request_id, note_caller, valid_request_id
 from keel.observability.metrics import Metrics
@@ -48,6 +47,12 @@ _PROFILES = "/v1/profiles"
 _WEBHOOKS = "/v1/webhooks"
 _ERASURES = "/v1/erasures/"
 _HANDLES = "/v1/handles/"
+
+
+# The route label of a `/v1/` request no route took: refused (429, 503) or failed before
+# routing, or a path with no route (404). Under `/v1/`, so the SLO rules count it with the API's
+# requests (deploy/prometheus/keel-rules.yml); `unmatched` is the label of other paths.
+UNROUTED_VERSIONED = "/v1/*"
 
 
 def operation_of(method: str, path: str) -> Operation:
@@ -102,6 +107,7 @@ class RestAdmission:
             return
         admission: Admission = scope["app"].state.services.admission
         state = request_state()
+        state.unrouted_label = UNROUTED_VERSIONED
         caller = await self._caller(scope, state, admission)
         entered = await admission.enter(caller, operation_of(scope["method"], scope["path"]))
         if isinstance(entered, Refusal):
@@ -200,8 +206,8 @@ class EarlyRefusals:
         return True
 
     def _count(self, method: str, status: int, started: float) -> None:
-        # Labelled as the envelope labels refusals: they are answered before routing.
-        self._series.observe((method, UNROUTED, str(status)), time.perf_counter() - started)
+        # Labelled as the envelope labels the full path's refusals: answered before routing.
+        self._series.observe((method, UNROUTED_VERSIONED, str(status)), time.perf_counter() - started)
 
 
 def _request_id(asked: str) -> str:
