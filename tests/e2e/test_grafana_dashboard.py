@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_served_process import Served, keel_served
@@ -20,7 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "keel-dashboard.json"
 RULES = REPO / "deploy" / "prometheus" / "keel-rules.yml"
 # What a panel's PromQL may add to a family's name; the exposition's family name has none.
-_SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+_SUFFIXES = {
+    "_total": ("counter",),
+    "_bucket": ("histogram",),
+    "_count": ("histogram", "summary"),
+    "_sum": ("histogram", "summary"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +43,16 @@ def _expressions() -> list[str]:
     return [str(query) for query in queries]
 
 
-def _family(name: str) -> str:
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return name.removesuffix(suffix)
-    return name
+def _family(name: str, families: dict[str, Metric]) -> Metric | None:
+    """The family a series name belongs to: itself (a gauge, say), or its base name when the
+    suffix is one that family's type has (`_total` a counter's, `_bucket` a histogram's, ...)."""
+    if name in families:
+        return families[name]
+    for suffix, types in _SUFFIXES.items():
+        family = families.get(name.removesuffix(suffix)) if name.endswith(suffix) else None
+        if family is not None and family.type in types:
+            return family
+    return None
 
 
 def test_every_metric_and_label_a_panel_reads_is_served(served: Served) -> None:
@@ -58,7 +69,7 @@ def test_every_metric_and_label_a_panel_reads_is_served(served: Served) -> None:
     }
     for expr in _expressions():
         for name in re.findall(r"\bkeel_[a-z0-9_]+", expr):
-            family = families.get(_family(name)) or families.get(name)
+            family = _family(name, families)
             assert family is not None, f"a panel reads {name}, which /metrics does not have: {expr}"
             carried = {label for sample in family.samples for label in sample.labels}
             if not family.samples or not carried:
