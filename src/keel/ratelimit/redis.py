@@ -153,14 +153,17 @@ class RedisRateLimiter:
         # A client span per decision where the request is traced (OpenTelemetry's database
         # conventions; Redis is `db.system.name` "redis").
         self._tracer = tracer
-        where = client.connection_pool.connection_kwargs
+        pool = getattr(client, "connection_pool", None)  # a stand-in client (tests) may have none
+        where = pool.connection_kwargs if pool is not None else {}
         self._span_attributes: dict[str, str | int] = {
             "db.system.name": "redis",
             "db.system": "redis",
             "db.operation.name": "EVALSHA",
-            **({"server.address": where["host"]} if "host" in where else {}),
-            **({"server.port": where["port"]} if "port" in where else {}),
         }
+        if isinstance(where.get("host"), str):
+            self._span_attributes["server.address"] = where["host"]
+        if isinstance(where.get("port"), int):
+            self._span_attributes["server.port"] = where["port"]
         self._switched_off = False
         self._switch_read_until = 0.0
         # The task whose switch read Redis left unanswered, and when (loop time): `_read_switch`.
