@@ -10,11 +10,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_prometheus_rules import exercised_metrics
 from tests.e2e.test_served_process import Served, keel_served
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,17 +56,8 @@ def _family(name: str, families: dict[str, Metric]) -> Metric | None:
 
 
 def test_every_metric_and_label_a_panel_reads_is_served(served: Served) -> None:
-    headers = {"Authorization": f"Bearer {served.token}"}
-    created = httpx.post(
-        f"{served.base_url}/v1/profiles",
-        json={"handle": "panel_probe", "emails": [{"address": "panel@example.com", "primary": True}]},
-        headers=headers,
-    )
-    assert created.status_code == 201, created.text
-    families = {
-        family.name: family
-        for family in text_string_to_metric_families(httpx.get(f"{served.base_url}/metrics").text)
-    }
+    exposition = exercised_metrics(served, "panel_probe")
+    families = {family.name: family for family in text_string_to_metric_families(exposition)}
     for expr in _expressions():
         for name in re.findall(r"\bkeel_[a-z0-9_]+", expr):
             family = _family(name, families)

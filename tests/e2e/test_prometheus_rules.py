@@ -49,22 +49,24 @@ def _expressions() -> list[str]:
     )
 
 
-def test_every_series_the_rules_read_is_served(served: Served) -> None:
+def exercised_metrics(served: Served, handle: str) -> str:
+    """A served Keel's `/metrics` after one create and one read under `/v1` (so the request
+    series carry a write and a read)."""
     headers = {"Authorization": f"Bearer {served.token}"}
     created = httpx.post(
         f"{served.base_url}/v1/profiles",
-        json={"handle": "rules_probe", "emails": [{"address": "rules@example.com", "primary": True}]},
+        json={"handle": handle, "emails": [{"address": f"{handle}@example.com", "primary": True}]},
         headers=headers,
     )
     assert created.status_code == 201, created.text
-    assert (
-        httpx.get(f"{served.base_url}/v1/profiles/{created.json()['id']}", headers=headers).status_code == 200
-    )
-    samples = [
-        sample
-        for family in text_string_to_metric_families(httpx.get(f"{served.base_url}/metrics").text)
-        for sample in family.samples
-    ]
+    read = httpx.get(f"{served.base_url}/v1/profiles/{created.json()['id']}", headers=headers)
+    assert read.status_code == 200, read.text
+    return httpx.get(f"{served.base_url}/metrics").text
+
+
+def test_every_series_the_rules_read_is_served(served: Served) -> None:
+    exposition = exercised_metrics(served, "rules_probe")
+    samples = [sample for family in text_string_to_metric_families(exposition) for sample in family.samples]
     expressions = _expressions()
     read = {name for expr in expressions for name in re.findall(r"\bkeel_[a-z0-9_]+", expr)}
     assert read, "the rules read no Keel metric"
