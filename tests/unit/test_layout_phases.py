@@ -68,15 +68,23 @@ class Clock:
 
 
 class Source:
-    """The database's record, as a node's refresh reads it; counts the reads."""
+    """The database's record, as a node's refresh reads it; counts the reads and keeps the
+    acknowledgements, each with the record another reader of the node got as it was sent."""
 
-    def __init__(self, record: LayoutRecord) -> None:
+    def __init__(self, record: LayoutRecord, view: LayoutView | None = None) -> None:
         self.record = record
-        self.reads: list[str | None] = []
+        self.reads = 0
+        self.view = view
+        self.acknowledged: list[tuple[str, int, int | None]] = []
 
-    async def read_and_acknowledge(self, node_id: str | None) -> LayoutRecord:
-        self.reads.append(node_id)
+    async def read(self) -> LayoutRecord:
+        self.reads += 1
         return self.record
+
+    async def acknowledge(self, node_id: str, generation: int) -> None:
+        # Another unit of work reading meanwhile (the refresh is in flight): what does it get?
+        meanwhile = (await self.view.current(self)).generation if self.view is not None else None
+        self.acknowledged.append((node_id, generation, meanwhile))
 
 
 async def test_a_nodes_copy_is_refreshed_once_due_and_acknowledged_under_its_name() -> None:
@@ -84,14 +92,28 @@ async def test_a_nodes_copy_is_refreshed_once_due_and_acknowledged_under_its_nam
     source = Source(LayoutRecord(N, Phase.VERIFY, D, 4))
     view = LayoutView("node-1", clock)
     assert (await view.current(source)).phase is Phase.VERIFY
-    assert source.reads == ["node-1"]
+    assert (source.reads, [a[:2] for a in source.acknowledged]) == (1, [("node-1", 4)])
     source.record = LayoutRecord(N, Phase.SWITCHED, D, 5)
     clock.now += LayoutView.refresh_after - 0.01
     assert (await view.current(source)).phase is Phase.VERIFY  # not due yet: the copy
-    assert len(source.reads) == 1
+    assert source.reads == 1
     clock.now += 0.02
     assert (await view.current(source)).phase is Phase.SWITCHED
-    assert len(source.reads) == 2
+    assert (source.reads, [a[:2] for a in source.acknowledged]) == (2, [("node-1", 4), ("node-1", 5)])
+
+
+async def test_a_generation_is_acknowledged_only_once_every_reader_of_the_node_reads_by_it() -> None:
+    # The migrator stops writing a layout once every node has acknowledged a record that reads
+    # elsewhere: a reader that still got the older copy after that note could miss a write.
+    clock = Clock()
+    view = LayoutView("node-1", clock)
+    source = Source(LayoutRecord(N, Phase.VERIFY, D, 4))
+    await view.current(source)
+    source.view = view  # from now on, a unit of work reads while each acknowledgement is sent
+    source.record = LayoutRecord(N, Phase.SWITCHED, D, 5)
+    clock.now += LayoutView.refresh_after
+    assert (await view.current(source)).generation == 5
+    assert source.acknowledged == [("node-1", 4, None), ("node-1", 5, 5)]
 
 
 async def test_a_write_that_read_a_later_record_moves_the_copy_on_and_an_older_one_never_back() -> None:
@@ -103,7 +125,7 @@ async def test_a_write_that_read_a_later_record_moves_the_copy_on_and_an_older_o
     assert (await view.current(source)).generation == 5
     clock.now += LayoutView.refresh_after
     assert (await view.current(source)).generation == 5  # the database's older answer is ignored
-    assert source.reads == [None, None]  # the migrator's store acknowledges nothing
+    assert (source.reads, source.acknowledged) == (2, [])  # the migrator's store acknowledges nothing
 
 
 async def test_while_one_refresh_is_in_flight_others_keep_the_copy_only_until_it_is_too_old() -> None:
@@ -114,7 +136,7 @@ async def test_while_one_refresh_is_in_flight_others_keep_the_copy_only_until_it
     view._refreshing = True  # another unit of work is refreshing it now
     clock.now += LayoutView.refresh_after
     await view.current(source)
-    assert len(source.reads) == 1  # not yet too old: the copy
+    assert source.reads == 1  # not yet too old: the copy
     clock.now += LayoutView.max_age
     await view.current(source)
-    assert len(source.reads) == 2  # too old to read by: refreshed by this caller too
+    assert source.reads == 2  # too old to read by: refreshed by this caller too

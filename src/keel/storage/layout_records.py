@@ -70,14 +70,6 @@ class SqlLayoutRecords:
             raise missing_record()
         return record_from_row(*rows[0])
 
-    async def read_and_acknowledge(self, node_id: str | None) -> LayoutRecord:
-        """The record, then (for a serving node) a note that `node_id` follows its generation
-        as of now. Read first: the note never claims more than the node has seen."""
-        record = await self.read()
-        if node_id is not None:
-            await self.acknowledge(node_id, record.generation)
-        return record
-
     async def reading(self) -> LayoutReading:
         """The record and the progress row, unlocked (for the gauges: keel.storage.layout_gauges)."""
         return LayoutReading(await self.read(), await self.progress())

@@ -1,10 +1,12 @@
 """A serving node's copy of the layout record, and the profile repository that follows it.
 
-`LayoutView` is the copy: refreshed (and acknowledged, `SqlLayoutRecords.read_and_acknowledge`)
-by a unit of work that finds it older than `refresh_after`, and never used for a read once older
-than `max_age`, measured from before the read that fetched it. The migrator waits, before a
-layout stops being written, until every node has acknowledged a record that reads elsewhere or
-has been silent longer than `max_age`: such a node refreshes before its next read.
+`LayoutView` is the copy: refreshed (and acknowledged) by a unit of work that finds it older than
+`refresh_after`, and never used for a read once older than `max_age`, measured from before the
+read that fetched it. The migrator waits, before a layout stops being written, until every node
+has acknowledged a record that reads elsewhere or has been silent longer than `max_age`: such a
+node refreshes before its next read. A refresh installs the record it read before it
+acknowledges it, so from the moment an acknowledgement can be seen every read of the node goes
+by that record or a later one.
 
 `LayoutProfiles` is the profile repository of a write unit of work: its first call reads the
 record in the unit's own transaction (share-locked on PostgreSQL, so a change of phase waits for
@@ -51,7 +53,11 @@ class LayoutProfileRepository(Protocol):
 
 
 class RecordSource(Protocol):
-    async def read_and_acknowledge(self, node_id: str | None) -> LayoutRecord: ...
+    """Where a node's refresh reads the record and acknowledges what it installed
+    (`SqlLayoutRecords`; on SQLite a connection of its own acknowledges)."""
+
+    async def read(self) -> LayoutRecord: ...
+    async def acknowledge(self, node_id: str, generation: int) -> None: ...
 
 
 class LayoutView:
@@ -75,17 +81,24 @@ class LayoutView:
         self._refreshing = True
         try:
             started = self._clock()
-            fresh = await records.read_and_acknowledge(self.node_id)
+            self.observed(await records.read())
+            installed = self._record
+            assert installed is not None
+            # Acknowledged only once installed: the other readers, which keep the copy while
+            # this refresh is in flight, already read by it when the migrator sees the note.
+            if self.node_id is not None:
+                await records.acknowledge(self.node_id, installed.generation)
         except Exception:
-            if record is not None and self._clock() - self._fetched_at < self.max_age:
-                return record  # a refresh that failed (busy database): the copy, while young
+            # A refresh that failed (busy database), in its read or its acknowledgement: the
+            # copy (perhaps just moved on) while young; its age is not renewed, as the migrator
+            # may count an unacknowledged node as silent.
+            if self._record is not None and self._clock() - self._fetched_at < self.max_age:
+                return self._record
             raise
         finally:
             self._refreshing = False
-        self.observed(fresh)
         self._fetched_at = max(self._fetched_at, started)
-        assert self._record is not None
-        return self._record
+        return installed
 
     def observed(self, record: LayoutRecord) -> None:
         """A record read from the database (by a refresh, or by a write in its transaction): a

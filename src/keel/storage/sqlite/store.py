@@ -78,7 +78,7 @@ class SqliteStore:
     ) -> None:
         self.layout = layout  # the configured one, checked at start-up; units of work follow the record
         self.view = LayoutView(node_id)
-        self._acker: aiosqlite.Connection | None = None  # a serving node's: see read_and_acknowledge
+        self._acker: aiosqlite.Connection | None = None  # a serving node's: see acknowledge
         # Bounded wait for the writer: shorter than an idempotency lease, so no request can
         # still be waiting when its reservation is taken over.
         self.acquire_timeout = acquire_timeout
@@ -151,16 +151,17 @@ class SqliteStore:
         await self._reader.close()
         await self._writer.close()
 
-    async def read_and_acknowledge(self, node_id: str | None) -> LayoutRecord:
-        """A read-only unit's refresh of the layout record (`LayoutView`): read on the reader,
-        acknowledged on a connection of its own, one autocommit statement that waits at most
-        `_ACK_BUSY_MS` for another process's writer. A refresh that cannot acknowledge fails
-        (the node keeps its copy while young enough): the migrator relies on every refresh
-        being acknowledged."""
-        record = await SqlLayoutRecords(SqliteSession(self._reader)).read()
-        if node_id is not None and self._acker is not None:
-            await SqlLayoutRecords(SqliteSession(self._acker)).acknowledge(node_id, record.generation)
-        return record
+    async def read(self) -> LayoutRecord:
+        """A read-only unit's refresh of the layout record (`LayoutView`), on the reader."""
+        return await SqlLayoutRecords(SqliteSession(self._reader)).read()
+
+    async def acknowledge(self, node_id: str, generation: int) -> None:
+        """The refresh's note that this node reads by `generation`, on a connection of its own:
+        one autocommit statement that waits at most `_ACK_BUSY_MS` for another process's
+        writer. One that cannot be written fails the refresh (the node keeps its copy while
+        young enough): the migrator relies on every refresh being acknowledged."""
+        if self._acker is not None:
+            await SqlLayoutRecords(SqliteSession(self._acker)).acknowledge(node_id, generation)
 
 
 async def _connect(path: Path, *, busy_timeout_ms: int = 5000) -> aiosqlite.Connection:
