@@ -52,3 +52,16 @@ def free_port() -> int:
         port = int(sock.getsockname()[1])
     _handed_out.add(port)
     return port
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free ports below the ephemeral range (a node's worker
+    processes take a management port each from one: keel.bootstrap.workers)."""
+    top = _ephemeral_start()
+    for _ in range(200):
+        first = random.randrange(_LOWEST, max(_LOWEST + 1, top - count))  # noqa: S311 - a port
+        run = range(first, first + count)
+        if not _handed_out.intersection(run) and all(_bindable(port) for port in run):
+            _handed_out.update(run)
+            return first
+    raise RuntimeError(f"no run of {count} free ports below {top}")

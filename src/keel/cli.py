@@ -60,16 +60,28 @@ def serve(
         str | None,
         typer.Option(help="grpc://host:port of a core (KEEL_CORE_URL): serve REST/GraphQL as its edge."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP worker processes on the one port (KEEL_WORKERS); 0: one per core when"
+            " KEEL_REDIS_URL is set, else one.",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
-    """Serve the REST API with uvicorn (uvloop, httptools), one process; gRPC beside it or
-    alone; or, with --core, an edge whose every operation runs on a remote core."""
+    """Serve the REST API with uvicorn (uvloop, httptools): one process, or --workers processes
+    on the one port under uvicorn's supervisor; gRPC beside it or alone; or, with --core, an
+    edge whose every operation runs on a remote core."""
     overrides: dict[str, object] = {}
     if grpc_port is not None:
         overrides["grpc_port"] = grpc_port
     if core is not None:
         overrides["core_url"] = core
+    if workers is not None:
+        overrides["workers"] = workers
     from keel.bootstrap.core import SchemaNotCurrent
-    from keel.bootstrap.lifecycle import create_app, preflight
+    from keel.bootstrap.lifecycle import preflight
+    from keel.bootstrap.workers import worker_count
     from keel.storage.layouts import LayoutMismatch
 
     try:
@@ -78,6 +90,7 @@ def serve(
             raise ValueError("--grpc-only needs a gRPC port (--grpc-port or KEEL_GRPC_PORT)")
         if settings.grpc_port is not None and settings.core_url is not None:
             raise ValueError("an edge (--core) does not serve gRPC; its core does")
+        count = worker_count(settings)
         asyncio.run(preflight(settings))
     except (SchemaNotCurrent, LayoutMismatch, ValueError, OSError) as error:
         # A clear sentence instead of a traceback from inside the server's start-up.
@@ -85,19 +98,62 @@ def serve(
         raise typer.Exit(1) from None
     if grpc_only:
         _serve_grpc_only(settings)
-        return
+    elif count > 1:
+        _serve_workers(settings, count, overrides, host=host or settings.host, port=port or settings.port)
+    else:
+        _serve_one(settings, host=host or settings.host, port=port or settings.port)
+
+
+def _serve_one(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
     from keel.api.http.serving import http_protocol
+    from keel.bootstrap.lifecycle import create_app
 
     uvicorn.run(
         create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        loop="uvloop",
+        host=host,
+        port=port,
+        **_uvicorn_options(settings),
         # httptools, with header and body limits and timeouts uvicorn does not have.
         http=http_protocol(settings),
+    )
+
+
+def _serve_workers(
+    settings: Settings, count: int, overrides: dict[str, object], *, host: str, port: int
+) -> None:
+    """uvicorn's supervisor over `count` spawned workers (keel.bootstrap.workers): each builds its
+    application and protocol from the environment, completed here first."""
+    import os
+
+    import uvicorn
+
+    from keel.bootstrap.workers import WORKER_APP, WORKER_HTTP_PROTOCOL, supervise, worker_environment
+    from keel.observability.logging import configure_logging
+
+    configure_logging(settings.log_level)  # the supervisor's own lines (workers started, replaced)
+    os.environ.update(worker_environment(count, overrides))
+    supervise(
+        uvicorn.Config(
+            WORKER_APP,
+            factory=True,
+            workers=count,
+            host=host,
+            port=port,
+            **_uvicorn_options(settings),
+            http=WORKER_HTTP_PROTOCOL,
+        )
+    )
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What one process and a supervisor's workers run with alike."""
+    return dict(
+        loop="uvloop",
         timeout_keep_alive=settings.http_keep_alive_seconds,
+        # On SIGTERM: refuse new connections, give the requests in flight this long.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         access_log=False,  # Keel writes its own access log, with request and trace ids
         # Keel reads X-Forwarded-For itself, through KEEL_TRUSTED_PROXY_HOPS only; uvicorn's
         # default would rewrite the client address from it for any loopback peer.

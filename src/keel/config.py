@@ -124,6 +124,22 @@ class Settings(BaseSettings):
         "on a keep-alive connection, of the next request's first byte; else 408 (or a quiet close when "
         "a new connection sent nothing).",
     )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Processes serving HTTP on the one port (`keel serve --workers`), kept running by "
+        "uvicorn's supervisor. 0: one per core when KEEL_REDIS_URL is set (the workers share rate "
+        "limits and cache invalidations through it), else one. More than one needs KEEL_REDIS_URL and "
+        "no gRPC port (serve gRPC with --grpc-only in a process of its own).",
+    )
+    shutdown_grace_seconds: int = Field(  # whole seconds: uvicorn's timeout_graceful_shutdown
+        default=10,
+        ge=1,
+        le=600,
+        description="On SIGTERM new connections are refused at once, and requests in flight have this "
+        "long to finish; those still running then are cut.",
+    )
     http_keep_alive_seconds: int = Field(  # whole seconds: uvicorn's timeout_keep_alive is an int
         default=5,
         ge=1,
@@ -161,7 +177,10 @@ class Settings(BaseSettings):
     ratelimit_anonymous_plan: str = "anonymous"
     ratelimit_costs: dict[str, int] = Field(default_factory=dict, description="JSON: operation -> units.")
     ratelimit_nodes: int = Field(
-        default=1, ge=1, description="Keel processes sharing the quotas; divides them when Redis is down."
+        default=1,
+        ge=1,
+        description="Keel nodes sharing the quotas (each of KEEL_WORKERS processes); divides them "
+        "when Redis is down.",
     )
     ratelimit_redis_timeout_seconds: float = Field(default=0.05, gt=0)
     ratelimit_breaker_open_seconds: float = Field(default=2.0, gt=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from testkit.ports import free_port
 
 from keel.observability.management import management_port
 
@@ -20,7 +21,7 @@ def test_metrics_probes_and_the_rest(host: str, url_host: str) -> None:
     registry = CollectorRegistry()
     Counter("keel_probe_test", "A counter.", registry=registry).inc()
     probes = {"/healthz": lambda: (200, b'{"status": "ok"}'), "/readyz": _failing}
-    with management_port(registry, host, 0, probes) as port:
+    with management_port(registry, host, [0], probes) as port:
         base = f"http://{url_host}:{port}"
         text = httpx.get(f"{base}/metrics", timeout=5)
         assert text.status_code == 200
@@ -35,3 +36,16 @@ def test_metrics_probes_and_the_rest(host: str, url_host: str) -> None:
         failed = httpx.get(f"{base}/readyz", timeout=5)
         assert (failed.status_code, failed.json()) == (503, {"status": "failed"})
         assert httpx.get(f"{base}/docs", timeout=5).status_code == 404
+
+
+def test_each_worker_process_takes_the_first_free_port_of_its_node_and_none_is_shared() -> None:
+    ports = [free_port(), free_port()]
+    with (
+        management_port(CollectorRegistry(), "127.0.0.1", ports) as first,
+        management_port(CollectorRegistry(), "127.0.0.1", ports) as second,
+    ):
+        assert [first, second] == ports
+        with pytest.raises(OSError, match="in use"), management_port(CollectorRegistry(), "127.0.0.1", ports):
+            pass
+    with management_port(CollectorRegistry(), "127.0.0.1", ports) as again:
+        assert again == ports[0]  # a replaced worker takes the slot its predecessor left

@@ -20,6 +20,7 @@ from keel.bootstrap.container import Services, assemble
 from keel.bootstrap.core import StoreOpener, build_core, open_store
 from keel.bootstrap.edge import build_edge
 from keel.bootstrap.protection import build_protection
+from keel.bootstrap.workers import management_ports
 from keel.config import Settings
 from keel.observability.logging import configure_logging
 from keel.observability.management import Probe, management_port
@@ -181,9 +182,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
     try:
         if settings.management_port is not None:
             probes = management_probes(keel, asyncio.get_running_loop())
-            servers.enter_context(
-                management_port(metrics.registry, settings.management_host, settings.management_port, probes)
-            )
+            ports = management_ports(settings)  # one per worker process (keel.bootstrap.workers)
+            servers.enter_context(management_port(metrics.registry, settings.management_host, ports, probes))
         # The router's first timeout scope imports anyio's asyncio backend (a dozen modules)
         # on the event loop: the first request after each start, `/healthz` included, waited
         # 60 ms for it on a busy machine (bench/loop_stalls.py). Imported here, before the

@@ -74,7 +74,8 @@ def build_rate_limiter(
         ),
         local=InMemoryRateLimiter(),
         breaker=breaker,
-        nodes=settings.ratelimit_nodes,
+        # Each worker process of each node decides alone while Redis is down.
+        nodes=settings.ratelimit_nodes * max(1, settings.workers),
         minimum_burst=max(catalog.costs.values()),
         on_fallback=on_fallback,
     )

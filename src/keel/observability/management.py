@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -37,10 +37,11 @@ _BUSY = b'{"status": "busy"}'
 
 @contextmanager
 def management_port(
-    registry: CollectorRegistry, host: str, port: int, probes: Mapping[str, Probe] | None = None
+    registry: CollectorRegistry, host: str, ports: Sequence[int], probes: Mapping[str, Probe] | None = None
 ) -> Iterator[int]:
-    """Serve `registry` at /metrics, and each of `probes` at its path, on `host:port` (0: any
-    free port) until the block ends; yields the port."""
+    """Serve `registry` at /metrics, and each of `probes` at its path, on `host` and the first of
+    `ports` that is free (0: any free port) until the block ends; yields the port. Several
+    worker processes of one node each take a port of their own this way."""
     routes = dict(probes or {})
     slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
@@ -84,9 +85,9 @@ def management_port(
 
     class Server(ThreadingHTTPServer):
         # IPv4 or IPv6, as `host` resolves (http.server's default is IPv4 only).
-        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        address_family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
 
-    server = Server((host, port), Handler)
+    server = _bind_first(Server, host, ports, Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="keel-management", daemon=True)
     thread.start()
@@ -98,3 +99,21 @@ def management_port(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def _bind_first(
+    server_class: type[ThreadingHTTPServer],
+    host: str,
+    ports: Sequence[int],
+    handler: type[BaseHTTPRequestHandler],
+) -> ThreadingHTTPServer:
+    """A server on the first of `ports` that can be bound; the last port's error if none can."""
+    if not ports:
+        raise ValueError("no management port to bind")
+    for index, port in enumerate(ports):
+        try:
+            return server_class((host, port), handler)
+        except OSError:
+            if index == len(ports) - 1:
+                raise
+    raise AssertionError("unreachable")
