@@ -198,6 +198,9 @@ class System:
             "KEEL_DATABASE_URL": f"postgresql://keel@127.0.0.1:{self.proxies['postgres'].port}/keel",
             "KEEL_LOG_LEVEL": "warning",
             "KEEL_ACCESS_LOG": "false",
+            # One process, which the experiments kill and restart (with Redis, `keel serve`
+            # would start one worker per core: docs/fleet.md).
+            "KEEL_WORKERS": "1",
         }
         if "redis" in self.proxies:
             wiring["KEEL_REDIS_URL"] = f"redis://127.0.0.1:{self.proxies['redis'].port}/0"

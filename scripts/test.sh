@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 ./scripts/ensure-buf.sh
 ./scripts/ensure-chromium.sh
 ./scripts/ensure-wrk.sh
+./scripts/ensure-haproxy.sh
 . .venv/bin/activate
 export PATH="$PWD/.tools/bin:$PATH"
 # Every fork in the tests is followed by exec; gRPC's fork handlers once crashed such a child (tests/conftest.py).

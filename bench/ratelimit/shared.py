@@ -144,6 +144,7 @@ class Environment:
             "KEEL_REDIS_URL": self.redis.url,
             "KEEL_RATELIMIT_PLANS": json.dumps(PLANS),
             "KEEL_RATELIMIT_NODES": "2",
+            "KEEL_WORKERS": "1",  # each node one process, as measured before workers existed
             **overrides,
         }
         return {name: value for name, value in env.items() if value != ""}

@@ -276,20 +276,32 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after `keel_`).")]) -> None:
-    """Revoke an API key; running servers stop accepting it within KEEL_API_KEY_CACHE_SECONDS."""
+    """Revoke an API key. With KEEL_REDIS_URL, running servers are told at once; else (or when
+    Redis cannot be reached) they stop accepting it within KEEL_API_KEY_CACHE_SECONDS."""
     from keel.service.auth import revoke_api_key
 
-    async def run() -> bool:
+    async def run() -> tuple[bool, bool]:
         settings = Settings()
         async with _keel(settings) as keel:
-            return await revoke_api_key(
+            revoked = await revoke_api_key(
                 keel.local.store, keel.local.clock, key_id, event_source=settings.events_source
             )
+            pushed = (
+                revoked and keel.key_revocations is not None and await keel.key_revocations.publish(key_id)
+            )
+            return revoked, pushed
 
-    if not asyncio.run(run()):
+    revoked, pushed = asyncio.run(run())
+    if not revoked:
         typer.echo(f"no active key {key_id}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"revoked {key_id}")
+    if pushed:
+        typer.echo(f"revoked {key_id}; running servers were told")
+    else:
+        typer.echo(
+            f"revoked {key_id}; running servers stop accepting it within KEEL_API_KEY_CACHE_SECONDS"
+            " (not pushed: no KEEL_REDIS_URL, or Redis did not answer)"
+        )
 
 
 @webhooks_app.command("reseal")

@@ -96,6 +96,11 @@ class Haproxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def start(self) -> None:
         binary = haproxy_binary()
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,8 @@ def fleet(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Fleet]:
         "KEEL_REDIS_URL": redis_url,
         "KEEL_WORKERS": "1",
         "KEEL_TRUSTED_PROXY_HOPS": "1",  # HAProxy's X-Forwarded-For
+        # Longer than HAProxy keeps an idle connection to a node for reuse (docs/fleet.md).
+        "KEEL_HTTP_KEEP_ALIVE_SECONDS": "75",
         "KEEL_RATELIMIT_PLANS": json.dumps({"standard": _UNLIMITED, "anonymous": _UNLIMITED}),
     }
     _keel(env, "migrate")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from testkit.health import wait_healthy
 from testkit.ports import free_port, free_port_run
 from testkit.processes import start_session, stop
@@ -134,6 +135,9 @@ def supervised(directory: Path, redis_url: str, grace_seconds: int = 120) -> Ite
         yield served
     finally:
         stop(process)
+        # Workers left behind by a supervisor that died first (its group outlives it).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_a_killed_worker_is_replaced_and_takes_its_management_slot_back(
@@ -228,3 +232,18 @@ def test_a_request_still_running_when_the_grace_ends_is_cut_and_the_shutdown_end
             count = stored.execute("SELECT count(*) FROM profiles").fetchone()[0]
             count += stored.execute("SELECT count(*) FROM profile_documents").fetchone()[0]
         assert count == 0  # nothing acknowledged, nothing kept
+
+
+def test_workers_do_not_outlive_a_supervisor_killed_with_sigkill(tmp_path: Path, redis_url: str) -> None:
+    with supervised(tmp_path, redis_url) as keel:
+        workers = keel.workers()
+        assert len(workers) == WORKERS
+        os.kill(keel.process.pid, signal.SIGKILL)
+        keel.process.wait(WAIT)
+
+        def gone() -> bool:
+            return not any(_is_worker(pid) for pid in workers)
+
+        _until(gone, "the orphaned workers have exited")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", keel.port), timeout=5).close()

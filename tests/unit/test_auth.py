@@ -2,9 +2,9 @@ import hmac
 
 import pytest
 
-from keel.domain.api_keys import Scope
+from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import Unauthenticated
-from keel.service.auth import Authenticator, issue_api_key, token_digest
+from keel.service.auth import Authenticator, issue_api_key, revoke_api_key, token_digest
 from tests.fakes import FakeClock, InMemoryStore
 
 
@@ -115,3 +115,54 @@ async def test_the_stored_value_does_not_authenticate_as_a_proof() -> None:
         await Authenticator(store).resolve(issued.key.id, stored)
     principal = await Authenticator(store).resolve(issued.key.id, token_digest(issued.token))
     assert principal.key_id == issued.key.id
+
+
+async def test_a_pushed_revocation_is_honoured_at_once_and_only_for_that_key() -> None:
+    store = InMemoryStore()
+    clock = FakeClock()
+    revoked = await issue_api_key(store, clock, scopes=[Scope.ADMIN], api_version="v", name="revoked")
+    kept = await issue_api_key(store, clock, scopes=[Scope.ADMIN], api_version="v", name="kept")
+    authenticator = Authenticator(store, ttl=3600)
+    for issued in (revoked, kept):
+        await authenticator.authenticate(issued.token)
+    assert await revoke_api_key(store, clock, revoked.key.id)
+    await authenticator.authenticate(revoked.token)  # cached: without the push, the TTL decides
+    reads = store.reads
+    authenticator.forget_key(revoked.key.id)
+    with pytest.raises(Unauthenticated):
+        await authenticator.authenticate(revoked.token)
+    await authenticator.authenticate(kept.token)
+    assert store.reads == reads + 1  # the revoked key looked up again; the other still cached
+
+
+async def test_an_answer_looked_up_while_a_revocation_arrived_is_used_once_and_not_kept() -> None:
+    class RevokedMeanwhile(Authenticator):
+        async def _load(self, key_id: str, digest: str) -> Principal | None:
+            principal = await super()._load(key_id, digest)  # read before the revocation committed
+            self.forget_key(key_id)  # its push arrives before this answer is kept
+            return principal
+
+    store = InMemoryStore()
+    issued = await issue_api_key(store, FakeClock(), scopes=[Scope.ADMIN], api_version="v", name="t")
+    authenticator = RevokedMeanwhile(store, ttl=3600)
+    await authenticator.authenticate(issued.token)
+    reads = store.reads
+    await authenticator.authenticate(issued.token)
+    assert store.reads == reads + 1  # not served from the cache: looked up again
+
+
+async def test_a_gap_in_the_pushed_revocations_forgets_every_key() -> None:
+    store = InMemoryStore()
+    clock = FakeClock()
+    issued = [
+        await issue_api_key(store, clock, scopes=[Scope.ADMIN], api_version="v", name=f"k{n}")
+        for n in range(3)
+    ]
+    authenticator = Authenticator(store, ttl=3600)
+    for key in issued:
+        await authenticator.authenticate(key.token)
+    reads = store.reads
+    authenticator.forget_all()
+    for key in issued:
+        await authenticator.authenticate(key.token)
+    assert store.reads == reads + 3

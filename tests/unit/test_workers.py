@@ -4,6 +4,8 @@ and cache invalidations through Redis, and gRPC runs in a process of its own."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from typer.testing import CliRunner
 
@@ -56,6 +58,7 @@ def test_a_worker_is_told_the_resolved_count_and_the_command_lines_overrides() -
     assert worker_environment(2, {"core_url": "grpc://core:50051", "workers": 0}) == {
         "KEEL_CORE_URL": "grpc://core:50051",
         "KEEL_WORKERS": "2",
+        "KEEL_SUPERVISOR_PID": str(os.getpid()),
     }
 
 

@@ -25,10 +25,10 @@ from keel.service.erasure import ErasureSagaRunner
 from keel.service.housekeeping import PurgesDeletedProfiles, PurgesIdempotencyRecords
 from keel.service.outbox import OutboxRelay
 from keel.service.personal_data import PersonalDataService
-from keel.service.ports import Clock, InvalidationBus, Store
+from keel.service.ports import Clock, InvalidationBus, KeyRevocations, Store
 from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
-from keel.service.use_cases import CallerAuthenticator, PersonalDataUseCases, ProfileUseCases
+from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases, RevocableAuthenticator
 from keel.service.webhook_dispatcher import WebhookDispatcher
 from keel.service.webhooks import WebhookAdmin
 
@@ -89,7 +89,7 @@ class Services:
 
     settings: Settings
     profiles: ProfileUseCases
-    authenticator: CallerAuthenticator
+    authenticator: RevocableAuthenticator
     admission: Admission  # the one request pipeline of every protocol
     core: Core | None  # None on an edge, whose use cases run on a remote core
     # The checks that decide readiness: the database (or the remote core, on an edge).
@@ -107,6 +107,9 @@ class Services:
     closers: list[Callable[[], Awaitable[object]]]
     # Export and erasure: a core's own; None on an edge (not served there yet).
     personal_data: PersonalDataUseCases | None = None
+    # API-key revocations pushed between processes (KEEL_REDIS_URL); None: each process's key
+    # cache TTL is the bound.
+    key_revocations: KeyRevocations | None = None
 
     @property
     def webhooks(self) -> WebhookAdmin | None:
@@ -123,6 +126,8 @@ class Services:
     async def close(self) -> None:
         for close in self.closers:
             await close()
+        if self.key_revocations is not None:
+            await self.key_revocations.close()
         if self.rate_limits is not None:
             await self.rate_limits.close()
         if self.core is not None:
@@ -135,7 +140,7 @@ def assemble(
     metrics: Metrics,
     guards: Protection,
     profiles: ProfileUseCases,
-    authenticator: CallerAuthenticator,
+    authenticator: RevocableAuthenticator,
     core: Core | None,
     readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]],
     personal_data: PersonalDataUseCases | None = None,
@@ -158,4 +163,13 @@ def assemble(
         probes=guards.probes,
         closers=guards.closers,
         personal_data=personal_data,
+        key_revocations=_key_revocations(settings),
     )
+
+
+def _key_revocations(settings: Settings) -> KeyRevocations | None:
+    if settings.redis_url is None:
+        return None
+    from keel.cache.redis_key_revocations import RedisKeyRevocations
+
+    return RedisKeyRevocations.from_url(settings.redis_url)

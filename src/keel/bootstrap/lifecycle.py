@@ -191,6 +191,13 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         await anyio.lowlevel.checkpoint()
         servers.enter_context(collector_tuned_for_serving())
         background.append(asyncio.create_task(keel.loop_lag.watch()))
+        if keel.key_revocations is not None:
+            authenticator = keel.authenticator
+            background.append(
+                asyncio.create_task(
+                    keel.key_revocations.listen(authenticator.forget_key, authenticator.forget_all)
+                )
+            )
         if keel.core is not None:
             if keel.core.idempotency_purge is not None:
                 background.append(asyncio.create_task(purge_idempotency_records(keel.core.idempotency_purge)))

@@ -8,8 +8,10 @@ from fastapi import FastAPI
 
 from keel.api.http.serving import http_protocol
 from keel.bootstrap.lifecycle import create_app
+from keel.bootstrap.workers import exit_with_the_supervisor
 from keel.config import Settings
 
+exit_with_the_supervisor()
 settings = Settings()
 HttpProtocol = http_protocol(settings)
 

@@ -21,8 +21,11 @@ are its own, on the management port's slot it takes (`management_ports`).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 WORKER_APP = "keel.bootstrap.worker_process:app"
 WORKER_HTTP_PROTOCOL = "keel.bootstrap.worker_process:HttpProtocol"
+SUPERVISOR_PID = "KEEL_SUPERVISOR_PID"  # set for the workers by the parent, not a setting
+_PR_SET_PDEATHSIG = 1
 
 
 class WorkersRefused(ValueError):
@@ -62,10 +67,26 @@ def worker_count(settings: Settings, cores: int | None = None) -> int:
 
 def worker_environment(count: int, overrides: Mapping[str, object]) -> dict[str, str]:
     """The KEEL_ variables a spawned worker must see besides the parent's own: the resolved
-    count, and the command line's overrides (a worker reads only its environment)."""
+    count, the command line's overrides (a worker reads only its environment), and the
+    supervisor's pid (`exit_with_the_supervisor`)."""
     variables = {f"KEEL_{name.upper()}": str(value) for name, value in overrides.items()}
     variables["KEEL_WORKERS"] = str(count)
+    variables[SUPERVISOR_PID] = str(os.getpid())
     return variables
+
+
+def exit_with_the_supervisor() -> None:
+    """In a worker: have the kernel send it SIGTERM (a graceful stop) when the supervisor dies,
+    SIGKILL included, so that no orphan goes on serving the port unsupervised. Linux's
+    PR_SET_PDEATHSIG; a no-op elsewhere. A supervisor already gone by then is noticed too."""
+    supervisor = os.environ.get(SUPERVISOR_PID)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != int(supervisor):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def management_ports(settings: Settings) -> list[int]:

@@ -93,7 +93,8 @@ async def issue_api_key(
 
 
 async def revoke_api_key(store: Store, clock: Clock, key_id: str, *, event_source: str = "/keel") -> bool:
-    """Revoke a key. Processes that cached it stop accepting it within their cache TTL."""
+    """Revoke a key. Processes that cached it stop accepting it within their cache TTL, or at
+    once when the revocation is pushed to them (`KeyRevocations`, the caller's next step)."""
     async with store.unit_of_work() as uow:
         now = clock.now()
         revoked = await uow.api_keys.revoke(key_id, now)
@@ -110,8 +111,9 @@ async def list_api_keys(store: Store) -> list[ApiKey]:
 
 class KeyAnswers:
     """What API keys turned out to be, kept in process by token digest: known keys for `ttl`
-    seconds (so a revocation takes at most that long to be seen), unknown ones for
-    `negative_ttl`, kept apart so that a flood of garbage tokens can only evict other garbage."""
+    seconds (so a revocation takes at most that long to be seen, or until it is pushed:
+    `forget`), unknown ones for `negative_ttl`, kept apart so that a flood of garbage tokens can
+    only evict other garbage."""
 
     def __init__(self, *, ttl: float, negative_ttl: float, max_entries: int) -> None:
         self._ttl = ttl
@@ -119,6 +121,20 @@ class KeyAnswers:
         self._max_entries = max_entries
         self._known: dict[str, tuple[Principal, float]] = {}
         self._unknown: dict[str, float] = {}
+        # Moved on by every `forget`: an answer whose lookup began before it may predate the
+        # revocation, and is used for that request but not kept (see `known`).
+        self.epoch = 0
+
+    def forget(self, key_id: str) -> None:
+        """Stop trusting key `key_id` (revoked elsewhere): its next request is looked up again."""
+        self.epoch += 1
+        for digest in [d for d, (principal, _) in self._known.items() if principal.key_id == key_id]:
+            del self._known[digest]
+
+    def forget_all(self) -> None:
+        """Stop trusting every key (revocations may have been missed)."""
+        self.epoch += 1
+        self._known.clear()
 
     def lookup(self, digest: str) -> Principal | None:
         """The principal, None when not known; `Unauthenticated` when known to be invalid."""
@@ -141,7 +157,11 @@ class KeyAnswers:
         except Unauthenticated:
             return None
 
-    def known(self, digest: str, principal: Principal) -> None:
+    def known(self, digest: str, principal: Principal, *, looked_up_at: int) -> None:
+        """Keep `principal` for `ttl`, unless a key was forgotten since the lookup began (the
+        `epoch` then, `looked_up_at`): the answer may be from before that key's revocation."""
+        if looked_up_at != self.epoch:
+            return
         remember(self._known, digest, (principal, time.monotonic() + self._ttl), self._max_entries)
 
     def unknown(self, digest: str) -> None:
@@ -189,12 +209,20 @@ class Authenticator:
                 # A proof of one key sent with the id of another: the pair names no key.
                 raise Unauthenticated(INVALID_KEY)
             return cached
+        epoch = self._answers.epoch
         principal = await self._load(key_id, digest)
         if principal is None:
             self._answers.unknown(digest)
             raise Unauthenticated(INVALID_KEY)
-        self._answers.known(digest, principal)
+        self._answers.known(digest, principal, looked_up_at=epoch)
         return principal
+
+    def forget_key(self, key_id: str) -> None:
+        """A revocation pushed by another process (`KeyRevocations`)."""
+        self._answers.forget(key_id)
+
+    def forget_all(self) -> None:
+        self._answers.forget_all()
 
     async def _load(self, key_id: str, digest: str) -> Principal | None:
         # Looked up by verifier, not by id: a wrong secret and an unknown id are then the same

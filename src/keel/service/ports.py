@@ -345,6 +345,23 @@ class ProfileCache(Protocol):
     def clear(self) -> None: ...
 
 
+class KeyRevocations(Protocol):
+    """Tells every Keel process that an API key was revoked, so they stop accepting it at once
+    rather than when their key cache expires."""
+
+    async def publish(self, key_id: str) -> bool:
+        """Best effort and bounded in time: never raises; False when the message did not reach
+        the bus (processes then stop accepting the key within their key cache's TTL)."""
+        ...
+
+    async def listen(self, on_revoked: Callable[[str], None], on_gap: Callable[[], None]) -> None:
+        """Deliver revoked key ids until cancelled; `on_gap` when messages may have been
+        missed, so the caller can forget every key it trusted."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class InvalidationBus(Protocol):
     """Tells the other Keel processes that a profile changed, so they drop their copy."""
 

@@ -122,6 +122,18 @@ class CallerAuthenticator(Protocol):
         ...
 
 
+class RevocableAuthenticator(CallerAuthenticator, Protocol):
+    """A process's authenticator, which revocations pushed from elsewhere reach."""
+
+    def forget_key(self, key_id: str) -> None:
+        """Stop trusting a key revoked elsewhere (pushed: `KeyRevocations`)."""
+        ...
+
+    def forget_all(self) -> None:
+        """Stop trusting every key: revocations may have been missed."""
+        ...
+
+
 class PersonalDataUseCases(Protocol):
     """Export and erasure of a profile's personal data (admin keys only: `Forbidden` before
     anything is looked up)."""

@@ -157,6 +157,7 @@ class RemoteAuthenticator:
         cached = self._answers.lookup(digest)
         if cached is not None:
             return cached
+        epoch = self._answers.epoch
         try:
             reply = await self._core.call(
                 self._core.callers.GetCaller,
@@ -175,8 +176,15 @@ class RemoteAuthenticator:
             plan=reply.plan,
             token_sha256=digest,
         )
-        self._answers.known(digest, principal)
+        self._answers.known(digest, principal, looked_up_at=epoch)
         return principal
+
+    def forget_key(self, key_id: str) -> None:
+        """A revocation pushed over Redis: the core is asked again on the key's next request."""
+        self._answers.forget(key_id)
+
+    def forget_all(self) -> None:
+        self._answers.forget_all()
 
 
 def _scopes(names: Iterable[str]) -> Iterator[Scope]:
