@@ -90,7 +90,7 @@ def serve(
             raise ValueError("--grpc-only needs a gRPC port (--grpc-port or KEEL_GRPC_PORT)")
         if settings.grpc_port is not None and settings.core_url is not None:
             raise ValueError("an edge (--core) does not serve gRPC; its core does")
-        count = worker_count(settings)
+        count = 1 if grpc_only else worker_count(settings)  # --grpc-only: one process of gRPC
         asyncio.run(preflight(settings))
     except (SchemaNotCurrent, LayoutMismatch, ValueError, OSError) as error:
         # A clear sentence instead of a traceback from inside the server's start-up.

@@ -54,6 +54,15 @@ class Supervised:
         except httpx.TransportError:
             return False
 
+    def fleet_processes(self) -> list[float]:
+        """Each worker's `keel_fleet_processes`: the live processes it counts on Redis."""
+        counts = []
+        for port in self.management:
+            for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+                if line.startswith("keel_fleet_processes "):
+                    counts.append(float(line.split()[1]))
+        return counts
+
     def in_flight(self) -> float:
         """Requests in flight over every worker, from each worker's own /metrics."""
         total = 0.0
@@ -149,6 +158,8 @@ def test_a_killed_worker_is_replaced_and_takes_its_management_slot_back(
         os.kill(before[0], signal.SIGKILL)
         _until(lambda: len(keel.workers()) == WORKERS and before[0] not in keel.workers(), "a replacement")
         _until(keel.management_ready, "the replacement serves the slot its predecessor left")
+        # The killed worker never left: it stops being counted once its heartbeat is too old.
+        _until(lambda: keel.fleet_processes() == [2.0, 2.0], "each worker counts exactly the two live ones")
         assert keel.process.poll() is None
         headers = {"Authorization": f"Bearer {keel.token}"}
         statuses = set()
@@ -215,23 +226,21 @@ def test_sigterm_refuses_new_connections_while_a_request_in_flight_finishes(
         assert len(ids) == 1  # the request finished during the shutdown was kept
 
 
-def test_a_request_still_running_when_the_grace_ends_is_cut_and_the_shutdown_ends(
+def test_a_request_still_running_when_the_grace_ends_does_not_hold_the_shutdown(
     tmp_path: Path, redis_url: str
 ) -> None:
     with supervised(tmp_path, redis_url, grace_seconds=1) as keel:
         with socket.create_connection(("127.0.0.1", keel.port), timeout=WAIT) as client:
-            rest = _start_creating(keel, client, "never_finished")
+            _start_creating(keel, client, "never_finished")
             os.kill(keel.process.pid, signal.SIGTERM)
-            # The rest of the body never comes: the shutdown ends by itself once the grace is over.
+            # The rest of the body never comes: the shutdown ends by itself once the grace is
+            # over (without a bound it would wait for this request forever), and the request it
+            # cut is answered with a problem saying its outcome is unknown, not a bare 500.
             assert keel.process.wait(WAIT) == 0
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                client.sendall(rest)
-            answer = _answer(client)
-        assert not answer.startswith(b"HTTP/1.1 201"), answer[:200]
-        with sqlite3.connect(keel.database) as stored:
-            count = stored.execute("SELECT count(*) FROM profiles").fetchone()[0]
-            count += stored.execute("SELECT count(*) FROM profile_documents").fetchone()[0]
-        assert count == 0  # nothing acknowledged, nothing kept
+            head, _, body = _answer(client).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 504 "), head
+        assert b"content-type: application/problem+json" in head.lower()
+        assert json.loads(body)["type"] == "urn:keel:problem:outcome-unknown"
 
 
 def test_workers_do_not_outlive_a_supervisor_killed_with_sigkill(tmp_path: Path, redis_url: str) -> None:
@@ -247,3 +256,28 @@ def test_workers_do_not_outlive_a_supervisor_killed_with_sigkill(tmp_path: Path,
         _until(gone, "the orphaned workers have exited")
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", keel.port), timeout=5).close()
+
+
+def test_signals_that_would_change_the_number_of_workers_are_refused(tmp_path: Path, redis_url: str) -> None:
+    with supervised(tmp_path, redis_url) as keel:
+        before = keel.workers()
+        for sig in (signal.SIGHUP, signal.SIGTTIN):
+            os.kill(keel.process.pid, sig)
+        _until(
+            lambda: (
+                b"signal_refused" in keel.log.read_bytes()
+                and keel.log.read_bytes().count(b"signal_refused") == 2
+            ),
+            "both refusals logged",
+        )
+        assert keel.workers() == before
+        assert keel.process.poll() is None
+
+
+def test_a_node_whose_replacement_worker_cannot_start_exits_non_zero(tmp_path: Path, redis_url: str) -> None:
+    with supervised(tmp_path, redis_url) as keel:
+        # The database is gone: a new worker finds no schema and fails its start-up.
+        for path in tmp_path.glob("keel.sqlite3*"):
+            path.unlink()
+        os.kill(keel.workers()[0], signal.SIGKILL)
+        assert keel.process.wait(WAIT) == 3

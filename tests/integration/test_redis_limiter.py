@@ -210,7 +210,7 @@ async def test_fails_open_to_a_local_share_and_returns_to_redis() -> None:
             RedisRateLimiter(connect(server.url), timeout_seconds=0.05),
             local=InMemoryRateLimiter(),
             breaker=breaker,
-            nodes=2,
+            nodes=lambda: 2,
             on_fallback=reasons.append,
         )
         client = _client()

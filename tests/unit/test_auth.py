@@ -166,3 +166,18 @@ async def test_a_gap_in_the_pushed_revocations_forgets_every_key() -> None:
     for key in issued:
         await authenticator.authenticate(key.token)
     assert store.reads == reads + 3
+
+
+async def test_a_fresh_resolution_asks_the_store_even_for_a_key_this_process_still_trusts() -> None:
+    # How a core answers an edge's GetCaller: the edge caches the answer, so it must not be a
+    # copy this core has not yet been told is revoked.
+    store = InMemoryStore()
+    clock = FakeClock()
+    issued = await issue_api_key(store, clock, scopes=[Scope.ADMIN], api_version="v", name="t")
+    authenticator = Authenticator(store, ttl=3600)
+    digest = token_digest(issued.token)
+    await authenticator.resolve(issued.key.id, digest)
+    assert await revoke_api_key(store, clock, issued.key.id)
+    assert (await authenticator.resolve(issued.key.id, digest)).key_id == issued.key.id  # the cache
+    with pytest.raises(Unauthenticated):
+        await authenticator.resolve(issued.key.id, digest, fresh=True)

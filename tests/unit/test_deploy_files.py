@@ -6,6 +6,7 @@ fail on a broken copy."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,86 @@ def test_the_compose_haproxy_configuration_passes_haproxys_check(tmp_path: Path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     broken = _haproxy_check(config.replace("balance roundrobin", "balance roundrobbin"), tmp_path)
     assert broken.returncode != 0
+
+
+# What the deployment's secrets and interpolated variables stand for in the settings check.
+_PLACEHOLDERS = {
+    "database-url": "postgresql://keel:keel@postgres:5432/keel",
+    "redis-url": "redis://redis:6379/0",
+    "cursor-secret": "c" * 32,
+    "webhook-secrets-key": "w" * 32,
+}
+
+
+def _image_environment() -> dict[str, str]:
+    """The KEEL_ variables the image's ENV sets."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    final_stage = text[text.rindex("\nFROM ") :]
+    block = final_stage[final_stage.index("\nENV ") + 5 :].split("\nRUN ", 1)[0]
+    pairs = block.replace("\\\n", " ").split()
+    return dict(pair.split("=", 1) for pair in pairs if pair.startswith("KEEL_"))
+
+
+def _interpolated(value: str) -> str:
+    if value.startswith("${"):  # ${NAME:?message}: the operator's; a placeholder of the right kind
+        name = value[2:].split(":", 1)[0]
+        return (
+            "e" * 40
+            if name == "KEEL_EDGE_KEY"
+            else _PLACEHOLDERS[name.removeprefix("KEEL_").lower().replace("_", "-")]
+        )
+    return value
+
+
+def _settings_of(environment: dict[str, str], args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build the settings a container would start with, and the worker count `keel serve` would
+    resolve: a refusal or a validation error fails the test as the container would fail."""
+    from keel.bootstrap.workers import worker_count
+    from keel.config import Settings
+
+    for name in [n for n in os.environ if n.startswith("KEEL_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**_image_environment(), **environment}.items():
+        monkeypatch.setenv(name, value)
+    overrides = {"core_url": args[args.index("--core") + 1]} if "--core" in args else {}
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if args[:1] == ["serve"] and "--grpc-only" not in args:
+        worker_count(settings)
+    if "--grpc-only" in args:
+        assert settings.grpc_port is not None
+
+
+def test_every_compose_service_of_keel_starts_with_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    keel = [name for name, service in services.items() if service.get("image") == "keel:local"]
+    assert sorted(keel) == ["core", "edge1", "edge2", "migrate"]
+    for name in keel:
+        service = services[name]
+        environment = {key: _interpolated(str(value)) for key, value in service["environment"].items()}
+        _settings_of(environment, service["command"], monkeypatch)
+
+
+def test_every_kubernetes_container_starts_with_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    containers = [
+        container
+        for path in MANIFESTS
+        for document in _documents(path)
+        if document["kind"] in {"Deployment", "Job"}
+        for container in document["spec"]["template"]["spec"]["containers"]
+    ]
+    assert len(containers) == 2
+    for container in containers:
+        environment = {
+            variable["name"]: variable["value"]
+            if "value" in variable
+            else _PLACEHOLDERS[variable["valueFrom"]["secretKeyRef"]["key"]]
+            for variable in container["env"]
+        }
+        _settings_of(environment, container["args"], monkeypatch)
+
+
+def test_the_settings_check_fails_a_container_without_its_production_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValueError, match="KEEL_WEBHOOK_SECRETS_KEY"):
+        _settings_of({"KEEL_CURSOR_SECRET": "c" * 32}, ["serve"], monkeypatch)

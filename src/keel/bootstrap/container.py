@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
@@ -31,6 +31,9 @@ from keel.service.profiles import ProfileService
 from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases, RevocableAuthenticator
 from keel.service.webhook_dispatcher import WebhookDispatcher
 from keel.service.webhooks import WebhookAdmin
+
+if TYPE_CHECKING:
+    from keel.ratelimit.membership import FleetMembership
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Services:
     # API-key revocations pushed between processes (KEEL_REDIS_URL); None: each process's key
     # cache TTL is the bound.
     key_revocations: KeyRevocations | None = None
+    # The fleet's live process count on Redis (its heartbeats run with the background work).
+    membership: FleetMembership | None = None
 
     @property
     def webhooks(self) -> WebhookAdmin | None:
@@ -164,6 +169,7 @@ def assemble(
         closers=guards.closers,
         personal_data=personal_data,
         key_revocations=_key_revocations(settings),
+        membership=guards.membership,
     )
 
 

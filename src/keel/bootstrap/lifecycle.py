@@ -191,6 +191,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         await anyio.lowlevel.checkpoint()
         servers.enter_context(collector_tuned_for_serving())
         background.append(asyncio.create_task(keel.loop_lag.watch()))
+        if keel.membership is not None:
+            background.append(asyncio.create_task(keel.membership.run()))
         if keel.key_revocations is not None:
             authenticator = keel.authenticator
             background.append(
@@ -217,7 +219,7 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         yield keel
     finally:
         if grpc_server is not None:
-            await grpc_server.stop()
+            await grpc_server.stop(settings.shutdown_grace_seconds)
         servers.close()
         for task in background:
             task.cancel()

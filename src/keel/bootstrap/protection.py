@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,6 +25,9 @@ from keel.resilience.adaptive_limit import GradientLimit
 from keel.resilience.breaker import BreakerState, CircuitBreaker
 from keel.resilience.load_shedder import LoadShedder, Priority
 from keel.resilience.loop_lag import LoopLag
+
+if TYPE_CHECKING:
+    from keel.ratelimit.membership import FleetMembership
 
 _BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -50,6 +54,7 @@ def build_rate_limiter(
     catalog: RateLimitCatalog,
     resilience_clock: Callable[[], float],
     tracer: Tracer | None = None,
+    processes: Callable[[], int] = lambda: 1,
 ) -> RateLimiter:
     """In process when embedded; on Redis, failing open to a local share of the quota."""
     if settings.redis_url is None:
@@ -74,8 +79,8 @@ def build_rate_limiter(
         ),
         local=InMemoryRateLimiter(),
         breaker=breaker,
-        # Each worker process of each node decides alone while Redis is down.
-        nodes=settings.ratelimit_nodes * max(1, settings.workers),
+        # Each process decides alone while Redis is down: its share of the live count.
+        nodes=processes,
         minimum_burst=max(catalog.costs.values()),
         on_fallback=on_fallback,
     )
@@ -132,6 +137,9 @@ class Protection:
     loop_lag: LoopLag
     probes: dict[str, Callable[[], Awaitable[object]]]
     closers: list[Callable[[], Awaitable[object]]]
+    # The processes sharing the limits, counted on Redis (KEEL_REDIS_URL); its heartbeats are
+    # started with the process's background work.
+    membership: FleetMembership | None = None
 
 
 def build_protection(
@@ -148,16 +156,23 @@ def build_protection(
     breakers: dict[str, CircuitBreaker] = {}
     loop_lag = LoopLag()
     loop_lag.subscribe(metrics.event_loop_lag.observe)
+    probes: dict[str, Callable[[], Awaitable[object]]] = {}
+    closers: list[Callable[[], Awaitable[object]]] = []
+    membership = build_membership(settings, metrics)
+    processes = membership.processes if membership is not None else lambda: 1
+    if membership is not None:
+        closers.append(membership.leave)
     guard = (
         RateLimitGuard(
-            build_rate_limiter(settings, metrics, breakers, loop_lag, catalog, resilience_clock, tracer),
+            build_rate_limiter(
+                settings, metrics, breakers, loop_lag, catalog, resilience_clock, tracer, processes
+            ),
             metrics,
+            processes,
         )
         if settings.ratelimit_enabled
         else None
     )
-    probes: dict[str, Callable[[], Awaitable[object]]] = {}
-    closers: list[Callable[[], Awaitable[object]]] = []
     if settings.redis_url is not None:
         from redis.asyncio import Redis
 
@@ -176,4 +191,18 @@ def build_protection(
         loop_lag=loop_lag,
         probes=probes,
         closers=closers,
+        membership=membership,
     )
+
+
+def build_membership(settings: Settings, metrics: Metrics) -> FleetMembership | None:
+    """The fleet's live process count on Redis; none without Redis (one process decides alone)."""
+    if settings.redis_url is None:
+        return None
+    from redis.asyncio import Redis
+
+    from keel.ratelimit.membership import FleetMembership
+
+    client = Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    configured = settings.ratelimit_nodes * max(1, settings.workers)
+    return FleetMembership(client, configured=configured, on_count=metrics.fleet_processes.set)

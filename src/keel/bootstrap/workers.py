@@ -4,8 +4,10 @@ The worker model is uvicorn's own supervisor (`uvicorn.run(..., workers=N)`): th
 the one listening socket and hands it to N spawned workers, which accept on it in turn; it pings
 each worker, replaces one that died or hangs, and on SIGTERM passes the signal on and waits for
 the workers, each of which stops accepting at once and gives its requests in flight
-`KEEL_SHUTDOWN_GRACE_SECONDS` to finish. Nothing here re-implements that, with one addition
-(`supervise`): the parent closes its copy of the listening socket as soon as it is told to stop.
+`KEEL_SHUTDOWN_GRACE_SECONDS` to finish. Nothing here re-implements that, with additions
+(`supervise`): the parent closes its copy of the listening socket as soon as it is told to stop;
+it refuses uvicorn's signals that change the number of workers (SIGHUP, SIGTTIN, SIGTTOU); and
+it exits non-zero when it stopped without being told to.
 uvicorn's parent keeps it open until every worker has exited, so the kernel went on accepting
 connections into a backlog that no worker would serve: a client hung until the grace ran out,
 then was reset, instead of being refused at once and retrying elsewhere.
@@ -29,6 +31,8 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import structlog
+
 from keel.config import Settings
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ WORKER_APP = "keel.bootstrap.worker_process:app"
 WORKER_HTTP_PROTOCOL = "keel.bootstrap.worker_process:HttpProtocol"
 SUPERVISOR_PID = "KEEL_SUPERVISOR_PID"  # set for the workers by the parent, not a setting
 _PR_SET_PDEATHSIG = 1
+_log = structlog.get_logger("keel.workers")
 
 
 class WorkersRefused(ValueError):
@@ -49,7 +54,9 @@ def worker_count(settings: Settings, cores: int | None = None) -> int:
     the configuration lets several processes share their state, else one."""
     shared = settings.redis_url is not None and settings.grpc_port is None
     if settings.workers == 0:
-        return max(1, cores if cores is not None else (os.cpu_count() or 1)) if shared else 1
+        # The cores this process may run on (its affinity, as a container's cpuset sets it), not
+        # the machine's. A CPU quota without a cpuset is not seen: set KEEL_WORKERS there.
+        return max(1, cores if cores is not None else len(os.sched_getaffinity(0))) if shared else 1
     if settings.workers > 1:
         if settings.grpc_port is not None:
             raise WorkersRefused(
@@ -112,7 +119,10 @@ def supervise(config: uvicorn.Config) -> None:
     from uvicorn.supervisors.multiprocess import Multiprocess
 
     class Supervisor(Multiprocess):
+        told_to_stop = False
+
         def _stop_listening(self) -> None:
+            self.told_to_stop = True
             for listener in self.sockets:
                 # Closed here only: each worker closes its own copy as its shutdown begins, and
                 # the last close makes the kernel refuse new connections.
@@ -126,5 +136,22 @@ def supervise(config: uvicorn.Config) -> None:
             self._stop_listening()
             super().handle_int()
 
+        # uvicorn adds a worker on SIGTTIN and replaces them all, new before old, on SIGHUP:
+        # either runs one worker more than the management ports have slots for (and a worker
+        # that cannot start stops the node). Refused: restart the node to change its workers.
+        def handle_hup(self) -> None:
+            _log.warning("signal_refused", signal="SIGHUP", reason="restart keel serve to replace workers")
+
+        def handle_ttin(self) -> None:
+            _log.warning("signal_refused", signal="SIGTTIN", reason="set --workers and restart keel serve")
+
+        def handle_ttou(self) -> None:
+            _log.warning("signal_refused", signal="SIGTTOU", reason="set --workers and restart keel serve")
+
     listener: socket.socket = config.bind_socket()
-    Supervisor(config, sockets=[listener]).run()
+    supervisor = Supervisor(config, sockets=[listener])
+    supervisor.run()
+    if not supervisor.told_to_stop:
+        # uvicorn stops the node when a replacement worker fails to start (its database
+        # unreachable, say): exit non-zero, so that the node's own supervisor restarts it.
+        raise SystemExit(3)

@@ -91,6 +91,11 @@ class Metrics:
             ["breaker", "state"],
             registry=r,
         )
+        self.fleet_processes = Gauge(
+            "keel_fleet_processes",
+            "Keel processes sharing the rate limits and concurrency caps, as this one last saw on Redis.",
+            registry=r,
+        )
         self.concurrency_limit = Gauge(
             "keel_adaptive_concurrency_limit",
             "The current adaptive concurrency limit of this process.",

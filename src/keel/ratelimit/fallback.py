@@ -1,5 +1,6 @@
 """Failing open, but bounded: when the shared limiter (Redis) fails or is slow, decisions move
-to an in-process limiter whose quotas are the plan's divided by the number of Keel nodes, so the
+to an in-process limiter whose quotas are the plan's divided by the number of Keel processes
+(`nodes`: the live count of `keel.ratelimit.membership` as last seen before the outage), so the
 fleet as a whole still admits about one quota. A circuit breaker keeps Redis out of the request
 path for a few seconds after errors, and probes it to come back by itself.
 """
@@ -25,7 +26,7 @@ class FailOpenRateLimiter:
         *,
         local: InMemoryRateLimiter,
         breaker: CircuitBreaker,
-        nodes: int,
+        nodes: Callable[[], int],
         on_fallback: FallbackObserver,
         minimum_burst: int = 1,
     ) -> None:
@@ -35,7 +36,7 @@ class FailOpenRateLimiter:
         self._nodes = nodes
         self._on_fallback = on_fallback
         self._minimum_burst = minimum_burst
-        self._local_plans: dict[int, Plan] = {}
+        self._local_plans: dict[tuple[int, int], Plan] = {}
 
     async def switched_off(self) -> bool:
         if self._breaker.state is BreakerState.OPEN:
@@ -85,7 +86,8 @@ class FailOpenRateLimiter:
         await self._local.close()
 
     def _local_plan(self, plan: Plan) -> Plan:
-        local = self._local_plans.get(id(plan))
+        parts = self._nodes()
+        local = self._local_plans.get((id(plan), parts))
         if local is None:
-            local = self._local_plans[id(plan)] = plan.divided(self._nodes, self._minimum_burst)
+            local = self._local_plans[(id(plan), parts)] = plan.divided(parts, self._minimum_burst)
         return local

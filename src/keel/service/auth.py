@@ -200,10 +200,13 @@ class Authenticator:
     def known(self, token: str) -> Principal | None:
         return self._answers.known_token(token)
 
-    async def resolve(self, key_id: str, digest: str) -> Principal:
+    async def resolve(self, key_id: str, digest: str, *, fresh: bool = False) -> Principal:
         """The principal of the key `key_id` whose token has SHA-256 `digest`: how a bearer
-        token is checked, and how an edge proves the key it acts for without sending it."""
-        cached = self._answers.lookup(digest)
+        token is checked, and how an edge proves the key it acts for without sending it.
+        `fresh`: from the database even when known (an edge's own lookup: it keeps the answer
+        for its cache's lifetime, and must not be handed one this process has not yet been
+        told is revoked)."""
+        cached = None if fresh else self._answers.lookup(digest)
         if cached is not None:
             if cached.key_id != key_id:
                 # A proof of one key sent with the id of another: the pair names no key.

@@ -8,6 +8,7 @@ Everything a request does inside runs with `request_id` and `trace_id` in the lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -16,12 +17,17 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.envelope import Exchange, Series
-from keel.api.http.problems import problem_response
+from keel.api.http.problems import domain_problem, problem_response
 from keel.api.http.request_state import request_state
+from keel.domain.errors import OutcomeUnknown
 from keel.observability.metrics import Metrics
 from keel.resilience.deadline import deadline_in
 
 UNROUTED = "unmatched"  # the route label of requests answered before routing
+_CUT_AT_SHUTDOWN = (
+    "The server shut down before this request finished: it may or may not have taken effect."
+    " Retry it with the same Idempotency-Key (a write), on another node."
+)
 _log = structlog.get_logger("keel.access")
 
 
@@ -126,9 +132,18 @@ class RequestEnvelope:
             # nginx: "client closed request".
             status = 499
         except asyncio.CancelledError:
-            # Cancelled (the caller's task went away, or the server is shutting down): nothing
-            # was answered and nothing failed, so the same 499, never a 500 in the metrics, the
-            # access log and the span. gRPC says CANCELLED in the same case.
+            # Cancelled: uvicorn cancels a request only when its shutdown grace is over
+            # (KEEL_SHUTDOWN_GRACE_SECONDS), and then answers a bare 500 to a client still
+            # waiting. Answered here instead, while the connection is there: the request was cut
+            # part way, so its outcome is unknown (504, as a write whose commit got no answer).
+            # Recorded as the same 499 as a disconnect (a cancelled caller looks the same from
+            # here), never a 500 in the metrics, the access log and the span. gRPC says
+            # CANCELLED in the same case.
+            if not started_response:
+                with contextlib.suppress(Exception):  # the connection may be gone as well
+                    await domain_problem(OutcomeUnknown(_CUT_AT_SHUTDOWN), instance=scope["path"])(
+                        scope, receive, send_with_headers
+                    )
             status = 499
             raise
         except Exception as error:

@@ -204,7 +204,9 @@ class CallerServicer(pb_grpc.CallerServiceServicer):
         if request.key_id or request.token_sha256:
             if not principal.can(Scope.EDGE):
                 raise Forbidden(f"Only a key with the `{Scope.EDGE}` scope may resolve other keys.")
-            principal = await self._authenticator.resolve(request.key_id, request.token_sha256)
+            # From the database: the edge caches the answer, and a revocation pushed to both may
+            # reach it before it reaches this core's cache.
+            principal = await self._authenticator.resolve(request.key_id, request.token_sha256, fresh=True)
         return pb.GetCallerResponse(
             key_id=principal.key_id,
             scopes=sorted(principal.scopes),

@@ -1,0 +1,106 @@
+"""How many Keel processes share the quotas now, from their heartbeats on Redis.
+
+Every serving process (each worker of each node, core or edge) adds itself to one sorted set
+every `interval` seconds, scored by Redis's own clock (no node's clock is trusted), drops the
+members silent for longer than `ttl`, and reads how many are left: one Lua script, one round
+trip. The last count read is what the process divides by:
+
+- the rate-limit quotas while Redis is down (`FailOpenRateLimiter`: the fleet as a whole then
+  still admits about one quota; the count from before the outage is the one used);
+- the per-key concurrency cap (`RateLimitGuard`: each process admits its share of the plan's
+  cap, so the fleet admits about the cap; exact when a key's requests spread evenly, as round
+  robin over nodes and workers spreads them).
+
+Until the first heartbeat is answered, the configured count (`KEEL_RATELIMIT_NODES` × workers)
+stands in. A process leaving removes itself; one killed is dropped after `ttl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+KEY = "keel:fleet:processes"
+_HEARTBEAT = """
+local now = redis.call('TIME')
+local seconds = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], seconds, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', seconds - ttl)
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl * 3))
+return redis.call('ZCARD', KEYS[1])
+"""
+_log = structlog.get_logger("keel.ratelimit")
+
+
+class FleetMembership:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        configured: int,
+        interval: float = 2.0,
+        ttl: float = 10.0,
+        on_count: Callable[[int], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._script = client.register_script(_HEARTBEAT)
+        self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._interval = interval
+        self._ttl = ttl
+        self._on_count = on_count
+        self._processes = max(1, configured)
+        self._failing = False
+        self._joined = False
+        if on_count is not None:
+            on_count(self._processes)
+
+    def processes(self) -> int:
+        """The live processes as last seen (at least 1: this one)."""
+        return self._processes
+
+    async def beat(self) -> int:
+        """One heartbeat: this process is in, the silent ones out; the count."""
+        count = int(await self._script(keys=[KEY], args=[self.member, self._ttl]))
+        self._joined = True
+        self._processes = max(1, count)
+        if self._on_count is not None:
+            self._on_count(self._processes)
+        return self._processes
+
+    async def run(self) -> None:
+        """Heartbeats until cancelled; Redis unreachable keeps the last count (logged once)."""
+        while True:
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self.beat()
+            except (RedisError, OSError, TimeoutError) as error:
+                if not self._failing:
+                    _log.warning(
+                        "fleet_heartbeat_failed", error=type(error).__name__, processes=self._processes
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    _log.info("fleet_heartbeat_recovered", processes=self._processes)
+                self._failing = False
+            await asyncio.sleep(self._interval)
+
+    async def leave(self) -> None:
+        """Best effort, on the way out: the others count one fewer at their next heartbeat."""
+        if not self._joined:  # never counted (a command-line process): nothing to take back
+            await self._client.aclose()
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                await self._client.zrem(KEY, self.member)
+        except (RedisError, OSError, TimeoutError):
+            pass  # dropped after `ttl` instead
+        await self._client.aclose()

@@ -1,0 +1,37 @@
+"""The fleet's live process count on a real Redis (keel.ratelimit.membership): every process
+counts the others from their heartbeats, scored by Redis's clock; one that leaves or falls
+silent stops being counted; the count is what the rate limits' fallback and the concurrency cap
+divide by."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from keel.ratelimit.membership import KEY, FleetMembership
+
+
+async def test_processes_count_each_other_and_stop_counting_one_that_left_or_fell_silent(
+    redis_url: str,
+) -> None:
+    admin = Redis.from_url(redis_url)
+    await admin.delete(KEY)
+    seen: list[int] = []
+    fleet = [FleetMembership(Redis.from_url(redis_url), configured=7, on_count=seen.append) for _ in range(3)]
+    try:
+        assert [member.processes() for member in fleet] == [7, 7, 7]  # configured, until a heartbeat
+        for member in fleet:
+            await member.beat()
+        assert [await member.beat() for member in fleet] == [3, 3, 3]
+        await fleet[2].leave()
+        assert await fleet[0].beat() == 2
+        # A process killed without leaving: its last heartbeat, long ago by Redis's clock.
+        now = float((await admin.time())[0])
+        await admin.zadd(KEY, {"gone-host:1:dead": now - 3600})
+        assert await fleet[1].beat() == 2
+        assert fleet[1].processes() == 2
+        assert seen[-1] == 2
+    finally:
+        for member in fleet[:2]:
+            await member.leave()
+        await admin.delete(KEY)
+        await admin.aclose()
