@@ -82,8 +82,8 @@ async def _revoke(env: dict[str, str], key_id: str) -> tuple[float, bool]:
         started = time.perf_counter()
         if not await revoke_api_key(keel.local.store, keel.local.clock, key_id):
             raise RuntimeError(f"no active key {key_id}")
-        pushed = keel.key_revocations is not None and await keel.key_revocations.publish(key_id)
-        return started, pushed
+        told = await keel.key_revocations.publish(key_id) if keel.key_revocations is not None else None
+        return started, told is not None
     finally:
         await keel.close()
 

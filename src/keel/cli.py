@@ -280,23 +280,23 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part
     Redis cannot be reached) they stop accepting it within KEEL_API_KEY_CACHE_SECONDS."""
     from keel.service.auth import revoke_api_key
 
-    async def run() -> tuple[bool, bool]:
+    async def run() -> tuple[bool, int | None]:
         settings = Settings()
         async with _keel(settings) as keel:
             revoked = await revoke_api_key(
                 keel.local.store, keel.local.clock, key_id, event_source=settings.events_source
             )
-            pushed = (
-                revoked and keel.key_revocations is not None and await keel.key_revocations.publish(key_id)
-            )
-            return revoked, pushed
+            told = None
+            if revoked and keel.key_revocations is not None:
+                told = await keel.key_revocations.publish(key_id)
+            return revoked, told
 
-    revoked, pushed = asyncio.run(run())
+    revoked, told = asyncio.run(run())
     if not revoked:
         typer.echo(f"no active key {key_id}", err=True)
         raise typer.Exit(1)
-    if pushed:
-        typer.echo(f"revoked {key_id}; running servers were told")
+    if told is not None:
+        typer.echo(f"revoked {key_id}; running servers were told ({told} processes listening)")
     else:
         typer.echo(
             f"revoked {key_id}; running servers stop accepting it within KEEL_API_KEY_CACHE_SECONDS"

@@ -43,7 +43,7 @@ class RedisInvalidationBus:
         return cls(client, on_publish_failure=on_publish_failure)
 
     async def publish(self, profile_id: str, version: int) -> bool:
-        return await self._channel.publish(f"{profile_id} {version}")
+        return await self._channel.publish(f"{profile_id} {version}") is not None
 
     async def listen(self, on_change: Callable[[str, int], None], on_gap: Callable[[], None]) -> None:
         def deliver(message: str) -> None:

@@ -29,7 +29,7 @@ class RedisKeyRevocations:
     def from_url(cls, url: str) -> RedisKeyRevocations:
         return cls(Redis.from_url(url, socket_connect_timeout=1.0, health_check_interval=10))
 
-    async def publish(self, key_id: str) -> bool:
+    async def publish(self, key_id: str) -> int | None:
         return await self._channel.publish(key_id)
 
     async def listen(self, on_revoked: Callable[[str], None], on_gap: Callable[[], None]) -> None:

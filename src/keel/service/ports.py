@@ -349,9 +349,10 @@ class KeyRevocations(Protocol):
     """Tells every Keel process that an API key was revoked, so they stop accepting it at once
     rather than when their key cache expires."""
 
-    async def publish(self, key_id: str) -> bool:
-        """Best effort and bounded in time: never raises; False when the message did not reach
-        the bus (processes then stop accepting the key within their key cache's TTL)."""
+    async def publish(self, key_id: str) -> int | None:
+        """Best effort and bounded in time: never raises; how many processes were told (Redis's
+        count of subscribers), None when the message did not reach the bus (processes then stop
+        accepting the key within their key cache's TTL)."""
         ...
 
     async def listen(self, on_revoked: Callable[[str], None], on_gap: Callable[[], None]) -> None:
