@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -47,3 +48,16 @@ def _tail(log: Path | None) -> str:
     if log is None or not log.exists():
         return "no log"
     return "log tail:\n" + log.read_text(errors="replace")[-3000:]
+
+
+def until(
+    condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT, poll: float = 0.02
+) -> None:
+    """Return once `condition()` is true; TimeoutError naming `what` after `timeout` seconds. For
+    what a test waits on by polling (a worker replaced, a node checked out): the bound is a
+    failure's, never a measurement."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        time.sleep(poll)

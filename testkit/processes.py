@@ -125,3 +125,19 @@ def keel_cmd(*args: str) -> list[str]:
     if script.exists():
         return [str(script), *args]
     return [sys.executable, "-c", "from keel.cli import main; main()", *args]
+
+
+def keel_output(env: dict[str, str], *args: str, timeout: float = 60.0) -> str:
+    """Run `keel *args` with `env` to completion; its stdout. RuntimeError with its stderr when
+    it fails (a migration, a key created for a test or a benchmark)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "keel", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"keel {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout

@@ -1,10 +1,11 @@
 """A throwaway HAProxy (Debian's package, installed by scripts/ensure-haproxy.sh) in front of Keel
 nodes, on free loopback ports, stopped and its directory left to the caller when the block ends.
 
-The configuration is the one docs/fleet.md describes: round robin over the nodes, each checked on
-`/readyz` every 500 ms (two failures take a node out, two successes put it back), a request whose
-connection to a node fails retried once on another node (only then: a request that reached a
-node is never sent twice), and HAProxy's own 502/503/504 answered as problem+json
+The configuration is the deployment's own, deploy/haproxy/haproxy.cfg (docs/fleet.md explains
+it), with only its addresses changed (`haproxy_config`): round robin over the nodes, each checked
+on `/readyz` every 500 ms (two failures take a node out, two successes put it back), a request
+whose connection to a node fails retried once on another node (only then: a request that reached
+a node is never sent twice), and HAProxy's own 502/503/504 answered as problem+json
 (deploy/haproxy/errors/). Its admin socket answers `show stat` (`states`) and takes runtime
 commands.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import re
 import shutil
 import socket
 import subprocess
@@ -38,45 +40,40 @@ def haproxy_binary() -> str:
     return found
 
 
+DEPLOYED = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+BACKEND = "edges"  # the deployed configuration's backend: the nodes' proxy name in `show stat`
+_DEPLOYED_ERRORS = "/usr/local/etc/haproxy/errors"
+
+
 def haproxy_config(port: int, nodes: Sequence[tuple[str, int]], admin_socket: Path, check_path: str) -> str:
-    servers = "\n".join(f"    server {name} 127.0.0.1:{node_port} check" for name, node_port in nodes)
-    errorfiles = "\n".join(
-        f"    errorfile {status} {ERRORS / f'{status}.http'}" for status in (502, 503, 504)
-    )
-    return f"""global
-    maxconn 4096
-    stats socket {admin_socket} mode 600 level admin
-    log stdout format raw local0 info
-
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout queue 5s
-    timeout http-request 10s
-    timeout http-keep-alive 5s
-    # A request is sent to another node only when its connection failed: one that reached a
-    # node may have taken effect there.
-    retries 1
-    retry-on conn-failure
-    option redispatch
-{errorfiles}
-
-frontend keel
-    bind 127.0.0.1:{port}
-    option forwardfor
-    default_backend nodes
-
-backend nodes
-    balance roundrobin
-    option httpchk GET {check_path}
-    http-check expect status 200
-    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2
-{servers}
-"""
+    """The deployment's own configuration (deploy/haproxy/haproxy.cfg), with what a test changes
+    and nothing else: the frontend on a loopback port, `nodes` (name, loopback port) as the
+    servers, the error files where the repository holds them, an admin socket, and no Docker
+    DNS (the servers are addresses)."""
+    lines: list[str] = []
+    section = ""
+    for line in DEPLOYED.read_text().splitlines():
+        stripped = line.strip()
+        if line and not line[0].isspace() and not stripped.startswith("#"):
+            section = stripped
+        if section.startswith("resolvers "):
+            continue
+        if stripped.startswith("bind "):
+            line = f"    bind 127.0.0.1:{port}"
+        elif stripped.startswith("server "):
+            continue  # the deployment's servers: replaced by `nodes` below
+        elif stripped.startswith("option httpchk "):
+            line = f"    option httpchk GET {check_path}"
+        elif stripped.startswith("default-server "):
+            line = re.sub(r" resolvers \S+| init-addr \S+", "", line)
+        line = line.replace(_DEPLOYED_ERRORS, str(ERRORS))
+        lines.append(line)
+        if stripped == "global":
+            lines.append(f"    stats socket {admin_socket} mode 600 level admin")
+    if section != f"backend {BACKEND}":
+        raise RuntimeError(f"{DEPLOYED} must end with `backend {BACKEND}` (its servers are replaced there)")
+    lines.extend(f"    server {name} 127.0.0.1:{node_port} check" for name, node_port in nodes)
+    return "\n".join(lines) + "\n"
 
 
 class Haproxy:
@@ -148,7 +145,7 @@ class Haproxy:
         return {
             row["svname"]: row["status"]
             for row in rows
-            if row["pxname"] == "nodes" and row["svname"] != "BACKEND"
+            if row["pxname"] == BACKEND and row["svname"] != "BACKEND"
         }
 
     def wait_for(self, expected: dict[str, str], timeout: float = START_TIMEOUT) -> None:

@@ -10,18 +10,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from testkit.health import until
 from testkit.ports import free_port
-from testkit.processes import keel_cmd, server
+from testkit.processes import keel_cmd, keel_output, server
 from testkit.servers.haproxy import Haproxy, haproxy
 
 from tests.integration.test_key_verifier_migration import _fresh_postgres_database
@@ -73,19 +72,6 @@ class Fleet:
         )
 
 
-def _keel(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "keel", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 @pytest.fixture
 def fleet(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Fleet]:
     database = asyncio.run(_fresh_postgres_database(postgres_url, "keel_fleet"))
@@ -99,8 +85,8 @@ def fleet(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Fleet]:
         "KEEL_HTTP_KEEP_ALIVE_SECONDS": "75",
         "KEEL_RATELIMIT_PLANS": json.dumps({"standard": _UNLIMITED, "anonymous": _UNLIMITED}),
     }
-    _keel(env, "migrate")
-    token = _keel(env, "keys", "create", "--quiet").strip()
+    keel_output(env, "migrate")
+    token = keel_output(env, "keys", "create", "--quiet").strip()
     with ExitStack() as stack:
         nodes = Fleet(
             token=token,
@@ -171,20 +157,13 @@ class Writes:
                         )
 
 
-def _until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.02)
-
-
 def test_a_node_killed_under_writes_costs_no_acknowledged_write(fleet: Fleet) -> None:
     with writers(fleet) as writes:
-        _until(lambda: writes.count() >= 40, "writes acknowledged through both nodes")
+        until(lambda: writes.count() >= 40, "writes acknowledged through both nodes")
         os.killpg(fleet.processes["a"].pid, signal.SIGKILL)
         at_kill = writes.count()
         fleet.proxy.wait_for({"a": "DOWN"})
-        _until(lambda: writes.count() >= at_kill + 40, "writes acknowledged by the node left")
+        until(lambda: writes.count() >= at_kill + 40, "writes acknowledged by the node left")
     # Only requests in flight on the killed node failed: at most one per writer, each either
     # answered by HAProxy as a problem that says the outcome is unknown, or cut: HAProxy closes
     # the client's connection when the node died with the request on a connection it had

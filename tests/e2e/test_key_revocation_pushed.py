@@ -7,8 +7,6 @@ measured by bench/key_revocation.py."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,23 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 from testkit.ports import free_port
-from testkit.processes import keel_cmd, server
+from testkit.processes import keel_cmd, keel_output, server
 
 MISSING = "eu1_01M977N90FNC0XW4XT2ZE1XM79"
 WAIT = 30.0  # an upper bound, far above what the push takes and far below the key cache's hour
-
-
-def _keel(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "keel", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def _nodes(tmp_path: Path, env: dict[str, str], count: int) -> Iterator[list[str]]:
@@ -61,7 +46,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         # One process per node: the process that cached the key is the one asked again.
         "KEEL_WORKERS": "1",
     }
-    _keel(settings, "migrate")
+    keel_output(settings, "migrate")
     return settings
 
 
@@ -75,10 +60,10 @@ def _status(base_url: str, token: str) -> int:
 
 def test_a_revocation_reaches_every_node_at_once(tmp_path: Path, env: dict[str, str], redis_url: str) -> None:
     env = {**env, "KEEL_REDIS_URL": redis_url}
-    token = _keel(env, "keys", "create", "--quiet").strip()
+    token = keel_output(env, "keys", "create", "--quiet").strip()
     for nodes in _nodes(tmp_path, env, 2):
         assert [_status(node, token) for node in nodes] == [404, 404]  # the key cached on both
-        said = _keel(env, "keys", "revoke", token.split("_")[1])
+        said = keel_output(env, "keys", "revoke", token.split("_")[1])
         assert "running servers were told (2 processes listening)" in said, said
         deadline = time.monotonic() + WAIT
         for node in nodes:
@@ -90,9 +75,9 @@ def test_a_revocation_reaches_every_node_at_once(tmp_path: Path, env: dict[str, 
 
 def test_without_redis_a_node_keeps_a_revoked_key_it_cached(tmp_path: Path, env: dict[str, str]) -> None:
     env = {k: v for k, v in env.items() if k != "KEEL_REDIS_URL"}
-    token = _keel(env, "keys", "create", "--quiet").strip()
+    token = keel_output(env, "keys", "create", "--quiet").strip()
     for nodes in _nodes(tmp_path, env, 1):
         assert _status(nodes[0], token) == 404
-        said = _keel(env, "keys", "revoke", token.split("_")[1])
+        said = keel_output(env, "keys", "revoke", token.split("_")[1])
         assert "not pushed" in said, said
         assert _status(nodes[0], token) == 404  # accepted until its key cache expires, in an hour

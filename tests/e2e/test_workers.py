@@ -13,17 +13,16 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from testkit.health import wait_healthy
+from testkit.health import until, wait_healthy
 from testkit.ports import free_port, free_port_run
-from testkit.processes import start_session, stop
+from testkit.processes import keel_output, start_session, stop
 
 WORKERS = 2
 WAIT = 60.0  # an upper bound for what the supervisor does in well under a second
@@ -80,28 +79,8 @@ def _is_worker(pid: int) -> bool:
         return False
 
 
-def _until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.05)
-
-
 def _profile(handle: str) -> dict[str, object]:
     return {"handle": handle, "emails": [{"address": f"{handle}@example.com", "primary": True}]}
-
-
-def _keel(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "keel", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @contextmanager
@@ -119,8 +98,8 @@ def supervised(directory: Path, redis_url: str, grace_seconds: int = 120) -> Ite
         "KEEL_SHUTDOWN_GRACE_SECONDS": str(grace_seconds),
         "KEEL_HTTP_BODY_TIMEOUT_SECONDS": "120",
     }
-    _keel(env, "migrate")
-    token = _keel(env, "keys", "create", "--quiet").strip()
+    keel_output(env, "migrate")
+    token = keel_output(env, "keys", "create", "--quiet").strip()
     log = directory / "keel.log"
     with log.open("w") as out:
         process = start_session(
@@ -140,7 +119,7 @@ def supervised(directory: Path, redis_url: str, grace_seconds: int = 120) -> Ite
     )
     try:
         wait_healthy(served.base_url, process, log, name="keel serve --workers", path="/readyz")
-        _until(served.management_ready, "every worker's management port answers /readyz")
+        until(served.management_ready, "every worker's management port answers /readyz")
         yield served
     finally:
         stop(process)
@@ -156,10 +135,10 @@ def test_a_killed_worker_is_replaced_and_takes_its_management_slot_back(
         before = keel.workers()
         assert len(before) == WORKERS, before
         os.kill(before[0], signal.SIGKILL)
-        _until(lambda: len(keel.workers()) == WORKERS and before[0] not in keel.workers(), "a replacement")
-        _until(keel.management_ready, "the replacement serves the slot its predecessor left")
+        until(lambda: len(keel.workers()) == WORKERS and before[0] not in keel.workers(), "a replacement")
+        until(keel.management_ready, "the replacement serves the slot its predecessor left")
         # The killed worker never left: it stops being counted once its heartbeat is too old.
-        _until(lambda: keel.fleet_processes() == [2.0, 2.0], "each worker counts exactly the two live ones")
+        until(lambda: keel.fleet_processes() == [2.0, 2.0], "each worker counts exactly the two live ones")
         assert keel.process.poll() is None
         headers = {"Authorization": f"Bearer {keel.token}"}
         statuses = set()
@@ -185,7 +164,7 @@ def _start_creating(keel: Supervised, client: socket.socket, handle: str) -> byt
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     client.sendall(request + body[:5])
-    _until(lambda: keel.in_flight() >= 1, "the request is in flight on a worker")
+    until(lambda: keel.in_flight() >= 1, "the request is in flight on a worker")
     return body[5:]
 
 
@@ -212,7 +191,7 @@ def test_sigterm_refuses_new_connections_while_a_request_in_flight_finishes(
                     return True
                 return False
 
-            _until(refused, "new connections are refused")
+            until(refused, "new connections are refused")
             assert keel.process.poll() is None  # still waiting for the request in flight
             client.sendall(rest)
             answer = _answer(client)
@@ -253,7 +232,7 @@ def test_workers_do_not_outlive_a_supervisor_killed_with_sigkill(tmp_path: Path,
         def gone() -> bool:
             return not any(_is_worker(pid) for pid in workers)
 
-        _until(gone, "the orphaned workers have exited")
+        until(gone, "the orphaned workers have exited")
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", keel.port), timeout=5).close()
 
@@ -263,7 +242,7 @@ def test_signals_that_would_change_the_number_of_workers_are_refused(tmp_path: P
         before = keel.workers()
         for sig in (signal.SIGHUP, signal.SIGTTIN):
             os.kill(keel.process.pid, sig)
-        _until(
+        until(
             lambda: (
                 b"signal_refused" in keel.log.read_bytes()
                 and keel.log.read_bytes().count(b"signal_refused") == 2
