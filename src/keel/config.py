@@ -233,7 +233,10 @@ class Settings(BaseSettings):
         default=500, ge=1, description="Most rate-limit units one operation may ask for (GitHub-style cost)."
     )
     graphql_persisted_queries: int = Field(
-        default=1_000, ge=0, description="Automatic persisted queries kept per process (LRU); 0: off."
+        default=1_000,
+        ge=0,
+        description="Automatic persisted queries kept per process (LRU), and shared on Redis when "
+        "KEEL_REDIS_URL is set; 0: off."
     )
     graphql_get_max_age_seconds: int = Field(
         default=5, ge=0, description="Cache-Control max-age of GET responses to queries."

@@ -12,7 +12,7 @@ import pytest
 
 from keel.config import Settings
 from tests.e2e.combinations import fresh_api
-from tests.e2e.conftest import MODES, Api
+from tests.e2e.conftest import MODES, Api, Deployment
 
 # Deterministic budgets: one unit back per minute, so a test's own speed cannot refill them.
 TIGHT_PLANS = {
@@ -24,13 +24,20 @@ BY_HANDLE = "query H($h: String!) { profileByHandle(handle: $h) { id } }"
 
 
 @pytest.fixture(params=MODES)
-async def api(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+async def deployed(
+    database_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Api, Deployment]]:
     # All four combinations: SQLite and PostgreSQL (`database_url`), monolith and edge.
     settings = Settings(database_url=database_url, ratelimit_plans=TIGHT_PLANS)
     built, deployment = await fresh_api(settings, request.param)
     async with built.client:
-        yield built
+        yield built, deployment
     await deployment.close()
+
+
+@pytest.fixture
+def api(deployed: tuple[Api, Deployment]) -> Api:
+    return deployed[0]
 
 
 def codes(body: dict[str, Any]) -> list[str]:
@@ -135,3 +142,44 @@ async def test_documents_costly_to_validate_are_refused_before_validation(api: A
     response = await api.client.post("/graphql", json={"query": repeated}, headers=api.reader)
     assert codes(response.json()) == ["FIELD_LIMIT_EXCEEDED"]
     assert "data" not in response.json()
+
+
+class _SharedStore:
+    """The fleet's persisted queries, as a test controls them: what `get` hands out by hash."""
+
+    def __init__(self, queries: dict[str, str]) -> None:
+        self.queries = queries
+        self.written: dict[str, str] = {}
+
+    async def get(self, sha256: str) -> str | None:
+        return self.queries.get(sha256)
+
+    async def put(self, sha256: str, query: str) -> None:
+        self.written[sha256] = query
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_shared_persisted_query_is_used_only_if_it_is_the_query_of_its_hash(
+    deployed: tuple[Api, Deployment],
+) -> None:
+    api, deployment = deployed
+    serving = deployment.serving  # the process that answers GraphQL: the edge, in edge mode
+    asked = "{ viewer { keyId } }"
+    sha = hashlib.sha256(asked.encode()).hexdigest()
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": sha}}
+    serving.persisted_queries = _SharedStore({sha: "{ viewer { scopes } }"})  # not that hash's query
+    tampered = await api.client.post("/graphql", json={"extensions": extensions}, headers=api.reader)
+    assert codes(tampered.json()) == ["PERSISTED_QUERY_NOT_FOUND"]
+    shared = _SharedStore({sha: asked})
+    serving.persisted_queries = shared
+    found = await api.client.post("/graphql", json={"extensions": extensions}, headers=api.reader)
+    assert "keyId" in found.json()["data"]["viewer"]
+    other = "{ viewer { apiVersion } }"
+    other_sha = hashlib.sha256(other.encode()).hexdigest()
+    other_extensions = {"persistedQuery": {"version": 1, "sha256Hash": other_sha}}
+    await api.client.post(
+        "/graphql", json={"query": other, "extensions": other_extensions}, headers=api.reader
+    )
+    assert shared.written == {other_sha: other}  # registered with the fleet as well

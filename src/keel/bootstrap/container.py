@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from keel.admission import Admission
+from keel.api.graphql.persisted import SharedQueries
 from keel.bootstrap.protection import Protection
 from keel.config import Settings
 from keel.observability.metrics import Metrics
@@ -34,6 +35,12 @@ from keel.service.webhooks import WebhookAdmin
 
 if TYPE_CHECKING:
     from keel.ratelimit.membership import FleetMembership
+
+
+class FleetQueries(SharedQueries, Protocol):
+    """GraphQL's persisted queries shared by the fleet (keel.cache.redis_queries)."""
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -115,6 +122,8 @@ class Services:
     key_revocations: KeyRevocations | None = None
     # The fleet's live process count on Redis (its heartbeats run with the background work).
     membership: FleetMembership | None = None
+    # GraphQL's persisted queries shared by the fleet (KEEL_REDIS_URL); None: each process's own.
+    persisted_queries: FleetQueries | None = None
 
     @property
     def webhooks(self) -> WebhookAdmin | None:
@@ -133,6 +142,8 @@ class Services:
             await close()
         if self.key_revocations is not None:
             await self.key_revocations.close()
+        if self.persisted_queries is not None:
+            await self.persisted_queries.close()
         if self.rate_limits is not None:
             await self.rate_limits.close()
         if self.core is not None:
@@ -170,7 +181,16 @@ def assemble(
         personal_data=personal_data,
         key_revocations=_key_revocations(settings),
         membership=guards.membership,
+        persisted_queries=_persisted_queries(settings),
     )
+
+
+def _persisted_queries(settings: Settings) -> FleetQueries | None:
+    if settings.redis_url is None or settings.graphql_persisted_queries <= 0:
+        return None
+    from keel.cache.redis_queries import RedisPersistedQueries
+
+    return RedisPersistedQueries.from_url(settings.redis_url)
 
 
 def _key_revocations(settings: Settings) -> KeyRevocations | None:

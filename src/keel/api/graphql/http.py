@@ -58,6 +58,7 @@ from .persisted import (
     NOT_SUPPORTED_CODE,
     NOT_SUPPORTED_MESSAGE,
     PersistedQueries,
+    SharedQueries,
     query_hash,
 )
 from .request import JSON_MEDIA_TYPE, Params, Refused, idempotency_key, read_params, wants_ide
@@ -83,6 +84,8 @@ class GraphQLServices(Protocol):
     def personal_data(self) -> PersonalDataUseCases | None: ...
     @property
     def tracer(self) -> Tracer: ...
+    @property
+    def persisted_queries(self) -> SharedQueries | None: ...
 
 
 PATH = "/graphql"
@@ -159,7 +162,7 @@ class GraphQLEndpoint:
         requested: int | None = None
         try:
             params = await read_params(request)
-            query = self._query_text(params)
+            query = await self._query_text(params, keel.persisted_queries)
             prepared = self._prepare(query)
             operation = self._operation(prepared, params.operation_name)
             if is_get and operation.operation is not OperationType.QUERY:
@@ -181,6 +184,8 @@ class GraphQLEndpoint:
                 # Only documents that are valid and within the limits, cost included, take a
                 # place in the store.
                 self.persisted.put(params.persisted_hash, query)
+                if keel.persisted_queries is not None:
+                    await keel.persisted_queries.put(params.persisted_hash, query)
                 self._persisted_outcomes["registered"].inc()
             replay_key = idempotency_key(request)
         except Refused as refused:
@@ -214,8 +219,9 @@ class GraphQLEndpoint:
             refused.status, None, refused.errors, requested, charged, headers, remaining=remaining
         )
 
-    def _query_text(self, params: Params) -> str:
-        """The query, sent as text or known by its hash (automatic persisted queries)."""
+    async def _query_text(self, params: Params, shared: SharedQueries | None) -> str:
+        """The query, sent as text or known by its hash (automatic persisted queries): this
+        process's own, else the fleet's (`shared`)."""
         if params.persisted_hash is None:
             if params.query is None:
                 raise Refused(400, [request_error("BAD_REQUEST", "The request has no `query`.")])
@@ -224,6 +230,12 @@ class GraphQLEndpoint:
             raise Refused(200, [request_error(NOT_SUPPORTED_CODE, NOT_SUPPORTED_MESSAGE)])
         elif params.query is None:
             known = self.persisted.get(params.persisted_hash)
+            if known is None and shared is not None:
+                known = await shared.get(params.persisted_hash)
+                if known is not None and query_hash(known) != params.persisted_hash:
+                    known = None  # not the query of that hash: as unknown
+                if known is not None:
+                    self.persisted.put(params.persisted_hash, known)
             if known is None:
                 self._persisted_outcomes["miss"].inc()
                 raise Refused(200, [request_error(NOT_FOUND_CODE, NOT_FOUND_MESSAGE)])

@@ -1,12 +1,14 @@
 """Automatic persisted queries (the Apollo protocol): a client sends the sha256 of a query; if
-this process does not know it, it answers PersistedQueryNotFound and the client sends the query
-once with its hash. Bounded (least recently used go first); per process, so behind a load
-balancer a client may have to register a query once per process, which the protocol handles.
+Keel does not know it, it answers PersistedQueryNotFound and the client sends the query once with
+its hash. Each process keeps the queries it has seen (bounded, least recently used go first);
+with Redis (`SharedQueries`, keel.cache.redis_queries) a query registered with any process of
+the fleet is found by all of them, so a client behind a load balancer registers it once.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Protocol
 
 from keel.support.lru import BoundedLRU
 
@@ -40,3 +42,13 @@ class PersistedQueries:
 
     def __len__(self) -> int:
         return len(self._queries)
+
+
+class SharedQueries(Protocol):
+    """The fleet's persisted queries: looked up on a miss of this process's own, written when a
+    query is registered. Best effort and bounded in time: a failure is a miss (the client sends
+    the query again, as the protocol has it), and what it returns is checked against its hash
+    and validated like any query before it runs."""
+
+    async def get(self, sha256: str) -> str | None: ...
+    async def put(self, sha256: str, query: str) -> None: ...
