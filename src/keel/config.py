@@ -236,7 +236,7 @@ class Settings(BaseSettings):
         default=1_000,
         ge=0,
         description="Automatic persisted queries kept per process (LRU), and shared on Redis when "
-        "KEEL_REDIS_URL is set; 0: off."
+        "KEEL_REDIS_URL is set; 0: off.",
     )
     graphql_get_max_age_seconds: int = Field(
         default=5, ge=0, description="Cache-Control max-age of GET responses to queries."
