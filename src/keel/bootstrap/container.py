@@ -12,7 +12,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from keel.admission import Admission
-from keel.api.graphql.persisted import SharedQueries
 from keel.bootstrap.protection import Protection
 from keel.config import Settings
 from keel.observability.metrics import Metrics
@@ -37,9 +36,12 @@ if TYPE_CHECKING:
     from keel.ratelimit.membership import FleetMembership
 
 
-class FleetQueries(SharedQueries, Protocol):
-    """GraphQL's persisted queries shared by the fleet (keel.cache.redis_queries)."""
+class FleetQueries(Protocol):
+    """GraphQL's persisted queries shared by the fleet (keel.cache.redis_queries): what
+    keel.api.graphql.persisted.SharedQueries asks, and a close."""
 
+    async def get(self, sha256: str) -> str | None: ...
+    async def put(self, sha256: str, query: str) -> None: ...
     async def close(self) -> None: ...
 
 
