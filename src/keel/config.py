@@ -179,8 +179,8 @@ class Settings(BaseSettings):
     ratelimit_nodes: int = Field(
         default=1,
         ge=1,
-        description="Keel nodes sharing the quotas (each of KEEL_WORKERS processes): the count a "
-        "process divides by until its first heartbeat on Redis has counted the live processes.",
+        description="Keel nodes sharing the quotas (each of KEEL_WORKERS processes): the least count "
+        "of processes a process divides by; with Redis, the live processes counted there when more.",
     )
     ratelimit_redis_timeout_seconds: float = Field(default=0.05, gt=0)
     ratelimit_breaker_open_seconds: float = Field(default=2.0, gt=0)

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_prometheus_rules import exercised_metrics
-from tests.e2e.test_served_process import Served, keel_served
+from tests.e2e.test_prometheus_rules import exercised_metrics, served_with_grpc
+from tests.e2e.test_served_process import Served
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "keel-dashboard.json"
@@ -31,7 +31,7 @@ _SUFFIXES = {
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with keel_served(tmp_path_factory.mktemp("dashboard"), {}) as served:
+    with served_with_grpc(tmp_path_factory.mktemp("dashboard")) as served:
         yield served
 
 

@@ -5,16 +5,21 @@ boundaries of its histogram (a rule over a metric or a bucket Keel does not have
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testkit.ports import free_port
 
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from tests.e2e.test_served_process import Served, keel_served
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +29,7 @@ RULE_TESTS = REPO / "deploy" / "prometheus" / "keel-rules.test.yml"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with keel_served(tmp_path_factory.mktemp("rules"), {}) as served:
+    with served_with_grpc(tmp_path_factory.mktemp("rules")) as served:
         yield served
 
 
@@ -50,8 +55,8 @@ def _expressions() -> list[str]:
 
 
 def exercised_metrics(served: Served, handle: str) -> str:
-    """A served Keel's `/metrics` after one create and one read under `/v1` (so the request
-    series carry a write and a read)."""
+    """A served Keel's `/metrics` after one create and one read under `/v1`, and one of each
+    over gRPC (so the request series of both protocols carry a write and a read)."""
     headers = {"Authorization": f"Bearer {served.token}"}
     created = httpx.post(
         f"{served.base_url}/v1/profiles",
@@ -61,7 +66,20 @@ def exercised_metrics(served: Served, handle: str) -> str:
     assert created.status_code == 201, created.text
     read = httpx.get(f"{served.base_url}/v1/profiles/{created.json()['id']}", headers=headers)
     assert read.status_code == 200, read.text
+    metadata = (("authorization", f"Bearer {served.token}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{served.env['KEEL_GRPC_PORT']}") as channel:
+        stub = pb_grpc.ProfileServiceStub(channel)
+        profile = pb.Profile(
+            handle=f"{handle}_grpc", emails=[pb.Email(address=f"{handle}@example.org", primary=True)]
+        )
+        made = stub.CreateProfile(pb.CreateProfileRequest(profile=profile), metadata=metadata, timeout=30)
+        stub.GetProfile(pb.GetProfileRequest(id=made.profile.id), metadata=metadata, timeout=30)
     return httpx.get(f"{served.base_url}/metrics").text
+
+
+def served_with_grpc(directory: Path) -> contextlib.AbstractContextManager[Served]:
+    """`keel serve` with gRPC beside HTTP, for `exercised_metrics`."""
+    return keel_served(directory, {"KEEL_GRPC_PORT": str(free_port())})
 
 
 def test_every_series_the_rules_read_is_served(served: Served) -> None:
@@ -97,3 +115,15 @@ def test_every_series_the_rules_read_is_served(served: Served) -> None:
             and s.labels["route"].startswith("/v1/")
             for s in buckets
         ), f"no bucket le={le} for {methods} under /v1"
+    grpc_buckets = [s for s in samples if s.name == "keel_grpc_request_duration_seconds_bucket"]
+    for expr in expressions:
+        for selector in re.findall(r"keel_grpc_request_duration_seconds_bucket\{([^}]*)\}", expr):
+            grpc_bound = re.search(r'le="([^"]+)"', selector)
+            grpc_methods = re.search(r'method=~"([^"]+)"', selector)
+            assert grpc_bound, selector
+            assert grpc_methods, selector
+            assert any(
+                s.labels["le"] == grpc_bound.group(1)
+                and re.fullmatch(grpc_methods.group(1), s.labels["method"])
+                for s in grpc_buckets
+            ), f"no gRPC bucket le={grpc_bound.group(1)} for {grpc_methods.group(1)}"

@@ -1,7 +1,7 @@
 """The fleet's live process count on a real Redis (keel.ratelimit.membership): every process
 counts the others from their heartbeats, scored by Redis's clock; one that leaves or falls
-silent stops being counted; the count is what the rate limits' fallback and the concurrency cap
-divide by."""
+silent stops being counted; the configured count is a floor; the count is what the rate limits'
+fallback and the concurrency cap divide by."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ async def test_processes_count_each_other_and_stop_counting_one_that_left_or_fel
     admin = Redis.from_url(redis_url)
     await admin.delete(KEY)
     seen: list[int] = []
-    fleet = [FleetMembership(Redis.from_url(redis_url), configured=7, on_count=seen.append) for _ in range(3)]
+    fleet = [FleetMembership(Redis.from_url(redis_url), configured=1, on_count=seen.append) for _ in range(3)]
+    floored = FleetMembership(Redis.from_url(redis_url), configured=7)
     try:
-        assert [member.processes() for member in fleet] == [7, 7, 7]  # configured, until a heartbeat
+        assert [member.processes() for member in fleet] == [1, 1, 1]  # configured, until a heartbeat
         for member in fleet:
             await member.beat()
         assert [await member.beat() for member in fleet] == [3, 3, 3]
@@ -30,8 +31,11 @@ async def test_processes_count_each_other_and_stop_counting_one_that_left_or_fel
         assert await fleet[1].beat() == 2
         assert fleet[1].processes() == 2
         assert seen[-1] == 2
+        # The configured count is a floor: a process told the fleet is at least 7 counts 7.
+        assert floored.processes() == 7
+        assert await floored.beat() == 7
     finally:
-        for member in fleet[:2]:
+        for member in [*fleet[:2], floored]:
             await member.leave()
         await admin.delete(KEY)
         await admin.aclose()

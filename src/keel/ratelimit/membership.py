@@ -11,8 +11,10 @@ trip. The last count read is what the process divides by:
   cap, so the fleet admits about the cap; exact when a key's requests spread evenly, as round
   robin over nodes and workers spreads them).
 
-Until the first heartbeat is answered, the configured count (`KEEL_RATELIMIT_NODES` × workers)
-stands in. A process leaving removes itself; one killed is dropped after `ttl`.
+The configured count (`KEEL_RATELIMIT_NODES` × workers, 1 by default) is a floor: the count is
+never below it (an operator may know the fleet's least size; a chaos experiment makes one
+process act as one of many), and stands alone until the first heartbeat is answered. A process
+leaving removes itself; one killed is dropped after `ttl`.
 """
 
 from __future__ import annotations
@@ -56,21 +58,22 @@ class FleetMembership:
         self._interval = interval
         self._ttl = ttl
         self._on_count = on_count
-        self._processes = max(1, configured)
+        self._floor = max(1, configured)
+        self._processes = self._floor
         self._failing = False
         self._joined = False
         if on_count is not None:
             on_count(self._processes)
 
     def processes(self) -> int:
-        """The live processes as last seen (at least 1: this one)."""
+        """The live processes as last seen, never fewer than the configured floor."""
         return self._processes
 
     async def beat(self) -> int:
         """One heartbeat: this process is in, the silent ones out; the count."""
         count = int(await self._script(keys=[KEY], args=[self.member, self._ttl]))
         self._joined = True
-        self._processes = max(1, count)
+        self._processes = max(self._floor, count)
         if self._on_count is not None:
             self._on_count(self._processes)
         return self._processes
