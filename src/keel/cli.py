@@ -295,8 +295,13 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part
     if not revoked:
         typer.echo(f"no active key {key_id}", err=True)
         raise typer.Exit(1)
-    if told is not None:
+    if told:
         typer.echo(f"revoked {key_id}; running servers were told ({told} processes listening)")
+    elif told == 0:
+        typer.echo(
+            f"revoked {key_id}; no running server listens on Redis now (none is running, or they"
+            " stop accepting it within KEEL_API_KEY_CACHE_SECONDS)"
+        )
     else:
         typer.echo(
             f"revoked {key_id}; running servers stop accepting it within KEEL_API_KEY_CACHE_SECONDS"

@@ -2,7 +2,8 @@
 nodes, on free loopback ports, stopped and its directory left to the caller when the block ends.
 
 The configuration is the deployment's own, deploy/haproxy/haproxy.cfg (docs/fleet.md explains
-it), with only its addresses changed (`haproxy_config`): round robin over the nodes, each checked
+it), with what a test must change (`haproxy_config`: addresses, an admin socket, the check's
+path when asked): round robin over the nodes, each checked
 on `/readyz` every 500 ms (two failures take a node out, two successes put it back), a request
 whose connection to a node fails retried once on another node (only then: a request that reached
 a node is never sent twice), and HAProxy's own 502/503/504 answered as problem+json

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -14,8 +15,6 @@ import httpx
 from testkit.ports import free_port
 from testkit.processes import keel_cmd, keel_output, server
 
-QUERY = "query Ping($id: ID!) { profile(id: $id) { id } }"
-HASH = hashlib.sha256(QUERY.encode()).hexdigest()
 MISSING = "eu1_01M977N90FNC0XW4XT2ZE1XM79"
 
 
@@ -46,16 +45,21 @@ def _two_nodes(tmp_path: Path, redis_url: str | None) -> Iterator[tuple[list[str
         yield urls, token
 
 
-def _ask(url: str, token: str, *, with_query: bool) -> dict[str, object]:
+def _query() -> str:
+    """A query no earlier run registered (the shared store may outlive a test session)."""
+    return f"query Ping_{uuid.uuid4().hex}($id: ID!) {{ profile(id: $id) {{ id }} }}"
+
+
+def _ask(url: str, token: str | None, query: str, *, with_query: bool) -> dict[str, object]:
+    sha256 = hashlib.sha256(query.encode()).hexdigest()
     payload: dict[str, object] = {
         "variables": {"id": MISSING},
-        "extensions": {"persistedQuery": {"version": 1, "sha256Hash": HASH}},
+        "extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha256}},
     }
     if with_query:
-        payload["query"] = QUERY
-    answer = httpx.post(
-        f"{url}/graphql", json=payload, headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
+        payload["query"] = query
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = httpx.post(f"{url}/graphql", json=payload, headers=headers, timeout=10)
     assert answer.status_code == 200, answer.text
     body: dict[str, object] = answer.json()
     return body
@@ -68,12 +72,19 @@ def _not_found(body: dict[str, object]) -> bool:
 
 def test_a_query_registered_with_one_node_runs_by_its_hash_on_another(tmp_path: Path, redis_url: str) -> None:
     with _two_nodes(tmp_path, redis_url) as (urls, token):
-        assert _not_found(_ask(urls[0], token, with_query=False))
-        assert _ask(urls[0], token, with_query=True)["data"] == {"profile": None}
-        assert _ask(urls[1], token, with_query=False)["data"] == {"profile": None}
+        query = _query()
+        assert _not_found(_ask(urls[0], token, query, with_query=False))
+        assert _ask(urls[0], token, query, with_query=True)["data"] == {"profile": None}
+        assert _ask(urls[1], token, query, with_query=False)["data"] == {"profile": None}
+        # A registration without a key stays with the node that got it: no anonymous writes to
+        # the fleet's store.
+        anonymous = _query()
+        _ask(urls[0], None, anonymous, with_query=True)
+        assert _not_found(_ask(urls[1], token, anonymous, with_query=False))
 
 
 def test_without_redis_each_node_knows_only_the_queries_registered_with_it(tmp_path: Path) -> None:
     with _two_nodes(tmp_path, None) as (urls, token):
-        assert _ask(urls[0], token, with_query=True)["data"] == {"profile": None}
-        assert _not_found(_ask(urls[1], token, with_query=False))
+        query = _query()
+        assert _ask(urls[0], token, query, with_query=True)["data"] == {"profile": None}
+        assert _not_found(_ask(urls[1], token, query, with_query=False))

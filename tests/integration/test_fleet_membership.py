@@ -1,7 +1,8 @@
 """The fleet's live process count on a real Redis (keel.ratelimit.membership): every process
 counts the others from their heartbeats, scored by Redis's clock; one that leaves or falls
-silent stops being counted; the configured count is a floor; the count is what the rate limits'
-fallback and the concurrency cap divide by."""
+silent stops being counted, once the lower count has held for the heartbeat's TTL (a Redis
+restarted empty must not make every process believe it is alone); the configured count is a
+floor; the count is what the rate limits' fallback divides by."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ async def test_processes_count_each_other_and_stop_counting_one_that_left_or_fel
     admin = Redis.from_url(redis_url)
     await admin.delete(KEY)
     seen: list[int] = []
-    fleet = [FleetMembership(Redis.from_url(redis_url), configured=1, on_count=seen.append) for _ in range(3)]
+    clock = [0.0]
+    fleet = [
+        FleetMembership(Redis.from_url(redis_url), configured=1, on_count=seen.append, clock=lambda: clock[0])
+        for _ in range(3)
+    ]
     floored = FleetMembership(Redis.from_url(redis_url), configured=7)
     try:
         assert [member.processes() for member in fleet] == [1, 1, 1]  # configured, until a heartbeat
@@ -24,13 +29,22 @@ async def test_processes_count_each_other_and_stop_counting_one_that_left_or_fel
             await member.beat()
         assert [await member.beat() for member in fleet] == [3, 3, 3]
         await fleet[2].leave()
+        assert await fleet[0].beat() == 3  # lower, but not yet for a TTL
+        clock[0] += 10.0  # the default TTL
         assert await fleet[0].beat() == 2
         # A process killed without leaving: its last heartbeat, long ago by Redis's clock.
         now = float((await admin.time())[0])
         await admin.zadd(KEY, {"gone-host:1:dead": now - 3600})
+        assert await fleet[1].beat() == 3  # fleet[1] still counts the one that left
+        clock[0] += 10.0
         assert await fleet[1].beat() == 2
         assert fleet[1].processes() == 2
         assert seen[-1] == 2
+        # A Redis emptied (restarted without its data): the count is not believed at once.
+        await admin.delete(KEY)
+        assert await fleet[0].beat() == 2
+        await fleet[1].beat()
+        assert fleet[0].processes() == 2
         # The configured count is a floor: a process told the fleet is at least 7 counts 7.
         assert floored.processes() == 7
         assert await floored.beat() == 7

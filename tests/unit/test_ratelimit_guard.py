@@ -94,15 +94,3 @@ async def test_known_refusals_are_the_ones_admit_would_give_without_asking_the_l
     assert guard.known_refusal("c", tight, 1) is None
     limiter.fresh = limiter.thrown = True
     assert guard.known_refusal("c", tight, 1) is None  # the switch is thrown: nothing is refused
-
-
-@pytest.mark.parametrize(("processes", "share"), [(1, 6), (2, 3), (4, 1), (10, 1)])
-async def test_each_process_admits_its_share_of_a_keys_concurrency_cap(processes: int, share: int) -> None:
-    counted = [processes]
-    guard = RateLimitGuard(InMemoryRateLimiter(), Metrics(), processes=lambda: counted[0])
-    plan = Plan("c", (Policy("s", quota=1000, window_seconds=1, burst=1000),), concurrency=6)
-    outcomes = [await guard.admit("k", plan, 1) for _ in range(share + 1)]
-    assert [o.allowed for o in outcomes] == [True] * share + [False]
-    assert outcomes[-1].violated_policies == ["concurrency"]
-    counted[0] = 1  # the fleet shrank to this process: its share is the whole cap again
-    assert (await guard.admit("k", plan, 1)).allowed == (share < 6)

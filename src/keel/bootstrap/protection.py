@@ -168,7 +168,6 @@ def build_protection(
                 settings, metrics, breakers, loop_lag, catalog, resilience_clock, tracer, processes
             ),
             metrics,
-            processes,
         )
         if settings.ratelimit_enabled
         else None

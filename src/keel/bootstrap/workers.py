@@ -56,7 +56,7 @@ def worker_count(settings: Settings, cores: int | None = None) -> int:
     if settings.workers == 0:
         # The cores this process may run on (its affinity, as a container's cpuset sets it), not
         # the machine's. A CPU quota without a cpuset is not seen: set KEEL_WORKERS there.
-        return max(1, cores if cores is not None else len(os.sched_getaffinity(0))) if shared else 1
+        return max(1, cores if cores is not None else _usable_cores()) if shared else 1
     if settings.workers > 1:
         if settings.grpc_port is not None:
             raise WorkersRefused(
@@ -70,6 +70,11 @@ def worker_count(settings: Settings, cores: int | None = None) -> int:
                 " or run one worker"
             )
     return settings.workers
+
+
+def _usable_cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere the machine's count
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 def worker_environment(count: int, overrides: Mapping[str, object]) -> dict[str, str]:

@@ -2,9 +2,12 @@
 one process is found by every other (keel.api.graphql.persisted.SharedQueries).
 
 Each query is one key, `keel:apq:<sha256>`, kept for `ttl_seconds` after it was last registered
-(a client whose query expired registers it again, as the protocol has it). Only queries that
-passed validation, the limits and the cost check are written, each charged to its client's rate
-limit. Reads and writes are bounded in time and never raise: Redis down is a miss.
+or found (GETEX renews it; a client whose query expired registers it again, as the protocol has
+it). Only queries that passed validation, the limits and the cost check are written, and only
+for a caller with a valid key whose request was admitted (charged to its rate limit:
+keel.api.graphql.http). What they take in Redis is bounded by those limits and the TTL, not by a
+count: give Keel a Redis database with `maxmemory` and an eviction policy. Reads and writes are
+bounded in time and never raise: Redis down is a miss.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class RedisPersistedQueries:
     async def get(self, sha256: str) -> str | None:
         try:
             async with asyncio.timeout(self._timeout):
-                value = await self._client.get(PREFIX + sha256)
+                value = await self._client.getex(PREFIX + sha256, ex=self._ttl)
         except Exception as error:  # noqa: BLE001 - a miss by contract
             _log.warning("persisted_query_lookup_failed", error=type(error).__name__)
             return None

@@ -5,7 +5,6 @@ Protocol adapters turn the outcome into their own headers and errors."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -42,14 +41,9 @@ class RateLimitOutcome:
 
 
 class RateLimitGuard:
-    def __init__(
-        self, limiter: RateLimiter, metrics: Metrics, processes: Callable[[], int] = lambda: 1
-    ) -> None:
+    def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
         self._limiter = limiter
         self._metrics = metrics
-        # How many processes share each key's concurrency cap (keel.ratelimit.membership): this
-        # one admits its share, so the fleet admits about the plan's cap.
-        self._processes = processes
         self._in_flight: dict[str, int] = {}
         self._decision_series: dict[tuple[str, str], Counter] = {}
         self._rejections = SampledLog("keel.ratelimit")
@@ -114,7 +108,7 @@ class RateLimitGuard:
         return self._local_refusal(client, plan, cost, self._in_flight.get(client, 0))
 
     def _local_refusal(self, client: str, plan: Plan, cost: int, in_flight: int) -> RateLimitOutcome | None:
-        if in_flight >= max(1, plan.concurrency // self._processes()):
+        if in_flight >= plan.concurrency:
             self._count(CONCURRENCY_POLICY, "rejected")
             self._rejections.warning(
                 "rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY]

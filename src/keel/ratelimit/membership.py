@@ -5,11 +5,13 @@ every `interval` seconds, scored by Redis's own clock (no node's clock is truste
 members silent for longer than `ttl`, and reads how many are left: one Lua script, one round
 trip. The last count read is what the process divides by:
 
-- the rate-limit quotas while Redis is down (`FailOpenRateLimiter`: the fleet as a whole then
-  still admits about one quota; the count from before the outage is the one used);
-- the per-key concurrency cap (`RateLimitGuard`: each process admits its share of the plan's
-  cap, so the fleet admits about the cap; exact when a key's requests spread evenly, as round
-  robin over nodes and workers spreads them).
+the rate-limit quotas while Redis is down (`FailOpenRateLimiter`: the fleet as a whole then
+still admits about one quota; the count from before the outage is the one used).
+
+A count that falls is believed only once it has stayed lower for `ttl`: a Redis restarted empty,
+or a first heartbeat after a long outage that finds every other member expired, would otherwise
+have each process believe it is alone, and admit the whole quota, until the others beat again.
+A count that rises is believed at once.
 
 The configured count (`KEEL_RATELIMIT_NODES` × workers, 1 by default) is a floor: the count is
 never below it (an operator may know the fleet's least size; a chaos experiment makes one
@@ -22,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 KEY = "keel:fleet:processes"
 _HEARTBEAT = """
@@ -51,6 +53,7 @@ class FleetMembership:
         interval: float = 2.0,
         ttl: float = 10.0,
         on_count: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._script = client.register_script(_HEARTBEAT)
@@ -62,6 +65,8 @@ class FleetMembership:
         self._processes = self._floor
         self._failing = False
         self._joined = False
+        self._clock = clock
+        self._lower_since: float | None = None  # when the counts read began to be lower
         if on_count is not None:
             on_count(self._processes)
 
@@ -71,9 +76,15 @@ class FleetMembership:
 
     async def beat(self) -> int:
         """One heartbeat: this process is in, the silent ones out; the count."""
-        count = int(await self._script(keys=[KEY], args=[self.member, self._ttl]))
+        count = max(self._floor, int(await self._script(keys=[KEY], args=[self.member, self._ttl])))
         self._joined = True
-        self._processes = max(self._floor, count)
+        now = self._clock()
+        if count >= self._processes:
+            self._processes, self._lower_since = count, None
+        elif self._lower_since is None:
+            self._lower_since = now  # lower: believed once it stays so for `ttl`
+        elif now - self._lower_since >= self._ttl:
+            self._processes, self._lower_since = count, None
         if self._on_count is not None:
             self._on_count(self._processes)
         return self._processes
@@ -84,7 +95,8 @@ class FleetMembership:
             try:
                 async with asyncio.timeout(self._interval):
                     await self.beat()
-            except (RedisError, OSError, TimeoutError) as error:
+            except Exception as error:  # noqa: BLE001 - the heartbeat outlives any failure (the
+                # driver raises RuntimeError on a transport a killed Redis closed)
                 if not self._failing:
                     _log.warning(
                         "fleet_heartbeat_failed", error=type(error).__name__, processes=self._processes
@@ -104,6 +116,6 @@ class FleetMembership:
         try:
             async with asyncio.timeout(1.0):
                 await self._client.zrem(KEY, self.member)
-        except (RedisError, OSError, TimeoutError):
-            pass  # dropped after `ttl` instead
+        except Exception:  # noqa: BLE001, S110 - dropped after `ttl` instead
+            pass
         await self._client.aclose()

@@ -95,6 +95,7 @@ _DOCUMENT_CACHE_SIZE = 256
 _DOCUMENT_CACHE_TEXT = 256 * 1024
 # graphql-core's suggestions, at the end of a validation message.
 _SCHEMA_HINT = re.compile(r" Did you mean [^?]*\?$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # what a persisted query's key in the fleet's store may be
 
 
 @dataclass
@@ -184,8 +185,6 @@ class GraphQLEndpoint:
                 # Only documents that are valid and within the limits, cost included, take a
                 # place in the store.
                 self.persisted.put(params.persisted_hash, query)
-                if keel.persisted_queries is not None:
-                    await keel.persisted_queries.put(params.persisted_hash, query)
                 self._persisted_outcomes["registered"].inc()
             replay_key = idempotency_key(request)
         except Refused as refused:
@@ -219,6 +218,21 @@ class GraphQLEndpoint:
             refused.status, None, refused.errors, requested, charged, headers, remaining=remaining
         )
 
+    @staticmethod
+    async def _share_registration(keel: GraphQLServices, caller: Caller, params: Params) -> None:
+        """A query registered by a caller with a valid key, once admitted (charged to its rate
+        limit), is shared with the fleet: an anonymous flood of registrations never reaches
+        Redis. Valid, within the limits and the cost: checked before, in `handle`."""
+        shared = keel.persisted_queries
+        if (
+            shared is not None
+            and caller.principal is not None
+            and params.persisted_hash is not None
+            and params.query is not None
+            and _SHA256.fullmatch(params.persisted_hash)
+        ):
+            await shared.put(params.persisted_hash, params.query)
+
     async def _query_text(self, params: Params, shared: SharedQueries | None) -> str:
         """The query, sent as text or known by its hash (automatic persisted queries): this
         process's own, else the fleet's (`shared`)."""
@@ -230,7 +244,7 @@ class GraphQLEndpoint:
             raise Refused(200, [request_error(NOT_SUPPORTED_CODE, NOT_SUPPORTED_MESSAGE)])
         elif params.query is None:
             known = self.persisted.get(params.persisted_hash)
-            if known is None and shared is not None:
+            if known is None and shared is not None and _SHA256.fullmatch(params.persisted_hash):
                 known = await shared.get(params.persisted_hash)
                 if known is not None and query_hash(known) != params.persisted_hash:
                     known = None  # not the query of that hash: as unknown
@@ -314,6 +328,8 @@ class GraphQLEndpoint:
                 return await self._refuse(admission, caller, Refused(200, [too_dear]), requested)
         table_operation, latency_class = operation_of(document, operation)
         entered = await admission.enter(caller, table_operation, cost=requested, latency_class=latency_class)
+        if not isinstance(entered, Refusal):
+            await self._share_registration(keel, caller, params)
         if isinstance(entered, Refusal):
             self._count(label, op_type, "rejected")
             if entered.kind == "quota":

@@ -140,10 +140,12 @@ class RequestEnvelope:
             # here), never a 500 in the metrics, the access log and the span. gRPC says
             # CANCELLED in the same case.
             if not started_response:
-                with contextlib.suppress(Exception):  # the connection may be gone as well
-                    await domain_problem(OutcomeUnknown(_CUT_AT_SHUTDOWN), instance=scope["path"])(
-                        scope, receive, send_with_headers
-                    )
+                # The connection may be gone as well, or its client not reading: bounded.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await domain_problem(OutcomeUnknown(_CUT_AT_SHUTDOWN), instance=scope["path"])(
+                            scope, receive, send_with_headers
+                        )
             status = 499
             raise
         except Exception as error:
