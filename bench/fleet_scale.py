@@ -44,7 +44,7 @@ from testkit.seed import seed_profiles  # noqa: E402
 from testkit.servers.haproxy import haproxy  # noqa: E402
 from testkit.servers.redis import redis_server  # noqa: E402
 
-from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_on_postgres  # noqa: E402
+from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_on_postgres, run_wrk  # noqa: E402
 from bench.read_figures import aa_noise, cpu_seconds  # noqa: E402
 
 LUA = REPO / "bench" / "rest_read.lua"
@@ -139,23 +139,9 @@ def _wrk(
     wrk: str, url: str, env: dict[str, str], args: argparse.Namespace, duration: float
 ) -> tuple[WrkRun, float]:
     """One wrk run; its report and its own CPU seconds."""
-    cmd = [
-        wrk,
-        "-t2",
-        f"-c{args.connections}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "5s",
-        "--latency",
-        "-s",
-        str(LUA),
-        url,
-    ]
     before = os.times()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
+    done = run_wrk(wrk, url, LUA, threads=2, connections=args.connections, duration=duration, env=env)
     after = os.times()
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     return parse_wrk("keel", done.stdout), cpu
 

@@ -38,7 +38,7 @@ from testkit.ports import free_port  # noqa: E402
 from testkit.processes import keel_cmd, server  # noqa: E402
 from testkit.seed import seed_profiles  # noqa: E402
 
-from bench.harness import WrkRun, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
+from bench.harness import WrkRun, ensure_wrk, parse_wrk, run_on_postgres, run_wrk, serve_cmd  # noqa: E402
 from bench.wrk_answers import (  # noqa: E402
     ANSWER_CHECK_LUA,
     AnswerCounts,
@@ -77,19 +77,15 @@ def _wrk(
     wrk: str, name: str, url: str, token: str, args: argparse.Namespace, duration: float, script: Path
 ) -> tuple[WrkRun, AnswerCounts]:
     """One wrk run; `script` must include ANSWER_CHECK_LUA, whose counts come back with it."""
-    cmd = [
+    done = run_wrk(
         wrk,
-        f"-t{args.threads}",
-        f"-c{args.connections}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "5s",
-        "--latency",
-    ]
-    cmd += ["-H", f"Authorization: Bearer {token}", "-s", str(script), url]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        url,
+        script,
+        threads=args.threads,
+        connections=args.connections,
+        duration=duration,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     return parse_wrk(name, done.stdout), parse_answers(done.stdout)
 
 

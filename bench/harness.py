@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,42 @@ def parse_wrk(server: str, text: str) -> WrkRun:
         if errors
         else {},
     )
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    lua: Path,
+    *,
+    threads: int,
+    connections: int,
+    duration: float,
+    env: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """One wrk run with the benchmarks' options (a 5 s timeout per request, the latency
+    distribution, the Lua script `lua`, `headers` on every request), `prefix` before it (a
+    `taskset`), to completion (`env`: this process's when None); RuntimeError with its output
+    when it fails."""
+    cmd = [
+        *prefix,
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        *(item for name, value in (headers or {}).items() for item in ("-H", f"{name}: {value}")),
+        "-s",
+        str(lua),
+        url,
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
 
 
 def ensure_wrk() -> str:

@@ -44,7 +44,7 @@ from testkit.processes import keel_cmd, server
 from testkit.results import new_result_path
 from testkit.seed import copy_into_documents, seed_profiles
 
-from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd
+from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_on_postgres, run_wrk, serve_cmd
 from bench.read_figures import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,21 +204,8 @@ def _keel_cpu_s(pid: int) -> float:
 
 
 def _wrk(wrk: str, port: int, env: dict[str, str], args: argparse.Namespace, duration: float) -> WrkRun:
-    cmd = [
-        wrk,
-        f"-t{THREADS}",
-        f"-c{args.connections}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "5s",
-        "--latency",
-        "-s",
-        str(LUA),
-        f"http://127.0.0.1:{port}",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    url = f"http://127.0.0.1:{port}"
+    done = run_wrk(wrk, url, LUA, threads=THREADS, connections=args.connections, duration=duration, env=env)
     run = parse_wrk(env["KEEL_BENCH_OP"], done.stdout)
     if run.failed:
         print(done.stderr.strip()[:2000], flush=True)

@@ -47,7 +47,15 @@ from testkit.processes import keel_cmd, server, stop  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.seed import seed_profiles  # noqa: E402
 
-from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_on_postgres, serve_cmd  # noqa: E402
+from bench.harness import (  # noqa: E402
+    WrkRun,
+    code_state,
+    ensure_wrk,
+    parse_wrk,
+    run_on_postgres,
+    run_wrk,
+    serve_cmd,
+)
 from bench.read_figures import (  # noqa: E402
     CacheUse,
     Comparison,
@@ -99,22 +107,16 @@ PHASES = (BASELINE_A, KEEL_UNCACHED, BASELINE_HOT, KEEL_CACHED, BASELINE_B)
 def _wrk(
     wrk: str, server: str, port: int, env: dict[str, str], args: argparse.Namespace, duration: float
 ) -> WrkRun:
-    cmd = [
-        *WRK_PREFIX,
+    done = run_wrk(
         wrk,
-        f"-t{args.threads}",
-        f"-c{args.connections}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "5s",
-        "--latency",
-        "-s",
-        str(LUA),
         f"http://127.0.0.1:{port}",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        LUA,
+        threads=args.threads,
+        connections=args.connections,
+        duration=duration,
+        env=env,
+        prefix=WRK_PREFIX,
+    )
     return parse_wrk(server, done.stdout)
 
 
