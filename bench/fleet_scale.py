@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # for `testkit` and `bench` when run as a script
 
 from testkit.ports import free_port  # noqa: E402
-from testkit.processes import keel_cmd, server  # noqa: E402
+from testkit.processes import keel_cmd, keel_output, server  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.seed import seed_profiles  # noqa: E402
 from testkit.servers.haproxy import haproxy  # noqa: E402
@@ -184,20 +183,10 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
             # Longer than HAProxy keeps an idle connection to a node for reuse (docs/fleet.md).
             "KEEL_HTTP_KEEP_ALIVE_SECONDS": "75",
         }
-        subprocess.run(keel_cmd("migrate"), env=env, capture_output=True, timeout=120, check=True)
+        keel_output(env, "migrate", timeout=120)
         inserted, ids = asyncio.run(seed_profiles(url, args.profiles, "eu1"))
-        token = (
-            subprocess.run(
-                keel_cmd("keys", "create", "--scopes", "profiles:read", "--plan", "bench", "--quiet"),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        token = keel_output(env, "keys", "create", "--scopes", "profiles:read", "--plan", "bench", "--quiet")
+        token = token.strip().splitlines()[-1]
         ids_file = logs / "ids.txt"
         ids_file.write_text("\n".join(ids) + "\n")
         wrk_env = {**base_env, "KEEL_BENCH_IDS": str(ids_file), "KEEL_BENCH_TOKEN": token}

@@ -20,13 +20,10 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,8 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # for `testkit` and `bench` when run as a script
 
-from testkit.ports import free_port  # noqa: E402
-from testkit.processes import interrupt_on_signals, keel_cmd, server  # noqa: E402
+from testkit.processes import interrupt_on_signals, keel_nodes, keel_output  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.servers.redis import redis_server  # noqa: E402
 
@@ -44,21 +40,6 @@ from bench.harness import code_state  # noqa: E402
 
 MISSING = "eu1_01M977N90FNC0XW4XT2ZE1XM79"  # read with a valid key: 404; with a revoked one: 401
 GIVE_UP_S = 120.0
-
-
-@contextmanager
-def _nodes(count: int, env: dict[str, str], logs: Path) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        urls = []
-        for n in range(count):
-            port = free_port()
-            stack.enter_context(
-                server(
-                    f"keel {n}", keel_cmd("serve"), {**env, "KEEL_PORT": str(port)}, logs / "keel.log", port
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}")
-        yield urls
 
 
 def _status(client: httpx.Client, url: str, token: str) -> int:
@@ -89,15 +70,9 @@ async def _revoke(env: dict[str, str], key_id: str) -> tuple[float, bool]:
 
 
 def _trial(env: dict[str, str], urls: list[str], pushed: bool) -> float:
-    created = subprocess.run(
-        keel_cmd("keys", "create", "--scopes", "profiles:read", "--quiet"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    token = (
+        keel_output(env, "keys", "create", "--scopes", "profiles:read", "--quiet").strip().splitlines()[-1]
     )
-    token = created.stdout.strip().splitlines()[-1]
     with httpx.Client(timeout=10) as client:
         statuses = [_status(client, url, token) for url in urls]
     if statuses != [404] * len(urls):
@@ -161,7 +136,7 @@ def main() -> int:
         "KEEL_RATELIMIT_ENABLED": "false",
         "KEEL_LOAD_SHEDDING_ENABLED": "false",
     }
-    subprocess.run(keel_cmd("migrate"), env=env, capture_output=True, timeout=120, check=True)
+    keel_output(env, "migrate", timeout=120)
     results: dict[str, list[float]] = {}
     with redis_server() as redis:
         for label, pushed, trials in (
@@ -169,7 +144,7 @@ def main() -> int:
             ("TTL only", False, args.baseline_trials),
         ):
             run_env = {**env, "KEEL_REDIS_URL": redis.url} if pushed else env
-            with _nodes(args.nodes, run_env, logs) as urls:
+            with keel_nodes(args.nodes, run_env, logs) as urls:
                 results[label] = [_trial(run_env, urls, pushed) for _ in range(trials)]
             print(f"{label}: {_summary(results[label])}", flush=True)
     ratio = statistics.median(results["pushed"]) / statistics.median(results["TTL only"])

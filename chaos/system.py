@@ -27,7 +27,7 @@ from testkit.faultproxy import Faults
 from testkit.faultproxy_process import FaultProxyProcess
 from testkit.health import wait_healthy
 from testkit.ports import free_port
-from testkit.processes import REPO, keel_cmd, start_session, stop
+from testkit.processes import REPO, keel_cmd, keel_output, start_session, stop
 from testkit.servers.nats import NatsServer
 from testkit.servers.postgres import PostgresProcess, postgres_process
 from testkit.servers.redis import RedisServer
@@ -215,17 +215,8 @@ class System:
     def _issue_key(self, scopes: str) -> str:
         env = {**os.environ, **self._keel_env, "KEEL_DATABASE_URL": self.postgres.url}
         env.pop("KEEL_REDIS_URL", None)
-        created = subprocess.run(
-            keel_cmd("keys", "create", "--scopes", scopes, "--name", "chaos", "--quiet"),
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            check=False,
-        )
-        if created.returncode != 0:
-            raise RuntimeError(f"keel keys create failed:\n{created.stdout}\n{created.stderr}")
-        return created.stdout.strip().splitlines()[-1]
+        created = keel_output(env, "keys", "create", "--scopes", scopes, "--name", "chaos", "--quiet")
+        return created.strip().splitlines()[-1]
 
     # -- faults ----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from testkit.health import wait_healthy
+from testkit.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -141,3 +142,19 @@ def keel_output(env: dict[str, str], *args: str, timeout: float = 60.0) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"keel {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
     return done.stdout
+
+
+@contextlib.contextmanager
+def keel_nodes(count: int, env: dict[str, str], logs: Path) -> Iterator[list[str]]:
+    """`count` processes of `keel serve` with `env`, each on a free loopback port and logging to
+    `logs/keel-<n>.log`, until the block ends; their base URLs."""
+    with contextlib.ExitStack() as stack:
+        urls = []
+        for n in range(count):
+            port = free_port()
+            command = keel_cmd("serve")
+            stack.enter_context(
+                server(f"keel {n}", command, {**env, "KEEL_PORT": str(port)}, logs / f"keel-{n}.log", port)
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        yield urls

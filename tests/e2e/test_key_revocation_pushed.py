@@ -9,33 +9,14 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
-from testkit.ports import free_port
-from testkit.processes import keel_cmd, keel_output, server
+from testkit.processes import keel_nodes, keel_output
 
 MISSING = "eu1_01M977N90FNC0XW4XT2ZE1XM79"
 WAIT = 30.0  # an upper bound, far above what the push takes and far below the key cache's hour
-
-
-def _nodes(tmp_path: Path, env: dict[str, str], count: int) -> Iterator[list[str]]:
-    ports = [free_port() for _ in range(count)]
-    with ExitStack() as stack:
-        for n, port in enumerate(ports):
-            stack.enter_context(
-                server(
-                    f"keel {n}",
-                    keel_cmd("serve"),
-                    {**env, "KEEL_PORT": str(port)},
-                    tmp_path / f"{n}.log",
-                    port,
-                )
-            )
-        yield [f"http://127.0.0.1:{port}" for port in ports]
 
 
 @pytest.fixture
@@ -62,7 +43,7 @@ def _status(base_url: str, token: str) -> int:
 def test_a_revocation_reaches_every_node_at_once(tmp_path: Path, env: dict[str, str], redis_url: str) -> None:
     env = {**env, "KEEL_REDIS_URL": redis_url}
     token = keel_output(env, "keys", "create", "--quiet").strip()
-    for nodes in _nodes(tmp_path, env, 2):
+    with keel_nodes(2, env, tmp_path) as nodes:
         assert [_status(node, token) for node in nodes] == [404, 404]  # the key cached on both
         said = keel_output(env, "keys", "revoke", token.split("_")[1])
         told = re.search(r"running servers were told \((\d+) processes listening\)", said)
@@ -79,7 +60,7 @@ def test_a_revocation_reaches_every_node_at_once(tmp_path: Path, env: dict[str, 
 def test_without_redis_a_node_keeps_a_revoked_key_it_cached(tmp_path: Path, env: dict[str, str]) -> None:
     env = {k: v for k, v in env.items() if k != "KEEL_REDIS_URL"}
     token = keel_output(env, "keys", "create", "--quiet").strip()
-    for nodes in _nodes(tmp_path, env, 1):
+    with keel_nodes(1, env, tmp_path) as nodes:
         assert _status(nodes[0], token) == 404
         said = keel_output(env, "keys", "revoke", token.split("_")[1])
         assert "not pushed" in said, said

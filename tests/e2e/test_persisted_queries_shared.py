@@ -8,12 +8,11 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from testkit.ports import free_port
-from testkit.processes import keel_cmd, keel_output, server
+from testkit.processes import keel_nodes, keel_output
 
 MISSING = "eu1_01M977N90FNC0XW4XT2ZE1XM79"
 
@@ -28,20 +27,7 @@ def _two_nodes(tmp_path: Path, redis_url: str | None) -> Iterator[tuple[list[str
     }
     keel_output(env, "migrate")
     token = keel_output(env, "keys", "create", "--quiet").strip()
-    with ExitStack() as stack:
-        urls = []
-        for n in range(2):
-            port = free_port()
-            stack.enter_context(
-                server(
-                    f"keel {n}",
-                    keel_cmd("serve"),
-                    {**env, "KEEL_PORT": str(port)},
-                    tmp_path / f"{n}.log",
-                    port,
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}")
+    with keel_nodes(2, env, tmp_path) as urls:
         yield urls, token
 
 
