@@ -9,13 +9,14 @@ import contextlib
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from testkit.ports import free_port
 
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
@@ -96,34 +97,24 @@ def test_every_series_the_rules_read_is_served(served: Served) -> None:
             for selector in re.findall(rf"\b{name}\{{([^}}]*)\}}", expr):
                 for label in re.findall(r"([a-z_]+)\s*=~?", selector):
                     assert all(label in s.labels for s in found), f"{name} has no label {label}"
-    # Each latency threshold is a bucket boundary of the histogram, for the methods it applies
-    # to (a read and a write were observed under /v1 above).
-    buckets = [s for s in samples if s.name == "keel_http_request_duration_seconds_bucket"]
-    thresholds: list[tuple[str, str]] = []
-    for expr in expressions:
-        for selector in re.findall(r"keel_http_request_duration_seconds_bucket\{([^}]*)\}", expr):
-            bound = re.search(r'le="([^"]+)"', selector)
-            applies_to = re.search(r'method=~"([^"]+)"', selector)
-            assert bound, selector
-            assert applies_to, selector
-            thresholds.append((bound.group(1), applies_to.group(1)))
-    assert len(thresholds) >= 2, thresholds
-    for le, methods in thresholds:
-        assert any(
-            s.labels["le"] == le
-            and re.fullmatch(methods, s.labels["method"])
-            and s.labels["route"].startswith("/v1/")
-            for s in buckets
-        ), f"no bucket le={le} for {methods} under /v1"
-    grpc_buckets = [s for s in samples if s.name == "keel_grpc_request_duration_seconds_bucket"]
-    for expr in expressions:
-        for selector in re.findall(r"keel_grpc_request_duration_seconds_bucket\{([^}]*)\}", expr):
-            grpc_bound = re.search(r'le="([^"]+)"', selector)
-            grpc_methods = re.search(r'method=~"([^"]+)"', selector)
-            assert grpc_bound, selector
-            assert grpc_methods, selector
-            assert any(
-                s.labels["le"] == grpc_bound.group(1)
-                and re.fullmatch(grpc_methods.group(1), s.labels["method"])
-                for s in grpc_buckets
-            ), f"no gRPC bucket le={grpc_bound.group(1)} for {grpc_methods.group(1)}"
+    # Each latency threshold is a bucket boundary of its histogram, for the methods it applies
+    # to (a read and a write were observed under /v1 and over gRPC above).
+    histograms: dict[str, Callable[[Sample], bool]] = {
+        "keel_http_request_duration_seconds_bucket": lambda s: s.labels["route"].startswith("/v1/"),
+        "keel_grpc_request_duration_seconds_bucket": lambda s: True,
+    }
+    for histogram, observed in histograms.items():
+        buckets = [s for s in samples if s.name == histogram and observed(s)]
+        thresholds: list[tuple[str, str]] = []
+        for expr in expressions:
+            for selector in re.findall(rf"{histogram}\{{([^}}]*)\}}", expr):
+                bound = re.search(r'le="([^"]+)"', selector)
+                applies_to = re.search(r'method=~"([^"]+)"', selector)
+                assert bound, selector
+                assert applies_to, selector
+                thresholds.append((bound.group(1), applies_to.group(1)))
+        assert len(thresholds) >= 2, (histogram, thresholds)
+        for le, methods in thresholds:
+            assert any(s.labels["le"] == le and re.fullmatch(methods, s.labels["method"]) for s in buckets), (
+                f"no {histogram} le={le} for {methods}"
+            )
