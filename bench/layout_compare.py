@@ -45,7 +45,7 @@ from testkit.results import new_result_path
 from testkit.seed import copy_into_documents, seed_profiles
 
 from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_on_postgres, run_wrk, serve_cmd
-from bench.read_figures import cpu_seconds
+from bench.read_figures import cpu_seconds, process_tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "layout_compare.lua"
@@ -179,21 +179,7 @@ def _parent_pid(pid: int) -> int:
 
 
 def _tree_cpu_s(root: int) -> float:
-    """CPU seconds of `root`, its live children, and the children it has reaped (cutime, cstime):
-    PostgreSQL's postmaster and its backends, those that exited during a run included."""
-    stat = Path(f"/proc/{root}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    total = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLOCK_TICKS
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            child = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        if int(child[child.rindex(")") + 2 :].split()[1]) == root:
-            total += cpu_seconds(child, CLOCK_TICKS)
-    return total
+    return process_tree_cpu_seconds(root, CLOCK_TICKS)
 
 
 def _keel_cpu_s(pid: int) -> float:

@@ -117,7 +117,7 @@ class _Store:
         self._inner = inner
         self._drop = drop_events
 
-    def unit_of_work(self, *, read_only: bool = False) -> _UnitOfWork:
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> _UnitOfWork:
         return _UnitOfWork(self._inner.unit_of_work(read_only=read_only), self._drop)
 
     async def schema_revision(self) -> str | None:

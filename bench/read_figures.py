@@ -15,6 +15,7 @@ import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 _LOOKUPS = re.compile(r'^keel_profile_cache_lookups_total\{outcome="([a-z]+)"\} ([0-9.e+]+)$', re.MULTILINE)
 # Reads answered without PostgreSQL: from the cache, or by joining a read already in flight.
@@ -131,6 +132,24 @@ def cpu_seconds(stat_line: str, ticks_per_second: int) -> float:
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
     fields = stat_line[stat_line.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / ticks_per_second
+
+
+def process_tree_cpu_seconds(root: int, ticks_per_second: int) -> float:
+    """CPU seconds of `root`, its live children, and the children it has reaped (cutime, cstime):
+    a PostgreSQL postmaster and its backends, those that exited during a run included."""
+    stat = Path(f"/proc/{root}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks_per_second
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        if int(child[child.rindex(")") + 2 :].split()[1]) == root:
+            total += cpu_seconds(child, ticks_per_second)
+    return total
 
 
 def cpu_us_per_request(cpu_before_s: float, cpu_after_s: float, requests: int) -> float:

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import httpx
 
+from keel.service.consistency import TOKEN_NAME, format_position, parse_position
 from testkit.history import OP_FS, OUTCOMES, FinalProfile, History, Invocation, OpF, Outcome, check
 from testkit.percentile import percentile
 
@@ -213,18 +214,28 @@ class _Run:
     sequence: int = 0
     max_operations: int | None = None
     operations: int = 0
+    # Read-your-writes across replicas: the newest consistency token any client got, sent on
+    # every request (None: tokens off). One for all clients, as an app passes it along.
+    consistency: int | None = None
+    consistency_tokens: bool = False
 
     def next_key(self, process: int) -> str:
         self.sequence += 1
         return f"w{self.run_id}-{process}-{self.sequence}"
 
     async def send(self, method: str, path: str, **kwargs: Any) -> tuple[Classified, _Reply | None]:
+        if self.consistency_tokens and self.consistency is not None:
+            kwargs["headers"] = {**kwargs.get("headers", {}), TOKEN_NAME: format_position(self.consistency)}
         try:
             # A hard cap over the whole exchange: httpx's timeouts are per phase.
             async with asyncio.timeout(self.request_timeout_s):
                 response = await self.client.request(method, path, **kwargs)
         except (TimeoutError, httpx.RequestError) as error:
             return classify_error(error), None
+        answered = response.headers.get(TOKEN_NAME)
+        if self.consistency_tokens and answered is not None:
+            position = parse_position(answered)
+            self.consistency = position if self.consistency is None else max(self.consistency, position)
         classified = classify_response(response)
         if classified.verdict != "ok":
             return classified, None
@@ -266,6 +277,7 @@ async def run_workload(
     run_id: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     max_operations: int | None = None,
+    consistency_tokens: bool = False,
 ) -> WorkloadStats:
     """Run the workload; fills `history` and returns counts and latencies.
 
@@ -278,7 +290,11 @@ async def run_workload(
 
     `transport` replaces the network: an in-process system (the tests' deliberately lossy
     fake) goes through the same workload and checker as a real server. `max_operations` ends
-    the run after that many operations (all clients together), bounding it by count."""
+    the run after that many operations (all clients together), bounding it by count.
+    `consistency_tokens`: every request carries the newest `Keel-Consistency-Token` any client
+    was answered (read-your-writes across read replicas, docs/replicas.md), recorded before
+    the operation completes in the history, so a read begun after a write's completion reads
+    at or past it."""
     weights = _weights(mix, has_read_ids=bool(read_ids))
     started = time.monotonic()
     timeout = httpx.Timeout(request_timeout_s, connect=request_timeout_s / 2)
@@ -299,6 +315,7 @@ async def run_workload(
             read_ids=list(read_ids or ()),
             creates=weights[OP_FS.index("create")] > 0,
             max_operations=max_operations,
+            consistency_tokens=consistency_tokens,
         )
         await asyncio.gather(*(_client(run, process, seed, weights) for process in range(clients)))
     return _stats(run, time.monotonic() - started)

@@ -51,7 +51,7 @@ class InMemoryStore:
         self.reads = 0
         self.commits = 0
 
-    def unit_of_work(self, *, read_only: bool = False) -> InMemoryUnitOfWork:
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> InMemoryUnitOfWork:
         return InMemoryUnitOfWork(self)
 
     async def schema_revision(self) -> str | None:

@@ -48,7 +48,10 @@ CLOSED_IN_PRODUCTION = (
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
+    # Inputs are left out of validation errors: a database URL may carry a password.
+    model_config = SettingsConfigDict(
+        env_prefix="KEEL_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     environment: Literal["development", "production"] = Field(
         default="development",
@@ -80,6 +83,18 @@ class Settings(BaseSettings):
         description="How profiles are stored: normalized (profiles, emails, links tables) or document "
         "(one JSON document per profile). `keel migrate` records it on a database without profiles; "
         "a node refuses to start on a database that records the other one (docs/layouts.md).",
+    )
+    database_replica_urls: str = Field(
+        default="",
+        description="Comma-separated postgresql:// URLs of streaming replicas of the database that may "
+        "serve profile reads; writes answer a consistency token that later reads carry for "
+        "read-your-writes (docs/replicas.md). Empty: every read on the primary.",
+    )
+    replica_max_lag_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        description="A replica lagging the primary by more than this serves no reads until it catches up.",
     )
     region: str = Field(default="eu1", description="Region of profiles created here; part of each id.")
     attribute_schema: Path | None = Field(
@@ -389,6 +404,19 @@ class Settings(BaseSettings):
                 "every key of KEEL_WEBHOOK_SECRETS_KEY_FALLBACKS must have at least 32 characters"
             )
         return self
+
+    @model_validator(mode="after")
+    def _replicas_are_postgres(self) -> Settings:
+        if self.replica_urls and not self.uses_postgres:
+            raise ValueError("KEEL_DATABASE_REPLICA_URLS needs a PostgreSQL KEEL_DATABASE_URL")
+        for url in self.replica_urls:
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise ValueError("KEEL_DATABASE_REPLICA_URLS takes postgresql:// URLs, separated by commas")
+        return self
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [url.strip() for url in self.database_replica_urls.split(",") if url.strip()]
 
     @model_validator(mode="after")
     def _edge_has_a_key(self) -> Settings:

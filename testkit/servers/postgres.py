@@ -225,17 +225,29 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
+def _throwaway_cluster(prefix: str) -> Iterator[_Cluster]:
+    """A private temp dir (owned by the server user when we are root); the server started in it
+    stopped and the dir removed on exit."""
+    # Drop PG* vars (PGHOST, PGDATABASE, ...) so they can't redirect our tools.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    c = _Cluster(Path(tempfile.mkdtemp(prefix=prefix)), env)
+    try:
+        if os.geteuid() == 0:
+            _drop_root(c)
+        yield c
+    finally:
+        if c.server is not None:
+            _stop(c.server)
+        shutil.rmtree(c.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def postgres_process(*, durable: bool = False) -> Iterator[PostgresProcess]:
     """A throwaway server on a free loopback port, removed on exit. `durable` keeps fsync and
     synchronous commits on: what failure experiments that claim "nothing acknowledged is lost"
     need (the default trades crash safety for speed)."""
-    # Drop PG* vars (PGHOST, PGDATABASE, ...) so they can't redirect our tools.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    c = _Cluster(Path(tempfile.mkdtemp(prefix="keel-pg-")), env)
     options = DURABLE_SERVER_OPTS if durable else SERVER_OPTS
-    try:
-        if os.geteuid() == 0:
-            _drop_root(c)
+    with _throwaway_cluster("keel-pg-") as c:
         initdb = ["initdb", "-D", str(c.tmp / "data"), "--auth=trust", "-U", PG_USER]
         if c.run(*initdb, "--encoding=UTF8", "--no-sync", "--locale=C") != 0:
             raise RuntimeError(f"initdb failed; end of log:\n{c.log_tail()}")
@@ -244,10 +256,21 @@ def postgres_process(*, durable: bool = False) -> Iterator[PostgresProcess]:
         if c.run(*createdb, PG_USER) != 0:
             raise RuntimeError(f"createdb failed; end of log:\n{c.log_tail()}")
         yield PostgresProcess(c, port, options)
-    finally:
-        if c.server is not None:
-            _stop(c.server)
-        shutil.rmtree(c.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_replica(primary: PostgresProcess, *, durable: bool = False) -> Iterator[PostgresProcess]:
+    """A streaming replica of `primary`: a base backup (`pg_basebackup -R`, which writes the
+    standby's connection to the primary) started as a hot standby on a free loopback port,
+    removed on exit. Pause its replay with `SELECT pg_wal_replay_pause()` on it."""
+    options = DURABLE_SERVER_OPTS if durable else SERVER_OPTS
+    with _throwaway_cluster("keel-pg-replica-") as c:
+        backup = ["pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", PG_USER]
+        backup += ["-D", str(c.tmp / "data"), "-R", "-X", "stream", "-c", "fast", "--no-sync"]
+        if c.run(*backup) != 0:
+            raise RuntimeError(f"pg_basebackup failed; end of log:\n{c.log_tail()}")
+        port = _start(c, options=options)
+        yield PostgresProcess(c, port, options)
 
 
 @contextlib.contextmanager

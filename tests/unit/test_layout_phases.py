@@ -140,3 +140,19 @@ async def test_while_one_refresh_is_in_flight_others_keep_the_copy_only_until_it
     clock.now += LayoutView.max_age
     await view.current(source)
     assert source.reads == 2  # too old to read by: refreshed by this caller too
+
+
+async def test_reads_may_leave_the_primary_only_by_a_young_copy_of_a_steady_record() -> None:
+    """`settled`: what a read on a replica goes by. A replica can neither refresh the copy (a
+    refresh acknowledges) nor be trusted with a layout a migration is filling."""
+    clock = Clock()
+    view = LayoutView("node-1", clock)
+    assert view.settled() is None  # no copy yet
+    source = Source(LayoutRecord(N, Phase.STEADY, None, 1))
+    await view.current(source)
+    assert view.settled() == LayoutRecord(N, Phase.STEADY, None, 1)
+    clock.now += LayoutView.max_age
+    assert view.settled() is None  # too old to read by
+    source.record = LayoutRecord(N, Phase.DUAL_WRITE, D, 2)
+    await view.current(source)
+    assert view.settled() is None  # a migration under way: the primary reads

@@ -15,6 +15,7 @@ from keel.domain.errors import DeadlineExceeded, Unavailable
 from keel.domain.profile import Email, Profile, ProfileFields
 from keel.resilience.deadline import deadline_in
 from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
+from keel.service import consistency
 from keel.service.ports import (
     ApiKeyRepository,
     CachedProfile,
@@ -24,6 +25,7 @@ from keel.service.ports import (
 )
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
+from keel.service.use_cases import ListFilters
 from keel.service.webhook_ports import WebhookRepository
 from tests.fakes import FakeClock, InMemoryStore
 from tests.unit.test_profile_service import ADMIN, POLICY, READER, WRITER, doc
@@ -42,8 +44,11 @@ class Database:
         # lets it go, without guessing how long it takes to get there.
         self.entered = asyncio.Event()
         self.gate: asyncio.Event | None = None
+        self.replica_ok: list[bool] = []  # per read-only unit of work: whether a replica may serve it
 
-    def unit_of_work(self, *, read_only: bool = False) -> _UnitOfWork:
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> _UnitOfWork:
+        if read_only:
+            self.replica_ok.append(replica_ok)
         return _UnitOfWork(self, read_only)
 
     async def schema_revision(self) -> str | None:
@@ -285,3 +290,34 @@ def test_the_cache_is_bounded_and_keeps_no_version_older_than_an_invalidation() 
     cache.put(CachedProfile(replace(first, id="c"), 0.0))
     assert len(cache) == 2
     assert cache.get("a") is None  # least recently used went first
+
+
+async def test_cache_fills_come_from_the_primary_and_a_token_passes_the_cache_by(
+    db: Database, clock: Clock
+) -> None:
+    """A replica's older copy must never fill the cache (it would outlive the invalidation of a
+    newer write); a read that must see a position (keel.service.consistency) goes past the
+    cache, where a replica that replayed that far may serve it, and fills nothing."""
+    service, reads = build(db, clock, [])
+    created = (await service.create_profile(WRITER, doc())).profile
+    reads.forget(created.id, created.version)  # the create's write-through copy: gone
+    db.replica_ok.clear()
+    with consistency.scope(consistency.Consistency(read_after=42)):
+        await service.read_profile(READER, created.id)
+        await service.get_profiles(READER, [created.id])
+    assert db.replica_ok == [True, True]
+    await service.read_profile(READER, created.id)  # the token reads filled nothing: a miss
+    await service.read_profile(READER, created.id)  # filled from the primary by that miss: a hit
+    assert db.replica_ok == [True, True, False]
+
+
+async def test_without_a_cache_every_profile_read_may_go_to_a_replica(db: Database) -> None:
+    retry = RetryPolicy(RetryBudget(ratio=0.0, floor_per_second=0.0, cap=0.0), Backoff())
+    service = ProfileService(db, FakeClock(), POLICY, "eu1", reads=ProfileReads(db, retry))
+    created = (await service.create_profile(WRITER, doc())).profile
+    db.replica_ok.clear()
+    await service.read_profile(READER, created.id)
+    await service.get_profiles(READER, [created.id])
+    await service.list_profiles(READER, ListFilters(handle=created.handle), limit=10, cursor=None)
+    await service.handle_available(READER, "someone_else")
+    assert db.replica_ok == [True, True, True, True]

@@ -63,7 +63,7 @@ class PausingStore(InMemoryStore):
         self.paused = asyncio.Event()
         self.resume = asyncio.Event()
 
-    def unit_of_work(self, *, read_only: bool = False) -> InMemoryUnitOfWork:
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> InMemoryUnitOfWork:
         return _PausingUnitOfWork(self)
 
 

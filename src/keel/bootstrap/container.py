@@ -66,6 +66,8 @@ class Core:
     deleted_purge: PurgesDeletedProfiles | None = None
     # Publishes the layout record and a migration's progress as gauges (an SQL store's).
     layout_watch: Callable[[], Coroutine[Any, Any, None]] | None = None
+    # Follows the read replicas' replay positions (a PostgreSQL store with replicas).
+    replica_watch: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Ready when the database answers and carries the schema this code needs."""

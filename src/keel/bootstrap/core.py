@@ -9,7 +9,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from keel.bootstrap.container import Core
 from keel.bootstrap.events import build_relay
@@ -95,6 +95,8 @@ async def _open_sql_store(
             acquire_timeout=settings.db_acquire_timeout_seconds,
             layout=layout,
             node_id=node_id,
+            replica_urls=settings.replica_urls if node_id is not None else (),
+            replica_max_lag_seconds=settings.replica_max_lag_seconds,
         )
     from keel.storage.sqlite.store import SqliteStore
 
@@ -170,6 +172,13 @@ async def check_schema(store: Store, settings: Settings) -> None:
 StoreOpener = Callable[[Settings, DatabaseObserver], Awaitable[Store]]
 
 
+@runtime_checkable
+class WatchesReplicas(Protocol):
+    """A store with read replicas to follow (PostgreSQL's)."""
+
+    async def watch_replicas(self) -> None: ...
+
+
 async def build_core(
     settings: Settings, metrics: Metrics, guards: Protection, *, store_opener: StoreOpener = open_store
 ) -> Core:
@@ -189,6 +198,7 @@ async def build_core(
         raise
     clock = SystemClock()
     layout_watch = functools.partial(watch_layout, store, metrics) if isinstance(store, ReadsLayout) else None
+    replica_watch = store.watch_replicas if isinstance(store, WatchesReplicas) else None
     guarded = guard_store(store, settings, metrics, guards)
     jobs = guard_store(store, settings, metrics, guards, breaker="database_jobs")
     store = guarded
@@ -234,4 +244,5 @@ async def build_core(
         idempotency_purge=IdempotencyRecordsPurge(jobs, clock),
         deleted_purge=deleted_purge,
         layout_watch=layout_watch,
+        replica_watch=replica_watch,
     )

@@ -208,6 +208,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
                 background.append(asyncio.create_task(purge_deleted_profiles(keel.core.deleted_purge)))
             if keel.core.layout_watch is not None:
                 background.append(asyncio.create_task(keel.core.layout_watch()))
+            if keel.core.replica_watch is not None:
+                background.append(asyncio.create_task(keel.core.replica_watch()))
             if keel.core.erasure_runner is not None:
                 background.append(asyncio.create_task(keel.core.erasure_runner.run()))
             if keel.core.relay is not None:

@@ -163,6 +163,34 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=r,
         )
+        # PostgreSQL read replicas (keel.storage.postgres.replicas), each named by its place in
+        # KEEL_DATABASE_REPLICA_URLS (replica-0, ...), never by its URL.
+        self.replica_up = Gauge(
+            "keel_replica_up",
+            "1 while the replica answers as a standby, 0 while it is skipped as dead or not a standby.",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_lag_seconds = Gauge(
+            "keel_replica_lag_seconds",
+            "How long ago the primary was at the oldest position the replica has not replayed "
+            "(0: caught up; -1: not known yet).",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_lag_bytes = Gauge(
+            "keel_replica_lag_bytes",
+            "WAL bytes between the primary's last polled position and what the replica has replayed.",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_routed_reads = Counter(
+            "keel_replica_routed_reads",
+            "Reads that a replica may serve, by where they went: a replica, or the primary (none "
+            "caught up with the request's consistency token, within the lag bound, or up).",
+            ["server"],
+            registry=r,
+        )
         # The profiles' layout record and a layout migration's progress, as this node last read
         # them (keel.storage.layout_gauges).
         self.layout_phase = Gauge(

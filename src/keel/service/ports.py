@@ -289,7 +289,10 @@ class UnitOfWork(Protocol):
 class Store(Protocol):
     """A database: the factory of units of work, plus what health checks need."""
 
-    def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork: ...
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> UnitOfWork:
+        """`replica_ok` (with `read_only`): profile reads a read replica may serve, within the
+        request's consistency (`keel.service.consistency`); adapters without replicas ignore it."""
+        ...
 
     async def schema_revision(self) -> str | None:
         """The applied migration revision, None on an unmigrated database."""

@@ -29,6 +29,7 @@ from keel.domain.errors import CircuitOpen, DeadlineExceeded, Unavailable
 from keel.domain.profile import Profile
 from keel.resilience.deadline import current_deadline
 from keel.resilience.retry import RetryPolicy
+from keel.service.consistency import required_position
 from keel.service.ports import CachedProfile, InvalidationBus, ProfileCache, ProfileQuery, Store
 
 
@@ -82,10 +83,23 @@ class ProfileReads:
         self._flights: dict[str, asyncio.Task[Profile | None]] = {}
 
     async def read(self, profile_id: str) -> ProfileRead | None:
-        """The live profile (None when there is none), possibly from the cache."""
-        if self._cache is None:
-            profile = await self._retry.run(lambda: self._load(profile_id), retryable=_transient)
-            return ProfileRead(profile) if profile is not None else None
+        """The live profile (None when there is none), possibly from the cache.
+
+        Without a cache, reads may go to a read replica. With one, the cache is filled from the
+        primary only: a replica's older copy would outlive the invalidation of a newer write. A
+        request that must read at a position (a consistency token, or its own write) passes the
+        cache by: no copy here says which writes it has seen."""
+        if self._cache is None or required_position() is not None:
+            profile = await self._retry.run(
+                lambda: self._load(profile_id, replica_ok=True), retryable=_transient
+            )
+            if profile is None:
+                return None
+            return (
+                ProfileRead(profile)
+                if self._cache is None
+                else ProfileRead(profile, fresh_seconds=self._policy.fresh_seconds)
+            )
         cached = self._cache.get(profile_id)
         fresh = self._policy.fresh_seconds
         if cached is not None:
@@ -111,6 +125,16 @@ class ProfileReads:
         copies stand in for the rest; if some id has none, the batch fails as a whole (leaving
         it out would say it does not exist)."""
         fresh = self._policy.fresh_seconds
+        if self._cache is not None and required_position() is not None:
+            # As in `read`: past the cache, a replica may serve it.
+            wanted = list(profile_ids)
+            loaded = await self._retry.run(
+                lambda: self._load_many(wanted, replica_ok=True), retryable=_transient
+            )
+            return {
+                profile_id: ProfileRead(profile, fresh_seconds=fresh)
+                for profile_id, profile in loaded.items()
+            }
         found: dict[str, ProfileRead] = {}
         cached: dict[str, CachedProfile] = {}
         missing: list[str] = []
@@ -130,7 +154,9 @@ class ProfileReads:
             return found
         started = self._clock()
         try:
-            loaded = await self._retry.run(lambda: self._load_many(missing), retryable=_transient)
+            loaded = await self._retry.run(
+                lambda: self._load_many(missing, replica_ok=self._cache is None), retryable=_transient
+            )
         except Unavailable:
             stale_window = fresh + self._policy.stale_if_error_seconds
             for profile_id in missing:
@@ -227,11 +253,11 @@ class ProfileReads:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 
-    async def _load_many(self, profile_ids: list[str]) -> dict[str, Profile]:
-        async with self._store.unit_of_work(read_only=True) as uow:
+    async def _load_many(self, profile_ids: list[str], *, replica_ok: bool = False) -> dict[str, Profile]:
+        async with self._store.unit_of_work(read_only=True, replica_ok=replica_ok) as uow:
             profiles = await uow.profiles.find(ProfileQuery(limit=len(profile_ids), ids=tuple(profile_ids)))
         return {profile.id: profile for profile in profiles}
 
-    async def _load(self, profile_id: str) -> Profile | None:
-        async with self._store.unit_of_work(read_only=True) as uow:
+    async def _load(self, profile_id: str, *, replica_ok: bool = False) -> Profile | None:
+        async with self._store.unit_of_work(read_only=True, replica_ok=replica_ok) as uow:
             return await uow.profiles.get(profile_id)

@@ -122,7 +122,7 @@ class ProfileService:
         require(principal, Scope.PROFILES_READ)
         if not HANDLE_PATTERN.match(handle):
             raise ValidationFailed([FieldError("/handle", HANDLE_RULE)])
-        async with self._store.unit_of_work(read_only=True) as uow:
+        async with self._store.unit_of_work(read_only=True, replica_ok=True) as uow:
             holders = await uow.profiles.find(ProfileQuery(limit=1, handle=handle))
         return not holders
 
@@ -160,7 +160,7 @@ class ProfileService:
                 ids=normalized.ids,
                 after_id=after_id,
             )
-            async with self._store.unit_of_work(read_only=True) as uow:
+            async with self._store.unit_of_work(read_only=True, replica_ok=True) as uow:
                 found = await uow.profiles.find(query)
         page = found[:limit]
         next_cursor = self._cursors.encode(page[-1].id, normalized.as_dict()) if len(found) > limit else None

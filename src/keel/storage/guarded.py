@@ -41,8 +41,10 @@ class GuardedStore:
         self.breaker = breaker
         self._timeout = timeout_seconds
 
-    def unit_of_work(self, *, read_only: bool = False) -> GuardedUnitOfWork:
-        return GuardedUnitOfWork(self._inner.unit_of_work(read_only=read_only), self.breaker, self._timeout)
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> GuardedUnitOfWork:
+        return GuardedUnitOfWork(
+            self._inner.unit_of_work(read_only=read_only, replica_ok=replica_ok), self.breaker, self._timeout
+        )
 
     async def schema_revision(self) -> str | None:
         # Health checks probe the database itself: they must see it come back while the breaker
@@ -148,6 +150,11 @@ class GuardedUnitOfWork:
         return error
 
     def _judge(self, error: BaseException | None) -> None:
+        if getattr(self._inner, "served_by_replica", False):
+            # A read replica's failure or success says nothing of the primary the breaker
+            # guards (keel.storage.postgres.replicas skips a failing replica itself).
+            self._breaker.release_probe()
+            return
         if isinstance(error, Unavailable):
             self._breaker.record_failure()
         elif isinstance(error, asyncio.CancelledError):

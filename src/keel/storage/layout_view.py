@@ -24,7 +24,7 @@ from typing import Protocol
 from keel.domain.errors import Unavailable
 from keel.domain.profile import Profile
 from keel.service.ports import ProfileQuery
-from keel.storage.layouts import Layout, LayoutMismatch, LayoutRecord
+from keel.storage.layouts import Layout, LayoutMismatch, LayoutRecord, Phase
 
 
 class LayoutProfileRepository(Protocol):
@@ -99,6 +99,15 @@ class LayoutView:
             self._refreshing = False
         self._fetched_at = max(self._fetched_at, started)
         return installed
+
+    def settled(self) -> LayoutRecord | None:
+        """The copy, while it may be read by (younger than `max_age`) and its phase is steady:
+        what a read elsewhere than on the primary (a replica, which cannot acknowledge) may go
+        by. None: read on the primary, which refreshes the copy."""
+        record = self._record
+        if record is None or self._clock() - self._fetched_at >= self.max_age:
+            return None
+        return record if record.phase is Phase.STEADY else None
 
     def observed(self, record: LayoutRecord) -> None:
         """A record read from the database (by a refresh, or by a write in its transaction): a

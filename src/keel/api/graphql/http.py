@@ -414,7 +414,13 @@ class GraphQLEndpoint:
         # by ETag. The tag covers data only, not the cost (which changes with every request).
         result = _dumps({"data": data})
         tag = '"' + hashlib.sha256(result.encode()).hexdigest()[:32] + '"'
-        headers.update({"ETag": tag, "Cache-Control": self._get_cache_control, "Vary": "Authorization"})
+        headers.update(
+            {
+                "ETag": tag,
+                "Cache-Control": self._get_cache_control,
+                "Vary": "Authorization, Keel-Consistency-Token",  # a token read never gets an older answer
+            }
+        )
         if_none_match = request.headers.get("if-none-match")
         if if_none_match is not None and etag_matches(if_none_match, tag):
             return Response(status_code=304, headers=headers)

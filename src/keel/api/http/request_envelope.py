@@ -19,9 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keel.api.envelope import Exchange, Series
 from keel.api.http.problems import domain_problem, problem_response
 from keel.api.http.request_state import request_state
-from keel.domain.errors import OutcomeUnknown
+from keel.domain.errors import OutcomeUnknown, ValidationFailed
 from keel.observability.metrics import Metrics
 from keel.resilience.deadline import deadline_in
+from keel.service.consistency import TOKEN_NAME, TOKEN_RULE, Consistency, parse_position
+from keel.service.consistency import scope as consistency_scope
 
 UNROUTED = "unmatched"  # the route label of requests answered before routing
 _CUT_AT_SHUTDOWN = (
@@ -29,6 +31,7 @@ _CUT_AT_SHUTDOWN = (
     " Retry it with the same Idempotency-Key (a write), on another node."
 )
 _log = structlog.get_logger("keel.access")
+_CONSISTENCY_TOKEN = TOKEN_NAME.lower().encode()
 
 
 def _timeout_seconds(value: bytes) -> float | None:
@@ -66,6 +69,7 @@ class RequestEnvelope:
         request_id = ""
         content_length = -1
         requested_timeout: bytes | None = None
+        consistency_token: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")
@@ -75,6 +79,8 @@ class RequestEnvelope:
                 content_length = int(value) if value.isdigit() else -1
             elif name == b"x-request-timeout":
                 requested_timeout = value
+            elif name == _CONSISTENCY_TOKEN:
+                consistency_token = value
 
         method = scope["method"]
         exchange = Exchange(scope["app"].state.services.tracer, method, carrier, request_id)
@@ -85,6 +91,15 @@ class RequestEnvelope:
         status = 500
         started_response = False
         received = 0
+        # Read-your-writes across replicas (keel.service.consistency): the token read, and the
+        # one answered once the request's writes committed.
+        consistency = Consistency()
+        bad_consistency = False
+        if consistency_token is not None:
+            try:
+                consistency.read_after = parse_position(consistency_token.decode("latin-1"))
+            except ValidationFailed:
+                bad_consistency = True
 
         async def counted_receive() -> Message:
             nonlocal received
@@ -103,6 +118,9 @@ class RequestEnvelope:
                 status = message["status"]
                 started_response = True
                 message["headers"] = [*message.get("headers", ()), *response_headers]
+                answered = consistency.answer()
+                if answered is not None:
+                    message["headers"].append((_CONSISTENCY_TOKEN, answered.encode()))
             await send(message)
 
         # The client may ask for less time than the server's deadline, never for more.
@@ -123,8 +141,12 @@ class RequestEnvelope:
                     "Bad request",
                     "X-Request-Timeout must be a number of seconds greater than 0.",
                 )(scope, receive, send_with_headers)
+            elif bad_consistency:
+                await problem_response(
+                    400, "bad-request", "Bad request", f"{TOKEN_NAME} must be {TOKEN_RULE}."
+                )(scope, receive, send_with_headers)
             else:
-                with deadline_in(timeout):
+                with deadline_in(timeout), consistency_scope(consistency):
                     await self.app(scope, counted_receive, send_with_headers)
         except ClientDisconnect:
             # The client went, or the HTTP server gave up on its body (keel.api.http.protocol),

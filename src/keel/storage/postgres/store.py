@@ -21,12 +21,14 @@ from keel.domain.events import PROFILE_ERASED, DomainEvent
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
+from keel.service.consistency import in_request, note_commit, required_position
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
 from keel.storage.layout_records import LayoutReading, SqlLayoutRecords
 from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
 from keel.storage.postgres.documents import PostgresDocumentProfiles
+from keel.storage.postgres.replicas import ACQUIRE_SECONDS, PRIMARY_POSITION, Replica, Replicas, open_replicas
 from keel.storage.postgres.webhooks import PostgresWebhooks
 from keel.storage.rows import (
     API_KEY_COLUMNS,
@@ -71,6 +73,10 @@ _CONNECTION_ERRORS = (
 )
 
 
+# What makes a replica skipped (and the read retried on the primary), and a commit's position
+# unread: the server gone or slow, or a query it refused (a conflict with recovery).
+_REPLICA_FAILURES = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
+
 # A unit of work cut short by these is abandoned mid-statement (see `_give_back`).
 _INTERRUPTIONS = (asyncio.CancelledError, TimeoutError)
 
@@ -106,8 +112,12 @@ class PostgresStore:
         acquire_timeout: float = 5.0,
         layout: Layout = Layout.NORMALIZED,
         node_id: str | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self._pool = pool
+        # Read replicas (None: every read on the primary). With them, every write notes its
+        # commit position for the request's consistency token.
+        self.replicas = replicas
         self.layout = layout  # the configured one, checked at start-up; units of work follow the record
         self._view = LayoutView(node_id)
         # Bounded wait for a connection: shorter than an idempotency lease, so no request can
@@ -129,6 +139,8 @@ class PostgresStore:
         acquire_timeout: float = 5.0,
         layout: Layout = Layout.NORMALIZED,
         node_id: str | None = None,
+        replica_urls: Sequence[str] = (),
+        replica_max_lag_seconds: float = 1.0,
     ) -> PostgresStore:
         pool = await asyncpg.create_pool(
             url,
@@ -137,10 +149,60 @@ class PostgresStore:
             command_timeout=command_timeout,
             reset=_keep_session,
         )
-        return cls(pool, observer, acquire_timeout, layout, node_id)
+        replicas = None
+        if replica_urls:
+            replicas = await open_replicas(
+                replica_urls,
+                observer.metrics,
+                max_lag_seconds=replica_max_lag_seconds,
+                max_size=max_size,
+                command_timeout=command_timeout,
+            )
+        return cls(pool, observer, acquire_timeout, layout, node_id, replicas)
 
-    def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
-        return PostgresUnitOfWork(self._pool, self.observer, read_only, self._acquire_timeout, self._view)
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> PostgresUnitOfWork:
+        """`replica_ok`: a read that a replica may serve (profile reads), when one has replayed
+        what the request must see (`keel.service.consistency`) and the layout record is steady."""
+        replicas = self.replicas
+        if read_only and replica_ok and replicas is not None:
+            # A replica cannot refresh the node's copy of the layout record (a refresh
+            # acknowledges, a write), nor be trusted to hold a layout a migration is filling:
+            # only a fresh copy of a steady record sends reads there.
+            record = self._view.settled()
+            replica = replicas.choose(required_position()) if record is not None else None
+            if replica is None:
+                replicas.count("primary")
+            elif record is not None:
+                return self._unit(read_only, replica=(replica, replicas, record))
+        return self._unit(read_only, notes_position=replicas is not None)
+
+    def _unit(
+        self,
+        read_only: bool,
+        *,
+        notes_position: bool = False,
+        replica: tuple[Replica, Replicas, LayoutRecord] | None = None,
+    ) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(
+            self._pool,
+            self.observer,
+            read_only,
+            self._acquire_timeout,
+            self._view,
+            notes_position=notes_position,
+            replica=replica,
+        )
+
+    async def watch_replicas(self) -> None:
+        """Follow the replicas' replay positions until cancelled (a background task)."""
+        if self.replicas is not None:
+            await self.replicas.watch(self._pool, self._refresh_view)
+
+    async def _refresh_view(self) -> None:
+        """The node's copy of the layout record, refreshed when due off the request path: reads
+        sent to replicas never refresh it (`LayoutView.settled`)."""
+        async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
+            await self._view.current(SqlLayoutRecords(PostgresSession(connection)))
 
     async def layout_record(self) -> LayoutRecord | None:
         """What the database records of its profiles' layout; None before the layouts' revision."""
@@ -172,6 +234,8 @@ class PostgresStore:
             with contextlib.suppress(*_CONNECTION_ERRORS, asyncpg.PostgresError):
                 async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
                     await SqlLayoutRecords(PostgresSession(connection)).forget_node(self._view.node_id)
+        if self.replicas is not None:
+            await self.replicas.close()
         await self._pool.close()
 
 
@@ -183,6 +247,9 @@ class PostgresUnitOfWork:
         read_only: bool,
         acquire_timeout: float,
         view: LayoutView,
+        *,
+        notes_position: bool = False,
+        replica: tuple[Replica, Replicas, LayoutRecord] | None = None,
     ) -> None:
         self._pool = pool
         self._view = view
@@ -190,6 +257,11 @@ class PostgresUnitOfWork:
         self._observer = observer
         self._read_only = read_only
         self._transaction: Transaction | None = None
+        self._notes_position = notes_position
+        # A read on a replica: the replica, its set (to skip it if it fails) and the layout
+        # record to read by (the node's settled copy).
+        self._replica = replica
+        self.served_by_replica = False  # read by keel.storage.guarded: no verdict on the primary
 
     profiles: PostgresProfiles | PostgresDocumentProfiles | LayoutProfiles
     # Both layouts' repositories on this connection (a migration's copy uses them directly).
@@ -205,6 +277,21 @@ class PostgresUnitOfWork:
     _connection: _Connection
 
     async def __aenter__(self) -> Self:
+        if self._replica is not None:
+            replica, replicas, _ = self._replica
+            try:
+                async with asyncio.timeout(ACQUIRE_SECONDS):
+                    connection = await replica.pool.acquire()
+            except _REPLICA_FAILURES as error:
+                # Not reachable, or not soon: skipped until the watcher finds it back; this
+                # read goes to the primary.
+                replicas.suspend(replica, type(error).__name__)
+                replicas.count("primary")
+            else:
+                replicas.count("replica")
+                self._pool = replica.pool
+                self.served_by_replica = True
+                return self._use(connection)
         try:
             if self._pool.get_idle_size() > 0:
                 # An idle connection is handed over without waiting: no timer needed, and a
@@ -216,25 +303,7 @@ class PostgresUnitOfWork:
                     connection = await self._pool.acquire()
         except _CONNECTION_ERRORS as error:
             raise Unavailable("The database is not reachable; retry shortly.") from error
-        self._connection = connection
-        session = PostgresSession(connection)
-        self.layout_records = SqlLayoutRecords(session)
-        self.profile_layouts = {
-            Layout.NORMALIZED: PostgresProfiles(connection, self._observer),
-            Layout.DOCUMENT: PostgresDocumentProfiles(connection, self._observer),
-        }
-        # Reads follow the node's copy of the layout record (refreshed when due); writes read
-        # the record in their own transaction. Both only once the unit touches a profile.
-        self.profiles = LayoutProfiles(
-            self.profile_layouts, self._record_to_read if self._read_only else self._record_of_this_write
-        )
-        self.idempotency = PostgresIdempotency(connection, self._observer)
-        self.api_keys = PostgresApiKeys(connection, self._observer)
-        self.outbox = PostgresOutbox(connection, self._observer)
-        self.webhooks = PostgresWebhooks(connection, self._observer)
-        self.personal_data = SqlPersonalData(session, self._observer)
-        self.erasures = SqlErasureSagas(session, self._observer)
-        self.erasure_acknowledgements = SqlErasureAcknowledgements(session, self._observer)
+        self._use(connection)
         if not self._read_only:
             self._transaction = connection.transaction()
             try:
@@ -246,6 +315,37 @@ class PostgresUnitOfWork:
                 await self._give_back(connection, broken=isinstance(error, _INTERRUPTIONS))
                 raise
         return self
+
+    def _use(self, connection: _Connection) -> Self:
+        self._connection = connection
+        session = PostgresSession(connection)
+        self.layout_records = SqlLayoutRecords(session)
+        self.profile_layouts = {
+            Layout.NORMALIZED: PostgresProfiles(connection, self._observer),
+            Layout.DOCUMENT: PostgresDocumentProfiles(connection, self._observer),
+        }
+        # Reads follow the node's copy of the layout record (refreshed when due); writes read
+        # the record in their own transaction. Both only once the unit touches a profile.
+        self.profiles = LayoutProfiles(
+            self.profile_layouts,
+            self._settled_record
+            if self.served_by_replica
+            else self._record_to_read
+            if self._read_only
+            else self._record_of_this_write,
+        )
+        self.idempotency = PostgresIdempotency(connection, self._observer)
+        self.api_keys = PostgresApiKeys(connection, self._observer)
+        self.outbox = PostgresOutbox(connection, self._observer)
+        self.webhooks = PostgresWebhooks(connection, self._observer)
+        self.personal_data = SqlPersonalData(session, self._observer)
+        self.erasures = SqlErasureSagas(session, self._observer)
+        self.erasure_acknowledgements = SqlErasureAcknowledgements(session, self._observer)
+        return self
+
+    async def _settled_record(self) -> LayoutRecord:
+        assert self._replica is not None
+        return self._replica[2]
 
     async def _record_to_read(self) -> LayoutRecord:
         return await self._view.current(self.layout_records)
@@ -269,6 +369,20 @@ class PostgresUnitOfWork:
         if self._transaction is not None:
             await self._transaction.commit()
             self._transaction = None
+            if self._notes_position and in_request():
+                await self._note_position()
+
+    async def _note_position(self) -> None:
+        """The primary's insert position, at or past this commit's record: a replica that has
+        replayed past it has this write. Failing to read it after the commit loses only the
+        token (the request answers none, and reads the rest of its way on the primary), never
+        the write."""
+        try:
+            position = await self._connection.fetchval(PRIMARY_POSITION)
+        except _REPLICA_FAILURES:
+            note_commit(None)
+            return
+        note_commit(int(position))
 
     async def __aexit__(
         self,
@@ -277,9 +391,19 @@ class PostgresUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         if isinstance(exc, _INTERRUPTIONS):
+            if self.served_by_replica:
+                assert self._replica is not None
+                self._replica[1].suspend(self._replica[0], type(exc).__name__)  # hung, or slow
             self._transaction = None
             await self._give_back(self._connection, broken=True)
             return
+        if self.served_by_replica and isinstance(exc, _REPLICA_FAILURES):
+            # The replica failed this read (gone, or a query cancelled by a conflict with
+            # recovery): skipped until the watcher finds it back, so a retry reads the primary.
+            assert self._replica is not None
+            self._replica[1].suspend(self._replica[0], type(exc).__name__)
+            await self._give_back(self._connection, broken=True)
+            raise Unavailable("A read replica failed the read; retry shortly.") from exc
         broken = False
         try:
             if self._transaction is not None:

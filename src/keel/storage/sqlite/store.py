@@ -114,7 +114,8 @@ class SqliteStore:
         observer.metrics.db_pool_in_use.set_function(lambda: float(store._write_lock.locked()))
         return store
 
-    def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
+    def unit_of_work(self, *, read_only: bool = False, replica_ok: bool = False) -> SqliteUnitOfWork:
+        # SQLite has no replicas: `replica_ok` reads go where every read goes.
         return SqliteUnitOfWork(self, read_only)
 
     async def layout_reading(self) -> LayoutReading:

@@ -3,6 +3,7 @@ for idempotent calls only, and the core's errors turned back into domain errors.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from keel.api.grpc.wire.metadata import EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256, REQUEST_ID
+from keel.api.grpc.wire.metadata import CONSISTENCY_TOKEN, EDGE, ON_BEHALF_OF, ON_BEHALF_OF_SHA256, REQUEST_ID
 from keel.api.grpc.wire.status import (
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
@@ -24,10 +25,11 @@ from keel.api.grpc.wire.status import (
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.domain.api_keys import Principal
-from keel.domain.errors import DeadlineExceeded, OutcomeUnknown, Unavailable
+from keel.domain.errors import DeadlineExceeded, OutcomeUnknown, Unavailable, ValidationFailed
 from keel.observability.context import current_request_id
 from keel.resilience.deadline import remaining
 from keel.resilience.retry import RetryPolicy
+from keel.service.consistency import format_position, note_commit, parse_position, required_position
 
 Reply = TypeVar("Reply")
 _propagator = TraceContextTextMapPropagator()
@@ -43,6 +45,15 @@ def _retryable(error: BaseException) -> bool:
     # Only a call that never reached the core (or whose answer was lost) is retried: the core
     # retries its own database reads, and an overloaded core must not get more work.
     return isinstance(error, CoreUnreachable)
+
+
+def _note_core_position(trailing: Any) -> None:
+    for key, value in trailing or ():
+        if key == CONSISTENCY_TOKEN and isinstance(value, str):
+            # From the core this edge is configured with; a malformed one is its bug, not the
+            # caller's: the write stands, only its token is not passed on.
+            with contextlib.suppress(ValidationFailed):
+                note_commit(parse_position(value))
 
 
 class CoreClient:
@@ -107,6 +118,12 @@ class CoreClient:
             request_id = current_request_id()
             if request_id is not None:
                 metadata.append((REQUEST_ID, request_id))
+            # Read-your-writes through the edge: the position the request must read at (the
+            # caller's token, or this request's own earlier write) goes to the core, and the
+            # position the core's write reached comes back for the edge's answer.
+            position = required_position()
+            if position is not None:
+                metadata.append((CONSISTENCY_TOKEN, format_position(position)))
             span = self._tracer.start_span(f"{_SERVICE_OF[name]}/{name}", kind=SpanKind.CLIENT)
             if span.is_recording():
                 span.set_attribute("rpc.system", "grpc")
@@ -117,7 +134,11 @@ class CoreClient:
             _propagator.inject(carrier, context=set_span_in_context(span))
             metadata.extend(carrier.items())
             try:
-                return await method(request, timeout=timeout, metadata=tuple(metadata))
+                # A grpc.aio call: its answer, then its trailing metadata.
+                call: Any = method(request, timeout=timeout, metadata=tuple(metadata))
+                reply: Reply = await call
+                _note_core_position(await call.trailing_metadata())
+                return reply
             except grpc.aio.AioRpcError as error:
                 span.set_attribute("rpc.grpc.status_code", error.code().value[0])
                 failure = from_status(

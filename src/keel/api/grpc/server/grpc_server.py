@@ -22,7 +22,7 @@ from keel.api.envelope import Exchange, Series
 from keel.api.grpc.server.admission import GrpcAdmission, KeyResolver
 from keel.api.grpc.server.encoded import passing_encoded
 from keel.api.grpc.server.servicers import CallerServicer, ProfileServicer
-from keel.api.grpc.wire.metadata import REQUEST_ID
+from keel.api.grpc.wire.metadata import CONSISTENCY_TOKEN, REQUEST_ID
 from keel.api.grpc.wire.status import (
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
@@ -36,6 +36,8 @@ from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExce
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
 from keel.resilience.deadline import deadline_in
+from keel.service.consistency import Consistency, parse_position
+from keel.service.consistency import scope as consistency_scope
 from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
 
 
@@ -135,12 +137,20 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         if remaining is not None:
             timeout = min(timeout, max(remaining, 0.0))
             deadline_ms = int(max(remaining, 0.0) * 1000)
+        consistency = Consistency()
         try:
             try:
-                with deadline_in(timeout):
-                    return await self._admission.run(
+                token = metadata.get(CONSISTENCY_TOKEN)
+                if token is not None:
+                    consistency.read_after = parse_position(token)
+                with deadline_in(timeout), consistency_scope(consistency):
+                    reply = await self._admission.run(
                         method, metadata, context.peer(), behaviour, repeated=repeated
                     )
+                answered = consistency.answer()
+                if answered is not None:
+                    context.set_trailing_metadata(((CONSISTENCY_TOKEN, answered),))
+                return reply
             except KeelError as error:
                 code, status = to_status(error)
                 refused = isinstance(error, QuotaExceeded | CapacityReduced)

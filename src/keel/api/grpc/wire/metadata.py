@@ -8,3 +8,6 @@ ON_BEHALF_OF_SHA256 = "keel-on-behalf-of-sha256"
 # (EDGE_REJECTED), not as the caller's key being invalid.
 EDGE = "keel-edge"
 REQUEST_ID = "x-request-id"
+# Read-your-writes across read replicas (keel.service.consistency): sent by a client with the
+# token of its last write; answered in the trailing metadata of a call that wrote.
+CONSISTENCY_TOKEN = "keel-consistency-token"  # noqa: S105 - a key name, not a secret
