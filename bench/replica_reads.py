@@ -261,7 +261,8 @@ def _report(args: argparse.Namespace, rows: list[dict[str, float | str]], ryw: d
         "## Read-your-writes",
         "",
         f"{ryw['trials']} trials: create, read at once without the token, then read with it until the"
-        " replica serves it (a read every 2 ms; Keel polls the replica's position every 0.2 s).",
+        " replica serves it (a read every 2 ms; Keel polls the replica's position every 0.2 s, and"
+        " sooner, no closer than 20 ms apart, when a token read finds no replica there).",
         "",
         f"- token reads that did not answer 200: **{ryw['token_not_200']}**",
         "- tokenless reads at once that answered 404 (the replica had not replayed yet):"

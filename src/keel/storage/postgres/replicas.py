@@ -60,6 +60,10 @@ class Replica:
 
 class Replicas:
     poll_seconds = 0.2
+    # A read whose token no replica is known to have replayed asks for the next poll at once,
+    # but polls come no closer together than this: the replica is usually milliseconds behind,
+    # and a token's reads should not wait a whole poll to find it there.
+    eager_poll_seconds = 0.02
 
     def __init__(
         self,
@@ -78,6 +82,7 @@ class Replicas:
         samples = math.ceil(max_lag_seconds / self.poll_seconds) + 10
         self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=samples)
         self._turn = itertools.count()
+        self._wanted = asyncio.Event()
         self._routed = {
             server: metrics.replica_routed_reads.labels(server) for server in ("replica", "primary")
         }
@@ -90,14 +95,15 @@ class Replicas:
         so a watcher that stalls (or a primary it cannot poll) stops the reads, not freezes
         them on what was last seen."""
         now = self._clock()
-        usable = [
+        current = [
             replica
             for replica in self.members
-            if replica.up
-            and replica.lag_seconds + (now - replica.checked_at) <= self._max_lag
-            and (required is None or replica.replayed >= required)
+            if replica.up and replica.lag_seconds + (now - replica.checked_at) <= self._max_lag
         ]
+        usable = [r for r in current if required is None or r.replayed >= required]
         if not usable:
+            if current:
+                self._wanted.set()  # maybe there by now: poll without waiting the whole interval
             return None
         return usable[next(self._turn) % len(usable)]
 
@@ -129,7 +135,11 @@ class Replicas:
                 await each_round()
             except Exception as error:  # noqa: BLE001
                 _poll_log.warning("layout_refresh_failed", error=type(error).__name__)
-            await asyncio.sleep(self.poll_seconds)
+            await asyncio.sleep(self.eager_poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_seconds - self.eager_poll_seconds):
+                    await self._wanted.wait()
+            self._wanted.clear()
 
     async def close(self) -> None:
         for replica in self.members:
@@ -182,13 +192,19 @@ async def open_replicas(
     max_lag_seconds: float,
     max_size: int,
     command_timeout: float,
+    reset: Callable[[asyncpg.Connection], Awaitable[None]],
 ) -> Replicas:
     """Pools to `urls`, opened lazily: a replica down at start-up is only skipped."""
     members = [
         Replica(
             f"replica-{index}",
             asyncpg.create_pool(
-                url, min_size=0, max_size=max_size, command_timeout=command_timeout, timeout=1.0
+                url,
+                min_size=0,
+                max_size=max_size,
+                command_timeout=command_timeout,
+                timeout=1.0,
+                reset=reset,  # the primary pool's: no reset round trip per read
             ),
         )
         for index, url in enumerate(urls)

@@ -157,6 +157,7 @@ class PostgresStore:
                 max_lag_seconds=replica_max_lag_seconds,
                 max_size=max_size,
                 command_timeout=command_timeout,
+                reset=_keep_session,
             )
         return cls(pool, observer, acquire_timeout, layout, node_id, replicas)
 
