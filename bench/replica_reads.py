@@ -12,8 +12,10 @@ shedding off, so every read reaches the database) per configuration and round.
    that matters is the primary's CPU per read with the replica ÷ without, in the same run; the
    spread between rounds of each figure is printed beside it.
 2. **Read-your-writes**, `--trials` times: create a profile, then read it at once without the
-   token and with it; then read with the token every 2 ms until a read is counted as served by
-   the replica. Figures: how many token reads answered 404 (expected 0), how many tokenless ones
+   token, then with it back to back (2 ms apart) for 300 ms, counting where those reads went
+   from one scrape of /metrics before and one after (with one replica, once it serves a token's
+   read it serves every later one, so the count says which read was its first). Figures:
+   how many token reads answered 404 (expected 0), how many tokenless ones
    did (the replica had not replayed yet), and the time from the create's answer until the
    replica served the token's read, against the time until the replica had the row by a direct
    SQL poll started at the same moment (the replication delay itself).
@@ -74,13 +76,20 @@ def _env(primary: PostgresProcess, replica: PostgresProcess | None) -> dict[str,
 
 
 def _routed(base: str) -> dict[str, float]:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return _parse_routed(httpx.get(f"{base}/metrics", timeout=10).text)
+
+
+def _parse_routed(text: str) -> dict[str, float]:
     found = {"replica": 0.0, "primary": 0.0}
     for line in text.splitlines():
         if line.startswith("keel_replica_routed_reads_total{"):
             server_label = line.split('server="', 1)[1].split('"', 1)[0]
             found[server_label] = float(line.rsplit(" ", 1)[1])
     return found
+
+
+async def _routed_async(client: httpx.AsyncClient) -> dict[str, float]:
+    return _parse_routed((await client.get("/metrics")).text)
 
 
 def _wait_replica_up(base: str) -> None:
@@ -152,6 +161,7 @@ async def _ryw(
         served_at: list[float] = []
         replicated_at: list[float] = []
         first_on_primary = 0
+        never_served = 0
         try:
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10) as client:
                 for trial in range(args.trials):
@@ -168,19 +178,28 @@ async def _ryw(
                     row_seen = asyncio.create_task(_row_on_replica(standby, profile_id, answered))
                     tokenless = await client.get(f"/v1/profiles/{profile_id}")
                     tokenless_404 += tokenless.status_code == 404
-                    routed = _routed(base)
-                    first = True
-                    while True:
+                    # Token reads back to back for 300 ms, the routing counters read once before
+                    # and once after: with one replica, once it serves a token's read it serves
+                    # every later one (its replayed position only grows), so the first
+                    # `primary` reads went to the primary and the next one is the first the
+                    # replica served. Scraping /metrics between reads would time the scrape.
+                    before = await _routed_async(client)
+                    sent: list[float] = []
+                    while time.perf_counter() - answered < 0.3:
+                        sent.append(time.perf_counter() - answered)
                         read = await client.get(f"/v1/profiles/{profile_id}", headers={TOKEN: position})
                         token_404 += read.status_code != 200
-                        now = _routed(base)
-                        if now["replica"] > routed["replica"]:
-                            served_at.append(time.perf_counter() - answered)
-                            break
-                        first_on_primary += first
-                        first = False
-                        routed = now
                         await asyncio.sleep(0.002)
+                    after = await _routed_async(client)
+                    on_primary = round(after["primary"] - before["primary"])
+                    on_replica = round(after["replica"] - before["replica"])
+                    if on_primary + on_replica != len(sent):
+                        raise RuntimeError(f"{len(sent)} reads, {on_primary} + {on_replica} counted")
+                    first_on_primary += on_primary > 0
+                    if on_replica:
+                        served_at.append(sent[on_primary])
+                    else:
+                        never_served += 1
                     replicated_at.append(await row_seen)
         finally:
             await standby.close()
@@ -189,6 +208,7 @@ async def _ryw(
         "token_not_200": token_404,
         "tokenless_404": tokenless_404,
         "first_token_read_on_primary": first_on_primary,
+        "not_served_by_the_replica_within_300_ms": never_served,
         "served_ms": [s * 1000 for s in served_at],
         "replicated_ms": [s * 1000 for s in replicated_at],
     }
@@ -261,13 +281,16 @@ def _report(args: argparse.Namespace, rows: list[dict[str, float | str]], ryw: d
         "## Read-your-writes",
         "",
         f"{ryw['trials']} trials: create, read at once without the token, then read with it until the"
-        " replica serves it (a read every 2 ms; Keel polls the replica's position every 0.2 s, and"
-        " sooner, no closer than 20 ms apart, when a token read finds no replica there).",
+        " replica serves it: token reads back to back (2 ms apart) for 300 ms, counted by where they"
+        " went (one scrape of /metrics before and after). Keel polls the replica's position every 0.2 s,"
+        " and sooner, no closer than 20 ms apart, when a token read finds no replica there.",
         "",
         f"- token reads that did not answer 200: **{ryw['token_not_200']}**",
         "- tokenless reads at once that answered 404 (the replica had not replayed yet):"
         f" {ryw['tokenless_404']}",
-        f"- first token read sent to the primary: {ryw['first_token_read_on_primary']} of {ryw['trials']}",
+        f"- trials whose first token read went to the primary: {ryw['first_token_read_on_primary']}"
+        f" of {ryw['trials']}; whose token reads the replica never served within 300 ms:"
+        f" {ryw['not_served_by_the_replica_within_300_ms']}",
         "",
         "| from the create's answer until… | median / p90 / max ms |",
         "|---|---|",
