@@ -56,8 +56,9 @@ def _expressions() -> list[str]:
 
 
 def exercised_metrics(served: Served, handle: str) -> str:
-    """A served Keel's `/metrics` after one create and one read under `/v1`, and one of each
-    over gRPC (so the request series of both protocols carry a write and a read)."""
+    """A served Keel's `/metrics` after one create and one read under `/v1`, one of each over
+    gRPC, and a GraphQL mutation and query (so the request series of the three protocols carry a
+    write and a read)."""
     headers = {"Authorization": f"Bearer {served.token}"}
     created = httpx.post(
         f"{served.base_url}/v1/profiles",
@@ -75,6 +76,20 @@ def exercised_metrics(served: Served, handle: str) -> str:
         )
         made = stub.CreateProfile(pb.CreateProfileRequest(profile=profile), metadata=metadata, timeout=30)
         stub.GetProfile(pb.GetProfileRequest(id=made.profile.id), metadata=metadata, timeout=30)
+    mutation = (
+        "mutation($h: String!, $e: String!) { createProfile(input: {handle: $h, "
+        "emails: [{address: $e, primary: true}]}) { profile { id } } }"
+    )
+    variables = {"h": f"{handle}_gql", "e": f"{handle}@example.net"}
+    made_here = httpx.post(
+        f"{served.base_url}/graphql", json={"query": mutation, "variables": variables}, headers=headers
+    ).json()
+    assert "errors" not in made_here, made_here
+    query = {
+        "query": "query($id: ID!) { profile(id: $id) { id } }",
+        "variables": {"id": made_here["data"]["createProfile"]["profile"]["id"]},
+    }
+    assert "errors" not in httpx.post(f"{served.base_url}/graphql", json=query, headers=headers).json()
     return httpx.get(f"{served.base_url}/metrics").text
 
 
@@ -99,22 +114,27 @@ def test_every_series_the_rules_read_is_served(served: Served) -> None:
                     assert all(label in s.labels for s in found), f"{name} has no label {label}"
     # Each latency threshold is a bucket boundary of its histogram, for the methods it applies
     # to (a read and a write were observed under /v1 and over gRPC above).
-    histograms: dict[str, Callable[[Sample], bool]] = {
-        "keel_http_request_duration_seconds_bucket": lambda s: s.labels["route"].startswith("/v1/"),
-        "keel_grpc_request_duration_seconds_bucket": lambda s: True,
+    # The label that says read or write: the method, or GraphQL's operation type.
+    histograms: dict[str, tuple[Callable[[Sample], bool], str]] = {
+        "keel_http_request_duration_seconds_bucket": (
+            lambda s: s.labels["route"].startswith("/v1/"),
+            "method",
+        ),
+        "keel_grpc_request_duration_seconds_bucket": (lambda s: True, "method"),
+        "keel_graphql_request_duration_seconds_bucket": (lambda s: True, "type"),
     }
-    for histogram, observed in histograms.items():
+    for histogram, (observed, kind) in histograms.items():
         buckets = [s for s in samples if s.name == histogram and observed(s)]
         thresholds: list[tuple[str, str]] = []
         for expr in expressions:
             for selector in re.findall(rf"{histogram}\{{([^}}]*)\}}", expr):
                 bound = re.search(r'le="([^"]+)"', selector)
-                applies_to = re.search(r'method=~"([^"]+)"', selector)
+                applies_to = re.search(rf'{kind}=~"([^"]+)"', selector)
                 assert bound, selector
                 assert applies_to, selector
                 thresholds.append((bound.group(1), applies_to.group(1)))
         assert len(thresholds) >= 2, (histogram, thresholds)
-        for le, methods in thresholds:
-            assert any(s.labels["le"] == le and re.fullmatch(methods, s.labels["method"]) for s in buckets), (
-                f"no {histogram} le={le} for {methods}"
+        for le, kinds in thresholds:
+            assert any(s.labels["le"] == le and re.fullmatch(kinds, s.labels[kind]) for s in buckets), (
+                f"no {histogram} le={le} for {kinds}"
             )

@@ -98,3 +98,22 @@ def test_an_argument_graphql_core_refuses_is_the_clients_mistake() -> None:
     # A value Keel produced and could not serialize has no location: a bug, masked.
     unserializable = format_error(located(GraphQLError("Int cannot represent 2**40")), during_execution=True)
     assert unserializable["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+
+
+def test_the_slos_count_only_the_servers_errors_against_availability() -> None:
+    """What a 5xx is on REST (`Unavailable` and its kinds, load shedding, a resolver's bug) is a
+    `server_error`; every other domain error is the caller's."""
+    from keel.api.graphql.errors import slo_outcome
+    from keel.domain.errors import CapacityReduced, CircuitOpen, DeadlineExceeded, OutcomeUnknown
+
+    def outcome(error: Exception) -> str:
+        raised = GraphQLError("x", path=["profile"], original_error=error)  # under a resolver
+        return slo_outcome([format_error(raised, during_execution=True)])
+
+    servers: list[Exception] = [Unavailable("x"), CircuitOpen("x"), DeadlineExceeded("x")]
+    servers += [OutcomeUnknown("x"), CapacityReduced("x"), RuntimeError("a bug")]
+    assert {outcome(error) for error in servers} == {"server_error"}
+    callers = [NotFound("x"), ValidationFailed([]), Forbidden("x"), Unauthenticated("x"), _Quota("x")]
+    callers += [VersionMismatch("x", 2), ConcurrentModification("x"), IdempotencyInProgress("x")]
+    assert {outcome(error) for error in callers} == {"caller_error"}
+    assert slo_outcome([]) == "ok"

@@ -141,6 +141,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # The SLO rules' view of GraphQL (deploy/prometheus/keel-rules.yml): by type (query: a
+        # read, mutation: a write) and outcome (ok; caller_error: a GraphQL error of the caller's,
+        # quota refusals included; server_error: one of the server's, as a 5xx is on REST).
+        self.graphql_request_duration = Histogram(
+            "keel_graphql_request_duration_seconds",
+            "Time from a GraphQL operation's admission to its answer, by type and outcome "
+            "(ok, caller_error, server_error).",
+            ["type", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.graphql_operation_cost = Histogram(
             "keel_graphql_operation_cost",
             "Rate-limit units a GraphQL operation asked for before execution, by operation name.",

@@ -82,5 +82,20 @@ def format_error(error: GraphQLError, *, during_execution: bool) -> dict[str, An
     return formatted
 
 
+# Errors of the server's, not the caller's: what a 5xx is on REST (the domain's `Unavailable`
+# family, load shedding included, and a resolver's bug).
+SERVER_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "OUTCOME_UNKNOWN", INTERNAL})
+
+
+def slo_outcome(errors: list[dict[str, Any]]) -> str:
+    """An executed operation's outcome for the SLOs (`keel_graphql_request_duration_seconds`):
+    `server_error` if any error is the server's, `caller_error` if all are the caller's, `ok`
+    without errors."""
+    if not errors:
+        return "ok"
+    codes = {error.get("extensions", {}).get("code") for error in errors}
+    return "server_error" if codes & SERVER_CODES else "caller_error"
+
+
 def request_error(code: str, message: str, **extensions: Any) -> dict[str, Any]:
     return {"message": message, "extensions": {"code": code, **extensions}}

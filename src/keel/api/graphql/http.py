@@ -47,7 +47,7 @@ from keel.support.lru import BoundedLRU
 
 from .admission import above_burst, limit_headers, operation_of, remaining_after
 from .context import CostMeter, GraphQLContext
-from .errors import PARSE_FAILED, VALIDATION_FAILED, format_error, request_error
+from .errors import PARSE_FAILED, VALIDATION_FAILED, format_error, request_error, slo_outcome
 from .execution import executor_for
 from .graphql_core_internals import TOKEN_LIMIT_MESSAGE
 from .limits import LimitExceeded, Limits, Price, check_merged_fields, check_shape, operation_cost
@@ -320,6 +320,7 @@ class GraphQLEndpoint:
         admission = keel.admission
         requested = price.requested
         op_type = operation.operation.value
+        admitted_at = time.perf_counter()
         if admission.rate_limited:
             too_dear = above_burst(admission.plan_of(caller), requested)
             if too_dear is not None:
@@ -332,6 +333,7 @@ class GraphQLEndpoint:
             await self._share_registration(keel, caller, params)
         if isinstance(entered, Refusal):
             self._count(label, op_type, "rejected")
+            self._served(op_type, "caller_error" if entered.kind == "quota" else "server_error", admitted_at)
             if entered.kind == "quota":
                 return _rate_limited(entered, requested)
             request_state().refused = True
@@ -351,6 +353,7 @@ class GraphQLEndpoint:
             data, errors = await self._execute(keel.tracer, document, params, context, label, op_type)
             succeeded = not errors
             self._count(label, op_type, "ok" if not errors else "error")
+            self._served(op_type, slo_outcome(errors), admitted_at)
             charged = max(minimum, meter.spent)
             response = self._respond(request, data, errors, requested, charged, entered.limits)
             status = response.status_code
@@ -427,6 +430,11 @@ class GraphQLEndpoint:
         extensions = _dumps({"cost": _cost(requested, charged, remaining)})
         body = f'{result[:-1]},"extensions":{extensions}}}'
         return Response(body, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+    def _served(self, op_type: str, outcome: str, admitted_at: float) -> None:
+        self._metrics.graphql_request_duration.labels(op_type, outcome).observe(
+            time.perf_counter() - admitted_at
+        )
 
     def _count(self, label: str | None, op_type: str | None, outcome: str) -> None:
         self._metrics.graphql_operations.labels(label or "unparsed", op_type or "unknown", outcome).inc()
