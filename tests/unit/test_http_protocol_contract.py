@@ -31,7 +31,7 @@ LIMITS = HttpLimits(header_timeout_seconds=1, body_timeout_seconds=1, max_header
 def _pinned(name: str) -> str:
     for line in (REPO / "requirements.lock").read_text().splitlines():
         if line.startswith(f"{name}=="):
-            return line.split("==", 1)[1].strip()
+            return line.split("==", 1)[1].split()[0]  # before a hash's line continuation
     raise AssertionError(f"{name} is not pinned in requirements.lock")
 
 
