@@ -319,3 +319,29 @@ def test_a_dead_replica_is_skipped_and_taken_back(topology: Topology) -> None:
     finally:
         topology.replica.start()
     until(lambda: topology.metric("keel_replica_up", "replica-0") == 1, "the core takes the replica back")
+
+
+def test_after_the_layout_record_changes_a_replica_serves_only_once_past_the_change(paused: Topology) -> None:
+    """A replica lagging across the end of a layout migration could read a layout it has not
+    finished replaying: after any change of the record (here its generation, moved on the
+    primary as a migration's last step moves it), replicas serve nothing until past it."""
+    profile_id, _ = _create(paused.core, paused, "ryw_floor")
+    url = f"{paused.core}/v1/profiles/{profile_id}"
+
+    def status() -> int:
+        return httpx.get(url, headers=paused.headers, timeout=10).status_code
+
+    until(lambda: status() == 404, "the paused replica serves a read without a token")
+
+    async def move_the_record_on() -> None:
+        connection = await asyncpg.connect(paused.primary.url)
+        try:
+            await connection.execute("UPDATE storage_layout SET generation = generation + 1")
+        finally:
+            await connection.close()
+
+    asyncio.run(move_the_record_on())
+    until(lambda: status() == 200, "reads go to the primary once the node sees the new record")
+    _, primary_before = paused.routed()
+    assert status() == 200
+    assert paused.routed()[1] == primary_before + 1

@@ -118,6 +118,9 @@ class PostgresStore:
         # Read replicas (None: every read on the primary). With them, every write notes its
         # commit position for the request's consistency token.
         self.replicas = replicas
+        # The layout record's generation and the primary's position once the watcher saw it:
+        # replicas serve reads only once past it (`_refresh_view`).
+        self._floor: tuple[int, int] | None = None
         self.layout = layout  # the configured one, checked at start-up; units of work follow the record
         self._view = LayoutView(node_id)
         # Bounded wait for a connection: shorter than an idempotency lease, so no request can
@@ -168,9 +171,16 @@ class PostgresStore:
         if read_only and replica_ok and replicas is not None:
             # A replica cannot refresh the node's copy of the layout record (a refresh
             # acknowledges, a write), nor be trusted to hold a layout a migration is filling:
-            # only a fresh copy of a steady record sends reads there.
+            # only a fresh copy of a steady record sends reads there, to a replica that has
+            # replayed past the record's change (the floor the watcher noted for it).
             record = self._view.settled()
-            replica = replicas.choose(required_position()) if record is not None else None
+            floor = self._floor
+            if record is not None and (floor is None or floor[0] != record.generation):
+                record = None  # the watcher has not noted this generation's floor yet
+            replica = None
+            if record is not None and floor is not None:
+                required = required_position()
+                replica = replicas.choose(floor[1] if required is None else max(required, floor[1]))
             if replica is None:
                 replicas.count("primary")
             elif record is not None:
@@ -203,7 +213,13 @@ class PostgresStore:
         """The node's copy of the layout record, refreshed when due off the request path: reads
         sent to replicas never refresh it (`LayoutView.settled`)."""
         async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
-            await self._view.current(SqlLayoutRecords(PostgresSession(connection)))
+            record = await self._view.current(SqlLayoutRecords(PostgresSession(connection)))
+            if self._floor is None or self._floor[0] != record.generation:
+                # Read after this generation was: a replica past it has the record's change,
+                # and with it every row the migration wrote before (a replica lagging across
+                # the end of a migration would read a layout it has not finished replaying).
+                position = int(await connection.fetchval(PRIMARY_POSITION))
+                self._floor = (record.generation, position)
 
     async def layout_record(self) -> LayoutRecord | None:
         """What the database records of its profiles' layout; None before the layouts' revision."""
