@@ -35,6 +35,7 @@ from keel.domain.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
     KeelError,
+    Misdirected,
     NotFound,
     OutcomeUnknown,
     QuotaExceeded,
@@ -68,6 +69,7 @@ ERRORS: list[tuple[KeelError, grpc.StatusCode]] = [
     ),
     (OutcomeUnknown("No answer.", retry_after=1.0), grpc.StatusCode.UNAVAILABLE),
     (EdgeRejected("Edge key revoked.", retry_after=1.0), grpc.StatusCode.UNAUTHENTICATED),
+    (Misdirected("Lives in us1.", "us1"), grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 

@@ -60,6 +60,7 @@ def build_personal_data(
             erasure_policy=policy,
             deleted_retention=timedelta(seconds=settings.deleted_profiles_retention_seconds),
             on_erasure_started=runner.wake,
+            region=settings.region,
         )
 
     # The use cases on the requests' store; the purge of deleted profiles, a background job, on

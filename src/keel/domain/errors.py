@@ -122,6 +122,18 @@ class CapacityReduced(Unavailable):
     code = "temporary-reduced-capacity"
 
 
+class Misdirected(KeelError):
+    """The profile lives in another region (its id says which, `home_region`): this service
+    holds only its own region's profiles, so the request must go there. Never served from the
+    wrong store (docs/residency.md)."""
+
+    code = "misdirected"
+
+    def __init__(self, detail: str, home_region: str) -> None:
+        super().__init__(detail)
+        self.home_region = home_region
+
+
 class QuotaExceeded(KeelError):
     """The caller's rate-limit quota is spent until `retry_after` seconds from now."""
 

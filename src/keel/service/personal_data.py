@@ -16,6 +16,7 @@ from keel.domain.profile import JSONObject, JSONValue
 from keel.service.erasure import ErasurePolicy, ErasureStatus, erasure_status, require_admin
 from keel.service.outbox import cloud_event
 from keel.service.ports import Clock, PersonalDataStore
+from keel.service.residency import ensure_here
 
 DEFAULT_DELETED_RETENTION = timedelta(days=30)
 _PURGE_BATCH = 100
@@ -39,8 +40,10 @@ class PersonalDataService:
         erasure_policy: ErasurePolicy | None = None,
         deleted_retention: timedelta = DEFAULT_DELETED_RETENTION,
         on_erasure_started: Callable[[], None] = _nothing,
+        region: str | None = None,
     ) -> None:
         self._store = store
+        self._region = region  # None: any region's ids are looked up here (tests, tools)
         self._clock = clock
         self._policy = erasure_policy or ErasurePolicy()
         self._deleted_retention = deleted_retention
@@ -56,6 +59,8 @@ class PersonalDataService:
         require_admin(principal)
         if not is_profile_id(profile_id):
             raise NotFound("No such profile.")
+        if self._region is not None:
+            ensure_here((profile_id,), self._region)
         async with self._store.unit_of_work(read_only=True) as uow:
             data = uow.personal_data
             profile = await data.profile_any_state(profile_id)
@@ -132,6 +137,8 @@ class PersonalDataService:
         require_admin(principal)
         if not is_profile_id(profile_id):
             raise NotFound("No such profile.")
+        if self._region is not None:
+            ensure_here((profile_id,), self._region)
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
             existing = await uow.erasures.of_profile(profile_id)

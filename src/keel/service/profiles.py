@@ -43,6 +43,7 @@ from keel.service.ports import (
 )
 from keel.service.profile_input import email_search_key, fields_document, parse_profile_fields
 from keel.service.profile_reads import ProfileRead, ProfileReads
+from keel.service.residency import ensure_here
 from keel.service.snapshots import profile_from_snapshot, profile_snapshot
 from keel.service.use_cases import (
     MAX_IDS_PER_BATCH,
@@ -102,6 +103,7 @@ class ProfileService:
         require(principal, Scope.PROFILES_READ)
         if not is_profile_id(profile_id):
             raise NotFound("No such profile.")
+        ensure_here((profile_id,), self._region)
         read = await self._reads.read(profile_id)
         if read is None:
             raise NotFound("No such profile.")
@@ -115,6 +117,7 @@ class ProfileService:
         wanted = list(dict.fromkeys(i for i in profile_ids if is_profile_id(i)))
         if not wanted:
             return {}
+        ensure_here(wanted, self._region)
         found = await self._reads.read_many(wanted)
         return {profile_id: self._visible(read.profile, principal) for profile_id, read in found.items()}
 
@@ -142,6 +145,8 @@ class ProfileService:
             email=email_search_key(filters.email) if filters.email else None,
             ids=tuple(i for i in filters.ids if is_profile_id(i)) if filters.ids is not None else None,
         )
+        if normalized.ids:
+            ensure_here(normalized.ids, self._region)
         after_id = self._cursors.decode(cursor, normalized.as_dict()) if cursor else None
         if normalized.ids == ():
             return ProfilePage(profiles=[], next_cursor=None)
@@ -239,6 +244,7 @@ class ProfileService:
         """Read, change, write back if nobody wrote in between; `change` returns None for "no
         change". With `expected_version` (If-Match) a lost race is the caller's 412; without
         one, the change is re-applied to the newer profile, a few times at most."""
+        ensure_here((profile_id,), self._region)
         for _ in range(_WRITE_ATTEMPTS):
             revised: Profile | None = None
             committed = False

@@ -16,6 +16,7 @@ from graphql import GraphQLError, GraphQLSyntaxError
 from keel.domain.errors import (
     Conflict,
     KeelError,
+    Misdirected,
     Unavailable,
     ValidationFailed,
     VersionMismatch,
@@ -44,6 +45,8 @@ def domain_extensions(error: KeelError) -> dict[str, Any]:
         extensions["fieldErrors"] = [{"field": error.field, "message": error.detail}]
     elif isinstance(error, VersionMismatch) and error.current_version is not None:
         extensions["currentVersion"] = error.current_version
+    elif isinstance(error, Misdirected):
+        extensions["homeRegion"] = error.home_region
     retry_after = error.retry_after if isinstance(error, Unavailable) else getattr(error, "retry_after", None)
     if isinstance(retry_after, int | float):
         extensions["retryAfter"] = max(1, math.ceil(retry_after))

@@ -25,6 +25,7 @@ from keel.domain.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
     KeelError,
+    Misdirected,
     NotFound,
     OutcomeUnknown,
     QuotaExceeded,
@@ -52,6 +53,7 @@ _KINDS: dict[type[KeelError], tuple[int, str]] = {
     CapacityReduced: (503, "Temporarily reduced capacity"),
     OutcomeUnknown: (504, "Outcome unknown"),
     QuotaExceeded: (429, "Quota exceeded"),
+    Misdirected: (421, "Misdirected request"),
 }
 # Starlette-level errors (routing, methods) that are not domain errors.
 _HTTP_CODES = {
@@ -116,9 +118,11 @@ def domain_problem(error: KeelError, instance: str | None = None) -> Response:
     errors = error.errors if isinstance(error, ValidationFailed) else None
     if isinstance(error, Conflict):
         errors = [FieldError(error.field, error.detail)]
-    extensions = (
-        {"violated_policies": list(error.violated_policies)} if isinstance(error, QuotaExceeded) else None
-    )
+    extensions: dict[str, Any] | None = None
+    if isinstance(error, QuotaExceeded):
+        extensions = {"violated_policies": list(error.violated_policies)}
+    elif isinstance(error, Misdirected):
+        extensions = {"home_region": error.home_region}
     return problem_response(
         status,
         error.code,

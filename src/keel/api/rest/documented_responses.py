@@ -55,6 +55,11 @@ _DESCRIPTIONS: dict[int, tuple[str, str]] = {
         "unsupported-media-type",
         "The body's `Content-Type` is not the operation's media type (optionally with charset=utf-8).",
     ),
+    421: (
+        "misdirected",
+        "The profile's id names another region than this service's: send the request to the "
+        "region named in `home_region` (docs/residency.md).",
+    ),
     422: ("validation, idempotency-key-reused", "The request is well-formed but not valid: see `errors`."),
     429: ("quota-exceeded", "The caller is over its rate limit."),
     414: ("uri-too-long", "The request line is longer than the header limit."),

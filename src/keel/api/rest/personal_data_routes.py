@@ -56,7 +56,7 @@ def add_routes(router: APIRouter) -> None:
         "/profiles/{profile_id}/export",
         export_profile,
         methods=["GET"],
-        responses=problem_responses(404),
+        responses=problem_responses(404, 421),
         summary="Export everything Keel holds about a profile (admin)",
         tags=tags,
     )
@@ -65,7 +65,7 @@ def add_routes(router: APIRouter) -> None:
         start_erasure,
         methods=["POST"],
         status_code=202,
-        responses=problem_responses(404),
+        responses=problem_responses(404, 421),
         summary="Erase a profile's personal data (admin)",
         tags=tags,
     )

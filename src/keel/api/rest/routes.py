@@ -112,7 +112,7 @@ async def create_profile(
 @router.get(
     "/profiles/{profile_id}",
     response_model=ProfileOut,
-    responses={**NOT_MODIFIED, **problem_responses(404)},
+    responses={**NOT_MODIFIED, **problem_responses(404, 421)},
     summary="Read a profile",
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
@@ -153,7 +153,7 @@ def stale_headers(read: ProfileRead) -> dict[str, str]:
 @router.patch(
     "/profiles/{profile_id}",
     response_model=ProfileOut,
-    responses={**UPDATE_RECEIPT, **problem_responses(404, 409, 412, body=True)},
+    responses={**UPDATE_RECEIPT, **problem_responses(404, 409, 412, 421, body=True)},
     summary="Update a profile with a JSON merge patch (RFC 7396)",
     openapi_extra={
         "requestBody": {
@@ -199,7 +199,7 @@ async def update_profile(
 @router.delete(
     "/profiles/{profile_id}",
     status_code=204,
-    responses=problem_responses(404, 409, 412),
+    responses=problem_responses(404, 409, 412, 421),
     summary="Delete a profile",
 )
 async def delete_profile(
@@ -216,7 +216,10 @@ async def delete_profile(
 
 
 @router.get(
-    "/profiles", response_model=ProfileList, responses=problem_responses(), summary="List and search profiles"
+    "/profiles",
+    response_model=ProfileList,
+    responses=problem_responses(421),
+    summary="List and search profiles",
 )
 async def list_profiles(
     request: Request,

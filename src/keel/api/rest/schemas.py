@@ -154,3 +154,7 @@ class Problem(BaseModel):
     instance: str | None = None
     request_id: str | None = None
     errors: list[FieldProblem] | None = None
+    home_region: str | None = Field(
+        default=None,
+        description="With `misdirected`: the region the profile lives in, to send the request to.",
+    )

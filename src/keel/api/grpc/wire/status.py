@@ -25,6 +25,7 @@ from keel.domain.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
     KeelError,
+    Misdirected,
     NotFound,
     OutcomeUnknown,
     QuotaExceeded,
@@ -71,6 +72,7 @@ _STATUS: dict[type[KeelError], grpc.StatusCode] = {
     Conflict: grpc.StatusCode.ALREADY_EXISTS,
     VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     IdempotencyKeyReused: grpc.StatusCode.FAILED_PRECONDITION,
+    Misdirected: grpc.StatusCode.FAILED_PRECONDITION,
     IdempotencyInProgress: grpc.StatusCode.ABORTED,
     ConcurrentModification: grpc.StatusCode.ABORTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -128,6 +130,8 @@ def to_status(error: KeelError) -> tuple[grpc.StatusCode, status_pb2.Status]:
         metadata["field"] = error.field
     elif isinstance(error, VersionMismatch) and error.current_version is not None:
         metadata["current_version"] = str(error.current_version)
+    elif isinstance(error, Misdirected):
+        metadata["home_region"] = error.home_region
     elif isinstance(error, QuotaExceeded):
         retry_after = error.retry_after
         details.append(
@@ -210,6 +214,8 @@ def from_status(
             return VersionMismatch(message, current_version=int(current) if current else None)
         case "QUOTA_EXCEEDED":
             return QuotaExceeded(message, wait, tuple(policies))
+        case "MISDIRECTED":
+            return Misdirected(message, info.metadata.get("home_region", ""))
         case "OUTCOME_UNKNOWN":
             return OutcomeUnknown(message, wait)
         case "EDGE_REJECTED":
