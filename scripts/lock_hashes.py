@@ -2,13 +2,13 @@
 requirements-dev.lock, so that `pip install -r` runs in hash-checking mode: a file that is not
 the one locked (a tampered mirror, a re-uploaded build) is refused.
 
-    .venv/bin/python scripts/lock_hashes.py
+    .venv/bin/python scripts/lock_hashes.py [--local-indexes]
 
 The hashes of a release are every file PyPI holds for it (all platforms, so the lock installs on
-any machine) and every file of it on the package indexes pip is configured with locally
-(`file://` extra indexes, whose pages carry each file's sha256): a locally built wheel is
-accepted where it exists. Run it after changing a pin; tests/unit/test_locks.py fails on a lock
-line without hashes.
+any machine). With `--local-indexes`, also every file of it on the `file://` indexes pip is
+configured with here (their pages carry each file's sha256): for a machine whose mirror holds
+builds of its own, at the price of a lock that accepts files PyPI does not have. Run it after
+changing a pin; tests/unit/test_locks.py fails on a lock line without hashes.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def lock_with_hashes(lock: Path, indexes: list[Path]) -> None:
 
 
 def main() -> None:
-    indexes = _local_indexes()
+    indexes = _local_indexes() if "--local-indexes" in sys.argv[1:] else []
     for name in LOCKS:
         lock_with_hashes(REPO / name, indexes)
 

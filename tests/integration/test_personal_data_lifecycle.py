@@ -157,7 +157,7 @@ def world(database_url: str, store: Store) -> World:
         sql=store,
         clock=clock,
         profiles=ProfileService(store, clock, AttributePolicy(), "eu1"),
-        personal_data=PersonalDataService(lifecycle, clock, erasure_policy=policy),
+        personal_data=PersonalDataService(lifecycle, clock, "eu1", erasure_policy=policy),
         policy=policy,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from graphql import FieldNode, GraphQLError, OperationDefinitionNode, parse
 
 from keel.api.graphql.errors import error_code, format_error
@@ -104,6 +106,7 @@ def test_the_slos_count_only_the_servers_errors_against_availability() -> None:
     """What a 5xx is on REST (`Unavailable` and its kinds, load shedding, a resolver's bug) is a
     `server_error`; every other domain error is the caller's."""
     from keel.api.graphql.errors import slo_outcome
+    from keel.api.grpc.wire.status import CoreTimedOut, CoreUnreachable, EdgeRejected
     from keel.domain.errors import CapacityReduced, CircuitOpen, DeadlineExceeded, OutcomeUnknown
 
     def outcome(error: Exception) -> str:
@@ -111,9 +114,23 @@ def test_the_slos_count_only_the_servers_errors_against_availability() -> None:
         return slo_outcome([format_error(raised, during_execution=True)])
 
     servers: list[Exception] = [Unavailable("x"), CircuitOpen("x"), DeadlineExceeded("x")]
-    servers += [OutcomeUnknown("x"), CapacityReduced("x"), RuntimeError("a bug")]
+    servers += [OutcomeUnknown("x"), CapacityReduced("x"), EdgeRejected("x"), CoreTimedOut("x")]
+    servers += [CoreUnreachable("x"), RuntimeError("a bug")]
     assert {outcome(error) for error in servers} == {"server_error"}
     callers = [NotFound("x"), ValidationFailed([]), Forbidden("x"), Unauthenticated("x"), _Quota("x")]
     callers += [VersionMismatch("x", 2), ConcurrentModification("x"), IdempotencyInProgress("x")]
     assert {outcome(error) for error in callers} == {"caller_error"}
     assert slo_outcome([]) == "ok"
+    # Every kind of `Unavailable` the code knows is in the list (a new one must be added there).
+    unavailable_kinds = {type(error) for error in servers if isinstance(error, Unavailable)}
+    assert unavailable_kinds >= set(_subclasses(Unavailable)), (
+        set(_subclasses(Unavailable)) - unavailable_kinds
+    )
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = [cls]
+    subclasses: Sequence[type[Exception]] = cls.__subclasses__()
+    for sub in subclasses:
+        found += _subclasses(sub)
+    return found

@@ -57,10 +57,10 @@ def build_personal_data(
         return PersonalDataService(
             over,
             clock,
+            settings.region,
             erasure_policy=policy,
             deleted_retention=timedelta(seconds=settings.deleted_profiles_retention_seconds),
             on_erasure_started=runner.wake,
-            region=settings.region,
         )
 
     # The use cases on the requests' store; the purge of deleted profiles, a background job, on

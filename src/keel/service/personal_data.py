@@ -36,14 +36,14 @@ class PersonalDataService:
         self,
         store: PersonalDataStore,
         clock: Clock,
+        region: str,
         *,
         erasure_policy: ErasurePolicy | None = None,
         deleted_retention: timedelta = DEFAULT_DELETED_RETENTION,
         on_erasure_started: Callable[[], None] = _nothing,
-        region: str | None = None,
     ) -> None:
         self._store = store
-        self._region = region  # None: any region's ids are looked up here (tests, tools)
+        self._region = region  # the profiles held here: others are refused (`ensure_here`)
         self._clock = clock
         self._policy = erasure_policy or ErasurePolicy()
         self._deleted_retention = deleted_retention
@@ -59,8 +59,7 @@ class PersonalDataService:
         require_admin(principal)
         if not is_profile_id(profile_id):
             raise NotFound("No such profile.")
-        if self._region is not None:
-            ensure_here((profile_id,), self._region)
+        ensure_here((profile_id,), self._region)
         async with self._store.unit_of_work(read_only=True) as uow:
             data = uow.personal_data
             profile = await data.profile_any_state(profile_id)
@@ -137,8 +136,7 @@ class PersonalDataService:
         require_admin(principal)
         if not is_profile_id(profile_id):
             raise NotFound("No such profile.")
-        if self._region is not None:
-            ensure_here((profile_id,), self._region)
+        ensure_here((profile_id,), self._region)
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
             existing = await uow.erasures.of_profile(profile_id)

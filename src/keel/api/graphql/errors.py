@@ -86,8 +86,9 @@ def format_error(error: GraphQLError, *, during_execution: bool) -> dict[str, An
 
 
 # Errors of the server's, not the caller's: what a 5xx is on REST (the domain's `Unavailable`
-# family, load shedding included, and a resolver's bug).
-SERVER_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "OUTCOME_UNKNOWN", INTERNAL})
+# family: load shedding, a deadline, an unknown outcome, an edge whose own key the core refused;
+# and a resolver's bug).
+SERVER_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "OUTCOME_UNKNOWN", "EDGE_REJECTED", INTERNAL})
 
 
 def slo_outcome(errors: list[dict[str, Any]]) -> str:

@@ -346,6 +346,7 @@ class GraphQLEndpoint:
         minimum = catalog.cost_of("other")
         status = 200
         succeeded = False
+        outcome = "server_error"  # until an answer is built: a failure on the way is the server's
         try:
             context = GraphQLContext(
                 keel.profiles, caller.principal, caller.error, meter, idempotency_key, keel.personal_data
@@ -353,12 +354,13 @@ class GraphQLEndpoint:
             data, errors = await self._execute(keel.tracer, document, params, context, label, op_type)
             succeeded = not errors
             self._count(label, op_type, "ok" if not errors else "error")
-            self._served(op_type, slo_outcome(errors), admitted_at)
             charged = max(minimum, meter.spent)
             response = self._respond(request, data, errors, requested, charged, entered.limits)
             status = response.status_code
+            outcome = slo_outcome(errors)
             return response
         finally:
+            self._served(op_type, outcome, admitted_at)
             # A 304: revalidation is rewarded, as on REST. Otherwise the units asked for but not
             # spent: lookups batched into one call, repeated ones answered by the loaders,
             # fields never reached after an error.

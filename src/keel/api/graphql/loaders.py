@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from strawberry.dataloader import DataLoader
 
 from keel.domain.api_keys import Principal
-from keel.domain.errors import KeelError, NotFound
+from keel.domain.errors import KeelError, Misdirected, NotFound
 from keel.domain.profile import Profile
 from keel.service.use_cases import MAX_IDS_PER_BATCH, ListFilters, ProfileUseCases
 
@@ -60,9 +60,17 @@ class ProfileLoaders:
                     return [None]
             self._charge("profiles.get")
             found = await self._profiles.get_profiles(principal, ids)
+        except Misdirected:
+            # Some id is another region's: each is answered on its own, so that one foreign id
+            # does not fail the other fields of the document (a batch of REST or gRPC is one
+            # request, refused whole).
+            return await asyncio.gather(*(self._one_by_id(principal, i) for i in ids), return_exceptions=True)
         except KeelError as error:
             return [error] * len(ids)
         return [found.get(profile_id) for profile_id in ids]
+
+    async def _one_by_id(self, principal: Principal, profile_id: str) -> ProfileOrMissing:
+        return (await self._profiles.get_profiles(principal, [profile_id])).get(profile_id)
 
     async def _load_by_handle(self, handles: list[str]) -> Sequence[ProfileOrMissing | BaseException]:
         try:
