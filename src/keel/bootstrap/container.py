@@ -4,7 +4,7 @@ through the narrow protocol it declares), and the in-process core of a core depl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -84,13 +84,29 @@ class Core:
         return checks == {"database": "ok", "migrations": "current"}, checks
 
     async def close(self) -> None:
+        closers: list[Callable[[], Awaitable[object]]] = []
         if self.invalidation_bus is not None:
-            await self.invalidation_bus.close()
+            closers.append(self.invalidation_bus.close)
         if self.relay is not None:
-            await self.relay.publisher.close()
+            closers.append(self.relay.publisher.close)
         if self.dispatcher is not None:
-            await self.dispatcher.sender.close()
-        await self.store.close()
+            closers.append(self.dispatcher.sender.close)
+        closers.append(self.store.close)
+        await close_all(closers)
+
+
+async def close_all(closers: Iterable[Callable[[], Awaitable[object]]]) -> None:
+    """Run every closer in order, also after one has failed (a client left open holds a socket
+    and, for Redis, a live-process entry); then raise the first failure."""
+    first: Exception | None = None
+    for close in closers:
+        try:
+            await close()
+        except Exception as error:  # noqa: BLE001 - re-raised below, once every closer ran
+            if first is None:
+                first = error
+    if first is not None:
+        raise first
 
 
 READINESS_TIMEOUT_SECONDS = 1.0
@@ -142,17 +158,19 @@ class Services:
         return self.core
 
     async def close(self) -> None:
-        for close in self.closers:
-            await close()
+        closers = list(self.closers)
         if self.key_revocations is not None:
-            await self.key_revocations.close()
+            closers.append(self.key_revocations.close)
         if self.persisted_queries is not None:
-            await self.persisted_queries.close()
+            closers.append(self.persisted_queries.close)
         if self.rate_limits is not None:
-            await self.rate_limits.close()
+            closers.append(self.rate_limits.close)
         if self.core is not None:
-            await self.core.close()
-        self.tracer_provider.shutdown()
+            closers.append(self.core.close)
+        try:
+            await close_all(closers)
+        finally:
+            self.tracer_provider.shutdown()
 
 
 def assemble(

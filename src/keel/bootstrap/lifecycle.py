@@ -16,7 +16,7 @@ import anyio.lowlevel
 import structlog
 from fastapi import FastAPI
 
-from keel.bootstrap.container import Services, assemble
+from keel.bootstrap.container import Services, assemble, close_all
 from keel.bootstrap.core import StoreOpener, build_core, open_store
 from keel.bootstrap.edge import build_edge
 from keel.bootstrap.protection import build_protection
@@ -45,7 +45,13 @@ async def build_services(
     if settings.core_url is not None:
         return build_edge(settings, metrics, resilience_clock=resilience_clock)
     guards = build_protection(settings, metrics, resilience_clock=resilience_clock)
-    core = await build_core(settings, metrics, guards, store_opener=store_opener)
+    try:
+        core = await build_core(settings, metrics, guards, store_opener=store_opener)
+    except BaseException:
+        # An unmigrated database, a layout it does not record...: the protection's Redis
+        # clients are already open, and nothing else will close them.
+        await close_all([*guards.closers, *([guards.guard.close] if guards.guard is not None else [])])
+        raise
     return assemble(
         settings,
         metrics,
