@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         description="Serve /metrics, /healthz and /readyz on this port, apart from the API; unset: none.",
     )
     management_host: str = Field(default="127.0.0.1", description="Address of the management port.")
+    agent_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Answer HAProxy's agent check on this port (on KEEL_MANAGEMENT_HOST): the adaptive "
+        "concurrency limit as the server's maxconn (docs/fleet.md); one worker per node. Unset: none.",
+    )
 
     database_url: str = Field(
         default="sqlite:///./keel.sqlite3",

@@ -21,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,11 +46,18 @@ BACKEND = "edges"  # the deployed configuration's backend: the nodes' proxy name
 _DEPLOYED_ERRORS = "/usr/local/etc/haproxy/errors"
 
 
-def haproxy_config(port: int, nodes: Sequence[tuple[str, int]], admin_socket: Path, check_path: str) -> str:
+def haproxy_config(
+    port: int,
+    nodes: Sequence[tuple[str, int]],
+    admin_socket: Path,
+    check_path: str,
+    agents: Mapping[str, int] | None = None,
+) -> str:
     """The deployment's own configuration (deploy/haproxy/haproxy.cfg), with what a test changes
     and nothing else: the frontend on a loopback port, `nodes` (name, loopback port) as the
     servers, the error files where the repository holds them, an admin socket, and no Docker
-    DNS (the servers are addresses)."""
+    DNS (the servers are addresses). `agents`: a node's agent-check port (KEEL_AGENT_PORT), by
+    name; a node without one gets no agent check."""
     lines: list[str] = []
     section = ""
     for line in DEPLOYED.read_text().splitlines():
@@ -73,16 +80,25 @@ def haproxy_config(port: int, nodes: Sequence[tuple[str, int]], admin_socket: Pa
             lines.append(f"    stats socket {admin_socket} mode 600 level admin")
     if section != f"backend {BACKEND}":
         raise RuntimeError(f"{DEPLOYED} must end with `backend {BACKEND}` (its servers are replaced there)")
-    lines.extend(f"    server {name} 127.0.0.1:{node_port} check" for name, node_port in nodes)
+    for name, node_port in nodes:
+        agent = (agents or {}).get(name)
+        agent_check = f" agent-check agent-addr 127.0.0.1 agent-port {agent}" if agent is not None else ""
+        lines.append(f"    server {name} 127.0.0.1:{node_port} check{agent_check}")
     return "\n".join(lines) + "\n"
 
 
 class Haproxy:
     def __init__(
-        self, directory: Path, nodes: Sequence[tuple[str, int]], *, check_path: str = "/readyz"
+        self,
+        directory: Path,
+        nodes: Sequence[tuple[str, int]],
+        *,
+        check_path: str = "/readyz",
+        agents: Mapping[str, int] | None = None,
     ) -> None:
         self.directory = directory
         self.nodes = list(nodes)
+        self.agents = dict(agents or {})
         self.port = free_port()
         self.admin_socket = directory / "admin.sock"
         self.config = directory / "haproxy.cfg"
@@ -102,7 +118,9 @@ class Haproxy:
     def start(self) -> None:
         binary = haproxy_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(haproxy_config(self.port, self.nodes, self.admin_socket, self._check_path))
+        self.config.write_text(
+            haproxy_config(self.port, self.nodes, self.admin_socket, self._check_path, self.agents)
+        )
         checked = subprocess.run(
             [binary, "-c", "-q", "-f", str(self.config)],
             capture_output=True,
@@ -140,14 +158,14 @@ class Haproxy:
                 answer += chunk
         return answer.decode()
 
+    def stat(self) -> dict[str, dict[str, str]]:
+        """Each node's row of `show stat` (scur, qcur, slim, status, …), by name."""
+        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
+        return {row["svname"]: row for row in rows if row["pxname"] == BACKEND and row["svname"] != "BACKEND"}
+
     def states(self) -> dict[str, str]:
         """Each node's status as HAProxy sees it now: UP, DOWN, "UP 1/2", …"""
-        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
-        return {
-            row["svname"]: row["status"]
-            for row in rows
-            if row["pxname"] == BACKEND and row["svname"] != "BACKEND"
-        }
+        return {name: row["status"] for name, row in self.stat().items()}
 
     def wait_for(self, expected: dict[str, str], timeout: float = START_TIMEOUT) -> None:
         """Until the nodes named in `expected` have those statuses."""
@@ -168,11 +186,16 @@ class Haproxy:
 
 @contextmanager
 def haproxy(
-    directory: Path, nodes: Sequence[tuple[str, int]], *, check_path: str = "/readyz"
+    directory: Path,
+    nodes: Sequence[tuple[str, int]],
+    *,
+    check_path: str = "/readyz",
+    agents: Mapping[str, int] | None = None,
 ) -> Iterator[Haproxy]:
     """HAProxy in front of `nodes` (name, port on loopback) until the block ends; started once
-    it accepts connections (the nodes' states are the caller's to wait for: `wait_for`)."""
-    proxy = Haproxy(directory, nodes, check_path=check_path)
+    it accepts connections (the nodes' states are the caller's to wait for: `wait_for`).
+    `agents`: each node's agent-check port, by name."""
+    proxy = Haproxy(directory, nodes, check_path=check_path, agents=agents)
     proxy.start()
     try:
         yield proxy

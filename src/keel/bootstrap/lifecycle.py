@@ -22,6 +22,7 @@ from keel.bootstrap.edge import build_edge
 from keel.bootstrap.protection import build_protection
 from keel.bootstrap.workers import management_ports
 from keel.config import Settings
+from keel.observability.agent_check import agent_check_port
 from keel.observability.logging import configure_logging
 from keel.observability.management import Probe, management_port
 from keel.observability.metrics import Metrics
@@ -190,6 +191,15 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
             probes = management_probes(keel, asyncio.get_running_loop())
             ports = management_ports(settings)  # one per worker process (keel.bootstrap.workers)
             servers.enter_context(management_port(metrics.registry, settings.management_host, ports, probes))
+        if settings.agent_port is not None:
+            shedder = keel.shedder
+            servers.enter_context(
+                agent_check_port(
+                    settings.management_host,
+                    settings.agent_port,
+                    (lambda: shedder.limit.limit) if shedder is not None else (lambda: None),
+                )
+            )
         # The router's first timeout scope imports anyio's asyncio backend (a dozen modules)
         # on the event loop: the first request after each start, `/healthz` included, waited
         # 60 ms for it on a busy machine (bench/loop_stalls.py). Imported here, before the

@@ -52,12 +52,18 @@ class WorkersRefused(ValueError):
 def worker_count(settings: Settings, cores: int | None = None) -> int:
     """How many HTTP worker processes `keel serve` runs: KEEL_WORKERS, or (0) one per core when
     the configuration lets several processes share their state, else one."""
-    shared = settings.redis_url is not None and settings.grpc_port is None
+    # An agent-check port reports one process's limit for the whole node: one worker with it.
+    shared = settings.redis_url is not None and settings.grpc_port is None and settings.agent_port is None
     if settings.workers == 0:
         # The cores this process may run on (its affinity, as a container's cpuset sets it), not
         # the machine's. A CPU quota without a cpuset is not seen: set KEEL_WORKERS there.
         return max(1, cores if cores is not None else _usable_cores()) if shared else 1
     if settings.workers > 1:
+        if settings.agent_port is not None:
+            raise WorkersRefused(
+                f"{settings.workers} workers and an agent-check port: the agent reports one process's"
+                " concurrency limit as the node's; run one worker per node behind HAProxy"
+            )
         if settings.grpc_port is not None:
             raise WorkersRefused(
                 f"{settings.workers} workers and a gRPC port: serve gRPC in a process of its own"

@@ -16,6 +16,7 @@ with a bound, so a stalled loop fails them).
 from __future__ import annotations
 
 import socket
+import socketserver
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -89,10 +90,18 @@ def management_port(
 
     server = _bind_first(Server, host, ports, Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="keel-management", daemon=True)
+    with served_in_a_thread(server, "management", host) as bound:
+        yield bound
+
+
+@contextmanager
+def served_in_a_thread(server: socketserver.BaseServer, name: str, host: str) -> Iterator[int]:
+    """Run a bound `server` in a daemon thread of its own until the block ends; yields its port."""
+    thread = threading.Thread(target=server.serve_forever, name=f"keel-{name}", daemon=True)
     thread.start()
-    bound: int = server.server_address[1]
-    structlog.get_logger("keel.management").info("management_serving", host=host, port=bound)
+    address: tuple[str, int] = server.server_address  # type: ignore[assignment]
+    bound = int(address[1])
+    structlog.get_logger(f"keel.{name}").info(f"{name}_serving", host=host, port=bound)
     try:
         yield bound
     finally:
