@@ -159,13 +159,15 @@ class Haproxy:
         return answer.decode()
 
     def stat(self) -> dict[str, dict[str, str]]:
-        """Each node's row of `show stat` (scur, qcur, slim, status, …), by name."""
+        """The backend's rows of `show stat` (scur, qcur, qmax, slim, status, …): each node's by
+        its name, and the backend's own as `BACKEND` (its queue holds the requests no node
+        could take yet)."""
         rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
-        return {row["svname"]: row for row in rows if row["pxname"] == BACKEND and row["svname"] != "BACKEND"}
+        return {row["svname"]: row for row in rows if row["pxname"] == BACKEND}
 
     def states(self) -> dict[str, str]:
         """Each node's status as HAProxy sees it now: UP, DOWN, "UP 1/2", …"""
-        return {name: row["status"] for name, row in self.stat().items()}
+        return {name: row["status"] for name, row in self.stat().items() if name != "BACKEND"}
 
     def wait_for(self, expected: dict[str, str], timeout: float = START_TIMEOUT) -> None:
         """Until the nodes named in `expected` have those statuses."""

@@ -55,7 +55,7 @@ def test_haproxy_applies_each_nodes_concurrency_limit_as_its_maxconn(tmp_path: P
         with haproxy(tmp_path / "haproxy", list(ports.items()), agents=agents) as proxy:
             proxy.wait_for({"a": "UP", "b": "UP"})
             until(
-                lambda: {name: row["slim"] for name, row in proxy.stat().items()} == {"a": "7", "b": "3"},
+                lambda: {name: proxy.stat()[name]["slim"] for name in ports} == {"a": "7", "b": "3"},
                 "HAProxy applies the agents' maxconn",
             )
             assert httpx.get(f"{proxy.url}/healthz", timeout=10).status_code == 200
@@ -77,3 +77,34 @@ def test_workers_and_an_agent_port_are_refused(tmp_path: Path) -> None:
     }
     with pytest.raises(RuntimeError, match="agent-check port"):
         keel_output(env, "serve", timeout=60)
+
+
+def test_requests_past_the_limit_wait_in_haproxy_then_get_its_jittered_503(tmp_path: Path) -> None:
+    """A node whose limit is 1, busy with a request whose body is still coming: the next request
+    waits in HAProxy's queue, not in Keel's socket, and once `timeout queue` is over HAProxy
+    answers it itself, a problem with a Retry-After of 1 to 3 s."""
+    env = {**os.environ, "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}", "KEEL_WORKERS": "1"}
+    keel_output(env, "migrate")
+    token = keel_output(env, "keys", "create", "--quiet").strip()
+    port, agent = free_port(), free_port()
+    node_env = {**env, "KEEL_PORT": str(port), "KEEL_AGENT_PORT": str(agent), **_limit(1)}
+    node_env["KEEL_HTTP_BODY_TIMEOUT_SECONDS"] = "60"
+    with (
+        server("node", keel_cmd("serve"), node_env, tmp_path / "node.log", port),
+        haproxy(tmp_path / "haproxy", [("node", port)], agents={"node": agent}) as proxy,
+    ):
+        proxy.wait_for({"node": "UP"})
+        until(lambda: proxy.stat()["node"]["slim"] == "1", "HAProxy applies the agent's maxconn")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as slow:
+            head = (
+                "POST /v1/profiles HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Length: 200\r\n\r\n{{"
+            )
+            slow.sendall(head.encode())
+            until(lambda: proxy.stat()["node"]["scur"] == "1", "the slow upload holds the node's one slot")
+            answer = httpx.get(f"{proxy.url}/healthz", timeout=30)
+            assert answer.status_code == 503
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.json()["type"] == "urn:keel:problem:unavailable"  # HAProxy's, not Keel's shed
+            assert answer.headers["retry-after"] in {"1", "2", "3"}
+            assert int(proxy.stat()["BACKEND"]["qmax"]) >= 1  # it waited in HAProxy's queue
