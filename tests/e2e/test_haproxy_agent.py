@@ -5,6 +5,7 @@ different limits (pinned, min = max, so nothing here depends on the controller's
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -108,3 +109,56 @@ def test_requests_past_the_limit_wait_in_haproxy_then_get_its_jittered_503(tmp_p
             assert answer.json()["type"] == "urn:keel:problem:unavailable"  # HAProxy's, not Keel's shed
             assert answer.headers["retry-after"] in {"1", "2", "3"}
             assert int(proxy.stat()["BACKEND"]["qmax"]) >= 1  # it waited in HAProxy's queue
+
+
+def test_a_client_keel_refused_is_refused_by_haproxy_until_its_retry_after(tmp_path: Path) -> None:
+    """Keel decides (its rate limit), HAProxy enforces: once Keel answers a client 429 with a
+    Retry-After, HAProxy answers that client's next requests itself until then, so they never
+    reach Python; another client is not affected."""
+    plans = {
+        "standard": {"policies": [{"name": "burst", "quota": 20, "window_seconds": 600}], "concurrency": 100},
+        "anonymous": {"policies": [{"name": "burst", "quota": 100, "window_seconds": 1}], "concurrency": 100},
+    }
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",
+        "KEEL_WORKERS": "1",
+        "KEEL_TRUSTED_PROXY_HOPS": "1",
+        "KEEL_RATELIMIT_PLANS": json.dumps(plans),
+    }
+    keel_output(env, "migrate")
+    abuser, other = (keel_output(env, "keys", "create", "--quiet").strip() for _ in range(2))
+    port = free_port()
+    with (
+        server("node", keel_cmd("serve"), {**env, "KEEL_PORT": str(port)}, tmp_path / "node.log", port),
+        haproxy(tmp_path / "haproxy", [("node", port)]) as proxy,
+    ):
+        proxy.wait_for({"node": "UP"})
+
+        def served_by_keel() -> float:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("keel_http_requests_total{") and 'route="/v1/profiles"' in line
+            )
+
+        def list_as(token: str) -> httpx.Response:
+            return httpx.get(
+                f"{proxy.url}/v1/profiles", headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
+
+        # A list costs 10 units of the plan's 20 per 600 s: the third is Keel's 429.
+        assert [list_as(abuser).status_code for _ in range(2)] == [200, 200]
+        refused_by_keel = list_as(abuser)
+        assert refused_by_keel.status_code == 429
+        assert int(refused_by_keel.headers["retry-after"]) > 1
+        reached_keel = served_by_keel()
+        for _ in range(5):
+            refused = list_as(abuser)
+            assert refused.status_code == 429
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["type"] == "urn:keel:problem:quota-exceeded"
+            assert 0 < int(refused.headers["retry-after"]) <= int(refused_by_keel.headers["retry-after"])
+        assert served_by_keel() == reached_keel  # none of the five reached Keel
+        assert list_as(other).status_code == 200
