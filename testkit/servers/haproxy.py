@@ -52,12 +52,14 @@ def haproxy_config(
     admin_socket: Path,
     check_path: str,
     agents: Mapping[str, int] | None = None,
+    timeouts: Mapping[str, str] | None = None,
 ) -> str:
     """The deployment's own configuration (deploy/haproxy/haproxy.cfg), with what a test changes
     and nothing else: the frontend on a loopback port, `nodes` (name, loopback port) as the
     servers, the error files where the repository holds them, an admin socket, and no Docker
     DNS (the servers are addresses). `agents`: a node's agent-check port (KEEL_AGENT_PORT), by
-    name; a node without one gets no agent check."""
+    name; a node without one gets no agent check. `timeouts`: a test's own value of some
+    `timeout <name>` lines (e.g. a queue wait long enough to see what is queued)."""
     lines: list[str] = []
     section = ""
     for line in DEPLOYED.read_text().splitlines():
@@ -72,6 +74,9 @@ def haproxy_config(
             continue  # the deployment's servers: replaced by `nodes` below
         elif stripped.startswith("option httpchk "):
             line = f"    option httpchk GET {check_path}"
+        elif stripped.startswith("timeout ") and stripped.split()[1] in (timeouts or {}):
+            name = stripped.split()[1]
+            line = f"    timeout {name} {(timeouts or {})[name]}"
         elif stripped.startswith("default-server "):
             line = re.sub(r" resolvers \S+| init-addr \S+", "", line)
         line = line.replace(_DEPLOYED_ERRORS, str(ERRORS))
@@ -95,10 +100,12 @@ class Haproxy:
         *,
         check_path: str = "/readyz",
         agents: Mapping[str, int] | None = None,
+        timeouts: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = directory
         self.nodes = list(nodes)
         self.agents = dict(agents or {})
+        self.timeouts = dict(timeouts or {})
         self.port = free_port()
         self.admin_socket = directory / "admin.sock"
         self.config = directory / "haproxy.cfg"
@@ -119,7 +126,9 @@ class Haproxy:
         binary = haproxy_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
-            haproxy_config(self.port, self.nodes, self.admin_socket, self._check_path, self.agents)
+            haproxy_config(
+                self.port, self.nodes, self.admin_socket, self._check_path, self.agents, self.timeouts
+            )
         )
         checked = subprocess.run(
             [binary, "-c", "-q", "-f", str(self.config)],
@@ -193,11 +202,12 @@ def haproxy(
     *,
     check_path: str = "/readyz",
     agents: Mapping[str, int] | None = None,
+    timeouts: Mapping[str, str] | None = None,
 ) -> Iterator[Haproxy]:
     """HAProxy in front of `nodes` (name, port on loopback) until the block ends; started once
     it accepts connections (the nodes' states are the caller's to wait for: `wait_for`).
-    `agents`: each node's agent-check port, by name."""
-    proxy = Haproxy(directory, nodes, check_path=check_path, agents=agents)
+    `agents`: each node's agent-check port, by name; `timeouts`: see `haproxy_config`."""
+    proxy = Haproxy(directory, nodes, check_path=check_path, agents=agents, timeouts=timeouts)
     proxy.start()
     try:
         yield proxy

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 
 import httpx
@@ -162,3 +163,52 @@ def test_a_client_keel_refused_is_refused_by_haproxy_until_its_retry_after(tmp_p
             assert 0 < int(refused.headers["retry-after"]) <= int(refused_by_keel.headers["retry-after"])
         assert served_by_keel() == reached_keel  # none of the five reached Keel
         assert list_as(other).status_code == 200
+
+
+def test_in_haproxys_queue_a_single_read_goes_before_a_list(tmp_path: Path) -> None:
+    """Priority classes carry Keel's priorities into the proxy's queue: a node pinned to one
+    request at a time, busy; a list is queued first, a single read second; once the node is
+    free the read is served first (one at a time, so it also finishes first)."""
+    env = {**os.environ, "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}", "KEEL_WORKERS": "1"}
+    keel_output(env, "migrate")
+    token = keel_output(env, "keys", "create", "--quiet").strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    port, agent = free_port(), free_port()
+    node_env = {**env, "KEEL_PORT": str(port), "KEEL_AGENT_PORT": str(agent), **_limit(1)}
+    node_env["KEEL_HTTP_BODY_TIMEOUT_SECONDS"] = "60"
+    with (
+        server("node", keel_cmd("serve"), node_env, tmp_path / "node.log", port),
+        # The queue's wait made long for this test only: the two requests must still be queued
+        # when the node frees up, however slow the machine.
+        haproxy(
+            tmp_path / "haproxy", [("node", port)], agents={"node": agent}, timeouts={"queue": "60s"}
+        ) as proxy,
+    ):
+        proxy.wait_for({"node": "UP"})
+        until(lambda: proxy.stat()["node"]["slim"] == "1", "HAProxy applies the agent's maxconn")
+        finished: list[str] = []
+
+        def request(name: str, path: str) -> None:
+            answer = httpx.get(f"{proxy.url}{path}", headers=headers, timeout=60)
+            finished.append(f"{name} {answer.status_code}")
+
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as slow:
+            slow.sendall(
+                (
+                    "POST /v1/profiles HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n"
+                    f"Authorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{{"
+                ).encode()
+            )
+            until(lambda: proxy.stat()["node"]["scur"] == "1", "the slow upload holds the node's one slot")
+            lister = threading.Thread(target=request, args=("list", "/v1/profiles"))
+            lister.start()
+            until(lambda: proxy.stat()["BACKEND"]["qcur"] == "1", "the list waits in the queue")
+            reader = threading.Thread(
+                target=request, args=("read", "/v1/profiles/eu1_01JZ0000000000000000000000")
+            )
+            reader.start()
+            until(lambda: proxy.stat()["BACKEND"]["qcur"] == "2", "the read waits in the queue too")
+            slow.sendall(b"}")  # the upload ends: the node is free
+            lister.join(timeout=60)
+            reader.join(timeout=60)
+        assert finished == ["read 404", "list 200"]
