@@ -413,6 +413,26 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _agent_port_is_its_own(self) -> Settings:
+        if self.agent_port is None:
+            return self
+        if not self.load_shedding_enabled:
+            raise ValueError(
+                "KEEL_AGENT_PORT reports the adaptive concurrency limit: it needs load shedding on"
+            )
+        if self.agent_port == 0:
+            return self
+        taken = {
+            "KEEL_PORT": self.port,
+            "KEEL_MANAGEMENT_PORT": self.management_port,
+            "KEEL_GRPC_PORT": self.grpc_port,
+        }
+        for name, port in taken.items():
+            if port == self.agent_port:
+                raise ValueError(f"KEEL_AGENT_PORT is {name} too: give the agent check a port of its own")
+        return self
+
+    @model_validator(mode="after")
     def _replicas_are_postgres(self) -> Settings:
         if self.replica_urls and not self.uses_postgres:
             raise ValueError("KEEL_DATABASE_REPLICA_URLS needs a PostgreSQL KEEL_DATABASE_URL")

@@ -191,14 +191,11 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
             probes = management_probes(keel, asyncio.get_running_loop())
             ports = management_ports(settings)  # one per worker process (keel.bootstrap.workers)
             servers.enter_context(management_port(metrics.registry, settings.management_host, ports, probes))
-        if settings.agent_port is not None:
-            shedder = keel.shedder
+        shedder = keel.shedder
+        if settings.agent_port is not None and shedder is not None:  # settings refuse one without
+            limit = shedder.limit
             servers.enter_context(
-                agent_check_port(
-                    settings.management_host,
-                    settings.agent_port,
-                    (lambda: shedder.limit.limit) if shedder is not None else (lambda: None),
-                )
+                agent_check_port(settings.management_host, settings.agent_port, lambda: limit.limit)
             )
         # The router's first timeout scope imports anyio's asyncio backend (a dozen modules)
         # on the event loop: the first request after each start, `/healthz` included, waited

@@ -3,9 +3,11 @@ proxy in front holds the requests past it in its own queue instead of sending th
 that would only refuse them (docs/fleet.md#haproxy-fed-by-keel).
 
 HAProxy connects to the agent port every `agent-inter` and reads one line
-(https://docs.haproxy.org/2.6/configuration.html#agent-check): here `ready maxconn:<n>`, which
-sets the server's connection limit to the limit the adaptive controller holds now, or `ready`
-alone when load shedding is off. Readiness stays with the HTTP check on `/readyz`.
+(https://docs.haproxy.org/2.6/configuration.html#agent-check): here `maxconn:<n>`, which sets
+the server's connection limit to the limit the adaptive controller holds now (rounded: a limit
+floored below its own 0.8 × would never see the saturation that lowers it). No state word:
+`ready` would undo an operator's drain or maintenance, and readiness stays with the HTTP check
+on `/readyz`.
 
 A small TCP server in a thread of its own answers it, as the management port does: a stalled
 event loop still gets its limit reported.
@@ -23,15 +25,13 @@ from keel.observability.management import served_in_a_thread
 SOCKET_TIMEOUT_SECONDS = 2.0
 
 
-def agent_line(limit: float | None) -> bytes:
-    """What the agent answers for a concurrency `limit` (None: no limit to report)."""
-    if limit is None:
-        return b"ready\n"
-    return f"ready maxconn:{max(1, int(limit))}\n".encode()
+def agent_line(limit: float) -> bytes:
+    """What the agent answers for a concurrency `limit`: never 0, which HAProxy reads as none."""
+    return f"maxconn:{max(1, round(limit))}\n".encode()
 
 
 @contextmanager
-def agent_check_port(host: str, port: int, limit: Callable[[], float | None]) -> Iterator[int]:
+def agent_check_port(host: str, port: int, limit: Callable[[], float]) -> Iterator[int]:
     """Answer HAProxy's agent check on `host`:`port` (0: any free port) with `limit()` until the
     block ends; yields the port."""
 
