@@ -308,6 +308,12 @@ def test_a_dead_replica_is_skipped_and_taken_back(topology: Topology) -> None:
     until(lambda: topology.metric("keel_replica_lag_bytes", "replica-0") == 0, "the replica has the profile")
     topology.replica.stop()
     try:
+        # At once, before or after the watcher notices: a read whose replica is gone (a pooled
+        # connection to it broken, or a refused connect) is answered from the primary.
+        url = f"{topology.core}/v1/profiles/{profile_id}"
+        assert [httpx.get(url, headers=topology.headers, timeout=10).status_code for _ in range(3)] == [
+            200
+        ] * 3
         until(lambda: topology.metric("keel_replica_up", "replica-0") == 0, "the core sees the replica down")
         _, primary_before = topology.routed()
         for _ in range(5):
