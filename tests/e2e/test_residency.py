@@ -136,3 +136,49 @@ def test_grpc_answers_failed_precondition_with_the_home_region(regional: Regiona
             assert (info.reason, dict(info.metadata)) == ("MISDIRECTED", {"home_region": "us1"})
 
     asyncio.run(call())
+
+
+@pytest.mark.parametrize("through", ["core", "edge"])
+def test_a_create_naming_another_region_is_refused_and_one_naming_this_region_lands(
+    regional: Regional, through: str
+) -> None:
+    base = regional.core if through == "core" else regional.edge
+
+    def create(handle: str, region: object) -> httpx.Response:
+        body = {"handle": handle, "emails": [{"address": f"{handle}@example.com", "primary": True}]}
+        return httpx.post(
+            f"{base}/v1/profiles", json={**body, "region": region}, headers=regional.headers, timeout=10
+        )
+
+    _assert_misdirected(create(f"wants_us1_{through}", "us1"))
+    here = create(f"wants_eu1_{through}", "eu1")
+    assert here.status_code == 201, here.text
+    assert here.json()["id"].startswith("eu1_")
+    assert "region" not in here.json()  # not a profile field: the id says it
+    bad = create(f"wants_bad_{through}", "EU-1")
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["errors"]] == ["/region"]
+    document = (
+        "mutation($h: String!, $e: String!) { createProfile(input: {handle: $h,"
+        ' emails: [{address: $e, primary: true}], region: "us1"}) { profile { id } } }'
+    )
+    mutation = {"query": document, "variables": {"h": f"g_us1_{through}", "e": f"g{through}@example.com"}}
+    refused = httpx.post(f"{base}/graphql", json=mutation, headers=regional.headers, timeout=10).json()
+    assert [e["extensions"] for e in refused["errors"]] == [{"code": "MISDIRECTED", "homeRegion": "us1"}]
+
+
+def test_grpc_refuses_a_create_naming_another_region(regional: Regional) -> None:
+    async def call() -> None:
+        key = (("authorization", f"Bearer {regional.token}"),)
+        profile = pb.Profile(handle="rpc_us1", emails=[pb.Email(address="rpc_us1@example.com", primary=True)])
+        async with grpc.aio.insecure_channel(regional.grpc_target) as channel:
+            stub = pb_grpc.ProfileServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CreateProfile(pb.CreateProfileRequest(profile=profile, region="us1"), metadata=key)
+            made = await stub.CreateProfile(
+                pb.CreateProfileRequest(profile=profile, region="eu1"), metadata=key
+            )
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert made.profile.id.startswith("eu1_")
+
+    asyncio.run(call())

@@ -43,7 +43,7 @@ from keel.service.ports import (
 )
 from keel.service.profile_input import email_search_key, fields_document, parse_profile_fields
 from keel.service.profile_reads import ProfileRead, ProfileReads
-from keel.service.residency import ensure_here
+from keel.service.residency import create_here, ensure_here
 from keel.service.snapshots import profile_from_snapshot, profile_snapshot
 from keel.service.use_cases import (
     MAX_IDS_PER_BATCH,
@@ -177,7 +177,7 @@ class ProfileService:
         """Create a profile. With an idempotency key, a repeat of the same request returns the
         first outcome (`replayed=True`) instead of creating a second profile."""
         require(principal, Scope.PROFILES_WRITE)
-        fields = parse_profile_fields(document, self._policy)
+        fields = parse_profile_fields(create_here(document, self._region), self._policy)
         self._check_private_writes(principal, fields.attributes.keys())
         if idempotency_key is None:
             return Created(await self._insert(fields, None), replayed=False)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from keel.domain.errors import Misdirected
-from keel.domain.ids import is_profile_id, region_of
+from keel.domain.errors import FieldError, Misdirected, ValidationFailed
+from keel.domain.ids import REGION_PATTERN, is_profile_id, region_of
+from keel.domain.profile import JSONValue
+
+REGION_RULE = "a region: 2-10 of a-z and 0-9, starting with a letter"
 
 
 def ensure_here(profile_ids: Iterable[str], region: str) -> None:
@@ -22,3 +25,23 @@ def ensure_here(profile_ids: Iterable[str], region: str) -> None:
                     " Send the request to that region.",
                     home,
                 )
+
+
+def create_here(document: JSONValue, region: str) -> JSONValue:
+    """A create's document without its `region` (where the caller wants the profile to live:
+    optional, this service's region when absent). A region that is not this service's is
+    refused (`Misdirected`, naming it): the create must go there."""
+    if not isinstance(document, dict) or "region" not in document:
+        return document
+    rest = dict(document)
+    wanted = rest.pop("region")
+    if wanted is None:
+        return rest
+    if not isinstance(wanted, str) or not REGION_PATTERN.match(wanted):
+        raise ValidationFailed([FieldError("/region", REGION_RULE)])
+    if wanted != region:
+        raise Misdirected(
+            f"This service creates profiles in region {region}; send the create to region {wanted}.",
+            wanted,
+        )
+    return rest

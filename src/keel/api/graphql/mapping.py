@@ -94,6 +94,7 @@ def create_document(data: CreateProfileInput) -> dict[str, JSONValue]:
         {
             "handle": data.handle,
             "emails": _emails(data.emails),
+            "region": data.region,
             "display_name": data.display_name,
             "bio": data.bio,
             "avatar_url": data.avatar_url,

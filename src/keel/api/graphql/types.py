@@ -122,6 +122,11 @@ class LinkInput:
 class CreateProfileInput:
     handle: str
     emails: list[EmailInput]
+    region: str | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Where the profile lives (its id's prefix); this service's region when absent. "
+        "Another region's is refused with MISDIRECTED, naming it.",
+    )
     display_name: str | None = strawberry.UNSET
     bio: str | None = strawberry.UNSET
     avatar_url: str | None = strawberry.UNSET

@@ -67,6 +67,13 @@ class ProfileCreate(_Input):
     avatar_url: str | None = Field(
         default=None, description="https only", json_schema_extra=_AVATAR_URL_RULES
     )
+    region: str | None = Field(
+        default=None,
+        examples=["eu1"],
+        description="Where the profile lives (its id's prefix). Optional: this service's region. "
+        "Another region's is refused with 421 `misdirected`, naming it (docs/residency.md).",
+        json_schema_extra={"pattern": "^[a-z][a-z0-9]{1,9}$"},
+    )
     locale: str | None = Field(default=None, examples=["en-GB"], description="BCP 47")
     timezone: str | None = Field(
         default=None, examples=["Europe/London"], description="IANA", json_schema_extra=_TIMEZONE_RULES

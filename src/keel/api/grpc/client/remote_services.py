@@ -12,6 +12,7 @@ from keel.domain.errors import FieldError, Unauthenticated, ValidationFailed
 from keel.domain.profile import JSONValue, Profile
 from keel.service.auth import KeyAnswers, credentials
 from keel.service.profile_reads import ProfileRead
+from keel.service.residency import REGION_RULE
 from keel.service.use_cases import MAX_PAGE_SIZE, Created, ExpectedVersion, ListFilters, ProfilePage
 
 _INT64_MAX = 2**63 - 1
@@ -97,7 +98,11 @@ class RemoteProfiles:
     ) -> Created:
         reply = await self._core.call(
             self._core.profiles.CreateProfile,
-            pb.CreateProfileRequest(profile=document_message(document), request_id=idempotency_key or ""),
+            pb.CreateProfileRequest(
+                profile=document_message(_without_region(document)),
+                request_id=idempotency_key or "",
+                region=_region_of_create(document),
+            ),
             name="CreateProfile",
             on_behalf_of=principal,
             idempotent=idempotency_key is not None,  # a retry with the same id is answered once
@@ -193,3 +198,20 @@ def _scopes(names: Iterable[str]) -> Iterator[Scope]:
             yield Scope(name)
         except ValueError:
             continue  # a scope a newer core knows and this edge does not: it grants nothing here
+
+
+def _without_region(document: JSONValue) -> JSONValue:
+    if isinstance(document, dict) and "region" in document:
+        return {key: value for key, value in document.items() if key != "region"}
+    return document
+
+
+def _region_of_create(document: JSONValue) -> str:
+    """The `region` a create asks for, carried apart from the profile (empty: none); one that is
+    not a string is refused here, with the use case's own error."""
+    region = document.get("region") if isinstance(document, dict) else None
+    if region is None:
+        return ""
+    if not isinstance(region, str):
+        raise ValidationFailed([FieldError("/region", REGION_RULE)])
+    return region

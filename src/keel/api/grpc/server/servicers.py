@@ -115,8 +115,11 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def CreateProfile(
         self, request: pb.CreateProfileRequest, context: Context
     ) -> pb.CreateProfileResponse:
+        document = document_from_message(request.profile)
+        if request.region:
+            document["region"] = request.region
         created = await self._profiles.create_profile(
-            caller(), document_from_message(request.profile), idempotency_key=request_id(request.request_id)
+            caller(), document, idempotency_key=request_id(request.request_id)
         )
         return pb.CreateProfileResponse(profile=profile_message(created.profile), replayed=created.replayed)
 

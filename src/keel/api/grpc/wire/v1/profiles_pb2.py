@@ -26,7 +26,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkeel/profiles/v1/profiles.proto\x12\x10keel.profiles.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x05\x45mail\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08verified\x18\x02 \x01(\x08\x12\x0f\n\x07primary\x18\x03 \x01(\x08\"!\n\x04Link\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"\xcc\x03\n\x07Profile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\'\n\x06\x65mails\x18\x03 \x03(\x0b\x32\x17.keel.profiles.v1.Email\x12\x19\n\x0c\x64isplay_name\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x03\x62io\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x17\n\navatar_url\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x13\n\x06locale\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08timezone\x18\x08 \x01(\tH\x04\x88\x01\x01\x12%\n\x05links\x18\t \x03(\x0b\x32\x16.keel.profiles.v1.Link\x12\x1c\n\x0f\x61ttributes_json\x18\n \x01(\tH\x05\x88\x01\x01\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0f\n\r_display_nameB\x06\n\x04_bioB\r\n\x0b_avatar_urlB\t\n\x07_localeB\x0b\n\t_timezoneB\x12\n\x10_attributes_json\"\x1f\n\x11GetProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\"{\n\x12GetProfileResponse\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x13\n\x0b\x61ge_seconds\x18\x02 \x01(\x01\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x15\n\rfresh_seconds\x18\x04 \x01(\x01\"&\n\x17\x42\x61tchGetProfilesRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\\\n\x18\x42\x61tchGetProfilesResponse\x12+\n\x08profiles\x18\x01 \x03(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"V\n\x14\x43reateProfileRequest\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"U\n\x15\x43reateProfileResponse\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\x8e\x01\n\x14UpdateProfileRequest\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x19\n\x11\x65xpected_versions\x18\x03 \x03(\x03\"C\n\x15UpdateProfileResponse\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\"=\n\x14\x44\x65leteProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_versions\x18\x02 \x03(\x03\"\x17\n\x15\x44\x65leteProfileResponse\"X\n\x0b\x45rasureStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12-\n\tdone_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf4\x02\n\x07\x45rasure\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x16\n\tnext_step\x18\x04 \x01(\tH\x00\x88\x01\x01\x12,\n\x05steps\x18\x05 \x03(\x0b\x32\x1d.keel.profiles.v1.ErasureStep\x12\x17\n\x0fpending_holders\x18\x06 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x30\n\x0crequest_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cgive_up_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_next_stepB\r\n\x0b_last_error\"!\n\x13\x45raseProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x14\x45raseProfileResponse\x12*\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Erasure\"\x1f\n\x11GetErasureRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x12GetErasureResponse\x12*\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Erasure\"$\n\x12\x43heckHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"(\n\x13\x43heckHandleResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\"\x17\n\x08IdFilter\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xa3\x01\n\x13ListProfilesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x06handle\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\'\n\x03ids\x18\x05 \x01(\x0b\x32\x1a.keel.profiles.v1.IdFilterB\t\n\x07_handleB\x08\n\x06_email\"\\\n\x14ListProfilesResponse\x12+\n\x08profiles\x18\x01 \x03(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10GetCallerRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_sha256\x18\x02 \x01(\t\"V\n\x11GetCallerResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x61pi_version\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t2\xed\x06\n\x0eProfileService\x12W\n\nGetProfile\x12#.keel.profiles.v1.GetProfileRequest\x1a$.keel.profiles.v1.GetProfileResponse\x12i\n\x10\x42\x61tchGetProfiles\x12).keel.profiles.v1.BatchGetProfilesRequest\x1a*.keel.profiles.v1.BatchGetProfilesResponse\x12`\n\rCreateProfile\x12&.keel.profiles.v1.CreateProfileRequest\x1a\'.keel.profiles.v1.CreateProfileResponse\x12`\n\rUpdateProfile\x12&.keel.profiles.v1.UpdateProfileRequest\x1a\'.keel.profiles.v1.UpdateProfileResponse\x12`\n\rDeleteProfile\x12&.keel.profiles.v1.DeleteProfileRequest\x1a\'.keel.profiles.v1.DeleteProfileResponse\x12]\n\x0cListProfiles\x12%.keel.profiles.v1.ListProfilesRequest\x1a&.keel.profiles.v1.ListProfilesResponse\x12]\n\x0c\x45raseProfile\x12%.keel.profiles.v1.EraseProfileRequest\x1a&.keel.profiles.v1.EraseProfileResponse\x12W\n\nGetErasure\x12#.keel.profiles.v1.GetErasureRequest\x1a$.keel.profiles.v1.GetErasureResponse\x12Z\n\x0b\x43heckHandle\x12$.keel.profiles.v1.CheckHandleRequest\x1a%.keel.profiles.v1.CheckHandleResponse2e\n\rCallerService\x12T\n\tGetCaller\x12\".keel.profiles.v1.GetCallerRequest\x1a#.keel.profiles.v1.GetCallerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkeel/profiles/v1/profiles.proto\x12\x10keel.profiles.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x05\x45mail\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08verified\x18\x02 \x01(\x08\x12\x0f\n\x07primary\x18\x03 \x01(\x08\"!\n\x04Link\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"\xcc\x03\n\x07Profile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\'\n\x06\x65mails\x18\x03 \x03(\x0b\x32\x17.keel.profiles.v1.Email\x12\x19\n\x0c\x64isplay_name\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x03\x62io\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x17\n\navatar_url\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x13\n\x06locale\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08timezone\x18\x08 \x01(\tH\x04\x88\x01\x01\x12%\n\x05links\x18\t \x03(\x0b\x32\x16.keel.profiles.v1.Link\x12\x1c\n\x0f\x61ttributes_json\x18\n \x01(\tH\x05\x88\x01\x01\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0f\n\r_display_nameB\x06\n\x04_bioB\r\n\x0b_avatar_urlB\t\n\x07_localeB\x0b\n\t_timezoneB\x12\n\x10_attributes_json\"\x1f\n\x11GetProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\"{\n\x12GetProfileResponse\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x13\n\x0b\x61ge_seconds\x18\x02 \x01(\x01\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x15\n\rfresh_seconds\x18\x04 \x01(\x01\"&\n\x17\x42\x61tchGetProfilesRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\\\n\x18\x42\x61tchGetProfilesResponse\x12+\n\x08profiles\x18\x01 \x03(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"f\n\x14\x43reateProfileRequest\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\"U\n\x15\x43reateProfileResponse\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\x8e\x01\n\x14UpdateProfileRequest\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x19\n\x11\x65xpected_versions\x18\x03 \x03(\x03\"C\n\x15UpdateProfileResponse\x12*\n\x07profile\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Profile\"=\n\x14\x44\x65leteProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_versions\x18\x02 \x03(\x03\"\x17\n\x15\x44\x65leteProfileResponse\"X\n\x0b\x45rasureStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12-\n\tdone_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf4\x02\n\x07\x45rasure\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x16\n\tnext_step\x18\x04 \x01(\tH\x00\x88\x01\x01\x12,\n\x05steps\x18\x05 \x03(\x0b\x32\x1d.keel.profiles.v1.ErasureStep\x12\x17\n\x0fpending_holders\x18\x06 \x03(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x30\n\x0crequest_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cgive_up_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_next_stepB\r\n\x0b_last_error\"!\n\x13\x45raseProfileRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x14\x45raseProfileResponse\x12*\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Erasure\"\x1f\n\x11GetErasureRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x12GetErasureResponse\x12*\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x19.keel.profiles.v1.Erasure\"$\n\x12\x43heckHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"(\n\x13\x43heckHandleResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\"\x17\n\x08IdFilter\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xa3\x01\n\x13ListProfilesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x06handle\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\'\n\x03ids\x18\x05 \x01(\x0b\x32\x1a.keel.profiles.v1.IdFilterB\t\n\x07_handleB\x08\n\x06_email\"\\\n\x14ListProfilesResponse\x12+\n\x08profiles\x18\x01 \x03(\x0b\x32\x19.keel.profiles.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x10GetCallerRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_sha256\x18\x02 \x01(\t\"V\n\x11GetCallerResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x61pi_version\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t2\xed\x06\n\x0eProfileService\x12W\n\nGetProfile\x12#.keel.profiles.v1.GetProfileRequest\x1a$.keel.profiles.v1.GetProfileResponse\x12i\n\x10\x42\x61tchGetProfiles\x12).keel.profiles.v1.BatchGetProfilesRequest\x1a*.keel.profiles.v1.BatchGetProfilesResponse\x12`\n\rCreateProfile\x12&.keel.profiles.v1.CreateProfileRequest\x1a\'.keel.profiles.v1.CreateProfileResponse\x12`\n\rUpdateProfile\x12&.keel.profiles.v1.UpdateProfileRequest\x1a\'.keel.profiles.v1.UpdateProfileResponse\x12`\n\rDeleteProfile\x12&.keel.profiles.v1.DeleteProfileRequest\x1a\'.keel.profiles.v1.DeleteProfileResponse\x12]\n\x0cListProfiles\x12%.keel.profiles.v1.ListProfilesRequest\x1a&.keel.profiles.v1.ListProfilesResponse\x12]\n\x0c\x45raseProfile\x12%.keel.profiles.v1.EraseProfileRequest\x1a&.keel.profiles.v1.EraseProfileResponse\x12W\n\nGetErasure\x12#.keel.profiles.v1.GetErasureRequest\x1a$.keel.profiles.v1.GetErasureResponse\x12Z\n\x0b\x43heckHandle\x12$.keel.profiles.v1.CheckHandleRequest\x1a%.keel.profiles.v1.CheckHandleResponse2e\n\rCallerService\x12T\n\tGetCaller\x12\".keel.profiles.v1.GetCallerRequest\x1a#.keel.profiles.v1.GetCallerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,45 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=877
   _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=969
   _globals['_CREATEPROFILEREQUEST']._serialized_start=971
-  _globals['_CREATEPROFILEREQUEST']._serialized_end=1057
-  _globals['_CREATEPROFILERESPONSE']._serialized_start=1059
-  _globals['_CREATEPROFILERESPONSE']._serialized_end=1144
-  _globals['_UPDATEPROFILEREQUEST']._serialized_start=1147
-  _globals['_UPDATEPROFILEREQUEST']._serialized_end=1289
-  _globals['_UPDATEPROFILERESPONSE']._serialized_start=1291
-  _globals['_UPDATEPROFILERESPONSE']._serialized_end=1358
-  _globals['_DELETEPROFILEREQUEST']._serialized_start=1360
-  _globals['_DELETEPROFILEREQUEST']._serialized_end=1421
-  _globals['_DELETEPROFILERESPONSE']._serialized_start=1423
-  _globals['_DELETEPROFILERESPONSE']._serialized_end=1446
-  _globals['_ERASURESTEP']._serialized_start=1448
-  _globals['_ERASURESTEP']._serialized_end=1536
-  _globals['_ERASURE']._serialized_start=1539
-  _globals['_ERASURE']._serialized_end=1911
-  _globals['_ERASEPROFILEREQUEST']._serialized_start=1913
-  _globals['_ERASEPROFILEREQUEST']._serialized_end=1946
-  _globals['_ERASEPROFILERESPONSE']._serialized_start=1948
-  _globals['_ERASEPROFILERESPONSE']._serialized_end=2014
-  _globals['_GETERASUREREQUEST']._serialized_start=2016
-  _globals['_GETERASUREREQUEST']._serialized_end=2047
-  _globals['_GETERASURERESPONSE']._serialized_start=2049
-  _globals['_GETERASURERESPONSE']._serialized_end=2113
-  _globals['_CHECKHANDLEREQUEST']._serialized_start=2115
-  _globals['_CHECKHANDLEREQUEST']._serialized_end=2151
-  _globals['_CHECKHANDLERESPONSE']._serialized_start=2153
-  _globals['_CHECKHANDLERESPONSE']._serialized_end=2193
-  _globals['_IDFILTER']._serialized_start=2195
-  _globals['_IDFILTER']._serialized_end=2218
-  _globals['_LISTPROFILESREQUEST']._serialized_start=2221
-  _globals['_LISTPROFILESREQUEST']._serialized_end=2384
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=2386
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=2478
-  _globals['_GETCALLERREQUEST']._serialized_start=2480
-  _globals['_GETCALLERREQUEST']._serialized_end=2536
-  _globals['_GETCALLERRESPONSE']._serialized_start=2538
-  _globals['_GETCALLERRESPONSE']._serialized_end=2624
-  _globals['_PROFILESERVICE']._serialized_start=2627
-  _globals['_PROFILESERVICE']._serialized_end=3504
-  _globals['_CALLERSERVICE']._serialized_start=3506
-  _globals['_CALLERSERVICE']._serialized_end=3607
+  _globals['_CREATEPROFILEREQUEST']._serialized_end=1073
+  _globals['_CREATEPROFILERESPONSE']._serialized_start=1075
+  _globals['_CREATEPROFILERESPONSE']._serialized_end=1160
+  _globals['_UPDATEPROFILEREQUEST']._serialized_start=1163
+  _globals['_UPDATEPROFILEREQUEST']._serialized_end=1305
+  _globals['_UPDATEPROFILERESPONSE']._serialized_start=1307
+  _globals['_UPDATEPROFILERESPONSE']._serialized_end=1374
+  _globals['_DELETEPROFILEREQUEST']._serialized_start=1376
+  _globals['_DELETEPROFILEREQUEST']._serialized_end=1437
+  _globals['_DELETEPROFILERESPONSE']._serialized_start=1439
+  _globals['_DELETEPROFILERESPONSE']._serialized_end=1462
+  _globals['_ERASURESTEP']._serialized_start=1464
+  _globals['_ERASURESTEP']._serialized_end=1552
+  _globals['_ERASURE']._serialized_start=1555
+  _globals['_ERASURE']._serialized_end=1927
+  _globals['_ERASEPROFILEREQUEST']._serialized_start=1929
+  _globals['_ERASEPROFILEREQUEST']._serialized_end=1962
+  _globals['_ERASEPROFILERESPONSE']._serialized_start=1964
+  _globals['_ERASEPROFILERESPONSE']._serialized_end=2030
+  _globals['_GETERASUREREQUEST']._serialized_start=2032
+  _globals['_GETERASUREREQUEST']._serialized_end=2063
+  _globals['_GETERASURERESPONSE']._serialized_start=2065
+  _globals['_GETERASURERESPONSE']._serialized_end=2129
+  _globals['_CHECKHANDLEREQUEST']._serialized_start=2131
+  _globals['_CHECKHANDLEREQUEST']._serialized_end=2167
+  _globals['_CHECKHANDLERESPONSE']._serialized_start=2169
+  _globals['_CHECKHANDLERESPONSE']._serialized_end=2209
+  _globals['_IDFILTER']._serialized_start=2211
+  _globals['_IDFILTER']._serialized_end=2234
+  _globals['_LISTPROFILESREQUEST']._serialized_start=2237
+  _globals['_LISTPROFILESREQUEST']._serialized_end=2400
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=2402
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=2494
+  _globals['_GETCALLERREQUEST']._serialized_start=2496
+  _globals['_GETCALLERREQUEST']._serialized_end=2552
+  _globals['_GETCALLERRESPONSE']._serialized_start=2554
+  _globals['_GETCALLERRESPONSE']._serialized_end=2640
+  _globals['_PROFILESERVICE']._serialized_start=2643
+  _globals['_PROFILESERVICE']._serialized_end=3520
+  _globals['_CALLERSERVICE']._serialized_start=3522
+  _globals['_CALLERSERVICE']._serialized_end=3623
 # @@protoc_insertion_point(module_scope)

@@ -271,8 +271,13 @@ class CreateProfileRequest(_message.Message):
 
     PROFILE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional; 1-255 printable ASCII characters. Makes retries safe."""
+    region: _builtins.str
+    """Optional: where the profile lives (its id's prefix); empty: the service's own region.
+    Another region's is refused with FAILED_PRECONDITION (ErrorInfo MISDIRECTED, home_region).
+    """
     @_builtins.property
     def profile(self) -> Global___Profile:
         """Output-only fields (id, version, times) are ignored."""
@@ -282,10 +287,11 @@ class CreateProfileRequest(_message.Message):
         *,
         profile: Global___Profile | None = ...,
         request_id: _builtins.str = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "region", b"region", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
