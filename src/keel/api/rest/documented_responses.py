@@ -57,8 +57,8 @@ _DESCRIPTIONS: dict[int, tuple[str, str]] = {
     ),
     421: (
         "misdirected",
-        "The profile's id names another region than this service's: send the request to the "
-        "region named in `home_region` (docs/residency.md).",
+        "The profile's id, or the create's `region`, names another region than this service's: "
+        "send the request to the region named in `home_region` (docs/residency.md).",
     ),
     422: ("validation, idempotency-key-reused", "The request is well-formed but not valid: see `errors`."),
     429: ("quota-exceeded", "The caller is over its rate limit."),

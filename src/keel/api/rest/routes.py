@@ -82,7 +82,7 @@ def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] |
     status_code=201,
     response_model=ProfileOut,
     # 404: a retry whose Idempotency-Key created a profile that has been erased since.
-    responses=problem_responses(404, 409, body=True),
+    responses=problem_responses(404, 409, 421, body=True),
     summary="Create a profile",
 )
 async def create_profile(
