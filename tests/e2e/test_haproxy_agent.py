@@ -1,7 +1,8 @@
 """HAProxy fed by Keel (issue 20's first piece): each node answers HAProxy's agent check with its
 adaptive concurrency limit (`KEEL_AGENT_PORT`), and HAProxy applies it as the server's maxconn,
 so requests past it wait in HAProxy's queue rather than in the node's socket. Two nodes with
-different limits (pinned, min = max, so nothing here depends on the controller's timing)."""
+different limits (pinned, min = max, so nothing here depends on the controller's timing); the
+agent reports what a node takes without shedding, its limit less the shedder's hysteresis band."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def test_haproxy_applies_each_nodes_concurrency_limit_as_its_maxconn(tmp_path: P
     keel_output(env, "migrate")
     ports = {"a": free_port(), "b": free_port()}
     agents = {"a": free_port(), "b": free_port()}
-    limits = {"a": 7, "b": 3}
+    # What each node takes without shedding: its limit (pinned) less the shedder's 15 % band.
+    maxconn = {"a": 6, "b": 3}  # 7 × 0.85 and 4 × 0.85, rounded
     with (
         server(
             "a",
@@ -46,18 +48,18 @@ def test_haproxy_applies_each_nodes_concurrency_limit_as_its_maxconn(tmp_path: P
         server(
             "b",
             keel_cmd("serve"),
-            {**env, "KEEL_PORT": str(ports["b"]), "KEEL_AGENT_PORT": str(agents["b"]), **_limit(3)},
+            {**env, "KEEL_PORT": str(ports["b"]), "KEEL_AGENT_PORT": str(agents["b"]), **_limit(4)},
             tmp_path / "b.log",
             ports["b"],
         ),
     ):
         for name, port in agents.items():  # the agent's own answer, as HAProxy reads it
             with socket.create_connection(("127.0.0.1", port), timeout=5) as agent:
-                assert agent.recv(100) == f"maxconn:{limits[name]}\n".encode()
+                assert agent.recv(100) == f"maxconn:{maxconn[name]}\n".encode()
         with haproxy(tmp_path / "haproxy", list(ports.items()), agents=agents) as proxy:
             proxy.wait_for({"a": "UP", "b": "UP"})
             until(
-                lambda: {name: proxy.stat()[name]["slim"] for name in ports} == {"a": "7", "b": "3"},
+                lambda: {name: proxy.stat()[name]["slim"] for name in ports} == {"a": "6", "b": "3"},
                 "HAProxy applies the agents' maxconn",
             )
             assert httpx.get(f"{proxy.url}/healthz", timeout=10).status_code == 200

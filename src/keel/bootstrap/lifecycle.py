@@ -193,9 +193,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
             servers.enter_context(management_port(metrics.registry, settings.management_host, ports, probes))
         shedder = keel.shedder
         if settings.agent_port is not None and shedder is not None:  # settings refuse one without
-            limit = shedder.limit
             servers.enter_context(
-                agent_check_port(settings.management_host, settings.agent_port, lambda: limit.limit)
+                agent_check_port(settings.management_host, settings.agent_port, shedder.steady_concurrency)
             )
         # The router's first timeout scope imports anyio's asyncio backend (a dozen modules)
         # on the event loop: the first request after each start, `/healthz` included, waited

@@ -4,8 +4,10 @@ that would only refuse them (docs/fleet.md#haproxy-fed-by-keel).
 
 HAProxy connects to the agent port every `agent-inter` and reads one line
 (https://docs.haproxy.org/2.6/configuration.html#agent-check): here `maxconn:<n>`, which sets
-the server's connection limit to the limit the adaptive controller holds now (rounded: a limit
-floored below its own 0.8 × would never see the saturation that lowers it). No state word:
+the server's connection limit to what the process takes without shedding: the adaptive limit
+less the shedder's hysteresis band (`LoadShedder.steady_concurrency`), rounded. Held at the
+limit itself, a node whose limit dipped between two checks would start shedding and, kept
+inside the band by the proxy, never stop (measured: bench/proxy_queue.py). No state word:
 `ready` would undo an operator's drain or maintenance, and readiness stays with the HTTP check
 on `/readyz`.
 

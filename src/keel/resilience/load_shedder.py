@@ -76,6 +76,12 @@ class LoadShedder:
         if succeeded:
             self.limit.observe(operation, self._clock() - admitted_at, in_flight_at_end)
 
+    def steady_concurrency(self) -> float:
+        """How many requests at once this process takes and keeps taking without shedding its
+        critical ones: below the limit by the hysteresis band. A proxy that holds it at the limit
+        itself would, after any dip of the limit, keep it inside the band, shedding for good."""
+        return self.limit.limit * self._restore_ratio
+
     def shedding(self, priority: Priority) -> bool:
         return self._shedding[priority]
 
