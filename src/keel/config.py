@@ -495,7 +495,7 @@ class Settings(BaseSettings):
     @field_validator("region")
     @classmethod
     def _region_is_valid(cls, value: str) -> str:
-        if not REGION_PATTERN.match(value):
+        if not REGION_PATTERN.fullmatch(value):
             raise ValueError("2-10 characters of a-z and 0-9, starting with a letter")
         return value
 

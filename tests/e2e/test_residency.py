@@ -7,6 +7,7 @@ id, and never looked up: the foreign profile here really is in the store the eu1
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,18 +147,20 @@ def test_a_create_naming_another_region_is_refused_and_one_naming_this_region_la
 
     def create(handle: str, region: object) -> httpx.Response:
         body = {"handle": handle, "emails": [{"address": f"{handle}@example.com", "primary": True}]}
-        return httpx.post(
-            f"{base}/v1/profiles", json={**body, "region": region}, headers=regional.headers, timeout=10
-        )
+        # JSON with \u escapes (json.dumps' default): a lone surrogate can be sent as a client may.
+        content = json.dumps({**body, "region": region})
+        headers = {**regional.headers, "Content-Type": "application/json"}
+        return httpx.post(f"{base}/v1/profiles", content=content, headers=headers, timeout=10)
 
     _assert_misdirected(create(f"wants_us1_{through}", "us1"))
     here = create(f"wants_eu1_{through}", "eu1")
     assert here.status_code == 201, here.text
     assert here.json()["id"].startswith("eu1_")
     assert "region" not in here.json()  # not a profile field: the id says it
-    bad = create(f"wants_bad_{through}", "EU-1")
-    assert bad.status_code == 422
-    assert [e["field"] for e in bad.json()["errors"]] == ["/region"]
+    for n, region in enumerate(("EU-1", "", "eu1\n", "\ud800")):  # the same answer on the core and an edge
+        bad = create(f"wants_bad_{through}_{n}", region)
+        assert bad.status_code == 422, (region, bad.text)
+        assert [e["field"] for e in bad.json()["errors"]] == ["/region"], region
     document = (
         "mutation($h: String!, $e: String!) { createProfile(input: {handle: $h,"
         ' emails: [{address: $e, primary: true}], region: "us1"}) { profile { id } } }'

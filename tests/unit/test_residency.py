@@ -38,6 +38,6 @@ def test_a_create_may_name_this_region_only() -> None:
     with pytest.raises(Misdirected) as refused:
         create_here({"handle": "ada", "region": "us1"}, "eu1")
     assert refused.value.home_region == "us1"
-    for bad in ("EU1", "e", 1, "eu1_x"):
+    for bad in ("EU1", "e", 1, "eu1_x", "eu1\n", ""):
         with pytest.raises(ValidationFailed):
             create_here({"handle": "ada", "region": bad}, "eu1")

@@ -12,7 +12,8 @@ import re
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-REGION_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,9}$")
+# Matched whole (`fullmatch`): `$` alone would also take a trailing newline.
+REGION_PATTERN = re.compile(r"[a-z][a-z0-9]{1,9}")
 _PROFILE_ID_PATTERN = re.compile(r"^([a-z][a-z0-9]{1,9})_([0-9A-HJKMNP-TV-Z]{26})$")
 
 
@@ -28,7 +29,7 @@ def new_ulid(now_ms: int | None = None) -> str:
 
 
 def new_profile_id(region: str) -> str:
-    if not REGION_PATTERN.match(region):
+    if not REGION_PATTERN.fullmatch(region):
         raise ValueError(f"invalid region name {region!r}")
     return f"{region}_{new_ulid()}"
 

@@ -4,8 +4,9 @@ that would only refuse them (docs/fleet.md#haproxy-fed-by-keel).
 
 HAProxy connects to the agent port every `agent-inter` and reads one line
 (https://docs.haproxy.org/2.6/configuration.html#agent-check): here `maxconn:<n>`, which sets
-the server's connection limit to what the process takes without shedding: the adaptive limit
-less the shedder's hysteresis band (`LoadShedder.steady_concurrency`), rounded. Held at the
+the server's connection limit to what the process takes without shedding its critical requests
+(lists and searches may use less): the adaptive limit less the shedder's hysteresis band
+(`LoadShedder.steady_concurrency`), rounded (an overshoot of less than one is accepted). Held at the
 limit itself, a node whose limit dipped between two checks would start shedding and, kept
 inside the band by the proxy, never stop (measured: bench/proxy_queue.py). No state word:
 `ready` would undo an operator's drain or maintenance, and readiness stays with the HTTP check

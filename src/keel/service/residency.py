@@ -5,12 +5,17 @@ answered from this region's store (docs/residency.md)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeGuard
 
 from keel.domain.errors import FieldError, Misdirected, ValidationFailed
 from keel.domain.ids import REGION_PATTERN, is_profile_id, region_of
 from keel.domain.profile import JSONValue
 
 REGION_RULE = "a region: 2-10 of a-z and 0-9, starting with a letter"
+
+
+def is_region(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and REGION_PATTERN.fullmatch(value) is not None
 
 
 def ensure_here(profile_ids: Iterable[str], region: str) -> None:
@@ -37,7 +42,7 @@ def create_here(document: JSONValue, region: str) -> JSONValue:
     wanted = rest.pop("region")
     if wanted is None:
         return rest
-    if not isinstance(wanted, str) or not REGION_PATTERN.match(wanted):
+    if not is_region(wanted):
         raise ValidationFailed([FieldError("/region", REGION_RULE)])
     if wanted != region:
         raise Misdirected(

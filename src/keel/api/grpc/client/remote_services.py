@@ -12,7 +12,7 @@ from keel.domain.errors import FieldError, Unauthenticated, ValidationFailed
 from keel.domain.profile import JSONValue, Profile
 from keel.service.auth import KeyAnswers, credentials
 from keel.service.profile_reads import ProfileRead
-from keel.service.residency import REGION_RULE
+from keel.service.residency import REGION_RULE, is_region
 from keel.service.use_cases import MAX_PAGE_SIZE, Created, ExpectedVersion, ListFilters, ProfilePage
 
 _INT64_MAX = 2**63 - 1
@@ -208,10 +208,11 @@ def _without_region(document: JSONValue) -> JSONValue:
 
 def _region_of_create(document: JSONValue) -> str:
     """The `region` a create asks for, carried apart from the profile (empty: none); one that is
-    not a string is refused here, with the use case's own error."""
+    not a region is refused here with the use case's own error (the message's empty string means
+    none, and a string it cannot encode would fail the call)."""
     region = document.get("region") if isinstance(document, dict) else None
     if region is None:
         return ""
-    if not isinstance(region, str):
+    if not is_region(region):
         raise ValidationFailed([FieldError("/region", REGION_RULE)])
     return region
