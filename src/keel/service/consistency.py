@@ -67,6 +67,12 @@ def parse_position(token: str) -> int:
     return int(match.group(1), 16) << 32 | int(match.group(2), 16)
 
 
+def from_token(token: str | None) -> Consistency:
+    """A request's consistency, reading at or past its token (None: no token); `ValidationFailed`
+    when the token is not one. What every protocol's envelope opens."""
+    return Consistency(parse_position(token) if token is not None else None)
+
+
 def format_position(position: int) -> str:
     return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 

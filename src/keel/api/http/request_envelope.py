@@ -22,7 +22,7 @@ from keel.api.http.request_state import request_state
 from keel.domain.errors import OutcomeUnknown, ValidationFailed
 from keel.observability.metrics import Metrics
 from keel.resilience.deadline import deadline_in
-from keel.service.consistency import TOKEN_NAME, TOKEN_RULE, Consistency, parse_position
+from keel.service.consistency import TOKEN_NAME, TOKEN_RULE, Consistency, from_token
 from keel.service.consistency import scope as consistency_scope
 
 UNROUTED = "unmatched"  # the route label of requests answered before routing
@@ -93,13 +93,13 @@ class RequestEnvelope:
         received = 0
         # Read-your-writes across replicas (keel.service.consistency): the token read, and the
         # one answered once the request's writes committed.
-        consistency = Consistency()
         bad_consistency = False
-        if consistency_token is not None:
-            try:
-                consistency.read_after = parse_position(consistency_token.decode("latin-1"))
-            except ValidationFailed:
-                bad_consistency = True
+        try:
+            consistency = from_token(
+                consistency_token.decode("latin-1") if consistency_token is not None else None
+            )
+        except ValidationFailed:
+            consistency, bad_consistency = Consistency(), True
 
         async def counted_receive() -> Message:
             nonlocal received

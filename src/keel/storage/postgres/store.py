@@ -173,19 +173,25 @@ class PostgresStore:
             # acknowledges, a write), nor be trusted to hold a layout a migration is filling:
             # only a fresh copy of a steady record sends reads there, to a replica that has
             # replayed past the record's change (the floor the watcher noted for it).
-            record = self._view.settled()
-            floor = self._floor
-            if record is not None and (floor is None or floor[0] != record.generation):
-                record = None  # the watcher has not noted this generation's floor yet
+            settled = self._settled()
             replica = None
-            if record is not None and floor is not None:
+            if settled is not None:
+                record, floor = settled
                 required = required_position()
-                replica = replicas.choose(floor[1] if required is None else max(required, floor[1]))
+                replica = replicas.choose(floor if required is None else max(required, floor))
             if replica is None:
                 replicas.count("primary")
-            elif record is not None:
+            else:
                 return self._unit(read_only, replica=(replica, replicas, record))
         return self._unit(read_only, notes_position=replicas is not None)
+
+    def _settled(self) -> tuple[LayoutRecord, int] | None:
+        """The node's steady copy of the layout record and the primary's position the watcher
+        noted for its generation; None while either is missing (the primary reads)."""
+        record, floor = self._view.settled(), self._floor
+        if record is None or floor is None or floor[0] != record.generation:
+            return None
+        return record, floor[1]
 
     def _unit(
         self,

@@ -36,7 +36,7 @@ from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExce
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
 from keel.resilience.deadline import deadline_in
-from keel.service.consistency import Consistency, parse_position
+from keel.service.consistency import from_token
 from keel.service.consistency import scope as consistency_scope
 from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
 
@@ -137,12 +137,9 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):
         if remaining is not None:
             timeout = min(timeout, max(remaining, 0.0))
             deadline_ms = int(max(remaining, 0.0) * 1000)
-        consistency = Consistency()
         try:
             try:
-                token = metadata.get(CONSISTENCY_TOKEN)
-                if token is not None:
-                    consistency.read_after = parse_position(token)
+                consistency = from_token(metadata.get(CONSISTENCY_TOKEN))
                 with deadline_in(timeout), consistency_scope(consistency):
                     reply = await self._admission.run(
                         method, metadata, context.peer(), behaviour, repeated=repeated
