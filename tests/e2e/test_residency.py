@@ -168,6 +168,10 @@ def test_a_create_naming_another_region_is_refused_and_one_naming_this_region_la
     mutation = {"query": document, "variables": {"h": f"g_us1_{through}", "e": f"g{through}@example.com"}}
     refused = httpx.post(f"{base}/graphql", json=mutation, headers=regional.headers, timeout=10).json()
     assert [e["extensions"] for e in refused["errors"]] == [{"code": "MISDIRECTED", "homeRegion": "us1"}]
+    malformed = {"query": document.replace('"us1"', '"EU-1"'), "variables": mutation["variables"]}
+    invalid = httpx.post(f"{base}/graphql", json=malformed, headers=regional.headers, timeout=10).json()
+    assert [e["extensions"]["code"] for e in invalid["errors"]] == ["VALIDATION"]
+    assert invalid["errors"][0]["extensions"]["fieldErrors"][0]["field"] == "/region"
 
 
 def test_grpc_refuses_a_create_naming_another_region(regional: Regional) -> None:
@@ -178,10 +182,15 @@ def test_grpc_refuses_a_create_naming_another_region(regional: Regional) -> None
             stub = pb_grpc.ProfileServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.CreateProfile(pb.CreateProfileRequest(profile=profile, region="us1"), metadata=key)
+            with pytest.raises(grpc.aio.AioRpcError) as malformed:
+                await stub.CreateProfile(
+                    pb.CreateProfileRequest(profile=profile, region="EU-1"), metadata=key
+                )
             made = await stub.CreateProfile(
                 pb.CreateProfileRequest(profile=profile, region="eu1"), metadata=key
             )
         assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert malformed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert made.profile.id.startswith("eu1_")
 
     asyncio.run(call())
