@@ -138,8 +138,9 @@ async def test_every_api_response_describes_the_limits(harness: Harness) -> None
     response = await harness.client.post("/v1/profiles", json=body(), headers=key)
     assert response.status_code == 201
     assert parse_named_list(response.headers["ratelimit-policy"]) == [
-        ("burst", {"q": 1, "w": 60}),
-        ("concurrency", {"q": 1, "qu": "concurrent-requests"}),
+        # The burst of 12, refilled at one unit a minute: 720 s.
+        ("burst", {"q": 12, "w": 720, "qu": "keel-cost"}),
+        ("concurrency", {"q": 1, "qu": "concurrency"}),
     ]
     # A write costs 5 of the burst of 12.
     assert parse_named_list(response.headers["ratelimit"]) == [("burst", {"r": 7, "t": 300})]
@@ -200,7 +201,10 @@ async def test_plans_are_assigned_per_key(harness: Harness) -> None:
     statuses = [(await harness.client.get("/v1/profiles", headers=partner)).status_code for _ in range(20)]
     assert statuses == [200] * 20
     response = await harness.client.get("/v1/profiles", headers=partner)
-    assert parse_named_list(response.headers["ratelimit-policy"])[0] == ("burst", {"q": 1000, "w": 1})
+    assert parse_named_list(response.headers["ratelimit-policy"])[0] == (
+        "burst",
+        {"q": 1000, "w": 1, "qu": "keel-cost"},
+    )
 
 
 async def test_anonymous_and_unknown_keys_are_limited_by_address(harness: Harness) -> None:

@@ -229,7 +229,7 @@ def test_keys_carry_a_rate_limit_plan(served: Served) -> None:
         served.env, "keys", "create", "--plan", "partner", "--name", "big-partner", "--quiet"
     ).strip()
     response = httpx.get(f"{served.base_url}/v1/profiles", headers={"Authorization": f"Bearer {token}"})
-    assert response.headers["ratelimit-policy"].startswith('"burst";q=500;w=1')
+    assert response.headers["ratelimit-policy"].startswith('"burst";q=1000;w=2;qu="keel-cost"')
     assert "partner" in next(
         line for line in _keel(served.env, "keys", "list").splitlines() if "big-partner" in line
     )

@@ -14,18 +14,66 @@ from keel.ratelimit.policy import DEFAULT_PLANS, Plan, Policy
 from tests.structured_fields import parse_named_list
 
 
-def test_policy_header_lists_every_policy_and_the_concurrency_cap() -> None:
+def test_policy_header_declares_each_burst_per_the_time_to_refill_it() -> None:
     plan = Plan(
         "p",
-        (Policy("burst", quota=20, window_seconds=1, burst=40), Policy("hourly", 5000, 3600, 5000)),
+        (
+            Policy("burst", quota=20, window_seconds=1, burst=40),
+            Policy("hourly", 5000, 3600, 1000),
+            Policy("quick", quota=100, window_seconds=1, burst=30),  # refilled in 0.3 s
+        ),
         concurrency=20,
     )
     parsed = parse_named_list(format_policy_header(plan))
     assert parsed == [
-        ("burst", {"q": 20, "w": 1}),
-        ("hourly", {"q": 5000, "w": 3600}),
-        ("concurrency", {"q": 20, "qu": "concurrent-requests"}),
+        ("burst", {"q": 40, "w": 2, "qu": "keel-cost"}),
+        ("hourly", {"q": 1000, "w": 720, "qu": "keel-cost"}),
+        # A whole second at least: the draft's window is an integer, and rounding up keeps the
+        # declared rate (30 per second) at or below the real one (100 per second).
+        ("quick", {"q": 30, "w": 1, "qu": "keel-cost"}),
+        ("concurrency", {"q": 20, "qu": "concurrency"}),
     ]
+
+
+def _integer(value: object) -> int:
+    assert isinstance(value, int), value  # the draft's integers, parsed as such
+    return value
+
+
+@pytest.mark.parametrize("plan", DEFAULT_PLANS.values(), ids=list(DEFAULT_PLANS))
+@pytest.mark.parametrize("cost", [1, 5, 10])
+def test_what_a_client_reads_in_ratelimit_never_exceeds_the_declared_policy(plan: Plan, cost: int) -> None:
+    """From idle to refused and back: every `r` at most its policy's `q`, every `t` at most its
+    `w` (the header once said `r=195` under `q=100`)."""
+    declared = {
+        name: (_integer(params["q"]), _integer(params["w"]))
+        for name, params in parse_named_list(plan.policy_header)
+        if name != "concurrency"
+    }
+    policies = list(plan.policies)
+    tats: list[int | None] = [None] * len(policies)
+    seen = 0
+    # Spent all at once until refused, then waited out in tenths of the longest refill.
+    instants = [0] * (plan.smallest_burst // cost + 2)
+    longest = max(p.tolerance_us for p in policies)
+    instants += [n * longest // 10 for n in range(1, 12)]
+    for now in instants:
+        verdicts, new_tats = decide(tats, now, policies, cost)
+        decision = describe(verdicts, new_tats, now, policies, cost)
+        if decision.allowed:
+            tats = list(new_tats)
+        for state in decision.states:
+            quota, window = declared[state.policy.name]
+            assert 0 <= state.remaining <= quota, state
+            assert state.reset_seconds <= window, state
+        header = format_ratelimit_header(decision)
+        assert header is not None
+        [(name, params)] = parse_named_list(header)
+        quota, window = declared[name]
+        assert _integer(params["r"]) <= quota
+        assert _integer(params["t"]) <= window
+        seen += not decision.allowed
+    assert seen > 0  # the run reached refusals, where the bounds are tightest
 
 
 def test_every_built_in_plan_has_a_parseable_policy_header() -> None:

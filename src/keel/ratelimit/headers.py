@@ -1,8 +1,11 @@
-"""The RateLimit-Policy and RateLimit fields of the IETF httpapi draft
-(draft-ietf-httpapi-ratelimit-headers), serialized as HTTP structured fields (lists of items
-with parameters). Protocol-neutral strings: REST sends them as headers, gRPC as metadata.
+"""The RateLimit-Policy and RateLimit fields of the IETF httpapi draft, as of
+draft-ietf-httpapi-ratelimit-headers-08 (quota units from its registry, `w` a whole number of
+seconds), serialized as HTTP structured fields (lists of items with parameters).
+Protocol-neutral strings: REST sends them as headers, gRPC as metadata.
 
-Quota units are the request costs (a read costs 1, a list 10...), not request counts.
+Quota units are the request costs (a read costs 1, a list 10...), not request counts, declared
+as `qu="keel-cost"`. A policy is declared as its burst per the time to refill it, so that a
+client can reconcile the two fields: `r <= q` and `t <= w` (see `keel.ratelimit.policy`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ if TYPE_CHECKING:
 
 
 def format_policy_header(plan: Plan) -> str:
-    """`"burst";q=20;w=1, "hourly";q=5000;w=3600, "concurrency";q=20;qu="concurrent-requests"`
-    (built with the plan: see `Plan.policy_header`)."""
+    """`"burst";q=40;w=2;qu="keel-cost", "hourly";q=1000;w=720;qu="keel-cost",
+    "concurrency";q=10;qu="concurrency"` (built with the plan: see `Plan.policy_header`)."""
     return plan.policy_header
 
 

@@ -57,19 +57,35 @@ class Policy:
         )
 
 
-def _number(value: float) -> str:
-    # Structured-field integers where possible; decimals have at most three fractional digits.
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
+# The quota unit Keel declares: requests have costs (a read 1, a list 10...), so the draft's
+# default unit, `request`, would understate what a list spends. Not in the draft's quota-unit
+# registry (request, content-bytes, concurrency), hence the vendor prefix. docs/operations.md.
+COST_UNIT = "keel-cost"
+# The concurrency cap's unit, from that registry.
+CONCURRENCY_UNIT = "concurrency"
+
+
+def declared_window_seconds(policy: Policy) -> int:
+    """The window the RateLimit-Policy field declares for a policy: the time to refill its whole
+    burst from empty, in whole seconds (the draft's `w` is an integer), rounded up and at least
+    one, so that the declared rate, burst per window, is never above the real one."""
+    return max(1, -(-policy.tolerance_us // MICROSECONDS))
 
 
 def _policy_header(plan: Plan) -> str:
     """The plan's RateLimit-Policy field (see `keel.ratelimit.headers`), built once per plan
     here, so that the plan does not import the module that formats decisions (which imports
-    the plan: an import circle)."""
+    the plan: an import circle).
+
+    Each policy is declared as its burst (`q`) per the time to refill that burst (`w`): the
+    `RateLimit` field's remaining units never exceed the burst, so `r <= q` always holds, and
+    its reset time never exceeds `w`."""
     items = [
-        f'"{p.name}";q={p.quota};w={_number(p.window_seconds)}' for p in plan.policies if not p.shadow
+        f'"{p.name}";q={p.burst};w={declared_window_seconds(p)};qu="{COST_UNIT}"'
+        for p in plan.policies
+        if not p.shadow
     ]  # shadow policies are not enforced, so not announced
-    items.append(f'"concurrency";q={plan.concurrency};qu="concurrent-requests"')
+    items.append(f'"{RESERVED_POLICY_NAME}";q={plan.concurrency};qu="{CONCURRENCY_UNIT}"')
     return ", ".join(items)
 
 

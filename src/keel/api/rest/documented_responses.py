@@ -28,7 +28,8 @@ _RATE_LIMIT_HEADERS = {
         "schema": {"type": "string"},
     },
     "RateLimit-Policy": {
-        "description": 'The policies of the caller\'s plan, e.g. `"burst";q=100;w=1`.',
+        "description": "The policies of the caller's plan, each as its burst (`q`, in cost units) "
+        'per the seconds to refill it (`w`), e.g. `"burst";q=200;w=2;qu="keel-cost"`.',
         "schema": {"type": "string"},
     },
 }
