@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         description="Keel nodes sharing the quotas (each of KEEL_WORKERS processes): the least count "
         "of processes a process divides by; with Redis, the live processes counted there when more.",
     )
+    ratelimit_fleet_concurrency: bool = Field(
+        default=True,
+        description="With Redis, count each key's concurrency cap across the fleet (a slot on Redis, "
+        "one more round trip per request); false: per process, N processes admitting N x the cap.",
+    )
     ratelimit_redis_timeout_seconds: float = Field(default=0.05, gt=0)
     ratelimit_breaker_open_seconds: float = Field(default=2.0, gt=0)
     trusted_proxy_hops: int = Field(

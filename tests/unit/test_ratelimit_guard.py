@@ -24,10 +24,10 @@ class StuckLimiter(InMemoryRateLimiter):
         self.release = asyncio.Event()
         self.deciding = asyncio.Event()
 
-    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+    async def acquire(self, client: str, plan: Plan, cost: int, slot: str | None = None) -> Decision:
         self.deciding.set()
         await self.release.wait()
-        return await super().acquire(client, plan, cost)
+        return await super().acquire(client, plan, cost, slot)
 
 
 async def test_a_cancelled_decision_gives_its_slot_back() -> None:

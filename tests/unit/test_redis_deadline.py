@@ -17,7 +17,8 @@ PLAN = Plan("p", (Policy("s", quota=10, window_seconds=1, burst=10),), concurren
 
 
 class SlowRedis:
-    """Answers the GCRA script like Redis would for a fresh client, after `delay` seconds."""
+    """Answers the GCRA script like Redis would for a fresh client (no slot asked), after `delay`
+    seconds."""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
@@ -25,7 +26,7 @@ class SlowRedis:
     def register_script(self, script: str) -> Any:
         async def run(keys: list[str], args: list[Any]) -> list[Any]:
             await asyncio.sleep(self.delay)
-            return [1_000_000, 1, b"1100000"]
+            return [1_000_000, -1, 1, b"1100000"]  # no slot asked; one policy
 
         return run
 

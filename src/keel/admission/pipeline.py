@@ -60,9 +60,21 @@ class Outcome:
 
 
 class Ticket:
-    """An admitted request: call `finish` exactly once when it ends (release and refund)."""
+    """An admitted request: call `finish` exactly once when it ends (release and refund). A
+    protocol that sends its answer before `finish` calls `release_slot` before the answer's last
+    bytes leave (see `release_slot`)."""
 
-    __slots__ = ("_admitted_at", "_guard", "_latency_class", "_shedder", "client", "cost", "limits", "plan")
+    __slots__ = (
+        "_admitted_at",
+        "_guard",
+        "_latency_class",
+        "_shedder",
+        "_slot",
+        "client",
+        "cost",
+        "limits",
+        "plan",
+    )
 
     def __init__(
         self,
@@ -84,13 +96,25 @@ class Ticket:
         self.limits = limits
         self._latency_class = latency_class
         self._admitted_at = admitted_at
+        self._slot = limits.slot if limits is not None else None
+
+    async def release_slot(self) -> None:
+        """Give back the fleet-wide concurrency slot (with Redis), once: before the answer
+        leaves, so that a client that waits for each answer never finds its previous request
+        still holding a slot (`finish` does it too, for an answer it precedes)."""
+        slot, self._slot = self._slot, None
+        if slot is not None and self._guard is not None:
+            await self._guard.release_slot(self.client, slot)
 
     async def finish(self, outcome: Outcome) -> None:
         if self._shedder is not None:
             self._shedder.release(self._latency_class, self._admitted_at, succeeded=outcome.succeeded)
         guard = self._guard
         if guard is not None and self.limits is not None:
-            guard.release(self.client)
+            try:
+                await self.release_slot()
+            finally:
+                guard.release(self.client)
             if outcome.unused > 0:
                 await guard.refund(self.client, self.plan, min(outcome.unused, self.cost))
 
@@ -196,9 +220,11 @@ class Admission:
         if shedder is not None:
             slot = shedder.try_admit(operation.priority)
             if slot is None:
-                if guard is not None:
+                if guard is not None and limits is not None:
                     # No service, no charge.
                     guard.release(client)
+                    if limits.slot is not None:
+                        await guard.release_slot(client, limits.slot)
                     await guard.refund(client, plan, units)
                 return _shed_refusal(operation.priority)
             admitted_at = slot
@@ -214,7 +240,7 @@ class Admission:
         if guard is None:
             return None
         client = caller.client
-        limits = await guard.admit(client, self.plan_of(caller), cost)
+        limits = await guard.admit(client, self.plan_of(caller), cost, hold=False)
         if not limits.allowed:
             return _quota_refusal(limits)
         guard.release(client)

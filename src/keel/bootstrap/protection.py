@@ -75,7 +75,13 @@ def build_rate_limiter(
 
     return FailOpenRateLimiter(
         RedisRateLimiter(
-            connect(settings.redis_url), timeout_seconds=timeout, loop_lag=loop_lag, tracer=tracer
+            connect(settings.redis_url),
+            timeout_seconds=timeout,
+            loop_lag=loop_lag,
+            tracer=tracer,
+            # What a dead request left is taken over after the same time as its idempotency
+            # reservation: longer than any request's deadline (the settings check it).
+            slot_lease_seconds=settings.idempotency_lease_seconds,
         ),
         local=InMemoryRateLimiter(),
         breaker=breaker,
@@ -168,6 +174,7 @@ def build_protection(
                 settings, metrics, breakers, loop_lag, catalog, resilience_clock, tracer, processes
             ),
             metrics,
+            fleet_slots=settings.ratelimit_fleet_concurrency,
         )
         if settings.ratelimit_enabled
         else None

@@ -48,10 +48,10 @@ class FailOpenRateLimiter:
             return False
         return self._shared.switched_off_seen()
 
-    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+    async def acquire(self, client: str, plan: Plan, cost: int, slot: str | None = None) -> Decision:
         if self._breaker.allow():
             try:
-                decision = await self._shared.acquire(client, plan, cost)
+                decision = await self._shared.acquire(client, plan, cost, slot)
             except LimiterUnavailable as error:
                 self._breaker.record_failure()
                 self._on_fallback(str(error))
@@ -64,8 +64,14 @@ class FailOpenRateLimiter:
                 return decision
         else:
             self._on_fallback("breaker_open")
+        # Decided here: no fleet-wide slot is taken; the guard's own count caps this process.
         local = self._local.acquire_now(client, self._local_plan(plan), cost)
         return dataclasses.replace(local, degraded=True)
+
+    async def release_slot(self, client: str, slot: str) -> None:
+        # Whatever the breaker says now: the slot was taken on Redis, and is given back there
+        # (or expires with its lease if Redis does not take the release).
+        await self._shared.release_slot(client, slot)
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
         if self._breaker.allow():

@@ -42,6 +42,11 @@ class Decision:
     cost: int
     states: tuple[PolicyState, ...]
     degraded: bool = False  # decided locally because the shared store was unavailable
+    # The fleet-wide concurrency cap (a shared limiter asked for a slot): `slot_held` when the
+    # request took one, which `RateLimiter.release_slot` gives back; `over_cap` when the client
+    # had none left (refused, nothing charged, no states).
+    slot_held: bool = False
+    over_cap: bool = False
 
     @property
     def violated(self) -> tuple[PolicyState, ...]:

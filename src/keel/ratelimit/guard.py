@@ -1,9 +1,16 @@
 """Admission by rate limits, the same for every protocol: the per-client concurrency cap, then
 one atomic decision over all of the plan's policies; metrics and sampled log lines for both.
-Protocol adapters turn the outcome into their own headers and errors."""
+Protocol adapters turn the outcome into their own headers and errors.
+
+The concurrency cap is counted twice: here, per process, which refuses without I/O; and, with a
+limiter shared by the fleet (Redis), fleet-wide, as a slot taken in the same atomic step as the
+decision, so that N processes admit a client's cap in all, not N times it. A process's own
+count never exceeds the fleet's, so the first never refuses what the second would admit."""
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -26,6 +33,7 @@ class RateLimitOutcome:
     plan: Plan
     decision: Decision | None  # None when refused by the concurrency cap before any decision
     ratelimit_header: str | None
+    slot: str | None = None  # the fleet-wide slot this request holds: `release` gives it back
 
     @property
     def violated_policies(self) -> list[str]:
@@ -41,10 +49,15 @@ class RateLimitOutcome:
 
 
 class RateLimitGuard:
-    def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
+    def __init__(self, limiter: RateLimiter, metrics: Metrics, *, fleet_slots: bool = True) -> None:
+        """`fleet_slots` False: the concurrency cap is this process's count alone, even with a
+        limiter shared by the fleet (no slot asked of it)."""
         self._limiter = limiter
+        self._fleet_slots = fleet_slots
         self._metrics = metrics
         self._in_flight: dict[str, int] = {}
+        # Names of fleet-wide slots: unique to this process, then to each request.
+        self._slot_names = (f"{secrets.token_hex(8)}:{n}" for n in itertools.count())
         self._decision_series: dict[tuple[str, str], Counter] = {}
         self._rejections = SampledLog("keel.ratelimit")
         self._denials = Denials()
@@ -54,8 +67,10 @@ class RateLimitGuard:
             for degraded in (False, True)
         }
 
-    async def admit(self, client: str, plan: Plan, cost: int) -> RateLimitOutcome:
-        """On `allowed`, the caller must call `release(client)` when the request ends."""
+    async def admit(self, client: str, plan: Plan, cost: int, *, hold: bool = True) -> RateLimitOutcome:
+        """On `allowed`, the caller must call `release(client)` when the request ends, and
+        `release_slot(client, outcome.slot)` before its answer leaves. `hold` False: a charge
+        for a request that will not run, which takes no fleet-wide slot."""
         switched_off = await self._limiter.switched_off()
         # Read after the await: other requests of this client may have come and gone meanwhile.
         in_flight = self._in_flight.get(client, 0)
@@ -76,13 +91,17 @@ class RateLimitGuard:
         # The slot is taken before the decision, which may wait on Redis: concurrent requests
         # of one client must not all pass the cap while the first one is being decided.
         self._in_flight[client] = in_flight + 1
+        slot = next(self._slot_names) if hold and self._fleet_slots else None
         started = time.perf_counter()
         try:
-            decision = await self._limiter.acquire(client, plan, cost)
+            decision = await self._limiter.acquire(client, plan, cost, slot)
         except BaseException:
             self.release(client)
             raise
         self._decision_duration[decision.degraded].observe(time.perf_counter() - started)
+        if decision.over_cap:  # the fleet holds all of the client's slots
+            self.release(client)
+            return self._over_cap(client, plan)
         if not decision.allowed:
             self.release(client)
             if not decision.degraded:
@@ -95,7 +114,13 @@ class RateLimitGuard:
                 self._count(state.policy.name, "allowed")
             else:
                 self._count(state.policy.name, "shadow_rejected")
-        return RateLimitOutcome(decision.allowed, plan, decision, format_ratelimit_header(decision))
+        return RateLimitOutcome(
+            decision.allowed,
+            plan,
+            decision,
+            format_ratelimit_header(decision),
+            slot if decision.slot_held else None,
+        )
 
     def known_refusal(self, client: str, plan: Plan, cost: int) -> RateLimitOutcome | None:
         """The refusal `admit` would give now, when this process can tell it without asking
@@ -109,16 +134,17 @@ class RateLimitGuard:
 
     def _local_refusal(self, client: str, plan: Plan, cost: int, in_flight: int) -> RateLimitOutcome | None:
         if in_flight >= plan.concurrency:
-            self._count(CONCURRENCY_POLICY, "rejected")
-            self._rejections.warning(
-                "rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY]
-            )
-            return RateLimitOutcome(False, plan, None, f'"{CONCURRENCY_POLICY}";r=0')
+            return self._over_cap(client, plan)
         remembered = self._denials.refusal(client, cost)
         if remembered is not None:
             self._refused(client, plan, remembered)
             return RateLimitOutcome(False, plan, remembered, format_ratelimit_header(remembered))
         return None
+
+    def _over_cap(self, client: str, plan: Plan) -> RateLimitOutcome:
+        self._count(CONCURRENCY_POLICY, "rejected")
+        self._rejections.warning("rate_limited", client=client, plan=plan.name, policies=[CONCURRENCY_POLICY])
+        return RateLimitOutcome(False, plan, None, f'"{CONCURRENCY_POLICY}";r=0')
 
     def _refused(self, client: str, plan: Plan, decision: Decision) -> None:
         for state in decision.states:
@@ -129,11 +155,16 @@ class RateLimitGuard:
         )
 
     def release(self, client: str) -> None:
+        """This process's count of the client's requests in flight (no I/O)."""
         left = self._in_flight[client] - 1
         if left:
             self._in_flight[client] = left
         else:
             del self._in_flight[client]
+
+    async def release_slot(self, client: str, slot: str) -> None:
+        """The fleet-wide slot `admit` took (`RateLimitOutcome.slot`)."""
+        await self._limiter.release_slot(client, slot)
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
         self._denials.forget(client)

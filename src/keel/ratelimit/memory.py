@@ -28,8 +28,11 @@ class InMemoryRateLimiter:
     def switched_off_seen(self) -> bool | None:
         return False
 
-    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
-        return self.acquire_now(client, plan, cost)
+    async def acquire(self, client: str, plan: Plan, cost: int, slot: str | None = None) -> Decision:
+        return self.acquire_now(client, plan, cost)  # one process: the guard counts its slots
+
+    async def release_slot(self, client: str, slot: str) -> None:
+        return None
 
     def acquire_now(self, client: str, plan: Plan, cost: int) -> Decision:
         now = self._now_us()

@@ -95,7 +95,7 @@ class Plan:
 
     name: str
     policies: tuple[Policy, ...]
-    concurrency: int  # requests in flight at once, per client and process
+    concurrency: int  # requests in flight at once, per client: across the fleet on Redis, else per process
     policy_header: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -18,8 +18,20 @@ class RateLimiter(Protocol):
         None when only `switched_off` can tell. No I/O."""
         ...
 
-    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
-        """Check every policy of the plan and charge them all, or none: one atomic step."""
+    async def acquire(self, client: str, plan: Plan, cost: int, slot: str | None = None) -> Decision:
+        """Check every policy of the plan and charge them all, or none: one atomic step.
+
+        `slot`: a name, unique to this request, under which a limiter shared by the fleet also
+        takes one of the client's `plan.concurrency` slots in the same step (refused with
+        `over_cap` when none is left; `slot_held` when taken). A limiter of this process alone
+        ignores it: the guard's own count is its cap."""
+        ...
+
+    async def release_slot(self, client: str, slot: str) -> None:
+        """Give back a slot taken by `acquire` (`slot_held`), before the request's answer
+        leaves, so that a client's next request never finds its previous one still holding a
+        slot. Never raises for the store: a slot not given back (the store failing, a process
+        killed) expires after the limiter's lease."""
         ...
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:

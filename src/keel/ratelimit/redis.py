@@ -15,6 +15,8 @@ decides what happens when Redis does not answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -27,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keel.ratelimit.gcra import Decision, describe
-from keel.ratelimit.policy import Plan
+from keel.ratelimit.policy import MICROSECONDS, RESERVED_POLICY_NAME, Plan
 from keel.ratelimit.ports import LimiterUnavailable
 from keel.resilience.loop_lag import LoopLag
 
@@ -45,17 +47,22 @@ _REDIS_FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
 _SWITCH_REFRESH_SECONDS = 1.0
 
 # ARGV: mode ("acquire" | "refund"), cost, now (µs, or '' for the server's TIME: only tests
-# pass a clock, to decide deterministically), then per policy: emission interval (µs),
-# tolerance (µs), shadow (0 | 1). KEYS: one per policy, all of one client (one hash tag, one
-# Cluster slot). Returns {now_us, verdict_1, tat_1, verdict_2, tat_2, ...}; tat -1 = none stored.
-# A refund leaves shadow policies alone.
+# pass a clock, to decide deterministically), slot (a name unique to the request, or '' to take
+# none), cap (the client's concurrency slots), lease (µs), then per policy: emission interval
+# (µs), tolerance (µs), shadow (0 | 1). KEYS: one per policy, then, with a slot, the client's
+# slots (a sorted set: name -> the end of its lease), all of one client (one hash tag, one
+# Cluster slot). Returns {now_us, slot, verdict_1, tat_1, verdict_2, tat_2, ...}: slot 1 taken,
+# 0 refused by the cap (then nothing is decided or charged, and no verdicts follow), -1 not
+# asked or not admitted; tat -1 = none stored. A refund leaves shadow policies alone.
+# The cap is counted after dropping the slots whose lease has ended (a process killed with
+# requests in flight never gives them back).
 # Integer microseconds throughout, as in `gcra`: Lua's numbers are doubles, but TIME gives
 # whole seconds and microseconds, and epoch microseconds (~1.8e15) plus integer intervals stay
 # far below 2**53, so every sum is exact. TATs are stored with '%d' and returned as numbers
 # (Redis replies with integers). `math.floor` on read: a TAT stored as a decimal by an older
 # version ('%.3f') is taken as the whole microsecond below it.
 GCRA_SCRIPT = """
-local n = #KEYS
+local n = (#ARGV - 6) / 3
 local now
 if ARGV[3] == '' then
   local time = redis.call('TIME')
@@ -65,14 +72,20 @@ else
 end
 local mode = ARGV[1]
 local cost = tonumber(ARGV[2])
-local result = {now}
+local slot = ARGV[4]
+local slots = KEYS[n + 1]
+if mode == 'acquire' and slot ~= '' then
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  if redis.call('ZCARD', slots) >= tonumber(ARGV[5]) then return {now, 0} end
+end
+local result = {now, -1}
 local tats = {}
 local verdicts = {}
 local admit = true
 for i = 1, n do
-  local interval = tonumber(ARGV[3 * i + 1])
-  local tolerance = tonumber(ARGV[3 * i + 2])
-  local shadow = ARGV[3 * i + 3] == '1'
+  local interval = tonumber(ARGV[3 * i + 4])
+  local tolerance = tonumber(ARGV[3 * i + 5])
+  local shadow = ARGV[3 * i + 6] == '1'
   local stored = redis.call('GET', KEYS[i])
   local tat = stored and math.floor(tonumber(stored)) or nil
   tats[i] = tat
@@ -95,7 +108,7 @@ if mode == 'refund' then return result end
 for i = 1, n do
   local tat = tats[i]
   if admit and verdicts[i] then
-    local interval = tonumber(ARGV[3 * i + 1])
+    local interval = tonumber(ARGV[3 * i + 4])
     local start = (tat and tat > now) and tat or now
     tat = start + cost * interval
     redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
@@ -103,12 +116,41 @@ for i = 1, n do
   result[#result + 1] = verdicts[i] and 1 or 0
   result[#result + 1] = tat or -1
 end
+if admit and slot ~= '' then
+  local lease = tonumber(ARGV[6])
+  redis.call('ZADD', slots, now + lease, slot)
+  redis.call('PEXPIRE', slots, math.ceil(lease / 1000) + 1)
+  result[2] = 1
+end
 return result
 """
 
 
+async def _remove_slots(client: Redis, batch: list[tuple[str, str, asyncio.Future[None]]]) -> object:
+    """One release as one command; several as one pipeline (redis-py's pipeline costs more than
+    a command: `bench.concurrency_cap` at concurrency 1 measured it)."""
+    if len(batch) == 1:
+        [(key, slot, _)] = batch
+        return await client.zrem(key, slot)
+    pipeline = client.pipeline(transaction=False)
+    for key, slot, _ in batch:
+        pipeline.zrem(key, slot)
+    return await pipeline.execute()
+
+
+def _resolve(waiting: list[tuple[str, str, asyncio.Future[None]]]) -> None:
+    for *_, done in waiting:
+        if not done.done():  # a caller cancelled while waiting has cancelled its own
+            done.set_result(None)
+
+
 def policy_key(client: str, policy_name: str) -> str:
     return f"keel:rl:{{{client}}}:{policy_name}"
+
+
+def slots_key(client: str) -> str:
+    """The client's concurrency slots: under the reserved policy name, so no policy's key."""
+    return policy_key(client, RESERVED_POLICY_NAME)
 
 
 def connect(url: str, *, max_connections: int = 128) -> Redis:
@@ -142,6 +184,7 @@ class RedisRateLimiter:
         loop_lag: LoopLag | None = None,
         clock_us: Callable[[], int] | None = None,
         tracer: Tracer | None = None,
+        slot_lease_seconds: float = 30.0,
     ) -> None:
         # No clock: the Redis server's TIME, one clock for the whole fleet (production). A
         # clock: the script decides at the time it gives, so tests need not race the wall clock.
@@ -169,6 +212,13 @@ class RedisRateLimiter:
         # The task whose switch read Redis left unanswered, and when (loop time): `_read_switch`.
         self._switch_unanswered: tuple[asyncio.Task[object] | None, float] | None = None
         self._args: dict[tuple[str, int], list[str | int | float]] = {}
+        # How long a concurrency slot outlives a process that never gave it back: longer than
+        # any request may run (the composition root derives it from the request deadline).
+        self._slot_lease_us = round(slot_lease_seconds * MICROSECONDS)
+        self._releases: set[asyncio.Task[object]] = set()
+        # Slots to give back, and whether a pipeline of them is on its way (`release_slot`).
+        self._to_release: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._releasing = False
 
     async def switched_off(self) -> bool:
         """The fleet-wide kill switch, re-read at most once a second."""
@@ -182,15 +232,64 @@ class RedisRateLimiter:
             return None
         return self._switched_off
 
-    async def acquire(self, client: str, plan: Plan, cost: int) -> Decision:
+    async def acquire(self, client: str, plan: Plan, cost: int, slot: str | None = None) -> Decision:
         if await self.switched_off():
             count = len(plan.policies)
             return describe([True] * count, [None] * count, 0, plan.policies, cost)
-        reply = await self._run("acquire", client, plan, cost)
+        try:
+            reply = await self._run("acquire", client, plan, cost, slot)
+        except BaseException:
+            # Redis may have run the script (a reply cut off by the deadline, a cancellation):
+            # a slot taken there must not wait out its lease.
+            if slot is not None:
+                self._release_later(client, slot)
+            raise
         now = int(reply[0])
-        verdicts = [bool(int(v)) for v in reply[1::2]]
-        stored: list[int | None] = [None if int(t) < 0 else int(t) for t in reply[2::2]]
-        return describe(verdicts, stored, now, plan.policies, cost)
+        taken = int(reply[1])
+        if taken == 0:
+            return Decision(allowed=False, cost=cost, states=(), over_cap=True)
+        verdicts = [bool(int(v)) for v in reply[2::2]]
+        stored: list[int | None] = [None if int(t) < 0 else int(t) for t in reply[3::2]]
+        decision = describe(verdicts, stored, now, plan.policies, cost)
+        return dataclasses.replace(decision, slot_held=True) if taken == 1 else decision
+
+    async def release_slot(self, client: str, slot: str) -> None:
+        """Within the deadline; a release Redis does not take is left to the lease.
+
+        Group commit: the releases asked for while one pipeline of them is on its way to Redis
+        go together in the next (each caller still waits for its own to be done), so that under
+        load a release costs a fraction of a round trip. `bench.concurrency_cap` measures it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._to_release.append((slots_key(client), slot, done))
+        if not self._releasing:
+            self._releasing = True
+            task = loop.create_task(self._send_releases())
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+        await done
+
+    async def _send_releases(self) -> None:
+        batch: list[tuple[str, str, asyncio.Future[None]]] = []
+        try:
+            while self._to_release:
+                batch, self._to_release = self._to_release, []
+                with contextlib.suppress(LimiterUnavailable):
+                    await self._within_deadline(_remove_slots(self._client, batch))
+                _resolve(batch)
+                batch = []
+        finally:  # cancelled (the loop closing): nobody waits on; the leases end what is left
+            self._releasing = False
+            _resolve(batch)
+            _resolve(self._to_release)
+            self._to_release = []
+
+    def _release_later(self, client: str, slot: str) -> None:
+        """`release_slot` in the background: for a decision that failed or was cancelled, whose
+        slot Redis may or may not have taken."""
+        task = asyncio.get_running_loop().create_task(self.release_slot(client, slot))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _read_switch(self, now: float) -> None:
         # A separate key, read once a second: inside the script it would be a second Cluster
@@ -221,16 +320,20 @@ class RedisRateLimiter:
         return asyncio.get_running_loop().time() - at <= self._timeout
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
-        await self._run("refund", client, plan, cost)
+        await self._run("refund", client, plan, cost, None)
 
-    async def _run(self, mode: str, client: str, plan: Plan, cost: int) -> list[bytes | int]:
+    async def _run(
+        self, mode: str, client: str, plan: Plan, cost: int, slot: str | None
+    ) -> list[bytes | int]:
         if self._switch_just_unanswered():
             raise LimiterUnavailable("kill switch read unanswered")
         keys = [policy_key(client, p.name) for p in plan.policies]
+        if slot is not None:
+            keys.append(slots_key(client))
         span = self._span()
         try:
             reply: list[bytes | int] = await self._within_deadline(
-                self._script(keys=keys, args=self._arguments(mode, plan, cost))
+                self._script(keys=keys, args=self._arguments(mode, plan, cost, slot))
             )
         except LimiterUnavailable as error:
             span.set_status(Status(StatusCode.ERROR, str(error)))
@@ -272,7 +375,7 @@ class RedisRateLimiter:
         except _REDIS_FAILURES as error:
             raise LimiterUnavailable(type(error).__name__) from error
 
-    def _arguments(self, mode: str, plan: Plan, cost: int) -> list[str | int | float]:
+    def _arguments(self, mode: str, plan: Plan, cost: int, slot: str | None) -> list[str | int | float]:
         policy_args = self._args.get((plan.name, id(plan)))
         if policy_args is None:
             policy_args = []
@@ -280,7 +383,7 @@ class RedisRateLimiter:
                 policy_args += [p.emission_interval_us, p.tolerance_us, int(p.shadow)]
             self._args[(plan.name, id(plan))] = policy_args
         now = "" if self._clock_us is None else self._clock_us()
-        return [mode, cost, now, *policy_args]
+        return [mode, cost, now, slot or "", plan.concurrency, self._slot_lease_us, *policy_args]
 
     async def set_switch(self, enabled: bool) -> None:
         """The fleet-wide kill switch: off admits everything (headers still describe the plans)."""
@@ -291,4 +394,6 @@ class RedisRateLimiter:
         self._switched_off = not enabled
 
     async def close(self) -> None:
+        if self._releases:  # each within its deadline: given back before the connections go
+            await asyncio.gather(*self._releases, return_exceptions=True)
         await self._client.aclose()

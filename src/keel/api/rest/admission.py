@@ -145,6 +145,10 @@ class RestAdmission:
                 status = message["status"]
                 if extra:
                     message["headers"] = [*message.get("headers", ()), *extra]
+            elif not message.get("more_body", False):
+                # The answer's last bytes: the fleet-wide slot goes back first (`finish` runs
+                # only after the answer has left).
+                await ticket.release_slot()
             await send(message)
 
         completed = False
