@@ -1,7 +1,7 @@
 """Cold start: from starting the process to its first served `/v1` read, `keel serve` against a
 bare FastAPI app on the same machine and the same SQLite database (bench/cold_start_app.py).
 
-    python -m bench.cold_start [--rounds 7]
+    python -m bench.cold_start [--rounds 7] [--phases] [--floor]
 
 A throwaway directory holds a migrated SQLite database (Keel's embedded default) with one
 profile and one API key. Each round starts, one at a time: the bare app, Keel, the bare app
@@ -12,6 +12,12 @@ Both are served by uvicorn with the same options (uvloop, httptools, no access l
 logs go to /dev/null. Reported: each figure's median over rounds, Keel ÷ bare, and the A/A
 ratio's spread. The target (issue 19) is Keel ≤ 1.5× the bare app. Writes a dated report under
 docs/performance/.
+
+`--floor`: what importing the libraries alone costs, each set in a new interpreter per round
+(timed from spawn to exit), against the bare app's whole start measured in the same rounds:
+the bare app's own imports; the libraries Keel's default configuration cannot serve without
+(REST versioning, GraphQL, logs, settings, metrics); and every third-party package `keel serve`
+has imported once started (listed by bench/cold_start_phases.py). No Keel code runs in these.
 """
 
 from __future__ import annotations
@@ -113,6 +119,47 @@ def _prepare(directory: Path) -> tuple[dict[str, str], str, str]:
     return env, token, profile_id
 
 
+# The bare app's imports, and what Keel's default configuration cannot serve without.
+BARE_IMPORTS = ("fastapi", "uvicorn", "uvloop", "httptools", "aiosqlite")
+KEEL_CORE_IMPORTS = (
+    *BARE_IMPORTS,
+    "cadwyn",
+    "strawberry",
+    "structlog",
+    "pydantic_settings",
+    "prometheus_client",
+)
+
+
+def _keel_imports(env: dict[str, str], token: str, path: str) -> tuple[str, ...]:
+    """Every third-party package `keel serve` has imported once started, and its server's."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cold_start_phases"],
+        env={
+            **env,
+            "KEEL_COLD_START_TOKEN": token,
+            "KEEL_COLD_START_PATH": path,
+            "KEEL_LOG_LEVEL": "warning",
+            "KEEL_COLD_START_MODULES": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    listed = next(line for line in done.stdout.splitlines() if line.startswith("modules\t"))
+    names = set(listed.partition("\t")[2].split(",")) - {"bench"}
+    return tuple(sorted(names | {"uvicorn", "uvloop", "httptools"}))
+
+
+def _import_seconds(modules: tuple[str, ...], env: dict[str, str]) -> float:
+    """Spawn to exit of a new interpreter that imports `modules` (none: the interpreter alone)."""
+    code = f"import {', '.join(modules)}" if modules else "pass"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    return time.perf_counter() - started
+
+
 def _phases(env: dict[str, str], token: str, path: str, rounds: int) -> dict[str, list[float]]:
     """Each phase's milliseconds over `rounds` runs of bench/cold_start_phases.py."""
     phases: dict[str, list[float]] = {}
@@ -132,7 +179,7 @@ def _phases(env: dict[str, str], token: str, path: str, rounds: int) -> dict[str
         )
         for line in done.stdout.splitlines():
             name, _, milliseconds = line.partition("\t")
-            if milliseconds:
+            if milliseconds and name != "modules":
                 phases.setdefault(name, []).append(float(milliseconds))
     return phases
 
@@ -147,15 +194,34 @@ def main() -> int:
         action="store_true",
         help="also time Keel's start-up phase by phase (bench/cold_start_phases.py)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time importing the libraries alone, against the bare app's whole start",
+    )
     args = parser.parse_args()
     code = code_state()
     with tempfile.TemporaryDirectory(prefix="keel-cold-start-") as tmp:
         env, token, profile_id = _prepare(Path(tmp))
         path = f"/v1/profiles/{profile_id}"
         figures: dict[str, list[float]] = {"bare": [], "keel": [], "bare A/A": []}
+        floors: dict[str, tuple[str, ...]] = {}
+        if args.floor:
+            floors = {
+                "the interpreter alone": (),
+                "the bare app's imports": BARE_IMPORTS,
+                "Keel's core libraries": KEEL_CORE_IMPORTS,
+                "every library `keel serve` imports": _keel_imports(env, token, path),
+            }
+            figures.update({name: [] for name in floors})
         for number in range(args.rounds):
             order = ["bare", "keel", "bare A/A"] if number % 2 == 0 else ["bare A/A", "keel", "bare"]
+            order += list(floors)
             for name in order:
+                if name in floors:
+                    figures[name].append(_import_seconds(floors[name], env))
+                    print(f"round {number + 1} import {name}: {figures[name][-1] * 1000:.0f} ms", flush=True)
+                    continue
                 port = free_port()
                 command = serve_cmd("keel" if name == "keel" else "cold_start", port)
                 seconds = _start_to_first_read(
@@ -178,7 +244,8 @@ def main() -> int:
         "| server | median | min | max |",
         "|---|---|---|---|",
     ]
-    for name, values in figures.items():
+    for name in ("bare", "keel", "bare A/A"):
+        values = figures[name]
         cells = [f"{seconds * 1000:.0f} ms" for seconds in (median[name], min(values), max(values))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
@@ -189,6 +256,28 @@ def main() -> int:
         " noise of one figure.",
         "",
     ]
+    if floors:
+        lines += [
+            "The floor (`--floor`): importing libraries alone, in a new interpreter each (spawn to exit),"
+            " no Keel code, against the bare app's whole start (spawn to first read) in the same rounds:",
+            "",
+            "| imported | median | ÷ the bare app's whole start (median of rounds) |",
+            "|---|---|---|",
+        ]
+        for name, modules in floors.items():
+            share = [f / b for f, b in zip(figures[name], figures["bare"], strict=True)]
+            lines.append(
+                f"| {name} ({len(modules)} packages) | {median[name] * 1000:.0f} ms |"
+                f" {statistics.median(share):.2f}× |"
+            )
+        lines += [
+            "",
+            "Keel's core libraries: " + ", ".join(f"`{m}`" for m in KEEL_CORE_IMPORTS) + ".",
+            "Every library `keel serve` imports: "
+            + ", ".join(f"`{m}`" for m in floors["every library `keel serve` imports"])
+            + ".",
+            "",
+        ]
     if phases:
         lines += [
             "Keel's start-up phase by phase (`--phases`: bench/cold_start_phases.py in a new interpreter"

@@ -7,7 +7,9 @@ transport; the socket and uvicorn's own start are not in these figures, and the 
 figure includes httpx's first use of that transport.
 
 Environment: KEEL_DATABASE_URL (a migrated database), KEEL_COLD_START_TOKEN, KEEL_COLD_START_PATH.
-Prints one `phase<TAB>milliseconds` line per phase."""
+Prints one `phase<TAB>milliseconds` line per phase. With KEEL_COLD_START_MODULES set, also a
+`modules<TAB>a,b,...` line: the third-party packages (top-level names) imported once start-up is
+complete, before this script imports its own client (httpx), for `bench.cold_start --floor`."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def _lap(name: str) -> None:
 
 import asyncio  # noqa: E402 - timed imports follow the clock's start
 import os  # noqa: E402
+import sys  # noqa: E402
 
 import keel.cli  # noqa: E402, F401 - what `keel serve` imports first
 
@@ -36,9 +39,16 @@ from keel.config import Settings  # noqa: E402
 _lap("import the composition root")
 
 
-async def _served() -> None:
-    import httpx
+def _third_party_modules() -> list[str]:
+    names = {name.partition(".")[0] for name in sys.modules}
+    return sorted(
+        name
+        for name in names
+        if name not in sys.stdlib_module_names and name != "keel" and not name.startswith("_")
+    )
 
+
+async def _served() -> None:
     app = create_app(settings)
     _lap("create_app")
     events: asyncio.Queue[dict[str, str]] = asyncio.Queue()
@@ -55,6 +65,10 @@ async def _served() -> None:
     lifespan = asyncio.create_task(app(scope, events.get, send))
     await started.wait()
     _lap("start-up (lifespan, as uvicorn sends it)")
+    if os.environ.get("KEEL_COLD_START_MODULES"):
+        print(f"modules\t{','.join(_third_party_modules())}", flush=True)
+    import httpx  # the driver's own client, after the figures of Keel's start
+
     headers = {"Authorization": f"Bearer {os.environ['KEEL_COLD_START_TOKEN']}"}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://keel") as client:
