@@ -270,7 +270,15 @@ def main() -> int:
                 f"| {name} ({len(modules)} packages) | {median[name] * 1000:.0f} ms |"
                 f" {statistics.median(share):.2f}× |"
             )
+        same_way = [
+            k / b
+            for k, b in zip(figures["Keel's core libraries"], figures["the bare app's imports"], strict=True)
+        ]
         lines += [
+            "",
+            f"- **Keel's core libraries ÷ the bare app's imports, both timed the same way (spawn to"
+            f" exit, which includes the interpreter's teardown): {statistics.median(same_way):.2f}×**"
+            f" ({min(same_way):.2f}–{max(same_way):.2f}).",
             "",
             "Keel's core libraries: " + ", ".join(f"`{m}`" for m in KEEL_CORE_IMPORTS) + ".",
             "Every library `keel serve` imports: "
