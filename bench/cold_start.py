@@ -231,12 +231,13 @@ def main() -> int:
                 print(f"round {number + 1} {name:<9} {seconds * 1000:7.0f} ms", flush=True)
         phases = _phases(env, token, path, args.rounds) if args.phases else {}
     median = {name: statistics.median(values) for name, values in figures.items()}
+    flags = "".join(f" --{flag}" for flag in ("phases", "floor") if getattr(args, flag))
     ratios = [k / b for k, b in zip(figures["keel"], figures["bare"], strict=True)]
     noise = [a / b for a, b in zip(figures["bare A/A"], figures["bare"], strict=True)]
     lines = [
         f"# Cold start: process start to the first served /v1 read ({time.strftime('%Y-%m-%d')})",
         "",
-        f"Written by `python -m bench.cold_start --rounds {args.rounds}`. Code: {code}. SQLite (Keel's"
+        f"Written by `python -m bench.cold_start --rounds {args.rounds}{flags}`. Code: {code}. SQLite (Keel's"
         " embedded default), one profile; both servers by uvicorn (uvloop, httptools, no access log);"
         " timed from just before the spawn to the first 200 of `GET /v1/profiles/<id>`, polled every"
         f" {POLL_S * 1000:g} ms. This 2-core machine, nothing else pinned or stopped.",
