@@ -156,12 +156,12 @@ async def _decision_cost(environment: Environment) -> dict[str, float]:
         guard = RateLimitGuard(limiter, Metrics())
         count = 20_000 if name == "in_memory" else 5_000
         for n in range(200):
-            await guard.admit(f"warm-{n}", plan, 1)
+            await guard.admit(f"warm-{n}", plan, 1, hold=False)  # the decision alone: no slot
             guard.release(f"warm-{n}")
         began = time.perf_counter()
         for n in range(count):
             client = f"c{n % 1000}"
-            await guard.admit(client, plan, 1)
+            await guard.admit(client, plan, 1, hold=False)
             guard.release(client)
         figures[f"decision_us_{name}"] = round((time.perf_counter() - began) / count * 1e6, 1)
         await guard.close()

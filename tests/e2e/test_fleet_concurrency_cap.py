@@ -1,17 +1,22 @@
 """The per-key concurrency cap across served processes: with Redis, two `keel serve` nodes
 admit one key's cap between them (requests held in flight on one node refuse the key on the
-other), and a slot is back before its answer leaves (the next request, sent after the answer,
-is admitted at once; checked deterministically in process, at the answer's last bytes).
+other, over REST, GraphQL and gRPC), and a slot is back before its answer leaves (the next
+request, sent after the answer, is admitted at once, more times than the cap: no protocol
+leaks a slot; checked deterministically in process, at the answer's last bytes).
 Without Redis, or with the fleet-wide count switched off (the controls), each node counts only
 its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,7 +24,8 @@ import pytest
 from redis.asyncio import Redis
 from starlette.types import Message
 from testkit.health import until
-from testkit.processes import keel_nodes, keel_output
+from testkit.ports import free_port
+from testkit.processes import keel_cmd, keel_output, server
 
 from keel.api.application import build_http_app
 from keel.config import Settings
@@ -34,8 +40,15 @@ PLANS = {"standard": {"policies": _ROOMY, "concurrency": CAP}, "anonymous": {"po
 WAIT = 60.0
 
 
+@dataclass(frozen=True)
+class Nodes:
+    urls: list[str]
+    token: str
+    grpc: str  # the second node's gRPC address
+
+
 @contextmanager
-def _two_nodes(tmp_path: Path, redis_url: str | None, **extra: str) -> Iterator[tuple[list[str], str]]:
+def _two_nodes(tmp_path: Path, redis_url: str | None, **extra: str) -> Iterator[Nodes]:
     env = {
         **{k: v for k, v in os.environ.items() if k != "KEEL_REDIS_URL"},
         "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",
@@ -48,8 +61,52 @@ def _two_nodes(tmp_path: Path, redis_url: str | None, **extra: str) -> Iterator[
     }
     keel_output(env, "migrate")
     token = keel_output(env, "keys", "create", "--quiet").strip()
-    with keel_nodes(2, env, tmp_path) as urls:
-        yield urls, token
+    grpc_port = free_port()
+    with contextlib.ExitStack() as stack:
+        urls = []
+        for n in range(2):
+            port = free_port()
+            node_env = {**env, "KEEL_PORT": str(port)}
+            if n == 1:
+                node_env["KEEL_GRPC_PORT"] = str(grpc_port)
+            stack.enter_context(
+                server(f"keel {n}", keel_cmd("serve"), node_env, tmp_path / f"keel-{n}.log", port)
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        yield Nodes(urls, token, f"127.0.0.1:{grpc_port}")
+
+
+# Lists profiles over gRPC `times` over, one call after another, in a process of its own (gRPC's
+# client and this test process's forks do not mix); prints each call's status code.
+_GRPC_LISTS = """
+import sys, grpc
+from keel.api.grpc.wire.v1 import profiles_pb2 as pb, profiles_pb2_grpc as rpc
+stub = rpc.ProfileServiceStub(grpc.insecure_channel(sys.argv[1]))
+codes = []
+for _ in range(int(sys.argv[3])):
+    try:
+        stub.ListProfiles(
+            pb.ListProfilesRequest(page_size=1),
+            metadata=(("authorization", "Bearer " + sys.argv[2]),),
+            timeout=10,
+        )
+        codes.append("OK")
+    except grpc.RpcError as error:
+        codes.append(error.code().name)
+print(",".join(codes))
+"""
+
+
+def _grpc_lists(nodes: Nodes, times: int) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _GRPC_LISTS, nodes.grpc, nodes.token, str(times)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(",")
 
 
 def _admitted(url: str) -> float:
@@ -124,19 +181,24 @@ def _refused_for_concurrency(response: httpx.Response) -> bool:
 
 
 def test_one_keys_cap_holds_across_nodes_sharing_redis(tmp_path: Path, redis_url: str) -> None:
-    with _two_nodes(tmp_path, redis_url) as (urls, token):
+    with _two_nodes(tmp_path, redis_url) as nodes:
+        urls, token = nodes.urls, nodes.token
         held = _hold_cap_on(urls[0], token)
         refused = _list(urls[1], token)
         assert _refused_for_concurrency(refused), (refused.status_code, refused.text)
         assert _refused_for_concurrency(_list(urls[0], token))
         graphql = _graphql(urls[1], token)  # the same pipeline behind every protocol
         assert _graphql_refused_for_concurrency(graphql), graphql.text
+        assert _grpc_lists(nodes, 1) == ["RESOURCE_EXHAUSTED"]
         for request in held:
             assert request.finish().startswith(b"HTTP/1.1 201")
-        # Each slot went back before its answer left: no wait, no retry.
-        assert _list(urls[1], token).status_code == 200
-        assert _list(urls[0], token).status_code == 200
-        assert _graphql(urls[1], token).status_code == 200
+        # Each slot went back before its answer left: no wait, no retry; and more requests one
+        # after another than the cap, on every protocol, so that one slot leaked would show.
+        for _ in range(CAP + 1):
+            assert _list(urls[1], token).status_code == 200
+            assert _list(urls[0], token).status_code == 200
+            assert _graphql(urls[1], token).status_code == 200
+        assert _grpc_lists(nodes, CAP + 1) == ["OK"] * (CAP + 1)
 
 
 @pytest.mark.parametrize("shared", ["no redis", "redis, fleet concurrency off"])
@@ -145,7 +207,8 @@ def test_without_a_shared_count_each_node_counts_only_its_own(
 ) -> None:
     redis_url = request.getfixturevalue("redis_url") if shared.startswith("redis") else None
     extra = {"KEEL_RATELIMIT_FLEET_CONCURRENCY": "false"} if redis_url else {}
-    with _two_nodes(tmp_path, redis_url, **extra) as (urls, token):
+    with _two_nodes(tmp_path, redis_url, **extra) as nodes:
+        urls, token = nodes.urls, nodes.token
         held = _hold_cap_on(urls[0], token)
         assert _list(urls[1], token).status_code == 200
         assert _refused_for_concurrency(_list(urls[0], token))

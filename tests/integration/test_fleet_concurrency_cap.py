@@ -37,19 +37,28 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def two_processes(redis_url: str) -> AsyncIterator[tuple[RateLimitGuard, RateLimitGuard, list[int]]]:
-    """Two guards on limiters of their own, deciding at one injected time (so that no test
-    races the wall clock over a lease)."""
+async def limiters(redis_url: str) -> AsyncIterator[tuple[list[RedisRateLimiter], list[int]]]:
+    """Two limiters with connections of their own, deciding at one injected time (so that no
+    test races the wall clock over a lease)."""
     now = [EPOCH_US]
-    limiters = [
+    made = [
         RedisRateLimiter(
             connect(redis_url), timeout_seconds=0.5, clock_us=lambda: now[0], slot_lease_seconds=LEASE_SECONDS
         )
         for _ in range(2)
     ]
-    yield RateLimitGuard(limiters[0], Metrics()), RateLimitGuard(limiters[1], Metrics()), now
-    for limiter in limiters:
+    yield made, now
+    for limiter in made:
         await limiter.close()
+
+
+@pytest.fixture
+def two_processes(
+    limiters: tuple[list[RedisRateLimiter], list[int]],
+) -> tuple[RateLimitGuard, RateLimitGuard, list[int]]:
+    """Two guards, one on each limiter."""
+    made, now = limiters
+    return RateLimitGuard(made[0], Metrics()), RateLimitGuard(made[1], Metrics()), now
 
 
 def _over_cap(outcome: RateLimitOutcome) -> bool:
@@ -129,6 +138,44 @@ async def test_slots_a_killed_process_left_expire_with_their_lease(
     now[0] += 1
     assert (await survivor.admit(client, CAP_3, 1)).allowed
     assert await redis.zcard(slots_key(client)) == 1  # the dead ones dropped, the new one held
+
+
+async def test_a_live_process_renews_the_slots_it_holds_past_their_lease(
+    limiters: tuple[list[RedisRateLimiter], list[int]], redis: Redis
+) -> None:
+    """A request may outlive the lease (a body sent slowly): its process renews the slot, so
+    the fleet does not start admitting more; a slot given back is not renewed back."""
+    (alive, other), now = limiters
+    holder, asker = RateLimitGuard(alive, Metrics()), RateLimitGuard(other, Metrics())
+    client = _client()
+    held = [await holder.admit(client, CAP_3, 1) for _ in range(CAP_3.concurrency)]
+    assert all(outcome.allowed for outcome in held)
+    now[0] += round(LEASE_SECONDS * 1_000_000) - 1
+    await alive.renew_held_slots()
+    now[0] += 2  # past the leases first taken
+    assert _over_cap(await asker.admit(client, CAP_3, 1))
+    slot = held[0].slot
+    assert slot is not None
+    await holder.release_slot(client, slot)
+    holder.release(client)
+    await alive.renew_held_slots()
+    assert await redis.zcard(slots_key(client)) == 2  # the one given back stays given back
+    assert (await asker.admit(client, CAP_3, 1)).allowed
+
+
+async def test_the_slots_ttl_is_never_shortened_by_a_shorter_lease(redis_url: str, redis: Redis) -> None:
+    """Processes with different leases (a configuration being rolled out) share a client's
+    slots: the set's TTL follows the longest, so no process's slots vanish early."""
+    long_lease = RedisRateLimiter(connect(redis_url), timeout_seconds=0.5, slot_lease_seconds=600)
+    short_lease = RedisRateLimiter(connect(redis_url), timeout_seconds=0.5, slot_lease_seconds=5)
+    try:
+        client = _client()
+        assert (await long_lease.acquire(client, CAP_3, 1, slot="long")).slot_held
+        assert (await short_lease.acquire(client, CAP_3, 1, slot="short")).slot_held
+        assert await redis.pttl(slots_key(client)) > 5_000
+    finally:
+        await long_lease.close()
+        await short_lease.close()
 
 
 class _CutOffRedis:

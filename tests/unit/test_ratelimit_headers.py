@@ -6,11 +6,16 @@ from collections.abc import Callable
 
 import pytest
 
+from keel.observability.metrics import Metrics
 from keel.ratelimit.clock import monotonic_us
-from keel.ratelimit.gcra import decide, describe
+from keel.ratelimit.fallback import FailOpenRateLimiter
+from keel.ratelimit.gcra import Decision, decide, describe
+from keel.ratelimit.guard import RateLimitGuard
 from keel.ratelimit.headers import format_policy_header, format_ratelimit_header
 from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.policy import DEFAULT_PLANS, Plan, Policy
+from keel.ratelimit.ports import LimiterUnavailable
+from keel.resilience.breaker import CircuitBreaker
 from tests.structured_fields import parse_named_list
 
 
@@ -154,3 +159,43 @@ def test_retry_after_is_exact_whatever_the_clock_reads(power: int) -> None:
 
 def test_the_default_clock_reads_whole_microseconds() -> None:
     assert isinstance(monotonic_us(), int)
+
+
+class _Unavailable(InMemoryRateLimiter):
+    """A shared limiter that never answers: every decision falls back to the local share."""
+
+    async def acquire(self, client: str, plan: Plan, cost: int, slot: str | None = None) -> Decision:
+        raise LimiterUnavailable("down")
+
+
+@pytest.mark.parametrize("plan", DEFAULT_PLANS.values(), ids=list(DEFAULT_PLANS))
+async def test_a_degraded_decision_is_declared_with_the_share_it_was_made_under(plan: Plan) -> None:
+    """While Redis is down each of 3 processes decides under its share of the plan (a longer
+    refill): the RateLimit-Policy field sent is the share's, so `r <= q` and `t <= w` still hold
+    (declared with the whole plan, `t=4` came under `w=2`)."""
+    limiter = FailOpenRateLimiter(
+        _Unavailable(),
+        local=InMemoryRateLimiter(now_us=lambda: 1_000_000),  # a stopped clock: nothing refills
+        breaker=CircuitBreaker("redis"),
+        nodes=lambda: 3,
+        on_fallback=lambda reason: None,
+        minimum_burst=10,
+    )
+    guard = RateLimitGuard(limiter, Metrics())
+    refused = 0
+    for _ in range(plan.divided(3, 10).smallest_burst // 10 + 2):
+        outcome = await guard.admit("c", plan, 10)
+        assert outcome.plan != plan  # the share
+        declared = {
+            name: (_integer(params["q"]), _integer(params["w"]))
+            for name, params in parse_named_list(outcome.plan.policy_header)
+            if name != "concurrency"
+        }
+        assert outcome.ratelimit_header is not None
+        [(name, params)] = parse_named_list(outcome.ratelimit_header)
+        assert _integer(params["r"]) <= declared[name][0]
+        assert _integer(params["t"]) <= declared[name][1]
+        if outcome.allowed:
+            guard.release("c")
+        refused += not outcome.allowed
+    assert refused > 0

@@ -61,12 +61,13 @@ class Outcome:
 
 class Ticket:
     """An admitted request: call `finish` exactly once when it ends (release and refund). A
-    protocol that sends its answer before `finish` calls `release_slot` before the answer's last
-    bytes leave (see `release_slot`)."""
+    protocol that sends its answer before `finish` calls `release_slots` before the answer's
+    last bytes leave (see `release_slots`)."""
 
     __slots__ = (
         "_admitted_at",
         "_guard",
+        "_holds",
         "_latency_class",
         "_shedder",
         "_slot",
@@ -96,25 +97,32 @@ class Ticket:
         self.limits = limits
         self._latency_class = latency_class
         self._admitted_at = admitted_at
+        # The client's concurrency slots this request holds: this process's count, and the
+        # fleet's (with Redis).
+        self._holds = guard is not None and limits is not None
         self._slot = limits.slot if limits is not None else None
 
-    async def release_slot(self) -> None:
-        """Give back the fleet-wide concurrency slot (with Redis), once: before the answer
-        leaves, so that a client that waits for each answer never finds its previous request
-        still holding a slot (`finish` does it too, for an answer it precedes)."""
+    async def release_slots(self) -> None:
+        """Give back the request's concurrency slots, once: before the answer leaves, so that a
+        client that waits for each answer never finds its previous request still holding one
+        (`finish` does it too, for an answer it precedes)."""
+        guard = self._guard
+        if not self._holds or guard is None:
+            return
+        self._holds = False
         slot, self._slot = self._slot, None
-        if slot is not None and self._guard is not None:
-            await self._guard.release_slot(self.client, slot)
+        try:
+            if slot is not None:
+                await guard.release_slot(self.client, slot)
+        finally:
+            guard.release(self.client)
 
     async def finish(self, outcome: Outcome) -> None:
         if self._shedder is not None:
             self._shedder.release(self._latency_class, self._admitted_at, succeeded=outcome.succeeded)
         guard = self._guard
         if guard is not None and self.limits is not None:
-            try:
-                await self.release_slot()
-            finally:
-                guard.release(self.client)
+            await self.release_slots()
             if outcome.unused > 0:
                 await guard.refund(self.client, self.plan, min(outcome.unused, self.cost))
 

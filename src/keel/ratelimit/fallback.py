@@ -65,8 +65,9 @@ class FailOpenRateLimiter:
         else:
             self._on_fallback("breaker_open")
         # Decided here: no fleet-wide slot is taken; the guard's own count caps this process.
-        local = self._local.acquire_now(client, self._local_plan(plan), cost)
-        return dataclasses.replace(local, degraded=True)
+        share = self._local_plan(plan)
+        local = self._local.acquire_now(client, share, cost)
+        return dataclasses.replace(local, degraded=True, plan=share if share is not plan else None)
 
     async def release_slot(self, client: str, slot: str) -> None:
         # Whatever the breaker says now: the slot was taken on Redis, and is given back there

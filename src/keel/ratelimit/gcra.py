@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from keel.ratelimit.policy import MICROSECONDS, Policy
+from keel.ratelimit.policy import MICROSECONDS, Plan, Policy
 
 
 def ceil_seconds(microseconds: int) -> int:
@@ -47,6 +47,9 @@ class Decision:
     # had none left (refused, nothing charged, no states).
     slot_held: bool = False
     over_cap: bool = False
+    # The plan the decision was made under when not the one asked for (a degraded decision,
+    # under this process's share of the plan): what the RateLimit-Policy field must declare.
+    plan: Plan | None = None
 
     @property
     def violated(self) -> tuple[PolicyState, ...]:

@@ -102,6 +102,8 @@ class RateLimitGuard:
         if decision.over_cap:  # the fleet holds all of the client's slots
             self.release(client)
             return self._over_cap(client, plan)
+        # A degraded decision is declared with the share it was made under (`r <= q`, `t <= w`).
+        plan = decision.plan or plan
         if not decision.allowed:
             self.release(client)
             if not decision.degraded:

@@ -119,7 +119,8 @@ end
 if admit and slot ~= '' then
   local lease = tonumber(ARGV[6])
   redis.call('ZADD', slots, now + lease, slot)
-  redis.call('PEXPIRE', slots, math.ceil(lease / 1000) + 1)
+  local ttl = math.ceil(lease / 1000) + 1
+  if redis.call('PTTL', slots) < ttl then redis.call('PEXPIRE', slots, ttl) end
   result[2] = 1
 end
 return result
@@ -136,6 +137,27 @@ async def _remove_slots(client: Redis, batch: list[tuple[str, str, asyncio.Futur
     for key, slot, _ in batch:
         pipeline.zrem(key, slot)
     return await pipeline.execute()
+
+
+# KEYS: the client's slots. ARGV: the slot, now (µs, or '' for the server's TIME), lease (µs).
+# Moves the end of a held slot's lease to now + lease; a slot no longer there (given back, or
+# dropped after its lease ended) is not taken again. The set's TTL is only ever lengthened, so a
+# process with a shorter lease never cuts another's slots short (Redis 6 has no PEXPIRE GT).
+RENEW_SCRIPT = """
+local now
+if ARGV[2] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+else
+  now = tonumber(ARGV[2])
+end
+local lease = tonumber(ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[1])
+local ttl = math.ceil(lease / 1000) + 1
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
 
 
 def _resolve(waiting: list[tuple[str, str, asyncio.Future[None]]]) -> None:
@@ -193,6 +215,7 @@ class RedisRateLimiter:
         self._timeout = timeout_seconds
         self._loop_lag = loop_lag
         self._script = client.register_script(GCRA_SCRIPT)
+        self._renew = client.register_script(RENEW_SCRIPT)
         # A client span per decision where the request is traced (OpenTelemetry's database
         # conventions; Redis is `db.system.name` "redis").
         self._tracer = tracer
@@ -219,6 +242,11 @@ class RedisRateLimiter:
         # Slots to give back, and whether a pipeline of them is on its way (`release_slot`).
         self._to_release: list[tuple[str, str, asyncio.Future[None]]] = []
         self._releasing = False
+        # The slots this process holds (slot -> client), renewed every third of the lease while
+        # held, so that a request that outlives the lease (a body sent slowly) keeps its slot;
+        # a process killed stops renewing, and its slots end with their lease.
+        self._held: dict[str, str] = {}
+        self._renewing: asyncio.Task[None] | None = None
 
     async def switched_off(self) -> bool:
         """The fleet-wide kill switch, re-read at most once a second."""
@@ -236,6 +264,8 @@ class RedisRateLimiter:
         if await self.switched_off():
             count = len(plan.policies)
             return describe([True] * count, [None] * count, 0, plan.policies, cost)
+        if self._switch_just_unanswered():  # nothing sent: no slot to give back
+            raise LimiterUnavailable("kill switch read unanswered")
         try:
             reply = await self._run("acquire", client, plan, cost, slot)
         except BaseException:
@@ -251,7 +281,12 @@ class RedisRateLimiter:
         verdicts = [bool(int(v)) for v in reply[2::2]]
         stored: list[int | None] = [None if int(t) < 0 else int(t) for t in reply[3::2]]
         decision = describe(verdicts, stored, now, plan.policies, cost)
-        return dataclasses.replace(decision, slot_held=True) if taken == 1 else decision
+        if taken != 1 or slot is None:
+            return decision
+        self._held[slot] = client
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.get_running_loop().create_task(self._renew_forever())
+        return dataclasses.replace(decision, slot_held=True)
 
     async def release_slot(self, client: str, slot: str) -> None:
         """Within the deadline; a release Redis does not take is left to the lease.
@@ -259,6 +294,7 @@ class RedisRateLimiter:
         Group commit: the releases asked for while one pipeline of them is on its way to Redis
         go together in the next (each caller still waits for its own to be done), so that under
         load a release costs a fraction of a round trip. `bench.concurrency_cap` measures it."""
+        self._held.pop(slot, None)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._to_release.append((slots_key(client), slot, done))
@@ -275,7 +311,7 @@ class RedisRateLimiter:
             while self._to_release:
                 batch, self._to_release = self._to_release, []
                 with contextlib.suppress(LimiterUnavailable):
-                    await self._within_deadline(_remove_slots(self._client, batch))
+                    await self._within_deadline(_remove_slots(self._client, batch), extend=False)
                 _resolve(batch)
                 batch = []
         finally:  # cancelled (the loop closing): nobody waits on; the leases end what is left
@@ -283,6 +319,26 @@ class RedisRateLimiter:
             _resolve(batch)
             _resolve(self._to_release)
             self._to_release = []
+
+    async def renew_held_slots(self) -> None:
+        """Move the lease of every slot this process holds (one pipeline); what Redis does not
+        take is tried again at the next renewal."""
+        if not self._held:
+            return
+        pipeline = self._client.pipeline(transaction=False)
+        now = "" if self._clock_us is None else self._clock_us()
+        for slot, client in list(self._held.items()):
+            await self._renew(
+                keys=[slots_key(client)], args=[slot, now, self._slot_lease_us], client=pipeline
+            )
+        with contextlib.suppress(LimiterUnavailable):
+            await self._within_deadline(pipeline.execute(), extend=False)
+
+    async def _renew_forever(self) -> None:
+        interval = self._slot_lease_us / MICROSECONDS / 3
+        while self._held:
+            await asyncio.sleep(interval)
+            await self.renew_held_slots()
 
     def _release_later(self, client: str, slot: str) -> None:
         """`release_slot` in the background: for a decision that failed or was cancelled, whose
@@ -320,13 +376,13 @@ class RedisRateLimiter:
         return asyncio.get_running_loop().time() - at <= self._timeout
 
     async def refund(self, client: str, plan: Plan, cost: int) -> None:
+        if self._switch_just_unanswered():
+            raise LimiterUnavailable("kill switch read unanswered")
         await self._run("refund", client, plan, cost, None)
 
     async def _run(
         self, mode: str, client: str, plan: Plan, cost: int, slot: str | None
     ) -> list[bytes | int]:
-        if self._switch_just_unanswered():
-            raise LimiterUnavailable("kill switch read unanswered")
         keys = [policy_key(client, p.name) for p in plan.policies]
         if slot is not None:
             keys.append(slots_key(client))
@@ -349,8 +405,10 @@ class RedisRateLimiter:
             return trace.INVALID_SPAN
         return self._tracer.start_span("EVALSHA", kind=SpanKind.CLIENT, attributes=self._span_attributes)
 
-    async def _within_deadline(self, call: Awaitable[T]) -> T:
-        """`call`'s result, or LimiterUnavailable when Redis fails or is late by the deadline."""
+    async def _within_deadline(self, call: Awaitable[T], *, extend: bool = True) -> T:
+        """`call`'s result, or LimiterUnavailable when Redis fails or is late by the deadline.
+        `extend` False: the plain deadline, even while this process is behind (a release or a
+        renewal, which an answer or nobody waits for, and which the lease makes safe to lose)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -362,7 +420,7 @@ class RedisRateLimiter:
                     # back now would admit requests Redis would refuse. Wait on, up to a limit.
                     late_by = loop.time() - started
                     behind = self._loop_lag is not None and self._loop_lag.behind(self._timeout / 2)
-                    if behind and late_by < _LONGEST_WAIT_SECONDS:
+                    if extend and behind and late_by < _LONGEST_WAIT_SECONDS:
                         timer[0] = loop.call_later(self._timeout, on_late)
                         return
                     deadline.reschedule(loop.time())
@@ -394,6 +452,9 @@ class RedisRateLimiter:
         self._switched_off = not enabled
 
     async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
         if self._releases:  # each within its deadline: given back before the connections go
             await asyncio.gather(*self._releases, return_exceptions=True)
         await self._client.aclose()

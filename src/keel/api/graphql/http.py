@@ -329,8 +329,6 @@ class GraphQLEndpoint:
                 return await self._refuse(admission, caller, Refused(200, [too_dear]), requested)
         table_operation, latency_class = operation_of(document, operation)
         entered = await admission.enter(caller, table_operation, cost=requested, latency_class=latency_class)
-        if not isinstance(entered, Refusal):
-            await self._share_registration(keel, caller, params)
         if isinstance(entered, Refusal):
             self._count(label, op_type, "rejected")
             self._served(op_type, "caller_error" if entered.kind == "quota" else "server_error", admitted_at)
@@ -348,6 +346,8 @@ class GraphQLEndpoint:
         succeeded = False
         outcome = "server_error"  # until an answer is built: a failure on the way is the server's
         try:
+            # Inside: whatever ends the request from here (a cancellation too) finishes the ticket.
+            await self._share_registration(keel, caller, params)
             context = GraphQLContext(
                 keel.profiles, caller.principal, caller.error, meter, idempotency_key, keel.personal_data
             )

@@ -146,9 +146,9 @@ class RestAdmission:
                 if extra:
                     message["headers"] = [*message.get("headers", ()), *extra]
             elif not message.get("more_body", False):
-                # The answer's last bytes: the fleet-wide slot goes back first (`finish` runs
-                # only after the answer has left).
-                await ticket.release_slot()
+                # The answer's last bytes: the client's concurrency slots go back first
+                # (`finish` runs only after the answer has left).
+                await ticket.release_slots()
             await send(message)
 
         completed = False
