@@ -46,6 +46,19 @@ _REDIS_FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
 # How often each process re-reads the kill switch.
 _SWITCH_REFRESH_SECONDS = 1.0
 
+
+def _now_from(argument: int) -> str:
+    """Lua that sets `now` (µs): ARGV[argument], or the Redis server's TIME when that is ''."""
+    return f"""local now
+if ARGV[{argument}] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+else
+  now = tonumber(ARGV[{argument}])
+end
+"""
+
+
 # ARGV: mode ("acquire" | "refund"), cost, now (µs, or '' for the server's TIME: only tests
 # pass a clock, to decide deterministically), slot (a name unique to the request, or '' to take
 # none), cap (the client's concurrency slots), lease (µs), then per policy: emission interval
@@ -61,16 +74,12 @@ _SWITCH_REFRESH_SECONDS = 1.0
 # far below 2**53, so every sum is exact. TATs are stored with '%d' and returned as numbers
 # (Redis replies with integers). `math.floor` on read: a TAT stored as a decimal by an older
 # version ('%.3f') is taken as the whole microsecond below it.
-GCRA_SCRIPT = """
+GCRA_SCRIPT = (
+    """
 local n = (#ARGV - 6) / 3
-local now
-if ARGV[3] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-else
-  now = tonumber(ARGV[3])
-end
-local mode = ARGV[1]
+"""
+    + _now_from(3)
+    + """local mode = ARGV[1]
 local cost = tonumber(ARGV[2])
 local slot = ARGV[4]
 local slots = KEYS[n + 1]
@@ -125,6 +134,7 @@ if admit and slot ~= '' then
 end
 return result
 """
+)
 
 
 async def _remove_slots(client: Redis, batch: list[tuple[str, str, asyncio.Future[None]]]) -> object:
@@ -143,21 +153,16 @@ async def _remove_slots(client: Redis, batch: list[tuple[str, str, asyncio.Futur
 # Moves the end of a held slot's lease to now + lease; a slot no longer there (given back, or
 # dropped after its lease ended) is not taken again. The set's TTL is only ever lengthened, so a
 # process with a shorter lease never cuts another's slots short (Redis 6 has no PEXPIRE GT).
-RENEW_SCRIPT = """
-local now
-if ARGV[2] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-else
-  now = tonumber(ARGV[2])
-end
-local lease = tonumber(ARGV[3])
+RENEW_SCRIPT = (
+    _now_from(2)
+    + """local lease = tonumber(ARGV[3])
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[1])
 local ttl = math.ceil(lease / 1000) + 1
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 """
+)
 
 
 def _resolve(waiting: list[tuple[str, str, asyncio.Future[None]]]) -> None:
