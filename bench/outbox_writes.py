@@ -90,6 +90,10 @@ class _UnitOfWork:
         return self._inner.api_keys
 
     @property
+    def audit(self) -> Any:
+        return self._inner.audit
+
+    @property
     def outbox(self) -> Any:
         return _Events(self._inner.outbox, self._drop)
 

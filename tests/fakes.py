@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
-from keel.domain.api_keys import ApiKey
+from keel.domain.api_keys import ApiKey, AuditEntry
 from keel.domain.errors import Conflict, VersionMismatch
 from keel.domain.events import PROFILE_ERASED, DomainEvent
 from keel.domain.profile import Profile
@@ -31,6 +31,7 @@ class _Tables:
     webhook_deliveries: dict[str, WebhookDelivery] = field(default_factory=dict)
     webhook_lease: tuple[str, datetime] | None = None
     stream_positions: dict[int, int] = field(default_factory=dict)  # outbox seq -> stream position
+    audit: list[AuditEntry] = field(default_factory=list)
 
 
 class FakeClock:
@@ -68,6 +69,7 @@ class InMemoryUnitOfWork:
         self.profiles = _Profiles(self._tables, store)
         self.idempotency = _Idempotency(self._tables)
         self.api_keys = _ApiKeys(self._tables, store)
+        self.audit = _Audit(self._tables)
         self.outbox = _Outbox(self._tables)
         self.webhooks = _Webhooks(self._tables)
 
@@ -191,7 +193,18 @@ class _ApiKeys:
 
     async def by_verifier(self, verifier: str) -> ApiKey | None:
         self._store.reads += 1
-        return next((k for k in self._tables.api_keys.values() if k.secret_hash == verifier), None)
+        return next(
+            (
+                k
+                for k in self._tables.api_keys.values()
+                if verifier in (k.secret_hash, k.previous_secret_hash)
+            ),
+            None,
+        )
+
+    async def update(self, key: ApiKey) -> None:
+        if key.id in self._tables.api_keys:
+            self._tables.api_keys[key.id] = key
 
     async def list_all(self) -> list[ApiKey]:
         return sorted(self._tables.api_keys.values(), key=lambda k: (k.created_at, k.id))
@@ -202,6 +215,22 @@ class _ApiKeys:
             return False
         self._tables.api_keys[key_id] = replace(key, revoked_at=at)
         return True
+
+
+class _Audit:
+    def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+
+    async def add(self, entry: AuditEntry) -> None:
+        self._tables.audit.append(replace(entry, seq=len(self._tables.audit) + 1))
+
+    async def entries(self, *, limit: int, before: int | None, subject: str | None) -> list[AuditEntry]:
+        found = [
+            e
+            for e in reversed(self._tables.audit)
+            if (before is None or (e.seq or 0) < before) and (subject is None or e.subject == subject)
+        ]
+        return found[:limit]
 
 
 class _Outbox:

@@ -70,7 +70,10 @@ _EVENT_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 _TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})\b")
 _ETAG = re.compile(r'(W/)?"(\d+)\.([^".]+)(\.full)?"')
 _PLACEHOLDER = re.compile(r"<([a-z_]+):(\d+)>")
-_OPAQUE_FIELDS = {"next_cursor": "cursor", "secret": "secret"}
+_OPAQUE_FIELDS = {"next_cursor": "cursor", "secret": "secret", "token": "token"}
+# API-key ids (16 base32 letters), in the fields of the answers about keys.
+_KEY_ID = re.compile(r"[a-z2-7]{16}")
+_KEY_ID_FIELDS = {"id", "key_id", "actor"}
 _INSIDE_TEXTS = tuple(f"<{kind}:" for kind in (*_OPAQUE_FIELDS.values(), "key"))
 
 
@@ -126,7 +129,11 @@ def _hide_json(value: Any, names: Placeholders, key: str | None = None) -> Any:
         return [_hide_json(v, names) for v in value]
     if isinstance(value, str):
         opaque = _OPAQUE_FIELDS.get(key or "")
-        return names.name(opaque, value) if opaque else names.hide(value)
+        if opaque:
+            return names.name(opaque, value)
+        if key in _KEY_ID_FIELDS and _KEY_ID.fullmatch(value):
+            return names.name("key", value)
+        return names.hide(value)
     return value
 
 
@@ -274,6 +281,36 @@ def scenario() -> Iterator[Request]:
     # Unknown routes and methods.
     yield Request("unknown route", "GET", "/v1/nothing-here", "reader")
     yield Request("method not allowed", "PUT", "/v1/profiles/<profile:1>", "writer", json={})
+    # API keys (admin), recorded 2026-12-07 when these routes were added to the version.
+    billing = {"name": "billing", "scopes": ["profiles:read"], "expires_at": "2099-01-01T00:00:00Z"}
+    yield Request("key create", "POST", "/v1/keys", "admin", json=billing)
+    yield Request("key create by a writer", "POST", "/v1/keys", "writer", json=billing)
+    yield Request(
+        "key create with edge scope", "POST", "/v1/keys", "admin", json={"name": "e", "scopes": ["edge"]}
+    )
+    yield Request("key create invalid", "POST", "/v1/keys", "admin", json={"name": "", "scopes": []})
+    yield Request("key list", "GET", "/v1/keys", "admin")
+    yield Request("key read", "GET", "/v1/keys/<key:5>", "admin")
+    yield Request(
+        "key update",
+        "PATCH",
+        "/v1/keys/<key:5>",
+        "admin",
+        json={"name": "billing-v2", "scopes": ["profiles:read", "profiles:write"]},
+    )
+    yield Request(
+        "key rotate", "POST", "/v1/keys/<key:5>/rotate", "admin", json={"previous_secret_valid_seconds": 3600}
+    )
+    yield Request(
+        "key expire later", "POST", "/v1/keys/<key:5>/expire", "admin", json={"at": "2098-01-01T00:00:00Z"}
+    )
+    yield Request("key revoke", "DELETE", "/v1/keys/<key:5>", "admin")
+    yield Request("key read revoked", "GET", "/v1/keys/<key:5>", "admin")
+    yield Request("key update revoked", "PATCH", "/v1/keys/<key:5>", "admin", json={"name": "again"})
+    yield Request("key read missing", "GET", "/v1/keys/aaaaaaaaaaaaaaaa", "admin")
+    yield Request("audit", "GET", "/v1/audit?limit=3", "admin")
+    yield Request("audit of a key", "GET", "/v1/audit?key_id=<key:5>", "admin")
+    yield Request("audit by a reader", "GET", "/v1/audit", "reader")
 
 
 async def _keel(database: Path, mode: str) -> tuple[Deployment, httpx.AsyncClient, dict[str, str], list[str]]:
@@ -352,6 +389,7 @@ def template_of(path: str) -> str:
         "webhooks": "{webhook_id}",
         "handles": "{handle}",
         "erasures": "{erasure_id}",
+        "keys": "{key_id}",
     }
     parts = path.split("?")[0].split("/")
     return "/".join(parameters.get(parts[i - 1], part) if i else part for i, part in enumerate(parts))

@@ -22,7 +22,7 @@ from tests.contract.frozen_exchanges import (
 )
 
 # Served by a core only (docs/not-done-yet.md): an edge refuses them, so its replay leaves them out.
-_CORE_ONLY = re.compile(r"^/v1/(webhooks|erasures)\b|^/v1/profiles/[^/]+/(export|erasure)$")
+_CORE_ONLY = re.compile(r"^/v1/(webhooks|erasures|keys|audit)\b|^/v1/profiles/[^/]+/(export|erasure)$")
 
 
 @pytest.mark.parametrize("mode", ["monolith", "edge"])

@@ -27,6 +27,14 @@ OPERATION_IDS = {
     ("delete", "/v1/webhooks/{webhook_id}"): "deleteWebhook",
     ("get", "/v1/webhooks/{webhook_id}/dead-letters"): "listDeadLetters",
     ("post", "/v1/webhooks/{webhook_id}/dead-letters/replay"): "replayDeadLetters",
+    ("post", "/v1/keys"): "createApiKey",
+    ("get", "/v1/keys"): "listApiKeys",
+    ("get", "/v1/keys/{key_id}"): "getApiKey",
+    ("patch", "/v1/keys/{key_id}"): "updateApiKey",
+    ("delete", "/v1/keys/{key_id}"): "revokeApiKey",
+    ("post", "/v1/keys/{key_id}/rotate"): "rotateApiKey",
+    ("post", "/v1/keys/{key_id}/expire"): "expireApiKey",
+    ("get", "/v1/audit"): "listAuditEntries",
 }
 
 

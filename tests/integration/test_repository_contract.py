@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.api_keys import ApiKey, AuditEntry, Scope
 from keel.domain.errors import Conflict, VersionMismatch
 from keel.domain.ids import new_profile_id
 from keel.domain.profile import Email, Link, Profile, ProfileFields
@@ -218,6 +218,63 @@ async def test_api_keys_round_trip(store: Store) -> None:
         revoked = await uow.api_keys.get(key.id)
     assert revoked is not None
     assert revoked.revoked_at == NOW + timedelta(hours=1)
+
+
+async def test_an_api_key_update_stores_its_secrets_and_expiries(store: Store) -> None:
+    key = ApiKey(
+        id="bcdefghijklmnopq",
+        secret_hash="1" * 64,
+        scopes=frozenset({Scope.PROFILES_READ}),
+        api_version="2026-11-28",
+        name="billing",
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=1),
+    )
+    async with store.unit_of_work() as uow:
+        await uow.api_keys.add(key)
+        await uow.commit()
+    rotated = replace(
+        key,
+        name="billing-v2",
+        scopes=frozenset({Scope.PROFILES_READ, Scope.PROFILES_WRITE}),
+        plan="partner",
+        secret_hash="2" * 64,
+        previous_secret_hash="1" * 64,
+        previous_expires_at=NOW + timedelta(hours=1),
+        expires_at=NOW + timedelta(days=2),
+    )
+    async with store.unit_of_work() as uow:
+        await uow.api_keys.update(rotated)
+        await uow.commit()
+    async with store.unit_of_work(read_only=True) as uow:
+        assert await uow.api_keys.get(key.id) == rotated
+        # Found by either secret's verifier; by neither once the previous one is cleared.
+        assert await uow.api_keys.by_verifier("2" * 64) == rotated
+        assert await uow.api_keys.by_verifier("1" * 64) == rotated
+        assert await uow.api_keys.by_verifier("3" * 64) is None
+
+
+async def test_audit_entries_page_newest_first_by_subject(store: Store) -> None:
+    entries = [
+        AuditEntry(
+            at=NOW + timedelta(seconds=n), actor="admin", action=f"key.a{n}", subject=subject, detail={"n": n}
+        )
+        for n, subject in enumerate(["k1", "k2", "k1", "k1"])
+    ]
+    async with store.unit_of_work() as uow:
+        for entry in entries:
+            await uow.audit.add(entry)
+        await uow.commit()
+    async with store.unit_of_work(read_only=True) as uow:
+        newest = await uow.audit.entries(limit=2, before=None, subject=None)
+        assert [e.action for e in newest] == ["key.a3", "key.a2"]
+        assert newest[0].detail == {"n": 3}
+        assert newest[0].at == NOW + timedelta(seconds=3)
+        assert newest[0].seq is not None
+        older = await uow.audit.entries(limit=10, before=newest[-1].seq, subject=None)
+        assert [e.action for e in older] == ["key.a1", "key.a0"]
+        of_k1 = await uow.audit.entries(limit=10, before=None, subject="k1")
+        assert [e.action for e in of_k1] == ["key.a3", "key.a2", "key.a0"]
 
 
 async def test_schema_revision_is_the_head(store: Store) -> None:

@@ -18,6 +18,7 @@ from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service import consistency
 from keel.service.ports import (
     ApiKeyRepository,
+    AuditLog,
     CachedProfile,
     IdempotencyRecords,
     Outbox,
@@ -74,6 +75,10 @@ class _UnitOfWork:
     @property
     def api_keys(self) -> ApiKeyRepository:
         return self._inner.api_keys
+
+    @property
+    def audit(self) -> AuditLog:
+        return self._inner.audit
 
     @property
     def outbox(self) -> Outbox:

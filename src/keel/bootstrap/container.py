@@ -20,6 +20,7 @@ from keel.ratelimit.guard import RateLimitGuard
 from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.load_shedder import LoadShedder
 from keel.resilience.loop_lag import LoopLag
+from keel.service.api_key_admin import ApiKeyAdmin
 from keel.service.auth import Authenticator
 from keel.service.erasure import ErasureSagaRunner
 from keel.service.housekeeping import PurgesDeletedProfiles, PurgesIdempotencyRecords
@@ -144,6 +145,8 @@ class Services:
     membership: FleetMembership | None = None
     # GraphQL's persisted queries shared by the fleet (KEEL_REDIS_URL); None: each process's own.
     persisted_queries: FleetQueries | None = None
+    # API keys managed over the API: a core's; None on an edge.
+    api_keys: ApiKeyAdmin | None = None
 
     @property
     def webhooks(self) -> WebhookAdmin | None:
@@ -183,6 +186,7 @@ def assemble(
     readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]],
     personal_data: PersonalDataUseCases | None = None,
 ) -> Services:
+    revocations = _key_revocations(settings)
     return Services(
         settings=settings,
         profiles=profiles,
@@ -201,9 +205,40 @@ def assemble(
         probes=guards.probes,
         closers=guards.closers,
         personal_data=personal_data,
-        key_revocations=_key_revocations(settings),
+        key_revocations=revocations,
         membership=guards.membership,
         persisted_queries=_persisted_queries(settings),
+        api_keys=_api_key_admin(settings, guards, core, authenticator, revocations),
+    )
+
+
+def _api_key_admin(
+    settings: Settings,
+    guards: Protection,
+    core: Core | None,
+    authenticator: RevocableAuthenticator,
+    revocations: KeyRevocations | None,
+) -> ApiKeyAdmin | None:
+    if core is None:
+        return None
+    from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS
+
+    async def key_changed(key_id: str) -> None:
+        # This process at once; the others through the push (without Redis: their key cache's
+        # TTL, as for a revocation from the CLI).
+        authenticator.forget_key(key_id)
+        if revocations is not None:
+            await revocations.publish(key_id)
+
+    return ApiKeyAdmin(
+        core.store,
+        core.clock,
+        plans=guards.catalog.plans,
+        default_plan=settings.ratelimit_default_plan,
+        api_versions=SUPPORTED_VERSIONS,
+        newest_version=NEWEST_VERSION,
+        on_changed=key_changed,
+        event_source=settings.events_source,
     )
 
 

@@ -223,7 +223,7 @@ async def build_core(
         event_source=settings.events_source,
         on_events_committed=events_committed,
     )
-    authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds)
+    authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds, clock=clock)
     stream = relay.publisher if relay is not None else None
     personal_data, erasure_runner, deleted_purge = build_personal_data(
         settings, guarded, clock, reads, events_committed, stream, jobs=jobs

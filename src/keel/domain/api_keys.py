@@ -28,6 +28,34 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None = None
     plan: str = "standard"  # the rate-limit plan applied to this key's requests
+    expires_at: datetime | None = None  # none: until revoked
+    # The verifier of the secret the last rotation replaced, accepted until `previous_expires_at`.
+    previous_secret_hash: str | None = None
+    previous_expires_at: datetime | None = None
+
+    def usable_at(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def previous_usable_at(self, now: datetime) -> bool:
+        return (
+            self.usable_at(now)
+            and self.previous_secret_hash is not None
+            and self.previous_expires_at is not None
+            and now < self.previous_expires_at
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action: who (`actor`, a key id), what (`action` on `subject`), when. `detail`
+    holds what changed, never a secret."""
+
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, object]
+    seq: int | None = None  # assigned by the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +69,9 @@ class Principal:
     # SHA-256 (hex) of the token the caller presented, where a remote core needs it as proof
     # (an edge acting on the caller's behalf); None otherwise.
     token_sha256: str | None = field(default=None, repr=False, compare=False)
+    # When the credential presented stops working by itself (the key's expiry, or a rotated-out
+    # secret's); None: only a revocation ends it. A cached answer never outlives it.
+    valid_until: datetime | None = field(default=None, compare=False)
 
     def can(self, scope: Scope) -> bool:
         # admin implies every other scope but edge: an operator key must be able to do what any

@@ -17,11 +17,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Literal, TypeVar
 
-from keel.domain.api_keys import ApiKey, Principal, Scope
+from keel.domain.api_keys import ApiKey, AuditEntry, Principal, Scope
 from keel.domain.errors import Forbidden, Unauthenticated
 from keel.domain.events import api_key_created, api_key_revoked
+from keel.service.clock import SystemClock
 from keel.service.ports import Clock, Store
 
 _V = TypeVar("_V")
@@ -60,6 +62,12 @@ class IssuedKey:
     token: str
 
 
+def new_secret(key_id: str) -> tuple[str, str]:
+    """A new token for key `key_id`, and the verifier stored for it."""
+    token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return token, key_verifier(token_digest(token))
+
+
 async def issue_api_key(
     store: Store,
     clock: Clock,
@@ -68,26 +76,32 @@ async def issue_api_key(
     api_version: str,
     name: str,
     plan: str | None = None,
+    expires_at: datetime | None = None,
     event_source: str = "/keel",
+    audit: Callable[[ApiKey], AuditEntry] | None = None,
 ) -> IssuedKey:
     """Create and store a key; the returned token is the only time the secret exists in clear.
-    Without a plan, an edge's key gets the `edge` plan, any other key `standard`."""
+    Without a plan, an edge's key gets the `edge` plan, any other key `standard`. `audit`: the
+    audit entry recorded with it, in the same transaction (an admin's action)."""
     granted = frozenset(scopes)
     plan = plan or ("edge" if Scope.EDGE in granted else "standard")
     key_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()
-    token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    token, verifier = new_secret(key_id)
     key = ApiKey(
         id=key_id,
-        secret_hash=key_verifier(token_digest(token)),
+        secret_hash=verifier,
         scopes=granted,
         api_version=api_version,
         name=name,
         created_at=clock.now(),
         plan=plan,
+        expires_at=expires_at,
     )
     async with store.unit_of_work() as uow:
         await uow.api_keys.add(key)
         await uow.outbox.add(api_key_created(key), event_source)
+        if audit is not None:
+            await uow.audit.add(audit(key))
         await uow.commit()
     return IssuedKey(key=key, token=token)
 
@@ -115,8 +129,16 @@ class KeyAnswers:
     `forget`), unknown ones for `negative_ttl`, kept apart so that a flood of garbage tokens can
     only evict other garbage."""
 
-    def __init__(self, *, ttl: float, negative_ttl: float, max_entries: int) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        negative_ttl: float,
+        max_entries: int,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._ttl = ttl
+        self._wall_clock = wall_clock
         self._negative_ttl = negative_ttl
         self._max_entries = max_entries
         self._known: dict[str, tuple[Principal, float]] = {}
@@ -141,7 +163,10 @@ class KeyAnswers:
         now = time.monotonic()
         known = self._known.get(digest)
         if known is not None and known[1] > now:
-            return known[0]
+            principal = known[0]
+            if principal.valid_until is None or principal.valid_until > self._wall_clock():
+                return principal
+            del self._known[digest]  # its credential has expired since: looked up again
         unknown_until = self._unknown.get(digest)
         if unknown_until is not None and unknown_until > now:
             raise Unauthenticated(INVALID_KEY)
@@ -159,10 +184,17 @@ class KeyAnswers:
 
     def known(self, digest: str, principal: Principal, *, looked_up_at: int) -> None:
         """Keep `principal` for `ttl`, unless a key was forgotten since the lookup began (the
-        `epoch` then, `looked_up_at`): the answer may be from before that key's revocation."""
+        `epoch` then, `looked_up_at`): the answer may be from before that key's revocation.
+        Never kept past the principal's `valid_until` (an expiry reached on its own: nothing is
+        pushed then)."""
         if looked_up_at != self.epoch:
             return
-        remember(self._known, digest, (principal, time.monotonic() + self._ttl), self._max_entries)
+        lifetime = self._ttl
+        if principal.valid_until is not None:
+            lifetime = min(lifetime, (principal.valid_until - self._wall_clock()).total_seconds())
+            if lifetime <= 0:
+                return
+        remember(self._known, digest, (principal, time.monotonic() + lifetime), self._max_entries)
 
     def unknown(self, digest: str) -> None:
         remember(self._unknown, digest, time.monotonic() + self._negative_ttl, self._max_entries)
@@ -189,10 +221,14 @@ class Authenticator:
         negative_ttl: float = 5.0,
         max_entries: int = 10_000,
         compare: Callable[[bytes, bytes], bool] = hmac.compare_digest,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
         self._compare = compare  # a parameter so that tests can count the comparisons
-        self._answers = KeyAnswers(ttl=ttl, negative_ttl=negative_ttl, max_entries=max_entries)
+        self._clock = clock or SystemClock()
+        self._answers = KeyAnswers(
+            ttl=ttl, negative_ttl=negative_ttl, max_entries=max_entries, wall_clock=self._clock.now
+        )
 
     async def authenticate(self, token: str | None) -> Principal:
         return await self.resolve(*credentials(token))
@@ -232,13 +268,42 @@ class Authenticator:
         # query finding no row, so response times cannot tell which key ids exist (looked up by
         # id, a known id's row was read and decoded, measurably slower). The id the caller named
         # is then compared in constant time against the key found.
+        verifier = key_verifier(digest)
         async with self._store.unit_of_work(read_only=True) as uow:
-            key = await uow.api_keys.by_verifier(key_verifier(digest))
+            key = await uow.api_keys.by_verifier(verifier)
         found_id = key.id if key is not None else _NO_KEY_ID
         matches = self._compare(found_id.encode(), key_id.encode())
-        if key is None or not matches or key.revoked_at is not None:
+        if key is None or not matches:
             return None
-        return Principal(key_id=key.id, scopes=key.scopes, api_version=key.api_version, plan=key.plan)
+        valid_until = credential_valid_until(key, verifier, self._clock.now())
+        if valid_until is False:
+            return None
+        return Principal(
+            key_id=key.id,
+            scopes=key.scopes,
+            api_version=key.api_version,
+            plan=key.plan,
+            valid_until=valid_until,
+        )
+
+
+def credential_valid_until(key: ApiKey, verifier: str, now: datetime) -> datetime | Literal[False] | None:
+    """Until when the secret whose verifier is `verifier` authenticates `key`: None for as long
+    as the key lives, False when it does not now (the key revoked or expired, or the secret
+    one a rotation replaced and its time is up)."""
+    if not key.usable_at(now):
+        return False
+    if hmac.compare_digest(verifier, key.secret_hash):
+        return key.expires_at
+    previous = key.previous_secret_hash
+    if (
+        previous is not None
+        and hmac.compare_digest(verifier, previous)
+        and key.previous_usable_at(now)
+        and key.previous_expires_at is not None
+    ):
+        return min(key.previous_expires_at, key.expires_at or key.previous_expires_at)
+    return False
 
 
 def remember(cache: dict[str, _V], digest: str, value: _V, max_entries: int) -> None:

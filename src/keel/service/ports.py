@@ -13,7 +13,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-from keel.domain.api_keys import ApiKey
+from keel.domain.api_keys import ApiKey, AuditEntry
 from keel.domain.erasure import Erasure, Tombstone, TombstoneCause
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
@@ -99,7 +99,13 @@ class ApiKeyRepository(Protocol):
     async def get(self, key_id: str) -> ApiKey | None: ...
 
     async def by_verifier(self, verifier: str) -> ApiKey | None:
-        """The key whose stored verifier is `verifier` (unique), revoked or not."""
+        """The key whose current or previous verifier is `verifier` (each unique), revoked,
+        expired or not: the caller checks which matched and whether it is still usable."""
+        ...
+
+    async def update(self, key: ApiKey) -> None:
+        """Store what may change of the key `key.id`: name, scopes, plan, secret (current and
+        previous, with their expiries), revocation."""
         ...
 
     async def list_all(self) -> list[ApiKey]:
@@ -108,6 +114,17 @@ class ApiKeyRepository(Protocol):
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
         """Mark a live key revoked; False when there is no such live key."""
+        ...
+
+
+class AuditLog(Protocol):
+    """Admin actions, appended in the action's own transaction, never changed."""
+
+    async def add(self, entry: AuditEntry) -> None: ...
+
+    async def entries(self, *, limit: int, before: int | None, subject: str | None) -> list[AuditEntry]:
+        """Newest first: up to `limit` entries with `seq` below `before` (None: the newest), of
+        `subject` only when given."""
         ...
 
 
@@ -267,6 +284,9 @@ class UnitOfWork(Protocol):
 
     @property
     def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
     @property
     def outbox(self) -> Outbox: ...

@@ -22,6 +22,7 @@ from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.deadline import call_deadline
 from keel.service.ports import (
     ApiKeyRepository,
+    AuditLog,
     ErasureAcknowledgements,
     ErasureSagas,
     IdempotencyRecords,
@@ -73,6 +74,10 @@ class GuardedUnitOfWork:
     @property
     def api_keys(self) -> ApiKeyRepository:
         return self._inner.api_keys
+
+    @property
+    def audit(self) -> AuditLog:
+        return self._inner.audit
 
     @property
     def outbox(self) -> Outbox:

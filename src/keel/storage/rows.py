@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from keel.domain.api_keys import ApiKey, Scope
+from keel.domain.api_keys import ApiKey, AuditEntry, Scope
 from keel.domain.errors import Conflict
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Email, Link, Profile, ProfileFields
@@ -88,7 +88,10 @@ def uniqueness_conflict(constraint_text: str) -> Conflict:
     return Conflict("This email address is already used by another profile.", field="/emails")
 
 
-API_KEY_COLUMNS = "id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan"
+API_KEY_COLUMNS = (
+    "id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan,"
+    " expires_at, previous_secret_hash, previous_expires_at"
+)
 
 
 def api_key_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> ApiKey:
@@ -101,6 +104,23 @@ def api_key_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) 
         created_at=parse_time(row[5]),
         revoked_at=parse_time(row[6]) if row[6] is not None else None,
         plan=row[7],
+        expires_at=parse_time(row[8]) if row[8] is not None else None,
+        previous_secret_hash=row[9],
+        previous_expires_at=parse_time(row[10]) if row[10] is not None else None,
+    )
+
+
+AUDIT_COLUMNS = "seq, at, actor, action, subject, detail"
+
+
+def audit_entry_from_row(row: Sequence[Any], parse_time: Callable[[Any], datetime]) -> AuditEntry:
+    return AuditEntry(
+        seq=int(row[0]),
+        at=parse_time(row[1]),
+        actor=row[2],
+        action=row[3],
+        subject=row[4],
+        detail=json.loads(row[5]),
     )
 
 

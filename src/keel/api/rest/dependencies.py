@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
@@ -9,6 +11,7 @@ from fastapi import Depends, Request
 from keel.admission import Admission, bearer_token
 from keel.api.http.request_state import request_state
 from keel.domain.api_keys import Principal
+from keel.domain.errors import Forbidden
 from keel.observability.context import note_caller
 from keel.service.use_cases import CallerAuthenticator, PersonalDataUseCases, ProfileUseCases
 
@@ -51,3 +54,21 @@ async def authenticated_caller(request: Request) -> Principal:
 
 ServicesDep = Annotated[RestServices, Depends(get_services)]
 Caller = Annotated[Principal, Depends(authenticated_caller)]
+
+
+def admin_caller(what: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: the caller, refused unless admin ("Only admin keys may `what`."), before the
+    body is read and before any lookup, so that a key that is not admin learns nothing."""
+
+    async def caller(request: Request) -> Principal:
+        principal = await authenticated_caller(request)
+        if not principal.is_admin:
+            raise Forbidden(f"Only admin keys may {what}.")
+        return principal
+
+    return caller
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """A time as the admin routes answer it: ISO 8601 to the microsecond; None stays null."""
+    return value.isoformat(timespec="microseconds") if value is not None else None

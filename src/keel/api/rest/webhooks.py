@@ -16,11 +16,11 @@ from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
-from keel.api.rest.dependencies import authenticated_caller
+from keel.api.rest.dependencies import admin_caller, iso_time
 from keel.api.rest.documented_responses import problem_responses
 from keel.api.rest.operation_ids import operation_id
 from keel.domain.api_keys import Principal
-from keel.domain.errors import Forbidden, NotFound
+from keel.domain.errors import NotFound
 from keel.domain.events import EVENT_TYPES
 from keel.domain.webhooks import WebhookDelivery, WebhookEndpoint
 from keel.service.webhooks import MAX_LISTED, WebhookAdmin
@@ -111,14 +111,6 @@ class ReplayOut(BaseModel):
     replayed: int = Field(description="How many dead letters are pending again (with a fresh schedule).")
 
 
-async def admin_caller(request: Request) -> Principal:
-    """The caller, refused unless admin: before the body is read, before any lookup."""
-    principal = await authenticated_caller(request)
-    if not principal.is_admin:
-        raise Forbidden("Only admin keys may manage webhooks.")
-    return principal
-
-
 async def webhook_admin(request: Request) -> WebhookAdmin:
     services: WebhookServices = request.app.state.services
     admin = services.webhooks
@@ -127,12 +119,8 @@ async def webhook_admin(request: Request) -> WebhookAdmin:
     return admin
 
 
-Admin = Annotated[Principal, Depends(admin_caller)]
+Admin = Annotated[Principal, Depends(admin_caller("manage webhooks"))]
 Webhooks = Annotated[WebhookAdmin, Depends(webhook_admin)]
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="microseconds") if value is not None else None
 
 
 def endpoint_document(endpoint: WebhookEndpoint) -> dict[str, Any]:
@@ -141,7 +129,7 @@ def endpoint_document(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "url": endpoint.url,
         "event_types": list(endpoint.event_types),
         "holds_personal_data": endpoint.holds_personal_data,
-        "created_at": _time(endpoint.created_at),
+        "created_at": iso_time(endpoint.created_at),
     }
 
 
@@ -152,11 +140,11 @@ def dead_letter_document(delivery: WebhookDelivery) -> dict[str, Any]:
         "event_type": delivery.event_type,
         "subject": delivery.subject,
         "attempts": delivery.attempts,
-        "created_at": _time(delivery.created_at),
-        "last_attempt_at": _time(delivery.last_attempt_at),
+        "created_at": iso_time(delivery.created_at),
+        "last_attempt_at": iso_time(delivery.last_attempt_at),
         "last_status": delivery.last_status,
         "last_error": delivery.last_error,
-        "dead_at": _time(delivery.finished_at),
+        "dead_at": iso_time(delivery.finished_at),
     }
 
 

@@ -23,6 +23,7 @@ from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.consistency import in_request, note_commit, required_position
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
+from keel.storage.audit_log import SqlAuditLog
 from keel.storage.layout_records import LayoutReading, SqlLayoutRecords
 from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
@@ -359,6 +360,7 @@ class PostgresUnitOfWork:
         )
         self.idempotency = PostgresIdempotency(connection, self._observer)
         self.api_keys = PostgresApiKeys(connection, self._observer)
+        self.audit = SqlAuditLog(session, self._observer)
         self.outbox = PostgresOutbox(connection, self._observer)
         self.webhooks = PostgresWebhooks(connection, self._observer)
         self.personal_data = SqlPersonalData(session, self._observer)
@@ -674,8 +676,8 @@ class PostgresApiKeys:
         with self._observer.call("add_api_key"):
             await self._db.execute(
                 "INSERT INTO api_keys"
-                " (id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                " (id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 key.id,
                 key.secret_hash,
                 " ".join(sorted(key.scopes)),
@@ -684,6 +686,7 @@ class PostgresApiKeys:
                 key.created_at,
                 key.revoked_at,
                 key.plan,
+                key.expires_at,
             )
 
     async def get(self, key_id: str) -> ApiKey | None:
@@ -693,8 +696,26 @@ class PostgresApiKeys:
 
     async def by_verifier(self, verifier: str) -> ApiKey | None:
         with self._observer.call("get_api_key"):
-            row = await self._db.fetchrow(_SELECT_API_KEY + " WHERE secret_hash = $1", verifier)
+            row = await self._db.fetchrow(
+                _SELECT_API_KEY + " WHERE secret_hash = $1 OR previous_secret_hash = $1", verifier
+            )
         return api_key_from_row(tuple(row), _time) if row is not None else None
+
+    async def update(self, key: ApiKey) -> None:
+        with self._observer.call("update_api_key"):
+            await self._db.execute(
+                "UPDATE api_keys SET secret_hash = $1, scopes = $2, name = $3, plan = $4, revoked_at = $5,"
+                " expires_at = $6, previous_secret_hash = $7, previous_expires_at = $8 WHERE id = $9",
+                key.secret_hash,
+                " ".join(sorted(key.scopes)),
+                key.name,
+                key.plan,
+                key.revoked_at,
+                key.expires_at,
+                key.previous_secret_hash,
+                key.previous_expires_at,
+                key.id,
+            )
 
     async def list_all(self) -> list[ApiKey]:
         with self._observer.call("list_api_keys"):

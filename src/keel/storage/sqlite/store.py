@@ -27,6 +27,7 @@ from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.observability.tracing import current_traceparent
 from keel.service.ports import IdempotencyRecord, OutboxRecord, ProfileQuery, StreamCopies
+from keel.storage.audit_log import SqlAuditLog
 from keel.storage.layout_records import LayoutReading, SqlLayoutRecords
 from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
@@ -197,6 +198,7 @@ class SqliteUnitOfWork:
         )
         self.idempotency = SqliteIdempotency(self._connection, store.observer)
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
+        self.audit = SqlAuditLog(session, store.observer)
         self.outbox = SqliteOutbox(self._connection, store.observer)
         self.webhooks = SqliteWebhooks(self._connection, store.observer)
         self.personal_data = SqlPersonalData(session, store.observer)
@@ -481,8 +483,8 @@ class SqliteApiKeys:
         with self._observer.call("add_api_key"):
             await self._db.execute(
                 "INSERT INTO api_keys"
-                " (id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " (id, secret_hash, scopes, api_version, name, created_at, revoked_at, plan, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.secret_hash,
@@ -492,6 +494,7 @@ class SqliteApiKeys:
                     _iso(key.created_at),
                     _iso_or_none(key.revoked_at),
                     key.plan,
+                    _iso_or_none(key.expires_at),
                 ),
             )
 
@@ -503,9 +506,29 @@ class SqliteApiKeys:
 
     async def by_verifier(self, verifier: str) -> ApiKey | None:
         with self._observer.call("get_api_key"):
-            async with self._db.execute(_SELECT_API_KEY + " WHERE secret_hash = ?", (verifier,)) as cursor:
+            async with self._db.execute(
+                _SELECT_API_KEY + " WHERE secret_hash = ? OR previous_secret_hash = ?", (verifier, verifier)
+            ) as cursor:
                 row = await cursor.fetchone()
         return api_key_from_row(row, _time) if row is not None else None
+
+    async def update(self, key: ApiKey) -> None:
+        with self._observer.call("update_api_key"):
+            await self._db.execute(
+                "UPDATE api_keys SET secret_hash = ?, scopes = ?, name = ?, plan = ?, revoked_at = ?,"
+                " expires_at = ?, previous_secret_hash = ?, previous_expires_at = ? WHERE id = ?",
+                (
+                    key.secret_hash,
+                    " ".join(sorted(key.scopes)),
+                    key.name,
+                    key.plan,
+                    _iso_or_none(key.revoked_at),
+                    _iso_or_none(key.expires_at),
+                    key.previous_secret_hash,
+                    _iso_or_none(key.previous_expires_at),
+                    key.id,
+                ),
+            )
 
     async def list_all(self) -> list[ApiKey]:
         with self._observer.call("list_api_keys"):

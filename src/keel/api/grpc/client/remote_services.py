@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from keel.api.grpc.client.core_client import CoreClient
-from keel.api.grpc.wire.messages import document_message, patch_message, profile_from_message
+from keel.api.grpc.wire.messages import (
+    document_message,
+    from_unix_micros,
+    patch_message,
+    profile_from_message,
+)
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import FieldError, Unauthenticated, ValidationFailed
@@ -180,6 +185,9 @@ class RemoteAuthenticator:
             api_version=reply.api_version,
             plan=reply.plan,
             token_sha256=digest,
+            valid_until=from_unix_micros(reply.valid_until_unix_micros)
+            if reply.valid_until_unix_micros
+            else None,
         )
         self._answers.known(digest, principal, looked_up_at=epoch)
         return principal

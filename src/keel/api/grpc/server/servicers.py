@@ -9,7 +9,12 @@ import grpc
 
 from keel.api.grpc.server.admission import KeyResolver, caller, via_edge
 from keel.api.grpc.server.encoded import Encoded, EncodedProfiles, length_delimited
-from keel.api.grpc.wire.messages import document_from_message, patch_from_message, profile_message
+from keel.api.grpc.wire.messages import (
+    document_from_message,
+    patch_from_message,
+    profile_message,
+    unix_micros,
+)
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.domain.api_keys import Scope
@@ -210,9 +215,11 @@ class CallerServicer(pb_grpc.CallerServiceServicer):
             # From the database: the edge caches the answer, and a revocation pushed to both may
             # reach it before it reaches this core's cache.
             principal = await self._authenticator.resolve(request.key_id, request.token_sha256, fresh=True)
+        valid_until = principal.valid_until
         return pb.GetCallerResponse(
             key_id=principal.key_id,
             scopes=sorted(principal.scopes),
             api_version=principal.api_version,
             plan=principal.plan,
+            valid_until_unix_micros=unix_micros(valid_until) if valid_until is not None else 0,
         )

@@ -334,3 +334,12 @@ def _set_timestamp(stamp: Timestamp, value: datetime) -> None:
     # integer arithmetic (exact, unlike a float from .timestamp()).
     stamp.seconds = (value - _EPOCH) // _SECOND
     stamp.nanos = value.microsecond * 1000
+
+
+def unix_micros(value: datetime) -> int:
+    """An aware datetime as whole microseconds since the Unix epoch (exact)."""
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_unix_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)

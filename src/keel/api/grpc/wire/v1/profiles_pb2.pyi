@@ -751,11 +751,17 @@ class GetCallerResponse(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     API_VERSION_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_UNIX_MICROS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     api_version: _builtins.str
     """The REST API version pinned on the key."""
     plan: _builtins.str
     """The rate-limit plan applied to the key."""
+    valid_until_unix_micros: _builtins.int
+    """When the credential presented stops working by itself (the key's expiry, or a rotated-out
+    secret's), in microseconds since the Unix epoch; 0: only a revocation ends it. A caller that
+    caches this answer must not keep it past that time.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -765,10 +771,11 @@ class GetCallerResponse(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         api_version: _builtins.str = ...,
         plan: _builtins.str = ...,
+        valid_until_unix_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "key_id", b"key_id", "plan", b"plan", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "key_id", b"key_id", "plan", b"plan", "scopes", b"scopes", "valid_until_unix_micros", b"valid_until_unix_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
