@@ -2,6 +2,7 @@
 redis_key_revocations) against the key cache's TTL alone, in the same run.
 
     python -m bench.key_revocation [--nodes 3] [--trials 20] [--baseline-trials 5] [--ttl 2]
+        [--via cli|api]
 
 Each configuration serves `--nodes` Keel processes (one worker each) on one SQLite database, with
 KEEL_API_KEY_CACHE_SECONDS=`--ttl`: "pushed" with KEEL_REDIS_URL (a throwaway Redis), "TTL only"
@@ -10,8 +11,9 @@ then revokes it here, in process, through the service function `keel keys revoke
 publishes it, when pushed), starting the clock just before. One thread per node then reads
 until that node answers 401. The trial's figure is the time until the last node refused: the
 revocation reached every node. Reported: median, p90 and max of each configuration, and the
-median of pushed ÷ the median of TTL only. Results: stdout and a new dated report under
-docs/performance/.
+median of pushed ÷ the median of TTL only. `--via api`: the key is expired now through the
+first node's REST API (`POST /v1/keys/{id}/expire`, an admin key) instead, timed from just
+before that request. Results: stdout and a new dated report under docs/performance/.
 """
 
 from __future__ import annotations
@@ -69,7 +71,19 @@ async def _revoke(env: dict[str, str], key_id: str) -> tuple[float, bool]:
         await keel.close()
 
 
-def _trial(env: dict[str, str], urls: list[str], pushed: bool) -> float:
+def _expire_over_api(url: str, admin_token: str, key_id: str) -> tuple[float, bool]:
+    """End `key_id` now through a node's REST API (`POST /v1/keys/{id}/expire`, as an admin
+    would): when it began; whether it was pushed is the node's to say, and it does not."""
+    started = time.perf_counter()
+    answer = httpx.post(
+        f"{url}/v1/keys/{key_id}/expire", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10
+    )
+    if answer.status_code != 200:
+        raise RuntimeError(f"the expiry answered {answer.status_code}: {answer.text}")
+    return started, True
+
+
+def _trial(env: dict[str, str], urls: list[str], pushed: bool, admin_token: str | None = None) -> float:
     token = (
         keel_output(env, "keys", "create", "--scopes", "profiles:read", "--quiet").strip().splitlines()[-1]
     )
@@ -95,7 +109,12 @@ def _trial(env: dict[str, str], urls: list[str], pushed: bool) -> float:
     for thread in threads:
         thread.start()
     go.set()  # the watchers read (404) until the revocation lands; from when it began is timed
-    revoked_at, said_pushed = asyncio.run(_revoke(env, token.split("_")[1]))
+    key_id = token.split("_")[1]
+    if admin_token is not None:  # --via api: the first node ends the key; the others are told
+        revoked_at, said_pushed = _expire_over_api(urls[0], admin_token, key_id)
+        said_pushed = pushed
+    else:
+        revoked_at, said_pushed = asyncio.run(_revoke(env, key_id))
     for thread in threads:
         thread.join(GIVE_UP_S + 10)
     if said_pushed != pushed:
@@ -120,6 +139,12 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--baseline-trials", type=int, default=5)
     parser.add_argument("--ttl", type=float, default=2.0, help="KEEL_API_KEY_CACHE_SECONDS of both runs")
+    parser.add_argument(
+        "--via",
+        choices=("cli", "api"),
+        default="cli",
+        help="cli: revoked as `keel keys revoke` does; api: expired now through the first node's REST API",
+    )
     args = parser.parse_args()
     interrupt_on_signals()
     state = code_state()
@@ -137,6 +162,11 @@ def main() -> int:
         "KEEL_LOAD_SHEDDING_ENABLED": "false",
     }
     keel_output(env, "migrate", timeout=120)
+    admin_token = (
+        keel_output(env, "keys", "create", "--scopes", "admin", "--quiet").strip().splitlines()[-1]
+        if args.via == "api"
+        else None
+    )
     results: dict[str, list[float]] = {}
     with redis_server() as redis:
         for label, pushed, trials in (
@@ -145,7 +175,7 @@ def main() -> int:
         ):
             run_env = {**env, "KEEL_REDIS_URL": redis.url} if pushed else env
             with keel_nodes(args.nodes, run_env, logs) as urls:
-                results[label] = [_trial(run_env, urls, pushed) for _ in range(trials)]
+                results[label] = [_trial(run_env, urls, pushed, admin_token) for _ in range(trials)]
             print(f"{label}: {_summary(results[label])}", flush=True)
     ratio = statistics.median(results["pushed"]) / statistics.median(results["TTL only"])
     report = "\n".join(
@@ -154,10 +184,16 @@ def main() -> int:
             f" ({time.strftime('%Y-%m-%d')})",
             "",
             f"Command: `python -m bench.key_revocation --nodes {args.nodes} --trials {args.trials}"
-            f" --baseline-trials {args.baseline_trials} --ttl {args.ttl:g}`. Code: {state}.",
+            f" --baseline-trials {args.baseline_trials} --ttl {args.ttl:g} --via {args.via}`. Code: {state}.",
             f"{args.nodes} Keel processes (one worker each) on one SQLite database, key cache TTL"
             f" {args.ttl:g} s. The time from just before the revocation's transaction until the last"
-            " node answered 401.",
+            " node answered 401."
+            + (
+                " Here the key is not revoked but expired now, through the first node's REST API"
+                " (`POST /v1/keys/{id}/expire` with an admin key): from just before that request."
+                if args.via == "api"
+                else ""
+            ),
             "",
             "| configuration | until every node refused the key |",
             "|---|---|",
