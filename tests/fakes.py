@@ -202,6 +202,9 @@ class _ApiKeys:
             None,
         )
 
+    async def get_for_update(self, key_id: str) -> ApiKey | None:
+        return await self.get(key_id)  # units of work here are all-or-nothing copies
+
     async def update(self, key: ApiKey) -> None:
         if key.id in self._tables.api_keys:
             self._tables.api_keys[key.id] = key

@@ -254,6 +254,66 @@ async def test_an_api_key_update_stores_its_secrets_and_expiries(store: Store) -
         assert await uow.api_keys.by_verifier("3" * 64) is None
 
 
+async def test_a_key_read_for_update_is_held_until_the_change_commits(
+    store: Store, database_url: str
+) -> None:
+    """What keeps two admin actions, or an action and a CLI revocation, from undoing each other:
+    while a write unit has read a key for update, no other writer changes it (a revocation
+    overwritten by a change built from a stale read brought a revoked key back)."""
+    key = ApiKey(
+        id="cdefghijklmnopqr",
+        secret_hash="4" * 64,
+        scopes=frozenset({Scope.PROFILES_READ}),
+        api_version="2026-11-28",
+        name="locked",
+        created_at=NOW,
+    )
+    async with store.unit_of_work() as uow:
+        await uow.api_keys.add(key)
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        assert await uow.api_keys.get_for_update(key.id) == key
+        assert await _another_writer_is_kept_out(database_url, key.id)
+        await uow.commit()
+    assert not await _another_writer_is_kept_out(database_url, key.id)  # released at the end
+
+
+async def _another_writer_is_kept_out(database_url: str, key_id: str) -> bool:
+    """Whether a revocation from another connection is refused for now (its wait for the lock
+    bounded to 50 ms: only a failure's bound, the lock is held or not)."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        connection = sqlite3.connect(
+            database_url.removeprefix("sqlite:///"), timeout=0.05, isolation_level=None
+        )
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            connection.close()  # rolls back the transaction it may have begun
+        return False
+    import asyncpg
+
+    pg = await asyncpg.connect(database_url)
+    try:
+        await pg.execute("SET lock_timeout = '50ms'")
+        async with pg.transaction():
+            await pg.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", key_id)
+            raise _RolledBack
+    except asyncpg.LockNotAvailableError:
+        return True
+    except _RolledBack:
+        return False
+    finally:
+        await pg.close()
+
+
+class _RolledBack(Exception):
+    """Leaves the probe's transaction without committing what it changed."""
+
+
 async def test_audit_entries_page_newest_first_by_subject(store: Store) -> None:
     entries = [
         AuditEntry(

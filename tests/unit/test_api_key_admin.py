@@ -5,7 +5,7 @@ expiry), whatever the key cache still holds."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -197,3 +197,79 @@ async def test_the_audit_log_pages_and_filters_by_key(world: World) -> None:
     assert [e.action for e in of_first] == ["key.updated", "key.created"]
     with pytest.raises(ValidationFailed):
         await world.admin.audit(admin, limit=0)
+
+
+async def test_an_edge_key_may_be_ended_here_but_not_changed_or_rotated(world: World) -> None:
+    """An admin key must not take over an edge key (which acts as any caller): no new secret, no
+    new scopes; ending it (expiry, revocation) takes nothing over."""
+    admin = await world.admin_principal()
+    edge = await issue_api_key(
+        world.store, world.clock, scopes=[Scope.EDGE], api_version=VERSION, name="edge"
+    )
+    with pytest.raises(Forbidden):
+        await world.admin.rotate(admin, edge.key.id, previous_valid_for=timedelta(0))
+    with pytest.raises(Forbidden):
+        await world.admin.update(admin, edge.key.id, scopes=["admin"])
+    assert (await world.authenticator.authenticate(edge.token)).scopes == frozenset({Scope.EDGE})
+    await world.admin.expire(admin, edge.key.id, at=world.clock.now() + timedelta(days=1))
+    await world.admin.revoke(admin, edge.key.id)
+    with pytest.raises(Unauthenticated):
+        await world.authenticator.authenticate(edge.token)
+
+
+async def test_no_key_may_be_given_the_edge_plan_here(world: World) -> None:
+    admin = await world.admin_principal()
+    world.admin = ApiKeyAdmin(
+        world.store,
+        world.clock,
+        plans=["standard", "edge"],
+        default_plan="standard",
+        api_versions=[VERSION],
+        newest_version=VERSION,
+        on_changed=lambda key_id: _done(),
+    )
+    with pytest.raises(ValidationFailed):
+        await world.admin.create(admin, name="fast", scopes=["profiles:read"], plan="edge")
+    issued = await world.admin.create(admin, name="normal", scopes=["profiles:read"])
+    with pytest.raises(ValidationFailed):
+        await world.admin.update(admin, issued.key.id, plan="edge")
+
+
+async def _done() -> None:
+    return None
+
+
+async def test_a_rotated_out_secret_may_not_manage_keys(world: World) -> None:
+    """Rotating its own key with the secret being replaced, a leaked secret would take the key
+    over; during its grace it still reads, but manages nothing."""
+    issued = await world.admin.create(await world.admin_principal(), name="ops2", scopes=["admin"])
+    await world.admin.rotate(
+        await world.authenticator.authenticate(issued.token),
+        issued.key.id,
+        previous_valid_for=timedelta(hours=1),
+    )
+    old = await world.authenticator.authenticate(issued.token)
+    assert old.via_previous_secret
+    for attempt in (
+        world.admin.rotate(old, issued.key.id, previous_valid_for=timedelta(days=30)),
+        world.admin.create(old, name="backdoor", scopes=["admin"]),
+        world.admin.list_keys(old),
+    ):
+        with pytest.raises(Forbidden):
+            await attempt
+
+
+async def test_times_and_pages_out_of_range_are_refused_not_failed(world: World) -> None:
+    admin = await world.admin_principal()
+    issued = await world.admin.create(admin, name="k", scopes=["profiles:read"])
+    far = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5)))  # past 9999 in UTC
+    for when in (far, world.clock.now() + timedelta(days=3651)):
+        with pytest.raises(ValidationFailed):
+            await world.admin.expire(admin, issued.key.id, at=when)
+        with pytest.raises(ValidationFailed):
+            await world.admin.create(admin, name="x", scopes=["profiles:read"], expires_at=when)
+    for before in (0, 2**31, 2**63):
+        with pytest.raises(ValidationFailed):
+            await world.admin.audit(admin, limit=10, before=before)
+    with pytest.raises(ValidationFailed):
+        await world.admin.update(admin, issued.key.id)  # nothing to change

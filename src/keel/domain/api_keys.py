@@ -72,6 +72,8 @@ class Principal:
     # When the credential presented stops working by itself (the key's expiry, or a rotated-out
     # secret's); None: only a revocation ends it. A cached answer never outlives it.
     valid_until: datetime | None = field(default=None, compare=False)
+    # Authenticated by the secret a rotation replaced (during its grace): may not manage keys.
+    via_previous_secret: bool = field(default=False, compare=False)
 
     def can(self, scope: Scope) -> bool:
         # admin implies every other scope but edge: an operator key must be able to do what any

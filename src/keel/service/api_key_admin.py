@@ -7,19 +7,26 @@ what, when; never a secret), and, when it changes what an existing key may do, i
 process (`on_changed`: this process's cache at once, the others through the revocation push),
 so that no process keeps accepting what the key no longer may.
 
-An API key may not be given the `edge` scope here: an edge key acts as any caller it names, more
-than admin may (an admin key could otherwise mint one). Edge keys come from the CLI.
+An API key may not be given the `edge` scope or the edge plan here, and an edge key may not be
+changed or rotated here (only ended: expired or revoked): an edge key acts as any caller it
+names, more than admin may, so an admin key must not be able to mint one or take one over.
+Edge keys are managed with the CLI. Nor may a caller authenticated by a rotated-out secret
+(still accepted during its grace) manage keys: rotating its own key, it would take it over.
+
+Every change reads the key for update (locked until the change commits), so that two admins
+acting at once, or a revocation from the CLI, never undo each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from keel.domain.api_keys import ApiKey, AuditEntry, Principal, Scope
 from keel.domain.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from keel.domain.events import api_key_revoked
+from keel.ratelimit.policy import EDGE_PLAN
 from keel.service.auth import IssuedKey, issue_api_key, new_secret
 from keel.service.ports import Clock, Store
 
@@ -27,7 +34,10 @@ MAX_NAME_LENGTH = 100
 # The longest a rotated-out secret may stay accepted, and the furthest expiry: long enough for
 # any deployment's rollout, short enough that a leaked old secret does not live on for ever.
 MAX_PREVIOUS_SECRET_LIFETIME = timedelta(days=30)
+# The furthest expiry a key may be given.
+MAX_KEY_LIFETIME = timedelta(days=3650)
 MAX_AUDIT_PAGE = 500
+MAX_AUDIT_SEQ = 2**31 - 1  # `admin_audit.seq` is a 32-bit integer on PostgreSQL
 GRANTABLE_SCOPES = frozenset(Scope) - {Scope.EDGE}
 
 
@@ -46,7 +56,7 @@ class ApiKeyAdmin:
     ) -> None:
         self._store = store
         self._clock = clock
-        self._plans = plans
+        self._plans = [plan for plan in plans if plan != EDGE_PLAN]
         self._default_plan = default_plan
         self._versions = api_versions
         self._newest = newest_version
@@ -76,6 +86,8 @@ class ApiKeyAdmin:
         _admin(caller)
         if not 1 <= limit <= MAX_AUDIT_PAGE:
             raise ValidationFailed([FieldError("/limit", f"must be 1 to {MAX_AUDIT_PAGE}")])
+        if before is not None and not 1 <= before <= MAX_AUDIT_SEQ:
+            raise ValidationFailed([FieldError("/before", f"must be 1 to {MAX_AUDIT_SEQ}")])
         async with self._store.unit_of_work(read_only=True) as uow:
             return await uow.audit.entries(limit=limit, before=before, subject=key_id)
 
@@ -135,6 +147,8 @@ class ApiKeyAdmin:
     ) -> ApiKey:
         """Change what is given; the rest stays."""
         _admin(caller)
+        if name is None and scopes is None and plan is None:
+            raise ValidationFailed([FieldError("", "nothing to change: give name, scopes or plan")])
         changes: dict[str, object] = {}
         if name is not None:
             errors = _name_errors(name)
@@ -147,7 +161,7 @@ class ApiKeyAdmin:
             changes["plan"] = self._plan(plan)
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
-            key = _live(await uow.api_keys.get(key_id), key_id, now)
+            key = _changeable(await uow.api_keys.get_for_update(key_id), key_id, now)
             updated = dataclasses.replace(key, **changes)  # type: ignore[arg-type]
             changed = {
                 field: _shown(getattr(updated, field))
@@ -179,7 +193,7 @@ class ApiKeyAdmin:
         token, verifier = new_secret(key_id)
         previous_until = now + previous_valid_for if previous_valid_for else None
         async with self._store.unit_of_work() as uow:
-            key = _live(await uow.api_keys.get(key_id), key_id, now)
+            key = _changeable(await uow.api_keys.get_for_update(key_id), key_id, now)
             rotated = dataclasses.replace(
                 key,
                 secret_hash=verifier,
@@ -204,7 +218,7 @@ class ApiKeyAdmin:
             if errors:
                 raise ValidationFailed(errors)
         async with self._store.unit_of_work() as uow:
-            key = _live(await uow.api_keys.get(key_id), key_id, now)
+            key = _live(await uow.api_keys.get_for_update(key_id), key_id, now)
             expired = dataclasses.replace(key, expires_at=when)
             await uow.api_keys.update(expired)
             await uow.audit.add(_entry(now, caller, "key.expired", key_id, expires_at=_time(when)))
@@ -216,7 +230,7 @@ class ApiKeyAdmin:
         _admin(caller)
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
-            key = _found(await uow.api_keys.get(key_id), key_id)
+            key = _found(await uow.api_keys.get_for_update(key_id), key_id)
             if key.revoked_at is not None:
                 return key  # revoking again changes nothing
             revoked = dataclasses.replace(key, revoked_at=now)
@@ -259,6 +273,8 @@ class ApiKeyAdmin:
 def _admin(caller: Principal) -> None:
     if not caller.is_admin:
         raise Forbidden("Only admin keys may manage API keys.")
+    if caller.via_previous_secret:
+        raise Forbidden("A rotated-out secret may not manage API keys: use the key's current secret.")
 
 
 def _found(key: ApiKey | None, key_id: str) -> ApiKey:
@@ -275,6 +291,16 @@ def _live(key: ApiKey | None, key_id: str, now: datetime) -> ApiKey:
     return found
 
 
+def _changeable(key: ApiKey | None, key_id: str, now: datetime) -> ApiKey:
+    """A live key whose scopes and secret may be changed here: not an edge key."""
+    live = _live(key, key_id, now)
+    if Scope.EDGE in live.scopes:
+        raise Forbidden(
+            "An edge key is changed and rotated with the CLI only; it may be expired or revoked here."
+        )
+    return live
+
+
 def _name_errors(name: str) -> list[FieldError]:
     if not name.strip() or len(name) > MAX_NAME_LENGTH or not name.isprintable():
         return [FieldError("/name", f"1 to {MAX_NAME_LENGTH} printable characters, not only spaces")]
@@ -286,7 +312,13 @@ def _expiry_errors(at: datetime | None, now: datetime, location: str) -> list[Fi
         return []
     if at.tzinfo is None:
         return [FieldError(location, "must carry a time zone offset")]
-    if at <= now:
+    try:
+        in_utc = at.astimezone(UTC)
+    except (OverflowError, ValueError):  # past year 9999 once in UTC
+        in_utc = None
+    if in_utc is None or in_utc > now + MAX_KEY_LIFETIME:
+        return [FieldError(location, f"must be within {MAX_KEY_LIFETIME.days} days from now")]
+    if in_utc <= now:
         return [FieldError(location, "must be in the future (to end a key now, expire it without a time)")]
     return []
 

@@ -284,6 +284,7 @@ class Authenticator:
             api_version=key.api_version,
             plan=key.plan,
             valid_until=valid_until,
+            via_previous_secret=not hmac.compare_digest(verifier, key.secret_hash),
         )
 
 

@@ -103,6 +103,11 @@ class ApiKeyRepository(Protocol):
         expired or not: the caller checks which matched and whether it is still usable."""
         ...
 
+    async def get_for_update(self, key_id: str) -> ApiKey | None:
+        """`get`, and no other transaction changes the key until this one ends (a write unit's
+        read-modify-write: a revocation never lost to a concurrent change)."""
+        ...
+
     async def update(self, key: ApiKey) -> None:
         """Store what may change of the key `key.id`: name, scopes, plan, secret (current and
         previous, with their expiries), revocation."""

@@ -2,7 +2,8 @@
 revoke keys, and read the audit log of these actions. Each handler: read the wire input, call
 one use case (`keel.service.api_key_admin`), map the result.
 
-A key that is not admin is refused (403) before its body is read or anything is looked up. On
+A key that is not admin is refused (403) before anything is looked up (a body that is not
+JSON of the route's shape is refused first, with a 422 that says nothing about keys). On
 an edge (no database of its own), keys are administered on its core: these paths answer 404
 there. Secrets appear only in the answers that create them (`Cache-Control: no-store`)."""
 
@@ -205,7 +206,7 @@ async def get_api_key(key_id: str, caller: Admin, keys: Keys) -> Response:
     "/keys/{key_id}",
     response_model=ApiKeyOut,
     responses=problem_responses(404, body=True),
-    summary="Change an API key's name, scopes or plan; every process applies it within a second (admin)",
+    summary="Change an API key's name, scopes or plan (admin; not an edge key's)",
 )
 async def update_api_key(key_id: str, caller: Admin, keys: Keys, body: ApiKeyUpdate) -> Response:
     updated = await keys.update(caller, key_id, name=body.name, scopes=body.scopes, plan=body.plan)
@@ -242,7 +243,7 @@ async def expire_api_key(
     "/keys/{key_id}",
     status_code=204,
     responses=problem_responses(404),
-    summary="Revoke an API key; every process refuses it within a second (admin)",
+    summary="Revoke an API key (admin)",
 )
 async def revoke_api_key(key_id: str, caller: Admin, keys: Keys) -> Response:
     await keys.revoke(caller, key_id)

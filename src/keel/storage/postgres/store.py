@@ -701,6 +701,11 @@ class PostgresApiKeys:
             )
         return api_key_from_row(tuple(row), _time) if row is not None else None
 
+    async def get_for_update(self, key_id: str) -> ApiKey | None:
+        with self._observer.call("get_api_key"):
+            row = await self._db.fetchrow(_SELECT_API_KEY + " WHERE id = $1 FOR UPDATE", key_id)
+        return api_key_from_row(tuple(row), _time) if row is not None else None
+
     async def update(self, key: ApiKey) -> None:
         with self._observer.call("update_api_key"):
             await self._db.execute(

@@ -512,6 +512,11 @@ class SqliteApiKeys:
                 row = await cursor.fetchone()
         return api_key_from_row(row, _time) if row is not None else None
 
+    async def get_for_update(self, key_id: str) -> ApiKey | None:
+        # A write unit of work holds SQLite's write lock from its start (BEGIN IMMEDIATE): no
+        # other writer runs until it ends.
+        return await self.get(key_id)
+
     async def update(self, key: ApiKey) -> None:
         with self._observer.call("update_api_key"):
             await self._db.execute(

@@ -20,6 +20,7 @@ from opentelemetry.trace import Tracer
 from keel.admission import Admission
 from keel.api.envelope import Exchange, Series
 from keel.api.grpc.server.admission import GrpcAdmission, KeyResolver
+from keel.api.grpc.server.api_keys import ApiKeyServicer
 from keel.api.grpc.server.encoded import passing_encoded
 from keel.api.grpc.server.servicers import CallerServicer, ProfileServicer
 from keel.api.grpc.wire.metadata import CONSISTENCY_TOKEN, REQUEST_ID
@@ -36,6 +37,7 @@ from keel.domain.errors import CapacityReduced, FieldError, KeelError, QuotaExce
 from keel.observability.metrics import Metrics
 from keel.observability.sampled_log import SampledLog
 from keel.resilience.deadline import deadline_in
+from keel.service.api_key_admin import ApiKeyAdmin
 from keel.service.consistency import from_token
 from keel.service.consistency import scope as consistency_scope
 from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
@@ -58,12 +60,15 @@ class GrpcServices(Protocol):
     def tracer(self) -> Tracer: ...
     @property
     def readiness(self) -> Callable[[], Awaitable[tuple[bool, dict[str, str]]]]: ...
+    @property
+    def api_keys(self) -> ApiKeyAdmin | None: ...
 
 
 _log = structlog.get_logger("keel.access")
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["ProfileService"].full_name,
     pb.DESCRIPTOR.services_by_name["CallerService"].full_name,
+    pb.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
 )
 _HEALTH_POLL_SECONDS = 2.0
 # An edge's channel carries many calls at once and is reused for hours: idle means no call at all
@@ -250,6 +255,7 @@ class GrpcServer:
             self.server,
         )
         pb_grpc.add_CallerServiceServicer_to_server(CallerServicer(keys), self.server)
+        pb_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(keel.api_keys), self.server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         if keel.settings.grpc_reflection:  # off in production: callers get UNIMPLEMENTED

@@ -529,3 +529,396 @@ class CallerService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ApiKeyServiceStub:
+    """API keys managed by admin keys, the same use cases as REST's /v1/keys (served by a core).
+    PERMISSION_DENIED for any other key, before anything is looked up. The `edge` scope cannot
+    be given here. Every change to a key applies on every Keel process within about a second
+    (pushed over Redis; without Redis, within the key cache's lifetime).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateApiKey = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/CreateApiKey',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/ListApiKeys',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.GetApiKey = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/GetApiKey',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetApiKeyRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetApiKeyResponse.FromString,
+                _registered_method=True)
+        self.UpdateApiKey = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/UpdateApiKey',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.UpdateApiKeyRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.UpdateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/RotateApiKey',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RotateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ExpireApiKey = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/ExpireApiKey',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ExpireApiKeyRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ExpireApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/RevokeApiKey',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/keel.profiles.v1.ApiKeyService/ListAuditEntries',
+                request_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
+
+
+class ApiKeyServiceServicer:
+    """API keys managed by admin keys, the same use cases as REST's /v1/keys (served by a core).
+    PERMISSION_DENIED for any other key, before anything is looked up. The `edge` scope cannot
+    be given here. Every change to a key applies on every Keel process within about a second
+    (pushed over Redis; without Redis, within the key cache's lifetime).
+    """
+
+    def CreateApiKey(self, request, context):
+        """A new key; its token is in this answer only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Every key, revoked and expired ones included, oldest first; never a secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateApiKey(self, request, context):
+        """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
+        or expired key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """A new token (in this answer only); the one it replaces stays accepted for
+        `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExpireApiKey(self, request, context):
+        """End the key at `expire_time`, or now when unset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """Who did what to which key, and when, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ApiKeyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'GetApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApiKey,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetApiKeyRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.GetApiKeyResponse.SerializeToString,
+            ),
+            'UpdateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApiKey,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.UpdateApiKeyRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.UpdateApiKeyResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RotateApiKeyResponse.SerializeToString,
+            ),
+            'ExpireApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpireApiKey,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ExpireApiKeyRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ExpireApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=keel_dot_profiles_dot_v1_dot_profiles__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'keel.profiles.v1.ApiKeyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('keel.profiles.v1.ApiKeyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ApiKeyService:
+    """API keys managed by admin keys, the same use cases as REST's /v1/keys (served by a core).
+    PERMISSION_DENIED for any other key, before anything is looked up. The `edge` scope cannot
+    be given here. Every change to a key applies on every Keel process within about a second
+    (pushed over Redis; without Redis, within the key cache's lifetime).
+    """
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/CreateApiKey',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.CreateApiKeyRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/ListApiKeys',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.ListApiKeysRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/GetApiKey',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.GetApiKeyRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.GetApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/UpdateApiKey',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.UpdateApiKeyRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.UpdateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/RotateApiKey',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.RotateApiKeyRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.RotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpireApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/ExpireApiKey',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.ExpireApiKeyRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.ExpireApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/RevokeApiKey',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.RevokeApiKeyRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.profiles.v1.ApiKeyService/ListAuditEntries',
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.ListAuditEntriesRequest.SerializeToString,
+            keel_dot_profiles_dot_v1_dot_profiles__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -215,3 +215,136 @@ class CallerServiceServicer(metaclass=_abc_1.ABCMeta):
         """The caller this call's API key stands for."""
 
 def add_CallerServiceServicer_to_server(servicer: CallerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ApiKeyServiceStub:
+    """API keys managed by admin keys, the same use cases as REST's /v1/keys (served by a core).
+    PERMISSION_DENIED for any other key, before anything is looked up. The `edge` scope cannot
+    be given here. Every change to a key applies on every Keel process within about a second
+    (pushed over Redis; without Redis, within the key cache's lifetime).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ApiKeyServiceAsyncStub: ...
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.CreateApiKeyRequest, _profiles_pb2.CreateApiKeyResponse]
+    """A new key; its token is in this answer only."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ListApiKeysRequest, _profiles_pb2.ListApiKeysResponse]
+    """Every key, revoked and expired ones included, oldest first; never a secret."""
+    GetApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.GetApiKeyRequest, _profiles_pb2.GetApiKeyResponse]
+    UpdateApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.UpdateApiKeyRequest, _profiles_pb2.UpdateApiKeyResponse]
+    """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
+    or expired key.
+    """
+    RotateApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.RotateApiKeyRequest, _profiles_pb2.RotateApiKeyResponse]
+    """A new token (in this answer only); the one it replaces stays accepted for
+    `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+    """
+    ExpireApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ExpireApiKeyRequest, _profiles_pb2.ExpireApiKeyResponse]
+    """End the key at `expire_time`, or now when unset."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.RevokeApiKeyRequest, _profiles_pb2.RevokeApiKeyResponse]
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ListAuditEntriesRequest, _profiles_pb2.ListAuditEntriesResponse]
+    """Who did what to which key, and when, newest first."""
+
+@_typing.type_check_only
+class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
+    """API keys managed by admin keys, the same use cases as REST's /v1/keys (served by a core).
+    PERMISSION_DENIED for any other key, before anything is looked up. The `edge` scope cannot
+    be given here. Every change to a key applies on every Keel process within about a second
+    (pushed over Redis; without Redis, within the key cache's lifetime).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.CreateApiKeyRequest, _profiles_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """A new key; its token is in this answer only."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ListApiKeysRequest, _profiles_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Every key, revoked and expired ones included, oldest first; never a secret."""
+    GetApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.GetApiKeyRequest, _profiles_pb2.GetApiKeyResponse]  # type: ignore[assignment]
+    UpdateApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.UpdateApiKeyRequest, _profiles_pb2.UpdateApiKeyResponse]  # type: ignore[assignment]
+    """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
+    or expired key.
+    """
+    RotateApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.RotateApiKeyRequest, _profiles_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
+    """A new token (in this answer only); the one it replaces stays accepted for
+    `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+    """
+    ExpireApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ExpireApiKeyRequest, _profiles_pb2.ExpireApiKeyResponse]  # type: ignore[assignment]
+    """End the key at `expire_time`, or now when unset."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.RevokeApiKeyRequest, _profiles_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ListAuditEntriesRequest, _profiles_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    """Who did what to which key, and when, newest first."""
+
+class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """API keys managed by admin keys, the same use cases as REST's /v1/keys (served by a core).
+    PERMISSION_DENIED for any other key, before anything is looked up. The `edge` scope cannot
+    be given here. Every change to a key applies on every Keel process within about a second
+    (pushed over Redis; without Redis, within the key cache's lifetime).
+    """
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _profiles_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.CreateApiKeyResponse, _abc.Awaitable[_profiles_pb2.CreateApiKeyResponse]]:
+        """A new key; its token is in this answer only."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _profiles_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.ListApiKeysResponse, _abc.Awaitable[_profiles_pb2.ListApiKeysResponse]]:
+        """Every key, revoked and expired ones included, oldest first; never a secret."""
+
+    @_abc_1.abstractmethod
+    def GetApiKey(
+        self,
+        request: _profiles_pb2.GetApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.GetApiKeyResponse, _abc.Awaitable[_profiles_pb2.GetApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateApiKey(
+        self,
+        request: _profiles_pb2.UpdateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.UpdateApiKeyResponse, _abc.Awaitable[_profiles_pb2.UpdateApiKeyResponse]]:
+        """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
+        or expired key.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateApiKey(
+        self,
+        request: _profiles_pb2.RotateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.RotateApiKeyResponse, _abc.Awaitable[_profiles_pb2.RotateApiKeyResponse]]:
+        """A new token (in this answer only); the one it replaces stays accepted for
+        `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+        """
+
+    @_abc_1.abstractmethod
+    def ExpireApiKey(
+        self,
+        request: _profiles_pb2.ExpireApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.ExpireApiKeyResponse, _abc.Awaitable[_profiles_pb2.ExpireApiKeyResponse]]:
+        """End the key at `expire_time`, or now when unset."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _profiles_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.RevokeApiKeyResponse, _abc.Awaitable[_profiles_pb2.RevokeApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _profiles_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.ListAuditEntriesResponse, _abc.Awaitable[_profiles_pb2.ListAuditEntriesResponse]]:
+        """Who did what to which key, and when, newest first."""
+
+def add_ApiKeyServiceServicer_to_server(servicer: ApiKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
