@@ -128,10 +128,9 @@ def keel_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", "from keel.cli import main; main()", *args]
 
 
-def keel_output(env: dict[str, str], *args: str, timeout: float = 60.0) -> str:
-    """Run `keel *args` with `env` to completion; its stdout. RuntimeError with its stderr when
-    it fails (a migration, a key created for a test or a benchmark)."""
-    done = subprocess.run(
+def keel_run(env: dict[str, str], *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run `keel *args` with `env` to completion, whatever its exit status (text output)."""
+    return subprocess.run(
         [sys.executable, "-m", "keel", *args],
         env=env,
         capture_output=True,
@@ -139,6 +138,12 @@ def keel_output(env: dict[str, str], *args: str, timeout: float = 60.0) -> str:
         timeout=timeout,
         check=False,
     )
+
+
+def keel_output(env: dict[str, str], *args: str, timeout: float = 60.0) -> str:
+    """Run `keel *args` with `env` to completion; its stdout. RuntimeError with its stderr when
+    it fails (a migration, a key created for a test or a benchmark)."""
+    done = keel_run(env, *args, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"keel {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
     return done.stdout

@@ -17,6 +17,7 @@ from keel.domain.profile import JSONObject
 
 if TYPE_CHECKING:
     from keel.bootstrap.container import Services
+    from keel.storage.residency_audit import ForeignRows
 
 app = typer.Typer(help="Keel: user profiles as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -31,6 +32,8 @@ webhooks_app = typer.Typer(
 app.add_typer(webhooks_app, name="webhooks")
 ratelimit_app = typer.Typer(help="The fleet-wide rate-limit kill switch (on Redis).", no_args_is_help=True)
 app.add_typer(ratelimit_app, name="ratelimit")
+residency_app = typer.Typer(help="Regional data residency (docs/residency.md).", no_args_is_help=True)
+app.add_typer(residency_app, name="residency")
 
 
 @app.command()
@@ -564,6 +567,57 @@ class _ProgressDrawer:
         if self._tty and self._last:
             sys.stderr.write("\n")
             self._last = 0.0
+
+
+@residency_app.command("audit")
+def residency_audit(
+    store: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--store",
+            help="REGION=DATABASE_URL, once per region; absent: KEEL_REGION's KEEL_DATABASE_URL.",
+        ),
+    ] = None,
+) -> None:
+    """Report any row of another region's profile in each region's database (expected: none).
+    Exits 1 when something is found, 2 when a store cannot be read."""
+    from keel.domain.ids import REGION_PATTERN
+
+    settings = Settings()
+    stores: list[tuple[str, Settings]] = []
+    for entry in store or []:
+        region, equals, url = entry.partition("=")
+        if not equals or not REGION_PATTERN.fullmatch(region) or not url:
+            raise typer.BadParameter(f"{entry!r}: REGION=DATABASE_URL")
+        stores.append((region, settings.model_copy(update={"database_url": url, "region": region})))
+    if not stores:
+        stores.append((settings.region, settings))
+    found_any = False
+    for region, chosen in stores:
+        where = f"region {region} ({chosen.redacted_database_url()})"
+        try:
+            found = asyncio.run(_foreign_rows(chosen, region))
+        except Exception as error:  # noqa: BLE001 - any failure to read a store is reported, not a traceback
+            typer.echo(f"keel: {where}: could not be read: {type(error).__name__}: {error}", err=True)
+            raise typer.Exit(2) from None
+        if not found:
+            typer.echo(f"{where}: nothing of another region")
+            continue
+        found_any = True
+        for rows in found:
+            shown = ", ".join(f"{value} ({home})" for value, home in rows.sample)
+            typer.echo(
+                f"{where}: {rows.table}.{rows.column}: {rows.count} rows of other regions, e.g. {shown}"
+            )
+    if found_any:
+        raise typer.Exit(1)
+
+
+async def _foreign_rows(settings: Settings, region: str) -> list[ForeignRows]:
+    from keel.bootstrap.core import operator_store
+
+    async with operator_store(settings) as opened, opened.unit_of_work(read_only=True) as uow:
+        return await uow.residency.foreign_rows(region)
 
 
 @ratelimit_app.command("off")

@@ -3,11 +3,12 @@ and the key lookups."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -77,6 +78,25 @@ async def open_unregistered_store(
     """The configured database for a command that serves nothing (the layout migrator): it
     follows the layout record but is not a node any migration waits on."""
     return await _open_sql_store(settings, observer, node_id=None)
+
+
+@contextlib.asynccontextmanager
+async def operator_store(settings: Settings) -> AsyncIterator[PostgresStore | SqliteStore]:
+    """The configured database for an operator's command (`keel layout`, `keel residency`):
+    registered as no serving node, its spans exported nowhere; closed at the end."""
+    from keel.observability.tracing import build_tracer_provider, tracer_from
+
+    provider = build_tracer_provider(
+        exporter="none", sampling_ratio=0.0, otlp_endpoint=None, service_name=settings.service_name
+    )
+    observer = DatabaseObserver(
+        Metrics(), tracer_from(provider), "postgresql" if settings.uses_postgres else "sqlite"
+    )
+    store = await open_unregistered_store(settings, observer)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def _open_sql_store(

@@ -10,11 +10,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from keel.bootstrap.core import open_unregistered_store
+from keel.bootstrap.core import operator_store
 from keel.config import Settings
-from keel.observability.database import DatabaseObserver
-from keel.observability.metrics import Metrics
-from keel.observability.tracing import build_tracer_provider, tracer_from
 from keel.storage.layout_migration import LayoutMigrator, Report
 from keel.storage.migrator_lock import postgres_migrator_lock, sqlite_migrator_lock
 
@@ -59,19 +56,10 @@ async def _with_migrator(
     # Statements of a migration (counts, deleting a layout in batches) may take longer than a
     # request's: a bound of minutes, not the serving node's seconds.
     settings = settings.model_copy(update={"db_command_timeout_seconds": MIGRATOR_COMMAND_TIMEOUT_S})
-    provider = build_tracer_provider(
-        exporter="none", sampling_ratio=0.0, otlp_endpoint=None, service_name=settings.service_name
-    )
-    observer = DatabaseObserver(
-        Metrics(), tracer_from(provider), "postgresql" if settings.uses_postgres else "sqlite"
-    )
-    store = await open_unregistered_store(settings, observer)
-    try:
+    async with operator_store(settings) as store:
         # SQLite: a pause between batches lets the serving nodes' writers in (see LayoutMigrator).
         pause_s = 0.0 if settings.uses_postgres else SQLITE_BATCH_PAUSE_S
         migrator = LayoutMigrator(
             store, batch=batch, rows_per_second=rows_per_second, pause_s=pause_s, report=report
         )
         return await work(migrator)
-    finally:
-        await store.close()

@@ -31,6 +31,7 @@ from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSag
 from keel.storage.postgres.documents import PostgresDocumentProfiles
 from keel.storage.postgres.replicas import ACQUIRE_SECONDS, PRIMARY_POSITION, Replica, Replicas, open_replicas
 from keel.storage.postgres.webhooks import PostgresWebhooks
+from keel.storage.residency_audit import SqlResidencyAudit
 from keel.storage.rows import (
     API_KEY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
@@ -361,6 +362,7 @@ class PostgresUnitOfWork:
         self.idempotency = PostgresIdempotency(connection, self._observer)
         self.api_keys = PostgresApiKeys(connection, self._observer)
         self.audit = SqlAuditLog(session, self._observer)
+        self.residency = SqlResidencyAudit(session, self._observer)
         self.outbox = PostgresOutbox(connection, self._observer)
         self.webhooks = PostgresWebhooks(connection, self._observer)
         self.personal_data = SqlPersonalData(session, self._observer)

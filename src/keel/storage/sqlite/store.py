@@ -32,6 +32,7 @@ from keel.storage.layout_records import LayoutReading, SqlLayoutRecords
 from keel.storage.layout_view import LayoutProfiles, LayoutView
 from keel.storage.layouts import RECORD_NAME, Layout, LayoutRecord, missing_record, record_from_row
 from keel.storage.personal_data import SqlErasureAcknowledgements, SqlErasureSagas, SqlPersonalData
+from keel.storage.residency_audit import SqlResidencyAudit
 from keel.storage.rows import (
     API_KEY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
@@ -199,6 +200,7 @@ class SqliteUnitOfWork:
         self.idempotency = SqliteIdempotency(self._connection, store.observer)
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
         self.audit = SqlAuditLog(session, store.observer)
+        self.residency = SqlResidencyAudit(session, store.observer)
         self.outbox = SqliteOutbox(self._connection, store.observer)
         self.webhooks = SqliteWebhooks(self._connection, store.observer)
         self.personal_data = SqlPersonalData(session, store.observer)
