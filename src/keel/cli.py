@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from keel.config import Settings
+from keel.config import Settings, redacted_text
 from keel.domain.api_keys import ApiKey, Scope
 from keel.domain.profile import JSONObject
 
@@ -575,31 +577,30 @@ def residency_audit(
         list[str] | None,
         typer.Option(
             "--store",
-            help="REGION=DATABASE_URL, once per region; absent: KEEL_REGION's KEEL_DATABASE_URL.",
+            help="REGION=DATABASE_URL or REGION=env:VARIABLE (keeps a password out of the process "
+            "list), once per region; absent: KEEL_REGION's KEEL_DATABASE_URL.",
         ),
     ] = None,
 ) -> None:
     """Report any row of another region's profile in each region's database (expected: none).
-    Exits 1 when something is found, 2 when a store cannot be read."""
-    from keel.domain.ids import REGION_PATTERN
+    Every store is audited; exits 2 when one could not be read, else 1 when something was
+    found, else 0."""
+    from keel.bootstrap.layout import MIGRATOR_COMMAND_TIMEOUT_S
 
     settings = Settings()
-    stores: list[tuple[str, Settings]] = []
-    for entry in store or []:
-        region, equals, url = entry.partition("=")
-        if not equals or not REGION_PATTERN.fullmatch(region) or not url:
-            raise typer.BadParameter(f"{entry!r}: REGION=DATABASE_URL")
-        stores.append((region, settings.model_copy(update={"database_url": url, "region": region})))
-    if not stores:
-        stores.append((settings.region, settings))
-    found_any = False
+    stores = [_audited_store(entry, settings) for entry in store or []] or [(settings.region, settings)]
+    found_any = unreadable = False
     for region, chosen in stores:
+        # Whole-table scans: a bound of minutes, as the layout commands have, not a request's.
+        chosen = chosen.model_copy(update={"db_command_timeout_seconds": MIGRATOR_COMMAND_TIMEOUT_S})
         where = f"region {region} ({chosen.redacted_database_url()})"
         try:
             found = asyncio.run(_foreign_rows(chosen, region))
         except Exception as error:  # noqa: BLE001 - any failure to read a store is reported, not a traceback
-            typer.echo(f"keel: {where}: could not be read: {type(error).__name__}: {error}", err=True)
-            raise typer.Exit(2) from None
+            message = redacted_text(str(error), chosen.database_url)
+            typer.echo(f"keel: {where}: could not be read: {type(error).__name__}: {message}", err=True)
+            unreadable = True
+            continue
         if not found:
             typer.echo(f"{where}: nothing of another region")
             continue
@@ -609,8 +610,29 @@ def residency_audit(
             typer.echo(
                 f"{where}: {rows.table}.{rows.column}: {rows.count} rows of other regions, e.g. {shown}"
             )
+    if unreadable:
+        raise typer.Exit(2)
     if found_any:
         raise typer.Exit(1)
+
+
+def _audited_store(entry: str, settings: Settings) -> tuple[str, Settings]:
+    """`REGION=URL` or `REGION=env:VARIABLE` as the region and the settings to open its store
+    with; a usage error (exit 2) for anything else, before any store is touched (a mistyped
+    SQLite path is not created)."""
+    from keel.domain.ids import REGION_PATTERN
+
+    region, equals, url = entry.partition("=")
+    if url.startswith("env:"):
+        url = os.environ.get(url.removeprefix("env:"), "")
+    if not equals or not REGION_PATTERN.fullmatch(region) or not url:
+        raise typer.BadParameter(f"{entry!r}: REGION=DATABASE_URL or REGION=env:VARIABLE")
+    if url.startswith("sqlite:///"):
+        if not Path(url.removeprefix("sqlite:///")).is_file():
+            raise typer.BadParameter(f"{region}: no SQLite database at {url.removeprefix('sqlite:///')}")
+    elif not url.startswith(("postgresql://", "postgres://")):
+        raise typer.BadParameter(f"{region}: a sqlite:/// or postgresql:// URL")
+    return region, settings.model_copy(update={"database_url": url, "region": region})
 
 
 async def _foreign_rows(settings: Settings, region: str) -> list[ForeignRows]:

@@ -536,9 +536,37 @@ class Settings(BaseSettings):
 
     def redacted_database_url(self) -> str:
         """The database URL without its password, for log lines and error messages."""
-        scheme, _, rest = self.database_url.partition("://")
-        credentials, at, host = rest.rpartition("@")
-        if not at:
-            return self.database_url
+        return redacted_url(self.database_url)
+
+
+# Query parameters of a database URL that carry a secret (libpq's and asyncpg's names).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword", "passfile"})
+
+
+def redacted_url(url: str) -> str:
+    """`url` with every password in it as `***`: in the user information
+    (`postgresql://keel:***@db/keel`) and in the query (`?password=***`)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    location, question, query = rest.partition("?")
+    credentials, at, host = location.rpartition("@")
+    if at:
         user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
+        location = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
+    if question:
+        parts = []
+        for part in query.split("&"):
+            name, equals, _ = part.partition("=")
+            parts.append(f"{name}=***" if equals and name.lower() in _SECRET_PARAMETERS else part)
+        query = "&".join(parts)
+    return f"{scheme}://{location}{question}{query}"
+
+
+def redacted_text(text: str, url: str) -> str:
+    """`text` (a driver's error message, say), unless `url` carries a password: then a note
+    instead, since a driver may quote any part of a malformed URL (`'w0rd@db'` from a password
+    with an unencoded `@`), which no search for the whole password would find."""
+    if redacted_url(url) != url:
+        return "(the message is withheld: the URL carries a password)"
+    return text

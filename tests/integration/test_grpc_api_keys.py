@@ -164,7 +164,9 @@ async def test_any_other_key_is_refused_before_its_request_is_read(core: tuple[S
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_bad_input_is_invalid_argument_naming_the_field(core: tuple[Services, GrpcServer]) -> None:
+async def test_bad_input_is_invalid_argument_naming_this_services_field(
+    core: tuple[Services, GrpcServer],
+) -> None:
     keel, server = core
     admin = _auth(await _token(keel, Scope.ADMIN))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -172,7 +174,24 @@ async def test_bad_input_is_invalid_argument_naming_the_field(core: tuple[Servic
         created = await keys.CreateApiKey(
             pb.CreateApiKeyRequest(name="k", scopes=["profiles:read"]), metadata=admin
         )
+        past = pb.ExpireApiKeyRequest(id=created.api_key.id)
+        past.expire_time.FromSeconds(1)  # 1970: not in the future
         cases: list[tuple[Awaitable[object], str]] = [
+            (keys.ExpireApiKey(past, metadata=admin), "/expire_time"),
+            (keys.ListAuditEntries(pb.ListAuditEntriesRequest(page_size=1000), metadata=admin), "/page_size"),
+            (
+                keys.ListAuditEntries(pb.ListAuditEntriesRequest(api_key_id="x" * 100), metadata=admin),
+                "/api_key_id",
+            ),
+            (
+                keys.UpdateApiKey(
+                    pb.UpdateApiKeyRequest(
+                        api_key=pb.ApiKey(id=created.api_key.id), update_mask=FieldMask(paths=["name"])
+                    ),
+                    metadata=admin,
+                ),
+                "/api_key/name",
+            ),
             (keys.CreateApiKey(pb.CreateApiKeyRequest(name="e", scopes=["edge"]), metadata=admin), "/scopes"),
             (keys.CreateApiKey(pb.CreateApiKeyRequest(name="", scopes=["admin"]), metadata=admin), "/name"),
             (
@@ -211,3 +230,37 @@ async def test_bad_input_is_invalid_argument_naming_the_field(core: tuple[Servic
             assert _fields(details) == [field]
         code, _ = await _code(keys.GetApiKey(pb.GetApiKeyRequest(id="aaaaaaaaaaaaaaaa"), metadata=admin))
         assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_malformed_id_names_no_key(core: tuple[Services, GrpcServer]) -> None:
+    """Not looked up (a NUL byte is not even text PostgreSQL accepts): NOT_FOUND."""
+    keel, server = core
+    admin = _auth(await _token(keel, Scope.ADMIN))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        keys = pb_grpc.ApiKeyServiceStub(channel)
+        for malformed in ("", "\x00" * 16, "A" * 16, "a" * 10_000):
+            code, _ = await _code(keys.GetApiKey(pb.GetApiKeyRequest(id=malformed), metadata=admin))
+            assert code == grpc.StatusCode.NOT_FOUND, malformed[:20]
+
+
+async def test_a_rotated_out_admin_secret_is_refused_before_its_request_is_read(
+    core: tuple[Services, GrpcServer],
+) -> None:
+    keel, server = core
+    admin_token = await _token(keel, Scope.ADMIN)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        keys = pb_grpc.ApiKeyServiceStub(channel)
+        own_id = admin_token.split("_")[1]
+        await keys.RotateApiKey(
+            pb.RotateApiKeyRequest(id=own_id, previous_secret_valid_seconds=3600), metadata=_auth(admin_token)
+        )
+        old = _auth(admin_token)  # still accepted for an hour, but manages nothing
+        for call in (
+            keys.UpdateApiKey(pb.UpdateApiKeyRequest(update_mask=FieldMask(paths=["secret"])), metadata=old),
+            keys.RotateApiKey(
+                pb.RotateApiKeyRequest(id=own_id, previous_secret_valid_seconds=-1), metadata=old
+            ),
+            keys.ListApiKeys(pb.ListApiKeysRequest(), metadata=old),
+        ):
+            code, _ = await _code(call)
+            assert code == grpc.StatusCode.PERMISSION_DENIED

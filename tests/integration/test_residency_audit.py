@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,45 @@ def test_several_regions_are_audited_each_against_its_own(tmp_path: Path) -> Non
     assert swapped.returncode == 1
     bad = keel_run(_env(eu, "eu1"), "residency", "audit", "--store", "EU=nowhere")
     assert bad.returncode == 2  # a usage error, not an audit
-    unreadable = keel_run(
-        _env(eu, "eu1"), "residency", "audit", "--store", f"eu1=sqlite:///{tmp_path / 'none' / 'x.db'}"
+    missing = tmp_path / "none" / "x.db"
+    assert (
+        keel_run(_env(eu, "eu1"), "residency", "audit", "--store", f"eu1=sqlite:///{missing}").returncode == 2
     )
-    assert unreadable.returncode == 2
-    assert "could not be read" in unreadable.stderr
+    assert not missing.parent.exists()  # a mistyped path is not created
+    # Every store is audited: one unreadable (not a database), one with findings; exit 2.
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a database" * 100)
+    mixed = keel_run(
+        {**_env(eu, "eu1"), "US_DATABASE": eu},
+        "residency",
+        "audit",
+        "--store",
+        f"eu1=sqlite:///{garbage}",
+        "--store",
+        "us1=env:US_DATABASE",  # eu1's database, audited as us1's: its profiles are foreign
+    )
+    assert mixed.returncode == 2, mixed.stdout + mixed.stderr
+    assert "could not be read" in mixed.stderr
+    assert "profiles.id" in mixed.stdout
+
+
+def test_a_stored_outcome_of_another_regions_profile_is_found(tmp_path: Path) -> None:
+    """An idempotency record keeps a create's answer, a whole profile, for a day."""
+    url = f"sqlite:///{tmp_path / 'eu1.sqlite3'}"
+    migrate(url)
+    with sqlite3.connect(tmp_path / "eu1.sqlite3") as connection:
+        connection.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, state, outcome, locked_until, expires_at)"
+            " VALUES ('k', 'create-1', 'f', 'completed', ?, ?, ?)",
+            (
+                '{"status": 201, "id": "us1_01M977N90FNC0XW4XT2ZE1XM79", "handle": "ada"}',
+                "2026-12-07T00:00:00+00:00",
+                "2999-01-01T00:00:00+00:00",
+            ),
+        )
+    found = keel_run(_env(url, "eu1"), "residency", "audit")
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert (
+        "idempotency_keys.outcome: 1 rows of other regions, e.g. us1_01M977N90FNC0XW4XT2ZE1XM79 (us1)"
+        in found.stdout
+    )

@@ -20,6 +20,7 @@ acting at once, or a revocation from the CLI, never undo each other.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +40,7 @@ MAX_KEY_LIFETIME = timedelta(days=3650)
 MAX_AUDIT_PAGE = 500
 MAX_AUDIT_SEQ = 2**31 - 1  # `admin_audit.seq` is a 32-bit integer on PostgreSQL
 GRANTABLE_SCOPES = frozenset(Scope) - {Scope.EDGE}
+_KEY_ID = re.compile(r"[a-z2-7]{16}")
 
 
 class ApiKeyAdmin:
@@ -70,24 +72,26 @@ class ApiKeyAdmin:
     # ------------------------------------------------------------------------------ reads
 
     async def list_keys(self, caller: Principal) -> list[ApiKey]:
-        _admin(caller)
+        ensure_admin(caller)
         async with self._store.unit_of_work(read_only=True) as uow:
             return await uow.api_keys.list_all()
 
     async def get_key(self, caller: Principal, key_id: str) -> ApiKey:
-        _admin(caller)
+        ensure_admin(caller)
         async with self._store.unit_of_work(read_only=True) as uow:
-            return _found(await uow.api_keys.get(key_id), key_id)
+            return _found(await uow.api_keys.get(_key_id(key_id)), key_id)
 
     async def audit(
         self, caller: Principal, *, limit: int, before: int | None = None, key_id: str | None = None
     ) -> list[AuditEntry]:
         """Newest first; `before`: the `seq` of the last entry of the previous page."""
-        _admin(caller)
+        ensure_admin(caller)
         if not 1 <= limit <= MAX_AUDIT_PAGE:
             raise ValidationFailed([FieldError("/limit", f"must be 1 to {MAX_AUDIT_PAGE}")])
         if before is not None and not 1 <= before <= MAX_AUDIT_SEQ:
             raise ValidationFailed([FieldError("/before", f"must be 1 to {MAX_AUDIT_SEQ}")])
+        if key_id is not None and not _KEY_ID.fullmatch(key_id):
+            raise ValidationFailed([FieldError("/key_id", "an API key id: 16 of a-z and 2-7")])
         async with self._store.unit_of_work(read_only=True) as uow:
             return await uow.audit.entries(limit=limit, before=before, subject=key_id)
 
@@ -103,7 +107,7 @@ class ApiKeyAdmin:
         api_version: str | None = None,
         expires_at: datetime | None = None,
     ) -> IssuedKey:
-        _admin(caller)
+        ensure_admin(caller)
         now = self._clock.now()
         granted = self._scopes(scopes)
         chosen_plan = self._plan(plan if plan is not None else self._default_plan)
@@ -146,7 +150,7 @@ class ApiKeyAdmin:
         plan: str | None = None,
     ) -> ApiKey:
         """Change what is given; the rest stays."""
-        _admin(caller)
+        ensure_admin(caller)
         if name is None and scopes is None and plan is None:
             raise ValidationFailed([FieldError("", "nothing to change: give name, scopes or plan")])
         changes: dict[str, object] = {}
@@ -161,7 +165,7 @@ class ApiKeyAdmin:
             changes["plan"] = self._plan(plan)
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
-            key = _changeable(await uow.api_keys.get_for_update(key_id), key_id, now)
+            key = _changeable(await uow.api_keys.get_for_update(_key_id(key_id)), key_id, now)
             updated = dataclasses.replace(key, **changes)  # type: ignore[arg-type]
             changed = {
                 field: _shown(getattr(updated, field))
@@ -179,7 +183,7 @@ class ApiKeyAdmin:
     async def rotate(self, caller: Principal, key_id: str, *, previous_valid_for: timedelta) -> IssuedKey:
         """A new secret; the current one stays accepted for `previous_valid_for` (zero: no
         longer), and a secret an earlier rotation left accepted stops at once."""
-        _admin(caller)
+        ensure_admin(caller)
         if not timedelta(0) <= previous_valid_for <= MAX_PREVIOUS_SECRET_LIFETIME:
             raise ValidationFailed(
                 [
@@ -193,7 +197,7 @@ class ApiKeyAdmin:
         token, verifier = new_secret(key_id)
         previous_until = now + previous_valid_for if previous_valid_for else None
         async with self._store.unit_of_work() as uow:
-            key = _changeable(await uow.api_keys.get_for_update(key_id), key_id, now)
+            key = _changeable(await uow.api_keys.get_for_update(_key_id(key_id)), key_id, now)
             rotated = dataclasses.replace(
                 key,
                 secret_hash=verifier,
@@ -210,7 +214,7 @@ class ApiKeyAdmin:
 
     async def expire(self, caller: Principal, key_id: str, *, at: datetime | None = None) -> ApiKey:
         """The key stops working at `at` (None: now); an expiry already set is replaced."""
-        _admin(caller)
+        ensure_admin(caller)
         now = self._clock.now()
         when = now if at is None else at
         if at is not None:
@@ -218,7 +222,7 @@ class ApiKeyAdmin:
             if errors:
                 raise ValidationFailed(errors)
         async with self._store.unit_of_work() as uow:
-            key = _live(await uow.api_keys.get_for_update(key_id), key_id, now)
+            key = _live(await uow.api_keys.get_for_update(_key_id(key_id)), key_id, now)
             expired = dataclasses.replace(key, expires_at=when)
             await uow.api_keys.update(expired)
             await uow.audit.add(_entry(now, caller, "key.expired", key_id, expires_at=_time(when)))
@@ -227,10 +231,10 @@ class ApiKeyAdmin:
         return expired
 
     async def revoke(self, caller: Principal, key_id: str) -> ApiKey:
-        _admin(caller)
+        ensure_admin(caller)
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
-            key = _found(await uow.api_keys.get_for_update(key_id), key_id)
+            key = _found(await uow.api_keys.get_for_update(_key_id(key_id)), key_id)
             if key.revoked_at is not None:
                 return key  # revoking again changes nothing
             revoked = dataclasses.replace(key, revoked_at=now)
@@ -270,11 +274,20 @@ class ApiKeyAdmin:
         return plan
 
 
-def _admin(caller: Principal) -> None:
+def ensure_admin(caller: Principal) -> None:
+    """Refused unless an admin key's current secret: what every action here checks first."""
     if not caller.is_admin:
         raise Forbidden("Only admin keys may manage API keys.")
     if caller.via_previous_secret:
         raise Forbidden("A rotated-out secret may not manage API keys: use the key's current secret.")
+
+
+def _key_id(key_id: str) -> str:
+    """An API key id as issued (16 of a-z and 2-7); anything else names no key, and is not
+    looked up (a NUL byte is not even valid text for PostgreSQL)."""
+    if not _KEY_ID.fullmatch(key_id):
+        raise NotFound(f"No API key {key_id[:32]!r}.")
+    return key_id
 
 
 def _found(key: ApiKey | None, key_id: str) -> ApiKey:

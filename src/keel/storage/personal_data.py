@@ -177,7 +177,7 @@ class SqlPersonalData:
         records = [idempotency_record_from_row(tuple(row), self._db.parse_time) for row in rows]
         # The text search narrows; the outcome's own id decides (an attribute of another
         # profile may mention this id).
-        return [r for r in records if _outcome_profile_id(r.outcome) == profile_id]
+        return [r for r in records if outcome_profile_id(r.outcome) == profile_id]
 
     async def remove(self, profile_id: str, at: datetime, cause: TombstoneCause) -> int | None:
         db = self._db
@@ -281,7 +281,8 @@ class SqlPersonalData:
         return [str(row[0]) for row in rows]
 
 
-def _outcome_profile_id(outcome: str | None) -> str | None:
+def outcome_profile_id(outcome: str | None) -> str | None:
+    """The id of the profile an idempotency record's stored outcome is (None: not a profile)."""
     try:
         document = json.loads(outcome) if outcome is not None else None
     except ValueError:

@@ -4,7 +4,8 @@ database holds only its own profiles (docs/residency.md); expected: nothing foun
 
 The same SQL on both databases, through `SqlSession`: every column that holds a profile id, in
 both storage layouts, the outbox's events and the webhook deliveries' (by subject: a key's events
-have key ids as subjects, which have no `_`), the erasures and the tombstones.
+have key ids as subjects, which have no `_`), the erasures and the tombstones; and the
+idempotency records, whose stored outcome is a whole profile (its id read from the outcome).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from keel.domain.ids import is_profile_id, region_of
 from keel.observability.database import DatabaseObserver
-from keel.storage.personal_data import SqlSession
+from keel.storage.personal_data import SqlSession, outcome_profile_id
 
 # (table, column holding a profile id, or a subject that may be one)
 PROFILE_ID_COLUMNS = (
@@ -71,4 +72,18 @@ class SqlResidencyAudit:
                     for value in (str(r[0]) for r in rows)
                 )
                 found.append(ForeignRows(table, column, count, sample))
+        records = await self._foreign_outcomes(region)
+        if records:
+            found.append(ForeignRows("idempotency_keys", "outcome", len(records), tuple(records[:SAMPLE])))
         return found
+
+    async def _foreign_outcomes(self, region: str) -> list[tuple[str, str]]:
+        """Stored outcomes (kept for a day) that are profiles of other regions."""
+        with self._observer.call("residency_audit"):
+            rows = await self._db.fetch("SELECT outcome FROM idempotency_keys WHERE outcome IS NOT NULL")
+        foreign = []
+        for row in rows:
+            profile_id = outcome_profile_id(str(row[0]))
+            if profile_id is not None and is_profile_id(profile_id) and region_of(profile_id) != region:
+                foreign.append((profile_id, region_of(profile_id)))
+        return sorted(foreign)

@@ -5,7 +5,9 @@ looked up, and before the request's fields are read."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,8 +17,8 @@ from keel.api.grpc.server.admission import caller
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
 from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.domain.api_keys import ApiKey, AuditEntry, Principal
-from keel.domain.errors import FieldError, Forbidden, NotFound, ValidationFailed
-from keel.service.api_key_admin import ApiKeyAdmin
+from keel.domain.errors import FieldError, NotFound, ValidationFailed
+from keel.service.api_key_admin import ApiKeyAdmin, ensure_admin
 
 Context = ServicerContext[object, object]
 _UPDATABLE = ("name", "scopes", "plan")
@@ -32,8 +34,7 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer):
     def _admin(self) -> tuple[ApiKeyAdmin, Principal]:
         """The use cases and the caller, refused unless admin before anything else is read."""
         principal = caller()
-        if not principal.is_admin:
-            raise Forbidden("Only admin keys may manage API keys.")
+        ensure_admin(principal)
         if self._keys is None:
             raise NotFound("API keys are administered on a core.")
         return self._keys, principal
@@ -42,14 +43,15 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
         keys, principal = self._admin()
-        issued = await keys.create(
-            principal,
-            name=request.name,
-            scopes=list(request.scopes),
-            plan=request.plan or None,
-            api_version=request.api_version or None,
-            expires_at=_time_or_none(request, "expire_time"),
-        )
+        with _as_in_proto({"/expires_at": "/expire_time"}):
+            issued = await keys.create(
+                principal,
+                name=request.name,
+                scopes=list(request.scopes),
+                plan=request.plan or None,
+                api_version=request.api_version or None,
+                expires_at=_time_or_none(request, "expire_time"),
+            )
         return pb.CreateApiKeyResponse(api_key=api_key_message(issued.key, keys.now()), token=issued.token)
 
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Context) -> pb.ListApiKeysResponse:
@@ -80,13 +82,14 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer):
                 ]
             )
         given = request.api_key
-        updated = await keys.update(
-            principal,
-            given.id,
-            name=given.name if "name" in paths else None,
-            scopes=list(given.scopes) if "scopes" in paths else None,
-            plan=given.plan if "plan" in paths else None,
-        )
+        with _as_in_proto({"/name": "/api_key/name", "/scopes": "/api_key/scopes", "/plan": "/api_key/plan"}):
+            updated = await keys.update(
+                principal,
+                given.id,
+                name=given.name if "name" in paths else None,
+                scopes=list(given.scopes) if "scopes" in paths else None,
+                plan=given.plan if "plan" in paths else None,
+            )
         return pb.UpdateApiKeyResponse(api_key=api_key_message(updated, keys.now()))
 
     async def RotateApiKey(
@@ -105,7 +108,8 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer):
         self, request: pb.ExpireApiKeyRequest, context: Context
     ) -> pb.ExpireApiKeyResponse:
         keys, principal = self._admin()
-        expired = await keys.expire(principal, request.id, at=_time_or_none(request, "expire_time"))
+        with _as_in_proto({"/at": "/expire_time"}):
+            expired = await keys.expire(principal, request.id, at=_time_or_none(request, "expire_time"))
         return pb.ExpireApiKeyResponse(api_key=api_key_message(expired, keys.now()))
 
     async def RevokeApiKey(
@@ -120,13 +124,25 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer):
     ) -> pb.ListAuditEntriesResponse:
         keys, principal = self._admin()
         limit = request.page_size or _DEFAULT_AUDIT_PAGE
-        entries = await keys.audit(
-            principal, limit=limit, before=request.before or None, key_id=request.api_key_id or None
-        )
+        with _as_in_proto({"/limit": "/page_size", "/key_id": "/api_key_id"}):
+            entries = await keys.audit(
+                principal, limit=limit, before=request.before or None, key_id=request.api_key_id or None
+            )
         next_before = entries[-1].seq if len(entries) == limit and entries[-1].seq is not None else 0
         return pb.ListAuditEntriesResponse(
             entries=[audit_message(e) for e in entries], next_before=next_before
         )
+
+
+@contextlib.contextmanager
+def _as_in_proto(renamed: dict[str, str]) -> Iterator[None]:
+    """The use case's field errors under the names this service's messages give the fields
+    (`/expires_at` is `/expire_time` here)."""
+    try:
+        yield
+    except ValidationFailed as error:
+        fields = [FieldError(renamed.get(e.field, e.field), e.message) for e in error.errors]
+        raise ValidationFailed(fields, str(error)) from None
 
 
 def api_key_message(key: ApiKey, now: datetime) -> pb.ApiKey:

@@ -608,14 +608,15 @@ class ApiKeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetApiKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One key; NOT_FOUND for an id that names none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateApiKey(self, request, context):
         """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
-        or expired key.
+        or expired key; PERMISSION_DENIED for an edge key (changed with the CLI only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -624,6 +625,7 @@ class ApiKeyServiceServicer:
     def RotateApiKey(self, request, context):
         """A new token (in this answer only); the one it replaces stays accepted for
         `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+        PERMISSION_DENIED for an edge key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -637,7 +639,8 @@ class ApiKeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Revoke the key; again: nothing changes.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -232,17 +232,20 @@ class ApiKeyServiceStub:
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ListApiKeysRequest, _profiles_pb2.ListApiKeysResponse]
     """Every key, revoked and expired ones included, oldest first; never a secret."""
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.GetApiKeyRequest, _profiles_pb2.GetApiKeyResponse]
+    """One key; NOT_FOUND for an id that names none."""
     UpdateApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.UpdateApiKeyRequest, _profiles_pb2.UpdateApiKeyResponse]
     """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
-    or expired key.
+    or expired key; PERMISSION_DENIED for an edge key (changed with the CLI only).
     """
     RotateApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.RotateApiKeyRequest, _profiles_pb2.RotateApiKeyResponse]
     """A new token (in this answer only); the one it replaces stays accepted for
     `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+    PERMISSION_DENIED for an edge key.
     """
     ExpireApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ExpireApiKeyRequest, _profiles_pb2.ExpireApiKeyResponse]
     """End the key at `expire_time`, or now when unset."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.RevokeApiKeyRequest, _profiles_pb2.RevokeApiKeyResponse]
+    """Revoke the key; again: nothing changes."""
     ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ListAuditEntriesRequest, _profiles_pb2.ListAuditEntriesResponse]
     """Who did what to which key, and when, newest first."""
 
@@ -260,17 +263,20 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ListApiKeysRequest, _profiles_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Every key, revoked and expired ones included, oldest first; never a secret."""
     GetApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.GetApiKeyRequest, _profiles_pb2.GetApiKeyResponse]  # type: ignore[assignment]
+    """One key; NOT_FOUND for an id that names none."""
     UpdateApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.UpdateApiKeyRequest, _profiles_pb2.UpdateApiKeyResponse]  # type: ignore[assignment]
     """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
-    or expired key.
+    or expired key; PERMISSION_DENIED for an edge key (changed with the CLI only).
     """
     RotateApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.RotateApiKeyRequest, _profiles_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
     """A new token (in this answer only); the one it replaces stays accepted for
     `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+    PERMISSION_DENIED for an edge key.
     """
     ExpireApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ExpireApiKeyRequest, _profiles_pb2.ExpireApiKeyResponse]  # type: ignore[assignment]
     """End the key at `expire_time`, or now when unset."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_profiles_pb2.RevokeApiKeyRequest, _profiles_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revoke the key; again: nothing changes."""
     ListAuditEntries: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ListAuditEntriesRequest, _profiles_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
     """Who did what to which key, and when, newest first."""
 
@@ -302,7 +308,8 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _profiles_pb2.GetApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_profiles_pb2.GetApiKeyResponse, _abc.Awaitable[_profiles_pb2.GetApiKeyResponse]]: ...
+    ) -> _typing.Union[_profiles_pb2.GetApiKeyResponse, _abc.Awaitable[_profiles_pb2.GetApiKeyResponse]]:
+        """One key; NOT_FOUND for an id that names none."""
 
     @_abc_1.abstractmethod
     def UpdateApiKey(
@@ -311,7 +318,7 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_pb2.UpdateApiKeyResponse, _abc.Awaitable[_profiles_pb2.UpdateApiKeyResponse]]:
         """Change the fields named in `update_mask` (name, scopes, plan). NOT_FOUND for a revoked
-        or expired key.
+        or expired key; PERMISSION_DENIED for an edge key (changed with the CLI only).
         """
 
     @_abc_1.abstractmethod
@@ -322,6 +329,7 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_profiles_pb2.RotateApiKeyResponse, _abc.Awaitable[_profiles_pb2.RotateApiKeyResponse]]:
         """A new token (in this answer only); the one it replaces stays accepted for
         `previous_secret_valid_seconds`, and one an earlier rotation left accepted stops at once.
+        PERMISSION_DENIED for an edge key.
         """
 
     @_abc_1.abstractmethod
@@ -337,7 +345,8 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _profiles_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_profiles_pb2.RevokeApiKeyResponse, _abc.Awaitable[_profiles_pb2.RevokeApiKeyResponse]]: ...
+    ) -> _typing.Union[_profiles_pb2.RevokeApiKeyResponse, _abc.Awaitable[_profiles_pb2.RevokeApiKeyResponse]]:
+        """Revoke the key; again: nothing changes."""
 
     @_abc_1.abstractmethod
     def ListAuditEntries(
