@@ -174,7 +174,8 @@ def build_protection(
                 settings, metrics, breakers, loop_lag, catalog, resilience_clock, tracer, processes
             ),
             metrics,
-            fleet_slots=settings.ratelimit_fleet_concurrency,
+            # Slots are named only for a limiter that shares them: the in-process one ignores them.
+            fleet_slots=settings.ratelimit_fleet_concurrency and settings.redis_url is not None,
         )
         if settings.ratelimit_enabled
         else None

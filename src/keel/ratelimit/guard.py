@@ -4,8 +4,10 @@ Protocol adapters turn the outcome into their own headers and errors.
 
 The concurrency cap is counted twice: here, per process, which refuses without I/O; and, with a
 limiter shared by the fleet (Redis), fleet-wide, as a slot taken in the same atomic step as the
-decision, so that N processes admit a client's cap in all, not N times it. A process's own
-count never exceeds the fleet's, so the first never refuses what the second would admit."""
+decision, so that N processes admit a client's cap in all, not N times it. While Redis answers,
+a process's own count never exceeds the fleet's, so the first never refuses what the second
+would admit; under the kill switch, and for decisions taken locally while Redis is down, the
+process's own count is the only one (docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class RateLimitOutcome:
     plan: Plan
     decision: Decision | None  # None when refused by the concurrency cap before any decision
     ratelimit_header: str | None
-    slot: str | None = None  # the fleet-wide slot this request holds: `release` gives it back
+    slot: str | None = None  # the fleet-wide slot this request holds: `release_slot` gives it back
 
     @property
     def violated_policies(self) -> list[str]:
