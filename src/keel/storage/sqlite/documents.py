@@ -8,14 +8,13 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from keel.domain.errors import VersionMismatch
 from keel.domain.profile import Profile
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import ProfileQuery
 from keel.storage.documents import DOCUMENT_COLUMNS, live_email_keys, profile_document, profile_from_document
 from keel.storage.rows import uniqueness_conflict
+from keel.storage.sqlite.connection import Connection
 from keel.storage.sqlite.times import iso_or_none
 from keel.storage.sqlite.times import parse_time as _time
 
@@ -24,7 +23,7 @@ _SELECT_LIVE_DOCUMENT = _SELECT_DOCUMENT + " WHERE p.id = ? AND p.deleted_at IS 
 
 
 class SqliteDocumentProfiles:
-    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 

@@ -1,8 +1,9 @@
-"""SQLite adapter: the embedded default. WAL mode, one serialized writer, one reader.
+"""SQLite adapter: the embedded default. WAL mode, one serialized writer, one shared reader.
 
 aiosqlite runs each connection on its own thread. Writes are serialized in process by a lock
 (SQLite allows one writer anyway) and across processes by `BEGIN IMMEDIATE` + busy_timeout;
-reads go to a second connection, which in WAL mode never waits for the writer.
+reads go to a second connection, which in WAL mode never waits for the writer, and reads every
+statement whole (keel.storage.sqlite.connection says why).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from keel.storage.rows import (
     profile_values,
     uniqueness_conflict,
 )
+from keel.storage.sqlite.connection import Connection, WholeStatements
 from keel.storage.sqlite.documents import SqliteDocumentProfiles
 from keel.storage.sqlite.times import iso as _iso
 from keel.storage.sqlite.times import iso_or_none as _iso_or_none
@@ -72,7 +74,7 @@ class SqliteStore:
     def __init__(
         self,
         writer: aiosqlite.Connection,
-        reader: aiosqlite.Connection,
+        reader: WholeStatements,
         observer: DatabaseObserver,
         acquire_timeout: float,
         layout: Layout = Layout.NORMALIZED,
@@ -103,7 +105,7 @@ class SqliteStore:
         writer = await _connect(path)
         try:
             await writer.execute_fetchall("PRAGMA journal_mode=WAL")
-            reader = await _connect(path)
+            reader = WholeStatements(await _connect(path))
         except BaseException:
             await writer.close()
             raise
@@ -207,6 +209,11 @@ class SqliteUnitOfWork:
         self.erasures = SqlErasureSagas(session, store.observer)
         self.erasure_acknowledgements = SqlErasureAcknowledgements(session, store.observer)
 
+    @property
+    def connection(self) -> Connection:
+        """The unit's connection: the writer, which it holds alone, or the node's shared reader."""
+        return self._connection
+
     async def _record_to_read(self) -> LayoutRecord:
         return await self._store.view.current(self._store)
 
@@ -264,7 +271,7 @@ class SqliteUnitOfWork:
             raise Unavailable("The database is busy or unavailable; retry shortly.") from exc
 
 
-async def _quietly_roll_back(connection: aiosqlite.Connection) -> None:
+async def _quietly_roll_back(connection: Connection) -> None:
     # SQLite may already have rolled back (a full disk does that); the error that got us here
     # is the one to report, not this one.
     with contextlib.suppress(sqlite3.Error):
@@ -272,7 +279,7 @@ async def _quietly_roll_back(connection: aiosqlite.Connection) -> None:
 
 
 class SqliteProfiles:
-    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
@@ -419,7 +426,7 @@ class SqliteProfiles:
 
 
 class SqliteIdempotency:
-    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
@@ -477,7 +484,7 @@ class SqliteIdempotency:
 
 
 class SqliteApiKeys:
-    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
@@ -556,7 +563,7 @@ _SELECT_IDEMPOTENCY_RECORD = f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_key
 
 
 class SqliteOutbox:
-    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
@@ -661,7 +668,7 @@ class SqliteSession:
     for_share = ""  # one writer at a time: the write lock is held already
     epoch_now = "((julianday('now') - 2440587.5) * 86400.0)"
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._db = connection
 
     async def execute(self, sql: str, *args: Any) -> int:

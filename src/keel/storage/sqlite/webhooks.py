@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-import aiosqlite
-
 from keel.domain.webhooks import WebhookDelivery, WebhookEndpoint
 from keel.observability.database import DatabaseObserver
 from keel.service.ports import OutboxRecord
 from keel.service.webhook_ports import StoredEndpoint
 from keel.storage.rows import OUTBOX_COLUMNS, outbox_record_from_row
+from keel.storage.sqlite.connection import Connection
 from keel.storage.sqlite.times import iso, iso_or_none, parse_time
 from keel.storage.webhook_rows import (
     DELIVERY_COLUMNS,
@@ -40,7 +39,7 @@ def _placeholders(count: int) -> str:
 
 
 class SqliteWebhooks:
-    def __init__(self, connection: aiosqlite.Connection, observer: DatabaseObserver) -> None:
+    def __init__(self, connection: Connection, observer: DatabaseObserver) -> None:
         self._db = connection
         self._observer = observer
 
