@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from keel.domain.ids import REGION_PATTERN
 from keel.domain.webhooks import DEFAULT_DELAYS_SECONDS
 from keel.ratelimit.policy import Plan, Policy
+from keel.ratelimit.proxy_refusals import parse_address
 
 
 class PolicySettings(BaseModel):
@@ -208,6 +209,15 @@ class Settings(BaseSettings):
         default=True,
         description="With Redis, count each key's concurrency cap across the fleet (a slot on Redis, "
         "one more round trip per request); false: per process, N processes admitting N x the cap.",
+    )
+    proxy_runtime_api: str = Field(
+        default="",
+        description="HAProxy runtime APIs in front of this node (unix:/path or host:port, comma-"
+        "separated): keys the shared limiter refuses are written to their table KEEL_PROXY_REFUSAL_TABLE, "
+        "and refused there until they could conform (docs/fleet.md). Empty: none.",
+    )
+    proxy_refusal_table: str = Field(
+        default="keel_refused", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The proxy's stick table."
     )
     ratelimit_redis_timeout_seconds: float = Field(default=0.05, gt=0)
     ratelimit_breaker_open_seconds: float = Field(default=2.0, gt=0)
@@ -418,6 +428,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _proxy_is_told_only_the_fleets_refusals(self) -> Settings:
+        # Without Redis each process decides for its own share of a plan: a refusal by one is
+        # not the fleet's, and the proxy would refuse what another process would admit.
+        alone = self.ratelimit_nodes == 1 and self.workers <= 1
+        if proxy_runtime_apis(self.proxy_runtime_api) and self.redis_url is None and not alone:
+            raise ValueError(
+                "KEEL_PROXY_RUNTIME_API needs KEEL_REDIS_URL when several processes share the limits"
+                " (KEEL_RATELIMIT_NODES, KEEL_WORKERS): without it each decides for its own share"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _agent_port_is_its_own(self) -> Settings:
         if self.agent_port is None:
             return self
@@ -504,6 +526,13 @@ class Settings(BaseSettings):
             raise ValueError("2-10 characters of a-z and 0-9, starting with a letter")
         return value
 
+    @field_validator("proxy_runtime_api")
+    @classmethod
+    def _runtime_apis_are_addresses(cls, value: str) -> str:
+        for address in proxy_runtime_apis(value):
+            parse_address(address)
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_supported(cls, value: str) -> str:
@@ -570,3 +599,8 @@ def redacted_text(text: str, url: str) -> str:
     if redacted_url(url) != url:
         return "(the message is withheld: the URL carries a password)"
     return text
+
+
+def proxy_runtime_apis(value: str) -> list[str]:
+    """The addresses of `KEEL_PROXY_RUNTIME_API`."""
+    return [a.strip() for a in value.split(",") if a.strip()]

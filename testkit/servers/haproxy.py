@@ -8,7 +8,7 @@ on `/readyz` every 500 ms (two failures take a node out, two successes put it ba
 whose connection to a node fails retried once on another node (only then: a request that reached
 a node is never sent twice), and HAProxy's own 502/503/504 answered as problem+json
 (deploy/haproxy/errors/). Its admin socket answers `show stat` (`states`) and takes runtime
-commands.
+commands; it is also the runtime API a node writes the keys it refused to (`admin_socket`).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def haproxy_config(
             section = stripped
         if section.startswith("resolvers "):
             continue
+        if stripped.startswith("stats socket "):
+            continue  # the deployment's runtime API: the test's admin socket below instead
         if stripped.startswith("bind "):
             line = f"    bind 127.0.0.1:{port}"
         elif stripped.startswith("server "):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from keel.ratelimit.gcra import decide, describe
+from keel.ratelimit.gcra import admitted, decide, describe
 from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.policy import Plan, Policy
 
@@ -130,6 +130,33 @@ def test_idle_clients_leave_nothing_behind() -> None:
     assert len(limiter) < 10_200
 
 
+@settings(max_examples=300, deadline=None)
+@given(shapes=st.lists(policy_shapes, min_size=1, max_size=3), steps=arrivals)
+# A shadow policy whose debt outlasts the enforced one's: it must not lengthen the wait.
+@example(shapes=[(1_000, 5, False), (50_000, 5, True)], steps=[(0, 1)] * 7)
+def test_a_refusals_wait_for_one_unit_is_exactly_when_the_cheapest_request_conforms(
+    shapes: list[tuple[int, int, bool]], steps: list[tuple[int, int]]
+) -> None:
+    """What the proxy is told to refuse for (keel.ratelimit.proxy_refusals): never a moment at
+    which Keel would admit a one-unit request, and not a microsecond less."""
+    policies = [
+        _policy(f"p{i}", interval, burst, shadow) for i, (interval, burst, shadow) in enumerate(shapes)
+    ]
+    tats: list[int | None] = [None] * len(policies)
+    now = 0
+    for gap, cost in steps:
+        now += gap
+        before = list(tats)
+        verdicts, tats = decide(tats, now, policies, cost)
+        decision = describe(verdicts, tats, now, policies, cost)
+        if decision.allowed:
+            continue
+        wait = decision.wait_for_one_unit_us
+        assert admitted(decide(before, now + wait, policies, 1)[0], policies)
+        if wait > 0:
+            assert not admitted(decide(before, now + wait - 1, policies, 1)[0], policies)
+
+
 def test_remembered_denials_refuse_only_what_the_limiter_would_refuse() -> None:
     from keel.ratelimit.denials import Denials
 
@@ -146,14 +173,14 @@ def test_remembered_denials_refuse_only_what_the_limiter_would_refuse() -> None:
     for _ in range(5000):
         now[0] += rng.choice([1_000, 10_000, 50_000, 200_000])
         cost = rng.choice([1, 1, 1, 5, 10])
-        local = denials.refusal("c", cost)
+        local = denials.refusal("c", plan, cost)
         decision = limiter.acquire_now("c", plan, cost)
         if local is not None:
             remembered += 1
             assert not decision.allowed  # never refuses what the limiter would admit
             assert local.retry_after_seconds >= decision.retry_after_seconds
         elif not decision.allowed:
-            denials.remember("c", decision)
+            denials.remember("c", plan, decision)
         else:
             denials.forget("c")  # as the guard does: an admission moves the TATs on
     assert remembered > 100

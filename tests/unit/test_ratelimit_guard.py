@@ -94,3 +94,17 @@ async def test_known_refusals_are_the_ones_admit_would_give_without_asking_the_l
     assert guard.known_refusal("c", tight, 1) is None
     limiter.fresh = limiter.thrown = True
     assert guard.known_refusal("c", tight, 1) is None  # the switch is thrown: nothing is refused
+
+
+async def test_a_refusal_remembered_under_one_plan_is_not_applied_under_another() -> None:
+    """An admin changed the key's plan: the new one is the limiter's to apply from the next
+    request, not the refusal this process remembers from the old one."""
+    guard = RateLimitGuard(InMemoryRateLimiter(), Metrics())
+    tight = Plan("t", (Policy("s", quota=1, window_seconds=60, burst=2),), concurrency=4)
+    roomy = Plan("r", (Policy("big", quota=100, window_seconds=1, burst=100),), concurrency=4)
+    assert (await guard.admit("c", tight, 2)).allowed
+    guard.release("c")
+    assert not (await guard.admit("c", tight, 1)).allowed
+    assert guard.known_refusal("c", tight, 1) is not None
+    assert guard.known_refusal("c", roomy, 1) is None
+    assert (await guard.admit("c", roomy, 1)).allowed

@@ -23,6 +23,7 @@ from keel.observability.sampled_log import SampledLog
 from keel.ratelimit.catalog import RateLimitCatalog
 from keel.ratelimit.guard import RateLimitGuard, RateLimitOutcome
 from keel.ratelimit.policy import Plan
+from keel.ratelimit.ports import RefusalPublisher
 from keel.resilience.load_shedder import LoadShedder, Priority
 from keel.service.use_cases import CallerAuthenticator
 
@@ -137,11 +138,15 @@ class Admission:
         catalog: RateLimitCatalog,
         guard: RateLimitGuard | None,
         shedder: LoadShedder | None,
+        refusals: RefusalPublisher | None = None,
     ) -> None:
+        """`refusals`: where the shared limiter's refusals of API keys are passed on (the proxy
+        in front, which then refuses those keys itself until they could conform)."""
         self._authenticator = authenticator
         self.catalog = catalog
         self._guard = guard
         self._shedder = shedder
+        self._refusals = refusals
 
     @property
     def rate_limited(self) -> bool:
@@ -222,6 +227,7 @@ class Admission:
         if guard is not None:
             limits = await guard.admit(client, plan, units)
             if not limits.allowed:
+                self._pass_on(caller, limits)
                 return _quota_refusal(limits)
         shedder = self._shedder
         admitted_at = 0.0
@@ -250,9 +256,23 @@ class Admission:
         client = caller.client
         limits = await guard.admit(client, self.plan_of(caller), cost, hold=False)
         if not limits.allowed:
+            self._pass_on(caller, limits)
             return _quota_refusal(limits)
         guard.release(client)
         return limits
+
+    def _pass_on(self, caller: Caller, limits: RateLimitOutcome) -> None:
+        """Tell the proxy in front of a refused key's wait for one unit: only a refusal the
+        shared limiter decided (not the concurrency cap, not a share decided alone while it was
+        down), of a key paying for itself (an edge's quota is spent for its callers)."""
+        publisher, decision, principal = self._refusals, limits.decision, caller.principal
+        if publisher is None or decision is None or decision.degraded:
+            return
+        if principal is None or caller.charged is not None:
+            return
+        wait = decision.wait_for_one_unit_us
+        if wait > 0:
+            publisher.refused(principal.key_id, wait)
 
 
 def _quota_refusal(limits: RateLimitOutcome) -> Refusal:

@@ -13,10 +13,11 @@ from opentelemetry.trace import Tracer
 
 from keel.admission import Admission
 from keel.bootstrap.protection import Protection
-from keel.config import Settings
+from keel.config import Settings, proxy_runtime_apis
 from keel.observability.metrics import Metrics
 from keel.ratelimit.catalog import RateLimitCatalog
 from keel.ratelimit.guard import RateLimitGuard
+from keel.ratelimit.proxy_refusals import HaproxyRefusals
 from keel.resilience.breaker import CircuitBreaker
 from keel.resilience.load_shedder import LoadShedder
 from keel.resilience.loop_lag import LoopLag
@@ -147,6 +148,9 @@ class Services:
     persisted_queries: FleetQueries | None = None
     # API keys managed over the API: a core's; None on an edge.
     api_keys: ApiKeyAdmin | None = None
+    # Refusals written to the HAProxy tables in front (KEEL_PROXY_RUNTIME_API); its sender
+    # runs with the background work.
+    proxy_refusals: HaproxyRefusals | None = None
 
     @property
     def webhooks(self) -> WebhookAdmin | None:
@@ -187,11 +191,12 @@ def assemble(
     personal_data: PersonalDataUseCases | None = None,
 ) -> Services:
     revocations = _key_revocations(settings)
+    refusals = _proxy_refusals(settings, metrics) if guards.guard is not None else None
     return Services(
         settings=settings,
         profiles=profiles,
         authenticator=authenticator,
-        admission=Admission(authenticator, guards.catalog, guards.guard, guards.shedder),
+        admission=Admission(authenticator, guards.catalog, guards.guard, guards.shedder, refusals),
         core=core,
         readiness=readiness,
         metrics=metrics,
@@ -208,8 +213,16 @@ def assemble(
         key_revocations=revocations,
         membership=guards.membership,
         persisted_queries=_persisted_queries(settings),
-        api_keys=_api_key_admin(settings, guards, core, authenticator, revocations),
+        api_keys=_api_key_admin(settings, guards, core, authenticator, revocations, refusals),
+        proxy_refusals=refusals,
     )
+
+
+def _proxy_refusals(settings: Settings, metrics: Metrics) -> HaproxyRefusals | None:
+    addresses = proxy_runtime_apis(settings.proxy_runtime_api)
+    if not addresses:
+        return None
+    return HaproxyRefusals(addresses, settings.proxy_refusal_table, metrics.proxy_refusals)
 
 
 def _api_key_admin(
@@ -218,6 +231,7 @@ def _api_key_admin(
     core: Core | None,
     authenticator: RevocableAuthenticator,
     revocations: KeyRevocations | None,
+    refusals: HaproxyRefusals | None,
 ) -> ApiKeyAdmin | None:
     if core is None:
         return None
@@ -227,6 +241,8 @@ def _api_key_admin(
         # This process at once; the others through the push (without Redis: their key cache's
         # TTL, as for a revocation from the CLI).
         authenticator.forget_key(key_id)
+        if refusals is not None:  # the proxy in front refuses on the old terms no longer
+            refusals.forgive(key_id)
         if revocations is not None:
             await revocations.publish(key_id)
 

@@ -205,6 +205,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         background.append(asyncio.create_task(keel.loop_lag.watch()))
         if keel.membership is not None:
             background.append(asyncio.create_task(keel.membership.run()))
+        if keel.proxy_refusals is not None:
+            background.append(asyncio.create_task(keel.proxy_refusals.run()))
         if keel.key_revocations is not None:
             authenticator = keel.authenticator
             background.append(

@@ -72,6 +72,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.proxy_refusals = Counter(
+            "keel_proxy_refusals",
+            "Refusals passed on to the proxy in front (KEEL_PROXY_RUNTIME_API), by outcome: sent"
+            " (per proxy), failed (a proxy did not take them), dropped (too many waiting).",
+            ["outcome"],
+            registry=r,
+        )
         self.ratelimit_decision_duration = Histogram(
             "keel_ratelimit_decision_duration_seconds",
             "Time to take a rate-limit decision, by backend (shared or local).",

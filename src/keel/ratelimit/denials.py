@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from keel.ratelimit.clock import monotonic_us
 from keel.ratelimit.gcra import Decision, PolicyState
-from keel.ratelimit.policy import Policy
+from keel.ratelimit.policy import Plan, Policy
 
 _PRUNE_AT = 10_000
 
@@ -31,10 +31,11 @@ class Denials:
     def __init__(self, clock: Callable[[], int] = monotonic_us) -> None:
         # Integer microseconds, as the limiters decide: the same exact arithmetic as `gcra`.
         self._clock = clock
-        self._debts: dict[str, tuple[_Debt, ...]] = {}
+        # By client: the plan it was refused under, and every policy's debt.
+        self._debts: dict[str, tuple[Plan, tuple[_Debt, ...]]] = {}
         self._prune_at = _PRUNE_AT
 
-    def remember(self, client: str, decision: Decision) -> None:
+    def remember(self, client: str, plan: Plan, decision: Decision) -> None:
         now = self._clock()
         # Every policy's debt, not only the violated ones': the answer to a later request (its
         # Retry-After above all) must account for all of them.
@@ -42,12 +43,17 @@ class Denials:
         if decision.violated:
             if len(self._debts) >= self._prune_at:
                 self._prune(now)
-            self._debts[client] = debts
+            self._debts[client] = (plan, debts)
 
-    def refusal(self, client: str, cost: int) -> Decision | None:
-        """The refusal Redis would give now, or None when only Redis can tell."""
-        debts = self._debts.get(client)
-        if debts is None:
+    def refusal(self, client: str, plan: Plan, cost: int) -> Decision | None:
+        """The refusal Redis would give now, or None when only Redis can tell (as when the
+        client's plan is no longer the one it was refused under: an admin changed it)."""
+        remembered = self._debts.get(client)
+        if remembered is None:
+            return None
+        refused_under, debts = remembered
+        if refused_under != plan:
+            del self._debts[client]
             return None
         now = self._clock()
         states = []
@@ -72,7 +78,7 @@ class Denials:
     def _prune(self, now: int) -> None:
         """Drop what has lapsed; if that is not enough, the oldest quarter. The next prune comes
         after as many new refusals again, so the cost per refusal stays constant."""
-        self._debts = {c: d for c, d in self._debts.items() if any(x.clear_at > now for x in d)}
+        self._debts = {c: d for c, d in self._debts.items() if any(x.clear_at > now for x in d[1])}
         if len(self._debts) >= _PRUNE_AT:
             for client in list(self._debts)[: len(self._debts) // 4]:
                 del self._debts[client]

@@ -71,6 +71,20 @@ class Decision:
         """Whole seconds, rounded up: never earlier than the real refill time."""
         return ceil_seconds(max((s.retry_after_us for s in self.violated), default=0))
 
+    @property
+    def wait_for_one_unit_us(self) -> int:
+        """How long, from this decision, until a request costing one unit (the cheapest there
+        is: costs are whole units) could conform to every enforced policy; 0 when it could now.
+        What a refusal may make other requests of the client wait, whatever they cost."""
+        return max(
+            (
+                max(0, s.reset_us + s.policy.emission_interval_us - s.policy.tolerance_us)
+                for s in self.states
+                if not s.policy.shadow
+            ),
+            default=0,
+        )
+
 
 def _debt(tat: int | None, now: int) -> int:
     # How far the TAT is ahead of now: the sums stay small and exact.

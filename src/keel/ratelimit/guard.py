@@ -109,7 +109,7 @@ class RateLimitGuard:
         if not decision.allowed:
             self.release(client)
             if not decision.degraded:
-                self._denials.remember(client, decision)
+                self._denials.remember(client, plan, decision)
             self._refused(client, plan, decision)
             return RateLimitOutcome(False, plan, decision, format_ratelimit_header(decision))
         self._denials.forget(client)  # its debts have moved on; only Redis knows them now
@@ -139,7 +139,7 @@ class RateLimitGuard:
     def _local_refusal(self, client: str, plan: Plan, cost: int, in_flight: int) -> RateLimitOutcome | None:
         if in_flight >= plan.concurrency:
             return self._over_cap(client, plan)
-        remembered = self._denials.refusal(client, cost)
+        remembered = self._denials.refusal(client, plan, cost)
         if remembered is not None:
             self._refused(client, plan, remembered)
             return RateLimitOutcome(False, plan, remembered, format_ratelimit_header(remembered))

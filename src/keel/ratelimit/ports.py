@@ -43,3 +43,14 @@ class RateLimiter(Protocol):
 
 class LimiterUnavailable(Exception):
     """The shared limiter store did not answer in time, or failed."""
+
+
+class RefusalPublisher(Protocol):
+    """Where a refusal by the shared limiter is told, so that something in front of Keel (the
+    proxy) refuses the client's next requests itself until they could conform again
+    (keel.ratelimit.proxy_refusals). The decision stays Keel's: this only passes it on."""
+
+    def refused(self, key_id: str, wait_us: int) -> None:
+        """API key `key_id` was refused; no request of it can conform for `wait_us`. Never
+        blocks and never raises: what cannot be passed on is dropped (Keel still refuses)."""
+        ...

@@ -1,0 +1,179 @@
+"""Refusals passed on to HAProxy, so that an abusive client's flood stops at the proxy
+(docs/fleet.md#abusive-clients-refused-at-the-proxy).
+
+When the shared limiter (Redis) refuses an API key, Keel knows how long no request of that key can
+conform: the wait for one unit, the cheapest a request costs (`Decision.wait_for_one_unit_us`).
+This writes that deadline into a stick table of each HAProxy in front, through its runtime API
+(`set table <table> key <key id> data.gpt0 <unix second>`); the deployed configuration
+(deploy/haproxy/haproxy.cfg) answers a request whose key id has a deadline still ahead with its
+own 429 and a `Retry-After` of the seconds left, without passing it to a node. The decision stays
+Keel's (GCRA on Redis); the proxy only enforces it, and never for longer than Keel would:
+
+- the deadline is rounded down to HAProxy's whole seconds, so the proxy lets go at or before the
+  moment Keel would admit again (Keel refuses the rest of that second itself);
+- the wait is for the cheapest request, so no request is refused at the proxy that Keel would
+  admit, whatever it costs;
+- only refusals Redis decided are passed on: not the concurrency cap (a slot frees when one of
+  the client's requests ends), not the decisions a process takes alone while Redis is down (its
+  own share of the plan), not an edge's quota spent on its callers' behalf.
+
+A deadline can only be later than the one it replaces (a client's debts only grow until they
+are paid), so one already passed on is not sent again. Nothing here blocks a request: refusals
+wait in a bounded set (the newest deadline per key), and a task sends them in batches, one
+connection per proxy and batch. A proxy that does not answer loses that batch, which is counted
+and logged: Keel still refuses those clients itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable, Sequence
+
+from prometheus_client import Counter
+
+from keel.observability.sampled_log import SampledLog
+
+# Key ids are 16 lowercase base32 characters (keel.service.auth): nothing else reaches a command.
+_KEY_ID = re.compile(r"[a-z2-7]{16}")
+_TABLE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_WAITING = 10_000  # keys waiting to be sent; past it, new ones are dropped (and counted)
+BATCH = 200  # commands per connection: well within HAProxy's 16 kB command line
+SEND_TIMEOUT_S = 1.0
+_PRUNE_AT = 50_000
+
+
+def parse_address(address: str) -> tuple[str, int] | str:
+    """`unix:/path` (a socket path) or `host:port` (`[v6]:port`): what `asyncio` connects to."""
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:")
+        if not path:
+            raise ValueError(f"no socket path in {address!r}")
+        return path
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"a runtime API address is unix:/path or host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def commands(table: str, deadlines: dict[str, int]) -> bytes:
+    """One runtime API line setting each key's deadline (`;` separates commands)."""
+    return (
+        ";".join(f"set table {table} key {key} data.gpt0 {until}" for key, until in deadlines.items()) + "\n"
+    ).encode()
+
+
+def clearing(table: str, keys: Sequence[str]) -> bytes:
+    """One runtime API line clearing each key's deadline."""
+    return (";".join(f"clear table {table} key {key}" for key in keys) + "\n").encode()
+
+
+class HaproxyRefusals:
+    """A `RefusalPublisher` onto the stick table `table` of the HAProxy runtime APIs at `addresses`."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        table: str,
+        counter: Counter,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not _TABLE.fullmatch(table):
+            raise ValueError(f"not a stick table's name: {table!r}")
+        self._addresses = [parse_address(a) for a in addresses]
+        self._names = list(addresses)
+        self._table = table
+        self._wall = wall_clock
+        self._waiting: dict[str, int] = {}
+        self._sent: dict[str, int] = {}  # the latest deadline passed on, per key
+        self._forgiven: set[str] = set()  # keys whose deadline is to be cleared
+        self._wake = asyncio.Event()
+        self._counts = {outcome: counter.labels(outcome) for outcome in ("sent", "failed", "dropped")}
+        self._log = SampledLog("keel.ratelimit.proxy", interval_seconds=10.0)
+
+    def refused(self, key_id: str, wait_us: int) -> None:
+        if not _KEY_ID.fullmatch(key_id):
+            return
+        now = self._wall()
+        until = int(now + wait_us / 1_000_000)  # rounded down: never held past Keel's own wait
+        if until <= int(now):
+            return  # HAProxy counts whole seconds: nothing to hold within this one
+        if until <= max(self._waiting.get(key_id, 0), self._sent.get(key_id, 0)):
+            return  # an equal or later deadline is already on its way, or there
+        if key_id not in self._waiting and len(self._waiting) >= MAX_WAITING:
+            self._counts["dropped"].inc()
+            return
+        self._waiting[key_id] = until
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Send what is waiting now (`run` does it as refusals come)."""
+        while self._forgiven:
+            cleared = [self._forgiven.pop() for _ in range(min(BATCH, len(self._forgiven)))]
+            await self._send(clearing(self._table, cleared), len(cleared))
+        while self._waiting:
+            batch = dict(list(self._waiting.items())[:BATCH])
+            for key in batch:
+                del self._waiting[key]
+            if await self._send(commands(self._table, batch), len(batch)):
+                self._remember(batch)
+
+    def forgive(self, key_id: str) -> None:
+        """Key `key_id` changed (its plan, a rotation, a revocation): its deadline at the proxy
+        is cleared, so that the new terms are Keel's to apply from its next request."""
+        if _KEY_ID.fullmatch(key_id):
+            self._waiting.pop(key_id, None)
+            self._sent.pop(key_id, None)
+            self._forgiven.add(key_id)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Send refusals as they come, until cancelled (the process's background work)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def _send(self, line: bytes, count: int) -> bool:
+        """`line` to every proxy; whether at least one took it."""
+        delivered = False
+        for name, address in zip(self._names, self._addresses, strict=True):
+            try:
+                answer = await asyncio.wait_for(_exchange(address, line), SEND_TIMEOUT_S)
+            except (OSError, TimeoutError) as error:
+                self._counts["failed"].inc(count)
+                self._log.warning("proxy_refusals_unsent", proxy=name, error=type(error).__name__)
+                continue
+            if answer.strip():  # the runtime API is silent on success
+                self._counts["failed"].inc(count)
+                self._log.warning("proxy_refusals_refused", proxy=name, answer=answer.strip()[:200])
+                continue
+            self._counts["sent"].inc(count)
+            delivered = True
+        return delivered
+
+    def _remember(self, batch: dict[str, int]) -> None:
+        if len(self._sent) >= _PRUNE_AT:
+            now = int(self._wall())
+            self._sent = {k: u for k, u in self._sent.items() if u > now}
+        self._sent.update(batch)
+
+
+async def _exchange(address: tuple[str, int] | str, line: bytes) -> str:
+    """One non-interactive runtime API session: the commands, then everything answered until
+    HAProxy closes the connection."""
+    if isinstance(address, str):
+        reader, writer = await asyncio.open_unix_connection(address)
+    else:
+        reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(line)
+        await writer.drain()
+        return (await reader.read()).decode(errors="replace")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

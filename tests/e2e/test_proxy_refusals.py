@@ -1,0 +1,142 @@
+"""Abusive clients refused at the proxy (issue 20; docs/fleet.md#abusive-clients-refused-at-the-proxy):
+a key Keel's limiter refused is written to HAProxy's table through its runtime API
+(KEEL_PROXY_RUNTIME_API), and HAProxy, from the deployed configuration, answers that key's next
+requests itself until one unit could conform, so the flood never reaches the node; other keys pass;
+a change of the key over the admin API clears it. One node, its limiter its own (it is alone)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from testkit.health import until
+from testkit.ports import free_port
+from testkit.processes import keel_cmd, keel_output, server
+from testkit.servers.haproxy import Haproxy, haproxy
+
+# Ten units, then one a minute: a refused key waits about 60 s for its next unit (a list costs 10).
+_ROOMY = [{"name": "second", "quota": 1000, "window_seconds": 1, "burst": 1000}]
+PLANS = {
+    "tiny": {"policies": [{"name": "slow", "quota": 10, "window_seconds": 600, "burst": 10}]},
+    "standard": {"policies": _ROOMY},
+    "anonymous": {"policies": _ROOMY},
+}
+MISSING = "/v1/profiles/eu1_01M983Y7N41FR15B53RW9D0WSX"  # a read of one unit, answered 404
+
+
+@dataclass(frozen=True)
+class Deployment:
+    proxy: Haproxy
+    node_url: str
+    abuser: str  # a key on the tiny plan
+    abuser_id: str
+    other: str  # a key of its own, on the standard plan
+    admin: str
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@contextmanager
+def _deployment(tmp_path: Path) -> Iterator[Deployment]:
+    proxy_dir = tmp_path / "haproxy"
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "KEEL_REDIS_URL"},
+        "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",
+        "KEEL_WORKERS": "1",
+        "KEEL_RATELIMIT_PLANS": json.dumps(PLANS),
+        "KEEL_PROXY_RUNTIME_API": f"unix:{proxy_dir / 'admin.sock'}",
+    }
+    keel_output(env, "migrate")
+    abuser = keel_output(env, "keys", "create", "--plan", "tiny", "--quiet").strip()
+    other = keel_output(env, "keys", "create", "--quiet").strip()
+    admin = keel_output(env, "keys", "create", "--scopes", "admin", "--quiet").strip()
+    port = free_port()
+    with (
+        server("keel", keel_cmd("serve"), {**env, "KEEL_PORT": str(port)}, tmp_path / "keel.log", port),
+        haproxy(proxy_dir, [("node", port)]) as proxy,
+    ):
+        proxy.wait_for({"node": "UP"})
+        yield Deployment(proxy, f"http://127.0.0.1:{port}", abuser, abuser.split("_")[1], other, admin)
+
+
+def _decisions(node_url: str) -> float:
+    """Every rate-limit decision the node has taken (allowed or not): a request that reached it."""
+    total = 0.0
+    for line in httpx.get(f"{node_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("keel_ratelimit_decisions_total{"):
+            total += float(line.split()[-1])
+    return total
+
+
+def _deadline(proxy: Haproxy, key_id: str) -> int | None:
+    """The unix second HAProxy's table holds for `key_id`, if any."""
+    match = re.search(rf"key={key_id} .*gpt0=(\d+)", proxy.command("show table keel_refused"))
+    return int(match.group(1)) if match else None
+
+
+def test_a_key_keel_refused_is_refused_by_haproxy_until_it_could_conform(tmp_path: Path) -> None:
+    with _deployment(tmp_path) as fleet, httpx.Client(base_url=fleet.proxy.url, timeout=10) as client:
+        for _ in range(10):
+            assert client.get(MISSING, headers=_bearer(fleet.abuser)).status_code == 404
+        refused = client.get(MISSING, headers=_bearer(fleet.abuser))
+        started = time.time()
+        assert refused.status_code == 429
+        assert "refused_by" not in refused.json()  # Keel's own refusal, which tells the proxy
+        keel_wait = int(refused.headers["Retry-After"])
+        until(lambda: _deadline(fleet.proxy, fleet.abuser_id) is not None, "the refusal reaches HAProxy")
+        deadline = _deadline(fleet.proxy, fleet.abuser_id)
+        assert deadline is not None
+        # Never later than Keel would admit one unit again, rounded down to HAProxy's seconds.
+        assert started < deadline <= started + keel_wait
+
+        reached = _decisions(fleet.node_url)
+        answers = [client.get(MISSING, headers=_bearer(fleet.abuser)) for _ in range(50)]
+        graphql = client.post("/graphql", json={"query": "{ __typename }"}, headers=_bearer(fleet.abuser))
+        assert _decisions(fleet.node_url) == reached  # none of them reached the node
+
+        for answer in answers:
+            assert answer.status_code == 429
+            assert answer.headers["content-type"] == "application/problem+json"
+            body = answer.json()
+            assert (body["type"], body["status"], body["refused_by"]) == (
+                "urn:keel:problem:quota-exceeded",
+                429,
+                "proxy",
+            )
+            assert 1 <= int(answer.headers["Retry-After"]) <= keel_wait
+            assert answer.headers["Cache-Control"] == "no-store"
+        assert graphql.status_code == 429
+        error = graphql.json()["errors"][0]
+        assert error["extensions"]["code"] == "RATE_LIMITED"
+        assert 1 <= error["extensions"]["retryAfter"] <= keel_wait
+
+        # Another key, and the same key's id inside a malformed token, are the node's to judge.
+        assert client.get(MISSING, headers=_bearer(fleet.other)).status_code == 404
+        forged = client.get(MISSING, headers={"Authorization": f"Token keel_{fleet.abuser_id}_{'x' * 43}"})
+        assert forged.status_code == 401
+        assert _decisions(fleet.node_url) > reached
+
+
+def test_a_change_of_the_key_over_the_api_clears_it_at_the_proxy(tmp_path: Path) -> None:
+    with _deployment(tmp_path) as fleet, httpx.Client(base_url=fleet.proxy.url, timeout=10) as client:
+        for _ in range(11):
+            client.get(MISSING, headers=_bearer(fleet.abuser))
+        until(lambda: _deadline(fleet.proxy, fleet.abuser_id) is not None, "the refusal reaches HAProxy")
+        assert client.get(MISSING, headers=_bearer(fleet.abuser)).json().get("refused_by") == "proxy"
+
+        changed = client.patch(
+            f"/v1/keys/{fleet.abuser_id}", json={"plan": "standard"}, headers=_bearer(fleet.admin)
+        )
+        assert changed.status_code == 200, changed.text
+        until(lambda: _deadline(fleet.proxy, fleet.abuser_id) is None, "the proxy's entry is cleared")
+        # On its new plan, the key is admitted by the node again.
+        assert client.get(MISSING, headers=_bearer(fleet.abuser)).status_code == 404
