@@ -31,7 +31,8 @@ def test_the_runtime_api_needs_redis_when_several_processes_share_the_limits() -
 
 
 def test_the_commands_name_only_the_table_and_the_keys() -> None:
-    assert commands("keel_refused", {"a" * 16: 5, "b" * 16: 7}) == (
+    # Deadlines in unix milliseconds: their low 32 bits are written (HAProxy's counters).
+    assert commands("keel_refused", {"a" * 16: 5, "b" * 16: 2**32 + 7}) == (
         b"set table keel_refused key aaaaaaaaaaaaaaaa data.gpt0 5;"
         b"set table keel_refused key bbbbbbbbbbbbbbbb data.gpt0 7\n"
     )

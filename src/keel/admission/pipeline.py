@@ -13,6 +13,7 @@ limit (an abuser's) never take a slot nor count in the latencies that steer the 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -225,9 +226,10 @@ class Admission:
         guard = self._guard
         limits: RateLimitOutcome | None = None
         if guard is not None:
+            asked = time.monotonic() if self._refusals is not None else 0.0
             limits = await guard.admit(client, plan, units)
             if not limits.allowed:
-                self._pass_on(caller, limits)
+                self._pass_on(caller, limits, asked)
                 return _quota_refusal(limits)
         shedder = self._shedder
         admitted_at = 0.0
@@ -254,23 +256,26 @@ class Admission:
         if guard is None:
             return None
         client = caller.client
+        asked = time.monotonic() if self._refusals is not None else 0.0
         limits = await guard.admit(client, self.plan_of(caller), cost, hold=False)
         if not limits.allowed:
-            self._pass_on(caller, limits)
+            self._pass_on(caller, limits, asked)
             return _quota_refusal(limits)
         guard.release(client)
         return limits
 
-    def _pass_on(self, caller: Caller, limits: RateLimitOutcome) -> None:
+    def _pass_on(self, caller: Caller, limits: RateLimitOutcome, asked: float) -> None:
         """Tell the proxy in front of a refused key's wait for one unit: only a refusal the
-        shared limiter decided (not the concurrency cap, not a share decided alone while it was
-        down), of a key paying for itself (an edge's quota is spent for its callers)."""
+        limiter decided for the fleet (not the concurrency cap, not a share decided alone while
+        Redis was down), of a key paying for itself (an edge's quota is spent for its callers).
+        The wait is counted from `asked` (monotonic), before the decision: never later than
+        the moment the limiter decided at."""
         publisher, decision, principal = self._refusals, limits.decision, caller.principal
         if publisher is None or decision is None or decision.degraded:
             return
         if principal is None or caller.charged is not None:
             return
-        wait = decision.wait_for_one_unit_us
+        wait = decision.wait_for_one_unit_us - int((time.monotonic() - asked) * 1_000_000)
         if wait > 0:
             publisher.refused(principal.key_id, wait)
 

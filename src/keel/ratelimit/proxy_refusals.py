@@ -1,21 +1,30 @@
 """Refusals passed on to HAProxy, so that an abusive client's flood stops at the proxy
 (docs/fleet.md#abusive-clients-refused-at-the-proxy).
 
-When the shared limiter (Redis) refuses an API key, Keel knows how long no request of that key can
-conform: the wait for one unit, the cheapest a request costs (`Decision.wait_for_one_unit_us`).
-This writes that deadline into a stick table of each HAProxy in front, through its runtime API
-(`set table <table> key <key id> data.gpt0 <unix second>`); the deployed configuration
+When Keel's limiter refuses an API key, Keel knows how long no request of that key can conform:
+the wait for one unit, the cheapest a request costs (`Decision.wait_for_one_unit_us`). This writes
+the moment that wait ends into a stick table of each HAProxy in front, through its runtime API
+(`set table <table> key <key id> data.gpt0 <deadline>`); the deployed configuration
 (deploy/haproxy/haproxy.cfg) answers a request whose key id has a deadline still ahead with its
 own 429 and a `Retry-After` of the seconds left, without passing it to a node. The decision stays
 Keel's (GCRA on Redis); the proxy only enforces it, and never for longer than Keel would:
 
-- the deadline is rounded down to HAProxy's whole seconds, so the proxy lets go at or before the
-  moment Keel would admit again (Keel refuses the rest of that second itself);
+- the deadline is in unix milliseconds, rounded down, so the proxy lets go within the
+  millisecond Keel would admit again (a second's granularity would hold nothing for a quota of
+  ten a second, whose waits are a tenth of one);
 - the wait is for the cheapest request, so no request is refused at the proxy that Keel would
   admit, whatever it costs;
-- only refusals Redis decided are passed on: not the concurrency cap (a slot frees when one of
-  the client's requests ends), not the decisions a process takes alone while Redis is down (its
-  own share of the plan), not an edge's quota spent on its callers' behalf.
+- only refusals Keel's limiter decided for the fleet are passed on: not the concurrency cap (a
+  slot frees when one of the client's requests ends), not the decisions a process takes alone
+  while Redis is down (its own share of the plan), not an edge's quota spent on its callers'
+  behalf (the caller's side: keel.admission).
+
+A stick table's counters hold 32 bits, and unix milliseconds need more: the table holds the
+deadline's low 32 bits, and HAProxy takes the milliseconds left modulo 2^32 (`and(4294967295)`),
+counting only what lies in (0, `MAX_HOLD_MS`]. A deadline is never set further ahead than that
+(longer waits are held for an hour, then Keel refuses the rest itself), entries expire an hour
+after their last write, so a stale one can never wrap around into the window, and a deadline
+whose low 32 bits are 0 (HAProxy's answer for a key not in the table) is not sent.
 
 A deadline can only be later than the one it replaces (a client's debts only grow until they
 are paid), so one already passed on is not sent again. Nothing here blocks a request: refusals
@@ -39,6 +48,8 @@ from keel.observability.sampled_log import SampledLog
 # Key ids are 16 lowercase base32 characters (keel.service.auth): nothing else reaches a command.
 _KEY_ID = re.compile(r"[a-z2-7]{16}")
 _TABLE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_HOLD_MS = 3_600_000  # the longest a deadline is set ahead (and the table's entries live)
+_LOW_32 = 0xFFFFFFFF
 MAX_WAITING = 10_000  # keys waiting to be sent; past it, new ones are dropped (and counted)
 BATCH = 200  # commands per connection: well within HAProxy's 16 kB command line
 SEND_TIMEOUT_S = 1.0
@@ -59,9 +70,12 @@ def parse_address(address: str) -> tuple[str, int] | str:
 
 
 def commands(table: str, deadlines: dict[str, int]) -> bytes:
-    """One runtime API line setting each key's deadline (`;` separates commands)."""
+    """One runtime API line setting each key's deadline (unix ms; its low 32 bits are written)."""
     return (
-        ";".join(f"set table {table} key {key} data.gpt0 {until}" for key, until in deadlines.items()) + "\n"
+        ";".join(
+            f"set table {table} key {key} data.gpt0 {until & _LOW_32}" for key, until in deadlines.items()
+        )
+        + "\n"
     ).encode()
 
 
@@ -97,10 +111,10 @@ class HaproxyRefusals:
     def refused(self, key_id: str, wait_us: int) -> None:
         if not _KEY_ID.fullmatch(key_id):
             return
-        now = self._wall()
-        until = int(now + wait_us / 1_000_000)  # rounded down: never held past Keel's own wait
-        if until <= int(now):
-            return  # HAProxy counts whole seconds: nothing to hold within this one
+        now_ms = int(self._wall() * 1000)
+        until = now_ms + min(wait_us // 1000, MAX_HOLD_MS)  # rounded down: never past Keel's wait
+        if until <= now_ms or until & _LOW_32 == 0:
+            return  # under a millisecond; or a deadline HAProxy would read as no entry
         if until <= max(self._waiting.get(key_id, 0), self._sent.get(key_id, 0)):
             return  # an equal or later deadline is already on its way, or there
         if key_id not in self._waiting and len(self._waiting) >= MAX_WAITING:

@@ -1,0 +1,97 @@
+"""The refusals Keel writes to HAProxy (keel.ratelimit.proxy_refusals), against a real HAProxy
+running the deployed configuration, with no node up (a request HAProxy lets through gets its own
+503): deadlines in unix milliseconds, their low 32 bits in the table, and HAProxy's arithmetic
+modulo 2^32 over them. The publisher's wall clock is moved by minutes, so no outcome depends on
+how long a step takes."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+from testkit.ports import free_port
+from testkit.servers.haproxy import Haproxy, haproxy
+
+from keel.ratelimit.proxy_refusals import MAX_HOLD_MS, HaproxyRefusals
+
+KEY = "abcdefghijklmnop"
+OTHER = "qrstuvwxyz234567"
+
+
+def _token(key_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer keel_{key_id}_{'s' * 43}"}
+
+
+def _held(proxy: Haproxy) -> dict[str, int]:
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"key=(\S+) .*gpt0=(\d+)", proxy.command("show table keel_refused"))
+    }
+
+
+def _publisher(proxy: Haproxy, offset_s: float) -> tuple[HaproxyRefusals, Counter]:
+    counter = Counter("refusals", "t", ["outcome"], registry=CollectorRegistry())
+    publisher = HaproxyRefusals(
+        [f"unix:{proxy.admin_socket}"], "keel_refused", counter, wall_clock=lambda: time.time() + offset_s
+    )
+    return publisher, counter
+
+
+async def test_haproxy_refuses_a_key_until_its_deadline_and_no_longer(tmp_path: Path) -> None:
+    with haproxy(tmp_path / "haproxy", [("node", free_port())]) as proxy:
+        ahead, counter = _publisher(proxy, offset_s=1800.0)  # its clock 30 min ahead
+        ahead.refused(KEY, 1_000)  # 1 ms from its now: 30 min from HAProxy's
+        ahead.refused("not-a-key;show info", 60_000_000)  # nothing but a key id is ever sent
+        await ahead.flush()
+        held = _held(proxy)
+        assert list(held) == [KEY]
+        left_ms = (held[KEY] - int(time.time() * 1000)) & 0xFFFFFFFF
+        assert 1_790_000 < left_ms <= 1_800_001
+        assert counter.labels("sent")._value.get() == 1
+
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+            refused = await client.get("/v1/profiles/x", headers=_token(KEY))
+            assert refused.status_code == 429
+            assert 1_790 <= int(refused.headers["Retry-After"]) <= 1_801
+            assert refused.json()["refused_by"] == "proxy"
+            passed = await client.get("/v1/profiles/x", headers=_token(OTHER))
+            assert passed.status_code == 503  # let through, to no node
+
+            # A deadline already passed (its clock 10 s behind, 5 s of wait) refuses nothing.
+            behind, _ = _publisher(proxy, offset_s=-10.0)
+            behind.refused(OTHER, 5_000_000)
+            await behind.flush()
+            assert OTHER in _held(proxy)
+            assert (await client.get("/v1/profiles/x", headers=_token(OTHER))).status_code == 503
+
+            # An earlier deadline for a key already sent a later one is not sent again.
+            ahead.refused(KEY, 0)
+            ahead.refused(KEY, 500)
+            await ahead.flush()
+            assert counter.labels("sent")._value.get() == 1
+
+            # A wait past an hour is held for an hour (an entry's life): never wrapped around.
+            longest, _ = _publisher(proxy, offset_s=0.0)
+            longest.refused(OTHER, 10 * 3_600_000_000)
+            await longest.flush()
+            left_ms = (_held(proxy)[OTHER] - int(time.time() * 1000)) & 0xFFFFFFFF
+            assert MAX_HOLD_MS - 60_000 < left_ms <= MAX_HOLD_MS
+            assert (await client.get("/v1/profiles/x", headers=_token(OTHER))).status_code == 429
+
+            # Forgiven (the key changed): cleared, and let through.
+            ahead.forgive(KEY)
+            await ahead.flush()
+            assert KEY not in _held(proxy)
+            assert (await client.get("/v1/profiles/x", headers=_token(KEY))).status_code == 503
+
+
+async def test_a_proxy_that_does_not_answer_loses_the_batch_and_says_so(tmp_path: Path) -> None:
+    counter = Counter("refusals", "t", ["outcome"], registry=CollectorRegistry())
+    publisher = HaproxyRefusals([f"unix:{tmp_path / 'absent.sock'}"], "keel_refused", counter)
+    publisher.refused(KEY, 60_000_000)
+    await publisher.flush()
+    assert counter.labels("failed")._value.get() == 1
+    assert counter.labels("sent")._value.get() == 0
