@@ -1,13 +1,15 @@
 """Rate-limit and load-shedding scenarios against real Keel processes, PostgreSQL and Redis on
 loopback, each bounded in time. Prints the figures and whether each check passed.
 
-    python bench/ratelimit_scenarios.py [noisy atomic outage spike friendly cost ...]
+    python bench/ratelimit_scenarios.py [noisy noisy-proxy atomic outage spike friendly cost ...]
                                         [--duration 60] [--output bench/results/ratelimit.json]
 
 Scenarios (all by default), one module each in bench/ratelimit/:
   noisy     one client at 50x its quota + 20 well-behaved clients at half of theirs, 2 Keel
             processes sharing Redis; four runs: without the abuser, with it, with it aimed at
             a bare refusal app instead (bench/refusal_floor_app.py), without it again
+  noisy-proxy  the noisy load sent through HAProxy, the Keel processes writing the keys they
+            refuse to its table (KEEL_PROXY_RUNTIME_API); and again with processes that do not
   atomic    4 Keel processes x 250 concurrent requests against 100/min, burst 10: admitted between
             the burst and the burst + refill; TTL on every key
   outage    the noisy load while Redis is stopped, then started again
@@ -45,6 +47,7 @@ from bench.ratelimit.atomic import atomic  # noqa: E402
 from bench.ratelimit.cost import cost  # noqa: E402
 from bench.ratelimit.friendly import friendly  # noqa: E402
 from bench.ratelimit.noisy import noisy  # noqa: E402
+from bench.ratelimit.noisy_proxy import noisy_proxy  # noqa: E402
 from bench.ratelimit.outage import outage  # noqa: E402
 from bench.ratelimit.shared import (  # noqa: E402
     PROFILES,
@@ -56,7 +59,7 @@ from bench.ratelimit.shared import (  # noqa: E402
 )
 from bench.ratelimit.spike import spike  # noqa: E402
 
-SCENARIOS = ("noisy", "atomic", "outage", "spike", "friendly", "cost")
+SCENARIOS = ("noisy", "noisy-proxy", "atomic", "outage", "spike", "friendly", "cost")
 
 
 def _prepare(database_url: str, redis: RedisServer, logs: Path) -> Environment:
@@ -114,6 +117,8 @@ def main() -> int:
                 print(f"\n== {name}", flush=True)
                 if name == "noisy":
                     reports.append(noisy(environment, args.duration))
+                elif name == "noisy-proxy":
+                    reports.append(noisy_proxy(environment, args.duration))
                 elif name == "atomic":
                     reports.append(atomic(environment))
                 elif name == "outage":
