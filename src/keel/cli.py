@@ -249,9 +249,11 @@ def keys_create(
 
 
 async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name: str, plan: str) -> str:
+    from keel.service.api_key_admin import CLI_ACTOR, created_entry
     from keel.service.auth import issue_api_key
 
     async with _keel(settings) as keel:
+        now = keel.local.clock.now()
         issued = await issue_api_key(
             keel.local.store,
             keel.local.clock,
@@ -260,6 +262,7 @@ async def _issue_key(settings: Settings, scopes: list[Scope], version: str, name
             name=name,
             plan=plan,
             event_source=settings.events_source,
+            audit=lambda key: created_entry(now, CLI_ACTOR, key),  # recorded, as the API's are
         )
     return issued.token
 
@@ -283,13 +286,18 @@ def keys_list() -> None:
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after `keel_`).")]) -> None:
     """Revoke an API key. With KEEL_REDIS_URL, running servers are told at once; else (or when
     Redis cannot be reached) they stop accepting it within KEEL_API_KEY_CACHE_SECONDS."""
+    from keel.service.api_key_admin import CLI_ACTOR, revoked_entry
     from keel.service.auth import revoke_api_key
 
     async def run() -> tuple[bool, int | None]:
         settings = Settings()
         async with _keel(settings) as keel:
             revoked = await revoke_api_key(
-                keel.local.store, keel.local.clock, key_id, event_source=settings.events_source
+                keel.local.store,
+                keel.local.clock,
+                key_id,
+                event_source=settings.events_source,
+                audit=lambda at: revoked_entry(at, CLI_ACTOR, key_id),
             )
             told = None
             if revoked and keel.key_revocations is not None:

@@ -181,3 +181,23 @@ def test_a_change_on_one_node_applies_on_the_other_as_soon_as_pushed(tmp_path: P
             == 200
         )
         until(lambda: status() == 401, "the second node refuses the expired key", timeout=WAIT)
+
+
+def test_keys_made_and_revoked_with_the_cli_are_in_the_audit_log(tmp_path: Path) -> None:
+    env = {**os.environ, "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}", "KEEL_WORKERS": "1"}
+    keel_output(env, "migrate")
+    admin = keel_output(env, "keys", "create", "--scopes", "admin", "--name", "ops", "--quiet").strip()
+    app = keel_output(env, "keys", "create", "--name", "app", "--quiet").strip().split("_")[1]
+    keel_output(env, "keys", "revoke", app)
+    with keel_nodes(1, env, tmp_path) as (node,):
+        answer = httpx.get(f"{node}/v1/audit", headers=bearer(admin), timeout=10)
+    assert answer.status_code == 200
+    entries = [(e["actor"], e["action"], e["key_id"]) for e in answer.json()["items"]]
+    assert entries == [  # newest first
+        ("cli", "key.revoked", app),
+        ("cli", "key.created", app),
+        ("cli", "key.created", admin.split("_")[1]),
+    ]
+    created = answer.json()["items"][1]["detail"]
+    assert (created["name"], created["plan"]) == ("app", "standard")
+    assert created["scopes"] == ["profiles:read", "profiles:write"]  # the CLI's default

@@ -127,17 +127,7 @@ class ApiKeyAdmin:
             plan=chosen_plan,
             expires_at=expires_at,
             event_source=self._source,
-            audit=lambda key: _entry(
-                now,
-                caller,
-                "key.created",
-                key.id,
-                name=key.name,
-                scopes=sorted(key.scopes),
-                plan=key.plan,
-                api_version=key.api_version,
-                expires_at=_time(key.expires_at),
-            ),
+            audit=lambda key: created_entry(now, caller.key_id, key),
         )
 
     async def update(
@@ -240,7 +230,7 @@ class ApiKeyAdmin:
             revoked = dataclasses.replace(key, revoked_at=now)
             await uow.api_keys.revoke(key_id, now)
             await uow.outbox.add(api_key_revoked(key_id, now), self._source)
-            await uow.audit.add(_entry(now, caller, "key.revoked", key_id))
+            await uow.audit.add(revoked_entry(now, caller.key_id, key_id))
             await uow.commit()
         await self._on_changed(key_id)
         return revoked
@@ -334,6 +324,31 @@ def _expiry_errors(at: datetime | None, now: datetime, location: str) -> list[Fi
     if in_utc <= now:
         return [FieldError(location, "must be in the future (to end a key now, expire it without a time)")]
     return []
+
+
+# The actor of what an operator does with `keel keys` on a host (no key made the request).
+CLI_ACTOR = "cli"
+
+
+def created_entry(at: datetime, actor: str, key: ApiKey) -> AuditEntry:
+    """The audit entry of a key's creation, by an admin key (`actor`, its id) or `CLI_ACTOR`."""
+    return AuditEntry(
+        at=at,
+        actor=actor,
+        action="key.created",
+        subject=key.id,
+        detail={
+            "name": key.name,
+            "scopes": sorted(key.scopes),
+            "plan": key.plan,
+            "api_version": key.api_version,
+            "expires_at": _time(key.expires_at),
+        },
+    )
+
+
+def revoked_entry(at: datetime, actor: str, key_id: str) -> AuditEntry:
+    return AuditEntry(at=at, actor=actor, action="key.revoked", subject=key_id, detail={})
 
 
 def _entry(at: datetime, caller: Principal, action: str, subject: str, **detail: object) -> AuditEntry:

@@ -106,14 +106,24 @@ async def issue_api_key(
     return IssuedKey(key=key, token=token)
 
 
-async def revoke_api_key(store: Store, clock: Clock, key_id: str, *, event_source: str = "/keel") -> bool:
+async def revoke_api_key(
+    store: Store,
+    clock: Clock,
+    key_id: str,
+    *,
+    event_source: str = "/keel",
+    audit: Callable[[datetime], AuditEntry] | None = None,
+) -> bool:
     """Revoke a key. Processes that cached it stop accepting it within their cache TTL, or at
-    once when the revocation is pushed to them (`KeyRevocations`, the caller's next step)."""
+    once when the revocation is pushed to them (`KeyRevocations`, the caller's next step).
+    `audit`: the entry recorded with a revocation, in its transaction (given its time)."""
     async with store.unit_of_work() as uow:
         now = clock.now()
         revoked = await uow.api_keys.revoke(key_id, now)
         if revoked:
             await uow.outbox.add(api_key_revoked(key_id, now), event_source)
+            if audit is not None:
+                await uow.audit.add(audit(now))
         await uow.commit()
     return revoked
 

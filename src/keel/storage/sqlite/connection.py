@@ -16,7 +16,7 @@ The writer needs none of this: a write unit of work holds it alone (the store's 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -113,6 +113,11 @@ class WholeStatements:
 
     def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> Awaitable[Cursor]:
         raise sqlite3.ProgrammingError("The shared reader runs no statement for many rows: use a write unit.")
+
+    async def set_trace_callback(self, handler: Callable[..., Any]) -> None:
+        """Every statement's SQL to `handler` (None: no longer), as sqlite3's own: what tests
+        that count the statements a request sends read."""
+        await self._connection.set_trace_callback(handler)
 
     async def close(self) -> None:
         await self._connection.close()
