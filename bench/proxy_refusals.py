@@ -102,7 +102,7 @@ def _round(
     proxy_dir = logs / f"haproxy-{time.monotonic_ns()}"
     node_env = {**env, "KEEL_PORT": str(port)}
     if configuration == PROXY:
-        node_env["KEEL_PROXY_RUNTIME_API"] = f"unix:{proxy_dir / 'admin.sock'}"
+        node_env["KEEL_PROXY_RUNTIME_API"] = f"unix:{proxy_dir / 'operator.sock'}"
     key_id = abuser.split("_")[1]
     with (
         server("node", keel_cmd("serve"), node_env, logs / "node.log", port) as node,

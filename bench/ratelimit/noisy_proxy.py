@@ -52,7 +52,7 @@ def _proxy_cpu(proxy: Haproxy) -> float:
 @contextlib.contextmanager
 def _fronted(environment: Environment, name: str, *, told: bool) -> Iterator[tuple[Haproxy, list[int]]]:
     directory = environment.logs / f"{name}-haproxy-{time.monotonic_ns()}"
-    overrides = {"KEEL_PROXY_RUNTIME_API": f"unix:{directory / 'admin.sock'}"} if told else {}
+    overrides = {"KEEL_PROXY_RUNTIME_API": f"unix:{directory / 'operator.sock'}"} if told else {}
     with keel_nodes(environment, 2, name, **overrides) as ports:
         nodes = [(f"n{n}", port) for n, port in enumerate(ports)]
         with haproxy(directory, nodes) as proxy:

@@ -8,7 +8,8 @@ on `/readyz` every 500 ms (two failures take a node out, two successes put it ba
 whose connection to a node fails retried once on another node (only then: a request that reached
 a node is never sent twice), and HAProxy's own 502/503/504 answered as problem+json
 (deploy/haproxy/errors/). Its admin socket answers `show stat` (`states`) and takes runtime
-commands; it is also the runtime API a node writes the keys it refused to (`admin_socket`).
+commands; a second socket, at the deployed operator level, is the runtime API a node writes the
+keys it refused to (`operator_socket`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def haproxy_config(
         lines.append(line)
         if stripped == "global":
             lines.append(f"    stats socket {admin_socket} mode 600 level admin")
+            # The deployment's runtime API for Keel, at its level (`operator_socket`).
+            lines.append(f"    stats socket {operator_socket(admin_socket)} mode 600 level operator")
     if section != f"backend {BACKEND}":
         raise RuntimeError(f"{DEPLOYED} must end with `backend {BACKEND}` (its servers are replaced there)")
     for name, node_port in nodes:
@@ -92,6 +95,12 @@ def haproxy_config(
         agent_check = f" agent-check agent-addr 127.0.0.1 agent-port {agent}" if agent is not None else ""
         lines.append(f"    server {name} 127.0.0.1:{node_port} check{agent_check}")
     return "\n".join(lines) + "\n"
+
+
+def operator_socket(admin_socket: Path) -> Path:
+    """The runtime API socket at the deployed level (operator), beside the test's admin one:
+    where a node writes the keys it refused (KEEL_PROXY_RUNTIME_API)."""
+    return admin_socket.with_name("operator.sock")
 
 
 class Haproxy:

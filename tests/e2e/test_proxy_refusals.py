@@ -53,7 +53,7 @@ def _deployment(tmp_path: Path) -> Iterator[Deployment]:
         "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",
         "KEEL_WORKERS": "1",
         "KEEL_RATELIMIT_PLANS": json.dumps(PLANS),
-        "KEEL_PROXY_RUNTIME_API": f"unix:{proxy_dir / 'admin.sock'}",
+        "KEEL_PROXY_RUNTIME_API": f"unix:{proxy_dir / 'operator.sock'}",
     }
     keel_output(env, "migrate")
     abuser = keel_output(env, "keys", "create", "--plan", "tiny", "--quiet").strip()
@@ -124,10 +124,14 @@ def test_a_key_keel_refused_is_refused_by_haproxy_until_it_could_conform(tmp_pat
         assert error["extensions"]["code"] == "RATE_LIMITED"
         assert 1 <= error["extensions"]["retryAfter"] <= keel_wait
 
-        # Another key, and the same key's id inside a malformed token, are the node's to judge.
+        # Another key; the refused key's id in a token Keel would not accept (another scheme, a
+        # secret too short to be one, sent twice); a path Keel does not limit: the node's to judge.
         assert client.get(MISSING, headers=_bearer(fleet.other)).status_code == 404
-        forged = client.get(MISSING, headers={"Authorization": f"Token keel_{fleet.abuser_id}_{'x' * 43}"})
-        assert forged.status_code == 401
+        for forged in (f"Token keel_{fleet.abuser_id}_{'x' * 43}", f"Bearer keel_{fleet.abuser_id}_short"):
+            assert client.get(MISSING, headers={"Authorization": forged}).status_code == 401
+        twice = [("Authorization", f"Bearer {fleet.other}"), ("Authorization", f"Bearer {fleet.abuser}")]
+        assert client.get(MISSING, headers=twice).status_code == 401  # one set of credentials
+        assert client.get("/healthz", headers=_bearer(fleet.abuser)).status_code == 200
         assert _decisions(fleet.node_url) > reached
 
 
@@ -145,3 +149,49 @@ def test_a_change_of_the_key_over_the_api_clears_it_at_the_proxy(tmp_path: Path)
         until(lambda: _deadline(fleet.proxy, fleet.abuser_id) is None, "the proxy's entry is cleared")
         # On its new plan, the key is admitted by the node again.
         assert client.get(MISSING, headers=_bearer(fleet.abuser)).status_code == 404
+
+
+def test_a_change_made_on_a_process_that_writes_to_no_proxy_clears_it_too(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """As deployed: keys are administered on a core, which writes to no proxy; the processes
+    behind HAProxy hear of the change through the key-change push on Redis, and clear it."""
+    proxy_dir = tmp_path / "haproxy"
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": f"sqlite:///{tmp_path / 'keel.sqlite3'}",
+        "KEEL_WORKERS": "1",
+        "KEEL_RATELIMIT_PLANS": json.dumps(PLANS),
+        "KEEL_REDIS_URL": redis_url,
+    }
+    keel_output(env, "migrate")
+    abuser = keel_output(env, "keys", "create", "--plan", "tiny", "--quiet").strip()
+    admin = keel_output(env, "keys", "create", "--scopes", "admin", "--quiet").strip()
+    abuser_id = abuser.split("_")[1]
+    fronted, administered = free_port(), free_port()
+    told = {**env, "KEEL_PORT": str(fronted), "KEEL_PROXY_RUNTIME_API": f"unix:{proxy_dir / 'operator.sock'}"}
+    with (
+        server("fronted", keel_cmd("serve"), told, tmp_path / "fronted.log", fronted),
+        server(
+            "admin",
+            keel_cmd("serve"),
+            {**env, "KEEL_PORT": str(administered)},
+            tmp_path / "admin.log",
+            administered,
+        ),
+        haproxy(proxy_dir, [("node", fronted)]) as proxy,
+        httpx.Client(base_url=proxy.url, timeout=10) as client,
+    ):
+        proxy.wait_for({"node": "UP"})
+        for _ in range(11):
+            client.get(MISSING, headers=_bearer(abuser))
+        until(lambda: _deadline(proxy, abuser_id) is not None, "the refusal reaches HAProxy")
+        changed = httpx.patch(
+            f"http://127.0.0.1:{administered}/v1/keys/{abuser_id}",
+            json={"plan": "standard"},
+            headers=_bearer(admin),
+            timeout=10,
+        )
+        assert changed.status_code == 200, changed.text
+        until(lambda: _deadline(proxy, abuser_id) is None, "the push clears the proxy's entry")
+        assert client.get(MISSING, headers=_bearer(abuser)).status_code == 404

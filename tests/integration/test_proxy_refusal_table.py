@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 from testkit.ports import free_port
-from testkit.servers.haproxy import Haproxy, haproxy
+from testkit.servers.haproxy import Haproxy, haproxy, operator_socket
 
 from keel.ratelimit.proxy_refusals import MAX_HOLD_MS, HaproxyRefusals
 
@@ -35,7 +35,10 @@ def _held(proxy: Haproxy) -> dict[str, int]:
 def _publisher(proxy: Haproxy, offset_s: float) -> tuple[HaproxyRefusals, Counter]:
     counter = Counter("refusals", "t", ["outcome"], registry=CollectorRegistry())
     publisher = HaproxyRefusals(
-        [f"unix:{proxy.admin_socket}"], "keel_refused", counter, wall_clock=lambda: time.time() + offset_s
+        [f"unix:{operator_socket(proxy.admin_socket)}"],
+        "keel_refused",
+        counter,
+        wall_clock=lambda: time.time() + offset_s,
     )
     return publisher, counter
 
@@ -67,11 +70,22 @@ async def test_haproxy_refuses_a_key_until_its_deadline_and_no_longer(tmp_path: 
             assert OTHER in _held(proxy)
             assert (await client.get("/v1/profiles/x", headers=_token(OTHER))).status_code == 503
 
-            # An earlier deadline for a key already sent a later one is not sent again.
-            ahead.refused(KEY, 0)
-            ahead.refused(KEY, 500)
+            # Refusals of one key before a batch leaves: one command, with the latest deadline.
+            sent = counter.labels("sent")._value.get()
+            ahead.refused(KEY, 2_000_000)
+            ahead.refused(KEY, 5_000_000)
+            ahead.refused(KEY, 3_000_000)
             await ahead.flush()
-            assert counter.labels("sent")._value.get() == 1
+            assert counter.labels("sent")._value.get() == sent + 1
+            left_ms = (_held(proxy)[KEY] - int(time.time() * 1000)) & 0xFFFFFFFF
+            assert 1_804_000 < left_ms <= 1_805_001
+
+            # Units given back after the deadline was sent (a 304): withdrawn, and let through.
+            ahead.refunded(KEY)
+            await ahead.flush()
+            assert KEY not in _held(proxy)
+            assert (await client.get("/v1/profiles/x", headers=_token(KEY))).status_code == 503
+            ahead.refused(KEY, 1_000)  # held again
 
             # A wait past an hour is held for an hour (an entry's life): never wrapped around.
             longest, _ = _publisher(proxy, offset_s=0.0)
@@ -82,10 +96,21 @@ async def test_haproxy_refuses_a_key_until_its_deadline_and_no_longer(tmp_path: 
             assert (await client.get("/v1/profiles/x", headers=_token(OTHER))).status_code == 429
 
             # Forgiven (the key changed): cleared, and let through.
+            await ahead.flush()
+            assert KEY in _held(proxy)
             ahead.forgive(KEY)
             await ahead.flush()
             assert KEY not in _held(proxy)
             assert (await client.get("/v1/profiles/x", headers=_token(KEY))).status_code == 503
+
+            # The limits switched off: the whole table emptied, and what was waiting not sent.
+            ahead.refused(KEY, 1_000)
+            await ahead.flush()
+            ahead.refused("abcdefghijklmnoq", 1_000)
+            ahead.forgive_all()
+            await ahead.flush()
+            assert _held(proxy) == {}
+            assert (await client.get("/v1/profiles/x", headers=_token(OTHER))).status_code == 503
 
 
 async def test_a_proxy_that_does_not_answer_loses_the_batch_and_says_so(tmp_path: Path) -> None:
@@ -95,3 +120,10 @@ async def test_a_proxy_that_does_not_answer_loses_the_batch_and_says_so(tmp_path
     await publisher.flush()
     assert counter.labels("failed")._value.get() == 1
     assert counter.labels("sent")._value.get() == 0
+    await publisher.flush()  # the refusal is gone: sent again only when Keel refuses again
+    assert counter.labels("failed")._value.get() == 1
+    # A clear no proxy took is tried again at the next batch.
+    publisher.forgive(KEY)
+    await publisher.flush()
+    await publisher.flush()
+    assert counter.labels("failed")._value.get() == 3

@@ -4,12 +4,15 @@ pipeline plus a translation, so what holds here holds for REST, GraphQL and gRPC
 
 from __future__ import annotations
 
+import dataclasses
+
 from keel.admission import Admission, Caller, Outcome, Refusal, Ticket, bearer_token, client_identity
 from keel.admission.operations import DEFAULT_COSTS, OTHER, PROFILES_GET, PROFILES_LIST
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import Unauthenticated
 from keel.observability.metrics import Metrics
 from keel.ratelimit.catalog import RateLimitCatalog
+from keel.ratelimit.gcra import Decision
 from keel.ratelimit.guard import RateLimitGuard
 from keel.ratelimit.memory import InMemoryRateLimiter
 from keel.ratelimit.policy import Plan, Policy
@@ -39,7 +42,33 @@ class FakeKeys:
         return READER if token == "good" else None
 
 
-def _admission(*, shedding_limit: int | None = None) -> tuple[Admission, LoadShedder | None]:
+class Told:
+    """The `RefusalPublisher` port, recording what the pipeline passes on to the proxy."""
+
+    def __init__(self) -> None:
+        self.refusals: list[tuple[str, int]] = []
+        self.refunds: list[str] = []
+
+    def refused(self, key_id: str, wait_us: int) -> None:
+        self.refusals.append((key_id, wait_us))
+
+    def refunded(self, key_id: str) -> None:
+        self.refunds.append(key_id)
+
+
+class DegradedLimiter(InMemoryRateLimiter):
+    """Every decision as one taken while the shared limiter was down (this process's share)."""
+
+    async def acquire(self, client: str, plan: Plan, cost: int, slot: str | None = None) -> Decision:
+        return dataclasses.replace(await super().acquire(client, plan, cost, slot), degraded=True)
+
+
+def _admission(
+    *,
+    shedding_limit: int | None = None,
+    refusals: Told | None = None,
+    limiter: InMemoryRateLimiter | None = None,
+) -> tuple[Admission, LoadShedder | None]:
     catalog = RateLimitCatalog.build(
         plans={"tight": TIGHT, "anonymous": ANONYMOUS, "edge": WIDE},
         default_plan="tight",
@@ -50,8 +79,8 @@ def _admission(*, shedding_limit: int | None = None) -> tuple[Admission, LoadShe
     if shedding_limit is not None:
         limit = GradientLimit(initial=shedding_limit, minimum=shedding_limit, maximum=shedding_limit)
         shedder = LoadShedder(limit)
-    guard = RateLimitGuard(InMemoryRateLimiter(), Metrics())
-    return Admission(FakeKeys(), catalog, guard, shedder), shedder
+    guard = RateLimitGuard(limiter if limiter is not None else InMemoryRateLimiter(), Metrics())
+    return Admission(FakeKeys(), catalog, guard, shedder, refusals), shedder
 
 
 def test_one_bearer_parser_and_one_client_identity() -> None:
@@ -141,3 +170,79 @@ async def test_a_charge_for_a_request_refused_before_running_is_never_refunded()
     refused = await admission.charge(anonymous, 1)
     assert isinstance(refused, Refusal)
     assert refused.kind == "quota"
+
+
+async def _spend(admission: Admission, caller: Caller, units: int) -> None:
+    ticket = await admission.enter(caller, OTHER, cost=units)
+    assert isinstance(ticket, Ticket)
+    await ticket.finish(Outcome(succeeded=True))
+
+
+async def test_a_refused_key_paying_for_itself_is_passed_on_with_its_wait_for_one_unit() -> None:
+    told = Told()
+    admission, _ = _admission(refusals=told)
+    reader = Caller(READER, None)
+    await _spend(admission, reader, 10)  # the whole burst of 10; one unit back every 360 s
+    refused = await admission.enter(reader, PROFILES_GET)
+    assert isinstance(refused, Refusal)
+    assert len(told.refusals) == 1
+    key_id, wait_us = told.refusals[0]
+    assert key_id == "k1"
+    assert 359_000_000 < wait_us <= 360_000_000
+    # Refused again early (remembered, before the framework): told again, so that a proxy that
+    # lost the key learns it at its next request.
+    assert admission.try_refuse_now(reader, PROFILES_GET) is not None
+    assert [k for k, _ in told.refusals] == ["k1", "k1"]
+    assert told.refunds == []
+
+
+async def test_refusals_that_are_not_the_keys_own_are_not_passed_on() -> None:
+    told = Told()
+    admission, _ = _admission(refusals=told)
+    # A caller without a key (limited by address).
+    anonymous = Caller(None, "198.51.100.7")
+    await _spend(admission, anonymous, 10)
+    assert isinstance(await admission.enter(anonymous, PROFILES_GET), Refusal)
+    # An edge's quota, spent for one of its callers.
+    for_edge = Caller(READER, None, charged=EDGE)
+    await _spend(admission, for_edge, 100)
+    assert isinstance(await admission.enter(for_edge, PROFILES_GET), Refusal)
+    # The concurrency cap (one in flight).
+    roomy = Caller(Principal("k2", frozenset({Scope.PROFILES_READ}), "2026-11-28", plan="tight"), None)
+    held = await admission.enter(roomy, PROFILES_GET)
+    assert isinstance(held, Ticket)
+    capped = await admission.enter(roomy, PROFILES_GET)
+    assert isinstance(capped, Refusal)
+    assert capped.violated_policies == ["concurrency"]
+    await held.finish(Outcome(succeeded=True))
+    assert told.refusals == []
+    # A share decided by this process alone while Redis was down.
+    degraded_told = Told()
+    degraded, _ = _admission(refusals=degraded_told, limiter=DegradedLimiter())
+    await _spend(degraded, Caller(READER, None), 10)
+    assert isinstance(await degraded.enter(Caller(READER, None), PROFILES_GET), Refusal)
+    assert degraded_told.refusals == []
+
+
+async def test_units_given_back_to_a_key_are_told_to_the_proxy() -> None:
+    told = Told()
+    admission, shedder = _admission(refusals=told, shedding_limit=10)
+    reader = Caller(READER, None)
+    ticket = await admission.enter(reader, PROFILES_GET)
+    assert isinstance(ticket, Ticket)
+    await ticket.finish(Outcome(succeeded=True, unused=1))  # a 304
+    assert told.refunds == ["k1"]
+    assert shedder is not None
+    busy = [shedder.try_admit(Priority.CRITICAL) for _ in range(8)]
+    shed = await admission.enter(reader, PROFILES_LIST)  # shed, and refunded
+    assert isinstance(shed, Refusal)
+    assert told.refunds == ["k1", "k1"]
+    for admitted_at in busy:
+        assert admitted_at is not None
+        shedder.release("other", admitted_at)
+    # Not the key's own units: a caller without a key, an edge's quota spent for its caller.
+    for caller in (Caller(None, "198.51.100.7"), Caller(READER, None, charged=EDGE)):
+        ticket = await admission.enter(caller, PROFILES_GET)
+        assert isinstance(ticket, Ticket)
+        await ticket.finish(Outcome(succeeded=True, unused=1))
+    assert told.refunds == ["k1", "k1"]

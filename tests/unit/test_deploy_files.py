@@ -87,7 +87,17 @@ def test_the_compose_file_wires_every_dependency_to_a_service_it_defines() -> No
     for name in ("migrate", "core", "edge1", "edge2"):
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
     for volume in services["haproxy"]["volumes"]:
-        assert (DEPLOY / volume.split(":")[0]).exists(), volume
+        source = volume.split(":")[0]
+        if source.startswith("."):  # a file of the repository; else a named volume, defined
+            assert (DEPLOY / source).exists(), volume
+        else:
+            assert source in compose["volumes"], volume
+    # The runtime API's socket: on a volume HAProxy and the edges share, where the edges look.
+    socket = next(line.split()[2] for line in _haproxy_lines() if line.startswith("stats socket "))
+    shared = {"haproxy": "/var/lib/haproxy", "edge1": "/run/haproxy-api"}
+    assert all(f"haproxy-api:{path}" in services[name]["volumes"] for name, path in shared.items())
+    assert socket == "/var/lib/haproxy/admin.sock"
+    assert services["edge1"]["environment"]["KEEL_PROXY_RUNTIME_API"] == "unix:/run/haproxy-api/admin.sock"
     backends = [line.split()[2].split(":")[0] for line in _haproxy_lines() if line.startswith("server ")]
     assert backends == ["edge1", "edge2"]
 

@@ -14,7 +14,7 @@ def test_runtime_api_addresses() -> None:
     assert parse_address("unix:/run/haproxy/admin.sock") == "/run/haproxy/admin.sock"
     assert parse_address("haproxy:9999") == ("haproxy", 9999)
     assert parse_address("[::1]:9999") == ("::1", 9999)
-    for bad in ("haproxy", "haproxy:", ":9999", "haproxy:http", "haproxy:70000", "unix:"):
+    for bad in ("haproxy", "haproxy:", ":9999", "haproxy:http", "haproxy:70000", "unix:", "a..b:9999"):
         with pytest.raises(ValueError, match=r"unix:/path or host:port|no socket path"):
             parse_address(bad)
     assert proxy_runtime_apis(" a:1, unix:/b ,") == ["a:1", "unix:/b"]

@@ -108,3 +108,28 @@ async def test_a_refusal_remembered_under_one_plan_is_not_applied_under_another(
     assert guard.known_refusal("c", tight, 1) is not None
     assert guard.known_refusal("c", roomy, 1) is None
     assert (await guard.admit("c", roomy, 1)).allowed
+
+
+async def test_the_kill_switch_seen_thrown_is_told_once_per_throw() -> None:
+    """What clears the proxy's refusals (`HaproxyRefusals.forgive_all`) when limits go off."""
+    limiter = SwitchableLimiter()
+    guard = RateLimitGuard(limiter, Metrics())
+    thrown: list[bool] = []
+    guard.on_switched_off = lambda: thrown.append(True)
+    for _ in range(2):
+        outcome = await guard.admit("c", PLAN, 1)
+        guard.release("c")
+        assert outcome.allowed
+    assert thrown == []
+    limiter.thrown = True
+    for _ in range(3):
+        await guard.admit("c", PLAN, 1)
+        guard.release("c")
+    assert thrown == [True]
+    limiter.thrown = False
+    await guard.admit("c", PLAN, 1)
+    guard.release("c")
+    limiter.thrown = True
+    await guard.admit("c", PLAN, 1)
+    guard.release("c")
+    assert thrown == [True, True]

@@ -12,6 +12,7 @@ limit (an abuser's) never take a slot nor count in the latencies that steer the 
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -71,6 +72,7 @@ class Ticket:
         "_guard",
         "_holds",
         "_latency_class",
+        "_refunded",
         "_shedder",
         "_slot",
         "client",
@@ -89,7 +91,10 @@ class Ticket:
         limits: RateLimitOutcome | None,
         latency_class: str,
         admitted_at: float,
+        refunded: Callable[[], None] | None = None,
     ) -> None:
+        """`refunded`: told when units go back to the client (the proxy may hold it too long)."""
+        self._refunded = refunded
         self._guard = guard
         self._shedder = shedder
         self.client = client
@@ -127,6 +132,8 @@ class Ticket:
             await self.release_slots()
             if outcome.unused > 0:
                 await guard.refund(self.client, self.plan, min(outcome.unused, self.cost))
+                if self._refunded is not None:
+                    self._refunded()
 
 
 class Admission:
@@ -202,6 +209,8 @@ class Admission:
                 caller.client, self.plan_of(caller), self.catalog.cost_of(operation.name)
             )
             if known is not None:
+                if self._refusals is not None:  # the proxy may have lost the key: told again
+                    self._pass_on(caller, known, time.monotonic())
                 return _quota_refusal(known)
         shedder = self._shedder
         if shedder is not None and shedder.refuses(operation.priority):
@@ -242,10 +251,21 @@ class Admission:
                     if limits.slot is not None:
                         await guard.release_slot(client, limits.slot)
                     await guard.refund(client, plan, units)
+                    refunded = self._refunded_of(caller)
+                    if refunded is not None:
+                        refunded()
                 return _shed_refusal(operation.priority)
             admitted_at = slot
         return Ticket(
-            guard, shedder, client, plan, units, limits, latency_class or operation.name, admitted_at
+            guard,
+            shedder,
+            client,
+            plan,
+            units,
+            limits,
+            latency_class or operation.name,
+            admitted_at,
+            self._refunded_of(caller) if limits is not None else None,
         )
 
     async def charge(self, caller: Caller, cost: int) -> RateLimitOutcome | Refusal | None:
@@ -263,6 +283,13 @@ class Admission:
             return _quota_refusal(limits)
         guard.release(client)
         return limits
+
+    def _refunded_of(self, caller: Caller) -> Callable[[], None] | None:
+        """What tells the proxy that units went back to `caller`'s key (None: nothing to tell)."""
+        publisher, principal = self._refusals, caller.principal
+        if publisher is None or principal is None or caller.charged is not None:
+            return None
+        return functools.partial(publisher.refunded, principal.key_id)
 
     def _pass_on(self, caller: Caller, limits: RateLimitOutcome, asked: float) -> None:
         """Tell the proxy in front of a refused key's wait for one unit: only a refusal the

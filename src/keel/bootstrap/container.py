@@ -192,6 +192,8 @@ def assemble(
 ) -> Services:
     revocations = _key_revocations(settings)
     refusals = _proxy_refusals(settings, metrics) if guards.guard is not None else None
+    if refusals is not None and guards.guard is not None:
+        guards.guard.on_switched_off = refusals.forgive_all
     return Services(
         settings=settings,
         profiles=profiles,

@@ -208,12 +208,8 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
         if keel.proxy_refusals is not None:
             background.append(asyncio.create_task(keel.proxy_refusals.run()))
         if keel.key_revocations is not None:
-            authenticator = keel.authenticator
-            background.append(
-                asyncio.create_task(
-                    keel.key_revocations.listen(authenticator.forget_key, authenticator.forget_all)
-                )
-            )
+            forget_key, forget_all = _key_changes(keel)
+            background.append(asyncio.create_task(keel.key_revocations.listen(forget_key, forget_all)))
         if keel.core is not None:
             if keel.core.idempotency_purge is not None:
                 background.append(asyncio.create_task(purge_idempotency_records(keel.core.idempotency_purge)))
@@ -246,3 +242,22 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Service
                 with contextlib.suppress(asyncio.CancelledError):
                     await leader
         await keel.close()
+
+
+def _key_changes(keel: Services) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """What a key-change push does here: the key's cached answer forgotten and, where this
+    process writes refusals to a proxy, the key's deadline there cleared (the change may have
+    been made on a core that writes to none); a missed push (Redis reconnected) clears them all."""
+    authenticator, refusals = keel.authenticator, keel.proxy_refusals
+    if refusals is None:
+        return authenticator.forget_key, authenticator.forget_all
+
+    def forget_key(key_id: str) -> None:
+        authenticator.forget_key(key_id)
+        refusals.forgive(key_id)
+
+    def forget_all() -> None:
+        authenticator.forget_all()
+        refusals.forgive_all()
+
+    return forget_key, forget_all

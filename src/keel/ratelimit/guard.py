@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -60,6 +61,9 @@ class RateLimitGuard:
         self._in_flight: dict[str, int] = {}
         # Names of fleet-wide slots: unique to this process, then to each request.
         self._slot_names = (f"{secrets.token_hex(8)}:{n}" for n in itertools.count())
+        # Told once each time the kill switch is seen thrown (the proxy's refusals withdrawn).
+        self.on_switched_off: Callable[[], None] | None = None
+        self._seen_off = False
         self._decision_series: dict[tuple[str, str], Counter] = {}
         self._rejections = SampledLog("keel.ratelimit")
         self._denials = Denials()
@@ -74,6 +78,10 @@ class RateLimitGuard:
         `release_slot(client, outcome.slot)` before its answer leaves. `hold` False: a charge
         for a request that will not run, which takes no fleet-wide slot."""
         switched_off = await self._limiter.switched_off()
+        if switched_off != self._seen_off:
+            self._seen_off = switched_off
+            if switched_off and self.on_switched_off is not None:
+                self.on_switched_off()
         # Read after the await: other requests of this client may have come and gone meanwhile.
         in_flight = self._in_flight.get(client, 0)
         if switched_off:

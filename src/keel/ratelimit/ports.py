@@ -54,3 +54,8 @@ class RefusalPublisher(Protocol):
         """API key `key_id` was refused; no request of it can conform for `wait_us`. Never
         blocks and never raises: what cannot be passed on is dropped (Keel still refuses)."""
         ...
+
+    def refunded(self, key_id: str) -> None:
+        """Units went back to `key_id` (a 304, a shed request): a deadline passed on for it may
+        now be later than Keel's own, and is withdrawn. Never blocks, never raises."""
+        ...

@@ -26,11 +26,17 @@ counting only what lies in (0, `MAX_HOLD_MS`]. A deadline is never set further a
 after their last write, so a stale one can never wrap around into the window, and a deadline
 whose low 32 bits are 0 (HAProxy's answer for a key not in the table) is not sent.
 
-A deadline can only be later than the one it replaces (a client's debts only grow until they
-are paid), so one already passed on is not sent again. Nothing here blocks a request: refusals
-wait in a bounded set (the newest deadline per key), and a task sends them in batches, one
-connection per proxy and batch. A proxy that does not answer loses that batch, which is counted
-and logged: Keel still refuses those clients itself.
+Nothing here blocks a request: refusals wait in a bounded set (the latest deadline per key),
+and a task sends them in batches, one connection per proxy and batch, to every proxy at once.
+Every refusal that reaches Keel is sent again, so a proxy that restarted, lost a batch or let an
+entry expire learns the key at its next refused request (while a proxy holds a key, its requests
+do not reach Keel, so this costs little). A proxy that does not answer loses that batch, which
+is counted and logged: Keel still refuses those clients itself.
+
+What makes a deadline too late is cleared at the proxy: a change of the key (its plan, scopes,
+secret, expiry; from any process, through the key-change push), units given back after it was
+sent (a 304, a shed request: `refunded`), and the kill switch thrown (`forgive_all`: the table
+emptied). A clear that no proxy took is tried again at the next batch.
 """
 
 from __future__ import annotations
@@ -64,9 +70,14 @@ def parse_address(address: str) -> tuple[str, int] | str:
             raise ValueError(f"no socket path in {address!r}")
         return path
     host, colon, port = address.rpartition(":")
+    host = host.strip("[]")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"a runtime API address is unix:/path or host:port, not {address!r}")
-    return host.strip("[]"), int(port)
+    try:
+        host.encode("idna")  # what connecting would do: refused now, not in the sender's task
+    except UnicodeError:
+        raise ValueError(f"a runtime API address is unix:/path or host:port, not {address!r}") from None
+    return host, int(port)
 
 
 def commands(table: str, deadlines: dict[str, int]) -> bytes:
@@ -79,8 +90,10 @@ def commands(table: str, deadlines: dict[str, int]) -> bytes:
     ).encode()
 
 
-def clearing(table: str, keys: Sequence[str]) -> bytes:
-    """One runtime API line clearing each key's deadline."""
+def clearing(table: str, keys: Sequence[str] | None) -> bytes:
+    """One runtime API line clearing each key's deadline; every entry when `keys` is None."""
+    if keys is None:
+        return f"clear table {table}\n".encode()
     return (";".join(f"clear table {table} key {key}" for key in keys) + "\n").encode()
 
 
@@ -102,8 +115,10 @@ class HaproxyRefusals:
         self._table = table
         self._wall = wall_clock
         self._waiting: dict[str, int] = {}
-        self._sent: dict[str, int] = {}  # the latest deadline passed on, per key
+        # Deadlines some proxy took, still ahead or lately passed: what a refund may shorten.
+        self._held: dict[str, int] = {}
         self._forgiven: set[str] = set()  # keys whose deadline is to be cleared
+        self._forgive_all = False  # the whole table to be cleared
         self._wake = asyncio.Event()
         self._counts = {outcome: counter.labels(outcome) for outcome in ("sent", "failed", "dropped")}
         self._log = SampledLog("keel.ratelimit.proxy", interval_seconds=10.0)
@@ -115,65 +130,97 @@ class HaproxyRefusals:
         until = now_ms + min(wait_us // 1000, MAX_HOLD_MS)  # rounded down: never past Keel's wait
         if until <= now_ms or until & _LOW_32 == 0:
             return  # under a millisecond; or a deadline HAProxy would read as no entry
-        if until <= max(self._waiting.get(key_id, 0), self._sent.get(key_id, 0)):
-            return  # an equal or later deadline is already on its way, or there
+        if until <= self._waiting.get(key_id, 0):
+            return  # a later deadline for the key is already waiting
         if key_id not in self._waiting and len(self._waiting) >= MAX_WAITING:
             self._counts["dropped"].inc()
             return
         self._waiting[key_id] = until
         self._wake.set()
 
-    async def flush(self) -> None:
-        """Send what is waiting now (`run` does it as refusals come)."""
-        while self._forgiven:
-            cleared = [self._forgiven.pop() for _ in range(min(BATCH, len(self._forgiven)))]
-            await self._send(clearing(self._table, cleared), len(cleared))
-        while self._waiting:
-            batch = dict(list(self._waiting.items())[:BATCH])
-            for key in batch:
-                del self._waiting[key]
-            if await self._send(commands(self._table, batch), len(batch)):
-                self._remember(batch)
-
     def forgive(self, key_id: str) -> None:
         """Key `key_id` changed (its plan, a rotation, a revocation): its deadline at the proxy
         is cleared, so that the new terms are Keel's to apply from its next request."""
         if _KEY_ID.fullmatch(key_id):
             self._waiting.pop(key_id, None)
-            self._sent.pop(key_id, None)
+            self._held.pop(key_id, None)
             self._forgiven.add(key_id)
             self._wake.set()
+
+    def refunded(self, key_id: str) -> None:
+        """Units went back to key `key_id` (a 304, a shed request): a deadline sent for it and
+        still ahead may now be too late, so it is cleared (Keel decides its next request)."""
+        until = self._held.get(key_id)
+        if until is not None and until > int(self._wall() * 1000):
+            self.forgive(key_id)
+
+    def forgive_all(self) -> None:
+        """The rate limits were switched off: every deadline is cleared, none is sent."""
+        self._waiting.clear()
+        self._held.clear()
+        self._forgiven.clear()
+        self._forgive_all = True
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Send what is waiting now (`run` does it as refusals come)."""
+        if self._forgive_all:
+            self._forgive_all = False
+            if not await self._send(clearing(self._table, None), 1):
+                self._forgive_all = True  # tried again at the next batch
+        while self._forgiven:
+            cleared = [self._forgiven.pop() for _ in range(min(BATCH, len(self._forgiven)))]
+            if not await self._send(clearing(self._table, cleared), len(cleared)):
+                self._forgiven.update(k for k in cleared if k not in self._waiting)
+                break
+        while self._waiting:
+            batch = dict(list(self._waiting.items())[:BATCH])
+            for key in batch:
+                del self._waiting[key]
+            if await self._send(commands(self._table, batch), len(batch)):
+                self._hold(batch)
 
     async def run(self) -> None:
         """Send refusals as they come, until cancelled (the process's background work)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as error:  # noqa: BLE001 - never the end of the task: the next batch is tried
+                self._log.warning("proxy_refusals_failed", error=type(error).__name__)
 
     async def _send(self, line: bytes, count: int) -> bool:
-        """`line` to every proxy; whether at least one took it."""
-        delivered = False
-        for name, address in zip(self._names, self._addresses, strict=True):
-            try:
-                answer = await asyncio.wait_for(_exchange(address, line), SEND_TIMEOUT_S)
-            except (OSError, TimeoutError) as error:
-                self._counts["failed"].inc(count)
-                self._log.warning("proxy_refusals_unsent", proxy=name, error=type(error).__name__)
-                continue
-            if answer.strip():  # the runtime API is silent on success
-                self._counts["failed"].inc(count)
-                self._log.warning("proxy_refusals_refused", proxy=name, answer=answer.strip()[:200])
-                continue
-            self._counts["sent"].inc(count)
-            delivered = True
-        return delivered
+        """`line` to every proxy at once; whether at least one took it."""
+        taken = await asyncio.gather(
+            *(
+                self._send_one(name, address, line, count)
+                for name, address in zip(self._names, self._addresses, strict=True)
+            )
+        )
+        return any(taken)
 
-    def _remember(self, batch: dict[str, int]) -> None:
-        if len(self._sent) >= _PRUNE_AT:
-            now = int(self._wall())
-            self._sent = {k: u for k, u in self._sent.items() if u > now}
-        self._sent.update(batch)
+    async def _send_one(self, name: str, address: tuple[str, int] | str, line: bytes, count: int) -> bool:
+        try:
+            answer = await asyncio.wait_for(_exchange(address, line), SEND_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - unreachable, slow, refused: counted and logged
+            self._counts["failed"].inc(count)
+            self._log.warning("proxy_refusals_unsent", proxy=name, error=type(error).__name__)
+            return False
+        if answer.strip():  # the runtime API is silent on success
+            self._counts["failed"].inc(count)
+            self._log.warning("proxy_refusals_refused", proxy=name, answer=answer.strip()[:200])
+            return False
+        self._counts["sent"].inc(count)
+        return True
+
+    def _hold(self, batch: dict[str, int]) -> None:
+        if len(self._held) >= _PRUNE_AT:
+            now = int(self._wall() * 1000)
+            self._held = {k: u for k, u in self._held.items() if u > now}
+        for key, until in batch.items():
+            if key not in self._forgiven:  # forgiven while the batch was on its way
+                self._held[key] = until
 
 
 async def _exchange(address: tuple[str, int] | str, line: bytes) -> str:
