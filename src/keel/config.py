@@ -432,10 +432,18 @@ class Settings(BaseSettings):
         # Without Redis each process decides for its own share of a plan: a refusal by one is
         # not the fleet's, and the proxy would refuse what another process would admit.
         alone = self.ratelimit_nodes == 1 and self.workers <= 1
-        if proxy_runtime_apis(self.proxy_runtime_api) and self.redis_url is None and not alone:
+        if not proxy_runtime_apis(self.proxy_runtime_api) or self.redis_url is not None:
+            return self
+        if not alone:
             raise ValueError(
                 "KEEL_PROXY_RUNTIME_API needs KEEL_REDIS_URL when several processes share the limits"
                 " (KEEL_RATELIMIT_NODES, KEEL_WORKERS): without it each decides for its own share"
+            )
+        if self.core_url is not None:
+            # Keys are changed on the core: an edge hears of it only through the push.
+            raise ValueError(
+                "KEEL_PROXY_RUNTIME_API on an edge needs KEEL_REDIS_URL: key changes made on the core"
+                " reach it only through the push, and the proxy would keep refusing on old terms"
             )
         return self
 

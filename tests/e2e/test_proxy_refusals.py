@@ -90,7 +90,10 @@ def _ms_left(deadline: int, at: float) -> int:
 
 def test_a_key_keel_refused_is_refused_by_haproxy_until_it_could_conform(tmp_path: Path) -> None:
     with _deployment(tmp_path) as fleet, httpx.Client(base_url=fleet.proxy.url, timeout=10) as client:
-        for _ in range(10):
+        sent = time.time()
+        assert client.get(MISSING, headers=_bearer(fleet.abuser)).status_code == 404
+        answered = time.time()
+        for _ in range(9):
             assert client.get(MISSING, headers=_bearer(fleet.abuser)).status_code == 404
         refused = client.get(MISSING, headers=_bearer(fleet.abuser))
         started = time.time()
@@ -100,8 +103,11 @@ def test_a_key_keel_refused_is_refused_by_haproxy_until_it_could_conform(tmp_pat
         until(lambda: _deadline(fleet.proxy, fleet.abuser_id) is not None, "the refusal reaches HAProxy")
         deadline = _deadline(fleet.proxy, fleet.abuser_id)
         assert deadline is not None
-        # Ahead, and never later than Keel would admit one unit again.
+        # Ahead, and never later than Keel would admit one unit again: the first unit spent
+        # comes back 60 s after it was decided, which was between `sent` and `answered`.
         assert 0 < _ms_left(deadline, started) <= keel_wait * 1000
+        assert _ms_left(deadline, answered) <= 60_000
+        assert _ms_left(deadline, sent) > 59_000  # and not much sooner (rounding, the decision's time)
 
         reached = _decisions(fleet.node_url)
         answers = [client.get(MISSING, headers=_bearer(fleet.abuser)) for _ in range(50)]
@@ -132,6 +138,9 @@ def test_a_key_keel_refused_is_refused_by_haproxy_until_it_could_conform(tmp_pat
         twice = [("Authorization", f"Bearer {fleet.other}"), ("Authorization", f"Bearer {fleet.abuser}")]
         assert client.get(MISSING, headers=twice).status_code == 401  # one set of credentials
         assert client.get("/healthz", headers=_bearer(fleet.abuser)).status_code == 200
+        # A path written encoded is the path Keel limits: refused at HAProxy all the same.
+        encoded = client.get(MISSING.replace("/v1/", "/%761/"), headers=_bearer(fleet.abuser))
+        assert encoded.json().get("refused_by") == "proxy"
         assert _decisions(fleet.node_url) > reached
 
 

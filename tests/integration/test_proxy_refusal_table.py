@@ -6,8 +6,10 @@ how long a step takes."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -127,3 +129,66 @@ async def test_a_proxy_that_does_not_answer_loses_the_batch_and_says_so(tmp_path
     await publisher.flush()
     await publisher.flush()
     assert counter.labels("failed")._value.get() == 3
+
+
+async def test_a_clear_is_owed_to_each_proxy_until_it_takes_it(tmp_path: Path) -> None:
+    """Two proxies, one not answering: the one that took a clear is not sent it again, the
+    other is owed it, and the sender's own task tries it again without being asked."""
+    with haproxy(tmp_path / "haproxy", [("node", free_port())]) as proxy:
+        counter = Counter("refusals", "t", ["outcome"], registry=CollectorRegistry())
+        addresses = [f"unix:{operator_socket(proxy.admin_socket)}", f"unix:{tmp_path / 'absent.sock'}"]
+        publisher = HaproxyRefusals(addresses, "keel_refused", counter, retry_s=0.01)
+        publisher.refused(KEY, 60_000_000)
+        await publisher.flush()
+        assert KEY in _held(proxy)
+        assert (counter.labels("sent")._value.get(), counter.labels("failed")._value.get()) == (1, 1)
+        publisher.forgive(KEY)
+        await publisher.flush()
+        assert KEY not in _held(proxy)
+        assert (counter.labels("sent")._value.get(), counter.labels("failed")._value.get()) == (2, 2)
+        assert publisher.pending()  # owed to the proxy that did not answer
+        proxy.command(f"set table keel_refused key {KEY} data.gpt0 1")  # would show a second clear
+        task = asyncio.create_task(publisher.run())
+        try:
+            deadline = time.monotonic() + 30  # the forgive above woke it; then, its retries
+            while counter.labels("failed")._value.get() < 5 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+        assert counter.labels("failed")._value.get() >= 5  # tried again, on its own
+        assert counter.labels("sent")._value.get() == 2  # never again to the one that took it
+        assert KEY in _held(proxy)
+
+
+async def test_a_served_process_clears_the_proxy_when_keys_change_and_limits_go_off(
+    tmp_path: Path,
+) -> None:
+    """The wiring (keel.bootstrap): the kill switch seen thrown empties the proxy's table, and
+    the key-change push (one key, or all after a missed push) clears what it names there."""
+    from keel.bootstrap.lifecycle import _key_changes, build_services
+    from keel.config import Settings
+    from keel.storage.migrations.runner import migrate
+
+    url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
+    await asyncio.to_thread(migrate, url)
+    with haproxy(tmp_path / "haproxy", [("node", free_port())]) as proxy:
+        keel = await build_services(
+            Settings(database_url=url, proxy_runtime_api=f"unix:{operator_socket(proxy.admin_socket)}")
+        )
+        try:
+            refusals, guard = keel.proxy_refusals, keel.rate_limits
+            assert refusals is not None
+            assert guard is not None
+            forget_key, forget_all = _key_changes(keel)
+            switched_off = guard.on_switched_off
+            assert switched_off is not None
+            steps: list[Callable[[], None]] = [lambda: forget_key(KEY), forget_all, switched_off]
+            for clearing_step in steps:
+                refusals.refused(KEY, 60_000_000)
+                await refusals.flush()
+                assert KEY in _held(proxy)
+                clearing_step()
+                await refusals.flush()
+                assert KEY not in _held(proxy)
+        finally:
+            await keel.close()

@@ -28,6 +28,11 @@ def test_the_runtime_api_needs_redis_when_several_processes_share_the_limits() -
         Settings(proxy_runtime_api="haproxy:9999", ratelimit_nodes=2)
     shared = Settings(proxy_runtime_api="haproxy:9999", ratelimit_nodes=2, redis_url="redis://r:6379/0")
     assert shared.ratelimit_nodes == 2
+    # An edge: keys change on its core, and only the push tells it.
+    edge = {"core_url": "grpc://core:50051", "core_api_key": "keel_x", "proxy_runtime_api": "haproxy:9999"}
+    with pytest.raises(ValidationError, match="on an edge needs KEEL_REDIS_URL"):
+        Settings(**edge)  # type: ignore[arg-type]
+    assert Settings(**edge, redis_url="redis://r:6379/0").core_url == "grpc://core:50051"  # type: ignore[arg-type]
 
 
 def test_the_commands_name_only_the_table_and_the_keys() -> None:

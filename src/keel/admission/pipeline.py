@@ -265,7 +265,7 @@ class Admission:
             limits,
             latency_class or operation.name,
             admitted_at,
-            self._refunded_of(caller) if limits is not None else None,
+            self._refunded_of(caller) if self._refusals is not None and limits is not None else None,
         )
 
     async def charge(self, caller: Caller, cost: int) -> RateLimitOutcome | Refusal | None:

@@ -35,8 +35,14 @@ class Denials:
         self._debts: dict[str, tuple[Plan, tuple[_Debt, ...]]] = {}
         self._prune_at = _PRUNE_AT
 
-    def remember(self, client: str, plan: Plan, decision: Decision) -> None:
-        now = self._clock()
+    def now(self) -> int:
+        """This memory's clock (µs): what `remember`'s `asked_at` is read from."""
+        return self._clock()
+
+    def remember(self, client: str, plan: Plan, decision: Decision, asked_at: int | None = None) -> None:
+        """`asked_at` (`now()` before the limiter was asked): the debts are counted from then,
+        never later than the limiter's own moment of decision."""
+        now = self._clock() if asked_at is None else asked_at
         # Every policy's debt, not only the violated ones': the answer to a later request (its
         # Retry-After above all) must account for all of them.
         debts = tuple(_Debt(s.policy, now + s.reset_us) for s in decision.states if not s.policy.shadow)

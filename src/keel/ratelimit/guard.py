@@ -102,6 +102,7 @@ class RateLimitGuard:
         # of one client must not all pass the cap while the first one is being decided.
         self._in_flight[client] = in_flight + 1
         slot = next(self._slot_names) if hold and self._fleet_slots else None
+        asked_at = self._denials.now()
         started = time.perf_counter()
         try:
             decision = await self._limiter.acquire(client, plan, cost, slot)
@@ -117,7 +118,7 @@ class RateLimitGuard:
         if not decision.allowed:
             self.release(client)
             if not decision.degraded:
-                self._denials.remember(client, plan, decision)
+                self._denials.remember(client, plan, decision, asked_at)
             self._refused(client, plan, decision)
             return RateLimitOutcome(False, plan, decision, format_ratelimit_header(decision))
         self._denials.forget(client)  # its debts have moved on; only Redis knows them now

@@ -59,6 +59,7 @@ _LOW_32 = 0xFFFFFFFF
 MAX_WAITING = 10_000  # keys waiting to be sent; past it, new ones are dropped (and counted)
 BATCH = 200  # commands per connection: well within HAProxy's 16 kB command line
 SEND_TIMEOUT_S = 1.0
+RETRY_S = 1.0  # between two tries of the clears a proxy missed
 _PRUNE_AT = 50_000
 
 
@@ -107,6 +108,7 @@ class HaproxyRefusals:
         counter: Counter,
         *,
         wall_clock: Callable[[], float] = time.time,
+        retry_s: float = RETRY_S,
     ) -> None:
         if not _TABLE.fullmatch(table):
             raise ValueError(f"not a stick table's name: {table!r}")
@@ -114,11 +116,15 @@ class HaproxyRefusals:
         self._names = list(addresses)
         self._table = table
         self._wall = wall_clock
+        self._retry_s = retry_s
         self._waiting: dict[str, int] = {}
+        self._sending: set[str] = set()  # keys of the batch of deadlines on its way
         # Deadlines some proxy took, still ahead or lately passed: what a refund may shorten.
         self._held: dict[str, int] = {}
-        self._forgiven: set[str] = set()  # keys whose deadline is to be cleared
-        self._forgive_all = False  # the whole table to be cleared
+        self._prune_at = _PRUNE_AT
+        # Clears still to be taken, per proxy (each is told until it has taken its own).
+        self._forgiven: list[set[str]] = [set() for _ in self._addresses]
+        self._forgive_all = [False for _ in self._addresses]
         self._wake = asyncio.Event()
         self._counts = {outcome: counter.labels(outcome) for outcome in ("sent", "failed", "dropped")}
         self._log = SampledLog("keel.ratelimit.proxy", interval_seconds=10.0)
@@ -141,47 +147,69 @@ class HaproxyRefusals:
     def forgive(self, key_id: str) -> None:
         """Key `key_id` changed (its plan, a rotation, a revocation): its deadline at the proxy
         is cleared, so that the new terms are Keel's to apply from its next request."""
-        if _KEY_ID.fullmatch(key_id):
-            self._waiting.pop(key_id, None)
-            self._held.pop(key_id, None)
-            self._forgiven.add(key_id)
-            self._wake.set()
+        if not _KEY_ID.fullmatch(key_id):
+            return
+        self._waiting.pop(key_id, None)
+        self._held.pop(key_id, None)
+        if any(len(pending) >= MAX_WAITING for pending in self._forgiven):
+            self.forgive_all()  # too many clears owed to a proxy that does not answer: all of them
+            return
+        for pending in self._forgiven:
+            pending.add(key_id)
+        self._wake.set()
 
     def refunded(self, key_id: str) -> None:
-        """Units went back to key `key_id` (a 304, a shed request): a deadline sent for it and
-        still ahead may now be too late, so it is cleared (Keel decides its next request)."""
+        """Units went back to key `key_id` (a 304, a shed request): a deadline for it, held
+        ahead, on its way or waiting, may now be too late: it is withdrawn (Keel decides the
+        key's next request). One another process wrote is not known here (docs/fleet.md)."""
+        self._waiting.pop(key_id, None)  # not sent yet: dropped (Keel refuses on its own)
         until = self._held.get(key_id)
-        if until is not None and until > int(self._wall() * 1000):
+        if key_id in self._sending or (until is not None and until > int(self._wall() * 1000)):
             self.forgive(key_id)
 
     def forgive_all(self) -> None:
         """The rate limits were switched off: every deadline is cleared, none is sent."""
         self._waiting.clear()
         self._held.clear()
-        self._forgiven.clear()
-        self._forgive_all = True
+        for n, pending in enumerate(self._forgiven):
+            pending.clear()
+            self._forgive_all[n] = True
         self._wake.set()
 
+    def pending(self) -> bool:
+        """Anything still to send (clears owed to a proxy that missed them included)."""
+        return bool(self._waiting) or any(self._forgive_all) or any(self._forgiven)
+
     async def flush(self) -> None:
-        """Send what is waiting now (`run` does it as refusals come)."""
-        if self._forgive_all:
-            self._forgive_all = False
-            if not await self._send(clearing(self._table, None), 1):
-                self._forgive_all = True  # tried again at the next batch
-        while self._forgiven:
-            cleared = [self._forgiven.pop() for _ in range(min(BATCH, len(self._forgiven)))]
-            if not await self._send(clearing(self._table, cleared), len(cleared)):
-                self._forgiven.update(k for k in cleared if k not in self._waiting)
-                break
+        """Send what is waiting now (`run` does it as refusals come, and retries clears)."""
+        everyone = range(len(self._addresses))
+        owed_all = [n for n in everyone if self._forgive_all[n]]
+        if owed_all:
+            for n, taken in zip(
+                owed_all, await self._send(owed_all, clearing(self._table, None), 1), strict=True
+            ):
+                self._forgive_all[n] = not taken
+        for n in everyone:
+            pending = self._forgiven[n]
+            while pending and not self._forgive_all[n]:
+                cleared = [pending.pop() for _ in range(min(BATCH, len(pending)))]
+                if not (await self._send([n], clearing(self._table, cleared), len(cleared)))[0]:
+                    pending.update(k for k in cleared if k not in self._waiting)
+                    break
         while self._waiting:
             batch = dict(list(self._waiting.items())[:BATCH])
             for key in batch:
                 del self._waiting[key]
-            if await self._send(commands(self._table, batch), len(batch)):
-                self._hold(batch)
+            self._sending = set(batch)
+            try:
+                if any(await self._send(list(everyone), commands(self._table, batch), len(batch))):
+                    self._hold(batch)
+            finally:
+                self._sending = set()
 
     async def run(self) -> None:
-        """Send refusals as they come, until cancelled (the process's background work)."""
+        """Send refusals as they come, until cancelled (the process's background work); what a
+        proxy missed of the clears is tried again every `retry_s`."""
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -189,16 +217,17 @@ class HaproxyRefusals:
                 await self.flush()
             except Exception as error:  # noqa: BLE001 - never the end of the task: the next batch is tried
                 self._log.warning("proxy_refusals_failed", error=type(error).__name__)
+            if self.pending():
+                await asyncio.sleep(self._retry_s)
+                self._wake.set()
 
-    async def _send(self, line: bytes, count: int) -> bool:
-        """`line` to every proxy at once; whether at least one took it."""
-        taken = await asyncio.gather(
-            *(
-                self._send_one(name, address, line, count)
-                for name, address in zip(self._names, self._addresses, strict=True)
+    async def _send(self, proxies: Sequence[int], line: bytes, count: int) -> list[bool]:
+        """`line` to each of `proxies` (indices) at once; which took it."""
+        return list(
+            await asyncio.gather(
+                *(self._send_one(self._names[n], self._addresses[n], line, count) for n in proxies)
             )
         )
-        return any(taken)
 
     async def _send_one(self, name: str, address: tuple[str, int] | str, line: bytes, count: int) -> bool:
         try:
@@ -215,12 +244,19 @@ class HaproxyRefusals:
         return True
 
     def _hold(self, batch: dict[str, int]) -> None:
-        if len(self._held) >= _PRUNE_AT:
+        owed = set().union(*self._forgiven)
+        for key, until in batch.items():
+            if key not in owed:  # forgiven while the batch was on its way
+                self._held[key] = until
+        if len(self._held) >= self._prune_at:
+            # Passed deadlines go; if that is not enough, the oldest quarter. The next prune
+            # comes after as many new ones again, so the cost per deadline stays constant.
             now = int(self._wall() * 1000)
             self._held = {k: u for k, u in self._held.items() if u > now}
-        for key, until in batch.items():
-            if key not in self._forgiven:  # forgiven while the batch was on its way
-                self._held[key] = until
+            if len(self._held) >= _PRUNE_AT:
+                for key in list(self._held)[: len(self._held) // 4]:
+                    del self._held[key]
+            self._prune_at = len(self._held) + _PRUNE_AT // 2
 
 
 async def _exchange(address: tuple[str, int] | str, line: bytes) -> str:
