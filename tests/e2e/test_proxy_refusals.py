@@ -138,9 +138,13 @@ def test_a_key_keel_refused_is_refused_by_haproxy_until_it_could_conform(tmp_pat
         twice = [("Authorization", f"Bearer {fleet.other}"), ("Authorization", f"Bearer {fleet.abuser}")]
         assert client.get(MISSING, headers=twice).status_code == 401  # one set of credentials
         assert client.get("/healthz", headers=_bearer(fleet.abuser)).status_code == 200
-        # A path written encoded is the path Keel limits: refused at HAProxy all the same.
-        encoded = client.get(MISSING.replace("/v1/", "/%761/"), headers=_bearer(fleet.abuser))
-        assert encoded.json().get("refused_by") == "proxy"
+        # A path written percent-encoded, or with a malformed escape, is a path Keel limits:
+        # refused at HAProxy all the same (with GraphQL's answer on GraphQL's path).
+        for path in (MISSING.replace("/v1/", "/%761/"), MISSING + "%", MISSING + "%zz"):
+            answer = client.get(path, headers=_bearer(fleet.abuser))
+            assert answer.json().get("refused_by") == "proxy", path
+        graphql = client.post("/%67raphql", json={"query": "{ __typename }"}, headers=_bearer(fleet.abuser))
+        assert graphql.json()["errors"][0]["extensions"]["refusedBy"] == "proxy"
         assert _decisions(fleet.node_url) > reached
 
 

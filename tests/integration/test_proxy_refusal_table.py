@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 from testkit.ports import free_port
 from testkit.servers.haproxy import Haproxy, haproxy, operator_socket
@@ -168,9 +169,10 @@ async def test_a_served_process_clears_the_proxy_when_keys_change_and_limits_go_
     from keel.bootstrap.lifecycle import _key_changes, build_services
     from keel.config import Settings
     from keel.storage.migrations.runner import migrate
+    from tests.conftest import environment_layout
 
     url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
-    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(migrate, url, layout=environment_layout())
     with haproxy(tmp_path / "haproxy", [("node", free_port())]) as proxy:
         keel = await build_services(
             Settings(database_url=url, proxy_runtime_api=f"unix:{operator_socket(proxy.admin_socket)}")
@@ -192,3 +194,62 @@ async def test_a_served_process_clears_the_proxy_when_keys_change_and_limits_go_
                 assert KEY not in _held(proxy)
         finally:
             await keel.close()
+
+
+async def test_a_clear_stays_owed_through_a_new_refusal_until_the_proxy_takes_it(tmp_path: Path) -> None:
+    """A key changed (cleared) and refused again while a proxy is down: when that proxy comes
+    back, it is still told the clear, so it does not keep the deadline of the old terms."""
+    later = tmp_path / "later"
+    counter = Counter("refusals", "t", ["outcome"], registry=CollectorRegistry())
+    publisher = HaproxyRefusals([f"unix:{operator_socket(later / 'admin.sock')}"], "keel_refused", counter)
+    publisher.forgive(KEY)
+    await publisher.flush()  # not running yet: the clear is owed
+    publisher.refused(KEY, 60_000_000)
+    await publisher.flush()  # the new deadline is lost with it; the clear is owed still
+    assert publisher.pending()
+    with haproxy(later, [("node", free_port())]) as proxy:
+        stale = int(time.time() * 1000 + 600_000) & 0xFFFFFFFF  # the old terms' deadline
+        proxy.command(f"set table keel_refused key {KEY} data.gpt0 {stale}")
+        await publisher.flush()
+        assert KEY not in _held(proxy)
+        assert not publisher.pending()
+
+
+async def test_a_new_refusal_goes_at_once_while_a_proxy_is_owed_clears(tmp_path: Path) -> None:
+    with haproxy(tmp_path / "haproxy", [("node", free_port())]) as proxy:
+        counter = Counter("refusals", "t", ["outcome"], registry=CollectorRegistry())
+        addresses = [f"unix:{operator_socket(proxy.admin_socket)}", f"unix:{tmp_path / 'absent.sock'}"]
+        publisher = HaproxyRefusals(addresses, "keel_refused", counter, retry_s=3600.0)
+        publisher.forgive(OTHER)  # owed to the absent one for as long as it is absent
+        task = asyncio.create_task(publisher.run())
+        try:
+            deadline = time.monotonic() + 30
+            while counter.labels("failed")._value.get() < 1 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # its first try: the task now waits to retry
+            assert counter.labels("failed")._value.get() >= 1
+            publisher.refused(KEY, 60_000_000)  # must not wait out the retry interval (an hour)
+            deadline = time.monotonic() + 30
+            while KEY not in _held(proxy) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            assert KEY in _held(proxy)
+        finally:
+            task.cancel()
+
+
+async def test_too_many_clears_owed_to_one_proxy_empty_its_table_not_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keel.ratelimit import proxy_refusals
+
+    monkeypatch.setattr(proxy_refusals, "MAX_WAITING", 3)
+    with haproxy(tmp_path / "haproxy", [("node", free_port())]) as proxy:
+        counter = Counter("refusals", "t", ["outcome"], registry=CollectorRegistry())
+        addresses = [f"unix:{operator_socket(proxy.admin_socket)}", f"unix:{tmp_path / 'absent.sock'}"]
+        publisher = HaproxyRefusals(addresses, "keel_refused", counter)
+        publisher.refused(OTHER, 60_000_000)
+        await publisher.flush()
+        for key in ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc", "dddddddddddddddd"):
+            publisher.forgive(key)  # the live proxy takes each; the absent one owes them
+            await publisher.flush()
+        assert OTHER in _held(proxy)  # the live proxy was told only the four keys
+        assert publisher.pending()  # the absent one owes its whole table now

@@ -13,6 +13,7 @@ from keel.bootstrap.core import open_store
 from keel.config import Settings
 from keel.storage.migrations.runner import migrate
 from keel.storage.sqlite.store import SqliteStore
+from tests.conftest import environment_layout
 from tests.integration.conftest import observer
 from tests.integration.test_repository_contract import make_profile
 
@@ -21,7 +22,7 @@ async def test_a_read_sees_a_write_acknowledged_while_another_units_statement_is
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'keel.sqlite3'}"
-    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(migrate, url, layout=environment_layout())
     store = await open_store(Settings(database_url=url), observer("test"))
     assert isinstance(store, SqliteStore)
     try:

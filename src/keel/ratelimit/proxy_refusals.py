@@ -36,7 +36,8 @@ is counted and logged: Keel still refuses those clients itself.
 What makes a deadline too late is cleared at the proxy: a change of the key (its plan, scopes,
 secret, expiry; from any process, through the key-change push), units given back after it was
 sent (a 304, a shed request: `refunded`), and the kill switch thrown (`forgive_all`: the table
-emptied). A clear that no proxy took is tried again at the next batch.
+emptied). A clear is owed to each proxy until that one has taken it, and tried again every
+`RETRY_S` (past `MAX_WAITING` owed keys, that proxy's whole table is owed instead).
 """
 
 from __future__ import annotations
@@ -122,9 +123,9 @@ class HaproxyRefusals:
         # Deadlines some proxy took, still ahead or lately passed: what a refund may shorten.
         self._held: dict[str, int] = {}
         self._prune_at = _PRUNE_AT
-        # Clears still to be taken, per proxy (each is told until it has taken its own).
-        self._forgiven: list[set[str]] = [set() for _ in self._addresses]
-        self._forgive_all = [False for _ in self._addresses]
+        # Clears owed, per proxy: each is told until it has taken its own.
+        self._owed: list[set[str]] = [set() for _ in self._addresses]
+        self._owed_all = [False for _ in self._addresses]
         self._wake = asyncio.Event()
         self._counts = {outcome: counter.labels(outcome) for outcome in ("sent", "failed", "dropped")}
         self._log = SampledLog("keel.ratelimit.proxy", interval_seconds=10.0)
@@ -151,11 +152,14 @@ class HaproxyRefusals:
             return
         self._waiting.pop(key_id, None)
         self._held.pop(key_id, None)
-        if any(len(pending) >= MAX_WAITING for pending in self._forgiven):
-            self.forgive_all()  # too many clears owed to a proxy that does not answer: all of them
-            return
-        for pending in self._forgiven:
-            pending.add(key_id)
+        for n, owed in enumerate(self._owed):
+            if self._owed_all[n]:
+                continue  # the whole table is owed to that one: this key with it
+            if len(owed) >= MAX_WAITING:  # a proxy that has not answered for long: all of it
+                owed.clear()
+                self._owed_all[n] = True
+            else:
+                owed.add(key_id)
         self._wake.set()
 
     def refunded(self, key_id: str) -> None:
@@ -171,61 +175,79 @@ class HaproxyRefusals:
         """The rate limits were switched off: every deadline is cleared, none is sent."""
         self._waiting.clear()
         self._held.clear()
-        for n, pending in enumerate(self._forgiven):
-            pending.clear()
-            self._forgive_all[n] = True
+        for n, owed in enumerate(self._owed):
+            owed.clear()
+            self._owed_all[n] = True
         self._wake.set()
 
     def pending(self) -> bool:
-        """Anything still to send (clears owed to a proxy that missed them included)."""
-        return bool(self._waiting) or any(self._forgive_all) or any(self._forgiven)
+        """Anything still to send: refusals waiting, or clears owed to a proxy that missed them."""
+        return bool(self._waiting) or any(self._owed_all) or any(self._owed)
 
     async def flush(self) -> None:
-        """Send what is waiting now (`run` does it as refusals come, and retries clears)."""
-        everyone = range(len(self._addresses))
-        owed_all = [n for n in everyone if self._forgive_all[n]]
-        if owed_all:
-            for n, taken in zip(
-                owed_all, await self._send(owed_all, clearing(self._table, None), 1), strict=True
-            ):
-                self._forgive_all[n] = not taken
-        for n in everyone:
-            pending = self._forgiven[n]
-            while pending and not self._forgive_all[n]:
-                cleared = [pending.pop() for _ in range(min(BATCH, len(pending)))]
-                if not (await self._send([n], clearing(self._table, cleared), len(cleared)))[0]:
-                    pending.update(k for k in cleared if k not in self._waiting)
-                    break
-        while self._waiting:
+        """Send what is waiting now (`run` does it as refusals come, and retries what is owed).
+
+        Each proxy gets one line per batch: the clears owed to it, then the batch's deadlines,
+        so a key cleared and refused again is cleared first. A proxy that does not take its
+        line is owed its clears still (its deadlines are lost: the key's next refusal sends
+        them again); the lines go to every proxy at once, so one that does not answer holds up
+        no other."""
+        while True:
             batch = dict(list(self._waiting.items())[:BATCH])
             for key in batch:
                 del self._waiting[key]
+            lines: dict[int, tuple[bool, list[str], bytes, int]] = {}
+            for n, owed in enumerate(self._owed):
+                everything, self._owed_all[n] = self._owed_all[n], False
+                cleared = [owed.pop() for _ in range(min(BATCH, len(owed)))] if not everything else []
+                if everything:
+                    owed.clear()
+                line = clearing(self._table, None) if everything else b""
+                if cleared:
+                    line += clearing(self._table, cleared)
+                if batch:
+                    line += commands(self._table, batch)
+                if line:
+                    count = int(everything) + len(cleared) + len(batch)  # commands, as counted
+                    lines[n] = (everything, cleared, line.replace(b"\n", b";")[:-1] + b"\n", count)
+            if not lines:
+                return
             self._sending = set(batch)
             try:
-                if any(await self._send(list(everyone), commands(self._table, batch), len(batch))):
-                    self._hold(batch)
+                taken = await self._send([(n, line, count) for n, (_, _, line, count) in lines.items()])
             finally:
                 self._sending = set()
+            for (n, (everything, cleared, _, _)), ok in zip(lines.items(), taken, strict=True):
+                if not ok:  # owed still
+                    self._owed_all[n] = self._owed_all[n] or everything
+                    if not self._owed_all[n]:
+                        self._owed[n].update(cleared)
+            if batch and any(taken):
+                self._hold(batch)
+            if not batch:
+                return  # the clears owed were tried once; `run` tries again later
 
     async def run(self) -> None:
-        """Send refusals as they come, until cancelled (the process's background work); what a
-        proxy missed of the clears is tried again every `retry_s`."""
+        """Send refusals as they come, until cancelled (the process's background work). While a
+        proxy is owed clears it missed, they are tried again every `retry_s`, and a new refusal
+        still goes at once."""
         while True:
-            await self._wake.wait()
+            if self.pending():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._retry_s)
+            else:
+                await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()
             except Exception as error:  # noqa: BLE001 - never the end of the task: the next batch is tried
                 self._log.warning("proxy_refusals_failed", error=type(error).__name__)
-            if self.pending():
-                await asyncio.sleep(self._retry_s)
-                self._wake.set()
 
-    async def _send(self, proxies: Sequence[int], line: bytes, count: int) -> list[bool]:
-        """`line` to each of `proxies` (indices) at once; which took it."""
+    async def _send(self, lines: Sequence[tuple[int, bytes, int]]) -> list[bool]:
+        """Each line to its proxy (index, line, commands in it), all at once; which took theirs."""
         return list(
             await asyncio.gather(
-                *(self._send_one(self._names[n], self._addresses[n], line, count) for n in proxies)
+                *(self._send_one(self._names[n], self._addresses[n], line, count) for n, line, count in lines)
             )
         )
 
@@ -244,9 +266,10 @@ class HaproxyRefusals:
         return True
 
     def _hold(self, batch: dict[str, int]) -> None:
-        owed = set().union(*self._forgiven)
+        owed = set().union(*self._owed)
         for key, until in batch.items():
-            if key not in owed:  # forgiven while the batch was on its way
+            if key not in owed:  # not forgiven while the batch was on its way
+                self._held.pop(key, None)  # to the end: the oldest go first when pruned
                 self._held[key] = until
         if len(self._held) >= self._prune_at:
             # Passed deadlines go; if that is not enough, the oldest quarter. The next prune
