@@ -174,3 +174,14 @@ def ensure_wrk() -> str:
     if not found:
         raise RuntimeError("wrk is still not on PATH after apt-get install")
     return found
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Process `pid` on CPU `cpu` alone, where this machine has more than one."""
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(pid, {cpu})
+
+
+def wrk_prefix() -> list[str]:
+    """What runs wrk on CPU 1 (`taskset`), where this machine has more than one; else nothing."""
+    return ["taskset", "-c", "1"] if len(os.sched_getaffinity(0)) > 1 else []

@@ -38,11 +38,10 @@ from testkit.processes import keel_cmd, keel_output, server  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.servers.haproxy import haproxy  # noqa: E402
 
-from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_wrk  # noqa: E402
-from bench.read_figures import cpu_seconds  # noqa: E402
+from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, pin, run_wrk, wrk_prefix  # noqa: E402
+from bench.read_figures import process_cpu_seconds  # noqa: E402
 
 LUA = REPO / "bench" / "rest_read.lua"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONFIGURATIONS = ("agent: HAProxy queues", "no agent: Keel sheds")
 PROFILES = 200
 
@@ -71,15 +70,6 @@ class Measured:
         return cpu_s * 1e6 / max(1, self.served)
 
 
-def _cpu(pid: int) -> float:
-    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), CLOCK_TICKS)
-
-
-def _pin(pid: int, cpu: int) -> None:
-    if len(os.sched_getaffinity(0)) > 1:
-        os.sched_setaffinity(pid, {cpu})
-
-
 def _round(
     configuration: str, env: dict[str, str], logs: Path, ids: Path, token: str, args: argparse.Namespace
 ) -> Measured:
@@ -95,15 +85,15 @@ def _round(
             until(
                 lambda: proxy.stat()["node"]["slim"] not in ("", "0"), "HAProxy applies the agent's maxconn"
             )
-        _pin(node.pid, 0)
-        _pin(proxy.pid, 0)
+        pin(node.pid, 0)
+        pin(proxy.pid, 0)
         wrk = ensure_wrk()
         wrk_env = {**os.environ, "KEEL_BENCH_IDS": str(ids), "KEEL_BENCH_TOKEN": token}
-        common = {"threads": 2, "connections": args.connections, "env": wrk_env, "prefix": _wrk_prefix()}
+        common = {"threads": 2, "connections": args.connections, "env": wrk_env, "prefix": wrk_prefix()}
         run_wrk(wrk, proxy.url, LUA, duration=2, **common)  # warm-up
-        keel_before, proxy_before = _cpu(node.pid), _cpu(proxy.pid)
+        keel_before, proxy_before = process_cpu_seconds(node.pid), process_cpu_seconds(proxy.pid)
         done = run_wrk(wrk, proxy.url, LUA, duration=args.duration, **common)
-        keel_after, proxy_after = _cpu(node.pid), _cpu(proxy.pid)
+        keel_after, proxy_after = process_cpu_seconds(node.pid), process_cpu_seconds(proxy.pid)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     limit = next(
         float(line.rsplit(" ", 1)[1])
@@ -117,10 +107,6 @@ def _round(
         proxy_after - proxy_before,
         limit,
     )
-
-
-def _wrk_prefix() -> list[str]:
-    return ["taskset", "-c", "1"] if len(os.sched_getaffinity(0)) > 1 else []
 
 
 def _seed(env: dict[str, str], logs: Path, token: str) -> list[str]:

@@ -39,11 +39,10 @@ from testkit.processes import keel_cmd, keel_output, server  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.servers.haproxy import haproxy  # noqa: E402
 
-from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, run_wrk  # noqa: E402
-from bench.read_figures import cpu_seconds  # noqa: E402
+from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, pin, run_wrk, wrk_prefix  # noqa: E402
+from bench.read_figures import process_cpu_seconds  # noqa: E402
 
 LUA = REPO / "bench" / "rest_read.lua"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROXY = "HAProxy refuses (KEEL_PROXY_RUNTIME_API)"
 KEEL = "Keel refuses"
 KEEL_AGAIN = "Keel refuses (A/A)"
@@ -72,19 +71,6 @@ class Measured:
 
     def per_refusal_us(self, cpu_s: float) -> float:
         return cpu_s * 1e6 / max(1, self.refusals)
-
-
-def _cpu(pid: int) -> float:
-    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), CLOCK_TICKS)
-
-
-def _pin(pid: int, cpu: int) -> None:
-    if len(os.sched_getaffinity(0)) > 1:
-        os.sched_setaffinity(pid, {cpu})
-
-
-def _wrk_prefix() -> list[str]:
-    return ["taskset", "-c", "1"] if len(os.sched_getaffinity(0)) > 1 else []
 
 
 def _decisions(url: str) -> float:
@@ -118,16 +104,16 @@ def _round(
                 lambda: re.search(rf"key={key_id} ", proxy.command("show table keel_refused")) is not None,
                 "the refusal reaches HAProxy",
             )
-        _pin(node.pid, 0)
-        _pin(proxy.pid, 0)
+        pin(node.pid, 0)
+        pin(proxy.pid, 0)
         wrk = ensure_wrk()
         wrk_env = {**os.environ, "KEEL_BENCH_IDS": str(logs / "ids.txt"), "KEEL_BENCH_TOKEN": abuser}
-        common = {"threads": 2, "connections": args.connections, "env": wrk_env, "prefix": _wrk_prefix()}
+        common = {"threads": 2, "connections": args.connections, "env": wrk_env, "prefix": wrk_prefix()}
         run_wrk(wrk, proxy.url, LUA, duration=1, **common)  # warm-up
         reached_before = _decisions(f"http://127.0.0.1:{port}")
-        keel_before, proxy_before = _cpu(node.pid), _cpu(proxy.pid)
+        keel_before, proxy_before = process_cpu_seconds(node.pid), process_cpu_seconds(proxy.pid)
         done = run_wrk(wrk, proxy.url, LUA, duration=args.duration, **common)
-        keel_after, proxy_after = _cpu(node.pid), _cpu(proxy.pid)
+        keel_after, proxy_after = process_cpu_seconds(node.pid), process_cpu_seconds(proxy.pid)
         reached = _decisions(f"http://127.0.0.1:{port}") - reached_before
     run = parse_wrk(configuration, done.stdout)
     if run.requests != run.non_2xx_3xx:

@@ -11,6 +11,7 @@ hit" run that mostly missed it, measured something else, and voids the figures.
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 from collections.abc import Sequence
@@ -132,6 +133,11 @@ def cpu_seconds(stat_line: str, ticks_per_second: int) -> float:
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
     fields = stat_line[stat_line.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / ticks_per_second
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the live process `pid`, from /proc."""
+    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
 
 
 def process_tree_cpu_seconds(root: int, ticks_per_second: int) -> float:

@@ -16,7 +16,6 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from testkit.loadgen import OWN_LAG, Result, run
 from testkit.percentile import percentile
@@ -38,15 +37,11 @@ from bench.ratelimit.shared import (
     start_abuser,
     warm,
 )
+from bench.read_figures import process_cpu_seconds
 
 TOLD = "Keel writes refusals to HAProxy"
 UNTOLD = "Keel does not (every request reaches it)"
 Runs = dict[str, tuple[list[Result], float, float, float]]  # results, Keel CPU s, HAProxy CPU s, lag
-
-
-def _proxy_cpu(proxy: Haproxy) -> float:
-    fields = Path(f"/proc/{proxy.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -71,14 +66,19 @@ def noisy_proxy(environment: Environment, duration: float) -> Report:
     def measured(label: str, proxy: Haproxy, ports: list[int], *, abusive: bool) -> None:
         flush_limits(environment)
         print(f"  {label}, {duration:g}s ...", flush=True)
-        cpu_before, proxy_before = cpu_seconds(ports), _proxy_cpu(proxy)
+        cpu_before, proxy_before = cpu_seconds(ports), process_cpu_seconds(proxy.pid)
         front = [proxy.port]
         collect = start_abuser(environment, front, abuser, duration) if abusive else None
         results = asyncio.run(run(good_streams(environment, front, good), duration))
         lag = percentile(OWN_LAG, 99)
         if collect is not None:
             results += collect()
-        runs[label] = (results, cpu_seconds(ports) - cpu_before, _proxy_cpu(proxy) - proxy_before, lag)
+        runs[label] = (
+            results,
+            cpu_seconds(ports) - cpu_before,
+            process_cpu_seconds(proxy.pid) - proxy_before,
+            lag,
+        )
 
     with _fronted(environment, "noisy-told", told=True) as (proxy, ports):
         warm(environment, [proxy.port], good)
