@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
     api_port_metrics: bool = Field(
         default=True,
         description="/metrics on the API port (with --grpc-only: on KEEL_PORT); off in production.",
+    )
+    api_sunsets: dict[str, date] = Field(
+        default_factory=dict,
+        description="JSON: an older REST API version -> the day it stops being served, e.g. "
+        '{"2026-11-28": "2027-06-30"}: its answers carry a Sunset header (docs/api/versions.md).',
     )
     management_port: int | None = Field(
         default=None,

@@ -1,4 +1,4 @@
-"""Frozen exchanges of a published REST version: request/response pairs recorded from Keel,
+"""Frozen exchanges of each published REST version: request/response pairs recorded from Keel,
 replayed against today's code by `test_frozen_exchanges.py`.
 
 A client pinned to a version must keep seeing exactly what it saw, on every route, errors
@@ -9,10 +9,13 @@ order of first appearance (`<profile:1>`, `<etag:2>`): equal values stay equal, 
 names the id the body has" is part of what is frozen. Requests name earlier answers' values by
 the same placeholders.
 
-Record (to add exchanges at the scenario's end; refused when an exchange already frozen would
-change, so it cannot make a failing one pass):
+The same scenario is sent in every version, by keys pinned to it. A version's file is recorded
+once, when the version is published; 2026-11-28's was recorded before 2026-12-07 existed.
 
-    python -m tests.contract.frozen_exchanges record
+Record (a new version's file; or exchanges added at the scenario's end; refused when an exchange
+already frozen would change, so it cannot make a failing one pass):
+
+    python -m tests.contract.frozen_exchanges record [VERSION]
 """
 
 from __future__ import annotations
@@ -35,9 +38,13 @@ from keel.service.auth import issue_api_key
 from keel.storage.migrations.runner import migrate
 from tests.e2e.conftest import Deployment, deploy
 
-VERSION = "2026-11-28"
+VERSIONS = ("2026-11-28", "2026-12-07")  # every published version, oldest first
 REPO = Path(__file__).resolve().parents[2]
-FILE = REPO / "contracts" / "rest" / f"{VERSION}.exchanges.json"
+
+
+def file_of(version: str) -> Path:
+    return REPO / "contracts" / "rest" / f"{version}.exchanges.json"
+
 
 # The answer headers a client may act on. Per-request ones (traceparent) and the envelope's echo
 # of the request id (sent fixed per exchange, so it would only restate the request) are left out.
@@ -71,6 +78,8 @@ _TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\
 _ETAG = re.compile(r'(W/)?"(\d+)\.([^".]+)(\.full)?"')
 _PLACEHOLDER = re.compile(r"<([a-z_]+):(\d+)>")
 _OPAQUE_FIELDS = {"next_cursor": "cursor", "secret": "secret", "token": "token"}
+# A link to a next page carries its cursor (2026-12-07's `links.next`).
+_CURSOR_IN_LINK = re.compile(r"[?&]cursor=([^&]+)")
 # API-key ids (16 base32 letters), in the fields of the answers about keys.
 _KEY_ID = re.compile(r"[a-z2-7]{16}")
 _KEY_ID_FIELDS = {"id", "key_id", "actor"}
@@ -128,6 +137,8 @@ def _hide_json(value: Any, names: Placeholders, key: str | None = None) -> Any:
     if isinstance(value, list):
         return [_hide_json(v, names) for v in value]
     if isinstance(value, str):
+        if key == "next" and (cursor := _CURSOR_IN_LINK.search(value)) is not None:
+            names.name("cursor", cursor.group(1))
         opaque = _OPAQUE_FIELDS.get(key or "")
         if opaque:
             return names.name(opaque, value)
@@ -312,7 +323,9 @@ def scenario() -> Iterator[Request]:
     yield Request("audit by a reader", "GET", "/v1/audit", "reader")
 
 
-async def _keel(database: Path, mode: str) -> tuple[Deployment, httpx.AsyncClient, dict[str, str], list[str]]:
+async def _keel(
+    database: Path, mode: str, version: str
+) -> tuple[Deployment, httpx.AsyncClient, dict[str, str], list[str]]:
     from keel.api.application import build_http_app
 
     url = f"sqlite:///{database}"
@@ -325,7 +338,7 @@ async def _keel(database: Path, mode: str) -> tuple[Deployment, httpx.AsyncClien
     tokens = {}
     key_ids = []
     for name, scopes in KEYS.items():
-        issued = await issue_api_key(core.store, core.clock, scopes=scopes, api_version=VERSION, name=name)
+        issued = await issue_api_key(core.store, core.clock, scopes=scopes, api_version=version, name=name)
         tokens[name] = issued.token
         key_ids.append(issued.key.id)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel.test")
@@ -333,16 +346,17 @@ async def _keel(database: Path, mode: str) -> tuple[Deployment, httpx.AsyncClien
 
 
 async def exchange_all(
-    requests: list[Request], mode: str = "monolith", numbers: list[int] | None = None
+    requests: list[Request], version: str, mode: str = "monolith", numbers: list[int] | None = None
 ) -> list[dict[str, Any]]:
-    """Send the requests in order to a fresh Keel (SQLite, no rate limits; a monolith, or an edge
-    in front of a core over gRPC); the exchanges, with run-specific values as placeholders.
+    """Send the requests in order, with keys pinned to `version`, to a fresh Keel (SQLite, no
+    rate limits; a monolith, or an edge in front of a core over gRPC); the exchanges, with
+    run-specific values as placeholders.
     `numbers`: each request's position in the whole scenario (its request id), when only some
     are sent."""
     names = Placeholders()
     exchanges = []
     with tempfile.TemporaryDirectory() as directory:
-        deployment, client, tokens, key_ids = await _keel(Path(directory) / "keel.sqlite3", mode)
+        deployment, client, tokens, key_ids = await _keel(Path(directory) / "keel.sqlite3", mode, version)
         for key_id in key_ids:
             names.name("key", key_id)
         try:
@@ -404,31 +418,33 @@ def _etag(value: str, names: Placeholders) -> str:
     return f'{weak or ""}"{version}.{names.name("etag", tag)}{view or ""}"'
 
 
-def load() -> list[dict[str, Any]]:
-    exchanges: list[dict[str, Any]] = json.loads(FILE.read_text())["exchanges"]
+def load(version: str) -> list[dict[str, Any]]:
+    exchanges: list[dict[str, Any]] = json.loads(file_of(version).read_text())["exchanges"]
     return exchanges
 
 
-def record() -> None:
-    """Record the scenario; refused unless every exchange already in the file is answered as it
-    was (the scenario only ever grows at its end)."""
-    exchanges = asyncio.run(exchange_all(list(scenario())))
-    if FILE.exists():
-        kept = load()
+def record(version: str) -> None:
+    """Record the scenario in a version; refused unless every exchange already in its file is
+    answered as it was (the scenario only ever grows at its end)."""
+    exchanges = asyncio.run(exchange_all(list(scenario()), version))
+    file = file_of(version)
+    if file.exists():
+        kept = load(version)
         changed = [old["request"]["name"] for old, new in zip(kept, exchanges, strict=False) if old != new]
         if changed or len(exchanges) < len(kept):
             sys.exit(f"not recorded: exchanges already frozen would change: {changed or 'some were removed'}")
-    FILE.parent.mkdir(parents=True, exist_ok=True)
+    file.parent.mkdir(parents=True, exist_ok=True)
     document = {
-        "version": VERSION,
+        "version": version,
         "about": "Frozen exchanges of this API version; see tests/contract/frozen_exchanges.py.",
         "exchanges": exchanges,
     }
-    FILE.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-    print(f"recorded {len(exchanges)} exchanges in {FILE.relative_to(REPO)}")
+    file.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    print(f"recorded {len(exchanges)} exchanges in {file.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["record"]:
+    if sys.argv[1:2] != ["record"] or not set(sys.argv[2:]) <= set(VERSIONS):
         sys.exit(__doc__)
-    record()
+    for chosen in sys.argv[2:] or VERSIONS:
+        record(chosen)

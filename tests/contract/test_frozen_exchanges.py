@@ -1,60 +1,100 @@
-"""A client pinned to 2026-11-28 sees exactly what it saw when that version was recorded: the
+"""A client pinned to a version sees exactly what it saw when that version was recorded: the
 recorded requests, replayed against today's code, get the recorded answers (status, the headers
-a client acts on, and the body, with run-specific values as placeholders)."""
+a client acts on, and the body, with run-specific values as placeholders). 2026-11-28's answers
+were recorded before 2026-12-07 existed.
+
+What a later version may add to an older version's answers, and nothing else (`as_today`):
+- `Deprecation` and its `Link` (RFC 9745), on every answer made in a deprecated version;
+- an answer made in no version (no key, or one that is not valid, and no `Keel-Version`) names
+  the newest version, which it is made in;
+- the refusal of an unknown version lists the versions there are now.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
 
 from keel.api.rest import versioned
+from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, versions
+from keel.api.rest.version_lifecycle import lifecycle
 from tests.contract.frozen_exchanges import (
-    FILE,
+    VERSIONS,
     Placeholders,
     Request,
     _etag,
     exchange_all,
+    file_of,
     load,
     template_of,
 )
 
 # Served by a core only (docs/not-done-yet.md): an edge refuses them, so its replay leaves them out.
 _CORE_ONLY = re.compile(r"^/v1/(webhooks|erasures|keys|audit)\b|^/v1/profiles/[^/]+/(export|erasure)$")
+_STATUSES = lifecycle(versions, {})
+_LIST_OF_VERSIONS = re.compile(r"(Keel-Version must be one of: ).*")
 
 
+def as_today(recorded: dict[str, Any], request: dict[str, Any], version: str) -> dict[str, Any]:
+    """The answer a recorded one is today: with what later versions add (see the module's
+    docstring), the rest unchanged."""
+    answer = copy.deepcopy(recorded)
+    headers = answer["headers"]
+    if headers.get("keel-version") == version and "key" not in request:
+        headers["keel-version"] = NEWEST_VERSION
+    if answer.get("json", {}).get("type") == "urn:keel:problem:unknown-api-version":
+        answer["json"]["detail"] = _LIST_OF_VERSIONS.sub(
+            lambda m: m.group(1) + ", ".join(sorted(SUPPORTED_VERSIONS)) + ".", answer["json"]["detail"]
+        )
+    answered_in = headers.get("keel-version")
+    if answered_in is not None:
+        for name, value in _STATUSES[answered_in].headers():
+            field, text = name.decode(), value.decode()
+            # httpx joins a repeated field with ", ", after any earlier value (a page's `Link`).
+            headers[field] = f"{headers[field]}, {text}" if field in headers else text
+    return answer
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("mode", ["monolith", "edge"])
-async def test_the_recorded_version_answers_as_it_did_when_recorded(mode: str) -> None:
+async def test_each_recorded_version_answers_as_it_did_when_recorded(version: str, mode: str) -> None:
     """Recorded from a monolith; an edge in front of a core must answer the same (but for the
     routes only a core serves)."""
     numbered = [
         (number, exchange)
-        for number, exchange in enumerate(load(), start=1)
+        for number, exchange in enumerate(load(version), start=1)
         if mode == "monolith" or not _CORE_ONLY.search(exchange["request"]["path"])
     ]
     recorded = [exchange for _, exchange in numbered]
     requests = [Request.from_record(exchange["request"]) for exchange in recorded]
-    replayed = await exchange_all(requests, mode, [number for number, _ in numbered])
-    differences = [
-        f"{want['request']['name']}:\n  recorded {json.dumps(want['response'])}"
-        f"\n  now      {json.dumps(got['response'])}"
-        for want, got in zip(recorded, replayed, strict=True)
-        if want != got
-    ]
+    replayed = await exchange_all(requests, version, mode, [number for number, _ in numbered])
+    differences = []
+    for want, got in zip(recorded, replayed, strict=True):
+        expected = as_today(want["response"], want["request"], version)
+        if expected != got["response"]:
+            differences.append(
+                f"{want['request']['name']}:\n  expected {json.dumps(expected)}\n  now      "
+                + json.dumps(got["response"])
+            )
     assert not differences, "\n".join(differences)
 
 
-def test_every_route_of_the_version_has_a_recorded_exchange() -> None:
-    recorded = {(e["request"]["method"], template_of(e["request"]["path"])) for e in load()}
+def test_every_version_is_recorded_and_every_route_has_an_exchange() -> None:
+    assert set(VERSIONS) == SUPPORTED_VERSIONS
     routes = {
         (method, route.path)
         for route in versioned.router.routes
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     }
-    assert routes - recorded == set(), f"routes of {FILE.name} with no exchange"
+    for version in VERSIONS:
+        recorded = {(e["request"]["method"], template_of(e["request"]["path"])) for e in load(version)}
+        assert routes - recorded == set(), f"routes of {file_of(version).name} with no exchange"
 
 
 @pytest.mark.parametrize(

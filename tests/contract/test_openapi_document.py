@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.contract.frozen_exchanges import VERSION, load, template_of
+from tests.contract.frozen_exchanges import VERSIONS, load, template_of
 from tests.contract.openapi_documents import served_documents
 
 OPERATION_IDS = {
@@ -71,15 +71,16 @@ async def test_the_version_header_is_one_shared_parameter(documents: dict[str, d
 async def test_every_status_a_route_was_recorded_answering_is_documented_on_it(
     documents: dict[str, dict[str, Any]],
 ) -> None:
-    operations = _operations(documents[VERSION])
     undocumented = set()
-    for exchange in load():
-        request, status = exchange["request"], exchange["response"]["status"]
-        key = (request["method"].lower(), template_of(request["path"]))
-        operation = operations.get(key)
-        if operation is None:  # an unknown route or method: documented nowhere by definition
-            assert status in (404, 405), exchange
-            continue
-        if str(status) not in operation["responses"]:
-            undocumented.add((*key, status))
+    for version in VERSIONS:
+        operations = _operations(documents[version])
+        for exchange in load(version):
+            request, status = exchange["request"], exchange["response"]["status"]
+            key = (request["method"].lower(), template_of(request["path"]))
+            operation = operations.get(key)
+            if operation is None:  # an unknown route or method: documented nowhere by definition
+                assert status in (404, 405), exchange
+                continue
+            if str(status) not in operation["responses"]:
+                undocumented.add((version, *key, status))
     assert undocumented == set()

@@ -26,6 +26,8 @@ from keel.api.rest.cadwyn_internals import NewestServedDirectly, use_async_versi
 from keel.api.rest.documented_responses import document_problem_media_type
 from keel.api.rest.hot_reads import HotProfileReads
 from keel.api.rest.strict_bodies import StrictBodies
+from keel.api.rest.version_lifecycle import document_query_defaults, lifecycle
+from keel.api.rest.version_list import versions_router
 from keel.api.rest.version_picker import (
     KeelVersionPicker,
     document_version_header,
@@ -49,6 +51,7 @@ def build_http_app(
     `HealthServices`) before the first request. `hot_reads=False` leaves the newest version's
     profile reads to the framework's routing too (`keel.api.rest.hot_reads`; tests compare)."""
     use_async_version_dependency()
+    statuses = lifecycle(versions, settings.api_sunsets)
     app = _KeelCadwyn(
         versions=versions,
         title="Keel",
@@ -57,7 +60,9 @@ def build_http_app(
         f"`{VERSION_HEADER}` header; without it, the version pinned on your API key applies.",
         api_version_parameter_name=VERSION_HEADER,
         api_version_default_value=NEWEST_VERSION,
-        versioning_middleware_class=_PickerThenHotReads if hot_reads else KeelVersionPicker,
+        versioning_middleware_class=(_PickerThenHotReads if hot_reads else KeelVersionPicker).with_lifecycle(
+            statuses
+        ),
         openapi_customizer=_customize_openapi,
         lifespan=lifespan,
         # Keel serves Swagger UI itself (keel.api.browser_pages.swagger: no CDN, strict CSP);
@@ -69,6 +74,7 @@ def build_http_app(
     app.early_refusals = EarlyRefusals(metrics, trusted_proxy_hops=settings.trusted_proxy_hops)
     install_problem_handlers(app)
     app.include_router(health.router)
+    app.include_router(versions_router(statuses))
     if settings.api_port_metrics:
         app.include_router(health.metrics_router)
     if settings.api_docs:
@@ -126,6 +132,7 @@ def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str,
     dependency, so the scheme is declared here for clients and Swagger UI's Authorize button;
     the version header likewise (see `use_async_version_dependency`)."""
     document_version_header(schema)
+    document_query_defaults(versions, schema, version)
     document_problem_media_type(schema)
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {})["ApiKey"] = {

@@ -60,6 +60,11 @@ class ProfileFields:
         if errors:
             raise ValidationFailed(errors)
 
+    @property
+    def primary_email(self) -> str:
+        """The address of the one email marked primary (fields always have exactly one)."""
+        return next(email.address for email in self.emails if email.primary)
+
 
 def identity_errors(handle: str | None, emails: Sequence[Email] | None) -> list[FieldError]:
     """The rules on how a profile is found: its handle's form, and exactly one primary among

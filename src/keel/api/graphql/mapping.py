@@ -35,6 +35,7 @@ def profile_node(profile: Profile) -> ProfileNode:
         id=strawberry.ID(profile.id),
         handle=f.handle,
         emails=[EmailNode(address=e.address, verified=e.verified, primary=e.primary) for e in f.emails],
+        primary_email=f.primary_email,
         display_name=f.display_name,
         bio=f.bio,
         avatar_url=f.avatar_url,

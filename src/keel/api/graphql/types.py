@@ -40,6 +40,7 @@ class ProfileNode:
     id: strawberry.ID
     handle: str
     emails: list[EmailNode]
+    primary_email: str = strawberry.field(description="The address of the email marked primary.")
     display_name: str | None
     bio: str | None
     avatar_url: str | None

@@ -17,6 +17,7 @@ from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
+from keel.api.http.request_state import request_state
 from keel.api.rest.dependencies import admin_caller, iso_time
 from keel.api.rest.documented_responses import problem_responses
 from keel.api.rest.operation_ids import operation_id
@@ -58,7 +59,9 @@ class ApiKeyCreate(_Input):
         default=None, max_length=100, description="A configured rate-limit plan; absent: the default plan."
     )
     api_version: str | None = Field(
-        default=None, max_length=20, description="The REST API version pinned on the key; absent: the newest."
+        default=None,
+        max_length=20,
+        description="The REST API version pinned on the key; absent: the version of this request.",
     )
     expires_at: datetime | None = Field(
         default=None,
@@ -174,7 +177,9 @@ async def create_api_key(caller: Admin, keys: Keys, body: ApiKeyCreate) -> Respo
         name=body.name,
         scopes=body.scopes,
         plan=body.plan,
-        api_version=body.api_version,
+        # Absent: the version this request is made in, so that a client pinned to a version
+        # creates keys that answer it as it is answered.
+        api_version=body.api_version if body.api_version is not None else request_state().api_version,
         expires_at=body.expires_at,
     )
     return _issued(issued, keys.now(), 201, {"Location": f"/v1/keys/{issued.key.id}"})

@@ -16,6 +16,7 @@ def profile_document(profile: Profile) -> dict[str, Any]:
         "id": profile.id,
         "handle": f.handle,
         "emails": [{"address": e.address, "verified": e.verified, "primary": e.primary} for e in f.emails],
+        "primary_email": f.primary_email,
         "display_name": f.display_name,
         "bio": f.bio,
         "avatar_url": f.avatar_url,

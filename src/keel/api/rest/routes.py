@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from cadwyn import VersionedAPIRouter
 from fastapi import Header, Path, Query, Request
 from fastapi.exceptions import HTTPException
+from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
 
 from keel.api.http.conditional import etag_matches
@@ -230,7 +231,7 @@ async def list_profiles(
     ids: Annotated[
         str | None, Query(description="Comma-separated profile ids, at most 100", pattern=_IDS_PATTERN)
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     id_list = tuple(part.strip() for part in ids.split(",") if part.strip()) if ids is not None else None
@@ -238,12 +239,16 @@ async def list_profiles(
         caller, ListFilters(handle=handle, email=email, ids=id_list), limit=limit, cursor=cursor
     )
     headers = {"Cache-Control": _CACHE_CONTROL}
+    next_page = None
     if page.next_cursor is not None:
-        query = {k: v for k, v in request.query_params.items() if k != "cursor"}
+        # The query as the client sent it (an older version's request migration may have added
+        # a default to the parsed one), with the cursor of the next page.
+        query = {k: v for k, v in QueryParams(request.scope["query_string"]).items() if k != "cursor"}
         query["cursor"] = page.next_cursor
-        headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+        next_page = f"{request.url.path}?{urlencode(query)}"
+        headers["Link"] = f'<{next_page}>; rel="next"'
     return JSONResponse(
-        {"items": [profile_document(p) for p in page.profiles], "next_cursor": page.next_cursor},
+        {"items": [profile_document(p) for p in page.profiles], "links": {"next": next_page}},
         headers=headers,
     )
 

@@ -124,6 +124,7 @@ class ProfileOut(BaseModel):
     id: str = Field(examples=["eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J"])
     handle: str
     emails: list[EmailOut]
+    primary_email: str = Field(description="The address of the email marked primary.")
     display_name: str | None
     bio: str | None
     avatar_url: str | None
@@ -136,9 +137,16 @@ class ProfileOut(BaseModel):
     updated_at: datetime
 
 
+class ListLinks(BaseModel):
+    next: str | None = Field(
+        description="The next page: this list's path and query with its cursor, to follow as it is; "
+        "null on the last page."
+    )
+
+
 class ProfileList(BaseModel):
     items: list[ProfileOut]
-    next_cursor: str | None
+    links: ListLinks
 
 
 class HandleCheck(BaseModel):

@@ -8,14 +8,16 @@ answer 404 or 422.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from cadwyn.middleware import VersionPickingMiddleware
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.api.http.problems import problem_response
 from keel.api.http.request_state import request_state
-from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
+from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
+from keel.api.rest.version_lifecycle import VERSIONS_PATH, VersionStatus, lifecycle
 from keel.domain.api_keys import Principal
 
 _HEADER = VERSION_HEADER.lower().encode()
@@ -23,9 +25,29 @@ _VERSIONED_PREFIX = "/v1/"
 
 
 class KeelVersionPicker(VersionPickingMiddleware):
+    # Each version's status: an older version's answers say it is deprecated (and, once the
+    # operator set one, its sunset). `with_lifecycle` gives a picker the configured one.
+    statuses: ClassVar[Mapping[str, VersionStatus]] = lifecycle(versions, {})
+
+    def __init__(self, app: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._answer_headers = {
+            version: [(_HEADER, version.encode()), *status.headers()]
+            for version, status in self.statuses.items()
+        }
+
+    @classmethod
+    def with_lifecycle(cls, statuses: Mapping[str, VersionStatus]) -> type[KeelVersionPicker]:
+        return type(cls.__name__, (cls,), {"statuses": statuses})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(_VERSIONED_PREFIX):
-            # Health, metrics and docs are unversioned: no key lookup, never a version error.
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith(_VERSIONED_PREFIX)
+            or scope["path"] == VERSIONS_PATH
+        ):
+            # Health, metrics, docs and the list of versions are unversioned: no key lookup,
+            # never a version error.
             await self.app(scope, receive, send)
             return
         requested: str | None = None
@@ -52,11 +74,11 @@ class KeelVersionPicker(VersionPickingMiddleware):
         else:
             version = NEWEST_VERSION
         state.api_version = version
-        encoded = version.encode()
+        answer_headers = self._answer_headers[version]
 
         async def send_with_version(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (_HEADER, encoded)]
+                message["headers"] = [*message.get("headers", ()), *answer_headers]
             await send(message)
 
         token = self.api_version_var.set(version)
