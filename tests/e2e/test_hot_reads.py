@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from keel.api.application import build_http_app
 from keel.api.http.request_state import request_scope
-from keel.api.rest.api_versions import NEWEST_VERSION
+from keel.api.rest.api_versions import NEWEST_VERSION, versions
 from keel.api.rest.hot_reads import HotProfileReads, profile_id_of
 from keel.config import Settings
 from keel.domain.api_keys import Scope as KeyScope
@@ -22,6 +22,7 @@ from keel.service.auth import issue_api_key
 from tests.e2e.conftest import MODES, Deployment, bearer, deploy
 from tests.integration.conftest import truncate
 
+OLDEST_VERSION = str(versions.version_values[-1])
 # A header that differs between any two requests, by design (a new span each time); the request
 # id, which problems repeat in their body, is the client's own.
 _PER_REQUEST = {"traceparent"}
@@ -133,10 +134,14 @@ async def test_through_the_whole_app_a_hot_read_never_reaches_the_framework(apps
     try:
         reader = apps.headers["reader"]
         missing = await apps.hot.get("/v1/profiles/eu1_00000000000000000000000000", headers=reader)
+        older = await apps.hot.get(
+            "/v1/profiles/eu1_00000000000000000000000000", headers={**reader, "Keel-Version": OLDEST_VERSION}
+        )
         listed = await apps.hot.get("/v1/profiles", headers=reader)
     finally:
         layer.app = framework
-    assert (missing.status_code, listed.status_code) == (404, 200)
+    assert (missing.status_code, older.status_code, listed.status_code) == (404, 404, 200)
+    assert older.headers["keel-version"] == OLDEST_VERSION
     assert reached == ["GET /v1/profiles"]
 
 
@@ -169,6 +174,34 @@ async def test_every_caller_gets_the_framework_routes_answer(apps: TwoApps) -> N
     assert (await _same_answer(apps, path, {**reader, "Keel-Version": "1999-01-01"})).status_code == 400
     # Not a hot read: both leave it to the framework, which redirects to the path without "/".
     assert (await _same_answer(apps, path + "/", reader)).status_code == 307
+
+
+async def test_an_older_versions_reads_get_the_framework_routes_answer(apps: TwoApps) -> None:
+    """The hot path answers an older version's reads too, turning the document back into that
+    version's shape as Cadwyn's migrations do: byte for byte the framework's answer."""
+    path = await _create(apps, "older_reader")
+    older = {"Keel-Version": OLDEST_VERSION}
+    statuses = {}
+    for caller, headers in apps.headers.items():
+        answer = await _same_answer(apps, path, {**headers, **older})
+        statuses[caller] = answer.status_code
+        if answer.status_code == 200:
+            assert "primary_email" not in answer.json()
+            assert answer.headers["deprecation"]
+        await _same_answer(apps, "/v1/profiles/p_0000000000000000000000", {**headers, **older})
+    assert statuses == {
+        "anonymous": 401,
+        "unknown key": 401,
+        "writer": 200,
+        "reader": 200,
+        "write only": 403,
+        "admin": 200,
+    }
+    reader = {**apps.headers["reader"], **older}
+    tag = (await apps.hot.get(path, headers=reader)).headers["ETag"]
+    assert (await _same_answer(apps, path, {**reader, "If-None-Match": tag})).status_code == 304
+    newest = await apps.hot.get(path, headers=apps.headers["reader"])
+    assert newest.json()["primary_email"] == "older_reader@example.com"
 
 
 async def test_hot_reads_are_labelled_with_the_route_template(apps: TwoApps) -> None:

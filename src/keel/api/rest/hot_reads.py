@@ -4,10 +4,12 @@
 costs, besides the read itself, Cadwyn's version routing, Starlette's route matching, FastAPI's
 dependency solving and its exception and exit-stack layers: measured, more CPU than the
 database read. This layer sits right after the version picker (so after the envelope, admission
-and strict bodies, which every request passes) and, for the newest version only, answers these
-reads by calling the route's own function, `routes.profile_answer`; its `KeelError`s become
-the same problems the problem handlers write. Every other request, and every older version
-(whose answers Cadwyn converts), goes on to the framework's routing.
+and strict bodies, which every request passes) and answers these reads by calling the route's
+own function, `routes.profile_answer`; its `KeelError`s become the same problems the problem
+handlers write. For an older version, the profile document is turned back into that version's
+shape by the same downgrades Cadwyn's migrations apply (`version_changes.PROFILE_DOWNGRADES`),
+as Cadwyn would: the body re-encoded, its length set again. Every other request goes on to the
+framework's routing.
 
 `tests/e2e/test_hot_reads.py` holds the promise: for the same requests, the same status,
 headers and body as the framework's route.
@@ -15,14 +17,18 @@ headers and body as the framework's route.
 
 from __future__ import annotations
 
+import json
+
 from fastapi.routing import APIRoute
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel.api.http.problems import domain_problem
 from keel.api.http.request_state import request_state
 from keel.api.rest import routes
-from keel.api.rest.api_versions import NEWEST_VERSION
+from keel.api.rest.api_versions import SUPPORTED_VERSIONS, versions
+from keel.api.rest.version_changes import ProfileDowngrade, profile_downgrades
 from keel.domain.errors import KeelError
 
 _PREFIX = "/v1/profiles/"
@@ -51,12 +57,14 @@ class HotProfileReads:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._route = _route()
+        self._downgrades = {version: profile_downgrades(versions, version) for version in SUPPORTED_VERSIONS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         profile_id = (
             profile_id_of(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
         )
-        if profile_id is None or request_state().api_version != NEWEST_VERSION:
+        downgrades = self._downgrades.get(request_state().api_version or "")
+        if profile_id is None or downgrades is None:
             await self.app(scope, receive, send)
             return
         scope["route"] = self._route
@@ -67,4 +75,19 @@ class HotProfileReads:
             response = await routes.profile_answer(request, profile_id)
         except KeelError as error:
             response = domain_problem(error, request.url.path)
+        else:
+            if downgrades and response.body:
+                _downgrade(response, downgrades)
         await response(scope, receive, send)
+
+
+def _downgrade(response: Response, downgrades: list[ProfileDowngrade]) -> None:
+    """The answer's profile document in an older version's shape, encoded as Cadwyn encodes a
+    migrated body (the same separators and escaping as Starlette's JSONResponse)."""
+    document = json.loads(bytes(response.body))
+    for downgrade in downgrades:
+        downgrade(document)
+    response.body = json.dumps(
+        document, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+    response.headers["content-length"] = str(len(response.body))

@@ -9,6 +9,7 @@ migration and the older version's OpenAPI document both read that one entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from cadwyn import (
     RequestInfo,
     ResponseInfo,
+    VersionBundle,
     VersionChange,
     convert_request_to_next_version_for,
     convert_response_to_previous_version_for,
@@ -50,12 +52,12 @@ class ProfilesCarryTheirPrimaryEmail(VersionChange):
     @convert_response_to_previous_version_for(ProfileOut)
     def profile_without_primary_email(response: ResponseInfo) -> None:
         if isinstance(response.body, dict):  # a write-only key's receipt has no body
-            _without_primary_email(response.body)
+            PROFILE_DOWNGRADES[ProfilesCarryTheirPrimaryEmail](response.body)
 
     @convert_response_to_previous_version_for(_PROFILES, ["GET"])
     def listed_profiles_without_primary_email(response: ResponseInfo) -> None:
         for item in response.body["items"]:
-            _without_primary_email(item)
+            PROFILE_DOWNGRADES[ProfilesCarryTheirPrimaryEmail](item)
 
 
 def cursor_of(link: str | None) -> str | None:
@@ -99,3 +101,22 @@ class ProfileListPagesHoldFifty(VersionChange):
 QUERY_DEFAULTS: dict[type[VersionChange], tuple[QueryDefault, ...]] = {
     ProfileListPagesHoldFifty: (_TWENTY_A_PAGE,),
 }
+
+
+# How each change turns a profile document back into the older shape: the Cadwyn migrations
+# above, and the newest version's hot path when it answers an older version's read
+# (`keel.api.rest.hot_reads`), both apply these.
+ProfileDowngrade = Callable[[dict[str, Any]], None]
+PROFILE_DOWNGRADES: dict[type[VersionChange], ProfileDowngrade] = {
+    ProfilesCarryTheirPrimaryEmail: _without_primary_email,
+}
+
+
+def profile_downgrades(bundle: VersionBundle, version: str) -> list[ProfileDowngrade]:
+    """What turns a newest-version profile document into `version`'s, newest change first."""
+    downgrades: list[ProfileDowngrade] = []
+    for newer in bundle.versions:
+        if str(newer.value) <= version:
+            break
+        downgrades.extend(PROFILE_DOWNGRADES[c] for c in newer.changes if c in PROFILE_DOWNGRADES)
+    return downgrades
