@@ -75,7 +75,7 @@ KEYS: dict[str, list[Scope]] = {
 _ID = re.compile(r"\b(?:[a-z][a-z0-9]{1,5}_[0-9A-HJKMNP-TV-Z]{26}|(whep|whdl|era)_[0-9a-f]{32})\b")
 _EVENT_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")  # a CloudEvent's
 _TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})\b")
-_ETAG = re.compile(r'(W/)?"(\d+)\.([^".]+)(\.full)?"')
+_ETAG = re.compile(r'(W/)?"(\d+)\.([^".]+)(\.full)?(\.\d{4}-\d{2}-\d{2})?"')
 _PLACEHOLDER = re.compile(r"<([a-z_]+):(\d+)>")
 _OPAQUE_FIELDS = {"next_cursor": "cursor", "secret": "secret", "token": "token"}
 # A link to a next page carries its cursor (2026-12-07's `links.next`).
@@ -321,6 +321,20 @@ def scenario() -> Iterator[Request]:
     yield Request("audit", "GET", "/v1/audit?limit=3", "admin")
     yield Request("audit of a key", "GET", "/v1/audit?key_id=<key:5>", "admin")
     yield Request("audit by a reader", "GET", "/v1/audit", "reader")
+    # Recorded 2026-12-07, in 2026-11-28 by that version's code (before 2026-12-07 existed):
+    # a page without `limit`, and a key asked for a version that does not exist.
+    for number in range(21):
+        yield Request(
+            f"create filler {number}", "POST", "/v1/profiles", "writer", json=_profile(f"filler_{number:02d}")
+        )
+    yield Request("list without a limit", "GET", "/v1/profiles", "reader")
+    yield Request(
+        "key create with an unknown version",
+        "POST",
+        "/v1/keys",
+        "admin",
+        json={"name": "v", "scopes": ["profiles:read"], "api_version": "2020-01-01"},
+    )
 
 
 async def _keel(
@@ -409,13 +423,13 @@ def template_of(path: str) -> str:
 
 
 def _etag(value: str, names: Placeholders) -> str:
-    """An ETag with only the hash of the profile id as a placeholder: its strength, version and
-    view suffix (`"2.<etag:1>.full"`) are part of what is frozen."""
+    """An ETag with only the hash of the profile id as a placeholder: its strength, version,
+    view and API version suffixes (`"2.<etag:1>.full.2026-12-07"`) are part of what is frozen."""
     match = _ETAG.fullmatch(value)
     if match is None:
         return names.hide(value)
-    weak, version, tag, view = match.groups()
-    return f'{weak or ""}"{version}.{names.name("etag", tag)}{view or ""}"'
+    weak, version, tag, view, shape = match.groups()
+    return f'{weak or ""}"{version}.{names.name("etag", tag)}{view or ""}{shape or ""}"'
 
 
 def load(version: str) -> list[dict[str, Any]]:

@@ -1,13 +1,16 @@
 """A client pinned to a version sees exactly what it saw when that version was recorded: the
 recorded requests, replayed against today's code, get the recorded answers (status, the headers
 a client acts on, and the body, with run-specific values as placeholders). 2026-11-28's answers
-were recorded before 2026-12-07 existed.
+were recorded by 2026-11-28's code, before 2026-12-07 existed.
 
-What a later version may add to an older version's answers, and nothing else (`as_today`):
-- `Deprecation` and its `Link` (RFC 9745), on every answer made in a deprecated version;
+What a later version may add to an older version's answers, and nothing else (`as_today`; the
+values are written out here, not computed by the code under test):
+- `Deprecation` and its `Link` (RFC 9745), on every answer made in a deprecated version, its
+  `Link` joined to the answer's own;
 - an answer made in no version (no key, or one that is not valid, and no `Keel-Version`) names
   the newest version, which it is made in;
-- the refusal of an unknown version lists the versions there are now.
+- the refusals that list the versions there are (an unknown `Keel-Version`, a key's unknown
+  `api_version`) list today's.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from keel.api.rest import versioned
-from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, versions
-from keel.api.rest.version_lifecycle import lifecycle
+from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS
 from tests.contract.frozen_exchanges import (
     VERSIONS,
     Placeholders,
@@ -36,8 +38,15 @@ from tests.contract.frozen_exchanges import (
 
 # Served by a core only (docs/not-done-yet.md): an edge refuses them, so its replay leaves them out.
 _CORE_ONLY = re.compile(r"^/v1/(webhooks|erasures|keys|audit)\b|^/v1/profiles/[^/]+/(export|erasure)$")
-_STATUSES = lifecycle(versions, {})
 _LIST_OF_VERSIONS = re.compile(r"(Keel-Version must be one of: ).*")
+_KEY_VERSIONS = re.compile(r"^must be one of [0-9, -]+$")
+# What an answer made in each deprecated version carries (2026-12-07 deprecated 2026-11-28).
+_NOTICES = {
+    "2026-11-28": {
+        "deprecation": "@1796601600",  # 2026-12-07T00:00:00Z
+        "link": '</v1/versions>; rel="deprecation"; type="application/json"',
+    },
+}
 
 
 def as_today(recorded: dict[str, Any], request: dict[str, Any], version: str) -> dict[str, Any]:
@@ -47,16 +56,20 @@ def as_today(recorded: dict[str, Any], request: dict[str, Any], version: str) ->
     headers = answer["headers"]
     if headers.get("keel-version") == version and "key" not in request:
         headers["keel-version"] = NEWEST_VERSION
-    if answer.get("json", {}).get("type") == "urn:keel:problem:unknown-api-version":
-        answer["json"]["detail"] = _LIST_OF_VERSIONS.sub(
-            lambda m: m.group(1) + ", ".join(sorted(SUPPORTED_VERSIONS)) + ".", answer["json"]["detail"]
+    body = answer.get("json")
+    if isinstance(body, dict) and body.get("type") == "urn:keel:problem:unknown-api-version":
+        body["detail"] = _LIST_OF_VERSIONS.sub(
+            lambda m: m.group(1) + ", ".join(sorted(SUPPORTED_VERSIONS)) + ".", body["detail"]
         )
-    answered_in = headers.get("keel-version")
-    if answered_in is not None:
-        for name, value in _STATUSES[answered_in].headers():
-            field, text = name.decode(), value.decode()
-            # httpx joins a repeated field with ", ", after any earlier value (a page's `Link`).
-            headers[field] = f"{headers[field]}, {text}" if field in headers else text
+    for error in body.get("errors") or () if isinstance(body, dict) else ():
+        if error["field"] == "/api_version" and _KEY_VERSIONS.match(error["message"]):
+            error["message"] = "must be one of " + ", ".join(sorted(SUPPORTED_VERSIONS))
+    # The version the answer is made in: the one it names, else the one asked for, else the key's.
+    answered_in = headers.get("keel-version") or request.get("headers", {}).get("Keel-Version")
+    if answered_in is None and "key" in request:
+        answered_in = version
+    for name, value in _NOTICES.get(answered_in or "", {}).items():
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return answer
 
 
@@ -119,4 +132,6 @@ def test_an_etag_keeps_its_strength_version_and_view() -> None:
     assert _etag('"2.k7d3.full"', names) == '"2.<etag:1>.full"'
     assert _etag('"3.k7d3"', names) == '"3.<etag:1>"'
     assert _etag('W/"3.zz"', names) == 'W/"3.<etag:2>"'
+    assert _etag('"4.k7d3.full.2026-12-07"', names) == '"4.<etag:1>.full.2026-12-07"'
+    assert _etag('"4.k7d3.2026-12-07"', names) == '"4.<etag:1>.2026-12-07"'
     assert names.fill('"1.<etag:2>"') == '"1.zz"'

@@ -5,17 +5,22 @@ set one, its sunset); `GET /v1/versions` lists what each version changed. The fr
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from keel.api.rest.api_versions import versions
+from keel.cli import app
 from keel.config import Settings
 from tests.e2e.conftest import Api, make_api
 from tests.integration.conftest import truncate
 
 OLD, NEW = "2026-11-28", "2026-12-07"
+DEPRECATION_LINK = '</v1/versions>; rel="deprecation"; type="application/json"'
+SUNSET_LINK = '</v1/versions>; rel="sunset"; type="application/json"'
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
 
@@ -122,10 +127,7 @@ async def test_an_older_versions_answers_say_it_is_deprecated_and_the_newest_one
     for answer in (old, refused):
         assert answer.headers["keel-version"] == OLD
         assert answer.headers["deprecation"] == "@1796601600"  # 2026-12-07T00:00:00Z
-        assert (
-            answer.headers.get_list("link")[-1]
-            == '</v1/versions>; rel="deprecation"; type="application/json"'
-        )
+        assert answer.headers.get_list("link") == [DEPRECATION_LINK]
         assert "sunset" not in answer.headers
     new = await api.client.get("/v1/profiles", headers=_in(NEW, api.reader))
     assert new.headers["keel-version"] == NEW
@@ -149,7 +151,7 @@ async def test_a_sunset_the_operator_sets_is_on_the_older_versions_answers(datab
     finally:
         await deployment.close()
     assert old.headers["sunset"] == "Wed, 30 Jun 2027 00:00:00 GMT"
-    assert '</v1/versions>; rel="sunset"; type="application/json"' in old.headers.get_list("link")
+    assert old.headers.get_list("link") == [f"{DEPRECATION_LINK}, {SUNSET_LINK}"]
     assert "sunset" not in new.headers
     assert [(v["version"], v["sunset"]) for v in listed] == [(NEW, None), (OLD, "2027-06-30")]
 
@@ -169,6 +171,19 @@ def test_a_sunset_for_a_version_that_cannot_have_one_is_refused_at_start(
 
     with pytest.raises(ValueError, match=error):
         lifecycle(versions, sunsets)
+
+
+def test_keel_serve_refuses_a_sunset_it_cannot_have_with_the_sentence() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["serve"],
+        env={
+            "KEEL_DATABASE_URL": "sqlite:////nonexistent/dir/keel.sqlite3",
+            "KEEL_API_SUNSETS": json.dumps({NEW: "2027-01-01"}),
+        },
+    )
+    assert result.exit_code == 1
+    assert f"keel: cannot start: KEEL_API_SUNSETS names {NEW}: a sunset can be set only" in result.output
 
 
 async def test_the_list_of_versions_is_the_version_bundle_and_needs_no_key(api: Api) -> None:
@@ -240,3 +255,66 @@ async def test_graphql_grows_by_adding_fields_whatever_the_rest_version(api: Api
             {"address": "grace@example.com", "primary": True},
         ],
     }
+
+
+async def test_refusals_before_the_version_is_picked_say_the_version_is_deprecated(api: Api) -> None:
+    """The layers in front of the version picker (strict bodies, admission, the envelope) refuse
+    some requests before a route runs: those answers say it too, for the version asked for or
+    pinned on the key; the newest version's never do."""
+    wrong_type = {"Content-Type": "text/plain"}
+    refusals = {
+        "pinned, wrong media type": await api.client.post(
+            "/v1/profiles", content=b"x", headers={**api.writer, **wrong_type}
+        ),
+        "pinned, malformed JSON": await api.client.post(
+            "/v1/profiles", content=b"{", headers={**api.writer, "Content-Type": "application/json"}
+        ),
+        "asked for, wrong media type": await api.client.post(
+            "/v1/profiles", content=b"x", headers={**_in(OLD, {}), **wrong_type}
+        ),
+    }
+    for name, answer in refusals.items():
+        assert answer.status_code in (400, 415), (name, answer.text)
+        assert answer.headers["deprecation"] == "@1796601600", name
+        assert answer.headers["link"] == DEPRECATION_LINK, name
+    newest = await api.client.post(
+        "/v1/profiles", content=b"x", headers={**_in(NEW, api.writer), **wrong_type}
+    )
+    assert newest.status_code == 415
+    assert "deprecation" not in newest.headers
+
+
+async def test_a_page_link_and_the_deprecation_link_are_one_field(api: Api) -> None:
+    await _create(api, 3)
+    page = await api.client.get("/v1/profiles", params={"limit": 1}, headers=_in(OLD, api.reader))
+    links = page.headers.get_list("link")
+    cursor = page.json()["next_cursor"]
+    assert links == [f'</v1/profiles?limit=1&cursor={cursor}>; rel="next", {DEPRECATION_LINK}']
+    assert page.headers["vary"] == "Keel-Version"
+
+
+async def test_each_version_has_its_own_entity_tag_and_if_match_takes_either(api: Api) -> None:
+    created = await api.client.post("/v1/profiles", json=_profile("tagged"), headers=api.writer)
+    path = created.headers["location"]
+    old = await api.client.get(path, headers=_in(OLD, api.reader))
+    new = await api.client.get(path, headers=_in(NEW, api.reader))
+    assert old.headers["etag"] != new.headers["etag"]
+    assert new.headers["etag"].endswith(f'.{NEW}"')
+    # A tag from one version never confirms the other version's body.
+    for version, tag in ((OLD, new.headers["etag"]), (NEW, old.headers["etag"])):
+        answer = await api.client.get(path, headers={**_in(version, api.reader), "If-None-Match": tag})
+        assert answer.status_code == 200
+    for version, answer in ((OLD, old), (NEW, new)):
+        same = {**_in(version, api.reader), "If-None-Match": answer.headers["etag"]}
+        assert (await api.client.get(path, headers=same)).status_code == 304
+    # Either tag names the profile's version for a write.
+    for number, tag in enumerate((old.headers["etag"], new.headers["etag"])):
+        stale = tag.replace('"1.', '"9.', 1)
+        headers = {**api.writer, **MERGE_PATCH}
+        refused = await api.client.patch(path, json={"bio": "x"}, headers={**headers, "If-Match": stale})
+        assert refused.status_code == 412
+        current = (await api.client.get(path, headers=api.reader)).headers["etag"]
+        version = current.split(".")[0].strip('"')
+        tag = tag.replace('"1.', f'"{version}.', 1)
+        done = await api.client.patch(path, json={"bio": f"b{number}"}, headers={**headers, "If-Match": tag})
+        assert done.status_code == 200, done.text

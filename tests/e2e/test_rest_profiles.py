@@ -228,13 +228,17 @@ async def test_list_with_filters_and_pagination(api: Api) -> None:
     assert [p["id"] for p in first.json()["items"]] == sorted(ids)[:2]
     cursor = first.json()["next_cursor"]
     assert cursor
-    assert first.headers["link"] == f'</v1/profiles?limit=2&cursor={cursor}>; rel="next"'
+    # The page's link first, then (2026-11-28 being deprecated) the deprecation's, in one field.
+    next_link, deprecation = first.headers["link"].split(", ")
+    assert next_link == f'</v1/profiles?limit=2&cursor={cursor}>; rel="next"'
+    assert deprecation == '</v1/versions>; rel="deprecation"; type="application/json"'
     rest: list[str] = []
     url = f"/v1/profiles?limit=2&cursor={cursor}"
     while url:
         page = await api.client.get(url, headers=api.reader)
         rest.extend(p["id"] for p in page.json()["items"])
-        url = page.headers["link"][1:].split(">")[0] if "link" in page.headers else ""
+        pages = [link for link in page.headers["link"].split(", ") if link.endswith('rel="next"')]
+        url = pages[0][1:].split(">")[0] if pages else ""
     assert rest == sorted(ids)[2:]
     by_email = await api.client.get("/v1/profiles", params={"email": "U3@example.com"}, headers=api.reader)
     assert [p["handle"] for p in by_email.json()["items"]] == ["user_3"]

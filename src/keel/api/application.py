@@ -30,6 +30,7 @@ from keel.api.rest.version_lifecycle import document_query_defaults, lifecycle
 from keel.api.rest.version_list import versions_router
 from keel.api.rest.version_picker import (
     KeelVersionPicker,
+    VersionNotices,
     document_version_header,
 )
 from keel.config import Settings
@@ -60,9 +61,7 @@ def build_http_app(
         f"`{VERSION_HEADER}` header; without it, the version pinned on your API key applies.",
         api_version_parameter_name=VERSION_HEADER,
         api_version_default_value=NEWEST_VERSION,
-        versioning_middleware_class=(_PickerThenHotReads if hot_reads else KeelVersionPicker).with_lifecycle(
-            statuses
-        ),
+        versioning_middleware_class=_PickerThenHotReads if hot_reads else KeelVersionPicker,
         openapi_customizer=_customize_openapi,
         lifespan=lifespan,
         # Keel serves Swagger UI itself (keel.api.browser_pages.swagger: no CDN, strict CSP);
@@ -71,6 +70,7 @@ def build_http_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.version_notices = VersionNotices(statuses)
     app.early_refusals = EarlyRefusals(metrics, trusted_proxy_hops=settings.trusted_proxy_hops)
     install_problem_handlers(app)
     app.include_router(health.router)
@@ -106,6 +106,7 @@ class _PickerThenHotReads(KeelVersionPicker):
 
 class _KeelCadwyn(NewestServedDirectly):
     early_refusals: EarlyRefusals | None = None
+    version_notices: VersionNotices | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Before Cadwyn, FastAPI and Starlette: see keel.api.rest.admission.EarlyRefusals.
@@ -113,6 +114,8 @@ class _KeelCadwyn(NewestServedDirectly):
             await super().__call__(scope, receive, send)
             return
         with request_scope() as state:
+            if self.version_notices is not None:
+                send = self.version_notices.wrap(scope, send, state)
             refusals = self.early_refusals
             services = getattr(self.state, "services", None)
             if refusals is not None and services is not None:

@@ -66,7 +66,12 @@ async def build_services(
 
 
 async def preflight(settings: Settings) -> None:
-    """Everything `build_services` checks (configuration, database, schema), then let go."""
+    """Everything `build_services` checks (configuration, database, schema), and the API
+    versions' sunsets, then let go."""
+    from keel.api.rest.api_versions import versions
+    from keel.api.rest.version_lifecycle import lifecycle
+
+    lifecycle(versions, settings.api_sunsets)  # a ValueError names what is wrong
     keel = await build_services(settings)
     await keel.close()
 

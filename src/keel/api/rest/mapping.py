@@ -35,23 +35,29 @@ def _id_tag(profile_id: str) -> str:
 
 
 _FULL_VIEW = ".full"
-_VERSION = re.compile(r"[0-9]{1,18}")
+_TAG = re.compile(r"([0-9]{1,18})\.([0-9a-f]{12})(\.full)?(\.[0-9]{4}-[0-9]{2}-[0-9]{2})?")
+# The first API version's tags name no version: they were given out before there was another.
+_FIRST_API_VERSION = "2026-11-28"
 
 
-def etag(profile: Profile, *, full_view: bool) -> str:
+def etag(profile: Profile, *, full_view: bool, api_version: str | None) -> str:
     """Strong ETag from id and version, `"<version>.<hash of id>"`, so If-Match yields a
-    version. Admin callers see private attributes, a different representation: `.full`."""
-    return f'"{profile.version}.{_id_tag(profile.id)}{_FULL_VIEW if full_view else ""}"'
+    version. A different representation has a different tag: admin callers see private
+    attributes (`.full`), and each API version after the first has its own document shape
+    (`.<API version>`), so a 304 never confirms another version's body."""
+    shape = f".{api_version}" if api_version is not None and api_version != _FIRST_API_VERSION else ""
+    return f'"{profile.version}.{_id_tag(profile.id)}{_FULL_VIEW if full_view else ""}{shape}"'
 
 
 def version_from_etag(profile_id: str, value: str) -> int | None:
-    """The version an If-Match names for this profile, or None if it names something else."""
+    """The version an If-Match names for this profile (from a tag of any view or API version),
+    or None if it names something else."""
     value = value.strip()
     if not (value.startswith('"') and value.endswith('"')):
         return None
-    version, _, tag = value[1:-1].removesuffix(_FULL_VIEW).partition(".")
     # ASCII digits only (`str.isdigit` accepts "²", which `int` refuses), and no more than a
     # version can have: `int` refuses strings of over 4,300 digits.
-    if tag != _id_tag(profile_id) or not _VERSION.fullmatch(version):
+    match = _TAG.fullmatch(value[1:-1])
+    if match is None or match.group(2) != _id_tag(profile_id):
         return None
-    return int(version)
+    return int(match.group(1))

@@ -13,6 +13,7 @@ from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
 
 from keel.api.http.conditional import etag_matches
+from keel.api.http.request_state import request_state
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.media_types import accepts, refusal_detail
 from keel.api.rest import personal_data_routes
@@ -21,7 +22,9 @@ from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, pro
 from keel.api.rest.mapping import etag, profile_document, version_from_etag
 from keel.api.rest.operation_ids import operation_id
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, HandleCheck, ProfileCreate, ProfileList, ProfileOut
+from keel.domain.api_keys import Principal
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
+from keel.domain.profile import Profile
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors
 from keel.service.profile_reads import ProfileRead
 from keel.service.strict_json import MalformedJSON, loads_strict
@@ -56,6 +59,11 @@ _IDEMPOTENCY_KEY_SCHEMA = {
 }
 
 router = VersionedAPIRouter(prefix="/v1", tags=["profiles"], generate_unique_id_function=operation_id)
+
+
+def _tag(profile: Profile, caller: Principal) -> str:
+    """The answer's ETag: the profile's version, in the caller's view and the request's API version."""
+    return etag(profile, full_view=caller.is_admin, api_version=request_state().api_version)
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -104,7 +112,7 @@ async def create_profile(
         idempotency_key=_idempotency_key(idempotency_key),
     )
     profile = created.profile
-    headers = {"Location": f"/v1/profiles/{profile.id}", "ETag": etag(profile, full_view=caller.is_admin)}
+    headers = {"Location": f"/v1/profiles/{profile.id}", "ETag": _tag(profile, caller)}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(profile_document(profile), status_code=201, headers=headers)
@@ -131,7 +139,7 @@ async def profile_answer(request: Request, profile_id: str) -> Response:
     caller = await authenticated_caller(request)
     read = await services.profiles.read_profile(caller, profile_id)
     profile = read.profile
-    tag = etag(profile, full_view=caller.is_admin)
+    tag = _tag(profile, caller)
     headers = {"ETag": tag, "Cache-Control": _CACHE_CONTROL}
     if read.stale:
         headers.update(stale_headers(read))
@@ -190,7 +198,7 @@ async def update_profile(
     profile = await services.profiles.update_profile(
         caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
     )
-    tag = etag(profile, full_view=caller.is_admin)
+    tag = _tag(profile, caller)
     if not answer_shows_profile(caller):
         # A key that may not read gets the write's receipt only: its entity tag (the version).
         return Response(status_code=204, headers={"ETag": tag})

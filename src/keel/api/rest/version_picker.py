@@ -9,51 +9,48 @@ answer 404 or 422.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from cadwyn.middleware import VersionPickingMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from keel.api.http.problems import problem_response
-from keel.api.http.request_state import request_state
-from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER, versions
-from keel.api.rest.version_lifecycle import VERSIONS_PATH, VersionStatus, lifecycle
+from keel.api.http.request_state import RequestState, request_state
+from keel.api.rest.api_versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_HEADER
+from keel.api.rest.version_lifecycle import VERSIONS_PATH, VersionStatus
 from keel.domain.api_keys import Principal
 
 _HEADER = VERSION_HEADER.lower().encode()
 _VERSIONED_PREFIX = "/v1/"
+# Two versions answer the same URL differently: a cache must not give one's answer for the other.
+_VARY = (b"vary", VERSION_HEADER.encode())
+
+
+def _versioned(scope: Scope) -> bool:
+    """A request answered in an API version: under /v1/, but for the list of versions (like
+    health, metrics and docs: no key lookup, never a version error)."""
+    if scope["type"] != "http":
+        return False
+    path: str = scope["path"]
+    return path.startswith(_VERSIONED_PREFIX) and path != VERSIONS_PATH
+
+
+def _requested(scope: Scope) -> str | None:
+    requested: str | None = None
+    for name, value in scope["headers"]:
+        if name == _HEADER:
+            requested = value.decode("latin-1").strip()
+    return requested
 
 
 class KeelVersionPicker(VersionPickingMiddleware):
-    # Each version's status: an older version's answers say it is deprecated (and, once the
-    # operator set one, its sunset). `with_lifecycle` gives a picker the configured one.
-    statuses: ClassVar[Mapping[str, VersionStatus]] = lifecycle(versions, {})
-
-    def __init__(self, app: ASGIApp, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._answer_headers = {
-            version: [(_HEADER, version.encode()), *status.headers()]
-            for version, status in self.statuses.items()
-        }
-
-    @classmethod
-    def with_lifecycle(cls, statuses: Mapping[str, VersionStatus]) -> type[KeelVersionPicker]:
-        return type(cls.__name__, (cls,), {"statuses": statuses})
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or not scope["path"].startswith(_VERSIONED_PREFIX)
-            or scope["path"] == VERSIONS_PATH
-        ):
+        if not _versioned(scope):
             # Health, metrics, docs and the list of versions are unversioned: no key lookup,
             # never a version error.
             await self.app(scope, receive, send)
             return
-        requested: str | None = None
-        for name, value in scope["headers"]:
-            if name == _HEADER:
-                requested = value.decode("latin-1").strip()
+        requested = _requested(scope)
         if requested is not None and requested not in SUPPORTED_VERSIONS:
             await problem_response(
                 400,
@@ -74,7 +71,7 @@ class KeelVersionPicker(VersionPickingMiddleware):
         else:
             version = NEWEST_VERSION
         state.api_version = version
-        answer_headers = self._answer_headers[version]
+        answer_headers = [(_HEADER, version.encode()), _VARY]
 
         async def send_with_version(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -86,6 +83,65 @@ class KeelVersionPicker(VersionPickingMiddleware):
             await self.app(scope, receive, send_with_version)
         finally:
             self.api_version_var.reset(token)
+
+
+class VersionNotices:
+    """Every answer made in a deprecated version says so (RFC 9745 `Deprecation`, and RFC 8594
+    `Sunset` once the operator set one, each with its `Link`), the refusals of the layers in
+    front of the version picker (limits, admission, strict bodies, early refusals) included.
+    Wraps `send` outside all of them: the version is the one the answer names in `Keel-Version`,
+    else the one the request asked for, else the one pinned on the key admission identified.
+    An answer made before the caller is known, to a request that names no version, gets no
+    notice: its version is not known."""
+
+    def __init__(self, statuses: Mapping[str, VersionStatus]) -> None:
+        self._notices = {version: s.headers() for version, s in statuses.items() if s.headers()}
+
+    def wrap(self, scope: Scope, send: Send, state: RequestState) -> Send:
+        if not self._notices or not _versioned(scope):
+            return send
+        notices = self._notices
+
+        async def send_with_notices(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                version = _answered_in(headers) or _requested(scope) or _pinned(state)
+                extra = notices.get(version or "")
+                if extra:
+                    message["headers"] = _with_notices(headers, extra)
+            await send(message)
+
+        return send_with_notices
+
+
+def _answered_in(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == _HEADER:
+            return value.decode("latin-1")
+    return None
+
+
+def _pinned(state: RequestState) -> str | None:
+    caller = state.caller
+    return caller.principal.api_version if caller is not None and caller.principal is not None else None
+
+
+def _with_notices(
+    headers: list[tuple[bytes, bytes]], notices: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The headers with the notices; a `Link` joins the answer's own (one field: a client that
+    reads one `Link` value must still find a page's `rel="next"`)."""
+    links = [value for name, value in notices if name == b"link"]
+    merged = []
+    for name, value in headers:
+        if name.lower() == b"link" and links:
+            value = b", ".join([value, *links])
+            links = []
+        merged.append((name, value))
+    merged.extend((name, value) for name, value in notices if name != b"link")
+    if links:
+        merged.append((b"link", b", ".join(links)))
+    return merged
 
 
 VERSION_HEADER_PARAMETER = {
