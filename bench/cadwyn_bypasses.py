@@ -2,8 +2,9 @@
 in process, for the same reads with each bypass switched off in turn.
 
 The bypasses (docs/decisions/0001-framework-internals.md):
-- hot reads: the newest version's `GET /v1/profiles/{id}` answered without FastAPI's routing
-  (`keel.api.rest.hot_reads`);
+- hot reads: `GET /v1/profiles/{id}` answered without FastAPI's routing, in every version (an
+  older version's document turned back by the same downgrades as Cadwyn's migrations;
+  `keel.api.rest.hot_reads`);
 - newest served directly: the newest version's routes handled by their source routes, without
   Cadwyn's identity conversion (`cadwyn_internals.serve_newest_version_directly`);
 - async version dependency: no worker thread per request for Cadwyn's `Keel-Version`
@@ -20,7 +21,8 @@ Method: each arm's process builds Keel on a throwaway SQLite database (rate limi
 cache on, as deployed), creates 20 profiles and a key, warms up, then sends each request kind N
 times straight to the ASGI app (no socket, no HTTP client: the ASGI messages are built once) and
 reads its own CPU time (`time.process_time`) around them; the figure is CPU microseconds per
-request. The older version's reads (2026-11-28, converted by Cadwyn) are measured in every arm.
+request. The older version's requests (2026-11-28) are measured in every arm: its lists are converted by
+Cadwyn in all of them, its reads too once hot reads are off.
 Rounds alternate the order of the arms. The process is pinned to CPU 0 when the machine has two.
 
     python -m bench.cadwyn_bypasses [--rounds 5] [--requests 4000]
@@ -40,8 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+from testkit.results import new_result_path
 
 from bench.harness import ROOT, code_state
 from bench.read_figures import aa_noise
@@ -170,16 +173,6 @@ def _child(arm: str, requests: int, warmup: int) -> dict[str, float]:
     return figures
 
 
-def _output_path(day: str) -> Path:
-    folder = ROOT / "docs" / "performance"
-    path = folder / f"{day}-cadwyn-bypasses.md"
-    number = 2
-    while path.exists():
-        path = folder / f"{day}-cadwyn-bypasses-{number}.md"
-        number += 1
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -229,7 +222,7 @@ def main() -> int:
     if args.no_write:
         return 0
     day = dt.date.today().isoformat()
-    path = _output_path(day)
+    path = new_result_path("cadwyn-bypasses")
     rows = "\n".join(
         f"| {round_number + 1} | {arm} | " + " | ".join(f"{run[kind]:.1f}" for kind in KINDS) + " |"
         for arm in (*ARMS, "deployed A/A")

@@ -318,3 +318,23 @@ async def test_each_version_has_its_own_entity_tag_and_if_match_takes_either(api
         tag = tag.replace('"1.', f'"{version}.', 1)
         done = await api.client.patch(path, json={"bio": f"b{number}"}, headers={**headers, "If-Match": tag})
         assert done.status_code == 200, done.text
+
+
+async def test_a_request_naming_no_valid_version_gets_no_notice_from_its_key(api: Api) -> None:
+    """The key is pinned to the deprecated version, but a request that names a version, even an
+    empty one, is not made in the key's: refused, it gets no notice."""
+    for named in ("", " ", "1999-01-01"):
+        answer = await api.client.get("/v1/profiles", headers={**api.reader, "Keel-Version": named})
+        assert answer.status_code == 400, named
+        assert "deprecation" not in answer.headers, named
+
+
+def test_if_match_takes_the_tags_keel_gives_out_and_no_other_suffix() -> None:
+    from keel.api.rest.mapping import _id_tag, version_from_etag
+
+    profile_id = "eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3"
+    tag = _id_tag(profile_id)
+    for given in (f'"3.{tag}"', f'"3.{tag}.full"', f'"3.{tag}.{NEW}"', f'"3.{tag}.full.{NEW}"'):
+        assert version_from_etag(profile_id, given) == 3, given
+    for never in (f'"3.{tag}.{OLD}"', f'"3.{tag}.9999-99-99"', f'"3.{tag}.{NEW}.full"', f'"3.{tag}."'):
+        assert version_from_etag(profile_id, never) is None, never

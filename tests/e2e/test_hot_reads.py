@@ -1,4 +1,4 @@
-"""The newest version's profile reads skip the framework's routing (`keel.api.rest.hot_reads`).
+"""Profile reads, of every version, skip the framework's routing (`keel.api.rest.hot_reads`).
 The promise: for the same request, the same answer (status, headers, body, metric labels) as
 the framework's route gives, whoever asks and whatever the profile's state."""
 
@@ -23,6 +23,16 @@ from tests.e2e.conftest import MODES, Deployment, bearer, deploy
 from tests.integration.conftest import truncate
 
 OLDEST_VERSION = str(versions.version_values[-1])
+# What each caller of the fixture gets for a live profile: a read, a refusal for lack of scope,
+# no or a bad key.
+_STATUSES = {
+    "anonymous": 401,
+    "unknown key": 401,
+    "writer": 200,
+    "reader": 200,
+    "write only": 403,
+    "admin": 200,
+}
 # A header that differs between any two requests, by design (a new span each time); the request
 # id, which problems repeat in their body, is the client's own.
 _PER_REQUEST = {"traceparent"}
@@ -155,15 +165,7 @@ async def test_every_caller_gets_the_framework_routes_answer(apps: TwoApps) -> N
         statuses[caller] = (await _same_answer(apps, path, headers)).status_code
         for other in (gone, "/v1/profiles/p_0000000000000000000000", "/v1/profiles/%20x"):
             await _same_answer(apps, other, headers)
-    # The cases above are the ones meant: a read, a refusal for lack of scope, no or a bad key.
-    assert statuses == {
-        "anonymous": 401,
-        "unknown key": 401,
-        "writer": 200,
-        "reader": 200,
-        "write only": 403,
-        "admin": 200,
-    }
+    assert statuses == _STATUSES  # the cases meant
 
     reader = apps.headers["reader"]
     tag = (await apps.hot.get(path, headers=reader)).headers["ETag"]
@@ -189,14 +191,7 @@ async def test_an_older_versions_reads_get_the_framework_routes_answer(apps: Two
             assert "primary_email" not in answer.json()
             assert answer.headers["deprecation"]
         await _same_answer(apps, "/v1/profiles/p_0000000000000000000000", {**headers, **older})
-    assert statuses == {
-        "anonymous": 401,
-        "unknown key": 401,
-        "writer": 200,
-        "reader": 200,
-        "write only": 403,
-        "admin": 200,
-    }
+    assert statuses == _STATUSES
     reader = {**apps.headers["reader"], **older}
     tag = (await apps.hot.get(path, headers=reader)).headers["ETag"]
     assert (await _same_answer(apps, path, {**reader, "If-None-Match": tag})).status_code == 304

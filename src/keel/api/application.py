@@ -49,8 +49,8 @@ def build_http_app(
 ) -> Cadwyn:
     """The HTTP app: REST under Cadwyn, GraphQL, the operational endpoints and browser pages.
     `app.state.services` must hold the built services (see `RestServices`, `GraphQLServices`,
-    `HealthServices`) before the first request. `hot_reads=False` leaves the newest version's
-    profile reads to the framework's routing too (`keel.api.rest.hot_reads`; tests compare)."""
+    `HealthServices`) before the first request. `hot_reads=False` leaves profile reads (of
+    every version) to the framework's routing too (`keel.api.rest.hot_reads`; tests compare)."""
     use_async_version_dependency()
     statuses = lifecycle(versions, settings.api_sunsets)
     app = _KeelCadwyn(
@@ -98,7 +98,7 @@ def build_http_app(
 
 
 class _PickerThenHotReads(KeelVersionPicker):
-    """The version picker, then the newest version's hot reads, then Cadwyn's routing."""
+    """The version picker, then the hot profile reads (of every version), then Cadwyn's routing."""
 
     def __init__(self, app: ASGIApp, **kwargs: Any) -> None:
         super().__init__(HotProfileReads(app), **kwargs)

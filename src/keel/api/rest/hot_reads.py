@@ -1,4 +1,4 @@
-"""The newest API version's profile reads, answered without FastAPI's routing.
+"""Profile reads, of every API version, answered without FastAPI's routing.
 
 `GET /v1/profiles/{profile_id}` is the hottest request Keel serves. Through the framework it
 costs, besides the read itself, Cadwyn's version routing, Starlette's route matching, FastAPI's

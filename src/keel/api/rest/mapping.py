@@ -6,6 +6,7 @@ import hashlib
 import re
 from typing import Any
 
+from keel.api.rest.api_versions import SUPPORTED_VERSIONS
 from keel.api.timestamps import timestamp
 from keel.domain.profile import Profile
 
@@ -35,9 +36,10 @@ def _id_tag(profile_id: str) -> str:
 
 
 _FULL_VIEW = ".full"
-_TAG = re.compile(r"([0-9]{1,18})\.([0-9a-f]{12})(\.full)?(\.[0-9]{4}-[0-9]{2}-[0-9]{2})?")
 # The first API version's tags name no version: they were given out before there was another.
 _FIRST_API_VERSION = "2026-11-28"
+_NAMED_VERSIONS = "|".join(re.escape(v) for v in sorted(SUPPORTED_VERSIONS) if v != _FIRST_API_VERSION)
+_TAG = re.compile(rf"([0-9]{{1,18}})\.([0-9a-f]{{12}})(\.full)?(\.(?:{_NAMED_VERSIONS}))?")
 
 
 def etag(profile: Profile, *, full_view: bool, api_version: str | None) -> str:

@@ -105,7 +105,9 @@ class VersionNotices:
         async def send_with_notices(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                version = _answered_in(headers) or _requested(scope) or _pinned(state)
+                # A request that names a version (even an empty or unknown one) is not the key's.
+                requested = _requested(scope)
+                version = _answered_in(headers) or (requested if requested is not None else _pinned(state))
                 extra = notices.get(version or "")
                 if extra:
                     message["headers"] = _with_notices(headers, extra)
