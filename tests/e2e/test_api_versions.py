@@ -331,10 +331,11 @@ async def test_a_request_naming_no_valid_version_gets_no_notice_from_its_key(api
 
 def test_if_match_takes_the_tags_keel_gives_out_and_no_other_suffix() -> None:
     from keel.api.rest.mapping import _id_tag, version_from_etag
+    from keel.api.rest.routes import _TAGGED_VERSIONS
 
     profile_id = "eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3"
     tag = _id_tag(profile_id)
     for given in (f'"3.{tag}"', f'"3.{tag}.full"', f'"3.{tag}.{NEW}"', f'"3.{tag}.full.{NEW}"'):
-        assert version_from_etag(profile_id, given) == 3, given
+        assert version_from_etag(profile_id, given, _TAGGED_VERSIONS) == 3, given
     for never in (f'"3.{tag}.{OLD}"', f'"3.{tag}.9999-99-99"', f'"3.{tag}.{NEW}.full"', f'"3.{tag}."'):
-        assert version_from_etag(profile_id, never) is None, never
+        assert version_from_etag(profile_id, never, _TAGGED_VERSIONS) is None, never

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from typing import Any
 
-from keel.api.rest.api_versions import SUPPORTED_VERSIONS
 from keel.api.timestamps import timestamp
 from keel.domain.profile import Profile
 
@@ -37,9 +37,8 @@ def _id_tag(profile_id: str) -> str:
 
 _FULL_VIEW = ".full"
 # The first API version's tags name no version: they were given out before there was another.
-_FIRST_API_VERSION = "2026-11-28"
-_NAMED_VERSIONS = "|".join(re.escape(v) for v in sorted(SUPPORTED_VERSIONS) if v != _FIRST_API_VERSION)
-_TAG = re.compile(rf"([0-9]{{1,18}})\.([0-9a-f]{{12}})(\.full)?(\.(?:{_NAMED_VERSIONS}))?")
+FIRST_API_VERSION = "2026-11-28"
+_TAG = re.compile(r"([0-9]{1,18})\.([0-9a-f]{12})(\.full)?(?:\.([0-9]{4}-[0-9]{2}-[0-9]{2}))?")
 
 
 def etag(profile: Profile, *, full_view: bool, api_version: str | None) -> str:
@@ -47,13 +46,15 @@ def etag(profile: Profile, *, full_view: bool, api_version: str | None) -> str:
     version. A different representation has a different tag: admin callers see private
     attributes (`.full`), and each API version after the first has its own document shape
     (`.<API version>`), so a 304 never confirms another version's body."""
-    shape = f".{api_version}" if api_version is not None and api_version != _FIRST_API_VERSION else ""
+    shape = f".{api_version}" if api_version is not None and api_version != FIRST_API_VERSION else ""
     return f'"{profile.version}.{_id_tag(profile.id)}{_FULL_VIEW if full_view else ""}{shape}"'
 
 
-def version_from_etag(profile_id: str, value: str) -> int | None:
-    """The version an If-Match names for this profile (from a tag of any view or API version),
-    or None if it names something else."""
+def version_from_etag(profile_id: str, value: str, named_versions: Collection[str]) -> int | None:
+    """The version an If-Match names for this profile (from a tag of any view, and of the first
+    API version or one of `named_versions`, the versions whose tags name them), or None if it
+    names something else. The versions are given, not imported: this module stays light (the
+    fuzz targets instrument everything it imports)."""
     value = value.strip()
     if not (value.startswith('"') and value.endswith('"')):
         return None
@@ -61,5 +62,7 @@ def version_from_etag(profile_id: str, value: str) -> int | None:
     # version can have: `int` refuses strings of over 4,300 digits.
     match = _TAG.fullmatch(value[1:-1])
     if match is None or match.group(2) != _id_tag(profile_id):
+        return None
+    if match.group(4) is not None and match.group(4) not in named_versions:
         return None
     return int(match.group(1))

@@ -17,9 +17,10 @@ from keel.api.http.request_state import request_state
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.media_types import accepts, refusal_detail
 from keel.api.rest import personal_data_routes
+from keel.api.rest.api_versions import SUPPORTED_VERSIONS
 from keel.api.rest.dependencies import Caller, RestServices, ServicesDep, authenticated_caller
 from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
-from keel.api.rest.mapping import etag, profile_document, version_from_etag
+from keel.api.rest.mapping import FIRST_API_VERSION, etag, profile_document, version_from_etag
 from keel.api.rest.operation_ids import operation_id
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, HandleCheck, ProfileCreate, ProfileList, ProfileOut
 from keel.domain.api_keys import Principal
@@ -34,6 +35,9 @@ from keel.service.use_cases import (
     answer_shows_profile,
     valid_idempotency_key,
 )
+
+# The API versions whose entity tags name them (all but the first).
+_TAGGED_VERSIONS = SUPPORTED_VERSIONS - {FIRST_API_VERSION}
 
 # Revalidate every time (cheap with If-None-Match), never share between callers.
 _CACHE_CONTROL = "private, no-cache"
@@ -79,7 +83,7 @@ def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] |
     versions = frozenset(
         version
         for candidate in if_match.split(",")
-        if (version := version_from_etag(profile_id, candidate)) is not None
+        if (version := version_from_etag(profile_id, candidate, _TAGGED_VERSIONS)) is not None
     )
     if not versions:
         raise VersionMismatch("If-Match names no version of this profile.", current_version=None)
