@@ -6,10 +6,9 @@ dependency solving and its exception and exit-stack layers: measured, more CPU t
 database read. This layer sits right after the version picker (so after the envelope, admission
 and strict bodies, which every request passes) and answers these reads by calling the route's
 own function, `routes.profile_answer`; its `KeelError`s become the same problems the problem
-handlers write. For an older version, the profile document is turned back into that version's
-shape by the same downgrades Cadwyn's migrations apply (`version_changes.PROFILE_DOWNGRADES`),
-as Cadwyn would: the body re-encoded, its length set again. Every other request goes on to the
-framework's routing.
+handlers write. For an older version, the route's function turns the profile document back
+into that version's shape, before encoding it, by the same downgrades Cadwyn's migrations apply
+(`version_changes.PROFILE_DOWNGRADES`). Every other request goes on to the framework's routing.
 
 `tests/e2e/test_hot_reads.py` holds the promise: for the same requests, the same status,
 headers and body as the framework's route.
@@ -17,18 +16,15 @@ headers and body as the framework's route.
 
 from __future__ import annotations
 
-import json
-
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel.api.http.problems import domain_problem
 from keel.api.http.request_state import request_state
 from keel.api.rest import routes
 from keel.api.rest.api_versions import SUPPORTED_VERSIONS, versions
-from keel.api.rest.version_changes import ProfileDowngrade, profile_downgrades
+from keel.api.rest.version_changes import profile_downgrades
 from keel.domain.errors import KeelError
 
 _PREFIX = "/v1/profiles/"
@@ -72,22 +68,7 @@ class HotProfileReads:
         scope["path_params"] = {"profile_id": profile_id}
         request = Request(scope, receive)
         try:
-            response = await routes.profile_answer(request, profile_id)
+            response = await routes.profile_answer(request, profile_id, downgrades)
         except KeelError as error:
             response = domain_problem(error, request.url.path)
-        else:
-            if downgrades and response.body:
-                _downgrade(response, downgrades)
         await response(scope, receive, send)
-
-
-def _downgrade(response: Response, downgrades: list[ProfileDowngrade]) -> None:
-    """The answer's profile document in an older version's shape, encoded as Cadwyn encodes a
-    migrated body (the same separators and escaping as Starlette's JSONResponse)."""
-    document = json.loads(bytes(response.body))
-    for downgrade in downgrades:
-        downgrade(document)
-    response.body = json.dumps(
-        document, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode()
-    response.headers["content-length"] = str(len(response.body))

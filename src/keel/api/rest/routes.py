@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -23,6 +24,7 @@ from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, pro
 from keel.api.rest.mapping import FIRST_API_VERSION, etag, profile_document, version_from_etag
 from keel.api.rest.operation_ids import operation_id
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, HandleCheck, ProfileCreate, ProfileList, ProfileOut
+from keel.api.rest.version_changes import ProfileDowngrade
 from keel.domain.api_keys import Principal
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.domain.profile import Profile
@@ -136,9 +138,13 @@ async def get_profile(profile_id: str, request: Request) -> Response:
     return await profile_answer(request, profile_id)
 
 
-async def profile_answer(request: Request, profile_id: str) -> Response:
-    """The answer to `GET /v1/profiles/{profile_id}`, headers read straight from the request.
-    Raises `KeelError`s for the problem handlers (or the hot path) to answer."""
+async def profile_answer(
+    request: Request, profile_id: str, downgrades: Sequence[ProfileDowngrade] = ()
+) -> Response:
+    """The answer to `GET /v1/profiles/{profile_id}`, headers read straight from the request;
+    `downgrades` turn the document into an older version's shape before it is encoded (the hot
+    path's; through the framework, Cadwyn's migrations do it). Raises `KeelError`s for the
+    problem handlers (or the hot path) to answer."""
     services: RestServices = request.app.state.services
     caller = await authenticated_caller(request)
     read = await services.profiles.read_profile(caller, profile_id)
@@ -150,7 +156,10 @@ async def profile_answer(request: Request, profile_id: str) -> Response:
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, tag):
         return Response(status_code=304, headers=headers)
-    return JSONResponse(profile_document(profile), headers=headers)
+    document = profile_document(profile)
+    for downgrade in downgrades:
+        downgrade(document)
+    return JSONResponse(document, headers=headers)
 
 
 def stale_headers(read: ProfileRead) -> dict[str, str]:

@@ -95,7 +95,7 @@ class VersionNotices:
     notice: its version is not known."""
 
     def __init__(self, statuses: Mapping[str, VersionStatus]) -> None:
-        self._notices = {version: s.headers() for version, s in statuses.items() if s.headers()}
+        self._notices = {version: h for version, s in statuses.items() if (h := s.headers())}
 
     def wrap(self, scope: Scope, send: Send, state: RequestState) -> Send:
         if not self._notices or not _versioned(scope):
