@@ -17,11 +17,25 @@ route it was generated from: the same endpoint, the same dependencies, the same 
 without the identity conversion. Matching, OpenAPI and every older version stay Cadwyn's.
 
 2. No worker thread per request for the version header (`use_async_version_dependency`).
+
+3. Path-based migrations forgotten with the app that registered them (`_forget_with`).
+
+Cadwyn files a `VersionChange`'s path-based migrations (`convert_response_to_previous_version_for
+(path, methods)`, and the request ones) in a dict on the class, keyed by `id()` of the app's head
+route, and never removes them. The classes live as long as the process; the routes live as long
+as their app. Once an app is gone, its routes' ids are free, and a route of the next app built in
+the process can get one: that route then runs another route's migrations. Found in CI: a create
+(`POST /v1/profiles`) ran the list's downgrade and failed with `KeyError: 'items'` (a 500), after
+the test session had built and dropped hundreds of apps. One app per process (`keel serve`) never
+meets it, but nothing stops a process from building two (tests, the bench, an embedding app).
+So the entries one app adds are removed when that app is collected; while it lives, its routes
+live, and their ids cannot be reused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from cadwyn import Cadwyn
@@ -52,9 +66,51 @@ class NewestServedDirectly(Cadwyn):
     newest_source: tuple[APIRouter, str] | None = None  # the source router and the newest version
 
     def _cadwyn_initialize(self) -> None:
+        before = _path_migration_keys(self.versions.versions)
         super()._cadwyn_initialize()
+        added = {
+            mapping: keys - before.get(mapping, frozenset())
+            for mapping, keys in _path_migration_keys(self.versions.versions).items()
+        }
+        weakref.finalize(self, _forget, list(added.items()))
         if self.newest_source is not None:
             serve_newest_version_directly(self, *self.newest_source)
+
+
+# Cadwyn's path-based migrations, by head route id (see 3. above).
+PATH_MIGRATION_MAPPINGS = ("_route_to_response_migration_mapping", "_route_to_request_migration_mapping")
+
+
+def path_migration_mappings(versions: Iterable[Any]) -> list[dict[int, list[Any]]]:
+    """Every version change's dicts of path-based migrations, keyed by head route id."""
+    changes = [change for version in versions for change in version.changes]
+    return [getattr(change, name) for change in changes for name in PATH_MIGRATION_MAPPINGS]
+
+
+def _path_migration_keys(versions: Iterable[Any]) -> dict[_Identity, frozenset[int]]:
+    return {_Identity(mapping): frozenset(mapping) for mapping in path_migration_mappings(versions)}
+
+
+class _Identity:
+    """A dict, hashed and compared by identity (two change classes can hold equal dicts)."""
+
+    __slots__ = ("mapping",)
+
+    def __init__(self, mapping: dict[int, list[Any]]) -> None:
+        self.mapping = mapping
+
+    def __hash__(self) -> int:
+        return id(self.mapping)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.mapping is self.mapping
+
+
+def _forget(added: list[tuple[_Identity, frozenset[int]]]) -> None:
+    """Remove the entries a collected app's head routes added (run by `weakref.finalize`)."""
+    for mapping, keys in added:
+        for key in keys:
+            mapping.mapping.pop(key, None)
 
 
 _CADWYN_FACTORY = "_generate_api_version_dependency"
