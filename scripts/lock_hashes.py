@@ -1,5 +1,7 @@
-"""Write the sha256 of every file of each pinned release into requirements.lock and
-requirements-dev.lock, so that `pip install -r` runs in hash-checking mode: a file that is not
+"""Write the sha256 of every file of each pinned release into requirements.lock,
+requirements-dev.lock and requirements-openapi-client.lock (the SDK generator's own tool
+environment, scripts/ensure-openapi-client.sh), so that `pip install -r` runs in hash-checking
+mode: a file that is not
 the one locked (a tampered mirror, a re-uploaded build) is refused.
 
     .venv/bin/python scripts/lock_hashes.py [--local-indexes]
@@ -26,7 +28,7 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 REPO = Path(__file__).resolve().parent.parent
-LOCKS = ("requirements.lock", "requirements-dev.lock")
+LOCKS = ("requirements.lock", "requirements-dev.lock", "requirements-openapi-client.lock")
 PYPI = "https://pypi.org/simple/{name}/"
 _PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;\\]+)")
 

