@@ -48,6 +48,7 @@ def fill_profile_message(message: pb.Profile, profile: Profile) -> None:
     message.handle = f.handle
     for e in f.emails:
         message.emails.add(address=e.address, verified=e.verified, primary=e.primary)
+    message.primary_email = f.primary_email
     for link in f.links:
         message.links.add(kind=link.kind, url=link.url)
     message.attributes_json = _compact_json(f.attributes) if f.attributes else "{}"

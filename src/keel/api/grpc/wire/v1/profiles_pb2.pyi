@@ -93,6 +93,7 @@ class Profile(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PRIMARY_EMAIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only; e.g. "eu1_01JF3Z6Y2Q9V6C8D7E5F4G3H2J"."""
     handle: _builtins.str
@@ -110,6 +111,10 @@ class Profile(_message.Message):
     """
     version: _builtins.int
     """Output only; moves on with every change."""
+    primary_email: _builtins.str
+    """Output only: the address of the email marked primary (one of `emails`). Added beside REST
+    2026-12-07's `primary_email`; ignored in a create, refused in an update's mask.
+    """
     @_builtins.property
     def emails(self) -> _containers.RepeatedCompositeFieldContainer[Global___Email]: ...
     @_builtins.property
@@ -134,10 +139,11 @@ class Profile(_message.Message):
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        primary_email: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_attributes_json", b"_attributes_json", "_avatar_url", b"_avatar_url", "_bio", b"_bio", "_display_name", b"_display_name", "_locale", b"_locale", "_timezone", b"_timezone", "attributes_json", b"attributes_json", "avatar_url", b"avatar_url", "bio", b"bio", "create_time", b"create_time", "display_name", b"display_name", "locale", b"locale", "timezone", b"timezone", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attributes_json", b"_attributes_json", "_avatar_url", b"_avatar_url", "_bio", b"_bio", "_display_name", b"_display_name", "_locale", b"_locale", "_timezone", b"_timezone", "attributes_json", b"attributes_json", "avatar_url", b"avatar_url", "bio", b"bio", "create_time", b"create_time", "display_name", b"display_name", "emails", b"emails", "handle", b"handle", "id", b"id", "links", b"links", "locale", b"locale", "timezone", b"timezone", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attributes_json", b"_attributes_json", "_avatar_url", b"_avatar_url", "_bio", b"_bio", "_display_name", b"_display_name", "_locale", b"_locale", "_timezone", b"_timezone", "attributes_json", b"attributes_json", "avatar_url", b"avatar_url", "bio", b"bio", "create_time", b"create_time", "display_name", b"display_name", "emails", b"emails", "handle", b"handle", "id", b"id", "links", b"links", "locale", b"locale", "primary_email", b"primary_email", "timezone", b"timezone", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__attributes_json: _TypeAlias = _typing.Literal["attributes_json"]  # noqa: Y015
     _WhichOneofArgType__attributes_json: _TypeAlias = _typing.Literal["_attributes_json", b"_attributes_json"]  # noqa: Y015
