@@ -30,6 +30,11 @@ FOLDER = REPO / "contracts" / "rest"
 Document = dict[str, Any]
 
 
+# Every version's document, and the one of the routes outside the versions (`GET /v1/versions`).
+UNVERSIONED = "unversioned"
+DOCUMENTS = (*sorted(SUPPORTED_VERSIONS), UNVERSIONED)
+
+
 def committed_path(version: str) -> Path:
     return FOLDER / f"{version}.openapi.json"
 
@@ -43,7 +48,8 @@ def normalized(document: Document) -> Document:
 
 
 async def served_documents() -> dict[str, Document]:
-    """Every supported version's document, as a Keel on a throwaway SQLite database serves it."""
+    """Every supported version's document and the unversioned one, as a Keel on a throwaway
+    SQLite database serves them."""
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{directory}/keel.sqlite3"
         await asyncio.to_thread(migrate, url)
@@ -51,7 +57,7 @@ async def served_documents() -> dict[str, Document]:
         try:
             async with api.client:
                 documents = {}
-                for version in sorted(SUPPORTED_VERSIONS):
+                for version in DOCUMENTS:
                     answer = await api.client.get("/openapi.json", params={"version": version})
                     answer.raise_for_status()
                     documents[version] = normalized(answer.json())

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.contract.frozen_exchanges import VERSIONS, load, template_of
-from tests.contract.openapi_documents import served_documents
+from tests.contract.openapi_documents import UNVERSIONED, served_documents
 
 OPERATION_IDS = {
     ("post", "/v1/profiles"): "createProfile",
@@ -39,8 +39,27 @@ OPERATION_IDS = {
 
 
 @pytest.fixture(scope="module")
-async def documents() -> dict[str, dict[str, Any]]:
+async def served() -> dict[str, dict[str, Any]]:
     return await served_documents()
+
+
+@pytest.fixture(scope="module")
+def documents(served: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The versions' documents."""
+    return {version: document for version, document in served.items() if version != UNVERSIONED}
+
+
+async def test_the_version_list_is_documented_outside_the_versions(served: dict[str, dict[str, Any]]) -> None:
+    unversioned = served[UNVERSIONED]
+    assert list(unversioned["paths"]) == ["/v1/versions"]
+    operation = unversioned["paths"]["/v1/versions"]["get"]
+    assert operation["operationId"] == "listVersions"
+    assert operation["security"] == []  # needs no key
+    assert "parameters" not in operation  # takes no version header
+    assert "KeelVersion" not in unversioned["components"].get("parameters", {})
+    for version, document in served.items():
+        if version != UNVERSIONED:
+            assert "/v1/versions" not in document["paths"], version
 
 
 def _operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -8,12 +8,18 @@ import json
 from typing import Any
 
 from keel.api.rest.api_versions import SUPPORTED_VERSIONS
-from tests.contract.openapi_documents import breaking_changes, committed_path, dumps, served_documents
+from tests.contract.openapi_documents import (
+    UNVERSIONED,
+    breaking_changes,
+    committed_path,
+    dumps,
+    served_documents,
+)
 
 
 async def test_every_version_serves_its_committed_document() -> None:
     served = await served_documents()
-    assert set(served) == SUPPORTED_VERSIONS
+    assert set(served) == SUPPORTED_VERSIONS | {UNVERSIONED}
     for version, document in served.items():
         path = committed_path(version)
         assert path.exists(), f"{path.name} is missing: python -m tests.contract.openapi_documents export"

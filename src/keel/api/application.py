@@ -26,7 +26,7 @@ from keel.api.rest.cadwyn_internals import NewestServedDirectly, use_async_versi
 from keel.api.rest.documented_responses import document_problem_media_type
 from keel.api.rest.hot_reads import HotProfileReads
 from keel.api.rest.strict_bodies import StrictBodies
-from keel.api.rest.version_lifecycle import document_query_defaults, lifecycle
+from keel.api.rest.version_lifecycle import VERSIONS_PATH, document_query_defaults, lifecycle
 from keel.api.rest.version_list import versions_router
 from keel.api.rest.version_picker import (
     KeelVersionPicker,
@@ -133,9 +133,14 @@ class _KeelCadwyn(NewestServedDirectly):
 def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str, Any]:
     """Authentication is checked in code (once per request, cached), not by a FastAPI security
     dependency, so the scheme is declared here for clients and Swagger UI's Authorize button;
-    the version header likewise (see `use_async_version_dependency`)."""
-    document_version_header(schema)
-    document_query_defaults(versions, schema, version)
+    the version header likewise (see `use_async_version_dependency`).
+
+    `version` is None for the document of the routes outside the versions
+    (`/openapi.json?version=unversioned`): `GET /v1/versions`, which takes no version header
+    and needs no key."""
+    if version is not None:
+        document_version_header(schema)
+        document_query_defaults(versions, schema, version)
     document_problem_media_type(schema)
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {})["ApiKey"] = {
@@ -144,4 +149,6 @@ def _customize_openapi(schema: dict[str, Any], version: str | None) -> dict[str,
         "description": "An API key from `keel keys create`: `Authorization: Bearer keel_...`.",
     }
     schema["security"] = [{"ApiKey": []}]
+    for operation in schema.get("paths", {}).get(VERSIONS_PATH, {}).values():
+        operation["security"] = []  # served to anyone: no key
     return schema
