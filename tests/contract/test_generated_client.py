@@ -2,7 +2,11 @@
 (openapi-python-client, in its own hash-locked tool environment: `scripts/ensure-openapi-client.sh`),
 then used against a real served Keel (`keel serve` on SQLite): it must build, name its
 operations for what they do, share its types, and read Keel's answers, problems included,
-as the models the document promises."""
+as the models the document promises.
+
+And TypeScript types generated from the same documents (openapi-typescript, with `tsc`:
+`scripts/ensure-openapi-typescript.sh`), against which `typescript/<version>.ts`, what a
+TypeScript client of that version writes, must type-check, and the other version's must not."""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from tests.e2e.test_served_process import Served, keel_served
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / ".tools" / "openapi-client" / "bin"
+NODE_TOOLS = REPO / ".tools" / "openapi-typescript" / "node_modules" / ".bin"
+TYPESCRIPT = Path(__file__).with_name("typescript")
 SMOKE = Path(__file__).with_name("generated_client_smoke.py")
 # literal_enums: the timezone enum holds GMT0, GMT+0 and GMT-0, which the default enum classes
 # would all name GMT0 (the generator refuses); post_hooks: no formatter run on the output.
@@ -35,12 +41,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
 
 
-def _generate(served: Served, version: str, folder: Path) -> Path:
-    generator = TOOL / "openapi-python-client"
-    assert generator.exists(), f"{generator} is missing: run scripts/ensure-openapi-client.sh"
+def _document(served: Served, version: str, folder: Path) -> None:
     document = httpx.get(f"{served.base_url}/openapi.json", params={"version": version}, timeout=30)
     assert document.status_code == 200
     (folder / "openapi.json").write_bytes(document.content)
+
+
+def _generate(served: Served, version: str, folder: Path) -> Path:
+    generator = TOOL / "openapi-python-client"
+    assert generator.exists(), f"{generator} is missing: run scripts/ensure-openapi-client.sh"
+    _document(served, version, folder)
     (folder / "config.yaml").write_text(CONFIG)
     result = subprocess.run(
         [
@@ -115,3 +125,44 @@ def test_a_generated_sdk_creates_reads_lists_and_reads_problems(
         assert seen["read"]["primary_email"] == "sdk@example.com"
         assert seen["list"]["links"] == {"next": None}
         assert "next_cursor" not in seen["list"]
+
+
+def _type_check(folder: Path, source: str) -> subprocess.CompletedProcess[str]:
+    (folder / "client.ts").write_text(source)
+    options = ["--noEmit", "--strict", "--target", "es2022", "--module", "es2022"]
+    options += ["--moduleResolution", "bundler"]
+    return subprocess.run(
+        [str(NODE_TOOLS / "tsc"), *options, "client.ts"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=folder,
+    )
+
+
+@pytest.mark.parametrize("version", sorted(SUPPORTED_VERSIONS))
+def test_typescript_types_generated_from_a_version_hold_what_its_clients_write(
+    served: Served, version: str, tmp_path: Path
+) -> None:
+    generator = NODE_TOOLS / "openapi-typescript"
+    assert generator.exists(), f"{generator} is missing: run scripts/ensure-openapi-typescript.sh"
+    _document(served, version, tmp_path)
+    # Without the flag, a field with a default (an email's `primary`) is required in requests too.
+    generated = subprocess.run(
+        [str(generator), "openapi.json", "--default-non-nullable=false", "-o", "keel.d.ts"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    # A `@ts-expect-error` line that does not fail makes tsc fail: each marks a shape the
+    # version must not have.
+    own = _type_check(tmp_path, (TYPESCRIPT / f"{version}.ts").read_text())
+    assert own.returncode == 0, own.stdout + own.stderr
+    (other,) = SUPPORTED_VERSIONS - {version}
+    crossed = _type_check(tmp_path, (TYPESCRIPT / f"{other}.ts").read_text())
+    assert crossed.returncode != 0
+    assert "primary_email" in crossed.stdout
