@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit.fastapi_caches import clear_fastapi_callable_caches
 from testkit.processes import interrupt_on_signals
 from testkit.servers.postgres import postgres_server
 from testkit.servers.redis import redis_url as throwaway_redis_url
@@ -41,6 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # test starts with what earlier tests left frozen (never scanned again, so a pause inside a test
 # is proportional to that test's own objects), and every `_FULL_COLLECTION_EVERY` tests one full
 # collection, outside any test, frees what the earlier ones left unreachable.
+# The full collection first empties FastAPI's endpoint caches, which keep dropped apps alive
+# (testkit.fastapi_caches).
 _FULL_COLLECTION_EVERY = 40
 _tests_started = [0]
 
@@ -49,6 +52,7 @@ _tests_started = [0]
 def _collector_between_tests() -> None:
     _tests_started[0] += 1
     if _tests_started[0] % _FULL_COLLECTION_EVERY == 0:
+        clear_fastapi_callable_caches()
         gc.unfreeze()
         gc.collect()
     else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from fastapi.dependencies import models as fastapi_models
 from fastapi.dependencies.models import _is_coroutine_callable  # defined there, used by routing
 from fastapi.routing import APIRoute
+from testkit.fastapi_caches import clear_fastapi_callable_caches
 
 from keel.api.application import build_http_app
 from keel.api.rest.cadwyn_internals import path_migration_mappings
@@ -58,11 +58,8 @@ def _path_migration_entries() -> list[tuple[int, list[Any]]]:
 
 
 def _collect_apps() -> None:
-    # FastAPI's callable classifications are lru caches (4,096 entries each) keyed by the
-    # endpoints, which hold their routes and app: an app is freed only once they evict it.
-    for cached in vars(fastapi_models).values():
-        if hasattr(cached, "cache_clear"):
-            cached.cache_clear()
+    # FastAPI's endpoint caches keep dropped apps alive (testkit.fastapi_caches).
+    assert clear_fastapi_callable_caches() == 3
     gc.unfreeze()  # tests/conftest.py freezes what earlier tests left: neither collected nor listed
     gc.collect()
 
