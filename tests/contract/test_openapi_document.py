@@ -56,6 +56,8 @@ async def test_the_version_list_is_documented_outside_the_versions(served: dict[
     assert operation["operationId"] == "listVersions"
     assert operation["security"] == []  # needs no key
     assert "parameters" not in operation  # takes no version header
+    # What the pipeline in front of it can answer, and nothing a key or an input would cause.
+    assert set(operation["responses"]) == {"200", "400", "408", "413", "414", "429", "431", "503"}
     assert "KeelVersion" not in unversioned["components"].get("parameters", {})
     for version, document in served.items():
         if version != UNVERSIONED:

@@ -349,9 +349,11 @@ def test_if_match_takes_the_tags_keel_gives_out_and_no_other_suffix() -> None:
         assert version_from_etag(profile_id, never, _TAGGED_VERSIONS) is None, never
 
 
+@pytest.mark.parametrize("api", ["monolith"], indirect=True)  # only a core serves gRPC
 async def test_grpc_grows_by_adding_primary_email_output_only(api: Api) -> None:
     """gRPC is not dated either: `Profile.primary_email` (field 14) is filled on every answer,
-    ignored in a create (the primary email decides it) and refused in an update's mask."""
+    ignored in a create (the primary email decides it) and refused in an update's mask. (An
+    edge's REST reaches its core over gRPC: the edge runs of the other tests here cover it.)"""
     server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
     await server.start()
     issued = await issue_api_key(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+import pytest
+from cadwyn import Cadwyn
 from fastapi.dependencies.models import _is_coroutine_callable  # defined there, used by routing
 from fastapi.routing import APIRoute
 from testkit.fastapi_caches import clear_fastapi_callable_caches
@@ -87,3 +89,20 @@ def test_path_migrations_leave_with_their_app_and_name_only_live_routes_of_their
         for instruction in instructions:
             assert route.path == instruction.path
             assert route.methods & instruction.methods, (route.methods, instruction.methods)
+
+
+def test_a_generation_that_fails_leaves_no_path_migration_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    _collect_apps()
+    before = len(_path_migration_entries())
+    generate = Cadwyn._cadwyn_initialize
+
+    def files_then_fails(self: Cadwyn) -> None:
+        generate(self)
+        assert len(_path_migration_entries()) == before + 3  # it did file them
+        raise RuntimeError("generation failed")
+
+    monkeypatch.setattr(Cadwyn, "_cadwyn_initialize", files_then_fails)
+    app = build_http_app(Settings(), Metrics())
+    with pytest.raises(RuntimeError, match="generation failed"):
+        app._cadwyn_initialize()
+    assert len(_path_migration_entries()) == before

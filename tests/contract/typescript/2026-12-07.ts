@@ -1,5 +1,5 @@
 // Type-checked against the types openapi-typescript generates from 2026-12-07's document
-// (./keel.d.ts, written by tests/contract/test_typescript_types.py): what a TypeScript client
+// (./keel.d.ts, written by tests/contract/test_generated_client.py): what a TypeScript client
 // of this version writes. A line marked @ts-expect-error must fail to type-check.
 import type { components, operations } from "./keel";
 

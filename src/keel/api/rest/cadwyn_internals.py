@@ -29,13 +29,18 @@ the process can get one: that route then runs another route's migrations. Found 
 the test session had built and dropped hundreds of apps. One app per process (`keel serve`) never
 meets it, but nothing stops a process from building two (tests, the bench, an embedding app).
 So the entries one app adds are removed when that app is collected; while it lives, its routes
-live, and their ids cannot be reused.
+live, and their ids cannot be reused. Which entries an app added is read by comparing the dicts
+before and after its generation, which runs under a lock with the cyclic collector paused, so
+that no other app's entries come or go in between; a generation that fails removes its own.
 """
 
 from __future__ import annotations
 
+import gc
+import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from cadwyn import Cadwyn
@@ -66,19 +71,46 @@ class NewestServedDirectly(Cadwyn):
     newest_source: tuple[APIRouter, str] | None = None  # the source router and the newest version
 
     def _cadwyn_initialize(self) -> None:
-        before = _path_migration_keys(self.versions.versions)
-        super()._cadwyn_initialize()
-        added = {
-            mapping: keys - before.get(mapping, frozenset())
-            for mapping, keys in _path_migration_keys(self.versions.versions).items()
-        }
-        weakref.finalize(self, _forget, list(added.items()))
+        with _generating():
+            mappings = path_migration_mappings(self.versions.versions)
+            before = [dict(mapping) for mapping in mappings]
+            generated = False
+            try:
+                super()._cadwyn_initialize()
+                generated = True
+            finally:
+                # What this app filed: a key new since, or one whose list was replaced (its
+                # old entry removed meanwhile, the id reused by this app's route).
+                added = [
+                    (mapping, [key for key, entries in mapping.items() if old.get(key) is not entries])
+                    for mapping, old in zip(mappings, before, strict=True)
+                ]
+                if generated:
+                    weakref.finalize(self, _forget, added)
+                else:  # its routes are gone already, and so must be their entries
+                    _forget(added)
         if self.newest_source is not None:
             serve_newest_version_directly(self, *self.newest_source)
 
 
 # Cadwyn's path-based migrations, by head route id (see 3. above).
 PATH_MIGRATION_MAPPINGS = ("_route_to_response_migration_mapping", "_route_to_request_migration_mapping")
+_GENERATION = threading.Lock()
+
+
+@contextmanager
+def _generating() -> Iterator[None]:
+    """One app's route generation at a time, without the cyclic collector: what the app files
+    is told apart by comparing the dicts before and after, so neither another app's generation
+    nor a collected app's removal may land in between."""
+    with _GENERATION:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            if enabled:
+                gc.enable()
 
 
 def path_migration_mappings(versions: Iterable[Any]) -> list[dict[int, list[Any]]]:
@@ -87,30 +119,11 @@ def path_migration_mappings(versions: Iterable[Any]) -> list[dict[int, list[Any]
     return [getattr(change, name) for change in changes for name in PATH_MIGRATION_MAPPINGS]
 
 
-def _path_migration_keys(versions: Iterable[Any]) -> dict[_Identity, frozenset[int]]:
-    return {_Identity(mapping): frozenset(mapping) for mapping in path_migration_mappings(versions)}
-
-
-class _Identity:
-    """A dict, hashed and compared by identity (two change classes can hold equal dicts)."""
-
-    __slots__ = ("mapping",)
-
-    def __init__(self, mapping: dict[int, list[Any]]) -> None:
-        self.mapping = mapping
-
-    def __hash__(self) -> int:
-        return id(self.mapping)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Identity) and other.mapping is self.mapping
-
-
-def _forget(added: list[tuple[_Identity, frozenset[int]]]) -> None:
-    """Remove the entries a collected app's head routes added (run by `weakref.finalize`)."""
+def _forget(added: list[tuple[dict[int, list[Any]], list[int]]]) -> None:
+    """Remove the entries an app's head routes filed (when it is collected: `weakref.finalize`)."""
     for mapping, keys in added:
         for key in keys:
-            mapping.mapping.pop(key, None)
+            mapping.pop(key, None)
 
 
 _CADWYN_FACTORY = "_generate_api_version_dependency"

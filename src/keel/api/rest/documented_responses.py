@@ -74,6 +74,9 @@ _DESCRIPTIONS: dict[int, tuple[str, str]] = {
 # 408 and 413: any request may carry a body (a GET's too), which must arrive in time and fit.
 _EVERY_OPERATION = (400, 401, 403, 408, 413, 414, 422, 429, 431, 503, 504)
 _WITH_BODY = (415,)
+# What a route without key, version or input can still be answered: a bad `X-Request-Timeout`,
+# a body that is late or too large, oversized request line or headers, admission and shedding.
+_KEYLESS = (400, 408, 413, 414, 429, 431, 503)
 
 
 def _problem(status: int) -> dict[str, Any]:
@@ -95,6 +98,12 @@ def problem_responses(*statuses: int, body: bool = False) -> dict[int | str, dic
     `body` those of reading a request body."""
     every = sorted({*statuses, *_EVERY_OPERATION, *(_WITH_BODY if body else ())})
     return {status: _problem(status) for status in every}
+
+
+def keyless_problem_responses() -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a `/v1/` route that needs no key and takes no version, input or
+    body (`GET /v1/versions`): what the request pipeline in front of every route can answer."""
+    return {status: _problem(status) for status in _KEYLESS}
 
 
 # The answer to an update by a key without `profiles:read` (see `answer_shows_profile`).

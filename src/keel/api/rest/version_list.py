@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
+from keel.api.rest.documented_responses import keyless_problem_responses
 from keel.api.rest.operation_ids import operation_id
 from keel.api.rest.version_lifecycle import VERSIONS_PATH, VersionStatus
 
@@ -36,7 +37,12 @@ def versions_router(statuses: Mapping[str, VersionStatus]) -> APIRouter:
     router = APIRouter(tags=["versions"], generate_unique_id_function=operation_id)
     body = {"items": [status.document() for status in statuses.values()]}
 
-    @router.get(VERSIONS_PATH, response_model=VersionList, summary="The API's versions and their changes")
+    @router.get(
+        VERSIONS_PATH,
+        response_model=VersionList,
+        summary="The API's versions and their changes",
+        responses=keyless_problem_responses(),
+    )
     async def list_versions() -> Response:
         return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
 
