@@ -204,15 +204,19 @@ def main() -> int:
         for multiple in JUDGED:
             runs = results[multiple]
             checks = {
-                "goodput ≥ 90 % of peak": all(r.goodput_rps() >= 0.9 * peak for r in runs),
-                "admitted list p99 ≤ 2× unloaded": all(
+                "goodput ≥ 90 % of peak": sum(r.goodput_rps() >= 0.9 * peak for r in runs),
+                "admitted list p99 ≤ 2× unloaded": sum(
                     r.p(0.99, served=True, kind="list") <= 2 * unloaded_p99 for r in runs
                 ),
-                "critical ≥ 99 %": all(r.success_rate(Priority.CRITICAL) >= 0.99 for r in runs),
-                "refusal p99 ≤ 5 ms": all(r.p(0.99, served=False) <= 0.005 for r in runs),
+                "critical ≥ 99 %": sum(r.success_rate(Priority.CRITICAL) >= 0.99 for r in runs),
+                # 5 ms and a little: a queue timeout of exactly 5 ms is not failed by rounding.
+                "refusal p99 ≤ 5 ms": sum(r.p(0.99, served=False) <= 0.005 + 1e-9 for r in runs),
             }
-            met = ", ".join(f"{check} {'met' if ok else 'NOT met'}" for check, ok in checks.items())
-            verdicts.append(f"- {name}, {multiple:g}×: {met} (in every seed).")
+            met = ", ".join(
+                f"{check}: {'met' if ok == len(runs) else 'NOT met'} ({ok} of {len(runs)} seeds)"
+                for check, ok in checks.items()
+            )
+            verdicts.append(f"- {name}, {multiple:g}×: {met}.")
         lines.append(f"Unloaded list p99 (0.3×): {unloaded_p99 * 1e3:.1f} ms.")
         lines.append("")
     lines += ["## Verdicts", "", *verdicts, ""]
