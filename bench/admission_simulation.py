@@ -44,7 +44,7 @@ from testkit.processes import keel_cmd, keel_output, server  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 
 from bench.admission_sim import Result, Setting, simulate  # noqa: E402
-from bench.harness import code_state, pin  # noqa: E402
+from bench.harness import code_state, pin, sqlite_node_env  # noqa: E402
 from bench.read_figures import process_cpu_seconds  # noqa: E402
 from keel.resilience.load_shedder import Priority  # noqa: E402
 
@@ -65,15 +65,7 @@ CONFIGURATIONS: dict[str, tuple[bool, float]] = {
 
 def measure(requests: int, logs: Path) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
     """Per kind: simulated CPU seconds per request, and (CPU µs per request, mean latency ms)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    env |= {
-        "KEEL_DATABASE_URL": f"sqlite:///{logs / 'keel.sqlite3'}",
-        "KEEL_WORKERS": "1",
-        "KEEL_ACCESS_LOG": "false",
-        "KEEL_LOG_LEVEL": "warning",
-        "KEEL_CACHE_ENABLED": "false",
-        "KEEL_RATELIMIT_ENABLED": "false",
-    }
+    env = sqlite_node_env(logs)
     keel_output(env, "migrate")
     token = keel_output(env, "keys", "create", "--quiet").strip()
     port = free_port()

@@ -176,6 +176,20 @@ def ensure_wrk() -> str:
     return found
 
 
+def sqlite_node_env(folder: Path) -> dict[str, str]:
+    """This process's environment without KEEL_*, plus one Keel worker on SQLite in `folder`
+    with the profile cache and rate limits off and no access log: one node's own cost."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    return env | {
+        "KEEL_DATABASE_URL": f"sqlite:///{folder / 'keel.sqlite3'}",
+        "KEEL_WORKERS": "1",
+        "KEEL_ACCESS_LOG": "false",
+        "KEEL_LOG_LEVEL": "warning",
+        "KEEL_CACHE_ENABLED": "false",
+        "KEEL_RATELIMIT_ENABLED": "false",
+    }
+
+
 def pin(pid: int, cpu: int) -> None:
     """Process `pid` on CPU `cpu` alone, where this machine has more than one."""
     if len(os.sched_getaffinity(0)) > 1:

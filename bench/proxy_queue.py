@@ -38,7 +38,16 @@ from testkit.processes import keel_cmd, keel_output, server  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.servers.haproxy import haproxy  # noqa: E402
 
-from bench.harness import WrkRun, code_state, ensure_wrk, parse_wrk, pin, run_wrk, wrk_prefix  # noqa: E402
+from bench.harness import (  # noqa: E402
+    WrkRun,
+    code_state,
+    ensure_wrk,
+    parse_wrk,
+    pin,
+    run_wrk,
+    sqlite_node_env,
+    wrk_prefix,
+)
 from bench.read_figures import process_cpu_seconds  # noqa: E402
 
 LUA = REPO / "bench" / "rest_read.lua"
@@ -187,17 +196,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=128)
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="keel-proxy-queue-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    env |= {
-        "KEEL_DATABASE_URL": f"sqlite:///{logs / 'keel.sqlite3'}",
-        "KEEL_WORKERS": "1",
-        "KEEL_ACCESS_LOG": "false",
-        "KEEL_LOG_LEVEL": "warning",
-        "KEEL_CACHE_ENABLED": "false",
-        "KEEL_RATELIMIT_ENABLED": "false",
-        "KEEL_TRUSTED_PROXY_HOPS": "1",
-        "KEEL_HTTP_KEEP_ALIVE_SECONDS": "75",
-    }
+    env = sqlite_node_env(logs) | {"KEEL_TRUSTED_PROXY_HOPS": "1", "KEEL_HTTP_KEEP_ALIVE_SECONDS": "75"}
     keel_output(env, "migrate")
     token = keel_output(env, "keys", "create", "--quiet").strip()
     ids = logs / "ids.txt"

@@ -3,13 +3,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
+import grpc
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from keel.api.application import build_http_app
 from keel.api.grpc.server import GrpcServer
+from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.bootstrap.container import Services
 from keel.bootstrap.lifecycle import build_services
 from keel.config import Settings
@@ -99,3 +102,28 @@ async def api(database_url: str, request: pytest.FixtureRequest) -> AsyncIterato
     async with built.client:
         yield built
     await deployment.close()
+
+
+# A stub on an aio channel and the metadata that authenticates its calls. (A string: the async
+# stub class exists only in the generated type stubs.)
+GrpcClient: TypeAlias = "tuple[pb_grpc.ProfileServiceAsyncStub, tuple[tuple[str, str]]]"
+
+
+@pytest.fixture
+async def grpc_channel(api: Api) -> AsyncIterator[GrpcClient]:
+    """A gRPC server over the core of `api` (only a core serves gRPC), and a stub to it with a
+    read-and-write key."""
+    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
+    await server.start()
+    issued = await issue_api_key(
+        api.keel.local.store,
+        api.keel.local.clock,
+        scopes=[Scope.PROFILES_READ, Scope.PROFILES_WRITE],
+        api_version="2026-11-28",
+        name="grpc",
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield pb_grpc.ProfileServiceStub(channel), (("authorization", f"Bearer {issued.token}"),)
+    finally:
+        await server.stop(grace_seconds=0)

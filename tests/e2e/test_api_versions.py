@@ -9,20 +9,15 @@ import json
 from datetime import date
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from typer.testing import CliRunner
 
-from keel.api.grpc.server import GrpcServer
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
-from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.api.rest.api_versions import versions
 from keel.cli import app
 from keel.config import Settings
-from keel.domain.api_keys import Scope
-from keel.service.auth import issue_api_key
-from tests.e2e.conftest import Api, make_api
+from tests.e2e.conftest import Api, GrpcClient, make_api
 from tests.e2e.test_strict_json import invalid_argument_fields
 from tests.integration.conftest import truncate
 
@@ -350,56 +345,42 @@ def test_if_match_takes_the_tags_keel_gives_out_and_no_other_suffix() -> None:
 
 
 @pytest.mark.parametrize("api", ["monolith"], indirect=True)  # only a core serves gRPC
-async def test_grpc_grows_by_adding_primary_email_output_only(api: Api) -> None:
+async def test_grpc_grows_by_adding_primary_email_output_only(grpc_channel: GrpcClient) -> None:
     """gRPC is not dated either: `Profile.primary_email` (field 14) is filled on every answer,
     ignored in a create (the primary email decides it) and refused in an update's mask. (An
     edge's REST reaches its core over gRPC: the edge runs of the other tests here cover it.)"""
-    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
-    await server.start()
-    issued = await issue_api_key(
-        api.keel.local.store,
-        api.keel.local.clock,
-        scopes=[Scope.PROFILES_READ, Scope.PROFILES_WRITE],
-        api_version=OLD,
-        name="grpc",
+    stub, metadata = grpc_channel
+    sent = pb.Profile(
+        handle="grace",
+        emails=[
+            pb.Email(address="grace@old.example.com"),
+            pb.Email(address="grace@example.com", primary=True),
+        ],
+        primary_email="someone@else.example.com",
     )
-    metadata = (("authorization", f"Bearer {issued.token}"),)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = pb_grpc.ProfileServiceStub(channel)
-            sent = pb.Profile(
-                handle="grace",
-                emails=[
-                    pb.Email(address="grace@old.example.com"),
-                    pb.Email(address="grace@example.com", primary=True),
-                ],
-                primary_email="someone@else.example.com",
-            )
-            created = await stub.CreateProfile(pb.CreateProfileRequest(profile=sent), metadata=metadata)
-            assert created.profile.primary_email == "grace@example.com"
-            profile_id = created.profile.id
-            read = await stub.GetProfile(pb.GetProfileRequest(id=profile_id), metadata=metadata)
-            assert read.profile.primary_email == "grace@example.com"
-            listed = await stub.ListProfiles(pb.ListProfilesRequest(), metadata=metadata)
-            assert [p.primary_email for p in listed.profiles] == ["grace@example.com"]
-            moved = pb.Profile(
-                id=profile_id,
-                emails=[pb.Email(address="grace@old.example.com", primary=True)],
-            )
-            updated = await stub.UpdateProfile(
-                pb.UpdateProfileRequest(profile=moved, update_mask=FieldMask(paths=["emails"])),
-                metadata=metadata,
-            )
-            assert updated.profile.primary_email == "grace@old.example.com"
-            fields, why = await invalid_argument_fields(
-                stub.UpdateProfile(
-                    pb.UpdateProfileRequest(
-                        profile=pb.Profile(id=profile_id, primary_email="grace@example.com"),
-                        update_mask=FieldMask(paths=["primary_email"]),
-                    ),
-                    metadata=metadata,
-                )
-            )
-            assert (fields, why) == (["/primary_email"], "unknown field")
-    finally:
-        await server.stop(grace_seconds=0)
+    created = await stub.CreateProfile(pb.CreateProfileRequest(profile=sent), metadata=metadata)
+    assert created.profile.primary_email == "grace@example.com"
+    profile_id = created.profile.id
+    read = await stub.GetProfile(pb.GetProfileRequest(id=profile_id), metadata=metadata)
+    assert read.profile.primary_email == "grace@example.com"
+    listed = await stub.ListProfiles(pb.ListProfilesRequest(), metadata=metadata)
+    assert [p.primary_email for p in listed.profiles] == ["grace@example.com"]
+    moved = pb.Profile(
+        id=profile_id,
+        emails=[pb.Email(address="grace@old.example.com", primary=True)],
+    )
+    updated = await stub.UpdateProfile(
+        pb.UpdateProfileRequest(profile=moved, update_mask=FieldMask(paths=["emails"])),
+        metadata=metadata,
+    )
+    assert updated.profile.primary_email == "grace@old.example.com"
+    fields, why = await invalid_argument_fields(
+        stub.UpdateProfile(
+            pb.UpdateProfileRequest(
+                profile=pb.Profile(id=profile_id, primary_email="grace@example.com"),
+                update_mask=FieldMask(paths=["primary_email"]),
+            ),
+            metadata=metadata,
+        )
+    )
+    assert (fields, why) == (["/primary_email"], "unknown field")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 import httpx
@@ -16,13 +16,9 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
-from keel.api.grpc.server import GrpcServer
 from keel.api.grpc.wire.v1 import profiles_pb2 as pb
-from keel.api.grpc.wire.v1 import profiles_pb2_grpc as pb_grpc
 from keel.config import Settings
-from keel.domain.api_keys import Scope
-from keel.service.auth import issue_api_key
-from tests.e2e.conftest import Api, make_api
+from tests.e2e.conftest import Api, GrpcClient, make_api
 
 PROFILE = {"handle": "ada_l", "emails": [{"address": "ada@example.com", "primary": True}]}
 DUPLICATED_HANDLE = b'{"handle": "ada_l", "handle": "eve_x", "emails": [{"address": "a@example.com"}]}'
@@ -230,31 +226,6 @@ async def test_graphql_get_refuses_a_bom_in_json_parameters(api: Api) -> None:
 
 
 # -- gRPC ----------------------------------------------------------------------------------------
-
-
-# A stub on an aio channel and the metadata that authenticates its calls. (A string: the async
-# stub class exists only in the generated type stubs.)
-GrpcClient: TypeAlias = "tuple[pb_grpc.ProfileServiceAsyncStub, tuple[tuple[str, str]]]"
-
-
-@pytest.fixture
-async def grpc_channel(
-    api: Api,
-) -> AsyncIterator[GrpcClient]:
-    server = GrpcServer(api.keel, api.keel.local.authenticator, "127.0.0.1:0")
-    await server.start()
-    issued = await issue_api_key(
-        api.keel.local.store,
-        api.keel.local.clock,
-        scopes=[Scope.PROFILES_READ, Scope.PROFILES_WRITE],
-        api_version="2026-11-28",
-        name="grpc",
-    )
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield pb_grpc.ProfileServiceStub(channel), (("authorization", f"Bearer {issued.token}"),)
-    finally:
-        await server.stop(grace_seconds=0)
 
 
 async def invalid_argument_fields(call: Awaitable[object]) -> tuple[list[str], str]:

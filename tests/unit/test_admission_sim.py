@@ -5,8 +5,8 @@ time, the same run for the same seed, and Keel's own controller steering."""
 from __future__ import annotations
 
 import pytest
-
 from bench.admission_sim import Result, Setting, simulate
+
 from keel.resilience.load_shedder import Priority
 
 READ_S, LIST_S = 0.0004, 0.004  # CPU seconds a read and a list take, fixed
