@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import heapq
 import random
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count
+
+from testkit.percentile import percentile
 
 from keel.observability.agent_check import agent_line
 from keel.resilience.adaptive_limit import GradientLimit
@@ -51,9 +54,16 @@ class Setting:
     cpu_samples: Mapping[str, Sequence[float]]  # kind -> measured CPU seconds per request
     timeout_queue_s: float = 1.0
     agent_interval_s: float = 0.5
-    refusal_seconds: float = 0.00005
+    # Keel's CPU for one refusal: a 429 cost 78.8 and 109 µs in the two runs of
+    # docs/performance/2026-12-07-proxy-refusals*.md (HTTP in, key, limiter, problem out); a
+    # shed refusal skips the key and the limiter, so it costs at most that.
+    refusal_seconds: float = 0.00008
     proxy: bool = True  # without it every request reaches Keel, which sheds the excess
-    warmup_s: float = 2.0  # answers to requests that arrived before this are not counted
+    warmup_s: float = 2.0  # requests that arrived (or were answered) before this are not counted
+    # Explicit (time, kind) arrivals in place of the Poisson streams (tests, what-if studies).
+    arrivals: Sequence[tuple[float, str]] | None = None
+    # HAProxy's maxconn held at this, in place of the agent check's answers.
+    fixed_maxconn: int | None = None
 
 
 @dataclass
@@ -74,30 +84,41 @@ class Outcome:
 class Result:
     setting: Setting
     outcomes: list[Outcome] = field(default_factory=list)
-    limits: list[float] = field(default_factory=list)
+    limits: list[tuple[float, float]] = field(default_factory=list)  # (time, Keel's limit)
     arrivals: int = 0
+    # Per kind, the no-load latency Keel's controller judged it against at the end of the run.
+    no_load_at_end: dict[str, float] = field(default_factory=dict)
 
     def counted(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.arrived >= self.setting.warmup_s]
+        """Requests that arrived after the warm-up and before the end: each one's fate."""
+        return [o for o in self.outcomes if self.setting.warmup_s <= o.arrived < self.setting.duration_s]
 
     def goodput_rps(self) -> float:
-        served = [o for o in self.counted() if o.status == 200]
-        return len(served) / (self.setting.duration_s - self.setting.warmup_s)
+        """Served answers given between the warm-up and the end, per second: work done after
+        the end (requests still queued then) is not credited to the run."""
+        start, end = self.setting.warmup_s, self.setting.duration_s
+        served = [o for o in self.outcomes if o.status == 200 and start <= o.answered < end]
+        return len(served) / (end - start)
+
+    def mean_limit(self) -> float:
+        """Keel's concurrency limit, averaged over the agent's readings after the warm-up."""
+        return statistics.fmean(limit for at, limit in self.limits if at >= self.setting.warmup_s)
 
     def success_rate(self, priority: Priority) -> float:
         mine = [o for o in self.counted() if KINDS[o.kind] is priority]
         return sum(o.status == 200 for o in mine) / len(mine) if mine else 1.0
 
     def p(self, q: float, *, served: bool, kind: str | None = None) -> float:
-        """The `q` quantile of the latencies of served (or refused) requests, of `kind` or all."""
-        latencies = sorted(
-            o.latency
-            for o in self.counted()
-            if (o.status == 200) is served and (kind is None or o.kind == kind)
+        """The `q` percentile (nearest rank, as the real scenarios) of the latencies of served
+        (or refused) requests, of `kind` or all; NaN when there are none."""
+        return percentile(
+            [
+                o.latency
+                for o in self.counted()
+                if (o.status == 200) is served and (kind is None or o.kind == kind)
+            ],
+            q,
         )
-        if not latencies:
-            return 0.0
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
 
 
 @dataclass
@@ -114,7 +135,7 @@ class _Simulation:
         self.now = 0.0
         self.limit = GradientLimit(clock=lambda: self.now)
         self.shedder = LoadShedder(self.limit, clock=lambda: self.now)
-        self.maxconn = int(agent_line(self.shedder.steady_concurrency()).split(b":")[1])
+        self.maxconn = self.agent_maxconn()
         self.events: list[tuple[float, int, str, object]] = []
         self.order = count()
         self.jobs: list[_Job] = []  # in the event loop, sharing its CPU
@@ -124,10 +145,20 @@ class _Simulation:
         self.last = 0.0
         self.completion_version = 0
 
+    def agent_maxconn(self) -> int:
+        """What HAProxy holds the node to: the agent check's answer, or the fixed value."""
+        if self.s.fixed_maxconn is not None:
+            return self.s.fixed_maxconn
+        return int(agent_line(self.shedder.steady_concurrency()).split(b":")[1])
+
     def at(self, when: float, kind: str, payload: object = None) -> None:
         heapq.heappush(self.events, (when, next(self.order), kind, payload))
 
     def run(self) -> Result:
+        if self.s.arrivals is not None:
+            for t, kind in self.s.arrivals:
+                self.at(t, "arrival", kind)
+                self.result.arrivals += 1
         for kind, rate in self.s.streams.items():
             t = self.random.expovariate(rate) if rate > 0 else self.s.duration_s
             while t < self.s.duration_s:
@@ -145,14 +176,18 @@ class _Simulation:
                 assert isinstance(payload, str)
                 self.arrive(Outcome(payload, when, when, 0))
             elif kind == "agent":
-                self.maxconn = int(agent_line(self.shedder.steady_concurrency()).split(b":")[1])
-                self.result.limits.append(self.limit.limit)
+                self.maxconn = self.agent_maxconn()
+                self.result.limits.append((when, self.limit.limit))
                 self.dequeue()
             elif kind == "complete" and payload == self.completion_version:
                 self.complete_due()
             elif kind == "expire":
                 assert isinstance(payload, Outcome)
                 self.expire(payload)
+        for kind in self.s.cpu_samples:
+            baseline = self.limit.no_load_seconds(kind)
+            if baseline is not None:
+                self.result.no_load_at_end[kind] = baseline
         return self.result
 
     # -- the event loop: processor sharing ----------------------------------------------------
@@ -209,6 +244,8 @@ class _Simulation:
     def forward(self, outcome: Outcome) -> None:
         outcome.forwarded = True
         if self.s.proxy:
+            # HAProxy opens no connection past maxconn (one lowered since may leave more open).
+            assert self.forwarded < self.maxconn, (self.forwarded, self.maxconn)
             self.forwarded += 1
         admitted_at = self.shedder.try_admit(KINDS[outcome.kind])
         if admitted_at is None:

@@ -4,6 +4,8 @@ time, the same run for the same seed, and Keel's own controller steering."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from bench.admission_sim import Result, Setting, simulate
 
@@ -71,6 +73,62 @@ def test_keels_controller_steers_and_sheds_lists_before_critical_requests() -> N
     unloaded, overloaded = _run(0.3, proxy=False), _run(3.0, proxy=False)
     assert unloaded.success_rate(Priority.CRITICAL) == 1.0
     assert unloaded.success_rate(Priority.SHEDDABLE) == 1.0
-    assert len(set(overloaded.limits)) > 1  # the GradientLimit moved on the simulated clock
+    assert (
+        len({limit for _, limit in overloaded.limits}) > 1
+    )  # the GradientLimit moved on the simulated clock
     assert overloaded.success_rate(Priority.SHEDDABLE) < 0.5
     assert overloaded.success_rate(Priority.CRITICAL) > overloaded.success_rate(Priority.SHEDDABLE)
+
+
+def test_requests_in_the_event_loop_share_its_cpu() -> None:
+    # Two arriving together, of 1 ms and 3 ms: both progress at half speed until the first
+    # ends at 2 ms, then the second alone, ending at 4 ms.
+    setting = Setting(
+        streams={},
+        duration_s=1.0,
+        cpu_samples={"read": [0.001], "list": [0.003]},
+        warmup_s=0.0,
+        proxy=False,
+        arrivals=[(0.0, "read"), (0.0, "list")],
+    )
+    answered = {o.kind: o.answered for o in simulate(setting, 1).outcomes}
+    assert answered == {"read": pytest.approx(0.002), "list": pytest.approx(0.004)}
+
+
+def test_the_proxy_dequeues_reads_and_writes_before_lists() -> None:
+    # One connection to the node: a read holds it; a list, then a read, wait in the queue.
+    setting = Setting(
+        streams={},
+        duration_s=1.0,
+        cpu_samples={"read": [0.001], "list": [0.003]},
+        warmup_s=0.0,
+        fixed_maxconn=1,
+        arrivals=[(0.0, "read"), (0.0001, "list"), (0.0002, "read")],
+    )
+    outcomes = sorted(simulate(setting, 1).outcomes, key=lambda o: o.answered)
+    assert [(o.kind, o.status) for o in outcomes] == [("read", 200), ("read", 200), ("list", 200)]
+    assert [o.answered for o in outcomes] == [pytest.approx(t) for t in (0.001, 0.002, 0.005)]
+
+
+def test_goodput_counts_only_what_was_served_within_the_run() -> None:
+    # A queue longer than the run's end: what is served after it is not the run's goodput, so
+    # goodput never exceeds what the CPU can serve.
+    result = _run(2.0, timeout_queue=1.0)
+    capacity = 40 + LIST_SATURATION
+    assert result.goodput_rps() <= capacity * 1.001
+    after_the_end = [
+        o for o in result.outcomes if o.status == 200 and o.answered >= result.setting.duration_s
+    ]
+    assert after_the_end  # there was such work, and it was left out
+
+
+def test_percentiles_of_nothing_are_not_a_pass() -> None:
+    result = _run(0.3)
+    assert not [o for o in result.counted() if o.status == 503]
+    assert math.isnan(result.p(99, served=False))
+
+
+def test_the_controller_reports_the_no_load_latency_it_judges_against() -> None:
+    result = _run(0.3, proxy=False)
+    # Unloaded, some list ran alone: its own CPU time is the baseline (crept a little since).
+    assert LIST_S * 0.999 <= result.no_load_at_end["list"] < 2 * LIST_S

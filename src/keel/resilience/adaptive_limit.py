@@ -73,6 +73,10 @@ class GradientLimit:
         self._lag_sum = 0.0
         self._lag_count = 0
 
+    def no_load_seconds(self, operation: str) -> float | None:
+        """The no-load latency `operation` is judged against now (None before its first)."""
+        return self._no_load.get(operation)
+
     def observe_loop_lag(self, lag_seconds: float) -> None:
         """How late a timer fired on the event loop: the wait every new request has before this
         process even reads it, which request latencies measured after admission cannot see."""

@@ -18,7 +18,7 @@ without the identity conversion. Matching, OpenAPI and every older version stay 
 
 2. No worker thread per request for the version header (`use_async_version_dependency`).
 
-3. Path-based migrations forgotten with the app that registered them (`_forget_with`).
+3. Path-based migrations forgotten with the app that registered them (`_cadwyn_initialize`, `_forget`).
 
 Cadwyn files a `VersionChange`'s path-based migrations (`convert_response_to_previous_version_for
 (path, methods)`, and the request ones) in a dict on the class, keyed by `id()` of the app's head
