@@ -35,6 +35,7 @@ A new dated report under docs/performance/ and stdout.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -148,8 +149,14 @@ def run(
 
 
 def _range(values: list[float], fmt: str) -> str:
-    median = statistics.median(values)
-    return f"{median:{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+    """The median and the range of `values`; a seed without a value (no refusal: NaN) is left
+    out and counted, and a cell with none is a dash."""
+    known = [value for value in values if not math.isnan(value)]
+    if not known:
+        return "–"
+    cell = f"{statistics.median(known):{fmt}} ({min(known):{fmt}}–{max(known):{fmt}})"
+    missing = len(values) - len(known)
+    return cell if not missing else f"{cell}, none in {missing} of {len(values)} seeds"
 
 
 def main() -> int:
