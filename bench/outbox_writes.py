@@ -101,6 +101,10 @@ class _UnitOfWork:
     def webhooks(self) -> Any:
         return self._inner.webhooks
 
+    @property
+    def subjects(self) -> Any:
+        return self._inner.subjects
+
     async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
         return self

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Self
 
 from keel.domain.api_keys import ApiKey, AuditEntry
+from keel.domain.end_users import EndUser
 from keel.domain.errors import Conflict, VersionMismatch
 from keel.domain.events import PROFILE_ERASED, DomainEvent
 from keel.domain.profile import Profile
@@ -32,6 +33,7 @@ class _Tables:
     webhook_lease: tuple[str, datetime] | None = None
     stream_positions: dict[int, int] = field(default_factory=dict)  # outbox seq -> stream position
     audit: list[AuditEntry] = field(default_factory=list)
+    subjects: dict[tuple[str, str], tuple[str, datetime]] = field(default_factory=dict)
 
 
 class FakeClock:
@@ -72,6 +74,7 @@ class InMemoryUnitOfWork:
         self.audit = _Audit(self._tables)
         self.outbox = _Outbox(self._tables)
         self.webhooks = _Webhooks(self._tables)
+        self.subjects = _Subjects(self._tables)
 
     async def __aenter__(self) -> Self:
         return self
@@ -218,6 +221,35 @@ class _ApiKeys:
             return False
         self._tables.api_keys[key_id] = replace(key, revoked_at=at)
         return True
+
+
+class _Subjects:
+    def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+
+    async def profile_of(self, issuer: str, subject: str) -> str | None:
+        held = self._tables.subjects.get((issuer, subject))
+        return held[0] if held is not None else None
+
+    async def subject_of(self, profile_id: str) -> tuple[EndUser, datetime] | None:
+        for (issuer, subject), (held, at) in self._tables.subjects.items():
+            if held == profile_id:
+                return EndUser(issuer, subject), at
+        return None
+
+    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> bool:
+        held = self._tables.subjects.get((end_user.issuer, end_user.subject))
+        if held is not None and held[0] != profile_id:
+            return False
+        await self.unlink(profile_id)
+        self._tables.subjects[(end_user.issuer, end_user.subject)] = (profile_id, at)
+        return True
+
+    async def unlink(self, profile_id: str) -> bool:
+        linked = [key for key, (held, _) in self._tables.subjects.items() if held == profile_id]
+        for key in linked:
+            del self._tables.subjects[key]
+        return bool(linked)
 
 
 class _Audit:

@@ -6,10 +6,12 @@ import hashlib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from keel.domain.end_users import ASYMMETRIC_ALGORITHMS
 from keel.domain.ids import REGION_PATTERN
 from keel.domain.webhooks import DEFAULT_DELAYS_SECONDS
 from keel.ratelimit.policy import Plan, Policy
@@ -404,6 +406,43 @@ class Settings(BaseSettings):
     webhook_delivery_retention_seconds: float = Field(
         default=7 * 86400, ge=0, description="Delivered deliveries are pruned after this (dead letters stay)."
     )
+    # End users (docs/end-users.md): OpenID Connect access tokens from one issuer.
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="The `iss` end users' access tokens must carry; set with KEEL_OIDC_AUDIENCE and "
+        "KEEL_OIDC_JWKS_URL to let end users read and change their own profile (`/v1/me`).",
+    )
+    oidc_audience: str | None = Field(
+        default=None, description="The `aud` the tokens must be for (this API)."
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None, description="Where the issuer's signing keys are (https; http only on loopback)."
+    )
+    oidc_algorithms: list[str] = Field(
+        default=["RS256", "ES256"],
+        min_length=1,
+        description="Signature algorithms accepted, as a JSON list; asymmetric ones only.",
+    )
+    oidc_leeway_seconds: float = Field(
+        default=30.0, ge=0, le=300, description="Clock skew allowed on `exp`, `nbf` and `iat`."
+    )
+    oidc_jwks_cache_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="How long the issuer's keys are used before fetched again."
+    )
+    oidc_jwks_refetch_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="An unknown `kid` fetches the keys again at most once in this long, whatever the tokens.",
+    )
+    oidc_plan: str = Field(default="standard", description="The rate-limit plan of end users' requests.")
+    end_user_handle_changes: bool = Field(
+        default=False, description="Whether end users may change their own handle."
+    )
+    end_user_email_changes: bool = Field(
+        default=False,
+        description="Whether end users may change their own emails (an address they add is unverified).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -485,6 +524,41 @@ class Settings(BaseSettings):
     @property
     def replica_urls(self) -> list[str]:
         return [url.strip() for url in self.database_replica_urls.split(",") if url.strip()]
+
+    @model_validator(mode="after")
+    def _oidc_is_whole(self) -> Settings:
+        parts = {
+            "KEEL_OIDC_ISSUER": self.oidc_issuer,
+            "KEEL_OIDC_AUDIENCE": self.oidc_audience,
+            "KEEL_OIDC_JWKS_URL": self.oidc_jwks_url,
+        }
+        given = [name for name, value in parts.items() if value]
+        if not given:
+            return self
+        if len(given) != len(parts):
+            missing = ", ".join(name for name in parts if name not in given)
+            raise ValueError(
+                f"end users' tokens need KEEL_OIDC_ISSUER, _AUDIENCE and _JWKS_URL: {missing} missing"
+            )
+        if self.core_url is not None:
+            raise ValueError(
+                "end users (KEEL_OIDC_*) are served by a core or a single process, not by an edge"
+            )
+        unsafe = [a for a in self.oidc_algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if unsafe:
+            allowed = ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+            raise ValueError(
+                f"KEEL_OIDC_ALGORITHMS takes asymmetric algorithms only ({allowed}), not {', '.join(unsafe)}"
+            )
+        jwks = urlsplit(self.oidc_jwks_url or "")
+        loopback = jwks.hostname in {"127.0.0.1", "::1", "localhost"}
+        if jwks.scheme != "https" and not (jwks.scheme == "http" and loopback):
+            raise ValueError("KEEL_OIDC_JWKS_URL must be https (http only on a loopback address)")
+        return self
+
+    @property
+    def end_users_enabled(self) -> bool:
+        return self.oidc_issuer is not None
 
     @model_validator(mode="after")
     def _edge_has_a_key(self) -> Settings:

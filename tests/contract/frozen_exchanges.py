@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from testkit.oidc_issuer import LocalIssuer
 
 from keel.config import Settings
 from keel.domain.api_keys import Scope
@@ -75,7 +76,7 @@ KEYS: dict[str, list[Scope]] = {
 _ID = re.compile(r"\b(?:[a-z][a-z0-9]{1,5}_[0-9A-HJKMNP-TV-Z]{26}|(whep|whdl|era)_[0-9a-f]{32})\b")
 _EVENT_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")  # a CloudEvent's
 _TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})\b")
-_ETAG = re.compile(r'(W/)?"(\d+)\.([^".]+)(\.full)?(\.\d{4}-\d{2}-\d{2})?"')
+_ETAG = re.compile(r'(W/)?"(\d+)\.([^".]+)(\.full|\.own)?(\.\d{4}-\d{2}-\d{2})?"')
 _PLACEHOLDER = re.compile(r"<([a-z_]+):(\d+)>")
 _OPAQUE_FIELDS = {"next_cursor": "cursor", "secret": "secret", "token": "token"}
 # A link to a next page carries its cursor (2026-12-07's `links.next`).
@@ -335,16 +336,43 @@ def scenario() -> Iterator[Request]:
         "admin",
         json={"name": "v", "scopes": ["profiles:read"], "api_version": "2020-01-01"},
     )
+    # End users (OpenID Connect), recorded 2026-12-07 when these routes were added to every
+    # version: an admin links a profile to a subject, whose access tokens then reach it at /v1/me.
+    # End users name no version: their answers are made in the newest unless they ask.
+    yield Request("end user profile", "POST", "/v1/profiles", "writer", json=_profile("mary"))
+    mary = "/v1/profiles/<profile:25>"
+    yield Request("end user link", "PUT", f"{mary}/end-user", "admin", json={"subject": "user-mary"})
+    yield Request("end user link by a writer", "PUT", f"{mary}/end-user", "writer", json={"subject": "x"})
+    yield Request("end user link invalid", "PUT", f"{mary}/end-user", "admin", json={"subject": ""})
+    yield Request("end user link read", "GET", f"{mary}/end-user", "admin")
+    yield Request("me", "GET", "/v1/me", "end_user")
+    yield Request("me by a key", "GET", "/v1/me", "reader")
+    yield Request("me with a forged token", "GET", "/v1/me", "forged_end_user")
+    yield Request("me unlinked", "GET", "/v1/me", "stranger_end_user")
+    yield Request("me patch", "PATCH", "/v1/me", "end_user", MERGE_PATCH, {"bio": "Programmer"})
+    yield Request("me patch refused", "PATCH", "/v1/me", "end_user", MERGE_PATCH, {"handle": "mary_2"})
+    yield Request("me patch invalid", "PATCH", "/v1/me", "end_user", MERGE_PATCH, {"bio": 7})
+    yield Request("end user reads by id", "GET", mary, "end_user")
+    yield Request("end user unlink", "DELETE", f"{mary}/end-user", "admin")
+    yield Request("end user unlink again", "DELETE", f"{mary}/end-user", "admin")
+    yield Request("me after unlink", "GET", "/v1/me", "end_user")
 
 
 async def _keel(
-    database: Path, mode: str, version: str
+    database: Path, mode: str, version: str, issuer: LocalIssuer
 ) -> tuple[Deployment, httpx.AsyncClient, dict[str, str], list[str]]:
     from keel.api.application import build_http_app
 
     url = f"sqlite:///{database}"
     await asyncio.to_thread(migrate, url)
-    settings = Settings(database_url=url, ratelimit_enabled=False, webhook_allow_private_targets=True)
+    settings = Settings(
+        database_url=url,
+        ratelimit_enabled=False,
+        webhook_allow_private_targets=True,
+        oidc_issuer=issuer.issuer,
+        oidc_audience=issuer.audience,
+        oidc_jwks_url=issuer.jwks_url,
+    )
     deployment = await deploy(settings, mode)
     app = build_http_app(deployment.serving.settings, deployment.serving.metrics)
     app.state.services = deployment.serving
@@ -355,6 +383,9 @@ async def _keel(
         issued = await issue_api_key(core.store, core.clock, scopes=scopes, api_version=version, name=name)
         tokens[name] = issued.token
         key_ids.append(issued.key.id)
+    tokens["end_user"] = issuer.token("user-mary")
+    tokens["stranger_end_user"] = issuer.token("user-nobody")
+    tokens["forged_end_user"] = issuer.hmac_with_public_key("user-mary")
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keel.test")
     return deployment, client, tokens, key_ids
 
@@ -369,8 +400,11 @@ async def exchange_all(
     are sent."""
     names = Placeholders()
     exchanges = []
+    issuer = LocalIssuer()
     with tempfile.TemporaryDirectory() as directory:
-        deployment, client, tokens, key_ids = await _keel(Path(directory) / "keel.sqlite3", mode, version)
+        deployment, client, tokens, key_ids = await _keel(
+            Path(directory) / "keel.sqlite3", mode, version, issuer
+        )
         for key_id in key_ids:
             names.name("key", key_id)
         try:
@@ -391,6 +425,7 @@ async def exchange_all(
         finally:
             await client.aclose()
             await deployment.close()
+            issuer.close()
     return exchanges
 
 
@@ -432,6 +467,24 @@ def _etag(value: str, names: Placeholders) -> str:
     return f'{weak or ""}"{version}.{names.name("etag", tag)}{view or ""}{shape or ""}"'
 
 
+# A deprecated version's notices on an answer (RFC 9745, RFC 8594): `Deprecation`, `Sunset` and
+# their `Link`s. The replay adds them to what was recorded (`as_today`), so they are recorded
+# without them: an exchange added to a version after its deprecation is stored as the ones
+# recorded before it.
+_NOTICE_LINK = re.compile(r'rel="(deprecation|sunset)"')
+
+
+def without_notices(answer: dict[str, Any]) -> dict[str, Any]:
+    headers = {k: v for k, v in answer["headers"].items() if k not in ("deprecation", "sunset")}
+    if "link" in headers:
+        kept = [part for part in headers["link"].split(", ") if not _NOTICE_LINK.search(part)]
+        if kept:
+            headers["link"] = ", ".join(kept)
+        else:
+            del headers["link"]
+    return {**answer, "headers": headers}
+
+
 def load(version: str) -> list[dict[str, Any]]:
     exchanges: list[dict[str, Any]] = json.loads(file_of(version).read_text())["exchanges"]
     return exchanges
@@ -439,14 +492,26 @@ def load(version: str) -> list[dict[str, Any]]:
 
 def record(version: str) -> None:
     """Record the scenario in a version; refused unless every exchange already in its file is
-    answered as it was (the scenario only ever grows at its end)."""
-    exchanges = asyncio.run(exchange_all(list(scenario()), version))
+    answered as the replay expects it (`as_today`: the scenario only ever grows at its end). The
+    exchanges already frozen are kept as they were recorded; the new ones are added after them."""
+    from tests.contract.test_frozen_exchanges import as_today
+
+    exchanges = [
+        {**exchange, "response": without_notices(exchange["response"])}
+        for exchange in asyncio.run(exchange_all(list(scenario()), version))
+    ]
     file = file_of(version)
     if file.exists():
         kept = load(version)
-        changed = [old["request"]["name"] for old, new in zip(kept, exchanges, strict=False) if old != new]
+        changed = [
+            old["request"]["name"]
+            for old, new in zip(kept, exchanges, strict=False)
+            if old["request"] != new["request"]
+            or without_notices(as_today(old["response"], old["request"], version)) != new["response"]
+        ]
         if changed or len(exchanges) < len(kept):
             sys.exit(f"not recorded: exchanges already frozen would change: {changed or 'some were removed'}")
+        exchanges = kept + exchanges[len(kept) :]
     file.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "version": version,

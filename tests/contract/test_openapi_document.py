@@ -35,6 +35,11 @@ OPERATION_IDS = {
     ("post", "/v1/keys/{key_id}/rotate"): "rotateApiKey",
     ("post", "/v1/keys/{key_id}/expire"): "expireApiKey",
     ("get", "/v1/audit"): "listAuditEntries",
+    ("get", "/v1/me"): "getMe",
+    ("patch", "/v1/me"): "updateMe",
+    ("put", "/v1/profiles/{profile_id}/end-user"): "linkEndUser",
+    ("get", "/v1/profiles/{profile_id}/end-user"): "getEndUser",
+    ("delete", "/v1/profiles/{profile_id}/end-user"): "unlinkEndUser",
 }
 
 

@@ -334,7 +334,7 @@ async def test_a_request_naming_no_valid_version_gets_no_notice_from_its_key(api
 
 def test_if_match_takes_the_tags_keel_gives_out_and_no_other_suffix() -> None:
     from keel.api.rest.mapping import _id_tag, version_from_etag
-    from keel.api.rest.routes import _TAGGED_VERSIONS
+    from keel.api.rest.profile_http import TAGGED_VERSIONS as _TAGGED_VERSIONS
 
     profile_id = "eu1_01KBZ8Q2Z3Y4X5W6V7T6S5R4Q3"
     tag = _id_tag(profile_id)

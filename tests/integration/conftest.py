@@ -15,7 +15,7 @@ from tests.conftest import environment_layout
 TABLES = (
     "profiles, profile_emails, profile_links, api_keys, idempotency_keys, event_outbox, event_relay_lease,"
     " webhook_endpoints, webhook_deliveries, profile_documents, profile_document_emails,"
-    " profile_erasures, profile_tombstones, erasure_acknowledgements, admin_audit"
+    " profile_erasures, profile_tombstones, erasure_acknowledgements, admin_audit, profile_subjects"
 )
 
 

@@ -23,6 +23,7 @@ from keel.service.ports import (
     IdempotencyRecords,
     Outbox,
     ProfileRepository,
+    SubjectLinks,
 )
 from keel.service.profile_reads import CachePolicy, ProfileReads
 from keel.service.profiles import ProfileService
@@ -87,6 +88,10 @@ class _UnitOfWork:
     @property
     def webhooks(self) -> WebhookRepository:
         return self._inner.webhooks
+
+    @property
+    def subjects(self) -> SubjectLinks:
+        return self._inner.subjects
 
     async def __aenter__(self) -> Self:
         if self._db.down:

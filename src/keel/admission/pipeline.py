@@ -287,7 +287,7 @@ class Admission:
     def _refunded_of(self, caller: Caller) -> Callable[[], None] | None:
         """What tells the proxy that units went back to `caller`'s key (None: nothing to tell)."""
         publisher, principal = self._refusals, caller.principal
-        if publisher is None or principal is None or caller.charged is not None:
+        if publisher is None or principal is None or caller.charged is not None or principal.end_user:
             return None
         return functools.partial(publisher.refunded, principal.key_id)
 
@@ -300,7 +300,8 @@ class Admission:
         publisher, decision, principal = self._refusals, limits.decision, caller.principal
         if publisher is None or decision is None or decision.degraded:
             return
-        if principal is None or caller.charged is not None:
+        # An end user is not a key the proxy can tell apart (it reads keys from the header).
+        if principal is None or caller.charged is not None or principal.end_user is not None:
             return
         wait = decision.wait_for_one_unit_us - int((time.monotonic() - asked) * 1_000_000)
         if wait > 0:

@@ -23,6 +23,7 @@ from keel.resilience.load_shedder import LoadShedder
 from keel.resilience.loop_lag import LoopLag
 from keel.service.api_key_admin import ApiKeyAdmin
 from keel.service.auth import Authenticator
+from keel.service.end_users import EndUserProfiles
 from keel.service.erasure import ErasureSagaRunner
 from keel.service.housekeeping import PurgesDeletedProfiles, PurgesIdempotencyRecords
 from keel.service.outbox import OutboxRelay
@@ -30,7 +31,12 @@ from keel.service.personal_data import PersonalDataService
 from keel.service.ports import Clock, InvalidationBus, KeyRevocations, Store
 from keel.service.profile_reads import ProfileReads
 from keel.service.profiles import ProfileService
-from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases, RevocableAuthenticator
+from keel.service.use_cases import (
+    EndUserUseCases,
+    PersonalDataUseCases,
+    ProfileUseCases,
+    RevocableAuthenticator,
+)
 from keel.service.webhook_dispatcher import WebhookDispatcher
 from keel.service.webhooks import WebhookAdmin
 
@@ -54,7 +60,9 @@ class Core:
     store: Store
     clock: Clock
     service: ProfileService
-    authenticator: Authenticator
+    authenticator: Authenticator  # API keys only (the gRPC server's)
+    # API keys and end users' access tokens (REST and GraphQL): over `authenticator`.
+    credentials: RevocableAuthenticator
     reads: ProfileReads
     invalidation_bus: InvalidationBus | None
     expected_schema_revision: str
@@ -66,6 +74,8 @@ class Core:
     # Housekeeping, over the background jobs' store (their own database breaker).
     idempotency_purge: PurgesIdempotencyRecords | None = None
     deleted_purge: PurgesDeletedProfiles | None = None
+    # End users' own profiles (`/v1/me`): with KEEL_OIDC_* set.
+    end_users: EndUserProfiles | None = None
     # Publishes the layout record and a migration's progress as gauges (an SQL store's).
     layout_watch: Callable[[], Coroutine[Any, Any, None]] | None = None
     # Follows the read replicas' replay positions (a PostgreSQL store with replicas).
@@ -139,6 +149,8 @@ class Services:
     closers: list[Callable[[], Awaitable[object]]]
     # Export and erasure: a core's own; None on an edge (not served there yet).
     personal_data: PersonalDataUseCases | None = None
+    # End users' own profiles: a core's, with KEEL_OIDC_* set; None otherwise.
+    end_users: EndUserUseCases | None = None
     # API-key revocations pushed between processes (KEEL_REDIS_URL); None: each process's key
     # cache TTL is the bound.
     key_revocations: KeyRevocations | None = None
@@ -189,6 +201,7 @@ def assemble(
     core: Core | None,
     readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]],
     personal_data: PersonalDataUseCases | None = None,
+    end_users: EndUserUseCases | None = None,
 ) -> Services:
     revocations = _key_revocations(settings)
     refusals = _proxy_refusals(settings, metrics) if guards.guard is not None else None
@@ -212,6 +225,7 @@ def assemble(
         probes=guards.probes,
         closers=guards.closers,
         personal_data=personal_data,
+        end_users=end_users,
         key_revocations=revocations,
         membership=guards.membership,
         persisted_queries=_persisted_queries(settings),

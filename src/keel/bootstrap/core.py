@@ -24,6 +24,7 @@ from keel.resilience.retry import Backoff, RetryBudget, RetryPolicy
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import Authenticator
 from keel.service.clock import SystemClock
+from keel.service.end_users import Credentials, EndUserProfiles, EndUserRules, EndUserTokens
 from keel.service.housekeeping import IdempotencyRecordsPurge
 from keel.service.pagination import Cursors
 from keel.service.ports import InvalidationBus, Store
@@ -244,6 +245,18 @@ async def build_core(
         on_events_committed=events_committed,
     )
     authenticator = Authenticator(store, ttl=settings.api_key_cache_seconds, clock=clock)
+    end_users = (
+        EndUserProfiles(
+            store,
+            service,
+            policy,
+            clock,
+            issuer=settings.oidc_issuer,
+            rules=EndUserRules(settings.end_user_handle_changes, settings.end_user_email_changes),
+        )
+        if settings.oidc_issuer is not None
+        else None
+    )
     stream = relay.publisher if relay is not None else None
     personal_data, erasure_runner, deleted_purge = build_personal_data(
         settings, guarded, clock, reads, events_committed, stream, jobs=jobs
@@ -253,6 +266,8 @@ async def build_core(
         clock=clock,
         service=service,
         authenticator=authenticator,
+        credentials=Credentials(authenticator, _end_user_tokens(settings), plan=settings.oidc_plan),
+        end_users=end_users,
         reads=reads,
         invalidation_bus=bus,
         expected_schema_revision=HEAD_REVISION,
@@ -265,4 +280,22 @@ async def build_core(
         deleted_purge=deleted_purge,
         layout_watch=layout_watch,
         replica_watch=replica_watch,
+    )
+
+
+def _end_user_tokens(settings: Settings) -> EndUserTokens | None:
+    """The check of end users' access tokens (imported only when configured: PyJWT and httpx
+    are not on a serving process's start-up path otherwise)."""
+    if settings.oidc_issuer is None or settings.oidc_audience is None or settings.oidc_jwks_url is None:
+        return None
+    from keel.oidc.tokens import JwksTokens, http_fetch
+
+    return JwksTokens(
+        issuer=settings.oidc_issuer,
+        audience=settings.oidc_audience,
+        fetch=http_fetch(settings.oidc_jwks_url),
+        algorithms=settings.oidc_algorithms,
+        leeway_seconds=settings.oidc_leeway_seconds,
+        cache_seconds=settings.oidc_jwks_cache_seconds,
+        refetch_seconds=settings.oidc_jwks_refetch_seconds,
     )

@@ -58,10 +58,11 @@ async def build_services(
         metrics,
         guards,
         core.service,
-        core.authenticator,
+        core.credentials,
         core,
         core.readiness,
         personal_data=core.personal_data,
+        end_users=core.end_users,
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from keel.domain.end_users import EndUser
+
 
 class Scope(StrEnum):
     PROFILES_READ = "profiles:read"
@@ -74,6 +76,9 @@ class Principal:
     valid_until: datetime | None = field(default=None, compare=False)
     # Authenticated by the secret a rotation replaced (during its grace): may not manage keys.
     via_previous_secret: bool = field(default=False, compare=False)
+    # An end user (an OpenID Connect token, not a key): no scopes, only their own profile
+    # (`keel.service.end_users`); `key_id` is then `end_user.client_id`.
+    end_user: EndUser | None = None
 
     def can(self, scope: Scope) -> bool:
         # admin implies every other scope but edge: an operator key must be able to do what any

@@ -110,6 +110,10 @@ class AttributePolicy:
     def __init__(self, schema: dict[str, Any] | None = None) -> None:
         self._validator: Any = None
         self.private_names: frozenset[str] = frozenset()
+        # What end users see and change of their own profile's attributes: only those the
+        # schema marks `"endUser": "read"` or `"edit"` (docs/end-users.md); none without one.
+        self.end_user_readable: frozenset[str] = frozenset()
+        self.end_user_editable: frozenset[str] = frozenset()
         if schema is not None:
             Draft202012Validator.check_schema(schema)
             _check_patterns(schema)
@@ -120,6 +124,7 @@ class AttributePolicy:
                 for name, spec in properties.items()
                 if isinstance(spec, dict) and spec.get("private") is True
             )
+            self.end_user_readable, self.end_user_editable = _end_user_access(properties)
 
     @classmethod
     def from_file(cls, path: Path) -> AttributePolicy:
@@ -171,6 +176,30 @@ class AttributePolicy:
         if admin or not self.private_names:
             return attributes
         return {name: value for name, value in attributes.items() if name not in self.private_names}
+
+
+_END_USER_ACCESS = ("read", "edit")
+
+
+def _end_user_access(properties: object) -> tuple[frozenset[str], frozenset[str]]:
+    """The attributes end users may read and those they may change, from each property's
+    `endUser` ("read" or "edit"); a private attribute is never theirs."""
+    if not isinstance(properties, dict):
+        return frozenset(), frozenset()
+    readable: set[str] = set()
+    editable: set[str] = set()
+    for name, spec in properties.items():
+        access = spec.get("endUser") if isinstance(spec, dict) else None
+        if access is None:
+            continue
+        if access not in _END_USER_ACCESS:
+            raise SchemaError(f'attribute {name!r}: `endUser` is "read" or "edit", not {access!r}')
+        if spec.get("private") is True:
+            raise SchemaError(f"attribute {name!r} is private: it cannot be `endUser` too")
+        readable.add(name)
+        if access == "edit":
+            editable.add(name)
+    return frozenset(readable), frozenset(editable)
 
 
 def _check_patterns(schema: object) -> None:

@@ -324,6 +324,11 @@ def remember(cache: dict[str, _V], digest: str, value: _V, max_entries: int) -> 
     cache[digest] = value
 
 
+END_USERS_OWN_PROFILE_ONLY = "End users reach only their own profile: /v1/me (GraphQL: me, updateMe)."
+
+
 def require(principal: Principal, scope: Scope) -> None:
     if not principal.can(scope):
+        if principal.end_user is not None:
+            raise Forbidden(END_USERS_OWN_PROFILE_ONLY)
         raise Forbidden(f"This API key lacks the `{scope}` scope.")

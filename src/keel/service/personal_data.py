@@ -69,6 +69,7 @@ class PersonalDataService:
             events = await data.events_of(profile_id)
             records = await data.idempotency_records_of(profile_id)
             disclosed = await data.deliveries_of(profile_id)
+            link = await uow.subjects.subject_of(profile_id)
             erasure = await uow.erasures.of_profile(profile_id)
             status = await erasure_status(uow, erasure) if erasure is not None else None
         profile_json: JSONObject | None = None
@@ -97,8 +98,18 @@ class PersonalDataService:
             }
             for record in records
         ]
+        linked: JSONObject = {}
+        if link is not None:
+            # The end user (an OpenID Connect subject) who may read and change the profile: only
+            # when there is one, so that an export without one is what it was before links.
+            linked["end_user"] = {
+                "issuer": link[0].issuer,
+                "subject": link[0].subject,
+                "linked_at": link[1].isoformat(timespec="microseconds"),
+            }
         return {
             "format": EXPORT_FORMAT,
+            **linked,
             "profile_id": profile_id,
             "exported_at": self._clock.now().isoformat(timespec="microseconds"),
             "profile": profile_json,

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from keel.domain.api_keys import ApiKey, AuditEntry
+from keel.domain.end_users import EndUser
 from keel.domain.erasure import Erasure, Tombstone, TombstoneCause
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
@@ -275,6 +276,25 @@ class ErasureAcknowledgements(Protocol):
         ...
 
 
+class SubjectLinks(Protocol):
+    """Which profile each end user (an issuer's subject) owns: one each way."""
+
+    async def profile_of(self, issuer: str, subject: str) -> str | None: ...
+
+    async def subject_of(self, profile_id: str) -> tuple[EndUser, datetime] | None:
+        """The end user linked to the profile, and since when."""
+        ...
+
+    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> bool:
+        """Link the profile to `end_user`, in place of any end user it had; False (nothing
+        changed) when `end_user` is linked to another profile."""
+        ...
+
+    async def unlink(self, profile_id: str) -> bool:
+        """Whether the profile had an end user, now unlinked."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction (or, read-only, one connection without a transaction).
 
@@ -298,6 +318,9 @@ class UnitOfWork(Protocol):
 
     @property
     def webhooks(self) -> WebhookRepository: ...
+
+    @property
+    def subjects(self) -> SubjectLinks: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -233,6 +233,19 @@ class ProfileService:
         now = self._clock.now()
         await self._write(profile_id, expected_version, lambda current: current.delete(now))
 
+    async def owner_read(self, profile_id: str) -> ProfileRead | None:
+        """The live profile, whole, for a use case that has checked its caller owns it
+        (`keel.service.end_users`): no scope is asked, nothing is cut."""
+        ensure_here((profile_id,), self._region)
+        return await self._reads.read(profile_id)
+
+    async def owner_write(
+        self, profile_id: str, expected_version: ExpectedVersion, change: Callable[[Profile], Profile | None]
+    ) -> Profile:
+        """A write of the profile by `change`, as every write is done (events, cache, retries),
+        for a use case that has checked its caller owns it; the profile returned is whole."""
+        return await self._write(profile_id, expected_version, change)
+
     # -- helpers ---------------------------------------------------------------------------
 
     async def _write(

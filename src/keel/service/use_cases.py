@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keel.domain.api_keys import Principal, Scope
+from keel.domain.end_users import SubjectLink
 from keel.domain.profile import JSONObject, JSONValue, Profile
 from keel.service.erasure import ErasureStatus
 from keel.service.profile_reads import ProfileRead
@@ -132,6 +133,24 @@ class RevocableAuthenticator(CallerAuthenticator, Protocol):
     def forget_all(self) -> None:
         """Stop trusting every key: revocations may have been missed."""
         ...
+
+
+class EndUserUseCases(Protocol):
+    """End users reading and changing their own profile, and admins linking profiles to them
+    (keel.service.end_users). An API key calling `me` is `Forbidden`; an end user calling
+    anything else is too (they hold no scope)."""
+
+    async def me(self, principal: Principal) -> ProfileRead: ...
+
+    async def update_me(
+        self, principal: Principal, patch: JSONValue, *, expected_version: ExpectedVersion = None
+    ) -> Profile: ...
+
+    async def link(self, principal: Principal, profile_id: str, subject: object) -> SubjectLink: ...
+
+    async def linked_subject(self, principal: Principal, profile_id: str) -> SubjectLink: ...
+
+    async def unlink(self, principal: Principal, profile_id: str) -> None: ...
 
 
 class PersonalDataUseCases(Protocol):

@@ -31,6 +31,7 @@ from keel.service.ports import (
     PersonalDataUnitOfWork,
     ProfileRepository,
     Store,
+    SubjectLinks,
     UnitOfWork,
 )
 from keel.service.webhook_ports import WebhookRepository
@@ -86,6 +87,10 @@ class GuardedUnitOfWork:
     @property
     def webhooks(self) -> WebhookRepository:
         return self._inner.webhooks
+
+    @property
+    def subjects(self) -> SubjectLinks:
+        return self._inner.subjects
 
     @property
     def personal_data(self) -> PersonalData:

@@ -239,6 +239,8 @@ class SqlPersonalData:
             await db.execute("DELETE FROM profiles WHERE id = $1", profile_id)
             await db.execute("DELETE FROM profile_document_emails WHERE profile_id = $1", profile_id)
             await db.execute("DELETE FROM profile_documents WHERE id = $1", profile_id)
+            # Its end user's subject: the link is personal data too.
+            await db.execute("DELETE FROM profile_subjects WHERE profile_id = $1", profile_id)
             await db.execute(
                 "INSERT INTO profile_tombstones (profile_id, removed_at, cause, last_version)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

@@ -27,6 +27,7 @@ PROFILE_ID_COLUMNS = (
     ("webhook_deliveries", "subject"),
     ("profile_erasures", "profile_id"),
     ("profile_tombstones", "profile_id"),
+    ("profile_subjects", "profile_id"),
 )
 SAMPLE = 5
 

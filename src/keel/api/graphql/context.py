@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from keel.domain.api_keys import Principal
 from keel.domain.errors import KeelError, Unauthenticated
-from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
+from keel.service.use_cases import EndUserUseCases, PersonalDataUseCases, ProfileUseCases
 
 from .loaders import ProfileLoaders
 
@@ -35,6 +35,7 @@ class GraphQLContext:
     meter: CostMeter
     idempotency_key: str | None
     personal_data: PersonalDataUseCases | None = None  # a core's; None on an edge
+    end_users: EndUserUseCases | None = None  # a core's with KEEL_OIDC_* set; None otherwise
     loaders: ProfileLoaders = field(init=False)
 
     def __post_init__(self) -> None:

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from keel.ratelimit.guard import RateLimitOutcome
-    from keel.service.use_cases import PersonalDataUseCases, ProfileUseCases
+    from keel.service.use_cases import EndUserUseCases, PersonalDataUseCases, ProfileUseCases
 
 
 class GraphQLServices(Protocol):
@@ -82,6 +82,8 @@ class GraphQLServices(Protocol):
     def profiles(self) -> ProfileUseCases: ...
     @property
     def personal_data(self) -> PersonalDataUseCases | None: ...
+    @property
+    def end_users(self) -> EndUserUseCases | None: ...
     @property
     def tracer(self) -> Tracer: ...
     @property
@@ -349,7 +351,13 @@ class GraphQLEndpoint:
             # Inside: whatever ends the request from here (a cancellation too) finishes the ticket.
             await self._share_registration(keel, caller, params)
             context = GraphQLContext(
-                keel.profiles, caller.principal, caller.error, meter, idempotency_key, keel.personal_data
+                keel.profiles,
+                caller.principal,
+                caller.error,
+                meter,
+                idempotency_key,
+                keel.personal_data,
+                keel.end_users,
             )
             data, errors = await self._execute(keel.tracer, document, params, context, label, op_type)
             succeeded = not errors

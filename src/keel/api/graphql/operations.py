@@ -25,6 +25,8 @@ ROOT_FIELD_OPERATIONS: dict[str, Operation] = {
     "Query.handleAvailable": HANDLES_CHECK,
     "Query.profiles": PROFILES_LIST,
     "Query.erasure": ERASURES_GET,
+    "Query.me": PROFILES_GET,
+    "Mutation.updateMe": PROFILES_UPDATE,
     "Mutation.createProfile": PROFILES_CREATE,
     "Mutation.updateProfile": PROFILES_UPDATE,
     "Mutation.deleteProfile": PROFILES_DELETE,

@@ -13,8 +13,9 @@ from strawberry.types.nodes import SelectedField, Selection
 
 from keel.admission.operations import HANDLES_CHECK
 from keel.domain.api_keys import Scope
-from keel.domain.errors import Forbidden
-from keel.service.use_cases import ListFilters, answer_shows_profile
+from keel.domain.errors import Forbidden, NotFound
+from keel.service.end_users import NOT_SET_UP
+from keel.service.use_cases import EndUserUseCases, ListFilters, answer_shows_profile
 
 from .context import GraphQLContext
 from .limits import DEFAULT_PAGE_SIZE
@@ -113,6 +114,29 @@ async def delete_profile(
     return DeleteProfilePayload(id=id)
 
 
+def _end_users(context: GraphQLContext) -> EndUserUseCases:
+    if context.end_users is None:
+        raise NotFound(NOT_SET_UP)
+    return context.end_users
+
+
+async def resolve_me(info: KeelInfo) -> ProfileNode:
+    # Not remembered by the loaders: this is the end user's view, and `profile(id)` is not theirs.
+    context = info.context
+    context.meter.charge("profiles.get")
+    read = await _end_users(context).me(context.caller())
+    return profile_node(read.profile)
+
+
+async def update_me(info: KeelInfo, patch: ProfilePatch, expected_version: int | None = None) -> ProfileNode:
+    context = info.context
+    context.meter.charge("profiles.update")
+    profile = await _end_users(context).update_me(
+        context.caller(), merge_patch(patch), expected_version=expected_version
+    )
+    return profile_node(profile)
+
+
 # The GraphQL names of `RECEIPT_FIELDS`, and what every selection may ask.
 _RECEIPT_SELECTION = frozenset({"id", "version", "createdAt", "updatedAt", "__typename"})
 
@@ -155,6 +179,12 @@ class Query:
     erasure: ErasureNode = strawberry.field(
         resolver=resolve_erasure, description="An erasure's status by id (admin keys only)."
     )
+    me: ProfileNode = strawberry.field(
+        resolver=resolve_me,
+        description="Your own profile, for end users (an access token of the issuer, not an API key):"
+        " every field but the attributes the schema does not show end users. NOT_FOUND when no"
+        " profile is linked to you.",
+    )
 
 
 @strawberry.type
@@ -171,6 +201,11 @@ class Mutation:
     )
     delete_profile: DeleteProfilePayload = strawberry.mutation(
         resolver=delete_profile, description="Soft delete: the profile is gone for every reader."
+    )
+    update_me: ProfileNode = strawberry.mutation(
+        resolver=update_me,
+        description="Change your own profile with a merge patch (end users), within the fields an end"
+        " user may change: a patch touching any other is refused whole with FORBIDDEN, naming them.",
     )
     erase_profile: ErasureNode = strawberry.mutation(
         resolver=erase_profile,

@@ -47,6 +47,7 @@ _PROFILES = "/v1/profiles"
 _WEBHOOKS = "/v1/webhooks"
 _ERASURES = "/v1/erasures/"
 _HANDLES = "/v1/handles/"
+_ME = "/v1/me"
 
 
 # The route label of a `/v1/` request no route took: refused (429, 503) or failed before
@@ -70,6 +71,11 @@ def operation_of(method: str, path: str) -> Operation:
             return PROFILES_DELETE
         if method in ("GET", "HEAD"):
             return PROFILES_GET
+    if path == _ME:
+        if method in ("GET", "HEAD"):
+            return PROFILES_GET
+        if method == "PATCH":
+            return PROFILES_UPDATE
     if path == _WEBHOOKS or path.startswith(_WEBHOOKS + "/"):
         return WEBHOOKS_ADMIN
     if path.startswith(_PROFILES + "/"):

@@ -117,8 +117,11 @@ class AuditEntryOut(BaseModel):
     seq: int
     at: datetime
     actor: str = Field(description="The id of the admin key that acted.")
-    action: str = Field(description="key.created, key.updated, key.rotated, key.expired or key.revoked")
-    key_id: str
+    action: str = Field(
+        description="key.created, key.updated, key.rotated, key.expired or key.revoked; or"
+        " profile.end_user_linked or profile.end_user_unlinked, whose `key_id` is then the profile's id"
+    )
+    key_id: str = Field(description="The key acted on (the profile, for a profile.* action).")
     detail: dict[str, Any] = Field(description="What changed; never a secret.")
 
 

@@ -13,7 +13,7 @@ from keel.api.http.request_state import request_state
 from keel.domain.api_keys import Principal
 from keel.domain.errors import Forbidden
 from keel.observability.context import note_caller
-from keel.service.use_cases import CallerAuthenticator, PersonalDataUseCases, ProfileUseCases
+from keel.service.use_cases import CallerAuthenticator, EndUserUseCases, PersonalDataUseCases, ProfileUseCases
 
 
 class RestServices(Protocol):
@@ -28,6 +28,8 @@ class RestServices(Protocol):
     def admission(self) -> Admission: ...
     @property
     def personal_data(self) -> PersonalDataUseCases | None: ...
+    @property
+    def end_users(self) -> EndUserUseCases | None: ...
 
 
 async def get_services(request: Request) -> RestServices:

@@ -36,18 +36,21 @@ def _id_tag(profile_id: str) -> str:
 
 
 _FULL_VIEW = ".full"
+_OWN_VIEW = ".own"
 # The first API version's tags name no version: they were given out before there was another.
 FIRST_API_VERSION = "2026-11-28"
-_TAG = re.compile(r"([0-9]{1,18})\.([0-9a-f]{12})(\.full)?(?:\.([0-9]{4}-[0-9]{2}-[0-9]{2}))?")
+_TAG = re.compile(r"([0-9]{1,18})\.([0-9a-f]{12})(\.full|\.own)?(?:\.([0-9]{4}-[0-9]{2}-[0-9]{2}))?")
 
 
-def etag(profile: Profile, *, full_view: bool, api_version: str | None) -> str:
+def etag(profile: Profile, *, full_view: bool, api_version: str | None, own_view: bool = False) -> str:
     """Strong ETag from id and version, `"<version>.<hash of id>"`, so If-Match yields a
     version. A different representation has a different tag: admin callers see private
-    attributes (`.full`), and each API version after the first has its own document shape
-    (`.<API version>`), so a 304 never confirms another version's body."""
+    attributes (`.full`), an end user their own view of their profile (`.own`), and each API
+    version after the first has its own document shape (`.<API version>`), so a 304 never
+    confirms another version's body."""
     shape = f".{api_version}" if api_version is not None and api_version != FIRST_API_VERSION else ""
-    return f'"{profile.version}.{_id_tag(profile.id)}{_FULL_VIEW if full_view else ""}{shape}"'
+    view = _FULL_VIEW if full_view else _OWN_VIEW if own_view else ""
+    return f'"{profile.version}.{_id_tag(profile.id)}{view}{shape}"'
 
 
 def version_from_etag(profile_id: str, value: str, named_versions: Collection[str]) -> int | None:

@@ -2,55 +2,41 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Annotated
 from urllib.parse import urlencode
 
 from cadwyn import VersionedAPIRouter
 from fastapi import Header, Path, Query, Request
-from fastapi.exceptions import HTTPException
 from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
 
 from keel.api.http.conditional import etag_matches
 from keel.api.http.request_state import request_state
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
-from keel.api.media_types import accepts, refusal_detail
-from keel.api.rest import personal_data_routes
-from keel.api.rest.api_versions import SUPPORTED_VERSIONS
+from keel.api.rest import end_user_routes, personal_data_routes
 from keel.api.rest.dependencies import Caller, RestServices, ServicesDep, authenticated_caller
 from keel.api.rest.documented_responses import NOT_MODIFIED, UPDATE_RECEIPT, problem_responses
-from keel.api.rest.mapping import FIRST_API_VERSION, etag, profile_document, version_from_etag
+from keel.api.rest.mapping import etag, profile_document
 from keel.api.rest.operation_ids import operation_id
+from keel.api.rest.profile_http import (
+    CACHE_CONTROL,
+    IF_NONE_MATCH,
+    expected_version,
+    merge_patch_body,
+    stale_headers,
+)
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, HandleCheck, ProfileCreate, ProfileList, ProfileOut
 from keel.api.rest.version_changes import ProfileDowngrade
 from keel.domain.api_keys import Principal
-from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
+from keel.domain.errors import FieldError, ValidationFailed
 from keel.domain.profile import Profile
-from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors
-from keel.service.profile_reads import ProfileRead
-from keel.service.strict_json import MalformedJSON, loads_strict
 from keel.service.use_cases import (
     IDEMPOTENCY_KEY_RULE,
     ListFilters,
     answer_shows_profile,
     valid_idempotency_key,
 )
-
-# The API versions whose entity tags name them (all but the first).
-_TAGGED_VERSIONS = SUPPORTED_VERSIONS - {FIRST_API_VERSION}
-
-# Revalidate every time (cheap with If-None-Match), never share between callers.
-_CACHE_CONTROL = "private, no-cache"
-
-_IF_NONE_MATCH = {
-    "name": "If-None-Match",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "An ETag from an earlier answer: 304 Not Modified if the profile is unchanged.",
-}
 
 # 1-100 comma-separated ids, none empty: stated in OpenAPI, so that the schema says what is valid.
 _IDS_PATTERN = r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*){0,99}$"
@@ -76,20 +62,6 @@ def _idempotency_key(value: str | None) -> str | None:
     if value is not None and not valid_idempotency_key(value):
         raise ValidationFailed([FieldError("/headers/Idempotency-Key", IDEMPOTENCY_KEY_RULE)])
     return value
-
-
-def _expected_version(profile_id: str, if_match: str | None) -> frozenset[int] | None:
-    """The versions an If-Match accepts (any of its entity tags may match), None for `*`."""
-    if if_match is None or if_match.strip() == "*":
-        return None
-    versions = frozenset(
-        version
-        for candidate in if_match.split(",")
-        if (version := version_from_etag(profile_id, candidate, _TAGGED_VERSIONS)) is not None
-    )
-    if not versions:
-        raise VersionMismatch("If-Match names no version of this profile.", current_version=None)
-    return versions
 
 
 @router.post(
@@ -129,7 +101,7 @@ async def create_profile(
     response_model=ProfileOut,
     responses={**NOT_MODIFIED, **problem_responses(404, 421)},
     summary="Read a profile",
-    openapi_extra={"parameters": [_IF_NONE_MATCH]},
+    openapi_extra={"parameters": [IF_NONE_MATCH]},
 )
 async def get_profile(profile_id: str, request: Request) -> Response:
     # A deliberately short signature (every parameter is work for FastAPI, and Cadwyn resolves
@@ -150,7 +122,7 @@ async def profile_answer(
     read = await services.profiles.read_profile(caller, profile_id)
     profile = read.profile
     tag = _tag(profile, caller)
-    headers = {"ETag": tag, "Cache-Control": _CACHE_CONTROL}
+    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
     if read.stale:
         headers.update(stale_headers(read))
     if_none_match = request.headers.get("if-none-match")
@@ -160,16 +132,6 @@ async def profile_answer(
     for downgrade in downgrades:
         downgrade(document)
     return JSONResponse(document, headers=headers)
-
-
-def stale_headers(read: ProfileRead) -> dict[str, str]:
-    """A copy served because the database is unavailable says so: its `Age` (RFC 9111) and a
-    `Cache-Status` (RFC 9211) whose negative `ttl` is how long it has been past fresh."""
-    past_fresh = max(1, math.ceil(read.seconds_past_fresh))
-    return {
-        "Age": str(math.ceil(read.age_seconds)),
-        "Cache-Status": f'keel; hit; ttl=-{past_fresh}; detail="stale-if-error"',
-    }
 
 
 @router.patch(
@@ -191,25 +153,9 @@ async def update_profile(
     services: ServicesDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    # `StrictBodies` refused other media types and malformed JSON already; checked again so that
-    # the route stands on its own (the parse is the same strict one).
-    if not accepts(request.headers.get("content-type"), MERGE_PATCH):
-        raise HTTPException(415, refusal_detail(MERGE_PATCH))
-    try:
-        patch = loads_strict(await request.body())
-    except MalformedJSON as error:
-        raise HTTPException(400, error.detail) from None
-    if nested_deeper_than(patch, MAX_NESTING):
-        raise HTTPException(400, f"The body is nested deeper than {MAX_NESTING} levels.")
-    # The body is validated before the precondition: a patch that could never apply is a 422
-    # whatever If-Match says (the use case refuses it the same way, with the same errors).
-    if not isinstance(patch, dict):
-        raise ValidationFailed([FieldError("", "a merge patch must be a JSON object")])
-    shape = shape_errors(patch)
-    if shape:
-        raise ValidationFailed(shape)
+    patch = await merge_patch_body(request)
     profile = await services.profiles.update_profile(
-        caller, profile_id, patch, expected_version=_expected_version(profile_id, if_match)
+        caller, profile_id, patch, expected_version=expected_version(profile_id, if_match)
     )
     tag = _tag(profile, caller)
     if not answer_shows_profile(caller):
@@ -232,7 +178,7 @@ async def delete_profile(
 ) -> Response:
     """Soft delete: the profile is gone for every reader, its handle and emails are free again."""
     await services.profiles.delete_profile(
-        caller, profile_id, expected_version=_expected_version(profile_id, if_match)
+        caller, profile_id, expected_version=expected_version(profile_id, if_match)
     )
     return Response(status_code=204)
 
@@ -259,7 +205,7 @@ async def list_profiles(
     page = await services.profiles.list_profiles(
         caller, ListFilters(handle=handle, email=email, ids=id_list), limit=limit, cursor=cursor
     )
-    headers = {"Cache-Control": _CACHE_CONTROL}
+    headers = {"Cache-Control": CACHE_CONTROL}
     next_page = None
     if page.next_cursor is not None:
         # The query as the client sent it (an older version's request migration may have added
@@ -285,8 +231,9 @@ async def check_handle(
     caller: Caller, services: ServicesDep, handle: Annotated[str, Path(max_length=64)]
 ) -> Response:
     available = await services.profiles.handle_available(caller, handle)
-    return JSONResponse({"handle": handle, "available": available}, headers={"Cache-Control": _CACHE_CONTROL})
+    return JSONResponse({"handle": handle, "available": available}, headers={"Cache-Control": CACHE_CONTROL})
 
 
-# Export and erasure: their own module, served under the same versions.
+# Export and erasure, and end users' own profile: their own modules, served under the same versions.
 personal_data_routes.add_routes(router)
+end_user_routes.add_routes(router)

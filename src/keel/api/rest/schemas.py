@@ -173,3 +173,20 @@ class Problem(BaseModel):
         default=None,
         description="With `misdirected`: the region the profile lives in, to send the request to.",
     )
+
+
+class EndUserLinkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(
+        min_length=1,
+        max_length=255,
+        description="The `sub` of the end user, as the configured OpenID Connect issuer names them.",
+    )
+
+
+class EndUserLink(BaseModel):
+    profile_id: str
+    issuer: str
+    subject: str
+    linked_at: datetime

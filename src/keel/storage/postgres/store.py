@@ -45,6 +45,7 @@ from keel.storage.rows import (
     profile_values,
     uniqueness_conflict,
 )
+from keel.storage.subject_links import SqlSubjectLinks
 
 # Built from constants only; every value goes through a $n placeholder.
 _SELECT_PROFILE = f"""
@@ -362,6 +363,7 @@ class PostgresUnitOfWork:
         self.idempotency = PostgresIdempotency(connection, self._observer)
         self.api_keys = PostgresApiKeys(connection, self._observer)
         self.audit = SqlAuditLog(session, self._observer)
+        self.subjects = SqlSubjectLinks(session, self._observer)
         self.residency = SqlResidencyAudit(session, self._observer)
         self.outbox = PostgresOutbox(connection, self._observer)
         self.webhooks = PostgresWebhooks(connection, self._observer)

@@ -53,6 +53,7 @@ from keel.storage.sqlite.times import iso as _iso
 from keel.storage.sqlite.times import iso_or_none as _iso_or_none
 from keel.storage.sqlite.times import parse_time as _time
 from keel.storage.sqlite.webhooks import SqliteWebhooks
+from keel.storage.subject_links import SqlSubjectLinks
 
 # Built from constants only; every value goes through a ? placeholder.
 _SELECT_PROFILE = f"""
@@ -202,6 +203,7 @@ class SqliteUnitOfWork:
         self.idempotency = SqliteIdempotency(self._connection, store.observer)
         self.api_keys = SqliteApiKeys(self._connection, store.observer)
         self.audit = SqlAuditLog(session, store.observer)
+        self.subjects = SqlSubjectLinks(session, store.observer)
         self.residency = SqlResidencyAudit(session, store.observer)
         self.outbox = SqliteOutbox(self._connection, store.observer)
         self.webhooks = SqliteWebhooks(self._connection, store.observer)

@@ -1,0 +1,1 @@
+"""End users' OpenID Connect access tokens: checked against the issuer's published keys."""

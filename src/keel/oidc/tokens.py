@@ -1,0 +1,177 @@
+"""Checks end users' access tokens (JWT, RFC 9068's profile of them) against the issuer's JWKS.
+
+What a token must be, in this order, or it is refused as not valid (one message for all: a caller
+learns nothing from which check failed):
+- signed with an algorithm of the allow-list, which has asymmetric ones only (`alg: none` and
+  HS256 "signed" with the public key are refused before any key is looked at);
+- signed by a key of the issuer's JWKS named by its `kid`, of the type the algorithm needs (and
+  of that algorithm, if the key names one);
+- issued by the configured issuer, for the configured audience, with `exp`, `iat` and `sub`
+  present, not expired and not before its `nbf` (within the leeway).
+
+The JWKS is fetched once and used for `cache_seconds`; a token naming a `kid` the set does not
+hold fetches it again (the issuer rotated its keys), but at most once per `refetch_seconds`
+whatever the tokens say, so a flood of made-up `kid`s costs the issuer one fetch per interval.
+While the issuer cannot be reached the keys last fetched stay in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import httpx
+import jwt
+from jwt import PyJWK
+
+from keel.domain.end_users import ASYMMETRIC_ALGORITHMS, MAX_SUBJECT_LENGTH, EndUser
+from keel.domain.errors import Unauthenticated, Unavailable
+
+INVALID_TOKEN = "The access token is not valid."  # noqa: S105 - a message, not a secret
+_MAX_JWKS_BYTES = 256 * 1024
+_FETCH_TIMEOUT_SECONDS = 5.0
+
+JwksFetch = Callable[[], Awaitable[bytes]]
+
+
+def http_fetch(url: str) -> JwksFetch:
+    """Fetches the JWKS at `url` with httpx: no redirects, a 5 s bound, at most 256 KiB."""
+
+    async def fetch() -> bytes:
+        async with (
+            httpx.AsyncClient(timeout=_FETCH_TIMEOUT_SECONDS, follow_redirects=False) as client,
+            client.stream("GET", url, headers={"Accept": "application/json"}) as response,
+        ):
+            if response.status_code != 200:
+                raise OSError(f"the JWKS answered {response.status_code}")
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > _MAX_JWKS_BYTES:
+                    raise OSError("the JWKS is larger than 256 KiB")
+            return body
+
+    return fetch
+
+
+class JwksTokens:
+    """`EndUserTokens` (keel.service.end_users) over an issuer's JWKS."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        fetch: JwksFetch,
+        algorithms: Collection[str],
+        leeway_seconds: float = 30.0,
+        cache_seconds: float = 300.0,
+        refetch_seconds: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        unsafe = set(algorithms) - ASYMMETRIC_ALGORITHMS
+        if unsafe or not algorithms:
+            raise ValueError(f"asymmetric algorithms only, not {sorted(unsafe)}")
+        self._issuer = issuer
+        self._audience = audience
+        self._fetch = fetch
+        self._algorithms = frozenset(algorithms)
+        self._leeway = leeway_seconds
+        self._cache_seconds = cache_seconds
+        self._refetch_seconds = refetch_seconds
+        self._monotonic = monotonic
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._parsed: dict[tuple[str, str], PyJWK] = {}
+        self._fetched_at: float | None = None  # of the last attempt, successful or not
+        self._fresh_until = 0.0
+        self._lock = asyncio.Lock()
+        self.fetches = 0  # attempts made: read by tests and metrics
+
+    async def verify(self, token: str) -> EndUser:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated(INVALID_TOKEN) from None
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in self._algorithms or not isinstance(kid, str) or not 0 < len(kid) <= 256:
+            raise Unauthenticated(INVALID_TOKEN)
+        key = await self._key(kid, algorithm)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"], "strict_aud": False},
+            )
+        except jwt.PyJWTError:
+            raise Unauthenticated(INVALID_TOKEN) from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LENGTH:
+            raise Unauthenticated(INVALID_TOKEN)
+        return EndUser(self._issuer, subject)
+
+    async def _key(self, kid: str, algorithm: str) -> PyJWK:
+        # A request that finds a fetch running waits for it (its keys may be the ones it needs),
+        # then decides again: one fetch serves every request that came meanwhile.
+        if self._lock.locked() or self._needs_fetch(kid, self._monotonic()):
+            async with self._lock:
+                if self._needs_fetch(kid, self._monotonic()):
+                    await self._refresh()
+        if not self._keys:
+            raise Unavailable("The issuer's signing keys could not be fetched; retry shortly.")
+        return self._parse(kid, algorithm)
+
+    def _needs_fetch(self, kid: str, now: float) -> bool:
+        if self._fetched_at is None:
+            return True
+        if now - self._fetched_at < self._refetch_seconds:
+            return False  # the bound on fetches, whatever the tokens name
+        return now >= self._fresh_until or kid not in self._keys
+
+    async def _refresh(self) -> None:
+        """Fetch the JWKS (under the lock); a failure keeps the keys last fetched."""
+        self._fetched_at = self._monotonic()
+        self.fetches += 1
+        try:
+            keys = _signing_keys(json.loads(await self._fetch()))
+        except Exception:  # noqa: BLE001 - any failure keeps the keys last fetched
+            return
+        self._keys = keys
+        self._parsed = {}
+        self._fresh_until = self._fetched_at + self._cache_seconds
+
+    def _parse(self, kid: str, algorithm: str) -> PyJWK:
+        parsed = self._parsed.get((kid, algorithm))
+        if parsed is not None:
+            return parsed
+        jwk = self._keys.get(kid)
+        if jwk is None or jwk.get("alg", algorithm) != algorithm:
+            raise Unauthenticated(INVALID_TOKEN)
+        try:
+            parsed = PyJWK(jwk, algorithm)  # refuses a key of another type than the algorithm's
+        except jwt.PyJWTError:
+            raise Unauthenticated(INVALID_TOKEN) from None
+        if len(self._parsed) < 64:
+            self._parsed[(kid, algorithm)] = parsed
+        return parsed
+
+
+def _signing_keys(document: object) -> dict[str, dict[str, Any]]:
+    """The public signing keys of a JWKS by `kid` (keys without a `kid`, for encryption, or
+    carrying private parts are left out)."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS")
+    keys: dict[str, dict[str, Any]] = {}
+    for jwk in document["keys"]:
+        if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+            continue
+        if jwk.get("use", "sig") != "sig" or "d" in jwk or jwk.get("kty") == "oct":
+            continue
+        keys[jwk["kid"]] = jwk
+    return keys

@@ -1,0 +1,34 @@
+"""End users: which profile each subject of the OpenID Connect issuer owns (`profile_subjects`),
+one each way.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "profile_subjects",
+        sa.Column("issuer", sa.Text(), nullable=False),
+        sa.Column("subject", sa.Text(), nullable=False),
+        sa.Column("profile_id", sa.Text(), nullable=False),
+        sa.Column("linked_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("issuer", "subject"),
+    )
+    op.create_index("profile_subjects_by_profile", "profile_subjects", ["profile_id"], unique=True)
+
+
+def downgrade() -> None:
+    op.drop_index("profile_subjects_by_profile", table_name="profile_subjects")
+    op.drop_table("profile_subjects")

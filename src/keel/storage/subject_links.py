@@ -1,0 +1,56 @@
+"""Which profile each end user owns (`profile_subjects`), the same SQL on both databases
+through `SqlSession`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from keel.domain.end_users import EndUser
+from keel.observability.database import DatabaseObserver
+from keel.storage.personal_data import SqlSession
+
+
+class SqlSubjectLinks:
+    def __init__(self, db: SqlSession, observer: DatabaseObserver) -> None:
+        self._db = db
+        self._observer = observer
+
+    async def profile_of(self, issuer: str, subject: str) -> str | None:
+        with self._observer.call("get_subject_link"):
+            rows = await self._db.fetch(
+                "SELECT profile_id FROM profile_subjects WHERE issuer = $1 AND subject = $2", issuer, subject
+            )
+        return str(rows[0][0]) if rows else None
+
+    async def subject_of(self, profile_id: str) -> tuple[EndUser, datetime] | None:
+        with self._observer.call("get_subject_link"):
+            rows = await self._db.fetch(
+                "SELECT issuer, subject, linked_at FROM profile_subjects WHERE profile_id = $1", profile_id
+            )
+        if not rows:
+            return None
+        issuer, subject, linked_at = rows[0]
+        return EndUser(str(issuer), str(subject)), self._db.parse_time(linked_at)
+
+    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> bool:
+        with self._observer.call("link_subject"):
+            holder = await self.profile_of(end_user.issuer, end_user.subject)
+            if holder is not None and holder != profile_id:
+                return False
+            await self._db.execute("DELETE FROM profile_subjects WHERE profile_id = $1", profile_id)
+            # A concurrent link of the same subject elsewhere commits first or fails here on the
+            # primary key: nothing is linked twice.
+            inserted = await self._db.execute(
+                "INSERT INTO profile_subjects (issuer, subject, profile_id, linked_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                end_user.issuer,
+                end_user.subject,
+                profile_id,
+                self._db.time(at),
+            )
+        return inserted == 1
+
+    async def unlink(self, profile_id: str) -> bool:
+        with self._observer.call("unlink_subject"):
+            removed = await self._db.execute("DELETE FROM profile_subjects WHERE profile_id = $1", profile_id)
+        return removed > 0
