@@ -11,6 +11,7 @@ import pytest
 
 from keel.domain.api_keys import Principal, Scope
 from keel.domain.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
+from keel.domain.events import ADMIN_ACTION
 from keel.service.api_key_admin import ApiKeyAdmin
 from keel.service.auth import Authenticator, issue_api_key
 from tests.fakes import FakeClock, InMemoryStore
@@ -273,3 +274,28 @@ async def test_times_and_pages_out_of_range_are_refused_not_failed(world: World)
             await world.admin.audit(admin, limit=10, before=before)
     with pytest.raises(ValidationFailed):
         await world.admin.update(admin, issued.key.id)  # nothing to change
+
+
+async def test_every_admin_action_is_published_as_it_is_audited(world: World) -> None:
+    admin = await world.admin_principal()
+    key = (await world.admin.create(admin, name="k", scopes=["profiles:read"])).key.id
+    await world.admin.update(admin, key, name="renamed")
+    await world.admin.rotate(admin, key, previous_valid_for=timedelta(minutes=5))
+    await world.admin.expire(admin, key, at=world.clock.now() + timedelta(days=1))
+    await world.admin.revoke(admin, key)
+    audited = [
+        (e.actor, e.action, e.subject, e.detail) for e in reversed(await world.admin.audit(admin, limit=10))
+    ]
+    published = [
+        (r.event.data["actor"], r.event.data["action"], r.event.subject, r.event.data["detail"])
+        for r in world.store.tables.events
+        if r.event.type == ADMIN_ACTION
+    ]
+    assert [action for _, action, _, _ in audited] == [
+        "key.created",
+        "key.updated",
+        "key.rotated",
+        "key.expired",
+        "key.revoked",
+    ]
+    assert published == audited

@@ -47,8 +47,8 @@ def test_the_newest_version_is_served_by_the_source_routes() -> None:
     newest = [r for r in app.router.versioned_routers[NEWEST_VERSION].routes if isinstance(r, APIRoute)]
     served = [r for r in newest if r.path.startswith("/v1/")]
     # 5 profile routes, the handle check, 6 webhook routes, export, erasure, its status, 7 API-key
-    # routes and the audit log.
-    assert len(served) == len(handlers) == 23
+    # routes and the audit log, /v1/me (GET, PATCH) and a profile's end-user link (PUT, GET, DELETE).
+    assert len(served) == len(handlers) == 28
     assert {r.app for r in served} == handlers
 
 

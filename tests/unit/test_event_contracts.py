@@ -10,8 +10,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from keel.domain.api_keys import Principal, Scope
-from keel.domain.events import EVENT_TYPES, erased_payload, profile_erased
+from keel.domain.api_keys import AuditEntry, Principal, Scope
+from keel.domain.events import EVENT_TYPES, admin_action, erased_payload, profile_erased
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import issue_api_key, revoke_api_key
 from keel.service.event_contracts import ENVELOPE, contract_files
@@ -119,7 +119,15 @@ async def test_every_emitted_event_validates_against_the_committed_schemas() -> 
     # The erasure saga's event (its run on real databases: test_personal_data_lifecycle.py),
     # and the erased forms erasure leaves in place of the profile's past payloads.
     erased = profile_erased(created.id, 4, clock.now(), "era_0")
-    records = [*store.tables.events, OutboxRecord(seq=0, event=erased, source="/keel", published_at=None)]
+    # An admin's action, as the audit log records it (its run: test_api_key_admin.py).
+    entry = AuditEntry(
+        clock.now(), "k" * 16, "key.updated", issued.key.id, {"scopes": ["profiles:read"], "name": "n"}
+    )
+    records = [
+        *store.tables.events,
+        OutboxRecord(seq=0, event=erased, source="/keel", published_at=None),
+        OutboxRecord(seq=0, event=admin_action(entry), source="/keel", published_at=None),
+    ]
     events = [cloud_event(record) for record in records]
     events += [
         {**event, "data": erased_payload(event["type"], event["data"], clock.now())} for event in events[:3]

@@ -253,6 +253,7 @@ async def build_core(
             clock,
             issuer=settings.oidc_issuer,
             rules=EndUserRules(settings.end_user_handle_changes, settings.end_user_email_changes),
+            event_source=settings.events_source,
         )
         if settings.oidc_issuer is not None
         else None

@@ -8,11 +8,13 @@ the CloudEvents envelope around it is built when the event is published (`keel.s
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from keel.domain.api_keys import ApiKey
+from keel.domain.api_keys import ApiKey, AuditEntry
 from keel.domain.profile import JSONObject, JSONValue, Profile
 
 PROFILE_CREATED = "keel.profile.created.v1"
@@ -21,6 +23,7 @@ PROFILE_DELETED = "keel.profile.deleted.v1"
 API_KEY_CREATED = "keel.api_key.created.v1"
 API_KEY_REVOKED = "keel.api_key.revoked.v1"
 PROFILE_ERASED = "keel.profile.erased.v1"
+ADMIN_ACTION = "keel.admin.action.v1"  # every entry of the admin audit log, as it is recorded
 EVENT_TYPES = (
     PROFILE_CREATED,
     PROFILE_UPDATED,
@@ -28,6 +31,7 @@ EVENT_TYPES = (
     API_KEY_CREATED,
     API_KEY_REVOKED,
     PROFILE_ERASED,
+    ADMIN_ACTION,
 )
 
 
@@ -94,6 +98,20 @@ def api_key_created(key: ApiKey) -> DomainEvent:
 
 def api_key_revoked(key_id: str, at: datetime) -> DomainEvent:
     return _event(API_KEY_REVOKED, key_id, at, {"key_id": key_id, "revoked_at": _time(at)})
+
+
+def admin_action(entry: AuditEntry) -> DomainEvent:
+    """An admin's action as the audit log records it: who (`actor`, a key id), what (`action` on
+    `subject`, a key or a profile id), when, and what changed (never a secret)."""
+    data: JSONObject = {
+        "actor": entry.actor,
+        "action": entry.action,
+        "subject": entry.subject,
+        "at": _time(entry.at),
+        # Stored as JSON by the audit log too: names, scopes, times as text.
+        "detail": cast(JSONObject, json.loads(json.dumps(entry.detail))),
+    }
+    return _event(ADMIN_ACTION, entry.subject, entry.at, data)
 
 
 def profile_erased(profile_id: str, version: int, erased_at: datetime, erasure_id: str) -> DomainEvent:

@@ -28,6 +28,7 @@ from keel.domain.api_keys import ApiKey, AuditEntry, Principal, Scope
 from keel.domain.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from keel.domain.events import api_key_revoked
 from keel.ratelimit.policy import EDGE_PLAN
+from keel.service.admin_actions import record_admin_action
 from keel.service.auth import IssuedKey, issue_api_key, new_secret
 from keel.service.ports import Clock, Store
 
@@ -164,7 +165,9 @@ class ApiKeyAdmin:
             }
             if changed:
                 await uow.api_keys.update(updated)
-                await uow.audit.add(_entry(now, caller, "key.updated", key_id, **changed))
+                await record_admin_action(
+                    uow, _entry(now, caller, "key.updated", key_id, **changed), self._source
+                )
                 await uow.commit()
         if changed:
             await self._on_changed(key_id)
@@ -195,9 +198,10 @@ class ApiKeyAdmin:
                 previous_expires_at=previous_until,
             )
             await uow.api_keys.update(rotated)
-            await uow.audit.add(
-                _entry(now, caller, "key.rotated", key_id, previous_secret_valid_until=_time(previous_until))
+            entry = _entry(
+                now, caller, "key.rotated", key_id, previous_secret_valid_until=_time(previous_until)
             )
+            await record_admin_action(uow, entry, self._source)
             await uow.commit()
         await self._on_changed(key_id)
         return IssuedKey(key=rotated, token=token)
@@ -215,7 +219,8 @@ class ApiKeyAdmin:
             key = _live(await uow.api_keys.get_for_update(_key_id(key_id)), key_id, now)
             expired = dataclasses.replace(key, expires_at=when)
             await uow.api_keys.update(expired)
-            await uow.audit.add(_entry(now, caller, "key.expired", key_id, expires_at=_time(when)))
+            entry = _entry(now, caller, "key.expired", key_id, expires_at=_time(when))
+            await record_admin_action(uow, entry, self._source)
             await uow.commit()
         await self._on_changed(key_id)
         return expired
@@ -230,7 +235,7 @@ class ApiKeyAdmin:
             revoked = dataclasses.replace(key, revoked_at=now)
             await uow.api_keys.revoke(key_id, now)
             await uow.outbox.add(api_key_revoked(key_id, now), self._source)
-            await uow.audit.add(revoked_entry(now, caller.key_id, key_id))
+            await record_admin_action(uow, revoked_entry(now, caller.key_id, key_id), self._source)
             await uow.commit()
         await self._on_changed(key_id)
         return revoked

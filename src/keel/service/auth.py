@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 from keel.domain.api_keys import ApiKey, AuditEntry, Principal, Scope
 from keel.domain.errors import Forbidden, Unauthenticated
 from keel.domain.events import api_key_created, api_key_revoked
+from keel.service.admin_actions import record_admin_action
 from keel.service.clock import SystemClock
 from keel.service.ports import Clock, Store
 
@@ -101,7 +102,7 @@ async def issue_api_key(
         await uow.api_keys.add(key)
         await uow.outbox.add(api_key_created(key), event_source)
         if audit is not None:
-            await uow.audit.add(audit(key))
+            await record_admin_action(uow, audit(key), event_source)
         await uow.commit()
     return IssuedKey(key=key, token=token)
 
@@ -123,7 +124,7 @@ async def revoke_api_key(
         if revoked:
             await uow.outbox.add(api_key_revoked(key_id, now), event_source)
             if audit is not None:
-                await uow.audit.add(audit(now))
+                await record_admin_action(uow, audit(now), event_source)
         await uow.commit()
     return revoked
 

@@ -30,6 +30,7 @@ from keel.domain.errors import Conflict, FieldError, Forbidden, NotFound, Valida
 from keel.domain.ids import is_profile_id
 from keel.domain.merge_patch import apply_merge_patch
 from keel.domain.profile import JSONObject, JSONValue, Profile
+from keel.service.admin_actions import record_admin_action
 from keel.service.attributes import AttributePolicy
 from keel.service.auth import TOKEN_PREFIX
 from keel.service.ports import Clock, Store
@@ -118,6 +119,7 @@ class EndUserProfiles:
         *,
         issuer: str,
         rules: EndUserRules,
+        event_source: str = "/keel",
     ) -> None:
         self._store = store
         self._profiles = profiles
@@ -125,6 +127,7 @@ class EndUserProfiles:
         self._clock = clock
         self._issuer = issuer
         self._rules = rules
+        self._event_source = event_source
 
     # -- end users -----------------------------------------------------------------------
 
@@ -231,7 +234,8 @@ class EndUserProfiles:
                 raise Conflict(
                     "This subject is linked to another profile; unlink it there first.", "/subject"
                 )
-            await uow.audit.add(AuditEntry(now, principal.key_id, "profile.end_user_linked", profile_id, {}))
+            entry = AuditEntry(now, principal.key_id, "profile.end_user_linked", profile_id, {})
+            await record_admin_action(uow, entry, self._event_source)
             await uow.commit()
         return SubjectLink(profile_id, user, now)
 
@@ -252,9 +256,8 @@ class EndUserProfiles:
         async with self._store.unit_of_work() as uow:
             if not is_profile_id(profile_id) or not await uow.subjects.unlink(profile_id):
                 raise NotFound("No end user is linked to this profile.")
-            await uow.audit.add(
-                AuditEntry(now, principal.key_id, "profile.end_user_unlinked", profile_id, {})
-            )
+            entry = AuditEntry(now, principal.key_id, "profile.end_user_unlinked", profile_id, {})
+            await record_admin_action(uow, entry, self._event_source)
             await uow.commit()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from keel.domain.events import (
+    ADMIN_ACTION,
     API_KEY_CREATED,
     API_KEY_REVOKED,
     EVENT_TYPES,
@@ -81,6 +82,19 @@ _DATA_SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     API_KEY_REVOKED: _object({"key_id": _STRING, "revoked_at": _TIME}),
+    ADMIN_ACTION: _object(
+        {
+            "actor": {**_STRING, "description": "The id of the admin key that acted."},
+            "action": {
+                **_STRING,
+                "description": "key.created, key.updated, key.rotated, key.expired, key.revoked,"
+                " profile.end_user_linked or profile.end_user_unlinked",
+            },
+            "subject": {**_STRING, "description": "The key or the profile acted on."},
+            "at": _TIME,
+            "detail": {"type": "object", "description": "What changed; never a secret."},
+        }
+    ),
     PROFILE_ERASED: _object(
         {
             "id": _STRING,
