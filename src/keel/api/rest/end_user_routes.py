@@ -10,19 +10,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 from starlette.responses import JSONResponse, Response
 
-from keel.api.http.conditional import etag_matches
 from keel.api.http.request_state import request_state
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.rest.dependencies import Caller, ServicesDep, admin_caller, iso_time
 from keel.api.rest.documented_responses import NOT_MODIFIED, problem_responses
 from keel.api.rest.mapping import etag, profile_document
-from keel.api.rest.profile_http import (
-    CACHE_CONTROL,
-    IF_NONE_MATCH,
-    expected_version,
-    merge_patch_body,
-    stale_headers,
-)
+from keel.api.rest.profile_http import IF_NONE_MATCH, expected_version, merge_patch_body, read_answer
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, EndUserLink, EndUserLinkIn, ProfileOut
 from keel.domain.api_keys import Principal
 from keel.domain.end_users import SubjectLink
@@ -50,14 +43,7 @@ async def get_me(request: Request, caller: Caller, services: ServicesDep) -> Res
     """The caller's own profile, as an end user sees it: every field but the attributes the
     schema does not show end users. For end users only (an access token, not an API key)."""
     read = await _end_users(services).me(caller)
-    tag = _tag(read.profile)
-    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
-    if read.stale:
-        headers.update(stale_headers(read))
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and etag_matches(if_none_match, tag):
-        return Response(status_code=304, headers=headers)
-    return JSONResponse(profile_document(read.profile), headers=headers)
+    return read_answer(request, read, _tag(read.profile))
 
 
 async def update_me(

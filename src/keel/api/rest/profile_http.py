@@ -4,14 +4,18 @@ headers, and the strict reading of a merge patch."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from fastapi import Request
 from fastapi.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
 
+from keel.api.http.conditional import etag_matches
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.media_types import accepts, refusal_detail
 from keel.api.rest.api_versions import SUPPORTED_VERSIONS
-from keel.api.rest.mapping import FIRST_API_VERSION, version_from_etag
+from keel.api.rest.mapping import FIRST_API_VERSION, profile_document, version_from_etag
+from keel.api.rest.version_changes import ProfileDowngrade
 from keel.domain.errors import FieldError, ValidationFailed, VersionMismatch
 from keel.domain.profile import JSONValue
 from keel.service.profile_input import MAX_NESTING, nested_deeper_than, shape_errors
@@ -77,3 +81,21 @@ async def merge_patch_body(request: Request) -> dict[str, JSONValue]:
     if shape:
         raise ValidationFailed(shape)
     return patch
+
+
+def read_answer(
+    request: Request, read: ProfileRead, tag: str, downgrades: Sequence[ProfileDowngrade] = ()
+) -> Response:
+    """The answer to a read of one profile whose entity tag is `tag`: 304 when `If-None-Match`
+    names it, else the document (turned into an older version's shape by `downgrades`); a stale
+    copy says so (`stale_headers`)."""
+    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
+    if read.stale:
+        headers.update(stale_headers(read))
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and etag_matches(if_none_match, tag):
+        return Response(status_code=304, headers=headers)
+    document = profile_document(read.profile)
+    for downgrade in downgrades:
+        downgrade(document)
+    return JSONResponse(document, headers=headers)

@@ -11,7 +11,6 @@ from fastapi import Header, Path, Query, Request
 from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
 
-from keel.api.http.conditional import etag_matches
 from keel.api.http.request_state import request_state
 from keel.api.media_types import MERGE_PATCH_JSON as MERGE_PATCH
 from keel.api.rest import end_user_routes, personal_data_routes
@@ -24,7 +23,7 @@ from keel.api.rest.profile_http import (
     IF_NONE_MATCH,
     expected_version,
     merge_patch_body,
-    stale_headers,
+    read_answer,
 )
 from keel.api.rest.schemas import MERGE_PATCH_SCHEMA, HandleCheck, ProfileCreate, ProfileList, ProfileOut
 from keel.api.rest.version_changes import ProfileDowngrade
@@ -120,18 +119,7 @@ async def profile_answer(
     services: RestServices = request.app.state.services
     caller = await authenticated_caller(request)
     read = await services.profiles.read_profile(caller, profile_id)
-    profile = read.profile
-    tag = _tag(profile, caller)
-    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
-    if read.stale:
-        headers.update(stale_headers(read))
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and etag_matches(if_none_match, tag):
-        return Response(status_code=304, headers=headers)
-    document = profile_document(profile)
-    for downgrade in downgrades:
-        downgrade(document)
-    return JSONResponse(document, headers=headers)
+    return read_answer(request, read, _tag(read.profile, caller), downgrades)
 
 
 @router.patch(
