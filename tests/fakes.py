@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Self
 
 from keel.domain.api_keys import ApiKey, AuditEntry
-from keel.domain.end_users import EndUser
+from keel.domain.end_users import EndUser, LinkOutcome
 from keel.domain.errors import Conflict, VersionMismatch
 from keel.domain.events import PROFILE_ERASED, DomainEvent
 from keel.domain.profile import Profile
@@ -237,13 +237,15 @@ class _Subjects:
                 return EndUser(issuer, subject), at
         return None
 
-    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> bool:
+    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> LinkOutcome:
+        if profile_id not in self._tables.profiles:
+            return LinkOutcome.NO_PROFILE
         held = self._tables.subjects.get((end_user.issuer, end_user.subject))
         if held is not None and held[0] != profile_id:
-            return False
+            return LinkOutcome.TAKEN
         await self.unlink(profile_id)
         self._tables.subjects[(end_user.issuer, end_user.subject)] = (profile_id, at)
-        return True
+        return LinkOutcome.LINKED
 
     async def unlink(self, profile_id: str) -> bool:
         linked = [key for key, (held, _) in self._tables.subjects.items() if held == profile_id]

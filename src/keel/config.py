@@ -435,7 +435,17 @@ class Settings(BaseSettings):
         le=3600,
         description="An unknown `kid` fetches the keys again at most once in this long, whatever the tokens.",
     )
+    oidc_access_tokens_only: bool = Field(
+        default=False,
+        description="Refuse tokens whose header does not say `typ: at+jwt` (RFC 9068): ID tokens for the "
+        "same audience too. Leave off for providers that do not type their access tokens.",
+    )
     oidc_plan: str = Field(default="standard", description="The rate-limit plan of end users' requests.")
+    end_user_api_version: str = Field(
+        default="2026-12-07",
+        description="The API version end users' requests are answered in when they name none (as a key's "
+        "is pinned when it is made): a later version does not change their answers unannounced.",
+    )
     end_user_handle_changes: bool = Field(
         default=False, description="Whether end users may change their own handle."
     )

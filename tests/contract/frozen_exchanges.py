@@ -345,17 +345,20 @@ def scenario() -> Iterator[Request]:
     yield Request("end user link by a writer", "PUT", f"{mary}/end-user", "writer", json={"subject": "x"})
     yield Request("end user link invalid", "PUT", f"{mary}/end-user", "admin", json={"subject": ""})
     yield Request("end user link read", "GET", f"{mary}/end-user", "admin")
-    yield Request("me", "GET", "/v1/me", "end_user")
+    pinned = {"Keel-Version": "<version>"}  # the version the scenario is recorded in
+    yield Request("me", "GET", "/v1/me", "end_user", pinned)
     yield Request("me by a key", "GET", "/v1/me", "reader")
-    yield Request("me with a forged token", "GET", "/v1/me", "forged_end_user")
-    yield Request("me unlinked", "GET", "/v1/me", "stranger_end_user")
-    yield Request("me patch", "PATCH", "/v1/me", "end_user", MERGE_PATCH, {"bio": "Programmer"})
-    yield Request("me patch refused", "PATCH", "/v1/me", "end_user", MERGE_PATCH, {"handle": "mary_2"})
-    yield Request("me patch invalid", "PATCH", "/v1/me", "end_user", MERGE_PATCH, {"bio": 7})
-    yield Request("end user reads by id", "GET", mary, "end_user")
+    yield Request("me with a forged token", "GET", "/v1/me", "forged_end_user", pinned)
+    yield Request("me unlinked", "GET", "/v1/me", "stranger_end_user", pinned)
+    yield Request("me patch", "PATCH", "/v1/me", "end_user", {**MERGE_PATCH, **pinned}, {"bio": "Programmer"})
+    yield Request(
+        "me patch refused", "PATCH", "/v1/me", "end_user", {**MERGE_PATCH, **pinned}, {"handle": "mary_2"}
+    )
+    yield Request("me patch invalid", "PATCH", "/v1/me", "end_user", {**MERGE_PATCH, **pinned}, {"bio": 7})
+    yield Request("end user reads by id", "GET", mary, "end_user", pinned)
     yield Request("end user unlink", "DELETE", f"{mary}/end-user", "admin")
     yield Request("end user unlink again", "DELETE", f"{mary}/end-user", "admin")
-    yield Request("me after unlink", "GET", "/v1/me", "end_user")
+    yield Request("me after unlink", "GET", "/v1/me", "end_user", pinned)
 
 
 async def _keel(
@@ -412,7 +415,7 @@ async def exchange_all(
                 # Profile ids are ULIDs, ordered by their millisecond only: two creates in the same
                 # millisecond could list in either order. A pause keeps every request in its own.
                 await asyncio.sleep(0.002)
-                headers = {k: names.fill(v) for k, v in request.headers.items()}
+                headers = {k: names.fill(v).replace("<version>", version) for k, v in request.headers.items()}
                 headers["X-Request-Id"] = f"{number:032x}"
                 if request.key is not None:
                     headers["Authorization"] = f"Bearer {tokens[request.key]}"

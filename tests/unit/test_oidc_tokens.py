@@ -74,7 +74,7 @@ def make_tokens(
     clock: Clock,
     *,
     algorithms: frozenset[str] = frozenset({"RS256", "ES256"}),
-    **options: float,
+    **options: Any,
 ) -> JwksTokens:
     return JwksTokens(
         issuer=issuer.issuer,
@@ -476,3 +476,80 @@ async def test_a_jwks_url_that_answers_404_is_unavailable(issuer: LocalIssuer) -
 
     with pytest.raises(OSError, match="404"):
         await http_fetch(f"{issuer.jwks_url}/nope")()
+
+
+# -- found by review --------------------------------------------------------------------------------
+
+
+def _forged_header(issuer: LocalIssuer, header: dict[str, Any]) -> str:
+    body = _b64(json.dumps(issuer.claims(SUBJECT)).encode())
+    return f"{_b64(json.dumps(header).encode())}.{body}.{_b64(b'sig')}"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": ["RS256"], "kid": "x"},
+        {"alg": {"RS256": 1}, "kid": "x"},
+        {"alg": "RS256", "kid": ["x"]},
+        {"alg": "RS256", "kid": {"a": 1}},
+    ],
+)
+async def test_a_header_of_the_wrong_shape_is_refused_not_failed(
+    issuer: LocalIssuer, header: dict[str, Any]
+) -> None:
+    fetch = Fetch(issuer)
+    await assert_refused(make_tokens(issuer, fetch, Clock()), _forged_header(issuer, header))
+    assert fetch.calls == 0
+
+
+async def test_a_held_key_is_used_while_another_request_refetches(issuer: LocalIssuer) -> None:
+    fetch, clock = Fetch(issuer), Clock()
+    tokens = make_tokens(issuer, fetch, clock, refetch_seconds=30)
+    await tokens.verify(issuer.token(SUBJECT))
+    clock.advance(31)
+    fetch.gate = asyncio.Event()
+    key = issuer.keys[issuer.kid("RS256")]
+    stranger = jwt.encode(issuer.claims(SUBJECT), key, algorithm="RS256", headers={"kid": "made-up"})
+    refetch = asyncio.create_task(tokens.verify(stranger))
+    await asyncio.sleep(0)  # the made-up kid's request holds the lock, its fetch held at the gate
+    assert fetch.calls == 2
+    # A valid token is answered from the keys held, without waiting for the fetch.
+    assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+    fetch.gate.set()
+    with pytest.raises(Unauthenticated):
+        await refetch
+
+
+async def test_without_any_key_the_issuer_is_asked_again_within_a_second(issuer: LocalIssuer) -> None:
+    fetch, clock = Fetch(issuer), Clock()
+    tokens = make_tokens(issuer, fetch, clock, refetch_seconds=30)
+    fetch.failing = True
+    with pytest.raises(Unavailable):
+        await tokens.verify(issuer.token(SUBJECT))
+    fetch.failing = False
+    clock.advance(0.5)
+    with pytest.raises(Unavailable):
+        await tokens.verify(issuer.token(SUBJECT))
+    assert fetch.calls == 1
+    clock.advance(0.6)
+    assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+    assert fetch.calls == 2
+
+
+async def test_only_access_tokens_when_asked(issuer: LocalIssuer) -> None:
+    fetch = Fetch(issuer)
+    strict = make_tokens(issuer, fetch, Clock(), access_tokens_only=True)
+    kid = issuer.kid("RS256")
+    claims = issuer.claims(SUBJECT)
+    id_token = jwt.encode(claims, issuer.keys[kid], algorithm="RS256", headers={"kid": kid})
+    access = jwt.encode(claims, issuer.keys[kid], algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"})
+    await assert_refused(strict, id_token)
+    assert await strict.verify(access) == EndUser(issuer.issuer, SUBJECT)
+    lenient = make_tokens(issuer, Fetch(issuer), Clock())
+    assert await lenient.verify(id_token) == EndUser(issuer.issuer, SUBJECT)
+
+
+@pytest.mark.parametrize("subject", ["a\x00b", "tab\there", "\x7f"])
+async def test_a_subject_with_control_characters_is_refused(issuer: LocalIssuer, subject: str) -> None:
+    await assert_refused(make_tokens(issuer, Fetch(issuer), Clock()), issuer.token(subject))

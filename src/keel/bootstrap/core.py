@@ -205,6 +205,7 @@ async def build_core(
 ) -> Core:
     """The service over its own database, refusing an unmigrated one. `store_opener`: how the
     store is opened (tests may hand in an in-memory one)."""
+    _check_end_user_settings(settings, guards)
     policy = (
         AttributePolicy.from_file(settings.attribute_schema)
         if settings.attribute_schema is not None
@@ -267,7 +268,12 @@ async def build_core(
         clock=clock,
         service=service,
         authenticator=authenticator,
-        credentials=Credentials(authenticator, _end_user_tokens(settings), plan=settings.oidc_plan),
+        credentials=Credentials(
+            authenticator,
+            _end_user_tokens(settings),
+            plan=settings.oidc_plan,
+            api_version=settings.end_user_api_version,
+        ),
         end_users=end_users,
         reads=reads,
         invalidation_bus=bus,
@@ -299,4 +305,21 @@ def _end_user_tokens(settings: Settings) -> EndUserTokens | None:
         leeway_seconds=settings.oidc_leeway_seconds,
         cache_seconds=settings.oidc_jwks_cache_seconds,
         refetch_seconds=settings.oidc_jwks_refetch_seconds,
+        access_tokens_only=settings.oidc_access_tokens_only,
     )
+
+
+def _check_end_user_settings(settings: Settings, guards: Protection) -> None:
+    """What the settings alone cannot check: the end users' plan and API version exist."""
+    if not settings.end_users_enabled:
+        return
+    from keel.api.rest.api_versions import SUPPORTED_VERSIONS
+
+    if settings.oidc_plan not in guards.catalog.plans:
+        known = ", ".join(guards.catalog.plans)
+        raise ValueError(
+            f"KEEL_OIDC_PLAN: rate-limit plan {settings.oidc_plan!r} is not configured ({known})"
+        )
+    if settings.end_user_api_version not in SUPPORTED_VERSIONS:
+        known = ", ".join(sorted(SUPPORTED_VERSIONS))
+        raise ValueError(f"KEEL_END_USER_API_VERSION must be one of {known}")

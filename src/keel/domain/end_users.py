@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 # What an issuer may sign end users' tokens with. Never `none`, never an HMAC: a shared secret
 # would let anyone holding it (or, with the public key taken as the secret, anyone) sign tokens.
@@ -39,3 +40,18 @@ class SubjectLink:
     profile_id: str
     end_user: EndUser
     linked_at: datetime
+
+
+class LinkOutcome(StrEnum):
+    LINKED = "linked"
+    TAKEN = "taken"  # the end user is linked to another profile
+    NO_PROFILE = "no_profile"  # the profile's rows are gone (erased meanwhile)
+
+
+def valid_subject(subject: object) -> bool:
+    """1-255 characters, none of them a control character (PostgreSQL refuses NUL in text)."""
+    return (
+        isinstance(subject, str)
+        and 0 < len(subject) <= MAX_SUBJECT_LENGTH
+        and not any(ord(c) < 32 or ord(c) == 127 for c in subject)
+    )

@@ -27,12 +27,14 @@ import httpx
 import jwt
 from jwt import PyJWK
 
-from keel.domain.end_users import ASYMMETRIC_ALGORITHMS, MAX_SUBJECT_LENGTH, EndUser
-from keel.domain.errors import Unauthenticated, Unavailable
+from keel.domain.end_users import ASYMMETRIC_ALGORITHMS, EndUser, valid_subject
+from keel.domain.errors import KeelError, Unauthenticated, Unavailable
 
 INVALID_TOKEN = "The access token is not valid."  # noqa: S105 - a message, not a secret
 _MAX_JWKS_BYTES = 256 * 1024
 _FETCH_TIMEOUT_SECONDS = 5.0
+_RETRY_WITHOUT_KEYS = 1.0
+_ACCESS_TOKEN_TYPES = {"at+jwt", "application/at+jwt"}
 
 JwksFetch = Callable[[], Awaitable[bytes]]
 
@@ -41,7 +43,10 @@ def http_fetch(url: str) -> JwksFetch:
     """Fetches the JWKS at `url` with httpx: no redirects, a 5 s bound, at most 256 KiB."""
 
     async def fetch() -> bytes:
+        # The whole fetch within the bound (httpx's timeout is per read: a server sending a byte
+        # at a time would hold it for ever).
         async with (
+            asyncio.timeout(_FETCH_TIMEOUT_SECONDS),
             httpx.AsyncClient(timeout=_FETCH_TIMEOUT_SECONDS, follow_redirects=False) as client,
             client.stream("GET", url, headers={"Accept": "application/json"}) as response,
         ):
@@ -70,8 +75,11 @@ class JwksTokens:
         leeway_seconds: float = 30.0,
         cache_seconds: float = 300.0,
         refetch_seconds: float = 30.0,
+        access_tokens_only: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`access_tokens_only`: refuse a token whose header does not say `typ: at+jwt` (RFC
+        9068), so that an ID token for the same audience is refused too."""
         unsafe = set(algorithms) - ASYMMETRIC_ALGORITHMS
         if unsafe or not algorithms:
             raise ValueError(f"asymmetric algorithms only, not {sorted(unsafe)}")
@@ -82,6 +90,7 @@ class JwksTokens:
         self._leeway = leeway_seconds
         self._cache_seconds = cache_seconds
         self._refetch_seconds = refetch_seconds
+        self._access_tokens_only = access_tokens_only
         self._monotonic = monotonic
         self._keys: dict[str, dict[str, Any]] = {}
         self._parsed: dict[tuple[str, str], PyJWK] = {}
@@ -92,11 +101,23 @@ class JwksTokens:
 
     async def verify(self, token: str) -> EndUser:
         try:
+            return await self._verify(token)
+        except KeelError:
+            raise
+        except Exception:  # noqa: BLE001 - whatever a crafted token trips on is a token not valid
+            raise Unauthenticated(INVALID_TOKEN) from None
+
+    async def _verify(self, token: str) -> EndUser:
+        try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthenticated(INVALID_TOKEN) from None
         algorithm, kid = header.get("alg"), header.get("kid")
-        if algorithm not in self._algorithms or not isinstance(kid, str) or not 0 < len(kid) <= 256:
+        if not isinstance(algorithm, str) or algorithm not in self._algorithms:
+            raise Unauthenticated(INVALID_TOKEN)
+        if not isinstance(kid, str) or not 0 < len(kid) <= 256:
+            raise Unauthenticated(INVALID_TOKEN)
+        if self._access_tokens_only and str(header.get("typ", "")).lower() not in _ACCESS_TOKEN_TYPES:
             raise Unauthenticated(INVALID_TOKEN)
         key = await self._key(kid, algorithm)
         try:
@@ -112,14 +133,20 @@ class JwksTokens:
         except jwt.PyJWTError:
             raise Unauthenticated(INVALID_TOKEN) from None
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LENGTH:
+        if not valid_subject(subject):
             raise Unauthenticated(INVALID_TOKEN)
+        assert isinstance(subject, str)
         return EndUser(self._issuer, subject)
 
     async def _key(self, kid: str, algorithm: str) -> PyJWK:
-        # A request that finds a fetch running waits for it (its keys may be the ones it needs),
-        # then decides again: one fetch serves every request that came meanwhile.
-        if self._lock.locked() or self._needs_fetch(kid, self._monotonic()):
+        now = self._monotonic()
+        if kid in self._keys and (self._lock.locked() or not self._needs_fetch(kid, now)):
+            # A key held: used as it is, also while another request refreshes the set.
+            return self._parse(kid, algorithm)
+        # A key not held (or the set due for a refresh): a request that finds a fetch running
+        # waits for it (its keys may be the ones it needs), then decides again, so one fetch
+        # serves every request that came meanwhile.
+        if self._lock.locked() or self._needs_fetch(kid, now):
             async with self._lock:
                 if self._needs_fetch(kid, self._monotonic()):
                     await self._refresh()
@@ -130,8 +157,11 @@ class JwksTokens:
     def _needs_fetch(self, kid: str, now: float) -> bool:
         if self._fetched_at is None:
             return True
-        if now - self._fetched_at < self._refetch_seconds:
-            return False  # the bound on fetches, whatever the tokens name
+        # The bound on fetches, whatever the tokens name; shorter while no key is held at all
+        # (the issuer was down when the first token came), since every end user waits then.
+        interval = self._refetch_seconds if self._keys else min(self._refetch_seconds, _RETRY_WITHOUT_KEYS)
+        if now - self._fetched_at < interval:
+            return False
         return now >= self._fresh_until or kid not in self._keys
 
     async def _refresh(self) -> None:

@@ -114,6 +114,7 @@ class AttributePolicy:
         # schema marks `"endUser": "read"` or `"edit"` (docs/end-users.md); none without one.
         self.end_user_readable: frozenset[str] = frozenset()
         self.end_user_editable: frozenset[str] = frozenset()
+        self.names: frozenset[str] = frozenset()  # the schema's top-level properties
         if schema is not None:
             Draft202012Validator.check_schema(schema)
             _check_patterns(schema)
@@ -125,6 +126,7 @@ class AttributePolicy:
                 if isinstance(spec, dict) and spec.get("private") is True
             )
             self.end_user_readable, self.end_user_editable = _end_user_access(properties)
+            self.names = frozenset(properties) if isinstance(properties, dict) else frozenset()
 
     @classmethod
     def from_file(cls, path: Path) -> AttributePolicy:
@@ -143,7 +145,7 @@ class AttributePolicy:
     def errors(self, attributes: JSONObject, *, hidden: frozenset[str] = frozenset()) -> list[FieldError]:
         """What is wrong with `attributes`, in messages that quote no value of them.
 
-        `hidden`: attributes present that the caller may not read. The whole object is what the
+        `hidden`: attributes (present or not) that the caller may not read. The whole object is what the
         schema judges, but what the caller is told must not depend on what it cannot read: when
         the object fails, the errors reported are those of the caller's own view (the object
         without the hidden attributes); when that view passes, the failure comes from a rule
@@ -154,13 +156,17 @@ class AttributePolicy:
             return _default_errors(attributes)
         hidden_here = hidden.intersection(attributes)
         if not hidden_here:
-            return self._schema_errors(attributes, frozenset())
+            return self._schema_errors(attributes, frozenset(), hidden)
         if not any(True for _ in self._validator.iter_errors(attributes)):
             return []
         view = {name: value for name, value in attributes.items() if name not in hidden_here}
-        return self._schema_errors(view, hidden_here) or [FieldError("/attributes", _HIDDEN_CONFLICT)]
+        return self._schema_errors(view, hidden_here, hidden) or [FieldError("/attributes", _HIDDEN_CONFLICT)]
 
-    def _schema_errors(self, attributes: JSONObject, hidden: frozenset[str]) -> list[FieldError]:
+    def _schema_errors(
+        self, attributes: JSONObject, hidden: frozenset[str], unnamed: frozenset[str]
+    ) -> list[FieldError]:
+        """`unnamed`: attributes a message must not name (a `required` one the caller cannot
+        read): such a message is said as a conflict with attributes it cannot read."""
         found: list[FieldError] = []
         for error in self._validator.iter_errors(attributes):
             path = list(error.absolute_path)
@@ -168,7 +174,11 @@ class AttributePolicy:
                 found.append(FieldError("/attributes", _HIDDEN_MESSAGE))
                 continue
             location = "/attributes" + "".join(f"/{part}" for part in path)
-            found.extend(FieldError(location, message) for message in _messages(error))
+            for message in _messages(error):
+                if any(f"`{name}`" in message for name in unnamed):
+                    found.append(FieldError("/attributes", _HIDDEN_CONFLICT))
+                else:
+                    found.append(FieldError(location, message))
         return list(dict.fromkeys(found))
 
     def visible(self, attributes: JSONObject, *, admin: bool) -> JSONObject:

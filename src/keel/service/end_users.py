@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from keel.domain.api_keys import AuditEntry, Principal
-from keel.domain.end_users import MAX_SUBJECT_LENGTH, EndUser, SubjectLink
+from keel.domain.end_users import MAX_SUBJECT_LENGTH, EndUser, LinkOutcome, SubjectLink, valid_subject
 from keel.domain.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from keel.domain.ids import is_profile_id
 from keel.domain.merge_patch import apply_merge_patch
@@ -72,17 +72,25 @@ class Credentials:
     """The process's authenticator: API keys as `keys` checks them, and, with `tokens`, end
     users' access tokens. Revocations reach the keys' cache."""
 
-    def __init__(self, keys: RevocableAuthenticator, tokens: EndUserTokens | None, *, plan: str) -> None:
+    def __init__(
+        self, keys: RevocableAuthenticator, tokens: EndUserTokens | None, *, plan: str, api_version: str = ""
+    ) -> None:
+        """`api_version`: the version end users' requests are answered in when they name none."""
         self._keys = keys
         self._tokens = tokens
         self._plan = plan
+        self._api_version = api_version
 
     async def authenticate(self, token: str | None) -> Principal:
         if token and self._tokens is not None and is_access_token(token):
             user = await self._tokens.verify(token)
-            # No scopes, and the newest API version unless the request names one.
+            # No scopes; the configured API version unless the request names one.
             return Principal(
-                key_id=user.client_id, scopes=frozenset(), api_version="", plan=self._plan, end_user=user
+                key_id=user.client_id,
+                scopes=frozenset(),
+                api_version=self._api_version,
+                plan=self._plan,
+                end_user=user,
             )
         return await self._keys.authenticate(token)
 
@@ -139,12 +147,21 @@ class EndUserProfiles:
         return replace(read, profile=self.view(read.profile))
 
     async def update_me(
-        self, principal: Principal, patch: JSONValue, *, expected_version: ExpectedVersion = None
+        self,
+        principal: Principal,
+        patch: JSONValue,
+        *,
+        expected_version: ExpectedVersion = None,
+        expected_version_of: Callable[[str], ExpectedVersion] | None = None,
     ) -> Profile:
-        """Apply an RFC 7396 merge patch to the caller's own profile, within the field rules."""
+        """Apply an RFC 7396 merge patch to the caller's own profile, within the field rules.
+        `expected_version_of`: the versions a precondition names, given the profile's id (an
+        entity tag names its profile), in place of `expected_version`."""
         if not isinstance(patch, dict):
             raise ValidationFailed([FieldError("", "a merge patch must be a JSON object")])
         profile_id = await self._linked(principal)
+        if expected_version_of is not None:
+            expected_version = expected_version_of(profile_id)
         now = self._clock.now()
 
         def change(current: Profile) -> Profile | None:
@@ -166,7 +183,9 @@ class EndUserProfiles:
                 patched["attributes"] = dict(hidden)
             elif isinstance(patched_attributes, dict):
                 patched["attributes"] = {**patched_attributes, **hidden}
-            fields = parse_profile_fields(patched, self._policy, hidden=frozenset(hidden))
+            # Their errors never name what the end user cannot read, present or not.
+            unreadable = frozenset(hidden) | (self._policy.names - readable)
+            fields = parse_profile_fields(patched, self._policy, hidden=unreadable)
             return None if fields == current.fields else current.revise(fields, now)
 
         return self.view(await self._profiles.owner_write(profile_id, expected_version, change))
@@ -222,19 +241,26 @@ class EndUserProfiles:
         """Link the profile to `subject` of the issuer, in place of any subject it had; a
         subject already linked to another profile is a `Conflict`."""
         _require_admin(principal)
-        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LENGTH:
-            raise ValidationFailed([FieldError("/subject", f"a string of 1-{MAX_SUBJECT_LENGTH} characters")])
+        if not valid_subject(subject):
+            rule = f"a string of 1-{MAX_SUBJECT_LENGTH} characters, no control characters"
+            raise ValidationFailed([FieldError("/subject", rule)])
+        assert isinstance(subject, str)
         user = EndUser(self._issuer, subject)
         read = await self._profiles.owner_read(profile_id) if is_profile_id(profile_id) else None
         if read is None:
             raise NotFound("No such profile.")
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
-            if not await uow.subjects.link(profile_id, user, now):
+            outcome = await uow.subjects.link(profile_id, user, now)
+            if outcome is LinkOutcome.NO_PROFILE:
+                raise NotFound("No such profile.")
+            if outcome is LinkOutcome.TAKEN:
                 raise Conflict(
                     "This subject is linked to another profile; unlink it there first.", "/subject"
                 )
-            entry = AuditEntry(now, principal.key_id, "profile.end_user_linked", profile_id, {})
+            # Which end user, as the logs name them (a hash): never the subject itself.
+            detail: dict[str, object] = {"end_user": user.client_id}
+            entry = AuditEntry(now, principal.key_id, "profile.end_user_linked", profile_id, detail)
             await record_admin_action(uow, entry, self._event_source)
             await uow.commit()
         return SubjectLink(profile_id, user, now)
@@ -242,7 +268,7 @@ class EndUserProfiles:
     async def linked_subject(self, principal: Principal, profile_id: str) -> SubjectLink:
         _require_admin(principal)
         if not is_profile_id(profile_id):
-            raise NotFound(NOT_LINKED)
+            raise NotFound("No end user is linked to this profile.")
         async with self._store.unit_of_work(read_only=True) as uow:
             link = await uow.subjects.subject_of(profile_id)
         if link is None:
@@ -254,9 +280,11 @@ class EndUserProfiles:
         _require_admin(principal)
         now = self._clock.now()
         async with self._store.unit_of_work() as uow:
-            if not is_profile_id(profile_id) or not await uow.subjects.unlink(profile_id):
+            link = await uow.subjects.subject_of(profile_id) if is_profile_id(profile_id) else None
+            if link is None or not await uow.subjects.unlink(profile_id):
                 raise NotFound("No end user is linked to this profile.")
-            entry = AuditEntry(now, principal.key_id, "profile.end_user_unlinked", profile_id, {})
+            detail: dict[str, object] = {"end_user": link[0].client_id}
+            entry = AuditEntry(now, principal.key_id, "profile.end_user_unlinked", profile_id, detail)
             await record_admin_action(uow, entry, self._event_source)
             await uow.commit()
 

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from keel.domain.api_keys import ApiKey, AuditEntry
-from keel.domain.end_users import EndUser
+from keel.domain.end_users import EndUser, LinkOutcome
 from keel.domain.erasure import Erasure, Tombstone, TombstoneCause
 from keel.domain.events import DomainEvent
 from keel.domain.profile import Profile
@@ -285,9 +285,10 @@ class SubjectLinks(Protocol):
         """The end user linked to the profile, and since when."""
         ...
 
-    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> bool:
-        """Link the profile to `end_user`, in place of any end user it had; False (nothing
-        changed) when `end_user` is linked to another profile."""
+    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> LinkOutcome:
+        """Link the profile to `end_user`, in place of any end user it had; nothing changes
+        when `end_user` is linked to another profile (`TAKEN`) or the profile's rows are gone
+        (`NO_PROFILE`). Serialized with the profile's erasure (its rows locked)."""
         ...
 
     async def unlink(self, profile_id: str) -> bool:

@@ -372,7 +372,8 @@ class ProfileService:
                 patched["attributes"] = dict(hidden)
             elif isinstance(patched_attributes, dict):
                 patched["attributes"] = {**patched_attributes, **hidden}
-        return parse_profile_fields(patched, self._policy, hidden=frozenset(hidden))
+        unreadable = frozenset(hidden) | (frozenset() if principal.is_admin else self._policy.private_names)
+        return parse_profile_fields(patched, self._policy, hidden=unreadable)
 
     def _check_private_writes(self, principal: Principal, names: Iterable[str]) -> None:
         if principal.is_admin or not self._policy.private_names:

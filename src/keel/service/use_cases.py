@@ -7,7 +7,7 @@ over the local service or over a core reached through the network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -143,7 +143,12 @@ class EndUserUseCases(Protocol):
     async def me(self, principal: Principal) -> ProfileRead: ...
 
     async def update_me(
-        self, principal: Principal, patch: JSONValue, *, expected_version: ExpectedVersion = None
+        self,
+        principal: Principal,
+        patch: JSONValue,
+        *,
+        expected_version: ExpectedVersion = None,
+        expected_version_of: Callable[[str], ExpectedVersion] | None = None,
     ) -> Profile: ...
 
     async def link(self, principal: Principal, profile_id: str, subject: object) -> SubjectLink: ...

@@ -117,6 +117,29 @@ _SELECT_DOCUMENT_ANY_STATE = (
 )
 
 
+async def lock_profile_rows(db: SqlSession, profile_id: str) -> list[int]:
+    """Lock the profile's rows until the transaction ends, in whichever layout holds them
+    (docs/layouts.md), and return their versions (none: no row). Locked in the order writes
+    lock them (the layout reads go to first), the layout record share-locked as a write does
+    (keel.storage.layout_view), so that this and a write of the same profile during a migration
+    cannot deadlock."""
+    layout_rows = await db.fetch(
+        "SELECT read_layout, phase, target_layout FROM storage_layout"  # noqa: S608 - constants only
+        f" WHERE name = $1 {db.for_share}",
+        RECORD_NAME,
+    )
+    first = record_from_row(*layout_rows[0]).reads_from() if layout_rows else Layout.NORMALIZED
+    tables = ("profiles", "profile_documents")
+    versions: list[int] = []
+    for table in tables if first is Layout.NORMALIZED else reversed(tables):
+        rows = await db.fetch(
+            f"SELECT version FROM {table} WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
+            profile_id,
+        )
+        versions += [int(row[0]) for row in rows]
+    return versions
+
+
 class SqlPersonalData:
     def __init__(self, db: SqlSession, observer: DatabaseObserver) -> None:
         self._db = db
@@ -182,29 +205,16 @@ class SqlPersonalData:
     async def remove(self, profile_id: str, at: datetime, cause: TombstoneCause) -> int | None:
         db = self._db
         with self._observer.call("remove_personal_data"):
-            # The profile's row lock first, in whichever layout holds it (docs/layouts.md; both
-            # are erased below): a write of it in flight commits before this reads on (its
-            # event is then among the events erased below, and the version read is its
+            # The profile's row lock first: a write of it in flight commits before this reads on
+            # (its event is then among the events erased below, and the version read is its
             # version), and none starts until this transaction ends.
-            # Locked in the order writes lock them (the layout reads go to first), so an
-            # erasure and a write of the same profile during a migration cannot deadlock; the
-            # record share-locked as a write does (keel.storage.layout_view).
-            layout_rows = await db.fetch(
-                "SELECT read_layout, phase, target_layout FROM storage_layout"  # noqa: S608 - constants only
-                f" WHERE name = $1 {db.for_share}",
-                RECORD_NAME,
-            )
-            first = record_from_row(*layout_rows[0]).reads_from() if layout_rows else Layout.NORMALIZED
-            tables = ("profiles", "profile_documents")
-            rows = []
-            for table in tables if first is Layout.NORMALIZED else reversed(tables):
-                rows += await db.fetch(
-                    f"SELECT version FROM {table} WHERE id = $1 {db.for_update}",  # noqa: S608 - constants only
-                    profile_id,
-                )
-            if not rows:
+            versions = await lock_profile_rows(db, profile_id)
+            # Its end user's subject (the link is personal data too): also when the profile's
+            # rows are gone already, so that nothing linked to it outlives it.
+            await db.execute("DELETE FROM profile_subjects WHERE profile_id = $1", profile_id)
+            if not versions:
                 return None
-            version = max(int(row[0]) for row in rows)  # an old layout's copy may be older
+            version = max(versions)  # an old layout's copy may be older
             events = await db.fetch(
                 "SELECT seq, type, data FROM event_outbox WHERE subject = $1 ORDER BY seq", profile_id
             )
@@ -239,8 +249,6 @@ class SqlPersonalData:
             await db.execute("DELETE FROM profiles WHERE id = $1", profile_id)
             await db.execute("DELETE FROM profile_document_emails WHERE profile_id = $1", profile_id)
             await db.execute("DELETE FROM profile_documents WHERE id = $1", profile_id)
-            # Its end user's subject: the link is personal data too.
-            await db.execute("DELETE FROM profile_subjects WHERE profile_id = $1", profile_id)
             await db.execute(
                 "INSERT INTO profile_tombstones (profile_id, removed_at, cause, last_version)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

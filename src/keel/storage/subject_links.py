@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from keel.domain.end_users import EndUser
+from keel.domain.end_users import EndUser, LinkOutcome
 from keel.observability.database import DatabaseObserver
-from keel.storage.personal_data import SqlSession
+from keel.storage.personal_data import SqlSession, lock_profile_rows
 
 
 class SqlSubjectLinks:
@@ -32,23 +32,28 @@ class SqlSubjectLinks:
         issuer, subject, linked_at = rows[0]
         return EndUser(str(issuer), str(subject)), self._db.parse_time(linked_at)
 
-    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> bool:
+    async def link(self, profile_id: str, end_user: EndUser, at: datetime) -> LinkOutcome:
         with self._observer.call("link_subject"):
+            # The profile's rows locked as an erasure locks them: an erasure that started first
+            # has removed them (and its links) when this reads on, one that starts later waits,
+            # then removes this link too; and links of one profile run one at a time.
+            if not await lock_profile_rows(self._db, profile_id):
+                return LinkOutcome.NO_PROFILE
             holder = await self.profile_of(end_user.issuer, end_user.subject)
             if holder is not None and holder != profile_id:
-                return False
+                return LinkOutcome.TAKEN
             await self._db.execute("DELETE FROM profile_subjects WHERE profile_id = $1", profile_id)
-            # A concurrent link of the same subject elsewhere commits first or fails here on the
-            # primary key: nothing is linked twice.
+            # A concurrent link of the same end user to another profile commits first or finds
+            # its key taken here: nothing is linked twice.
             inserted = await self._db.execute(
                 "INSERT INTO profile_subjects (issuer, subject, profile_id, linked_at)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (issuer, subject) DO NOTHING",
                 end_user.issuer,
                 end_user.subject,
                 profile_id,
                 self._db.time(at),
             )
-        return inserted == 1
+        return LinkOutcome.LINKED if inserted == 1 else LinkOutcome.TAKEN
 
     async def unlink(self, profile_id: str) -> bool:
         with self._observer.call("unlink_subject"):

@@ -222,13 +222,14 @@ class GraphQLEndpoint:
 
     @staticmethod
     async def _share_registration(keel: GraphQLServices, caller: Caller, params: Params) -> None:
-        """A query registered by a caller with a valid key, once admitted (charged to its rate
+        """A query registered by a caller with a valid API key, once admitted (charged to its rate
         limit), is shared with the fleet: an anonymous flood of registrations never reaches
         Redis. Valid, within the limits and the cost: checked before, in `handle`."""
         shared = keel.persisted_queries
         if (
             shared is not None
             and caller.principal is not None
+            and caller.principal.end_user is None  # the fleet's queries are the apps', not end users'
             and params.persisted_hash is not None
             and params.query is not None
             and _SHA256.fullmatch(params.persisted_hash)

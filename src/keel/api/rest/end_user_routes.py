@@ -55,12 +55,11 @@ async def update_me(
     """Change the caller's own profile with a JSON merge patch (RFC 7396), within the fields an
     end user may change; a patch touching any other is refused whole (403, naming them)."""
     patch = await merge_patch_body(request)
-    end_users = _end_users(services)
-    expected = None
-    if if_match is not None:
-        own = await end_users.me(caller)
-        expected = expected_version(own.profile.id, if_match)
-    profile = await end_users.update_me(caller, patch, expected_version=expected)
+    profile = await _end_users(services).update_me(
+        caller,
+        patch,
+        expected_version_of=(lambda profile_id: expected_version(profile_id, if_match)) if if_match else None,
+    )
     return JSONResponse(profile_document(profile), headers={"ETag": _tag(profile)})
 
 
