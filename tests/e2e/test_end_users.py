@@ -5,6 +5,7 @@ SQLite and PostgreSQL; and the admin routes that link a profile to its end user.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from testkit.oidc_issuer import LocalIssuer
 
 from keel.config import Settings
+from keel.domain.end_users import EndUser, LinkOutcome
 from keel.domain.erasure import TombstoneCause
 from keel.domain.ids import new_profile_id
 from keel.service.ports import PersonalDataStore
@@ -263,10 +265,11 @@ async def test_admins_link_and_unlink(users_api: Api, issuer: LocalIssuer) -> No
         f"/v1/profiles/{new_profile_id('us1')}/end-user", json={"subject": "x"}, headers=users_api.admin
     )
     assert elsewhere.status_code == 421
-    empty = await users_api.client.put(
-        f"/v1/profiles/{bob['id']}/end-user", json={"subject": ""}, headers=users_api.admin
-    )
-    assert empty.status_code == 422
+    for subject in ["", "a\u0000b", "x" * 256, 7]:
+        refused = await users_api.client.put(
+            f"/v1/profiles/{bob['id']}/end-user", json={"subject": subject}, headers=users_api.admin
+        )
+        assert refused.status_code == 422, (subject, refused.text)
     # Relinking a profile replaces its end user: the first one no longer reaches it.
     relinked = await users_api.client.put(
         f"/v1/profiles/{ada['id']}/end-user", json={"subject": "user-ada-2"}, headers=users_api.admin
@@ -284,7 +287,11 @@ async def test_admins_link_and_unlink(users_api: Api, issuer: LocalIssuer) -> No
     again = await users_api.client.delete(f"/v1/profiles/{ada['id']}/end-user", headers=users_api.admin)
     assert again.status_code == 404
     audit = await users_api.client.get("/v1/audit", headers=users_api.admin)
-    actions = [entry["action"] for entry in audit.json()["items"] if entry["key_id"] == ada["id"]]
+    entries = [entry for entry in audit.json()["items"] if entry["key_id"] == ada["id"]]
+    actions = [entry["action"] for entry in entries]
+    # Which end user, by the hash the logs use: never the subject.
+    assert all(re.fullmatch(r"user_[0-9a-f]{16}", entry["detail"]["end_user"]) for entry in entries)
+    assert "user-ada" not in audit.text
     assert actions == ["profile.end_user_unlinked", "profile.end_user_linked", "profile.end_user_linked"]
 
 
@@ -300,6 +307,14 @@ async def test_the_link_is_exported_and_erased_with_the_profile(users_api: Api, 
     async with core.store.unit_of_work(read_only=True) as uow:
         assert await uow.subjects.subject_of(ada["id"]) is None
         assert await uow.subjects.profile_of(issuer.issuer, "user-ada") is None
+    # A link that comes after the erasure finds no profile to link (it takes the same lock).
+    async with store.unit_of_work() as uow:
+        outcome = await uow.subjects.link(ada["id"], EndUser(issuer.issuer, "user-ada"), core.clock.now())
+    assert outcome is LinkOutcome.NO_PROFILE
+    relink = await users_api.client.put(
+        f"/v1/profiles/{ada['id']}/end-user", json={"subject": "user-ada"}, headers=users_api.admin
+    )
+    assert relink.status_code == 404
 
 
 async def test_graphql_me_and_update_me(users_api: Api, issuer: LocalIssuer) -> None:

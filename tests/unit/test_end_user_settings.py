@@ -4,13 +4,17 @@ attribute both private and shown to end users."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from jsonschema.exceptions import SchemaError
 from pydantic import SecretStr, ValidationError
 
+from keel.admission.operations import DEFAULT_COSTS
+from keel.bootstrap.core import _check_end_user_settings
 from keel.config import Settings
+from keel.ratelimit.catalog import RateLimitCatalog
 from keel.service.attributes import AttributePolicy
 
 ISSUER: dict[str, Any] = {
@@ -78,3 +82,20 @@ def test_the_schema_marks_what_end_users_read_and_change() -> None:
 def test_a_mark_that_cannot_hold_is_refused(spec: dict[str, Any]) -> None:
     with pytest.raises(SchemaError):
         _policy(field=spec)
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"oidc_plan": "gold"}, "KEEL_OIDC_PLAN"),
+        ({"end_user_api_version": "2020-01-01"}, "KEEL_END_USER_API_VERSION"),
+    ],
+)
+def test_a_plan_or_version_that_does_not_exist_is_refused_at_start(
+    changes: dict[str, Any], said: str
+) -> None:
+    settings = Settings.model_validate({**ISSUER, **changes})
+    guards = SimpleNamespace(catalog=RateLimitCatalog.build(costs=DEFAULT_COSTS))
+    with pytest.raises(ValueError, match=said):
+        _check_end_user_settings(settings, guards)  # type: ignore[arg-type]
+    _check_end_user_settings(Settings.model_validate(ISSUER), guards)  # type: ignore[arg-type]
