@@ -186,7 +186,8 @@ async def test_an_end_user_changes_only_what_is_theirs(users_api: Api, issuer: L
     assert after.json()["version"] == stored.json()["version"]  # a refused patch changed nothing
     invalid = await users_api.client.patch("/v1/me", json={"attributes": {"nickname": 5}}, headers=token)
     assert invalid.status_code == 422
-    assert "/attributes/nickname" in {error["field"] for error in invalid.json()["errors"]}
+    # Only what is wrong: the attribute the schema requires is held (the end user cannot see it).
+    assert [error["field"] for error in invalid.json()["errors"]] == ["/attributes/nickname"]
     # The schema requires an attribute the end user cannot read: the answer does not name it.
     assert "crm_id" not in invalid.text
     assert "fraud_score" not in invalid.text
@@ -204,6 +205,10 @@ async def test_if_match_guards_an_end_users_change(users_api: Api, issuer: Local
         "/v1/me", json={"bio": "two"}, headers={**token, **MERGE, "If-Match": seen.headers["etag"]}
     )
     assert stale.status_code == 412
+    empty = await users_api.client.patch(
+        "/v1/me", json={"bio": "two"}, headers={**token, **MERGE, "If-Match": ""}
+    )
+    assert empty.status_code == 412  # names no version, as on /v1/profiles/{id}
     current = await users_api.client.patch(
         "/v1/me", json={"bio": "two"}, headers={**token, **MERGE, "If-Match": first.headers["etag"]}
     )
@@ -299,6 +304,7 @@ async def test_the_link_is_exported_and_erased_with_the_profile(users_api: Api, 
     ada = await _profile(users_api, "ada_l", subject="user-ada")
     export = await users_api.client.get(f"/v1/profiles/{ada['id']}/export", headers=users_api.admin)
     assert export.json()["end_user"]["subject"] == "user-ada"
+    assert re.search(r"user_[0-9a-f]{16}", export.text)  # the admin action's event names the end user
     core = users_api.keel.local
     store = cast(PersonalDataStore, core.store)  # the SQL stores are
     async with store.unit_of_work() as uow:
@@ -311,6 +317,14 @@ async def test_the_link_is_exported_and_erased_with_the_profile(users_api: Api, 
     async with store.unit_of_work() as uow:
         outcome = await uow.subjects.link(ada["id"], EndUser(issuer.issuer, "user-ada"), core.clock.now())
     assert outcome is LinkOutcome.NO_PROFILE
+    # What was done to the profile stays in the admin log and its events, not to whom.
+    audit = await users_api.client.get("/v1/audit", headers=users_api.admin)
+    linked = [entry for entry in audit.json()["items"] if entry["key_id"] == ada["id"]]
+    assert [entry["detail"] for entry in linked] == [{}]
+    erased = await users_api.client.get(f"/v1/profiles/{ada['id']}/export", headers=users_api.admin)
+    actions = [event for event in erased.json()["events"] if event["type"] == "keel.admin.action.v1"]
+    assert [event["data"]["detail"] for event in actions] == [{}]
+    assert re.search(r"user_[0-9a-f]{16}", erased.text) is None
     relink = await users_api.client.put(
         f"/v1/profiles/{ada['id']}/end-user", json={"subject": "user-ada"}, headers=users_api.admin
     )

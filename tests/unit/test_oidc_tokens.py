@@ -130,6 +130,7 @@ async def test_keys_are_fetched_once_per_cache_period(issuer: LocalIssuer) -> No
 
     clock.advance(5)
     assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+    await tokens.settled()  # a held key is used at once; the due refresh runs in the background
     assert fetch.calls == 2
 
 
@@ -399,8 +400,10 @@ async def test_keys_fetched_before_stay_in_use_while_the_issuer_is_down(issuer: 
     fetch.failing = True
     clock.advance(301)
     assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+    await tokens.settled()
     assert fetch.calls == 2  # the refresh was attempted, and failed
     assert await tokens.verify(issuer.token(SUBJECT, algorithm="ES256")) == EndUser(issuer.issuer, SUBJECT)
+    await tokens.settled()
     assert fetch.calls == 2  # and is not retried before the refetch interval
 
 
@@ -414,6 +417,7 @@ async def test_a_jwks_that_is_not_json_keeps_the_keys_fetched_before(issuer: Loc
     tokens = make_tokens(issuer, fetch, clock, cache_seconds=300.0, refetch_seconds=30.0)
     for _ in range(3):
         assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+        await tokens.settled()
         clock.advance(301)
     assert answers == []
 
@@ -553,3 +557,44 @@ async def test_only_access_tokens_when_asked(issuer: LocalIssuer) -> None:
 @pytest.mark.parametrize("subject", ["a\x00b", "tab\there", "\x7f"])
 async def test_a_subject_with_control_characters_is_refused(issuer: LocalIssuer, subject: str) -> None:
     await assert_refused(make_tokens(issuer, Fetch(issuer), Clock()), issuer.token(subject))
+
+
+async def test_waiting_requests_never_queue_one_fetch_each(issuer: LocalIssuer) -> None:
+    # The issuer hangs: each fetch takes the whole bound (the clock moves 5 s during it), then
+    # fails. Requests that waited for that fetch do not start one each after it.
+    clock = Clock()
+    calls = 0
+
+    async def hanging() -> bytes:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)
+        clock.advance(5)
+        raise OSError("timed out")
+
+    tokens = make_tokens(issuer, hanging, clock, refetch_seconds=30)
+    results = await asyncio.gather(
+        *(tokens.verify(issuer.token(SUBJECT)) for _ in range(6)), return_exceptions=True
+    )
+    assert all(isinstance(result, Unavailable) for result in results)
+    assert calls == 1
+
+
+async def test_a_key_set_without_signing_keys_keeps_the_keys_held(issuer: LocalIssuer) -> None:
+    answers = [json.dumps(issuer.jwks()).encode(), b'{"keys": []}']
+
+    async def fetch() -> bytes:
+        return answers.pop(0)
+
+    clock = Clock()
+    tokens = make_tokens(issuer, fetch, clock, cache_seconds=300.0, refetch_seconds=30.0)
+    assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+    clock.advance(301)
+    assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+    await tokens.settled()
+    assert answers == []
+    assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+
+
+async def test_a_subject_that_is_no_text_is_refused(issuer: LocalIssuer) -> None:
+    await assert_refused(make_tokens(issuer, Fetch(issuer), Clock()), issuer.token("a\ud800b"))

@@ -49,9 +49,14 @@ class LinkOutcome(StrEnum):
 
 
 def valid_subject(subject: object) -> bool:
-    """1-255 characters, none of them a control character (PostgreSQL refuses NUL in text)."""
-    return (
-        isinstance(subject, str)
-        and 0 < len(subject) <= MAX_SUBJECT_LENGTH
-        and not any(ord(c) < 32 or ord(c) == 127 for c in subject)
-    )
+    """1-255 characters of UTF-8 text, none of them a control character (PostgreSQL refuses
+    NUL in text)."""
+    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LENGTH:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in subject):
+        return False
+    try:
+        subject.encode()  # a lone surrogate is no text a database can store
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -129,7 +129,13 @@ def profile_erased(profile_id: str, version: int, erased_at: datetime, erasure_i
 def erased_payload(event_type: str, data: JSONObject, erased_at: datetime) -> JSONObject:
     """What a past event of an erased profile carries from now on: a created or updated event
     keeps its shape (so it still validates against its schema) with every personal value
-    blanked, and says `erased_at`; the other types carry no personal data and stay as they were."""
+    blanked, and says `erased_at`; an admin action on the profile loses which end user it
+    named; the other types carry no personal data and stay as they were."""
+    if event_type == ADMIN_ACTION:
+        detail = data.get("detail")
+        if isinstance(detail, dict) and "end_user" in detail:
+            return {**data, "detail": {k: v for k, v in detail.items() if k != "end_user"}}
+        return data
     if event_type not in (PROFILE_CREATED, PROFILE_UPDATED):
         return data
     return {

@@ -1,18 +1,21 @@
-"""Checks end users' access tokens (JWT, RFC 9068's profile of them) against the issuer's JWKS.
+"""Checks end users' access tokens (JWTs) against the issuer's JWKS.
 
 What a token must be, in this order, or it is refused as not valid (one message for all: a caller
 learns nothing from which check failed):
 - signed with an algorithm of the allow-list, which has asymmetric ones only (`alg: none` and
   HS256 "signed" with the public key are refused before any key is looked at);
+- typed `at+jwt` (RFC 9068), when `access_tokens_only`;
 - signed by a key of the issuer's JWKS named by its `kid`, of the type the algorithm needs (and
   of that algorithm, if the key names one);
 - issued by the configured issuer, for the configured audience, with `exp`, `iat` and `sub`
-  present, not expired and not before its `nbf` (within the leeway).
+  present, not expired and not before its `nbf` (within the leeway), its `sub` 1-255 characters
+  of text without control characters.
 
 The JWKS is fetched once and used for `cache_seconds`; a token naming a `kid` the set does not
 hold fetches it again (the issuer rotated its keys), but at most once per `refetch_seconds`
 whatever the tokens say, so a flood of made-up `kid`s costs the issuer one fetch per interval.
-While the issuer cannot be reached the keys last fetched stay in use.
+A key held is used at once (a refresh due runs in the background); a request waits for one
+running fetch at most. While the issuer cannot be reached the keys last fetched stay in use.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class JwksTokens:
         self._fetched_at: float | None = None  # of the last attempt, successful or not
         self._fresh_until = 0.0
         self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self.fetches = 0  # attempts made: read by tests and metrics
 
     async def verify(self, token: str) -> EndUser:
@@ -140,19 +144,38 @@ class JwksTokens:
 
     async def _key(self, kid: str, algorithm: str) -> PyJWK:
         now = self._monotonic()
-        if kid in self._keys and (self._lock.locked() or not self._needs_fetch(kid, now)):
-            # A key held: used as it is, also while another request refreshes the set.
+        if kid in self._keys:
+            # A key held is used at once; a set due for a refresh is fetched in the background.
+            if not self._lock.locked() and self._needs_fetch(kid, now):
+                self._refresh_in_background()
             return self._parse(kid, algorithm)
-        # A key not held (or the set due for a refresh): a request that finds a fetch running
-        # waits for it (its keys may be the ones it needs), then decides again, so one fetch
-        # serves every request that came meanwhile.
-        if self._lock.locked() or self._needs_fetch(kid, now):
+        # A key not held: a request that finds a fetch running waits for that one fetch (its
+        # keys may be the ones it needs) and never starts another after it, so every request
+        # waits for one fetch at most, and one fetch serves all that came meanwhile.
+        if self._lock.locked():
+            async with self._lock:
+                pass  # the fetch running ended, whatever it brought: none is started after it
+        elif self._needs_fetch(kid, now):
             async with self._lock:
                 if self._needs_fetch(kid, self._monotonic()):
                     await self._refresh()
         if not self._keys:
             raise Unavailable("The issuer's signing keys could not be fetched; retry shortly.")
         return self._parse(kid, algorithm)
+
+    async def settled(self) -> None:
+        """Wait for the refreshes started in the background (tests, shutdown)."""
+        await asyncio.gather(*self._background)
+
+    def _refresh_in_background(self) -> None:
+        async def refresh() -> None:
+            async with self._lock:
+                if self._needs_fetch("", self._monotonic()):
+                    await self._refresh()
+
+        task = asyncio.create_task(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _needs_fetch(self, kid: str, now: float) -> bool:
         if self._fetched_at is None:
@@ -172,6 +195,8 @@ class JwksTokens:
             keys = _signing_keys(json.loads(await self._fetch()))
         except Exception:  # noqa: BLE001 - any failure keeps the keys last fetched
             return
+        if not keys:
+            return  # a set without a signing key (a botched rotation) is a failed fetch
         self._keys = keys
         self._parsed = {}
         self._fresh_until = self._fetched_at + self._cache_seconds

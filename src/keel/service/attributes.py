@@ -165,8 +165,11 @@ class AttributePolicy:
     def _schema_errors(
         self, attributes: JSONObject, hidden: frozenset[str], unnamed: frozenset[str]
     ) -> list[FieldError]:
-        """`unnamed`: attributes a message must not name (a `required` one the caller cannot
-        read): such a message is said as a conflict with attributes it cannot read."""
+        """`hidden`: attributes of the whole object left out of `attributes` (the caller's view);
+        `unnamed`: attributes a message about the whole object must not name (a `required` one
+        the caller cannot read). A message naming one the whole object holds is left out (the
+        view lacks it, the object does not); one naming another is said as a conflict with
+        attributes the caller cannot read."""
         found: list[FieldError] = []
         for error in self._validator.iter_errors(attributes):
             path = list(error.absolute_path)
@@ -175,7 +178,10 @@ class AttributePolicy:
                 continue
             location = "/attributes" + "".join(f"/{part}" for part in path)
             for message in _messages(error):
-                if any(f"`{name}`" in message for name in unnamed):
+                named = {name for name in unnamed if f"`{name}`" in message} if not path else set()
+                if named & hidden:
+                    continue  # about an attribute the whole object holds: not what is wrong
+                if named:
                     found.append(FieldError("/attributes", _HIDDEN_CONFLICT))
                 else:
                     found.append(FieldError(location, message))

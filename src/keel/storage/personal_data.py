@@ -234,6 +234,18 @@ class SqlPersonalData:
                     delivery_id,
                     json.dumps(sent, separators=(",", ":")),
                 )
+            # The admin log's entries about the profile keep what was done and when, not to whom
+            # (which end user a link named: a hash of the subject).
+            audited = await db.fetch("SELECT seq, detail FROM admin_audit WHERE subject = $1", profile_id)
+            for seq, detail_text in audited:
+                detail = json.loads(detail_text)
+                if isinstance(detail, dict) and "end_user" in detail:
+                    del detail["end_user"]
+                    await db.execute(
+                        "UPDATE admin_audit SET detail = $2 WHERE seq = $1",
+                        seq,
+                        json.dumps(detail, separators=(",", ":"), sort_keys=True),
+                    )
             for record in await self.idempotency_records_of(profile_id):
                 # The fingerprint is a hash of the request's personal values: it goes too, so
                 # a retry of the request is answered from the erased outcome, not compared.

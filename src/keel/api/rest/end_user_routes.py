@@ -58,7 +58,9 @@ async def update_me(
     profile = await _end_users(services).update_me(
         caller,
         patch,
-        expected_version_of=(lambda profile_id: expected_version(profile_id, if_match)) if if_match else None,
+        expected_version_of=(
+            (lambda profile_id: expected_version(profile_id, if_match)) if if_match is not None else None
+        ),
     )
     return JSONResponse(profile_document(profile), headers={"ETag": _tag(profile)})
 
