@@ -41,3 +41,20 @@ def test_a_rule_inside_the_callers_own_attribute_is_said_as_it_is() -> None:
 
 def test_without_hidden_attributes_every_rule_is_named() -> None:
     assert _said({"nickname": "n"}, set()) == [("/attributes", "`crm_id` is required")]
+
+
+def test_a_name_the_caller_wrote_does_not_tell_whether_a_hidden_attribute_is_held() -> None:
+    closed = AttributePolicy(
+        {
+            "type": "object",
+            "properties": {"nickname": {"type": "string"}, "crm_id": {"type": "string"}},
+            "additionalProperties": False,
+        }
+    )
+    crafted: dict[str, object] = {"nickname": 5, "x`, `crm_id": 1}
+
+    def said(attributes: dict[str, object]) -> list[tuple[str, str]]:
+        errors = closed.errors(attributes, hidden=frozenset({"crm_id"}))  # type: ignore[arg-type]
+        return [(e.field, e.message) for e in errors]
+
+    assert said(crafted) == said({**crafted, "crm_id": "c"})

@@ -580,7 +580,9 @@ async def test_waiting_requests_never_queue_one_fetch_each(issuer: LocalIssuer) 
     assert calls == 1
 
 
-async def test_a_key_set_without_signing_keys_keeps_the_keys_held(issuer: LocalIssuer) -> None:
+async def test_an_issuer_that_withdraws_its_keys_is_heard(issuer: LocalIssuer) -> None:
+    # An empty set is the issuer's answer (after a compromise, say), not an outage: the keys
+    # withdrawn are no longer accepted.
     answers = [json.dumps(issuer.jwks()).encode(), b'{"keys": []}']
 
     async def fetch() -> bytes:
@@ -593,7 +595,34 @@ async def test_a_key_set_without_signing_keys_keeps_the_keys_held(issuer: LocalI
     assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
     await tokens.settled()
     assert answers == []
+    with pytest.raises(Unavailable):
+        await tokens.verify(issuer.token(SUBJECT))
+
+
+async def test_a_kid_not_held_while_the_issuer_cannot_be_asked_is_unavailable_not_refused(
+    issuer: LocalIssuer,
+) -> None:
+    fetch, clock = Fetch(issuer), Clock()
+    tokens = make_tokens(issuer, fetch, clock, refetch_seconds=30)
     assert await tokens.verify(issuer.token(SUBJECT)) == EndUser(issuer.issuer, SUBJECT)
+    fetch.failing = True
+    clock.advance(31)
+    key = issuer.keys[issuer.kid("RS256")]
+    rotated = jwt.encode(issuer.claims(SUBJECT), key, algorithm="RS256", headers={"kid": "rotated-1"})
+    with pytest.raises(Unavailable):  # the client may retry: whether the key exists is unknown
+        await tokens.verify(rotated)
+    assert fetch.calls == 2
+
+
+async def test_one_background_refresh_at_a_time(issuer: LocalIssuer) -> None:
+    fetch, clock = Fetch(issuer), Clock()
+    tokens = make_tokens(issuer, fetch, clock, cache_seconds=300.0)
+    token = issuer.token(SUBJECT)
+    await tokens.verify(token)
+    clock.advance(301)
+    await asyncio.gather(*(tokens.verify(token) for _ in range(20)))
+    await tokens.settled()
+    assert fetch.calls == 2
 
 
 async def test_a_subject_that_is_no_text_is_refused(issuer: LocalIssuer) -> None:

@@ -101,6 +101,7 @@ class JwksTokens:
         self._fresh_until = 0.0
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._last_failed = False  # the last fetch failed: a kid not held may exist unseen
         self.fetches = 0  # attempts made: read by tests and metrics
 
     async def verify(self, token: str) -> EndUser:
@@ -159,8 +160,9 @@ class JwksTokens:
             async with self._lock:
                 if self._needs_fetch(kid, self._monotonic()):
                     await self._refresh()
-        if not self._keys:
-            raise Unavailable("The issuer's signing keys could not be fetched; retry shortly.")
+        if not self._keys or (kid not in self._keys and self._last_failed):
+            # The issuer could not be asked: whether the key exists is unknown, not refused.
+            raise Unavailable("The issuer's signing keys are not available; retry shortly.")
         return self._parse(kid, algorithm)
 
     async def settled(self) -> None:
@@ -168,9 +170,13 @@ class JwksTokens:
         await asyncio.gather(*self._background)
 
     def _refresh_in_background(self) -> None:
+        if self._background:
+            return  # one is on its way
+
         async def refresh() -> None:
             async with self._lock:
-                if self._needs_fetch("", self._monotonic()):
+                now = self._monotonic()
+                if now >= self._fresh_until and self._needs_fetch("", now):
                     await self._refresh()
 
         task = asyncio.create_task(refresh())
@@ -194,9 +200,9 @@ class JwksTokens:
         try:
             keys = _signing_keys(json.loads(await self._fetch()))
         except Exception:  # noqa: BLE001 - any failure keeps the keys last fetched
+            self._last_failed = True
             return
-        if not keys:
-            return  # a set without a signing key (a botched rotation) is a failed fetch
+        self._last_failed = False
         self._keys = keys
         self._parsed = {}
         self._fresh_until = self._fetched_at + self._cache_seconds

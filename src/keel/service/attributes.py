@@ -178,7 +178,8 @@ class AttributePolicy:
                 continue
             location = "/attributes" + "".join(f"/{part}" for part in path)
             for message in _messages(error):
-                named = {name for name in unnamed if f"`{name}`" in message} if not path else set()
+                names_attributes = not path and error.validator in _NAMING_KEYWORDS
+                named = {name for name in unnamed if f"`{name}`" in message} if names_attributes else set()
                 if named & hidden:
                     continue  # about an attribute the whole object holds: not what is wrong
                 if named:
@@ -195,6 +196,8 @@ class AttributePolicy:
 
 
 _END_USER_ACCESS = ("read", "edit")
+# The keywords whose messages name top-level attributes of the schema (not of the caller's input).
+_NAMING_KEYWORDS = ("required", "dependentRequired")
 
 
 def _end_user_access(properties: object) -> tuple[frozenset[str], frozenset[str]]:

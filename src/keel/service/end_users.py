@@ -242,7 +242,7 @@ class EndUserProfiles:
         subject already linked to another profile is a `Conflict`."""
         _require_admin(principal)
         if not valid_subject(subject):
-            rule = f"a string of 1-{MAX_SUBJECT_LENGTH} characters, no control characters"
+            rule = f"text of 1-{MAX_SUBJECT_LENGTH} characters, no control characters"
             raise ValidationFailed([FieldError("/subject", rule)])
         assert isinstance(subject, str)
         user = EndUser(self._issuer, subject)

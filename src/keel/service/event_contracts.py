@@ -84,7 +84,7 @@ _DATA_SCHEMAS: dict[str, dict[str, Any]] = {
     API_KEY_REVOKED: _object({"key_id": _STRING, "revoked_at": _TIME}),
     ADMIN_ACTION: _object(
         {
-            "actor": {**_STRING, "description": "The id of the admin key that acted."},
+            "actor": {**_STRING, "description": "The id of the admin key that acted, or `cli`."},
             "action": {
                 **_STRING,
                 "description": "key.created, key.updated, key.rotated, key.expired, key.revoked,"

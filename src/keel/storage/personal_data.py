@@ -236,7 +236,10 @@ class SqlPersonalData:
                 )
             # The admin log's entries about the profile keep what was done and when, not to whom
             # (which end user a link named: a hash of the subject).
-            audited = await db.fetch("SELECT seq, detail FROM admin_audit WHERE subject = $1", profile_id)
+            audited = await db.fetch(
+                "SELECT seq, detail FROM admin_audit WHERE subject = $1 AND detail LIKE '%\"end_user\"%'",
+                profile_id,
+            )
             for seq, detail_text in audited:
                 detail = json.loads(detail_text)
                 if isinstance(detail, dict) and "end_user" in detail:

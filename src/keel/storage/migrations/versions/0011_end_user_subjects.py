@@ -1,5 +1,5 @@
 """End users: which profile each subject of the OpenID Connect issuer owns (`profile_subjects`),
-one each way.
+one each way; the admin log indexed by subject (an erasure rewrites its profile's entries).
 
 Revision ID: 0011
 Revises: 0010
@@ -27,8 +27,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("issuer", "subject"),
     )
     op.create_index("profile_subjects_by_profile", "profile_subjects", ["profile_id"], unique=True)
+    # An erasure finds the admin log's entries about its profile (their end user is erased).
+    op.create_index("admin_audit_by_subject", "admin_audit", ["subject"])
 
 
 def downgrade() -> None:
+    op.drop_index("admin_audit_by_subject", table_name="admin_audit")
     op.drop_index("profile_subjects_by_profile", table_name="profile_subjects")
     op.drop_table("profile_subjects")
