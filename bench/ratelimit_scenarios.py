@@ -14,6 +14,8 @@ Scenarios (all by default), one module each in bench/ratelimit/:
             the burst and the burst + refill; TTL on every key
   outage    the noisy load while Redis is stopped, then started again
   spike     offered load ramps to 3x the measured saturation point of one process
+  spike-proxy  the spike through HAProxy fed by the node's agent check, and straight to a node
+            in the same run
   friendly  a client that honours RateLimit and Retry-After
   cost      what a decision costs: in-memory and Redis limiter vs no limiter (wrk, same run),
             and per decision in process
@@ -58,8 +60,9 @@ from bench.ratelimit.shared import (  # noqa: E402
     start_redis,
 )
 from bench.ratelimit.spike import spike  # noqa: E402
+from bench.ratelimit.spike_proxy import spike_proxy  # noqa: E402
 
-SCENARIOS = ("noisy", "noisy-proxy", "atomic", "outage", "spike", "friendly", "cost")
+SCENARIOS = ("noisy", "noisy-proxy", "atomic", "outage", "spike", "spike-proxy", "friendly", "cost")
 
 
 def _prepare(database_url: str, redis: RedisServer, logs: Path) -> Environment:
@@ -125,6 +128,8 @@ def main() -> int:
                     reports.append(outage(environment, max(30.0, min(args.duration, 45.0))))
                 elif name == "spike":
                     reports.append(spike(environment, max(20.0, min(args.duration, 40.0))))
+                elif name == "spike-proxy":
+                    reports.append(spike_proxy(environment, max(20.0, min(args.duration, 40.0))))
                 elif name == "friendly":
                     reports.append(friendly(environment, max(20.0, min(args.duration, 40.0))))
                 elif name == "cost":

@@ -59,44 +59,53 @@ def spike(environment: Environment, duration: float) -> Report:
     report = Report("spike")
     token = environment.keys("unlimited", 1)[0]
     with keel_nodes(environment, 1, "spike", KEEL_RATELIMIT_ENABLED="false") as ports:
-        port = ports[0]
         warm(environment, ports, [token])
+        measure_spike(environment, token, ports[0], ports[0], duration, report)
+    return report
 
-        async def measure_saturation(workers: int) -> float:
-            """Goodput (2xx/s) with `workers` lists always outstanding, plus the critical reads."""
-            critical = Stream(
-                "critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)
-            )
-            reads, (ok, _) = await asyncio.gather(
-                run([critical], 10.0), _closed_loop(port, token, workers, 10.0)
-            )
-            return ok / 10.0 + len(ok_results(reads)) / 10.0
 
-        asyncio.run(_closed_loop(port, token, 8, 3.0))  # warm-up
-        peak = 0.0
-        for workers in SATURATION_WORKERS:
-            print(f"  saturation: {workers} closed-loop list workers + critical reads, 10 s ...", flush=True)
-            peak = max(peak, asyncio.run(measure_saturation(workers)))
-        list_peak = peak - CRITICAL_RATE
-        print(f"  peak goodput {peak:.0f}/s ({list_peak:.0f} lists/s); unloaded run at 30% ...", flush=True)
-        unloaded_streams = [
-            Stream("lists", "list", ports, lambda t: 0.3 * list_peak, _list_request(token)),
-            Stream("critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)),
-        ]
-        unloaded = asyncio.run(run(unloaded_streams, 10.0))
-        ramp = duration / 2
+def measure_spike(
+    environment: Environment, token: str, front: int, keel: int, duration: float, report: Report
+) -> None:
+    """The spike, sent to `front` (the Keel node itself, or a proxy in front of it), with Keel's
+    own figures read from `keel`: the saturation point (the best goodput of closed-loop lists
+    and the critical reads), an unloaded run at 30% of it, then the ramp to 3x and the hold.
+    Writes the figures and the checks into `report`."""
+    ports = [front]
 
-        def offered(t: float) -> float:
-            return list_peak * (0.5 + 2.5 * min(1.0, t / ramp))
+    async def measure_saturation(workers: int) -> float:
+        """Goodput (2xx/s) with `workers` lists always outstanding, plus the critical reads."""
+        critical = Stream("critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token))
+        reads, (ok, _) = await asyncio.gather(
+            run([critical], 10.0), _closed_loop(front, token, workers, 10.0)
+        )
+        return ok / 10.0 + len(ok_results(reads)) / 10.0
 
-        spike_streams = [
-            Stream("lists", "list", ports, offered, _list_request(token)),
-            Stream("critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)),
-        ]
-        print(f"  ramp to 3x the list saturation over {ramp:g}s, hold {duration - ramp:g}s ...", flush=True)
-        spiked = asyncio.run(run(spike_streams, duration))
-        generator_lag_p99 = percentile(OWN_LAG, 99)
-        within, shed_total = asyncio.run(_server_side_shed_time(port))
+    asyncio.run(_closed_loop(front, token, 8, 3.0))  # warm-up
+    peak = 0.0
+    for workers in SATURATION_WORKERS:
+        print(f"  saturation: {workers} closed-loop list workers + critical reads, 10 s ...", flush=True)
+        peak = max(peak, asyncio.run(measure_saturation(workers)))
+    list_peak = peak - CRITICAL_RATE
+    print(f"  peak goodput {peak:.0f}/s ({list_peak:.0f} lists/s); unloaded run at 30% ...", flush=True)
+    unloaded_streams = [
+        Stream("lists", "list", ports, lambda t: 0.3 * list_peak, _list_request(token)),
+        Stream("critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)),
+    ]
+    unloaded = asyncio.run(run(unloaded_streams, 10.0))
+    ramp = duration / 2
+
+    def offered(t: float) -> float:
+        return list_peak * (0.5 + 2.5 * min(1.0, t / ramp))
+
+    spike_streams = [
+        Stream("lists", "list", ports, offered, _list_request(token)),
+        Stream("critical", "read", ports, lambda t: CRITICAL_RATE, environment.random_read(token)),
+    ]
+    print(f"  ramp to 3x the list saturation over {ramp:g}s, hold {duration - ramp:g}s ...", flush=True)
+    spiked = asyncio.run(run(spike_streams, duration))
+    generator_lag_p99 = percentile(OWN_LAG, 99)
+    within, shed_total = asyncio.run(_server_side_shed_time(keel))
     hold = [r for r in spiked if r.scheduled >= ramp + 2]
     hold_seconds = duration - ramp - 2
     goodput = len(ok_results(hold)) / hold_seconds
@@ -148,7 +157,6 @@ def spike(environment: Environment, duration: float) -> Report:
         f"{within / max(shed_total, 1):.2%} of {shed_total:.0f} within 5 ms"
         " (Keel's keel_http_request_duration_seconds)",
     )
-    return report
 
 
 async def _server_side_shed_time(port: int) -> tuple[float, float]:
