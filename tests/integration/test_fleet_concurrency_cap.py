@@ -20,7 +20,11 @@ from keel.ratelimit.policy import Plan, Policy
 from keel.ratelimit.ports import LimiterUnavailable
 from keel.ratelimit.redis import RedisRateLimiter, connect, policy_key, slots_key
 
-CAP_3 = Plan("capped", (Policy("burst", quota=1000, window_seconds=1, burst=1000),), concurrency=3)
+# One unit a minute, a burst of 1,000: the cap decides, never the quota. The refill is slow on
+# purpose: the script gives each policy key a TTL of its time to refill, taken from the injected
+# clock but counted by Redis in real time. At 1,000 units a second three admissions made a key
+# of 4 ms, which a slow moment on a loaded host outlived (the test then read no key at all).
+CAP_3 = Plan("capped", (Policy("burst", quota=1, window_seconds=60, burst=1000),), concurrency=3)
 EPOCH_US = 1_790_000_000_123_456
 LEASE_SECONDS = 10.0
 
