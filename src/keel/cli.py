@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -36,6 +36,10 @@ ratelimit_app = typer.Typer(help="The fleet-wide rate-limit kill switch (on Redi
 app.add_typer(ratelimit_app, name="ratelimit")
 residency_app = typer.Typer(help="Regional data residency (docs/residency.md).", no_args_is_help=True)
 app.add_typer(residency_app, name="residency")
+capacity_app = typer.Typer(
+    help="Measure a deployment's capacity and plan a fleet (docs/capacity.md).", no_args_is_help=True
+)
+app.add_typer(capacity_app, name="capacity")
 
 
 @app.command()
@@ -734,6 +738,171 @@ async def _seed(settings: Settings, count: int, seed_value: int) -> None:
                     skipped += 1
                 progress.advance(task)
     typer.echo(f"created {created} profiles ({skipped} skipped as already present)")
+
+
+@capacity_app.command("measure")
+def capacity_measure(
+    url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="N=URL: a running deployment of N workers or nodes (repeat for several N);"
+            " a bare URL is N=1."
+        ),
+    ] = None,
+    start_workers: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated N: start `keel serve --workers N` here for each, with this"
+            " environment's settings."
+        ),
+    ] = None,
+    unit: Annotated[str, typer.Option(help="What N counts: workers or nodes.")] = "workers",
+    key_env: Annotated[
+        str, typer.Option(help="The environment variable holding the API key (profiles:read,profiles:write).")
+    ] = "KEEL_CAPACITY_KEY",
+    start_rps: Annotated[float, typer.Option(min=1)] = 50,
+    step_rps: Annotated[float, typer.Option(min=1)] = 50,
+    max_rps: Annotated[float, typer.Option(min=1)] = 2000,
+    step_seconds: Annotated[float, typer.Option(min=0.5)] = 5,
+    p99_slo_ms: Annotated[float, typer.Option(help="The knee's latency SLO.")] = 50,
+    read_share: Annotated[float, typer.Option(min=0, max=1, help="Reads in the mix.")] = 0.9,
+    kinds: Annotated[str, typer.Option(help="Comma-separated: read, write, mix.")] = "read,write,mix",
+    connections: Annotated[int, typer.Option(min=1)] = 64,
+    profiles: Annotated[
+        int, typer.Option(min=1, help="Profiles made for the measurement, deleted after it.")
+    ] = 100,
+    redis_url_env: Annotated[
+        str | None,
+        typer.Option(help="An environment variable holding a Redis URL whose commands to count per request."),
+    ] = None,
+    report: Annotated[
+        Path, typer.Option(help="Base path of the report: BASE.json, BASE.md, BASE-*.svg.")
+    ] = Path("capacity"),
+) -> None:
+    """An open-loop step ramp of reads, writes and a mix against each deployment; the knee of each
+    (highest throughput within the p99 SLO), the USL fitted over N, and a report with plots."""
+    from rich.progress import Progress
+
+    from keel.capacity.measure import KINDS, Ramp, Series, measure
+    from keel.capacity.report import write_report
+    from keel.capacity.steps import Step
+
+    token = os.environ.get(key_env, "")
+    chosen_kinds = tuple(kind.strip() for kind in kinds.split(",") if kind.strip())
+    targets: dict[int, str] = {}
+    for entry in url or []:
+        scale, sep, where = entry.partition("=")
+        if not sep:
+            scale, where = "1", entry
+        if not scale.isdigit() or int(scale) < 1:
+            _fail(f"--url {entry!r}: N=URL with N >= 1")
+        targets[int(scale)] = where
+    workers = [int(n) for n in (start_workers or "").split(",") if n.strip()]
+    problems = [
+        f"{key_env} holds no API key" if not token else "",
+        "give --url or --start-workers" if not targets and not workers else "",
+        f"--kinds: one or more of {', '.join(KINDS)}"
+        if not chosen_kinds or set(chosen_kinds) - set(KINDS)
+        else "",
+        "--unit: workers or nodes" if unit not in ("workers", "nodes") else "",
+        "--start-workers starts workers: --unit workers" if workers and unit != "workers" else "",
+        "--max-rps is below --start-rps" if max_rps < start_rps else "",
+        "--start-workers: each N at least 1, none given twice"
+        if any(n < 1 for n in workers) or len(set(workers) | set(targets)) != len(workers) + len(targets)
+        else "",
+        "--p99-slo-ms must be positive" if p99_slo_ms <= 0 else "",
+    ]
+    if any(problems):
+        _fail("; ".join(problem for problem in problems if problem))
+    redis_url = os.environ.get(redis_url_env) if redis_url_env else None
+    if redis_url_env and not redis_url:
+        _fail(f"{redis_url_env} holds no Redis URL")
+    ramp = Ramp(
+        start_rps=start_rps,
+        step_rps=step_rps,
+        max_rps=max_rps,
+        step_seconds=step_seconds,
+        p99_slo_ms=p99_slo_ms,
+        read_share=read_share,
+        kinds=chosen_kinds,
+        connections=connections,
+        profiles=profiles,
+    )
+    total = len(ramp.rates()) * len(chosen_kinds) * (len(targets) + len(workers))
+    with Progress(transient=False) as progress:
+        task = progress.add_task("ramping", total=total)
+
+        def on_step(series: Series, step: Step) -> None:
+            verdict = "ok" if step.within(p99_slo_ms) else "past SLO"
+            failed = " ".join(f"{what}×{count}" for what, count in step.failures.items()) or "0"
+            progress.console.print(
+                f"{series.scale} {unit} {series.kind} {step.offered_rps:,.0f}/s: {step.throughput:,.0f}/s"
+                f" p99 {step.p99_ms:.1f} ms failed {failed} {verdict}",
+                soft_wrap=True,
+            )
+            progress.advance(task)
+
+        try:
+            measurement = measure(
+                token,
+                ramp,
+                unit=unit,
+                targets=targets,
+                start_workers=workers,
+                redis_url=redis_url,
+                on_step=on_step,
+            )
+        except (RuntimeError, OSError, ValueError) as error:
+            _fail(str(error))
+        progress.update(task, completed=total)
+    command = "keel capacity " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "keel capacity measure"
+    for path in write_report(measurement, report, command):
+        typer.echo(f"wrote {path}")
+
+
+@capacity_app.command("plan")
+def capacity_plan(
+    measurement: Annotated[
+        Path, typer.Argument(help="A measurement's JSON (keel capacity measure --report).")
+    ],
+    peak_rps: Annotated[float, typer.Option(help="The peak to serve, requests/s.")],
+    read_share: Annotated[float, typer.Option(min=0, max=1, help="Reads among the requests.")] = 0.9,
+    p99_slo_ms: Annotated[float, typer.Option(help="p99 latency to hold at the peak.")] = 50,
+    headroom: Annotated[float, typer.Option(min=0, help="0.3: plan for 30 % above the peak.")] = 0.3,
+    spare_nodes: Annotated[
+        int, typer.Option(min=0, help="Nodes beyond the need, for failures and deploys.")
+    ] = 1,
+    reserved_connections: Annotated[
+        int, typer.Option(min=0, help="Database connections kept for migrations, the relay and operators.")
+    ] = 10,
+) -> None:
+    """Nodes, workers per node, database pool and max connections, Redis operations/s for a peak,
+    from a measurement, with the arithmetic shown."""
+    from keel.capacity.measure import load_measurement
+    from keel.capacity.plan import Need, plan
+
+    try:
+        measured = load_measurement(str(measurement))
+        result = plan(
+            measured, Need(peak_rps, read_share, p99_slo_ms, headroom, spare_nodes, reserved_connections)
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        _fail(f"{measurement}: {error}")
+    for line in result.lines:
+        typer.echo(line)
+    if result.nodes is None:
+        raise typer.Exit(1)
+    typer.echo(
+        f"\nPlan: {result.nodes} nodes × {result.workers_per_node} workers;"
+        f" pool {result.pool_per_worker} a worker;"
+        f" max_connections {result.max_connections}"
+        + (f"; Redis {result.redis_ops:,.0f} ops/s" if result.redis_ops is not None else "")
+    )
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"keel: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def main() -> None:

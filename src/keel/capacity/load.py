@@ -1,0 +1,185 @@
+"""An open-loop HTTP/1.1 load generator on asyncio streams: requests are due at Poisson arrival
+times whatever the answers, and a request's latency counts from when it was due, so a server
+that falls behind shows it (no coordinated omission). Persistent connections, at most
+`connections` open; a request that finds none free waits, and that wait is in its latency.
+
+Its own cost is small for Python (no HTTP library: a status line, headers and a Content-Length
+body are all Keel answers with), and is reported beside each run: a client short of CPU sends
+late, which the report would show as the server's latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from keel.capacity.steps import Step, percentile
+
+# What one request is: method, path, body (b"" for none), content type.
+Request = tuple[str, str, bytes, str]
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    token: str
+
+    @classmethod
+    def parse(cls, url: str, token: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError("give the deployment's root URL, without a path")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port, token)
+
+    def encode(self, request: Request) -> bytes:
+        method, path, body, content_type = request
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\nAccept: application/json\r\n"
+        )
+        if body or method in ("POST", "PUT", "PATCH"):
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        return head.encode() + b"\r\n" + body
+
+
+class Answer:
+    __slots__ = ("body", "close", "status")
+
+    def __init__(self, status: int, body: bytes, close: bool) -> None:
+        self.status = status
+        self.body = body
+        self.close = close
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = 0
+    close = False
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding":
+            raise ValueError("a chunked answer: this client reads Content-Length bodies only")
+        elif name == "connection" and value.strip().lower() == "close":
+            close = True
+    body = await reader.readexactly(length) if length else b""
+    return Answer(status, body, close)
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class Client:
+    """A pool of persistent connections to one target."""
+
+    def __init__(self, target: Target, connections: int, timeout: float) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._idle: list[Connection] = []
+        self._slots = asyncio.Semaphore(connections)
+        self._tls = ssl.create_default_context() if target.scheme == "https" else None
+
+    async def send(self, request: Request) -> Answer:
+        async with self._slots:
+            connection = self._idle.pop() if self._idle else None
+            try:
+                if connection is None:
+                    connection = await asyncio.wait_for(
+                        asyncio.open_connection(self.target.host, self.target.port, ssl=self._tls),
+                        self.timeout,
+                    )
+                reader, writer = connection
+                writer.write(self.target.encode(request))
+                answer = await asyncio.wait_for(read_answer(reader), self.timeout)
+            except BaseException:
+                if connection is not None:
+                    connection[1].close()
+                raise
+            if answer.close:
+                writer.close()
+            else:
+                self._idle.append(connection)
+            return answer
+
+    async def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def open_loop(
+    client: Client,
+    rate: float,
+    seconds: float,
+    request: Callable[[random.Random], Request],
+    *,
+    seed: int,
+    server_cpu: Callable[[], float] | None = None,
+) -> Step:
+    """Send at `rate` requests/s (Poisson arrivals) for `seconds`; wait for every answer (each at
+    most the client's timeout); one Step, whose throughput is over the time to the last answer."""
+    rng = random.Random(seed)  # noqa: S311 (arrival times, not secrets)
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    last = 0.0
+
+    async def one(due: float, what: Request) -> None:
+        nonlocal last
+        try:
+            answer = await client.send(what)
+        except TimeoutError:
+            failures["timeout"] = failures.get("timeout", 0) + 1
+            return
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            failures["socket"] = failures.get("socket", 0) + 1
+            return
+        last = time.perf_counter()
+        if 200 <= answer.status < 300:
+            latencies.append(last - due)
+        else:
+            failures[str(answer.status)] = failures.get(str(answer.status), 0) + 1
+
+    tasks: list[asyncio.Task[None]] = []
+    cpu_before = server_cpu() if server_cpu else 0.0
+    start = time.perf_counter()
+    due = start
+    end = start + seconds
+    while True:
+        due += rng.expovariate(rate)
+        if due >= end:
+            break
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due, request(rng))))
+    await asyncio.gather(*tasks)
+    cpu = (server_cpu() - cpu_before) if server_cpu else None
+    latencies.sort()
+    sent = len(tasks)
+    return Step(
+        offered_rps=rate,
+        # Answers that came after the ramp moved on still count, over the time they took.
+        seconds=max(seconds, last - start),
+        sent=sent,
+        ok=len(latencies),
+        failed=sum(failures.values()),
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        mean_ms=(sum(latencies) / len(latencies) * 1000) if latencies else 0.0,
+        server_cpu_us=(cpu / sent * 1e6) if cpu is not None and sent else None,
+        failures=dict(sorted(failures.items())),
+    )

@@ -1,0 +1,170 @@
+"""`keel capacity measure` and `keel capacity plan` as an operator runs them, against a served
+Keel and one the command starts itself; and the load generator's accounting against a server
+that answers what the test tells it to."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keel.capacity.load import Client, Target, open_loop
+from tests.e2e.test_served_process import Served, keel_served
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _capacity(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keel", "capacity", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+SMALL_RAMP = (
+    "--start-rps",
+    "20",
+    "--step-rps",
+    "20",
+    "--max-rps",
+    "40",
+    "--step-seconds",
+    "1",
+    "--profiles",
+    "5",
+)
+
+
+def _profile_count(served: Served) -> int:
+    listed = httpx.get(
+        f"{served.base_url}/v1/profiles",
+        params={"limit": 100},
+        headers={"Authorization": f"Bearer {served.token}"},
+    )
+    assert listed.status_code == 200, listed.text
+    return len(listed.json()["items"])
+
+
+def test_a_measurement_of_a_served_keel_and_a_plan_from_it(tmp_path: Path) -> None:
+    with keel_served(tmp_path, {}) as served:
+        before = _profile_count(served)
+        env = {**served.env, "KEEL_CAPACITY_KEY": served.token}
+        done = _capacity(
+            env, "measure", "--url", served.base_url, "--kinds", "read,write", *SMALL_RAMP,
+            "--p99-slo-ms", "10000", "--report", str(tmp_path / "cap"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        # The profiles it made are gone again.
+        assert _profile_count(served) == before
+    assert served.token not in done.stdout + done.stderr
+    measured = json.loads((tmp_path / "cap.json").read_text())
+    assert [(s["kind"], s["scale"]) for s in measured["series"]] == [("read", 1), ("write", 1)]
+    for series in measured["series"]:
+        assert [step["offered_rps"] for step in series["steps"]] == [20, 40]
+        for step in series["steps"]:
+            assert step["sent"] > 0
+            assert step["ok"] == step["sent"], step  # a served Keel answers such a light load in full
+            assert step["failures"] == {}
+            assert 0 < step["p50_ms"] <= step["p99_ms"]
+            assert step["server_cpu_us"] is None  # a URL: its processes are not known here
+    assert (tmp_path / "cap-read-latency.svg").exists()
+    assert "knee" in (tmp_path / "cap.md").read_text()
+    planned = _capacity(
+        served.env, "plan", str(tmp_path / "cap.json"), "--peak-rps", "1000", "--read-share", "0.8",
+        "--p99-slo-ms", "10000",
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    assert "Plan: " in planned.stdout
+    assert "Need: 1,000/s × (1 + 0.3) = 1,300/s." in planned.stdout
+
+
+def test_a_keel_it_starts_itself_has_its_cpu_counted(tmp_path: Path) -> None:
+    with keel_served(tmp_path, {}) as served:  # the database migrated and a key made
+        env = {**served.env, "KEEL_CAPACITY_KEY": served.token}
+        env.pop("KEEL_PORT")
+        done = _capacity(
+            env, "measure", "--start-workers", "1", "--kinds", "mix", *SMALL_RAMP,
+            "--report", str(tmp_path / "own"),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    measured = json.loads((tmp_path / "own.json").read_text())
+    assert measured["targets"] == {"1": "keel serve --workers 1"}
+    steps = measured["series"][0]["steps"]
+    assert steps
+    assert all(step["server_cpu_us"] is not None and step["server_cpu_us"] > 0 for step in steps)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("measure", "--url", "http://127.0.0.1:1"), "KEEL_CAPACITY_KEY holds no API key"),
+        (("measure",), "give --url or --start-workers"),
+        (("measure", "--url", "x=http://127.0.0.1:1"), "N=URL with N >= 1"),
+        (("measure", "--url", "http://127.0.0.1:1", "--kinds", "reads"), "--kinds: one or more of"),
+        (("plan", "/nonexistent.json", "--peak-rps", "10"), "/nonexistent.json"),
+    ],
+)
+def test_what_cannot_be_measured_or_planned_is_said_plainly(args: tuple[str, ...], said: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KEEL_CAPACITY_KEY"}
+    if args[:3] == ("measure", "--url", "http://127.0.0.1:1") and len(args) > 3:
+        env["KEEL_CAPACITY_KEY"] = "keel_x"
+    done = _capacity(env, *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def _answering(statuses: list[tuple[int, bool]]) -> tuple[asyncio.Server, int]:
+    """A server that answers each request with the next (status, close the connection?)."""
+    pending = list(statuses)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while pending:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            status, close = pending.pop(0)
+            body = b'{"ok": true}'
+            writer.write(
+                f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n".encode()
+                + (b"Connection: close\r\n" if close else b"")
+                + b"\r\n"
+                + body
+            )
+            await writer.drain()
+            if close:
+                break
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_the_load_generator_counts_each_answer_by_status() -> None:
+    # Ten answers: six 200s (one closing its connection), three 503s, one 429; a request past
+    # them finds the connection closed (a socket failure).
+    statuses = [(200, False)] * 5 + [(200, True)] + [(503, False)] * 3 + [(429, False)]
+    server, port = await _answering(statuses)
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
+    try:
+        step = await open_loop(client, 2000.0, 0.2, lambda rng: ("GET", "/", b"", ""), seed=3)
+    finally:
+        await client.close()
+        server.close()
+    assert step.sent > len(statuses)
+    assert step.ok == 6
+    assert step.failures["503"] == 3
+    assert step.failures["429"] == 1
+    assert step.failures.get("socket", 0) == step.sent - 10
+    assert step.failed == step.sent - 6
