@@ -781,9 +781,16 @@ def capacity_measure(
 ) -> None:
     """An open-loop step ramp of reads, writes and a mix against each deployment; the knee of each
     (highest throughput within the p99 SLO), the USL fitted over N, and a report with plots."""
+    import signal
+
     from rich.progress import Progress
 
     from keel.capacity.measure import KINDS, Ramp, Series, measure
+
+    def _terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds like Ctrl-C: the servers it started are stopped
+
+    signal.signal(signal.SIGTERM, _terminated)
     from keel.capacity.report import write_report
     from keel.capacity.steps import Step
 

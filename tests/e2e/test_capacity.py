@@ -168,3 +168,23 @@ async def test_the_load_generator_counts_each_answer_by_status() -> None:
     assert step.failures["429"] == 1
     assert step.failures.get("socket", 0) == step.sent - 10
     assert step.failed == step.sent - 6
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_counted_against_it() -> None:
+    # Every connection answers one request, without `Connection: close`, and is then closed: as a
+    # server closes a keep-alive connection at its idle timeout, racing the client's next request.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
+    try:
+        answers = [await client.send(("GET", "/", b"", "")) for _ in range(5)]
+    finally:
+        await client.close()
+        server.close()
+    assert [answer.status for answer in answers] == [200] * 5

@@ -83,40 +83,70 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+# A connection idle this long is not reused: servers close idle keep-alive connections (Keel
+# after KEEL_HTTP_KEEP_ALIVE_SECONDS, 5 s by default), and a request written to one the server
+# is closing fails through no fault of the server's load.
+IDLE_REUSE_SECONDS = 2.0
+
+
 class Client:
     """A pool of persistent connections to one target."""
 
     def __init__(self, target: Target, connections: int, timeout: float) -> None:
         self.target = target
         self.timeout = timeout
-        self._idle: list[Connection] = []
+        self._idle: list[tuple[Connection, float]] = []  # with when each was last used
         self._slots = asyncio.Semaphore(connections)
         self._tls = ssl.create_default_context() if target.scheme == "https" else None
 
+    async def _connect(self) -> Connection:
+        return await asyncio.wait_for(
+            asyncio.open_connection(self.target.host, self.target.port, ssl=self._tls), self.timeout
+        )
+
+    def _reusable(self) -> Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            connection, used = self._idle.pop()
+            if now - used < IDLE_REUSE_SECONDS and not connection[1].is_closing():
+                return connection
+            connection[1].close()
+        return None
+
     async def send(self, request: Request) -> Answer:
         async with self._slots:
-            connection = self._idle.pop() if self._idle else None
+            connection = self._reusable()
+            reused = connection is not None
             try:
                 if connection is None:
-                    connection = await asyncio.wait_for(
-                        asyncio.open_connection(self.target.host, self.target.port, ssl=self._tls),
-                        self.timeout,
-                    )
-                reader, writer = connection
-                writer.write(self.target.encode(request))
-                answer = await asyncio.wait_for(read_answer(reader), self.timeout)
+                    connection = await self._connect()
+                try:
+                    answer = await self._exchange(connection, request)
+                except asyncio.IncompleteReadError as error:
+                    if not (reused and not error.partial):
+                        raise
+                    # Closed by the server before it answered a byte: the race every keep-alive
+                    # client has with an idle timeout. Once more, on a new connection.
+                    connection[1].close()
+                    connection = await self._connect()
+                    answer = await self._exchange(connection, request)
             except BaseException:
                 if connection is not None:
                     connection[1].close()
                 raise
             if answer.close:
-                writer.close()
+                connection[1].close()
             else:
-                self._idle.append(connection)
+                self._idle.append((connection, time.monotonic()))
             return answer
 
+    async def _exchange(self, connection: Connection, request: Request) -> Answer:
+        reader, writer = connection
+        writer.write(self.target.encode(request))
+        return await asyncio.wait_for(read_answer(reader), self.timeout)
+
     async def close(self) -> None:
-        for _, writer in self._idle:
+        for (_, writer), _ in self._idle:
             writer.close()
         self._idle.clear()
 
