@@ -66,11 +66,17 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         file.write(
             f"\nCode measured: {state}. Reproduce: `python -m bench.capacity {' '.join(sys.argv[1:])}`.\n"
         )
+    return _plans(report, args, base_env, state)
+
+
+def _plans(report: Path, args: argparse.Namespace, base_env: dict[str, str], state: str) -> int:
+    """`keel capacity plan` for each of `--peaks` from `report`'s JSON, into a new dated file."""
+    base = report.with_suffix("")
     plans = [
         f"# Fleet plans from [{report.name}]({report.name})",
         "",
         "Each: `keel capacity plan " + f"{base.name}.json --peak-rps N --read-share 0.9 --p99-slo-ms"
-        f" {args.p99_slo_ms:g} --headroom 0.3`.",
+        f" {args.p99_slo_ms:g} --headroom 0.3`. Code: {state}.",
         "",
     ]
     for peak in args.peaks.split(","):
@@ -83,7 +89,7 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         plans += [planned.stderr.strip(), "```", ""] if planned.stderr.strip() else ["```", ""]
     path = new_result_path("capacity-plan")
     path.write_text("\n".join(plans))
-    print(f"wrote {report} and {path}")
+    print(f"wrote {path}")
     return 0
 
 
@@ -98,7 +104,13 @@ def main() -> int:
     parser.add_argument("--step-seconds", type=float, default=4)
     parser.add_argument("--p99-slo-ms", type=float, default=50)
     parser.add_argument("--peaks", default="500,2000,10000")
+    parser.add_argument(
+        "--plan-from", type=Path, help="only plan, from this report (its .md; the .json beside it)"
+    )
     args = parser.parse_args()
+    if args.plan_from:
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        return _plans(args.plan_from.resolve(), args, base_env, code_state())
     return run_on_postgres(lambda url: _benchmark(url, args))
 
 

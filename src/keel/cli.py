@@ -882,6 +882,12 @@ def capacity_plan(
     reserved_connections: Annotated[
         int, typer.Option(min=0, help="Database connections kept for migrations, the relay and operators.")
     ] = 10,
+    workers_per_node: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Run this many workers a node (HAProxy's agent check needs 1); default: the best."
+        ),
+    ] = None,
 ) -> None:
     """Nodes, workers per node, database pool and max connections, Redis operations/s for a peak,
     from a measurement, with the arithmetic shown."""
@@ -890,9 +896,10 @@ def capacity_plan(
 
     try:
         measured = load_measurement(str(measurement))
-        result = plan(
-            measured, Need(peak_rps, read_share, p99_slo_ms, headroom, spare_nodes, reserved_connections)
+        need = Need(
+            peak_rps, read_share, p99_slo_ms, headroom, spare_nodes, reserved_connections, workers_per_node
         )
+        result = plan(measured, need)
     except (OSError, ValueError, KeyError, TypeError) as error:
         _fail(f"{measurement}: {error}")
     for line in result.lines:

@@ -196,3 +196,18 @@ def test_the_report_round_trips_and_its_plots_are_svg(tmp_path: Path) -> None:
     report = (tmp_path / "cap.md").read_text()
     assert "**read, 2 workers**: knee 1,800/s" in report
     assert "| 2,000 | 1,000 | 0 of 1,000 | 450.0 | 900.0 | n/a | n/a | no |" in report
+
+
+def test_the_operator_may_fix_the_workers_a_node_runs() -> None:
+    measurement = _measurement({1: (1000.0, 200.0), 2: (1800.0, 360.0), 3: (1500.0, 300.0)})
+    result = plan(
+        measurement, Need(peak_rps=4000, read_share=0.9, p99_slo_ms=50, headroom=0.3, workers_per_node=1)
+    )
+    assert result.workers_per_node == 1
+    assert result.nodes == math.ceil(4000 * 1.3 / mixed(1000, 200, 0.9)) + 1
+    assert any("Workers per node: 1 (as asked" in line for line in result.lines)
+    with pytest.raises(ValueError, match="workers per node"):
+        plan(
+            _measurement({1: (1000.0, 200.0)}, unit="nodes"),
+            Need(peak_rps=10, read_share=0.9, p99_slo_ms=50, headroom=0, workers_per_node=1),
+        )

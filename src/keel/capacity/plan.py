@@ -38,6 +38,7 @@ class Need:
     headroom: float  # 0.3: plan for 30 % over the peak
     spare_nodes: int = 1
     reserved_connections: int = 10  # migrations, the events relay, operators
+    workers_per_node: int | None = None  # the operator's choice (an agent check needs 1); None: the best
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Plan:
     pool_per_worker: int
     max_connections: int
     redis_ops: float | None
+    node_rps: float  # what one node serves within the SLO, as the plan counts it
     lines: list[str]  # the arithmetic, in order
 
 
@@ -69,6 +71,8 @@ def plan(measurement: Measurement, need: Need) -> Plan:
         raise ValueError("the read share is between 0 and 1")
     if need.peak_rps <= 0 or need.headroom < 0 or need.p99_slo_ms <= 0:
         raise ValueError("the peak and the SLO are positive, the headroom at least 0")
+    if need.workers_per_node is not None and (need.workers_per_node < 1 or measurement.unit != "workers"):
+        raise ValueError("workers per node: at least 1, from a measurement over workers")
     unit = measurement.unit
     lines = [
         f"Measured {measurement.measured_at}: "
@@ -120,19 +124,23 @@ def plan(measurement: Measurement, need: Need) -> Plan:
 
     nodes: int | None
     if unit == "workers":
-        workers = max(scales, key=curve)
+        workers = need.workers_per_node or max(scales, key=curve)
         per_node = curve(workers)
         serving = math.ceil(required / per_node)
         nodes = serving + need.spare_nodes
-        lines.append(
-            f"Workers per node: {workers} (the greatest measured throughput among"
-            f" {', '.join(map(str, scales))} {unit}: {per_node:,.0f}/s a node)."
+        why = (
+            "as asked"
+            if need.workers_per_node
+            else f"the greatest measured throughput among {', '.join(map(str, scales))} {unit}"
         )
+        source = "measured" if workers in capacity else "fitted"
+        lines.append(f"Workers per node: {workers} ({why}: {per_node:,.0f}/s a node, {source}).")
         lines.append(
             f"Nodes: ⌈{required:,.0f} / {per_node:,.0f}⌉ = {serving}, + {need.spare_nodes} spare = {nodes}."
         )
         per_worker = required / (serving * workers)
-        at_knee = mixes.get(workers) or reads.get(workers)
+        measured_near = min(scales, key=lambda n: abs(n - workers))
+        at_knee = mixes.get(measured_near) or reads.get(measured_near)
     else:
         workers = 1
         reach = range(1, 1001) if fit else scales
@@ -154,6 +162,7 @@ def plan(measurement: Measurement, need: Need) -> Plan:
                 f" + {need.spare_nodes} spare = {nodes}."
             )
         per_worker = required / serving
+        per_node = curve(serving) / serving
         at_knee = mixes.get(1) or reads.get(1)
     assert at_knee is not None  # scales holds only scales with a read knee
     in_flight = per_worker * at_knee.mean_ms / 1000
@@ -161,8 +170,8 @@ def plan(measurement: Measurement, need: Need) -> Plan:
     total_workers = (nodes if nodes is not None else serving) * workers
     max_connections = total_workers * pool + need.reserved_connections
     lines.append(
-        f"Pool per worker: {per_worker:,.0f}/s × {at_knee.mean_ms:.1f} ms mean at the knee ="
-        f" {in_flight:.2f} in flight → {pool} (at least 2)."
+        f"Pool per worker (KEEL_DB_POOL_MAX): {per_worker:,.0f}/s × {at_knee.mean_ms:.1f} ms mean at the"
+        f" knee = {in_flight:.2f} in flight → {pool} (at least 2)."
     )
     lines.append(
         f"max_connections: {total_workers} workers × {pool}"
@@ -179,4 +188,4 @@ def plan(measurement: Measurement, need: Need) -> Plan:
         )
     else:
         lines.append("Redis: not watched in this measurement (measure with --redis-url).")
-    return Plan(nodes, workers, pool, max_connections, redis_ops, lines)
+    return Plan(nodes, workers, pool, max_connections, redis_ops, per_node, lines)
