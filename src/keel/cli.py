@@ -781,11 +781,14 @@ def capacity_measure(
 ) -> None:
     """An open-loop step ramp of reads, writes and a mix against each deployment; the knee of each
     (highest throughput within the p99 SLO), the USL fitted over N, and a report with plots."""
+    import math
     import signal
 
+    from redis.exceptions import RedisError
     from rich.progress import Progress
 
-    from keel.capacity.measure import KINDS, Ramp, Series, measure
+    from keel.capacity.load import Target
+    from keel.capacity.measure import KINDS, Ramp, Series, counted, measure
 
     def _terminated(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds like Ctrl-C: the servers it started are stopped
@@ -803,8 +806,15 @@ def capacity_measure(
             scale, where = "1", entry
         if not scale.isdigit() or int(scale) < 1:
             _fail(f"--url {entry!r}: N=URL with N >= 1")
+        try:
+            Target.parse(where, token)  # every URL checked before minutes of ramps
+        except ValueError as error:
+            _fail(f"--url {entry!r}: {error}")
         targets[int(scale)] = where
-    workers = [int(n) for n in (start_workers or "").split(",") if n.strip()]
+    given = [n.strip() for n in (start_workers or "").split(",") if n.strip()]
+    if not all(n.isdigit() for n in given):
+        _fail(f"--start-workers {start_workers!r}: comma-separated whole numbers")
+    workers = [int(n) for n in given]
     problems = [
         f"{key_env} holds no API key" if not token else "",
         "give --url or --start-workers" if not targets and not workers else "",
@@ -817,7 +827,10 @@ def capacity_measure(
         "--start-workers: each N at least 1, none given twice"
         if any(n < 1 for n in workers) or len(set(workers) | set(targets)) != len(workers) + len(targets)
         else "",
-        "--p99-slo-ms must be positive" if p99_slo_ms <= 0 else "",
+        "--p99-slo-ms must be positive and finite" if not 0 < p99_slo_ms < math.inf else "",
+        "the rates must be finite"
+        if not all(math.isfinite(v) for v in (start_rps, step_rps, max_rps))
+        else "",
     ]
     if any(problems):
         _fail("; ".join(problem for problem in problems if problem))
@@ -843,8 +856,8 @@ def capacity_measure(
             verdict = "ok" if step.within(p99_slo_ms) else "past SLO"
             failed = " ".join(f"{what}×{count}" for what, count in step.failures.items()) or "0"
             progress.console.print(
-                f"{series.scale} {unit} {series.kind} {step.offered_rps:,.0f}/s: {step.throughput:,.0f}/s"
-                f" p99 {step.p99_ms:.1f} ms failed {failed} {verdict}",
+                f"{counted(series.scale, unit)} {series.kind} {step.offered_rps:,.0f}/s:"
+                f" {step.throughput:,.0f}/s p99 {step.p99_ms:.1f} ms failed {failed} {verdict}",
                 soft_wrap=True,
             )
             progress.advance(task)
@@ -859,8 +872,8 @@ def capacity_measure(
                 redis_url=redis_url,
                 on_step=on_step,
             )
-        except (RuntimeError, OSError, ValueError) as error:
-            _fail(str(error))
+        except (RuntimeError, OSError, ValueError, RedisError) as error:
+            _fail(f"{type(error).__name__}: {redacted_text(str(error), redis_url or '')}")
         progress.update(task, completed=total)
     command = "keel capacity " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "keel capacity measure"
     for path in write_report(measurement, report, command):
@@ -891,7 +904,7 @@ def capacity_plan(
 ) -> None:
     """Nodes, workers per node, database pool and max connections, Redis operations/s for a peak,
     from a measurement, with the arithmetic shown."""
-    from keel.capacity.measure import load_measurement
+    from keel.capacity.measure import counted, load_measurement
     from keel.capacity.plan import Need, plan
 
     try:
@@ -907,7 +920,7 @@ def capacity_plan(
     if result.nodes is None:
         raise typer.Exit(1)
     typer.echo(
-        f"\nPlan: {result.nodes} nodes × {result.workers_per_node} workers;"
+        f"\nPlan: {result.nodes} nodes × {counted(result.workers_per_node, 'workers')};"
         f" pool {result.pool_per_worker} a worker;"
         f" max_connections {result.max_connections}"
         + (f"; Redis {result.redis_ops:,.0f} ops/s" if result.redis_ops is not None else "")

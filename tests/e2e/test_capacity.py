@@ -112,6 +112,8 @@ def test_a_keel_it_starts_itself_has_its_cpu_counted(tmp_path: Path) -> None:
         (("measure", "--url", "x=http://127.0.0.1:1"), "N=URL with N >= 1"),
         (("measure", "--url", "http://127.0.0.1:1", "--kinds", "reads"), "--kinds: one or more of"),
         (("plan", "/nonexistent.json", "--peak-rps", "10"), "/nonexistent.json"),
+        (("measure", "--start-workers", "1,a"), "comma-separated whole numbers"),
+        (("measure", "--url", "1=http://127.0.0.1:1", "--url", "2=ftp://x"), "not an http(s) URL"),
     ],
 )
 def test_what_cannot_be_measured_or_planned_is_said_plainly(args: tuple[str, ...], said: str) -> None:
@@ -188,3 +190,93 @@ async def test_a_connection_the_server_closed_while_idle_is_not_counted_against_
         await client.close()
         server.close()
     assert [answer.status for answer in answers] == [200] * 5
+
+
+async def _slow(first_delay: float, then_delay: float) -> tuple[asyncio.Server, int, list[int]]:
+    """A server answering 200 after `first_delay` to its first request, `then_delay` to the rest;
+    and the count of requests it read."""
+    read = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            read[0] += 1
+            await asyncio.sleep(first_delay if read[0] == 1 else then_delay)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], read
+
+
+async def test_latency_counts_from_when_a_request_was_due_not_from_when_it_was_sent() -> None:
+    # One connection; the first answer takes 0.5 s. Every request due in the 0.3 s step waits
+    # behind it: measured from when each was sent, most would take ~0 s.
+    server, port, _ = await _slow(0.5, 0.0)
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
+    try:
+        step = await open_loop(client, 100.0, 0.3, lambda rng: ("GET", "/", b"", ""), seed=5)
+    finally:
+        await client.close()
+        server.close()
+    assert step.failed == 0
+    assert step.ok == step.sent
+    assert step.sent > 5
+    # Due at most 0.3 s after the start, answered at least 0.5 s after it.
+    assert step.p50_ms >= 200
+    assert step.waited_for_connection == step.sent - 1
+    assert step.seconds >= 0.5  # the throughput is over the time to the last answer
+
+
+async def test_a_request_still_waiting_at_its_deadline_is_a_timeout() -> None:
+    # One connection, each answer 0.4 s, a 0.6 s timeout from when each request was due (all in
+    # the first 0.05 s): the first is answered in time; the second would be at 0.8 s, past its
+    # deadline; the rest wait for the connection until theirs. Each is a timeout, however long it
+    # waited in the client's queue.
+    server, port, _ = await _slow(0.4, 0.4)
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=0.6)
+    try:
+        step = await open_loop(client, 200.0, 0.05, lambda rng: ("GET", "/", b"", ""), seed=7)
+    finally:
+        await client.close()
+        server.close()
+    assert step.sent > 3
+    assert step.ok == 1
+    assert step.failures == {"timeout": step.sent - 1}
+    assert step.p99_all_ms is None
+    assert not step.within(10_000)
+    assert step.waited_for_connection == step.sent - 1
+
+
+async def test_an_answer_cut_after_its_headers_is_a_failure_and_is_not_sent_again() -> None:
+    served = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        served[0] += 1
+        if served[0] == 1:  # the first: whole, keeping the connection open
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+            served[0] += 1
+        # Headers promising 10 bytes, then the end of the connection.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
+    try:
+        first = await client.send(("PATCH", "/", b"{}", "application/merge-patch+json"))
+        with pytest.raises(asyncio.IncompleteReadError):
+            await client.send(("PATCH", "/", b"{}", "application/merge-patch+json"))
+    finally:
+        await client.close()
+        server.close()
+    assert first.status == 200
+    assert served[0] == 2  # the cut PATCH was not written a second time

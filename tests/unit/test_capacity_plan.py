@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,8 @@ def _step(
         server_cpu_us=None,
         redis_commands=redis,
         failures={"503": failed} if failed else {},
+        # The p99 of all sent, failures the slowest: here as the 2xx p99 while at most 1 % failed.
+        p99_all_ms=p99 if failed <= 0.01 * (ok + failed) else None,
     )
 
 
@@ -80,6 +83,14 @@ def test_the_knee_is_the_greatest_throughput_within_the_slo() -> None:
     assert knee(steps, 50) == steps[1]  # the last: 3.7 % failed; the third: p99 over the SLO
     assert knee(steps, 100) == steps[2]
     assert knee(steps, 4) is None
+
+
+def test_a_step_whose_failures_make_its_p99_is_past_the_slo() -> None:
+    quick = _step(100, 99, 5, failed=1)
+    assert quick.within(50)
+    # 1 % failed, the 2xx p99 quick, but the p99 of everything sent is a failure's: past any SLO.
+    assert not Step(**{**quick.as_json(), "p99_all_ms": None}).within(50)
+    assert not Step(**{**quick.as_json(), "p99_all_ms": 60.0}).within(50)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -195,7 +206,7 @@ def test_the_report_round_trips_and_its_plots_are_svg(tmp_path: Path) -> None:
             assert root.findall("{http://www.w3.org/2000/svg}polyline")
     report = (tmp_path / "cap.md").read_text()
     assert "**read, 2 workers**: knee 1,800/s" in report
-    assert "| 2,000 | 1,000 | 0 of 1,000 | 450.0 | 900.0 | n/a | n/a | no |" in report
+    assert "| 2,000 | 1,000 | 0 of 1,000 | 450.0 | 900.0 | 900.0 | 0 | n/a | n/a | no |" in report
 
 
 def test_the_operator_may_fix_the_workers_a_node_runs() -> None:
@@ -206,8 +217,38 @@ def test_the_operator_may_fix_the_workers_a_node_runs() -> None:
     assert result.workers_per_node == 1
     assert result.nodes == math.ceil(4000 * 1.3 / mixed(1000, 200, 0.9)) + 1
     assert any("Workers per node: 1 (as asked" in line for line in result.lines)
+    # Nodes measured as running two workers each: the pool is a worker's share of the node's load.
+    nodes = _measurement({1: (1000.0, 200.0)}, unit="nodes")
+    need = Need(peak_rps=700, read_share=0.9, p99_slo_ms=50, headroom=0, spare_nodes=0)
+    one, two = plan(nodes, need), plan(nodes, replace(need, workers_per_node=2))
+    assert one.nodes == two.nodes == 1
+    assert (one.workers_per_node, two.workers_per_node) == (1, 2)
+    # 700/s on one worker × 4 ms = 2.8 → 3; over two workers: 350/s × 4 ms = 1.4 → 2.
+    assert (one.pool_per_worker, two.pool_per_worker) == (3, 2)
+    assert two.max_connections == 1 * 2 * 2 + 10
     with pytest.raises(ValueError, match="workers per node"):
-        plan(
-            _measurement({1: (1000.0, 200.0)}, unit="nodes"),
-            Need(peak_rps=10, read_share=0.9, p99_slo_ms=50, headroom=0, workers_per_node=1),
-        )
+        plan(nodes, replace(need, workers_per_node=0))
+
+
+def test_the_mix_measured_at_the_share_asked_is_used_and_the_model_elsewhere() -> None:
+    measurement = _measurement({1: (1000.0, 200.0)})
+    measurement.series.append(Series("mix", 1, [_step(900, 900, 10), _step(1800, 900, 900)]))
+    at_measured_share = plan(measurement, Need(peak_rps=1000, read_share=0.9, p99_slo_ms=50, headroom=0))
+    assert at_measured_share.node_rps == 900
+    assert any("900/s (used)" in line for line in at_measured_share.lines)
+    other_share = plan(measurement, Need(peak_rps=1000, read_share=0.5, p99_slo_ms=50, headroom=0))
+    assert other_share.node_rps == pytest.approx(mixed(1000, 200, 0.5))
+    # 850/s: one node at the measured 900/s (the model's 714/s would need two), + 1 spare.
+    assert plan(measurement, Need(peak_rps=850, read_share=0.9, p99_slo_ms=50, headroom=0)).nodes == 1 + 1
+
+
+def test_nodes_measured_without_one_node_and_a_need_landing_on_a_whole_number() -> None:
+    measurement = _measurement({2: (2000.0, 400.0), 3: (2900.0, 580.0)}, unit="nodes")
+    result = plan(measurement, Need(peak_rps=1000, read_share=0.9, p99_slo_ms=50, headroom=0.3))
+    assert result.nodes == 2 + 1  # 1,300/s: the 2 nodes measured serve 1,429/s
+    assert any("No USL fit" in line for line in result.lines)
+    # 100 × 1.1 / 110 is 1.0000000000000002 in floating point: one node, not two.
+    exact = _measurement({1: (110.0, 110.0)})
+    assert (
+        plan(exact, Need(peak_rps=100, read_share=0.9, p99_slo_ms=50, headroom=0.1, spare_nodes=0)).nodes == 1
+    )

@@ -11,6 +11,7 @@ late, which the report would show as the server's latency.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl
 import time
@@ -61,8 +62,17 @@ class Answer:
         self.close = close
 
 
+class ClosedBeforeAnswer(ConnectionError):
+    """The connection ended before a byte of the answer came."""
+
+
 async def read_answer(reader: asyncio.StreamReader) -> Answer:
-    head = await reader.readuntil(b"\r\n\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if not error.partial:
+            raise ClosedBeforeAnswer from error
+        raise
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
     length = 0
@@ -95,14 +105,13 @@ class Client:
     def __init__(self, target: Target, connections: int, timeout: float) -> None:
         self.target = target
         self.timeout = timeout
+        self.waited = 0  # requests that found every connection busy and waited for one
         self._idle: list[tuple[Connection, float]] = []  # with when each was last used
         self._slots = asyncio.Semaphore(connections)
         self._tls = ssl.create_default_context() if target.scheme == "https" else None
 
     async def _connect(self) -> Connection:
-        return await asyncio.wait_for(
-            asyncio.open_connection(self.target.host, self.target.port, ssl=self._tls), self.timeout
-        )
+        return await asyncio.open_connection(self.target.host, self.target.port, ssl=self._tls)
 
     def _reusable(self) -> Connection | None:
         now = time.monotonic()
@@ -113,37 +122,47 @@ class Client:
             connection[1].close()
         return None
 
-    async def send(self, request: Request) -> Answer:
-        async with self._slots:
-            connection = self._reusable()
-            reused = connection is not None
+    async def send(self, request: Request, budget_seconds: float | None = None) -> Answer:
+        """One exchange, within `budget_seconds` (default the client's timeout) from now: the wait for a
+        free connection, connecting, a retry and the answer all inside it (TimeoutError past it;
+        a request still waiting for a connection then is never sent)."""
+        async with asyncio.timeout(self.timeout if budget_seconds is None else budget_seconds):
+            if self._slots.locked():
+                self.waited += 1
+            async with self._slots:
+                return await self._send(request)
+
+    async def _send(self, request: Request) -> Answer:
+        connection = self._reusable()
+        reused = connection is not None
+        try:
+            if connection is None:
+                connection = await self._connect()
             try:
-                if connection is None:
-                    connection = await self._connect()
-                try:
-                    answer = await self._exchange(connection, request)
-                except asyncio.IncompleteReadError as error:
-                    if not (reused and not error.partial):
-                        raise
-                    # Closed by the server before it answered a byte: the race every keep-alive
-                    # client has with an idle timeout. Once more, on a new connection.
-                    connection[1].close()
-                    connection = await self._connect()
-                    answer = await self._exchange(connection, request)
-            except BaseException:
-                if connection is not None:
-                    connection[1].close()
-                raise
-            if answer.close:
+                answer = await self._exchange(connection, request)
+            except (ClosedBeforeAnswer, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # A reused connection the server closed before it answered a byte: the race every
+                # keep-alive client has with an idle timeout (the request was not read). Once
+                # more, on a new connection. An answer cut after its first byte is a failure.
                 connection[1].close()
-            else:
-                self._idle.append((connection, time.monotonic()))
-            return answer
+                connection = await self._connect()
+                answer = await self._exchange(connection, request)
+        except BaseException:
+            if connection is not None:
+                connection[1].close()
+            raise
+        if answer.close:
+            connection[1].close()
+        else:
+            self._idle.append((connection, time.monotonic()))
+        return answer
 
     async def _exchange(self, connection: Connection, request: Request) -> Answer:
         reader, writer = connection
         writer.write(self.target.encode(request))
-        return await asyncio.wait_for(read_answer(reader), self.timeout)
+        return await read_answer(reader)
 
     async def close(self) -> None:
         for (_, writer), _ in self._idle:
@@ -160,17 +179,20 @@ async def open_loop(
     seed: int,
     server_cpu: Callable[[], float] | None = None,
 ) -> Step:
-    """Send at `rate` requests/s (Poisson arrivals) for `seconds`; wait for every answer (each at
-    most the client's timeout); one Step, whose throughput is over the time to the last answer."""
+    """Send at `rate` requests/s (Poisson arrivals) for `seconds`; wait for every answer, each
+    at most the client's timeout after it was due (else it failed: "timeout"); one Step, whose
+    throughput is over the time to the last answer, and whose p99 counts failures as slower than
+    any answer."""
     rng = random.Random(seed)  # noqa: S311 (arrival times, not secrets)
     latencies: list[float] = []
     failures: dict[str, int] = {}
     last = 0.0
+    waited_before = client.waited
 
     async def one(due: float, what: Request) -> None:
         nonlocal last
         try:
-            answer = await client.send(what)
+            answer = await client.send(what, budget_seconds=due + client.timeout - time.perf_counter())
         except TimeoutError:
             failures["timeout"] = failures.get("timeout", 0) + 1
             return
@@ -200,6 +222,10 @@ async def open_loop(
     cpu = (server_cpu() - cpu_before) if server_cpu else None
     latencies.sort()
     sent = len(tasks)
+    # The p99 of every request sent, a failure counting as slower than any answer: None when
+    # more than 1 % failed.
+    rank = math.ceil(0.99 * sent)
+    p99_all = latencies[rank - 1] * 1000 if 0 < rank <= len(latencies) else None
     return Step(
         offered_rps=rate,
         # Answers that came after the ramp moved on still count, over the time they took.
@@ -212,4 +238,6 @@ async def open_loop(
         mean_ms=(sum(latencies) / len(latencies) * 1000) if latencies else 0.0,
         server_cpu_us=(cpu / sent * 1e6) if cpu is not None and sent else None,
         failures=dict(sorted(failures.items())),
+        p99_all_ms=p99_all,
+        waited_for_connection=client.waited - waited_before,
     )

@@ -166,6 +166,11 @@ class Workload:
         return {"read": read, "write": write, "mix": mix}[kind]
 
 
+def counted(n: int, unit: str) -> str:
+    """ "1 worker", "2 workers": `unit` is the plural."""
+    return f"{n} {unit[:-1] if n == 1 else unit}"
+
+
 OnStep = Callable[[Series, Step], None]
 
 
@@ -269,12 +274,17 @@ def started_keel(workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         _wait_healthy(url, process)
         yield url, process
     finally:
-        process.send_signal(signal.SIGTERM)
+        # A second SIGTERM to this command must not cut the stopping of the server short.
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def measure(

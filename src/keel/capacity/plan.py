@@ -3,9 +3,9 @@ the arithmetic shown.
 
 1. The knee of every ramp is taken again at the plan's p99 SLO (the steps are kept, so a plan may
    ask a stricter SLO than the measurement judged; never a looser one than a step can show).
-2. A read/write mix at the asked read share r costs, per request, r of a read and 1 − r of a
-   write: capacity = 1 / (r / reads + (1 − r) / writes) (the measured mix is shown beside it as a
-   check of that model).
+2. At the read share the mix was measured with, its knee is the capacity. At another share r,
+   a request costs r of a read and 1 − r of a write: capacity = 1 / (r / reads + (1 − r) /
+   writes); both are printed, and which one was used.
 3. Per scale unit (workers or nodes), the Universal Scalability Law is fitted to the knees
    (usl.py). A scale measured is judged by what was measured, never by the curve; the curve
    only reaches beyond the scales measured. With workers, the plan runs the number of workers
@@ -14,10 +14,13 @@ the arithmetic shown.
 4. Nodes = ⌈peak × (1 + headroom) / node capacity⌉ + spare nodes (a node can fail or be
    deployed without the fleet falling under the peak).
 5. Database pool per worker by Little's law: the requests in flight in a worker at the planned
-   load = its requests/s × the mean latency at the knee (a ceiling: a request holds a connection
-   for part of its time only), at least 2; max_connections = every worker's pool + reserved.
-6. Redis operations/s = the planned load × the commands Redis processed per request in the
-   measured mix (when Redis was watched).
+   load = its requests/s × the mean latency at the knee of the scale measured nearest the plan's
+   (a ceiling: a request holds a connection for part of its time only), at least 2;
+   max_connections = every worker's pool + reserved. With nodes, each node is taken to run
+   `workers_per_node` workers (1 unless told).
+6. Redis operations/s = the planned load × the commands Redis processed per request: the mix's
+   at the share it was measured with, else reads' and writes' weighted by the share asked (when
+   Redis was watched).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from keel.capacity.measure import Measurement
+from keel.capacity.measure import Measurement, counted
 from keel.capacity.steps import Step, knee
 from keel.capacity.usl import UslFit, fit_usl
 
@@ -66,17 +69,35 @@ def _knees(measurement: Measurement, kind: str, slo: float) -> dict[int, Step]:
     return found
 
 
+def _ceil(value: float) -> int:
+    """⌈value⌉, not fooled by floating point (1.1 × 100 / 110 is 1.0000000000000002)."""
+    return math.ceil(value - 1e-9)
+
+
+def _redis_per_request(mix: Step | None, read: Step, write: Step, read_share: float) -> float | None:
+    """Redis commands a request: the mix's, measured at the share asked; else reads' and writes'
+    weighted by it."""
+    if mix is not None and mix.redis_per_request is not None:
+        return mix.redis_per_request
+    if read.redis_per_request is None or write.redis_per_request is None:
+        return None
+    return read_share * read.redis_per_request + (1 - read_share) * write.redis_per_request
+
+
 def plan(measurement: Measurement, need: Need) -> Plan:
     if not 0 <= need.read_share <= 1:
         raise ValueError("the read share is between 0 and 1")
-    if need.peak_rps <= 0 or need.headroom < 0 or need.p99_slo_ms <= 0:
-        raise ValueError("the peak and the SLO are positive, the headroom at least 0")
-    if need.workers_per_node is not None and (need.workers_per_node < 1 or measurement.unit != "workers"):
-        raise ValueError("workers per node: at least 1, from a measurement over workers")
+    figures = (need.peak_rps, need.p99_slo_ms, need.headroom)
+    if not all(math.isfinite(value) for value in figures) or min(need.peak_rps, need.p99_slo_ms) <= 0:
+        raise ValueError("the peak and the SLO are positive and finite, the headroom finite and at least 0")
+    if need.headroom < 0:
+        raise ValueError("the peak and the SLO are positive and finite, the headroom finite and at least 0")
+    if need.workers_per_node is not None and need.workers_per_node < 1:
+        raise ValueError("workers per node: at least 1")
     unit = measurement.unit
     lines = [
         f"Measured {measurement.measured_at}: "
-        + ", ".join(f"{n} {unit}: {what}" for n, what in sorted(measurement.targets.items()))
+        + ", ".join(f"{counted(n, unit)}: {what}" for n, what in sorted(measurement.targets.items()))
         + ".",
         f"Knees at p99 <= {need.p99_slo_ms:g} ms (the measurement's ramps judged again; at most 1 % failed):",
     ]
@@ -89,17 +110,26 @@ def plan(measurement: Measurement, need: Need) -> Plan:
             f"no scale has both a read and a write step within p99 <= {need.p99_slo_ms:g} ms: "
             "measure from a lower rate, or with a looser SLO"
         )
+    # The mix measured at the share asked is the figure to use; the model is for other shares.
+    same_mix = abs(need.read_share - measurement.ramp.read_share) < 0.005
     capacity: dict[int, float] = {}
     for n in scales:
-        capacity[n] = mixed(reads[n].throughput, writes[n].throughput, need.read_share)
-        check = ""
-        if n in mixes:
-            check = f"; measured mix ({measurement.ramp.read_share:.0%} reads): {mixes[n].throughput:,.0f}/s"
+        modelled = mixed(reads[n].throughput, writes[n].throughput, need.read_share)
+        use_measured = same_mix and n in mixes
+        capacity[n] = mixes[n].throughput if use_measured else modelled
+        measured = (
+            f"; the mix measured at {measurement.ramp.read_share:.0%} reads: {mixes[n].throughput:,.0f}/s"
+            + (" (used)" if use_measured else "")
+            if n in mixes
+            else ""
+        )
         lines.append(
-            f"  {n} {unit}: reads {reads[n].throughput:,.0f}/s (p99 {reads[n].p99_ms:.1f} ms), writes"
-            f" {writes[n].throughput:,.0f}/s (p99 {writes[n].p99_ms:.1f} ms); at {need.read_share:.0%} reads"
-            f" 1 / ({need.read_share:g}/{reads[n].throughput:,.0f} + {1 - need.read_share:g}/"
-            f"{writes[n].throughput:,.0f}) = {capacity[n]:,.0f}/s{check}"
+            f"  {counted(n, unit)}: reads {reads[n].throughput:,.0f}/s (p99 {reads[n].p99_ms:.1f} ms), writes"
+            f" {writes[n].throughput:,.0f}/s (p99 {writes[n].p99_ms:.1f} ms); modelled at"
+            f" {need.read_share:.0%} reads 1 / ({need.read_share:g}/{reads[n].throughput:,.0f}"
+            f" + {1 - need.read_share:g}/{writes[n].throughput:,.0f}) = {modelled:,.0f}/s"
+            + ("" if use_measured else " (used)")
+            + measured
         )
     fit: UslFit | None = None
     if 1 in capacity and len(capacity) > 1:
@@ -111,7 +141,9 @@ def plan(measurement: Measurement, need: Need) -> Plan:
             f" worst point {fit.worst_error():.1%} off the curve"
         )
     else:
-        lines.append(f"No USL fit: it needs 1 {unit} and at least one more among the scales measured.")
+        lines.append(
+            f"No USL fit: it needs {counted(1, unit)} and at least one more among the scales measured."
+        )
     required = need.peak_rps * (1 + need.headroom)
     lines.append(f"Need: {need.peak_rps:,.0f}/s × (1 + {need.headroom:g}) = {required:,.0f}/s.")
 
@@ -119,14 +151,14 @@ def plan(measurement: Measurement, need: Need) -> Plan:
         if n in capacity:
             return capacity[n]
         if fit is None:
-            raise ValueError(f"{n} {unit} were not measured, and there is no fit to reach them")
+            raise ValueError(f"{counted(n, unit)}: not measured, and no fit to reach it")
         return fit.throughput(n)
 
     nodes: int | None
     if unit == "workers":
         workers = need.workers_per_node or max(scales, key=curve)
         per_node = curve(workers)
-        serving = math.ceil(required / per_node)
+        serving = _ceil(required / per_node)
         nodes = serving + need.spare_nodes
         why = (
             "as asked"
@@ -140,9 +172,9 @@ def plan(measurement: Measurement, need: Need) -> Plan:
         )
         per_worker = required / (serving * workers)
         measured_near = min(scales, key=lambda n: abs(n - workers))
-        at_knee = mixes.get(measured_near) or reads.get(measured_near)
     else:
-        workers = 1
+        # Each node measured ran this many workers (the measurement does not know): 1 unless told.
+        workers = need.workers_per_node or 1
         reach = range(1, 1001) if fit else scales
         serving_or_none = next((n for n in reach if curve(n) >= required), None)
         if serving_or_none is None:
@@ -161,31 +193,35 @@ def plan(measurement: Measurement, need: Need) -> Plan:
                 f" {required:,.0f}/s: {serving} ({curve(serving):,.0f}/s),"
                 f" + {need.spare_nodes} spare = {nodes}."
             )
-        per_worker = required / serving
+        per_worker = required / (serving * workers)
         per_node = curve(serving) / serving
-        at_knee = mixes.get(1) or reads.get(1)
-    assert at_knee is not None  # scales holds only scales with a read knee
+        measured_near = min(scales, key=lambda n: abs(n - serving))
+    at_knee = mixes.get(measured_near) or reads[measured_near]
     in_flight = per_worker * at_knee.mean_ms / 1000
-    pool = max(2, math.ceil(in_flight))
+    pool = max(2, _ceil(in_flight))
     total_workers = (nodes if nodes is not None else serving) * workers
     max_connections = total_workers * pool + need.reserved_connections
     lines.append(
         f"Pool per worker (KEEL_DB_POOL_MAX): {per_worker:,.0f}/s × {at_knee.mean_ms:.1f} ms mean at the"
-        f" knee = {in_flight:.2f} in flight → {pool} (at least 2)."
+        f" knee ({counted(measured_near, unit)}) = {in_flight:.2f} in flight → {pool} (at least 2)."
     )
     lines.append(
         f"max_connections: {total_workers} workers × {pool}"
         f" + {need.reserved_connections} reserved = {max_connections}."
     )
     redis_ops = None
-    watched = [
-        step.redis_per_request for step in (mixes.get(workers), at_knee) if step and step.redis_per_request
-    ]
-    if watched:
-        redis_ops = required * watched[0]
+    per_request = _redis_per_request(
+        mixes.get(measured_near) if same_mix else None,
+        reads[measured_near],
+        writes[measured_near],
+        need.read_share,
+    )
+    if per_request is not None:
+        redis_ops = required * per_request
         lines.append(
-            f"Redis: {required:,.0f}/s × {watched[0]:.2f} commands a request = {redis_ops:,.0f} ops/s."
+            f"Redis: {required:,.0f}/s × {per_request:.2f} commands a request"
+            f" ({counted(measured_near, unit)}) = {redis_ops:,.0f} ops/s."
         )
     else:
-        lines.append("Redis: not watched in this measurement (measure with --redis-url).")
+        lines.append("Redis: not watched in this measurement (measure with --redis-url-env).")
     return Plan(nodes, workers, pool, max_connections, redis_ops, per_node, lines)

@@ -38,7 +38,9 @@ def _label(value: float) -> str:
 def line_plot(
     title: str, x_label: str, y_label: str, lines: Sequence[Line], *, width: int = 640, height: int = 380
 ) -> str:
-    left, right, top, bottom = 70, 20, 40, 90
+    legend_rows = (len(lines) + 2) // 3
+    left, right, top, bottom = 70, 20, 40, 60 + 16 * legend_rows
+    height += 16 * max(0, legend_rows - 2)  # room for every legend row, the plot kept its size
     xs = [x for line in lines for x, _ in line.points] or [1.0]
     ys = [y for line in lines for _, y in line.points] or [1.0]
     x_ticks, y_ticks = _ticks(max(xs)), _ticks(max(ys))
@@ -84,7 +86,7 @@ def line_plot(
                 f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colour}"/>' for x, y in line.points
             )
         legend_x = left + (index % 3) * 190
-        legend_y = height - 30 + (index // 3) * 16
+        legend_y = top + plot_h + 56 + (index // 3) * 16
         parts.append(
             f'<line x1="{legend_x}" y1="{legend_y - 4}" x2="{legend_x + 20}" y2="{legend_y - 4}"'
             f' stroke="{colour}"'

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from keel.capacity.measure import STEPS_PAST_KNEE, Measurement, Series
+from keel.capacity.measure import STEPS_PAST_KNEE, Measurement, Series, counted
 from keel.capacity.plots import Line, line_plot
 from keel.capacity.steps import Step, knee
 from keel.capacity.usl import UslFit, fit_usl
@@ -17,7 +17,8 @@ def _ramp_plots(measurement: Measurement, kind: str) -> tuple[str, str]:
     series = [s for s in measurement.series if s.kind == kind]
     unit = measurement.unit
     throughput = [
-        Line(f"{s.scale} {unit}", [(step.offered_rps, step.throughput) for step in s.steps]) for s in series
+        Line(counted(s.scale, unit), [(step.offered_rps, step.throughput) for step in s.steps])
+        for s in series
     ]
     top = max((step.offered_rps for s in series for step in s.steps), default=1.0)
     throughput.append(Line("offered", [(0.0, 0.0), (top, top)], dashed=True, markers=False, colour="#bbbbbb"))
@@ -25,11 +26,15 @@ def _ramp_plots(measurement: Measurement, kind: str) -> tuple[str, str]:
     for index, s in enumerate(series):
         colour = ("#4878a8", "#d08030", "#50a060", "#a04880")[index % 4]
         latency.append(
-            Line(f"{s.scale} {unit} p99", [(st.offered_rps, st.p99_ms) for st in s.steps], colour=colour)
+            Line(
+                f"{counted(s.scale, unit)} p99",
+                [(st.offered_rps, st.p99_ms) for st in s.steps],
+                colour=colour,
+            )
         )
         latency.append(
             Line(
-                f"{s.scale} {unit} p50",
+                f"{counted(s.scale, unit)} p50",
                 [(st.offered_rps, st.p50_ms) for st in s.steps],
                 dashed=True,
                 colour=colour,
@@ -83,21 +88,23 @@ def _table(measurement: Measurement, series: Series) -> list[str]:
     slo = measurement.ramp.p99_slo_ms
     best = knee(series.steps, slo)
     rows = [
-        f"**{series.kind}, {series.scale} {measurement.unit}**: knee "
+        f"**{series.kind}, {counted(series.scale, measurement.unit)}**: knee "
         + (
             f"{best.throughput:,.0f}/s (offered {best.offered_rps:,.0f}/s)" if best else "none within the SLO"
         ),
         "",
-        "| offered/s | answered 2xx/s | failed | p50 ms | p99 ms | server CPU µs/req | Redis cmds/req"
-        " | within SLO |",
-        "|---|---|---|---|---|---|---|---|",
+        "| offered/s | answered 2xx/s | failed | p50 ms (2xx) | p99 ms (2xx) | p99 ms (all sent) | waited for"
+        " a connection | server CPU µs/req | Redis cmds/req | within SLO |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for step in series.steps:
         cpu = f"{step.server_cpu_us:,.0f}" if step.server_cpu_us is not None else "n/a"
         redis = f"{step.redis_per_request:.2f}" if step.redis_per_request is not None else "n/a"
+        p99_all = f"{step.p99_all_ms:.1f}" if step.p99_all_ms is not None else "over 1 % failed"
         rows.append(
             f"| {step.offered_rps:,.0f} | {step.throughput:,.0f} | {_failures(step)} of {step.sent:,} |"
-            f" {step.p50_ms:.1f} | {step.p99_ms:.1f} | {cpu} | {redis} |"
+            f" {step.p50_ms:.1f} | {step.p99_ms:.1f} | {p99_all} | {step.waited_for_connection:,} |"
+            f" {cpu} | {redis} |"
             f" {'yes' if step.within(slo) else 'no'} |"
         )
     return [*rows, ""]
