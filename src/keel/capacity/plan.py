@@ -206,7 +206,7 @@ def plan(measurement: Measurement, need: Need) -> Plan:
         f" knee ({counted(measured_near, unit)}) = {in_flight:.2f} in flight → {pool} (at least 2)."
     )
     lines.append(
-        f"max_connections: {total_workers} workers × {pool}"
+        f"max_connections: {counted(total_workers, 'workers')} × {pool}"
         f" + {need.reserved_connections} reserved = {max_connections}."
     )
     redis_ops = None
