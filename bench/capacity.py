@@ -14,7 +14,6 @@ and SVG plots (docs/performance/<date>-capacity.*), and the plans beside it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,9 +27,7 @@ from testkit.processes import keel_cmd, keel_output  # noqa: E402
 from testkit.results import new_result_path  # noqa: E402
 from testkit.servers.redis import redis_server  # noqa: E402
 
-from bench.harness import code_state, run_on_postgres  # noqa: E402
-
-_HUGE = {"policies": [{"name": "burst", "quota": 10_000_000, "window_seconds": 1}], "concurrency": 100_000}
+from bench.harness import bench_key, code_state, deployed_env, run_on_postgres  # noqa: E402
 
 
 def _benchmark(url: str, args: argparse.Namespace) -> int:
@@ -38,17 +35,9 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
     print(f"code: {state}", flush=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     with redis_server() as redis:
-        env = {
-            **base_env,
-            "KEEL_DATABASE_URL": url,
-            "KEEL_REDIS_URL": redis.url,
-            "KEEL_RATELIMIT_PLANS": json.dumps({"standard": _HUGE, "anonymous": _HUGE, "bench": _HUGE}),
-        }
+        env = deployed_env(url, redis.url)
         keel_output(env, "migrate", timeout=120)
-        token = keel_output(
-            env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--plan", "bench", "--quiet"
-        )
-        env["KEEL_CAPACITY_KEY"] = token.strip().splitlines()[-1]
+        env["KEEL_CAPACITY_KEY"] = bench_key(env)
         report = new_result_path("capacity")
         base = report.with_suffix("")
         measure = [

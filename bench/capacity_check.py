@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import os
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -43,13 +41,12 @@ from testkit.results import RESULTS, new_result_path  # noqa: E402
 from testkit.servers.haproxy import haproxy  # noqa: E402
 from testkit.servers.redis import redis_server  # noqa: E402
 
-from bench.harness import code_state, run_on_postgres  # noqa: E402
+from bench.harness import bench_key, code_state, deployed_env, run_on_postgres  # noqa: E402
 from keel.capacity.load import Client, Target, open_loop  # noqa: E402
 from keel.capacity.measure import Measurement, Ramp, Workload, load_measurement  # noqa: E402
 from keel.capacity.plan import Need, Plan, plan  # noqa: E402
 from keel.capacity.steps import Step  # noqa: E402
 
-_HUGE = {"policies": [{"name": "burst", "quota": 10_000_000, "window_seconds": 1}], "concurrency": 100_000}
 HEADROOM = 0.3
 OVERLOAD = 3.0
 
@@ -125,23 +122,18 @@ def _benchmark(url: str, args: argparse.Namespace) -> int:
         print(f"the plan is {fleet.nodes} nodes: more than this machine hosts (2 at most)", file=sys.stderr)
         return 2
     logs = Path(tempfile.mkdtemp(prefix="keel-capacity-check-"))
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     rounds: list[list[Step]] = []
     with redis_server() as redis, ExitStack() as stack:
-        env = {
-            **base_env,
-            "KEEL_DATABASE_URL": url,
-            "KEEL_REDIS_URL": redis.url,
-            "KEEL_RATELIMIT_PLANS": json.dumps({"standard": _HUGE, "anonymous": _HUGE, "bench": _HUGE}),
-            "KEEL_TRUSTED_PROXY_HOPS": "1",
-            "KEEL_HTTP_KEEP_ALIVE_SECONDS": "75",
-            "KEEL_DB_POOL_MAX": str(fleet.pool_per_worker),
-        }
-        keel_output(env, "migrate", timeout=120)
-        token = keel_output(
-            env, "keys", "create", "--scopes", "profiles:read,profiles:write", "--plan", "bench", "--quiet"
+        env = deployed_env(
+            url,
+            redis.url,
+            KEEL_TRUSTED_PROXY_HOPS="1",
+            # Longer than HAProxy keeps an idle connection to a node for reuse (docs/fleet.md).
+            KEEL_HTTP_KEEP_ALIVE_SECONDS="75",
+            KEEL_DB_POOL_MAX=str(fleet.pool_per_worker),
         )
-        token = token.strip().splitlines()[-1]
+        keel_output(env, "migrate", timeout=120)
+        token = bench_key(env)
         nodes = []
         for n in range(fleet.nodes):
             port, agent = free_port(), free_port()

@@ -5,6 +5,7 @@ seeding come from the test kit (testkit/)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -188,6 +189,35 @@ def sqlite_node_env(folder: Path) -> dict[str, str]:
         "KEEL_CACHE_ENABLED": "false",
         "KEEL_RATELIMIT_ENABLED": "false",
     }
+
+
+_UNLIMITED = {
+    "policies": [{"name": "burst", "quota": 10_000_000, "window_seconds": 1}],
+    "concurrency": 100_000,
+}
+
+
+def deployed_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    """This process's environment without KEEL_*, plus Keel's deployed defaults on `database_url`
+    and `redis_url`, except rate-limit plans too large to refuse anything; `settings` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    plans = json.dumps({"standard": _UNLIMITED, "anonymous": _UNLIMITED, "bench": _UNLIMITED})
+    return (
+        env
+        | {"KEEL_DATABASE_URL": database_url, "KEEL_REDIS_URL": redis_url, "KEEL_RATELIMIT_PLANS": plans}
+        | settings
+    )
+
+
+def bench_key(env: dict[str, str], scopes: str = "profiles:read,profiles:write") -> str:
+    """A new API key on the unlimited `bench` plan (`deployed_env`), through `keel keys create`."""
+    created = subprocess.run(
+        keel_cmd("keys", "create", "--scopes", scopes, "--plan", "bench", "--quiet"),
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if created.returncode != 0:
+        raise RuntimeError(f"keel keys create failed ({created.returncode}):\n{created.stderr}")
+    return created.stdout.strip().splitlines()[-1]
 
 
 def pin(pid: int, cpu: int) -> None:

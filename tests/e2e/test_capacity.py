@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from keel.capacity.load import Client, Target, open_loop
+from keel.capacity.steps import Step
 from tests.e2e.test_served_process import Served, keel_served
 
 pytestmark = pytest.mark.timeout(300)
@@ -126,6 +127,15 @@ def test_what_cannot_be_measured_or_planned_is_said_plainly(args: tuple[str, ...
     assert "Traceback" not in done.stderr
 
 
+async def _one_step(port: int, *, client_timeout: float, rate: float, seconds: float, seed: int) -> Step:
+    """One open-loop step of GETs over one connection to the test's server on `port`."""
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=client_timeout)
+    try:
+        return await open_loop(client, rate, seconds, lambda rng: ("GET", "/", b"", ""), seed=seed)
+    finally:
+        await client.close()
+
+
 async def _answering(statuses: list[tuple[int, bool]]) -> tuple[asyncio.Server, int]:
     """A server that answers each request with the next (status, close the connection?)."""
     pending = list(statuses)
@@ -158,11 +168,9 @@ async def test_the_load_generator_counts_each_answer_by_status() -> None:
     # them finds the connection closed (a socket failure).
     statuses = [(200, False)] * 5 + [(200, True)] + [(503, False)] * 3 + [(429, False)]
     server, port = await _answering(statuses)
-    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
     try:
-        step = await open_loop(client, 2000.0, 0.2, lambda rng: ("GET", "/", b"", ""), seed=3)
+        step = await _one_step(port, client_timeout=5, rate=2000.0, seconds=0.2, seed=3)
     finally:
-        await client.close()
         server.close()
     assert step.sent > len(statuses)
     assert step.ok == 6
@@ -217,11 +225,9 @@ async def test_latency_counts_from_when_a_request_was_due_not_from_when_it_was_s
     # One connection; the first answer takes 0.5 s. Every request due in the 0.3 s step waits
     # behind it: measured from when each was sent, most would take ~0 s.
     server, port, _ = await _slow(0.5, 0.0)
-    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
     try:
-        step = await open_loop(client, 100.0, 0.3, lambda rng: ("GET", "/", b"", ""), seed=5)
+        step = await _one_step(port, client_timeout=5, rate=100.0, seconds=0.3, seed=5)
     finally:
-        await client.close()
         server.close()
     assert step.failed == 0
     assert step.ok == step.sent
@@ -238,11 +244,9 @@ async def test_a_request_still_waiting_at_its_deadline_is_a_timeout() -> None:
     # deadline; the rest wait for the connection until theirs. Each is a timeout, however long it
     # waited in the client's queue.
     server, port, _ = await _slow(0.4, 0.4)
-    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=0.6)
     try:
-        step = await open_loop(client, 200.0, 0.05, lambda rng: ("GET", "/", b"", ""), seed=7)
+        step = await _one_step(port, client_timeout=0.6, rate=200.0, seconds=0.05, seed=7)
     finally:
-        await client.close()
         server.close()
     assert step.sent > 3
     assert step.ok == 1
