@@ -89,20 +89,29 @@ def test_a_measurement_of_a_served_keel_and_a_plan_from_it(tmp_path: Path) -> No
     assert "Need: 1,000/s × (1 + 0.3) = 1,300/s." in planned.stdout
 
 
-def test_a_keel_it_starts_itself_has_its_cpu_counted(tmp_path: Path) -> None:
-    with keel_served(tmp_path, {}) as served:  # the database migrated and a key made
-        env = {**served.env, "KEEL_CAPACITY_KEY": served.token}
+def test_a_keel_it_starts_itself_has_its_cpu_and_redis_commands_counted(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # The database migrated and a key made; the keel it starts keeps its rate limits on Redis.
+    with keel_served(tmp_path, {}) as served:
+        env = {**served.env, "KEEL_CAPACITY_KEY": served.token, "KEEL_REDIS_URL": redis_url}
         env.pop("KEEL_PORT")
         done = _capacity(
-            env, "measure", "--start-workers", "1", "--kinds", "mix", *SMALL_RAMP,
-            "--report", str(tmp_path / "own"),
+            env, "measure", "--start-workers", "1", "--kinds", "mix", *SMALL_RAMP, "--p99-slo-ms", "10000",
+            "--redis-url-env", "KEEL_REDIS_URL", "--report", str(tmp_path / "own"),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
     measured = json.loads((tmp_path / "own.json").read_text())
     assert measured["targets"] == {"1": "keel serve --workers 1"}
     steps = measured["series"][0]["steps"]
     assert steps
-    assert all(step["server_cpu_us"] is not None and step["server_cpu_us"] > 0 for step in steps)
+    for step in steps:
+        assert step["server_cpu_us"] is not None
+        assert step["server_cpu_us"] > 0
+        # Every admitted request takes at least its rate-limit decision on Redis.
+        assert step["redis_commands"] >= step["sent"]
+        assert sum(step["redis_by_command"].values()) == step["redis_commands"]
+    assert "Redis commands a request at the knee, by command: `" in (tmp_path / "own.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -174,16 +174,22 @@ def counted(n: int, unit: str) -> str:
 OnStep = Callable[[Series, Step], None]
 
 
-def redis_commands(redis_url: str) -> Callable[[], int]:
-    """Redis's count of commands processed so far (INFO stats), read on each call."""
+@contextmanager
+def redis_commands(redis_url: str) -> Iterator[Callable[[], dict[str, int]]]:
+    """Redis's calls so far by command (INFO commandstats), read on each call; between steps
+    only (a blocking client: it never runs while a step's requests do)."""
     from redis import Redis
 
     connection = Redis.from_url(redis_url, socket_timeout=5)
 
-    def read() -> int:
-        return int(connection.info("stats")["total_commands_processed"])
+    def read() -> dict[str, int]:
+        stats = connection.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
 
-    return read
+    try:
+        yield read
+    finally:
+        connection.close()
 
 
 async def measure_target(
@@ -203,8 +209,25 @@ async def measure_target(
         def server_cpu() -> float:
             return tree_cpu_seconds(server_pid) or 0.0
 
-    commands = redis_commands(redis_url) if redis_url else None
     found: list[Series] = []
+    with ExitStack() as stack:
+        commands = stack.enter_context(redis_commands(redis_url)) if redis_url else None
+        await _ramps(client, workload, scale, ramp, on_step, server_cpu, commands, found)
+    return found
+
+
+async def _ramps(
+    client: Client,
+    workload: Workload,
+    scale: int,
+    ramp: Ramp,
+    on_step: OnStep,
+    server_cpu: Callable[[], float] | None,
+    commands: Callable[[], dict[str, int]] | None,
+    found: list[Series],
+) -> None:
+    """Every kind's ramp into `found` (kept when one fails midway), on profiles made first and
+    deleted after, however the ramps end."""
     try:
         await workload.create()
         for kind in ramp.kinds:
@@ -226,7 +249,10 @@ async def measure_target(
                     server_cpu=server_cpu,
                 )
                 if commands and before is not None:
-                    step = replace(step, redis_commands=commands() - before)
+                    after = commands()
+                    by_command = {name: calls - before.get(name, 0) for name, calls in after.items()}
+                    by_command = {name: calls for name, calls in sorted(by_command.items()) if calls}
+                    step = replace(step, redis_commands=sum(by_command.values()), redis_by_command=by_command)
                 series.steps.append(step)
                 on_step(series, step)
                 past = 0 if step.within(ramp.p99_slo_ms) else past + 1
@@ -235,7 +261,6 @@ async def measure_target(
     finally:
         await workload.delete()
         await client.close()
-    return found
 
 
 # --- deployments it starts itself ---------------------------------------------------------------

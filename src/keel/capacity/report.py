@@ -107,6 +107,10 @@ def _table(measurement: Measurement, series: Series) -> list[str]:
             f" {cpu} | {redis} |"
             f" {'yes' if step.within(slo) else 'no'} |"
         )
+    if best is not None and best.redis_by_command and best.sent:
+        calls = sorted(best.redis_by_command.items(), key=lambda item: -item[1])
+        each = ", ".join(f"`{name}` {count / best.sent:.2f}" for name, count in calls)
+        rows += ["", f"Redis commands a request at the knee, by command: {each}."]
     return [*rows, ""]
 
 

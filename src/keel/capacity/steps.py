@@ -26,6 +26,7 @@ class Step:
     # The p99 of every request sent, a failure slower than any answer (None: over 1 % failed).
     p99_all_ms: float | None = None
     waited_for_connection: int = 0  # requests that found every connection of the client busy
+    redis_by_command: dict[str, int] = field(default_factory=dict)  # of `redis_commands`
 
     @property
     def throughput(self) -> float:
