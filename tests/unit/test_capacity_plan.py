@@ -252,3 +252,16 @@ def test_nodes_measured_without_one_node_and_a_need_landing_on_a_whole_number() 
     assert (
         plan(exact, Need(peak_rps=100, read_share=0.9, p99_slo_ms=50, headroom=0.1, spare_nodes=0)).nodes == 1
     )
+
+
+def test_a_ramp_that_ended_within_the_slo_gives_a_lower_bound_and_says_so(tmp_path: Path) -> None:
+    measurement = _measurement({1: (1000.0, 200.0)})
+    measurement.series[0] = Series("read", 1, [_step(500, 500, 5), _step(1000, 1000, 9)])
+    result = plan(measurement, Need(peak_rps=100, read_share=0.9, p99_slo_ms=50, headroom=0))
+    assert any("read, 1 worker: the ramp ended within the SLO" in line for line in result.lines)
+    assert not any("write, 1 worker: the ramp ended" in line for line in result.lines)
+    measurement.ramp = Ramp(**{**measurement.ramp.__dict__, "kinds": ("read", "write")})
+    write_report(measurement, tmp_path / "cap", "keel capacity measure ...")
+    report = (tmp_path / "cap.md").read_text()
+    assert "**read, 1 worker**: knee 1,000/s (offered 1,000/s) or more: the ramp's last step" in report
+    assert "**write, 1 worker**: knee 200/s (offered 200/s)\n" in report

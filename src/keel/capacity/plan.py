@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from keel.capacity.measure import Measurement, counted
-from keel.capacity.steps import Step, knee
+from keel.capacity.steps import Step, knee, ramp_ran_out
 from keel.capacity.usl import UslFit, fit_usl
 
 
@@ -59,13 +59,18 @@ def mixed(reads: float, writes: float, read_share: float) -> float:
     return 1 / (read_share / reads + (1 - read_share) / writes)
 
 
-def _knees(measurement: Measurement, kind: str, slo: float) -> dict[int, Step]:
+def _knees(measurement: Measurement, kind: str, slo: float, lines: list[str]) -> dict[int, Step]:
     found = {}
     for series in measurement.series:
         if series.kind == kind:
             step = knee(series.steps, slo)
             if step is not None:
                 found[series.scale] = step
+            if ramp_ran_out(series.steps, slo):
+                lines.append(
+                    f"  ({kind}, {counted(series.scale, measurement.unit)}: the ramp ended within the SLO;"
+                    " its knee is a lower bound, and the plan may be larger than needed)"
+                )
     return found
 
 
@@ -101,9 +106,9 @@ def plan(measurement: Measurement, need: Need) -> Plan:
         + ".",
         f"Knees at p99 <= {need.p99_slo_ms:g} ms (the measurement's ramps judged again; at most 1 % failed):",
     ]
-    reads = _knees(measurement, "read", need.p99_slo_ms)
-    writes = _knees(measurement, "write", need.p99_slo_ms)
-    mixes = _knees(measurement, "mix", need.p99_slo_ms)
+    reads = _knees(measurement, "read", need.p99_slo_ms, lines)
+    writes = _knees(measurement, "write", need.p99_slo_ms, lines)
+    mixes = _knees(measurement, "mix", need.p99_slo_ms, lines)
     scales = sorted(set(reads) & set(writes))
     if not scales:
         raise ValueError(
@@ -219,8 +224,9 @@ def plan(measurement: Measurement, need: Need) -> Plan:
     if per_request is not None:
         redis_ops = required * per_request
         lines.append(
-            f"Redis: {required:,.0f}/s × {per_request:.2f} commands a request"
-            f" ({counted(measured_near, unit)}) = {redis_ops:,.0f} ops/s."
+            f"Redis: {required:,.0f}/s × {per_request:.2f} commands a request (as Redis counts them:"
+            " a Lua script's own included)"
+            f" at {counted(measured_near, unit)} = {redis_ops:,.0f} ops/s."
         )
     else:
         lines.append("Redis: not watched in this measurement (measure with --redis-url-env).")

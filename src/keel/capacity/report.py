@@ -9,7 +9,7 @@ from pathlib import Path
 
 from keel.capacity.measure import STEPS_PAST_KNEE, Measurement, Series, counted
 from keel.capacity.plots import Line, line_plot
-from keel.capacity.steps import Step, knee
+from keel.capacity.steps import Step, knee, ramp_ran_out
 from keel.capacity.usl import UslFit, fit_usl
 
 
@@ -89,8 +89,11 @@ def _table(measurement: Measurement, series: Series) -> list[str]:
     best = knee(series.steps, slo)
     rows = [
         f"**{series.kind}, {counted(series.scale, measurement.unit)}**: knee "
+        + (f"{best.throughput:,.0f}/s (offered {best.offered_rps:,.0f}/s)" if best else "none within the SLO")
         + (
-            f"{best.throughput:,.0f}/s (offered {best.offered_rps:,.0f}/s)" if best else "none within the SLO"
+            " or more: the ramp's last step was still within the SLO (raise --max-rps)"
+            if ramp_ran_out(series.steps, slo)
+            else ""
         ),
         "",
         "| offered/s | answered 2xx/s | failed | p50 ms (2xx) | p99 ms (2xx) | p99 ms (all sent) | waited for"

@@ -66,6 +66,12 @@ def knee(steps: Sequence[Step], p99_slo_ms: float) -> Step | None:
     return max(within, key=lambda step: step.throughput, default=None)
 
 
+def ramp_ran_out(steps: Sequence[Step], p99_slo_ms: float) -> bool:
+    """The ramp's last step was still within the SLO: its knee is a lower bound, past the ramp's
+    top rate."""
+    return bool(steps) and steps[-1].within(p99_slo_ms)
+
+
 def percentile(sorted_values: Sequence[float], share: float) -> float:
     """Nearest-rank percentile of values sorted ascending."""
     if not sorted_values:
