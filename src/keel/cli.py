@@ -784,11 +784,10 @@ def capacity_measure(
     import math
     import signal
 
-    from redis.exceptions import RedisError
     from rich.progress import Progress
 
     from keel.capacity.load import Target
-    from keel.capacity.measure import KINDS, Ramp, Series, counted, measure
+    from keel.capacity.measure import KINDS, MeasurementCut, Ramp, Series, counted, measure
 
     def _terminated(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds like Ctrl-C: the servers it started are stopped
@@ -810,6 +809,8 @@ def capacity_measure(
             Target.parse(where, token)  # every URL checked before minutes of ramps
         except ValueError as error:
             _fail(f"--url {entry!r}: {error}")
+        if int(scale) in targets:
+            _fail(f"--url {entry!r}: N={scale} given twice")
         targets[int(scale)] = where
     given = [n.strip() for n in (start_workers or "").split(",") if n.strip()]
     if not all(n.isdigit() for n in given):
@@ -828,8 +829,8 @@ def capacity_measure(
         if any(n < 1 for n in workers) or len(set(workers) | set(targets)) != len(workers) + len(targets)
         else "",
         "--p99-slo-ms must be positive and finite" if not 0 < p99_slo_ms < math.inf else "",
-        "the rates must be finite"
-        if not all(math.isfinite(v) for v in (start_rps, step_rps, max_rps))
+        "--start-rps, --step-rps, --max-rps, --step-seconds and --read-share must be finite"
+        if not all(math.isfinite(v) for v in (start_rps, step_rps, max_rps, step_seconds, read_share))
         else "",
     ]
     if any(problems):
@@ -872,12 +873,19 @@ def capacity_measure(
                 redis_url=redis_url,
                 on_step=on_step,
             )
-        except (RuntimeError, OSError, ValueError, RedisError) as error:
-            _fail(f"{type(error).__name__}: {redacted_text(str(error), redis_url or '')}")
+        except MeasurementCut as cut:
+            cause = f"{type(cut.cause).__name__}: {redacted_text(str(cut.cause), redis_url or '')}"
+            if cut.partial.series:  # what was measured before the failure is kept, marked partial
+                for path in write_report(cut.partial, report, _command_line(), partial=cause):
+                    typer.echo(f"wrote {path} (partial)")
+            _fail(cause)
         progress.update(task, completed=total)
-    command = "keel capacity " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "keel capacity measure"
-    for path in write_report(measurement, report, command):
+    for path in write_report(measurement, report, _command_line()):
         typer.echo(f"wrote {path}")
+
+
+def _command_line() -> str:
+    return "keel capacity " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "keel capacity measure"
 
 
 @capacity_app.command("plan")

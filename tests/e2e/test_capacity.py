@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keel.capacity.load import Client, Target, open_loop
+from keel.capacity.load import Client, ClosedBeforeAnswer, Target, open_loop
 from keel.capacity.steps import Step
 from tests.e2e.test_served_process import Served, keel_served
 
@@ -123,12 +123,18 @@ def test_a_keel_it_starts_itself_has_its_cpu_and_redis_commands_counted(
         (("measure", "--url", "http://127.0.0.1:1", "--kinds", "reads"), "--kinds: one or more of"),
         (("plan", "/nonexistent.json", "--peak-rps", "10"), "/nonexistent.json"),
         (("measure", "--start-workers", "1,a"), "comma-separated whole numbers"),
+        (("measure", "--url", "http://127.0.0.1:1", "--step-seconds", "inf"), "must be finite"),
+        (
+            ("measure", "--url", "http://127.0.0.1:1", "--read-share", "nan"),
+            "Invalid value for '--read-share'",
+        ),
+        (("measure", "--url", "1=http://127.0.0.1:1", "--url", "1=http://127.0.0.1:2"), "N=1 given twice"),
         (("measure", "--url", "1=http://127.0.0.1:1", "--url", "2=ftp://x"), "not an http(s) URL"),
     ],
 )
 def test_what_cannot_be_measured_or_planned_is_said_plainly(args: tuple[str, ...], said: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "KEEL_CAPACITY_KEY"}
-    if args[:3] == ("measure", "--url", "http://127.0.0.1:1") and len(args) > 3:
+    if args[0] == "measure" and len(args) > 3:
         env["KEEL_CAPACITY_KEY"] = "keel_x"
     done = _capacity(env, *args)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -293,3 +299,44 @@ async def test_an_answer_cut_after_its_headers_is_a_failure_and_is_not_sent_agai
         server.close()
     assert first.status == 200
     assert served[0] == 2  # the cut PATCH was not written a second time
+
+
+async def test_a_write_on_a_connection_closed_before_its_answer_is_not_sent_again() -> None:
+    # As the idle-close race, but for a PATCH: the server may have read it, so it is a failure,
+    # where a GET is sent once more (test_a_connection_the_server_closed_while_idle_...).
+    served = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        served[0] += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        served[0] += 1
+        writer.close()  # read, and closed without a byte of answer
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
+    try:
+        await client.send(("GET", "/", b"", ""))
+        with pytest.raises(ClosedBeforeAnswer):
+            await client.send(("PATCH", "/", b"{}", "application/merge-patch+json"))
+    finally:
+        await client.close()
+        server.close()
+    assert served[0] == 2
+
+
+async def test_a_request_past_its_deadline_is_not_written() -> None:
+    server, port, read = await _slow(0.0, 0.0)
+    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
+    try:
+        await client.send(("GET", "/", b"", ""))  # a free slot and an idle connection
+        with pytest.raises(TimeoutError):
+            await client.send(("PATCH", "/", b"{}", "application/merge-patch+json"), budget_seconds=-1.0)
+        await client.send(("GET", "/", b"", ""))
+    finally:
+        await client.close()
+        server.close()
+    assert read[0] == 2  # the two GETs only

@@ -265,3 +265,15 @@ def test_a_ramp_that_ended_within_the_slo_gives_a_lower_bound_and_says_so(tmp_pa
     report = (tmp_path / "cap.md").read_text()
     assert "**read, 1 worker**: knee 1,000/s (offered 1,000/s) or more: the ramp's last step" in report
     assert "**write, 1 worker**: knee 200/s (offered 200/s)\n" in report
+
+
+def test_a_scale_whose_mix_met_no_slo_at_the_share_asked_is_left_out() -> None:
+    measurement = _measurement({1: (1000.0, 200.0), 2: (1800.0, 360.0)})
+    measurement.series.append(Series("mix", 1, [_step(500, 500, 10)]))
+    measurement.series.append(Series("mix", 2, [_step(500, 500, 900)]))  # past the SLO from the start
+    result = plan(measurement, Need(peak_rps=100, read_share=0.9, p99_slo_ms=50, headroom=0))
+    assert result.workers_per_node == 1
+    assert any("2 workers: the mix had no step within the SLO; left out" in line for line in result.lines)
+    # At another share the model decides, and both scales count.
+    other = plan(measurement, Need(peak_rps=100, read_share=0.5, p99_slo_ms=50, headroom=0))
+    assert other.workers_per_node == 2

@@ -97,6 +97,7 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # after KEEL_HTTP_KEEP_ALIVE_SECONDS, 5 s by default), and a request written to one the server
 # is closing fails through no fault of the server's load.
 IDLE_REUSE_SECONDS = 2.0
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110 9.2.2
 
 
 class Client:
@@ -126,10 +127,13 @@ class Client:
         """One exchange, within `budget_seconds` (default the client's timeout) from now: the wait for a
         free connection, connecting, a retry and the answer all inside it (TimeoutError past it;
         a request still waiting for a connection then is never sent)."""
-        async with asyncio.timeout(self.timeout if budget_seconds is None else budget_seconds):
+        async with asyncio.timeout(self.timeout if budget_seconds is None else budget_seconds) as scope:
             if self._slots.locked():
                 self.waited += 1
             async with self._slots:
+                deadline = scope.when()
+                if deadline is not None and deadline <= asyncio.get_running_loop().time():
+                    raise TimeoutError  # past its deadline already: not sent
                 return await self._send(request)
 
     async def _send(self, request: Request) -> Answer:
@@ -140,12 +144,13 @@ class Client:
                 connection = await self._connect()
             try:
                 answer = await self._exchange(connection, request)
-            except (ClosedBeforeAnswer, ConnectionResetError, BrokenPipeError):
-                if not reused:
+            except ClosedBeforeAnswer:
+                if not (reused and request[0] in IDEMPOTENT):
                     raise
-                # A reused connection the server closed before it answered a byte: the race every
-                # keep-alive client has with an idle timeout (the request was not read). Once
-                # more, on a new connection. An answer cut after its first byte is a failure.
+                # A reused connection the server closed cleanly before a byte of the answer: the
+                # race every keep-alive client has with an idle timeout. Once more, on a new
+                # connection, for a method that may be repeated (the server may have read it).
+                # A reset, or an answer cut after its first byte, is a failure.
                 connection[1].close()
                 connection = await self._connect()
                 answer = await self._exchange(connection, request)
@@ -170,6 +175,14 @@ class Client:
         self._idle.clear()
 
 
+def _tail(answered_at: list[float]) -> float:
+    """When 99 % of the answers had come."""
+    if not answered_at:
+        return 0.0
+    answered_at.sort()
+    return answered_at[max(0, math.ceil(0.99 * len(answered_at)) - 1)]
+
+
 async def open_loop(
     client: Client,
     rate: float,
@@ -181,16 +194,15 @@ async def open_loop(
 ) -> Step:
     """Send at `rate` requests/s (Poisson arrivals) for `seconds`; wait for every answer, each
     at most the client's timeout after it was due (else it failed: "timeout"); one Step, whose
-    throughput is over the time to the last answer, and whose p99 counts failures as slower than
+    throughput is over the time to 99 % of the answers, and whose p99 counts failures as slower than
     any answer."""
     rng = random.Random(seed)  # noqa: S311 (arrival times, not secrets)
     latencies: list[float] = []
     failures: dict[str, int] = {}
-    last = 0.0
+    answered_at: list[float] = []
     waited_before = client.waited
 
     async def one(due: float, what: Request) -> None:
-        nonlocal last
         try:
             answer = await client.send(what, budget_seconds=due + client.timeout - time.perf_counter())
         except TimeoutError:
@@ -199,9 +211,10 @@ async def open_loop(
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             failures["socket"] = failures.get("socket", 0) + 1
             return
-        last = time.perf_counter()
+        now = time.perf_counter()
+        answered_at.append(now)
         if 200 <= answer.status < 300:
-            latencies.append(last - due)
+            latencies.append(now - due)
         else:
             failures[str(answer.status)] = failures.get(str(answer.status), 0) + 1
 
@@ -228,8 +241,9 @@ async def open_loop(
     p99_all = latencies[rank - 1] * 1000 if 0 < rank <= len(latencies) else None
     return Step(
         offered_rps=rate,
-        # Answers that came after the ramp moved on still count, over the time they took.
-        seconds=max(seconds, last - start),
+        # Answers that came after the step's last send count, over the time 99 % of the answers
+        # took: a straggler or two do not shrink the step's throughput.
+        seconds=max(seconds, _tail(answered_at) - start),
         sent=sent,
         ok=len(latencies),
         failed=sum(failures.values()),

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from keel.capacity.load import Client, Request, Target, open_loop
 from keel.capacity.processes import tree_cpu_seconds
 from keel.capacity.steps import Step, knee, step_from_json
@@ -198,9 +200,11 @@ async def measure_target(
     scale: int,
     ramp: Ramp,
     on_step: OnStep,
+    found: list[Series],
     server_pid: int | None = None,
     redis_url: str | None = None,
-) -> list[Series]:
+) -> None:
+    """Every kind's ramp against one deployment, appended to `found` as it is measured."""
     client = Client(Target.parse(url, token), ramp.connections, ramp.timeout_seconds)
     workload = Workload(client, ramp)
     server_cpu = None
@@ -209,11 +213,9 @@ async def measure_target(
         def server_cpu() -> float:
             return tree_cpu_seconds(server_pid) or 0.0
 
-    found: list[Series] = []
     with ExitStack() as stack:
         commands = stack.enter_context(redis_commands(redis_url)) if redis_url else None
         await _ramps(client, workload, scale, ramp, on_step, server_cpu, commands, found)
-    return found
 
 
 async def _ramps(
@@ -324,27 +326,51 @@ def measure(
 ) -> Measurement:
     """Ramp every kind against each deployment in turn: the URLs given (scale -> URL), or `keel
     serve --workers N` started here for each N of `start_workers`. With `redis_url`, the commands
-    Redis processed in each step are counted (everything it processed: other clients' too)."""
+    Redis processed in each step are counted (everything it processed: other clients' too).
+    A failure midway raises MeasurementCut, which carries what was measured until then."""
     cpu_before = time.process_time()
     described: dict[int, str] = {}
     series: list[Series] = []
-    for scale, url in sorted((targets or {}).items()):
-        described[scale] = url
-        series += asyncio.run(measure_target(url, token, scale, ramp, on_step, redis_url=redis_url))
-    for workers in start_workers:
-        with started_keel(workers) as (url, process):
-            described[workers] = f"keel serve --workers {workers}"
-            series += asyncio.run(
-                measure_target(
-                    url, token, workers, ramp, on_step, server_pid=process.pid, redis_url=redis_url
+
+    def so_far() -> Measurement:
+        return Measurement(
+            measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            unit=unit,
+            targets=described,
+            ramp=ramp,
+            series=[s for s in series if s.steps],
+            client_cpu_seconds=time.process_time() - cpu_before,
+            cores=os.cpu_count() or 1,
+        )
+
+    try:
+        for scale, url in sorted((targets or {}).items()):
+            described[scale] = url
+            asyncio.run(measure_target(url, token, scale, ramp, on_step, series, redis_url=redis_url))
+        for workers in start_workers:
+            with started_keel(workers) as (url, process):
+                described[workers] = f"keel serve --workers {workers}"
+                asyncio.run(
+                    measure_target(
+                        url,
+                        token,
+                        workers,
+                        ramp,
+                        on_step,
+                        series,
+                        server_pid=process.pid,
+                        redis_url=redis_url,
+                    )
                 )
-            )
-    return Measurement(
-        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        unit=unit,
-        targets=described,
-        ramp=ramp,
-        series=series,
-        client_cpu_seconds=time.process_time() - cpu_before,
-        cores=os.cpu_count() or 1,
-    )
+    except (RuntimeError, OSError, ValueError, RedisError) as error:
+        raise MeasurementCut(so_far(), error) from error
+    return so_far()
+
+
+class MeasurementCut(Exception):
+    """A measurement that failed midway, with what it had measured."""
+
+    def __init__(self, partial: Measurement, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.partial = partial
+        self.cause = cause

@@ -109,14 +109,22 @@ def plan(measurement: Measurement, need: Need) -> Plan:
     reads = _knees(measurement, "read", need.p99_slo_ms, lines)
     writes = _knees(measurement, "write", need.p99_slo_ms, lines)
     mixes = _knees(measurement, "mix", need.p99_slo_ms, lines)
+    same_mix = abs(need.read_share - measurement.ramp.read_share) < 0.005
     scales = sorted(set(reads) & set(writes))
+    if same_mix:
+        # A mix measured at the share asked, with no step within the SLO: that scale serves
+        # less than the mix's first step, whatever the model would say.
+        failed = {s.scale for s in measurement.series if s.kind == "mix"} - set(mixes)
+        for n in sorted(failed & set(scales)):
+            lines.append(f"  {counted(n, unit)}: the mix had no step within the SLO; left out")
+        scales = [n for n in scales if n not in failed]
     if not scales:
         raise ValueError(
-            f"no scale has both a read and a write step within p99 <= {need.p99_slo_ms:g} ms: "
+            f"no scale has both a read and a write step (and its mix, when measured at this share)"
+            f" within p99 <= {need.p99_slo_ms:g} ms: "
             "measure from a lower rate, or with a looser SLO"
         )
     # The mix measured at the share asked is the figure to use; the model is for other shares.
-    same_mix = abs(need.read_share - measurement.ramp.read_share) < 0.005
     capacity: dict[int, float] = {}
     for n in scales:
         modelled = mixed(reads[n].throughput, writes[n].throughput, need.read_share)

@@ -117,8 +117,11 @@ def _table(measurement: Measurement, series: Series) -> list[str]:
     return [*rows, ""]
 
 
-def write_report(measurement: Measurement, base: Path, command: str) -> list[Path]:
-    """`<base>.json`, `<base>.md` and `<base>-*.svg`; the paths written."""
+def write_report(
+    measurement: Measurement, base: Path, command: str, partial: str | None = None
+) -> list[Path]:
+    """`<base>.json`, `<base>.md` and `<base>-*.svg`; the paths written. `partial`: why the
+    measurement stopped short, said at the report's top."""
     base.parent.mkdir(parents=True, exist_ok=True)
     written = [base.with_name(base.name + ".json"), base.with_name(base.name + ".md")]
     written[0].write_text(json.dumps(measurement.as_json(), indent=2) + "\n")
@@ -128,12 +131,15 @@ def write_report(measurement: Measurement, base: Path, command: str) -> list[Pat
         "",
         f"Command: `{command}`",
         "",
+        *([f"**Partial: the measurement stopped short ({partial}).**", ""] if partial else []),
         f"Measured {measurement.measured_at} on a host of {measurement.cores} cores. Open-loop ramps"
         f" (Poisson arrivals) from {ramp.start_rps:g}/s in steps of {ramp.step_rps:g}/s to at most"
         f" {ramp.max_rps:g}/s, {ramp.step_seconds:g} s a step, {ramp.connections} connections at most;"
         f" a ramp stops after {STEPS_PAST_KNEE} steps in a row past the SLO. The knee is the step of"
-        f" greatest 2xx throughput with p99 <= {ramp.p99_slo_ms:g} ms and at most 1 % failed. Latency counts"
-        f" from when a request was due to be sent. Reads: `GET /v1/profiles/{{id}}`; writes: a merge-patch of"
+        f" greatest 2xx throughput with at most 1 % failed and the p99 of every request sent (a failure"
+        f" the slowest) <= {ramp.p99_slo_ms:g} ms. Latency, and each request's 10 s timeout, count"
+        " from when it was due to be sent; a step's throughput is over the time 99 % of its answers"
+        " took. Reads: `GET /v1/profiles/{{id}}`; writes: a merge-patch of"
         f" `display_name`; the mix: {ramp.read_share:.0%} reads; over {ramp.profiles} profiles made for the"
         " measurement and deleted after it.",
         "",
