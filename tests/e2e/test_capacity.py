@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -151,6 +153,22 @@ async def _one_step(port: int, *, client_timeout: float, rate: float, seconds: f
         await client.close()
 
 
+@asynccontextmanager
+async def _scripted(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[Client]:
+    """A client of one connection (5 s timeout) to a server on loopback that runs `handle`."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = Client(
+        Target.parse(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "t"), connections=1, timeout=5
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+        server.close()
+
+
 async def _answering(statuses: list[tuple[int, bool]]) -> tuple[asyncio.Server, int]:
     """A server that answers each request with the next (status, close the connection?)."""
     pending = list(statuses)
@@ -204,14 +222,8 @@ async def test_a_connection_the_server_closed_while_idle_is_not_counted_against_
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
-    try:
+    async with _scripted(handle) as client:
         answers = [await client.send(("GET", "/", b"", "")) for _ in range(5)]
-    finally:
-        await client.close()
-        server.close()
     assert [answer.status for answer in answers] == [200] * 5
 
 
@@ -287,16 +299,10 @@ async def test_an_answer_cut_after_its_headers_is_a_failure_and_is_not_sent_agai
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
-    try:
+    async with _scripted(handle) as client:
         first = await client.send(("PATCH", "/", b"{}", "application/merge-patch+json"))
         with pytest.raises(asyncio.IncompleteReadError):
             await client.send(("PATCH", "/", b"{}", "application/merge-patch+json"))
-    finally:
-        await client.close()
-        server.close()
     assert first.status == 200
     assert served[0] == 2  # the cut PATCH was not written a second time
 
@@ -315,16 +321,10 @@ async def test_a_write_on_a_connection_closed_before_its_answer_is_not_sent_agai
         served[0] += 1
         writer.close()  # read, and closed without a byte of answer
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = Client(Target.parse(f"http://127.0.0.1:{port}", "t"), connections=1, timeout=5)
-    try:
+    async with _scripted(handle) as client:
         await client.send(("GET", "/", b"", ""))
         with pytest.raises(ClosedBeforeAnswer):
             await client.send(("PATCH", "/", b"{}", "application/merge-patch+json"))
-    finally:
-        await client.close()
-        server.close()
     assert served[0] == 2
 
 

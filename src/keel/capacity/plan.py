@@ -93,9 +93,7 @@ def plan(measurement: Measurement, need: Need) -> Plan:
     if not 0 <= need.read_share <= 1:
         raise ValueError("the read share is between 0 and 1")
     figures = (need.peak_rps, need.p99_slo_ms, need.headroom)
-    if not all(math.isfinite(value) for value in figures) or min(need.peak_rps, need.p99_slo_ms) <= 0:
-        raise ValueError("the peak and the SLO are positive and finite, the headroom finite and at least 0")
-    if need.headroom < 0:
+    if not all(math.isfinite(value) for value in figures) or min(*figures[:2]) <= 0 or need.headroom < 0:
         raise ValueError("the peak and the SLO are positive and finite, the headroom finite and at least 0")
     if need.workers_per_node is not None and need.workers_per_node < 1:
         raise ValueError("workers per node: at least 1")
